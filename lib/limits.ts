@@ -1,0 +1,344 @@
+/**
+ * `Limits` (API.md) validated and resolved to numbers, once, before anything is created.
+ * The cgroup part goes to a CgroupDriver (lib/cgroup/), the rlimit part to init, the rest
+ * (timeout, output cap, disk) to the TypeScript side and the scratch tmpfs.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { HutchError, invalid, describe } from './errors.js';
+import {
+  type ByteSize,
+  parseByteSize,
+  parseCount,
+  parseDurationMs,
+  parsePositive,
+} from './units.js';
+
+export type { ByteSize, Rate } from './units.js';
+
+export interface Limits {
+  /** cgroup memory limit; exceeding it OOM-kills inside the sandbox only. */
+  memory?: ByteSize;
+  /** Swap the sandbox may use on top of `memory`; default 0: no swap. */
+  memorySwap?: ByteSize;
+  /** 0.5 = half a core (cgroup CPU quota over a 100 ms period). */
+  cpus?: number;
+  /** CPUs the sandbox may run on, e.g. '0-1' or '0,2'. */
+  cpuset?: string;
+  /** Max tasks (processes and threads) in the whole sandbox. */
+  pids?: number;
+  /** All writes inside (root, /tmp, /var...); past it: ENOSPC. /dev/shm counts as memory. */
+  disk?: ByteSize;
+  /** Throttling on the block device that backs the writable layer. */
+  io?: { readBps?: ByteSize; writeBps?: ByteSize; readIops?: number; writeIops?: number };
+  /** RLIMIT_NOFILE per process (soft = hard). */
+  nofile?: number;
+  /** RLIMIT_NPROC per process (soft = hard). */
+  nproc?: number;
+  /** RLIMIT_FSIZE per process (soft = hard). */
+  fileSize?: ByteSize;
+  /** RLIMIT_STACK per process (soft = hard). */
+  stack?: ByteSize;
+  /** RLIMIT_CPU per process, in ms (rounded up to whole seconds). */
+  cpuTimeMs?: number;
+  /** Wall clock per exec (also settable per exec). */
+  timeoutMs?: number;
+  /** Cap on captured stdout+stderr per exec. */
+  output?: ByteSize;
+}
+
+/** Limits a cgroup enforces, all numbers. `null` means "not limited". */
+export interface CgroupLimits {
+  /** memory.max / memory.limit_in_bytes. */
+  memoryBytes: number | null;
+  /** memory.swap.max / (memsw - memory). 0 by default: no swap. */
+  swapBytes: number;
+  /** True when the caller asked for memorySwap, false when it is the default 0. */
+  swapExplicit: boolean;
+  /** cpu.max "quota period" / cfs_quota_us, cfs_period_us. Both null or both set. */
+  cpuQuotaUs: number | null;
+  cpuPeriodUs: number | null;
+  /** Normalized cpuset list ('0-1,3'), checked against the online CPUs. */
+  cpuset: string | null;
+  /** pids.max. */
+  pids: number | null;
+  /** io.max / blkio.throttle.*; null when no io limit is asked for. */
+  io: { readBps: number | null; writeBps: number | null; readIops: number | null; writeIops: number | null } | null;
+}
+
+/** One setrlimit() for init to apply per process. */
+export interface RlimitSetting {
+  /** The Limits field it came from (for messages). */
+  name: 'nofile' | 'nproc' | 'fileSize' | 'stack' | 'cpuTimeMs';
+  /** RLIMIT_* number on Linux. */
+  resource: number;
+  soft: number;
+  hard: number;
+}
+
+export interface ResolvedLimits {
+  cgroup: CgroupLimits;
+  /** In a fixed order: nofile, nproc, fileSize, stack, cpuTimeMs (only those given). */
+  rlimits: RlimitSetting[];
+  /** Wall clock per exec, ms; null: none. */
+  timeoutMs: number | null;
+  /** Cap on captured stdout+stderr per exec, bytes; null: none. */
+  outputBytes: number | null;
+  /** Size of the scratch tmpfs / disk quota, bytes; null: none. */
+  diskBytes: number | null;
+}
+
+/** RLIMIT_* numbers on Linux (asm-generic/resource.h; the same on x86, arm, riscv, ppc, s390). */
+export const RLIMIT = { CPU: 0, FSIZE: 1, DATA: 2, STACK: 3, CORE: 4, RSS: 5, NPROC: 6, NOFILE: 7 } as const;
+
+/** CFS period used for `cpus` (the kernel's and Docker's default). */
+export const CPU_PERIOD_US = 100_000;
+/** The kernel refuses a CFS quota under 1 ms. */
+const MIN_CPU_QUOTA_US = 1000;
+/** The sandbox's init and a shell need some memory; below this nothing can start. */
+export const MIN_MEMORY_BYTES = 1024 * 1024;
+/** PID_MAX_LIMIT on 64-bit kernels. */
+const MAX_PIDS = 4_194_304;
+
+const LIMIT_KEYS = [
+  'memory',
+  'memorySwap',
+  'cpus',
+  'cpuset',
+  'pids',
+  'disk',
+  'io',
+  'nofile',
+  'nproc',
+  'fileSize',
+  'stack',
+  'cpuTimeMs',
+  'timeoutMs',
+  'output',
+] as const;
+const IO_KEYS = ['readBps', 'writeBps', 'readIops', 'writeIops'] as const;
+
+function editDistance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0]!;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j]!;
+      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length]!;
+}
+
+/** The known name closest to `key` (case-insensitive edit distance <= 2, or a prefix), if any. */
+export function suggest(key: string, known: readonly string[]): string | undefined {
+  const k = key.toLowerCase();
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const name of known) {
+    const n = name.toLowerCase();
+    let d = editDistance(k, n);
+    if (d > 2 && k.length >= 3 && n.startsWith(k)) d = 2; // 'timeout' -> 'timeoutMs'
+    if (d < bestD) {
+      bestD = d;
+      best = name;
+    }
+  }
+  return bestD <= 2 ? best : undefined;
+}
+
+function rejectUnknownKeys(field: string, obj: object, known: readonly string[]): void {
+  for (const key of Object.keys(obj)) {
+    if ((known as readonly string[]).includes(key)) continue;
+    const guess = suggest(key, known);
+    const hint = guess ? ` (did you mean '${guess}'?)` : '';
+    throw new HutchError('EINVAL', `invalid option ${field}: unknown key '${key}'${hint}; known keys: ${known.join(', ')}`);
+  }
+}
+
+function plainObject(field: string, value: unknown, what: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(field, what, value);
+  return value as Record<string, unknown>;
+}
+
+/** Parses a CPU list ('0-3,8,10-11') into sorted unique CPU numbers; undefined when malformed. */
+export function parseCpuList(text: string): number[] | undefined {
+  const t = text.trim();
+  if (t === '') return [];
+  const out = new Set<number>();
+  for (const part of t.split(',')) {
+    const m = /^\s*(\d+)(?:\s*-\s*(\d+))?\s*$/.exec(part);
+    if (!m) return undefined;
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (hi < lo || hi > 65535) return undefined;
+    for (let c = lo; c <= hi; c++) out.add(c);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/** Formats sorted CPU numbers as the kernel's list format ('0-2,5'). */
+export function formatCpuList(cpus: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < cpus.length; ) {
+    let j = i;
+    while (j + 1 < cpus.length && cpus[j + 1] === cpus[j]! + 1) j++;
+    parts.push(i === j ? `${cpus[i]}` : `${cpus[i]}-${cpus[j]}`);
+    i = j + 1;
+  }
+  return parts.join(',');
+}
+
+/** CPUs online now (/sys/devices/system/cpu/online). */
+export function onlineCpus(): number[] {
+  try {
+    const list = parseCpuList(readFileSync('/sys/devices/system/cpu/online', 'utf8'));
+    if (list && list.length > 0) return list;
+  } catch {
+    // Fall through: a /sys without it (odd containers) still has the count from the OS.
+  }
+  return Array.from({ length: Math.max(1, availableParallelism()) }, (_, i) => i);
+}
+
+/** Hard limits of this process by resource name in /proc/self/limits ('Max open files' ...); Infinity = unlimited. */
+function hardLimits(): Map<string, number> {
+  const out = new Map<string, number>();
+  let text = '';
+  try {
+    text = readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return out;
+  }
+  for (const line of text.split('\n').slice(1)) {
+    const m = /^(.+?)\s{2,}(\S+)\s+(\S+)/.exec(line);
+    if (!m) continue;
+    out.set(m[1]!.trim(), m[3] === 'unlimited' ? Infinity : Number(m[3]));
+  }
+  return out;
+}
+
+const RLIMIT_SPECS = [
+  { name: 'nofile', resource: RLIMIT.NOFILE, proc: 'Max open files', unit: 'files', kind: 'count', min: 1 },
+  { name: 'nproc', resource: RLIMIT.NPROC, proc: 'Max processes', unit: 'processes', kind: 'count', min: 1 },
+  { name: 'fileSize', resource: RLIMIT.FSIZE, proc: 'Max file size', unit: 'bytes', kind: 'size', min: 0 },
+  { name: 'stack', resource: RLIMIT.STACK, proc: 'Max stack size', unit: 'bytes', kind: 'size', min: 16 * 1024 },
+  { name: 'cpuTimeMs', resource: RLIMIT.CPU, proc: 'Max cpu time', unit: 'seconds', kind: 'ms', min: 1 },
+] as const;
+
+function resolveRlimits(field: string, l: Limits): RlimitSetting[] {
+  const out: RlimitSetting[] = [];
+  let hard: Map<string, number> | undefined;
+  for (const spec of RLIMIT_SPECS) {
+    const raw = l[spec.name];
+    if (raw === undefined) continue;
+    const f = `${field}.${spec.name}`;
+    let value: number;
+    if (spec.kind === 'count') value = parseCount(f, raw, spec.min);
+    else if (spec.kind === 'size') value = parseByteSize(f, raw, { min: spec.min });
+    else value = Math.ceil(parseDurationMs(f, raw) / 1000);
+    // Raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace, which
+    // the sandbox's root never has: init's setrlimit would fail with EPERM at exec time.
+    hard ??= hardLimits();
+    const max = hard.get(spec.proc);
+    if (max !== undefined && value > max) {
+      const shown = spec.kind === 'ms' ? `${max * 1000} ms (${max} s)` : `${max} ${spec.unit}`;
+      throw new HutchError(
+        'EINVAL',
+        `invalid option ${f}: ${describe(raw)} is above this process's hard limit (${spec.proc}); the maximum is ${shown}. ` +
+          'Raising it needs CAP_SYS_RESOURCE: raise the hard limit of the Node process (ulimit -H, systemd LimitNOFILE=...) instead',
+      );
+    }
+    out.push({ name: spec.name, resource: spec.resource, soft: value, hard: value });
+  }
+  return out;
+}
+
+function resolveCgroup(field: string, l: Limits): CgroupLimits {
+  const memoryBytes = l.memory === undefined ? null : parseByteSize(`${field}.memory`, l.memory, { min: MIN_MEMORY_BYTES });
+  const swapExplicit = l.memorySwap !== undefined;
+  const swapBytes = swapExplicit ? parseByteSize(`${field}.memorySwap`, l.memorySwap, { min: 0 }) : 0;
+
+  let cpuQuotaUs: number | null = null;
+  let cpuPeriodUs: number | null = null;
+  const online = l.cpus !== undefined || l.cpuset !== undefined ? onlineCpus() : [];
+  if (l.cpus !== undefined) {
+    const cpus = parsePositive(`${field}.cpus`, l.cpus, MIN_CPU_QUOTA_US / CPU_PERIOD_US, online.length, 'a number of CPUs (0.5 = half a core)');
+    cpuPeriodUs = CPU_PERIOD_US;
+    cpuQuotaUs = Math.max(MIN_CPU_QUOTA_US, Math.round(cpus * CPU_PERIOD_US));
+  }
+
+  let cpuset: string | null = null;
+  if (l.cpuset !== undefined) {
+    const f = `${field}.cpuset`;
+    const forms = `a CPU list such as '0', '0-1' or '0,2-3' of online CPUs (${formatCpuList(online)})`;
+    if (typeof l.cpuset !== 'string') throw invalid(f, forms, l.cpuset);
+    const list = parseCpuList(l.cpuset);
+    if (!list || list.length === 0) throw invalid(f, forms, l.cpuset);
+    const offline = list.filter((c) => !online.includes(c));
+    if (offline.length > 0) throw invalid(f, `${forms}; CPU ${formatCpuList(offline)} is not online`, l.cpuset);
+    cpuset = formatCpuList(list);
+  }
+
+  const pids = l.pids === undefined ? null : parseCount(`${field}.pids`, l.pids, 1, MAX_PIDS);
+
+  let io: CgroupLimits['io'] = null;
+  if (l.io !== undefined) {
+    const f = `${field}.io`;
+    const o = plainObject(f, l.io, `an object with readBps, writeBps (sizes per second), readIops, writeIops (counts)`);
+    rejectUnknownKeys(f, o, IO_KEYS);
+    io = {
+      readBps: o.readBps === undefined ? null : parseByteSize(`${f}.readBps`, o.readBps),
+      writeBps: o.writeBps === undefined ? null : parseByteSize(`${f}.writeBps`, o.writeBps),
+      readIops: o.readIops === undefined ? null : parseCount(`${f}.readIops`, o.readIops),
+      writeIops: o.writeIops === undefined ? null : parseCount(`${f}.writeIops`, o.writeIops),
+    };
+    if (Object.values(io).every((v) => v === null)) io = null;
+  }
+
+  return { memoryBytes, swapBytes, swapExplicit, cpuQuotaUs, cpuPeriodUs, cpuset, pids, io };
+}
+
+/**
+ * Validates `limits` and resolves every field to numbers. Unknown keys are rejected with
+ * the likely intended name. Nothing on the host is changed.
+ *
+ * @param field the option's name in messages (`limits`, `options.limits`).
+ * @throws HutchError EINVAL naming the field and the accepted forms.
+ */
+export function resolveLimits(limits: Limits | undefined, field = 'limits'): ResolvedLimits {
+  const l = limits === undefined ? {} : (plainObject(field, limits, 'an object of limits (see Limits)') as Limits);
+  rejectUnknownKeys(field, l, LIMIT_KEYS);
+  // An explicit `undefined` is the same as absent, as with every other option.
+  return {
+    cgroup: resolveCgroup(field, l),
+    rlimits: resolveRlimits(field, l),
+    timeoutMs: l.timeoutMs === undefined ? null : parseDurationMs(`${field}.timeoutMs`, l.timeoutMs),
+    outputBytes: l.output === undefined ? null : parseByteSize(`${field}.output`, l.output),
+    diskBytes: l.disk === undefined ? null : parseByteSize(`${field}.disk`, l.disk, { min: MIN_MEMORY_BYTES }),
+  };
+}
+
+/** What governs one exec: the sandbox's timeoutMs/output unless the exec gives its own. */
+export interface ExecLimits {
+  timeoutMs: number | null;
+  outputBytes: number | null;
+}
+
+/**
+ * Per-exec `timeoutMs` and `output` override the sandbox's (API.md ExecOptions).
+ *
+ * @param field the options' name in messages (`options` for exec(cmd, options)).
+ * @throws HutchError EINVAL naming `${field}.timeoutMs` or `${field}.output`.
+ */
+export function mergeExecLimits(
+  sandbox: Pick<ResolvedLimits, 'timeoutMs' | 'outputBytes'>,
+  exec: { timeoutMs?: number | undefined; output?: ByteSize | undefined } = {},
+  field = 'options',
+): ExecLimits {
+  return {
+    timeoutMs: exec.timeoutMs === undefined ? sandbox.timeoutMs : parseDurationMs(`${field}.timeoutMs`, exec.timeoutMs),
+    outputBytes: exec.output === undefined ? sandbox.outputBytes : parseByteSize(`${field}.output`, exec.output),
+  };
+}
