@@ -1,0 +1,312 @@
+import { HutchError } from '../errors.js';
+import { AUDIT_ARCH, ENOSYS, SECCOMP_RET, type CheckedArg, type ResolvedFilter, type ResolvedRule } from './profile.js';
+
+// Compiles a resolved profile to classic BPF for seccomp(SECCOMP_SET_MODE_FILTER).
+//
+// Shape of the program:
+//   1. ld arch; anything but the one native AUDIT_ARCH -> KILL_PROCESS (i386 and other
+//      compat entries, whose numbers mean different syscalls, never reach the table).
+//   2. ld nr; a balanced binary search over the syscall-number line, cut into maximal
+//      intervals that share one decision (x86_64's x32 range 0x40000000.. is one of them:
+//      KILL_PROCESS). Runs of allowed syscalls collapse into one leaf, so the tree is shallow.
+//   3. A leaf is `ret ACTION`, or for a syscall with argument rules, the rules strictest
+//      first, each a chain of 64-bit comparisons (AND), falling through to the next (OR).
+// Conditional jumps reach 255 instructions at most; the assembler inserts `ja` trampolines
+// (32-bit offsets) where a target is further.
+
+/** BPF_MAXINSNS (linux/bpf_common.h). */
+export const BPF_MAXINSNS = 4096;
+
+// Opcodes (linux/bpf_common.h).
+const BPF_LD_W_ABS = 0x20;
+const BPF_JMP_JA = 0x05;
+const BPF_JEQ_K = 0x15;
+const BPF_JGT_K = 0x25;
+const BPF_JGE_K = 0x35;
+const BPF_ALU_AND_K = 0x54;
+const BPF_RET_K = 0x06;
+
+// struct seccomp_data offsets; both supported arches are little-endian, so an argument's low
+// word comes first.
+const OFF_NR = 0;
+const OFF_ARCH = 4;
+const argLo = (i: number): number => 16 + 8 * i;
+const argHi = (i: number): number => 16 + 8 * i + 4;
+
+/** x32 syscalls on x86_64 carry __X32_SYSCALL_BIT. */
+const X32_SYSCALL_BIT = 0x40000000;
+/**
+ * A tracer that skips a syscall sets its number to -1; nothing runs for it, and returning an
+ * errno would overwrite the tracer's chosen result (strace --inject), so it is allowed.
+ */
+const NR_SKIPPED = 0xffffffff;
+
+class Label {
+  pos = -1;
+}
+
+type Item =
+  | { kind: 'label'; label: Label }
+  | { kind: 'stmt'; code: number; k: number }
+  | { kind: 'jcond'; code: number; k: number; jt: Label; jf: Label }
+  | { kind: 'ja'; target: Label };
+
+/** A list of instructions with symbolic forward jumps. */
+class Assembler {
+  items: Item[] = [];
+
+  label(l: Label): void {
+    this.items.push({ kind: 'label', label: l });
+  }
+  ld(offset: number): void {
+    this.items.push({ kind: 'stmt', code: BPF_LD_W_ABS, k: offset });
+  }
+  and(k: number): void {
+    this.items.push({ kind: 'stmt', code: BPF_ALU_AND_K, k: k >>> 0 });
+  }
+  ret(k: number): void {
+    this.items.push({ kind: 'stmt', code: BPF_RET_K, k: k >>> 0 });
+  }
+  jump(code: number, k: number, jt: Label, jf: Label): void {
+    this.items.push({ kind: 'jcond', code, k: k >>> 0, jt, jf });
+  }
+
+  /** Lays out, adding `ja` trampolines until every conditional offset fits in 8 bits. */
+  assemble(): Buffer {
+    for (;;) {
+      let pc = 0;
+      for (const it of this.items) {
+        if (it.kind === 'label') it.label.pos = pc;
+        else pc++;
+      }
+      let changed = false;
+      pc = 0;
+      for (let i = 0; i < this.items.length && !changed; i++) {
+        const it = this.items[i]!;
+        if (it.kind === 'label') continue;
+        if (it.kind === 'jcond') {
+          const far = ([it.jt, it.jf] as const).filter((t) => t.pos - pc - 1 > 255);
+          if (far.length > 0) {
+            const inserted: Item[] = [];
+            for (const target of new Set(far)) {
+              const tramp = new Label();
+              inserted.push({ kind: 'label', label: tramp }, { kind: 'ja', target });
+              if (it.jt === target) it.jt = tramp;
+              if (it.jf === target) it.jf = tramp;
+            }
+            this.items.splice(i + 1, 0, ...inserted);
+            changed = true;
+          }
+        }
+        pc++;
+      }
+      if (changed) continue;
+
+      const buf = Buffer.alloc(pc * 8);
+      pc = 0;
+      for (const it of this.items) {
+        if (it.kind === 'label') continue;
+        let code: number, jt = 0, jf = 0, k: number;
+        if (it.kind === 'stmt') {
+          code = it.code;
+          k = it.k;
+        } else if (it.kind === 'ja') {
+          code = BPF_JMP_JA;
+          k = it.target.pos - pc - 1;
+        } else {
+          code = it.code;
+          k = it.k;
+          jt = it.jt.pos - pc - 1;
+          jf = it.jf.pos - pc - 1;
+        }
+        if (jt < 0 || jf < 0 || k < 0) throw new Error('seccomp compiler bug: backward jump');
+        buf.writeUInt16LE(code, pc * 8);
+        buf.writeUInt8(jt, pc * 8 + 2);
+        buf.writeUInt8(jf, pc * 8 + 3);
+        buf.writeUInt32LE(k >>> 0, pc * 8 + 4);
+        pc++;
+      }
+      return buf;
+    }
+  }
+}
+
+const hi32 = (v: bigint): number => Number((v >> 32n) & 0xffffffffn);
+const lo32 = (v: bigint): number => Number(v & 0xffffffffn);
+
+/**
+ * One 64-bit unsigned comparison of argument `a.index` with its value, from the high and the
+ * low 32-bit words: control reaches `pass` when it holds, `fail` when not.
+ */
+function emitCompare(asm: Assembler, a: CheckedArg, pass: Label, fail: Label): void {
+  const vh = hi32(a.value);
+  const vl = lo32(a.value);
+  const lo = new Label();
+  const hiEq = new Label();
+  switch (a.op) {
+    case 'SCMP_CMP_EQ':
+      asm.ld(argHi(a.index));
+      asm.jump(BPF_JEQ_K, vh, lo, fail);
+      asm.label(lo);
+      asm.ld(argLo(a.index));
+      asm.jump(BPF_JEQ_K, vl, pass, fail);
+      return;
+    case 'SCMP_CMP_NE':
+      asm.ld(argHi(a.index));
+      asm.jump(BPF_JEQ_K, vh, lo, pass);
+      asm.label(lo);
+      asm.ld(argLo(a.index));
+      asm.jump(BPF_JEQ_K, vl, fail, pass);
+      return;
+    case 'SCMP_CMP_GT':
+    case 'SCMP_CMP_GE':
+      // hi > vh: holds; hi < vh: fails; equal: decided by the low word.
+      asm.ld(argHi(a.index));
+      asm.jump(BPF_JGT_K, vh, pass, hiEq);
+      asm.label(hiEq);
+      asm.jump(BPF_JEQ_K, vh, lo, fail);
+      asm.label(lo);
+      asm.ld(argLo(a.index));
+      asm.jump(a.op === 'SCMP_CMP_GT' ? BPF_JGT_K : BPF_JGE_K, vl, pass, fail);
+      return;
+    case 'SCMP_CMP_LT':
+    case 'SCMP_CMP_LE':
+      // hi < vh: holds; hi > vh: fails; equal: decided by the low word.
+      asm.ld(argHi(a.index));
+      asm.jump(BPF_JGE_K, vh, hiEq, pass);
+      asm.label(hiEq);
+      asm.jump(BPF_JEQ_K, vh, lo, fail);
+      asm.label(lo);
+      asm.ld(argLo(a.index));
+      // lo < vl is !(lo >= vl); lo <= vl is !(lo > vl).
+      asm.jump(a.op === 'SCMP_CMP_LT' ? BPF_JGE_K : BPF_JGT_K, vl, fail, pass);
+      return;
+    case 'SCMP_CMP_MASKED_EQ': {
+      // (arg & value) == valueTwo
+      const mh = hi32(a.value);
+      const dh = hi32(a.valueTwo);
+      if (mh !== 0 || dh !== 0) {
+        asm.ld(argHi(a.index));
+        asm.and(mh);
+        asm.jump(BPF_JEQ_K, dh, lo, fail);
+        asm.label(lo);
+      }
+      asm.ld(argLo(a.index));
+      asm.and(lo32(a.value));
+      asm.jump(BPF_JEQ_K, lo32(a.valueTwo), pass, fail);
+      return;
+    }
+  }
+}
+
+/** What one interval of syscall numbers does. */
+type Decision = { kind: 'ret'; k: number } | { kind: 'rules'; rules: ResolvedRule[]; fallback: number };
+
+/**
+ * Drops rules that cannot change the outcome: everything after the first unconditional rule
+ * (which becomes the fallback), then trailing rules whose action is the fallback anyway.
+ */
+function simplify(rules: ResolvedRule[], dflt: number): Decision {
+  let fallback = dflt;
+  const kept: ResolvedRule[] = [];
+  for (const r of rules) {
+    if (r.args.length === 0) {
+      fallback = r.action;
+      break;
+    }
+    kept.push(r);
+  }
+  while (kept.length > 0 && kept.at(-1)!.action === fallback) kept.pop();
+  return kept.length === 0 ? { kind: 'ret', k: fallback } : { kind: 'rules', rules: kept, fallback };
+}
+
+interface Interval {
+  start: number;
+  decision: Decision;
+}
+
+/** Cuts 0..2^32-1 into maximal intervals of equal decision. */
+function intervals(filter: ResolvedFilter): Interval[] {
+  const out: Interval[] = [];
+  const push = (start: number, decision: Decision): void => {
+    const last = out.at(-1);
+    if (last && last.decision.kind === 'ret' && decision.kind === 'ret' && last.decision.k === decision.k) return;
+    out.push({ start, decision });
+  };
+  const dflt: Decision = { kind: 'ret', k: filter.defaultAction };
+  const beyond: Decision =
+    filter.enosysAbove === undefined ? dflt : { kind: 'ret', k: (SECCOMP_RET.ERRNO | ENOSYS) >>> 0 };
+  const numbers = [...filter.bySyscall.keys()].sort((a, b) => a - b);
+  let next = 0;
+  for (const nr of numbers) {
+    if (nr > next) push(next, filter.enosysAbove !== undefined && next > filter.enosysAbove ? beyond : dflt);
+    push(nr, simplify(filter.bySyscall.get(nr)!, filter.defaultAction));
+    next = nr + 1;
+  }
+  const end = filter.arch === 'x86_64' ? X32_SYSCALL_BIT : NR_SKIPPED;
+  if (next < end) push(next, filter.enosysAbove !== undefined && next > filter.enosysAbove ? beyond : dflt);
+  if (filter.arch === 'x86_64') push(X32_SYSCALL_BIT, { kind: 'ret', k: SECCOMP_RET.KILL_PROCESS });
+  push(NR_SKIPPED, { kind: 'ret', k: SECCOMP_RET.ALLOW });
+  return out;
+}
+
+function emitLeaf(asm: Assembler, d: Decision): void {
+  if (d.kind === 'ret') {
+    asm.ret(d.k);
+    return;
+  }
+  for (const rule of d.rules) {
+    const nextRule = new Label();
+    const hit = new Label();
+    rule.args.forEach((a, i) => {
+      const pass = i === rule.args.length - 1 ? hit : new Label();
+      emitCompare(asm, a, pass, nextRule);
+      if (pass !== hit) asm.label(pass);
+    });
+    asm.label(hit);
+    asm.ret(rule.action);
+    asm.label(nextRule);
+  }
+  asm.ret(d.fallback);
+}
+
+/** Binary search over intervals[lo..hi]; the accumulator holds the syscall number. */
+function emitTree(asm: Assembler, iv: Interval[], lo: number, hi: number): void {
+  if (lo === hi) {
+    emitLeaf(asm, iv[lo]!.decision);
+    return;
+  }
+  const mid = (lo + hi + 1) >> 1;
+  const below = new Label();
+  const above = new Label();
+  asm.jump(BPF_JGE_K, iv[mid]!.start, above, below);
+  asm.label(below);
+  emitTree(asm, iv, lo, mid - 1);
+  asm.label(above);
+  emitTree(asm, iv, mid, hi);
+}
+
+/** The `struct sock_filter[]` program for a resolved filter; EINVAL past BPF_MAXINSNS. */
+export function generateProgram(filter: ResolvedFilter, what = 'seccomp'): Buffer {
+  const asm = new Assembler();
+  const archOk = new Label();
+  const badArch = new Label();
+  asm.ld(OFF_ARCH);
+  asm.jump(BPF_JEQ_K, AUDIT_ARCH[filter.arch], archOk, badArch);
+  asm.label(badArch);
+  asm.ret(SECCOMP_RET.KILL_PROCESS);
+  asm.label(archOk);
+  asm.ld(OFF_NR);
+  const iv = intervals(filter);
+  emitTree(asm, iv, 0, iv.length - 1);
+  const prog = asm.assemble();
+  const n = prog.length / 8;
+  if (n > BPF_MAXINSNS) {
+    throw new HutchError(
+      'EINVAL',
+      `invalid option ${what}: the profile compiles to ${n} BPF instructions for ${filter.arch}, ` +
+        `more than the kernel's limit of ${BPF_MAXINSNS}; merge rules or use fewer argument conditions`,
+    );
+  }
+  return prog;
+}

@@ -1,0 +1,501 @@
+import { release } from 'node:os';
+import { invalid } from '../errors.js';
+import { SYSCALLS_AARCH64, SYSCALLS_X86_64, SYSCALL_NAMES_ANY_ARCH } from './syscalls.generated.js';
+
+// The seccomp profile: the OCI runtime-spec `linux.seccomp` shape plus the extensions of
+// Docker's profile format that decide which rules apply (`archMap`, `includes`/`excludes`
+// by capability, architecture and kernel version). Validation turns the JSON into a
+// `CheckedProfile` once; `resolveProfile` then picks the rules for one architecture,
+// capability set and kernel and turns names into numbers and actions into SECCOMP_RET_*.
+
+/** Architectures hutch compiles seccomp programs for. */
+export type SeccompArch = 'x86_64' | 'aarch64';
+
+export type SeccompAction =
+  | 'SCMP_ACT_KILL'
+  | 'SCMP_ACT_KILL_PROCESS'
+  | 'SCMP_ACT_KILL_THREAD'
+  | 'SCMP_ACT_TRAP'
+  | 'SCMP_ACT_ERRNO'
+  | 'SCMP_ACT_TRACE'
+  | 'SCMP_ACT_ALLOW'
+  | 'SCMP_ACT_LOG'
+  | 'SCMP_ACT_NOTIFY';
+
+export type SeccompOperator =
+  | 'SCMP_CMP_NE'
+  | 'SCMP_CMP_LT'
+  | 'SCMP_CMP_LE'
+  | 'SCMP_CMP_EQ'
+  | 'SCMP_CMP_GE'
+  | 'SCMP_CMP_GT'
+  | 'SCMP_CMP_MASKED_EQ';
+
+/**
+ * A 64-bit unsigned argument value. JSON numbers are exact only up to 2^53, so larger values
+ * are given as a bigint or a decimal or `0x` hex string.
+ */
+export type SeccompValue = number | bigint | string;
+
+export interface SeccompArg {
+  /** Argument number, 0..5. */
+  index: number;
+  /** Compared against; for SCMP_CMP_MASKED_EQ, the mask. */
+  value: SeccompValue;
+  /** For SCMP_CMP_MASKED_EQ only: what `arg & value` must equal (default 0). */
+  valueTwo?: SeccompValue;
+  op: SeccompOperator;
+}
+
+/** Docker's conditions on a rule. */
+export interface SeccompFilter {
+  /** Capabilities, `CAP_SYS_ADMIN` or `SYS_ADMIN`. includes: all held; excludes: any held. */
+  caps?: string[];
+  /** Docker's architecture names: `amd64`, `arm64`, `x86`, `x32`, `arm`, `s390x`, ... */
+  arches?: string[];
+  /** `"<kernel>.<major>"`, e.g. `"4.8"`: includes: host kernel at least this; excludes: below it. */
+  minKernel?: string;
+}
+
+export interface SeccompSyscallRule {
+  names?: string[];
+  /** Docker's older single-name form; use `names`. */
+  name?: string;
+  action: SeccompAction;
+  /** errno for SCMP_ACT_ERRNO (default EPERM) or the tracer's data for SCMP_ACT_TRACE. */
+  errnoRet?: number;
+  /** All must hold (AND); several rules for one syscall are alternatives (OR). */
+  args?: SeccompArg[];
+  comment?: string;
+  includes?: SeccompFilter;
+  excludes?: SeccompFilter;
+}
+
+/** The OCI runtime-spec `linux.seccomp` object with Docker's extensions. */
+export interface SeccompProfile {
+  defaultAction: SeccompAction;
+  /** errno of a defaultAction SCMP_ACT_ERRNO (default EPERM). */
+  defaultErrnoRet?: number;
+  /** `SCMP_ARCH_*` names. hutch filters the native architecture only; see docs/seccomp.md. */
+  architectures?: string[];
+  /** Docker's form of `architectures`. */
+  archMap?: { architecture: string; subArchitectures?: string[] | null }[];
+  /** `SECCOMP_FILTER_FLAG_*` names, passed to seccomp(2) by init. */
+  flags?: string[];
+  syscalls?: SeccompSyscallRule[];
+  comment?: string;
+}
+
+/** SECCOMP_RET_* values (linux/seccomp.h). */
+export const SECCOMP_RET = {
+  KILL_PROCESS: 0x80000000,
+  KILL_THREAD: 0x00000000,
+  TRAP: 0x00030000,
+  ERRNO: 0x00050000,
+  TRACE: 0x7ff00000,
+  LOG: 0x7ffc0000,
+  ALLOW: 0x7fff0000,
+} as const;
+
+/** SECCOMP_FILTER_FLAG_* values that hutch passes through to seccomp(2). */
+export const SECCOMP_FILTER_FLAGS: Readonly<Record<string, number>> = {
+  SECCOMP_FILTER_FLAG_TSYNC: 1,
+  SECCOMP_FILTER_FLAG_LOG: 2,
+  SECCOMP_FILTER_FLAG_SPEC_ALLOW: 4,
+  SECCOMP_FILTER_FLAG_TSYNC_ESRCH: 16,
+};
+
+export const EPERM = 1;
+export const ENOSYS = 38;
+/** The kernel clamps a filter's errno to MAX_ERRNO. */
+const MAX_ERRNO = 4095;
+
+export const AUDIT_ARCH: Readonly<Record<SeccompArch, number>> = {
+  x86_64: 0xc000003e,
+  aarch64: 0xc00000b7,
+};
+
+/** Each arch's name in Docker's `includes.arches` (Go's GOARCH spelling) and in `architectures`. */
+const DOCKER_ARCH: Readonly<Record<SeccompArch, string>> = { x86_64: 'amd64', aarch64: 'arm64' };
+const SCMP_ARCH: Readonly<Record<SeccompArch, string>> = { x86_64: 'SCMP_ARCH_X86_64', aarch64: 'SCMP_ARCH_AARCH64' };
+
+const DOCKER_ARCH_NAMES = new Set([
+  'x86', 'amd64', 'x32', 'arm', 'arm64', 'loong64', 'loongarch64', 'mips', 'mipsle', 'mipsel', 'mips64',
+  'mips64n32', 'mipsel64', 'mipsel64n32', 'mips3l64n32', 'ppc', 'ppc64', 'ppc64le', 'riscv64', 's390', 's390x',
+]);
+const SCMP_ARCH_NAMES = new Set([
+  'SCMP_ARCH_NATIVE', 'SCMP_ARCH_X86', 'SCMP_ARCH_X86_64', 'SCMP_ARCH_X32', 'SCMP_ARCH_ARM', 'SCMP_ARCH_AARCH64',
+  'SCMP_ARCH_LOONGARCH64', 'SCMP_ARCH_M68K', 'SCMP_ARCH_MIPS', 'SCMP_ARCH_MIPS64', 'SCMP_ARCH_MIPS64N32',
+  'SCMP_ARCH_MIPSEL', 'SCMP_ARCH_MIPSEL64', 'SCMP_ARCH_MIPSEL64N32', 'SCMP_ARCH_PPC', 'SCMP_ARCH_PPC64',
+  'SCMP_ARCH_PPC64LE', 'SCMP_ARCH_S390', 'SCMP_ARCH_S390X', 'SCMP_ARCH_PARISC', 'SCMP_ARCH_PARISC64',
+  'SCMP_ARCH_RISCV64', 'SCMP_ARCH_SH', 'SCMP_ARCH_SHEB',
+]);
+
+/** Capability names without `CAP_` (linux/capability.h, 0..40). */
+export const CAPABILITIES: ReadonlySet<string> = new Set([
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
+  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
+  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
+  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
+  'CHECKPOINT_RESTORE',
+]);
+
+const OPERATORS = new Set<string>([
+  'SCMP_CMP_NE', 'SCMP_CMP_LT', 'SCMP_CMP_LE', 'SCMP_CMP_EQ', 'SCMP_CMP_GE', 'SCMP_CMP_GT', 'SCMP_CMP_MASKED_EQ',
+]);
+const ACTIONS = new Set<string>([
+  'SCMP_ACT_KILL', 'SCMP_ACT_KILL_PROCESS', 'SCMP_ACT_KILL_THREAD', 'SCMP_ACT_TRAP', 'SCMP_ACT_ERRNO',
+  'SCMP_ACT_TRACE', 'SCMP_ACT_ALLOW', 'SCMP_ACT_LOG', 'SCMP_ACT_NOTIFY',
+]);
+
+export function syscallTable(arch: SeccompArch): Readonly<Record<string, number>> {
+  return arch === 'x86_64' ? SYSCALLS_X86_64 : SYSCALLS_AARCH64;
+}
+
+// ---- checked form ----
+
+export interface CheckedArg {
+  index: number;
+  op: SeccompOperator;
+  value: bigint;
+  valueTwo: bigint;
+}
+
+export interface CheckedFilter {
+  caps: string[];
+  arches: string[];
+  minKernel?: [number, number];
+}
+
+export interface CheckedRule {
+  /** Position in the profile's `syscalls`, for messages and tie-breaking. */
+  index: number;
+  names: string[];
+  /** SECCOMP_RET_* value, data included. */
+  action: number;
+  args: CheckedArg[];
+  includes?: CheckedFilter;
+  excludes?: CheckedFilter;
+}
+
+export interface CheckedProfile {
+  defaultAction: number;
+  /** True when defaultAction is SCMP_ACT_ERRNO with ENOSYS, or a permissive action. */
+  defaultIsPermissiveOrEnosys: boolean;
+  flags: number;
+  rules: CheckedRule[];
+}
+
+const TOP_KEYS = new Set([
+  'defaultAction', 'defaultErrnoRet', 'architectures', 'archMap', 'flags', 'syscalls', 'comment',
+  'listenerPath', 'listenerMetadata',
+]);
+const RULE_KEYS = new Set(['names', 'name', 'action', 'errnoRet', 'args', 'comment', 'includes', 'excludes']);
+const ARG_KEYS = new Set(['index', 'value', 'valueTwo', 'op']);
+const FILTER_KEYS = new Set(['caps', 'arches', 'minKernel', 'comment']);
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function checkKeys(obj: Record<string, unknown>, allowed: Set<string>, where: string): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.has(k)) {
+      throw invalid(`${where}.${k}`, `one of the fields ${[...allowed].join(', ')} (unknown field)`);
+    }
+  }
+}
+
+function stringArray(v: unknown, where: string): string[] {
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw invalid(where, 'an array of strings', v);
+  return v as string[];
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+
+/** A u64 from a JSON number, bigint, or decimal/hex string. */
+export function parseU64(v: unknown, where: string): bigint {
+  let n: bigint | undefined;
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v)) {
+      throw invalid(where, 'an integer below 2^53 (give larger values as a bigint or a string)', v);
+    }
+    n = BigInt(v);
+  } else if (typeof v === 'bigint') {
+    n = v;
+  } else if (typeof v === 'string' && /^(0x[0-9a-fA-F]+|\d+)$/.test(v)) {
+    n = BigInt(v);
+  }
+  if (n === undefined || n < 0n || n > U64_MAX) throw invalid(where, 'an unsigned 64-bit integer', v);
+  return n;
+}
+
+function errnoValue(v: unknown, max: number, where: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
+    throw invalid(where, `an integer 0..${max}`, v);
+  }
+  return v;
+}
+
+/** SECCOMP_RET_* for an action, with its errno or trace data. */
+function actionValue(action: unknown, errnoRet: unknown, where: string, errnoField: string): number {
+  if (typeof action !== 'string' || !ACTIONS.has(action)) {
+    throw invalid(`${where}`, `one of ${[...ACTIONS].filter((a) => a !== 'SCMP_ACT_NOTIFY').join(', ')}`, action);
+  }
+  if (errnoRet !== undefined && action !== 'SCMP_ACT_ERRNO' && action !== 'SCMP_ACT_TRACE') {
+    throw invalid(errnoField, `no value: it applies only to SCMP_ACT_ERRNO and SCMP_ACT_TRACE, not ${action}`, errnoRet);
+  }
+  switch (action as SeccompAction) {
+    case 'SCMP_ACT_KILL':
+    case 'SCMP_ACT_KILL_THREAD':
+      return SECCOMP_RET.KILL_THREAD;
+    case 'SCMP_ACT_KILL_PROCESS':
+      return SECCOMP_RET.KILL_PROCESS;
+    case 'SCMP_ACT_TRAP':
+      return SECCOMP_RET.TRAP;
+    case 'SCMP_ACT_ERRNO':
+      return (SECCOMP_RET.ERRNO | (errnoRet === undefined ? EPERM : errnoValue(errnoRet, MAX_ERRNO, errnoField))) >>> 0;
+    case 'SCMP_ACT_TRACE':
+      // As runc: the tracer's data is errnoRet, EPERM when not given.
+      return (SECCOMP_RET.TRACE | (errnoRet === undefined ? EPERM : errnoValue(errnoRet, 0xffff, errnoField))) >>> 0;
+    case 'SCMP_ACT_ALLOW':
+      return SECCOMP_RET.ALLOW;
+    case 'SCMP_ACT_LOG':
+      return SECCOMP_RET.LOG;
+    case 'SCMP_ACT_NOTIFY':
+      throw invalid(where, 'an action other than SCMP_ACT_NOTIFY (hutch runs no seccomp agent to answer notifications)', action);
+  }
+}
+
+function checkFilter(v: unknown, where: string): CheckedFilter {
+  if (!isObject(v)) throw invalid(where, 'an object with caps, arches or minKernel', v);
+  checkKeys(v, FILTER_KEYS, where);
+  const out: CheckedFilter = { caps: [], arches: [] };
+  if (v.caps !== undefined) {
+    out.caps = stringArray(v.caps, `${where}.caps`).map((c, i) => normalizeCapability(c, `${where}.caps[${i}]`));
+  }
+  if (v.arches !== undefined) {
+    out.arches = stringArray(v.arches, `${where}.arches`);
+    out.arches.forEach((a, i) => {
+      if (!DOCKER_ARCH_NAMES.has(a)) {
+        const hint = a === 'x86_64' ? " (Docker's name for x86_64 is 'amd64')" : a === 'aarch64' ? " (Docker's name for aarch64 is 'arm64')" : '';
+        throw invalid(`${where}.arches[${i}]`, `a Docker architecture name such as amd64, arm64, x86, x32, arm${hint}`, a);
+      }
+    });
+  }
+  if (v.minKernel !== undefined && v.minKernel !== '') {
+    const m = typeof v.minKernel === 'string' ? /^(\d{1,3})\.(\d{1,3})$/.exec(v.minKernel) : null;
+    if (!m || (Number(m[1]) === 0 && Number(m[2]) === 0)) {
+      throw invalid(`${where}.minKernel`, 'a kernel version "<kernel>.<major>" such as "4.8"', v.minKernel);
+    }
+    out.minKernel = [Number(m[1]), Number(m[2])];
+  }
+  return out;
+}
+
+/** `CAP_SYS_ADMIN` or `sys_admin` -> `SYS_ADMIN`; EINVAL for a name that is no capability. */
+export function normalizeCapability(name: string, where: string): string {
+  const n = name.toUpperCase().replace(/^CAP_/, '');
+  if (!CAPABILITIES.has(n)) throw invalid(where, 'a capability name such as CAP_SYS_ADMIN or SYS_ADMIN', name);
+  return n;
+}
+
+function checkArg(v: unknown, where: string): CheckedArg {
+  if (!isObject(v)) throw invalid(where, 'an object {index, value, op}', v);
+  checkKeys(v, ARG_KEYS, where);
+  if (typeof v.index !== 'number' || !Number.isInteger(v.index) || v.index < 0 || v.index > 5) {
+    throw invalid(`${where}.index`, 'an argument number 0..5', v.index);
+  }
+  if (typeof v.op !== 'string' || !OPERATORS.has(v.op)) {
+    throw invalid(`${where}.op`, `one of ${[...OPERATORS].join(', ')}`, v.op);
+  }
+  const value = parseU64(v.value, `${where}.value`);
+  const valueTwo = v.valueTwo === undefined ? 0n : parseU64(v.valueTwo, `${where}.valueTwo`);
+  if (valueTwo !== 0n && v.op !== 'SCMP_CMP_MASKED_EQ') {
+    throw invalid(`${where}.valueTwo`, `0 or nothing: only SCMP_CMP_MASKED_EQ takes a second value, not ${v.op}`, v.valueTwo);
+  }
+  return { index: v.index, op: v.op as SeccompOperator, value, valueTwo };
+}
+
+function checkRule(v: unknown, index: number, option: string): CheckedRule {
+  const where = `${option}.syscalls[${index}]`;
+  if (!isObject(v)) throw invalid(where, 'an object {names, action, ...}', v);
+  checkKeys(v, RULE_KEYS, where);
+  if (v.name !== undefined && v.names !== undefined) {
+    throw invalid(where, "either 'names' or 'name', not both");
+  }
+  let names: string[];
+  if (v.name !== undefined) {
+    if (typeof v.name !== 'string') throw invalid(`${where}.name`, 'a syscall name', v.name);
+    names = [v.name];
+  } else {
+    names = stringArray(v.names, `${where}.names`);
+  }
+  if (names.length === 0) throw invalid(`${where}.names`, 'at least one syscall name', v.names);
+  names.forEach((n, i) => {
+    if (!SYSCALL_NAMES_ANY_ARCH.has(n)) {
+      throw invalid(`${where}.names[${i}]`, 'a syscall name that some Linux architecture defines', n);
+    }
+  });
+  const action = actionValue(v.action, v.errnoRet, `${where}.action`, `${where}.errnoRet`);
+  let args: CheckedArg[] = [];
+  if (v.args !== undefined && v.args !== null) {
+    if (!Array.isArray(v.args)) throw invalid(`${where}.args`, 'an array of {index, value, op}', v.args);
+    args = v.args.map((a, i) => checkArg(a, `${where}.args[${i}]`));
+  }
+  const rule: CheckedRule = { index, names, action, args };
+  if (v.includes !== undefined && v.includes !== null) rule.includes = checkFilter(v.includes, `${where}.includes`);
+  if (v.excludes !== undefined && v.excludes !== null) rule.excludes = checkFilter(v.excludes, `${where}.excludes`);
+  return rule;
+}
+
+/**
+ * Checks a profile's shape and every value in it; throws `EINVAL` naming the field (e.g.
+ * `seccomp.syscalls[3].args[0].op`) and what was expected.
+ */
+export function checkProfile(v: unknown, option = 'seccomp'): CheckedProfile {
+  if (!isObject(v)) throw invalid(option, "'default', 'unconfined' or a seccomp profile object", v);
+  checkKeys(v, TOP_KEYS, option);
+  if (v.listenerPath !== undefined || v.listenerMetadata !== undefined) {
+    throw invalid(`${option}.listenerPath`, 'nothing: hutch runs no seccomp agent (SCMP_ACT_NOTIFY is unsupported)');
+  }
+  if (v.defaultAction === undefined) throw invalid(`${option}.defaultAction`, 'an action such as SCMP_ACT_ERRNO');
+  const defaultAction = actionValue(v.defaultAction, v.defaultErrnoRet, `${option}.defaultAction`, `${option}.defaultErrnoRet`);
+  if (v.architectures !== undefined && v.architectures !== null && v.archMap !== undefined && v.archMap !== null) {
+    throw invalid(option, "either 'architectures' or 'archMap', not both");
+  }
+  if (v.architectures !== undefined && v.architectures !== null) {
+    stringArray(v.architectures, `${option}.architectures`).forEach((a, i) => {
+      if (!SCMP_ARCH_NAMES.has(a)) throw invalid(`${option}.architectures[${i}]`, 'an SCMP_ARCH_* name', a);
+    });
+  }
+  if (v.archMap !== undefined && v.archMap !== null) {
+    if (!Array.isArray(v.archMap)) throw invalid(`${option}.archMap`, 'an array of {architecture, subArchitectures}', v.archMap);
+    v.archMap.forEach((e: unknown, i) => {
+      const where = `${option}.archMap[${i}]`;
+      if (!isObject(e)) throw invalid(where, 'an object {architecture, subArchitectures}', e);
+      checkKeys(e, new Set(['architecture', 'subArchitectures']), where);
+      const arches = [e.architecture, ...(e.subArchitectures == null ? [] : stringArray(e.subArchitectures, `${where}.subArchitectures`))];
+      for (const a of arches) if (typeof a !== 'string' || !SCMP_ARCH_NAMES.has(a)) throw invalid(where, 'SCMP_ARCH_* names', a);
+    });
+  }
+  let flags = 0;
+  if (v.flags !== undefined && v.flags !== null) {
+    stringArray(v.flags, `${option}.flags`).forEach((f, i) => {
+      const bit = SECCOMP_FILTER_FLAGS[f];
+      if (bit === undefined) throw invalid(`${option}.flags[${i}]`, `one of ${Object.keys(SECCOMP_FILTER_FLAGS).join(', ')}`, f);
+      flags |= bit;
+    });
+  }
+  let rules: CheckedRule[] = [];
+  if (v.syscalls !== undefined && v.syscalls !== null) {
+    if (!Array.isArray(v.syscalls)) throw invalid(`${option}.syscalls`, 'an array of rules', v.syscalls);
+    rules = v.syscalls.map((r, i) => checkRule(r, i, option));
+  }
+  const kind = actionKind(defaultAction);
+  const permissive = kind === SECCOMP_RET.ALLOW || kind === SECCOMP_RET.LOG || kind === SECCOMP_RET.TRACE;
+  return { defaultAction, defaultIsPermissiveOrEnosys: permissive || defaultAction === (SECCOMP_RET.ERRNO | ENOSYS), flags, rules };
+}
+
+/** The action without its data. */
+export function actionKind(ret: number): number {
+  return (ret & 0xffff0000) >>> 0;
+}
+
+/**
+ * Lower is stricter: when several rules match one call, the strictest action wins, in the
+ * kernel's order for stacked filters (KILL_PROCESS, KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW).
+ */
+export function actionPrecedence(ret: number): number {
+  return actionKind(ret) | 0;
+}
+
+// ---- resolution for one arch, capability set and kernel ----
+
+export interface ResolvedRule {
+  index: number;
+  action: number;
+  args: CheckedArg[];
+}
+
+export interface ResolvedFilter {
+  arch: SeccompArch;
+  defaultAction: number;
+  /** Rules per syscall number, strictest action first, then profile order. */
+  bySyscall: Map<number, ResolvedRule[]>;
+  /**
+   * Numbers above this get ERRNO(ENOSYS), as runc does: a syscall newer than any the profile
+   * names is one its author could not have known, and ENOSYS lets libc fall back (as for
+   * clone3) where EPERM would be taken as a refusal. Undefined when not applied.
+   */
+  enosysAbove?: number;
+}
+
+export interface ResolveOptions {
+  arch: SeccompArch;
+  /** Capabilities the process holds, without `CAP_`. */
+  capabilities: readonly string[];
+  /** Kernel release such as `6.8.0-45-generic` for `minKernel`; default: this host's. */
+  kernelRelease?: string;
+}
+
+/** `6.8.0-45-generic` -> [6, 8] (Docker ignores what follows the major revision). */
+export function parseKernelRelease(rel: string): [number, number] {
+  const m = /^(\d+)\.(\d+)/.exec(rel);
+  if (!m) throw invalid('kernelRelease', 'a kernel release such as "6.8.0"', rel);
+  return [Number(m[1]), Number(m[2])];
+}
+
+function kernelAtLeast(kernel: [number, number], min: [number, number]): boolean {
+  return kernel[0] > min[0] || (kernel[0] === min[0] && kernel[1] >= min[1]);
+}
+
+/** Whether a rule applies, with Docker's semantics for includes (all must hold) and excludes (any excludes). */
+export function ruleApplies(rule: CheckedRule, arch: SeccompArch, caps: ReadonlySet<string>, kernel: [number, number]): boolean {
+  const dockerArch = DOCKER_ARCH[arch];
+  const ex = rule.excludes;
+  if (ex) {
+    if (ex.arches.includes(dockerArch)) return false;
+    if (ex.caps.some((c) => caps.has(c))) return false;
+    if (ex.minKernel && kernelAtLeast(kernel, ex.minKernel)) return false;
+  }
+  const inc = rule.includes;
+  if (inc) {
+    if (inc.arches.length > 0 && !inc.arches.includes(dockerArch)) return false;
+    if (!inc.caps.every((c) => caps.has(c))) return false;
+    if (inc.minKernel && !kernelAtLeast(kernel, inc.minKernel)) return false;
+  }
+  return true;
+}
+
+/**
+ * The rules that apply for one arch, capability set and kernel, by syscall number. Names that
+ * this arch lacks (e.g. `chown32` on x86_64) are skipped, as Docker does.
+ */
+export function resolveProfile(profile: CheckedProfile, opts: ResolveOptions): ResolvedFilter {
+  const table = syscallTable(opts.arch);
+  const caps = new Set(opts.capabilities);
+  const kernel = parseKernelRelease(opts.kernelRelease ?? release());
+  const bySyscall = new Map<number, ResolvedRule[]>();
+  let highest = -1;
+  for (const rule of profile.rules) {
+    if (!ruleApplies(rule, opts.arch, caps, kernel)) continue;
+    for (const name of new Set(rule.names)) {
+      const nr = table[name];
+      if (nr === undefined) continue;
+      highest = Math.max(highest, nr);
+      let list = bySyscall.get(nr);
+      if (!list) bySyscall.set(nr, (list = []));
+      list.push({ index: rule.index, action: rule.action, args: rule.args });
+    }
+  }
+  for (const list of bySyscall.values()) {
+    list.sort((a, b) => actionPrecedence(a.action) - actionPrecedence(b.action) || a.index - b.index);
+  }
+  const filter: ResolvedFilter = { arch: opts.arch, defaultAction: profile.defaultAction, bySyscall };
+  if (!profile.defaultIsPermissiveOrEnosys && highest >= 0) filter.enosysAbove = highest;
+  return filter;
+}
+
+export { SCMP_ARCH, DOCKER_ARCH };
