@@ -1,0 +1,82 @@
+/** Pieces both drivers share: teardown of a set of directories, and the messages for unenforceable limits. */
+import { existsSync } from 'node:fs';
+import { HutchError, unsupported } from '../errors.js';
+import { cgroupFailure, killAndWait, subdirs, tryRmdir } from './files.js';
+
+/**
+ * Removes `dir` after its children (a sandbox never gets nested cgroups from hutch, but a
+ * leftover might have some). Returns the errno of the first directory that would not go.
+ */
+export function removeTree(dir: string): string | undefined {
+  const first = tryRmdir(dir);
+  if (first !== 'EBUSY' && first !== 'ENOTEMPTY') return first;
+  for (const child of subdirs(dir)) {
+    const e = removeTree(`${dir}/${child}`);
+    if (e) return e;
+  }
+  return tryRmdir(dir);
+}
+
+/**
+ * The shared destroy sequence: kill until empty (bounded), then rmdir every directory,
+ * retrying EBUSY briefly (on v1 a just-killed task can still be listed for a moment).
+ */
+export async function teardown(id: string, dirs: readonly string[], kill: () => void, isEmpty: () => boolean): Promise<void> {
+  const emptied = await killAndWait(kill, isEmpty);
+  if (!emptied) {
+    throw new HutchError('ESETUP', `cgroup of sandbox ${id} still has tasks after being killed for 10 s (${dirs.join(', ')}); its directories were kept`, {
+      step: 'cgroup',
+      path: dirs[0],
+      hint: 'a task in uninterruptible sleep (D state, e.g. stuck NFS or FUSE I/O) cannot die until its I/O ends; destroy() can be called again',
+    });
+  }
+  let left: { dir: string; errno: string } | undefined;
+  await killAndWait(
+    () => {},
+    () => {
+      left = undefined;
+      for (const d of dirs) {
+        const errno = existsSync(d) ? removeTree(d) : undefined;
+        if (errno && !left) left = { dir: d, errno };
+      }
+      return left === undefined || (left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY');
+    },
+    1000,
+  );
+  if (left) {
+    const err = Object.assign(new Error(left.errno), { code: left.errno });
+    throw cgroupFailure('rmdir', left.dir, err);
+  }
+}
+
+/** Which Limits field needs which controller (for messages). */
+export const LIMIT_OF: Record<string, string> = {
+  memory: 'memory',
+  pids: 'pids',
+  cpu: 'cpus',
+  cpuset: 'cpuset',
+  io: 'io',
+  blkio: 'io',
+};
+
+export function ioNeedsDevice(): HutchError {
+  return unsupported(
+    'limits.io for this sandbox',
+    'io limits throttle the block device that backs the writable layer, and this sandbox has none (an ephemeral tmpfs writable layer does no block I/O); ' +
+      'use persistent: true with an image store on a block device, or leave io unset',
+  );
+}
+
+export function badIoDevice(dev: string): HutchError {
+  return new HutchError('EINVAL', `invalid option ioDevice: expected 'major:minor' of a block device, got ${JSON.stringify(dev)}`);
+}
+
+export const IO_DEVICE = /^\d+:\d+$/;
+
+/** memorySwap or the default 0 cannot be enforced: explain how to get it. */
+export function swapUnsupported(explicit: boolean, how: string, swapActive: boolean): HutchError {
+  const why = swapActive
+    ? '. This host has swap enabled, so a memory limit without a swap limit would let the sandbox swap instead of being held at it'
+    : '';
+  return unsupported(explicit ? 'limits.memorySwap' : 'keeping the sandbox off swap (limits.memorySwap defaults to 0)', how + why);
+}
