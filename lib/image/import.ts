@@ -1,0 +1,428 @@
+import { closeSync, openSync, writeSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { Readable } from 'node:stream';
+import { HutchError, invalid } from '../errors.js';
+import { HEX64, digestHex, fileChunks, openBlob, sha256hex, type BlobReading, type Compression } from './blob.js';
+import {
+  CONFIG_TYPES,
+  DEFAULT_PATH,
+  INDEX_TYPES,
+  MANIFEST_TYPES,
+  diffIds,
+  layerCompression,
+  pickManifest,
+  synthConfig,
+  toImageConfig,
+  descriptor,
+  type Descriptor,
+} from './oci.js';
+import { LayerExtractor, bad, readTar, type LayerStats } from './tar.js';
+import { MEDIA, type BlobRef, type ImageConfig, type Progress } from './types.js';
+import type { ImageStore, Op } from './store.js';
+
+/** A layer ready to be moved into the store. */
+export interface PendingLayer {
+  diffHex: string;
+  blob: BlobRef;
+  /** The blob as received, in the op dir; null when the store has it already. */
+  blobFile: string | null;
+  /** The extracted tree, in the op dir; null when layers/<diffHex> already exists. */
+  tree: string | null;
+  stats: LayerStats | null;
+}
+
+/** An image ready to be committed (ImageStore.commit). */
+export interface PendingImage {
+  configBytes: Buffer;
+  configDigest: string;
+  configMediaType: string;
+  config: ImageConfig;
+  layers: PendingLayer[];
+  tags: string[];
+  hostBinds: string[];
+  builtin?: string;
+}
+
+type OnProgress = ((p: Progress) => void) | undefined;
+
+const MAX_JSON = 4 * 1024 * 1024;
+let seq = 0;
+
+/** Names in an archive that only image archives (OCI layout, docker save) have at the top. */
+const ARCHIVE_NAME = /^(?:\.\/)?(?:oci-layout|index\.json|manifest\.json|repositories|blobs(?:\/|$)|[0-9a-f]{64}(?:\.json|\/|$))/;
+
+/**
+ * Extracts one layer into the op dir, keeping a copy of the blob, and checks what the
+ * caller expects (blob digest and size, diff id). When the diff id is known and the store
+ * has the layer, the blob is only verified and kept.
+ */
+export async function extractLayer(
+  store: ImageStore,
+  op: Op,
+  chunks: AsyncIterable<Buffer> | (() => AsyncIterable<Buffer>),
+  o: { compression?: Compression; mediaType?: string; expectDigest?: string; expectSize?: number; expectDiffId?: string; label: string; onProgress?: OnProgress },
+): Promise<PendingLayer> {
+  const n = seq++;
+  const blobFile = join(op.dir, `b-${n}`);
+  const fd = openSync(blobFile, 'wx', 0o600);
+  let fdOpen = true;
+  const closeFd = () => {
+    if (fdOpen) {
+      fdOpen = false;
+      closeSync(fd);
+    }
+  };
+  const source = typeof chunks === 'function' ? chunks() : chunks;
+  const expectDiffHex = o.expectDiffId === undefined ? undefined : digestHex(o.expectDiffId, `${o.label} diff id`);
+  const present = expectDiffHex !== undefined && store.hasLayer(expectDiffHex) && (await op.pin(expectDiffHex));
+  let tree: string | null = null;
+  let stats: LayerStats | null = null;
+  let reading: BlobReading | undefined;
+  try {
+    reading = await openBlob(source, {
+      compression: o.compression,
+      maxBytes: store.limits.maxBytes,
+      label: o.label,
+      onRaw: (c) => {
+        let off = 0;
+        while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+        o.onProgress?.({ phase: present ? 'verify' : 'extract', current: reading ? reading.raw.bytes : 0, ...(o.expectSize !== undefined ? { total: o.expectSize } : {}) });
+      },
+    });
+    if (present) {
+      for await (const _ of reading.plain) void _;
+    } else {
+      tree = join(op.dir, `l-${n}`);
+      const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
+      await readTar(reading.plain, (e) => ex.entry(e), o.label);
+      stats = await ex.finish();
+    }
+  } finally {
+    closeFd();
+  }
+  const digest = `sha256:${reading.raw.hash.digest('hex')}`;
+  const diffHex = reading.diff.hash.digest('hex');
+  if (o.expectDigest !== undefined && digest !== o.expectDigest) {
+    throw new HutchError('EBADIMAGE', `${o.label}: digest mismatch: the blob hashes to ${digest}, the manifest says ${o.expectDigest}`);
+  }
+  if (o.expectSize !== undefined && reading.raw.bytes !== o.expectSize) {
+    throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${reading.raw.bytes} bytes, the manifest says ${o.expectSize}`);
+  }
+  if (expectDiffHex !== undefined && diffHex !== expectDiffHex) {
+    throw new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${diffHex}, the config says ${o.expectDiffId}`);
+  }
+  const mediaType =
+    o.mediaType ?? (reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer);
+  return { diffHex, blob: { digest, size: reading.raw.bytes, mediaType }, blobFile, tree, stats };
+}
+
+/** An image made of one rootfs layer, with a synthesized config. */
+function rootfsImage(layer: PendingLayer, config: { Env: string[]; Cmd?: string[] }): PendingImage {
+  const configBytes = synthConfig([`sha256:${layer.diffHex}`], config);
+  return {
+    configBytes,
+    configDigest: `sha256:${sha256hex(configBytes)}`,
+    configMediaType: MEDIA.ociConfig,
+    config: toImageConfig({ config }, 'generated config'),
+    layers: [layer],
+    tags: [],
+    hostBinds: [],
+  };
+}
+
+export { rootfsImage };
+
+/** Imports a path or a stream; see ImageStore.import. */
+export async function importSource(store: ImageStore, op: Op, source: string | NodeJS.ReadableStream, onProgress: OnProgress): Promise<PendingImage> {
+  if (typeof source === 'string') {
+    let st;
+    try {
+      st = await fsp.stat(source);
+    } catch (e) {
+      throw new HutchError('ENOIMAGE', `cannot read ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { path: source, cause: e });
+    }
+    if (st.isDirectory()) return importDir(store, op, source, false, onProgress);
+    return importStream(store, op, fileChunks(source), source, onProgress, st.size);
+  }
+  if (source === null || typeof source !== 'object' || typeof (source as Readable).on !== 'function') {
+    throw invalid('source', 'a file or directory path, or a readable stream', source);
+  }
+  return importStream(store, op, source as unknown as AsyncIterable<Buffer>, 'stream', onProgress, undefined);
+}
+
+/**
+ * One pass over a tar (plain or gzip): the first entry tells a rootfs (extracted as the one
+ * layer, the raw bytes kept as its blob) from an image archive (staged, then read as a
+ * layout).
+ */
+async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buffer>, label: string, onProgress: OnProgress, total: number | undefined): Promise<PendingImage> {
+  const rawFile = join(op.dir, 'raw');
+  const fd = openSync(rawFile, 'wx', 0o600);
+  let kind: 'rootfs' | 'archive' | undefined;
+  let reading: BlobReading | undefined;
+  const tree = join(op.dir, 'rootfs');
+  const stage = join(op.dir, 'stage');
+  let ex: LayerExtractor | undefined;
+  try {
+    reading = await openBlob(chunks, {
+      maxBytes: store.limits.maxBytes,
+      label,
+      onRaw: (c) => {
+        if (kind !== 'archive') {
+          let off = 0;
+          while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+        }
+        onProgress?.({ phase: 'extract', current: reading ? reading.raw.bytes : 0, ...(total !== undefined ? { total } : {}) });
+      },
+    });
+    await readTar(
+      reading.plain,
+      (e) => {
+        if (kind === undefined) {
+          kind = ARCHIVE_NAME.test(e.path) ? 'archive' : 'rootfs';
+          ex = kind === 'rootfs'
+            ? new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label })
+            : new LayerExtractor(stage, { shift: null, limits: store.limits, label });
+        }
+        ex!.entry(e);
+      },
+      label,
+    );
+    if (!ex) throw new HutchError('EBADIMAGE', `${label}: the archive is empty`);
+  } finally {
+    closeSync(fd);
+  }
+  const stats = await ex.finish();
+  if (kind === 'archive') {
+    await fsp.rm(rawFile, { force: true });
+    return importDir(store, op, stage, true, onProgress);
+  }
+  const diffHex = reading.diff.hash.digest('hex');
+  const layer: PendingLayer = {
+    diffHex,
+    blob: {
+      digest: `sha256:${reading.raw.hash.digest('hex')}`,
+      size: reading.raw.bytes,
+      mediaType: reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer,
+    },
+    blobFile: rawFile,
+    tree,
+    stats,
+  };
+  return rootfsImage(layer, { Env: [DEFAULT_PATH] });
+}
+
+/**
+ * A file inside an image directory. For an archive staged by hutch (`confined`), symlinks
+ * (docker save shares layers that way) are resolved by hand and must stay inside.
+ */
+async function locate(dir: string, rel: string, confined: boolean, what: string): Promise<string> {
+  const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
+  if (rel.startsWith('/') || parts.includes('..')) throw bad(what, rel, 'points outside the image');
+  if (!confined) return join(dir, ...parts);
+  let cur = parts.join('/');
+  for (let hops = 0; hops < 16; hops++) {
+    const p = join(dir, cur);
+    let st;
+    try {
+      st = await fsp.lstat(p);
+    } catch {
+      throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing from the archive`, { path: rel });
+    }
+    if (st.isFile()) return p;
+    if (!st.isSymbolicLink()) throw bad(what, rel, 'is not a regular file');
+    const target = await fsp.readlink(p);
+    const next = posix.normalize(posix.join(posix.dirname(cur), target));
+    if (target.startsWith('/') || next === '..' || next.startsWith('../')) throw bad(what, rel, `is a symlink to ${JSON.stringify(target)}, outside the archive`);
+    cur = next;
+  }
+  throw bad(what, rel, 'is a symlink loop');
+}
+
+async function readSmall(path: string, what: string, rel: string): Promise<Buffer> {
+  let h;
+  try {
+    h = await fsp.open(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is ${code === 'ENOENT' ? 'missing' : `unreadable (${code})`}`, { path: rel, cause: e });
+  }
+  try {
+    const st = await h.stat();
+    if (st.size > MAX_JSON) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is ${st.size} bytes, too large for a manifest or config`);
+    return await h.readFile();
+  } finally {
+    await h.close();
+  }
+}
+
+function parseJson(buf: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(buf.toString('utf8'));
+  } catch (e) {
+    throw new HutchError('EBADIMAGE', `${what}: not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function blobPath(desc: Descriptor, what: string): string {
+  return `blobs/sha256/${digestHex(desc.digest, what)}`;
+}
+
+/** Reads a small blob and checks its digest and size against the descriptor. */
+async function readBlob(dir: string, confined: boolean, desc: Descriptor, what: string): Promise<Buffer> {
+  const rel = blobPath(desc, what);
+  const buf = await readSmall(await locate(dir, rel, confined, what), what, rel);
+  if (`sha256:${sha256hex(buf)}` !== desc.digest) throw new HutchError('EBADIMAGE', `${what}: digest mismatch for ${rel}`, { path: rel });
+  if (buf.length !== desc.size) throw new HutchError('EBADIMAGE', `${what}: ${rel} has ${buf.length} bytes, the descriptor says ${desc.size}`, { path: rel });
+  return buf;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fsp.lstat(p).then(() => true, () => false);
+}
+
+/** An OCI image layout or a `docker save` tree on disk. */
+export async function importDir(store: ImageStore, op: Op, dir: string, confined: boolean, onProgress: OnProgress): Promise<PendingImage> {
+  const what = confined ? 'image archive' : dir;
+  if (await exists(join(dir, 'index.json'))) {
+    const img = await importOci(store, op, dir, confined, what, onProgress);
+    if (await exists(join(dir, 'manifest.json'))) img.tags = await dockerTags(dir, confined, what).catch(() => []);
+    return img;
+  }
+  if (await exists(join(dir, 'manifest.json'))) return importDocker(store, op, dir, confined, what, onProgress);
+  throw new HutchError('EBADIMAGE', `${what}: neither an OCI image layout (index.json) nor a docker save archive (manifest.json)`);
+}
+
+async function importOci(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
+  if (await exists(join(dir, 'oci-layout'))) {
+    const layout = parseJson(await readSmall(await locate(dir, 'oci-layout', confined, what), what, 'oci-layout'), `${what} oci-layout`) as { imageLayoutVersion?: unknown };
+    if (typeof layout?.imageLayoutVersion !== 'string' || !layout.imageLayoutVersion.startsWith('1.')) {
+      throw new HutchError('EBADIMAGE', `${what}: oci-layout version ${JSON.stringify(layout?.imageLayoutVersion)} is not 1.x`);
+    }
+  }
+  let index = parseJson(await readSmall(await locate(dir, 'index.json', confined, what), what, 'index.json'), `${what} index.json`) as { mediaType?: unknown };
+  if (index?.mediaType !== undefined && !INDEX_TYPES.has(index.mediaType as string)) {
+    throw new HutchError('EBADIMAGE', `${what}: index.json has media type ${JSON.stringify(index.mediaType)}`);
+  }
+  let desc = pickManifest(index, `${what} index.json`);
+  for (let depth = 0; INDEX_TYPES.has(desc.mediaType); depth++) {
+    if (depth > 4) throw new HutchError('EBADIMAGE', `${what}: indexes nested too deep`);
+    index = parseJson(await readBlob(dir, confined, desc, `${what} index ${desc.digest}`), `${what} index ${desc.digest}`) as { mediaType?: unknown };
+    desc = pickManifest(index, `${what} index ${desc.digest}`);
+  }
+  if (desc.mediaType !== '' && !MANIFEST_TYPES.has(desc.mediaType)) {
+    throw new HutchError('EBADIMAGE', `${what}: manifest ${desc.digest} has media type ${JSON.stringify(desc.mediaType)}, not an image manifest`);
+  }
+  const manifest = parseJson(await readBlob(dir, confined, desc, `${what} manifest ${desc.digest}`), `${what} manifest ${desc.digest}`);
+  return fromManifest(store, op, manifest, `${what} manifest ${desc.digest}`, (d, w) => readBlob(dir, confined, d, w), async (d, w) => fileChunks(await locate(dir, blobPath(d, w), confined, w)), onProgress);
+}
+
+/** Shared by OCI layouts and registry pulls: manifest → config → layers. */
+export async function fromManifest(
+  store: ImageStore,
+  op: Op,
+  manifest: unknown,
+  what: string,
+  readJsonBlob: (d: Descriptor, what: string) => Promise<Buffer>,
+  openLayer: (d: Descriptor, what: string) => Promise<AsyncIterable<Buffer>>,
+  onProgress: OnProgress,
+): Promise<PendingImage> {
+  const m = manifest as { mediaType?: unknown; config?: unknown; layers?: unknown; schemaVersion?: unknown };
+  if (typeof m !== 'object' || m === null || m.schemaVersion !== 2) throw new HutchError('EBADIMAGE', `${what}: not a schema 2 image manifest`);
+  if (m.mediaType !== undefined && !MANIFEST_TYPES.has(m.mediaType as string)) {
+    throw new HutchError('EBADIMAGE', `${what}: media type ${JSON.stringify(m.mediaType)} is not an image manifest`);
+  }
+  const cdesc = descriptor(m.config, `${what} config`);
+  if (!CONFIG_TYPES.has(cdesc.mediaType)) throw new HutchError('EBADIMAGE', `${what}: config media type ${JSON.stringify(cdesc.mediaType)} is not an image config`);
+  if (!Array.isArray(m.layers)) throw new HutchError('EBADIMAGE', `${what}: no layers list`);
+  const configBytes = await readJsonBlob(cdesc, `${what} config`);
+  const config = parseJson(configBytes, `${what} config`);
+  const ids = diffIds(config, `${what} config`);
+  const ldescs = m.layers.map((l, i) => descriptor(l, `${what} layers[${i}]`));
+  if (ids.length !== ldescs.length) throw new HutchError('EBADIMAGE', `${what}: ${ldescs.length} layers but the config lists ${ids.length} diff ids`);
+  const layers: PendingLayer[] = [];
+  for (const [i, d] of ldescs.entries()) {
+    const label = `${what} layer ${d.digest}`;
+    const compression = layerCompression(d.mediaType, label);
+    digestHex(d.digest, label);
+    const chunks = await openLayer(d, label);
+    layers.push(
+      await extractLayer(store, op, chunks, {
+        compression,
+        mediaType: d.mediaType,
+        expectDigest: d.digest,
+        expectSize: d.size,
+        expectDiffId: ids[i]!,
+        label,
+        onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${p.phase} layer ${i + 1}/${ldescs.length}` })),
+      }),
+    );
+  }
+  return {
+    configBytes,
+    configDigest: cdesc.digest,
+    configMediaType: cdesc.mediaType,
+    config: toImageConfig(config, `${what} config`),
+    layers,
+    tags: [],
+    hostBinds: [],
+  };
+}
+
+interface DockerEntry {
+  Config?: unknown;
+  RepoTags?: unknown;
+  Layers?: unknown;
+}
+
+async function dockerManifest(dir: string, confined: boolean, what: string): Promise<DockerEntry> {
+  const list = parseJson(await readSmall(await locate(dir, 'manifest.json', confined, what), what, 'manifest.json'), `${what} manifest.json`);
+  if (!Array.isArray(list) || list.length === 0 || typeof list[0] !== 'object' || list[0] === null) {
+    throw new HutchError('EBADIMAGE', `${what}: manifest.json lists no image`);
+  }
+  return list[0] as DockerEntry;
+}
+
+async function dockerTags(dir: string, confined: boolean, what: string): Promise<string[]> {
+  const e = await dockerManifest(dir, confined, what);
+  return Array.isArray(e.RepoTags) ? e.RepoTags.filter((t): t is string => typeof t === 'string' && /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/.test(t)) : [];
+}
+
+async function importDocker(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
+  const e = await dockerManifest(dir, confined, what);
+  if (typeof e.Config !== 'string') throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Config`);
+  if (!Array.isArray(e.Layers) || !e.Layers.every((l) => typeof l === 'string')) throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Layers list`);
+  const configBytes = await readSmall(await locate(dir, e.Config, confined, what), what, e.Config);
+  const idHex = sha256hex(configBytes);
+  const named = /([0-9a-f]{64})(?:\.json)?$/.exec(e.Config);
+  if (named && named[1] !== idHex) throw new HutchError('EBADIMAGE', `${what}: digest mismatch: ${e.Config} hashes to sha256:${idHex}`, { path: e.Config });
+  const config = parseJson(configBytes, `${what} ${e.Config}`);
+  const ids = diffIds(config, `${what} ${e.Config}`);
+  const names = e.Layers as string[];
+  if (ids.length !== names.length) throw new HutchError('EBADIMAGE', `${what}: ${names.length} layers but the config lists ${ids.length} diff ids`);
+  const layers: PendingLayer[] = [];
+  for (const [i, rel] of names.entries()) {
+    const label = `${what} layer ${rel}`;
+    const path = await locate(dir, rel, confined, label);
+    const l = await extractLayer(store, op, fileChunks(path), {
+      expectDiffId: ids[i]!,
+      label,
+      onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${p.phase} layer ${i + 1}/${names.length}` })),
+    });
+    if (l.blob.mediaType === MEDIA.ociLayer) l.blob.mediaType = 'application/vnd.docker.image.rootfs.diff.tar';
+    else if (l.blob.mediaType === MEDIA.ociLayerGzip) l.blob.mediaType = MEDIA.dockerLayer;
+    layers.push(l);
+  }
+  return {
+    configBytes,
+    configDigest: `sha256:${idHex}`,
+    configMediaType: MEDIA.dockerConfig,
+    config: toImageConfig(config, `${what} ${e.Config}`),
+    layers,
+    tags: await dockerTags(dir, confined, what),
+    hostBinds: [],
+  };
+}
+
+void HEX64;

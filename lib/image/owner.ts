@@ -1,0 +1,58 @@
+import { readFileSync } from 'node:fs';
+
+/**
+ * A process as recorded on disk: its pid plus its start time (field 22 of /proc/<pid>/stat,
+ * in clock ticks since boot), so a recycled pid is not mistaken for the process that wrote
+ * the record.
+ */
+export interface Owner {
+  pid: number;
+  start: string;
+}
+
+function startTime(pid: number): string | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // comm (field 2) may hold spaces and parentheses: the fields we want follow the last ')'.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return rest[19]; // field 22; rest[0] is field 3
+}
+
+let self: Owner | undefined;
+
+/** This process. */
+export function selfOwner(): Owner {
+  if (!self || self.pid !== process.pid) self = { pid: process.pid, start: startTime(process.pid) ?? '0' };
+  return self;
+}
+
+/** True while the recorded process still runs (same pid and same start time). */
+export function isAlive(owner: Owner | undefined): boolean {
+  if (!owner || !Number.isInteger(owner.pid) || owner.pid <= 0) return false;
+  const start = startTime(owner.pid);
+  return start !== undefined && start === String(owner.start);
+}
+
+/** Parses an owner record, or undefined when it is not one. */
+export function parseOwner(value: unknown): Owner | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const v = value as Record<string, unknown>;
+  if (typeof v.pid !== 'number' || typeof v.start !== 'string') return undefined;
+  return { pid: v.pid, start: v.start };
+}
+
+/** Owner encoded in a name: `<prefix>-<pid>-<start>-<random>`. */
+export function ownerTag(): string {
+  const o = selfOwner();
+  return `${o.pid}-${o.start}`;
+}
+
+/** Decodes `<prefix>-<pid>-<start>-...` back into an owner. */
+export function ownerFromName(name: string): Owner | undefined {
+  const m = /^[a-z]+-(\d+)-(\d+)-/.exec(name);
+  return m ? { pid: Number(m[1]), start: m[2]! } : undefined;
+}
