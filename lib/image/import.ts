@@ -50,7 +50,7 @@ const MAX_JSON = 4 * 1024 * 1024;
 let seq = 0;
 
 /** Names in an archive that only image archives (OCI layout, docker save) have at the top. */
-const ARCHIVE_NAME = /^(?:\.\/)?(?:oci-layout|index\.json|manifest\.json|repositories|blobs(?:\/|$)|[0-9a-f]{64}(?:\.json|\/|$))/;
+const ARCHIVE_NAME = /^(?:\.\/)?(?:oci-layout|index\.json|manifest\.json|repositories|blobs(?:\/|$)|[0-9a-f]{64}(?:[./]|$))/;
 
 /**
  * Extracts one layer into the op dir, keeping a copy of the blob, and checks what the

@@ -319,9 +319,14 @@ export class ImageStore {
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();
       for (const n of await fsp.readdir(this.path('tmp'))) {
+        if (n === 'trash') {
+          // Left by a prune or remove that died before emptying it.
+          for (const t of await fsp.readdir(this.path('tmp', 'trash'))) found.trash.push(this.path('tmp', 'trash', t));
+          continue;
+        }
         const owner = ownerFromName(n);
         if (owner && isAlive(owner)) continue;
-        if (!owner && n !== 'trash') {
+        if (!owner) {
           // Not ours to judge by name; leave files that are younger than a minute.
           const st = await fsp.lstat(this.path('tmp', n)).catch(() => undefined);
           if (!st || Date.now() - st.mtimeMs < 60_000) continue;
