@@ -33,11 +33,20 @@ async function peek(source: AsyncIterable<Buffer>): Promise<{ head: Buffer; rest
   const first = await it.next();
   const head = first.done ? Buffer.alloc(0) : Buffer.from(first.value);
   async function* rest(): AsyncGenerator<Buffer> {
-    if (head.length > 0) yield head;
-    for (;;) {
-      const n = await it.next();
-      if (n.done) return;
-      yield Buffer.from(n.value);
+    let done = false;
+    try {
+      if (head.length > 0) yield head;
+      for (;;) {
+        const n = await it.next();
+        if (n.done) {
+          done = true;
+          return;
+        }
+        yield Buffer.from(n.value);
+      }
+    } finally {
+      // Stopped early: let the source close (a Readable's iterator destroys it).
+      if (!done) await it.return?.();
     }
   }
   return { head, rest: rest() };
@@ -75,6 +84,7 @@ export async function openBlob(
     }
   }
   let decoded: AsyncIterable<Buffer>;
+  let src: Readable | undefined;
   if (compression === 'none') decoded = tapped();
   else {
     let dec: zlib.Gunzip | NodeJS.ReadWriteStream;
@@ -84,7 +94,7 @@ export async function openBlob(
       if (!z) throw unsupported(`${opts.label}: zstd-compressed layers`, 'use Node.js 22.15 or newer (zlib zstd)');
       dec = z();
     }
-    const src = Readable.from(tapped());
+    src = Readable.from(tapped());
     src.on('error', (e) => (dec as unknown as Readable).destroy(e));
     src.pipe(dec as unknown as NodeJS.WritableStream);
     decoded = dec as unknown as AsyncIterable<Buffer>;
@@ -106,6 +116,10 @@ export async function openBlob(
         throw new HutchError('EBADIMAGE', `${opts.label}: corrupt ${compression} data: ${(e as Error).message}`, { cause: e });
       }
       throw e;
+    } finally {
+      // Stopped early (a refused entry, a cap): stop reading the source too, which closes
+      // a file or destroys a caller's stream instead of leaving it paused.
+      src?.destroy();
     }
   }
   return { plain: plain(), compression, raw, diff };

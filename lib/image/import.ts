@@ -49,9 +49,6 @@ type OnProgress = ((p: Progress) => void) | undefined;
 const MAX_JSON = 4 * 1024 * 1024;
 let seq = 0;
 
-/** Names in an archive that only image archives (OCI layout, docker save) have at the top. */
-const ARCHIVE_NAME = /^(?:\.\/)?(?:oci-layout|index\.json|manifest\.json|repositories|blobs(?:\/|$)|[0-9a-f]{64}(?:[./]|$))/;
-
 /**
  * Extracts one layer into the op dir, keeping a copy of the blob, and checks what the
  * caller expects (blob digest and size, diff id). When the diff id is known and the store
@@ -152,55 +149,41 @@ export async function importSource(store: ImageStore, op: Op, source: string | N
 }
 
 /**
- * One pass over a tar (plain or gzip): the first entry tells a rootfs (extracted as the one
- * layer, the raw bytes kept as its blob) from an image archive (staged, then read as a
- * layout).
+ * One pass over a tar (plain or gzip), extracted with the layer rules and the raw bytes kept.
+ * A tree with `manifest.json`, `index.json` or `oci-layout` at its top is an image archive
+ * (docker save, OCI layout) and is then read as a layout; anything else is a rootfs, its
+ * one layer, with the raw bytes as the layer's blob.
  */
 async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buffer>, label: string, onProgress: OnProgress, total: number | undefined): Promise<PendingImage> {
   const rawFile = join(op.dir, 'raw');
-  const fd = openSync(rawFile, 'wx', 0o600);
-  let kind: 'rootfs' | 'archive' | undefined;
-  let reading: BlobReading | undefined;
   const tree = join(op.dir, 'rootfs');
-  const stage = join(op.dir, 'stage');
-  let ex: LayerExtractor | undefined;
+  const fd = openSync(rawFile, 'wx', 0o600);
+  let reading: BlobReading | undefined;
+  let stats: LayerStats;
   try {
     reading = await openBlob(chunks, {
       maxBytes: store.limits.maxBytes,
       label,
       onRaw: (c) => {
-        if (kind !== 'archive') {
-          let off = 0;
-          while (off < c.length) off += writeSync(fd, c, off, c.length - off);
-        }
+        let off = 0;
+        while (off < c.length) off += writeSync(fd, c, off, c.length - off);
         onProgress?.({ phase: 'extract', current: reading ? reading.raw.bytes : 0, ...(total !== undefined ? { total } : {}) });
       },
     });
-    await readTar(
-      reading.plain,
-      (e) => {
-        if (kind === undefined) {
-          kind = ARCHIVE_NAME.test(e.path) ? 'archive' : 'rootfs';
-          ex = kind === 'rootfs'
-            ? new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label })
-            : new LayerExtractor(stage, { shift: null, limits: store.limits, label });
-        }
-        ex!.entry(e);
-      },
-      label,
-    );
-    if (!ex) throw new HutchError('EBADIMAGE', `${label}: the archive is empty`);
+    const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label });
+    await readTar(reading.plain, (e) => ex.entry(e), label);
+    stats = await ex.finish();
   } finally {
     closeSync(fd);
   }
-  const stats = await ex.finish();
-  if (kind === 'archive') {
-    await fsp.rm(rawFile, { force: true });
-    return importDir(store, op, stage, true, onProgress);
+  for (const marker of ['manifest.json', 'index.json', 'oci-layout']) {
+    if (await exists(join(tree, marker))) {
+      await fsp.rm(rawFile, { force: true });
+      return importDir(store, op, tree, true, onProgress);
+    }
   }
-  const diffHex = reading.diff.hash.digest('hex');
   const layer: PendingLayer = {
-    diffHex,
+    diffHex: reading.diff.hash.digest('hex'),
     blob: {
       digest: `sha256:${reading.raw.hash.digest('hex')}`,
       size: reading.raw.bytes,
@@ -220,7 +203,11 @@ async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buf
 async function locate(dir: string, rel: string, confined: boolean, what: string): Promise<string> {
   const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
   if (rel.startsWith('/') || parts.includes('..')) throw bad(what, rel, 'points outside the image');
-  if (!confined) return join(dir, ...parts);
+  if (!confined) {
+    const p = join(dir, ...parts);
+    if (!(await exists(p))) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing`, { path: rel });
+    return p;
+  }
   let cur = parts.join('/');
   for (let hops = 0; hops < 16; hops++) {
     const p = join(dir, cur);

@@ -410,7 +410,12 @@ export async function readTar(chunks: AsyncIterable<Buffer>, onEntry: (e: ReadEn
   const done = new Promise<void>((resolve) => parser.on('end', () => { ended = true; resolve(); }));
   for await (const chunk of chunks) {
     if (failure) break;
-    parser.write(chunk);
+    try {
+      parser.write(chunk);
+    } catch (err) {
+      failure ??= err;
+    }
+    if (failure) break;
   }
   if (!failure) {
     parser.end();
