@@ -84,6 +84,7 @@ describe('hostile entries', () => {
     ['a hardlink to something not in the archive', [{ path: 'h', type: 'link', linkpath: 'nothere' }], 'h'],
     ['a hardlink through a symlink', [{ path: 'lnk', type: 'symlink', linkpath: '/etc' }, { path: 'h', type: 'link', linkpath: 'lnk/passwd' }], 'h'],
     ['a character device', [f('ok'), { path: 'mem', type: 'char', devmajor: 1, devminor: 1 }], 'mem'],
+    ['a 0:0 character device outside /dev', [{ path: 'etc/wh', type: 'char', devmajor: 0, devminor: 0 }], 'etc/wh'],
     ['a block device', [{ path: 'etc/sda', type: 'block', devmajor: 8, devminor: 0 }], 'etc/sda'],
     ['a uid past the mapped range', [{ ...f('big'), uid: 70000 }], 'big'],
     ['a gid past the mapped range', [{ ...f('big'), gid: 100000 }], 'big'],

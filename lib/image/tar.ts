@@ -32,7 +32,7 @@ import { tarBuffer, type TarEntry } from './tarwriter.js';
  *   through it" is refused, and nothing can land outside the layer;
  * - hardlinks point at a file or symlink extracted earlier from the same archive;
  * - device nodes under `dev/` are skipped (a sandbox always gets its own /dev), elsewhere
- *   refused; a 0:0 character device is an overlay whiteout and kept as one;
+ *   refused;
  * - `.wh.<name>` becomes a 0:0 character device `<name>`, `.wh..wh..opq` the xattr
  *   `user.overlay.opaque=y` on its directory (overlay mounted with `userxattr`);
  * - ids are shifted into the sandbox range; ids of 65536 and above are refused;
@@ -294,22 +294,15 @@ export class LayerExtractor {
       }
       case 'CharacterDevice':
       case 'BlockDevice': {
+        // Devices are never made from an archive, 0:0 included: the tar package reads device
+        // numbers only from POSIX ustar headers (GNU-format ones read as 0:0), so a "0:0
+        // whiteout" cannot be told from a real device. OCI whiteouts are `.wh.` files anyway.
         e.resume();
-        const major = e.header.devmaj ?? 0;
-        const minor = e.header.devmin ?? 0;
-        if (e.type === 'CharacterDevice' && major === 0 && minor === 0) {
-          this.parents(name, parts);
-          this.clear(rel, false);
-          this.kinds.set(rel, 'special');
-          this.whiteouts.push({ path: rel, meta: { mode: 0, uid: 0, gid: 0, mtime: this.now } });
-          this.stats.whiteouts++;
-          return;
-        }
         if (parts[0] === 'dev') {
           this.stats.skippedDevices++;
           return;
         }
-        throw bad(label, name, `is a device node (${major}:${minor}); images may not carry devices outside /dev`);
+        throw bad(label, name, 'is a device node; images may not carry devices outside /dev (which a sandbox replaces with its own)');
       }
       case 'FIFO': {
         e.resume();
