@@ -1,5 +1,4 @@
 /** Pieces both drivers share: teardown of a set of directories, and the messages for unenforceable limits. */
-import { existsSync } from 'node:fs';
 import { HutchError, unsupported } from '../errors.js';
 import { cgroupFailure, killAndWait, subdirs, tryRmdir } from './files.js';
 
@@ -36,7 +35,7 @@ export async function teardown(id: string, dirs: readonly string[], kill: () => 
     () => {
       left = undefined;
       for (const d of dirs) {
-        const errno = existsSync(d) ? removeTree(d) : undefined;
+        const errno = removeTree(d);
         if (errno && !left) left = { dir: d, errno };
       }
       return left === undefined || (left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY');

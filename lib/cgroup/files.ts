@@ -150,6 +150,8 @@ export async function killAndWait(kill: () => void, isEmpty: () => boolean, boun
   const deadline = Date.now() + boundMs;
   let delay = 0.5;
   for (;;) {
+    // Empty already (init ended, or nothing ever joined): no kill needed, the common case.
+    if (isEmpty()) return true;
     kill();
     if (isEmpty()) return true;
     if (Date.now() > deadline) return false;

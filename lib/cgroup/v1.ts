@@ -188,7 +188,11 @@ export class V1Driver implements CgroupDriver {
       if (limits.memoryBytes !== null) {
         // limit_in_bytes first: memsw may never be below it.
         writeControl(dirs.memory!, 'memory.limit_in_bytes', `${limits.memoryBytes}`);
-        if (this.memsw) writeControl(dirs.memory!, 'memory.memsw.limit_in_bytes', `${limits.memoryBytes + limits.swapBytes}`);
+        // Skipped when the host has no active swap (read at detection) and none was asked
+        // for: nothing could be swapped, and the write costs as much as the limit itself.
+        if (this.memsw && (limits.swapExplicit || this.host.swapActive)) {
+          writeControl(dirs.memory!, 'memory.memsw.limit_in_bytes', `${limits.memoryBytes + limits.swapBytes}`);
+        }
       }
       if (limits.pids !== null) writeControl(dirs.pids!, 'pids.max', `${limits.pids}`);
       if (limits.cpuQuotaUs !== null) {

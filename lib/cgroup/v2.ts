@@ -32,8 +32,8 @@ import {
 } from './files.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
-/** Controllers hutch enables for its sandboxes when the parent offers them. */
-const USED = ['cpu', 'cpuset', 'io', 'memory', 'pids'] as const;
+/** Controllers hutch enables for every sandbox when the parent offers them (accounting). */
+const ALWAYS = ['memory', 'pids'] as const;
 
 /** libuv opens every file with O_CLOEXEC, so these fds never leak into an exec. */
 const O_DIR = constants.O_RDONLY | constants.O_DIRECTORY;
@@ -59,6 +59,7 @@ export class V2Driver implements CgroupDriver {
   readonly kind = 'v2' as const;
   readonly root: string;
   private prepared: Prepared | undefined;
+  private available = new Set<string>();
 
   constructor(
     private readonly host: CgroupHost,
@@ -72,26 +73,31 @@ export class V2Driver implements CgroupDriver {
     return [this.root];
   }
 
-  /** Creates hutch's subtree root once and enables the controllers its parent passes down. */
+  /**
+   * Creates hutch's subtree root once and enables memory and pids (accounting for every
+   * sandbox). cpu, cpuset and io are enabled on first use only: each enabled controller
+   * makes every later leaf's mkdir costlier (cpu allocates per-CPU scheduler state).
+   */
   private prepare(): Prepared {
     if (this.prepared) return this.prepared;
     mkdirOwn(this.root);
     const words = (f: string) => new Set((readControl(`${this.root}/${f}`) ?? '').trim().split(/\s+/).filter(Boolean));
-    const available = words('cgroup.controllers');
+    this.available = words('cgroup.controllers');
     const enabled = words('cgroup.subtree_control');
-    const missing = USED.filter((c) => available.has(c) && !enabled.has(c));
-    if (missing.length > 0) {
-      writeControl(this.root, 'cgroup.subtree_control', missing.map((c) => `+${c}`).join(' '), (errno) =>
-        errno === 'EBUSY' ? noInternalProcesses(this.root) : undefined,
-      );
-      for (const c of missing) enabled.add(c);
-    }
-    this.prepared = {
-      enabled,
-      swapFile: enabled.has('memory') && existsSync(`${this.root}/memory.swap.max`),
-      killFile: existsSync(`${this.root}/cgroup.kill`),
-    };
+    this.prepared = { enabled, swapFile: false, killFile: existsSync(`${this.root}/cgroup.kill`) };
+    for (const c of ALWAYS) if (this.available.has(c)) this.enable(c);
+    this.prepared.swapFile = enabled.has('memory') && existsSync(`${this.root}/memory.swap.max`);
     return this.prepared;
+  }
+
+  /** Enables `controller` for hutch's leaves (a write to hutch's own subtree root only); false when the parent does not offer it. */
+  private enable(controller: string): boolean {
+    const p = this.prepared!;
+    if (p.enabled.has(controller)) return true;
+    if (!this.available.has(controller)) return false;
+    writeControl(this.root, 'cgroup.subtree_control', `+${controller}`, (errno) => (errno === 'EBUSY' ? noInternalProcesses(this.root) : undefined));
+    p.enabled.add(controller);
+    return true;
   }
 
   private notDelegated(controller: string): Error {
@@ -112,7 +118,7 @@ export class V2Driver implements CgroupDriver {
     checkId(id);
     let p = this.prepare();
     const need = (c: string) => {
-      if (!p.enabled.has(c)) throw this.notDelegated(c);
+      if (!this.enable(c)) throw this.notDelegated(c);
     };
     if (limits.memoryBytes !== null) need('memory');
     if (!p.swapFile && (limits.swapExplicit || (limits.memoryBytes !== null && this.host.swapActive))) {
@@ -150,8 +156,10 @@ export class V2Driver implements CgroupDriver {
     let fd = -1;
     try {
       if (limits.memoryBytes !== null) writeControl(dir, 'memory.max', `${limits.memoryBytes}`);
-      // Written even with no memory limit: memorySwap's default 0 means no swap at all.
-      if (p.swapFile) writeControl(dir, 'memory.swap.max', `${limits.swapBytes}`);
+      // memorySwap's default 0 means no swap at all, with or without a memory limit. On a
+      // host with no active swap (read at detection) there is nothing to hold off, and the
+      // write is skipped: it is a quarter of create()'s cost.
+      if (p.swapFile && (limits.swapExplicit || this.host.swapActive)) writeControl(dir, 'memory.swap.max', `${limits.swapBytes}`);
       if (limits.pids !== null) writeControl(dir, 'pids.max', `${limits.pids}`);
       if (limits.cpuQuotaUs !== null) writeControl(dir, 'cpu.max', `${limits.cpuQuotaUs} ${limits.cpuPeriodUs}`);
       if (limits.cpuset !== null) {
