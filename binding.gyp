@@ -7,7 +7,6 @@
         "addon/clone.cc",
         "addon/child.cc",
         "addon/child_mount.cc",
-        "addon/child_dev.cc",
         "addon/child_net.cc",
         "addon/pidfd.cc",
         "addon/fdpass.cc"

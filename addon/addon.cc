@@ -1,0 +1,36 @@
+// Module init: the JS-facing functions only. lib/native.ts types them.
+#include <napi.h>
+
+#include "addon.h"
+#include "steps.h"
+
+Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path) {
+  Napi::Object o = Napi::Object::New(env);
+  if (step) o.Set("step", step);
+  o.Set("errno", err < 0 ? -err : err);
+  if (path) o.Set("path", path);
+  return o;
+}
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Napi::Array steps = Napi::Array::New(env);
+  uint32_t i = 0;
+#define X(id, name) steps.Set(i++, name);
+  HUTCH_STEPS(X)
+#undef X
+  exports.Set("steps", steps);
+  exports.Set("setInit", Napi::Function::New(env, SetInit));
+  exports.Set("spawn", Napi::Function::New(env, Spawn));
+  exports.Set("openTree", Napi::Function::New(env, OpenTree));
+  exports.Set("reap", Napi::Function::New(env, Reap));
+  exports.Set("pidfdKill", Napi::Function::New(env, PidfdKill));
+  exports.Set("readSetupError", Napi::Function::New(env, ReadSetupError));
+  exports.Set("send", Napi::Function::New(env, Send));
+  exports.Set("recv", Napi::Function::New(env, Recv));
+  exports.Set("pipe", Napi::Function::New(env, Pipe));
+  exports.Set("close", Napi::Function::New(env, CloseFd));
+  InitWatch(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(hutch, Init)

@@ -1,0 +1,22 @@
+// Module-level declarations shared by the JS-facing units of the addon.
+#pragma once
+#include <napi.h>
+
+// A system failure returned to JS as data ({ step?, errno, path? }); lib/ builds the HutchError
+// there, with the stack of the user's call. Programmer errors (wrong argument types) throw.
+Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path);
+
+// clone.cc
+Napi::Value Spawn(const Napi::CallbackInfo &info);
+Napi::Value SetInit(const Napi::CallbackInfo &info);
+Napi::Value OpenTree(const Napi::CallbackInfo &info);
+// pidfd.cc
+void InitWatch(Napi::Env env, Napi::Object exports);
+Napi::Value Reap(const Napi::CallbackInfo &info);
+Napi::Value PidfdKill(const Napi::CallbackInfo &info);
+Napi::Value ReadSetupError(const Napi::CallbackInfo &info);
+// fdpass.cc
+Napi::Value Send(const Napi::CallbackInfo &info);
+Napi::Value Recv(const Napi::CallbackInfo &info);
+Napi::Value Pipe(const Napi::CallbackInfo &info);
+Napi::Value CloseFd(const Napi::CallbackInfo &info);

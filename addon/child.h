@@ -1,0 +1,20 @@
+// Helpers of the setup sequence, called only from child.cc. Every function here runs in the
+// child between clone and exec: async-signal-safe, no allocation, no exceptions, no locks.
+// Each returns 0 or a negative errno; `*where` is set to the path that failed, if any.
+#pragma once
+#include "plan.h"
+#include "steps.h"
+
+[[noreturn]] void die_step(int err_fd, unsigned step, int err, const char *detail);
+
+int scratch_in_child(const plan &p, int *scratch_fd);
+int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **where);
+int attach_root_in_child(const plan &p, int root_fd);
+int resolve_in_root(int root_fd, const char *rel, bool create, bool is_file, int *out_fd);
+int binds_in_child(const plan &p, int root_fd, const char **where);
+int proc_in_child(int root_fd);
+int dev_in_child(int root_fd, const char **where);
+int mask_in_child(const plan &p, int root_fd, const char **where);
+int readonly_in_child(const plan &p, int root_fd, const char **where);
+int pivot_root_in_child(int root_fd);
+int loopback_up_in_child(void);

@@ -1,0 +1,248 @@
+// clone3 and the parent's side of a sandbox's birth: fds and plan prepared before clone, id
+// maps and cgroup placement written from the parent, then the child is released.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <memory>
+#include <string>
+
+#include "addon.h"
+#include "plan.h"
+#include "sys.h"
+
+#ifndef CLONE_CLEAR_SIGHAND
+#define CLONE_CLEAR_SIGHAND 0x100000000ULL
+#endif
+
+static int g_init_fd = -1;  // sealed memfd with the init binary, made once per process
+
+static std::string get_str(const Napi::Object &o, const char *key) {
+  Napi::Value v = o.Get(key);
+  return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+}
+static int get_int(const Napi::Object &o, const char *key, int dflt) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : dflt;
+}
+static std::vector<std::string> get_strs(const Napi::Object &o, const char *key) {
+  std::vector<std::string> out;
+  Napi::Value v = o.Get(key);
+  if (!v.IsArray()) return out;
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (e.IsString()) out.push_back(e.As<Napi::String>().Utf8Value());
+  }
+  return out;
+}
+
+// parent. Copies the init binary into a sealed memfd: every sandbox execs it from there, so
+// /proc/<pid>/exe inside never points at a writable host file (CVE-2019-5736).
+Napi::Value SetInit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (g_init_fd >= 0) return Napi::Number::New(env, g_init_fd);
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int src = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (src < 0) return sys_failure(env, "exec_init", errno, path.c_str());
+  struct stat st;
+  fstat(src, &st);
+  int mfd = memfd_create("hutch-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (mfd < 0) {
+    int e = errno;
+    close(src);
+    return sys_failure(env, "exec_init", e, "memfd_create");
+  }
+  off_t off = 0;
+  while (off < st.st_size) {
+    ssize_t n = sendfile(mfd, src, &off, st.st_size - off);
+    if (n <= 0) {
+      int e = n < 0 ? errno : EIO;
+      close(src);
+      close(mfd);
+      return sys_failure(env, "exec_init", e, path.c_str());
+    }
+  }
+  close(src);
+  fchmod(mfd, 0555);
+  if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+    int e = errno;
+    close(mfd);
+    return sys_failure(env, "exec_init", e, "F_ADD_SEALS");
+  }
+  g_init_fd = mfd;
+  return Napi::Number::New(env, mfd);
+}
+
+// parent. A detached copy of a host mount tree, attributes set, ready for the child to attach
+// (open_tree(2), mount_setattr(2)). Opened here, in the host's mount namespace, so the child
+// never resolves a host path: a source swapped for a symlink later is not followed.
+Napi::Value OpenTree(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  bool readonly = info[1].ToBoolean();
+  unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW;
+  int fd = sys_open_tree(AT_FDCWD, path.c_str(), flags);
+  if (fd < 0) return sys_failure(env, "bind", errno, path.c_str());
+  struct mount_attr a;
+  memset(&a, 0, sizeof a);
+  a.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0);
+  if (sys_mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &a) < 0) {
+    int e = errno;
+    close(fd);
+    return sys_failure(env, "bind", e, path.c_str());
+  }
+  return Napi::Number::New(env, fd);
+}
+
+static int write_file(const char *path, const char *data, size_t len) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t n = write(fd, data, len);
+  int e = n < 0 ? -errno : (size_t)n != len ? -EIO : 0;
+  close(fd);
+  return e;
+}
+
+// parent. Starts a sandbox: clone3 into new namespaces, maps, placement, release.
+// Returns { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }.
+Napi::Value Spawn(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    Napi::TypeError::New(env, "spawn(plan): plan must be an object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (g_init_fd < 0) {
+    Napi::Error::New(env, "spawn: setInit() was not called").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto p = std::make_unique<plan>();
+  p->hostname = get_str(o, "hostname");
+  p->layers_dir = get_str(o, "layersDir");
+  p->lowerdirs = get_str(o, "lowerdirs");
+  p->scratch_size = get_str(o, "scratchSize");
+  p->root_mountpoint = get_str(o, "rootMountpoint");
+  p->masked = get_strs(o, "masked");
+  p->readonly = get_strs(o, "readonly");
+  p->readonly_root = o.Get("readonlyRoot").ToBoolean();
+  Napi::Value bv = o.Get("binds");
+  if (bv.IsArray()) {
+    Napi::Array ba = bv.As<Napi::Array>();
+    for (uint32_t i = 0; i < ba.Length(); i++) {
+      Napi::Object b = ba.Get(i).As<Napi::Object>();
+      p->binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
+    }
+  }
+  std::string uid_map = get_str(o, "uidMap"), gid_map = get_str(o, "gidMap");
+  std::vector<std::string> procs = get_strs(o, "procsFiles");
+  int cgroup_fd = get_int(o, "cgroupFd", -1);
+  if (p->lowerdirs.empty() || p->layers_dir.empty() || p->root_mountpoint.empty() || uid_map.empty() ||
+      gid_map.empty() || p->scratch_size.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize, uidMap, gidMap are required")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  for (const bind_op &b : p->binds) {
+    if (b.tree_fd < 0 || b.target.empty() || b.target[0] == '/') {
+      Napi::TypeError::New(env, "spawn(plan): each bind needs fd >= 0 and a relative target").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  p->init_args = {"hutch-init"};
+  for (auto &s : p->init_args) p->init_argv.push_back(s.c_str());
+  p->init_argv.push_back(nullptr);
+  p->init_envp.push_back(nullptr);
+  p->init_fd = g_init_fd;
+
+  int sync[2], errp[2], ctl[2];
+  if (pipe2(sync, O_CLOEXEC) < 0) return sys_failure(env, "clone", errno, "pipe2");
+  if (pipe2(errp, O_CLOEXEC) < 0) {
+    int e = errno;
+    close(sync[0]), close(sync[1]);
+    return sys_failure(env, "clone", e, "pipe2");
+  }
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) < 0) {
+    int e = errno;
+    close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]);
+    return sys_failure(env, "clone", e, "socketpair");
+  }
+  p->sync_fd = sync[0];
+  p->err_fd = errp[1];
+  p->ctl_fd = ctl[1];
+
+  int pidfd = -1;
+  struct clone_args a;
+  memset(&a, 0, sizeof a);
+  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC |
+            CLONE_CLEAR_SIGHAND;
+  a.pidfd = (uint64_t)(uintptr_t)&pidfd;
+  a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
+  if (cgroup_fd >= 0) {
+    a.flags |= CLONE_INTO_CGROUP;
+    a.cgroup = (uint64_t)cgroup_fd;
+  }
+  // Block every signal around clone3 so no handler of Node's runs in the child before
+  // CLONE_CLEAR_SIGHAND has taken effect; the child clears the mask before exec.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  long pid = sys_clone3(&a);
+  if (pid == 0) run_child(*p);
+  int clone_err = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  close(sync[0]);
+  close(errp[1]);
+  close(ctl[1]);
+  if (pid < 0) {
+    close(sync[1]), close(errp[0]), close(ctl[0]);
+    return sys_failure(env, "clone", clone_err, nullptr);
+  }
+
+  const char *fail_step = nullptr;
+  int fail_err = 0;
+  std::string fail_path;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
+  int r = write_file(path, uid_map.data(), uid_map.size());
+  if (r == 0) {
+    snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
+    r = write_file(path, gid_map.data(), gid_map.size());
+  }
+  if (r < 0) fail_step = "id_map", fail_err = r, fail_path = path;
+  if (!fail_step) {
+    std::string pidstr = std::to_string(pid);
+    for (const std::string &f : procs) {
+      r = write_file(f.c_str(), pidstr.data(), pidstr.size());
+      if (r < 0) {
+        fail_step = "cgroup", fail_err = r, fail_path = f;
+        break;
+      }
+    }
+  }
+  if (fail_step) {
+    sys_pidfd_send_signal(pidfd, SIGKILL);
+    siginfo_t si;
+    waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | __WALL);
+    close(pidfd), close(sync[1]), close(errp[0]), close(ctl[0]);
+    return sys_failure(env, fail_step, fail_err, fail_path.c_str());
+  }
+  ssize_t n;
+  do n = write(sync[1], "x", 1); while (n < 0 && errno == EINTR);
+  close(sync[1]);
+  fcntl(errp[0], F_SETFL, O_NONBLOCK);
+  fcntl(ctl[0], F_SETFL, O_NONBLOCK);
+
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", (double)pid);
+  out.Set("pidfd", pidfd);
+  out.Set("errFd", errp[0]);
+  out.Set("ctlFd", ctl[0]);
+  return out;
+}

@@ -1,0 +1,88 @@
+// The control socket to init (SOCK_SEQPACKET: one message per request, fds by SCM_RIGHTS)
+// and the pipes of a process's stdio.
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "addon.h"
+
+static const int kMaxFds = 8;
+
+// send(fd, buffer, fds[]): sends one message; returns the byte count or { errno }.
+Napi::Value Send(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  int fds[kMaxFds];
+  int nfds = 0;
+  if (info.Length() > 2 && info[2].IsArray()) {
+    Napi::Array a = info[2].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length() && nfds < kMaxFds; i++) fds[nfds++] = a.Get(i).As<Napi::Number>().Int32Value();
+  }
+  struct iovec iov = {buf.Data(), buf.Length()};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  if (nfds > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do n = sendmsg(fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  if (n < 0) return sys_failure(env, nullptr, errno, nullptr);
+  return Napi::Number::New(env, (double)n);
+}
+
+// recv(fd): undefined when nothing is waiting, null at EOF, { errno } on failure, else a
+// Buffer with the message (any fds received are closed: init sends none).
+Napi::Value Recv(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  static uint8_t data[65536];
+  struct iovec iov = {data, sizeof data};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  ssize_t n;
+  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return env.Undefined();
+  if (n < 0) return sys_failure(env, nullptr, errno, nullptr);
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      int *p = (int *)CMSG_DATA(c);
+      for (int i = 0; i < k; i++) close(p[i]);
+    }
+  }
+  if (n == 0) return env.Null();
+  return Napi::Buffer<uint8_t>::Copy(env, data, (size_t)n);
+}
+
+// pipe(): [readFd, writeFd], both close-on-exec.
+Napi::Value Pipe(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return sys_failure(env, nullptr, errno, nullptr);
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set((uint32_t)0, p[0]);
+  a.Set((uint32_t)1, p[1]);
+  return a;
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo &info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (fd >= 0) close(fd);
+  return info.Env().Undefined();
+}

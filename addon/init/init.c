@@ -1,0 +1,391 @@
+/* hutch-init: PID 1 of every sandbox. Static, single-threaded, small.
+ *
+ * It reaps every zombie, starts each exec request that arrives on the control socket (fd 3)
+ * with the credentials, capabilities, rlimits and seccomp program asked for, reports starts,
+ * failures and exits (with rusage), delivers kill requests, and when the control socket
+ * closes — the owner destroyed the sandbox or died — kills everything and exits, so a sandbox
+ * never outlives its owner. Policy is decided by the Node side; init only applies it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "protocol.h"
+
+#define CTL_FD 3
+#define MAX_MSG (1 << 20)
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct exec_slot {
+  uint32_t id;
+  pid_t pid;
+};
+
+static struct exec_slot *slots;
+static size_t nslots, capslots;
+static uint8_t *msgbuf;
+
+static void send_msg(const void *m, size_t len) {
+  ssize_t n;
+  do n = send(CTL_FD, m, len, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+}
+
+static void report_protocol_error(uint32_t id, uint32_t code) {
+  struct protocol_error_msg m = {MSG_PROTOCOL_ERROR, id, code, 0};
+  send_msg(&m, sizeof m);
+}
+
+static struct exec_slot *find_slot_by_id(uint32_t id) {
+  for (size_t i = 0; i < nslots; i++)
+    if (slots[i].id == id) return &slots[i];
+  return NULL;
+}
+
+static void remove_slot(struct exec_slot *s) { *s = slots[--nslots]; }
+
+static int add_slot(uint32_t id, pid_t pid) {
+  if (nslots == capslots) {
+    size_t n = capslots ? capslots * 2 : 16;
+    struct exec_slot *p = realloc(slots, n * sizeof *p);
+    if (!p) return -1;
+    slots = p, capslots = n;
+  }
+  slots[nslots].id = id;
+  slots[nslots].pid = pid;
+  nslots++;
+  return 0;
+}
+
+/* exec child: reports a failed step to init over the status pipe and exits. */
+static void die_exec(int status_fd, uint32_t step, int err) {
+  uint32_t rec[2] = {step, (uint32_t)err};
+  ssize_t n;
+  do n = write(status_fd, rec, sizeof rec); while (n < 0 && errno == EINTR);
+  _exit(127);
+}
+
+static const char *find_env(char **envp, const char *name) {
+  size_t len = strlen(name);
+  for (char **e = envp; *e; e++)
+    if (strncmp(*e, name, len) == 0 && (*e)[len] == '=') return *e + len + 1;
+  return NULL;
+}
+
+/* exec child: execve with a PATH search as execvpe does (ENOENT/ENOTDIR/EACCES go on to the
+ * next directory; EACCES is reported if nothing else was found). */
+static int exec_search(char **argv, char **envp) {
+  const char *file = argv[0];
+  if (strchr(file, '/')) {
+    execve(file, argv, envp);
+    return errno;
+  }
+  const char *path = find_env(envp, "PATH");
+  if (!path) path = DEFAULT_PATH;
+  int seen_eacces = 0;
+  char buf[4096];
+  size_t flen = strlen(file);
+  for (const char *p = path;; p++) {
+    const char *end = strchrnul(p, ':');
+    size_t dlen = (size_t)(end - p);
+    if (dlen + flen + 2 <= sizeof buf) {
+      memcpy(buf, p, dlen);
+      size_t off = dlen;
+      if (off == 0) buf[off++] = '.';
+      buf[off++] = '/';
+      memcpy(buf + off, file, flen + 1);
+      execve(buf, argv, envp);
+      if (errno == EACCES) seen_eacces = 1;
+      else if (errno != ENOENT && errno != ENOTDIR) return errno;
+    }
+    if (*end == 0) break;
+    p = end;
+  }
+  return seen_eacces ? EACCES : ENOENT;
+}
+
+/* exec child: everything between fork and execve, in the order that keeps each step possible:
+ * fds, rlimits, cwd, ids, capabilities, no_new_privs, and seccomp last (nsjail's applyPolicy). */
+static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl, const struct sock_filter *prog,
+                           const char *cwd, char **argv, char **envp, const int fds[3], int status_fd) {
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < 65; s++) sigaction(s, &dfl, NULL); /* SIGPIPE may be ignored from Node */
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  /* A new session: a process group that kill requests reach as a whole, and no controlling
+   * terminal, so TIOCSTI cannot push input into a terminal outside. */
+  if (setsid() < 0) die_exec(status_fd, XSTEP_FDS, errno);
+  for (int i = 0; i < 3; i++)
+    if (dup2(fds[i], i) < 0) die_exec(status_fd, XSTEP_FDS, errno);
+  /* Only 0-2 reach the program: the control socket and anything else are closed on exec. */
+  if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) die_exec(status_fd, XSTEP_FDS, errno);
+  for (uint32_t i = 0; i < r->nrlimits; i++) {
+    struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
+    if (setrlimit((int)rl[i].resource, &lim) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
+  }
+  if (chdir(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
+  if (setgroups(0, NULL) < 0 || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
+   * loses the rest on setresuid (no KEEPCAPS). */
+  for (int cap = 0; cap < 64; cap++) {
+    if (r->caps & (1ULL << cap)) continue;
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+      if (errno == EINVAL) break; /* past CAP_LAST_CAP */
+      die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+    }
+  }
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+    die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if (setresuid(r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (r->uid == 0) {
+    data[0].effective = data[0].permitted = (uint32_t)r->caps;
+    data[1].effective = data[1].permitted = (uint32_t)(r->caps >> 32);
+  }
+  if (syscall(SYS_capset, &hdr, data) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if ((r->flags & EXEC_NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if (r->flags & EXEC_SECCOMP) {
+    struct sock_fprog fp = {(unsigned short)(r->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
+  }
+  die_exec(status_fd, XSTEP_EXEC, exec_search(argv, envp));
+}
+
+static void close_fds(const int *fds, int n) {
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0) close(fds[i]);
+}
+
+/* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
+ * failure, and reports which. */
+static void start_exec(size_t len, int *fds, int nfds) {
+  struct exec_req r;
+  if (len < sizeof r) {
+    report_protocol_error(0, EPROTO);
+    close_fds(fds, nfds);
+    return;
+  }
+  memcpy(&r, msgbuf, sizeof r);
+  size_t need = sizeof r + (size_t)r.nrlimits * sizeof(struct rlimit_req) + r.seccomp_len + r.strings_len;
+  if (nfds != 3 || r.nrlimits > 64 || r.seccomp_len % sizeof(struct sock_filter) != 0 ||
+      r.seccomp_len > 4096 * sizeof(struct sock_filter) || need != len || r.argc == 0 || r.argc > 1 << 16 ||
+      r.envc > 1 << 16 || r.strings_len == 0 || msgbuf[len - 1] != 0 ||
+      ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0)) {
+    report_protocol_error(r.id, EPROTO);
+    close_fds(fds, nfds);
+    return;
+  }
+  if (find_slot_by_id(r.id)) {
+    report_protocol_error(r.id, EEXIST);
+    close_fds(fds, nfds);
+    return;
+  }
+  const struct rlimit_req *rl = (const struct rlimit_req *)(msgbuf + sizeof r);
+  const struct sock_filter *prog = (const struct sock_filter *)(msgbuf + sizeof r + r.nrlimits * sizeof *rl);
+  char *s = (char *)msgbuf + sizeof r + r.nrlimits * sizeof *rl + r.seccomp_len;
+  char *end = s + r.strings_len;
+  /* cwd, argv, envp: count the NUL-ended strings; they must be exactly 1 + argc + envc. */
+  size_t want = 1 + (size_t)r.argc + r.envc, got = 0;
+  for (char *q = s; q < end; q++)
+    if (*q == 0) got++;
+  char **vec = got == want ? calloc(r.argc + r.envc + 2, sizeof(char *)) : NULL;
+  if (!vec) {
+    report_protocol_error(r.id, got == want ? ENOMEM : EPROTO);
+    close_fds(fds, nfds);
+    return;
+  }
+  const char *cwd = s;
+  char *q = s + strlen(s) + 1;
+  char **argv = vec, **envp = vec + r.argc + 1;
+  for (uint32_t i = 0; i < r.argc; i++, q += strlen(q) + 1) argv[i] = q;
+  argv[r.argc] = NULL;
+  for (uint32_t i = 0; i < r.envc; i++, q += strlen(q) + 1) envp[i] = q;
+  envp[r.envc] = NULL;
+
+  int st[2];
+  if (pipe2(st, O_CLOEXEC) < 0) {
+    struct failed_msg f = {MSG_FAILED, r.id, errno, XSTEP_FORK};
+    send_msg(&f, sizeof f);
+    free(vec);
+    close_fds(fds, nfds);
+    return;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(st[0]);
+    run_exec_child(&r, rl, prog, cwd, argv, envp, fds, st[1]);
+  }
+  int fork_err = errno;
+  close(st[1]);
+  close_fds(fds, nfds);
+  free(vec);
+  if (pid < 0) {
+    close(st[0]);
+    struct failed_msg f = {MSG_FAILED, r.id, fork_err, XSTEP_FORK};
+    send_msg(&f, sizeof f);
+    return;
+  }
+  uint32_t rec[2];
+  ssize_t n;
+  do n = read(st[0], rec, sizeof rec); while (n < 0 && errno == EINTR);
+  close(st[0]);
+  if (n == (ssize_t)sizeof rec) {
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    struct failed_msg f = {MSG_FAILED, r.id, (int32_t)rec[1], rec[0]};
+    send_msg(&f, sizeof f);
+    return;
+  }
+  if (add_slot(r.id, pid) < 0) {
+    kill(pid, SIGKILL);
+    struct failed_msg f = {MSG_FAILED, r.id, ENOMEM, XSTEP_FORK};
+    send_msg(&f, sizeof f);
+    return;
+  }
+  struct started_msg m = {MSG_STARTED, r.id, pid, 0};
+  send_msg(&m, sizeof m);
+}
+
+static void deliver_kill(size_t len) {
+  struct kill_req k;
+  if (len != sizeof k) {
+    report_protocol_error(0, EPROTO);
+    return;
+  }
+  memcpy(&k, msgbuf, sizeof k);
+  struct exec_slot *s = find_slot_by_id(k.id);
+  if (!s) return; /* already ended: its MSG_EXITED is on the way */
+  if (k.signal <= 0 || k.signal >= 65) {
+    report_protocol_error(k.id, EINVAL);
+    return;
+  }
+  if (k.group) kill(-s->pid, k.signal);
+  kill(s->pid, k.signal);
+}
+
+/* Reaps every zombie (orphans of the sandbox included); reports the ones that were execs. */
+static void reap_children(void) {
+  for (;;) {
+    int status;
+    struct rusage ru;
+    pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+    if (pid <= 0) return;
+    for (size_t i = 0; i < nslots; i++) {
+      if (slots[i].pid != pid) continue;
+      struct exited_msg m = {MSG_EXITED, slots[i].id, status, 0,
+                             (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
+                             (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
+                             (uint64_t)ru.ru_maxrss};
+      send_msg(&m, sizeof m);
+      remove_slot(&slots[i]);
+      break;
+    }
+  }
+}
+
+/* Reads one message with up to 3 fds; returns its length, 0 at EOF, -1 to ignore. */
+static ssize_t read_msg(int *fds, int *nfds) {
+  struct iovec iov = {msgbuf, MAX_MSG};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * 8)];
+  } cbuf;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf.buf;
+  msg.msg_controllen = sizeof cbuf.buf;
+  ssize_t n;
+  do n = recvmsg(CTL_FD, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+  *nfds = 0;
+  if (n < 0) return errno == EAGAIN ? -1 : 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *p = (int *)CMSG_DATA(c);
+    for (int i = 0; i < k; i++) {
+      if (*nfds < 3) fds[(*nfds)++] = p[i];
+      else close(p[i]), *nfds = 4; /* too many: malformed */
+    }
+  }
+  if (n > 0 && (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+    uint32_t id = 0;
+    if (n >= 8) memcpy(&id, msgbuf + 4, 4);
+    report_protocol_error(id, E2BIG);
+    close_fds(fds, *nfds < 3 ? *nfds : 3);
+    return -1;
+  }
+  return n;
+}
+
+int main(void) {
+  /* Not dumpable: the processes init runs cannot ptrace it or read its memory (they lack
+   * CAP_SYS_PTRACE), and /proc/1 is theirs to look at only. */
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  msgbuf = malloc(MAX_MSG);
+  if (sfd < 0 || !msgbuf) return 125;
+  signal(SIGPIPE, SIG_IGN);
+
+  struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
+  for (;;) {
+    if (poll(pfd, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (pfd[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0) {
+      }
+      reap_children();
+    }
+    if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      int fds[3], nfds;
+      ssize_t n = read_msg(fds, &nfds);
+      if (n == 0) break; /* the owner is gone */
+      if (n < 0) continue;
+      uint32_t type = 0;
+      if (n >= 4) memcpy(&type, msgbuf, 4);
+      if (nfds > 3) {
+        report_protocol_error(0, EPROTO);
+        close_fds(fds, 3);
+      } else if (type == MSG_EXEC) {
+        start_exec((size_t)n, fds, nfds);
+      } else {
+        close_fds(fds, nfds);
+        if (type == MSG_KILL) deliver_kill((size_t)n);
+        else report_protocol_error(0, EPROTO);
+      }
+    }
+  }
+  /* The control socket closed: end everything in the sandbox. As PID 1 our exit would take
+   * the namespace's other processes with it; kill(-1) first makes it immediate. */
+  kill(-1, SIGKILL);
+  return 0;
+}

@@ -1,0 +1,93 @@
+/* The control protocol between the Node process (lib/protocol.ts mirrors it) and init, over
+ * a SOCK_SEQPACKET socket: one message per request or report, host byte order, fixed headers
+ * followed by variable parts. A message that does not parse gets MSG_PROTOCOL_ERROR back and
+ * changes nothing. */
+#pragma once
+#include <stdint.h>
+
+#define HUTCH_PROTOCOL_VERSION 1
+
+enum msg_type {
+  MSG_EXEC = 1,  /* struct exec_req, rlimits, seccomp program, strings; fds: stdin, stdout, stderr */
+  MSG_KILL = 2,  /* struct kill_req */
+  MSG_STARTED = 101,
+  MSG_FAILED = 102,
+  MSG_EXITED = 103,
+  MSG_PROTOCOL_ERROR = 104,
+};
+
+enum exec_flags {
+  EXEC_SECCOMP = 1, /* a seccomp program follows the rlimits */
+  EXEC_NO_NEW_PRIVS = 2,
+};
+
+/* Steps of an exec inside the sandbox, for MSG_FAILED. */
+enum exec_step {
+  XSTEP_FORK = 1,
+  XSTEP_FDS = 2,
+  XSTEP_RLIMIT = 3,
+  XSTEP_CWD = 4,
+  XSTEP_CREDENTIALS = 5,
+  XSTEP_CAPABILITIES = 6,
+  XSTEP_SECCOMP = 7,
+  XSTEP_EXEC = 8,
+};
+
+struct exec_req {
+  uint32_t type;
+  uint32_t id;
+  uint32_t uid;
+  uint32_t gid;
+  uint64_t caps;       /* capability bits kept (effective = permitted = bounding) when uid is 0 */
+  uint32_t flags;
+  uint32_t nrlimits;   /* struct rlimit_req records follow */
+  uint32_t seccomp_len; /* bytes of struct sock_filter records after the rlimits */
+  uint32_t argc;       /* strings after the program: cwd, argv[argc], envp[envc], each NUL-ended */
+  uint32_t envc;
+  uint32_t strings_len;
+};
+
+struct rlimit_req {
+  uint32_t resource;
+  uint32_t pad;
+  uint64_t soft;
+  uint64_t hard;
+};
+
+struct kill_req {
+  uint32_t type;
+  uint32_t id;
+  int32_t signal;
+  uint32_t group; /* 1: the process group of the exec (its whole tree unless it left it) */
+};
+
+struct started_msg {
+  uint32_t type;
+  uint32_t id;
+  int32_t pid;
+  uint32_t pad;
+};
+
+struct failed_msg {
+  uint32_t type;
+  uint32_t id;
+  int32_t err;
+  uint32_t step;
+};
+
+struct exited_msg {
+  uint32_t type;
+  uint32_t id;
+  int32_t status; /* wait status */
+  uint32_t pad;
+  uint64_t utime_us;
+  uint64_t stime_us;
+  uint64_t maxrss_kb;
+};
+
+struct protocol_error_msg {
+  uint32_t type;
+  uint32_t id;
+  uint32_t code; /* errno-like: EPROTO malformed, E2BIG too large, EEXIST duplicate id, ESRCH unknown id */
+  uint32_t pad;
+};

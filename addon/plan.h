@@ -1,0 +1,37 @@
+// The resolved plan of one sandbox, built by the parent (clone.cc) from the object that
+// lib/plan.ts makes, before clone. The child only reads it: every string and array here is
+// allocated before clone and never touched again until the parent frees it.
+#pragma once
+#include <string>
+#include <vector>
+
+struct bind_op {
+  int tree_fd;         // a detached mount tree (open_tree(OPEN_TREE_CLONE) + mount_setattr), made by the parent
+  std::string target;  // path inside the new root, relative (no leading '/'), normalised by lib/
+  bool is_file;        // create the target as a file, not a directory, when it is missing
+};
+
+struct plan {
+  std::string hostname;
+  std::string layers_dir;       // the store's layers directory: lowerdirs are relative to it
+  std::string lowerdirs;        // "top:...:bottom", names relative to layers_dir
+  std::string scratch_size;     // tmpfs size= for the writable layer, in bytes
+  std::string root_mountpoint;  // an empty host directory where the root is attached before pivot_root
+  std::vector<bind_op> binds;
+  std::vector<std::string> masked;    // relative paths hidden (file: /dev/null over it; dir: empty ro tmpfs)
+  std::vector<std::string> readonly;  // relative paths remounted read-only
+  bool readonly_root = false;
+  std::vector<std::string> init_args;
+  std::vector<const char *> init_argv;  // points into init_args, NULL-terminated
+  std::vector<const char *> init_envp;  // empty, NULL-terminated: init needs no environment
+
+  // Set up by clone.cc before clone.
+  int init_fd = -1;    // sealed memfd holding the init binary
+  int sync_fd = -1;    // child reads one byte: id maps (and v1 cgroups) are in place
+  int err_fd = -1;     // child writes a setup_error record; close-on-exec, so EOF means exec happened
+  int ctl_fd = -1;     // the child's end of the control socket; becomes fd 3 of init
+};
+
+// child.cc: the setup sequence. Runs in the child between clone and exec: async-signal-safe
+// only, no allocation. Never returns.
+[[noreturn]] void run_child(const plan &p);
