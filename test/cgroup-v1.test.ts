@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../lib/errors.js';
 import { resolveLimits, type Limits } from '../lib/limits.js';
 import { cgroupDriver, detectCgroups, pruneCgroups, type SandboxCgroup } from '../lib/cgroup/driver.js';
+import { V1Driver } from '../lib/cgroup/v1.js';
 import { isRoot, needs } from './helpers/require.js';
 
 const host = detectCgroups();
@@ -301,6 +302,33 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     } finally {
       await cg.destroy();
     }
+  });
+
+  it('works without a cgroup2 leaf, as on a pure v1 host: joins by procsFiles, kills by pid, CPU from cpuacct', async () => {
+    // The same driver with the cgroup2 mount hidden from it: the pure-v1 code paths, for real.
+    const d = new V1Driver({ ...host, kind: 'v1', unified: null }, `${privateParent}-purev1`, 'parent');
+    usedDrivers.add(d);
+    expect(d.kind).toBe('v1');
+    const cg = d.create(newId('v1'), resolveLimits({ memory: '64MiB', pids: 16 }).cgroup);
+    expect(cg.cloneIntoFd).toBeNull();
+    if (host.v1.has('cpuacct')) expect(cg.procsFiles.some((f) => f.includes('cpuacct'))).toBe(true);
+    const p = startPython(['import time', 't0 = time.monotonic()', 'while time.monotonic() - t0 < 0.3: pass', "print('spun', flush=True)", 'time.sleep(60)'].join('\n'));
+    const s = spawnSleep();
+    try {
+      join(cg, p.child.pid!);
+      join(cg, s.child.pid!);
+      p.send();
+      expect(await p.line()).toBe('spun');
+      const u = cg.usage();
+      expect(u.pids).toBe(2);
+      if (host.v1.has('cpuacct')) expect(u.cpuUserMs! + u.cpuSystemMs!).toBeGreaterThan(200);
+      cg.kill();
+      expect((await p.exited).signal).toBe('SIGKILL');
+      expect(await s.exited).toBe('SIGKILL');
+    } finally {
+      await cg.destroy();
+    }
+    for (const dir of cg.dirs) expect(existsSync(dir)).toBe(false);
   });
 
   it('prune removes a leftover sandbox cgroup and keeps live ones', async () => {

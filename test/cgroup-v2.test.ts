@@ -16,6 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../lib/errors.js';
 import { resolveLimits, type Limits } from '../lib/limits.js';
 import { cgroupDriver, detectCgroups, type CgroupDriver, type SandboxCgroup } from '../lib/cgroup/driver.js';
+import { V2Cgroup } from '../lib/cgroup/v2.js';
 import { isRoot, needs } from './helpers/require.js';
 
 const host = detectCgroups();
@@ -178,6 +179,19 @@ describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy 
     expect(await another.exited).toBe('SIGKILL');
     expect(existsSync(cg.dirs[0]!)).toBe(false);
     expect(cg.cloneIntoFd).toBeNull();
+  });
+
+  it('kills by pid where the kernel has no cgroup.kill (before 5.14)', async () => {
+    const made = v2driver(parentDir).create(newId('nokill'), resolveLimits({}).cgroup);
+    // The same leaf, seen by a handle that believes cgroup.kill is missing.
+    const cg = new V2Cgroup(made.id, made.dirs[0]!, null, { enabled: new Set(), swapFile: false, killFile: false });
+    const sleeps = [spawnSleep(), spawnSleep()];
+    for (const s of sleeps) join(made, s.child.pid!);
+    cg.kill();
+    expect(await Promise.all(sleeps.map((s) => s.exited))).toEqual(['SIGKILL', 'SIGKILL']);
+    await cg.destroy();
+    expect(existsSync(made.dirs[0]!)).toBe(false);
+    await made.destroy(); // idempotent even when another handle removed it
   });
 
   it('prune removes a leftover sandbox cgroup and keeps live ones', async () => {
