@@ -4,6 +4,7 @@ import { Readable } from 'node:stream';
 import { HutchError, invalid } from '../errors.js';
 import { digestHex, sha256hex } from './blob.js';
 import { fromManifest } from './import.js';
+import { BUILTINS } from './builtin.js';
 import { INDEX_TYPES, MANIFEST_TYPES, pickManifest, type Descriptor } from './oci.js';
 import { MEDIA, type BlobRef, type Image, type ImageRecord, type Progress } from './types.js';
 import type { ImageStore } from './store.js';
@@ -227,7 +228,8 @@ export async function pull(store: ImageStore, text: string, o: RegistryOptions):
       }),
     );
     void done;
-    pending.tags = [text];
+    // A bare builtin name ('busybox') stays the builtin's; the pulled image gets the full name.
+    pending.tags = [BUILTINS.includes(text as (typeof BUILTINS)[number]) ? `docker.io/library/${text}:latest` : text];
     return await store.commit(op, pending);
   } catch (e) {
     if (HutchError.is(e) && e.code === 'EBADIMAGE') throw regError(ref, e.message, undefined, e);

@@ -417,6 +417,15 @@ export async function readTar(chunks: AsyncIterable<Buffer>, onEntry: (e: ReadEn
   }
   if (failure) {
     if (HutchError.is(failure)) throw failure;
+    const code = (failure as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && code.startsWith('E') && !code.startsWith('EBAD')) {
+      // A host-side failure (ENOSPC, ENAMETOOLONG, EACCES), not a malformed archive.
+      throw new HutchError('EBADIMAGE', `${label}: extracting entry ${JSON.stringify(last)} failed: ${code} (${(failure as Error).message})`, {
+        errno: code,
+        path: last,
+        cause: failure,
+      });
+    }
     const msg = failure instanceof Error ? failure.message : String(failure);
     const where = last ? ` (at or after entry ${JSON.stringify(last)})` : '';
     throw new HutchError('EBADIMAGE', `${label}: not a valid tar archive${where}: ${msg}`, { cause: failure });
