@@ -355,6 +355,20 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
     }
   });
 
+  it.skipIf(skipCtl !== undefined)('makes its subtree root again, with the controllers a limit needs, when it vanishes', async () => {
+    const root = `${mount}/hutch-test-v2-${process.pid}-again`;
+    const d = v2driver(root);
+    await d.create(newId('a'), resolveLimits({ cpus: 0.5 }).cgroup).destroy();
+    rmdirSync(root);
+    const cg = d.create(newId('b'), resolveLimits({ memory: '64MiB', cpus: 0.5 }).cgroup);
+    try {
+      expect(read(cg.dirs[0]!, 'cpu.max')).toBe('50000 100000');
+      expect(read(cg.dirs[0]!, 'memory.max')).toBe(`${64 * 2 ** 20}`);
+    } finally {
+      await cg.destroy();
+    }
+  });
+
   it.skipIf(skipCtl !== undefined)('explains the "no internal processes" rule when its subtree root holds a process', async () => {
     const root = `${mount}/hutch-test-v2-${process.pid}-nip`;
     mkdirSync(root);

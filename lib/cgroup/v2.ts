@@ -106,10 +106,12 @@ export class V2Driver implements CgroupDriver {
     return unsupported(
       `limits.${LIMIT_OF[controller]} (the cgroup v2 ${controller} controller)`,
       `the ${controller} controller is not available in hutch's cgroup ${this.root}, because its parent ${parent} does not enable it in cgroup.subtree_control. ` +
-        (callers
-          ? `That parent is this process's own cgroup: hutch never writes it, and cgroup v2's "no internal processes" rule forbids enabling controllers in a non-root cgroup while this process lives in it. `
-          : '') +
-        `Run Node in a leaf of a delegated cgroup and give hutch a sibling (systemd: Delegate=yes and DelegateSubgroup=node, then write "+${controller}" to the delegated cgroup's cgroup.subtree_control and set HUTCH_CGROUP_PARENT=<delegated cgroup>/sandboxes), ` +
+        (parent === this.host.unified!.mount
+          ? `That is the root cgroup, which hutch does not write either: enable it there (echo +${controller} > ${parent}/cgroup.subtree_control). Otherwise: `
+          : callers
+            ? `That parent is this process's own cgroup: hutch never writes it, and cgroup v2's "no internal processes" rule forbids enabling controllers in a non-root cgroup while this process lives in it. `
+            : '') +
+        `run Node in a leaf of a delegated cgroup and give hutch a sibling (systemd: Delegate=yes and DelegateSubgroup=node, then write "+${controller}" to the delegated cgroup's cgroup.subtree_control and set HUTCH_CGROUP_PARENT=<delegated cgroup>/sandboxes), ` +
         `or set HUTCH_CGROUP_PARENT to any cgroup whose parent enables ${controller}`,
     );
   }
@@ -117,10 +119,16 @@ export class V2Driver implements CgroupDriver {
   create(id: string, limits: CgroupLimits, options: CgroupCreateOptions = {}): SandboxCgroup {
     checkId(id);
     let p = this.prepare();
-    const need = (c: string) => {
-      if (!this.enable(c)) throw this.notDelegated(c);
+    const needed: string[] = [];
+    if (limits.memoryBytes !== null) needed.push('memory');
+    if (limits.pids !== null) needed.push('pids');
+    if (limits.cpuQuotaUs !== null) needed.push('cpu');
+    if (limits.cpuset !== null) needed.push('cpuset');
+    if (limits.io !== null) needed.push('io');
+    const enableNeeded = () => {
+      for (const c of needed) if (!this.enable(c)) throw this.notDelegated(c);
     };
-    if (limits.memoryBytes !== null) need('memory');
+    enableNeeded();
     if (!p.swapFile && (limits.swapExplicit || (limits.memoryBytes !== null && this.host.swapActive))) {
       throw swapUnsupported(
         limits.swapExplicit,
@@ -130,11 +138,7 @@ export class V2Driver implements CgroupDriver {
         this.host.swapActive,
       );
     }
-    if (limits.pids !== null) need('pids');
-    if (limits.cpuQuotaUs !== null) need('cpu');
-    if (limits.cpuset !== null) need('cpuset');
     if (limits.io !== null) {
-      need('io');
       if (options.ioDevice === undefined) throw ioNeedsDevice();
       if (!IO_DEVICE.test(options.ioDevice)) throw badIoDevice(options.ioDevice);
     }
@@ -147,6 +151,7 @@ export class V2Driver implements CgroupDriver {
       // The subtree root went away (removed by hand or by a test): make it again, once.
       this.prepared = undefined;
       p = this.prepare();
+      enableNeeded();
       try {
         mkdirSync(dir);
       } catch (e2) {
