@@ -2,7 +2,7 @@
 // rules say so), nothing appears outside the layer being extracted, and no partial layer,
 // image or work directory remains in the store.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -288,7 +288,5 @@ describe('hostile image layouts', () => {
     const { base, store } = setup();
     const archive = tarBuffer([f('oci-layout', '{"imageLayoutVersion":"1.0.0"}'), f('blobs/../../../escaped')]);
     await refused(store, base, file(base, 'x.tar', archive), 'blobs/../../../escaped');
-    expect(readFileSync.length).toBeGreaterThan(0);
-    void symlinkSync;
   });
 });

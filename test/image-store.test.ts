@@ -222,7 +222,6 @@ describe('lookup, tags, remove, prune', () => {
 
   it('resolve: lowerdirs are the layer dirs top first; layers/ holds nothing but layer trees', async () => {
     const store = newStore();
-    const { execFileSync } = await import('node:child_process');
     // A two-layer OCI layout written by hand: bottom adds /etc/a, top adds /etc/b.
     const dir = join(store.root + '-oci');
     roots.push(dir);
@@ -258,6 +257,5 @@ describe('lookup, tags, remove, prune', () => {
       expect(st.gid).toBe(hostRange().gid);
       expect(statSync(store.root).mode & 0o777).toBe(0o710);
     }
-    void execFileSync;
   });
 });

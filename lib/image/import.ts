@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { HutchError, invalid } from '../errors.js';
-import { HEX64, digestHex, fileChunks, openBlob, sha256hex, type BlobReading, type Compression } from './blob.js';
+import { digestHex, fileChunks, openBlob, sha256hex, type BlobReading, type Compression } from './blob.js';
 import {
   CONFIG_TYPES,
   DEFAULT_PATH,
@@ -412,4 +412,3 @@ async function importDocker(store: ImageStore, op: Op, dir: string, confined: bo
   };
 }
 
-void HEX64;

@@ -1,5 +1,4 @@
 import { createReadStream, statSync } from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { HutchError, invalid } from '../errors.js';
 import { digestHex, sha256hex } from './blob.js';
@@ -198,7 +197,6 @@ export async function pull(store: ImageStore, text: string, o: RegistryOptions):
       digestHex(d.digest, what);
       return c.request('GET', `/v2/${ref.repository}/blobs/${d.digest}`);
     };
-    let done = 0;
     const pending = await fromManifest(
       store,
       op,
@@ -223,11 +221,9 @@ export async function pull(store: ImageStore, text: string, o: RegistryOptions):
         })();
       },
       o.onProgress && ((p) => {
-        done = p.current;
         o.onProgress!({ ...p, phase: p.phase.replace(/^(extract|verify)/, 'pull') });
       }),
     );
-    void done;
     // A bare builtin name ('busybox') stays the builtin's; the pulled image gets the full name.
     pending.tags = [BUILTINS.includes(text as (typeof BUILTINS)[number]) ? `docker.io/library/${text}:latest` : text];
     return await store.commit(op, pending);
@@ -304,5 +300,4 @@ export async function push(store: ImageStore, rec: ImageRecord, text: string, o:
     headers: { 'content-type': MEDIA.ociManifest },
     body: () => manifest,
   });
-  void fsp;
 }

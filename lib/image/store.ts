@@ -1,7 +1,7 @@
-import { existsSync, mkdirSync, chmodSync, chownSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, chownSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve as resolvePath } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HutchError, invalid } from '../errors.js';
 import { hostRange } from '../identity.js';
@@ -47,7 +47,8 @@ export class ImageStore {
     if (typeof options !== 'object' || options === null || typeof options.root !== 'string' || options.root === '') {
       throw invalid('store.root', 'a directory path', options?.root);
     }
-    this.root = options.root;
+    // Absolute, because the sandbox code chdirs into layers/ and names lowerdirs relative to it.
+    this.root = resolvePath(options.root);
     this.limits = {
       maxBytes: options.maxLayerBytes ?? DEFAULT_LIMITS.maxBytes,
       maxEntries: options.maxLayerEntries ?? DEFAULT_LIMITS.maxEntries,
@@ -603,4 +604,3 @@ export async function rmTree(p: string): Promise<void> {
   }
 }
 
-void statSync;
