@@ -9,7 +9,8 @@
         "addon/child_mount.cc",
         "addon/child_net.cc",
         "addon/pidfd.cc",
-        "addon/fdpass.cc"
+        "addon/fdpass.cc",
+        "addon/rootio.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -29,6 +29,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recv", Napi::Function::New(env, Recv));
   exports.Set("pipe", Napi::Function::New(env, Pipe));
   exports.Set("close", Napi::Function::New(env, CloseFd));
+  exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   InitWatch(env, exports);
   return exports;
 }

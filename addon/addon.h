@@ -20,3 +20,5 @@ Napi::Value Send(const Napi::CallbackInfo &info);
 Napi::Value Recv(const Napi::CallbackInfo &info);
 Napi::Value Pipe(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
+// rootio.cc
+Napi::Value OpenInRoot(const Napi::CallbackInfo &info);

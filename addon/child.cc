@@ -77,24 +77,28 @@ static int neg_errno(long r) { return r < 0 ? -errno : 0; }
   CHECK(STEP_PIVOT_ROOT, pivot_root_in_child(root_fd), "/");
   CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
 
-  // fds: the control socket becomes init's fd 3; 0-2 are /dev/null (never the Node process's
-  // stdio); everything else is close-on-exec now, so init starts with exactly 0-3. The error
-  // pipe and the init memfd stay usable until execveat.
+  // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
+  // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,
+  // never the Node process's stdio; everything else is close-on-exec, so init starts with
+  // exactly 0-4. Every fd we still need is first moved above 9, where dup2 cannot clobber it.
+  int errfd = fcntl(p.err_fd, F_DUPFD_CLOEXEC, 10);
+  if (errfd < 0) die_step(p.err_fd, STEP_FDS, -errno, "fcntl");
+  int ctl = fcntl(p.ctl_fd, F_DUPFD_CLOEXEC, 10);
+  int scratch = fcntl(scratch_fd, F_DUPFD_CLOEXEC, 10);
+  int initfd = fcntl(p.init_fd, F_DUPFD_CLOEXEC, 10);
+  if (ctl < 0 || scratch < 0 || initfd < 0) die_step(errfd, STEP_FDS, -errno, "fcntl");
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  CHECK(STEP_FDS, devnull < 0 ? -errno : 0, "/dev/null");
-  for (int fd = 0; fd < 3; fd++) CHECK(STEP_FDS, dup2(devnull, fd) < 0 ? -errno : 0, "dup2");
-  if (p.ctl_fd == 3) {
-    CHECK(STEP_FDS, fcntl(3, F_SETFD, 0) < 0 ? -errno : 0, "fcntl");
-  } else {
-    CHECK(STEP_FDS, dup2(p.ctl_fd, 3) < 0 ? -errno : 0, "dup2");
-  }
-  CHECK(STEP_FDS, neg_errno(sys_close_range(4, ~0U, CLOSE_RANGE_CLOEXEC)), "close_range");
+  if (devnull < 0) die_step(errfd, STEP_FDS, -errno, "/dev/null");
+  for (int fd = 0; fd < 3; fd++)
+    if (dup2(devnull, fd) < 0) die_step(errfd, STEP_FDS, -errno, "dup2");
+  if (dup2(ctl, 3) < 0 || dup2(scratch, 4) < 0) die_step(errfd, STEP_FDS, -errno, "dup2");
+  if (sys_close_range(5, ~0U, CLOSE_RANGE_CLOEXEC) < 0) die_step(errfd, STEP_FDS, -errno, "close_range");
 
   // Signal dispositions: CLONE_CLEAR_SIGHAND reset the handled ones; the mask set by the
   // parent around clone3 survives exec, so clear it last.
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
-  syscall(SYS_execveat, p.init_fd, "", p.init_argv.data(), p.init_envp.data(), AT_EMPTY_PATH);
-  die_step(p.err_fd, STEP_EXEC_INIT, -errno, "hutch-init");
+  syscall(SYS_execveat, initfd, "", p.init_argv.data(), p.init_envp.data(), AT_EMPTY_PATH);
+  die_step(errfd, STEP_EXEC_INIT, -errno, "hutch-init");
 }

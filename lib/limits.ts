@@ -149,7 +149,7 @@ export function suggest(key: string, known: readonly string[]): string | undefin
   return bestD <= 2 ? best : undefined;
 }
 
-function rejectUnknownKeys(field: string, obj: object, known: readonly string[]): void {
+export function rejectUnknownKeys(field: string, obj: object, known: readonly string[]): void {
   for (const key of Object.keys(obj)) {
     if ((known as readonly string[]).includes(key)) continue;
     const guess = suggest(key, known);
@@ -158,7 +158,7 @@ function rejectUnknownKeys(field: string, obj: object, known: readonly string[])
   }
 }
 
-function plainObject(field: string, value: unknown, what: string): Record<string, unknown> {
+export function plainObject(field: string, value: unknown, what: string): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(field, what, value);
   return value as Record<string, unknown>;
 }

@@ -28,6 +28,7 @@
 #include "protocol.h"
 
 #define CTL_FD 3
+#define SCRATCH_FD 4 /* the writable layer's tmpfs, held for the host (commit); never inherited */
 #define MAX_MSG (1 << 20)
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -344,6 +345,8 @@ int main(void) {
   /* Not dumpable: the processes init runs cannot ptrace it or read its memory (they lack
    * CAP_SYS_PTRACE), and /proc/1 is theirs to look at only. */
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  fcntl(SCRATCH_FD, F_SETFD, FD_CLOEXEC);
+  fcntl(CTL_FD, F_SETFD, FD_CLOEXEC);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

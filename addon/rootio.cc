@@ -1,0 +1,68 @@
+// Files inside a running sandbox, opened from the host for writeFile/readFile. The path is
+// resolved with openat2(RESOLVE_IN_ROOT) from the sandbox's root (/proc/<init>/root), so a
+// symlink planted inside resolves inside and can never reach a host path; only regular files
+// on ordinary filesystems are opened (never proc, sysfs or device nodes, which the host's
+// credentials would otherwise reach).
+#include <linux/magic.h>
+#include <linux/openat2.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+
+#include <string>
+
+#include "addon.h"
+#include "sys.h"
+
+static int openat2_in(int dfd, const char *path, int flags, int mode) {
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = (unsigned long long)(flags | O_CLOEXEC | O_NOCTTY);
+  how.mode = (flags & O_CREAT) ? (unsigned long long)mode : 0;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  int fd;
+  do fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof how); while (fd < 0 && (errno == EAGAIN || errno == EINTR));
+  return fd;
+}
+
+// openInRoot(pid, path, flags, mode, uid, gid): fd, or { errno, path }. A file it creates is
+// given to uid:gid (host ids of the sandbox's owner of the file).
+Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int pid = info[0].As<Napi::Number>().Int32Value();
+  std::string path = info[1].As<Napi::String>().Utf8Value();
+  int flags = info[2].As<Napi::Number>().Int32Value();
+  int mode = info[3].As<Napi::Number>().Int32Value();
+  int64_t uid = info[4].As<Napi::Number>().Int64Value(), gid = info[5].As<Napi::Number>().Int64Value();
+  std::string rootp = "/proc/" + std::to_string(pid) + "/root";
+  int root = open(rootp.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root < 0) return sys_failure(env, nullptr, errno, path.c_str());
+  bool created = false;
+  int fd = -1;
+  if (flags & O_CREAT) {
+    fd = openat2_in(root, path.c_str(), flags | O_EXCL, mode);
+    if (fd >= 0) created = true;
+    else if (errno == EEXIST) fd = openat2_in(root, path.c_str(), flags & ~O_CREAT, 0);
+  } else {
+    fd = openat2_in(root, path.c_str(), flags, 0);
+  }
+  int e = errno;
+  close(root);
+  if (fd < 0) return sys_failure(env, nullptr, e, path.c_str());
+  struct stat st;
+  struct statfs sf;
+  int bad = 0;
+  if (fstat(fd, &st) < 0 || fstatfs(fd, &sf) < 0) bad = errno;
+  else if (S_ISDIR(st.st_mode)) bad = EISDIR;
+  else if (!S_ISREG(st.st_mode)) bad = EPERM;
+  else if (sf.f_type == PROC_SUPER_MAGIC || sf.f_type == SYSFS_MAGIC || sf.f_type == CGROUP_SUPER_MAGIC ||
+           sf.f_type == CGROUP2_SUPER_MAGIC || sf.f_type == DEBUGFS_MAGIC || sf.f_type == SECURITYFS_MAGIC)
+    bad = EPERM;
+  if (!bad && created && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) bad = errno;
+  if (bad) {
+    close(fd);
+    return sys_failure(env, nullptr, bad, path.c_str());
+  }
+  return Napi::Number::New(env, fd);
+}

@@ -1,0 +1,80 @@
+/**
+ * Sandbox.checkHost() and `hutch doctor`: what this host offers hutch, what depends on each
+ * feature, and how to get it when it is missing.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { detectCgroups } from './cgroup/detect.js';
+
+export interface HostCheck {
+  /** Short name, e.g. 'user namespaces'. */
+  name: string;
+  ok: boolean;
+  /** What was found (a version, a layout, a count). */
+  detail: string;
+  /** What in hutch depends on it. */
+  neededFor: string;
+  /** How to get it when missing. */
+  fix?: string;
+}
+
+export interface HostReport {
+  kernel: string;
+  root: boolean;
+  cgroups: 'v2' | 'v1' | 'hybrid' | 'none';
+  /** True when everything a default sandbox needs is here. */
+  ok: boolean;
+  checks: HostCheck[];
+}
+
+function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(release());
+  if (!m) return false;
+  const a = Number(m[1]), b = Number(m[2]);
+  return a > major || (a === major && b >= minor);
+}
+
+function read(p: string): string {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+export async function checkHost(): Promise<HostReport> {
+  const checks: HostCheck[] = [];
+  const k = release();
+  const add = (c: HostCheck): void => void checks.push(c);
+  const upgrade = (v: string): string => `upgrade to Linux ${v} or newer (this is ${k})`;
+  add({ name: 'kernel', ok: kernelAtLeast(5, 12), detail: k, neededFor: 'everything: clone3, pidfd, the new mount API, overlay in user namespaces', fix: upgrade('5.12') });
+  const root = process.geteuid?.() === 0;
+  add({ name: 'root', ok: root, detail: root ? 'euid 0' : `euid ${process.geteuid?.()}`, neededFor: 'id maps to a host range, cgroups under hutch\'s subtree, network links', fix: 'run the Node process as root (or in a user namespace with a delegated cgroup)' });
+  const maxNs = Number(read('/proc/sys/user/max_user_namespaces').trim() || '0');
+  add({ name: 'user namespaces', ok: maxNs > 0, detail: `user.max_user_namespaces=${maxNs}`, neededFor: 'every sandbox (root inside is not root outside)', fix: 'sysctl -w user.max_user_namespaces=15000' });
+  const fss = read('/proc/filesystems');
+  const overlay = /\toverlay\n/.test(fss) || existsSync('/sys/module/overlay');
+  add({ name: 'overlayfs', ok: overlay, detail: overlay ? 'available' : 'not loaded', neededFor: 'the copy-on-write root of every sandbox', fix: 'modprobe overlay' });
+  add({ name: 'overlayfs in a user namespace', ok: kernelAtLeast(5, 11), detail: kernelAtLeast(5, 11) ? 'yes (5.11+)' : 'no', neededFor: 'mounting the root inside the sandbox', fix: upgrade('5.11') });
+  add({ name: 'clone3 + pidfd', ok: kernelAtLeast(5, 7), detail: kernelAtLeast(5, 7) ? 'yes (CLONE_PIDFD, CLONE_INTO_CGROUP)' : 'no', neededFor: 'starting sandboxes, watching exits on the event loop, race-free cgroup placement', fix: upgrade('5.7') });
+  add({ name: 'new mount API', ok: kernelAtLeast(5, 12), detail: kernelAtLeast(5, 12) ? 'fsopen, open_tree, move_mount, mount_setattr' : 'incomplete', neededFor: 'fd-based mounts that a planted symlink cannot redirect', fix: upgrade('5.12') });
+  add({ name: 'idmapped mounts', ok: kernelAtLeast(6, 3), detail: kernelAtLeast(6, 3) ? 'yes (tmpfs and overlay lowers)' : 'partial or none', neededFor: 'a host uid range per sandbox (stronger isolation between sandboxes)', fix: upgrade('6.3') });
+  let cg: HostReport['cgroups'] = 'none';
+  try {
+    const h = detectCgroups();
+    cg = h.kind;
+    const v1 = [...h.v1.keys()].sort();
+    const parts: string[] = [h.kind];
+    if (v1.length) parts.push(`v1 controllers: ${v1.join(' ')}`);
+    if (h.unified) parts.push(`cgroup2 controllers: ${h.unifiedControllers.join(' ') || 'none'}`);
+    add({ name: 'cgroups', ok: true, detail: parts.join('; '), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection' });
+  } catch (e) {
+    add({ name: 'cgroups', ok: false, detail: String((e as Error).message), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection', fix: 'mount cgroup2 at /sys/fs/cgroup' });
+  }
+  const seccomp = /^Seccomp:/m.test(read('/proc/self/status'));
+  add({ name: 'seccomp', ok: seccomp, detail: seccomp ? 'filter mode available' : 'not built in', neededFor: 'the default syscall filter', fix: 'a kernel with CONFIG_SECCOMP_FILTER' });
+  const bb = existsSync('/bin/busybox');
+  add({ name: 'busybox-static', ok: bb, detail: bb ? '/bin/busybox' : 'missing', neededFor: "the builtin 'busybox' image", fix: 'apt-get install busybox-static' });
+  const essential = ['kernel', 'root', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];
+  return { kernel: k, root, cgroups: cg, ok: checks.filter((c) => essential.includes(c.name)).every((c) => c.ok), checks };
+}

@@ -1,0 +1,23 @@
+/**
+ * hutch: embeddable Linux sandboxes for Node.js.
+ *
+ * @example
+ * ```ts
+ * import { Sandbox } from 'hutch';
+ * const r = await Sandbox.run({ image: 'busybox', command: 'echo hi', encoding: 'utf8' });
+ * ```
+ * @packageDocumentation
+ */
+export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
+export { SandboxPool, type PoolOptions } from './pool.js';
+export { HutchError, type HutchErrorCode } from './errors.js';
+export { ImageStore } from './image/store.js';
+export type { Image, ImageConfig, Progress } from './image/types.js';
+export type { SandboxOptions, RunOptions, ExecOptions, SpawnOptions, Mount } from './options.js';
+export type { ExecResult, ResourceUsage, SandboxProcess, EndReason } from './process.js';
+export type { Limits } from './limits.js';
+export type { ByteSize, Rate } from './units.js';
+export type { NetworkOptions } from './network/index.js';
+export type { SeccompProfile } from './seccomp/index.js';
+export type { HostReport, HostCheck } from './host.js';
+export { DEFAULT_CAPABILITIES } from './capabilities.js';

@@ -1,0 +1,115 @@
+/**
+ * Loads the addon and locates the init binary. A failed load names every path tried and how
+ * to fix it (sharp's and node-pty's loaders do the same).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HutchError } from './errors.js';
+
+/** A failure the addon returns as data: lib/ turns it into a HutchError with the caller's stack. */
+export interface NativeFailure {
+  step?: string;
+  errno: number;
+  path?: string;
+}
+
+export interface SpawnPlan {
+  hostname: string;
+  layersDir: string;
+  lowerdirs: string;
+  scratchSize: string;
+  rootMountpoint: string;
+  binds: { fd: number; target: string; file: boolean }[];
+  masked: string[];
+  readonly: string[];
+  readonlyRoot: boolean;
+  uidMap: string;
+  gidMap: string;
+  cgroupFd: number;
+  procsFiles: string[];
+}
+
+export interface Spawned {
+  pid: number;
+  pidfd: number;
+  errFd: number;
+  ctlFd: number;
+}
+
+export interface Watch {
+  close(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface Native {
+  steps: string[];
+  setInit(path: string): number | NativeFailure;
+  spawn(plan: SpawnPlan): Spawned | NativeFailure;
+  openTree(path: string, readonly: boolean): number | NativeFailure;
+  openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
+  reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
+  pidfdKill(pidfd: number, signal: number): boolean;
+  readSetupError(fd: number): undefined | null | NativeFailure;
+  send(fd: number, data: Buffer, fds?: number[]): number | NativeFailure;
+  recv(fd: number): Buffer | null | undefined | NativeFailure;
+  pipe(): [number, number] | NativeFailure;
+  close(fd: number): void;
+  Watch: new (fd: number, cb: (status: number) => void) => Watch;
+}
+
+export function isFailure(v: unknown): v is NativeFailure {
+  return typeof v === 'object' && v !== null && !Buffer.isBuffer(v) && typeof (v as NativeFailure).errno === 'number';
+}
+
+/** The package root: the nearest directory above this file with binding.gyp. */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  return dirname(dirname(fileURLToPath(import.meta.url)));
+}
+
+let loaded: { native: Native; initPath: string } | undefined;
+
+/** The addon, loaded once; its init memfd made on first use. */
+export function native(): Native {
+  if (loaded) return loaded.native;
+  const root = packageRoot();
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  let mod: Native | undefined;
+  let lastErr: unknown;
+  for (const build of ['Release', 'Debug']) {
+    const p = join(root, 'build', build, 'hutch.node');
+    tried.push(p);
+    if (!existsSync(p)) continue;
+    try {
+      mod = require(p) as Native;
+      break;
+    } catch (e) {
+      lastErr = e;
+    }
+  }
+  if (!mod) {
+    throw new HutchError(
+      'EUNSUPPORTED',
+      `the hutch addon could not be loaded; tried:\n  ${tried.join('\n  ')}\n` +
+        `Possible solutions:\n  - build it: cd ${root} && npx node-gyp rebuild (needs g++, make, python3)\n` +
+        `  - reinstall: npm install hutch (the install script builds the addon and the init)\n` +
+        `  - hutch runs on Linux only (this is ${process.platform}/${process.arch})`,
+      { cause: lastErr },
+    );
+  }
+  const initPath = join(root, 'build', mod === undefined ? 'Release' : dirname(tried[tried.length - 1]!).endsWith('Debug') ? 'Debug' : 'Release', 'hutch-init');
+  const r = mod.setInit(initPath);
+  if (isFailure(r)) {
+    throw new HutchError('EUNSUPPORTED', `the hutch init binary could not be loaded from ${initPath}: errno ${r.errno}; rebuild with npx node-gyp rebuild in ${root}`);
+  }
+  loaded = { native: mod, initPath };
+  return mod;
+}

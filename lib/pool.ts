@@ -1,0 +1,117 @@
+/**
+ * A pool of ready sandboxes: each is created ahead (namespaces, root, cgroup, init waiting)
+ * and handed out once, so a caller's run pays only for the exec. Refills in the background.
+ */
+import { HutchError, invalid } from './errors.js';
+import { plainObject } from './limits.js';
+import { resolveExecOptions, resolveSandboxOptions, type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions } from './options.js';
+import type { ExecResult } from './process.js';
+import type { Sandbox } from './sandbox.js';
+
+export interface PoolOptions extends SandboxOptions {
+  /** Sandboxes kept ready. */
+  size: number;
+  /** Ready sandboxes beyond... none: an idle pool keeps `size`; after idleMs without use it shrinks to 0 (default: never). */
+  idleMs?: number;
+}
+
+const POOL_KEYS = ['image', 'store', 'limits', 'network', 'mounts', 'env', 'cwd', 'user', 'hostname', 'readonlyRootfs',
+  'persistent', 'seccomp', 'capabilities', 'size', 'idleMs'];
+
+export class SandboxPool {
+  private readonly opts: ResolvedSandboxOptions;
+  private readonly size: number;
+  private readonly idleMs: number | null;
+  private readonly ready: Sandbox[] = [];
+  private filling = 0;
+  private closed = false;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private lastError: unknown = null;
+  private readonly inflight = new Set<Promise<unknown>>();
+
+  constructor(options: PoolOptions) {
+    const o = plainObject('options', options, 'an object of PoolOptions with a size');
+    const { size, idleMs, ...rest } = o;
+    if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || size > 10000) throw invalid('size', 'an integer from 0 to 10000', size);
+    if (idleMs !== undefined && (typeof idleMs !== 'number' || !(idleMs > 0))) throw invalid('idleMs', 'a positive number of ms', idleMs);
+    if ('signal' in rest) throw invalid('signal', 'no signal: a pool lives until close()', rest.signal);
+    this.opts = resolveSandboxOptions(rest, POOL_KEYS);
+    this.size = size;
+    this.idleMs = (idleMs as number | undefined) ?? null;
+    this.fill();
+  }
+
+  private async create(): Promise<Sandbox> {
+    const { Sandbox } = await import('./sandbox.js');
+    return Sandbox.createResolved(this.opts);
+  }
+
+  private fill(): void {
+    while (!this.closed && this.ready.length + this.filling < this.size) {
+      this.filling++;
+      const p = this.create().then(
+        (sb) => {
+          this.filling--;
+          if (this.closed) return sb.destroy();
+          this.lastError = null;
+          this.ready.push(sb);
+          return undefined;
+        },
+        (e) => {
+          this.filling--;
+          this.lastError = e; // the next acquire creates directly and reports it
+        },
+      );
+      this.track(p);
+      if (this.lastError) break;
+    }
+  }
+
+  private track(p: Promise<unknown>): void {
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p));
+  }
+
+  private touch(): void {
+    if (this.idleMs === null) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      for (const sb of this.ready.splice(0)) this.track(sb.destroy());
+    }, this.idleMs);
+    this.idleTimer.unref();
+  }
+
+  /** A fresh, never-used sandbox; the caller destroys it. */
+  async acquire(): Promise<Sandbox> {
+    if (this.closed) throw new HutchError('EDESTROYED', 'the pool is closed; create a new one');
+    this.touch();
+    const sb = this.ready.shift();
+    this.fill();
+    if (sb && sb.state === 'running') return sb;
+    if (sb) return this.acquire();
+    return this.create();
+  }
+
+  /** Runs a command in a fresh sandbox and destroys it after. */
+  async run(command: string[] | string, options?: ExecOptions): Promise<ExecResult> {
+    const o = resolveExecOptions(options, 'exec');
+    const sb = await this.acquire();
+    try {
+      return await sb.execResolved(command, o);
+    } finally {
+      this.track(sb.destroy());
+    }
+  }
+
+  /** Destroys every ready sandbox and stops refilling. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.idleTimer);
+    const all = this.ready.splice(0).map((sb) => sb.destroy());
+    await Promise.all([...all, ...this.inflight]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

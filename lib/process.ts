@@ -1,0 +1,282 @@
+/**
+ * One process started in a sandbox: its stdio pipes, its ending (exit, signal, timeout, OOM,
+ * output cap, kill) and its usage, in the one ExecResult shape (execa's lesson: every way a
+ * command ends is a result; only hutch's own failures reject).
+ */
+import { Socket } from 'node:net';
+import { Readable, Writable } from 'node:stream';
+import { constants as osConstants } from 'node:os';
+import { HutchError } from './errors.js';
+import { isFailure, native } from './native.js';
+import { waitStatus, type InitMessage } from './protocol.js';
+import { setupError } from './setup-errors.js';
+import type { SandboxCgroup } from './cgroup/driver.js';
+
+export interface ResourceUsage {
+  /** Wall-clock time from the start request to the end, ms. */
+  wallMs: number;
+  /** User CPU time of the process and the descendants it waited for (rusage), ms; per sandbox in stats(). */
+  cpuUserMs: number;
+  /** System CPU time, likewise, ms. */
+  cpuSystemMs: number;
+  /** Peak memory of the sandbox's cgroup while this exec ran (whole sandbox for stats()), bytes. */
+  memoryPeakBytes: number;
+  /** Tasks in the sandbox's cgroup when the exec ended (stats(): now). */
+  pids: number;
+  ioReadBytes?: number;
+  ioWriteBytes?: number;
+  netRxBytes?: number;
+  netTxBytes?: number;
+  /** Processes of the sandbox killed by the OOM killer during this exec (stats(): since creation). */
+  oomKills: number;
+}
+
+export type EndReason = 'exit' | 'signal' | 'timeout' | 'oom' | 'output-limit' | 'killed';
+
+export interface ExecResult {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  reason: EndReason;
+  stdout: Buffer | string;
+  stderr: Buffer | string;
+  truncated: boolean;
+  usage: ResourceUsage;
+}
+
+export interface SandboxProcess {
+  /** The pid inside the sandbox (0 until started). */
+  readonly pid: number;
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  readonly result: Promise<ExecResult>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** What a process needs of its sandbox. */
+export interface ProcessHost {
+  sendExec(id: number, message: Buffer, fds: number[]): void;
+  sendKill(id: number, signal: number): void;
+  cgroup: SandboxCgroup | null;
+  release(id: number): void;
+}
+
+export function signalName(n: number): NodeJS.Signals | null {
+  for (const [name, num] of Object.entries(osConstants.signals)) if (num === n) return name as NodeJS.Signals;
+  return null;
+}
+
+function pipeOrThrow(): [number, number] {
+  const p = native().pipe();
+  if (isFailure(p)) throw setupError({ step: 'fds', errno: p.errno });
+  return p;
+}
+
+export interface StartOptions {
+  capture: boolean;
+  timeoutMs: number | null;
+  outputBytes: number | null;
+  encoding?: BufferEncoding;
+  signal?: AbortSignal;
+  stdin?: string | Uint8Array | NodeJS.ReadableStream;
+  argv0: string;
+}
+
+/** A process in flight. Created by Sandbox.exec/spawn, settled by messages from init. */
+export class ProcessState implements SandboxProcess {
+  pid = 0;
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  readonly result: Promise<ExecResult>;
+
+  private resolve!: (r: ExecResult) => void;
+  private reject!: (e: unknown) => void;
+  private readonly t0 = performance.now();
+  private chunks: { out: Buffer[]; err: Buffer[] } = { out: [], err: [] };
+  private captured = 0;
+  private truncated = false;
+  private forced: EndReason | null = null;
+  private exited: Extract<InitMessage, { type: 'exited' }> | null = null;
+  private openStreams = 2;
+  private timer: NodeJS.Timeout | undefined;
+  private oomBefore = 0;
+  private settled = false;
+  private onAbort = (): void => this.forceKill('killed', 9);
+
+  constructor(
+    private readonly host: ProcessHost,
+    readonly id: number,
+    private readonly opts: StartOptions,
+  ) {
+    this.result = new Promise<ExecResult>((res, rej) => {
+      this.resolve = res;
+      this.reject = rej;
+    });
+    // Until started, the streams are placeholders that start() replaces.
+    this.stdin = undefined as unknown as Writable;
+    this.stdout = undefined as unknown as Readable;
+    this.stderr = undefined as unknown as Readable;
+  }
+
+  /** Makes the pipes, sends the request with the child's ends, keeps ours as streams. */
+  start(message: (id: number) => Buffer): void {
+    const n = native();
+    const pin = pipeOrThrow();
+    let pout: [number, number] | undefined, perr: [number, number] | undefined;
+    try {
+      pout = pipeOrThrow();
+      perr = pipeOrThrow();
+      this.host.sendExec(this.id, message(this.id), [pin[0], pout[1], perr[1]]);
+    } catch (e) {
+      for (const fd of [...pin, ...(pout ?? []), ...(perr ?? [])]) n.close(fd);
+      throw e;
+    }
+    n.close(pin[0]);
+    n.close(pout[1]);
+    n.close(perr[1]);
+    this.oomBefore = this.host.cgroup?.oomKills() ?? 0;
+    const stdin = new Socket({ fd: pin[1], readable: false, writable: true });
+    stdin.on('error', () => undefined); // EPIPE when the process does not read its input
+    const stdout = new Socket({ fd: pout[0], readable: true, writable: false });
+    const stderr = new Socket({ fd: perr[0], readable: true, writable: false });
+    Object.assign(this, { stdin, stdout, stderr });
+    for (const [s, key] of [[stdout, 'out'], [stderr, 'err']] as const) {
+      s.on('error', () => undefined);
+      s.once('close', () => {
+        this.openStreams--;
+        this.maybeSettle();
+      });
+      if (this.opts.capture) s.on('data', (b: Buffer) => this.collect(key, b));
+    }
+    const src = this.opts.stdin;
+    if (this.opts.capture) {
+      if (src === undefined) stdin.end();
+      else if (typeof src === 'string' || src instanceof Uint8Array) stdin.end(src);
+      else (src as NodeJS.ReadableStream).pipe(stdin);
+    }
+    if (this.opts.timeoutMs !== null) this.timer = setTimeout(() => this.forceKill('timeout', 9), this.opts.timeoutMs);
+    if (this.opts.signal) {
+      if (this.opts.signal.aborted) this.onAbort();
+      else this.opts.signal.addEventListener('abort', this.onAbort, { once: true });
+    }
+  }
+
+  private collect(key: 'out' | 'err', b: Buffer): void {
+    const cap = this.opts.outputBytes;
+    if (cap !== null && this.captured + b.length > cap) {
+      const room = cap - this.captured;
+      if (room > 0) this.chunks[key].push(b.subarray(0, room));
+      this.captured = cap;
+      if (!this.truncated) {
+        this.truncated = true;
+        this.forceKill('output-limit', 9);
+      }
+      return;
+    }
+    this.captured += b.length;
+    this.chunks[key].push(b);
+  }
+
+  /** Ends the whole process group of this exec, remembering why. */
+  forceKill(reason: EndReason, signal: number): void {
+    if (this.exited || this.settled) return;
+    if (this.forced === null) this.forced = reason;
+    this.host.sendKill(this.id, signal);
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGTERM'): void {
+    const n = osConstants.signals[signal];
+    if (typeof n !== 'number') throw new HutchError('EINVAL', `invalid option signal: expected a signal name such as 'SIGTERM', got ${String(signal)}`);
+    this.forceKill('killed', n);
+  }
+
+  /** A message from init about this process. */
+  onMessage(m: InitMessage): void {
+    if (m.type === 'started') {
+      this.pid = m.pid;
+    } else if (m.type === 'failed') {
+      const err = setupError({ step: m.step, errno: m.errno, path: m.step === 'exec' ? this.opts.argv0 : undefined });
+      this.fail(err);
+    } else if (m.type === 'exited') {
+      this.exited = m;
+      this.maybeSettle();
+    } else if (m.type === 'protocol-error') {
+      this.fail(new HutchError('ESETUP', `init refused the exec request (code ${m.code}); this is a bug in hutch`, { step: 'exec' }));
+    }
+  }
+
+  /** The sandbox went away under the process: it ends as killed. */
+  onSandboxGone(): void {
+    if (this.settled || this.exited) return;
+    if (this.forced === null) this.forced = 'killed';
+    this.exited = { type: 'exited', id: this.id, status: 9, utimeUs: 0, stimeUs: 0, maxrssKb: 0 };
+    this.maybeSettle();
+  }
+
+  private cleanup(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
+    this.host.release(this.id);
+  }
+
+  private fail(e: unknown): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.cleanup();
+    this.stdout?.destroy();
+    this.stderr?.destroy();
+    this.stdin?.destroy();
+    this.reject(e);
+  }
+
+  private maybeSettle(): void {
+    if (this.settled || !this.exited || this.openStreams > 0) return;
+    this.settled = true;
+    this.cleanup();
+    const m = this.exited;
+    const { code, signal } = waitStatus(m.status);
+    const cg = this.host.cgroup;
+    let usage: ReturnType<SandboxCgroup['usage']> | undefined;
+    try {
+      usage = cg?.usage();
+    } catch {
+      usage = undefined;
+    }
+    const oomKills = Math.max(0, (cg ? safe(() => cg.oomKills()) : 0) - this.oomBefore);
+    let reason: EndReason = signal === null ? 'exit' : 'signal';
+    if (this.forced) reason = this.forced;
+    // OOM is read from the kernel's counter, never guessed from SIGKILL alone.
+    if (signal === 9 && oomKills > 0 && this.forced !== 'timeout' && this.forced !== 'output-limit') reason = 'oom';
+    const out = Buffer.concat(this.chunks.out);
+    const err = Buffer.concat(this.chunks.err);
+    const enc = this.opts.encoding;
+    const r: ExecResult = {
+      exitCode: code,
+      signal: signal === null ? null : signalName(signal),
+      reason,
+      stdout: enc ? out.toString(enc) : out,
+      stderr: enc ? err.toString(enc) : err,
+      truncated: this.truncated,
+      usage: {
+        wallMs: performance.now() - this.t0,
+        cpuUserMs: m.utimeUs / 1000,
+        cpuSystemMs: m.stimeUs / 1000,
+        memoryPeakBytes: usage?.memoryPeakBytes ?? m.maxrssKb * 1024,
+        pids: usage?.pids ?? 0,
+        oomKills,
+      },
+    };
+    if (usage?.ioReadBytes !== undefined) r.usage.ioReadBytes = usage.ioReadBytes;
+    if (usage?.ioWriteBytes !== undefined) r.usage.ioWriteBytes = usage.ioWriteBytes;
+    this.resolve(r);
+  }
+}
+
+function safe(f: () => number): number {
+  try {
+    return f();
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The control protocol to init (addon/init/protocol.h is the C side): SOCK_SEQPACKET, one
+ * message per request or report, host byte order (little-endian on every Linux hutch runs on).
+ */
+export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104 } as const;
+export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2 } as const;
+
+/** Steps of an exec inside the sandbox (MSG_FAILED), by number. */
+export const EXEC_STEPS: Record<number, string> = {
+  1: 'fork',
+  2: 'fds',
+  3: 'rlimit',
+  4: 'cwd',
+  5: 'credentials',
+  6: 'capabilities',
+  7: 'seccomp',
+  8: 'exec',
+};
+
+export interface ExecRequest {
+  id: number;
+  uid: number;
+  gid: number;
+  caps: bigint;
+  noNewPrivs: boolean;
+  rlimits: { resource: number; soft: number; hard: number }[];
+  seccomp: Buffer | null;
+  cwd: string;
+  argv: string[];
+  env: string[];
+}
+
+const EXEC_HEADER = 48;
+const RLIM_INFINITY = 0xffffffffffffffffn;
+
+function rlim(v: number): bigint {
+  return v === Infinity || v < 0 ? RLIM_INFINITY : BigInt(Math.floor(v));
+}
+
+export function encodeExec(r: ExecRequest): Buffer {
+  const strings = Buffer.from([r.cwd, ...r.argv, ...r.env].join('\0') + '\0', 'utf8');
+  const prog = r.seccomp ?? Buffer.alloc(0);
+  const buf = Buffer.alloc(EXEC_HEADER + r.rlimits.length * 24 + prog.length + strings.length);
+  buf.writeUInt32LE(MSG.EXEC, 0);
+  buf.writeUInt32LE(r.id, 4);
+  buf.writeUInt32LE(r.uid, 8);
+  buf.writeUInt32LE(r.gid, 12);
+  buf.writeBigUInt64LE(r.caps, 16);
+  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0), 24);
+  buf.writeUInt32LE(r.rlimits.length, 28);
+  buf.writeUInt32LE(prog.length, 32);
+  buf.writeUInt32LE(r.argv.length, 36);
+  buf.writeUInt32LE(r.env.length, 40);
+  buf.writeUInt32LE(strings.length, 44);
+  let off = EXEC_HEADER;
+  for (const l of r.rlimits) {
+    buf.writeUInt32LE(l.resource, off);
+    buf.writeBigUInt64LE(rlim(l.soft), off + 8);
+    buf.writeBigUInt64LE(rlim(l.hard), off + 16);
+    off += 24;
+  }
+  prog.copy(buf, off);
+  off += prog.length;
+  strings.copy(buf, off);
+  return buf;
+}
+
+export function encodeKill(id: number, signal: number, group: boolean): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUInt32LE(MSG.KILL, 0);
+  b.writeUInt32LE(id, 4);
+  b.writeInt32LE(signal, 8);
+  b.writeUInt32LE(group ? 1 : 0, 12);
+  return b;
+}
+
+export type InitMessage =
+  | { type: 'started'; id: number; pid: number }
+  | { type: 'failed'; id: number; errno: number; step: string }
+  | { type: 'exited'; id: number; status: number; utimeUs: number; stimeUs: number; maxrssKb: number }
+  | { type: 'protocol-error'; id: number; code: number };
+
+export function decode(m: Buffer): InitMessage | undefined {
+  if (m.length < 16) return undefined;
+  const type = m.readUInt32LE(0);
+  const id = m.readUInt32LE(4);
+  switch (type) {
+    case MSG.STARTED:
+      return { type: 'started', id, pid: m.readInt32LE(8) };
+    case MSG.FAILED:
+      return { type: 'failed', id, errno: m.readInt32LE(8), step: EXEC_STEPS[m.readUInt32LE(12)] ?? 'exec' };
+    case MSG.EXITED:
+      if (m.length < 40) return undefined;
+      return {
+        type: 'exited',
+        id,
+        status: m.readInt32LE(8),
+        utimeUs: Number(m.readBigUInt64LE(16)),
+        stimeUs: Number(m.readBigUInt64LE(24)),
+        maxrssKb: Number(m.readBigUInt64LE(32)),
+      };
+    case MSG.PROTOCOL_ERROR:
+      return { type: 'protocol-error', id, code: m.readUInt32LE(8) };
+    default:
+      return undefined;
+  }
+}
+
+/** Decodes a wait status: exit code or terminating signal number. */
+export function waitStatus(status: number): { code: number | null; signal: number | null } {
+  const sig = status & 0x7f;
+  if (sig === 0) return { code: (status >> 8) & 0xff, signal: null };
+  return { code: null, signal: sig };
+}

@@ -1,0 +1,536 @@
+/**
+ * The Sandbox: create (plan, clone, set up, wait for init), exec/spawn over init's control
+ * socket, files, stats, destroy. API.md is the contract.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants as fsc, fstatSync, mkdirSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { EventEmitter } from 'eventemitter3';
+import { HutchError, invalid } from './errors.js';
+import { hostRange } from './identity.js';
+import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
+import { decode, encodeExec, encodeKill } from './protocol.js';
+import { setupError } from './setup-errors.js';
+import { capabilityMask } from './capabilities.js';
+import { compileSeccomp } from './seccomp/index.js';
+import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
+import { mergeExecLimits } from './limits.js';
+import { ImageStore } from './image/store.js';
+import type { Image, ResolvedImage } from './image/types.js';
+import { attachNetwork, releaseNetwork, hostsFile, type NetworkAttachment } from './network/index.js';
+import {
+  RUN_KEYS, checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
+  type ExecOptions, type ResolvedExecOptions, type ResolvedSandboxOptions, type RunOptions, type SandboxOptions, type SpawnOptions,
+} from './options.js';
+import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, type SandboxProcess } from './process.js';
+import { SandboxPool, type PoolOptions } from './pool.js';
+import { checkHost, type HostReport } from './host.js';
+
+/** Default size of the writable layer (a tmpfs, charged to the sandbox's memory as it fills). */
+export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** Paths hidden from the sandbox and paths made read-only (relative to its root). */
+const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
+  'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
+const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
+
+let defaultStore: ImageStore | undefined;
+const mountpoints = new Map<string, string>();
+
+function rootMountpoint(store: ImageStore): string {
+  let p = mountpoints.get(store.root);
+  if (!p) {
+    p = join(store.root, 'mnt');
+    mkdirSync(p, { recursive: true, mode: 0o755 });
+    mountpoints.set(store.root, p);
+  }
+  return p;
+}
+
+interface SandboxEvents {
+  oom: [ResourceUsage];
+  exit: [{ code: number | null; signal: number | null }];
+  destroyed: [];
+}
+
+function abortError(signal: AbortSignal): HutchError {
+  return new HutchError('EDESTROYED', 'the sandbox was aborted through its AbortSignal', { cause: signal.reason });
+}
+
+/** Resolves the image's `User` ('uid', 'uid:gid', or a name in the image's /etc/passwd). */
+function imageUser(r: ResolvedImage): { uid: number; gid: number } | undefined {
+  const u = r.image.config.user;
+  if (!u) return undefined;
+  const m = /^(\d+)(?::(\d+))?$/.exec(u);
+  if (m) return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
+  const [name, group] = u.split(':');
+  for (const hex of r.lowerdirs) {
+    let text: string;
+    try {
+      text = readFileSync(join(r.layersDir, hex, 'etc', 'passwd'), 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      const f = line.split(':');
+      if (f[0] === name && f.length >= 4) {
+        const gid = group && /^\d+$/.test(group) ? Number(group) : Number(f[3]);
+        return { uid: Number(f[2]), gid };
+      }
+    }
+    break;
+  }
+  throw new HutchError('EINVAL', `the image's User '${u}' is not a uid and not a name in its /etc/passwd; pass user: 'uid:gid'`);
+}
+
+/**
+ * An isolated environment: its own user, pid, mount, network, UTS, IPC and cgroup namespaces,
+ * a copy-on-write root from an image, limits, seccomp, and PID 1 of its own.
+ *
+ * @example
+ * ```ts
+ * await using sb = await Sandbox.create({ image: 'busybox', limits: { memory: '64MiB' } });
+ * const r = await sb.exec('echo hello', { encoding: 'utf8' });
+ * console.log(r.stdout); // hello
+ * ```
+ */
+export class Sandbox extends EventEmitter<SandboxEvents> {
+  readonly id: string;
+  readonly pid: number;
+  state: 'running' | 'destroyed' = 'running';
+  network: { address: string; hostAddress: string; interface: string } | null = null;
+
+  /** @internal */ readonly image: ResolvedImage;
+  private readonly opts: ResolvedSandboxOptions;
+  private readonly spawned: Spawned;
+  private readonly store: ImageStore;
+  private cgroup: SandboxCgroup | null;
+  private attachment: NetworkAttachment | null = null;
+  private ctlWatch: Watch | null = null;
+  private pidWatch: Watch | null = null;
+  private readonly procs = new Map<number, ProcessState>();
+  private nextId = 1;
+  private destroying: Promise<void> | null = null;
+  private exitedP: Promise<void>;
+  private exitedResolve!: () => void;
+  private initExit: { code: number | null; signal: number | null } | null = null;
+  private readonly seccomp: Buffer | null;
+  private readonly caps: bigint;
+  private readonly baseEnv: string[];
+  private oomSeen = 0;
+  private readonly onAbort = (): void => void this.destroy();
+
+  private constructor(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: Spawned, cgroup: SandboxCgroup | null) {
+    super();
+    this.id = id;
+    this.opts = opts;
+    this.store = store;
+    this.image = image;
+    this.spawned = spawned;
+    this.pid = spawned.pid;
+    this.cgroup = cgroup;
+    this.caps = capabilityMask(opts.capabilities);
+    this.seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
+    const env = new Map<string, string>();
+    for (const kv of image.image.config.env) {
+      const i = kv.indexOf('=');
+      if (i > 0) env.set(kv.slice(0, i), kv.slice(i + 1));
+    }
+    if (!env.has('PATH')) env.set('PATH', DEFAULT_PATH);
+    for (const [k, v] of Object.entries(opts.env)) env.set(k, v);
+    this.baseEnv = [...env].map(([k, v]) => `${k}=${v}`);
+    this.exitedP = new Promise((r) => (this.exitedResolve = r));
+  }
+
+  /** Creates a sandbox and waits until its init runs. */
+  static async create(options?: SandboxOptions): Promise<Sandbox> {
+    const opts = resolveSandboxOptions(options);
+    return Sandbox.createResolved(opts);
+  }
+
+  /** @internal */
+  static async createResolved(opts: ResolvedSandboxOptions): Promise<Sandbox> {
+    if (opts.signal?.aborted) throw abortError(opts.signal);
+    const n = native();
+    const store = opts.store ?? (defaultStore ??= ImageStore.default());
+    const image = await store.resolve(opts.image);
+    if (opts.persistent) {
+      throw new HutchError('EUNSUPPORTED', 'invalid option persistent: on-disk writable layers are not built yet (issue 5); omit persistent');
+    }
+    const id = randomBytes(6).toString('hex');
+    const range = hostRange();
+    const fds: number[] = [];
+    let cgroup: SandboxCgroup | null = null;
+    let spawned: Spawned | undefined;
+    try {
+      cgroup = cgroupDriver().create(id, opts.limits.cgroup);
+      const binds: { fd: number; target: string; file: boolean }[] = [];
+      const bind = (source: string, target: string, readonly: boolean): void => {
+        const fd = n.openTree(source, readonly);
+        if (isFailure(fd)) throw setupError(fd);
+        fds.push(fd);
+        binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
+      };
+      for (const p of image.hostBinds) bind(p, p, true);
+      for (const m of opts.mounts) bind(m.source, m.target, m.readonly);
+      const disk = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
+      const s = n.spawn({
+        hostname: opts.hostname ?? `hutch-${id}`,
+        layersDir: image.layersDir,
+        lowerdirs: image.lowerdirs.join(':'),
+        scratchSize: String(disk),
+        rootMountpoint: rootMountpoint(store),
+        binds,
+        masked: MASKED,
+        readonly: READONLY,
+        readonlyRoot: opts.readonlyRootfs,
+        uidMap: `0 ${range.uid} ${range.size}\n`,
+        gidMap: `0 ${range.gid} ${range.size}\n`,
+        cgroupFd: cgroup.cloneIntoFd ?? -1,
+        procsFiles: [...cgroup.procsFiles],
+      });
+      for (const fd of fds.splice(0)) n.close(fd);
+      if (isFailure(s)) throw setupError(s);
+      spawned = s;
+      const [setup] = await Promise.all([waitSetup(s), store.markInUse(image.image.id, id)]);
+      if (setup) throw setupError(setup);
+    } catch (e) {
+      for (const fd of fds) n.close(fd);
+      if (spawned) await killAndReap(spawned);
+      await cgroup?.destroy().catch(() => undefined);
+      await store.release(id).catch(() => undefined);
+      throw e;
+    }
+    n.close(spawned.errFd);
+    const sb = new Sandbox(id, opts, store, image, spawned, cgroup);
+    sb.watch();
+    try {
+      if (opts.network.mode === 'bridge') {
+        sb.attachment = await attachNetwork(opts.network, id, spawned.pid);
+        if (sb.attachment) {
+          sb.network = { address: sb.attachment.address, hostAddress: sb.attachment.hostAddress, interface: sb.attachment.interface };
+          await sb.writeFile('/etc/hosts', hostsFile(opts.hostname ?? `hutch-${id}`, sb.attachment));
+        }
+      }
+      if (opts.signal) {
+        if (opts.signal.aborted) throw abortError(opts.signal);
+        opts.signal.addEventListener('abort', sb.onAbort, { once: true });
+      }
+    } catch (e) {
+      await sb.destroy();
+      throw e;
+    }
+    return sb;
+  }
+
+  /** create + exec + destroy: the one-off path. */
+  static async run(options: RunOptions): Promise<ExecResult> {
+    if (typeof options !== 'object' || options === null) throw invalid('options', 'an object of RunOptions with a command', options);
+    const opts = resolveSandboxOptions(options, RUN_KEYS);
+    const exec = resolveExecOptions(options, 'run');
+    const sb = await Sandbox.createResolved(opts);
+    try {
+      const command = options.command ?? sb.defaultCommand();
+      return await sb.execResolved(command, exec);
+    } finally {
+      await sb.destroy();
+    }
+  }
+
+  /** Pre-created sandboxes, each handed out once. */
+  static pool(options: PoolOptions): SandboxPool {
+    return new SandboxPool(options);
+  }
+
+  /** What this host supports, and why not. */
+  static checkHost(): Promise<HostReport> {
+    return checkHost();
+  }
+
+  private defaultCommand(): string[] {
+    const c = this.image.image.config;
+    const cmd = [...(c.entrypoint ?? []), ...(c.cmd ?? [])];
+    if (cmd.length === 0) throw new HutchError('EINVAL', `invalid option command: none given and the image ${this.image.image.id} has no Entrypoint or Cmd`);
+    return cmd;
+  }
+
+  private watch(): void {
+    const n = native();
+    const s = this.spawned;
+    this.pidWatch = new n.Watch(s.pidfd, () => this.onInitExit());
+    this.pidWatch.unref();
+    this.ctlWatch = new n.Watch(s.ctlFd, () => this.onControl());
+    this.ctlWatch.unref();
+  }
+
+  private onControl(): void {
+    const n = native();
+    for (;;) {
+      const m = n.recv(this.spawned.ctlFd);
+      if (m === undefined) return;
+      if (m === null || isFailure(m)) {
+        this.ctlWatch?.close();
+        this.ctlWatch = null;
+        return;
+      }
+      const msg = decode(m);
+      if (!msg) continue;
+      this.procs.get(msg.id)?.onMessage(msg);
+      if (msg.type === 'exited') this.checkOom();
+    }
+  }
+
+  private checkOom(): void {
+    if (!this.cgroup) return;
+    let k = 0;
+    try {
+      k = this.cgroup.oomKills();
+    } catch {
+      return;
+    }
+    if (k > this.oomSeen) {
+      this.oomSeen = k;
+      this.stats().then((u) => this.emit('oom', u), () => undefined);
+    }
+  }
+
+  private onInitExit(): void {
+    const r = native().reap(this.spawned.pidfd);
+    if (r === null) return;
+    this.pidWatch?.close();
+    this.pidWatch = null;
+    this.initExit = isFailure(r) ? { code: null, signal: null } : r;
+    this.exitedResolve();
+    for (const p of this.procs.values()) p.onSandboxGone();
+    if (!this.destroying) {
+      this.emit('exit', this.initExit);
+      void this.destroy();
+    }
+  }
+
+  private host(): ProcessHost {
+    return {
+      sendExec: (id, message, fds) => {
+        const r = native().send(this.spawned.ctlFd, message, fds);
+        if (isFailure(r)) throw this.gone(r.errno);
+      },
+      sendKill: (id, signal) => {
+        if (this.state === 'destroyed') return;
+        native().send(this.spawned.ctlFd, encodeKill(id, signal, true));
+      },
+      cgroup: this.cgroup,
+      release: (id) => {
+        this.procs.delete(id);
+        if (this.procs.size === 0) this.ctlWatch?.unref();
+      },
+    };
+  }
+
+  private gone(errno?: number): HutchError {
+    return new HutchError('EDESTROYED', `sandbox ${this.id} is destroyed${errno ? ` (control socket: errno ${errno})` : ''}; create a new one`);
+  }
+
+  private startProcess(command: unknown, o: ResolvedExecOptions, capture: boolean): ProcessState {
+    if (this.state === 'destroyed') throw this.gone();
+    const argv = resolveCommand('command', command);
+    const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
+    const user = o.user ?? this.opts.user ?? imageUser(this.image) ?? { uid: 0, gid: 0 };
+    const cwd = o.cwd ?? this.opts.cwd ?? (this.image.image.config.workingDir ? checkInsidePath('cwd', this.image.image.config.workingDir) : '/');
+    let env = this.baseEnv;
+    if (Object.keys(o.env).length > 0) {
+      const m = new Map(env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      for (const [k, v] of Object.entries(o.env)) m.set(k, v);
+      env = [...m].map(([k, v]) => `${k}=${v}`);
+    }
+    const id = this.nextId++;
+    if (this.nextId > 0xfffffff0) this.nextId = 1;
+    const p = new ProcessState(this.host(), id, {
+      capture,
+      timeoutMs: limits.timeoutMs,
+      outputBytes: capture ? limits.outputBytes : null,
+      encoding: o.encoding,
+      signal: o.signal,
+      stdin: o.stdin,
+      argv0: argv[0]!,
+    });
+    this.procs.set(id, p);
+    this.ctlWatch?.ref();
+    try {
+      p.start((pid) =>
+        encodeExec({
+          id: pid,
+          uid: user.uid,
+          gid: user.gid,
+          caps: this.caps,
+          noNewPrivs: true,
+          rlimits: this.opts.limits.rlimits,
+          seccomp: this.seccomp,
+          cwd,
+          argv,
+          env,
+        }),
+      );
+    } catch (e) {
+      this.procs.delete(id);
+      if (this.procs.size === 0) this.ctlWatch?.unref();
+      throw e;
+    }
+    return p;
+  }
+
+  /** Runs a command to its end and returns how it ended, its output and its usage. */
+  async exec(command: string[] | string, options?: ExecOptions): Promise<ExecResult> {
+    return this.execResolved(command, resolveExecOptions(options, 'exec'));
+  }
+
+  /** @internal */
+  async execResolved(command: unknown, o: ResolvedExecOptions): Promise<ExecResult> {
+    try {
+      this.cgroup?.resetPeak();
+    } catch {}
+    return this.startProcess(command, o, true).result;
+  }
+
+  /** Starts a command with its stdio as Node streams. */
+  spawn(command: string[] | string, options?: SpawnOptions): SandboxProcess {
+    return this.startProcess(command, resolveExecOptions(options, 'spawn'), false);
+  }
+
+  /** Writes a file inside the sandbox (resolved in its root: a symlink inside never leads out). */
+  async writeFile(path: string, data: string | Uint8Array, options?: { mode?: number }): Promise<void> {
+    const p = checkInsidePath('path', path);
+    const mode = options?.mode ?? 0o644;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw invalid('mode', 'a file mode such as 0o644', mode);
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    const fd = this.openInside(p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, mode);
+    try {
+      let off = 0;
+      while (off < buf.length) off += writeSync(fd, buf, off);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Reads a file inside the sandbox (resolved in its root). */
+  async readFile(path: string): Promise<Buffer> {
+    const p = checkInsidePath('path', path);
+    const fd = this.openInside(p, fsc.O_RDONLY, 0);
+    try {
+      const chunks: Buffer[] = [];
+      for (;;) {
+        const b = Buffer.allocUnsafe(65536);
+        const k = readSync(fd, b);
+        if (k === 0) break;
+        chunks.push(b.subarray(0, k));
+      }
+      return Buffer.concat(chunks);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private openInside(p: string, flags: number, mode: number): number {
+    if (this.state === 'destroyed') throw this.gone();
+    const range = hostRange();
+    const fd = native().openInRoot(this.pid, p, flags, mode, range.uid, range.gid);
+    if (isFailure(fd)) throw setupError({ step: 'open', errno: fd.errno, path: p });
+    return fd;
+  }
+
+  /** The whole sandbox's usage now. */
+  async stats(): Promise<ResourceUsage> {
+    if (this.state === 'destroyed') throw this.gone();
+    const u = this.cgroup?.usage();
+    return {
+      wallMs: 0,
+      cpuUserMs: u?.cpuUserMs ?? 0,
+      cpuSystemMs: u?.cpuSystemMs ?? 0,
+      memoryPeakBytes: u?.memoryPeakBytes ?? 0,
+      pids: u?.pids ?? 0,
+      oomKills: u?.oomKills ?? 0,
+      ...(u?.ioReadBytes !== undefined ? { ioReadBytes: u.ioReadBytes } : {}),
+      ...(u?.ioWriteBytes !== undefined ? { ioWriteBytes: u.ioWriteBytes } : {}),
+    };
+  }
+
+  /** The writable layer becomes a new image layer. */
+  async commit(_options?: { tag?: string }): Promise<Image> {
+    throw new HutchError('EUNSUPPORTED', 'commit is not built yet (issue 5)');
+  }
+
+  /** Kills everything in the sandbox and frees every host resource. Idempotent. */
+  destroy(): Promise<void> {
+    if (this.destroying) return this.destroying;
+    this.state = 'destroyed';
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
+    const n = native();
+    this.destroying = (async () => {
+      if (!this.initExit) n.pidfdKill(this.spawned.pidfd, 9);
+      this.ctlWatch?.close();
+      this.ctlWatch = null;
+      n.close(this.spawned.ctlFd);
+      if (this.pidWatch) this.pidWatch.ref();
+      await this.exitedP;
+      n.close(this.spawned.pidfd);
+      const errors: unknown[] = [];
+      await Promise.all([
+        this.cgroup?.destroy().catch((e) => errors.push(e)),
+        this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
+        this.store.release(this.id).catch((e) => errors.push(e)),
+      ]);
+      this.emit('destroyed');
+      if (errors.length > 0) {
+        throw new HutchError('ESETUP', `sandbox ${this.id} was destroyed but cleanup failed: ${errors.map(String).join('; ')}`, { step: 'destroy', cause: errors[0] });
+      }
+    })();
+    return this.destroying;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.destroy();
+  }
+}
+
+function isDirFd(fd: number): boolean {
+  try {
+    return fstatSync(fd).isDirectory();
+  } catch {
+    return true;
+  }
+}
+
+/** Waits for the child's setup: EOF on the error pipe (init was exec'd) or its error record. */
+function waitSetup(s: Spawned): Promise<NativeFailure | null> {
+  const n = native();
+  return new Promise((resolve) => {
+    const check = (): boolean => {
+      const r = n.readSetupError(s.errFd);
+      if (r === undefined) return false;
+      resolve(r === null ? null : isFailure(r) ? r : null);
+      return true;
+    };
+    if (check()) return;
+    const w = new n.Watch(s.errFd, () => {
+      if (check()) w.close();
+    });
+  });
+}
+
+async function killAndReap(s: Spawned): Promise<void> {
+  const n = native();
+  n.pidfdKill(s.pidfd, 9);
+  n.close(s.ctlFd);
+  n.close(s.errFd);
+  await new Promise<void>((resolve) => {
+    const done = (): boolean => n.reap(s.pidfd) !== null;
+    if (done()) return resolve();
+    const w = new n.Watch(s.pidfd, () => {
+      if (done()) {
+        w.close();
+        resolve();
+      }
+    });
+  });
+  n.close(s.pidfd);
+}
