@@ -262,6 +262,8 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
   it('publishes a port on the host, 127.0.0.1 included, and to another host', async () => {
     const pid = await fakeSandbox();
     const hostPort = await freePort();
+    // Resolved before the port was taken: the race two processes can have.
+    const racer = plan({ ports: [{ host: hostPort, sandbox: 9090 }] });
     const a = (await attachNetwork(plan({ ports: [{ host: hostPort, sandbox: 8080 }] }), 'ports', pid))!;
     toRelease.push(a);
     const srv = await serveInNetns(pid, '0.0.0.0', 8080, 'published');
@@ -270,6 +272,13 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     expect(await inNetns(OUT_NS, connectScript(OUT_HOST_SIDE, hostPort))).toBe('ok published');
     // A second sandbox cannot take the same host port.
     expect(() => plan({ ports: [{ host: hostPort, sandbox: 80 }] })).toThrow(/published by sandbox ports/);
+    const pid2 = await fakeSandbox();
+    const links = hxLinks().length;
+    await expect(attachNetwork(racer, 'racer', pid2)).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(hxLinks().length).toBe(links);
+    // The loser's cleanup left the winner's mapping alone.
+    expect(await connectFromHost('127.0.0.1', hostPort)).toBe('ok published');
+    kill(pid2);
     srv.kill('SIGKILL');
     await releaseNetwork(a);
     expect(nftChains()).not.toMatch(new RegExp(`\\. ${hostPort} :`));

@@ -48,6 +48,7 @@ export interface NetworkAttachment {
   readonly stateDir: string;
   readonly ifb: string | null;
   readonly ports: readonly ResolvedPort[];
+  readonly nat: boolean;
 }
 
 const releases = new WeakMap<NetworkAttachment, Promise<void>>();
@@ -66,7 +67,7 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
   const { slot, network } = takeLease(
     plan.stateDir,
     plan.range,
-    (s) => ({ version: 1, id, ownerPid: process.pid, ownerStart, sandboxPid: pid, slot: s, ports: [...plan.ports], created: new Date().toISOString() }),
+    (s) => ({ version: 1, id, ownerPid: process.pid, ownerStart, sandboxPid: pid, slot: s, ports: [...plan.ports], nat: plan.outbound === 'nat', ifb: plan.egressBps !== null, created: new Date().toISOString() }),
     hostRoutes().map((r) => r.cidr),
   );
   const { address, hostAddress } = slotAddresses(network);
@@ -83,16 +84,21 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     stateDir: plan.stateDir,
     ifb,
     ports: plan.ports,
+    nat: plan.outbound === 'nat',
   };
+  let rulesAdded = false;
   try {
     await addSandboxRules({ slot, host, address, hostAddress, outbound: plan.outbound, allow: plan.allow, ports: plan.ports });
+    rulesAdded = true;
     await createHostLinks(host, pid, hostAddress, ifb);
     if (plan.ports.length > 0) enableRouteLocalnet(host);
     if (plan.outbound === 'nat' || plan.ports.length > 0) enableForwarding(plan.stateDir);
     await Promise.all([applyShaping(host, ifb, plan.egressBps, plan.ingressBps), configurePeer(pid, address, hostAddress)]);
   } catch (e) {
     try {
-      await teardown(plan.stateDir, slot, plan.ports);
+      // The rules transaction is atomic: when it failed nothing of it exists, and removing its
+      // port elements would remove another sandbox's (the usual reason it failed).
+      await teardown(plan.stateDir, slot, { nat: attachment.nat, ifb: ifb !== null, ports: plan.ports }, rulesAdded);
     } catch (cleanup) {
       if (e instanceof Error) (e as Error & { cleanupError?: unknown }).cleanupError = cleanup;
     }
@@ -110,7 +116,7 @@ export function releaseNetwork(handle: NetworkAttachment | null): Promise<void> 
   if (handle === null) return Promise.resolve();
   let p = releases.get(handle);
   if (!p) {
-    p = teardown(handle.stateDir, handle.slot, handle.ports);
+    p = teardown(handle.stateDir, handle.slot, { nat: handle.nat, ifb: handle.ifb !== null, ports: handle.ports });
     releases.set(handle, p);
   }
   return p;
@@ -118,13 +124,22 @@ export function releaseNetwork(handle: NetworkAttachment | null): Promise<void> 
 
 /**
  * Everything a slot may own, in reverse order of creation; every step tolerates "already
- * gone" and runs even when an earlier one failed (the first error is kept). The lease goes
+ * gone" and runs even when an earlier one failed; `made` null (a lease never filled in) removes everything a slot may have (the first error is kept). The lease goes
  * last and only when all else went, so a failed teardown is retried by the next prune.
  */
-async function teardown(stateDir: string, slot: string, ports: readonly ResolvedPort[] | null): Promise<void> {
+async function teardown(
+  stateDir: string,
+  slot: string,
+  made: { nat: boolean; ifb: boolean; ports: readonly ResolvedPort[] } | null,
+  rules = true,
+): Promise<void> {
   const host = hostInterfaceName(slot);
   const { address } = slotAddresses(slotNetwork(slot));
-  const results = await Promise.allSettled([deleteLink(host), deleteLink(ifbName(slot)), removeSandboxRules(slot, host, address, ports)]);
+  const results = await Promise.allSettled([
+    deleteLink(host),
+    made === null || made.ifb ? deleteLink(ifbName(slot)) : Promise.resolve(),
+    rules ? removeSandboxRules(slot, host, address, made) : Promise.resolve(),
+  ]);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
   removeLease(stateDir, slot);
@@ -160,7 +175,7 @@ export async function pruneNetwork(
       continue;
     }
     try {
-      await teardown(stateDir, slot, lease?.ports ?? null);
+      await teardown(stateDir, slot, lease);
       removed.push(slot);
     } catch (e) {
       first ??= e;

@@ -24,6 +24,9 @@ export interface Lease {
   /** 8 hex digits: the /30's network address. */
   slot: string;
   ports: ResolvedPort[];
+  /** outbound 'nat' (its nftables elements), and whether an ifb shapes egress. */
+  nat: boolean;
+  ifb: boolean;
   created: string;
 }
 

@@ -99,14 +99,17 @@ export function addScript(r: SandboxRules): string {
   return lines.join('\n') + '\n';
 }
 
-/** Lines removing everything `addScript` may have added (each may already be gone). */
-export function removeLines(slot: string, host: string, ports: readonly ResolvedPort[]): string[] {
+/**
+ * Lines removing what `addScript` added: exactly that when `nat` is known (one transaction
+ * that succeeds), else every element it may have added (a lease never filled in).
+ */
+export function removeLines(slot: string, host: string, ports: readonly ResolvedPort[], nat: boolean | null): string[] {
   const t = TABLE;
   return [
     `delete element ${t} links_fwd { "${host}" }`,
     `delete element ${t} links_in { "${host}" }`,
-    `delete element ${t} nat_links { "${host}" }`,
-    `delete element ${t} localnet_links { "${host}" }`,
+    ...(nat !== false ? [`delete element ${t} nat_links { "${host}" }`] : []),
+    ...(nat === null || ports.length > 0 ? [`delete element ${t} localnet_links { "${host}" }`] : []),
     ...ports.map((p) => `delete element ${t} ports { ${p.protocol} . ${p.host} }`),
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
@@ -152,9 +155,14 @@ export async function addSandboxRules(r: SandboxRules): Promise<void> {
  * keeping the first error that is not "already gone". Also removes port elements that point
  * to `address` when the ports are not known (a lease that was never filled in).
  */
-export async function removeSandboxRules(slot: string, host: string, address: string, ports: readonly ResolvedPort[] | null): Promise<void> {
-  const known = ports ?? (await portsPointingTo(address));
-  const lines = removeLines(slot, host, known);
+export async function removeSandboxRules(
+  slot: string,
+  host: string,
+  address: string,
+  added: { nat: boolean; ports: readonly ResolvedPort[] } | null,
+): Promise<void> {
+  const ports = added?.ports ?? (await portsPointingTo(address));
+  const lines = removeLines(slot, host, ports, added ? added.nat : null);
   try {
     await run('nft', ['-f', '-'], lines.join('\n') + '\n', `removing nftables rules of ${host}`);
     return;
