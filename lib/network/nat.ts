@@ -76,7 +76,7 @@ export function addScript(r: SandboxRules): string {
     `add rule ${t} ${fwd} oifname "hx*" drop`,
   ];
   if (r.outbound === 'nat') {
-    if (r.allow === null) lines.push(`add rule ${t} ${fwd} accept`);
+    if (r.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
     else if (r.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(r.allow)} accept`);
   }
   lines.push(
