@@ -7,6 +7,8 @@ export default defineConfig({
     globalSetup: ['test/helpers/global-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
+    // One store for the whole suite (tests that need their own make a temp one).
+    env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? '/var/tmp/hutch-test-store' },
     pool: 'forks',
     maxWorkers: 2,
   },

@@ -26,8 +26,11 @@ static int openat2_in(int dfd, const char *path, int flags, int mode) {
   return fd;
 }
 
-// openInRoot(pid, path, flags, mode, uid, gid): fd, or { errno, path }. A file it creates is
-// given to uid:gid (host ids of the sandbox's owner of the file).
+// openInRoot(pid, path, flags, mode, uid, gid): fd, or { errno, path }. The open runs with
+// this thread's filesystem ids switched to uid:gid (the host ids of the sandbox's root), so
+// a file it creates belongs to root inside, and access is checked as that user rather than
+// host root (overlay in the sandbox's user namespace refuses ids it cannot map: EOVERFLOW).
+// setfsuid/setfsgid are per thread (the raw syscalls; glibc's would be too), restored at once.
 Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int pid = info[0].As<Napi::Number>().Int32Value();
@@ -38,16 +41,12 @@ Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
   std::string rootp = "/proc/" + std::to_string(pid) + "/root";
   int root = open(rootp.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (root < 0) return sys_failure(env, nullptr, errno, path.c_str());
-  bool created = false;
-  int fd = -1;
-  if (flags & O_CREAT) {
-    fd = openat2_in(root, path.c_str(), flags | O_EXCL, mode);
-    if (fd >= 0) created = true;
-    else if (errno == EEXIST) fd = openat2_in(root, path.c_str(), flags & ~O_CREAT, 0);
-  } else {
-    fd = openat2_in(root, path.c_str(), flags, 0);
-  }
+  int old_gid = (int)syscall(SYS_setfsgid, (gid_t)gid);
+  int old_uid = (int)syscall(SYS_setfsuid, (uid_t)uid);
+  int fd = openat2_in(root, path.c_str(), flags, mode);
   int e = errno;
+  syscall(SYS_setfsuid, (uid_t)old_uid);
+  syscall(SYS_setfsgid, (gid_t)old_gid);
   close(root);
   if (fd < 0) return sys_failure(env, nullptr, e, path.c_str());
   struct stat st;
@@ -59,7 +58,6 @@ Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
   else if (sf.f_type == PROC_SUPER_MAGIC || sf.f_type == SYSFS_MAGIC || sf.f_type == CGROUP_SUPER_MAGIC ||
            sf.f_type == CGROUP2_SUPER_MAGIC || sf.f_type == DEBUGFS_MAGIC || sf.f_type == SECURITYFS_MAGIC)
     bad = EPERM;
-  if (!bad && created && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) bad = errno;
   if (bad) {
     close(fd);
     return sys_failure(env, nullptr, bad, path.c_str());
