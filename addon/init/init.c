@@ -11,6 +11,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
@@ -119,6 +120,33 @@ static int exec_search(char **argv, char **envp) {
   return seen_eacces ? EACCES : ENOENT;
 }
 
+/* exec child: closes every fd init keeps for itself (the control socket, the scratch tmpfs,
+ * the signalfd) but the status pipe, before any path is resolved: a directory fd reached as
+ * /proc/self/fd/N, as cwd or in the program's path, leads outside the sandbox's root
+ * (CVE-2024-21626, where runc leaked a host directory fd the same way). */
+static int close_init_fds(int status_fd) {
+  if (status_fd > 3 && syscall(SYS_close_range, 3, status_fd - 1, 0) < 0) return -1;
+  return (int)syscall(SYS_close_range, status_fd + 1, ~0U, 0);
+}
+
+/* exec child: enters the working directory without following magic links. /proc/<pid>/fd/N,
+ * /proc/<pid>/cwd and /proc/<pid>/root name objects, not paths, and ignore the root: through
+ * /proc/1/fd/4 init's own scratch tmpfs (the overlay's upper and work dirs) is reachable while
+ * we still hold init's credentials. The path may come from an image's WorkingDir. */
+static int enter_cwd(const char *cwd) {
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_MAGICLINKS;
+  int fd = (int)syscall(SYS_openat2, AT_FDCWD, cwd, &how, sizeof how);
+  if (fd < 0) return -1;
+  int r = fchdir(fd);
+  int e = errno;
+  close(fd);
+  errno = e;
+  return r;
+}
+
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
  * fds, rlimits, cwd, ids, capabilities, no_new_privs, and seccomp last (nsjail's applyPolicy). */
 static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl, const struct sock_filter *prog,
@@ -135,13 +163,13 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   if (setsid() < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0) die_exec(status_fd, XSTEP_FDS, errno);
-  /* Only 0-2 reach the program: the control socket and anything else are closed on exec. */
-  if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) die_exec(status_fd, XSTEP_FDS, errno);
+  /* Only 0-2 reach the program: init's own fds are closed now, the status pipe on exec. */
+  if (close_init_fds(status_fd) < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (uint32_t i = 0; i < r->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
     if (setrlimit((int)rl[i].resource, &lim) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
   }
-  if (chdir(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
+  if (enter_cwd(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
   if (setgroups(0, NULL) < 0 || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
   /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
    * loses the rest on setresuid (no KEEPCAPS). */
