@@ -11,7 +11,8 @@
 // Only processes this file starts are put in sandbox cgroups; the test process itself is
 // never moved, and every cgroup made is removed.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { existsSync, rmSync, statSync, truncateSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../lib/errors.js';
 import { resolveLimits, type Limits } from '../lib/limits.js';
@@ -82,6 +83,31 @@ function startPython(body: string, extraFds: number[] = []): Started {
 function spawnSleep(): { child: ChildProcess; exited: Promise<NodeJS.Signals | null> } {
   const child = spawn('sleep', ['60'], { stdio: 'ignore' });
   return { child, exited: new Promise((r) => child.on('exit', (_c, s) => r(s))) };
+}
+
+/** A loop device over a sparse temp file, for io limits; null when the host cannot make one. */
+function makeLoop(): { dev: string; majmin: string; remove(): void } | null {
+  const file = `${tmpdir()}/hutch-test-io-${process.pid}-${seq++}.img`;
+  try {
+    writeFileSync(file, '');
+    truncateSync(file, 16 * 2 ** 20);
+    const r = spawnSync('losetup', ['-f', '--show', file], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(r.stderr);
+    const dev = r.stdout.trim();
+    const st = statSync(dev);
+    const majmin = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+    return {
+      dev,
+      majmin,
+      remove: () => {
+        spawnSync('losetup', ['-d', dev]);
+        rmSync(file, { force: true });
+      },
+    };
+  } catch {
+    rmSync(file, { force: true });
+    return null;
+  }
 }
 
 function expectError(fn: () => unknown, code: string, ...mention: string[]): HutchError {
@@ -352,6 +378,30 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
       expect(u.cpuUserMs! + u.cpuSystemMs!).toBeGreaterThan(cpu * 1000 * 0.8);
     } finally {
       await cg.destroy();
+    }
+  });
+
+  it.skipIf(skipCtl !== undefined)('throttles writes to the writable layer\'s block device (io.max)', async (ctx) => {
+    const loop = makeLoop();
+    if (needs(loop !== null, 'a loop device (losetup) to throttle') !== undefined || !loop) return ctx.skip();
+    try {
+      const cg = v2driver(parentDir).create(newId('io'), resolveLimits({ io: { writeBps: '1MiB', readIops: 1000 } }).cgroup, { ioDevice: loop.majmin });
+      try {
+      expect(read(cg.dirs[0]!, 'io.max')).toContain(`${loop.majmin} rbps=max wbps=${2 ** 20} riops=1000 wiops=max`);
+        const child = spawn('sh', ['-c', `read x; exec dd if=/dev/zero of=${loop.dev} bs=64k count=32 oflag=direct`], { stdio: ['pipe', 'ignore', 'ignore'] });
+        const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+        join(cg, child.pid!);
+        const t0 = Date.now();
+        child.stdin!.write('go\n');
+        expect(await exited).toBe(0);
+        // 2 MiB at 1 MiB/s: about 2 s (the first bios may pass before the throttle's slice starts).
+        expect(Date.now() - t0).toBeGreaterThan(1200);
+        expect(cg.usage().ioWriteBytes).toBeGreaterThanOrEqual(2 * 2 ** 20);
+      } finally {
+        await cg.destroy();
+      }
+    } finally {
+      loop.remove();
     }
   });
 
