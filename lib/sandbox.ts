@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, mkdirSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
-import { HutchError, invalid } from './errors.js';
+import { HutchError, hostFailure, invalid } from './errors.js';
+import { writeFile } from 'node:fs/promises';
 import { hostRange } from './identity.js';
 import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
@@ -25,6 +26,7 @@ import {
 import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, type SandboxProcess } from './process.js';
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
+import { Trace } from './trace.js';
 
 /** Default size of the writable layer (a tmpfs, charged to the sandbox's memory as it fills). */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
@@ -152,9 +154,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   /** @internal */
   static async createResolved(opts: ResolvedSandboxOptions): Promise<Sandbox> {
     if (opts.signal?.aborted) throw abortError(opts.signal);
+    const tr = new Trace('create');
     const n = native();
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
     const image = await store.resolve(opts.image);
+    tr.mark('resolve');
     if (opts.persistent) {
       throw new HutchError('EUNSUPPORTED', 'invalid option persistent: on-disk writable layers are not built yet (issue 5); omit persistent');
     }
@@ -165,6 +169,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     let spawned: Spawned | undefined;
     try {
       cgroup = cgroupDriver().create(id, opts.limits.cgroup);
+      tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
       const bind = (source: string, target: string, readonly: boolean): void => {
         const fd = n.openTree(source, readonly);
@@ -188,13 +193,21 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         uidMap: `0 ${range.uid} ${range.size}\n`,
         gidMap: `0 ${range.gid} ${range.size}\n`,
         cgroupFd: cgroup.cloneIntoFd ?? -1,
-        procsFiles: [...cgroup.procsFiles],
+        // v1 controllers are joined below, while the child sets up (see attachV1).
+        procsFiles: [],
       });
+      tr.mark('clone');
       for (const fd of fds.splice(0)) n.close(fd);
       if (isFailure(s)) throw setupError(s);
       spawned = s;
-      const [setup] = await Promise.all([waitSetup(s), store.markInUse(image.image.id, id)]);
+      const [setup, attached] = await Promise.all([
+        waitSetup(s).then((x) => (tr.mark('setup'), x)),
+        attachV1(cgroup.procsFiles, s.pid).then((x) => (tr.mark('cgroup_attach'), x)),
+        store.markInUse(image.image.id, id),
+      ]);
+      tr.mark('mark');
       if (setup) throw setupError(setup);
+      if (attached) throw attached;
     } catch (e) {
       for (const fd of fds) n.close(fd);
       if (spawned) await killAndReap(spawned);
@@ -221,6 +234,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       await sb.destroy();
       throw e;
     }
+    tr.end();
     return sb;
   }
 
@@ -466,19 +480,22 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     const n = native();
     this.destroying = (async () => {
+      const tr = new Trace('destroy');
       if (!this.initExit) n.pidfdKill(this.spawned.pidfd, 9);
       this.ctlWatch?.close();
       this.ctlWatch = null;
       n.close(this.spawned.ctlFd);
       if (this.pidWatch) this.pidWatch.ref();
       await this.exitedP;
+      tr.mark('exit');
       n.close(this.spawned.pidfd);
       const errors: unknown[] = [];
       await Promise.all([
-        this.cgroup?.destroy().catch((e) => errors.push(e)),
+        this.cgroup?.destroy().then(() => tr.mark('cgroup'), (e) => errors.push(e)),
         this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
-        this.store.release(this.id).catch((e) => errors.push(e)),
+        this.store.release(this.id).then(() => tr.mark('release'), (e) => errors.push(e)),
       ]);
+      tr.end();
       this.emit('destroyed');
       if (errors.length > 0) {
         throw new HutchError('ESETUP', `sandbox ${this.id} was destroyed but cleanup failed: ${errors.map(String).join('; ')}`, { step: 'destroy', cause: errors[0] });
@@ -498,6 +515,25 @@ function isDirFd(fd: number): boolean {
   } catch {
     return true;
   }
+}
+
+/**
+ * Joins the sandbox's init to its v1 cgroups (hybrid and v1 hosts; on v2 CLONE_INTO_CGROUP
+ * placed it at clone). Done from the threadpool while the child sets up, not before: on v1
+ * the first write to cgroup.procs after a quiet spell waits for an RCU grace period
+ * (cgroup_threadgroup_rwsem), 5-10 ms here, which would otherwise sit on the critical path.
+ * Nothing of the sandbox runs before create() resolves, and that waits for this; the setup
+ * itself (a few mounts, no user memory) is charged to the caller's cgroups.
+ */
+async function attachV1(files: readonly string[], pid: number): Promise<HutchError | null> {
+  for (const f of files) {
+    try {
+      await writeFile(f, String(pid));
+    } catch (e) {
+      return hostFailure('ESETUP', `joining the sandbox's cgroup ${f}`, e);
+    }
+  }
+  return null;
 }
 
 /** Waits for the child's setup: EOF on the error pipe (init was exec'd) or its error record. */
