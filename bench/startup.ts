@@ -4,7 +4,7 @@
  * sandbox and the cost curves. Writes bench/results/<date>-<host>.md, latest.md and
  * latest.svg. See docs/performance.md for what each scenario measures.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ import { densityCurve, layersCurve, sizeCurve } from './lib/curves.js';
 import { latencyGroup, type BenchContext } from './lib/latency.js';
 import { describeMachine, loadAverage, machineLines } from './lib/machine.js';
 import { memory } from './lib/memory.js';
+import { phases } from './lib/phases.js';
 import { renderMarkdown } from './lib/report.js';
 import type { RunResults, Section } from './lib/results.js';
 import { renderSvg } from './lib/svg.js';
@@ -54,6 +55,8 @@ async function main(args: BenchArgs): Promise<void> {
   if (process.geteuid?.() !== 0) process.stderr.write('bench: not running as root; hutch and the OCI peers may be unavailable\n');
 
   const tmp = mkdtempSync(join(tmpdir(), 'hutch-bench-'));
+  // The curve store lives in here: the sandboxes' root (a host range uid) must pass through.
+  chmodSync(tmp, 0o711);
   defer('temp dir', () => rmSync(tmp, { recursive: true, force: true }));
   const store = ImageStore.default();
   const busybox = await store.resolve('busybox');
@@ -81,6 +84,7 @@ async function main(args: BenchArgs): Promise<void> {
     await step('latency', () => latencyGroup(ctx));
     await unwindTo(mark);
   }
+  if (args.only.has('phases')) await step('phases', () => phases(ctx));
   if (args.only.has('throughput')) await step('throughput', () => throughput(ctx));
   if (args.only.has('memory')) await step('memory', () => memory(ctx));
   if (args.only.has('layers')) await step('layers', () => layersCurve(ctx));

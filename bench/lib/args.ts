@@ -3,7 +3,7 @@
  * cores shared with other work); raise them with flags for publishable figures.
  */
 
-export const SCENARIOS = ['startup', 'pool', 'exec', 'throughput', 'memory', 'layers', 'size', 'density'] as const;
+export const SCENARIOS = ['startup', 'pool', 'exec', 'phases', 'throughput', 'memory', 'layers', 'size', 'density'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 export interface BenchArgs {
@@ -44,7 +44,7 @@ export const USAGE = `usage: npm run bench -- [flags]
   --concurrency LIST     throughput levels (default 1,4,8)
   --sandboxes N          idle sandboxes for the memory scenario (default 100, quick 50; try 1000)
   --live LIST            live idle sandboxes for density (default 1,10,100,500, quick 1,10,100)
-  --layers LIST          image layer counts (default 1,10,50)
+  --layers LIST          image layer counts (default 1,3,10,50)
   --sizes LIST           image sizes in MiB (default 1,64,256, quick 1,64)
   --pool-size N          SandboxPool size (default 8)
   --peers LIST           keep only these peers in startup/pool/exec
@@ -78,7 +78,7 @@ export function parseArgs(argv: readonly string[]): BenchArgs | 'help' {
     concurrency: [1, 4, 8],
     sandboxes: quick ? 50 : 100,
     live: quick ? [1, 10, 100] : [1, 10, 100, 500],
-    layers: [1, 10, 50],
+    layers: [1, 3, 10, 50],
     sizesMiB: quick ? [1, 64] : [1, 64, 256],
     poolSize: 8,
     peers: new Set(),

@@ -107,7 +107,7 @@ export function targetsTable(r: RunResults): string[] {
     const drop = mem.perSandbox.find((p) => p.label === 'host MemAvailable drop')?.bytes ?? NaN;
     const cg = mem.perSandbox.find((p) => p.label === 'cgroup memory')?.bytes ?? NaN;
     const pss = mem.perSandbox.find((p) => p.label === 'init PSS')?.bytes ?? NaN;
-    rows.push(['host memory per idle sandbox ≤ 2 MiB (MemAvailable drop)', drop / 1048576, 2, ' MiB', true]);
+    if (drop > 0) rows.push(['host memory per idle sandbox ≤ 2 MiB (MemAvailable drop)', drop / 1048576, 2, ' MiB', true]);
     rows.push(['… cgroup charge + init PSS ≤ 2 MiB', (cg + pss) / 1048576, 2, ' MiB', true]);
   }
   if (rows.length === 0) return [];
