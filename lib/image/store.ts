@@ -12,8 +12,12 @@ import { HEX64 } from './blob.js';
 import type { Image, ImageRecord, LayerInfo, Progress, ResolvedImage } from './types.js';
 import { importSource, type PendingImage } from './import.js';
 import { BUILTINS, ensureBuiltin, type BuiltinName } from './builtin.js';
+import type { BuildOptions } from './build.js';
+import type { CommitOptions } from './commit.js';
 
 export type { Image, ImageConfig, Progress, ResolvedImage } from './types.js';
+export type { BuildOptions } from './build.js';
+export type { CommitOptions } from './commit.js';
 
 export interface ImageStoreOptions {
   root: string;
@@ -28,7 +32,7 @@ const TAG = /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/;
 
 /** Directory permissions: see docs/images.md, "Ownership". */
 const SHARED_DIRS = ['layers', 'sandboxes'];
-const PRIVATE_DIRS = ['blobs', 'blobs/sha256', 'images', 'layerinfo', 'builtin', 'tmp'];
+const PRIVATE_DIRS = ['blobs', 'blobs/sha256', 'images', 'layerinfo', 'builtin', 'buildcache', 'tmp'];
 
 /**
  * The image store: content-addressed blobs, extracted read-only layers shared by every image
@@ -255,11 +259,23 @@ export class ImageStore {
     return push(this, rec, ref, options);
   }
 
-  build(_options: { dockerfile: string; context?: string; tag?: string; onProgress?: (p: Progress) => void }): Promise<Image> {
-    return Promise.reject(new HutchError('EUNSUPPORTED', 'ImageStore.build is not implemented yet (issue 5, item 4)'));
+  /** Builds an image from Dockerfile text (docs/images.md, "Build"). */
+  async build(options: BuildOptions): Promise<Image> {
+    const { build } = await import('./build.js');
+    return build(this, options);
   }
 
-  private checkTag(tag: unknown): asserts tag is string {
+  /**
+   * A new image: `base` plus one layer made from an overlay upper dir (whiteouts back to
+   * `.wh.` entries, ids shifted back), with `config` changes applied (docs/images.md, "Commit").
+   */
+  async commitUpper(options: CommitOptions): Promise<Image> {
+    const { commitUpper } = await import('./commit.js');
+    return commitUpper(this, options);
+  }
+
+  /** @internal */
+  checkTag(tag: unknown): asserts tag is string {
     if (typeof tag !== 'string' || !TAG.test(tag) || tag.startsWith('sha256:') || ID_PREFIX.test(tag)) {
       throw invalid('tag', "a name like 'app' or 'app:1.0' (letters, digits, . _ / : @ + -; not an id)", tag);
     }

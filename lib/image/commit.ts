@@ -1,0 +1,479 @@
+/**
+ * New layers and images on top of existing ones: a sandbox's writable layer (overlay's upper
+ * dir) back into an OCI layer tar, and the image config of a child image. Used by
+ * `ImageStore.commitUpper` (Sandbox.commit) and by the Dockerfile build (build.ts).
+ *
+ * A layer is written as a plain tar into the op dir, then gzipped into `extractLayer` (the
+ * import path), so a committed or built layer is checked, hashed, kept as a blob and
+ * extracted exactly as an imported one.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, constants, createReadStream, openSync, writeSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { join } from 'node:path';
+import { createGzip } from 'node:zlib';
+import { HutchError, invalid, unsupported } from '../errors.js';
+import { sha256hex } from './blob.js';
+import { extractLayer, type PendingImage, type PendingLayer } from './import.js';
+import { hostArch, toImageConfig } from './oci.js';
+import { tarChunks, type TarEntry } from './tarwriter.js';
+import { MEDIA, type BlobRef, type Image, type ImageConfig, type ImageRecord } from './types.js';
+import type { ImageStore, Op } from './store.js';
+
+// ---- a layer tar, written to a file --------------------------------------------------------
+
+const ID_LIMIT = 65536;
+/** Built layers are gzipped at level 1: several times faster than the default, ~10% larger. */
+const GZIP_LEVEL = 1;
+let seq = 0;
+
+/** A plain tar archive written synchronously to a file in the op dir. */
+export class LayerTar {
+  readonly file: string;
+  private fd: number;
+  private readonly dirs = new Set<string>();
+  entries = 0;
+
+  constructor(op: Op) {
+    this.file = join(op.dir, `layer-${process.pid}-${seq++}.tar`);
+    this.fd = openSync(this.file, 'wx', 0o600);
+  }
+
+  write(buf: Buffer): void {
+    let off = 0;
+    while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+  }
+
+  /** One entry with its data in memory (none for dirs, links, whiteouts). */
+  add(e: TarEntry): void {
+    if (e.type === 'dir') this.dirs.add(e.path.replace(/\/+$/, ''));
+    this.entries++;
+    const chunks = [...tarChunks([e])];
+    chunks.pop(); // the end-of-archive blocks
+    for (const c of chunks) this.write(c);
+  }
+
+  /** A header for a file of `size` bytes whose data the caller writes next, then `pad(size)`. */
+  header(e: TarEntry, size: number): void {
+    this.add({ ...e, type: 'file', data: undefined, sizeOverride: size });
+  }
+
+  pad(size: number): void {
+    const n = (512 - (size % 512)) % 512;
+    if (n > 0) this.write(Buffer.alloc(n));
+  }
+
+  /** True when a directory entry for `rel` was written. */
+  hasDir(rel: string): boolean {
+    return this.dirs.has(rel);
+  }
+
+  close(): void {
+    if (this.fd < 0) return;
+    this.write(Buffer.alloc(1024));
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  /** Closes the archive and brings it into the op as a layer (blob gzipped, tree extracted). */
+  async toLayer(store: ImageStore, op: Op, label: string): Promise<PendingLayer> {
+    this.close();
+    const file = this.file;
+    try {
+      return await extractLayer(store, op, () => gzipFile(file), { compression: 'gzip', mediaType: MEDIA.ociLayerGzip, label });
+    } finally {
+      await fsp.rm(file, { force: true });
+    }
+  }
+}
+
+async function* gzipFile(path: string): AsyncGenerator<Buffer> {
+  const gz = createGzip({ level: GZIP_LEVEL });
+  const src = createReadStream(path, { highWaterMark: 256 * 1024 });
+  src.on('error', (e) => gz.destroy(e));
+  src.pipe(gz);
+  for await (const c of gz) yield c as Buffer;
+}
+
+/** Copies `size` bytes of an open file into the archive (zeros if it shrank meanwhile). */
+export async function copyData(tar: LayerTar, fh: fsp.FileHandle, size: number): Promise<void> {
+  const buf = Buffer.alloc(Math.min(size, 1024 * 1024));
+  let done = 0;
+  while (done < size) {
+    const want = Math.min(buf.length, size - done);
+    const { bytesRead } = await fh.read(buf, 0, want, done);
+    if (bytesRead === 0) {
+      tar.write(Buffer.alloc(size - done));
+      break;
+    }
+    tar.write(buf.subarray(0, bytesRead));
+    done += bytesRead;
+  }
+  tar.pad(size);
+}
+
+// ---- the upper dir -------------------------------------------------------------------------
+
+export interface UpperStats {
+  entries: number;
+  whiteouts: number;
+  opaqueDirs: number;
+  /** Sockets and device nodes other than whiteouts: a layer cannot carry them. */
+  skipped: number;
+}
+
+/**
+ * Writes overlay's upper dir as an OCI layer:
+ * - a 0:0 character device (overlay's whiteout) becomes `.wh.<name>`;
+ * - a directory with `user.overlay.opaque=y` gets a `.wh..wh..opq` entry;
+ * - ids are shifted back from the sandbox range into 0..65535;
+ * - overlay's own xattrs (and every other xattr) stay out of the layer;
+ * - sockets and real device nodes are skipped (a sandbox cannot make devices anyway).
+ *
+ * The upper dir belongs to a sandbox that may still run and may swap a directory for a
+ * symlink while we walk: every object is lstat'ed or opened without following the last
+ * component and must lie on the upper dir's own filesystem (the sandbox's scratch tmpfs),
+ * so a symlink swapped in mid-walk can never make us read a host file.
+ * `skip(rel)` leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself).
+ */
+export async function writeUpper(store: ImageStore, tar: LayerTar, upperDir: string, skip?: (rel: string, st: import('node:fs').Stats) => boolean): Promise<UpperStats> {
+  let root;
+  try {
+    root = await fsp.lstat(upperDir);
+  } catch (e) {
+    throw new HutchError('EINVAL', `cannot read the upper dir ${upperDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { path: upperDir, cause: e });
+  }
+  if (!root.isDirectory()) throw invalid('upperDir', 'a directory (overlay upper dir)', upperDir);
+  const dev = root.dev;
+  const shift = store.shift();
+  const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
+  const links = new Map<number, string>();
+  const moved = (rel: string): HutchError =>
+    new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
+  const ids = (st: import('node:fs').Stats, rel: string) => {
+    const uid = shift ? st.uid - shift.uid : 0;
+    const gid = shift ? st.gid - shift.gid : 0;
+    if (uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT) {
+      throw new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} is owned by host ids ${st.uid}:${st.gid}, outside the sandbox range`, { path: rel });
+    }
+    return { uid, gid };
+  };
+
+  // Pass 1: the tree (names, types), pass 2 needs the opaque marks of every directory.
+  const dirs: string[] = [];
+  const order: { rel: string; st: import('node:fs').Stats }[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    const abs = rel === '' ? upperDir : join(upperDir, rel);
+    let names: string[];
+    try {
+      names = (await fsp.readdir(abs)).sort();
+    } catch (e) {
+      throw moved(rel);
+    }
+    for (const n of names) {
+      const r = rel === '' ? n : `${rel}/${n}`;
+      let st;
+      try {
+        st = await fsp.lstat(join(upperDir, r));
+      } catch {
+        throw moved(r);
+      }
+      if (st.dev !== dev) throw moved(r);
+      if (skip?.(r, st)) continue;
+      order.push({ rel: r, st });
+      if (st.isDirectory()) {
+        dirs.push(r);
+        await walk(r);
+      }
+    }
+  };
+  await walk('');
+  const opaque = await opaqueDirs(upperDir, dirs);
+
+  for (const { rel, st } of order) {
+    const mtime = Math.floor(st.mtimeMs / 1000);
+    const mode = st.mode & 0o7777;
+    const slash = rel.lastIndexOf('/');
+    const parent = slash < 0 ? '' : rel.slice(0, slash);
+    const base = rel.slice(slash + 1);
+    stats.entries++;
+    if (st.isDirectory()) {
+      tar.add({ path: rel, type: 'dir', mode, ...ids(st, rel), mtime });
+      if (opaque.has(rel)) {
+        tar.add({ path: `${rel}/.wh..wh..opq`, type: 'file', mode: 0o644, mtime });
+        stats.opaqueDirs++;
+      }
+    } else if (st.isCharacterDevice() && st.rdev === 0) {
+      tar.add({ path: parent === '' ? `.wh.${base}` : `${parent}/.wh.${base}`, type: 'file', mode: 0o644, mtime });
+      stats.whiteouts++;
+    } else if (st.isSymbolicLink()) {
+      let target: string;
+      try {
+        target = await fsp.readlink(join(upperDir, rel));
+      } catch {
+        throw moved(rel);
+      }
+      tar.add({ path: rel, type: 'symlink', linkpath: target, mode: 0o777, ...ids(st, rel), mtime });
+    } else if (st.isFIFO()) {
+      tar.add({ path: rel, type: 'fifo', mode, ...ids(st, rel), mtime });
+    } else if (st.isFile()) {
+      const first = st.nlink > 1 ? links.get(st.ino) : undefined;
+      if (first !== undefined) {
+        tar.add({ path: rel, type: 'link', linkpath: first, mode, ...ids(st, rel), mtime });
+        continue;
+      }
+      if (st.nlink > 1) links.set(st.ino, rel);
+      let fh: fsp.FileHandle;
+      try {
+        fh = await fsp.open(join(upperDir, rel), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      } catch {
+        throw moved(rel);
+      }
+      try {
+        const now = await fh.stat();
+        if (!now.isFile() || now.dev !== dev || now.ino !== st.ino) throw moved(rel);
+        tar.header({ path: rel, type: 'file', mode, ...ids(st, rel), mtime }, st.size);
+        await copyData(tar, fh, st.size);
+      } finally {
+        await fh.close();
+      }
+    } else {
+      stats.entries--;
+      stats.skipped++;
+    }
+  }
+  return stats;
+}
+
+/**
+ * Directories of the upper dir that carry `user.overlay.opaque=y`. Node cannot read xattrs:
+ * GNU tar (already needed to make whiteouts, tar.ts) archives the directories alone with
+ * that one xattr, and the pax records are read here.
+ */
+async function opaqueDirs(upperDir: string, dirs: string[]): Promise<Set<string>> {
+  const out = new Set<string>();
+  if (dirs.length === 0) return out;
+  const args = ['--format=posix', '--xattrs', '--xattrs-include=user.overlay.opaque', '--no-recursion', '--null', '-C', upperDir, '-cf', '-', '-T', '-'];
+  const archive = await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let stderr = '';
+    const child = spawn('tar', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdout.on('data', (d: Buffer) => chunks.push(d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', (e) => reject(unsupported('reading overlay opaque directories (GNU tar is needed)', 'apt-get install tar', e)));
+    child.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(chunks));
+      else reject(new HutchError('EINVAL', `${upperDir}: reading opaque directory marks failed: ${stderr.trim() || `tar exited ${code}`}`));
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(dirs.map((d) => `./${d}\0`).join(''));
+  });
+  let off = 0;
+  let pax: Record<string, string> = {};
+  while (off + 512 <= archive.length) {
+    const h = archive.subarray(off, off + 512);
+    if (h.every((b) => b === 0)) break;
+    const field = (a: number, b: number) => h.toString('utf8', a, b).replace(/\0.*$/s, '');
+    const size = Number.parseInt(field(124, 136).trim() || '0', 8);
+    const type = String.fromCharCode(h[156]!);
+    const body = archive.subarray(off + 512, off + 512 + size);
+    off += 512 + Math.ceil(size / 512) * 512;
+    if (type === 'x') {
+      pax = parsePax(body);
+      continue;
+    }
+    if (type === 'g') continue;
+    const prefix = field(345, 500);
+    const name = pax.path ?? (prefix ? `${prefix}/${field(0, 100)}` : field(0, 100));
+    if (pax['SCHILY.xattr.user.overlay.opaque'] === 'y') out.add(name.replace(/^\.\//, '').replace(/\/+$/, ''));
+    pax = {};
+  }
+  return out;
+}
+
+function parsePax(body: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let off = 0;
+  while (off < body.length) {
+    const sp = body.indexOf(0x20, off);
+    if (sp < 0) break;
+    const len = Number.parseInt(body.toString('ascii', off, sp), 10);
+    if (!Number.isInteger(len) || len <= 0) break;
+    const rec = body.toString('utf8', sp + 1, off + len - 1);
+    const eq = rec.indexOf('=');
+    if (eq > 0) out[rec.slice(0, eq)] = rec.slice(eq + 1);
+    off += len;
+  }
+  return out;
+}
+
+// ---- child images --------------------------------------------------------------------------
+
+export interface HistoryEntry {
+  created?: string;
+  created_by?: string;
+  comment?: string;
+  empty_layer?: boolean;
+  author?: string;
+}
+
+/** The OCI image config as JSON (only what hutch reads or writes is typed). */
+export interface OciConfig {
+  created?: string;
+  author?: string;
+  architecture?: string;
+  os?: string;
+  config?: Record<string, unknown>;
+  rootfs: { type: 'layers'; diff_ids: string[] };
+  history?: HistoryEntry[];
+  [key: string]: unknown;
+}
+
+/** An image to build on: its layers and full config; `id` null for `scratch`. */
+export interface BaseImage {
+  id: string | null;
+  layers: string[];
+  layerBlobs: BlobRef[];
+  hostBinds: string[];
+  config: OciConfig;
+  created?: string;
+}
+
+export const HISTORY_COMMENT = 'hutch';
+
+/** The empty base of `FROM scratch`. */
+export function scratchBase(): BaseImage {
+  return { id: null, layers: [], layerBlobs: [], hostBinds: [], config: { architecture: hostArch(), os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] }, history: [] } };
+}
+
+/** An image in the store as a base: its record and its config blob. */
+export async function baseOf(store: ImageStore, ref: Image | string): Promise<BaseImage> {
+  const img = await store.get(typeof ref === 'string' ? ref : ref.id);
+  const rec = (await store.readRecord(img.id.slice(7))) as ImageRecord;
+  let config: OciConfig;
+  try {
+    config = JSON.parse(await fsp.readFile(store.path('blobs', 'sha256', rec.configBlob.digest.slice(7)), 'utf8')) as OciConfig;
+  } catch (e) {
+    throw new HutchError('EBADIMAGE', `image ${rec.id}: its config blob is missing or unreadable; import it again`, { cause: e });
+  }
+  return { id: rec.id, layers: [...rec.layers], layerBlobs: [...rec.layerBlobs], hostBinds: [...rec.hostBinds], config, created: rec.created };
+}
+
+/**
+ * History as OCI wants it: one non-empty entry per layer. Configs that hutch synthesized or
+ * that came without history get an entry per layer so that the new entries line up.
+ */
+function baseHistory(base: BaseImage): HistoryEntry[] {
+  const h = Array.isArray(base.config.history) ? base.config.history.map((e) => ({ ...e })) : [];
+  const layered = h.filter((e) => !e.empty_layer).length;
+  if (layered === base.layers.length) return h;
+  return base.layers.map(() => ({ ...(base.created ? { created: base.created } : {}), comment: `${HISTORY_COMMENT}: layer of ${base.id ?? 'scratch'}` }));
+}
+
+/** Applies ImageConfig fields onto an OCI `config` object. */
+export function applyImageConfig(c: Record<string, unknown>, changes: Partial<ImageConfig>): void {
+  if (changes.env !== undefined) c.Env = [...changes.env];
+  if (changes.cmd !== undefined) c.Cmd = [...changes.cmd];
+  if (changes.entrypoint !== undefined) c.Entrypoint = [...changes.entrypoint];
+  if (changes.workingDir !== undefined) c.WorkingDir = changes.workingDir;
+  if (changes.user !== undefined) c.User = changes.user;
+  if (changes.exposedPorts !== undefined) c.ExposedPorts = Object.fromEntries(changes.exposedPorts.map((p) => [`${p}/tcp`, {}]));
+}
+
+function checkImageConfig(c: unknown): asserts c is Partial<ImageConfig> | undefined {
+  if (c === undefined) return;
+  if (typeof c !== 'object' || c === null) throw invalid('config', 'an object of ImageConfig fields', c);
+  const v = c as Record<string, unknown>;
+  const strs = (k: string) => {
+    if (v[k] !== undefined && !(Array.isArray(v[k]) && (v[k] as unknown[]).every((s) => typeof s === 'string'))) throw invalid(`config.${k}`, 'a list of strings', v[k]);
+  };
+  strs('env');
+  strs('cmd');
+  strs('entrypoint');
+  for (const k of ['workingDir', 'user']) if (v[k] !== undefined && typeof v[k] !== 'string') throw invalid(`config.${k}`, 'a string', v[k]);
+  if (v.exposedPorts !== undefined && !(Array.isArray(v.exposedPorts) && v.exposedPorts.every((p) => Number.isInteger(p) && p > 0 && p < 65536))) {
+    throw invalid('config.exposedPorts', 'a list of port numbers', v.exposedPorts);
+  }
+  for (const k of Object.keys(v)) {
+    if (!['env', 'cmd', 'entrypoint', 'workingDir', 'user', 'exposedPorts'].includes(k)) throw invalid(`config.${k}`, 'one of env, cmd, entrypoint, workingDir, user, exposedPorts');
+  }
+}
+
+/**
+ * Writes a child of `base`: its layers plus `layer` (if any), its config changed by `edit`,
+ * one history entry; moves everything into the store and tags it. The base's layers are
+ * pinned first, so a concurrent prune cannot take them.
+ */
+export async function childImage(
+  store: ImageStore,
+  op: Op,
+  base: BaseImage,
+  layer: PendingLayer | null,
+  edit: (c: Record<string, unknown>, full: OciConfig) => void,
+  history: { createdBy: string; comment?: string },
+  tags: string[],
+  pinned?: Set<string>,
+): Promise<Image> {
+  for (const d of base.layers) {
+    const hex = d.slice(7);
+    if (pinned?.has(hex)) continue;
+    if (!(await op.pin(hex))) throw new HutchError('ENOIMAGE', `layer ${d} of image ${base.id} is missing from the store ${store.root}`);
+    pinned?.add(hex);
+  }
+  const created = new Date().toISOString();
+  const full: OciConfig = structuredClone(base.config);
+  const c: Record<string, unknown> = typeof full.config === 'object' && full.config !== null ? full.config : {};
+  full.config = c;
+  edit(c, full);
+  full.created = created;
+  full.architecture ??= hostArch();
+  full.os ??= 'linux';
+  const layers = layer ? [...base.layers, `sha256:${layer.diffHex}`] : [...base.layers];
+  full.rootfs = { type: 'layers', diff_ids: layers };
+  const entry: HistoryEntry = { created, created_by: history.createdBy, comment: history.comment ?? HISTORY_COMMENT };
+  if (!layer) entry.empty_layer = true;
+  full.history = [...baseHistory(base), entry];
+  const configBytes = Buffer.from(JSON.stringify(full));
+  const keep: PendingLayer[] = base.layers.map((d, i) => ({ diffHex: d.slice(7), blob: base.layerBlobs[i]!, blobFile: null, tree: null, stats: null }));
+  const pending: PendingImage = {
+    configBytes,
+    configDigest: `sha256:${sha256hex(configBytes)}`,
+    configMediaType: MEDIA.ociConfig,
+    config: toImageConfig(full, 'new image config'),
+    layers: layer ? [...keep, layer] : keep,
+    tags,
+    hostBinds: [...base.hostBinds],
+  };
+  return store.commit(op, pending);
+}
+
+export interface CommitOptions {
+  /** The image the upper dir was mounted over (a sandbox's `image`). */
+  base: Image | string;
+  /** Overlay's upper dir, e.g. `/proc/<sandbox pid>/fd/4/upper`. */
+  upperDir: string;
+  tag?: string;
+  /** Changes to the image's defaults (Env, Cmd, ...), applied over the base's. */
+  config?: Partial<ImageConfig>;
+  /** The history entry's `created_by` (default: `hutch commit`). */
+  createdBy?: string;
+}
+
+/** See ImageStore.commitUpper. */
+export async function commitUpper(store: ImageStore, o: CommitOptions): Promise<Image> {
+  if (typeof o !== 'object' || o === null) throw invalid('options', 'an object with base and upperDir', o);
+  if (typeof o.upperDir !== 'string' || o.upperDir === '') throw invalid('upperDir', 'a directory path', o.upperDir);
+  if (typeof o.base !== 'string' && (typeof o.base !== 'object' || o.base === null || typeof o.base.id !== 'string')) throw invalid('base', 'an Image or an image ref', o.base);
+  if (o.tag !== undefined) store.checkTag(o.tag);
+  checkImageConfig(o.config);
+  const base = await baseOf(store, o.base);
+  const op = await store.beginOp();
+  try {
+    const tar = new LayerTar(op);
+    await writeUpper(store, tar, o.upperDir);
+    const layer = await tar.toLayer(store, op, `commit of ${o.upperDir}`);
+    return await childImage(store, op, base, layer, (c) => applyImageConfig(c, o.config ?? {}), { createdBy: o.createdBy ?? 'hutch commit' }, o.tag === undefined ? [] : [o.tag]);
+  } finally {
+    await op.close();
+  }
+}
