@@ -1,26 +1,26 @@
 // The sandbox's network namespace from inside. Runs in the child between clone and exec:
-// async-signal-safe, no allocation.
+// raw syscalls only, no allocation, no errno.
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <unistd.h>
+#include <sys/syscall.h>
 
 #include "child.h"
+#include "sys.h"
 
-// child; async-signal-safe. A new netns has `lo` down: bring it up (SIOCSIFFLAGS).
+// child; raw syscalls only. A new netns has `lo` down: bring it up (SIOCSIFFLAGS).
 int loopback_up_in_child(void) {
-  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return -errno;
+  int s = (int)rsys3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return s;
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   memcpy(ifr.ifr_name, "lo", 3);
-  int r = 0;
-  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) r = -errno;
+  int r = (int)rsys3(SYS_ioctl, s, SIOCGIFFLAGS, &ifr);
   if (r == 0) {
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) r = -errno;
+    r = (int)rsys3(SYS_ioctl, s, SIOCSIFFLAGS, &ifr);
   }
-  close(s);
-  return r;
+  rsys1(SYS_close, s);
+  return r < 0 ? r : 0;
 }

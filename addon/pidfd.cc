@@ -102,6 +102,7 @@ Napi::Value Reap(const Napi::CallbackInfo &info) {
   memset(&si, 0, sizeof si);
   if (waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | WNOHANG | __WALL) < 0) return sys_failure(env, nullptr, errno, nullptr);
   if (si.si_pid == 0) return env.Null();
+  release_child(si.si_pid);
   Napi::Object o = Napi::Object::New(env);
   if (si.si_code == CLD_EXITED) {
     o.Set("code", si.si_status);
@@ -120,8 +121,8 @@ Napi::Value PidfdKill(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), sys_pidfd_send_signal(pidfd, sig) == 0);
 }
 
-// readSetupError(errFd): undefined while nothing arrived, null on EOF (init was exec'd), or
-// { step, errno, path } from the child's record.
+// readSetupError(errFd, pid): undefined while nothing arrived, null on EOF (init was exec'd:
+// the child's stack and plan are freed), or { step, errno, path } from the child's record.
 Napi::Value ReadSetupError(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
@@ -129,7 +130,10 @@ Napi::Value ReadSetupError(const Napi::CallbackInfo &info) {
   ssize_t n;
   do n = read(fd, &rec, sizeof rec); while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return env.Undefined();
-  if (n == 0) return env.Null();
+  if (n == 0) {
+    if (info.Length() > 1 && info[1].IsNumber()) release_child(info[1].As<Napi::Number>().Int64Value());
+    return env.Null();
+  }
   if (n < 0) return sys_failure(env, "sync", errno, nullptr);
   if ((size_t)n != sizeof rec || rec.step >= STEP_COUNT) return sys_failure(env, "sync", EPROTO, nullptr);
   static const char *const names[] = {

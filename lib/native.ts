@@ -52,7 +52,7 @@ export interface Native {
   openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
   reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
   pidfdKill(pidfd: number, signal: number): boolean;
-  readSetupError(fd: number): undefined | null | NativeFailure;
+  readSetupError(fd: number, pid: number): undefined | null | NativeFailure;
   send(fd: number, data: Buffer, fds?: number[]): number | NativeFailure;
   recv(fd: number): Buffer | null | undefined | NativeFailure;
   pipe(): [number, number] | NativeFailure;

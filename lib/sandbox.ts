@@ -541,7 +541,7 @@ function waitSetup(s: Spawned): Promise<NativeFailure | null> {
   const n = native();
   return new Promise((resolve) => {
     const check = (): boolean => {
-      const r = n.readSetupError(s.errFd);
+      const r = n.readSetupError(s.errFd, s.pid);
       if (r === undefined) return false;
       resolve(r === null ? null : isFailure(r) ? r : null);
       return true;

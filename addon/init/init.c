@@ -14,6 +14,7 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -208,6 +209,14 @@ static void close_fds(const int *fds, int n) {
 /* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
  * failure, and reports which. */
 static void start_exec(size_t len, int *fds, int nfds) {
+  /* The cgroup namespace is made here, at the first exec, not in the setup child: on cgroup
+   * v1 the host joins the sandbox to its cgroups while the child sets up, and the first exec
+   * only arrives once that is done, so its root is the sandbox's own cgroup everywhere. */
+  static int cgroupns_done;
+  if (!cgroupns_done) {
+    cgroupns_done = 1;
+    unshare(CLONE_NEWCGROUP);
+  }
   struct exec_req r;
   if (len < sizeof r) {
     report_protocol_error(0, EPROTO);
