@@ -102,7 +102,12 @@ describe('escape probes under the default sandbox', () => {
   const marker = `/marker-${process.pid}`;
 
   beforeAll(async () => {
-    sb = await Sandbox.create({ image: 'busybox' });
+    process.env.HUTCH_SECURITY_TEST_SECRET = 'do-not-leak';
+    try {
+      sb = await Sandbox.create({ image: 'busybox' });
+    } finally {
+      delete process.env.HUTCH_SECURITY_TEST_SECRET;
+    }
     await installProbe(sb);
     await sb.writeFile(marker, 'inside');
   });
@@ -139,6 +144,22 @@ describe('escape probes under the default sandbox', () => {
     const status = readFileSync(`/proc/${sb.pid}/status`, 'utf8');
     const uid = /^Uid:\s+(\d+)/m.exec(status)![1];
     expect(Number(uid)).toBeGreaterThanOrEqual(65536);
+  });
+
+  it("sees nothing of the host: environment, devices, network, sysfs, host paths in mountinfo", async () => {
+    const env = await sb.exec(['env'], { encoding: 'utf8' });
+    expect(env.stdout).not.toContain('do-not-leak');
+    const dev = await sb.exec(['ls', '-A', '/dev'], { encoding: 'utf8' });
+    expect(String(dev.stdout).trim().split(/\s+/).sort()).toEqual(
+      ['fd', 'full', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero'],
+    );
+    const net = await sb.exec(['cat', '/proc/net/dev'], { encoding: 'utf8' });
+    const ifaces = String(net.stdout).split('\n').slice(2).filter(Boolean).map((l) => l.trim().split(':')[0]);
+    expect(ifaces).toEqual(['lo']);
+    expect(await probe(sb, ['list', '/sys'])).toMatch(/^(refused ENOENT|entries 0)$/);
+    const mi = await sb.exec(['cat', '/proc/self/mountinfo'], { encoding: 'utf8' });
+    expect(String(mi.stdout)).not.toContain(sb.image.layersDir);
+    expect(String(mi.stdout)).not.toMatch(/\/var\/lib\/hutch|\/work\//);
   });
 
   it('passes no fd but 0-2 to a process, up to the nofile limit', async () => {
