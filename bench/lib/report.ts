@@ -75,6 +75,11 @@ function curveTable(s: CurveSection): string[] {
   return out;
 }
 
+/** Long errors (an overlay lowerdir list) cut to keep the table readable. */
+function clip(s: string): string {
+  return s.length > 300 ? `${s.slice(0, 140)} … ${s.slice(-140)}` : s;
+}
+
 function verdict(value: number, limit: number, lowerIsBetter = true): string {
   if (!Number.isFinite(value)) return 'not measured';
   const ok = lowerIsBetter ? value <= limit : value >= limit;
@@ -134,7 +139,7 @@ export function renderMarkdown(r: RunResults): string {
     else if (s.kind === 'memory') out.push(...memoryTable(s));
     else out.push(...curveTable(s));
     const errors = s.kind === 'latency' ? s.rows.filter((x) => x.errors.length > 0) : s.kind === 'curve' ? s.points.flatMap((p) => p.rows).filter((x) => x.errors.length > 0) : [];
-    const notes = [...s.notes, ...errors.map((x) => `${x.name} failed ${x.summary.failures}×: ${x.errors[0]}`)];
+    const notes = [...s.notes, ...errors.map((x) => `${x.name} failed ${x.summary.failures}×: ${clip(x.errors[0] ?? '')}`)];
     if (notes.length > 0) out.push('', ...notes.map((n) => `> ${n}`));
     out.push('');
   }
