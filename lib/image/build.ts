@@ -17,7 +17,7 @@ import {
   LayerTar, baseOf, childImage, copyData, scratchBase, writeUpper, type BaseImage, type OciConfig,
 } from './commit.js';
 import {
-  buildError, hasHeredoc, jsonForm, keyValues, parseDockerfile, processWord, processWords, type Instruction,
+  buildError, jsonForm, keyValues, parseDockerfile, processWord, processWords, type Instruction,
 } from './dockerfile.js';
 import type { PendingLayer } from './import.js';
 import { entryParts, readTar } from './tar.js';
@@ -303,7 +303,6 @@ async function step(ctx: Ctx, ins: Instruction, state: State, metaArgs: Map<stri
     }
     case 'RUN': {
       for (const f of ins.flags) if (!(f.name === 'network' && f.value === 'none')) throw buildError(ins, `the flag --${f.name}${f.value !== undefined ? `=${f.value}` : ''} is not supported`);
-      if (hasHeredoc(ins.args)) throw buildError(ins, 'heredocs (<<EOF) are not supported');
       const json = jsonForm(ins.args);
       if (json === null && ins.args.trim() === '') throw buildError(ins, 'RUN needs a command');
       const argv = json ?? [...shellOf(state), ins.args];
@@ -616,11 +615,13 @@ function confine(ctxRoot: string, ins: Instruction, written: string, parts: stri
 }
 
 function sources(ctx: Ctx, ins: Instruction, patterns: string[]): Source[] {
+  for (const pat of patterns) {
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(pat) || /^git@/.test(pat)) throw buildError(ins, `${JSON.stringify(pat)}: remote sources (URLs, git) are not supported; only the local build context`);
+  }
   if (ctx.context === null) throw buildError(ins, `${ins.keyword} needs a build context (the context option)`);
   const root = ctx.context;
   const out: Source[] = [];
   for (const pat of patterns) {
-    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(pat) || /^git@/.test(pat)) throw buildError(ins, `${JSON.stringify(pat)}: remote sources (URLs, git) are not supported; only the local build context`);
     const parts = pat.split('/').filter((p) => p !== '' && p !== '.');
     let matches: string[][] = [[]];
     for (const [i, comp] of parts.entries()) {
@@ -684,7 +685,6 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     else if (f.name === 'from') throw buildError(ins, `--from is not supported (multi-stage builds are not)`);
     else throw buildError(ins, `the flag --${f.name}${f.value !== undefined ? `=${f.value}` : ''} is not supported`);
   }
-  if (hasHeredoc(ins.args)) throw buildError(ins, 'heredocs (<<EOF) are not supported');
   const json = jsonForm(ins.args);
   const words = json ? json.map((w) => processWord(w, vars, ctx.escape)) : processWords(ins.args, vars, ctx.escape, true);
   if (words.length < 2) throw buildError(ins, `expected ${ins.keyword} <src>... <dest>`);

@@ -99,6 +99,10 @@ export function parseDockerfile(text: string): Dockerfile {
         args = args.slice(f[0].length);
       }
     }
+    // Heredocs are refused here, before their body lines read as instructions.
+    if ((keyword === 'RUN' || keyword === 'COPY' || keyword === 'ADD') && hasHeredoc(args)) {
+      throw buildError(start, `heredocs (<<EOF) are not supported in ${keyword}`);
+    }
     out.push({ line: start, keyword, flags, args, source: joined.trim() });
   }
   return { instructions: out, escape };
@@ -291,14 +295,17 @@ export function keyValues(ins: Instruction, vars: Vars | null, escape: string, l
   });
 }
 
-/** Splits at unquoted, unescaped whitespace keeping quotes and escapes in the words. */
+/** Splits at unquoted, unescaped whitespace (not inside `${...}`) keeping quotes and escapes in the words. */
 export function splitRaw(s: string, escape: string): string[] {
   const out: string[] = [];
   let cur = '';
   let q: string | null = null;
+  let braces = 0; // inside ${...}, whitespace does not split
   for (let i = 0; i < s.length; i++) {
     const ch = s[i]!;
-    if (q === null && /\s/.test(ch)) {
+    if (q !== "'" && ch === '$' && s[i + 1] === '{') braces++;
+    else if (braces > 0 && ch === '}') braces--;
+    if (q === null && braces === 0 && /\s/.test(ch)) {
       if (cur !== '') out.push(cur);
       cur = '';
       continue;
