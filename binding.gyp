@@ -10,7 +10,8 @@
         "addon/child_net.cc",
         "addon/pidfd.cc",
         "addon/fdpass.cc",
-        "addon/rootio.cc"
+        "addon/rootio.cc",
+        "addon/netlink.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
@@ -22,8 +23,8 @@
       "target_name": "hutch-init",
       "type": "executable",
       "sources": ["addon/init/init.c"],
-      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "ldflags": ["-static"]
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffunction-sections", "-fdata-sections"],
+      "ldflags": ["-static", "-s", "-Wl,--gc-sections"]
     }
   ]
 }

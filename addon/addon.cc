@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "addon.h"
+#include "netlink.h"
 #include "steps.h"
 
 Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path) {
@@ -31,6 +32,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   InitWatch(env, exports);
+  InitNetlink(env, exports);
   return exports;
 }
 

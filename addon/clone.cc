@@ -157,18 +157,35 @@ Napi::Value OpenTree(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>().Utf8Value();
   bool readonly = info[1].ToBoolean();
-  unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW;
-  int fd = sys_open_tree(AT_FDCWD, path.c_str(), flags);
-  if (fd < 0) return sys_failure(env, "bind", errno, path.c_str());
+  // Open first, read back what was opened, then clone exactly that object: lib/ compares the
+  // real path with the one the user named (no window between the check and the clone).
+  int src = open(path.c_str(), O_PATH | O_CLOEXEC);
+  if (src < 0) return sys_failure(env, "bind", errno, path.c_str());
+  char proc[64], real[4096];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", src);
+  ssize_t n = readlink(proc, real, sizeof real - 1);
+  if (n < 0) {
+    int e = errno;
+    close(src);
+    return sys_failure(env, "bind", e, path.c_str());
+  }
+  real[n] = 0;
+  int fd = sys_open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
+  int e = errno;
+  close(src);
+  if (fd < 0) return sys_failure(env, "bind", e, path.c_str());
   struct mount_attr a;
   memset(&a, 0, sizeof a);
   a.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0);
   if (sys_mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &a) < 0) {
-    int e = errno;
+    e = errno;
     close(fd);
     return sys_failure(env, "bind", e, path.c_str());
   }
-  return Napi::Number::New(env, fd);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fd", fd);
+  out.Set("real", real);
+  return out;
 }
 
 static int write_file(const char *path, const char *data, size_t len) {

@@ -5,6 +5,7 @@
 // credentials would otherwise reach).
 #include <linux/magic.h>
 #include <linux/openat2.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -18,7 +19,9 @@
 static int openat2_in(int dfd, const char *path, int flags, int mode) {
   struct open_how how;
   memset(&how, 0, sizeof how);
-  how.flags = (unsigned long long)(flags | O_CLOEXEC | O_NOCTTY);
+  // O_NONBLOCK until the type is checked: opening a FIFO planted inside would otherwise block
+  // this (the event loop's) thread until someone opened its other end.
+  how.flags = (unsigned long long)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   how.mode = (flags & O_CREAT) ? (unsigned long long)mode : 0;
   how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
   int fd;
@@ -58,6 +61,7 @@ Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
   else if (sf.f_type == PROC_SUPER_MAGIC || sf.f_type == SYSFS_MAGIC || sf.f_type == CGROUP_SUPER_MAGIC ||
            sf.f_type == CGROUP2_SUPER_MAGIC || sf.f_type == DEBUGFS_MAGIC || sf.f_type == SECURITYFS_MAGIC)
     bad = EPERM;
+  if (!bad && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) bad = errno;
   if (bad) {
     close(fd);
     return sys_failure(env, nullptr, bad, path.c_str());

@@ -48,7 +48,8 @@ export interface Native {
   steps: string[];
   setInit(path: string): number | NativeFailure;
   spawn(plan: SpawnPlan): Spawned | NativeFailure;
-  openTree(path: string, readonly: boolean): number | NativeFailure;
+  /** A detached clone of the tree at `path` and the real path of what was opened. */
+  openTree(path: string, readonly: boolean): { fd: number; real: string } | NativeFailure;
   openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
   reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
   pidfdKill(pidfd: number, signal: number): boolean;

@@ -172,9 +172,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
       const bind = (source: string, target: string, readonly: boolean): void => {
-        const fd = n.openTree(source, readonly);
-        if (isFailure(fd)) throw setupError(fd);
+        const t = n.openTree(source, readonly);
+        if (isFailure(t)) throw setupError(t);
+        const fd = t.fd;
         fds.push(fd);
+        // The tree is what the user named: a path that reaches elsewhere through a symlink
+        // (swapped in, or not) is refused rather than followed.
+        const real = t.real;
+        if (real !== source) {
+          throw new HutchError('EINVAL', `invalid option mounts: source ${source} resolves through a symlink to ${real}; name the real path`, { path: source });
+        }
         binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
       };
       for (const p of image.hostBinds) bind(p, p, true);

@@ -56,6 +56,18 @@ describe('errors', () => {
       .rejects.toMatchObject({ code: 'ESETUP', step: 'bind', errno: 'ENOENT', path: '/no/such/source' });
   });
 
+  it('refuses a mount source that reaches elsewhere through a symlink', async () => {
+    const { mkdtempSync, symlinkSync, rmSync } = await import('node:fs');
+    const dir = mkdtempSync('/tmp/hutch-link-');
+    symlinkSync('/etc', `${dir}/etc-link`);
+    try {
+      await expect(Sandbox.create({ image: 'busybox', mounts: [{ source: `${dir}/etc-link`, target: '/data' }] }))
+        .rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/resolves through a symlink to \/etc/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a step that fails inside the child reports its step, errno and path', async () => {
     // A directory cannot be mounted over a file: the child's bind step fails with ENOTDIR.
     const e = await Sandbox.create({ image: 'busybox', mounts: [{ source: '/tmp', target: '/bin/busybox' }] }).catch((x) => x);

@@ -357,7 +357,12 @@ function exposed(ins: Instruction, w: string): string[] {
 
 async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[], argEnv: Record<string, string>, network: 'none' | NetworkOptions): Promise<PendingLayer> {
   if (state.base.id === null || state.base.layers.length === 0) throw buildError(ins, 'RUN needs a base image with a shell; FROM scratch has none');
-  const sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network });
+  let sb: Sandbox;
+  try {
+    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network });
+  } catch (e) {
+    throw buildError(ins, `could not start the step's sandbox: ${(e as Error).message}`, e);
+  }
   buildCounters.sandboxes++;
   try {
     const upper = `/proc/${sb.pid}/fd/4/upper`;
@@ -370,7 +375,12 @@ async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[]
         /* not written */
       }
     }
-    const r = await sb.exec(argv, { env: argEnv });
+    let r;
+    try {
+      r = await sb.exec(argv, { env: argEnv });
+    } catch (e) {
+      throw buildError(ins, `could not run ${JSON.stringify(argv)}: ${(e as Error).message}`, e);
+    }
     if (r.exitCode !== 0) {
       const how = r.exitCode === null ? `was killed (${r.reason}${r.signal ? `, ${r.signal}` : ''})` : `exited with code ${r.exitCode}`;
       const tail = tailOf(r.stderr) || tailOf(r.stdout);
