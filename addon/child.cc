@@ -61,7 +61,7 @@
   CHECK(STEP_SCRATCH, scratch_in_child(p, &scratch_fd), "tmpfs");
   int r = overlay_in_child(p, scratch_fd, &root_fd, &where);
   if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
-  CHECK(STEP_ROOT_ATTACH, attach_root_in_child(p, root_fd), p.root_mountpoint.c_str());
+  if (r == 0) CHECK(STEP_ROOT_ATTACH, attach_root_in_child(p, root_fd), p.root_mountpoint.c_str());
   r = binds_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);
   CHECK(STEP_PROC, proc_in_child(root_fd), "/proc");

@@ -49,9 +49,73 @@ int scratch_in_child(const plan &p, int *scratch_fd) {
   return 0;
 }
 
+// child; raw syscalls. Appends each layer with "lowerdir+" (6.8+: one fsconfig per layer,
+// since a single fsconfig string is capped at 256 bytes — four layer names), top first.
+// Returns 0, -EINVAL when the kernel has no "lowerdir+", or another -errno.
+static int overlay_layers(int fs, const plan &p, const char **where) {
+  char name[256];
+  const char *s = p.lowerdirs.c_str();
+  for (;;) {
+    size_t n = 0;
+    while (s[n] && s[n] != ':') n++;
+    if (n == 0 || n >= sizeof name) return -EINVAL;
+    memcpy(name, s, n);
+    name[n] = 0;
+    int r = fsconfig_str(fs, "lowerdir+", name);
+    if (r < 0) {
+      *where = p.lowerdirs.c_str();
+      return r;
+    }
+    if (!s[n]) return 0;
+    s += n + 1;
+  }
+}
+
+static size_t append(char *buf, size_t off, size_t cap, const char *s) {
+  while (*s && off + 1 < cap) buf[off++] = *s++;
+  buf[off] = 0;
+  return off;
+}
+
+// child; raw syscalls. Before 6.8 (no "lowerdir+"): the legacy mount(2) data string, at the
+// root mountpoint, with absolute layer paths and the scratch dirs through /proc/self/fd.
+static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const char **where) {
+  static char data[65536];  // the setup child's own copy (CLONE_VM: only this child writes it before exec)
+  char fdbuf[16];
+  int k = 0;
+  char rev[16];
+  for (int v = scratch_fd; v > 0 || k == 0; v /= 10) rev[k++] = (char)('0' + v % 10);
+  for (int i = 0; i < k; i++) fdbuf[i] = rev[k - 1 - i];
+  fdbuf[k] = 0;
+  size_t off = append(data, 0, sizeof data, "userxattr,lowerdir=");
+  const char *s = p.lowerdirs.c_str();
+  for (bool first = true; *s; first = false) {
+    if (!first) off = append(data, off, sizeof data, ":");
+    off = append(data, off, sizeof data, p.layers_dir.c_str());
+    off = append(data, off, sizeof data, "/");
+    while (*s && *s != ':' && off + 1 < sizeof data) data[off++] = *s++;
+    data[off] = 0;
+    if (*s == ':') s++;
+  }
+  off = append(data, off, sizeof data, ",upperdir=/proc/self/fd/");
+  off = append(data, off, sizeof data, fdbuf);
+  off = append(data, off, sizeof data, "/upper,workdir=/proc/self/fd/");
+  off = append(data, off, sizeof data, fdbuf);
+  off = append(data, off, sizeof data, "/work");
+  if (off + 1 >= sizeof data) return -E2BIG;
+  *where = p.lowerdirs.c_str();
+  int r = (int)rsys5(SYS_mount, "overlay", p.root_mountpoint.c_str(), "overlay", MS_NOSUID | MS_NODEV, data);
+  if (r < 0) return r;
+  int fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0) return fd;
+  *root_fd = fd;
+  return 1;  // attached already
+}
+
 // child; raw syscalls. The overlay root: layers relative to the store's layers dir and
 // upper/work relative to the scratch tmpfs, so mountinfo shows no host path. `userxattr`:
 // inside a user namespace overlay keeps whiteouts and opaque dirs in user.overlay.*.
+// Returns 0 (detached: attach it), 1 (legacy path: already attached) or -errno.
 int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **where) {
   *where = "overlay";
   int fs = (int)rsys2(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
@@ -62,8 +126,12 @@ int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **w
     if (r < 0) *where = p.layers_dir.c_str();
   }
   if (r == 0) {
-    r = fsconfig_str(fs, "lowerdir", p.lowerdirs.c_str());
-    if (r < 0) *where = p.lowerdirs.c_str();
+    r = overlay_layers(fs, p, where);
+    if (r == -EINVAL && *where == p.lowerdirs.c_str()) {
+      rclose(fs);
+      rsys1(SYS_chdir, "/");
+      return overlay_legacy(p, scratch_fd, root_fd, where);
+    }
   }
   if (r == 0) r = (int)rsys1(SYS_fchdir, scratch_fd);
   if (r == 0) r = fsconfig_str(fs, "upperdir", "upper");
