@@ -1,0 +1,70 @@
+/**
+ * The code runner's command line:
+ *
+ *   node dist/examples/code-runner/server.js --port 8080
+ *
+ * then open http://127.0.0.1:8080/ or
+ *
+ *   curl -s localhost:8080/run -H 'content-type: application/json' \
+ *     -d '{"language":"python","source":"print(6*7)"}'
+ *
+ * Options: --port N (0: any free port; default 8080), --host ADDR (default 127.0.0.1),
+ * --pool-size N, --max-concurrent N, --max-queue N, --max-timeout MS, --max-memory BYTES,
+ * --max-pids N. Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (every
+ * sandbox destroyed).
+ */
+import { parseArgs } from 'node:util';
+import { createCodeRunner, DEFAULT_MAX_LIMITS } from './service.js';
+
+function intFlag(name: string, v: string | undefined, fallback: number): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) {
+    console.error(`--${name}: expected a whole number, got ${JSON.stringify(v)}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const { values } = parseArgs({
+  options: {
+    port: { type: 'string', default: '8080' },
+    host: { type: 'string', default: '127.0.0.1' },
+    'pool-size': { type: 'string' },
+    'max-concurrent': { type: 'string' },
+    'max-queue': { type: 'string' },
+    'max-timeout': { type: 'string' },
+    'max-memory': { type: 'string' },
+    'max-pids': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+if (values.help) {
+  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64]');
+  process.exit(0);
+}
+
+const runner = createCodeRunner({
+  poolSize: intFlag('pool-size', values['pool-size'], 2),
+  maxConcurrent: Math.max(1, intFlag('max-concurrent', values['max-concurrent'], 4)),
+  maxQueue: intFlag('max-queue', values['max-queue'], 16),
+  maxLimits: {
+    timeoutMs: intFlag('max-timeout', values['max-timeout'], DEFAULT_MAX_LIMITS.timeoutMs),
+    memory: intFlag('max-memory', values['max-memory'], DEFAULT_MAX_LIMITS.memory),
+    pids: intFlag('max-pids', values['max-pids'], DEFAULT_MAX_LIMITS.pids),
+  },
+});
+
+let closing = false;
+async function shutdown(signal: string): Promise<void> {
+  if (closing) return;
+  closing = true;
+  console.log(`${signal}: closing`);
+  await runner.close();
+  process.exit(0);
+}
+process.on('SIGINT', () => void shutdown('SIGINT'));
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
+
+const url = await runner.listen(intFlag('port', values.port, 8080), values.host);
+console.log(`listening on ${url}`);
