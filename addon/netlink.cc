@@ -274,13 +274,17 @@ Napi::Value NetlinkSocket(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, q.fd);
 }
 
-// netlinkAddVeth(host, peer, pid): a veth pair, `host` in the caller's netns and `peer` created
+// netlinkAddVeth(host, peer, pid, queues): a veth pair, `host` in the caller's netns and `peer` created
 // directly in the netns of pid (IFLA_NET_NS_FD in the peer's attributes): no move between
-// namespaces, which would cost an RCU grace period. Both ends are down, with addrgenmode none.
+// namespaces, which would cost an RCU grace period. Both ends are down. (IFLA_AF_SPEC is
+// refused with EAFNOSUPPORT on a link being created: addrgenmode is set by netlinkConfigure.)
+// `queues` (0: the kernel's default, one per CPU) sets both ends' tx and rx queue counts: each
+// queue is a set of sysfs objects made on create and removed on delete.
 Napi::Value NetlinkAddVeth(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string host = arg_string(info[0]), peer = arg_string(info[1]);
   int pid = info[2].As<Napi::Number>().Int32Value();
+  uint32_t queues = info[3].As<Napi::Number>().Uint32Value();
   if (!name_ok(host) || !name_ok(peer)) return failure(env, "veth", EINVAL, "interface name");
   int fd = host_fd();
   if (fd < 0) return failure(env, "socket", -fd, "");
@@ -293,7 +297,10 @@ Napi::Value NetlinkAddVeth(const Napi::CallbackInfo &info) {
   ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
   attr_str(r, IFLA_IFNAME, host.c_str());
-  put_addrgenmode_none(r);
+  if (queues > 0) {
+    attr_u32(r, IFLA_NUM_TX_QUEUES, queues);
+    attr_u32(r, IFLA_NUM_RX_QUEUES, queues);
+  }
   rtattr *linkinfo = nest_begin(r, IFLA_LINKINFO);
   attr_str(r, IFLA_INFO_KIND, "veth");
   rtattr *data = nest_begin(r, IFLA_INFO_DATA);
@@ -302,6 +309,10 @@ Napi::Value NetlinkAddVeth(const Napi::CallbackInfo &info) {
   if (pifi) pifi->ifi_family = AF_UNSPEC;
   attr_str(r, IFLA_IFNAME, peer.c_str());
   attr_u32(r, IFLA_NET_NS_FD, (uint32_t)nsfd);
+  if (queues > 0) {
+    attr_u32(r, IFLA_NUM_TX_QUEUES, queues);
+    attr_u32(r, IFLA_NUM_RX_QUEUES, queues);
+  }
   nest_end(r, peer_attr);
   nest_end(r, data);
   nest_end(r, linkinfo);
@@ -311,7 +322,7 @@ Napi::Value NetlinkAddVeth(const Napi::CallbackInfo &info) {
   return result(env, res, steps);
 }
 
-// netlinkAddIfb(name): an ifb (down, addrgenmode none) in the caller's netns.
+// netlinkAddIfb(name): an ifb (down) in the caller's netns.
 Napi::Value NetlinkAddIfb(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string name = arg_string(info[0]);
@@ -322,7 +333,6 @@ Napi::Value NetlinkAddIfb(const Napi::CallbackInfo &info) {
   ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
   attr_str(r, IFLA_IFNAME, name.c_str());
-  put_addrgenmode_none(r);
   rtattr *linkinfo = nest_begin(r, IFLA_LINKINFO);
   attr_str(r, IFLA_INFO_KIND, "ifb");
   nest_end(r, linkinfo);
@@ -390,7 +400,7 @@ Napi::Value NetlinkConfigure(const Napi::CallbackInfo &info) {
   return result(env, nl_talk(fd, r), steps);
 }
 
-// netlinkSetUp(name): brings a link of the caller's netns up (an ifb has no address).
+// netlinkSetUp(name): addrgenmode none, then up, for a link of the caller's netns (an ifb has no address).
 Napi::Value NetlinkSetUp(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string name = arg_string(info[0]);
@@ -400,10 +410,14 @@ Napi::Value NetlinkSetUp(const Napi::CallbackInfo &info) {
   nl_req r;
   ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_SETLINK, 0, sizeof(ifinfomsg)));
   ifi->ifi_family = AF_UNSPEC;
+  attr_str(r, IFLA_IFNAME, name.c_str());
+  put_addrgenmode_none(r);
+  ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_SETLINK, 0, sizeof(ifinfomsg)));
+  ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_flags = IFF_UP;
   ifi->ifi_change = IFF_UP;
   attr_str(r, IFLA_IFNAME, name.c_str());
-  static const char *const steps[] = {"link"};
+  static const char *const steps[] = {"link", "link"};
   return result(env, nl_talk(fd, r), steps);
 }
 

@@ -59,6 +59,15 @@ export interface Native {
   pipe(): [number, number] | NativeFailure;
   close(fd: number): void;
   Watch: new (fd: number, cb: (status: number) => void) => Watch;
+  // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.
+  netlinkSocket(pid: number): number | (NativeFailure & { detail?: string });
+  netlinkAddVeth(host: string, peer: string, pid: number, queues: number): true | (NativeFailure & { detail?: string });
+  netlinkAddIfb(name: string): true | (NativeFailure & { detail?: string });
+  netlinkConfigure(sock: number, name: string, address: number, prefix: number, gateway: number): true | (NativeFailure & { detail?: string });
+  netlinkSetUp(name: string): true | (NativeFailure & { detail?: string });
+  netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number): true | (NativeFailure & { detail?: string });
+  netlinkAddRedirect(name: string, target: string): true | (NativeFailure & { detail?: string });
+  netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
 }
 
 export function isFailure(v: unknown): v is NativeFailure {
