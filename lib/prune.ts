@@ -11,6 +11,7 @@
  * A lease names its owner itself (lib/network/lease.ts).
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { cgroupDriver, type CgroupDriverOptions } from './cgroup/driver.js';
 import { ImageStore } from './image/store.js';
@@ -123,6 +124,29 @@ export async function pruneAll(options: PruneAllOptions = {}): Promise<PruneAllR
   const network = options.network === false ? [] : await pruneNetwork().then((r) => r.removed, (e: unknown) => (errors.push(e), [] as string[]));
   const dead = [...owners].filter(([, o]) => o !== undefined && !isAlive(o)).map(([id]) => id);
   const { removedBytes } = await store.prune().catch((e: unknown) => (errors.push(e), { removedBytes: 0 }));
+  const empty = await pruneEmptyRecords(store).catch((e: unknown) => (errors.push(e), [] as string[]));
   if (errors.length > 0) throw errors[0];
-  return { cgroups, network, sandboxes: dead, removedBytes };
+  return { cgroups, network, sandboxes: [...dead, ...empty], removedBytes };
+}
+
+/**
+ * Removes `sandboxes/<id>/` directories that hold nothing: left by a process killed between
+ * markInUse's mkdir and the rename of its owner.json, or between release's unlink and rmdir
+ * (ImageStore.prune only judges directories that have an owner record). Under the store lock,
+ * which markInUse holds from mkdir to rename, so an empty directory is never one being made.
+ */
+export async function pruneEmptyRecords(store: ImageStore): Promise<string[]> {
+  const dir = join(store.root, 'sandboxes');
+  return store.lock.run(async () => {
+    const removed: string[] = [];
+    for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
+      try {
+        await fsp.rmdir(join(dir, n));
+        removed.push(n);
+      } catch {
+        /* not empty (a record) or gone */
+      }
+    }
+    return removed;
+  });
 }
