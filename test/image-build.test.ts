@@ -150,6 +150,26 @@ describe.skipIf(skip)('build', () => {
     expect(r.stdout).toMatch(/^from the tar\nfrom the tar\n-rw------- +1 1000 +1001 .*\/plain\n$/);
   });
 
+  it('globs, .dockerignore, several sources into a dest reached through an image symlink', { timeout: 60_000 }, async () => {
+    const g = join(work, 'globctx');
+    mkdirSync(join(g, 'dir'), { recursive: true });
+    for (const f of ['a.txt', 'b.txt', 'skip.log', 'dir/keep', 'dir/drop.log']) writeFileSync(join(g, f), `${f}\n`);
+    writeFileSync(join(g, '.dockerignore'), '# logs stay out\n**/*.log\n');
+    const df = 'FROM busybox\nRUN mkdir /real && ln -s /real /lnk\nCOPY *.txt dir /lnk/';
+    const img = await store.build({ dockerfile: df, context: g });
+    const r = await Sandbox.run({ image: img.id, store, command: 'ls -A /real; test -L /lnk && echo link', encoding: 'utf8' });
+    expect(r.stdout).toBe('a.txt\nb.txt\nkeep\nlink\n');
+    // An ignored file changing does not bust the cache.
+    writeFileSync(join(g, 'dir/drop.log'), 'changed\n');
+    const before = { ...buildCounters };
+    expect((await store.build({ dockerfile: df, context: g })).id).toBe(img.id);
+    expect(buildCounters.cacheHits - before.cacheHits).toBe(2);
+    const e = await store.build({ dockerfile: 'FROM busybox\nCOPY a.txt b.txt /x', context: g }).catch((x: unknown) => x);
+    expect((e as Error).message).toMatch(/line 2 \(COPY\): with more than one source the destination must be a directory/);
+    const e2 = await store.build({ dockerfile: 'FROM busybox\nCOPY skip.log /x', context: g }).catch((x: unknown) => x);
+    expect((e2 as Error).message).toMatch(/line 2 \(COPY\): "skip.log" is excluded by .dockerignore/);
+  });
+
   it('a failing RUN is EBUILD with the line, the exit code and the stderr tail', async () => {
     const e = await store.build({ dockerfile: 'FROM busybox\nENV A=1\n\nRUN echo oops >&2; exit 3' }).catch((x: unknown) => x);
     expect(HutchError.is(e)).toBe(true);

@@ -62,6 +62,8 @@ interface Ctx {
   o: BuildOptions;
   escape: string;
   context: string | null;
+  /** True for a context path (relative, `/`-separated) that `.dockerignore` leaves out. */
+  ignored: (rel: string) => boolean;
   pinned: Set<string>;
 }
 
@@ -95,7 +97,7 @@ export async function build(store: ImageStore, o: BuildOptions): Promise<Image> 
   store.ensure();
   await fsp.mkdir(store.path('buildcache'), { recursive: true, mode: 0o700 });
   const op = await store.beginOp();
-  const ctx: Ctx = { store, op, o, escape: df.escape, context, pinned: new Set() };
+  const ctx: Ctx = { store, op, o, escape: df.escape, context, ignored: context ? dockerignore(context) : () => false, pinned: new Set() };
   const metaArgs = new Map<string, string>();
   let state: State | null = null;
   try {
@@ -583,6 +585,44 @@ function globRegex(pat: string): RegExp {
 }
 
 /**
+ * `.dockerignore` at the context's top: one pattern a line (`#` comments), `*`, `?`, `[...]`
+ * within a component, `**` across components, `!` to take a path back; the last matching
+ * pattern decides, and a pattern matching a directory covers everything under it.
+ */
+function dockerignore(root: string): (rel: string) => boolean {
+  let text: string;
+  try {
+    text = readFileSync(join(root, '.dockerignore'), 'utf8');
+  } catch {
+    return () => false;
+  }
+  const rules: { re: RegExp; negate: boolean }[] = [];
+  for (let line of text.split('\n')) {
+    line = line.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const negate = line.startsWith('!');
+    const pat = posix.normalize(negate ? line.slice(1).trim() : line).replace(/^\/+|\/+$/g, '');
+    if (pat === '' || pat === '.') continue;
+    const parts = pat.split('/').map((seg) => (seg === '**' ? null : globRegex(seg).source.slice(1, -1)));
+    let re = '';
+    for (const [i, seg] of parts.entries()) {
+      if (seg === null) re += i === parts.length - 1 ? '.*' : '(?:[^/]+/)*';
+      else re += seg + (i < parts.length - 1 ? '/' : '');
+    }
+    rules.push({ re: new RegExp(`^${re}$`), negate });
+  }
+  if (rules.length === 0) return () => false;
+  return (rel: string) => {
+    const prefixes: string[] = [];
+    const parts = rel.split('/');
+    for (let i = 1; i <= parts.length; i++) prefixes.push(parts.slice(0, i).join('/'));
+    let out = false;
+    for (const r of rules) if (prefixes.some((p) => r.re.test(p))) out = !r.negate;
+    return out;
+  };
+}
+
+/**
  * A source path inside the context: `..` may not climb out, and a symlink on the way may
  * not lead out (its target is resolved on the host and must stay inside the context).
  * Returns the real path components below the context.
@@ -649,13 +689,14 @@ function sources(ctx: Ctx, ins: Instruction, patterns: string[]): Source[] {
         } catch {
           continue;
         }
-        for (const n of names) if (re.test(n)) next.push([...real, n]);
+        for (const n of names) if (re.test(n) && !ctx.ignored([...real, n].join('/'))) next.push([...real, n]);
       }
       matches = next;
       if (matches.length === 0) throw buildError(ins, `${JSON.stringify(pat)}: no file in the build context matches ${JSON.stringify(parts.slice(0, i + 1).join('/'))}`);
     }
     for (const m of matches) {
       const real = confine(root, ins, pat, m);
+      if (real.length > 0 && ctx.ignored(real.join('/'))) throw buildError(ins, `${JSON.stringify(pat)} is excluded by .dockerignore`);
       const abs = join(root, ...real);
       out.push({ rel: real.join('/') || '.', abs, st: lstatSync(abs) });
     }
@@ -664,13 +705,15 @@ function sources(ctx: Ctx, ins: Instruction, patterns: string[]): Source[] {
 }
 
 /** sha256 over the sources' names, types, modes, link targets and content (not mtimes). */
-async function hashSources(ins: Instruction, srcs: Source[]): Promise<string> {
+async function hashSources(ctx: Ctx, ins: Instruction, srcs: Source[]): Promise<string> {
   const h = createHash('sha256');
   const visit = async (abs: string, name: string): Promise<void> => {
     const st = await fsp.lstat(abs);
     h.update(`${name}\0${st.mode.toString(8)}\0`);
     if (st.isDirectory()) {
-      for (const n of (await fsp.readdir(abs)).sort()) await visit(join(abs, n), `${name}/${n}`);
+      for (const n of (await fsp.readdir(abs)).sort()) {
+        if (!ctx.ignored(relative(ctx.context!, join(abs, n)).split(sep).join('/'))) await visit(join(abs, n), `${name}/${n}`);
+      }
     } else if (st.isSymbolicLink()) h.update(`link\0${await fsp.readlink(abs)}\0`);
     else if (st.isFile()) {
       h.update(`${st.size}\0`);
@@ -700,7 +743,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
   if (words.length < 2) throw buildError(ins, `expected ${ins.keyword} <src>... <dest>`);
   const dest = words[words.length - 1]!;
   const srcs = sources(ctx, ins, words.slice(0, -1));
-  const hash = await hashSources(ins, srcs);
+  const hash = await hashSources(ctx, ins, srcs);
   const destAbs = posix.normalize(posix.join(dest.startsWith('/') ? '/' : workdirOf(state), dest));
   const flags = [chown !== undefined ? `--chown=${chown}` : '', chmod !== undefined ? `--chmod=${chmod.toString(8)}` : ''].filter(Boolean).join(' ');
   const createdBy = `${ins.keyword} ${flags ? `${flags} ` : ''}${srcs.map((s) => s.rel).join(' ')} ${destAbs}${dest.endsWith('/') && destAbs !== '/' ? '/' : ''}`;
@@ -712,12 +755,13 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     const shift = ctx.store.shift();
     const destParts = view.resolve(destAbs, true);
     const existing = view.lookup(destParts);
-    const intoDir = dest.endsWith('/') || dest === '.' || srcs.length > 1 || (existing !== null && existing.st.isDirectory());
+    const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
     if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
     const meta = (st: Stats, isDir: boolean) => ({ mode: chmod ?? (st.mode & (isDir ? 0o7777 : 0o7777)), ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
     const emitTree = async (abs: string, parts: string[]): Promise<void> => {
       for (const n of (await fsp.readdir(abs)).sort()) {
         const p = join(abs, n);
+        if (ctx.ignored(relative(ctx.context!, p).split(sep).join('/'))) continue;
         const st = await fsp.lstat(p);
         const rel = [...parts, n].join('/');
         if (st.isDirectory()) {
