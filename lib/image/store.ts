@@ -324,6 +324,15 @@ export class ImageStore {
       await this.writeJson(this.path('tags.json'), tags);
       await fsp.rm(this.path('images', `${hex}.json`), { force: true });
       this.records.delete(hex);
+      // A sandbox may have marked the image between the check above and the removal (markInUse
+      // takes no lock): look again now that the record is gone, and put it back if so.
+      const late = (await this.owners()).filter((o) => o.image === id && isAlive(o)).map((o) => o.sandbox);
+      if (late.length > 0 && rec) {
+        await this.writeJson(this.path('images', `${hex}.json`), rec);
+        for (const t of tagged) tags[t] = id;
+        await this.writeJson(this.path('tags.json'), tags);
+        throw new HutchError('EINVAL', `image ${id} is in use by sandbox ${late.join(', ')}; destroy it first`);
+      }
       if (rec?.builtin) await fsp.rm(this.path('builtin', `${rec.builtin}.json`), { force: true });
       return (await this.collect()).trash;
     });
@@ -390,14 +399,20 @@ export class ImageStore {
     if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) throw invalid('sandboxId', 'a plain name', sandboxId);
     this.ensure();
     const owner = ownerPid === undefined ? selfOwner() : { pid: ownerPid, start: (await readStart(ownerPid)) ?? '0' };
-    await this.lock.run(async () => {
-      if (!(await this.readRecord(imageId.replace(/^sha256:/, '')))) {
-        throw new HutchError('ENOIMAGE', `no image ${imageId} in the store ${this.root}`);
-      }
-      const dir = this.path('sandboxes', sandboxId);
-      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-      await this.writeJson(join(dir, 'owner.json'), { image: imageId.startsWith('sha256:') ? imageId : `sha256:${imageId}`, ...owner });
-    });
+    // No store lock on this path (it is on every create; the lock serialised concurrent
+    // creates): the intent is written first, then the image is checked. remove() deletes the
+    // record first and then looks for owners, so either it sees this record and restores the
+    // image, or this check sees the record gone.
+    const hex = imageId.replace(/^sha256:/, '');
+    const dir = this.path('sandboxes', sandboxId);
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    await this.writeJson(join(dir, 'owner.json'), { image: `sha256:${hex}`, ...owner });
+    try {
+      await fsp.access(this.path('images', `${hex}.json`));
+    } catch {
+      await this.release(sandboxId);
+      throw new HutchError('ENOIMAGE', `no image ${imageId} in the store ${this.root}`);
+    }
   }
 
   /** Ends what markInUse recorded; removes sandboxes/<sandboxId>/ when nothing else is in it. @internal */
