@@ -476,8 +476,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** The writable layer becomes a new image layer. */
-  async commit(_options?: { tag?: string }): Promise<Image> {
-    throw new HutchError('EUNSUPPORTED', 'commit is not built yet (issue 5)');
+  async commit(options?: { tag?: string }): Promise<Image> {
+    if (this.state === 'destroyed') throw this.gone();
+    if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid('options', 'an object { tag? }', options);
+    // init holds the scratch tmpfs open as its fd 4: the upper dir is reachable from here
+    // while the sandbox runs, and nowhere else.
+    return this.store.commitUpper({
+      base: this.image.image,
+      upperDir: `/proc/${this.pid}/fd/4/upper`,
+      ...(options?.tag !== undefined ? { tag: options.tag } : {}),
+    });
   }
 
   /** Kills everything in the sandbox and frees every host resource. Idempotent. */
