@@ -1,6 +1,9 @@
 // commitUpper: a sandbox's writable layer (overlay's upper dir) becomes a layer of a new image.
 // Checked from inside a new sandbox on the result, and in the layer tar itself.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
@@ -12,6 +15,7 @@ const store = new ImageStore({ root });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 const skip = needs(isRoot, 'sandboxes need root');
+let committed: string | undefined;
 
 /** Entries of a stored layer blob: name → { type, uid, gid, mode, size }. */
 async function layerEntries(diffId: string, imageId: string) {
@@ -52,6 +56,7 @@ describe.skipIf(skip)('commitUpper', () => {
     } finally {
       await sb.destroy();
     }
+    committed = img.id;
     const base = await store.get('busybox');
     expect(img.layers.slice(0, -1)).toEqual(base.layers);
     expect(img.layers).toHaveLength(base.layers.length + 1);
@@ -109,5 +114,48 @@ describe.skipIf(skip)('commitUpper', () => {
     await expect(store.commitUpper({ base: 'no-such-image', upperDir: root })).rejects.toMatchObject({ code: 'ENOIMAGE' });
     await expect(store.commitUpper({ base: 'busybox', upperDir: root, tag: 'busybox' })).rejects.toMatchObject({ code: 'EINVAL' });
     await expect(store.commitUpper({ base: 'busybox', upperDir: root, config: { cmd: 'ls' as unknown as string[] } })).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+});
+
+// What other tools make of a committed image: pushed to Debian's docker-registry on a loopback
+// port, copied back by skopeo and unpacked by umoci, which applies the whiteouts itself.
+const has = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
+const noTools = needs(has('docker-registry') && has('skopeo') && has('umoci'), 'docker-registry, skopeo and umoci are needed (apt-get install docker-registry skopeo umoci)');
+
+describe.skipIf(skip || noTools)('a committed image read by skopeo and umoci', () => {
+  it('has the layer, the whiteout and the opaque directory as OCI means them', { timeout: 60_000 }, async () => {
+    expect(committed).toBeDefined();
+    const work = mkdtempSync('/tmp/hutch-test-commit-reg-');
+    const port = await new Promise<number>((r) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as { port: number }).port;
+        s.close(() => r(p));
+      });
+    });
+    writeFileSync(join(work, 'registry.yml'), `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(work, 'registry')}\nhttp:\n  addr: 127.0.0.1:${port}\n`);
+    const registry = spawn('docker-registry', ['serve', join(work, 'registry.yml')], { stdio: 'ignore' });
+    try {
+      for (let i = 0; !(await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok, () => false)); i++) {
+        if (i > 100) throw new Error('docker-registry did not start');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await store.push(committed!, `127.0.0.1:${port}/hutch/committed:1`, { insecure: true });
+      execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://127.0.0.1:${port}/hutch/committed:1`, `oci:${join(work, 'lay')}:x`], { stdio: 'pipe' });
+      execFileSync('umoci', ['unpack', '--rootless', '--image', `${join(work, 'lay')}:x`, join(work, 'bundle')], { stdio: 'pipe' });
+      const rootfs = join(work, 'bundle/rootfs');
+      expect(readFileSync(join(rootfs, 'added'), 'utf8')).toBe('added\n');
+      expect(existsSync(join(rootfs, 'etc/hosts'))).toBe(false);
+      expect(existsSync(join(rootfs, 'etc/passwd'))).toBe(true);
+      expect(readdirSync(join(rootfs, 'usr'))).toEqual(['only']);
+      expect(statSync(join(rootfs, 'home/u/f')).mode & 0o7777).toBe(0o4750);
+      expect(lstatSync(join(rootfs, 'fifo')).isFIFO()).toBe(true);
+      const config = JSON.parse(execFileSync('skopeo', ['inspect', '--config', '--tls-verify=false', `docker://127.0.0.1:${port}/hutch/committed:1`], { encoding: 'utf8' }));
+      expect(config.config.Cmd).toEqual(['cat', '/added']);
+      expect(config.history.filter((h: { empty_layer?: boolean }) => !h.empty_layer)).toHaveLength(config.rootfs.diff_ids.length);
+    } finally {
+      registry.kill('SIGTERM');
+      if (registry.exitCode === null) await new Promise((r) => registry.once('exit', r));
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });
