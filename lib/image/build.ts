@@ -757,7 +757,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     const existing = view.lookup(destParts);
     const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
     if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
-    const meta = (st: Stats, isDir: boolean) => ({ mode: chmod ?? (st.mode & (isDir ? 0o7777 : 0o7777)), ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
+    const meta = (st: Stats) => ({ mode: chmod ?? st.mode & 0o7777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
     const emitTree = async (abs: string, parts: string[]): Promise<void> => {
       for (const n of (await fsp.readdir(abs)).sort()) {
         const p = join(abs, n);
@@ -765,25 +765,24 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
         const st = await fsp.lstat(p);
         const rel = [...parts, n].join('/');
         if (st.isDirectory()) {
-          tar.add({ path: rel, type: 'dir', ...meta(st, true) });
+          tar.add({ path: rel, type: 'dir', ...meta(st) });
           await emitTree(p, [...parts, n]);
         } else if (st.isSymbolicLink()) {
           tar.add({ path: rel, type: 'symlink', linkpath: await fsp.readlink(p), mode: 0o777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
-        } else if (st.isFile()) await emitFile(p, rel, st);
+        } else if (st.isFile()) await emitFile(p, rel);
         else throw buildError(ins, `${JSON.stringify(rel)}: ${ins.keyword} takes files, directories and symlinks`);
       }
     };
-    const emitFile = async (abs: string, rel: string, st: Stats) => {
+    const emitFile = async (abs: string, rel: string) => {
       const fh = await fsp.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         const now2 = await fh.stat();
         if (!now2.isFile()) throw buildError(ins, `${JSON.stringify(rel)} changed during the build`);
-        tar.header({ path: rel, type: 'file', ...meta(now2, false) }, now2.size);
+        tar.header({ path: rel, type: 'file', ...meta(now2) }, now2.size);
         await copyData(tar, fh, now2.size);
       } finally {
         await fh.close();
       }
-      void st;
     };
     for (const s of srcs) {
       const st = statSync(s.abs);
@@ -797,7 +796,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
         const target = intoDir ? [...destParts, s.rel.split('/').pop()!] : view.resolve(destAbs, false);
         if (target.length === 0) throw buildError(ins, `cannot copy the file ${JSON.stringify(s.rel)} over the root directory`);
         ensureDirs(tar, view, shift, target.slice(0, -1), owner, now);
-        await emitFile(s.abs, target.join('/'), st);
+        await emitFile(s.abs, target.join('/'));
       }
     }
     return tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (${ins.keyword})`);

@@ -160,14 +160,14 @@ class Lexer {
         continue;
       }
       inWord = true;
-      cur += this.unit(null);
+      cur += this.unit();
     }
     if (inWord) words.push(cur);
     return words;
   }
 
   /** Reads one unit (a character, an escape, a quoted string, a substitution) and returns its value. */
-  private unit(stop: string | null): string {
+  private unit(): string {
     const ch = this.s[this.pos]!;
     if (ch === this.esc) {
       this.pos++;
@@ -177,7 +177,6 @@ class Lexer {
     if (ch === "'") return this.single();
     if (ch === '"') return this.double();
     if (ch === '$' && this.vars) return this.dollar();
-    void stop;
     this.pos++;
     return ch;
   }
@@ -265,7 +264,7 @@ class Lexer {
         this.pos++;
         return v;
       }
-      v += this.unit(end);
+      v += this.unit();
     }
   }
 }
