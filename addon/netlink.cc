@@ -14,6 +14,9 @@
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
 #include <linux/if_ether.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <linux/netlink.h>
 #include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
@@ -106,8 +109,8 @@ void nest_end(nl_req &r, rtattr *a) {
 
 // NETLINK_CAP_ACK: acks carry only the failing header, not the whole request echoed back.
 // NETLINK_EXT_ACK: failures carry the kernel's reason ("Exclusivity flag on, cannot modify").
-int nl_open(void) {
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+int nl_open(int protocol = NETLINK_ROUTE) {
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
   if (fd < 0) return -errno;
   int one = 1;
   setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
@@ -518,6 +521,31 @@ Napi::Value NetlinkAddRedirect(const Napi::CallbackInfo &info) {
   return result(env, nl_talk(fd, r), steps);
 }
 
+// The JS thread's nf_tables socket, for the one lookup below.
+int g_nft_fd = -1;
+
+// netfilterSetExists(table, set): whether the set exists in the inet table (NFT_MSG_GETSET):
+// true, false (ENOENT: no such table or set), or a failure. lib/network checks its table's
+// marker set this way before each link instead of spawning nft (~8 ms), because a prune in
+// another process may have removed the table since this process made it.
+Napi::Value NetfilterSetExists(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string table = arg_string(info[0]), set = arg_string(info[1]);
+  if (g_nft_fd < 0) g_nft_fd = nl_open(NETLINK_NETFILTER);
+  if (g_nft_fd < 0) return failure(env, "nftables", -g_nft_fd, "");
+  nl_req r;
+  nfgenmsg *g = static_cast<nfgenmsg *>(msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, 0, sizeof(nfgenmsg)));
+  g->nfgen_family = NFPROTO_INET;
+  g->version = NFNETLINK_V0;
+  attr_str(r, NFTA_SET_TABLE, table.c_str());
+  attr_str(r, NFTA_SET_NAME, set.c_str());
+  std::vector<char> reply;
+  nl_result res = nl_talk(g_nft_fd, r, &reply);
+  if (res.err == -ENOENT) return Napi::Boolean::New(env, false);
+  if (res.err != 0) return failure(env, "nftables", res.err, res.detail);
+  return Napi::Boolean::New(env, true);
+}
+
 // Deletion off the JS thread. RTM_DELLINK returns after netdev_run_todo's rcu_barrier (a grace
 // period, ~16 ms here), so it runs on a libuv worker; lib/network queues deletions so that at
 // most one worker is busy with them. Each worker opens its own socket (the JS thread's is not
@@ -587,4 +615,5 @@ void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkAddTbf", Napi::Function::New(env, NetlinkAddTbf));
   exports.Set("netlinkAddRedirect", Napi::Function::New(env, NetlinkAddRedirect));
   exports.Set("netlinkDeleteLinks", Napi::Function::New(env, NetlinkDeleteLinks));
+  exports.Set("netfilterSetExists", Napi::Function::New(env, NetfilterSetExists));
 }

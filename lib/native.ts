@@ -20,6 +20,8 @@ export interface SpawnPlan {
   layersDir: string;
   lowerdirs: string;
   scratchSize: string;
+  /** persistent: an on-disk directory with upper/ and work/ used instead of the tmpfs. */
+  upperDir?: string;
   rootMountpoint: string;
   binds: { fd: number; target: string; file: boolean }[];
   masked: string[];
@@ -68,6 +70,7 @@ export interface Native {
   netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number): true | (NativeFailure & { detail?: string });
   netlinkAddRedirect(name: string, target: string): true | (NativeFailure & { detail?: string });
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
+  netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
 }
 
 export function isFailure(v: unknown): v is NativeFailure {

@@ -7,6 +7,7 @@ import {
   releaseNetwork,
   pruneNetwork,
   resolveNetwork,
+  settleNetwork,
   hostsLines,
   type NetworkAttachment,
   type NetworkOptions,
@@ -161,7 +162,8 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
   });
 
   afterAll(async () => {
-    for (const a of toRelease) await releaseNetwork(a).catch(() => {});
+    for (const a of toRelease) await releaseNetwork(a, { wait: true }).catch(() => {});
+    await settleNetwork().catch(() => {});
     for (const c of children) c.kill('SIGKILL');
     try {
       sh(`ip netns del ${OUT_NS}`);
@@ -211,7 +213,9 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     const t1 = performance.now();
     await releaseNetwork(a);
     const releaseMs = performance.now() - t1;
-    console.log(`attach ${attachMs.toFixed(1)} ms, release ${releaseMs.toFixed(1)} ms (spawned ip/tc/nft)`);
+    await releaseNetwork(a, { wait: true });
+    const goneMs = performance.now() - t1;
+    console.log(`attach ${attachMs.toFixed(2)} ms, release ${releaseMs.toFixed(2)} ms (link gone after ${goneMs.toFixed(1)} ms, netlink)`);
     await releaseNetwork(a); // idempotent
     expect(existsSync(`/sys/class/net/${a.hostInterface}`)).toBe(false);
     expect(nftChains()).not.toContain(`fwd_${a.slot}`);
@@ -235,7 +239,7 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     expect(await inNetns(p1, connectScript(b.hostAddress, (srvHostB.address() as net.AddressInfo).port, 800))).toBe('timeout');
     srvHostB.close();
     srvB.kill('SIGKILL');
-    await Promise.all([releaseNetwork(a), releaseNetwork(b)]);
+    await Promise.all([releaseNetwork(a, { wait: true }), releaseNetwork(b, { wait: true })]);
     kill(p1);
     kill(p2);
   });
@@ -248,13 +252,13 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     toRelease.push(a);
     expect(await inNetns(pid, connectScript(OUT_ALLOWED, 7100))).toBe('ok allowed');
     expect(await inNetns(pid, connectScript(OUT_DENIED, 7100, 800))).toBe('timeout');
-    await releaseNetwork(a);
+    await releaseNetwork(a, { wait: true });
 
     // Without nat nothing beyond the host side is reachable.
     const b = (await attachNetwork(plan(), 'no-nat', pid))!;
     toRelease.push(b);
     expect(await inNetns(pid, connectScript(OUT_ALLOWED, 7100, 800))).toBe('timeout');
-    await releaseNetwork(b);
+    await releaseNetwork(b, { wait: true });
     allowed.kill('SIGKILL');
     denied.kill('SIGKILL');
     kill(pid);
@@ -281,7 +285,7 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     expect(await connectFromHost('127.0.0.1', hostPort)).toBe('ok published');
     kill(pid2);
     srv.kill('SIGKILL');
-    await releaseNetwork(a);
+    await releaseNetwork(a, { wait: true });
     expect(nftChains()).not.toMatch(new RegExp(`\\. ${hostPort} :`));
     expect(await connectFromHost('127.0.0.1', hostPort, 500)).toMatch(/ECONNREFUSED|timeout/);
     kill(pid);
@@ -292,7 +296,7 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
     const a = (await attachNetwork(plan({ egress: '10mbit', ingress: '20mbit' }), 'shaped', pid))!;
     expect(sh(`tc qdisc show dev ${a.hostInterface}`)).toMatch(/tbf .*rate 20Mbit/);
     expect(sh(`tc qdisc show dev ${a.ifb}`)).toMatch(/tbf .*rate 10Mbit/);
-    await releaseNetwork(a);
+    await releaseNetwork(a, { wait: true });
     expect(existsSync(`/sys/class/net/${a.ifb}`)).toBe(false);
     kill(pid);
   });
@@ -325,7 +329,8 @@ describe.skipIf(skip !== undefined)('network: bridge links', () => {
   });
 
   it('leaves no hutch link behind', async () => {
-    for (const a of toRelease) await releaseNetwork(a);
+    for (const a of toRelease) await releaseNetwork(a, { wait: true });
+    await settleNetwork();
     expect(hxLinks()).toEqual(linksBefore);
   });
 });

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { resolveNetwork, hostsLines, hostsFile } from '../lib/network/index.js';
 import { parseCidr, formatCidr } from '../lib/network/cidr.js';
 import { hostRoutes } from '../lib/network/options.js';
-import { burstBytes, shapingBatch } from '../lib/network/tc.js';
+import { burstBytes, limitBytes, shapingSteps } from '../lib/network/tc.js';
 import { addScript } from '../lib/network/nat.js';
 import { isRoot } from './helpers/require.js';
 
@@ -134,8 +134,15 @@ describe('network options', () => {
     expect(burstBytes(1e6)).toBe(3028);
     expect(burstBytes(1e8)).toBe(100_000);
     expect(burstBytes(1e9)).toBe(1_000_000);
-    expect(shapingBatch('hx0ac80004', 'hx0ac80004i', 1e6, null)).toContain('mirred egress redirect dev hx0ac80004i');
-    expect(shapingBatch('hx0ac80004', null, null, null)).toBe('');
+    // tc's `latency 50ms`: the queue holds 50 ms at the rate plus the bucket.
+    expect(limitBytes(1e6)).toBe(6250 + 3028);
+    expect(shapingSteps('hx0ac80004', 'hx0ac80004i', 1e6, 2e6)).toEqual([
+      { kind: 'tbf', dev: 'hx0ac80004', bps: 2e6, burst: 3028, limit: 12500 + 3028 },
+      { kind: 'ifb', dev: 'hx0ac80004i' },
+      { kind: 'tbf', dev: 'hx0ac80004i', bps: 1e6, burst: 3028, limit: 6250 + 3028 },
+      { kind: 'redirect', dev: 'hx0ac80004', target: 'hx0ac80004i' },
+    ]);
+    expect(shapingSteps('hx0ac80004', null, null, null)).toEqual([]);
   });
 
   it('builds per-sandbox nftables rules', () => {

@@ -2,7 +2,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import net from 'node:net';
-import { attachNetwork, releaseNetwork, pruneNetwork, resolveNetwork, type NetworkAttachment } from '../lib/network/index.js';
+import { attachNetwork, releaseNetwork, pruneNetwork, resolveNetwork, settleNetwork, type NetworkAttachment } from '../lib/network/index.js';
 import { isRoot, needs } from './helpers/require.js';
 
 // Bulk TCP through a shaped link made here, between a stand-in sandbox (its own user + net
@@ -124,6 +124,7 @@ s.on('error',()=>{});s.on('close',()=>{console.log(JSON.stringify(sm.filter((x,i
 describe.skipIf(skip !== undefined)('network: tc shaping within ±15% of the asked rate', () => {
   afterAll(async () => {
     for (const c of children) c.kill('SIGKILL');
+    await settleNetwork();
     // Restores ip_forward and drops hutch's table when no test left a link.
     await pruneNetwork();
   });
@@ -142,7 +143,7 @@ describe.skipIf(skip !== undefined)('network: tc shaping within ±15% of the ask
         expect(ingress / want).toBeGreaterThan(0.85);
         expect(ingress / want).toBeLessThan(1.15);
       } finally {
-        await releaseNetwork(a);
+        await releaseNetwork(a, { wait: true });
         children.find((c) => c.pid === pid)?.kill('SIGKILL');
       }
     }, 60_000);

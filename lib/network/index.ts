@@ -4,16 +4,24 @@
  * veth pair with shaping and filtering, `releaseNetwork` takes it all away, and
  * `pruneNetwork` removes what crashed processes left.
  *
- * Attach order: lease (O_EXCL) -> nftables rules (keyed by the interface name, so the link
- * is filtered from its first packet) -> host links -> sysctls of the link -> tc and the
- * sandbox side in parallel. Any failure undoes every step before the error reaches the caller.
+ * Attach order: lease (O_EXCL) -> the shared nftables table checked (netlink; made once per
+ * host with one nft process) -> per-sandbox rules, only with outbound 'nat' or ports (one nft
+ * process) -> veth pair with its peer born in the sandbox's netns -> shaping -> addresses, up,
+ * default route (all rtnetlink from the addon: no process for a plain or shaped link). Any
+ * failure undoes every step before the error reaches the caller.
+ *
+ * Release hands the deletions to a worker thread and returns: a link delete waits for an RCU
+ * grace period (~20 ms). The lease goes only once everything is gone, so until then the slot is
+ * not reused and a crash leaves it to prune; `settleNetwork()` waits for the pending ones.
  */
+import { writeFileSync } from 'node:fs';
 import { HutchError } from '../errors.js';
 import {
   EMPTY_LEASE_GRACE_MS,
   type Lease,
   leaseAgeMs,
   leaseFiles,
+  leasePath,
   ownerAlive,
   processStart,
   readLease,
@@ -22,10 +30,12 @@ import {
   slotNetwork,
   takeLease,
 } from './lease.js';
-import { addSandboxRules, deleteTableIfIdle, enableForwarding, hutchLinksOnHost, removeSandboxRules, restoreForwarding } from './nat.js';
+import { addSandboxRules, deleteTableIfIdle, enableForwarding, ensureTable, hutchLinksOnHost, removeSandboxRules, restoreForwarding } from './nat.js';
+import { deleteLinks, settleDeletions } from './netlink.js';
 import { type NetworkPlan, type ResolvedPort, hostRoutes, networkStateDir } from './options.js';
 import { applyShaping } from './tc.js';
-import { SANDBOX_INTERFACE, configurePeer, createHostLinks, deleteLink, enableRouteLocalnet, hostInterfaceName, ifbName } from './veth.js';
+import { SANDBOX_INTERFACE, configurePair, createPair, enableRouteLocalnet, hostInterfaceName, ifbName } from './veth.js';
+
 
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
 export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, ResolvedPort, Rate } from './options.js';
@@ -49,25 +59,57 @@ export interface NetworkAttachment {
   readonly ifb: string | null;
   readonly ports: readonly ResolvedPort[];
   readonly nat: boolean;
+  /** Internal: the sandbox has nftables chains of its own (nat or ports). */
+  readonly rules: boolean;
 }
 
-const releases = new WeakMap<NetworkAttachment, Promise<void>>();
+/** What a slot may own; `rules` absent (older leases) or a null `made` means "maybe". */
+type Made = { nat: boolean; ifb: boolean; ports: readonly ResolvedPort[]; rules?: boolean };
+
+interface Release {
+  /** Resolves when the caller may go on: ports unpublished, the rest handed to the background. */
+  handoff: Promise<void>;
+  /** Resolves when every link, rule and the lease are gone. */
+  done: Promise<void>;
+}
+
+const releases = new WeakMap<NetworkAttachment, Release>();
+/** Teardowns still running, for `settleNetwork`. */
+const pending = new Set<Promise<void>>();
+/** Failures of teardowns nobody awaited, reported by the next `settleNetwork`. */
+let backgroundFailures: unknown[] = [];
+
+let ownerStartCache: string | undefined;
+function ownerStart(): string {
+  return (ownerStartCache ??= processStart('self') ?? '');
+}
+
+/**
+ * Warms up what the first bridge sandbox of a process would otherwise pay for: the addon's
+ * netlink sockets and the shared nftables table (one `nft` process when the host has none yet).
+ * Optional; `attachNetwork` does the same on first use.
+ */
+export async function prepareNetwork(plan: NetworkPlan): Promise<void> {
+  if (plan.mode === 'none') return;
+  await ensureTable();
+}
 
 /**
  * Gives the sandbox whose init is host pid `pid` its link. `null` for mode 'none' (the
  * sandbox's netns keeps only `lo`, which the sandbox setup brings up).
  *
- * @throws HutchError ESETUP (step 'network') when a host command fails, after undoing what
- *   was made; EINVAL when a published port was taken meanwhile by another sandbox.
+ * @throws HutchError ESETUP (step 'network') when a netlink request or nft fails, after undoing
+ *   what was made; EINVAL when a published port was taken meanwhile by another sandbox.
  */
 export async function attachNetwork(plan: NetworkPlan, id: string, pid: number): Promise<NetworkAttachment | null> {
   if (plan.mode === 'none') return null;
   if (!Number.isInteger(pid) || pid < 1) throw new HutchError('EINVAL', `attachNetwork: pid must be a positive integer, got ${String(pid)}`);
-  const ownerStart = processStart('self') ?? '';
+  const nat = plan.outbound === 'nat';
+  const rules = nat || plan.ports.length > 0;
   const { slot, network } = takeLease(
     plan.stateDir,
     plan.range,
-    (s) => ({ version: 1, id, ownerPid: process.pid, ownerStart, sandboxPid: pid, slot: s, ports: [...plan.ports], nat: plan.outbound === 'nat', ifb: plan.egressBps !== null, created: new Date().toISOString() }),
+    (s) => ({ version: 1, id, ownerPid: process.pid, ownerStart: ownerStart(), sandboxPid: pid, slot: s, ports: [...plan.ports], nat, ifb: plan.egressBps !== null, rules, created: new Date().toISOString() }),
     hostRoutes().map((r) => r.cidr),
   );
   const { address, hostAddress } = slotAddresses(network);
@@ -84,21 +126,27 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     stateDir: plan.stateDir,
     ifb,
     ports: plan.ports,
-    nat: plan.outbound === 'nat',
+    nat,
+    rules,
   };
   let rulesAdded = false;
   try {
-    await addSandboxRules({ slot, host, address, hostAddress, outbound: plan.outbound, allow: plan.allow, ports: plan.ports });
-    rulesAdded = true;
-    await createHostLinks(host, pid, hostAddress, ifb);
+    // The table filters hx* links from their first packet: it must exist before the link does.
+    await ensureTable();
+    if (rules) {
+      await addSandboxRules({ slot, host, address, hostAddress, outbound: plan.outbound, allow: plan.allow, ports: plan.ports });
+      rulesAdded = true;
+    }
+    createPair(host, pid);
+    applyShaping(host, ifb, plan.egressBps, plan.ingressBps);
     if (plan.ports.length > 0) enableRouteLocalnet(host);
-    if (plan.outbound === 'nat' || plan.ports.length > 0) enableForwarding(plan.stateDir);
-    await Promise.all([applyShaping(host, ifb, plan.egressBps, plan.ingressBps), configurePeer(pid, address, hostAddress)]);
+    if (nat || plan.ports.length > 0) enableForwarding(plan.stateDir);
+    configurePair(host, pid, hostAddress, address);
   } catch (e) {
     try {
       // The rules transaction is atomic: when it failed nothing of it exists, and removing its
       // port elements would remove another sandbox's (the usual reason it failed).
-      await teardown(plan.stateDir, slot, { nat: attachment.nat, ifb: ifb !== null, ports: plan.ports }, rulesAdded);
+      await teardown(plan.stateDir, slot, { nat, ifb: ifb !== null, ports: plan.ports, rules: rulesAdded });
     } catch (cleanup) {
       if (e instanceof Error) (e as Error & { cleanupError?: unknown }).cleanupError = cleanup;
     }
@@ -109,35 +157,88 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
 
 /**
  * Removes the link (its peer goes with it), the ifb and qdiscs, the nftables rules and the
- * lease. Idempotent: a second call returns the first call's promise. Nothing the caller needs
- * waits on it, so the caller may leave it running (a veth delete waits for an RCU grace period).
+ * lease. Returns once the sandbox's published ports are free again (nft, only for a sandbox
+ * with ports) and the rest is handed to a worker: a plain or shaped link's release costs
+ * microseconds on the caller's path. `{ wait: true }` waits for all of it and rejects on a
+ * failure; otherwise a failure is kept for `settleNetwork()` and the lease stays for prune.
+ * Idempotent: a second call shares the first call's work.
  */
-export function releaseNetwork(handle: NetworkAttachment | null): Promise<void> {
+export function releaseNetwork(handle: NetworkAttachment | null, options: { wait?: boolean } = {}): Promise<void> {
   if (handle === null) return Promise.resolve();
-  let p = releases.get(handle);
-  if (!p) {
-    p = teardown(handle.stateDir, handle.slot, { nat: handle.nat, ifb: handle.ifb !== null, ports: handle.ports });
-    releases.set(handle, p);
+  let r = releases.get(handle);
+  if (!r) {
+    r = startRelease(handle);
+    releases.set(handle, r);
   }
-  return p;
+  return options.wait ? r.done : r.handoff;
+}
+
+function startRelease(h: NetworkAttachment): Release {
+  const made: Made = { nat: h.nat, ifb: h.ifb !== null, ports: h.ports, rules: h.rules };
+  let handoff: Promise<void>;
+  let done: Promise<void>;
+  if (h.rules && h.ports.length > 0) {
+    // A host port stays published until its elements go: free it before returning, so the
+    // caller can publish it again at once; the lease forgets the ports with it.
+    handoff = removeSandboxRules(h.slot, h.hostInterface, h.address, made).then(() => forgetPorts(h.stateDir, h.slot));
+    done = handoff.then(
+      () => teardown(h.stateDir, h.slot, { ...made, ports: [] }, { rules: false }),
+      () => teardown(h.stateDir, h.slot, made),
+    );
+  } else {
+    done = teardown(h.stateDir, h.slot, made);
+    handoff = Promise.resolve();
+  }
+  track(done);
+  return { handoff, done };
+}
+
+function track(p: Promise<void>): void {
+  pending.add(p);
+  p.catch((e: unknown) => void backgroundFailures.push(e)).finally(() => pending.delete(p));
+}
+
+/** The lease without its ports, once their elements are gone (prune and port checks read it). */
+function forgetPorts(stateDir: string, slot: string): void {
+  const lease = readLease(stateDir, `${slot}.lease`);
+  if (lease === null) return;
+  try {
+    writeFileSync(leasePath(stateDir, slot), JSON.stringify({ ...lease, ports: [] }), { mode: 0o600 });
+  } catch {
+    // The lease still names the ports: prune removes their (already gone) elements again.
+  }
+}
+
+/**
+ * Waits for every release of this process still running in the background, and rejects
+ * with the first failure among those nobody awaited (then forgets them). Tests call it
+ * before checking that nothing is left; a process that is about to exit may call it too.
+ */
+export async function settleNetwork(): Promise<void> {
+  while (pending.size > 0) await Promise.allSettled([...pending]);
+  await settleDeletions();
+  const failures = backgroundFailures;
+  backgroundFailures = [];
+  if (failures.length > 0) {
+    const first = failures[0];
+    if (failures.length === 1) throw first;
+    throw new HutchError('ESETUP', `network: ${failures.length} releases failed; the first: ${first instanceof Error ? first.message : String(first)}`, { step: 'network', cause: first });
+  }
 }
 
 /**
  * Everything a slot may own, in reverse order of creation; every step tolerates "already
- * gone" and runs even when an earlier one failed; `made` null (a lease never filled in) removes everything a slot may have (the first error is kept). The lease goes
- * last and only when all else went, so a failed teardown is retried by the next prune.
+ * gone" and runs even when an earlier one failed; `made` null (a lease never filled in)
+ * removes everything a slot may have (the first error is kept). The lease goes last and only
+ * when all else went, so a failed teardown is retried by the next prune.
  */
-async function teardown(
-  stateDir: string,
-  slot: string,
-  made: { nat: boolean; ifb: boolean; ports: readonly ResolvedPort[] } | null,
-  rules = true,
-): Promise<void> {
+async function teardown(stateDir: string, slot: string, made: Made | null, opts: { rules?: boolean } = {}): Promise<void> {
   const host = hostInterfaceName(slot);
   const { address } = slotAddresses(slotNetwork(slot));
+  const links = made === null || made.ifb ? [host, ifbName(slot)] : [host];
+  const rules = opts.rules ?? (made === null || made.rules !== false);
   const results = await Promise.allSettled([
-    deleteLink(host),
-    made === null || made.ifb ? deleteLink(ifbName(slot)) : Promise.resolve(),
+    deleteLinks(links),
     rules ? removeSandboxRules(slot, host, address, made) : Promise.resolve(),
   ]);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -163,6 +264,8 @@ export async function pruneNetwork(
   options: { stateDir?: string } = {},
 ): Promise<PruneResult> {
   const stateDir = options.stateDir ?? networkStateDir();
+  // This process's own releases first: their leases are live, but the links and table checks below must see them gone.
+  await settleNetwork().catch(() => undefined);
   const removed: string[] = [];
   let first: unknown;
   for (const name of leaseFiles(stateDir)) {

@@ -27,6 +27,12 @@ export interface Lease {
   /** outbound 'nat' (its nftables elements), and whether an ifb shapes egress. */
   nat: boolean;
   ifb: boolean;
+  /**
+   * Whether the sandbox has nftables chains and elements of its own (outbound 'nat' or ports;
+   * a plain link is filtered by the table's skeleton alone). Absent in leases of older hutch
+   * versions, which made them for every link: read as true.
+   */
+  rules?: boolean;
   created: string;
 }
 

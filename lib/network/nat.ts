@@ -6,7 +6,10 @@
  *
  * Policy, for traffic from a sandbox link `hx<slot>`:
  * - to the host itself (input): only its own host-side address, and with outbound 'nat' the
- *   `allow` CIDRs; replies to connections the host opened are admitted;
+ *   `allow` CIDRs; replies to connections the host opened are admitted. A plain link (no nat,
+ *   no ports) has no elements of its own: the skeleton's `fib daddr . iif type local` admits
+ *   exactly the addresses on the link the packet came in by, so a plain sandbox costs no nft
+ *   call at all;
  * - forwarded: never to another hutch link (sandboxes never reach each other); with outbound
  *   'nat', to `allow` (or anywhere when allow is absent), masqueraded; otherwise dropped.
  * To a sandbox link, forwarded traffic is only replies and published ports (DNAT).
@@ -16,12 +19,18 @@
  */
 import { readFileSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HutchError, hostFailure } from '../errors.js';
+import { HutchError, errnoName, hostFailure } from '../errors.js';
+import { native } from '../native.js';
 import { type Cidr, formatCidr } from './cidr.js';
 import type { ResolvedPort } from './options.js';
 import { run, stderrOf } from './run.js';
 
 export const TABLE = 'inet hutch';
+/**
+ * An empty set naming the skeleton's version, added last in the table's transaction: its
+ * presence (one netlink lookup, no nft process) says the table exists and filters plain links.
+ */
+export const SKELETON_MARK = 'skeleton_v2';
 
 /** Created once per host (`create table` fails the whole transaction if another process won the race). */
 export function skeletonScript(): string {
@@ -40,6 +49,8 @@ add rule ${t} forward oifname "hx*" ct status dnat accept
 add rule ${t} forward oifname "hx*" drop
 add chain ${t} input { type filter hook input priority filter; policy accept; }
 add rule ${t} input iifname vmap @links_in
+add rule ${t} input iifname "hx*" ct state established,related accept
+add rule ${t} input iifname "hx*" meta nfproto ipv4 fib daddr . iif type local accept
 add rule ${t} input iifname "hx*" drop
 add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }
 add rule ${t} prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports
@@ -48,6 +59,7 @@ add rule ${t} output fib daddr type local dnat ip to meta l4proto . th dport map
 add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }
 add rule ${t} postrouting oifname @localnet_links ip saddr 127.0.0.0/8 masquerade
 add rule ${t} postrouting iifname @nat_links oifname != "hx*" masquerade
+add set ${t} ${SKELETON_MARK} { type ifname; }
 `;
 }
 
@@ -116,16 +128,41 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
   ];
 }
 
-let tableReady = false;
+/** True when the table exists with this skeleton (netlink, microseconds). */
+function tableReady(): boolean {
+  const r = native().netfilterSetExists('hutch', SKELETON_MARK);
+  if (typeof r === 'boolean') return r;
+  throw new HutchError('ESETUP', `network: looking up nftables table ${TABLE}: ${errnoName(r.errno)}${r.detail ? ` (${r.detail})` : ''}`, { step: 'network', errno: errnoName(r.errno) });
+}
 
-async function ensureTable(): Promise<void> {
-  if (tableReady) return;
+let creating: Promise<void> | null = null;
+
+/**
+ * Makes sure `table inet hutch` exists with this skeleton before any link is made: checked on
+ * every call (a prune in another process may have removed an idle table), created when absent
+ * (one nft process, normally once per host). A table of an older skeleton is replaced when no
+ * hutch link is left, else refused.
+ */
+export async function ensureTable(): Promise<void> {
+  if (tableReady()) return;
+  creating ??= createTable().finally(() => (creating = null));
+  await creating;
+}
+
+async function createTable(): Promise<void> {
   try {
     await run('nft', ['-f', '-'], skeletonScript(), `creating nftables table ${TABLE}`);
+    return;
   } catch (e) {
     if (!/File exists/.test(stderrOf(e))) throw e;
   }
-  tableReady = true;
+  // Another process made it meanwhile, or an older hutch's table is there.
+  if (tableReady()) return;
+  if (hutchLinksOnHost().length > 0) {
+    throw new HutchError('ESETUP', `network: nftables table ${TABLE} was made by an older hutch and is in use; end its sandboxes and run prune`, { step: 'network' });
+  }
+  await run('nft', ['delete', 'table', 'inet', 'hutch']).catch(() => undefined);
+  await run('nft', ['-f', '-'], skeletonScript(), `creating nftables table ${TABLE}`);
 }
 
 /** Adds a sandbox's rules; a port another sandbox won in a race becomes EINVAL naming it. */
@@ -137,7 +174,6 @@ export async function addSandboxRules(r: SandboxRules): Promise<void> {
     const err = stderrOf(e);
     if (/No such file or directory/.test(err) && /table|links_/.test(err)) {
       // The table went away (a prune on an idle host) after this process saw it: make it again.
-      tableReady = false;
       await ensureTable();
       await run('nft', ['-f', '-'], addScript(r), `adding nftables rules for ${r.host}`);
       return;
@@ -209,7 +245,6 @@ export async function deleteTableIfIdle(): Promise<boolean> {
   } catch {
     // Not there, or recreated meanwhile: either way nothing of ours to remove.
   }
-  tableReady = false;
   return true;
 }
 

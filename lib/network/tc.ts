@@ -4,10 +4,11 @@
  * - ingress (host -> sandbox): tbf as the root qdisc of `hx<slot>` (what the host sends into the link);
  * - egress (sandbox -> host): the `ingress` qdisc of `hx<slot>` redirects every packet
  *   (u32 match-all + mirred) to the ifb `hx<slot>i`, whose root tbf shapes it.
+ * Made through rtnetlink (netlink.ts), not `tc`: the same qdiscs and filter, no process.
  * Measured (docs/networking.md): a bulk TCP transfer gets 94-98% of the asked rate from
  * 1 Mbit/s to 1 Gbit/s in both directions; the rest is TCP/IP and Ethernet headers, which tbf counts.
  */
-import { run } from './run.js';
+import { addIngressRedirect, addTbf, createIfb } from './netlink.js';
 
 /** tbf latency: how long a packet may wait in the queue; sets the queue length for the rate. */
 export const TBF_LATENCY_MS = 50;
@@ -23,25 +24,33 @@ export function burstBytes(bps: number): number {
   return Math.max(MIN_BURST, Math.ceil((bps / 8) * 0.008));
 }
 
-function tbf(dev: string, bps: number): string {
-  return `qdisc add dev ${dev} root handle 1: tbf rate ${bps}bit burst ${burstBytes(bps)} latency ${TBF_LATENCY_MS}ms`;
+/** Queue length in bytes: what the rate sends in TBF_LATENCY_MS, plus the bucket (as `tc ... latency` computes it). */
+export function limitBytes(bps: number): number {
+  return Math.min(0xffffffff, Math.ceil((bps / 8) * (TBF_LATENCY_MS / 1000)) + burstBytes(bps));
 }
 
-/** The `tc -batch` text for a link; empty when neither direction is shaped. */
-export function shapingBatch(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null): string {
-  const lines: string[] = [];
-  if (ingressBps !== null) lines.push(tbf(host, ingressBps));
+/** One step of shaping a link, in the order they are made. */
+export type ShapingStep =
+  | { kind: 'ifb'; dev: string }
+  | { kind: 'tbf'; dev: string; bps: number; burst: number; limit: number }
+  | { kind: 'redirect'; dev: string; target: string };
+
+/** What shaping a link takes; empty when neither direction is shaped. */
+export function shapingSteps(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null): ShapingStep[] {
+  const tbf = (dev: string, bps: number): ShapingStep => ({ kind: 'tbf', dev, bps, burst: burstBytes(bps), limit: limitBytes(bps) });
+  const steps: ShapingStep[] = [];
+  if (ingressBps !== null) steps.push(tbf(host, ingressBps));
   if (egressBps !== null && ifb !== null) {
-    lines.push(
-      `qdisc add dev ${host} handle ffff: ingress`,
-      `filter add dev ${host} parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev ${ifb}`,
-      tbf(ifb, egressBps),
-    );
+    // The ifb's tbf first: once the redirect exists, the sandbox's packets flow through it.
+    steps.push({ kind: 'ifb', dev: ifb }, tbf(ifb, egressBps), { kind: 'redirect', dev: host, target: ifb });
   }
-  return lines.length ? lines.join('\n') + '\n' : '';
+  return steps;
 }
 
-export async function applyShaping(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null): Promise<void> {
-  const batch = shapingBatch(host, ifb, egressBps, ingressBps);
-  if (batch) await run('tc', ['-batch', '-'], batch, `shaping ${host} (tc)`);
+export function applyShaping(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null): void {
+  for (const s of shapingSteps(host, ifb, egressBps, ingressBps)) {
+    if (s.kind === 'ifb') createIfb(s.dev);
+    else if (s.kind === 'tbf') addTbf(s.dev, s.bps, s.burst, s.limit);
+    else addIngressRedirect(s.dev, s.target);
+  }
 }
