@@ -58,7 +58,7 @@
 
   int scratch_fd = -1, root_fd = -1;
   const char *where = nullptr;
-  CHECK(STEP_SCRATCH, scratch_in_child(p, &scratch_fd), "tmpfs");
+  CHECK(STEP_SCRATCH, scratch_in_child(p, &scratch_fd), p.upper_dir.empty() ? "tmpfs" : p.upper_dir.c_str());
   int r = overlay_in_child(p, scratch_fd, &root_fd, &where);
   if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
   if (r == 0) CHECK(STEP_ROOT_ATTACH, attach_root_in_child(p, root_fd), p.root_mountpoint.c_str());

@@ -34,6 +34,13 @@ static int move_onto(int tree_fd, int target_fd) {
 
 // child; raw syscalls. A detached tmpfs for the writable layer; its size is the disk quota.
 int scratch_in_child(const plan &p, int *scratch_fd) {
+  if (!p.upper_dir.empty()) {
+    // persistent: the writable layer lives on disk in the store (its quota set by the host).
+    int d = (int)rsys4(SYS_openat, AT_FDCWD, p.upper_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (d < 0) return d;
+    *scratch_fd = d;
+    return 0;
+  }
   int fs = (int)rsys2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
   if (fs < 0) return fs;
   int r = fsconfig_str(fs, "size", p.scratch_size.c_str());

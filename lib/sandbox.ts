@@ -27,6 +27,7 @@ import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, ty
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
+import { preparePersistentDisk, type PersistentDisk } from './disk.js';
 
 /** Default size of the writable layer (a tmpfs, charged to the sandbox's memory as it fills). */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
@@ -109,6 +110,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private readonly store: ImageStore;
   private cgroup: SandboxCgroup | null;
   private attachment: NetworkAttachment | null = null;
+  private disk: PersistentDisk | null = null;
   private ctlWatch: Watch | null = null;
   private pidWatch: Watch | null = null;
   private readonly procs = new Map<number, ProcessState>();
@@ -159,16 +161,18 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
     const image = await store.resolve(opts.image);
     tr.mark('resolve');
-    if (opts.persistent) {
-      throw new HutchError('EUNSUPPORTED', 'invalid option persistent: on-disk writable layers are not built yet (issue 5); omit persistent');
+    if (opts.limits.cgroup.io && !opts.persistent) {
+      throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
     }
     const id = randomBytes(6).toString('hex');
     const range = hostRange();
     const fds: number[] = [];
     let cgroup: SandboxCgroup | null = null;
     let spawned: Spawned | undefined;
+    let disk: PersistentDisk | null = null;
     try {
-      cgroup = cgroupDriver().create(id, opts.limits.cgroup);
+      if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES);
+      cgroup = cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
       tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
       const bind = (source: string, target: string, readonly: boolean): void => {
@@ -186,12 +190,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       };
       for (const p of image.hostBinds) bind(p, p, true);
       for (const m of opts.mounts) bind(m.source, m.target, m.readonly);
-      const disk = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
+      const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
       const s = n.spawn({
         hostname: opts.hostname ?? `hutch-${id}`,
         layersDir: image.layersDir,
         lowerdirs: image.lowerdirs.join(':'),
-        scratchSize: String(disk),
+        scratchSize: String(diskBytes),
+        ...(disk ? { upperDir: disk.upperDir } : {}),
         rootMountpoint: rootMountpoint(store),
         binds,
         masked: MASKED,
@@ -219,11 +224,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       for (const fd of fds) n.close(fd);
       if (spawned) await killAndReap(spawned);
       await cgroup?.destroy().catch(() => undefined);
+      await disk?.release().catch(() => undefined);
       await store.release(id).catch(() => undefined);
       throw e;
     }
     n.close(spawned.errFd);
     const sb = new Sandbox(id, opts, store, image, spawned, cgroup);
+    sb.disk = disk;
     sb.watch();
     try {
       if (opts.network.mode === 'bridge') {
@@ -508,7 +515,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       await Promise.all([
         this.cgroup?.destroy().then(() => tr.mark('cgroup'), (e) => errors.push(e)),
         this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
-        this.store.release(this.id).then(() => tr.mark('release'), (e) => errors.push(e)),
+        (this.disk ? this.disk.release() : Promise.resolve())
+          .then(() => this.store.release(this.id))
+          .then(() => tr.mark('release'), (e) => errors.push(e)),
       ]);
       tr.end();
       this.emit('destroyed');

@@ -1,0 +1,120 @@
+/**
+ * The on-disk writable layer of a `persistent: true` sandbox, in the store, limited to
+ * `limits.disk`: by a project quota where the store's filesystem has them (XFS mounted with
+ * prjquota or pquota), else by a loop-mounted ext4 image file of that size. Writes past the
+ * quota get ENOSPC either way. Ephemeral sandboxes never come here: their layer is a tmpfs.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fsp, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { HutchError, hostFailure } from './errors.js';
+import { hostRange } from './identity.js';
+
+const run = promisify(execFile);
+
+export type DiskMethod = 'project-quota' | 'loop';
+
+export interface PersistentDisk {
+  /** Holds upper/ and work/ for overlay. */
+  readonly upperDir: string;
+  readonly method: DiskMethod;
+  /** 'major:minor' of the block device under the layer (for io limits). */
+  readonly device: string;
+  release(): Promise<void>;
+}
+
+interface MountEntry {
+  mountPoint: string;
+  fstype: string;
+  options: string;
+  device: string;
+}
+
+/** The mount holding `path` (the longest mount point that is a prefix), from mountinfo. */
+export function mountOf(path: string): MountEntry | undefined {
+  let best: MountEntry | undefined;
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10) continue;
+    const sep = f.indexOf('-');
+    const mp = f[4]!.replace(/\\040/g, ' ');
+    if (!(path === mp || path.startsWith(mp.endsWith('/') ? mp : `${mp}/`))) continue;
+    if (best && best.mountPoint.length > mp.length) continue;
+    best = { mountPoint: mp, fstype: f[sep + 1]!, options: `${f[5]},${f[sep + 3] ?? ''}`, device: f[2]! };
+  }
+  return best;
+}
+
+/** Which method applies to a store at `root`: checkHost() reports it. */
+export function diskMethod(root: string): DiskMethod {
+  const m = mountOf(root);
+  if (m && m.fstype === 'xfs' && /(^|,)(prjquota|pquota|pqnoenforce)(,|$)/.test(m.options)) return 'project-quota';
+  return 'loop';
+}
+
+function projectId(id: string): number {
+  // 28 bits of the sandbox id, never 0 (the default project).
+  return (parseInt(id.slice(0, 7), 16) % 0x0fffffff) + 1;
+}
+
+async function makeLayerDirs(dir: string): Promise<void> {
+  const r = hostRange();
+  for (const d of ['upper', 'work']) {
+    await fsp.mkdir(join(dir, d), { mode: 0o755 });
+    await fsp.chown(join(dir, d), r.uid, r.gid);
+  }
+}
+
+/** Makes the layer of sandbox `id` under `<store>/sandboxes/<id>/disk`, `bytes` big. */
+export async function preparePersistentDisk(storeRoot: string, id: string, bytes: number): Promise<PersistentDisk> {
+  const base = join(storeRoot, 'sandboxes', id);
+  const dir = join(base, 'disk');
+  await fsp.mkdir(dir, { recursive: true, mode: 0o711 });
+  const method = diskMethod(storeRoot);
+  try {
+    if (method === 'project-quota') {
+      const m = mountOf(dir)!;
+      const pid = projectId(id);
+      // New files under dir inherit the project (PROJINHERIT), so everything overlay writes counts.
+      await run('xfs_io', ['-c', `chproj ${pid}`, '-c', 'chattr +P', dir]);
+      await run('xfs_quota', ['-x', '-c', `limit -p bhard=${bytes} ${pid}`, m.mountPoint]);
+      await makeLayerDirs(dir);
+      return {
+        upperDir: dir,
+        method,
+        device: m.device,
+        release: async () => {
+          await run('xfs_quota', ['-x', '-c', `limit -p bhard=0 ${pid}`, m.mountPoint]).catch(() => undefined);
+          await fsp.rm(dir, { recursive: true, force: true });
+        },
+      };
+    }
+    const img = join(base, 'disk.img');
+    const fh = await fsp.open(img, 'wx', 0o600);
+    await fh.truncate(bytes);
+    await fh.close();
+    const r = hostRange();
+    await run('mkfs.ext4', ['-q', '-F', '-E', `root_owner=${r.uid}:${r.gid}`, '-O', '^has_journal', img]);
+    await run('mount', ['-o', 'loop,nosuid,nodev', img, dir]);
+    await makeLayerDirs(dir);
+    const st = statSync(dir);
+    const device = `${Math.floor(st.dev / 256) & 0xfff}:${(st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)}`;
+    return {
+      upperDir: dir,
+      method,
+      device,
+      release: async () => {
+        await run('umount', [dir]).catch(() => run('umount', ['-l', dir]).catch(() => undefined));
+        await fsp.rm(dir, { recursive: true, force: true });
+        await fsp.rm(img, { force: true });
+      },
+    };
+  } catch (e) {
+    await run('umount', [dir]).catch(() => undefined);
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    await fsp.rm(join(base, 'disk.img'), { force: true }).catch(() => undefined);
+    if (HutchError.is(e)) throw e;
+    throw hostFailure('ESETUP', `making the persistent writable layer (${method}) under ${dir}`, e);
+  }
+}
