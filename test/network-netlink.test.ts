@@ -1,0 +1,206 @@
+import { describe, it, expect, afterAll } from 'vitest';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import net from 'node:net';
+import { attachNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
+import { createVeth, deleteLinks } from '../lib/network/netlink.js';
+import { deleteTableIfIdle, hutchLinksOnHost, TABLE } from '../lib/network/nat.js';
+import { isRoot, needs } from './helpers/require.js';
+
+// The link work done through rtnetlink from the addon, checked with iproute2's own view from
+// the host (`ip`, `tc`, `nsenter`). Traffic only between a stand-in sandbox and the host side
+// of the link made here.
+const hasTools = (() => {
+  try {
+    execFileSync('sh', ['-c', 'command -v ip && command -v tc && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const skip = needs(isRoot && hasTools, 'netlink tests need root with ip, tc, nft, nsenter and unshare');
+
+const RANGE = '10.205.0.0/24';
+const children: ChildProcess[] = [];
+
+function sh(cmd: string): string {
+  return execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
+}
+
+/** A stand-in for a sandbox: a process in new user + net namespaces. */
+async function fakeSandbox(): Promise<number> {
+  const child = spawn('unshare', ['--user', '--map-root-user', '--net', 'sleep', '300'], { stdio: 'ignore' });
+  children.push(child);
+  const pid = child.pid!;
+  const own = readlinkSync('/proc/self/ns/net');
+  for (let i = 0; i < 200; i++) {
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/net`) !== own) break;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  sh(`nsenter --net=/proc/${pid}/ns/net ip link set lo up`);
+  return pid;
+}
+
+function inNetns(pid: number, script: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('nsenter', [`--net=/proc/${pid}/ns/net`, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (err += d));
+    c.on('close', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`netns script failed (${code}): ${err}`))));
+  });
+}
+
+function connectScript(host: string, port: number, timeoutMs = 1500): string {
+  return `const s=require('net').connect(${port},'${host}');let d='';const t=setTimeout(()=>{console.log('timeout');process.exit(0)},${timeoutMs});
+s.on('data',x=>d+=x);s.on('end',()=>{clearTimeout(t);console.log('ok '+d);process.exit(0)});s.on('error',e=>{clearTimeout(t);console.log(e.code);process.exit(0)});`;
+}
+
+function thisRange(): string[] {
+  return hutchLinksOnHost().filter((n) => n.startsWith('hx0acd00'));
+}
+
+const plan = (o: Omit<NetworkOptions, 'mode'> = {}) => resolveNetwork({ mode: 'bridge', range: RANGE, ...o });
+
+describe.skipIf(skip !== undefined)('network: rtnetlink from the addon', () => {
+  const made: NetworkAttachment[] = [];
+
+  afterAll(async () => {
+    for (const a of made) await releaseNetwork(a, { wait: true }).catch(() => {});
+    await settleNetwork().catch(() => {});
+    for (const c of children) c.kill('SIGKILL');
+  });
+
+  it('the table is made again before a link when a prune removed it', async () => {
+    // Only when no hutch link exists anywhere (other test files may hold some): the same check prune makes.
+    const removed = await deleteTableIfIdle();
+    if (!removed) return;
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(plan(), 'nl-table', pid))!;
+    made.push(a);
+    expect(sh(`nft list table ${TABLE}`)).toContain('skeleton_v2');
+  });
+
+  it('makes the pair, addresses, route and no IPv6 address, as ip sees them', async () => {
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(plan(), 'nl-basic', pid))!;
+    made.push(a);
+    const ns = `nsenter --net=/proc/${pid}/ns/net`;
+    // Host side: the /30's first address, up, addrgenmode none, one queue each way.
+    const host = sh(`ip -d addr show dev ${a.hostInterface}`);
+    expect(host).toContain(`inet ${a.hostAddress}/30`);
+    expect(host).toMatch(/state UP/);
+    expect(sh(`ip -d link show dev ${a.hostInterface}`)).toContain('addrgenmode none');
+    expect(host).not.toContain('inet6');
+    expect(readdirSync(`/sys/class/net/${a.hostInterface}/queues`).sort()).toEqual(['rx-0', 'tx-0']);
+    // Sandbox side: eth0, born in its netns (the veth's peer), the second address, default route.
+    const inside = sh(`${ns} ip -d addr show dev eth0`);
+    expect(inside).toContain(`inet ${a.address}/30`);
+    expect(inside).toMatch(/state UP/);
+    expect(inside).not.toContain('inet6');
+    expect(sh(`${ns} ip route show default`).trim()).toBe(`default via ${a.hostAddress} dev eth0`);
+    expect(sh(`${ns} ip -o link`).split('\n').filter(Boolean).map((l) => l.split(':')[1]!.trim().split('@')[0])).toEqual(['lo', 'eth0']);
+    // A plain link has no nftables chains of its own: the table's skeleton filters it.
+    expect(sh(`nft list table ${TABLE}`)).not.toContain(`fwd_${a.slot}`);
+
+    const srv = net.createServer((s) => s.end('hello')).listen(0, a.hostAddress);
+    await new Promise((r) => srv.once('listening', r));
+    expect(await inNetns(pid, connectScript(a.hostAddress, (srv.address() as net.AddressInfo).port))).toBe('ok hello');
+    srv.close();
+  });
+
+  it('a plain sandbox reaches only its own host side', async () => {
+    const [p1, p2] = [await fakeSandbox(), await fakeSandbox()];
+    const a = (await attachNetwork(plan(), 'nl-iso-a', p1))!;
+    const b = (await attachNetwork(plan(), 'nl-iso-b', p2))!;
+    made.push(a, b);
+    // b's host side is a local address of the host, but not on a's link.
+    const srv = net.createServer((s) => s.end('b-host')).listen(0, b.hostAddress);
+    await new Promise((r) => srv.once('listening', r));
+    const port = (srv.address() as net.AddressInfo).port;
+    expect(await inNetns(p2, connectScript(b.hostAddress, port))).toBe('ok b-host');
+    expect(await inNetns(p1, connectScript(b.hostAddress, port, 800))).toBe('timeout');
+    srv.close();
+    // Nor b itself (forwarded between two hutch links).
+    const srvB = spawn('nsenter', [`--net=/proc/${p2}/ns/net`, process.execPath, '-e', `require('net').createServer(s=>s.end('b')).listen(7300,'0.0.0.0',()=>console.log('ready'))`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(srvB);
+    await new Promise((r) => srvB.stdout!.once('data', r));
+    expect(await inNetns(p1, connectScript(b.address, 7300, 800))).toBe('timeout');
+    srvB.kill('SIGKILL');
+  });
+
+  it('shapes with tbf and an ifb redirect, as tc sees them', async () => {
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(plan({ egress: '10mbit', ingress: '20mbit' }), 'nl-shaped', pid))!;
+    made.push(a);
+    expect(sh(`tc qdisc show dev ${a.hostInterface}`)).toMatch(/qdisc tbf 1: root .*rate 20Mbit burst 20000b lat 50ms/);
+    expect(sh(`tc qdisc show dev ${a.hostInterface}`)).toMatch(/qdisc ingress ffff:/);
+    expect(sh(`tc qdisc show dev ${a.ifb}`)).toMatch(/qdisc tbf 1: root .*rate 10Mbit burst 10000b lat 50ms/);
+    const filter = sh(`tc filter show dev ${a.hostInterface} ingress`);
+    expect(filter).toContain('match 00000000/00000000 at 0');
+    expect(filter).toContain(`mirred (Egress Redirect to device ${a.ifb}) stolen`);
+    expect(sh(`ip -d link show ${a.ifb}`)).toMatch(/state UNKNOWN|UP/);
+  });
+
+  it('release hands off at once; settle sees links, rules and lease gone', async () => {
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(plan({ egress: '5mbit', outbound: 'nat' }), 'nl-release', pid))!;
+    expect(sh(`nft list table ${TABLE}`)).toContain(`fwd_${a.slot}`);
+    await releaseNetwork(a);
+    await settleNetwork();
+    expect(existsSync(`/sys/class/net/${a.hostInterface}`)).toBe(false);
+    expect(existsSync(`/sys/class/net/${a.ifb}`)).toBe(false);
+    expect(sh(`nft list table ${TABLE}`)).not.toContain(`fwd_${a.slot}`);
+    expect(existsSync(`${a.stateDir}/${a.slot}.lease`)).toBe(false);
+    expect(sh(`nsenter --net=/proc/${pid}/ns/net ip -o link`)).not.toContain('eth0');
+  });
+
+  it('a published port is free again when release returns', async () => {
+    const pid = await fakeSandbox();
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const a = (await attachNetwork(plan({ ports: [{ host: port, sandbox: 80 }] }), 'nl-port', pid))!;
+    await releaseNetwork(a);
+    // No wait for the link: the port's elements and the lease's claim on it are gone already.
+    const again = plan({ ports: [{ host: port, sandbox: 80 }] });
+    expect(again.mode).toBe('bridge');
+    expect(sh(`nft list map ${TABLE} ports`)).not.toMatch(new RegExp(`\\. ${port} :`));
+    await settleNetwork();
+  });
+
+  it('netlink failures are ESETUP naming the request and errno, and leave nothing', async () => {
+    const dead = spawn('true');
+    await new Promise((r) => dead.on('close', r));
+    const before = thisRange();
+    await expect(attachNetwork(plan({ egress: '1mbit' }), 'nl-dead', dead.pid!)).rejects.toMatchObject({ code: 'ESETUP', step: 'network', errno: 'ENOENT' });
+    expect(thisRange()).toEqual(before);
+
+    // An existing name: the kernel's EEXIST, with its extended ack when it gives one.
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(plan(), 'nl-dup', pid))!;
+    made.push(a);
+    let err: unknown;
+    try {
+      createVeth(a.hostInterface, 'eth1', pid);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'ESETUP', step: 'network', errno: 'EEXIST' });
+    expect((err as Error).message).toContain(`creating ${a.hostInterface}`);
+    // Deleting a link that is already gone is not a failure.
+    await expect(deleteLinks(['hx0acdffffi'])).resolves.toBeUndefined();
+  });
+
+  it('leaves nothing of its range behind', async () => {
+    for (const a of made) await releaseNetwork(a, { wait: true });
+    await settleNetwork();
+    expect(thisRange()).toEqual([]);
+  });
+});
