@@ -109,6 +109,50 @@ describe.skipIf(skip)('commitUpper', () => {
     expect(r.stdout).toBe('two\ntwo\n');
   });
 
+  it('a sandbox swapping a directory for a symlink to /etc mid-commit never gets a host file in', { timeout: 60_000 }, async () => {
+    const sb = await Sandbox.create({ image: 'busybox', store });
+    const hostShadow = readFileSync('/etc/shadow', 'utf8');
+    let ok = 0;
+    try {
+      // Inside, /etc is the sandbox's own; seen from the host through the upper dir it would be the host's.
+      sb.spawn('while true; do rm -rf /d; mkdir /d; echo mine > /d/shadow; rm -rf /d; ln -s /etc /d; done');
+      for (let i = 0; i < 15; i++) {
+        let img;
+        try {
+          img = await store.commitUpper({ base: sb.image.image, upperDir: `/proc/${sb.pid}/fd/4/upper` });
+        } catch (e) {
+          expect((e as { code?: string }).code).toBe('EINVAL'); // "changed during the commit"
+          continue;
+        }
+        ok++;
+        if (img.layers.length === sb.image.image.layers.length) continue; // nothing to commit at that instant
+        const entries = await layerEntries(img.layers.at(-1)!, img.id);
+        const d = entries.get('d');
+        if (d?.type === 'SymbolicLink') expect(d.linkpath).toBe('/etc');
+        const f = entries.get('d/shadow');
+        if (f) expect(f.size).toBe(5);
+        const L = store.path('layers', img.layers.at(-1)!.slice(7));
+        if (existsSync(join(L, 'd/shadow')) && !lstatSync(join(L, 'd')).isSymbolicLink()) {
+          expect(readFileSync(join(L, 'd/shadow'), 'utf8')).not.toBe(hostShadow);
+        }
+      }
+    } finally {
+      await sb.destroy();
+    }
+    expect(ok).toBeGreaterThan(0);
+  });
+
+  it('an unchanged sandbox commits to a config-only child (no empty layer)', async () => {
+    const sb = await Sandbox.create({ image: 'busybox', store });
+    try {
+      const img = await store.commitUpper({ base: 'busybox', upperDir: `/proc/${sb.pid}/fd/4/upper`, config: { env: ['A=1'] } });
+      expect(img.layers).toEqual((await store.get('busybox')).layers);
+      expect(img.config.env).toEqual(['A=1']);
+    } finally {
+      await sb.destroy();
+    }
+  });
+
   it('refuses bad options', async () => {
     await expect(store.commitUpper({ base: 'busybox', upperDir: '/nonexistent/upper' })).rejects.toMatchObject({ code: 'EINVAL' });
     await expect(store.commitUpper({ base: 'no-such-image', upperDir: root })).rejects.toMatchObject({ code: 'ENOIMAGE' });

@@ -357,7 +357,7 @@ function exposed(ins: Instruction, w: string): string[] {
 
 // ---- RUN -----------------------------------------------------------------------------------
 
-async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[], argEnv: Record<string, string>, network: 'none' | NetworkOptions): Promise<PendingLayer> {
+async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[], argEnv: Record<string, string>, network: 'none' | NetworkOptions): Promise<PendingLayer | null> {
   if (state.base.id === null || state.base.layers.length === 0) throw buildError(ins, 'RUN needs a base image with a shell; FROM scratch has none');
   let sb: Sandbox;
   try {
@@ -747,7 +747,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
   const destAbs = posix.normalize(posix.join(dest.startsWith('/') ? '/' : workdirOf(state), dest));
   const flags = [chown !== undefined ? `--chown=${chown}` : '', chmod !== undefined ? `--chmod=${chmod.toString(8)}` : ''].filter(Boolean).join(' ');
   const createdBy = `${ins.keyword} ${flags ? `${flags} ` : ''}${srcs.map((s) => s.rel).join(' ')} ${destAbs}${dest.endsWith('/') && destAbs !== '/' ? '/' : ''}`;
-  const layer = async (): Promise<PendingLayer> => {
+  const layer = async (): Promise<PendingLayer | null> => {
     const view = new ImageView(ctx.store, state.base.layers);
     const owner = chown !== undefined ? userIds(view, chown) : { uid: 0, gid: 0 };
     const tar = new LayerTar(ctx.op);

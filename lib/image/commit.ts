@@ -8,7 +8,7 @@
  * extracted exactly as an imported one.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants, createReadStream, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, writeSync, type Stats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
@@ -75,10 +75,18 @@ export class LayerTar {
     this.fd = -1;
   }
 
-  /** Closes the archive and brings it into the op as a layer (blob gzipped, tree extracted). */
-  async toLayer(store: ImageStore, op: Op, label: string): Promise<PendingLayer> {
+  /**
+   * Closes the archive and brings it into the op as a layer (blob gzipped, tree extracted);
+   * null when it has no entries: an unchanged upper dir or a RUN that wrote nothing makes no
+   * layer (history says `empty_layer`), as BuildKit does.
+   */
+  async toLayer(store: ImageStore, op: Op, label: string): Promise<PendingLayer | null> {
     this.close();
     const file = this.file;
+    if (this.entries === 0) {
+      await fsp.rm(file, { force: true });
+      return null;
+    }
     try {
       return await extractLayer(store, op, () => gzipFile(file), { compression: 'gzip', mediaType: MEDIA.ociLayerGzip, label });
     } finally {
@@ -131,118 +139,137 @@ export interface UpperStats {
  * - sockets and real device nodes are skipped (a sandbox cannot make devices anyway).
  *
  * The upper dir belongs to a sandbox that may still run and may swap a directory for a
- * symlink while we walk: every object is lstat'ed or opened without following the last
- * component and must lie on the upper dir's own filesystem (the sandbox's scratch tmpfs),
- * so a symlink swapped in mid-walk can never make us read a host file.
+ * symlink while we walk. The walk never resolves a path from the upper dir down: each
+ * directory is opened (O_NOFOLLOW | O_DIRECTORY) through its parent's open fd as
+ * `/proc/self/fd/<parent>/<name>` — the kernel jumps to the open directory itself, so this is
+ * openat(2) — and every child is lstat'ed, read or opened (O_NOFOLLOW) the same way. A
+ * swapped-in symlink is then an ELOOP/ENOTDIR or a symlink entry, never followed; as a second
+ * guard every object must lie on the upper dir's own filesystem. A path that changes under
+ * the walk fails the commit.
  * `skip(rel)` leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself).
  */
-export async function writeUpper(store: ImageStore, tar: LayerTar, upperDir: string, skip?: (rel: string, st: import('node:fs').Stats) => boolean): Promise<UpperStats> {
-  let root;
+export async function writeUpper(store: ImageStore, tar: LayerTar, upperDir: string, skip?: (rel: string, st: Stats) => boolean): Promise<UpperStats> {
+  let rootFd: number;
   try {
-    root = await fsp.lstat(upperDir);
+    rootFd = openSync(upperDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
   } catch (e) {
-    throw new HutchError('EINVAL', `cannot read the upper dir ${upperDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { path: upperDir, cause: e });
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR' || code === 'ELOOP') throw invalid('upperDir', 'a directory (overlay upper dir)', upperDir);
+    throw new HutchError('EINVAL', `cannot read the upper dir ${upperDir}: ${code ?? (e as Error).message}`, { path: upperDir, cause: e });
   }
-  if (!root.isDirectory()) throw invalid('upperDir', 'a directory (overlay upper dir)', upperDir);
-  const dev = root.dev;
-  const shift = store.shift();
-  const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
-  const links = new Map<number, string>();
-  const moved = (rel: string): HutchError =>
-    new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
-  const ids = (st: import('node:fs').Stats, rel: string) => {
-    const uid = shift ? st.uid - shift.uid : 0;
-    const gid = shift ? st.gid - shift.gid : 0;
-    if (uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT) {
-      throw new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} is owned by host ids ${st.uid}:${st.gid}, outside the sandbox range`, { path: rel });
-    }
-    return { uid, gid };
-  };
-
-  // Pass 1: the tree (names, types), pass 2 needs the opaque marks of every directory.
-  const dirs: string[] = [];
-  const order: { rel: string; st: import('node:fs').Stats }[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    const abs = rel === '' ? upperDir : join(upperDir, rel);
-    let names: string[];
-    try {
-      names = (await fsp.readdir(abs)).sort();
-    } catch (e) {
-      throw moved(rel);
-    }
-    for (const n of names) {
-      const r = rel === '' ? n : `${rel}/${n}`;
-      let st;
+  try {
+    const dev = fstatSync(rootFd).dev;
+    const moved = (rel: string): HutchError =>
+      new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
+    /** Depth-first in name order; `visit` runs with the parent directory's fd open. */
+    const walk = async (dirFd: number, rel: string, visit: (rel: string, st: Stats, at: string) => Promise<void>): Promise<void> => {
+      let names: string[];
       try {
-        st = await fsp.lstat(join(upperDir, r));
+        names = readdirSync(`/proc/self/fd/${dirFd}`).sort();
       } catch {
-        throw moved(r);
+        throw moved(rel);
       }
-      if (st.dev !== dev) throw moved(r);
-      if (skip?.(r, st)) continue;
-      order.push({ rel: r, st });
+      for (const n of names) {
+        const r = rel === '' ? n : `${rel}/${n}`;
+        const at = `/proc/self/fd/${dirFd}/${n}`;
+        let st: Stats;
+        try {
+          st = lstatSync(at);
+        } catch {
+          throw moved(r);
+        }
+        if (st.dev !== dev) throw moved(r);
+        if (skip?.(r, st)) continue;
+        await visit(r, st, at);
+        if (!st.isDirectory()) continue;
+        let fd: number;
+        try {
+          fd = openSync(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+        } catch {
+          throw moved(r);
+        }
+        try {
+          const now = fstatSync(fd);
+          if (now.ino !== st.ino || now.dev !== dev) throw moved(r);
+          await walk(fd, r, visit);
+        } finally {
+          closeSync(fd);
+        }
+      }
+    };
+
+    // Pass 1: the directories, for their opaque marks; pass 2 writes the layer.
+    const dirs: string[] = [];
+    await walk(rootFd, '', async (rel, st) => void (st.isDirectory() && dirs.push(rel)));
+    const opaque = await opaqueDirs(upperDir, dirs);
+
+    const shift = store.shift();
+    const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
+    const links = new Map<number, string>();
+    const ids = (st: Stats, rel: string) => {
+      const uid = shift ? st.uid - shift.uid : 0;
+      const gid = shift ? st.gid - shift.gid : 0;
+      if (uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT) {
+        throw new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} is owned by host ids ${st.uid}:${st.gid}, outside the sandbox range`, { path: rel });
+      }
+      return { uid, gid };
+    };
+    await walk(rootFd, '', async (rel, st, at) => {
+      const mtime = Math.floor(st.mtimeMs / 1000);
+      const mode = st.mode & 0o7777;
+      const slash = rel.lastIndexOf('/');
+      const parent = slash < 0 ? '' : rel.slice(0, slash);
+      const base = rel.slice(slash + 1);
+      stats.entries++;
       if (st.isDirectory()) {
-        dirs.push(r);
-        await walk(r);
+        tar.add({ path: rel, type: 'dir', mode, ...ids(st, rel), mtime });
+        if (opaque.has(rel)) {
+          tar.add({ path: `${rel}/.wh..wh..opq`, type: 'file', mode: 0o644, mtime });
+          stats.opaqueDirs++;
+        }
+      } else if (st.isCharacterDevice() && st.rdev === 0) {
+        tar.add({ path: parent === '' ? `.wh.${base}` : `${parent}/.wh.${base}`, type: 'file', mode: 0o644, mtime });
+        stats.whiteouts++;
+      } else if (st.isSymbolicLink()) {
+        let target: string;
+        try {
+          target = readlinkSync(at);
+        } catch {
+          throw moved(rel);
+        }
+        tar.add({ path: rel, type: 'symlink', linkpath: target, mode: 0o777, ...ids(st, rel), mtime });
+      } else if (st.isFIFO()) {
+        tar.add({ path: rel, type: 'fifo', mode, ...ids(st, rel), mtime });
+      } else if (st.isFile()) {
+        const first = st.nlink > 1 ? links.get(st.ino) : undefined;
+        if (first !== undefined) {
+          tar.add({ path: rel, type: 'link', linkpath: first, mode, ...ids(st, rel), mtime });
+          return;
+        }
+        if (st.nlink > 1) links.set(st.ino, rel);
+        let fh: fsp.FileHandle;
+        try {
+          fh = await fsp.open(at, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+        } catch {
+          throw moved(rel);
+        }
+        try {
+          const now = await fh.stat();
+          if (!now.isFile() || now.dev !== dev || now.ino !== st.ino) throw moved(rel);
+          tar.header({ path: rel, type: 'file', mode, ...ids(st, rel), mtime }, st.size);
+          await copyData(tar, fh, st.size);
+        } finally {
+          await fh.close();
+        }
+      } else {
+        stats.entries--;
+        stats.skipped++;
       }
-    }
-  };
-  await walk('');
-  const opaque = await opaqueDirs(upperDir, dirs);
-
-  for (const { rel, st } of order) {
-    const mtime = Math.floor(st.mtimeMs / 1000);
-    const mode = st.mode & 0o7777;
-    const slash = rel.lastIndexOf('/');
-    const parent = slash < 0 ? '' : rel.slice(0, slash);
-    const base = rel.slice(slash + 1);
-    stats.entries++;
-    if (st.isDirectory()) {
-      tar.add({ path: rel, type: 'dir', mode, ...ids(st, rel), mtime });
-      if (opaque.has(rel)) {
-        tar.add({ path: `${rel}/.wh..wh..opq`, type: 'file', mode: 0o644, mtime });
-        stats.opaqueDirs++;
-      }
-    } else if (st.isCharacterDevice() && st.rdev === 0) {
-      tar.add({ path: parent === '' ? `.wh.${base}` : `${parent}/.wh.${base}`, type: 'file', mode: 0o644, mtime });
-      stats.whiteouts++;
-    } else if (st.isSymbolicLink()) {
-      let target: string;
-      try {
-        target = await fsp.readlink(join(upperDir, rel));
-      } catch {
-        throw moved(rel);
-      }
-      tar.add({ path: rel, type: 'symlink', linkpath: target, mode: 0o777, ...ids(st, rel), mtime });
-    } else if (st.isFIFO()) {
-      tar.add({ path: rel, type: 'fifo', mode, ...ids(st, rel), mtime });
-    } else if (st.isFile()) {
-      const first = st.nlink > 1 ? links.get(st.ino) : undefined;
-      if (first !== undefined) {
-        tar.add({ path: rel, type: 'link', linkpath: first, mode, ...ids(st, rel), mtime });
-        continue;
-      }
-      if (st.nlink > 1) links.set(st.ino, rel);
-      let fh: fsp.FileHandle;
-      try {
-        fh = await fsp.open(join(upperDir, rel), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-      } catch {
-        throw moved(rel);
-      }
-      try {
-        const now = await fh.stat();
-        if (!now.isFile() || now.dev !== dev || now.ino !== st.ino) throw moved(rel);
-        tar.header({ path: rel, type: 'file', mode, ...ids(st, rel), mtime }, st.size);
-        await copyData(tar, fh, st.size);
-      } finally {
-        await fh.close();
-      }
-    } else {
-      stats.entries--;
-      stats.skipped++;
-    }
+    });
+    return stats;
+  } finally {
+    closeSync(rootFd);
   }
-  return stats;
 }
 
 /**
