@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HutchError, ImageStore, Sandbox, type ExecOptions, type SandboxOptions } from '../lib/index.js';
+import { HutchError, ImageStore, Sandbox, type ExecOptions, type SandboxOptions, type SeccompProfile } from '../lib/index.js';
 import { isRoot, needs } from './helpers/require.js';
 import {
   cgroupsUnder, duBytes, fdCount, leases, linkNames, mountCount, namespaceInodes, privateCgroupParent,
@@ -44,7 +44,7 @@ interface Combo {
   every?: number;
 }
 
-const profile = { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] } as const;
+const profile: SeccompProfile = { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] };
 
 const COMBOS: Combo[] = [
   { name: 'plain', sandbox: { image: 'busybox' }, command: ['true'], check: (_, c) => c === 0 },
