@@ -234,6 +234,6 @@ describe.skipIf(skip)('build', () => {
     const img = await store.build({ dockerfile: 'FROM app:1\nUSER root\nWORKDIR /new\nRUN echo deep > /new/f', context: ctx });
     expect(img.layers).toHaveLength(5);
     const r = await Sandbox.run({ image: img.id, store, command: 'cat /new/f /app/built', encoding: 'utf8' });
-    expect(r.stdout).toBe('deep\nchanged\nscript\n');
+    expect(r.stdout).toBe('deep\nhello from the context\nscript\n');
   });
 });
