@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,8 @@ struct nl_result {
   std::string detail;
 };
 
-uint32_t g_seq = 1;
+// Sequence numbers for every socket: the JS thread and the deletion worker both take them.
+std::atomic<uint32_t> g_seq{1};
 
 void *req_put(nl_req &r, size_t n) {
   size_t aligned = NLMSG_ALIGN(n);
@@ -83,7 +85,6 @@ void *msg_begin(nl_req &r, uint16_t type, uint16_t flags, size_t hdrlen) {
   if (!h) return nullptr;
   h->nlmsg_type = type;
   h->nlmsg_flags = (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | flags);
-  h->nlmsg_seq = g_seq++;
   r.cur = h;
   h->nlmsg_len = NLMSG_HDRLEN;
   r.count++;
@@ -147,7 +148,16 @@ nl_result nl_talk(int fd, nl_req &r, std::vector<char> *reply = nullptr) {
     res.err = -EMSGSIZE;
     return res;
   }
-  uint32_t first_seq = reinterpret_cast<nlmsghdr *>(r.buf)->nlmsg_seq;
+  // Consecutive sequence numbers for the batch, taken at once: acks are matched by range.
+  uint32_t first_seq = g_seq.fetch_add((uint32_t)r.count);
+  {
+    size_t off = 0;
+    for (int i = 0; i < r.count && off < r.len; i++) {
+      nlmsghdr *h = reinterpret_cast<nlmsghdr *>(r.buf + off);
+      h->nlmsg_seq = first_seq + (uint32_t)i;
+      off += NLMSG_ALIGN(h->nlmsg_len);
+    }
+  }
   sockaddr_nl to;
   memset(&to, 0, sizeof to);
   to.nl_family = AF_NETLINK;

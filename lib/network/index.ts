@@ -198,12 +198,12 @@ function track(p: Promise<void>): void {
   p.catch((e: unknown) => void backgroundFailures.push(e)).finally(() => pending.delete(p));
 }
 
-/** The lease without its ports, once their elements are gone (prune and port checks read it). */
+/** The lease without its ports or rules, once they are gone (prune and port checks read it). */
 function forgetPorts(stateDir: string, slot: string): void {
   const lease = readLease(stateDir, `${slot}.lease`);
   if (lease === null) return;
   try {
-    writeFileSync(leasePath(stateDir, slot), JSON.stringify({ ...lease, ports: [] }), { mode: 0o600 });
+    writeFileSync(leasePath(stateDir, slot), JSON.stringify({ ...lease, ports: [], rules: false }), { mode: 0o600 });
   } catch {
     // The lease still names the ports: prune removes their (already gone) elements again.
   }
