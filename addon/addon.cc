@@ -23,6 +23,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setInit", Napi::Function::New(env, SetInit));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
   exports.Set("openTree", Napi::Function::New(env, OpenTree));
+  exports.Set("makeUserns", Napi::Function::New(env, MakeUserns));
   exports.Set("reap", Napi::Function::New(env, Reap));
   exports.Set("pidfdKill", Napi::Function::New(env, PidfdKill));
   exports.Set("readSetupError", Napi::Function::New(env, ReadSetupError));

@@ -11,6 +11,7 @@ void release_child(long pid);  // frees the stack and plan of a CLONE_VM child t
 Napi::Value Spawn(const Napi::CallbackInfo &info);
 Napi::Value SetInit(const Napi::CallbackInfo &info);
 Napi::Value OpenTree(const Napi::CallbackInfo &info);
+Napi::Value MakeUserns(const Napi::CallbackInfo &info);
 // pidfd.cc
 void InitWatch(Napi::Env env, Napi::Object exports);
 Napi::Value Reap(const Napi::CallbackInfo &info);

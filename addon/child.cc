@@ -46,22 +46,34 @@
   if (n != 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
   rsys1(SYS_close, p.sync_fd);
 
-  // uid_map/gid_map are written: become root of the new user namespace (the host range's
-  // first id), so every file and mount made below belongs to the sandbox, not to host root.
+  // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
+  // and our new mount namespace starts as a peer of it).
+  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
+  CHECK(STEP_HOSTNAME, rsys2(SYS_sethostname, p.hostname.c_str(), p.hostname.size()), p.hostname.c_str());
+
+  // Still host root's fs ids: open what lies in the store (its dirs may be closed to this
+  // sandbox's own range) — the layers, the mountpoint, a persistent layer's dir.
+  int ovl_fs = -1, mnt_fd = -1, persistent_fd = -1, scratch_fd = -1, root_fd = -1;
+  const char *where = nullptr;
+  int r = overlay_begin_in_child(p, &ovl_fs, &where);
+  if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
+  mnt_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (mnt_fd < 0) die_step(p.err_fd, STEP_ROOT_ATTACH, mnt_fd, p.root_mountpoint.c_str());
+  if (!p.upper_dir.empty()) {
+    persistent_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.upper_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (persistent_fd < 0) die_step(p.err_fd, STEP_SCRATCH, persistent_fd, p.upper_dir.c_str());
+  }
+
+  // Now become root of the new user namespace (the range's first id), so every file and mount
+  // made below belongs to the sandbox, not to host root.
   CHECK(STEP_SETID, rsys2(SYS_setgroups, 0, nullptr), "setgroups");
   CHECK(STEP_SETID, rsys3(SYS_setresgid, 0, 0, 0), "setresgid");
   CHECK(STEP_SETID, rsys3(SYS_setresuid, 0, 0, 0), "setresuid");
   // The cgroup namespace is made by init at the first exec (see init.c, start_exec).
 
-  CHECK(STEP_HOSTNAME, rsys2(SYS_sethostname, p.hostname.c_str(), p.hostname.size()), p.hostname.c_str());
-  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
-
-  int scratch_fd = -1, root_fd = -1;
-  const char *where = nullptr;
-  CHECK(STEP_SCRATCH, scratch_in_child(p, &scratch_fd), p.upper_dir.empty() ? "tmpfs" : p.upper_dir.c_str());
-  int r = overlay_in_child(p, scratch_fd, &root_fd, &where);
-  if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
-  if (r == 0) CHECK(STEP_ROOT_ATTACH, attach_root_in_child(p, root_fd), p.root_mountpoint.c_str());
+  CHECK(STEP_SCRATCH, scratch_in_child(p, persistent_fd, &scratch_fd), p.upper_dir.empty() ? "tmpfs" : p.upper_dir.c_str());
+  r = overlay_finish_in_child(p, ovl_fs, scratch_fd, mnt_fd, &root_fd, &where);
+  if (r < 0) die_step(p.err_fd, where == p.root_mountpoint.c_str() ? STEP_ROOT_ATTACH : STEP_OVERLAY, r, where);
   r = binds_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);
   CHECK(STEP_PROC, proc_in_child(root_fd), "/proc");

@@ -32,13 +32,11 @@ static int move_onto(int tree_fd, int target_fd) {
   return (int)rsys5(SYS_move_mount, tree_fd, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
 }
 
-// child; raw syscalls. A detached tmpfs for the writable layer; its size is the disk quota.
-int scratch_in_child(const plan &p, int *scratch_fd) {
-  if (!p.upper_dir.empty()) {
-    // persistent: the writable layer lives on disk in the store (its quota set by the host).
-    int d = (int)rsys4(SYS_openat, AT_FDCWD, p.upper_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-    if (d < 0) return d;
-    *scratch_fd = d;
+// child; raw syscalls; after the switch to the sandbox's root. A detached tmpfs for the
+// writable layer (its size is the disk quota), or the persistent on-disk dir opened earlier.
+int scratch_in_child(const plan &p, int persistent_fd, int *scratch_fd) {
+  if (persistent_fd >= 0) {
+    *scratch_fd = persistent_fd;
     return 0;
   }
   int fs = (int)rsys2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
@@ -119,12 +117,15 @@ static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const cha
   return 1;  // attached already
 }
 
-// child; raw syscalls. The overlay root: layers relative to the store's layers dir and
-// upper/work relative to the scratch tmpfs, so mountinfo shows no host path. `userxattr`:
-// inside a user namespace overlay keeps whiteouts and opaque dirs in user.overlay.*.
-// Returns 0 (detached: attach it), 1 (legacy path: already attached) or -errno.
-int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **where) {
+// child; raw syscalls; BEFORE the switch to the sandbox's root, while our fs ids are still the
+// host's root (owner of the store's directories, which its range may not traverse when each
+// sandbox has a range of its own). Starts the overlay: the lower layers, relative to the
+// store's layers dir, so mountinfo shows no host path. `userxattr`: inside a user namespace
+// overlay keeps whiteouts and opaque dirs in user.overlay.*. Returns the fs context fd, or
+// 0 when the kernel has no "lowerdir+" (before 6.8: *fs_out is -1, see overlay_finish), or -errno.
+int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
   *where = "overlay";
+  *fs_out = -1;
   int fs = (int)rsys2(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0) return fs;
   int r = (int)rsys5(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", nullptr, 0);
@@ -132,15 +133,49 @@ int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **w
     r = (int)rsys1(SYS_chdir, p.layers_dir.c_str());
     if (r < 0) *where = p.layers_dir.c_str();
   }
+  // Per-sandbox id ranges: each layer is first covered, in our mount namespace only, by an
+  // idmapped tree the parent prepared, so the layers' stored ids show as this sandbox's.
+  for (size_t i = 0; r == 0 && i < p.layer_fds.size(); i++) {
+    char name[256];
+    const char *s = p.lowerdirs.c_str();
+    for (size_t k = 0; k < i; k++) {
+      while (*s && *s != ':') s++;
+      if (*s) s++;
+    }
+    size_t n = 0;
+    while (s[n] && s[n] != ':' && n < sizeof name - 1) name[n] = s[n], n++;
+    name[n] = 0;
+    r = (int)rsys5(SYS_move_mount, p.layer_fds[i], "", AT_FDCWD, name, MOVE_MOUNT_F_EMPTY_PATH);
+    if (r < 0) *where = p.lowerdirs.c_str();
+  }
   if (r == 0) {
     r = overlay_layers(fs, p, where);
     if (r == -EINVAL && *where == p.lowerdirs.c_str()) {
       rclose(fs);
       rsys1(SYS_chdir, "/");
-      return overlay_legacy(p, scratch_fd, root_fd, where);
+      return 0;  // legacy: overlay_finish mounts with mount(2)
     }
   }
-  if (r == 0) r = (int)rsys1(SYS_fchdir, scratch_fd);
+  rsys1(SYS_chdir, "/");
+  if (r < 0) {
+    rclose(fs);
+    return r;
+  }
+  *fs_out = fs;
+  return 0;
+}
+
+// child; raw syscalls; after the switch to the sandbox's root (overlay records its mounter's
+// credentials at creation: copy-ups must belong to the sandbox). Adds upper and work from the
+// scratch fs, creates the overlay and attaches it at the mountpoint opened earlier.
+// Returns 0 and the root's fd in *root_fd, or -errno.
+int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, int *root_fd, const char **where) {
+  *where = "overlay";
+  if (fs < 0) {
+    int r = overlay_legacy(p, scratch_fd, root_fd, where);
+    return r < 0 ? r : 0;
+  }
+  int r = (int)rsys1(SYS_fchdir, scratch_fd);
   if (r == 0) r = fsconfig_str(fs, "upperdir", "upper");
   if (r == 0) r = fsconfig_str(fs, "workdir", "work");
   if (r == 0) r = fsconfig_create(fs);
@@ -148,14 +183,14 @@ int overlay_in_child(const plan &p, int scratch_fd, int *root_fd, const char **w
   rclose(fs);
   if (m < 0) return m;
   r = (int)rsys1(SYS_chdir, "/");
+  if (r == 0) {
+    // pivot_root needs the new root attached to our mount tree.
+    *where = p.root_mountpoint.c_str();
+    r = (int)rsys5(SYS_move_mount, m, "", mnt_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+  }
   if (r < 0) return r;
   *root_fd = m;
   return 0;
-}
-
-// child; raw syscalls. pivot_root needs the new root attached to our mount tree.
-int attach_root_in_child(const plan &p, int root_fd) {
-  return (int)rsys5(SYS_move_mount, root_fd, "", AT_FDCWD, p.root_mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH);
 }
 
 static int make_node(int parent, const char *name, bool is_file) {

@@ -9,7 +9,6 @@ import { promises as fsp, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { HutchError, hostFailure } from './errors.js';
-import { hostRange } from './identity.js';
 
 const run = promisify(execFile);
 
@@ -58,8 +57,7 @@ function projectId(id: string): number {
   return (parseInt(id.slice(0, 7), 16) % 0x0fffffff) + 1;
 }
 
-async function makeLayerDirs(dir: string): Promise<void> {
-  const r = hostRange();
+async function makeLayerDirs(dir: string, r: { uid: number; gid: number }): Promise<void> {
   for (const d of ['upper', 'work']) {
     await fsp.mkdir(join(dir, d), { mode: 0o755 });
     await fsp.chown(join(dir, d), r.uid, r.gid);
@@ -67,7 +65,12 @@ async function makeLayerDirs(dir: string): Promise<void> {
 }
 
 /** Makes the layer of sandbox `id` under `<store>/sandboxes/<id>/disk`, `bytes` big. */
-export async function preparePersistentDisk(storeRoot: string, id: string, bytes: number): Promise<PersistentDisk> {
+export async function preparePersistentDisk(
+  storeRoot: string,
+  id: string,
+  bytes: number,
+  r: { uid: number; gid: number },
+): Promise<PersistentDisk> {
   const base = join(storeRoot, 'sandboxes', id);
   const dir = join(base, 'disk');
   await fsp.mkdir(dir, { recursive: true, mode: 0o711 });
@@ -79,7 +82,7 @@ export async function preparePersistentDisk(storeRoot: string, id: string, bytes
       // New files under dir inherit the project (PROJINHERIT), so everything overlay writes counts.
       await run('xfs_io', ['-c', `chproj ${pid}`, '-c', 'chattr +P', dir]);
       await run('xfs_quota', ['-x', '-c', `limit -p bhard=${bytes} ${pid}`, m.mountPoint]);
-      await makeLayerDirs(dir);
+      await makeLayerDirs(dir, r);
       return {
         upperDir: dir,
         method,
@@ -94,10 +97,9 @@ export async function preparePersistentDisk(storeRoot: string, id: string, bytes
     const fh = await fsp.open(img, 'wx', 0o600);
     await fh.truncate(bytes);
     await fh.close();
-    const r = hostRange();
     await run('mkfs.ext4', ['-q', '-F', '-E', `root_owner=${r.uid}:${r.gid}`, '-O', '^has_journal', img]);
     await run('mount', ['-o', 'loop,nosuid,nodev', img, dir]);
-    await makeLayerDirs(dir);
+    await makeLayerDirs(dir, r);
     const st = statSync(dir);
     const device = `${Math.floor(st.dev / 256) & 0xfff}:${(st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)}`;
     return {

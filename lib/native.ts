@@ -19,6 +19,8 @@ export interface SpawnPlan {
   hostname: string;
   layersDir: string;
   lowerdirs: string;
+  /** Idmapped trees of the layers, parallel to lowerdirs (per-sandbox id ranges). */
+  layerFds?: number[];
   scratchSize: string;
   /** persistent: an on-disk directory with upper/ and work/ used instead of the tmpfs. */
   upperDir?: string;
@@ -51,7 +53,9 @@ export interface Native {
   setInit(path: string): number | NativeFailure;
   spawn(plan: SpawnPlan): Spawned | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */
-  openTree(path: string, readonly: boolean): { fd: number; real: string } | NativeFailure;
+  openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
+  /** A user namespace with these maps, as an fd (for idmapped mounts). */
+  makeUserns(uidMap: string, gidMap: string): number | NativeFailure;
   openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
   reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
   pidfdKill(pidfd: number, signal: number): boolean;

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, hostFailure, invalid } from './errors.js';
 import { writeFile } from 'node:fs/promises';
-import { hostRange } from './identity.js';
+import { RANGE_SIZE } from './identity.js';
+import { acquireIds, type SandboxIds } from './idrange.js';
 import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
 import { setupError } from './setup-errors.js';
@@ -111,6 +112,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private cgroup: SandboxCgroup | null;
   private attachment: NetworkAttachment | null = null;
   private disk: PersistentDisk | null = null;
+  /** @internal The host ids of this sandbox's range. */
+  ids!: SandboxIds;
   private ctlWatch: Watch | null = null;
   private pidWatch: Watch | null = null;
   private readonly procs = new Map<number, ProcessState>();
@@ -165,18 +168,18 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
     }
     const id = randomBytes(6).toString('hex');
-    const range = hostRange();
+    const ids = acquireIds(image.layersDir);
     const fds: number[] = [];
     let cgroup: SandboxCgroup | null = null;
     let spawned: Spawned | undefined;
     let disk: PersistentDisk | null = null;
     try {
-      if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES);
+      if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES, ids);
       cgroup = cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
       tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
-      const bind = (source: string, target: string, readonly: boolean): void => {
-        const t = n.openTree(source, readonly);
+      const bind = (source: string, target: string, readonly: boolean, userns: number | null): void => {
+        const t = n.openTree(source, readonly, userns ?? undefined);
         if (isFailure(t)) throw setupError(t);
         const fd = t.fd;
         fds.push(fd);
@@ -188,13 +191,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         }
         binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
       };
-      for (const p of image.hostBinds) bind(p, p, true);
-      for (const m of opts.mounts) bind(m.source, m.target, m.readonly);
+      // The host image's system dirs are read-only and idmapped where ranges are per sandbox
+      // (host root's files show as root inside); volumes never are: what the sandbox writes
+      // there belongs to its own unprivileged range.
+      for (const p of image.hostBinds) bind(p, p, true, ids.hostUserns);
+      for (const m of opts.mounts) bind(m.source, m.target, m.readonly, null);
+      const layerFds: number[] = [];
+      if (ids.layersUserns !== null) {
+        for (const hex of image.lowerdirs) {
+          const t = n.openTree(join(image.layersDir, hex), true, ids.layersUserns);
+          if (isFailure(t)) throw setupError({ ...t, step: 'layers' });
+          fds.push(t.fd);
+          layerFds.push(t.fd);
+        }
+      }
       const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
       const s = n.spawn({
         hostname: opts.hostname ?? `hutch-${id}`,
         layersDir: image.layersDir,
         lowerdirs: image.lowerdirs.join(':'),
+        ...(layerFds.length > 0 ? { layerFds } : {}),
         scratchSize: String(diskBytes),
         ...(disk ? { upperDir: disk.upperDir } : {}),
         rootMountpoint: rootMountpoint(store),
@@ -202,8 +218,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         masked: MASKED,
         readonly: READONLY,
         readonlyRoot: opts.readonlyRootfs,
-        uidMap: `0 ${range.uid} ${range.size}\n`,
-        gidMap: `0 ${range.gid} ${range.size}\n`,
+        uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
+        gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
         cgroupFd: cgroup.cloneIntoFd ?? -1,
         // v1 controllers are joined below, while the child sets up (see attachV1).
         procsFiles: [],
@@ -226,11 +242,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       await cgroup?.destroy().catch(() => undefined);
       await disk?.release().catch(() => undefined);
       await store.release(id).catch(() => undefined);
+      ids.release();
       throw e;
     }
     n.close(spawned.errFd);
     const sb = new Sandbox(id, opts, store, image, spawned, cgroup);
     sb.disk = disk;
+    sb.ids = ids;
     sb.watch();
     try {
       if (opts.network.mode === 'bridge') {
@@ -460,8 +478,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
   private openInside(p: string, flags: number, mode: number): number {
     if (this.state === 'destroyed') throw this.gone();
-    const range = hostRange();
-    const fd = native().openInRoot(this.pid, p, flags, mode, range.uid, range.gid);
+    const fd = native().openInRoot(this.pid, p, flags, mode, this.ids.uid, this.ids.gid);
     if (isFailure(fd)) throw setupError({ step: 'open', errno: fd.errno, path: p });
     return fd;
   }
@@ -491,6 +508,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return this.store.commitUpper({
       base: this.image.image,
       upperDir: `/proc/${this.pid}/fd/4/upper`,
+      hostIds: { uid: this.ids.uid, gid: this.ids.gid },
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
   }
@@ -510,6 +528,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       if (this.pidWatch) this.pidWatch.ref();
       await this.exitedP;
       tr.mark('exit');
+      this.ids.release();
       n.close(this.spawned.pidfd);
       const errors: unknown[] = [];
       await Promise.all([

@@ -106,7 +106,7 @@ describe('errors', () => {
           return false;
         }
       });
-    await Sandbox.create({ image: 'busybox', mounts: [{ source: '/tmp', target: '/bin/busybox' }] }).catch(() => undefined);
+    await Promise.all(Array.from({ length: 6 }, () => Sandbox.create({ image: 'busybox', mounts: [{ source: '/tmp', target: '/bin/busybox' }] }).catch(() => undefined)));
     const fds = readdirSync('/proc/self/fd').length;
     const kids = children().length;
     for (let i = 0; i < 5; i++) {

@@ -148,7 +148,13 @@ export interface UpperStats {
  * the walk fails the commit.
  * `skip(rel)` leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself).
  */
-export async function writeUpper(store: ImageStore, tar: LayerTar, upperDir: string, skip?: (rel: string, st: Stats) => boolean): Promise<UpperStats> {
+export async function writeUpper(
+  store: ImageStore,
+  tar: LayerTar,
+  upperDir: string,
+  skip?: (rel: string, st: Stats) => boolean,
+  hostIds?: { uid: number; gid: number },
+): Promise<UpperStats> {
   let rootFd: number;
   try {
     rootFd = openSync(upperDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
@@ -203,7 +209,7 @@ export async function writeUpper(store: ImageStore, tar: LayerTar, upperDir: str
     await walk(rootFd, '', async (rel, st) => void (st.isDirectory() && dirs.push(rel)));
     const opaque = await opaqueDirs(upperDir, dirs);
 
-    const shift = store.shift();
+    const shift = hostIds ?? store.shift();
     const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
     const links = new Map<number, string>();
     const ids = (st: Stats, rel: string) => {
@@ -484,6 +490,8 @@ export interface CommitOptions {
   config?: Partial<ImageConfig>;
   /** The history entry's `created_by` (default: `hutch commit`). */
   createdBy?: string;
+  /** Host ids of the sandbox's root when it had a range of its own (default: the store's). */
+  hostIds?: { uid: number; gid: number };
 }
 
 /** See ImageStore.commitUpper. */
@@ -497,7 +505,7 @@ export async function commitUpper(store: ImageStore, o: CommitOptions): Promise<
   const op = await store.beginOp();
   try {
     const tar = new LayerTar(op);
-    await writeUpper(store, tar, o.upperDir);
+    await writeUpper(store, tar, o.upperDir, undefined, o.hostIds);
     const layer = await tar.toLayer(store, op, `commit of ${o.upperDir}`);
     return await childImage(store, op, base, layer, (c) => applyImageConfig(c, o.config ?? {}), { createdBy: o.createdBy ?? 'hutch commit' }, o.tag === undefined ? [] : [o.tag]);
   } finally {

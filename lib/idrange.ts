@@ -1,0 +1,190 @@
+/**
+ * Per-sandbox host id ranges. Where the kernel has idmapped mounts (overlay over idmapped
+ * lower layers: 5.19+), each sandbox gets a range of its own — sandbox ids 0..65535 map to
+ * host ids base + slot*65536 — so two sandboxes never share a host uid: a process that
+ * escaped one could not touch the files or processes of another. Layers stay stored in the
+ * base range (lib/identity.ts); each sandbox sees them through idmapped mounts. Elsewhere all
+ * sandboxes share the base range (checkHost says which applies).
+ *
+ * Slots are leased with O_EXCL files holding the owner's pid and start time, shared by every
+ * hutch process on the host; a lease whose owner died is taken over.
+ */
+import { mkdirSync, readFileSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
+import { join } from 'node:path';
+import { release } from 'node:os';
+import { hostFailure } from './errors.js';
+import { hostRange, RANGE_SIZE, DEFAULT_RANGE_START } from './identity.js';
+import { isAlive, parseOwner, selfOwner } from './image/owner.js';
+import { isFailure, native } from './native.js';
+
+export interface SandboxIds {
+  /** First host uid / gid of the sandbox's range (its root). */
+  readonly uid: number;
+  readonly gid: number;
+  /** The leased slot, or null when sandboxes share the base range. */
+  readonly slot: number | null;
+  /** User namespace fd mapping the stored layer ids (base range) to this range; null when shared. */
+  readonly layersUserns: number | null;
+  /** User namespace fd mapping host ids 0..65535 to this range (the host image's system dirs). */
+  readonly hostUserns: number | null;
+  release(): void;
+}
+
+export function idsStateDir(): string {
+  return process.env.HUTCH_IDS_DIR ?? '/run/hutch/ids';
+}
+
+/** How many slots the configured range holds beyond the base one. */
+function slotCount(): number {
+  const base = hostRange();
+  let total = RANGE_SIZE;
+  if (base.uid === DEFAULT_RANGE_START) {
+    total = 2 ** 31 - DEFAULT_RANGE_START; // up to 2^31: 16384 ranges
+  } else {
+    try {
+      for (const line of readFileSync('/etc/subuid', 'utf8').split('\n')) {
+        const [who, start, count] = line.trim().split(':');
+        if (who === 'hutch' && Number(start) === base.uid) total = Number(count);
+      }
+    } catch {}
+  }
+  return Math.max(0, Math.floor(total / RANGE_SIZE) - 1);
+}
+
+const namespaces = new Map<number, { layers: number; host: number }>();
+let supported: boolean | undefined;
+/** Slots this process used and released, their namespaces kept: reused first, at most MAX_IDLE. */
+const idle: number[] = [];
+const MAX_IDLE = 4;
+
+function forget(slot: number): void {
+  const ns = namespaces.get(slot);
+  if (!ns) return;
+  namespaces.delete(slot);
+  native().close(ns.layers);
+  native().close(ns.host);
+}
+
+function nsFor(slot: number, uid: number, gid: number): { layers: number; host: number } {
+  let ns = namespaces.get(slot);
+  if (ns) return ns;
+  const base = hostRange();
+  const n = native();
+  const layers = n.makeUserns(`${base.uid} ${uid} ${RANGE_SIZE}\n`, `${base.gid} ${gid} ${RANGE_SIZE}\n`);
+  if (isFailure(layers)) throw hostFailure('ESETUP', 'a user namespace for idmapped layers', layers);
+  const host = n.makeUserns(`0 ${uid} ${RANGE_SIZE}\n`, `0 ${gid} ${RANGE_SIZE}\n`);
+  if (isFailure(host)) {
+    n.close(layers);
+    throw hostFailure('ESETUP', 'a user namespace for idmapped host dirs', host);
+  }
+  ns = { layers, host };
+  namespaces.set(slot, ns);
+  return ns;
+}
+
+/** Whether idmapped layers work here: tried once, on the store's layers dir. */
+function idmapWorks(layersDir: string): boolean {
+  if (supported !== undefined) return supported;
+  supported = false;
+  // 6.8+: overlay takes its layers one by one ("lowerdir+"), resolved before the setup child
+  // drops to the sandbox's range; older kernels take them in mount(2)'s data, resolved with the
+  // range's ids, which the store's 0710 directories admit only for the base range.
+  const m = /^(\d+)\.(\d+)/.exec(release());
+  const kernelOk = !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 8));
+  if (!kernelOk || process.env.HUTCH_SHARED_RANGE === '1' || slotCount() === 0) return false;
+  try {
+    const base = hostRange();
+    const ns = nsFor(0, base.uid, base.gid);
+    const t = native().openTree(layersDir, true, ns.layers);
+    if (!isFailure(t)) {
+      native().close(t.fd);
+      supported = true;
+    }
+  } catch {
+    supported = false;
+  }
+  return supported;
+}
+
+/** The id range for a new sandbox. */
+export function acquireIds(layersDir: string): SandboxIds {
+  const base = hostRange();
+  const shared: SandboxIds = { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
+  if (!idmapWorks(layersDir)) return shared;
+  const dir = idsStateDir();
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw hostFailure('ESETUP', `id ranges: cannot create ${dir}`, e);
+  }
+  const count = slotCount();
+  const start = randomInt(count);
+  const me = JSON.stringify(selfOwner());
+  const reuse = [...idle].reverse();
+  for (let i = 0; i < count + reuse.length; i++) {
+    const fromIdle = i < reuse.length;
+    const slot = fromIdle ? reuse[i]! : 1 + ((start + i - reuse.length) % count);
+    if (fromIdle) idle.splice(idle.indexOf(slot), 1);
+    const file = join(dir, String(slot));
+    try {
+      writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw hostFailure('ESETUP', `id ranges: cannot write ${file}`, e);
+      if (!takeOverIfDead(file)) {
+        if (fromIdle) forget(slot); // someone else holds it now
+        continue;
+      }
+      try {
+        writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
+      } catch {
+        continue;
+      }
+    }
+    const uid = base.uid + slot * RANGE_SIZE;
+    const gid = base.gid + slot * RANGE_SIZE;
+    const ns = nsFor(slot, uid, gid);
+    let released = false;
+    return {
+      uid,
+      gid,
+      slot,
+      layersUserns: ns.layers,
+      hostUserns: ns.host,
+      release: () => {
+        if (released) return;
+        released = true;
+        try {
+          unlinkSync(file);
+        } catch {}
+        idle.push(slot);
+        while (idle.length > MAX_IDLE) forget(idle.shift()!);
+      },
+    };
+  }
+  return shared; // every slot taken: share the base range rather than fail
+}
+
+function takeOverIfDead(file: string): boolean {
+  try {
+    const owner = parseOwner(JSON.parse(readFileSync(file, 'utf8')));
+    if (owner && isAlive(owner)) return false;
+    unlinkSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes leases of dead owners (prune). */
+export function pruneIds(): number {
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(idsStateDir());
+  } catch {
+    return 0;
+  }
+  for (const name of names) if (/^\d+$/.test(name) && takeOverIfDead(join(idsStateDir(), name))) n++;
+  return n;
+}
