@@ -10,8 +10,8 @@
  *
  * Options: --port N (0: any free port; default 8080), --host ADDR (default 127.0.0.1),
  * --pool-size N, --max-concurrent N, --max-queue N, --max-timeout MS, --max-memory BYTES,
- * --max-pids N. Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (every
- * sandbox destroyed).
+ * --max-pids N. Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
+ * requests get 5 s, then are aborted; every sandbox is destroyed); a second signal exits at once.
  */
 import { parseArgs } from 'node:util';
 import { createCodeRunner, DEFAULT_MAX_LIMITS } from './service.js';
@@ -57,7 +57,11 @@ const runner = createCodeRunner({
 
 let closing = false;
 async function shutdown(signal: string): Promise<void> {
-  if (closing) return;
+  if (closing) {
+    // A second signal: do not wait any longer.
+    console.log(`${signal} again: exiting now`);
+    process.exit(1);
+  }
   closing = true;
   console.log(`${signal}: closing`);
   await runner.close();

@@ -155,8 +155,8 @@ export interface CodeRunner {
   readonly server: Server;
   /** Starts listening; resolves with the URL (port 0 picks a free port). */
   listen(port: number, host?: string): Promise<string>;
-  /** Stops accepting, waits for running requests, destroys every pooled sandbox. */
-  close(): Promise<void>;
+  /** Stops accepting, waits up to `graceMs` (default 5000) for running requests then aborts them, destroys every pooled sandbox. */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** Reads a request body up to `limit` bytes. */
@@ -196,6 +196,7 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
     pools.set(lang, Sandbox.pool({ image: 'host', size: options.poolSize ?? 2, limits: poolLimits, env: { HOME: '/tmp', LANG: 'C.UTF-8' } }));
   }
   const running = new Set<Promise<unknown>>();
+  const inflight = new Set<AbortController>();
 
   async function run(body: unknown, signal: AbortSignal): Promise<RunResponse> {
     const req = parseRunRequest(body, max, maxSourceBytes);
@@ -246,7 +247,9 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
     if (req.method !== 'POST') return send(res, 405, { error: { code: 'EINVAL', message: 'use POST /run' } }, { allow: 'POST' });
     // Abort the run when the client goes away before the answer.
     const abort = new AbortController();
+    inflight.add(abort);
     res.on('close', () => {
+      inflight.delete(abort);
       if (!res.writableFinished) abort.abort();
     });
     try {
@@ -290,12 +293,21 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
         });
       });
     },
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-      });
-      await Promise.allSettled([...running]);
+    async close(graceMs = 5000) {
+      // Stop accepting; give running requests `graceMs` to finish, then abort them (their
+      // processes are killed and their sandboxes destroyed) and drop the connections.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const all = Promise.allSettled([...running]);
+      let timer: NodeJS.Timeout | undefined;
+      const late = await Promise.race([all.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);
+      clearTimeout(timer);
+      if (late) {
+        for (const a of inflight) a.abort();
+        await all;
+      }
+      server.closeAllConnections();
+      await closed;
       await Promise.all([...pools.values()].map((p) => p.close()));
     },
   };
