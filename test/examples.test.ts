@@ -132,8 +132,8 @@ describe('code runner', () => {
   });
 
   it('clamps limits to the server maxima and enforces them', async () => {
-    const spin = await post({ language: 'python', source: 'while True: pass', limits: { timeoutMs: 99_999_999 } });
-    expect(spin.json.limits.timeoutMs).toBe(5000);
+    const clamped = await post({ language: 'python', source: 'print(1)', limits: { timeoutMs: 99_999_999 } });
+    expect(clamped.json.limits.timeoutMs).toBe(5000);
     const short = await post({ language: 'python', source: 'while True: pass', limits: { timeoutMs: 300 } });
     expect(short.json).toMatchObject({ reason: 'timeout', exitCode: null, signal: 'SIGKILL' });
     const big = await post({ language: 'sh', source: 'true', limits: { memory: 1e15, pids: 1e6 } });
@@ -162,7 +162,7 @@ describe('code runner', () => {
   });
 
   it('runs at most --max-concurrent at once, queues --max-queue, and answers 429 past that', async () => {
-    const slow = { language: 'sh', source: 'sleep 1; echo done' };
+    const slow = { language: 'sh', source: 'sleep 2; echo done' };
     const all = await Promise.all([post(slow), post(slow), post(slow), post(slow), post(slow)]);
     const statuses = all.map((r) => r.status).sort();
     expect(statuses.filter((s) => s === 200).length).toBe(3); // 2 running + 1 queued
