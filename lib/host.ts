@@ -48,8 +48,8 @@ export async function checkHost(): Promise<HostReport> {
   const add = (c: HostCheck): void => void checks.push(c);
   const upgrade = (v: string): string => `upgrade to Linux ${v} or newer (this is ${k})`;
   add({ name: 'kernel', ok: kernelAtLeast(5, 12), detail: k, neededFor: 'everything: clone3, pidfd, the new mount API, overlay in user namespaces', fix: upgrade('5.12') });
-  const root = process.geteuid?.() === 0;
-  add({ name: 'root', ok: root, detail: root ? 'euid 0' : `euid ${process.geteuid?.()}`, neededFor: 'id maps to a host range, cgroups under hutch\'s subtree, network links', fix: 'run the Node process as root (or in a user namespace with a delegated cgroup)' });
+  const isRoot = process.geteuid?.() === 0;
+  add({ name: 'root', ok: isRoot, detail: isRoot ? 'euid 0' : `euid ${process.geteuid?.()}`, neededFor: 'id maps to a host range, cgroups under hutch\'s subtree, network links', fix: 'run the Node process as root (or in a user namespace with a delegated cgroup)' });
   const maxNs = Number(read('/proc/sys/user/max_user_namespaces').trim() || '0');
   add({ name: 'user namespaces', ok: maxNs > 0, detail: `user.max_user_namespaces=${maxNs}`, neededFor: 'every sandbox (root inside is not root outside)', fix: 'sysctl -w user.max_user_namespaces=15000' });
   const fss = read('/proc/filesystems');
@@ -59,6 +59,25 @@ export async function checkHost(): Promise<HostReport> {
   add({ name: 'clone3 + pidfd', ok: kernelAtLeast(5, 7), detail: kernelAtLeast(5, 7) ? 'yes (CLONE_PIDFD, CLONE_INTO_CGROUP)' : 'no', neededFor: 'starting sandboxes, watching exits on the event loop, race-free cgroup placement', fix: upgrade('5.7') });
   add({ name: 'new mount API', ok: kernelAtLeast(5, 12), detail: kernelAtLeast(5, 12) ? 'fsopen, open_tree, move_mount, mount_setattr' : 'incomplete', neededFor: 'fd-based mounts that a planted symlink cannot redirect', fix: upgrade('5.12') });
   add({ name: 'idmapped mounts', ok: kernelAtLeast(6, 3), detail: kernelAtLeast(6, 3) ? 'yes (tmpfs and overlay lowers)' : 'partial or none', neededFor: 'a host uid range per sandbox (stronger isolation between sandboxes)', fix: upgrade('6.3') });
+  const perSandbox = kernelAtLeast(6, 8);
+  add({
+    name: 'per-sandbox id ranges',
+    ok: perSandbox,
+    detail: perSandbox ? 'each sandbox maps to a host uid range of its own (idmapped layers)' : 'all sandboxes share one unprivileged range',
+    neededFor: 'two sandboxes never sharing a host uid (an escape from one cannot touch another)',
+    fix: upgrade('6.8'),
+  });
+  const root = process.env.HUTCH_ROOT ?? (process.geteuid?.() === 0 ? '/var/lib/hutch' : undefined);
+  if (root) {
+    const { diskMethod } = await import('./disk.js');
+    const m = diskMethod(root);
+    add({
+      name: 'persistent disk quota',
+      ok: true,
+      detail: m === 'project-quota' ? `XFS project quotas on the store (${root})` : `loop-mounted ext4 images in the store (${root}); XFS with prjquota would use project quotas`,
+      neededFor: 'limits.disk of persistent: true sandboxes',
+    });
+  }
   let cg: HostReport['cgroups'] = 'none';
   try {
     const h = detectCgroups();
@@ -76,5 +95,5 @@ export async function checkHost(): Promise<HostReport> {
   const bb = existsSync('/bin/busybox');
   add({ name: 'busybox-static', ok: bb, detail: bb ? '/bin/busybox' : 'missing', neededFor: "the builtin 'busybox' image", fix: 'apt-get install busybox-static' });
   const essential = ['kernel', 'root', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];
-  return { kernel: k, root, cgroups: cg, ok: checks.filter((c) => essential.includes(c.name)).every((c) => c.ok), checks };
+  return { kernel: k, root: isRoot, cgroups: cg, ok: checks.filter((c) => essential.includes(c.name)).every((c) => c.ok), checks };
 }

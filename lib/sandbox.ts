@@ -52,6 +52,25 @@ function rootMountpoint(store: ImageStore): string {
   return p;
 }
 
+/**
+ * Resolutions of image refs, kept a second: repeated creates of one image (the hot path of a
+ * code runner) skip the store's reads. Safe when stale: markInUse checks the image record
+ * again, and a layer removed meanwhile fails the overlay step with its name.
+ */
+const resolved = new Map<string, { at: number; value: ResolvedImage }>();
+const RESOLVE_TTL_MS = 1000;
+
+async function resolveCached(store: ImageStore, ref: string | Image): Promise<ResolvedImage> {
+  const key = `${store.root}\0${typeof ref === 'string' ? ref : ref.id}`;
+  const hit = resolved.get(key);
+  const now = performance.now();
+  if (hit && now - hit.at < RESOLVE_TTL_MS) return hit.value;
+  const value = await store.resolve(ref);
+  if (resolved.size > 256) resolved.clear();
+  resolved.set(key, { at: now, value });
+  return value;
+}
+
 interface SandboxEvents {
   oom: [ResourceUsage];
   exit: [{ code: number | null; signal: number | null }];
@@ -162,7 +181,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const tr = new Trace('create');
     const n = native();
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
-    const image = await store.resolve(opts.image);
+    const image = await resolveCached(store, opts.image);
     tr.mark('resolve');
     if (opts.limits.cgroup.io && !opts.persistent) {
       throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
