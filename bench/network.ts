@@ -2,7 +2,7 @@
  * `node dist/bench/network.js [iterations]`: what a link costs. Interleaved, so drift and
  * background work hit every variant alike:
  *   - Sandbox.run({ command: ['true'] }) with network 'none', a plain bridge, and a bridge
- *     shaped both ways (create + exec + destroy, wall time);
+ *     shaped both ways (create + exec + destroy, wall time), and Sandbox.create alone;
  *   - attachNetwork / releaseNetwork alone on a 'none' sandbox (plain and shaped), the release
  *     both as the caller sees it (hand-off) and until the link is gone.
  * Needs root. Uses its own range (10.204.0.0/22) and removes everything it made.
@@ -31,6 +31,15 @@ const variants: { name: string; network: 'none' | NetworkOptions }[] = [
   { name: 'run, bridge shaped 10/20 mbit', network: { mode: 'bridge', range: RANGE, egress: '10mbit', ingress: '20mbit' } },
 ];
 
+/** Sandbox.create alone (the sandbox "starts"); destroy runs untimed. */
+async function timeCreate(network: 'none' | NetworkOptions): Promise<number> {
+  const t0 = performance.now();
+  const sb = await Sandbox.create({ image, network });
+  const ms = performance.now() - t0;
+  await sb.destroy();
+  return ms;
+}
+
 async function timeRun(network: 'none' | NetworkOptions): Promise<number> {
   const t0 = performance.now();
   const r = await Sandbox.run({ image, command: ['true'], network });
@@ -46,11 +55,13 @@ async function main(): Promise<void> {
   await settleNetwork();
 
   const runs = variants.map(() => [] as number[]);
+  const creates = variants.map(() => [] as number[]);
   for (let i = 0; i < N; i++) {
     for (let k = 0; k < variants.length; k++) {
       // Rotate the order so no variant always follows another's background deletion.
       const j = (i + k) % variants.length;
       runs[j]!.push(await timeRun(variants[j]!.network));
+      creates[j]!.push(await timeCreate(variants[j]!.network));
     }
   }
   const tSettle = performance.now();
@@ -88,6 +99,7 @@ async function main(): Promise<void> {
     '| ms                                 |     p50 |     p90 |     p99 |     n |',
     '| ---------------------------------- | ------: | ------: | ------: | ----: |',
     ...variants.map((v, k) => row(v.name, runs[k]!)),
+    ...variants.map((v, k) => row(v.name.replace('run', 'create'), creates[k]!)),
     row('attachNetwork, plain', attach.plain),
     row('attachNetwork, shaped', attach.shaped),
     row('releaseNetwork (hand-off), plain', handoff.plain),
@@ -95,7 +107,8 @@ async function main(): Promise<void> {
     row('release until gone, plain', gone.plain),
     row('release until gone, shaped', gone.shaped),
     '',
-    `bridge / none at p50: ${(pct(runs[1]!, 50) / pct(runs[0]!, 50)).toFixed(2)}x; shaped / none: ${(pct(runs[2]!, 50) / pct(runs[0]!, 50)).toFixed(2)}x`,
+    `run at p50: bridge / none ${(pct(runs[1]!, 50) / pct(runs[0]!, 50)).toFixed(2)}x, shaped / none ${(pct(runs[2]!, 50) / pct(runs[0]!, 50)).toFixed(2)}x`,
+    `create at p50: bridge / none ${(pct(creates[1]!, 50) / pct(creates[0]!, 50)).toFixed(2)}x, shaped / none ${(pct(creates[2]!, 50) / pct(creates[0]!, 50)).toFixed(2)}x`,
     `background deletions still pending after the last run: settled in ${settleMs.toFixed(1)} ms`,
   ];
   console.log(lines.join('\n'));
