@@ -38,7 +38,9 @@
 
 // child; raw syscalls only. One step per line, in the order of DESIGN.md.
 [[noreturn]] void run_child(const plan &p) {
-  // The parent may die before it releases us: then the sync read sees EOF and we leave.
+  // The parent may die before it releases us: then the sync read sees EOF and we leave. That
+  // needs our copies of the parent's ends closed first (we have a copy of its fd table).
+  for (int fd : p.parent_fds) rsys1(SYS_close, fd);
   CHECK(STEP_SYNC, rsys2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL), "prctl(PR_SET_PDEATHSIG)");
   char go = 0;
   long n;

@@ -355,6 +355,9 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   p->sync_fd = sync[0];
   p->err_fd = errp[1];
   p->ctl_fd = ctl[1];
+  p->parent_fds[0] = sync[1];
+  p->parent_fds[1] = errp[0];
+  p->parent_fds[2] = ctl[0];
 
   int pidfd = -1;
   struct clone_args a;

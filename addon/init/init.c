@@ -408,7 +408,13 @@ int main(void) {
     if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       int fds[3], nfds;
       ssize_t n = read_msg(fds, &nfds);
-      if (n == 0) break; /* the owner is gone */
+      /* SOCK_SEQPACKET reads 0 both for an empty message and at the end: only a hang-up is
+       * the end (the owner is gone); an empty message is malformed and ignored. */
+      if (n == 0 && (pfd[0].revents & (POLLHUP | POLLERR))) break;
+      if (n == 0) {
+        report_protocol_error(0, EPROTO);
+        continue;
+      }
       if (n < 0) continue;
       uint32_t type = 0;
       if (n >= 4) memcpy(&type, msgbuf, 4);

@@ -8,7 +8,7 @@
  * extracted exactly as an imported one.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, statSync, writeSync, type Stats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
@@ -148,6 +148,18 @@ export interface UpperStats {
  * the walk fails the commit.
  * `skip(rel)` leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself).
  */
+function upperOwner(upperDir: string, fallback: { uid: number; gid: number } | null): { uid: number; gid: number } | null {
+  if (!fallback) return null;
+  try {
+    const st = statSync(upperDir);
+    // Ranges follow the base one (lib/idrange.ts): base + slot * 65536, below 2^31.
+    if (st.uid >= fallback.uid && st.uid < 2 ** 31 && (st.uid - fallback.uid) % 65536 === 0 && st.gid - fallback.gid === st.uid - fallback.uid) {
+      return { uid: st.uid, gid: st.gid };
+    }
+  } catch {}
+  return fallback;
+}
+
 export async function writeUpper(
   store: ImageStore,
   tar: LayerTar,
@@ -209,7 +221,9 @@ export async function writeUpper(
     await walk(rootFd, '', async (rel, st) => void (st.isDirectory() && dirs.push(rel)));
     const opaque = await opaqueDirs(upperDir, dirs);
 
-    const shift = hostIds ?? store.shift();
+    // The sandbox's root owns the upper dir itself: its range (a range of its own per
+    // sandbox on 6.8+, else the store's) is read from there unless the caller says.
+    const shift = hostIds ?? upperOwner(upperDir, store.shift());
     const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
     const links = new Map<number, string>();
     const ids = (st: Stats, rel: string) => {
