@@ -614,6 +614,29 @@ Napi::Value NetlinkDeleteLinks(const Napi::CallbackInfo &info) {
   return p;
 }
 
+// netlinkDeleteLinksSync(names): the same as netlinkDeleteLinks, on the calling thread, for a
+// process that is exiting ('exit' handlers cannot wait for a worker): one grace period a link.
+Napi::Value NetlinkDeleteLinksSync(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Array a = info[0].As<Napi::Array>();
+  Napi::Array out = Napi::Array::New(env, a.Length());
+  int fd = host_fd();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    std::string name = a.Get(i).As<Napi::String>().Utf8Value();
+    if (fd < 0) {
+      out.Set(i, failure(env, "socket", -fd, ""));
+      continue;
+    }
+    nl_req r;
+    ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_DELLINK, 0, sizeof(ifinfomsg)));
+    ifi->ifi_family = AF_UNSPEC;
+    attr_str(r, IFLA_IFNAME, name.c_str());
+    nl_result res = nl_talk(fd, r);
+    out.Set(i, res.err == 0 ? Napi::Value(Napi::Boolean::New(env, true)) : failure(env, "delete", res.err, res.detail));
+  }
+  return out;
+}
+
 }  // namespace
 
 void InitNetlink(Napi::Env env, Napi::Object exports) {
@@ -625,5 +648,6 @@ void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkAddTbf", Napi::Function::New(env, NetlinkAddTbf));
   exports.Set("netlinkAddRedirect", Napi::Function::New(env, NetlinkAddRedirect));
   exports.Set("netlinkDeleteLinks", Napi::Function::New(env, NetlinkDeleteLinks));
+  exports.Set("netlinkDeleteLinksSync", Napi::Function::New(env, NetlinkDeleteLinksSync));
   exports.Set("netfilterSetExists", Napi::Function::New(env, NetfilterSetExists));
 }

@@ -75,6 +75,7 @@ export interface Native {
   netlinkAddRedirect(name: string, target: string): true | (NativeFailure & { detail?: string });
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
+  netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
 }
 
 export function isFailure(v: unknown): v is NativeFailure {

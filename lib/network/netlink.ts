@@ -90,6 +90,23 @@ interface Pending {
 
 const queue: Pending[] = [];
 let draining: Promise<void> | null = null;
+/** Names handed to the worker and not yet reported back. */
+let inFlight: string[] = [];
+let exitHook = false;
+
+/**
+ * A process that exits (process.exit, or the loop ending while a deletion is only queued)
+ * deletes what is still pending on its own thread: an ifb has no netns to die with. The
+ * leases stay; prune removes them (their links already gone).
+ */
+function onExit(): void {
+  const names = [...inFlight, ...queue.flatMap((p) => p.names)];
+  try {
+    if (names.length > 0) native().netlinkDeleteLinksSync(names);
+  } catch {
+    // Nothing to report to at exit; prune finds the leases.
+  }
+}
 
 /**
  * Deletes links (a veth end takes its peer along), off the JS thread. Resolves when every one
@@ -98,6 +115,10 @@ let draining: Promise<void> | null = null;
  */
 export function deleteLinks(names: readonly string[]): Promise<void> {
   if (names.length === 0) return Promise.resolve();
+  if (!exitHook) {
+    exitHook = true;
+    process.on('exit', onExit);
+  }
   const p = new Promise<void>((resolve, reject) => queue.push({ names: [...names], resolve, reject }));
   draining ??= drain();
   return p;
@@ -113,11 +134,14 @@ async function drain(): Promise<void> {
       const batch = queue.splice(0);
       const names = batch.flatMap((b) => b.names);
       let results: (true | Failure)[];
+      inFlight = names;
       try {
         results = await native().netlinkDeleteLinks(names);
       } catch (e) {
         for (const b of batch) b.reject(e);
         continue;
+      } finally {
+        inFlight = [];
       }
       let i = 0;
       for (const b of batch) {
