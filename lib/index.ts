@@ -11,13 +11,20 @@
 export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
 export { SandboxPool, type PoolOptions } from './pool.js';
 export { HutchError, type HutchErrorCode } from './errors.js';
+export type { HutchErrorDetails } from './errors.js';
 export { ImageStore } from './image/store.js';
+export type { ImageStoreOptions, BuildOptions } from './image/store.js';
+export type { ExtractLimits } from './image/tar.js';
 export type { Image, ImageConfig, Progress } from './image/types.js';
 export type { SandboxOptions, RunOptions, ExecOptions, SpawnOptions, Mount } from './options.js';
 export type { ExecResult, ResourceUsage, SandboxProcess, EndReason } from './process.js';
 export type { Limits } from './limits.js';
 export type { ByteSize, Rate } from './units.js';
 export type { NetworkOptions } from './network/index.js';
+export type { PortMapping } from './network/options.js';
 export type { SeccompProfile } from './seccomp/index.js';
+export type {
+  SeccompOption, SeccompAction, SeccompSyscallRule, SeccompArg, SeccompFilter, SeccompOperator, SeccompValue,
+} from './seccomp/index.js';
 export type { HostReport, HostCheck } from './host.js';
 export { DEFAULT_CAPABILITIES } from './capabilities.js';

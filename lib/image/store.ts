@@ -268,6 +268,8 @@ export class ImageStore {
   /**
    * A new image: `base` plus one layer made from an overlay upper dir (whiteouts back to
    * `.wh.` entries, ids shifted back), with `config` changes applied (docs/images.md, "Commit").
+   * Used by {@link Sandbox.commit}, which is the public way to commit.
+   * @internal
    */
   async commitUpper(options: CommitOptions): Promise<Image> {
     const { commitUpper } = await import('./commit.js');
