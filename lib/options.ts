@@ -14,46 +14,202 @@ import type { ImageStore } from './image/store.js';
 import type { Image } from './image/types.js';
 import { resolveNetwork, type NetworkOptions, type NetworkPlan } from './network/options.js';
 
+/**
+ * A host path bind-mounted into the sandbox ({@link SandboxOptions.mounts}).
+ *
+ * Files the sandbox writes through a writable mount belong to the sandbox's unprivileged host
+ * uid range, not to the Node process's user.
+ *
+ * @example
+ * ```ts
+ * const sb = await Sandbox.create({
+ *   mounts: [
+ *     { source: '/srv/data', target: '/data' },                    // read-only
+ *     { source: '/tmp/out', target: '/out', readonly: false },   // writable
+ *   ],
+ * });
+ * ```
+ */
 export interface Mount {
+  /**
+   * Absolute host path (a directory or a file). It must be the real path: a source that
+   * resolves through a symlink is refused (`EINVAL`) rather than followed; a missing one
+   * fails creation with `ESETUP`.
+   */
   source: string;
+  /**
+   * Absolute path inside the sandbox, normalised; anything but `/` itself. A missing target
+   * is created inside.
+   */
   target: string;
-  /** Default true. */
+  /** Mount read-only. Default `true`: pass `false` to let the sandbox write to the host path. */
   readonly?: boolean;
 }
 
+/**
+ * How to make a sandbox ({@link Sandbox.create}). Every field is optional; all are checked
+ * before anything is created, and a wrong one (a misspelt key included, with a suggestion)
+ * rejects with `HutchError` `EINVAL` naming it.
+ *
+ * @example
+ * ```ts
+ * const sb = await Sandbox.create({
+ *   image: 'busybox',
+ *   limits: { memory: '128MiB', cpus: 0.5, pids: 64, timeoutMs: 10_000 },
+ *   env: { LANG: 'C.UTF-8' },
+ *   cwd: '/tmp',
+ *   user: '1000:1000',
+ * });
+ * ```
+ */
 export interface SandboxOptions {
+  /**
+   * The root filesystem: `'host'` (default: the host's system directories, read-only),
+   * `'busybox'` (made on first use from the host's busybox-static), `'name:tag'`, a full id
+   * `'sha256:<hex>'`, a unique id prefix of at least 12 hex digits, or an {@link Image}.
+   * An unknown reference rejects with `ENOIMAGE`.
+   */
   image?: string | Image;
+  /** Where `image` is looked up and where persistent writable layers live. Default: {@link ImageStore.default}. */
   store?: ImageStore;
+  /** Resource limits of the whole sandbox. Default: none beyond the 1 GiB writable layer ({@link DEFAULT_DISK_BYTES}). */
   limits?: Limits;
+  /** Default `'none'`: the sandbox has a private loopback only. See {@link NetworkOptions} for a link to the host. */
   network?: 'none' | NetworkOptions;
+  /** Host paths made visible inside (bind mounts, read-only unless a mount says otherwise). Default: none. */
   mounts?: Mount[];
+  /**
+   * Environment of every process, over the image's own `Env`. Names may not contain `=` or
+   * NUL, values may not contain NUL. The Node process's environment never leaks in.
+   */
   env?: Record<string, string>;
+  /** Working directory of processes (absolute path inside). Default: the image's `WorkingDir`, else `/`. */
   cwd?: string;
+  /**
+   * User of processes inside: a uid (the gid is the same) or `'uid:gid'`, numbers from 0 to
+   * 65535. Default: the image's `User` (a name is looked up in the image's /etc/passwd), else 0
+   * (root inside, which is never root on the host).
+   */
   user?: number | string;
+  /** Host name inside, letters, digits, `-` and `.`, at most 64 characters. Default: `hutch-<id>`. */
   hostname?: string;
+  /** Mount the root read-only; mounts keep their own mode (a writable {@link Mount} stays writable). Default `false`. */
   readonlyRootfs?: boolean;
+  /**
+   * Keep the writable layer on disk in the store instead of in a tmpfs (memory): for large
+   * or long-lived work, and for `limits.io`, which needs a block device. Default `false`.
+   */
   persistent?: boolean;
+  /**
+   * Syscall filter: `'default'` (Docker's default profile; the default), `'unconfined'` (no
+   * filter) or a profile object in the OCI / Docker JSON shape. See docs/seccomp.md.
+   */
   seccomp?: SeccompOption;
+  /**
+   * Capabilities kept inside (names with or without `CAP_`, any case). Default:
+   * {@link DEFAULT_CAPABILITIES}. An unknown name rejects with `EINVAL`. They are capabilities
+   * of the sandbox's user namespace, never of the host.
+   */
   capabilities?: string[];
+  /**
+   * Aborting destroys the sandbox (its running processes end with reason `'killed'`). Already
+   * aborted at creation: `create` rejects with `EDESTROYED`.
+   */
   signal?: AbortSignal;
 }
 
+/**
+ * Options of one command ({@link Sandbox.exec}, {@link SandboxPool.run}). Unknown keys and
+ * wrong values reject with `HutchError` `EINVAL` naming the option.
+ *
+ * @example
+ * ```ts
+ * const ac = new AbortController();
+ * const r = await sb.exec(['wc', '-c'], {
+ *   stdin: 'some input',
+ *   env: { DEBUG: '1' },
+ *   cwd: '/tmp',
+ *   timeoutMs: 5_000,
+ *   output: '1MiB',
+ *   encoding: 'utf8',
+ *   signal: ac.signal,
+ * });
+ * if (r.reason === 'timeout') console.log('too slow');
+ * ```
+ */
 export interface ExecOptions {
+  /**
+   * Standard input: a string or bytes (written, then closed) or a readable stream (piped).
+   * Default: none; the process reads EOF at once.
+   */
   stdin?: string | Uint8Array | NodeJS.ReadableStream;
+  /** Variables merged over the sandbox's environment for this command only. */
   env?: Record<string, string>;
+  /** Working directory (absolute path inside). Default: the sandbox's `cwd`, else the image's, else `/`. */
   cwd?: string;
+  /** A uid or `'uid:gid'` inside (0 to 65535). Default: the sandbox's `user`, else the image's, else 0. */
   user?: number | string;
+  /**
+   * Wall-clock limit in ms (greater than 0, at most 2^31 - 1, rounded up). When it passes
+   * the command's whole process group is SIGKILLed and the result's reason is `'timeout'`.
+   * Default: the sandbox's `limits.timeoutMs`, else none.
+   */
   timeoutMs?: number;
+  /**
+   * Cap on captured stdout + stderr together. Past it the process is SIGKILLed; the result
+   * has reason `'output-limit'`, `truncated: true` and the captured prefix. Default: the
+   * sandbox's `limits.output`, else none.
+   */
   output?: ByteSize;
+  /** Given (e.g. `'utf8'`): `stdout` and `stderr` of the result are strings; absent: Buffers. */
   encoding?: BufferEncoding;
+  /**
+   * Aborting SIGKILLs the command's process group; the result says reason `'killed'`. The
+   * promise still resolves (it does not reject).
+   */
   signal?: AbortSignal;
 }
 
+/**
+ * Options of {@link Sandbox.spawn}: those of {@link ExecOptions} except `stdin` and
+ * `encoding` (the process's stdio are streams). `output` has no effect here: nothing is
+ * captured, so nothing is capped.
+ *
+ * @example
+ * ```ts
+ * const p = sb.spawn('cat', { timeoutMs: 60_000 });
+ * p.stdout.pipe(process.stdout);
+ * p.stdin.end('hello\n');
+ * const r = await p.result;
+ * ```
+ */
 export interface SpawnOptions extends Omit<ExecOptions, 'stdin' | 'encoding'> {
+  /** Only `false` (the default) is accepted for now: terminals are not supported yet (`EINVAL`). */
   tty?: boolean;
 }
 
+/**
+ * Options of {@link Sandbox.run}: a sandbox's ({@link SandboxOptions}), one command's
+ * ({@link ExecOptions}) and the command itself. `env`, `cwd`, `user` and `signal` apply
+ * to both (the signal also destroys the sandbox).
+ *
+ * @example
+ * ```ts
+ * const r = await Sandbox.run({
+ *   image: 'busybox',
+ *   command: ['sh', '-c', 'echo $GREETING'],
+ *   env: { GREETING: 'hi' },
+ *   limits: { memory: '64MiB', timeoutMs: 2_000 },
+ *   encoding: 'utf8',
+ * });
+ * console.log(r.exitCode, r.stdout); // 0 'hi\n'
+ * ```
+ */
 export interface RunOptions extends SandboxOptions, ExecOptions {
+  /**
+   * A string runs under `/bin/sh -c`; an array is executed directly (looked up in the
+   * sandbox's PATH). Absent: the image's Entrypoint + Cmd (`EINVAL` when it has neither).
+   */
   command?: string[] | string;
 }
 
