@@ -126,6 +126,9 @@ static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const cha
 int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
   *where = "overlay";
   *fs_out = -1;
+  // Before 6.5 overlay parses its options only at creation (the legacy adapter accepts any
+  // key), and "lowerdir+" came in 6.8: lib/ tells us which path this kernel takes.
+  if (p.legacy_overlay) return 0;
   int fs = (int)rsys2(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0) return fs;
   int r = (int)rsys5(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", nullptr, 0);

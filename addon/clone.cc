@@ -302,6 +302,7 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   p->lowerdirs = get_str(o, "lowerdirs");
   p->scratch_size = get_str(o, "scratchSize");
   p->upper_dir = get_str(o, "upperDir");
+  p->legacy_overlay = o.Get("legacyOverlay").ToBoolean();
   p->root_mountpoint = get_str(o, "rootMountpoint");
   p->masked = get_strs(o, "masked");
   p->readonly = get_strs(o, "readonly");

@@ -15,6 +15,7 @@ struct plan {
   std::string hostname;
   std::string layers_dir;       // the store's layers directory: lowerdirs are relative to it
   std::string lowerdirs;        // "top:...:bottom", names relative to layers_dir
+  bool legacy_overlay = false;  // before 6.8 (no "lowerdir+"): overlay through mount(2)'s data
   std::vector<int> layer_fds;   // optional, parallel to lowerdirs: idmapped trees mounted over each layer first
   std::string scratch_size;     // tmpfs size= for the writable layer, in bytes
   std::string upper_dir;        // persistent: an on-disk dir holding upper/ and work/ instead of the tmpfs

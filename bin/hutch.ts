@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { parseArgs } from 'node:util';
 import { HutchError, ImageStore, Sandbox, type SandboxOptions, type Limits, type NetworkOptions } from '../lib/index.js';
+import { settleNetwork } from '../lib/network/index.js';
 
 const USAGE = `usage:
   hutch run [--image I] [--memory M] [--cpus N] [--pids N] [--disk D] [--timeout MS] [--output B]
@@ -224,4 +225,14 @@ async function main(): Promise<number> {
   }
 }
 
-main().then((code) => process.exit(code), fail);
+// Links of bridge sandboxes are deleted in the background: finish that before exiting.
+main().then(
+  async (code) => {
+    await settleNetwork().catch(() => undefined);
+    process.exit(code);
+  },
+  async (e) => {
+    await settleNetwork().catch(() => undefined);
+    fail(e);
+  },
+);

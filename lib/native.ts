@@ -19,6 +19,8 @@ export interface SpawnPlan {
   hostname: string;
   layersDir: string;
   lowerdirs: string;
+  /** Before 6.8: mount the overlay with mount(2)'s data string (no "lowerdir+"). */
+  legacyOverlay?: boolean;
   /** Idmapped trees of the layers, parallel to lowerdirs (per-sandbox id ranges). */
   layerFds?: number[];
   scratchSize: string;

@@ -3,6 +3,7 @@
  * socket, files, stats, destroy. API.md is the contract.
  */
 import { randomBytes } from 'node:crypto';
+import { release as osRelease } from 'node:os';
 import { closeSync, constants as fsc, fstatSync, mkdirSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
@@ -29,6 +30,12 @@ import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { preparePersistentDisk, type PersistentDisk } from './disk.js';
+
+/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
+const KERNEL_HAS_LOWERDIR_PLUS = ((): boolean => {
+  const m = /^(\d+)\.(\d+)/.exec(osRelease());
+  return !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 8));
+})();
 
 /** Default size of the writable layer (a tmpfs, charged to the sandbox's memory as it fills). */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
@@ -229,6 +236,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         hostname: opts.hostname ?? `hutch-${id}`,
         layersDir: image.layersDir,
         lowerdirs: image.lowerdirs.join(':'),
+        legacyOverlay: !KERNEL_HAS_LOWERDIR_PLUS,
         ...(layerFds.length > 0 ? { layerFds } : {}),
         scratchSize: String(diskBytes),
         ...(disk ? { upperDir: disk.upperDir } : {}),
