@@ -1,6 +1,7 @@
 import { release } from 'node:os';
 import { invalid } from '../errors.js';
 import { SYSCALLS_AARCH64, SYSCALLS_X86_64, SYSCALL_NAMES_ANY_ARCH } from './syscalls.generated.js';
+import { CAPABILITIES as CAPABILITY_NAMES } from '../capabilities.js';
 
 // The seccomp profile: the OCI runtime-spec `linux.seccomp` shape plus the extensions of
 // Docker's profile format that decide which rules apply (`archMap`, `includes`/`excludes`
@@ -131,15 +132,8 @@ const SCMP_ARCH_NAMES = new Set([
   'SCMP_ARCH_RISCV64', 'SCMP_ARCH_SH', 'SCMP_ARCH_SHEB',
 ]);
 
-/** Capability names without `CAP_` (linux/capability.h, 0..40). */
-export const CAPABILITIES: ReadonlySet<string> = new Set([
-  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
-  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
-  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
-  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
-  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
-  'CHECKPOINT_RESTORE',
-]);
+/** Capability names without `CAP_` (linux/capability.h): one list, in lib/capabilities.ts. */
+export const CAPABILITIES: ReadonlySet<string> = new Set(CAPABILITY_NAMES);
 
 const OPERATORS = new Set<string>([
   'SCMP_CMP_NE', 'SCMP_CMP_LT', 'SCMP_CMP_LE', 'SCMP_CMP_EQ', 'SCMP_CMP_GE', 'SCMP_CMP_GT', 'SCMP_CMP_MASKED_EQ',
