@@ -118,18 +118,40 @@ function imageUser(r: ResolvedImage): { uid: number; gid: number } | undefined {
  * An isolated environment: its own user, pid, mount, network, UTS, IPC and cgroup namespaces,
  * a copy-on-write root from an image, limits, seccomp, and PID 1 of its own.
  *
+ * A string command is run by `/bin/sh -c` inside; an array is executed directly (looked up
+ * in the sandbox's PATH: the image's, else
+ * `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`). Processes see only the
+ * image's environment, `env` and PATH, never the Node process's.
+ *
+ * Events (eventemitter3):
+ * - `'oom'` `(usage: ResourceUsage)`: the OOM killer ended a process of the sandbox;
+ * - `'exit'` `({ code, signal })`: the sandbox's init ended without `destroy()` (the sandbox is then destroyed);
+ * - `'destroyed'` `()`: `destroy()` finished.
+ *
  * @example
  * ```ts
  * await using sb = await Sandbox.create({ image: 'busybox', limits: { memory: '64MiB' } });
+ * sb.on('oom', (u) => console.warn('OOM, peak', u.memoryPeakBytes));
  * const r = await sb.exec('echo hello', { encoding: 'utf8' });
  * console.log(r.stdout); // hello
  * ```
  */
 export class Sandbox extends EventEmitter<SandboxEvents> {
+  /** Unique id, 12 hex digits; also names the sandbox's host-side resources (cgroup, veth, store entries). */
   readonly id: string;
+  /** Host pid of the sandbox's init (PID 1 inside). */
   readonly pid: number;
+  /** `'destroyed'` from the moment `destroy()` is called (or the sandbox ended by itself). */
   state: 'running' | 'destroyed' = 'running';
-  network: { address: string; hostAddress: string; interface: string } | null = null;
+  /** The sandbox's link to the host with `network: { mode: 'bridge' }`; `null` for `'none'`. */
+  network: {
+    /** The sandbox's IPv4 address (on its `eth0`). */
+    address: string;
+    /** The host side's address: the sandbox's default gateway, `host.hutch.internal` inside. */
+    hostAddress: string;
+    /** The interface name inside, `'eth0'`. */
+    interface: string;
+  } | null = null;
 
   /** @internal */ readonly image: ResolvedImage;
   private readonly opts: ResolvedSandboxOptions;
@@ -176,7 +198,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     this.exitedP = new Promise((r) => (this.exitedResolve = r));
   }
 
-  /** Creates a sandbox and waits until its init runs. */
+  /**
+   * Creates a sandbox and waits until its init runs. Takes some milliseconds (docs/performance.md);
+   * for many short-lived sandboxes a {@link Sandbox.pool} hides it.
+   *
+   * @param options How to make it; all optional. Default: the `'host'` image, no network, no limits but a 1 GiB writable layer.
+   * @throws HutchError `EINVAL` (a bad option, named), `ENOIMAGE` (unknown image),
+   * `EUNSUPPORTED` (the host lacks a feature asked for; the message says how to get it),
+   * `ESETUP` (a setup step failed: `step` and `errno` say which and why), `EDESTROYED`
+   * (`signal` was aborted).
+   *
+   * @example
+   * ```ts
+   * const sb = await Sandbox.create({ image: 'busybox', network: { mode: 'bridge' } });
+   * try {
+   *   console.log(sb.id, sb.network?.address);
+   * } finally {
+   *   await sb.destroy();
+   * }
+   * ```
+   */
   static async create(options?: SandboxOptions): Promise<Sandbox> {
     const opts = resolveSandboxOptions(options);
     return Sandbox.createResolved(opts);
@@ -297,7 +338,19 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return sb;
   }
 
-  /** create + exec + destroy: the one-off path. */
+  /**
+   * create + exec + destroy: the one-off path. The sandbox is destroyed however the command
+   * ends. Resolves for every way the command ends (see {@link ExecResult}).
+   *
+   * @throws HutchError as {@link Sandbox.create} and {@link Sandbox.exec}; `EINVAL` when
+   * `command` is absent and the image has no Entrypoint or Cmd.
+   *
+   * @example
+   * ```ts
+   * const r = await Sandbox.run({ image: 'busybox', command: 'echo hi', encoding: 'utf8' });
+   * console.log(r.stdout); // 'hi\n'
+   * ```
+   */
   static async run(options: RunOptions): Promise<ExecResult> {
     if (typeof options !== 'object' || options === null) throw invalid('options', 'an object of RunOptions with a command', options);
     const opts = resolveSandboxOptions(options, RUN_KEYS);
@@ -311,12 +364,33 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     }
   }
 
-  /** Pre-created sandboxes, each handed out once. */
+  /**
+   * Pre-created sandboxes, each handed out once: a caller's run pays only for the exec.
+   * Same as `new SandboxPool(options)`; the pool starts filling at once.
+   *
+   * @throws HutchError `EINVAL` for bad options (synchronously). Failures to create
+   * sandboxes in the background surface from the next `acquire()` or `run()`.
+   *
+   * @example
+   * ```ts
+   * await using pool = Sandbox.pool({ image: 'busybox', size: 4, limits: { memory: '64MiB' } });
+   * const r = await pool.run(['echo', 'hi'], { encoding: 'utf8' });
+   * ```
+   */
   static pool(options: PoolOptions): SandboxPool {
     return new SandboxPool(options);
   }
 
-  /** What this host supports, and why not. */
+  /**
+   * What this host supports, and why not: one {@link HostCheck} per feature with what depends
+   * on it and how to get it (also `npx hutch doctor`). Does not reject for a missing feature.
+   *
+   * @example
+   * ```ts
+   * const report = await Sandbox.checkHost();
+   * for (const c of report.checks.filter((c) => !c.ok)) console.log(`${c.name}: ${c.fix}`);
+   * ```
+   */
   static checkHost(): Promise<HostReport> {
     return checkHost();
   }
@@ -452,7 +526,22 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return p;
   }
 
-  /** Runs a command to its end and returns how it ended, its output and its usage. */
+  /**
+   * Runs a command to its end and returns how it ended, its output and its usage. Resolves
+   * for every way the command can end (a non-zero exit, a timeout, an OOM kill, the output
+   * cap); rejects only when hutch cannot do what was asked.
+   *
+   * @param command A string runs under `/bin/sh -c`; an array is executed directly.
+   * @throws HutchError `EINVAL` (bad command or options), `EDESTROYED` (the sandbox is
+   * destroyed), `ESETUP` (the command could not start, e.g. an array command not found:
+   * `step: 'exec'`, `errno: 'ENOENT'`; a string command not found is exit code 127 instead).
+   *
+   * @example
+   * ```ts
+   * const r = await sb.exec(['ls', '-l', '/'], { encoding: 'utf8', timeoutMs: 5_000 });
+   * if (r.exitCode !== 0) console.error(r.reason, r.stderr);
+   * ```
+   */
   async exec(command: string[] | string, options?: ExecOptions): Promise<ExecResult> {
     return this.execResolved(command, resolveExecOptions(options, 'exec'));
   }
@@ -465,12 +554,43 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return this.startProcess(command, o, true).result;
   }
 
-  /** Starts a command with its stdio as Node streams. */
+  /**
+   * Starts a command with its stdio as Node streams, for long-running or interactive
+   * processes; its output is not captured (so `output` caps nothing).
+   *
+   * @throws HutchError `EINVAL` or `EDESTROYED`, synchronously. A failure to start rejects
+   * {@link SandboxProcess.result} with `ESETUP`.
+   *
+   * @example
+   * ```ts
+   * const server = sb.spawn(['httpd', '-f', '-p', '8080']);
+   * server.stderr.pipe(process.stderr);
+   * // ... later
+   * server.kill();
+   * await server.result;
+   * ```
+   */
   spawn(command: string[] | string, options?: SpawnOptions): SandboxProcess {
     return this.startProcess(command, resolveExecOptions(options, 'spawn'), false);
   }
 
-  /** Writes a file inside the sandbox (resolved in its root: a symlink inside never leads out). */
+  /**
+   * Writes a file inside the sandbox, creating or truncating it, owned by root inside.
+   * The path is resolved in the sandbox's root: a symlink inside never leads out; only
+   * regular files are written (as for {@link Sandbox.readFile}).
+   *
+   * @param path Absolute path inside; its directory must exist.
+   * @param options `mode`: permission bits of a new file, default `0o644`.
+   * @throws HutchError `EINVAL` (a relative path, a bad mode), `EDESTROYED`, `ESETUP` with
+   * `step: 'open'` and the kernel's `errno` (e.g. `ENOENT` for a missing directory,
+   * `EROFS` with `readonlyRootfs`).
+   *
+   * @example
+   * ```ts
+   * await sb.writeFile('/tmp/main.py', 'print("hi")\n');
+   * await sb.writeFile('/tmp/run.sh', '#!/bin/sh\necho ok\n', { mode: 0o755 });
+   * ```
+   */
   async writeFile(path: string, data: string | Uint8Array, options?: { mode?: number }): Promise<void> {
     const p = checkInsidePath('path', path);
     const mode = options?.mode ?? 0o644;
@@ -485,7 +605,21 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     }
   }
 
-  /** Reads a file inside the sandbox (resolved in its root). */
+  /**
+   * Reads a whole file inside the sandbox (resolved in its root: a symlink inside never leads
+   * out). Access is checked as root inside. Only regular files: a directory gives `EISDIR`;
+   * device nodes, FIFOs and files on proc, sysfs or cgroupfs give `EPERM`.
+   *
+   * @param path Absolute path inside.
+   * @throws HutchError `EINVAL` (a relative path), `EDESTROYED`, `ESETUP` with `step: 'open'`
+   * and the kernel's `errno` (e.g. `ENOENT`, `EISDIR`, `EPERM`).
+   *
+   * @example
+   * ```ts
+   * await sb.exec('date > /tmp/now');
+   * const text = (await sb.readFile('/tmp/now')).toString('utf8');
+   * ```
+   */
   async readFile(path: string): Promise<Buffer> {
     const p = checkInsidePath('path', path);
     const fd = this.openInside(p, fsc.O_RDONLY, 0);
@@ -510,7 +644,18 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return fd;
   }
 
-  /** The whole sandbox's usage now. */
+  /**
+   * The whole sandbox's usage now: CPU since creation, peak memory, current tasks, OOM kills
+   * since creation (`wallMs` is 0).
+   *
+   * @throws HutchError `EDESTROYED`.
+   *
+   * @example
+   * ```ts
+   * const u = await sb.stats();
+   * console.log(u.pids, u.memoryPeakBytes, u.oomKills);
+   * ```
+   */
   async stats(): Promise<ResourceUsage> {
     if (this.state === 'destroyed') throw this.gone();
     const u = this.cgroup?.usage();
@@ -526,7 +671,23 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     };
   }
 
-  /** The writable layer becomes a new image layer. */
+  /**
+   * The writable layer becomes a new image layer: a new image in the sandbox's store, the
+   * sandbox's image plus what was changed in it (deletions included). The sandbox goes on
+   * running. docs/images.md, "Commit".
+   *
+   * @param options `tag`: a name for the new image, such as `'app:1.0'`.
+   * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag).
+   *
+   * @example
+   * ```ts
+   * const sb = await Sandbox.create({ image: 'busybox' });
+   * await sb.exec('echo configured > /etc/app.conf');
+   * const img = await sb.commit({ tag: 'app:1' });
+   * await sb.destroy();
+   * const r = await Sandbox.run({ image: 'app:1', command: 'cat /etc/app.conf' });
+   * ```
+   */
   async commit(options?: { tag?: string }): Promise<Image> {
     if (this.state === 'destroyed') throw this.gone();
     if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid('options', 'an object { tag? }', options);
@@ -540,7 +701,20 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     });
   }
 
-  /** Kills everything in the sandbox and frees every host resource. Idempotent. */
+  /**
+   * Kills everything in the sandbox and frees every host resource (cgroup, network link,
+   * writable layer, id range). Idempotent: later calls return the same promise. Running
+   * execs resolve with reason `'killed'`; later calls of other methods reject with `EDESTROYED`.
+   *
+   * @throws HutchError `ESETUP` with `step: 'destroy'` when a cleanup failed (the sandbox is
+   * destroyed all the same).
+   *
+   * @example
+   * ```ts
+   * const sb = await Sandbox.create();
+   * try { await sb.exec('true'); } finally { await sb.destroy(); }
+   * ```
+   */
   destroy(): Promise<void> {
     if (this.destroying) return this.destroying;
     this.state = 'destroyed';
@@ -574,6 +748,17 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return this.destroying;
   }
 
+  /**
+   * Same as {@link Sandbox.destroy}, for `await using`.
+   *
+   * @example
+   * ```ts
+   * {
+   *   await using sb = await Sandbox.create();
+   *   await sb.exec('true');
+   * } // destroyed here
+   * ```
+   */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.destroy();
   }
