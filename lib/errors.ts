@@ -1,6 +1,24 @@
 import { getSystemErrorName } from 'node:util';
 
-/** The stable error codes of hutch (API.md, "Errors"). */
+/**
+ * The stable error codes of hutch (docs/errors.md says what to do about each):
+ *
+ * - `EINVAL`: a bad option; the message names it, what was expected and what was given;
+ * - `ENOIMAGE`: no image by that reference in the store;
+ * - `EBADIMAGE`: an archive, layer or manifest was rejected (the message names the entry);
+ * - `EUNSUPPORTED`: the host lacks a feature; the message says which and how to get it;
+ * - `ESETUP`: setting a sandbox up (or tearing it down) failed: `step` names the step, `errno` the kernel's answer;
+ * - `EDESTROYED`: the sandbox (or pool) is destroyed (or closed, or aborted through its signal);
+ * - `EREGISTRY`: a registry refused or failed a pull or push;
+ * - `EBUILD`: a Dockerfile build failed (a bad instruction, a failing RUN).
+ *
+ * @example
+ * ```ts
+ * function retryable(code: HutchErrorCode): boolean {
+ *   return code === 'EREGISTRY' || code === 'ESETUP';
+ * }
+ * ```
+ */
 export type HutchErrorCode =
   | 'EINVAL'
   | 'ENOIMAGE'
@@ -13,6 +31,15 @@ export type HutchErrorCode =
 
 const brand = Symbol.for('hutch.HutchError');
 
+/**
+ * The optional details of a {@link HutchError}, as its constructor takes them.
+ *
+ * @example
+ * ```ts
+ * const details: HutchErrorDetails = { step: 'overlay', errno: 'EINVAL', hint: 'the kernel is older than 5.11' };
+ * throw new HutchError('ESETUP', 'mounting the root failed', details);
+ * ```
+ */
 export interface HutchErrorDetails {
   /** The setup step that failed (ESETUP), e.g. `overlay`, `pivot_root`, `exec`. */
   step?: string;
@@ -37,12 +64,30 @@ export interface HutchErrorDetails {
  * ```
  */
 export class HutchError extends Error {
+  /** What kind of failure; stable, to branch on (the message is for people). See {@link HutchErrorCode}. */
   readonly code: HutchErrorCode;
+  /** `ESETUP`: the setup step that failed, e.g. `overlay`, `pivot_root`, `exec`, `open`, `destroy`. */
   readonly step?: string;
+  /** The kernel's answer as a name, e.g. `ENOENT`, when a system call failed. */
   readonly errno?: string;
+  /** The path the failing step worked on, when there was one. */
   readonly path?: string;
+  /** A known likely cause and what to do about it, when hutch recognises the failure. */
   readonly hint?: string;
 
+  /**
+   * hutch makes these itself; the constructor is public for code that wraps hutch and wants
+   * to fail the same way.
+   *
+   * @param code One of the stable codes.
+   * @param message What was wrong and how to fix it.
+   * @param details step, errno, path, hint and cause, each optional.
+   *
+   * @example
+   * ```ts
+   * throw new HutchError('EINVAL', 'invalid option language: expected one of python, node');
+   * ```
+   */
   constructor(code: HutchErrorCode, message: string, details: HutchErrorDetails = {}) {
     super(message, details.cause !== undefined ? { cause: details.cause } : undefined);
     this.code = code;
@@ -52,7 +97,16 @@ export class HutchError extends Error {
     if (details.hint !== undefined) this.hint = details.hint;
   }
 
-  /** True for a HutchError from any copy of this package (works across realms). */
+  /**
+   * True for a HutchError from any copy of this package (works across realms and duplicate
+   * installs, where `instanceof` does not).
+   *
+   * @example
+   * ```ts
+   * try { await sb.exec('true'); }
+   * catch (e) { if (HutchError.is(e) && e.code === 'EDESTROYED') console.log('sandbox gone'); }
+   * ```
+   */
   static is(value: unknown): value is HutchError {
     return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
   }

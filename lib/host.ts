@@ -6,9 +6,20 @@ import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { detectCgroups } from './cgroup/detect.js';
 
+/**
+ * One feature of the host as {@link Sandbox.checkHost} found it.
+ *
+ * @example
+ * ```ts
+ * const { checks } = await Sandbox.checkHost();
+ * const userns = checks.find((c) => c.name === 'user namespaces');
+ * if (userns && !userns.ok) console.error(`${userns.detail}; needed for ${userns.neededFor}; fix: ${userns.fix}`);
+ * ```
+ */
 export interface HostCheck {
   /** Short name, e.g. 'user namespaces'. */
   name: string;
+  /** True when the feature is there and usable. */
   ok: boolean;
   /** What was found (a version, a layout, a count). */
   detail: string;
@@ -18,12 +29,33 @@ export interface HostCheck {
   fix?: string;
 }
 
+/**
+ * What this host offers hutch ({@link Sandbox.checkHost}, `npx hutch doctor`).
+ * docs/host-requirements.md explains each check.
+ *
+ * @example
+ * ```ts
+ * const report = await Sandbox.checkHost();
+ * if (!report.ok) {
+ *   console.error(`hutch cannot run here (Linux ${report.kernel}, cgroups ${report.cgroups}):`);
+ *   for (const c of report.checks) if (!c.ok) console.error(` - ${c.name}: ${c.fix ?? c.detail}`);
+ * }
+ * ```
+ */
 export interface HostReport {
+  /** The kernel release, as `uname -r` prints it. */
   kernel: string;
+  /** True when the Node process runs as root (euid 0). */
   root: boolean;
+  /** The cgroup layout: unified v2, legacy v1, hybrid (v1 controllers with a v2 tree), or none found. */
   cgroups: 'v2' | 'v1' | 'hybrid' | 'none';
-  /** True when everything a default sandbox needs is here. */
+  /**
+   * True when everything a default sandbox needs is here (kernel, root, user namespaces,
+   * overlayfs and overlay in a user namespace, clone3 + pidfd, the new mount API).
+   * Optional features may still be missing: see `checks`.
+   */
   ok: boolean;
+  /** One entry per feature, the optional ones included. */
   checks: HostCheck[];
 }
 

@@ -8,16 +8,43 @@ import { resolveExecOptions, resolveSandboxOptions, type ExecOptions, type Resol
 import type { ExecResult } from './process.js';
 import type { Sandbox } from './sandbox.js';
 
+/**
+ * Options of a {@link SandboxPool}: the options of every sandbox it makes
+ * ({@link SandboxOptions} without `signal`: a pool lives until `close()`) and its size.
+ *
+ * @example
+ * ```ts
+ * const options: PoolOptions = { image: 'busybox', size: 8, idleMs: 60_000, limits: { memory: '128MiB', timeoutMs: 5_000 } };
+ * const pool = Sandbox.pool(options);
+ * ```
+ */
 export interface PoolOptions extends SandboxOptions {
-  /** Sandboxes kept ready. */
+  /** Sandboxes kept ready, an integer from 0 to 10000 (0: each acquire creates one). */
   size: number;
-  /** Ready sandboxes beyond... none: an idle pool keeps `size`; after idleMs without use it shrinks to 0 (default: never). */
+  /**
+   * After this many ms without an `acquire()` or `run()`, the ready sandboxes are destroyed
+   * (the pool refills on the next use). Greater than 0. Default: never; an idle pool keeps `size` ready.
+   */
   idleMs?: number;
 }
 
 const POOL_KEYS = ['image', 'store', 'limits', 'network', 'mounts', 'env', 'cwd', 'user', 'hostname', 'readonlyRootfs',
   'persistent', 'seccomp', 'capabilities', 'size', 'idleMs'];
 
+/**
+ * Pre-created sandboxes, each handed out once and never reused: every `run()` and
+ * `acquire()` gets a fresh sandbox, and the pool refills in the background. Made with
+ * {@link Sandbox.pool} or `new SandboxPool(options)`.
+ *
+ * When background creation fails, the next `acquire()` creates a sandbox directly, so the
+ * error reaches the caller as that creation's `HutchError`.
+ *
+ * @example
+ * ```ts
+ * await using pool = Sandbox.pool({ image: 'busybox', size: 4 });
+ * const results = await Promise.all(['a', 'b', 'c'].map((x) => pool.run(['echo', x], { encoding: 'utf8' })));
+ * ```
+ */
 export class SandboxPool {
   private readonly opts: ResolvedSandboxOptions;
   private readonly size: number;
@@ -29,6 +56,16 @@ export class SandboxPool {
   private lastError: unknown = null;
   private readonly inflight = new Set<Promise<unknown>>();
 
+  /**
+   * Validates the options and starts creating `size` sandboxes in the background.
+   *
+   * @throws HutchError `EINVAL` for a bad option (a `size` out of range, a `signal`, ...).
+   *
+   * @example
+   * ```ts
+   * const pool = new SandboxPool({ size: 2 });
+   * ```
+   */
   constructor(options: PoolOptions) {
     const o = plainObject('options', options, 'an object of PoolOptions with a size');
     const { size, idleMs, ...rest } = o;
@@ -81,7 +118,23 @@ export class SandboxPool {
     this.idleTimer.unref();
   }
 
-  /** A fresh, never-used sandbox; the caller destroys it. */
+  /**
+   * A fresh, never-used sandbox; the caller destroys it. Resolves at once when one is ready,
+   * else creates one.
+   *
+   * @throws HutchError `EDESTROYED` after `close()`; otherwise as {@link Sandbox.create}.
+   *
+   * @example
+   * ```ts
+   * const sb = await pool.acquire();
+   * try {
+   *   await sb.writeFile('/tmp/in.txt', 'data');
+   *   await sb.exec('wc -c /tmp/in.txt');
+   * } finally {
+   *   await sb.destroy();
+   * }
+   * ```
+   */
   async acquire(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the pool is closed; create a new one');
     this.touch();
@@ -92,7 +145,18 @@ export class SandboxPool {
     return this.create();
   }
 
-  /** Runs a command in a fresh sandbox and destroys it after. */
+  /**
+   * Runs a command in a fresh sandbox and destroys it after (in the background: the result
+   * does not wait for the teardown).
+   *
+   * @throws HutchError as {@link SandboxPool.acquire} and {@link Sandbox.exec}.
+   *
+   * @example
+   * ```ts
+   * const r = await pool.run('echo $((6 * 7))', { encoding: 'utf8', timeoutMs: 2_000 });
+   * console.log(r.stdout); // '42\n'
+   * ```
+   */
   async run(command: string[] | string, options?: ExecOptions): Promise<ExecResult> {
     const o = resolveExecOptions(options, 'exec');
     const sb = await this.acquire();
@@ -103,7 +167,17 @@ export class SandboxPool {
     }
   }
 
-  /** Destroys every ready sandbox and stops refilling. */
+  /**
+   * Destroys every ready sandbox and stops refilling; waits for sandboxes being created
+   * or destroyed by the pool. Sandboxes handed out by `acquire()` are the caller's and
+   * stay. Later `acquire()` and `run()` reject with `EDESTROYED`.
+   *
+   * @example
+   * ```ts
+   * const pool = Sandbox.pool({ size: 2 });
+   * try { await pool.run('true'); } finally { await pool.close(); }
+   * ```
+   */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.idleTimer);
@@ -111,6 +185,14 @@ export class SandboxPool {
     await Promise.all([...all, ...this.inflight]);
   }
 
+  /**
+   * Same as {@link SandboxPool.close}, for `await using`.
+   *
+   * @example
+   * ```ts
+   * await using pool = Sandbox.pool({ size: 2 });
+   * ```
+   */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
