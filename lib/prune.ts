@@ -124,7 +124,7 @@ export async function pruneAll(options: PruneAllOptions = {}): Promise<PruneAllR
   const network = options.network === false ? [] : await pruneNetwork().then((r) => r.removed, (e: unknown) => (errors.push(e), [] as string[]));
   const dead = [...owners].filter(([, o]) => o !== undefined && !isAlive(o)).map(([id]) => id);
   const { removedBytes } = await store.prune().catch((e: unknown) => (errors.push(e), { removedBytes: 0 }));
-  const empty = await pruneEmptyRecords(store).catch((e: unknown) => (errors.push(e), [] as string[]));
+  const empty = await pruneEmptyRecords(store, graceMs).catch((e: unknown) => (errors.push(e), [] as string[]));
   if (errors.length > 0) throw errors[0];
   return { cgroups, network, sandboxes: [...dead, ...empty], removedBytes };
 }
@@ -135,12 +135,14 @@ export async function pruneAll(options: PruneAllOptions = {}): Promise<PruneAllR
  * (ImageStore.prune only judges directories that have an owner record). Under the store lock,
  * which markInUse holds from mkdir to rename, so an empty directory is never one being made.
  */
-export async function pruneEmptyRecords(store: ImageStore): Promise<string[]> {
+export async function pruneEmptyRecords(store: ImageStore, graceMs = DEFAULT_PRUNE_GRACE_MS): Promise<string[]> {
   const dir = join(store.root, 'sandboxes');
   return store.lock.run(async () => {
     const removed: string[] = [];
     for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
       try {
+        const st = await fsp.stat(join(dir, n));
+        if (Date.now() - st.mtimeMs < graceMs) continue;
         await fsp.rmdir(join(dir, n));
         removed.push(n);
       } catch {
