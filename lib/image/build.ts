@@ -25,11 +25,28 @@ import type { TarEntry } from './tarwriter.js';
 import type { Image, Progress } from './types.js';
 import type { ImageStore, Op } from './store.js';
 
+/**
+ * Options of {@link ImageStore.build}.
+ *
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * const options: BuildOptions = {
+ *   dockerfile: readFileSync('./app/Dockerfile', 'utf8'),
+ *   context: './app',
+ *   tag: 'app:dev',
+ *   buildArgs: { VERSION: '1.2.3' },
+ *   onProgress: (p) => console.log(`${p.phase} ${p.current}/${p.total}`),
+ * };
+ * const img = await store.build(options);
+ * ```
+ */
 export interface BuildOptions {
-  /** The Dockerfile's text. */
+  /** The Dockerfile's text (not a path). */
   dockerfile: string;
-  /** Directory that COPY and ADD read from; nothing outside it is read. */
+  /** Directory that COPY and ADD read from (`.dockerignore` applies); nothing outside it is read. Absent: COPY and ADD fail (`EBUILD`). */
   context?: string;
+  /** A name for the built image, as for {@link ImageStore.tag}. */
   tag?: string;
   /** `{ phase: 'step', current, total }` at each instruction; `{ phase: 'cached', ... }` when the cache answered it. */
   onProgress?: (p: Progress) => void;

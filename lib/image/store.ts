@@ -19,11 +19,24 @@ export type { Image, ImageConfig, Progress, ResolvedImage } from './types.js';
 export type { BuildOptions } from './build.js';
 export type { CommitOptions } from './commit.js';
 
+/**
+ * Options of `new ImageStore(...)`.
+ *
+ * @example
+ * ```ts
+ * const store = new ImageStore({ root: '/srv/hutch', maxLayerBytes: 8 * 1024 ** 3 });
+ * ```
+ */
 export interface ImageStoreOptions {
+  /**
+   * The store's directory (resolved to an absolute path; created on first use). Share it
+   * between processes freely; put it on the disk that should hold the images and the
+   * writable layers of persistent sandboxes.
+   */
   root: string;
-  /** Largest uncompressed layer accepted by import and pull (default 64 GiB). */
+  /** Largest uncompressed layer accepted by import and pull, in bytes (default 64 GiB); past it: `EBADIMAGE`. */
   maxLayerBytes?: number;
-  /** Most entries in one layer (default 4,000,000). */
+  /** Most entries in one layer (default 4,000,000); past it: `EBADIMAGE`. */
   maxLayerEntries?: number;
 }
 
@@ -38,15 +51,37 @@ const PRIVATE_DIRS = ['blobs', 'blobs/sha256', 'images', 'layerinfo', 'builtin',
  * The image store: content-addressed blobs, extracted read-only layers shared by every image
  * that uses them, image records and tags, safe under concurrent use by several processes.
  * Layout and rules: docs/images.md.
+ *
+ * The builtin images `'host'` and `'busybox'` need no import: they are made on first use.
+ *
+ * @example
+ * ```ts
+ * const store = new ImageStore({ root: '/var/lib/hutch' });
+ * await store.import('./rootfs.tar.gz', { tag: 'myroot' });
+ * await store.pull('alpine:3.20');
+ * const sb = await Sandbox.create({ store, image: 'alpine:3.20' });
+ * ```
  */
 export class ImageStore {
+  /** The store's directory, absolute. */
   readonly root: string;
+  /** Caps on one extracted layer, from {@link ImageStoreOptions} `maxLayerBytes` and `maxLayerEntries`. */
   readonly limits: ExtractLimits;
   /** @internal */
   readonly lock: StoreLock;
   private ready = false;
   private readonly records = new Map<string, ImageRecord>();
 
+  /**
+   * A store at `options.root`. Nothing is touched on disk until first use.
+   *
+   * @throws HutchError `EINVAL` when `root` is not a non-empty string.
+   *
+   * @example
+   * ```ts
+   * const store = new ImageStore({ root: `${process.env.HOME}/.cache/hutch` });
+   * ```
+   */
   constructor(options: ImageStoreOptions) {
     if (typeof options !== 'object' || options === null || typeof options.root !== 'string' || options.root === '') {
       throw invalid('store.root', 'a directory path', options?.root);
@@ -60,7 +95,16 @@ export class ImageStore {
     this.lock = new StoreLock(join(this.root, 'lock'));
   }
 
-  /** `$HUTCH_ROOT`, else /var/lib/hutch as root, else `$XDG_DATA_HOME/hutch` (~/.local/share/hutch). */
+  /**
+   * The store sandboxes use unless told otherwise: at `$HUTCH_ROOT`, else /var/lib/hutch as
+   * root, else `$XDG_DATA_HOME/hutch` (~/.local/share/hutch). A new object each call, over the
+   * same directory.
+   *
+   * @example
+   * ```ts
+   * const images = await ImageStore.default().list();
+   * ```
+   */
   static default(): ImageStore {
     const env = process.env.HUTCH_ROOT;
     if (env) return new ImageStore({ root: env });
@@ -198,7 +242,15 @@ export class ImageStore {
 
   // ---- the API ----------------------------------------------------------------------
 
-  /** Every image in the store, the builtins included when this host can make them. */
+  /**
+   * Every image in the store, sorted by id, the builtins included when this host can make
+   * them (`busybox` needs the host's busybox-static).
+   *
+   * @example
+   * ```ts
+   * for (const img of await store.list()) console.log(img.id.slice(7, 19), img.tags.join(' '), img.sizeBytes);
+   * ```
+   */
   async list(): Promise<Image[]> {
     this.ensure();
     for (const b of BUILTINS) {
@@ -218,13 +270,40 @@ export class ImageStore {
     return out.sort((a, b) => a.id.localeCompare(b.id));
   }
 
-  /** An image by tag, full id (`sha256:<hex>`) or unique hex prefix of at least 12 digits. */
+  /**
+   * An image by tag (`'app'` means `'app:latest'` too), full id (`sha256:<hex>`) or unique hex
+   * prefix of at least 12 digits.
+   *
+   * @throws HutchError `ENOIMAGE` when there is none (or the prefix is ambiguous).
+   *
+   * @example
+   * ```ts
+   * const img = await store.get('busybox');
+   * const same = await store.get(img.id.slice(7, 19));
+   * ```
+   */
   async get(ref: string): Promise<Image> {
     const rec = await this.find(ref);
     return this.toImage(rec, await this.readTags());
   }
 
-  /** Imports a rootfs tarball (plain or gzip), an OCI layout (directory or tar) or a `docker save` archive. */
+  /**
+   * Imports a rootfs tarball (plain or gzip), an OCI image layout (directory or tar) or a
+   * `docker save` archive, from a path or a stream. Layers the store already has are not
+   * extracted again. Every entry is checked while extracting: nothing lands outside the layer.
+   *
+   * @param options `tag`: a name for the image (not an id, not `host` or `busybox`);
+   * `onProgress`: called as bytes are read.
+   * @throws HutchError `EINVAL` (a bad tag), `EBADIMAGE` (an archive, manifest or entry rejected,
+   * or a layer over the store's {@link ImageStore.limits}).
+   *
+   * @example
+   * ```ts
+   * import { createReadStream } from 'node:fs';
+   * const a = await store.import('/tmp/app-oci.tar', { tag: 'app:1.0' });
+   * const b = await store.import(createReadStream('/tmp/rootfs.tar.gz'), { tag: 'rootfs' });
+   * ```
+   */
   async import(
     source: string | NodeJS.ReadableStream,
     options: { tag?: string; onProgress?: (p: Progress) => void } = {},
@@ -241,6 +320,23 @@ export class ImageStore {
     }
   }
 
+  /**
+   * Pulls an image from an OCI / Docker registry (distribution API v2) and tags it with `ref`
+   * as written. Docker Hub names work as in Docker (`alpine` is
+   * `registry-1.docker.io/library/alpine:latest`); a multi-platform image gives this host's
+   * platform. Anonymous, basic or bearer-token auth, as the registry asks.
+   *
+   * @param ref `[host[:port]/]repository[:tag][@sha256:<digest>]`.
+   * @param options `insecure`: plain http; `auth`: credentials; `onProgress`: per layer.
+   * @throws HutchError `EINVAL` (a malformed ref), `EREGISTRY` (the registry refused, failed,
+   * or sent something that does not check out).
+   *
+   * @example
+   * ```ts
+   * const img = await store.pull('alpine:3.20');
+   * await store.pull('localhost:5000/team/app:1.0', { insecure: true, auth: { username: 'ci', password: token } });
+   * ```
+   */
   async pull(
     ref: string,
     options: { insecure?: boolean; auth?: { username: string; password: string }; onProgress?: (p: Progress) => void } = {},
@@ -249,6 +345,22 @@ export class ImageStore {
     return pull(this, ref, options);
   }
 
+  /**
+   * Pushes an image of this store to a registry as `ref` (blobs the registry has already are
+   * skipped).
+   *
+   * @param image An {@link Image} or a reference to one in this store.
+   * @param ref Where to: `[host[:port]/]repository[:tag]` (a tag, not a digest).
+   * @param options `insecure`: plain http; `auth`: credentials; `onProgress`: per blob.
+   * @throws HutchError `ENOIMAGE` (no such image), `EINVAL` (a malformed ref, or a digest ref),
+   * `EREGISTRY` (the registry refused or failed), `EBADIMAGE` (a blob of the image is gone from
+   * the store: import it again).
+   *
+   * @example
+   * ```ts
+   * await store.push('app:1.0', 'registry.example.com/team/app:1.0', { auth: { username: 'ci', password: token } });
+   * ```
+   */
   async push(
     image: Image | string,
     ref: string,
@@ -259,7 +371,23 @@ export class ImageStore {
     return push(this, rec, ref, options);
   }
 
-  /** Builds an image from Dockerfile text (docs/images.md, "Build"). */
+  /**
+   * Builds an image from Dockerfile text (docs/images.md, "Build"): FROM, RUN, COPY, ADD
+   * (local), ENV, WORKDIR, USER, CMD, ENTRYPOINT, EXPOSE, ARG, LABEL. RUN steps run in
+   * sandboxes; each step's result is cached in the store.
+   *
+   * @throws HutchError `EINVAL` (bad options or tag), `EBUILD` (a bad instruction, a failing
+   * RUN, or a FROM image not in the store: FROM never pulls; the message names the Dockerfile line).
+   *
+   * @example
+   * ```ts
+   * const img = await store.build({
+   *   dockerfile: 'FROM busybox\nRUN mkdir /app\nCOPY main.sh /app/\nCMD ["/app/main.sh"]',
+   *   context: './app',
+   *   tag: 'app:dev',
+   * });
+   * ```
+   */
   async build(options: BuildOptions): Promise<Image> {
     const { build } = await import('./build.js');
     return build(this, options);
@@ -286,7 +414,19 @@ export class ImageStore {
     }
   }
 
-  /** Points `tag` at an image (moving it from any other image). */
+  /**
+   * Points `tag` at an image (moving it from any other image).
+   *
+   * @param image An {@link Image} or a reference to one.
+   * @param tag A name like `'app'` or `'app:1.0'`: letters, digits and `. _ / : @ + -`, not an
+   * id-like hex string, not `host` or `busybox`.
+   * @throws HutchError `EINVAL` (a bad tag), `ENOIMAGE` (no such image).
+   *
+   * @example
+   * ```ts
+   * await store.tag('app:dev', 'app:1.0');
+   * ```
+   */
   async tag(image: Image | string, tag: string): Promise<void> {
     this.checkTag(tag);
     const rec = await this.find(typeof image === 'string' ? image : image.id);
@@ -301,6 +441,14 @@ export class ImageStore {
   /**
    * Removes a tag, or an image with all its tags when `ref` is its id or its only tag. Refuses
    * (EINVAL) an image a live sandbox uses. Layers and blobs no other image uses go with it.
+   *
+   * @throws HutchError `ENOIMAGE` (no such image), `EINVAL` (in use by a live sandbox: destroy it first).
+   *
+   * @example
+   * ```ts
+   * await store.remove('app:dev');          // only the tag, when app:1.0 points at the same image
+   * await store.remove('sha256:3f5e...');   // the image, every tag, its unshared layers
+   * ```
    */
   async remove(ref: string): Promise<void> {
     if (typeof ref !== 'string' || ref === '') throw invalid('ref', "a tag, 'sha256:<id>' or an id prefix", ref);
@@ -341,8 +489,22 @@ export class ImageStore {
     await this.empty(trash);
   }
 
-  /** Removes unreferenced layers and blobs, leftovers of crashed imports and of sandboxes whose owner died. */
-  async prune(): Promise<{ removedBytes: number }> {
+  /**
+   * Removes unreferenced layers and blobs, leftovers of crashed imports and of sandboxes whose
+   * owner process died. Safe while other processes use the store: what a live process needs stays.
+   *
+   * @returns `removedBytes`: bytes of files removed.
+   *
+   * @example
+   * ```ts
+   * const { removedBytes } = await store.prune();
+   * console.log(`freed ${(removedBytes / 2 ** 20).toFixed(1)} MiB`);
+   * ```
+   */
+  async prune(): Promise<{
+    /** Bytes of files removed. */
+    removedBytes: number;
+  }> {
     this.ensure();
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();

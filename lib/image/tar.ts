@@ -40,6 +40,16 @@ import { tarBuffer, type TarEntry } from './tarwriter.js';
  * Every refusal is `EBADIMAGE` naming the entry; the caller discards the directory.
  */
 
+/**
+ * Caps on one layer while it is extracted ({@link ImageStore.limits}); an archive past either
+ * is rejected with `EBADIMAGE`. Set through {@link ImageStoreOptions}.
+ *
+ * @example
+ * ```ts
+ * const store = new ImageStore({ root: '/srv/hutch', maxLayerBytes: 2 * 1024 ** 3 });
+ * console.log(store.limits); // { maxBytes: 2147483648, maxEntries: 4000000 }
+ * ```
+ */
 export interface ExtractLimits {
   /** Cap on the uncompressed bytes of the archive. */
   maxBytes: number;
