@@ -11,23 +11,59 @@ import { readLease, leaseFiles } from './lease.js';
 
 export type { Rate } from '../units.js';
 
+/**
+ * A host port forwarded to a port of the sandbox ({@link NetworkOptions.ports}).
+ *
+ * @example
+ * ```ts
+ * const ports: PortMapping[] = [{ host: 8080, sandbox: 80 }, { host: 5353, sandbox: 53, protocol: 'udp' }];
+ * ```
+ */
 export interface PortMapping {
+  /**
+   * Port on the host, 1 to 65535. It must be free: one already listening on the host or
+   * published by another sandbox rejects with `EINVAL`.
+   */
   host: number;
+  /** Port inside the sandbox, 1 to 65535, where its server listens (on its address or 0.0.0.0). */
   sandbox: number;
   /** Default 'tcp'. */
   protocol?: 'tcp' | 'udp';
 }
 
+/**
+ * A network link for the sandbox ({@link SandboxOptions.network}); without one (`'none'`,
+ * the default) it has a private loopback only. `'bridge'` needs root (CAP_NET_ADMIN on the
+ * host), else `create` rejects with `EUNSUPPORTED`. Wrong values reject with `EINVAL`.
+ * docs/networking.md says how it is built.
+ *
+ * @example
+ * ```ts
+ * const sb = await Sandbox.create({
+ *   network: {
+ *     mode: 'bridge',
+ *     outbound: 'nat',
+ *     allow: ['93.184.216.0/24'],
+ *     egress: '10mbit',
+ *     ports: [{ host: 8080, sandbox: 80 }],
+ *   },
+ * });
+ * console.log(sb.network); // e.g. { address: '10.200.0.2', hostAddress: '10.200.0.1', interface: 'eth0' }
+ * ```
+ */
 export interface NetworkOptions {
-  /** bridge: a veth to the host with a private address. */
+  /**
+   * `'bridge'`: a veth to the host with a private address (a /30 from `range`);
+   * `'none'`: the same as no link (the other fields must then be absent).
+   */
   mode: 'none' | 'bridge';
-  /** Bandwidth out of the sandbox (tc), bits/s or a string like '10mbit'. */
+  /** Bandwidth out of the sandbox (tc), bits/s or a string like '10mbit'; from 8 kbit/s to 100 Gbit/s. Default: not shaped. */
   egress?: Rate;
-  /** Bandwidth into the sandbox (tc). */
+  /** Bandwidth into the sandbox (tc), like `egress`. Default: not shaped. */
   ingress?: Rate;
-  /** Default 'none': only the host side of the link is reachable. */
+  /** Default 'none': only the host side of the link is reachable. `'nat'`: addresses beyond the host too, masqueraded. */
   outbound?: 'none' | 'nat';
-  /** IPv4 CIDRs reachable when outbound is 'nat'; absent: any address outside hutch's links. */
+  /** IPv4 CIDRs reachable when outbound is 'nat' (only then; else `EINVAL`); absent: any address outside hutch's links. */
   allow?: string[];
   /** Host ports forwarded to sandbox ports (also reachable at 127.0.0.1:host). */
   ports?: PortMapping[];
