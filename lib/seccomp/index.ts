@@ -25,7 +25,16 @@ export type {
 export { DEFAULT_SECCOMP_PROFILE } from './default.js';
 export { BPF_MAXINSNS } from './bpf.js';
 
-/** The `seccomp` option: Docker's default, none at all, or an OCI / Docker profile. */
+/**
+ * The `seccomp` option ({@link SandboxOptions.seccomp}): `'default'` (Docker's default
+ * profile, the default), `'unconfined'` (no filter at all) or an OCI / Docker profile.
+ *
+ * @example
+ * ```ts
+ * const strict: SeccompOption = { defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: ['read', 'write', 'exit_group'], action: 'SCMP_ACT_ALLOW' }] };
+ * await Sandbox.run({ command: ['true'], seccomp: 'unconfined' });
+ * ```
+ */
 export type SeccompOption = 'default' | 'unconfined' | SeccompProfile;
 
 export interface CompileSeccompOptions {

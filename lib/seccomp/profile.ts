@@ -12,6 +12,20 @@ import { CAPABILITIES as CAPABILITY_NAMES } from '../capabilities.js';
 /** Architectures hutch compiles seccomp programs for. */
 export type SeccompArch = 'x86_64' | 'aarch64';
 
+/**
+ * What the filter does with a call (libseccomp / OCI names): `SCMP_ACT_ALLOW` runs it;
+ * `SCMP_ACT_ERRNO` fails it with `errnoRet` (default EPERM); `SCMP_ACT_KILL` /
+ * `SCMP_ACT_KILL_THREAD` kill the thread, `SCMP_ACT_KILL_PROCESS` the process;
+ * `SCMP_ACT_TRAP` sends SIGSYS; `SCMP_ACT_TRACE` notifies a ptrace tracer (fails with
+ * ENOSYS without one); `SCMP_ACT_LOG` allows and logs. `SCMP_ACT_NOTIFY` is refused
+ * (`EINVAL`): hutch runs no seccomp agent.
+ *
+ * @example
+ * ```ts
+ * const deny: SeccompAction = 'SCMP_ACT_ERRNO';
+ * const profile: SeccompProfile = { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['ptrace'], action: deny }] };
+ * ```
+ */
 export type SeccompAction =
   | 'SCMP_ACT_KILL'
   | 'SCMP_ACT_KILL_PROCESS'
@@ -23,6 +37,17 @@ export type SeccompAction =
   | 'SCMP_ACT_LOG'
   | 'SCMP_ACT_NOTIFY';
 
+/**
+ * How an argument is compared with {@link SeccompArg.value}: not equal, less than, less or
+ * equal, equal, greater or equal, greater than (unsigned 64-bit), or masked equal
+ * (`(arg & value) === valueTwo`).
+ *
+ * @example
+ * ```ts
+ * // personality(0xffffffff) only: a query, not a change
+ * const arg: SeccompArg = { index: 0, op: 'SCMP_CMP_EQ', value: 0xffffffff };
+ * ```
+ */
 export type SeccompOperator =
   | 'SCMP_CMP_NE'
   | 'SCMP_CMP_LT'
@@ -35,9 +60,23 @@ export type SeccompOperator =
 /**
  * A 64-bit unsigned argument value. JSON numbers are exact only up to 2^53, so larger values
  * are given as a bigint or a decimal or `0x` hex string.
+ *
+ * @example
+ * ```ts
+ * const values: SeccompValue[] = [2, 0xffffffffffffffffn, '0xffffffffffffffff', '18446744073709551615'];
+ * ```
  */
 export type SeccompValue = number | bigint | string;
 
+/**
+ * A condition on one argument of a call, in a {@link SeccompSyscallRule}.
+ *
+ * @example
+ * ```ts
+ * // clone without CLONE_NEWUSER (0x10000000)
+ * const arg: SeccompArg = { index: 0, op: 'SCMP_CMP_MASKED_EQ', value: 0x10000000, valueTwo: 0 };
+ * ```
+ */
 export interface SeccompArg {
   /** Argument number, 0..5. */
   index: number;
@@ -45,10 +84,22 @@ export interface SeccompArg {
   value: SeccompValue;
   /** For SCMP_CMP_MASKED_EQ only: what `arg & value` must equal (default 0). */
   valueTwo?: SeccompValue;
+  /** How the argument is compared. */
   op: SeccompOperator;
 }
 
-/** Docker's conditions on a rule. */
+/**
+ * Docker's conditions on a rule ({@link SeccompSyscallRule.includes} and `excludes`).
+ *
+ * @example
+ * ```ts
+ * const rule: SeccompSyscallRule = {
+ *   names: ['bpf'], action: 'SCMP_ACT_ALLOW',
+ *   includes: { caps: ['SYS_ADMIN'], minKernel: '5.8' },
+ *   excludes: { arches: ['s390x'] },
+ * };
+ * ```
+ */
 export interface SeccompFilter {
   /** Capabilities, `CAP_SYS_ADMIN` or `SYS_ADMIN`. includes: all held; excludes: any held. */
   caps?: string[];
@@ -58,32 +109,79 @@ export interface SeccompFilter {
   minKernel?: string;
 }
 
+/**
+ * One rule of a {@link SeccompProfile}: what to do with some calls, optionally only for
+ * some arguments, capabilities, architectures or kernels. Several rules for one call are
+ * alternatives; when more than one matches, the most restrictive action wins (KILL_PROCESS,
+ * KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW; between equals, the earlier rule), as with
+ * libseccomp.
+ *
+ * @example
+ * ```ts
+ * const rules: SeccompSyscallRule[] = [
+ *   { names: ['mount', 'umount2'], action: 'SCMP_ACT_ERRNO', errnoRet: 1, comment: 'no mounts' },
+ *   { names: ['chroot'], action: 'SCMP_ACT_ALLOW', includes: { caps: ['SYS_CHROOT'] } },
+ * ];
+ * ```
+ */
 export interface SeccompSyscallRule {
+  /**
+   * Call names, e.g. `['mount', 'umount2']`. A name no Linux architecture defines is
+   * `EINVAL`; one this architecture lacks is skipped.
+   */
   names?: string[];
   /** Docker's older single-name form; use `names`. */
   name?: string;
+  /** What to do with a matching call. */
   action: SeccompAction;
   /** errno for SCMP_ACT_ERRNO (default EPERM) or the tracer's data for SCMP_ACT_TRACE. */
   errnoRet?: number;
   /** All must hold (AND); several rules for one syscall are alternatives (OR). */
   args?: SeccompArg[];
+  /** Free text, ignored. */
   comment?: string;
+  /** The rule applies only when all of these hold (Docker's extension). */
   includes?: SeccompFilter;
+  /** The rule does not apply when any of these holds (Docker's extension). */
   excludes?: SeccompFilter;
 }
 
-/** The OCI runtime-spec `linux.seccomp` object with Docker's extensions. */
+/**
+ * A seccomp profile: the OCI runtime-spec `linux.seccomp` object with Docker's extensions,
+ * so Docker's and runc's profile JSON files load as they are ({@link SandboxOptions.seccomp}).
+ * It is checked whole before anything is created; a wrong field rejects with `EINVAL`
+ * naming it (e.g. `seccomp.syscalls[3].args[0].op`). docs/seccomp.md.
+ *
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * const fromDocker: SeccompProfile = JSON.parse(readFileSync('profile.json', 'utf8'));
+ * const noNetwork: SeccompProfile = {
+ *   defaultAction: 'SCMP_ACT_ALLOW',
+ *   syscalls: [{ names: ['socket'], action: 'SCMP_ACT_ERRNO', args: [{ index: 0, op: 'SCMP_CMP_NE', value: 1 }] }],
+ * };
+ * await Sandbox.run({ command: ['ls'], seccomp: noNetwork });
+ * ```
+ */
 export interface SeccompProfile {
+  /** What happens to a call no rule matches. */
   defaultAction: SeccompAction;
   /** errno of a defaultAction SCMP_ACT_ERRNO (default EPERM). */
   defaultErrnoRet?: number;
   /** `SCMP_ARCH_*` names. hutch filters the native architecture only; see docs/seccomp.md. */
   architectures?: string[];
   /** Docker's form of `architectures`. */
-  archMap?: { architecture: string; subArchitectures?: string[] | null }[];
+  archMap?: {
+    /** A `SCMP_ARCH_*` name. */
+    architecture: string;
+    /** Further `SCMP_ARCH_*` names filtered along with it. */
+    subArchitectures?: string[] | null;
+  }[];
   /** `SECCOMP_FILTER_FLAG_*` names, passed to seccomp(2) by init. */
   flags?: string[];
+  /** The rules; see {@link SeccompSyscallRule} for how several matching ones combine. */
   syscalls?: SeccompSyscallRule[];
+  /** Free text, ignored. */
   comment?: string;
 }
 
