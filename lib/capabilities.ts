@@ -11,7 +11,18 @@ export const CAPABILITIES: readonly string[] = [
   'CHECKPOINT_RESTORE',
 ];
 
-/** Docker's default set minus AUDIT_WRITE, MKNOD and NET_RAW (API.md). */
+/**
+ * The capabilities a sandbox keeps by default ({@link SandboxOptions.capabilities}): Docker's
+ * default set minus AUDIT_WRITE, MKNOD and NET_RAW. They are capabilities of the sandbox's
+ * own user namespace, never of the host.
+ *
+ * @example
+ * ```ts
+ * // the default plus NET_RAW (for ping), minus KILL
+ * const capabilities = [...DEFAULT_CAPABILITIES.filter((c) => c !== 'KILL'), 'NET_RAW'];
+ * const sb = await Sandbox.create({ capabilities });
+ * ```
+ */
 export const DEFAULT_CAPABILITIES: readonly string[] = [
   'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'KILL', 'NET_BIND_SERVICE', 'SETFCAP', 'SETGID', 'SETPCAP',
   'SETUID', 'SYS_CHROOT',

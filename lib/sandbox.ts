@@ -29,15 +29,28 @@ import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, ty
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
-import { preparePersistentDisk, type PersistentDisk } from './disk.js';
+import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
 
-/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
-const KERNEL_HAS_LOWERDIR_PLUS = ((): boolean => {
+function kernelAtLeast(major: number, minor: number): boolean {
   const m = /^(\d+)\.(\d+)/.exec(osRelease());
-  return !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 8));
-})();
+  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
+}
+/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
+const KERNEL_HAS_LOWERDIR_PLUS = kernelAtLeast(6, 8);
+/** tmpfs keeps user.* xattrs (overlay's upper dir in a user namespace needs them) from 6.6. */
+const TMPFS_USER_XATTR = kernelAtLeast(6, 6);
+/** mount(2)'s data is one page: the legacy overlay path holds this much layer list. */
+const LEGACY_LOWERDIRS_MAX = 4096 - 128;
 
-/** Default size of the writable layer (a tmpfs, charged to the sandbox's memory as it fills). */
+/**
+ * Default size of the writable layer, 1 GiB (a tmpfs, charged to the sandbox's memory as it
+ * fills), when `limits.disk` is not given.
+ *
+ * @example
+ * ```ts
+ * const sb = await Sandbox.create({ limits: { disk: DEFAULT_DISK_BYTES * 4 } }); // 4 GiB
+ * ```
+ */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -234,14 +247,27 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (opts.limits.cgroup.io && !opts.persistent) {
       throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
     }
+    if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
+      throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
+    }
     const id = randomBytes(6).toString('hex');
     const ids = acquireIds(image.layersDir);
     const fds: number[] = [];
     let cgroup: SandboxCgroup | null = null;
     let spawned: Spawned | undefined;
     let disk: PersistentDisk | null = null;
+    let marked = false;
     try {
+      // The owner record comes first: a prune in another process then never takes this
+      // sandbox's cgroup or disk, made below, for a crashed one's.
+      await store.markInUse(image.image.id, id);
+      marked = true;
       if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES, ids);
+      else if (!TMPFS_USER_XATTR) {
+        // Before 6.6 the writable layer goes to the store's disk: a loop image when a disk
+        // limit was asked for (enforced), else a plain directory.
+        disk = opts.limits.diskBytes !== null ? await preparePersistentDisk(store.root, id, opts.limits.diskBytes, ids) : await preparePlainUpper(store.root, id, ids);
+      }
       cgroup = cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
       tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
@@ -299,7 +325,6 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       const [setup, attached] = await Promise.all([
         waitSetup(s).then((x) => (tr.mark('setup'), x)),
         attachV1(cgroup.procsFiles, s.pid).then((x) => (tr.mark('cgroup_attach'), x)),
-        store.markInUse(image.image.id, id),
       ]);
       tr.mark('mark');
       if (setup) throw setupError(setup);
@@ -309,7 +334,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       if (spawned) await killAndReap(spawned);
       await cgroup?.destroy().catch(() => undefined);
       await disk?.release().catch(() => undefined);
-      await store.release(id).catch(() => undefined);
+      if (marked) await store.release(id).catch(() => undefined);
       ids.release();
       throw e;
     }
@@ -803,14 +828,24 @@ function waitSetup(s: Spawned): Promise<NativeFailure | null> {
     };
     if (check()) return;
     const w = new n.Watch(s.errFd, () => {
-      if (check()) w.close();
+      if (check()) {
+        w.close();
+        setupWatches.delete(s);
+      }
     });
+    setupWatches.set(s, w);
   });
 }
+
+/** Watches still open on error pipes: closed before their fd is (a reused fd number would
+ * otherwise meet a stale watch in libuv). */
+const setupWatches = new WeakMap<Spawned, Watch>();
 
 async function killAndReap(s: Spawned): Promise<void> {
   const n = native();
   n.pidfdKill(s.pidfd, 9);
+  setupWatches.get(s)?.close();
+  setupWatches.delete(s);
   n.close(s.ctlFd);
   n.close(s.errFd);
   await new Promise<void>((resolve) => {

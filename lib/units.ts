@@ -4,9 +4,26 @@
  */
 import { invalid } from './errors.js';
 
-/** A number is bytes; strings: '512', '64k', '64KiB', '1.5G', '256MiB', '10MB'. */
+/**
+ * A size. A number is bytes; strings: '512', '64k', '64KiB', '1.5G', '256MiB', '10MB'
+ * (k/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB powers of 1000). Anything
+ * else, a negative or fractional byte count included, is `HutchError` `EINVAL` naming the option.
+ *
+ * @example
+ * ```ts
+ * const limits: Limits = { memory: '256MiB', disk: '1.5G', output: 65536, fileSize: '10MB' };
+ * ```
+ */
 export type ByteSize = number | string;
-/** A number is bits per second; strings: '500kbit', '10mbit', '1gbit', '2MBps' (bytes per second). */
+/**
+ * A bandwidth. A number is bits per second; strings: '500kbit', '10mbit', '1gbit' (bits,
+ * powers of 1000), '2MBps' (bytes per second). Anything else is `HutchError` `EINVAL`.
+ *
+ * @example
+ * ```ts
+ * const network: NetworkOptions = { mode: 'bridge', egress: '10mbit', ingress: 1_000_000 };
+ * ```
+ */
 export type Rate = number | string;
 
 const SIZE_FORMS =
