@@ -92,16 +92,10 @@ static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const cha
   for (int v = scratch_fd; v > 0 || k == 0; v /= 10) rev[k++] = (char)('0' + v % 10);
   for (int i = 0; i < k; i++) fdbuf[i] = rev[k - 1 - i];
   fdbuf[k] = 0;
+  // Layers by name, relative to the store's layers dir (mount(2)'s data holds one page: lib/
+  // refuses images whose layer list would not fit).
   size_t off = append(data, 0, sizeof data, "userxattr,lowerdir=");
-  const char *s = p.lowerdirs.c_str();
-  for (bool first = true; *s; first = false) {
-    if (!first) off = append(data, off, sizeof data, ":");
-    off = append(data, off, sizeof data, p.layers_dir.c_str());
-    off = append(data, off, sizeof data, "/");
-    while (*s && *s != ':' && off + 1 < sizeof data) data[off++] = *s++;
-    data[off] = 0;
-    if (*s == ':') s++;
-  }
+  off = append(data, off, sizeof data, p.lowerdirs.c_str());
   off = append(data, off, sizeof data, ",upperdir=/proc/self/fd/");
   off = append(data, off, sizeof data, fdbuf);
   off = append(data, off, sizeof data, "/upper,workdir=/proc/self/fd/");
@@ -109,7 +103,9 @@ static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const cha
   off = append(data, off, sizeof data, "/work");
   if (off + 1 >= sizeof data) return -E2BIG;
   *where = p.lowerdirs.c_str();
-  int r = (int)rsys5(SYS_mount, "overlay", p.root_mountpoint.c_str(), "overlay", MS_NOSUID | MS_NODEV, data);
+  int r = (int)rsys1(SYS_chdir, p.layers_dir.c_str());
+  if (r == 0) r = (int)rsys5(SYS_mount, "overlay", p.root_mountpoint.c_str(), "overlay", MS_NOSUID | MS_NODEV, data);
+  rsys1(SYS_chdir, "/");
   if (r < 0) return r;
   int fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0) return fd;

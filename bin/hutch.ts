@@ -205,8 +205,10 @@ async function main(): Promise<number> {
       await store.remove(rest[0]);
       return 0;
     case 'prune': {
-      const r = await store.prune();
-      process.stdout.write(`removed ${(r.removedBytes / 1e6).toFixed(1)} MB\n`);
+      // Everything crashed hutch processes left: cgroups, links and rules, store leftovers.
+      const { pruneAll } = await import('../lib/prune.js');
+      const r = await pruneAll({ store });
+      process.stdout.write(`${JSON.stringify(r)}\n`);
       return 0;
     }
     case 'bench': {

@@ -12,7 +12,7 @@ import { HutchError, hostFailure } from './errors.js';
 
 const run = promisify(execFile);
 
-export type DiskMethod = 'project-quota' | 'loop';
+export type DiskMethod = 'project-quota' | 'loop' | 'directory';
 
 export interface PersistentDisk {
   /** Holds upper/ and work/ for overlay. */
@@ -62,6 +62,28 @@ async function makeLayerDirs(dir: string, r: { uid: number; gid: number }): Prom
     await fsp.mkdir(join(dir, d), { mode: 0o755 });
     await fsp.chown(join(dir, d), r.uid, r.gid);
   }
+}
+
+/**
+ * A plain directory in the store for the writable layer, without a size limit: for kernels
+ * before 6.6, whose tmpfs cannot keep the user.* xattrs overlay needs in its upper dir
+ * inside a user namespace, when no disk limit was asked for (with one, a loop image is used).
+ */
+export async function preparePlainUpper(storeRoot: string, id: string, r: { uid: number; gid: number }): Promise<PersistentDisk> {
+  const dir = join(storeRoot, 'sandboxes', id, 'disk');
+  try {
+    await fsp.mkdir(dir, { recursive: true, mode: 0o711 });
+    await makeLayerDirs(dir, r);
+  } catch (e) {
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    throw hostFailure('ESETUP', `making the writable layer under ${dir}`, e);
+  }
+  return {
+    upperDir: dir,
+    method: 'directory',
+    device: mountOf(dir)?.device ?? '0:0',
+    release: () => fsp.rm(dir, { recursive: true, force: true }),
+  };
 }
 
 /** Makes the layer of sandbox `id` under `<store>/sandboxes/<id>/disk`, `bytes` big. */

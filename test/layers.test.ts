@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { release } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
 
@@ -27,6 +28,12 @@ describe('images with many layers', () => {
       }
       const img = await store.build({ dockerfile: df, context: ctx, tag: `layers-${n}` });
       expect(img.layers.length).toBe(2 * n + 1);
+      const [maj, min] = release().split('.').map(Number);
+      if (img.layers.length > 60 && !(maj! > 6 || (maj === 6 && min! >= 8))) {
+        // Before 6.8 the layer list goes in mount(2)'s one page: refused up front, naming why.
+        await expect(Sandbox.run({ image: `layers-${n}`, store, command: 'true' })).rejects.toMatchObject({ code: 'EUNSUPPORTED', message: expect.stringMatching(/layers/) });
+        return;
+      }
       const r = await Sandbox.run({ image: `layers-${n}`, store, command: 'ls /l | wc -l; cat /l/top', encoding: 'utf8' });
       expect(r.stderr).toBe('');
       expect(r.stdout).toBe(`${n + 1}\n${n - 1}`);
