@@ -569,8 +569,17 @@ export class ImageStore {
     // image, or this check sees the record gone.
     const hex = imageId.replace(/^sha256:/, '');
     const dir = this.path('sandboxes', sandboxId);
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    await this.writeJson(join(dir, 'owner.json'), { image: `sha256:${hex}`, ...owner });
+    // The record's dir appears whole (made in tmp/, renamed into place): sandboxes/ never holds
+    // an empty one that a prune could take for a crashed sandbox's while we fill it.
+    const tmp = this.path('tmp', `rec-${ownerTag()}-${randomBytes(6).toString('hex')}`);
+    await fsp.mkdir(tmp, { mode: 0o711 });
+    await fsp.writeFile(join(tmp, 'owner.json'), JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n', { mode: 0o600 });
+    try {
+      await fsp.rename(tmp, dir);
+    } catch (e) {
+      await fsp.rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
     try {
       await fsp.access(this.path('images', `${hex}.json`));
     } catch {
@@ -583,8 +592,14 @@ export class ImageStore {
   async release(sandboxId: string): Promise<void> {
     if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
     const dir = this.path('sandboxes', sandboxId);
-    await fsp.rm(join(dir, 'owner.json'), { force: true });
-    await fsp.rmdir(dir).catch(() => undefined);
+    // Out of sandboxes/ in one step, then removed: never a half-removed record there.
+    const gone = this.path('tmp', `rel-${ownerTag()}-${randomBytes(6).toString('hex')}`);
+    try {
+      await fsp.rename(dir, gone);
+    } catch {
+      return;
+    }
+    await fsp.rm(gone, { recursive: true, force: true });
   }
 
   // ---- internals ----------------------------------------------------------------------
