@@ -76,6 +76,7 @@ export async function extractLayer(
   let tree: string | null = null;
   let stats: LayerStats | null = null;
   let reading: BlobReading | undefined;
+  let ex: LayerExtractor | undefined;
   try {
     reading = await openBlob(source, {
       compression: o.compression,
@@ -91,11 +92,13 @@ export async function extractLayer(
       for await (const _ of reading.plain) void _;
     } else {
       tree = join(op.dir, `l-${n}`);
-      const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
-      await readTar(reading.plain, (e) => ex.entry(e), o.label);
-      stats = await ex.finish();
+      ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
+      const x = ex;
+      await readTar(reading.plain, (e) => x.entry(e), o.label);
+      stats = await x.finish();
     }
   } finally {
+    ex?.close();
     closeFd();
   }
   const digest = `sha256:${reading.raw.hash.digest('hex')}`;
@@ -160,6 +163,7 @@ async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buf
   const fd = openSync(rawFile, 'wx', 0o600);
   let reading: BlobReading | undefined;
   let stats: LayerStats;
+  let ex: LayerExtractor | undefined;
   try {
     reading = await openBlob(chunks, {
       maxBytes: store.limits.maxBytes,
@@ -170,10 +174,12 @@ async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buf
         onProgress?.({ phase: 'extract', current: reading ? reading.raw.bytes : 0, ...(total !== undefined ? { total } : {}) });
       },
     });
-    const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label });
-    await readTar(reading.plain, (e) => ex.entry(e), label);
-    stats = await ex.finish();
+    ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label });
+    const x = ex;
+    await readTar(reading.plain, (e) => x.entry(e), label);
+    stats = await x.finish();
   } finally {
+    ex?.close();
     closeSync(fd);
   }
   for (const marker of ['manifest.json', 'index.json', 'oci-layout']) {

@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { HutchError, invalid } from '../errors.js';
+import { HutchError, hostFailure, invalid } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
@@ -42,6 +42,15 @@ export interface ImageStoreOptions {
 
 const ID_PREFIX = /^[0-9a-f]{12,64}$/;
 const TAG = /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/;
+
+/** A filesystem failure of the store (a full disk, EMFILE...) as a HutchError keeping the cause. */
+function storeFailure(root: string, what: string, e: unknown): unknown {
+  if (HutchError.is(e)) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (typeof code !== 'string') return e;
+  const hint = code === 'ENOSPC' ? '; the store\'s disk is full: free space or run ImageStore.prune()' : '';
+  return hostFailure('ESETUP', `${what} into the store ${root} failed${hint}`, e);
+}
 
 /** Directory permissions: see docs/images.md, "Ownership". */
 const SHARED_DIRS = ['layers', 'sandboxes'];
@@ -315,6 +324,8 @@ export class ImageStore {
       const pending = await importSource(this, op, source, options.onProgress);
       if (options.tag !== undefined) pending.tags = [options.tag];
       return await this.commit(op, pending);
+    } catch (e) {
+      throw storeFailure(this.root, 'import', e);
     } finally {
       await op.close();
     }

@@ -112,10 +112,21 @@ export class LayerExtractor {
   private readonly opaque = new Set<string>();
   private readonly stats: LayerStats = { sizeBytes: 0, entries: 0, skippedDevices: 0, whiteouts: 0, opaqueDirs: 0 };
   private readonly now = Math.floor(Date.now() / 1000);
+  /** Files being written: an extraction stopped mid-entry (a full disk elsewhere, a bad archive) closes them in close(). */
+  private readonly open = new Set<() => void>();
 
   constructor(private readonly dir: string, private readonly opts: ExtractOptions) {
     mkdirSync(dir, { mode: 0o700 });
     this.dirMeta.set('', { mode: 0o755, uid: 0, gid: 0, mtime: this.now });
+  }
+
+  /** Closes the files of entries that never ended. Idempotent; call it however extraction ends. */
+  close(): void {
+    for (const c of [...this.open]) {
+      try {
+        c();
+      } catch {}
+    }
   }
 
   private abs(rel: string): string {
@@ -245,14 +256,21 @@ export class LayerExtractor {
         const close = () => {
           if (open) {
             open = false;
+            this.open.delete(close);
             closeSync(fd);
           }
         };
+        this.open.add(close);
         e.on('data', (chunk: Buffer) => {
           if (!open) return;
           this.stats.sizeBytes += chunk.length;
           let off = 0;
-          while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+          try {
+            while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+          } catch (err) {
+            close(); // a full disk must not leak the fd; the extraction fails with the error
+            throw err;
+          }
         });
         e.on('end', () => {
           if (!open) return;
