@@ -61,6 +61,8 @@
   if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
   mnt_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
   if (mnt_fd < 0) die_step(p.err_fd, STEP_ROOT_ATTACH, mnt_fd, p.root_mountpoint.c_str());
+  int parent_fd = (int)rsys4(SYS_openat, mnt_fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (parent_fd < 0) die_step(p.err_fd, STEP_ROOT_ATTACH, parent_fd, p.root_mountpoint.c_str());
   if (!p.upper_dir.empty()) {
     persistent_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.upper_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (persistent_fd < 0) die_step(p.err_fd, STEP_SCRATCH, persistent_fd, p.upper_dir.c_str());
@@ -74,7 +76,7 @@
   // The cgroup namespace is made by init at the first exec (see init.c, start_exec).
 
   CHECK(STEP_SCRATCH, scratch_in_child(p, persistent_fd, &scratch_fd), p.upper_dir.empty() ? "tmpfs" : p.upper_dir.c_str());
-  r = overlay_finish_in_child(p, ovl_fs, scratch_fd, mnt_fd, &root_fd, &where);
+  r = overlay_finish_in_child(p, ovl_fs, scratch_fd, mnt_fd, parent_fd, &root_fd, &where);
   if (r < 0) die_step(p.err_fd, where == p.root_mountpoint.c_str() ? STEP_ROOT_ATTACH : STEP_OVERLAY, r, where);
   r = binds_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);

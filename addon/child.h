@@ -9,7 +9,8 @@
 
 int overlay_begin_in_child(const plan &p, int *fs_out, const char **where);
 int scratch_in_child(const plan &p, int persistent_fd, int *scratch_fd);
-int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, int *root_fd, const char **where);
+int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, int parent_fd, int *root_fd,
+                            const char **where);
 int resolve_in_root(int root_fd, const char *rel, bool create, bool is_file, int *out_fd);
 int binds_in_child(const plan &p, int root_fd, const char **where);
 int proc_in_child(int root_fd);

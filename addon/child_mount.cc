@@ -84,7 +84,20 @@ static size_t append(char *buf, size_t off, size_t cap, const char *s) {
 
 // child; raw syscalls. Before 6.8 (no "lowerdir+"): the legacy mount(2) data string, at the
 // root mountpoint, with absolute layer paths and the scratch dirs through /proc/self/fd.
-static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const char **where) {
+static int fd_path(char *buf, int fd) {
+  // "/proc/self/fd/<fd>": a magic link mount(2) follows to the object itself.
+  static const char pre[] = "/proc/self/fd/";
+  size_t off = 0;
+  for (const char *q = pre; *q; q++) buf[off++] = *q;
+  char rev[16];
+  int k = 0;
+  for (int v = fd; v > 0 || k == 0; v /= 10) rev[k++] = (char)('0' + v % 10);
+  while (k > 0) buf[off++] = rev[--k];
+  buf[off] = 0;
+  return 0;
+}
+
+static int overlay_legacy(const plan &p, int scratch_fd, int mnt_fd, int parent_fd, int *root_fd, const char **where) {
   static char data[65536];  // the setup child's own copy (CLONE_VM: only this child writes it before exec)
   char fdbuf[16];
   int k = 0;
@@ -103,11 +116,17 @@ static int overlay_legacy(const plan &p, int scratch_fd, int *root_fd, const cha
   off = append(data, off, sizeof data, "/work");
   if (off + 1 >= sizeof data) return -E2BIG;
   *where = p.lowerdirs.c_str();
-  int r = (int)rsys1(SYS_chdir, p.layers_dir.c_str());
-  if (r == 0) r = (int)rsys5(SYS_mount, "overlay", p.root_mountpoint.c_str(), "overlay", MS_NOSUID | MS_NODEV, data);
+  // The target and its parent were opened with host root's ids (overlay_begin_in_child's
+  // caller): the store's ancestors may be closed to the sandbox's range.
+  char target[32];
+  fd_path(target, mnt_fd);
+  int r = (int)rsys5(SYS_mount, "overlay", target, "overlay", MS_NOSUID | MS_NODEV, data);
   rsys1(SYS_chdir, "/");
   if (r < 0) return r;
-  int fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  const char *name = p.root_mountpoint.c_str();
+  for (const char *q = name; *q; q++)
+    if (*q == '/') name = q + 1;
+  int fd = (int)rsys4(SYS_openat, parent_fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0) return fd;
   *root_fd = fd;
   return 1;  // attached already
@@ -123,8 +142,14 @@ int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
   *where = "overlay";
   *fs_out = -1;
   // Before 6.5 overlay parses its options only at creation (the legacy adapter accepts any
-  // key), and "lowerdir+" came in 6.8: lib/ tells us which path this kernel takes.
-  if (p.legacy_overlay) return 0;
+  // key), and "lowerdir+" came in 6.8: lib/ tells us which path this kernel takes. On the
+  // legacy path we enter the layers dir now, with host root's ids, and stay there: mount(2)
+  // resolves the relative layer names from here later, with the sandbox's.
+  if (p.legacy_overlay) {
+    int r = (int)rsys1(SYS_chdir, p.layers_dir.c_str());
+    if (r < 0) *where = p.layers_dir.c_str();
+    return r;
+  }
   int fs = (int)rsys2(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0) return fs;
   int r = (int)rsys5(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", nullptr, 0);
@@ -168,10 +193,11 @@ int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
 // credentials at creation: copy-ups must belong to the sandbox). Adds upper and work from the
 // scratch fs, creates the overlay and attaches it at the mountpoint opened earlier.
 // Returns 0 and the root's fd in *root_fd, or -errno.
-int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, int *root_fd, const char **where) {
+int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, int parent_fd, int *root_fd,
+                            const char **where) {
   *where = "overlay";
   if (fs < 0) {
-    int r = overlay_legacy(p, scratch_fd, root_fd, where);
+    int r = overlay_legacy(p, scratch_fd, mnt_fd, parent_fd, root_fd, where);
     return r < 0 ? r : 0;
   }
   int r = (int)rsys1(SYS_fchdir, scratch_fd);
