@@ -70,7 +70,9 @@ export class SandboxPool {
     const o = plainObject('options', options, 'an object of PoolOptions with a size');
     const { size, idleMs, ...rest } = o;
     if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || size > 10000) throw invalid('size', 'an integer from 0 to 10000', size);
-    if (idleMs !== undefined && (typeof idleMs !== 'number' || !(idleMs > 0))) throw invalid('idleMs', 'a positive number of ms', idleMs);
+    if (idleMs !== undefined && (typeof idleMs !== 'number' || !(idleMs > 0) || idleMs > 2 ** 31 - 1)) {
+      throw invalid('idleMs', 'a number of ms from 1 to 2147483647', idleMs);
+    }
     if ('signal' in rest) throw invalid('signal', 'no signal: a pool lives until close()', rest.signal);
     this.opts = resolveSandboxOptions(rest, POOL_KEYS);
     this.size = size;

@@ -189,7 +189,15 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private oomSeen = 0;
   private readonly onAbort = (): void => void this.destroy();
 
-  private constructor(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: Spawned, cgroup: SandboxCgroup | null) {
+  private constructor(
+    id: string,
+    opts: ResolvedSandboxOptions,
+    store: ImageStore,
+    image: ResolvedImage,
+    spawned: Spawned,
+    cgroup: SandboxCgroup | null,
+    seccomp: Buffer | null,
+  ) {
     super();
     this.id = id;
     this.opts = opts;
@@ -199,7 +207,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     this.pid = spawned.pid;
     this.cgroup = cgroup;
     this.caps = capabilityMask(opts.capabilities);
-    this.seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
+    this.seccomp = seccomp;
     const env = new Map<string, string>();
     for (const kv of image.image.config.env) {
       const i = kv.indexOf('=');
@@ -241,6 +249,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (opts.signal?.aborted) throw abortError(opts.signal);
     const tr = new Trace('create');
     const n = native();
+    // Planning that can still refuse (a profile too large for BPF...) runs before anything is made.
+    const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
     const image = await resolveCached(store, opts.image);
     tr.mark('resolve');
@@ -339,7 +349,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       throw e;
     }
     n.close(spawned.errFd);
-    const sb = new Sandbox(id, opts, store, image, spawned, cgroup);
+    const sb = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
     sb.disk = disk;
     sb.ids = ids;
     sb.watch();

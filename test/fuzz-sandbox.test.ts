@@ -9,6 +9,7 @@ import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HutchError, ImageStore, Sandbox } from '../lib/index.js';
+import { settleNetwork } from '../lib/network/index.js';
 import { tarBuffer, type TarEntry, type TarEntryType } from '../lib/image/tarwriter.js';
 import { isRoot, needs } from './helpers/require.js';
 import { cgroupsUnder, entries, leases, privateCgroupParent, removeCgroupParent, rmRoot, tempRoot } from './helpers/reliability.js';
@@ -147,6 +148,8 @@ describe.skipIf(skip)('random options on the real kernel', () => {
       { numRuns: RUNS },
     );
     expect(cgroupsUnder(parent)).toEqual([]);
+    // Links are deleted in the background after destroy: wait for that before looking.
+    await settleNetwork();
     expect(leases().filter((l) => l.ownerPid === process.pid)).toEqual([]);
     expect(entries(root, 'sandboxes')).toEqual([]);
   }, 120_000);
