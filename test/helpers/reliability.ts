@@ -159,8 +159,22 @@ export function fdCount(): number {
 
 /** Namespace inodes held by processes: `/proc/<pid>/ns/*` links of every process. */
 export function namespaceInodes(): Set<string> {
+  // Only this process and its descendants: namespace inode numbers are recycled, so another
+  // test file's sandboxes (other workers' children) may carry a number one of ours had.
+  const parent = new Map<string, string>();
+  const pids = readdirSync('/proc').filter((x) => /^\d+$/.test(x));
+  for (const p of pids) {
+    try {
+      const st = readFileSync(`/proc/${p}/stat`, 'utf8');
+      parent.set(p, st.slice(st.lastIndexOf(')') + 2).split(' ')[1]!);
+    } catch {}
+  }
+  const mine = (p: string): boolean => {
+    for (let q: string | undefined = p, i = 0; q && i < 64; q = parent.get(q), i++) if (q === String(process.pid)) return true;
+    return false;
+  };
   const s = new Set<string>();
-  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+  for (const p of pids.filter(mine)) {
     try {
       for (const n of readdirSync(`/proc/${p}/ns`)) {
         try {
