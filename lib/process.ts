@@ -3,6 +3,7 @@
  * output cap, kill) and its usage, in the one ExecResult shape (execa's lesson: every way a
  * command ends is a result; only hutch's own failures reject).
  */
+import { openSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
@@ -158,6 +159,12 @@ export function signalName(n: number): NodeJS.Signals | null {
   return null;
 }
 
+let devNullFd = -1;
+function devNull(): number {
+  if (devNullFd < 0) devNullFd = openSync('/dev/null', 'r'); // close-on-exec, as Node opens files
+  return devNullFd;
+}
+
 function pipeOrThrow(): [number, number] {
   const p = native().pipe();
   if (isFailure(p)) throw setupError({ step: 'fds', errno: p.errno });
@@ -214,21 +221,23 @@ export class ProcessState implements SandboxProcess {
   /** Makes the pipes, sends the request with the child's ends, keeps ours as streams. */
   start(message: (id: number) => Buffer): void {
     const n = native();
-    const pin = pipeOrThrow();
+    // An exec with no input reads /dev/null: one fd kept for all, no pipe and no stream.
+    const noInput = this.opts.capture && this.opts.stdin === undefined;
+    const pin: [number, number] = noInput ? [devNull(), -1] : pipeOrThrow();
     let pout: [number, number] | undefined, perr: [number, number] | undefined;
     try {
       pout = pipeOrThrow();
       perr = pipeOrThrow();
       this.host.sendExec(this.id, message(this.id), [pin[0], pout[1], perr[1]]);
     } catch (e) {
-      for (const fd of [...pin, ...(pout ?? []), ...(perr ?? [])]) n.close(fd);
+      for (const fd of [...(noInput ? [] : pin), ...(pout ?? []), ...(perr ?? [])]) n.close(fd);
       throw e;
     }
-    n.close(pin[0]);
+    if (!noInput) n.close(pin[0]);
     n.close(pout[1]);
     n.close(perr[1]);
     this.oomBefore = this.host.cgroup?.oomKills() ?? 0;
-    const stdin = new Socket({ fd: pin[1], readable: false, writable: true });
+    const stdin: Writable = noInput ? new Writable({ write: (_c, _e, cb) => cb() }) : new Socket({ fd: pin[1], readable: false, writable: true });
     stdin.on('error', () => undefined); // EPIPE when the process does not read its input
     const stdout = new Socket({ fd: pout[0], readable: true, writable: false });
     const stderr = new Socket({ fd: perr[0], readable: true, writable: false });
@@ -243,7 +252,7 @@ export class ProcessState implements SandboxProcess {
     }
     const src = this.opts.stdin;
     if (this.opts.capture) {
-      if (src === undefined) stdin.end();
+      if (src === undefined) stdin.destroy();
       else if (typeof src === 'string' || src instanceof Uint8Array) stdin.end(src);
       else (src as NodeJS.ReadableStream).pipe(stdin);
     }
