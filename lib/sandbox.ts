@@ -3,15 +3,13 @@
  * socket, files, stats, destroy. API.md is the contract.
  */
 import { randomBytes } from 'node:crypto';
-import { release as osRelease } from 'node:os';
-import { closeSync, constants as fsc, fstatSync, mkdirSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
-import { HutchError, hostFailure, invalid } from './errors.js';
-import { writeFile } from 'node:fs/promises';
+import { HutchError, invalid } from './errors.js';
 import { RANGE_SIZE } from './identity.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
-import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
+import { isFailure, native, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import { capabilityMask } from './capabilities.js';
@@ -29,18 +27,9 @@ import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, ty
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
+import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, TMPFS_USER_XATTR, imageUser, resolveCached, rootMountpoint } from './plan.js';
+import { attachV1, isDirFd, killAndReap, waitSetup } from './spawn.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
-
-function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(osRelease());
-  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
-}
-/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
-const KERNEL_HAS_LOWERDIR_PLUS = kernelAtLeast(6, 8);
-/** tmpfs keeps user.* xattrs (overlay's upper dir in a user namespace needs them) from 6.6. */
-const TMPFS_USER_XATTR = kernelAtLeast(6, 6);
-/** mount(2)'s data is one page: the legacy overlay path holds this much layer list. */
-const LEGACY_LOWERDIRS_MAX = 4096 - 128;
 
 /**
  * Default size of the writable layer, 1 GiB (a tmpfs, charged to the sandbox's memory as it
@@ -60,36 +49,6 @@ const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/lat
 const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
 
 let defaultStore: ImageStore | undefined;
-const mountpoints = new Map<string, string>();
-
-function rootMountpoint(store: ImageStore): string {
-  let p = mountpoints.get(store.root);
-  if (!p) {
-    p = join(store.root, 'mnt');
-    mkdirSync(p, { recursive: true, mode: 0o755 });
-    mountpoints.set(store.root, p);
-  }
-  return p;
-}
-
-/**
- * Resolutions of image refs, kept a second: repeated creates of one image (the hot path of a
- * code runner) skip the store's reads. Safe when stale: markInUse checks the image record
- * again, and a layer removed meanwhile fails the overlay step with its name.
- */
-const resolved = new Map<string, { at: number; value: ResolvedImage }>();
-const RESOLVE_TTL_MS = 1000;
-
-async function resolveCached(store: ImageStore, ref: string | Image): Promise<ResolvedImage> {
-  const key = `${store.root}\0${typeof ref === 'string' ? ref : ref.id}`;
-  const hit = resolved.get(key);
-  const now = performance.now();
-  if (hit && now - hit.at < RESOLVE_TTL_MS) return hit.value;
-  const value = await store.resolve(ref);
-  if (resolved.size > 256) resolved.clear();
-  resolved.set(key, { at: now, value });
-  return value;
-}
 
 interface SandboxEvents {
   oom: [ResourceUsage];
@@ -99,32 +58,6 @@ interface SandboxEvents {
 
 function abortError(signal: AbortSignal): HutchError {
   return new HutchError('EDESTROYED', 'the sandbox was aborted through its AbortSignal', { cause: signal.reason });
-}
-
-/** Resolves the image's `User` ('uid', 'uid:gid', or a name in the image's /etc/passwd). */
-function imageUser(r: ResolvedImage): { uid: number; gid: number } | undefined {
-  const u = r.image.config.user;
-  if (!u) return undefined;
-  const m = /^(\d+)(?::(\d+))?$/.exec(u);
-  if (m) return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
-  const [name, group] = u.split(':');
-  for (const hex of r.lowerdirs) {
-    let text: string;
-    try {
-      text = readFileSync(join(r.layersDir, hex, 'etc', 'passwd'), 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n')) {
-      const f = line.split(':');
-      if (f[0] === name && f.length >= 4) {
-        const gid = group && /^\d+$/.test(group) ? Number(group) : Number(f[3]);
-        return { uid: Number(f[2]), gid };
-      }
-    }
-    break;
-  }
-  throw new HutchError('EINVAL', `the image's User '${u}' is not a uid and not a name in its /etc/passwd; pass user: 'uid:gid'`);
 }
 
 /**
@@ -799,74 +732,3 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 }
 
-function isDirFd(fd: number): boolean {
-  try {
-    return fstatSync(fd).isDirectory();
-  } catch {
-    return true;
-  }
-}
-
-/**
- * Joins the sandbox's init to its v1 cgroups (hybrid and v1 hosts; on v2 CLONE_INTO_CGROUP
- * placed it at clone). Done from the threadpool while the child sets up, not before: on v1
- * the first write to cgroup.procs after a quiet spell waits for an RCU grace period
- * (cgroup_threadgroup_rwsem), 5-10 ms here, which would otherwise sit on the critical path.
- * Nothing of the sandbox runs before create() resolves, and that waits for this; the setup
- * itself (a few mounts, no user memory) is charged to the caller's cgroups.
- */
-async function attachV1(files: readonly string[], pid: number): Promise<HutchError | null> {
-  for (const f of files) {
-    try {
-      await writeFile(f, String(pid));
-    } catch (e) {
-      return hostFailure('ESETUP', `joining the sandbox's cgroup ${f}`, e);
-    }
-  }
-  return null;
-}
-
-/** Waits for the child's setup: EOF on the error pipe (init was exec'd) or its error record. */
-function waitSetup(s: Spawned): Promise<NativeFailure | null> {
-  const n = native();
-  return new Promise((resolve) => {
-    const check = (): boolean => {
-      const r = n.readSetupError(s.errFd, s.pid);
-      if (r === undefined) return false;
-      resolve(r === null ? null : isFailure(r) ? r : null);
-      return true;
-    };
-    if (check()) return;
-    const w = new n.Watch(s.errFd, () => {
-      if (check()) {
-        w.close();
-        setupWatches.delete(s);
-      }
-    });
-    setupWatches.set(s, w);
-  });
-}
-
-/** Watches still open on error pipes: closed before their fd is (a reused fd number would
- * otherwise meet a stale watch in libuv). */
-const setupWatches = new WeakMap<Spawned, Watch>();
-
-async function killAndReap(s: Spawned): Promise<void> {
-  const n = native();
-  n.pidfdKill(s.pidfd, 9);
-  setupWatches.get(s)?.close();
-  setupWatches.delete(s);
-  n.close(s.ctlFd);
-  n.close(s.errFd);
-  await new Promise<void>((resolve) => {
-    const done = (): boolean => n.reap(s.pidfd) !== null;
-    if (done()) return resolve();
-    const w = new n.Watch(s.pidfd, () => {
-      if (done()) {
-        w.close();
-        resolve();
-      }
-    });
-  });
-  n.close(s.pidfd);
-}

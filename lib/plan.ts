@@ -1,0 +1,79 @@
+/**
+ * Planning a sandbox from what the host and the store say: which kernel paths apply, where
+ * the root is attached, the image's resolution (kept a second) and its default user.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { release as osRelease } from 'node:os';
+import { join } from 'node:path';
+import { HutchError } from './errors.js';
+import type { ImageStore } from './image/store.js';
+import type { Image, ResolvedImage } from './image/types.js';
+
+function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(osRelease());
+  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
+}
+/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
+export const KERNEL_HAS_LOWERDIR_PLUS = kernelAtLeast(6, 8);
+/** tmpfs keeps user.* xattrs (overlay's upper dir in a user namespace needs them) from 6.6. */
+export const TMPFS_USER_XATTR = kernelAtLeast(6, 6);
+/** mount(2)'s data is one page: the legacy overlay path holds this much layer list. */
+export const LEGACY_LOWERDIRS_MAX = 4096 - 128;
+
+const mountpoints = new Map<string, string>();
+
+export function rootMountpoint(store: ImageStore): string {
+  let p = mountpoints.get(store.root);
+  if (!p) {
+    p = join(store.root, 'mnt');
+    mkdirSync(p, { recursive: true, mode: 0o755 });
+    mountpoints.set(store.root, p);
+  }
+  return p;
+}
+
+/**
+ * Resolutions of image refs, kept a second: repeated creates of one image (the hot path of a
+ * code runner) skip the store's reads. Safe when stale: markInUse checks the image record
+ * again, and a layer removed meanwhile fails the overlay step with its name.
+ */
+const resolved = new Map<string, { at: number; value: ResolvedImage }>();
+const RESOLVE_TTL_MS = 1000;
+
+export async function resolveCached(store: ImageStore, ref: string | Image): Promise<ResolvedImage> {
+  const key = `${store.root}\0${typeof ref === 'string' ? ref : ref.id}`;
+  const hit = resolved.get(key);
+  const now = performance.now();
+  if (hit && now - hit.at < RESOLVE_TTL_MS) return hit.value;
+  const value = await store.resolve(ref);
+  if (resolved.size > 256) resolved.clear();
+  resolved.set(key, { at: now, value });
+  return value;
+}
+
+/** Resolves the image's `User` ('uid', 'uid:gid', or a name in the image's /etc/passwd). */
+export function imageUser(r: ResolvedImage): { uid: number; gid: number } | undefined {
+  const u = r.image.config.user;
+  if (!u) return undefined;
+  const m = /^(\d+)(?::(\d+))?$/.exec(u);
+  if (m) return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
+  const [name, group] = u.split(':');
+  for (const hex of r.lowerdirs) {
+    let text: string;
+    try {
+      text = readFileSync(join(r.layersDir, hex, 'etc', 'passwd'), 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      const f = line.split(':');
+      if (f[0] === name && f.length >= 4) {
+        const gid = group && /^\d+$/.test(group) ? Number(group) : Number(f[3]);
+        return { uid: Number(f[2]), gid };
+      }
+    }
+    break;
+  }
+  throw new HutchError('EINVAL', `the image's User '${u}' is not a uid and not a name in its /etc/passwd; pass user: 'uid:gid'`);
+}
+
