@@ -1,10 +1,12 @@
 import { defineConfig } from 'vitest/config';
+import { TIMING_FILES } from './vitest.timing.config.js';
 
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     // test/vm/ needs a kernel this host lacks: .ci/run runs it under ../shared/tools/v2vm.
-    exclude: ['test/vm/**', '**/node_modules/**'],
+    // Clock-measuring tests run after, alone: vitest.timing.config.ts.
+    exclude: ['test/vm/**', '**/node_modules/**', ...TIMING_FILES],
     // The suite ends by checking that no hutch cgroup, mount, netns, veth or process is left.
     globalSetup: ['test/helpers/global-setup.ts'],
     testTimeout: 60_000,
