@@ -212,6 +212,9 @@ async function main(): Promise<number> {
       return 0;
     }
     case 'bench': {
+      // The benchmark reads its own flags from argv (hutch bench --quick = npm run bench -- --quick)
+      // and exits by itself when done.
+      process.argv.splice(2, 1);
       // @ts-ignore the bench entry is compiled beside this file
       await import('../bench/startup.js');
       return 0;
