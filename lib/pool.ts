@@ -138,12 +138,18 @@ export class SandboxPool {
    * ```
    */
   async acquire(): Promise<Sandbox> {
+    return this.take(true);
+  }
+
+  /** A ready sandbox (or a new one); refills now, or leaves that to the caller. */
+  private async take(refill: boolean): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the pool is closed; create a new one');
     this.touch();
-    const sb = this.ready.shift();
-    this.fill();
-    if (sb && sb.state === 'running') return sb;
-    if (sb) return this.acquire();
+    for (let sb = this.ready.shift(); sb; sb = this.ready.shift()) {
+      if (refill) this.fill();
+      if (sb.state === 'running') return sb;
+    }
+    if (refill) this.fill();
     return this.create();
   }
 
@@ -161,11 +167,14 @@ export class SandboxPool {
    */
   async run(command: string[] | string, options?: ExecOptions): Promise<ExecResult> {
     const o = resolveExecOptions(options, 'exec');
-    const sb = await this.acquire();
+    // The refill starts once the command has ended: its clone and setup would otherwise share
+    // the event loop (and, on 2 cores, the CPU) with the command the caller is waiting for.
+    const sb = await this.take(false);
     try {
       return await sb.execResolved(command, o);
     } finally {
       this.track(sb.destroy());
+      this.fill();
     }
   }
 
