@@ -12,15 +12,13 @@ import { ImageStore } from '../lib/image/store.js';
 import { tarBuffer } from '../lib/image/tarwriter.js';
 import type { Progress } from '../lib/image/types.js';
 import { isRoot, needs } from './helpers/require.js';
+import { debianTarball, has } from './helpers/tools.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-import-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 let n = 0;
 function newStore(): ImageStore {
   return new ImageStore({ root: join(work, `store-${n++}`) });
-}
-function has(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 }
 function run(cmd: string, args: string[], cwd = work): string {
   return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -229,24 +227,6 @@ describe('rootfs tarballs and the layer rules', () => {
   });
 });
 
-/** debootstrap --variant=minbase, cached between runs (outside the checkout). */
-const CACHE = process.env.HUTCH_TEST_CACHE ?? '/var/cache/hutch-test';
-const DEBIAN = join(CACHE, 'debian-bookworm-minbase.tar.gz');
-function debianTarball(): string | undefined {
-  if (existsSync(DEBIAN)) return DEBIAN;
-  if (!isRoot || !has('debootstrap')) return undefined;
-  const dir = join(CACHE, `rootfs-${process.pid}`);
-  mkdirSync(CACHE, { recursive: true });
-  const r = spawnSync('debootstrap', ['--variant=minbase', 'bookworm', dir, 'http://deb.debian.org/debian'], { stdio: 'ignore', timeout: 900_000 });
-  try {
-    if (r.status !== 0) return undefined;
-    execFileSync('tar', ['-C', dir, '--numeric-owner', '-czf', `${DEBIAN}.part`, '.']);
-    execFileSync('mv', [`${DEBIAN}.part`, DEBIAN]);
-    return DEBIAN;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 describe('a Debian rootfs', () => {
   const tarball = debianTarball();

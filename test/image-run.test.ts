@@ -1,11 +1,12 @@
 // Commands run inside imported images: an OCI layout made by umoci, the same image converted by
 // skopeo to a docker archive, and a Debian rootfs made by debootstrap (cached between runs).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
 import { isRoot, needs } from './helpers/require.js';
+import { debianTarball, has } from './helpers/tools.js';
 
 const work = mkdtempSync('/tmp/hutch-test-run-');
 const storeRoot = mkdtempSync('/tmp/hutch-test-run-store-');
@@ -15,9 +16,6 @@ afterAll(() => {
   rmSync(storeRoot, { recursive: true, force: true });
 });
 
-function has(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-}
 function run(cmd: string, args: string[], cwd = work): string {
   return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
@@ -59,24 +57,6 @@ describe.skipIf(noRoot)('images made by other tools', () => {
   });
 });
 
-/** debootstrap --variant=minbase, cached between runs outside the checkout (as test/image-import.test.ts makes it). */
-const CACHE = process.env.HUTCH_TEST_CACHE ?? '/var/cache/hutch-test';
-const DEBIAN = join(CACHE, 'debian-bookworm-minbase.tar.gz');
-function debianTarball(): string | undefined {
-  if (existsSync(DEBIAN)) return DEBIAN;
-  if (!isRoot || !has('debootstrap')) return undefined;
-  const dir = join(CACHE, `rootfs-${process.pid}`);
-  mkdirSync(CACHE, { recursive: true });
-  const r = spawnSync('debootstrap', ['--variant=minbase', 'bookworm', dir, 'http://deb.debian.org/debian'], { stdio: 'ignore', timeout: 900_000 });
-  try {
-    if (r.status !== 0) return undefined;
-    execFileSync('tar', ['-C', dir, '--numeric-owner', '-czf', `${DEBIAN}.part`, '.']);
-    execFileSync('mv', [`${DEBIAN}.part`, DEBIAN]);
-    return DEBIAN;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 describe.skipIf(noRoot)('a Debian minbase rootfs', () => {
   const tarball = noRoot ? undefined : debianTarball();

@@ -1,34 +1,39 @@
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
-function walk(dir: string, depth: number, out: string[]): void {
-  if (depth < 0) return;
+/** hutch's cgroup subtree roots: directories under /sys/fs/cgroup whose name has "hutch". */
+export function subtreeRoots(dir = '/sys/fs/cgroup', depth = 5, out: string[] = []): string[] {
+  if (depth < 0) return out;
   let entries;
   try {
     entries = readdirSync(dir, { withFileTypes: true });
   } catch {
-    return;
+    return out;
   }
   for (const e of entries) {
     if (!e.isDirectory()) continue;
     const p = `${dir}/${e.name}`;
-    if (/hutch/.test(e.name)) {
-      // The subtree root itself may stay (empty); sandbox cgroups below it must not.
-      let kids: string[] = [];
-      try {
-        kids = readdirSync(p, { withFileTypes: true }).filter((k) => k.isDirectory()).map((k) => k.name);
-      } catch {}
-      for (const k of kids) out.push(`cgroup ${p}/${k}`);
-      continue;
-    }
-    walk(p, depth - 1, out);
+    if (/hutch/.test(e.name)) out.push(p);
+    else subtreeRoots(p, depth - 1, out);
+  }
+  return out;
+}
+
+function walk(out: string[]): void {
+  // The subtree roots themselves may stay (empty); sandbox cgroups below them must not.
+  for (const p of subtreeRoots()) {
+    let kids: string[] = [];
+    try {
+      kids = readdirSync(p, { withFileTypes: true }).filter((k) => k.isDirectory()).map((k) => k.name);
+    } catch {}
+    for (const k of kids) out.push(`cgroup ${p}/${k}`);
   }
 }
 
 /** Everything hutch may have left on the host: cgroups, mounts, links, processes. */
 export async function leftovers(): Promise<string[]> {
   const out: string[] = [];
-  walk('/sys/fs/cgroup', 5, out);
+  walk(out);
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     if (/hutch/.test(line)) out.push(`mount ${line}`);
   }

@@ -4,18 +4,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../lib/index.js';
 import { diskMethod } from '../../lib/disk.js';
 import { needs } from '../helpers/require.js';
+import { has } from '../helpers/tools.js';
 import { fillsAt } from '../helpers/disk.js';
 
 // Runs in the v2vm step of CI (Debian's 6.1 kernel has quota support; this project's CI host
 // kernel is built without CONFIG_QUOTA, so XFS refuses prjquota there).
-const has = (cmd: string) => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe('persistent writable layers on XFS with project quotas', () => {
   let root: string;
