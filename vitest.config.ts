@@ -9,6 +9,7 @@ export default defineConfig({
     exclude: ['test/vm/**', '**/node_modules/**', ...TIMING_FILES],
     // The suite ends by checking that no hutch cgroup, mount, netns, veth or process is left.
     globalSetup: ['test/helpers/global-setup.ts'],
+    setupFiles: ['test/helpers/settle.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     // One store for the whole suite (tests that need their own make a temp one).

@@ -9,6 +9,7 @@ export default defineConfig({
   test: {
     include: TIMING_FILES,
     globalSetup: ['test/helpers/global-setup.ts'],
+    setupFiles: ['test/helpers/settle.ts'],
     env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? '/var/tmp/hutch-test-store' },
     testTimeout: 60_000,
     hookTimeout: 60_000,

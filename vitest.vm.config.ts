@@ -7,6 +7,7 @@ export default defineConfig({
   test: {
     include: ['test/cgroup-v2.test.ts', 'test/vm/**/*.test.ts', 'test/layers.test.ts', 'test/namespaces.test.ts', 'test/limits.test.ts'],
     globalSetup: ['test/helpers/global-setup.ts'],
+    setupFiles: ['test/helpers/settle.ts'],
     env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? '/tmp/hutch-v2-store' },
     testTimeout: 600_000,
     hookTimeout: 600_000,

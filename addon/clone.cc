@@ -321,7 +321,7 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     }
   }
   std::string uid_map = get_str(o, "uidMap"), gid_map = get_str(o, "gidMap");
-  std::vector<std::string> procs = get_strs(o, "procsFiles");
+  p->join_paths = get_strs(o, "joinFiles");
   int cgroup_fd = get_int(o, "cgroupFd", -1);
   if (p->lowerdirs.empty() || p->layers_dir.empty() || p->root_mountpoint.empty() || uid_map.empty() ||
       gid_map.empty() || p->scratch_size.empty()) {
@@ -340,6 +340,19 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   p->init_argv.push_back(nullptr);
   p->init_envp.push_back(nullptr);
   p->init_fd = g_init_fd;
+
+  // The child writes to these itself (child.cc); they close in the parent right after clone.
+  struct fd_list {
+    std::vector<int> &fds;
+    ~fd_list() {
+      for (int fd : fds) close(fd);
+    }
+  } join_guard{p->join_fds};
+  for (const std::string &f : p->join_paths) {
+    int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return sys_failure(env, "cgroup", errno, f.c_str());
+    p->join_fds.push_back(fd);
+  }
 
   int sync[2], errp[2], ctl[2];
   if (pipe2(sync, O_CLOEXEC) < 0) return sys_failure(env, "clone", errno, "pipe2");
@@ -426,16 +439,6 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     r = write_file(path, gid_map.data(), gid_map.size());
   }
   if (r < 0) fail_step = "id_map", fail_err = r, fail_path = path;
-  if (!fail_step) {
-    std::string pidstr = std::to_string(pid);
-    for (const std::string &f : procs) {
-      r = write_file(f.c_str(), pidstr.data(), pidstr.size());
-      if (r < 0) {
-        fail_step = "cgroup", fail_err = r, fail_path = f;
-        break;
-      }
-    }
-  }
   if (fail_step) {
     sys_pidfd_send_signal(pidfd, SIGKILL);
     siginfo_t si;

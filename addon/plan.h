@@ -33,6 +33,8 @@ struct plan {
   int sync_fd = -1;    // child reads one byte: id maps (and v1 cgroups) are in place
   int err_fd = -1;     // child writes a setup_error record; close-on-exec, so EOF means exec happened
   int ctl_fd = -1;     // the child's end of the control socket; becomes fd 3 of init
+  std::vector<int> join_fds;  // v1 `tasks` files, opened by the parent: the child writes "0" to each
+  std::vector<std::string> join_paths;  // their paths, for the error record
   int parent_fds[3] = {-1, -1, -1};  // the parent's ends (sync write, error read, control): the
                                      // child closes its copies first, or the parent's death
                                      // would never reach it as EOF

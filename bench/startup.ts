@@ -8,7 +8,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ImageStore } from '../lib/index.js';
+import { ImageStore, Sandbox } from '../lib/index.js';
 import { hostRange } from '../lib/identity.js';
 import { parseArgs, USAGE, type BenchArgs } from './lib/args.js';
 import { cleanupAll, defer, installCleanupHandlers, undoMark, unwindTo } from './lib/cleanup.js';
@@ -133,6 +133,7 @@ try {
   process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
   code = 1;
 } finally {
+  await Sandbox.settle();
   await cleanupAll();
   const left = leftoverChildren();
   if (left.length > 0) {

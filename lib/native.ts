@@ -34,7 +34,8 @@ export interface SpawnPlan {
   uidMap: string;
   gidMap: string;
   cgroupFd: number;
-  procsFiles: string[];
+  /** v1 `tasks` files the child joins by writing "0" (see SandboxCgroup.joinFiles). */
+  joinFiles: string[];
 }
 
 export interface Spawned {

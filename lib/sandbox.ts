@@ -18,7 +18,7 @@ import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
 import { mergeExecLimits } from './limits.js';
 import { ImageStore } from './image/store.js';
 import type { Image, ResolvedImage } from './image/types.js';
-import { attachNetwork, releaseNetwork, hostsFile, type NetworkAttachment } from './network/index.js';
+import { attachNetwork, releaseNetwork, hostsFile, settleNetwork, type NetworkAttachment } from './network/index.js';
 import {
   RUN_KEYS, checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedExecOptions, type ResolvedSandboxOptions, type RunOptions, type SandboxOptions, type SpawnOptions,
@@ -28,7 +28,7 @@ import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, TMPFS_USER_XATTR, imageUser, resolveCached, rootMountpoint } from './plan.js';
-import { attachV1, isDirFd, killAndReap, waitSetup } from './spawn.js';
+import { isDirFd, killAndReap, waitSetup } from './spawn.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
 
 /**
@@ -49,6 +49,22 @@ const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/lat
 const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
 
 let defaultStore: ImageStore | undefined;
+
+/** Destroys that `Sandbox.run` started and did not wait for; `Sandbox.settle()` waits. */
+const backgroundDestroys = new Set<Promise<void>>();
+/** Their failures, reported by the next `Sandbox.settle()`. */
+let destroyFailures: unknown[] = [];
+
+function destroyInBackground(sb: Sandbox): void {
+  const p: Promise<void> = sb.destroy().then(
+    () => void backgroundDestroys.delete(p),
+    (e: unknown) => {
+      backgroundDestroys.delete(p);
+      destroyFailures.push(e);
+    },
+  );
+  backgroundDestroys.add(p);
+}
 
 interface SandboxEvents {
   oom: [ResourceUsage];
@@ -195,6 +211,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     }
     const id = randomBytes(6).toString('hex');
     const ids = acquireIds(image.layersDir);
+    tr.mark('ids');
     const fds: number[] = [];
     let cgroup: SandboxCgroup | null = null;
     let spawned: Spawned | undefined;
@@ -205,6 +222,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       // sandbox's cgroup or disk, made below, for a crashed one's.
       await store.markInUse(image.image.id, id);
       marked = true;
+      tr.mark('record');
       if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES, ids);
       else if (!TMPFS_USER_XATTR) {
         // Before 6.6 the writable layer goes to the store's disk: a loop image when a disk
@@ -242,6 +260,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         }
       }
       const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
+      tr.mark('trees');
       const s = n.spawn({
         hostname: opts.hostname ?? `hutch-${id}`,
         layersDir: image.layersDir,
@@ -258,20 +277,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
         gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
         cgroupFd: cgroup.cloneIntoFd ?? -1,
-        // v1 controllers are joined below, while the child sets up (see attachV1).
-        procsFiles: [],
+        // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
+        joinFiles: [...cgroup.joinFiles],
       });
       tr.mark('clone');
       for (const fd of fds.splice(0)) n.close(fd);
       if (isFailure(s)) throw setupError(s);
       spawned = s;
-      const [setup, attached] = await Promise.all([
-        waitSetup(s).then((x) => (tr.mark('setup'), x)),
-        attachV1(cgroup.procsFiles, s.pid).then((x) => (tr.mark('cgroup_attach'), x)),
-      ]);
-      tr.mark('mark');
+      const setup = await waitSetup(s);
+      tr.mark('setup');
       if (setup) throw setupError(setup);
-      if (attached) throw attached;
     } catch (e) {
       for (const fd of fds) n.close(fd);
       if (spawned) await killAndReap(spawned);
@@ -324,12 +339,41 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const opts = resolveSandboxOptions(options, RUN_KEYS);
     const exec = resolveExecOptions(options, 'run');
     const sb = await Sandbox.createResolved(opts);
+    let result: ExecResult;
     try {
       const command = options.command ?? sb.defaultCommand();
-      return await sb.execResolved(command, exec);
-    } finally {
+      result = await sb.execResolved(command, exec);
+    } catch (e) {
       await sb.destroy();
+      throw e;
     }
+    // Everything in the sandbox is killed now (destroy's first, synchronous step); the
+    // rest of the teardown (reaping, cgroup rmdir, releases) finishes off the caller's path.
+    destroyInBackground(sb);
+    return result;
+  }
+
+  /**
+   * Waits until every sandbox that {@link Sandbox.run} has finished with is torn down (its
+   * processes were killed before `run` resolved; the cgroup, writable layer, id range and
+   * network link are freed just after), and until the network's background releases are
+   * done. Rejects with the first teardown failure nobody has seen yet, then forgets it.
+   * Call it before checking that nothing is left, or before a planned `process.exit()`.
+   *
+   * @throws HutchError `ESETUP` with `step: 'destroy'` or `'network'`: a background teardown failed.
+   *
+   * @example
+   * ```ts
+   * await Sandbox.run({ image: 'busybox', command: 'true' });
+   * await Sandbox.settle(); // its cgroup is gone now
+   * ```
+   */
+  static async settle(): Promise<void> {
+    while (backgroundDestroys.size > 0) await Promise.all([...backgroundDestroys]);
+    const failures = destroyFailures;
+    destroyFailures = [];
+    await settleNetwork();
+    if (failures.length > 0) throw failures[0];
   }
 
   /**

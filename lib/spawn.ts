@@ -1,9 +1,8 @@
 /**
- * The parent's side of a sandbox's birth after clone: waiting for the child's setup, joining
- * its v1 cgroups meanwhile, and killing a half-made one.
+ * The parent's side of a sandbox's birth after clone: waiting for the child's setup, and
+ * killing a half-made one.
  */
 import { fstatSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { HutchError, hostFailure } from './errors.js';
 import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
 
@@ -13,25 +12,6 @@ export function isDirFd(fd: number): boolean {
   } catch {
     return true;
   }
-}
-
-/**
- * Joins the sandbox's init to its v1 cgroups (hybrid and v1 hosts; on v2 CLONE_INTO_CGROUP
- * placed it at clone). Done from the threadpool while the child sets up, not before: on v1
- * the first write to cgroup.procs after a quiet spell waits for an RCU grace period
- * (cgroup_threadgroup_rwsem), 5-10 ms here, which would otherwise sit on the critical path.
- * Nothing of the sandbox runs before create() resolves, and that waits for this; the setup
- * itself (a few mounts, no user memory) is charged to the caller's cgroups.
- */
-export async function attachV1(files: readonly string[], pid: number): Promise<HutchError | null> {
-  for (const f of files) {
-    try {
-      await writeFile(f, String(pid));
-    } catch (e) {
-      return hostFailure('ESETUP', `joining the sandbox's cgroup ${f}`, e);
-    }
-  }
-  return null;
 }
 
 /** Waits for the child's setup: EOF on the error pipe (init was exec'd) or its error record. */

@@ -151,6 +151,7 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
       // Join order: cpuset, memory, pids, cpu (cpuacct only on pure v1).
       const expected = ['cpuset', 'memory', 'pids', 'cpu'].map((c) => `${dirOf(c)}/cgroup.procs`);
       expect(cg.procsFiles.slice(0, 4)).toEqual(expected);
+      expect(cg.joinFiles.slice(0, 4)).toEqual(expected.map((f) => f.replace(/cgroup\.procs$/, 'tasks')));
       expect(read(dirOf('memory'), 'memory.limit_in_bytes')).toBe(`${64 * 2 ** 20}`);
       if (existsSync(`${dirOf('memory')}/memory.memsw.limit_in_bytes`) && host.swapActive) {
         // memorySwap defaults to 0: memory + swap = memory. (With no active swap the write is skipped.)
@@ -394,6 +395,28 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
       expect(read(cg.procsFiles[0]!.replace('/cgroup.procs', ''), 'cpuset.cpus')).toBe(cpu0);
     } finally {
       await cg.destroy();
+    }
+  });
+
+  it('a sandbox\'s init is in its v1 cgroups when create() resolves, and what it starts follows', async () => {
+    const { Sandbox } = await import('../lib/index.js');
+    const sb = await Sandbox.create({ image: 'busybox', limits: { memory: '64MiB', pids: 16 } });
+    try {
+      const inHost = (pid: number, ctrl: string) =>
+        readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => l.split(':')[1]!.split(',').includes(ctrl))!.split(':')[2];
+      for (const ctrl of ['memory', 'pids']) {
+        const mine = inHost(process.pid, ctrl)!.replace(/\/$/, '');
+        expect(inHost(sb.pid, ctrl)).toBe(`${mine}/hutch/${sb.id}`);
+        // The leaf's own accounting sees the sandbox's tasks: init, and a child it started.
+        const leaf = `${host.v1.get(ctrl)!.mount}${mine}/hutch/${sb.id}`;
+        const p = sb.spawn(['sleep', '30']);
+        await new Promise((r) => setTimeout(r, 50));
+        expect(read(leaf, 'tasks').split('\n').length).toBeGreaterThanOrEqual(2);
+        p.kill();
+        await p.result;
+      }
+    } finally {
+      await sb.destroy();
     }
   });
 

@@ -9,7 +9,10 @@ describe('Sandbox.commit', () => {
     root = mkdtempSync('/tmp/hutch-commit-');
     store = new ImageStore({ root });
   });
-  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  afterAll(async () => {
+    await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
+    rmSync(root, { recursive: true, force: true });
+  });
 
   it('turns the writable layer into a new image: added, changed and deleted files', async () => {
     await using sb = await Sandbox.create({ image: 'busybox', store });

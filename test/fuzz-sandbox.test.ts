@@ -25,7 +25,8 @@ writeFileSync(join(data, 'f'), 'x', { mode: 0o644 });
 chmodSync(data, 0o755);
 const counts: Record<string, { runs: number; ok: number; errors: Record<string, number> }> = {};
 
-afterAll(() => {
+afterAll(async () => {
+  await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
   rmRoot(root);
   rmSync(data, { recursive: true, force: true });
   removeCgroupParent(parent);

@@ -13,7 +13,8 @@ import { isRoot, needs } from './helpers/require.js';
 const work = mkdtempSync('/tmp/hutch-test-build-');
 // The store root is its own temp dir: the sandbox's root must be able to pass through it.
 const storeRoot = mkdtempSync('/tmp/hutch-test-build-store-');
-afterAll(() => {
+afterAll(async () => {
+  await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
   rmSync(work, { recursive: true, force: true });
   rmSync(storeRoot, { recursive: true, force: true });
 });

@@ -12,7 +12,10 @@ import { isRoot, needs } from './helpers/require.js';
 
 const root = mkdtempSync('/tmp/hutch-test-commit-');
 const store = new ImageStore({ root });
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+afterAll(async () => {
+  await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
+  rmSync(root, { recursive: true, force: true });
+});
 
 const skip = needs(isRoot, 'sandboxes need root');
 let committed: string | undefined;

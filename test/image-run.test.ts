@@ -11,7 +11,8 @@ import { debianTarball, has } from './helpers/tools.js';
 const work = mkdtempSync('/tmp/hutch-test-run-');
 const storeRoot = mkdtempSync('/tmp/hutch-test-run-store-');
 const store = new ImageStore({ root: storeRoot });
-afterAll(() => {
+afterAll(async () => {
+  await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
   rmSync(work, { recursive: true, force: true });
   rmSync(storeRoot, { recursive: true, force: true });
 });

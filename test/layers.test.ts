@@ -14,7 +14,8 @@ describe('images with many layers', () => {
     ctx = mkdtempSync('/tmp/hutch-layers-ctx-');
     store = new ImageStore({ root });
   });
-  afterAll(() => {
+  afterAll(async () => {
+    await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
     rmSync(root, { recursive: true, force: true });
     rmSync(ctx, { recursive: true, force: true });
   });

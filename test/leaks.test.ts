@@ -11,6 +11,7 @@ describe('leaks', () => {
     await Sandbox.run({ image: 'busybox', command: ['true'] });
     // ... and a burst, so that caches bounded by design (id-range namespaces) are full already.
     await Promise.all(Array.from({ length: 20 }, () => Sandbox.run({ image: 'busybox', command: 'echo hi' })));
+    await Sandbox.settle();
     const fds = fdCount();
     // Other test files run at the same time: look only for what this test's sandboxes left.
     const ids: string[] = [];
@@ -24,6 +25,7 @@ describe('leaks', () => {
     }
     // Concurrent ones too.
     await Promise.all(Array.from({ length: 20 }, () => Sandbox.run({ image: 'busybox', command: 'echo hi' })));
+    await Sandbox.settle();
     expect(fdCount()).toBe(fds);
     const pids = new Set<number>();
     const left = (await leftovers()).filter((l) => ids.some((id) => l.includes(id)));

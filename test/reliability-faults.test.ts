@@ -22,7 +22,8 @@ function newStore(tag: string): ImageStore {
   roots.push(r);
   return new ImageStore({ root: r });
 }
-afterAll(() => {
+afterAll(async () => {
+  await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
   for (const r of roots) rmRoot(r);
   removeCgroupParent(parent);
 });

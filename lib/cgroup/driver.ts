@@ -51,13 +51,19 @@ export interface SandboxCgroup {
    */
   readonly cloneIntoFd: number | null;
   /**
-   * v1 and hybrid: the cgroup.procs files the parent writes the child's pid into, in this
-   * array's order, after clone and before releasing the child (so nothing the child does
-   * escapes them). The order is cpuset first (the child's next allocations follow the
-   * sandbox's memory nodes), then memory (its charges go to the sandbox from then on),
-   * then pids, cpu, cpuacct, blkio. Empty on v2 (CLONE_INTO_CGROUP places the child).
+   * v1 and hybrid: the cgroup.procs file of each v1 leaf (kill and emptiness look there).
+   * Empty on v2.
    */
   readonly procsFiles: readonly string[];
+  /**
+   * v1 and hybrid: the `tasks` file of each v1 leaf, in join order: cpuset first (the
+   * child's next allocations follow the sandbox's memory nodes), then memory (its charges go
+   * to the sandbox from then on), then pids, cpu, cpuacct, blkio. The parent opens them and
+   * the setup child writes "0" to each as its first step, before anything else it does
+   * (addon/child.cc says why not the pid into cgroup.procs). Empty on v2 (CLONE_INTO_CGROUP
+   * places the child).
+   */
+  readonly joinFiles: readonly string[];
   /** Every directory this sandbox's cgroup consists of (the leaf in each hierarchy used). */
   readonly dirs: readonly string[];
   /** What the sandbox used so far; see CgroupUsage for each field. */

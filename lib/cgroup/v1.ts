@@ -1,7 +1,7 @@
 /**
  * cgroup v1 and hybrid driver: one cgroup per controller hierarchy, `<subtree root>/<id>`,
- * joined by the parent writing the child's pid into each `procsFiles` entry before it
- * releases the child. On hybrid hosts, a leaf in the cgroup2 hierarchy as well: it groups
+ * joined by the setup child itself (it writes "0" to each `joinFiles` entry, opened by the parent,
+ * before anything else it does). On hybrid hosts, a leaf in the cgroup2 hierarchy as well: it groups
  * the sandbox's tasks race-free (CLONE_INTO_CGROUP with `cloneIntoFd`), kills them all at
  * once (cgroup.kill) and reports CPU time (cpu.stat, which cgroup2 keeps without a controller).
  *
@@ -269,6 +269,7 @@ export class V1Driver implements CgroupDriver {
 /** One sandbox's v1 directories (and its cgroup2 leaf on hybrid). */
 export class V1Cgroup implements SandboxCgroup {
   readonly procsFiles: readonly string[];
+  readonly joinFiles: readonly string[];
   readonly dirs: readonly string[];
   private fd: number | null;
   private destroying: Promise<void> | undefined;
@@ -284,6 +285,7 @@ export class V1Cgroup implements SandboxCgroup {
     this.fd = fd;
     const v1Dirs = [...new Set(V1_CONTROLLERS.map((c) => byCtrl[c]).filter((d): d is string => d !== undefined))];
     this.procsFiles = v1Dirs.map((d) => `${d}/cgroup.procs`);
+    this.joinFiles = v1Dirs.map((d) => `${d}/tasks`);
     this.dirs = unifiedDir ? [...v1Dirs, unifiedDir] : v1Dirs;
   }
 

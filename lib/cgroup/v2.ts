@@ -210,6 +210,7 @@ export class V2Driver implements CgroupDriver {
 /** One sandbox's v2 leaf. */
 export class V2Cgroup implements SandboxCgroup {
   readonly procsFiles: readonly string[] = [];
+  readonly joinFiles: readonly string[] = [];
   readonly dirs: readonly string[];
   private fd: number | null;
   /** An fd of memory.peak written with "reset" (6.12+): reads through it see the peak since the reset. */
