@@ -30,6 +30,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("send", Napi::Function::New(env, Send));
   exports.Set("recv", Napi::Function::New(env, Recv));
   exports.Set("pipe", Napi::Function::New(env, Pipe));
+  exports.Set("readSome", Napi::Function::New(env, ReadSome));
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   InitWatch(env, exports);

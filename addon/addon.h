@@ -21,6 +21,7 @@ Napi::Value ReadSetupError(const Napi::CallbackInfo &info);
 Napi::Value Send(const Napi::CallbackInfo &info);
 Napi::Value Recv(const Napi::CallbackInfo &info);
 Napi::Value Pipe(const Napi::CallbackInfo &info);
+Napi::Value ReadSome(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
 // rootio.cc
 Napi::Value OpenInRoot(const Napi::CallbackInfo &info);

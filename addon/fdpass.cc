@@ -2,6 +2,8 @@
 // and the pipes of a process's stdio.
 #include <fcntl.h>
 #include <string.h>
+
+#include <string>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -70,15 +72,48 @@ Napi::Value Recv(const Napi::CallbackInfo &info) {
   return Napi::Buffer<uint8_t>::Copy(env, data, (size_t)n);
 }
 
-// pipe(): [readFd, writeFd], both close-on-exec.
+// pipe(nonblockingRead?): [readFd, writeFd], both close-on-exec; the read end non-blocking
+// when asked (the write end goes to a process in the sandbox, which expects blocking writes).
 Napi::Value Pipe(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return sys_failure(env, nullptr, errno, nullptr);
+  if (info.Length() > 0 && info[0].ToBoolean() && fcntl(p[0], F_SETFL, O_NONBLOCK) < 0) {
+    int e = errno;
+    close(p[0]), close(p[1]);
+    return sys_failure(env, nullptr, e, nullptr);
+  }
   Napi::Array a = Napi::Array::New(env, 2);
   a.Set((uint32_t)0, p[0]);
   a.Set((uint32_t)1, p[1]);
   return a;
+}
+
+// readSome(fd): what a non-blocking fd has now, up to 1 MiB (the event loop then gets a turn):
+// a Buffer; null at EOF; undefined when nothing is waiting; { errno } on failure.
+Napi::Value ReadSome(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  static const size_t kChunk = 65536, kMax = 1 << 20;
+  std::string got;
+  static char buf[kChunk];
+  for (;;) {
+    ssize_t n;
+    do n = read(fd, buf, kChunk); while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0) {
+      if (!got.empty()) break;  // hand over what came; the error repeats on the next call
+      return sys_failure(env, nullptr, errno, nullptr);
+    }
+    if (n == 0) {
+      if (got.empty()) return env.Null();
+      break;  // data first; EOF again on the next call
+    }
+    got.append(buf, (size_t)n);
+    if ((size_t)n < kChunk || got.size() >= kMax) break;
+  }
+  if (got.empty()) return env.Undefined();
+  return Napi::Buffer<char>::Copy(env, got.data(), got.size());
 }
 
 Napi::Value CloseFd(const Napi::CallbackInfo &info) {

@@ -65,7 +65,9 @@ export interface Native {
   readSetupError(fd: number, pid: number): undefined | null | NativeFailure;
   send(fd: number, data: Buffer, fds?: number[]): number | NativeFailure;
   recv(fd: number): Buffer | null | undefined | NativeFailure;
-  pipe(): [number, number] | NativeFailure;
+  pipe(nonblockingRead?: boolean): [number, number] | NativeFailure;
+  /** A non-blocking fd's waiting bytes (up to 1 MiB); null at EOF; undefined when none. */
+  readSome(fd: number): Buffer | null | undefined | NativeFailure;
   close(fd: number): void;
   Watch: new (fd: number, cb: (status: number) => void) => Watch;
   // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.

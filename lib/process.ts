@@ -3,12 +3,13 @@
  * output cap, kill) and its usage, in the one ExecResult shape (execa's lesson: every way a
  * command ends is a result; only hutch's own failures reject).
  */
+import { Trace } from './trace.js';
 import { openSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
 import { HutchError } from './errors.js';
-import { isFailure, native } from './native.js';
+import { isFailure, native, type Watch } from './native.js';
 import { waitStatus, type InitMessage } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
@@ -165,8 +166,8 @@ function devNull(): number {
   return devNullFd;
 }
 
-function pipeOrThrow(): [number, number] {
-  const p = native().pipe();
+function pipeOrThrow(nonblockingRead = false): [number, number] {
+  const p = native().pipe(nonblockingRead);
   if (isFailure(p)) throw setupError({ step: 'fds', errno: p.errno });
   return p;
 }
@@ -202,12 +203,16 @@ export class ProcessState implements SandboxProcess {
   private oomBefore = 0;
   private settled = false;
   private onAbort = (): void => this.forceKill('killed', 9);
+  private readonly tr: Trace;
+  /** Captured output pipes still open: watch → fd. */
+  private readonly pipes = new Map<Watch, number>();
 
   constructor(
     private readonly host: ProcessHost,
     readonly id: number,
     private readonly opts: StartOptions,
   ) {
+    this.tr = new Trace('exec');
     this.result = new Promise<ExecResult>((res, rej) => {
       this.resolve = res;
       this.reject = rej;
@@ -225,9 +230,11 @@ export class ProcessState implements SandboxProcess {
     const noInput = this.opts.capture && this.opts.stdin === undefined;
     const pin: [number, number] = noInput ? [devNull(), -1] : pipeOrThrow();
     let pout: [number, number] | undefined, perr: [number, number] | undefined;
+    // Captured output is read by the addon straight into buffers: no stream per pipe.
+    const capture = this.opts.capture;
     try {
-      pout = pipeOrThrow();
-      perr = pipeOrThrow();
+      pout = pipeOrThrow(capture);
+      perr = pipeOrThrow(capture);
       this.host.sendExec(this.id, message(this.id), [pin[0], pout[1], perr[1]]);
     } catch (e) {
       for (const fd of [...(noInput ? [] : pin), ...(pout ?? []), ...(perr ?? [])]) n.close(fd);
@@ -236,31 +243,58 @@ export class ProcessState implements SandboxProcess {
     if (!noInput) n.close(pin[0]);
     n.close(pout[1]);
     n.close(perr[1]);
+    this.tr.mark('send');
     this.oomBefore = this.host.cgroup?.oomKills() ?? 0;
-    const stdin: Writable = noInput ? new Writable({ write: (_c, _e, cb) => cb() }) : new Socket({ fd: pin[1], readable: false, writable: true });
-    stdin.on('error', () => undefined); // EPIPE when the process does not read its input
-    const stdout = new Socket({ fd: pout[0], readable: true, writable: false });
-    const stderr = new Socket({ fd: perr[0], readable: true, writable: false });
-    Object.assign(this, { stdin, stdout, stderr });
-    for (const [s, key] of [[stdout, 'out'], [stderr, 'err']] as const) {
-      s.on('error', () => undefined);
-      s.once('close', () => {
-        this.openStreams--;
-        this.maybeSettle();
-      });
-      if (this.opts.capture) s.on('data', (b: Buffer) => this.collect(key, b));
+    // No input: nothing to write, so no stream at all (the process reads /dev/null).
+    const stdin: Writable | null = noInput ? null : new Socket({ fd: pin[1], readable: false, writable: true });
+    stdin?.on('error', () => undefined); // EPIPE when the process does not read its input
+    if (capture) {
+      if (stdin) Object.assign(this, { stdin });
+      this.readPipe(pout[0], 'out');
+      this.readPipe(perr[0], 'err');
+    } else {
+      const stdout = new Socket({ fd: pout[0], readable: true, writable: false });
+      const stderr = new Socket({ fd: perr[0], readable: true, writable: false });
+      Object.assign(this, { stdin, stdout, stderr });
+      for (const s of [stdout, stderr]) {
+        s.on('error', () => undefined);
+        s.once('close', () => {
+          this.openStreams--;
+          this.maybeSettle();
+        });
+      }
     }
     const src = this.opts.stdin;
-    if (this.opts.capture) {
-      if (src === undefined) stdin.destroy();
-      else if (typeof src === 'string' || src instanceof Uint8Array) stdin.end(src);
+    if (capture && stdin && src !== undefined) {
+      if (typeof src === 'string' || src instanceof Uint8Array) stdin.end(src);
       else (src as NodeJS.ReadableStream).pipe(stdin);
     }
     if (this.opts.timeoutMs !== null) this.timer = setTimeout(() => this.forceKill('timeout', 9), this.opts.timeoutMs);
+    this.tr.mark('streams');
     if (this.opts.signal) {
       if (this.opts.signal.aborted) this.onAbort();
       else this.opts.signal.addEventListener('abort', this.onAbort, { once: true });
     }
+  }
+
+  /** Captures one output pipe (non-blocking read end) until EOF, one read per readiness. */
+  private readPipe(fd: number, key: 'out' | 'err'): void {
+    const n = native();
+    const w = new n.Watch(fd, () => {
+      const b = n.readSome(fd);
+      if (b === undefined) return;
+      if (b !== null && !isFailure(b)) return this.collect(key, b);
+      this.closePipe(w, fd);
+      this.openStreams--;
+      this.maybeSettle();
+    });
+    this.pipes.set(w, fd);
+  }
+
+  private closePipe(w: Watch, fd: number): void {
+    if (!this.pipes.delete(w)) return;
+    w.close();
+    native().close(fd);
   }
 
   private collect(key: 'out' | 'err', b: Buffer): void {
@@ -295,11 +329,13 @@ export class ProcessState implements SandboxProcess {
   /** A message from init about this process. */
   onMessage(m: InitMessage): void {
     if (m.type === 'started') {
+      this.tr.mark('started');
       this.pid = m.pid;
     } else if (m.type === 'failed') {
       const err = setupError({ step: m.step, errno: m.errno, path: m.step === 'exec' ? this.opts.argv0 : undefined });
       this.fail(err);
     } else if (m.type === 'exited') {
+      this.tr.mark('exited');
       this.exited = m;
       this.maybeSettle();
     } else if (m.type === 'protocol-error') {
@@ -328,12 +364,14 @@ export class ProcessState implements SandboxProcess {
     this.stdout?.destroy();
     this.stderr?.destroy();
     this.stdin?.destroy();
+    for (const [w, fd] of this.pipes) this.closePipe(w, fd);
     this.reject(e);
   }
 
   private maybeSettle(): void {
     if (this.settled || !this.exited || this.openStreams > 0) return;
     this.settled = true;
+    this.tr.mark('streams_closed');
     this.cleanup();
     const m = this.exited;
     const { code, signal } = waitStatus(m.status);
@@ -370,6 +408,8 @@ export class ProcessState implements SandboxProcess {
     };
     if (usage?.ioReadBytes !== undefined) r.usage.ioReadBytes = usage.ioReadBytes;
     if (usage?.ioWriteBytes !== undefined) r.usage.ioWriteBytes = usage.ioWriteBytes;
+    this.tr.mark('result');
+    this.tr.end();
     this.resolve(r);
   }
 }

@@ -82,6 +82,18 @@ describe('processes', () => {
     expect(r.stdout.toString().startsWith('y\ny\n')).toBe(true);
   });
 
+  it('captures large output on both pipes whole and in order, and stdin given as a string', async () => {
+    // 3 MiB on stdout (more than the addon reads per turn of the event loop), 1 MiB on stderr.
+    const r = await sb.exec('head -c 3145728 /dev/urandom | od -An -tx1 -v | head -c 3145728; head -c 1048576 /dev/zero >&2');
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.length).toBe(3145728);
+    expect(r.stderr.length).toBe(1048576);
+    expect(r.stdout.toString('latin1')).toMatch(/^( [0-9a-f]{2}){16}\n/);
+    expect(r.stderr.every((b) => b === 0)).toBe(true);
+    const echo = await sb.exec(['cat'], { stdin: 'fed\n', encoding: 'utf8' });
+    expect(echo.stdout).toBe('fed\n');
+  });
+
   it('SandboxProcess.kill gives reason killed', async () => {
     const p = sb.spawn(['sleep', '30']);
     p.stdout.resume();
