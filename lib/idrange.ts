@@ -54,11 +54,32 @@ function slotCount(): number {
 
 const namespaces = new Map<number, { layers: number; host: number }>();
 let supported: boolean | undefined;
-/** Slots this process used and released, their namespaces kept: reused first, at most MAX_IDLE. */
+/**
+ * Slots this process used and released, reused first, at most MAX_IDLE: their namespaces are
+ * kept, and so is their lease (an idle slot stays this process's), so taking one again costs
+ * no file I/O.
+ */
 const idle: number[] = [];
 const MAX_IDLE = 4;
 
-function forget(slot: number): void {
+let exitHook = false;
+
+/** At exit: idle slots' leases go (a crash leaves them to takeOverIfDead and prune). */
+function dropIdleLeases(): void {
+  for (const slot of idle.splice(0)) {
+    try {
+      unlinkSync(join(idsStateDir(), String(slot)));
+    } catch {}
+  }
+}
+
+/** Drops an idle slot: its namespaces, and its lease unless someone else holds it now. */
+function forget(slot: number, leaseFile?: string): void {
+  if (leaseFile !== undefined) {
+    try {
+      unlinkSync(leaseFile);
+    } catch {}
+  }
   const ns = namespaces.get(slot);
   if (!ns) return;
   namespaces.delete(slot);
@@ -110,9 +131,12 @@ function idmapWorks(layersDir: string): boolean {
 /** The id range for a new sandbox. */
 export function acquireIds(layersDir: string): SandboxIds {
   const base = hostRange();
-  const shared: SandboxIds = { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
-  if (!idmapWorks(layersDir)) return shared;
+  if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
   const dir = idsStateDir();
+  // An idle slot first: its lease still names this live process, which no other process
+  // takes over (takeOverIfDead), so it needs no file I/O.
+  const reused = idle.pop();
+  if (reused !== undefined) return leased(dir, reused);
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
@@ -121,48 +145,50 @@ export function acquireIds(layersDir: string): SandboxIds {
   const count = slotCount();
   const start = randomInt(count);
   const me = JSON.stringify(selfOwner());
-  const reuse = [...idle].reverse();
-  for (let i = 0; i < count + reuse.length; i++) {
-    const fromIdle = i < reuse.length;
-    const slot = fromIdle ? reuse[i]! : 1 + ((start + i - reuse.length) % count);
-    if (fromIdle) idle.splice(idle.indexOf(slot), 1);
+  for (let i = 0; i < count; i++) {
+    const slot = 1 + ((start + i) % count);
     const file = join(dir, String(slot));
     try {
       writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw hostFailure('ESETUP', `id ranges: cannot write ${file}`, e);
-      if (!takeOverIfDead(file)) {
-        if (fromIdle) forget(slot); // someone else holds it now
-        continue;
-      }
+      if (!takeOverIfDead(file)) continue;
       try {
         writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
       } catch {
         continue;
       }
     }
-    const uid = base.uid + slot * RANGE_SIZE;
-    const gid = base.gid + slot * RANGE_SIZE;
-    const ns = nsFor(slot, uid, gid);
-    let released = false;
-    return {
-      uid,
-      gid,
-      slot,
-      layersUserns: ns.layers,
-      hostUserns: ns.host,
-      release: () => {
-        if (released) return;
-        released = true;
-        try {
-          unlinkSync(file);
-        } catch {}
-        idle.push(slot);
-        while (idle.length > MAX_IDLE) forget(idle.shift()!);
-      },
-    };
+    return leased(dir, slot);
   }
-  return shared; // every slot taken: share the base range rather than fail
+  // Every slot taken: share the base range rather than fail.
+  return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
+}
+
+/** A slot whose lease this process holds: its range and namespaces, and its release (to the idle list). */
+function leased(dir: string, slot: number): SandboxIds {
+  const base = hostRange();
+  const uid = base.uid + slot * RANGE_SIZE;
+  const gid = base.gid + slot * RANGE_SIZE;
+  const ns = nsFor(slot, uid, gid);
+  let released = false;
+  return {
+    uid,
+    gid,
+    slot,
+    layersUserns: ns.layers,
+    hostUserns: ns.host,
+    release: () => {
+      if (released) return;
+      released = true;
+      if (!exitHook) exitHook = !!process.once('exit', dropIdleLeases);
+      idle.push(slot);
+      while (idle.length > MAX_IDLE) {
+        const old = idle.shift()!;
+        forget(old, join(dir, String(old)));
+      }
+    },
+  };
 }
 
 function takeOverIfDead(file: string): boolean {

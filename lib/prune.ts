@@ -1,6 +1,6 @@
 /**
  * Removes what crashed hutch processes left on the host: sandbox cgroups, network links,
- * nftables elements and leases, and the store's leftovers (import work dirs, trash,
+ * nftables elements and leases, id-range leases, and the store's leftovers (import work dirs, trash,
  * `sandboxes/<id>/` records of dead owners). The kernel frees everything else by itself
  * when a sandbox's last process ends (its namespaces, overlay, scratch tmpfs), and every
  * sandbox process ends with its owner (PR_SET_PDEATHSIG, and init exits on EOF of its
@@ -17,6 +17,7 @@ import { cgroupDriver, type CgroupDriverOptions } from './cgroup/driver.js';
 import { ImageStore } from './image/store.js';
 import { isAlive, parseOwner, type Owner } from './image/owner.js';
 import { pruneNetwork } from './network/index.js';
+import { pruneIds } from './idrange.js';
 
 /** A cgroup with no owner record younger than this may be one a live process is creating. */
 export const DEFAULT_PRUNE_GRACE_MS = 30_000;
@@ -46,6 +47,8 @@ export interface PruneAllResult {
   sandboxes: string[];
   /** Bytes the store's prune freed (layers, blobs, temp files, records). */
   removedBytes: number;
+  /** Id-range leases (6.8+ per-sandbox ranges) of dead processes removed. */
+  idRanges: number;
 }
 
 /** The owner records in `store`'s `sandboxes/` dir: id -> owner (undefined when the dir has no readable record). */
@@ -125,8 +128,9 @@ export async function pruneAll(options: PruneAllOptions = {}): Promise<PruneAllR
   const dead = [...owners].filter(([, o]) => o !== undefined && !isAlive(o)).map(([id]) => id);
   const { removedBytes } = await store.prune().catch((e: unknown) => (errors.push(e), { removedBytes: 0 }));
   const empty = await pruneEmptyRecords(store, graceMs).catch((e: unknown) => (errors.push(e), [] as string[]));
+  const idRanges = pruneIds();
   if (errors.length > 0) throw errors[0];
-  return { cgroups, network, sandboxes: [...dead, ...empty], removedBytes };
+  return { cgroups, network, sandboxes: [...dead, ...empty], removedBytes, idRanges };
 }
 
 /**

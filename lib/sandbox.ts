@@ -27,6 +27,7 @@ import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, ty
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
+import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
 import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, TMPFS_USER_XATTR, imageUser, resolveCached, rootMountpoint } from './plan.js';
 import { isDirFd, killAndReap, waitSetup } from './spawn.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
@@ -50,21 +51,6 @@ const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-tri
 
 let defaultStore: ImageStore | undefined;
 
-/** Destroys that `Sandbox.run` started and did not wait for; `Sandbox.settle()` waits. */
-const backgroundDestroys = new Set<Promise<void>>();
-/** Their failures, reported by the next `Sandbox.settle()`. */
-let destroyFailures: unknown[] = [];
-
-function destroyInBackground(sb: Sandbox): void {
-  const p: Promise<void> = sb.destroy().then(
-    () => void backgroundDestroys.delete(p),
-    (e: unknown) => {
-      backgroundDestroys.delete(p);
-      destroyFailures.push(e);
-    },
-  );
-  backgroundDestroys.add(p);
-}
 
 interface SandboxEvents {
   oom: [ResourceUsage];
@@ -200,6 +186,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const n = native();
     // Planning that can still refuse (a profile too large for BPF...) runs before anything is made.
     const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
+    tr.mark('seccomp');
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
     const image = await resolveCached(store, opts.image);
     tr.mark('resolve');
@@ -297,6 +284,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       throw e;
     }
     n.close(spawned.errFd);
+    tr.mark('wake');
     const sb = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
     sb.disk = disk;
     sb.ids = ids;
@@ -317,6 +305,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       await sb.destroy();
       throw e;
     }
+    tr.mark('ready');
     tr.end();
     return sb;
   }
@@ -349,7 +338,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     }
     // Everything in the sandbox is killed now (destroy's first, synchronous step); the
     // rest of the teardown (reaping, cgroup rmdir, releases) finishes off the caller's path.
-    destroyInBackground(sb);
+    inBackground(sb.destroy());
     return result;
   }
 
@@ -369,9 +358,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   static async settle(): Promise<void> {
-    while (backgroundDestroys.size > 0) await Promise.all([...backgroundDestroys]);
-    const failures = destroyFailures;
-    destroyFailures = [];
+    await teardownsDone();
+    const failures = takeFailures();
     await settleNetwork();
     if (failures.length > 0) throw failures[0];
   }

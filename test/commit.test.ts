@@ -25,6 +25,11 @@ describe('Sandbox.commit', () => {
     expect(img.layers.length).toBe(base.layers.length + 1);
     const out = await Sandbox.run({ image: 'committed:1', store, command: 'cat /app/data; ls /bin/vi 2>&1; cat /etc/motd; ls /home', encoding: 'utf8' });
     expect(out.stdout).toBe('v1\nls: /bin/vi: No such file or directory\nchanged\nonly\n');
+    // Sandbox.run frees its sandbox in the background; removing the image right after still
+    // works (the store waits for this process's teardowns), and then nothing of it is left.
+    await store.remove('committed:1');
+    await expect(store.get('committed:1')).rejects.toMatchObject({ code: 'ENOIMAGE' });
+    await Sandbox.settle();
   });
 
   it('refuses after destroy', async () => {

@@ -46,6 +46,7 @@ function clean(store: ImageStore): void {
 async function usable(store: ImageStore): Promise<void> {
   const r = await Sandbox.run({ image: 'busybox', store, command: ['echo', 'ok'], encoding: 'utf8' });
   expect(r.stdout).toBe('ok\n');
+  await Sandbox.settle(); // run's teardown ends in the background
   clean(store);
 }
 

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { HutchError, hostFailure, invalid } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
+import { teardownsDone } from '../teardowns.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
 import { HEX64 } from './blob.js';
@@ -464,6 +465,8 @@ export class ImageStore {
   async remove(ref: string): Promise<void> {
     if (typeof ref !== 'string' || ref === '') throw invalid('ref', "a tag, 'sha256:<id>' or an id prefix", ref);
     this.ensure();
+    // A sandbox Sandbox.run has finished with may still hold its record for a moment.
+    await teardownsDone();
     const trash = await this.lock.run(async () => {
       const tags = await this.readTags();
       const hex = await this.lookup(ref, tags);
@@ -517,6 +520,7 @@ export class ImageStore {
     removedBytes: number;
   }> {
     this.ensure();
+    await teardownsDone();
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();
       for (const n of await fsp.readdir(this.path('tmp'))) {
