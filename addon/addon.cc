@@ -31,6 +31,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recv", Napi::Function::New(env, Recv));
   exports.Set("pipe", Napi::Function::New(env, Pipe));
   exports.Set("readSome", Napi::Function::New(env, ReadSome));
+  exports.Set("readSmall", Napi::Function::New(env, ReadSmall));
+  exports.Set("writeSmall", Napi::Function::New(env, WriteSmall));
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   InitWatch(env, exports);

@@ -22,6 +22,8 @@ Napi::Value Send(const Napi::CallbackInfo &info);
 Napi::Value Recv(const Napi::CallbackInfo &info);
 Napi::Value Pipe(const Napi::CallbackInfo &info);
 Napi::Value ReadSome(const Napi::CallbackInfo &info);
+Napi::Value ReadSmall(const Napi::CallbackInfo &info);
+Napi::Value WriteSmall(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
 // rootio.cc
 Napi::Value OpenInRoot(const Napi::CallbackInfo &info);

@@ -116,6 +116,45 @@ Napi::Value ReadSome(const Napi::CallbackInfo &info) {
   return Napi::Buffer<char>::Copy(env, got.data(), got.size());
 }
 
+// readSmall(path): a small pseudo-file (cgroupfs, procfs) whole, up to 64 KiB, as a string;
+// -errno on failure. One open/read/close with no event-loop machinery: these sit on every exec.
+Napi::Value ReadSmall(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int fd;
+  do fd = open(path.c_str(), O_RDONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  static char buf[65536];
+  size_t got = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + got, sizeof buf - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return Napi::Number::New(env, -e);
+    }
+    if (n == 0 || (got += (size_t)n) == sizeof buf) break;
+  }
+  close(fd);
+  return Napi::String::New(env, buf, got);
+}
+
+// writeSmall(path, value): one open/write/close, as cgroupfs expects; 0 or -errno.
+Napi::Value WriteSmall(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string value = info[1].As<Napi::String>().Utf8Value();
+  int fd;
+  do fd = open(path.c_str(), O_WRONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  ssize_t n;
+  do n = write(fd, value.data(), value.size()); while (n < 0 && errno == EINTR);
+  int e = n < 0 ? errno : (size_t)n != value.size() ? EIO : 0;
+  close(fd);
+  return Napi::Number::New(env, -e);
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo &info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   if (fd >= 0) close(fd);

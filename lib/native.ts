@@ -68,6 +68,10 @@ export interface Native {
   pipe(nonblockingRead?: boolean): [number, number] | NativeFailure;
   /** A non-blocking fd's waiting bytes (up to 1 MiB); null at EOF; undefined when none. */
   readSome(fd: number): Buffer | null | undefined | NativeFailure;
+  /** A small pseudo-file whole (up to 64 KiB), or -errno. */
+  readSmall(path: string): string | number;
+  /** One open/write/close: 0 or -errno. */
+  writeSmall(path: string, value: string): number;
   close(fd: number): void;
   Watch: new (fd: number, cb: (status: number) => void) => Watch;
   // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.

@@ -3,8 +3,10 @@
  * file with a useful error, read keyed files, kill and wait for the tasks of a cgroup,
  * remove a directory. Every failure keeps the kernel's error as `cause`.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, writeSync, constants } from 'node:fs';
+import { mkdirSync, readdirSync, rmdirSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { HutchError } from '../errors.js';
+import { native } from '../native.js';
 
 /** A host-side cgroup failure: code ESETUP, step 'cgroup', the kernel's errno, the path, and a hint when we know one. */
 export function cgroupFailure(what: string, path: string, cause: unknown, hint?: string): HutchError {
@@ -33,28 +35,34 @@ export function hintFor(errno: string | undefined, file: string): string | undef
   }
 }
 
-/** Writes `value` to a cgroup control file (open, one write, close: what the kernel expects). */
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
+
+/** An Error shaped like Node's fs errors (code = errno name) from a native -errno. */
+function errnoError(neg: number, syscall: string, path: string): NodeJS.ErrnoException {
+  const code = ERRNO_NAMES.get(-neg) ?? `E${-neg}`;
+  return Object.assign(new Error(`${code}: ${syscall} '${path}'`), { code, errno: neg, syscall, path });
+}
+
+/**
+ * Writes `value` to a cgroup control file (open, one write, close: what the kernel expects).
+ * Through the addon: this and readControl sit on every exec, where Node's fs calls cost
+ * several times the syscalls.
+ */
 export function writeControl(dir: string, file: string, value: string, hint?: (errno: string | undefined) => string | undefined): void {
   const path = `${dir}/${file}`;
-  let fd = -1;
-  try {
-    fd = openSync(path, constants.O_WRONLY);
-    writeSync(fd, value);
-  } catch (e) {
-    throw cgroupFailure(`write "${value.trim()}" to ${file}`, path, e, hint?.(errnoOf(e)) ?? hintFor(errnoOf(e), file));
-  } finally {
-    if (fd >= 0) closeSync(fd);
+  const r = native().writeSmall(path, value);
+  if (r < 0) {
+    const e = errnoError(r, 'write', path);
+    throw cgroupFailure(`write "${value.trim()}" to ${file}`, path, e, hint?.(e.code) ?? hintFor(e.code, file));
   }
 }
 
 /** Reads a control file; null when it does not exist. */
 export function readControl(path: string): string | null {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (e) {
-    if (errnoOf(e) === 'ENOENT' || errnoOf(e) === 'ENODEV') return null;
-    throw e;
-  }
+  const r = native().readSmall(path);
+  if (typeof r === 'string') return r;
+  if (r === -osConstants.errno.ENOENT || r === -osConstants.errno.ENODEV) return null;
+  throw errnoError(r, 'read', path);
 }
 
 /** "key value" lines (memory.events, cpu.stat, memory.oom_control) as a map. */
