@@ -22,6 +22,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("steps", steps);
   exports.Set("setInit", Napi::Function::New(env, SetInit));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
+  exports.Set("spawnBlank", Napi::Function::New(env, SpawnBlank));
+  exports.Set("releaseBlank", Napi::Function::New(env, ReleaseBlank));
   exports.Set("openTree", Napi::Function::New(env, OpenTree));
   exports.Set("makeUserns", Napi::Function::New(env, MakeUserns));
   exports.Set("reap", Napi::Function::New(env, Reap));

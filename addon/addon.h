@@ -9,6 +9,8 @@ Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *p
 // clone.cc
 void release_child(long pid);  // frees the stack and plan of a CLONE_VM child that exec'd or died
 Napi::Value Spawn(const Napi::CallbackInfo &info);
+Napi::Value SpawnBlank(const Napi::CallbackInfo &info);
+Napi::Value ReleaseBlank(const Napi::CallbackInfo &info);
 Napi::Value SetInit(const Napi::CallbackInfo &info);
 Napi::Value OpenTree(const Napi::CallbackInfo &info);
 Napi::Value MakeUserns(const Napi::CallbackInfo &info);

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -37,7 +38,7 @@
   } while (0)
 
 // child; raw syscalls only. One step per line, in the order of DESIGN.md.
-[[noreturn]] void run_child(const plan &p) {
+[[noreturn]] void run_child(plan &p) {
   // The parent may die before it releases us: then the sync read sees EOF and we leave. That
   // needs our copies of the parent's ends closed first (we have a copy of its fd table).
   for (int fd : p.parent_fds) rsys1(SYS_close, fd);
@@ -53,11 +54,34 @@
     if (w < 0) die_step(p.err_fd, STEP_CGROUP, (int)w, p.join_paths[i].c_str());
     rsys1(SYS_close, p.join_fds[i]);
   }
+  // Wait for go. A blank child (cloned ahead of its sandbox) gets the setup's fds with it, as
+  // new numbers in its own fd table: they replace the parent's numbers in the plan, in order.
   char go = 0;
+  struct iovec iov = {&go, 1};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
   long n;
-  do n = rsys3(SYS_read, p.sync_fd, &go, 1); while (n == -EINTR);
+  do n = rsys3(SYS_recvmsg, p.sync_fd, &msg, MSG_CMSG_CLOEXEC); while (n == -EINTR);
   if (n != 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
   rsys1(SYS_close, p.sync_fd);
+  if (p.blank) {
+    size_t want = p.layer_fds.size() + p.binds.size(), got = 0;
+    int *fds = nullptr;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      got = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      fds = (int *)CMSG_DATA(c);
+    }
+    if (got != want || (msg.msg_flags & MSG_CTRUNC)) die_step(p.err_fd, STEP_SYNC, -EPROTO, "go message");
+    size_t k = 0;
+    for (size_t i = 0; i < p.layer_fds.size(); i++) p.layer_fds[i] = fds[k++];
+    for (size_t i = 0; i < p.binds.size(); i++) p.binds[i].tree_fd = fds[k++];
+  }
 
   // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
   // and our new mount namespace starts as a peer of it).

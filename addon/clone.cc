@@ -80,6 +80,7 @@ struct pending_child {
   std::unique_ptr<plan> p;
   void *stack = nullptr;
   size_t stack_size = 0;
+  int go_fd = -1;  // a blank child's go socket, until it is released
 };
 static std::unordered_map<long, pending_child> g_pending;
 static const size_t kChildStack = 256 * 1024;
@@ -88,10 +89,11 @@ void release_child(long pid) {
   auto it = g_pending.find(pid);
   if (it == g_pending.end()) return;
   if (it->second.stack) munmap(it->second.stack, it->second.stack_size);
+  if (it->second.go_fd >= 0) close(it->second.go_fd);
   g_pending.erase(it);
 }
 
-static int child_entry(void *arg) { run_child(*static_cast<const plan *>(arg)); }
+static int child_entry(void *arg) { run_child(*static_cast<plan *>(arg)); }
 
 static std::string get_str(const Napi::Object &o, const char *key) {
   Napi::Value v = o.Get(key);
@@ -283,57 +285,91 @@ static int write_file(const char *path, const char *data, size_t len) {
   return e;
 }
 
-// parent. Starts a sandbox: clone3 into new namespaces, maps, placement, release.
-// Returns { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }.
-Napi::Value Spawn(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsObject()) {
-    Napi::TypeError::New(env, "spawn(plan): plan must be an object").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  if (g_init_fd < 0) {
-    Napi::Error::New(env, "spawn: setInit() was not called").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::Object o = info[0].As<Napi::Object>();
-  auto p = std::make_unique<plan>();
-  p->hostname = get_str(o, "hostname");
-  p->layers_dir = get_str(o, "layersDir");
-  p->lowerdirs = get_str(o, "lowerdirs");
-  p->scratch_size = get_str(o, "scratchSize");
-  p->upper_dir = get_str(o, "upperDir");
-  p->legacy_overlay = o.Get("legacyOverlay").ToBoolean();
-  p->root_mountpoint = get_str(o, "rootMountpoint");
-  p->masked = get_strs(o, "masked");
-  p->readonly = get_strs(o, "readonly");
-  p->readonly_root = o.Get("readonlyRoot").ToBoolean();
+// parent. The setup half of a plan, from JS: what the child mounts and where. Throws a
+// TypeError (returns false) when a required field is missing.
+static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
+  p.hostname = get_str(o, "hostname");
+  p.layers_dir = get_str(o, "layersDir");
+  p.lowerdirs = get_str(o, "lowerdirs");
+  p.scratch_size = get_str(o, "scratchSize");
+  p.upper_dir = get_str(o, "upperDir");
+  p.legacy_overlay = o.Get("legacyOverlay").ToBoolean();
+  p.root_mountpoint = get_str(o, "rootMountpoint");
+  p.masked = get_strs(o, "masked");
+  p.readonly = get_strs(o, "readonly");
+  p.readonly_root = o.Get("readonlyRoot").ToBoolean();
+  p.layer_fds.clear();
   Napi::Value lv = o.Get("layerFds");
   if (lv.IsArray()) {
     Napi::Array la = lv.As<Napi::Array>();
-    for (uint32_t i = 0; i < la.Length(); i++) p->layer_fds.push_back(la.Get(i).As<Napi::Number>().Int32Value());
+    for (uint32_t i = 0; i < la.Length(); i++) p.layer_fds.push_back(la.Get(i).As<Napi::Number>().Int32Value());
   }
+  p.binds.clear();
   Napi::Value bv = o.Get("binds");
   if (bv.IsArray()) {
     Napi::Array ba = bv.As<Napi::Array>();
     for (uint32_t i = 0; i < ba.Length(); i++) {
       Napi::Object b = ba.Get(i).As<Napi::Object>();
-      p->binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
+      p.binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
     }
   }
+  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize are required").ThrowAsJavaScriptException();
+    return false;
+  }
+  for (const bind_op &b : p.binds) {
+    if (b.tree_fd < 0 || b.target.empty() || b.target[0] == '/') {
+      Napi::TypeError::New(env, "spawn(plan): each bind needs fd >= 0 and a relative target").ThrowAsJavaScriptException();
+      return false;
+    }
+  }
+  if (p.layer_fds.size() + p.binds.size() > kMaxGoFds) {
+    Napi::TypeError::New(env, "spawn(plan): too many layer and bind fds").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+// parent. Sends the go message: one byte, and for a blank child the setup's fds (layers then
+// binds, in plan order), which it receives as its own (it was cloned before they existed).
+static int send_go(int go_fd, const plan &p, bool with_fds) {
+  char x = 'x';
+  struct iovec iov = {&x, 1};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
+  size_t nfds = with_fds ? p.layer_fds.size() + p.binds.size() : 0;
+  if (nfds > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    int *out = (int *)CMSG_DATA(c);
+    for (int fd : p.layer_fds) *out++ = fd;
+    for (const bind_op &b : p.binds) *out++ = b.tree_fd;
+  }
+  ssize_t n;
+  do n = sendmsg(go_fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  return n == 1 ? 0 : n < 0 ? -errno : -EIO;
+}
+
+// parent. clone3 into new namespaces, the id maps written; the child then waits for go.
+// Returns the pid, or a failure object after cleaning up everything made here.
+struct cloned {
+  long pid = -1;
+  int pidfd = -1, go_fd = -1, err_fd = -1, ctl_fd = -1;
+};
+static Napi::Value clone_child(Napi::Env env, std::unique_ptr<plan> p, const Napi::Object &o, cloned &out) {
   std::string uid_map = get_str(o, "uidMap"), gid_map = get_str(o, "gidMap");
   p->join_paths = get_strs(o, "joinFiles");
   int cgroup_fd = get_int(o, "cgroupFd", -1);
-  if (p->lowerdirs.empty() || p->layers_dir.empty() || p->root_mountpoint.empty() || uid_map.empty() ||
-      gid_map.empty() || p->scratch_size.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize, uidMap, gidMap are required")
-        .ThrowAsJavaScriptException();
+  if (uid_map.empty() || gid_map.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): uidMap, gidMap are required").ThrowAsJavaScriptException();
     return env.Undefined();
-  }
-  for (const bind_op &b : p->binds) {
-    if (b.tree_fd < 0 || b.target.empty() || b.target[0] == '/') {
-      Napi::TypeError::New(env, "spawn(plan): each bind needs fd >= 0 and a relative target").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
   }
   p->init_args = {"hutch-init"};
   for (auto &s : p->init_args) p->init_argv.push_back(s.c_str());
@@ -354,8 +390,9 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     p->join_fds.push_back(fd);
   }
 
+  // go: a SEQPACKET pair, so a blank child can receive fds with its go.
   int sync[2], errp[2], ctl[2];
-  if (pipe2(sync, O_CLOEXEC) < 0) return sys_failure(env, "clone", errno, "pipe2");
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync) < 0) return sys_failure(env, "clone", errno, "socketpair");
   if (pipe2(errp, O_CLOEXEC) < 0) {
     int e = errno;
     close(sync[0]), close(sync[1]);
@@ -388,6 +425,7 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   // CLONE_CLEAR_SIGHAND has taken effect; the child clears the mask before exec.
   sigset_t all, old;
   sigfillset(&all);
+  plan *raw = p.get();
 #if HUTCH_CLONE_VM
   // CLONE_VM: no copy of the Node process's page tables (and no copy-on-write faults in it
   // afterwards); the child runs child_entry on its own stack until it execs init.
@@ -401,7 +439,7 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   a.stack = (uint64_t)(uintptr_t)stack;
   a.stack_size = kChildStack;
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, child_entry, p.get());
+  long pid = hutch_clone3_vm(&a, sizeof a, child_entry, raw);
   int clone_err = pid < 0 ? (int)-pid : 0;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid > 0) {
@@ -416,9 +454,14 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
 #else
   pthread_sigmask(SIG_SETMASK, &all, &old);
   long pid = sys_clone3(&a);
-  if (pid == 0) run_child(*p);
+  if (pid == 0) run_child(*raw);
   int clone_err = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid > 0) {
+    pending_child pc;
+    pc.p = std::move(p);
+    g_pending.emplace(pid, std::move(pc));
+  }
 #endif
   close(sync[0]);
   close(errp[1]);
@@ -428,9 +471,6 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     return sys_failure(env, "clone", clone_err, nullptr);
   }
 
-  const char *fail_step = nullptr;
-  int fail_err = 0;
-  std::string fail_path;
   char path[64];
   snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
   int r = write_file(path, uid_map.data(), uid_map.size());
@@ -438,25 +478,109 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
     r = write_file(path, gid_map.data(), gid_map.size());
   }
-  if (r < 0) fail_step = "id_map", fail_err = r, fail_path = path;
-  if (fail_step) {
+  if (r < 0) {
     sys_pidfd_send_signal(pidfd, SIGKILL);
     siginfo_t si;
     waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | __WALL);
     release_child(pid);
     close(pidfd), close(sync[1]), close(errp[0]), close(ctl[0]);
-    return sys_failure(env, fail_step, fail_err, fail_path.c_str());
+    return sys_failure(env, "id_map", r, path);
   }
-  ssize_t n;
-  do n = write(sync[1], "x", 1); while (n < 0 && errno == EINTR);
-  close(sync[1]);
   fcntl(errp[0], F_SETFL, O_NONBLOCK);
   fcntl(ctl[0], F_SETFL, O_NONBLOCK);
+  out.pid = pid;
+  out.pidfd = pidfd;
+  out.go_fd = sync[1];
+  out.err_fd = errp[0];
+  out.ctl_fd = ctl[0];
+  return env.Null();
+}
 
+static Napi::Object spawned_object(Napi::Env env, const cloned &c) {
   Napi::Object out = Napi::Object::New(env);
-  out.Set("pid", (double)pid);
-  out.Set("pidfd", pidfd);
-  out.Set("errFd", errp[0]);
-  out.Set("ctlFd", ctl[0]);
+  out.Set("pid", (double)c.pid);
+  out.Set("pidfd", c.pidfd);
+  out.Set("errFd", c.err_fd);
+  out.Set("ctlFd", c.ctl_fd);
   return out;
+}
+
+// Kills a cloned child that will not be released, and forgets it.
+static void abandon(cloned &c) {
+  sys_pidfd_send_signal(c.pidfd, SIGKILL);
+  siginfo_t si;
+  waitid((idtype_t)P_PIDFD, c.pidfd, &si, WEXITED | __WALL);
+  release_child(c.pid);
+  close(c.pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
+}
+
+static bool check_init(Napi::Env env) {
+  if (g_init_fd >= 0) return true;
+  Napi::Error::New(env, "spawn: setInit() was not called").ThrowAsJavaScriptException();
+  return false;
+}
+
+// parent. Starts a sandbox: clone3 into new namespaces, maps, placement, release.
+// Returns { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }.
+Napi::Value Spawn(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    Napi::TypeError::New(env, "spawn(plan): plan must be an object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!check_init(env)) return env.Undefined();
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto p = std::make_unique<plan>();
+  if (!parse_setup(env, o, *p)) return env.Undefined();
+  plan *raw = p.get();
+  cloned c;
+  Napi::Value r = clone_child(env, std::move(p), o, c);
+  if (!r.IsNull()) return r;
+  // The child was cloned after the setup's fds were opened: it has them under the same numbers.
+  int e = send_go(c.go_fd, *raw, false);
+  if (e < 0) {
+    abandon(c);
+    return sys_failure(env, "sync", e, nullptr);
+  }
+  close(c.go_fd);
+  return spawned_object(env, c);
+}
+
+// parent. A blank sandbox: cloned into its namespaces and cgroup with its id maps, waiting for
+// the setup half of a plan (releaseBlank). Takes { uidMap, gidMap, cgroupFd, joinFiles }.
+// Made ahead of a create so that the clone (mostly the new network namespace) is off its path.
+Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    Napi::TypeError::New(env, "spawnBlank(opts): opts must be an object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!check_init(env)) return env.Undefined();
+  auto p = std::make_unique<plan>();
+  p->blank = true;
+  cloned c;
+  Napi::Value r = clone_child(env, std::move(p), info[0].As<Napi::Object>(), c);
+  if (!r.IsNull()) return r;
+  g_pending[c.pid].go_fd = c.go_fd;
+  return spawned_object(env, c);
+}
+
+// parent. releaseBlank(pid, plan): gives a blank child the setup half of its plan and its fds,
+// and lets it go. true, or a failure (the blank is gone: the caller kills and reaps it).
+Napi::Value ReleaseBlank(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  long pid = (long)info[0].As<Napi::Number>().Int64Value();
+  auto it = g_pending.find(pid);
+  if (it == g_pending.end() || !it->second.p->blank || it->second.go_fd < 0) {
+    Napi::TypeError::New(env, "releaseBlank: no such blank child").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // The child is blocked in recvmsg on the go socket and reads none of these before it returns.
+  if (!parse_setup(env, info[1].As<Napi::Object>(), *it->second.p)) return env.Undefined();
+  int go = it->second.go_fd;
+  it->second.go_fd = -1;
+  int e = send_go(go, *it->second.p, true);
+  close(go);
+  if (e < 0) return sys_failure(env, "sync", e, nullptr);
+  return Napi::Boolean::New(env, true);
 }

@@ -11,7 +11,13 @@ struct bind_op {
   bool is_file;        // create the target as a file, not a directory, when it is missing
 };
 
+// The most fds one go message carries to a blank child (the kernel's SCM_MAX_FD).
+static const size_t kMaxGoFds = 253;
+
 struct plan {
+  // A blank child is cloned before its setup is known; releaseBlank fills the setup fields
+  // below and sends its fds with the go message.
+  bool blank = false;
   std::string hostname;
   std::string layers_dir;       // the store's layers directory: lowerdirs are relative to it
   std::string lowerdirs;        // "top:...:bottom", names relative to layers_dir
@@ -30,7 +36,7 @@ struct plan {
 
   // Set up by clone.cc before clone.
   int init_fd = -1;    // sealed memfd holding the init binary
-  int sync_fd = -1;    // child reads one byte: id maps (and v1 cgroups) are in place
+  int sync_fd = -1;    // go: one byte (and a blank child's fds) on a SEQPACKET socket; id maps are in place
   int err_fd = -1;     // child writes a setup_error record; close-on-exec, so EOF means exec happened
   int ctl_fd = -1;     // the child's end of the control socket; becomes fd 3 of init
   std::vector<int> join_fds;  // v1 `tasks` files, opened by the parent: the child writes "0" to each
@@ -42,4 +48,4 @@ struct plan {
 
 // child.cc: the setup sequence. Runs in the child between clone and exec: async-signal-safe
 // only, no allocation. Never returns.
-[[noreturn]] void run_child(const plan &p);
+[[noreturn]] void run_child(plan &p);

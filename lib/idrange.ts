@@ -63,9 +63,12 @@ const idle: number[] = [];
 const MAX_IDLE = 4;
 
 let exitHook = false;
+/** Set once the exit hook ran: a slot released later (another exit hook) goes at once. */
+let exiting = false;
 
 /** At exit: idle slots' leases go (a crash leaves them to takeOverIfDead and prune). */
 function dropIdleLeases(): void {
+  exiting = true;
   for (const slot of idle.splice(0)) {
     try {
       unlinkSync(join(idsStateDir(), String(slot)));
@@ -171,6 +174,8 @@ function leased(dir: string, slot: number): SandboxIds {
   const uid = base.uid + slot * RANGE_SIZE;
   const gid = base.gid + slot * RANGE_SIZE;
   const ns = nsFor(slot, uid, gid);
+  // Registered at the first lease, before any other module's exit hook that may release one.
+  if (!exitHook) exitHook = !!process.once('exit', dropIdleLeases);
   let released = false;
   return {
     uid,
@@ -181,7 +186,7 @@ function leased(dir: string, slot: number): SandboxIds {
     release: () => {
       if (released) return;
       released = true;
-      if (!exitHook) exitHook = !!process.once('exit', dropIdleLeases);
+      if (exiting) return forget(slot, join(dir, String(slot)));
       idle.push(slot);
       while (idle.length > MAX_IDLE) {
         const old = idle.shift()!;

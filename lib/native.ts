@@ -55,6 +55,10 @@ export interface Native {
   steps: string[];
   setInit(path: string): number | NativeFailure;
   spawn(plan: SpawnPlan): Spawned | NativeFailure;
+  /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for releaseBlank. */
+  spawnBlank(opts: Pick<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): Spawned | NativeFailure;
+  /** Gives a blank child the setup half of its plan (and its fds) and lets it go. */
+  releaseBlank(pid: number, plan: Omit<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): true | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */
   openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
   /** A user namespace with these maps, as an fd (for idmapped mounts). */

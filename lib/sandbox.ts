@@ -9,7 +9,7 @@ import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
 import { RANGE_SIZE } from './identity.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
-import { isFailure, native, type Spawned, type Watch } from './native.js';
+import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import { capabilityMask } from './capabilities.js';
@@ -28,6 +28,7 @@ import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
+import { dropBlanks, makeBlank, takeBlank } from './warm.js';
 import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, TMPFS_USER_XATTR, imageUser, resolveCached, rootMountpoint } from './plan.js';
 import { isDirFd, killAndReap, waitSetup } from './spawn.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
@@ -108,6 +109,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private cgroup: SandboxCgroup | null;
   private attachment: NetworkAttachment | null = null;
   private disk: PersistentDisk | null = null;
+  /** Sandbox.run: makes the blank for the next run like this one (lib/warm.ts). */
+  private warmNext: (() => void) | undefined;
   /** @internal The host ids of this sandbox's range. */
   ids!: SandboxIds;
   private ctlWatch: Watch | null = null;
@@ -180,7 +183,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** @internal */
-  static async createResolved(opts: ResolvedSandboxOptions): Promise<Sandbox> {
+  static async createResolved(opts: ResolvedSandboxOptions, how: { warm?: boolean } = {}): Promise<Sandbox> {
     if (opts.signal?.aborted) throw abortError(opts.signal);
     const tr = new Trace('create');
     const n = native();
@@ -196,8 +199,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
       throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
     }
-    const id = randomBytes(6).toString('hex');
-    const ids = acquireIds(image.layersDir);
+    // Sandbox.run: a blank made ahead for this store and these limits saves the clone, the
+    // cgroup and the id range (lib/warm.ts); an ephemeral tmpfs layer only (no disk to make).
+    const warmKey = how.warm && !opts.persistent && TMPFS_USER_XATTR ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
+    const blank = warmKey !== null ? takeBlank(warmKey) : undefined;
+    const id = blank?.id ?? randomBytes(6).toString('hex');
+    const ids = blank?.ids ?? acquireIds(image.layersDir);
     tr.mark('ids');
     const fds: number[] = [];
     let cgroup: SandboxCgroup | null = null;
@@ -207,7 +214,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     try {
       // The owner record comes first: a prune in another process then never takes this
       // sandbox's cgroup or disk, made below, for a crashed one's.
-      await store.markInUse(image.image.id, id);
+      if (!blank) await store.markInUse(image.image.id, id); // a blank's was written with it
       marked = true;
       tr.mark('record');
       if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES, ids);
@@ -216,7 +223,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         // limit was asked for (enforced), else a plain directory.
         disk = opts.limits.diskBytes !== null ? await preparePersistentDisk(store.root, id, opts.limits.diskBytes, ids) : await preparePlainUpper(store.root, id, ids);
       }
-      cgroup = cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
+      cgroup = blank?.cgroup ?? cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
+      if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
       tr.mark('cgroup');
       const binds: { fd: number; target: string; file: boolean }[] = [];
       const bind = (source: string, target: string, readonly: boolean, userns: number | null): void => {
@@ -248,7 +256,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       }
       const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
       tr.mark('trees');
-      const s = n.spawn({
+      const setupPlan = {
         hostname: opts.hostname ?? `hutch-${id}`,
         layersDir: image.layersDir,
         lowerdirs: image.lowerdirs.join(':'),
@@ -261,12 +269,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         masked: MASKED,
         readonly: READONLY,
         readonlyRoot: opts.readonlyRootfs,
-        uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
-        gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
-        cgroupFd: cgroup.cloneIntoFd ?? -1,
-        // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
-        joinFiles: [...cgroup.joinFiles],
-      });
+      };
+      let s: Spawned | NativeFailure | undefined;
+      if (blank) {
+        const r = n.releaseBlank(blank.spawned.pid, setupPlan);
+        if (!isFailure(r)) s = blank.spawned;
+        else {
+          // The blank died while it waited (killed by someone): start the ordinary way, in
+          // its cgroup and id range, once it is reaped.
+          spawned = undefined;
+          await killAndReap(blank.spawned);
+        }
+      }
+      s ??= n.spawn({
+            ...setupPlan,
+            uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
+            gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
+            cgroupFd: cgroup.cloneIntoFd ?? -1,
+            // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
+            joinFiles: [...cgroup.joinFiles],
+          });
       tr.mark('clone');
       for (const fd of fds.splice(0)) n.close(fd);
       if (isFailure(s)) throw setupError(s);
@@ -286,6 +308,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     n.close(spawned.errFd);
     tr.mark('wake');
     const sb = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
+    if (warmKey !== null) sb.warmNext = () => void makeBlank(warmKey, store, image.image.id, image.layersDir, opts.limits.cgroup);
     sb.disk = disk;
     sb.ids = ids;
     sb.watch();
@@ -327,11 +350,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (typeof options !== 'object' || options === null) throw invalid('options', 'an object of RunOptions with a command', options);
     const opts = resolveSandboxOptions(options, RUN_KEYS);
     const exec = resolveExecOptions(options, 'run');
-    const sb = await Sandbox.createResolved(opts);
+    const sb = await Sandbox.createResolved(opts, { warm: true });
     let result: ExecResult;
     try {
       const command = options.command ?? sb.defaultCommand();
-      result = await sb.execResolved(command, exec);
+      const running = sb.execResolved(command, exec);
+      // The next run's blank is made while this command runs: the event loop idles then, and
+      // a clone now does not contend with this sandbox's own setup (both want the kernel's
+      // network and mount locks).
+      sb.warmNext?.();
+      result = await running;
     } catch (e) {
       await sb.destroy();
       throw e;
@@ -358,6 +386,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   static async settle(): Promise<void> {
+    dropBlanks();
     await teardownsDone();
     const failures = takeFailures();
     await settleNetwork();

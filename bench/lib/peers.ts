@@ -4,6 +4,7 @@
  * that it does not land on the next peer's sample.
  */
 import { Sandbox, type Limits, type SandboxPool } from '../../lib/index.js';
+import { teardownsDone } from '../../lib/teardowns.js';
 import { explainFailure, timeChild } from './child.js';
 import type { OciSetup } from './oci.js';
 
@@ -86,8 +87,9 @@ export function hutchRunPeer(): Peer {
       return ms;
     },
     // Sandbox.run resolves once the command has ended and its sandbox is killed; the rest of
-    // the teardown runs in the background: let it finish outside the timing, like the pool's refill.
-    settle: () => Sandbox.settle(),
+    // the teardown runs in the background: let it finish outside the timing, like the pool's
+    // refill. (Not Sandbox.settle(): that also drops the blank made for the next run.)
+    settle: () => teardownsDone(),
   };
 }
 
@@ -103,8 +105,9 @@ export function hutchLimitsPeer(): Peer {
       return ms;
     },
     // Sandbox.run resolves once the command has ended and its sandbox is killed; the rest of
-    // the teardown runs in the background: let it finish outside the timing, like the pool's refill.
-    settle: () => Sandbox.settle(),
+    // the teardown runs in the background: let it finish outside the timing, like the pool's
+    // refill. (Not Sandbox.settle(): that also drops the blank made for the next run.)
+    settle: () => teardownsDone(),
   };
 }
 

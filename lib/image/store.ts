@@ -7,6 +7,7 @@ import { HutchError, hostFailure, invalid } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
+import { dropBlanks } from '../warm.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
 import { HEX64 } from './blob.js';
@@ -465,7 +466,9 @@ export class ImageStore {
   async remove(ref: string): Promise<void> {
     if (typeof ref !== 'string' || ref === '') throw invalid('ref', "a tag, 'sha256:<id>' or an id prefix", ref);
     this.ensure();
-    // A sandbox Sandbox.run has finished with may still hold its record for a moment.
+    // A sandbox Sandbox.run has finished with may still hold its record for a moment, and a
+    // blank made for the next run holds one: drop those first.
+    dropBlanks();
     await teardownsDone();
     const trash = await this.lock.run(async () => {
       const tags = await this.readTags();
@@ -520,6 +523,7 @@ export class ImageStore {
     removedBytes: number;
   }> {
     this.ensure();
+    dropBlanks();
     await teardownsDone();
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();
@@ -605,6 +609,11 @@ export class ImageStore {
 
   /** Ends what markInUse recorded; removes sandboxes/<sandboxId>/ when nothing else is in it. @internal */
   async release(sandboxId: string): Promise<void> {
+    this.releaseSync(sandboxId);
+  }
+
+  /** release(), synchronously (at process exit). @internal */
+  releaseSync(sandboxId: string): void {
     if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
     const dir = this.path('sandboxes', sandboxId);
     // Out of sandboxes/ in one step, then removed: never a half-removed record there.

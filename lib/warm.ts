@@ -1,0 +1,139 @@
+/**
+ * Warm starts for `Sandbox.run`: a blank sandbox made ahead, so that the next run with the same
+ * image and limits skips the slowest host-side steps of a start — the clone into new namespaces
+ * (about 1 ms, most of it the new network namespace), the cgroup, the id range and the store's
+ * owner record.
+ *
+ * A blank is a child cloned into its namespaces and cgroup, id maps written, that waits for the
+ * setup half of its plan (image layers, mounts, hostname: addon/clone.cc releaseBlank). It has
+ * run nothing and mounted nothing: a sandbox made from it is as fresh as any. There is at most
+ * one per key; it is made while a run's own sandbox sets up (the event loop is idle then), and
+ * dropped after IDLE_MS unused, by `Sandbox.settle()`, and at exit. A blank costs a process
+ * waiting in recvmsg, an empty cgroup, an id range and an owner record naming the image (so
+ * the image is in use: `store.remove()` and `prune()` drop this process's blanks first).
+ */
+import { randomBytes } from 'node:crypto';
+import { rmdirSync } from 'node:fs';
+import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
+import { RANGE_SIZE } from './identity.js';
+import { acquireIds, type SandboxIds } from './idrange.js';
+import type { ImageStore } from './image/store.js';
+import type { CgroupLimits } from './limits.js';
+import { isFailure, native, type Spawned } from './native.js';
+import { killAndReap } from './spawn.js';
+import { inBackground } from './teardowns.js';
+
+/** How long a blank waits for a run before it is dropped. */
+export const IDLE_MS = 2000;
+
+export interface Blank {
+  key: string;
+  id: string;
+  /** Its owner record names the image (written first, as for any sandbox). */
+  store: ImageStore;
+  ids: SandboxIds;
+  cgroup: SandboxCgroup;
+  spawned: Spawned;
+  timer: NodeJS.Timeout;
+}
+
+const blanks = new Map<string, Blank>();
+/** Keys whose blank is being made (makeBlank awaits the owner record). */
+const making = new Set<string>();
+let exitHook = false;
+
+/** The blank for `key`, now the caller's (it releases it, or drops it with `dropBlank`). */
+export function takeBlank(key: string): Blank | undefined {
+  const b = blanks.get(key);
+  if (!b) return undefined;
+  blanks.delete(key);
+  clearTimeout(b.timer);
+  return b;
+}
+
+/**
+ * Makes the blank for `key` unless there is one. A failure only means there is no blank: the
+ * next run makes its sandbox the ordinary way, and reports a failure of its own if it has one.
+ */
+export async function makeBlank(key: string, store: ImageStore, imageId: string, layersDir: string, limits: CgroupLimits): Promise<void> {
+  if (blanks.has(key) || making.has(key)) return;
+  making.add(key);
+  const n = native();
+  const id = randomBytes(6).toString('hex');
+  const ids = acquireIds(layersDir);
+  let cgroup: SandboxCgroup | undefined;
+  let marked = false;
+  try {
+    // As for any sandbox, the owner record first: a prune elsewhere then never takes the
+    // cgroup made next for a crashed sandbox's.
+    await store.markInUse(imageId, id);
+    marked = true;
+    cgroup = cgroupDriver().create(id, limits);
+    const s = n.spawnBlank({
+      uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
+      gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
+      cgroupFd: cgroup.cloneIntoFd ?? -1,
+      joinFiles: [...cgroup.joinFiles],
+    });
+    if (isFailure(s)) throw new Error(`spawnBlank: ${s.step} errno ${s.errno}`);
+    if (!exitHook) exitHook = !!process.once('exit', dropAllAtExit);
+    const timer = setTimeout(() => {
+      const b = takeBlank(key);
+      if (b) dropBlank(b);
+    }, IDLE_MS).unref();
+    blanks.set(key, { key, id, store, ids, cgroup, spawned: s, timer });
+  } catch {
+    if (cgroup) inBackground(cgroup.destroy());
+    if (marked) inBackground(store.release(id));
+    ids.release();
+  } finally {
+    making.delete(key);
+  }
+}
+
+/** Kills a blank and frees its cgroup and id range, in the background (`Sandbox.settle()` waits). */
+export function dropBlank(b: Blank): void {
+  inBackground(
+    (async () => {
+      await killAndReap(b.spawned);
+      b.ids.release();
+      await b.cgroup.destroy();
+      await b.store.release(b.id);
+    })(),
+  );
+}
+
+/** Drops every blank (`Sandbox.settle()`). */
+export function dropBlanks(): void {
+  for (const key of [...blanks.keys()]) {
+    const b = takeBlank(key);
+    if (b) dropBlank(b);
+  }
+}
+
+/** At exit the event loop is gone: kill, reap and remove synchronously, as far as that goes. */
+function dropAllAtExit(): void {
+  const n = native();
+  for (const b of blanks.values()) {
+    n.pidfdKill(b.spawned.pidfd, 9);
+    const deadline = Date.now() + 100;
+    while (n.reap(b.spawned.pidfd) === null && Date.now() < deadline) {
+      /* a killed child with nothing mounted dies within microseconds */
+    }
+    for (const d of [...b.cgroup.dirs].reverse()) {
+      try {
+        rmdirSync(d);
+      } catch {
+        /* left to prune */
+      }
+    }
+    b.store.releaseSync(b.id);
+    b.ids.release();
+  }
+  blanks.clear();
+}
+
+/** @internal For tests: the blanks now, as { id, pid }. */
+export function blanksNow(): { id: string; pid: number }[] {
+  return [...blanks.values()].map((b) => ({ id: b.id, pid: b.spawned.pid }));
+}

@@ -1,0 +1,130 @@
+// Warm starts: Sandbox.run makes a blank (cloned, in its cgroup, id maps written, nothing
+// mounted or run) for the next run with the same image and limits (lib/warm.ts).
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Sandbox } from '../lib/index.js';
+import { blanksNow, IDLE_MS } from '../lib/warm.js';
+import { leftovers } from './helpers/leaks.js';
+import { ROOT } from './helpers/reliability.js';
+
+const hostname = async (limits?: object) =>
+  (await Sandbox.run({ image: 'busybox', command: ['hostname'], encoding: 'utf8', ...(limits ? { limits } : {}) })).stdout.trim();
+
+afterEach(async () => {
+  await Sandbox.settle();
+});
+
+describe('warm starts of Sandbox.run', () => {
+  it('a run leaves one blank for the next run like it, which that run becomes', async () => {
+    await hostname();
+    const [blank, ...more] = blanksNow();
+    expect(more).toEqual([]);
+    expect(blank).toBeDefined();
+    // The blank has run nothing: its process is the setup child, not yet an init.
+    expect(readdirSync(`/proc/${blank!.pid}/task`)).toHaveLength(1);
+    expect(await hostname()).toBe(`hutch-${blank!.id}`);
+    // ... and the next one is ready again.
+    expect(blanksNow().map((b) => b.id)).not.toContain(blank!.id);
+    expect(blanksNow()).toHaveLength(1);
+  });
+
+  it('a sandbox from a blank is as confined and as fresh as any: limits, ids, an empty writable layer', async () => {
+    const limits = { pids: 8, memory: '64MiB' };
+    await Sandbox.run({ image: 'busybox', command: 'echo dirty > /tmp/mark', limits });
+    const blank = blanksNow()[0]!;
+    const r = await Sandbox.run({
+      image: 'busybox',
+      limits,
+      encoding: 'utf8',
+      // The fork test comes last: at the pids limit the shell itself cannot fork any more.
+      command: 'hostname; cat /tmp/mark 2>&1; grep -E "^(Uid|Seccomp):" /proc/self/status; for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 >/dev/null 2>&1 & done',
+    });
+    const lines = r.stdout.split('\n');
+    expect(lines[0]).toBe(`hutch-${blank.id}`);
+    expect(lines[1]).toMatch(/No such file/); // nothing of the previous run
+    expect(lines[2]).toMatch(/^Uid:\s+0\s+0\s+0\s+0$/);
+    expect(lines[3]).toMatch(/^Seccomp:\s+2$/);
+    expect(r.stderr).toMatch(/can't fork|Resource temporarily unavailable/); // pids: 8 holds
+  });
+
+  it('other limits or another image do not take the blank', async () => {
+    await hostname();
+    const blank = blanksNow()[0]!;
+    expect(await hostname({ pids: 50 })).not.toBe(`hutch-${blank.id}`);
+    expect(blanksNow().map((b) => b.id)).toContain(blank.id);
+  });
+
+  it('a blank killed from outside is replaced: the run starts the ordinary way', async () => {
+    await hostname();
+    const blank = blanksNow()[0]!;
+    process.kill(blank.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 50));
+    const r = await Sandbox.run({ image: 'busybox', command: ['true'] });
+    expect(r.exitCode).toBe(0);
+  });
+
+  it('settle() drops the blanks, and nothing of them is left', async () => {
+    await hostname();
+    expect(blanksNow()).toHaveLength(1);
+    await Sandbox.settle();
+    expect(blanksNow()).toEqual([]);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('an unused blank goes after IDLE_MS', async () => {
+    await hostname();
+    const blank = blanksNow()[0]!;
+    await new Promise((r) => setTimeout(r, IDLE_MS + 300));
+    expect(blanksNow()).toEqual([]);
+    await Sandbox.settle();
+    expect(existsSync(`/proc/${blank.pid}`)).toBe(false);
+  }, 10_000);
+
+  it('a process that exits with a blank leaves nothing: no cgroup, record, lease or process', () => {
+    const store = mkdtempSync(join(tmpdir(), 'hutch-warm-store-'));
+    const ids = mkdtempSync(join(tmpdir(), 'hutch-warm-ids-'));
+    try {
+      const script = `
+        import { Sandbox } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'index.js'))};
+        import { blanksNow } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'warm.js'))};
+        await Sandbox.run({ image: 'busybox', command: ['true'] });
+        console.log(JSON.stringify(blanksNow()));
+      `;
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      const [blank] = JSON.parse(r.stdout) as { id: string; pid: number }[];
+      expect(blank).toBeDefined();
+      expect(existsSync(`/proc/${blank!.pid}`)).toBe(false);
+      expect(readdirSync(join(store, 'sandboxes'))).toEqual([]);
+      expect(readdirSync(ids)).toEqual([]);
+      expect(readFileCgroups(blank!.id)).toEqual([]);
+    } finally {
+      rmSync(store, { recursive: true, force: true });
+      rmSync(ids, { recursive: true, force: true });
+    }
+  });
+});
+
+function readFileCgroups(id: string): string[] {
+  const out: string[] = [];
+  for (const c of readdirSync('/sys/fs/cgroup')) {
+    const walk = (d: string, depth: number): void => {
+      if (depth > 6) return;
+      let names: string[] = [];
+      try {
+        names = readdirSync(d, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+      } catch {
+        return;
+      }
+      for (const n of names) {
+        if (n === id) out.push(`${d}/${n}`);
+        else walk(`${d}/${n}`, depth + 1);
+      }
+    };
+    walk(`/sys/fs/cgroup/${c}`, 0);
+  }
+  return out;
+}
