@@ -24,6 +24,7 @@ Napi::Value Send(const Napi::CallbackInfo &info);
 Napi::Value Recv(const Napi::CallbackInfo &info);
 Napi::Value Pipe(const Napi::CallbackInfo &info);
 Napi::Value ReadSome(const Napi::CallbackInfo &info);
+ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
 Napi::Value ReadSmall(const Napi::CallbackInfo &info);
 Napi::Value WriteSmall(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);

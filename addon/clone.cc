@@ -333,28 +333,13 @@ static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
 // parent. Sends the go message: one byte, and for a blank child the setup's fds (layers then
 // binds, in plan order), which it receives as its own (it was cloned before they existed).
 static int send_go(int go_fd, const plan &p, bool with_fds) {
-  char x = 'x';
-  struct iovec iov = {&x, 1};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
-  size_t nfds = with_fds ? p.layer_fds.size() + p.binds.size() : 0;
-  if (nfds > 0) {
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    int *out = (int *)CMSG_DATA(c);
-    for (int fd : p.layer_fds) *out++ = fd;
-    for (const bind_op &b : p.binds) *out++ = b.tree_fd;
+  std::vector<int> fds;
+  if (with_fds) {
+    fds = p.layer_fds;
+    for (const bind_op &b : p.binds) fds.push_back(b.tree_fd);
   }
-  ssize_t n;
-  do n = sendmsg(go_fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
-  return n == 1 ? 0 : n < 0 ? -errno : -EIO;
+  ssize_t n = send_with_fds(go_fd, "x", 1, fds.data(), fds.size());
+  return n == 1 ? 0 : n < 0 ? (int)n : -EIO;
 }
 
 // parent. clone3 into new namespaces, the id maps written; the child then waits for go.

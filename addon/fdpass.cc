@@ -11,6 +11,29 @@
 
 static const int kMaxFds = 8;
 
+// One SEQPACKET message with up to 253 fds (SCM_RIGHTS): the byte count, or -errno.
+ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds) {
+  struct iovec iov = {const_cast<void *>(data), len};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 253)];
+  if (nfds > 253) return -EINVAL;
+  if (nfds > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  return n < 0 ? -errno : n;
+}
+
 // send(fd, buffer, fds[]): sends one message; returns the byte count or { errno }.
 Napi::Value Send(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -22,24 +45,8 @@ Napi::Value Send(const Napi::CallbackInfo &info) {
     Napi::Array a = info[2].As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length() && nfds < kMaxFds; i++) fds[nfds++] = a.Get(i).As<Napi::Number>().Int32Value();
   }
-  struct iovec iov = {buf.Data(), buf.Length()};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  if (nfds > 0) {
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
-  ssize_t n;
-  do n = sendmsg(fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
-  if (n < 0) return sys_failure(env, nullptr, errno, nullptr);
+  ssize_t n = send_with_fds(fd, buf.Data(), buf.Length(), fds, (size_t)nfds);
+  if (n < 0) return sys_failure(env, nullptr, (int)-n, nullptr);
   return Napi::Number::New(env, (double)n);
 }
 
