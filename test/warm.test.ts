@@ -68,10 +68,13 @@ describe('warm starts of Sandbox.run', () => {
 
   it('settle() drops the blanks, and nothing of them is left', async () => {
     await hostname();
-    expect(blanksNow()).toHaveLength(1);
+    const [blank] = blanksNow();
+    expect(blank).toBeDefined();
     await Sandbox.settle();
     expect(blanksNow()).toEqual([]);
-    expect(await leftovers()).toEqual([]);
+    // Other files' sandboxes may be running: look only for what the blank had.
+    expect((await leftovers()).filter((l) => l.includes(blank!.id) || l.startsWith(`process ${blank!.pid} `))).toEqual([]);
+    expect(existsSync(`/proc/${blank!.pid}`)).toBe(false);
   });
 
   it('an unused blank goes after IDLE_MS', async () => {
