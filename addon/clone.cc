@@ -342,51 +342,75 @@ static int send_go(int go_fd, const plan &p, bool with_fds) {
   return n == 1 ? 0 : n < 0 ? (int)n : -EIO;
 }
 
-// parent. clone3 into new namespaces, the id maps written; the child then waits for go.
-// Returns the pid, or a failure object after cleaning up everything made here.
+// parent. What a clone needs besides the plan, read from JS on the main thread.
+struct clone_req {
+  std::string uid_map, gid_map;
+  int cgroup_fd = -1;
+};
+
+// What a clone made: the parent's ends, and the CLONE_VM child's stack (to keep with its plan).
 struct cloned {
   long pid = -1;
   int pidfd = -1, go_fd = -1, err_fd = -1, ctl_fd = -1;
+  void *stack = nullptr;
+  // On failure: the step, -errno and the path for the error.
+  const char *fail_step = nullptr;
+  int fail_err = 0;
+  std::string fail_path;
 };
-static Napi::Value clone_child(Napi::Env env, std::unique_ptr<plan> p, const Napi::Object &o, cloned &out) {
-  std::string uid_map = get_str(o, "uidMap"), gid_map = get_str(o, "gidMap");
-  p->join_paths = get_strs(o, "joinFiles");
-  int cgroup_fd = get_int(o, "cgroupFd", -1);
-  if (uid_map.empty() || gid_map.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): uidMap, gidMap are required").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  p->init_args = {"hutch-init"};
-  for (auto &s : p->init_args) p->init_argv.push_back(s.c_str());
-  p->init_argv.push_back(nullptr);
-  p->init_envp.push_back(nullptr);
-  p->init_fd = g_init_fd;
 
-  // The child writes to these itself (child.cc); they close in the parent right after clone.
+// parent, main thread. Reads the clone's arguments and opens the v1 `tasks` files the child
+// joins; throws (returns false) on bad arguments, or sets c.fail_* on a failed open.
+static bool prepare_clone(Napi::Env env, const Napi::Object &o, plan &p, clone_req &req, cloned &c) {
+  req.uid_map = get_str(o, "uidMap");
+  req.gid_map = get_str(o, "gidMap");
+  req.cgroup_fd = get_int(o, "cgroupFd", -1);
+  p.join_paths = get_strs(o, "joinFiles");
+  if (req.uid_map.empty() || req.gid_map.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): uidMap, gidMap are required").ThrowAsJavaScriptException();
+    return false;
+  }
+  p.init_args = {"hutch-init"};
+  for (auto &s : p.init_args) p.init_argv.push_back(s.c_str());
+  p.init_argv.push_back(nullptr);
+  p.init_envp.push_back(nullptr);
+  p.init_fd = g_init_fd;
+  for (const std::string &f : p.join_paths) {
+    int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+      c.fail_step = "cgroup", c.fail_err = -errno, c.fail_path = f;
+      return true;
+    }
+    p.join_fds.push_back(fd);
+  }
+  return true;
+}
+
+// parent, any thread (no N-API, no JS): clone3 into new namespaces and write the id maps; the
+// child then waits for go. The join fds are closed here either way (the child has its copies).
+// On failure everything made here is undone and c.fail_* says why.
+static void do_clone(plan *p, const clone_req &req, cloned &c) {
   struct fd_list {
     std::vector<int> &fds;
     ~fd_list() {
       for (int fd : fds) close(fd);
     }
   } join_guard{p->join_fds};
-  for (const std::string &f : p->join_paths) {
-    int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return sys_failure(env, "cgroup", errno, f.c_str());
-    p->join_fds.push_back(fd);
-  }
-
   // go: a SEQPACKET pair, so a blank child can receive fds with its go.
   int sync[2], errp[2], ctl[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync) < 0) return sys_failure(env, "clone", errno, "socketpair");
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync) < 0) {
+    c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "socketpair";
+    return;
+  }
   if (pipe2(errp, O_CLOEXEC) < 0) {
-    int e = errno;
+    c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "pipe2";
     close(sync[0]), close(sync[1]);
-    return sys_failure(env, "clone", e, "pipe2");
+    return;
   }
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) < 0) {
-    int e = errno;
+    c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "socketpair";
     close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]);
-    return sys_failure(env, "clone", e, "socketpair");
+    return;
   }
   p->sync_fd = sync[0];
   p->err_fd = errp[1];
@@ -402,83 +426,87 @@ static Napi::Value clone_child(Napi::Env env, std::unique_ptr<plan> p, const Nap
             CLONE_CLEAR_SIGHAND;
   a.pidfd = (uint64_t)(uintptr_t)&pidfd;
   a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
-  if (cgroup_fd >= 0) {
+  if (req.cgroup_fd >= 0) {
     a.flags |= CLONE_INTO_CGROUP;
-    a.cgroup = (uint64_t)cgroup_fd;
+    a.cgroup = (uint64_t)req.cgroup_fd;
   }
   // Block every signal around clone3 so no handler of Node's runs in the child before
   // CLONE_CLEAR_SIGHAND has taken effect; the child clears the mask before exec.
   sigset_t all, old;
   sigfillset(&all);
-  plan *raw = p.get();
 #if HUTCH_CLONE_VM
   // CLONE_VM: no copy of the Node process's page tables (and no copy-on-write faults in it
   // afterwards); the child runs child_entry on its own stack until it execs init.
   void *stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) {
-    int e = errno;
+    c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "mmap";
     close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]), close(ctl[0]), close(ctl[1]);
-    return sys_failure(env, "clone", e, "mmap");
+    return;
   }
   a.flags |= CLONE_VM;
   a.stack = (uint64_t)(uintptr_t)stack;
   a.stack_size = kChildStack;
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, child_entry, raw);
+  long pid = hutch_clone3_vm(&a, sizeof a, child_entry, p);
   int clone_err = pid < 0 ? (int)-pid : 0;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid > 0) {
-    pending_child pc;
-    pc.stack = stack;
-    pc.stack_size = kChildStack;
-    pc.p = std::move(p);
-    g_pending.emplace(pid, std::move(pc));
-  } else {
-    munmap(stack, kChildStack);
-  }
+  if (pid > 0) c.stack = stack;
+  else munmap(stack, kChildStack);
 #else
   pthread_sigmask(SIG_SETMASK, &all, &old);
   long pid = sys_clone3(&a);
-  if (pid == 0) run_child(*raw);
+  if (pid == 0) run_child(*p);
   int clone_err = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid > 0) {
-    pending_child pc;
-    pc.p = std::move(p);
-    g_pending.emplace(pid, std::move(pc));
-  }
 #endif
   close(sync[0]);
   close(errp[1]);
   close(ctl[1]);
   if (pid < 0) {
     close(sync[1]), close(errp[0]), close(ctl[0]);
-    return sys_failure(env, "clone", clone_err, nullptr);
+    c.fail_step = "clone", c.fail_err = -clone_err;
+    return;
   }
+  c.pid = pid;
+  c.pidfd = pidfd;
+  c.go_fd = sync[1];
+  c.err_fd = errp[0];
+  c.ctl_fd = ctl[0];
 
   char path[64];
   snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-  int r = write_file(path, uid_map.data(), uid_map.size());
+  int r = write_file(path, req.uid_map.data(), req.uid_map.size());
   if (r == 0) {
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
-    r = write_file(path, gid_map.data(), gid_map.size());
+    r = write_file(path, req.gid_map.data(), req.gid_map.size());
   }
   if (r < 0) {
     sys_pidfd_send_signal(pidfd, SIGKILL);
     siginfo_t si;
     waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | __WALL);
-    release_child(pid);
-    close(pidfd), close(sync[1]), close(errp[0]), close(ctl[0]);
-    return sys_failure(env, "id_map", r, path);
+    if (c.stack) munmap(c.stack, kChildStack);
+    close(pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
+    c = cloned();
+    c.fail_step = "id_map", c.fail_err = r, c.fail_path = path;
+    return;
   }
-  fcntl(errp[0], F_SETFL, O_NONBLOCK);
-  fcntl(ctl[0], F_SETFL, O_NONBLOCK);
-  out.pid = pid;
-  out.pidfd = pidfd;
-  out.go_fd = sync[1];
-  out.err_fd = errp[0];
-  out.ctl_fd = ctl[0];
-  return env.Null();
+  fcntl(c.err_fd, F_SETFL, O_NONBLOCK);
+  fcntl(c.ctl_fd, F_SETFL, O_NONBLOCK);
+}
+
+// parent, main thread. Keeps a cloned child's plan and stack until it execs or dies
+// (release_child); a blank child also keeps its go socket there.
+static void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank) {
+  pending_child pc;
+  pc.stack = c.stack;
+  pc.stack_size = c.stack ? kChildStack : 0;
+  pc.p = std::move(p);
+  if (blank) pc.go_fd = c.go_fd;
+  g_pending.emplace(c.pid, std::move(pc));
+}
+
+static Napi::Value failure_of(Napi::Env env, const cloned &c) {
+  return sys_failure(env, c.fail_step, c.fail_err, c.fail_path.empty() ? nullptr : c.fail_path.c_str());
 }
 
 static Napi::Object spawned_object(Napi::Env env, const cloned &c) {
@@ -516,11 +544,16 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   if (!check_init(env)) return env.Undefined();
   Napi::Object o = info[0].As<Napi::Object>();
   auto p = std::make_unique<plan>();
-  if (!parse_setup(env, o, *p)) return env.Undefined();
-  plan *raw = p.get();
+  clone_req req;
   cloned c;
-  Napi::Value r = clone_child(env, std::move(p), o, c);
-  if (!r.IsNull()) return r;
+  if (!parse_setup(env, o, *p) || !prepare_clone(env, o, *p, req, c)) return env.Undefined();
+  if (!c.fail_step) do_clone(p.get(), req, c);
+  if (c.fail_step) {
+    for (int fd : p->join_fds) close(fd);
+    return failure_of(env, c);
+  }
+  plan *raw = p.get();
+  keep_child(std::move(p), c, false);
   // The child was cloned after the setup's fds were opened: it has them under the same numbers.
   int e = send_go(c.go_fd, *raw, false);
   if (e < 0) {
@@ -531,9 +564,32 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   return spawned_object(env, c);
 }
 
-// parent. A blank sandbox: cloned into its namespaces and cgroup with its id maps, waiting for
-// the setup half of a plan (releaseBlank). Takes { uidMap, gidMap, cgroupFd, joinFiles }.
-// Made ahead of a create so that the clone (mostly the new network namespace) is off its path.
+// The clone of a blank child, on a libuv pool thread: most of its cost is the kernel making a
+// network namespace, which need not hold up the event loop. The pool's threads live as long
+// as the process, so the child's PR_SET_PDEATHSIG (tied to the thread that cloned it) holds.
+class BlankWorker : public Napi::AsyncWorker {
+ public:
+  BlankWorker(Napi::Env env, std::unique_ptr<plan> p, clone_req req)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), p_(std::move(p)), req_(std::move(req)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { do_clone(p_.get(), req_, c_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (c_.fail_step) return deferred_.Resolve(failure_of(env, c_));
+    keep_child(std::move(p_), c_, true);
+    deferred_.Resolve(spawned_object(env, c_));
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::unique_ptr<plan> p_;
+  clone_req req_;
+  cloned c_;
+};
+
+// parent. spawnBlank({ uidMap, gidMap, cgroupFd, joinFiles }): a promise of a blank sandbox —
+// cloned into its namespaces and cgroup with its id maps, waiting for the setup half of a plan
+// (releaseBlank) — or of a failure. Made ahead of a run so that its clone is off the run's path.
 Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) {
@@ -543,11 +599,19 @@ Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
   if (!check_init(env)) return env.Undefined();
   auto p = std::make_unique<plan>();
   p->blank = true;
+  clone_req req;
   cloned c;
-  Napi::Value r = clone_child(env, std::move(p), info[0].As<Napi::Object>(), c);
-  if (!r.IsNull()) return r;
-  g_pending[c.pid].go_fd = c.go_fd;
-  return spawned_object(env, c);
+  if (!prepare_clone(env, info[0].As<Napi::Object>(), *p, req, c)) return env.Undefined();
+  if (c.fail_step) {
+    for (int fd : p->join_fds) close(fd);
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(failure_of(env, c));
+    return d.Promise();
+  }
+  auto *w = new BlankWorker(env, std::move(p), std::move(req));
+  Napi::Promise promise = w->Promise();
+  w->Queue();
+  return promise;
 }
 
 // parent. releaseBlank(pid, plan): gives a blank child the setup half of its plan and its fds,

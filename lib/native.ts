@@ -56,7 +56,7 @@ export interface Native {
   setInit(path: string): number | NativeFailure;
   spawn(plan: SpawnPlan): Spawned | NativeFailure;
   /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for releaseBlank. */
-  spawnBlank(opts: Pick<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): Spawned | NativeFailure;
+  spawnBlank(opts: Pick<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): Promise<Spawned | NativeFailure>;
   /** Gives a blank child the setup half of its plan (and its fds) and lets it go. */
   releaseBlank(pid: number, plan: Omit<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): true | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */

@@ -202,7 +202,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     // Sandbox.run: a blank made ahead for this store and these limits saves the clone, the
     // cgroup and the id range (lib/warm.ts); an ephemeral tmpfs layer only (no disk to make).
     const warmKey = how.warm && !opts.persistent && TMPFS_USER_XATTR ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
-    const blank = warmKey !== null ? takeBlank(warmKey) : undefined;
+    const blank = warmKey !== null ? await takeBlank(warmKey) : undefined;
     const id = blank?.id ?? randomBytes(6).toString('hex');
     const ids = blank?.ids ?? acquireIds(image.layersDir);
     tr.mark('ids');
@@ -386,7 +386,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   static async settle(): Promise<void> {
-    dropBlanks();
+    await dropBlanks();
     await teardownsDone();
     const failures = takeFailures();
     await settleNetwork();

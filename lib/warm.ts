@@ -39,11 +39,20 @@ export interface Blank {
 
 const blanks = new Map<string, Blank>();
 /** Keys whose blank is being made (makeBlank awaits the owner record). */
-const making = new Set<string>();
+const making = new Map<string, Promise<void>>();
 let exitHook = false;
 
-/** The blank for `key`, now the caller's (it releases it, or drops it with `dropBlank`). */
-export function takeBlank(key: string): Blank | undefined {
+/**
+ * The blank for `key`, now the caller's (it releases it, or drops it with `dropBlank`). One
+ * still being cloned is waited for: that takes less than cloning anew.
+ */
+export async function takeBlank(key: string): Promise<Blank | undefined> {
+  const inflight = making.get(key);
+  if (inflight) await inflight;
+  return takeReady(key);
+}
+
+function takeReady(key: string): Blank | undefined {
   const b = blanks.get(key);
   if (!b) return undefined;
   blanks.delete(key);
@@ -55,9 +64,13 @@ export function takeBlank(key: string): Blank | undefined {
  * Makes the blank for `key` unless there is one. A failure only means there is no blank: the
  * next run makes its sandbox the ordinary way, and reports a failure of its own if it has one.
  */
-export async function makeBlank(key: string, store: ImageStore, imageId: string, layersDir: string, limits: CgroupLimits): Promise<void> {
+export function makeBlank(key: string, store: ImageStore, imageId: string, layersDir: string, limits: CgroupLimits): void {
   if (blanks.has(key) || making.has(key)) return;
-  making.add(key);
+  const p = make(key, store, imageId, layersDir, limits).finally(() => making.delete(key));
+  making.set(key, p);
+}
+
+async function make(key: string, store: ImageStore, imageId: string, layersDir: string, limits: CgroupLimits): Promise<void> {
   const n = native();
   const id = randomBytes(6).toString('hex');
   const ids = acquireIds(layersDir);
@@ -69,7 +82,8 @@ export async function makeBlank(key: string, store: ImageStore, imageId: string,
     await store.markInUse(imageId, id);
     marked = true;
     cgroup = cgroupDriver().create(id, limits);
-    const s = n.spawnBlank({
+    // The clone runs on a libuv pool thread (addon/clone.cc BlankWorker).
+    const s = await n.spawnBlank({
       uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
       gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
       cgroupFd: cgroup.cloneIntoFd ?? -1,
@@ -78,7 +92,7 @@ export async function makeBlank(key: string, store: ImageStore, imageId: string,
     if (isFailure(s)) throw new Error(`spawnBlank: ${s.step} errno ${s.errno}`);
     if (!exitHook) exitHook = !!process.once('exit', dropAllAtExit);
     const timer = setTimeout(() => {
-      const b = takeBlank(key);
+      const b = takeReady(key);
       if (b) dropBlank(b);
     }, IDLE_MS).unref();
     blanks.set(key, { key, id, store, ids, cgroup, spawned: s, timer });
@@ -86,8 +100,6 @@ export async function makeBlank(key: string, store: ImageStore, imageId: string,
     if (cgroup) inBackground(cgroup.destroy());
     if (marked) inBackground(store.release(id));
     ids.release();
-  } finally {
-    making.delete(key);
   }
 }
 
@@ -103,10 +115,11 @@ export function dropBlank(b: Blank): void {
   );
 }
 
-/** Drops every blank (`Sandbox.settle()`). */
-export function dropBlanks(): void {
+/** Drops every blank, those being made included (`Sandbox.settle()`, store remove and prune). */
+export async function dropBlanks(): Promise<void> {
+  while (making.size > 0) await Promise.all([...making.values()]);
   for (const key of [...blanks.keys()]) {
-    const b = takeBlank(key);
+    const b = takeReady(key);
     if (b) dropBlank(b);
   }
 }
@@ -136,4 +149,9 @@ function dropAllAtExit(): void {
 /** @internal For tests: the blanks now, as { id, pid }. */
 export function blanksNow(): { id: string; pid: number }[] {
   return [...blanks.values()].map((b) => ({ id: b.id, pid: b.spawned.pid }));
+}
+
+/** @internal For tests: waits for the blanks being made. */
+export async function blanksMade(): Promise<void> {
+  while (making.size > 0) await Promise.all([...making.values()]);
 }

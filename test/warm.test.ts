@@ -6,12 +6,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../lib/index.js';
-import { blanksNow, IDLE_MS } from '../lib/warm.js';
+import { blanksMade, blanksNow as blanksReady, IDLE_MS } from '../lib/warm.js';
 import { leftovers } from './helpers/leaks.js';
 import { ROOT } from './helpers/reliability.js';
 
 const hostname = async (limits?: object) =>
   (await Sandbox.run({ image: 'busybox', command: ['hostname'], encoding: 'utf8', ...(limits ? { limits } : {}) })).stdout.trim();
+
+/** The blanks, once those being made (on a pool thread) are done. */
+async function blanksNow(): Promise<{ id: string; pid: number }[]> {
+  await blanksMade();
+  return blanksReady();
+}
 
 afterEach(async () => {
   await Sandbox.settle();
@@ -20,21 +26,21 @@ afterEach(async () => {
 describe('warm starts of Sandbox.run', () => {
   it('a run leaves one blank for the next run like it, which that run becomes', async () => {
     await hostname();
-    const [blank, ...more] = blanksNow();
+    const [blank, ...more] = await blanksNow();
     expect(more).toEqual([]);
     expect(blank).toBeDefined();
     // The blank has run nothing: its process is the setup child, not yet an init.
     expect(readdirSync(`/proc/${blank!.pid}/task`)).toHaveLength(1);
     expect(await hostname()).toBe(`hutch-${blank!.id}`);
     // ... and the next one is ready again.
-    expect(blanksNow().map((b) => b.id)).not.toContain(blank!.id);
-    expect(blanksNow()).toHaveLength(1);
+    expect((await blanksNow()).map((b) => b.id)).not.toContain(blank!.id);
+    expect(await blanksNow()).toHaveLength(1);
   });
 
   it('a sandbox from a blank is as confined and as fresh as any: limits, ids, an empty writable layer', async () => {
     const limits = { pids: 8, memory: '64MiB' };
     await Sandbox.run({ image: 'busybox', command: 'echo dirty > /tmp/mark', limits });
-    const blank = blanksNow()[0]!;
+    const blank = (await blanksNow())[0]!;
     const r = await Sandbox.run({
       image: 'busybox',
       limits,
@@ -52,14 +58,14 @@ describe('warm starts of Sandbox.run', () => {
 
   it('other limits or another image do not take the blank', async () => {
     await hostname();
-    const blank = blanksNow()[0]!;
+    const blank = (await blanksNow())[0]!;
     expect(await hostname({ pids: 50 })).not.toBe(`hutch-${blank.id}`);
-    expect(blanksNow().map((b) => b.id)).toContain(blank.id);
+    expect((await blanksNow()).map((b) => b.id)).toContain(blank.id);
   });
 
   it('a blank killed from outside is replaced: the run starts the ordinary way', async () => {
     await hostname();
-    const blank = blanksNow()[0]!;
+    const blank = (await blanksNow())[0]!;
     process.kill(blank.pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 50));
     const r = await Sandbox.run({ image: 'busybox', command: ['true'] });
@@ -68,10 +74,10 @@ describe('warm starts of Sandbox.run', () => {
 
   it('settle() drops the blanks, and nothing of them is left', async () => {
     await hostname();
-    const [blank] = blanksNow();
+    const [blank] = await blanksNow();
     expect(blank).toBeDefined();
     await Sandbox.settle();
-    expect(blanksNow()).toEqual([]);
+    expect(await blanksNow()).toEqual([]);
     // Other files' sandboxes may be running: look only for what the blank had.
     expect((await leftovers()).filter((l) => l.includes(blank!.id) || l.startsWith(`process ${blank!.pid} `))).toEqual([]);
     expect(existsSync(`/proc/${blank!.pid}`)).toBe(false);
@@ -79,9 +85,9 @@ describe('warm starts of Sandbox.run', () => {
 
   it('an unused blank goes after IDLE_MS', async () => {
     await hostname();
-    const blank = blanksNow()[0]!;
+    const blank = (await blanksNow())[0]!;
     await new Promise((r) => setTimeout(r, IDLE_MS + 300));
-    expect(blanksNow()).toEqual([]);
+    expect(await blanksNow()).toEqual([]);
     await Sandbox.settle();
     expect(existsSync(`/proc/${blank.pid}`)).toBe(false);
   }, 10_000);
@@ -92,8 +98,9 @@ describe('warm starts of Sandbox.run', () => {
     try {
       const script = `
         import { Sandbox } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'index.js'))};
-        import { blanksNow } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'warm.js'))};
+        import { blanksMade, blanksNow } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'warm.js'))};
         await Sandbox.run({ image: 'busybox', command: ['true'] });
+        await blanksMade();
         console.log(JSON.stringify(blanksNow()));
       `;
       const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids }, encoding: 'utf8' });

@@ -468,7 +468,7 @@ export class ImageStore {
     this.ensure();
     // A sandbox Sandbox.run has finished with may still hold its record for a moment, and a
     // blank made for the next run holds one: drop those first.
-    dropBlanks();
+    await dropBlanks();
     await teardownsDone();
     const trash = await this.lock.run(async () => {
       const tags = await this.readTags();
@@ -523,7 +523,7 @@ export class ImageStore {
     removedBytes: number;
   }> {
     this.ensure();
-    dropBlanks();
+    await dropBlanks();
     await teardownsDone();
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();
