@@ -25,6 +25,8 @@ import { inBackground } from './teardowns.js';
 
 /** How long a blank waits for a run before it is dropped. */
 export const IDLE_MS = 2000;
+/** Blanks kept at once (one per image and limits): runs with ever-new limits keep no more. */
+export const MAX_BLANKS = 4;
 
 export interface Blank {
   key: string;
@@ -96,6 +98,11 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
       if (b) dropBlank(b);
     }, IDLE_MS).unref();
     blanks.set(key, { key, id, store, ids, cgroup, spawned: s, timer });
+    // The oldest go first (a Map keeps insertion order).
+    for (const old of [...blanks.keys()].slice(0, Math.max(0, blanks.size - MAX_BLANKS))) {
+      const b = takeReady(old);
+      if (b) dropBlank(b);
+    }
   } catch {
     if (cgroup) inBackground(cgroup.destroy());
     if (marked) inBackground(store.release(id));

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../lib/index.js';
-import { blanksMade, blanksNow as blanksReady, IDLE_MS } from '../lib/warm.js';
+import { blanksMade, blanksNow as blanksReady, IDLE_MS, MAX_BLANKS } from '../lib/warm.js';
 import { leftovers } from './helpers/leaks.js';
 import { ROOT } from './helpers/reliability.js';
 
@@ -61,6 +61,14 @@ describe('warm starts of Sandbox.run', () => {
     const blank = (await blanksNow())[0]!;
     expect(await hostname({ pids: 50 })).not.toBe(`hutch-${blank.id}`);
     expect((await blanksNow()).map((b) => b.id)).toContain(blank.id);
+  });
+
+  it('keeps at most MAX_BLANKS blanks, dropping the oldest', async () => {
+    for (let i = 0; i < MAX_BLANKS + 2; i++) await hostname({ pids: 100 + i });
+    const now = await blanksNow();
+    expect(now).toHaveLength(MAX_BLANKS);
+    // The first two limits' blanks went; the newest is there.
+    expect(await hostname({ pids: 100 + MAX_BLANKS + 1 })).toBe(`hutch-${now[now.length - 1]!.id}`);
   });
 
   it('a blank killed from outside is replaced: the run starts the ordinary way', async () => {
