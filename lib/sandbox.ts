@@ -52,6 +52,13 @@ const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-tri
 
 let defaultStore: ImageStore | undefined;
 
+/** Sandbox.run's command, for createResolved to send during setup; `result` is its exec. */
+interface FirstExec {
+  command: unknown;
+  exec: ResolvedExecOptions;
+  result?: Promise<ExecResult>;
+}
+
 
 interface SandboxEvents {
   oom: [ResourceUsage];
@@ -183,7 +190,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** @internal */
-  static async createResolved(opts: ResolvedSandboxOptions, how: { warm?: boolean } = {}): Promise<Sandbox> {
+  static async createResolved(opts: ResolvedSandboxOptions, how: { warm?: boolean; first?: FirstExec } = {}): Promise<Sandbox> {
     if (opts.signal?.aborted) throw abortError(opts.signal);
     const tr = new Trace('create');
     const n = native();
@@ -211,6 +218,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     let spawned: Spawned | undefined;
     let disk: PersistentDisk | null = null;
     let marked = false;
+    let early: Sandbox | undefined;
     try {
       // The owner record comes first: a prune in another process then never takes this
       // sandbox's cgroup or disk, made below, for a crashed one's.
@@ -293,11 +301,23 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       for (const fd of fds.splice(0)) n.close(fd);
       if (isFailure(s)) throw setupError(s);
       spawned = s;
+      if (how.first && opts.network.mode === 'none' && !opts.signal) {
+        // Sandbox.run: its command is sent now, while the child sets up. init reads it as soon
+        // as it starts, instead of after a round trip through this event loop. Nothing else
+        // would happen in between with no network to attach; the v1 cgroups are joined
+        // already (the child's first step), the cgroup namespace is made by init at the exec.
+        early = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
+        early.watchControl();
+        const command = how.first.command ?? early.defaultCommand();
+        how.first.result = early.execResolved(command, how.first.exec);
+        how.first.result.catch(() => undefined); // a failed setup is what create reports
+      }
       const setup = await waitSetup(s);
       tr.mark('setup');
       if (setup) throw setupError(setup);
     } catch (e) {
       for (const fd of fds) n.close(fd);
+      early?.abandonEarly();
       if (spawned) await killAndReap(spawned);
       await cgroup?.destroy().catch(() => undefined);
       await disk?.release().catch(() => undefined);
@@ -307,7 +327,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     }
     n.close(spawned.errFd);
     tr.mark('wake');
-    const sb = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
+    const sb = early ?? new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
     if (warmKey !== null) sb.warmNext = () => void makeBlank(warmKey, store, image.image.id, image.layersDir, opts.limits.cgroup);
     sb.disk = disk;
     sb.ids = ids;
@@ -350,11 +370,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (typeof options !== 'object' || options === null) throw invalid('options', 'an object of RunOptions with a command', options);
     const opts = resolveSandboxOptions(options, RUN_KEYS);
     const exec = resolveExecOptions(options, 'run');
-    const sb = await Sandbox.createResolved(opts, { warm: true });
+    const first: FirstExec = { command: options.command, exec };
+    const sb = await Sandbox.createResolved(opts, { warm: true, first });
     let result: ExecResult;
     try {
-      const command = options.command ?? sb.defaultCommand();
-      const running = sb.execResolved(command, exec);
+      const running = first.result ?? sb.execResolved(options.command ?? sb.defaultCommand(), exec);
       // The next run's blank is made while this command runs: the event loop idles then, and
       // a clone now does not contend with this sandbox's own setup (both want the kernel's
       // network and mount locks).
@@ -433,11 +453,26 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
   private watch(): void {
     const n = native();
-    const s = this.spawned;
-    this.pidWatch = new n.Watch(s.pidfd, () => this.onInitExit());
+    this.pidWatch = new n.Watch(this.spawned.pidfd, () => this.onInitExit());
     this.pidWatch.unref();
-    this.ctlWatch = new n.Watch(s.ctlFd, () => this.onControl());
-    this.ctlWatch.unref();
+    this.watchControl();
+  }
+
+  /** Messages from init: from the first exec on (which Sandbox.run may send during setup). */
+  private watchControl(): void {
+    if (this.ctlWatch) return;
+    const n = native();
+    const w = new n.Watch(this.spawned.ctlFd, () => this.onControl());
+    if (this.procs.size === 0) w.unref();
+    this.ctlWatch = w;
+  }
+
+  /** A create that failed after run's first exec was sent: that exec ends as killed. */
+  private abandonEarly(): void {
+    this.state = 'destroyed';
+    this.ctlWatch?.close();
+    this.ctlWatch = null;
+    for (const p of this.procs.values()) p.onSandboxGone();
   }
 
   private onControl(): void {
