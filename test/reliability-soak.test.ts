@@ -129,6 +129,7 @@ describe.skipIf(skip)(`soak: ${CYCLES} create/exec/destroy cycles`, () => {
     // ... and concurrently, so caches bounded by design (the id-range namespaces kept for
     // reuse, at most a few) are as full before the soak as they can be after it.
     await Promise.all(Array.from({ length: 8 }, (_, i) => cycle(i, seen)));
+    await Sandbox.settle(); // what destroy leaves to the background (the record's removal from tmp/)
     const before = snapshot();
     const t0 = performance.now();
     const concurrency = 2;
@@ -144,6 +145,7 @@ describe.skipIf(skip)(`soak: ${CYCLES} create/exec/destroy cycles`, () => {
     );
     const seconds = (performance.now() - t0) / 1000;
     if (errors.length > 0) throw errors[0];
+    await Sandbox.settle();
     const after = snapshot();
     const growth = {
       fds: after.fds - before.fds,

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, chmodSync, chownSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, chownSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
@@ -612,11 +612,20 @@ export class ImageStore {
     this.releaseSync(sandboxId);
   }
 
-  /** release(), synchronously (at process exit). @internal */
+  /** release(), synchronously (at process exit too). @internal */
   releaseSync(sandboxId: string): void {
     if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
     const dir = this.path('sandboxes', sandboxId);
-    // Out of sandboxes/ in one step, then removed: never a half-removed record there.
+    // The usual record is owner.json alone: two calls in place (a prune that meets the dir
+    // between them takes an empty dir for an abandoned one and removes it: what we do anyway).
+    try {
+      unlinkSync(join(dir, 'owner.json'));
+      rmdirSync(dir);
+      return;
+    } catch {
+      /* more in it (a persistent layer's leftovers), or gone */
+    }
+    // Out of sandboxes/ in one step, then removed: never a half-removed tree there.
     const gone = this.path('tmp', `rel-${ownerTag()}-${randomBytes(6).toString('hex')}`);
     try {
       renameSync(dir, gone);
