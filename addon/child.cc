@@ -37,6 +37,16 @@
     if (r_ < 0) die_step(p.err_fd, (step), (int)r_, (detail)); \
   } while (0)
 
+// child; raw syscalls only. The steps that need nothing of the plan's setup half: a blank
+// child takes them while it waits for go, any other child right after go.
+static void setup_without_plan(const plan &p) {
+  // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
+  // and our new mount namespace starts as a peer of it).
+  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
+  // A new network namespace has `lo` down.
+  CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
+}
+
 // child; raw syscalls only. One step per line, in the order of DESIGN.md.
 [[noreturn]] void run_child(plan &p) {
   // The parent may die before it releases us: then the sync read sees EOF and we leave. That
@@ -54,8 +64,10 @@
     if (w < 0) die_step(p.err_fd, STEP_CGROUP, (int)w, p.join_paths[i].c_str());
     rsys1(SYS_close, p.join_fds[i]);
   }
-  // Wait for go. A blank child (cloned ahead of its sandbox) gets the setup's fds with it, as
-  // new numbers in its own fd table: they replace the parent's numbers in the plan, in order.
+  // A blank child (cloned ahead of its sandbox) does what needs no plan while it waits.
+  if (p.blank) setup_without_plan(p);
+  // Wait for go. A blank child gets the setup's fds with it, as new numbers in its own fd
+  // table: they replace the parent's numbers in the plan, in order.
   char go = 0;
   struct iovec iov = {&go, 1};
   struct msghdr msg;
@@ -83,9 +95,7 @@
     for (size_t i = 0; i < p.binds.size(); i++) p.binds[i].tree_fd = fds[k++];
   }
 
-  // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
-  // and our new mount namespace starts as a peer of it).
-  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
+  if (!p.blank) setup_without_plan(p);
   CHECK(STEP_HOSTNAME, rsys2(SYS_sethostname, p.hostname.c_str(), p.hostname.size()), p.hostname.c_str());
 
   // Still host root's fs ids: open what lies in the store (its dirs may be closed to this
@@ -123,7 +133,6 @@
   r = readonly_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_READONLY, r, where);
   CHECK(STEP_PIVOT_ROOT, pivot_root_in_child(root_fd), "/");
-  CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
 
   // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
   // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,

@@ -46,13 +46,14 @@ describe('warm starts of Sandbox.run', () => {
       limits,
       encoding: 'utf8',
       // The fork test comes last: at the pids limit the shell itself cannot fork any more.
-      command: 'hostname; cat /tmp/mark 2>&1; grep -E "^(Uid|Seccomp):" /proc/self/status; for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 >/dev/null 2>&1 & done',
+      command: 'hostname; cat /tmp/mark 2>&1; grep -E "^(Uid|Seccomp):" /proc/self/status; ifconfig lo | grep -c "UP LOOPBACK RUNNING"; for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 >/dev/null 2>&1 & done',
     });
     const lines = r.stdout.split('\n');
     expect(lines[0]).toBe(`hutch-${blank.id}`);
     expect(lines[1]).toMatch(/No such file/); // nothing of the previous run
     expect(lines[2]).toMatch(/^Uid:\s+0\s+0\s+0\s+0$/);
     expect(lines[3]).toMatch(/^Seccomp:\s+2$/);
+    expect(lines[4]).toBe('1'); // lo was brought up while the blank waited
     expect(r.stderr).toMatch(/can't fork|Resource temporarily unavailable/); // pids: 8 holds
   });
 
