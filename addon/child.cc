@@ -64,8 +64,26 @@ static void setup_without_plan(const plan &p) {
     if (w < 0) die_step(p.err_fd, STEP_CGROUP, (int)w, p.join_paths[i].c_str());
     rsys1(SYS_close, p.join_fds[i]);
   }
-  // A blank child (cloned ahead of its sandbox) does what needs no plan while it waits.
-  if (p.blank) setup_without_plan(p);
+  // A blank child (cloned ahead of its sandbox, maybe from a libuv pool thread) must not hold
+  // anything of the process but its own four fds while it waits: a copy of a pipe's write end
+  // that Node or libuv has just made (uv_spawn's exec-error pipe, a child's stdio) would keep
+  // its reader from ever seeing EOF. Its setup's fds come with the go message.
+  if (p.blank) {
+    int keep[4] = {p.sync_fd, p.err_fd, p.ctl_fd, p.init_fd};
+    for (int i = 1; i < 4; i++)
+      for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+        int t = keep[j];
+        keep[j] = keep[j - 1];
+        keep[j - 1] = t;
+      }
+    unsigned from = 0;
+    for (int i = 0; i < 4; i++) {
+      if ((unsigned)keep[i] > from) rsys3(SYS_close_range, from, (unsigned)keep[i] - 1, 0);
+      from = (unsigned)keep[i] + 1;
+    }
+    rsys3(SYS_close_range, from, ~0U, 0);
+    setup_without_plan(p);
+  }
   // Wait for go. A blank child gets the setup's fds with it, as new numbers in its own fd
   // table: they replace the parent's numbers in the plan, in order.
   char go = 0;
@@ -146,6 +164,8 @@ static void setup_without_plan(const plan &p) {
   if (ctl < 0 || scratch < 0 || initfd < 0) die_step(errfd, STEP_FDS, ctl < 0 ? ctl : scratch < 0 ? scratch : initfd, "fcntl");
   int devnull = (int)rsys4(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC, 0);
   if (devnull < 0) die_step(errfd, STEP_FDS, devnull, "/dev/null");
+  if (devnull < 10) devnull = (int)rsys3(SYS_fcntl, devnull, F_DUPFD_CLOEXEC, 10);  // 0-2 may be free (a blank's)
+  if (devnull < 0) die_step(errfd, STEP_FDS, devnull, "fcntl");
   for (int fd = 0; fd < 3; fd++) {
     long d = rsys3(SYS_dup3, devnull, fd, 0);
     if (d < 0) die_step(errfd, STEP_FDS, (int)d, "dup3");

@@ -355,7 +355,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
   /**
    * create + exec + destroy: the one-off path. The sandbox is destroyed however the command
-   * ends. Resolves for every way the command ends (see {@link ExecResult}).
+   * ends. Resolves for every way the command ends (see {@link ExecResult}), as soon as it has
+   * ended: every process of the sandbox has been killed by then, and its host resources are
+   * freed just after, in the background ({@link Sandbox.settle} waits for that). A run also
+   * keeps a blank sandbox ready for the next run with the same image and limits (a warm
+   * start: docs/performance.md), dropped after 2 s unused, by `settle()`, and at exit.
    *
    * @throws HutchError as {@link Sandbox.create} and {@link Sandbox.exec}; `EINVAL` when
    * `command` is absent and the image has no Entrypoint or Cmd.

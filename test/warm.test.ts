@@ -72,6 +72,25 @@ describe('warm starts of Sandbox.run', () => {
     expect(await hostname({ pids: 100 + MAX_BLANKS + 1 })).toBe(`hutch-${now[now.length - 1]!.id}`);
   });
 
+  it('a blank holds no copy of the process\'s other fds (child_process.spawn never waits on it)', async () => {
+    // libuv's spawn blocks reading a close-on-exec pipe until its child has exec'd; a blank
+    // cloned (on a pool thread) in between with a copy of the write end, kept while it waits,
+    // would hang the event loop. Run both side by side many times.
+    const { execFile } = await import('node:child_process');
+    const start = performance.now();
+    for (let i = 0; i < 40; i++) {
+      await Promise.all([
+        Sandbox.run({ image: 'busybox', command: ['true'] }),
+        new Promise((r) => execFile('/bin/true', r)),
+        new Promise((r) => execFile('/bin/true', r)),
+      ]);
+    }
+    expect(performance.now() - start).toBeLessThan(20_000);
+    // ... and a blank's fd table is its own four fds and nothing else.
+    const blank = (await blanksNow())[0]!;
+    expect(readdirSync(`/proc/${blank.pid}/fd`).length).toBe(4);
+  }, 30_000);
+
   it('a blank killed from outside is replaced: the run starts the ordinary way', async () => {
     await hostname();
     const blank = (await blanksNow())[0]!;
