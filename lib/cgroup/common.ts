@@ -1,8 +1,7 @@
 /** Pieces both drivers share: teardown of a set of directories, and the messages for unenforceable limits. */
 import { HutchError, unsupported } from '../errors.js';
-import { existsSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { cgroupFailure, errnoOf, killAndWait, subdirs, tryRmdir } from './files.js';
+import { cgroupFailure, errnoOf, killAndWait, sleep, subdirs, tryRmdir } from './files.js';
 
 /**
  * Removes `dir` after its children (a sandbox never gets nested cgroups from hutch, but a
@@ -31,30 +30,26 @@ export async function teardown(id: string, dirs: readonly string[], kill: () => 
       hint: 'a task in uninterruptible sleep (D state, e.g. stuck NFS or FUSE I/O) cannot die until its I/O ends; destroy() can be called again',
     });
   }
-  // The first attempt off the event loop, all hierarchies at once: a v1 rmdir takes ~0.3 ms of
-  // kernel time each (css offlining), which would otherwise hold up the next sandbox's start.
-  const first = await Promise.all(dirs.map((d) => fsp.rmdir(d).then(() => undefined, (e: unknown) => errnoOf(e) ?? 'EIO')));
-  let pending = dirs.filter((_, i) => first[i] !== undefined && first[i] !== 'ENOENT');
-  let left: { dir: string; errno: string } | undefined;
-  if (pending.length > 0) {
-    // Busy for a moment (v1 lists a just-killed task a little longer), or a leftover with children.
-    await killAndWait(
-      () => {},
-      () => {
-        left = undefined;
-        for (const d of pending) {
-          const errno = removeTree(d);
-          if (errno && !left) left = { dir: d, errno };
-        }
-        pending = pending.filter((d) => existsSync(d));
-        return left === undefined || (left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY');
-      },
-      1000,
-    );
-  }
-  if (left) {
-    const err = Object.assign(new Error(left.errno), { code: left.errno });
-    throw cgroupFailure('rmdir', left.dir, err);
+  // Off the event loop, all hierarchies at once: a v1 rmdir takes ~0.3 ms of kernel time each
+  // (css offlining), which would otherwise hold up the next sandbox's start. EBUSY is retried
+  // for up to a second (v1 lists a just-killed task a little longer); a leftover with
+  // children of its own is taken apart (removeTree).
+  let pending = [...dirs];
+  const deadline = Date.now() + 1000;
+  for (let delay = 0.5; ; delay = Math.min(delay * 2, 20)) {
+    const errs = await Promise.all(pending.map((d) => fsp.rmdir(d).then(() => undefined, (e: unknown) => errnoOf(e) ?? 'EIO')));
+    const failed: { dir: string; errno: string }[] = [];
+    for (let i = 0; i < pending.length; i++) {
+      const errno = errs[i] === 'ENOTEMPTY' ? removeTree(pending[i]!) : errs[i];
+      if (errno !== undefined && errno !== 'ENOENT') failed.push({ dir: pending[i]!, errno });
+    }
+    const left = failed[0];
+    if (!left) return;
+    if ((left.errno !== 'EBUSY' && left.errno !== 'ENOTEMPTY') || Date.now() > deadline) {
+      throw cgroupFailure('rmdir', left.dir, Object.assign(new Error(left.errno), { code: left.errno }));
+    }
+    pending = failed.map((f) => f.dir);
+    await sleep(delay);
   }
 }
 
