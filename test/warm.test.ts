@@ -1,11 +1,12 @@
 // Warm starts: Sandbox.run makes a blank (cloned, in its cgroup, id maps written, nothing
 // mounted or run) for the next run with the same image and limits (lib/warm.ts).
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Sandbox } from '../lib/index.js';
+import { pruneNetwork } from '../lib/network/index.js';
 import { blanksMade, blanksNow as blanksReady, IDLE_MS, MAX_BLANKS } from '../lib/warm.js';
 import { leftovers } from './helpers/leaks.js';
 import { ROOT } from './helpers/reliability.js';
@@ -21,6 +22,12 @@ async function blanksNow(): Promise<{ id: string; pid: number }[]> {
 
 afterEach(async () => {
   await Sandbox.settle();
+});
+
+afterAll(async () => {
+  // One test attaches a bridge network: restore the host's forwarding and nft state if no
+  // other sandbox uses it, as the network tests do.
+  await pruneNetwork();
 });
 
 describe('warm starts of Sandbox.run', () => {
@@ -55,6 +62,33 @@ describe('warm starts of Sandbox.run', () => {
     expect(lines[3]).toMatch(/^Seccomp:\s+2$/);
     expect(lines[4]).toBe('1'); // lo was brought up while the blank waited
     expect(r.stderr).toMatch(/can't fork|Resource temporarily unavailable/); // pids: 8 holds
+  });
+
+  it('whatever else a run asks for still applies to a sandbox from a blank: volumes, hostname, read-only root, user, host image, bridge network', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hutch-warm-vol-'));
+    try {
+      writeFileSync(join(dir, 'in.txt'), 'from the host\n');
+      chmodSync(dir, 0o755);
+      const opts = { image: 'busybox', mounts: [{ source: dir, target: '/data' }], hostname: 'warm-box', readonlyRootfs: true, user: '1000:1000', encoding: 'utf8' as const };
+      const cmd = 'cat /data/in.txt; hostname; touch /x 2>&1 | grep -c Read-only; id -u';
+      await Sandbox.run({ ...opts, command: cmd });
+      const blank = (await blanksNow())[0]!;
+      const r = await Sandbox.run({ ...opts, command: cmd });
+      expect(r.stdout).toBe('from the host\nwarm-box\n1\n1000\n');
+      expect((await blanksNow()).map((b) => b.id)).not.toContain(blank.id); // it was taken
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // The host image: its /usr and friends are idmapped binds, sent to the blank with its go.
+    await Sandbox.run({ image: 'host', command: ['true'] });
+    const hostBlank = (await blanksNow()).at(-1)!;
+    const h = await Sandbox.run({ image: 'host', command: 'hostname; stat -c %u /usr/bin', encoding: 'utf8' });
+    expect(h.stdout).toBe(`hutch-${hostBlank.id}\n0\n`);
+    // A bridge network is attached to the blank's namespace once it is set up.
+    const net = { mode: 'bridge' as const };
+    await Sandbox.run({ image: 'busybox', network: net, command: ['true'] });
+    const b = await Sandbox.run({ image: 'busybox', network: net, command: 'ip -4 addr show eth0 | grep -c inet', encoding: 'utf8' });
+    expect(b.stdout.trim()).toBe('1');
   });
 
   it('other limits or another image do not take the blank', async () => {

@@ -230,14 +230,20 @@ export interface Browser {
 
 export async function launchChromium(binary = process.env.CHROMIUM ?? 'chromium', timeoutMs = 30_000): Promise<Browser> {
   const profile = mkdtempSync(join(tmpdir(), 'hutch-example-chromium-'));
-  const child = spawn(binary, [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`, 'about:blank'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Its own process group (detached): chromium's helpers (zygote, renderers) end with it.
+  const child = spawn(binary, [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`, 'about:blank'], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
   const close = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) {
       const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
+      try {
+        process.kill(-child.pid!, 'SIGKILL'); // the group this browser leads, nothing else
+      } catch {
+        child.kill('SIGKILL');
+      }
       await gone;
     }
-    rmSync(profile, { recursive: true, force: true });
+    // A helper may still be writing into the profile for a moment after the kill.
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
   };
   try {
     const wsUrl = await new Promise<string>((resolve, reject) => {

@@ -90,7 +90,14 @@ export function compileSeccomp(profile: SeccompOption, opts: CompileSeccompOptio
   const arch = opts.arch ?? hostSeccompArch();
   if (arch !== 'x86_64' && arch !== 'aarch64') throw invalid('arch', "'x86_64' or 'aarch64'", arch);
   if (!Array.isArray(opts.capabilities)) throw invalid('capabilities', 'an array of capability names', opts.capabilities);
-  const caps = [...new Set(opts.capabilities.map((c, i) => normalizeCapability(String(c), `capabilities[${i}]`)))].sort();
+  const caps = [
+    ...new Set(
+      opts.capabilities.map((c: unknown, i) => {
+        if (typeof c !== 'string') throw invalid(`capabilities[${i}]`, "a capability name such as 'CHOWN'", c);
+        return normalizeCapability(c, `capabilities[${i}]`);
+      }),
+    ),
+  ].sort();
   const kernel = parseKernelRelease(opts.kernelRelease ?? release());
   const key = `${arch}|${kernel.join('.')}|${caps.join(',')}`;
 
