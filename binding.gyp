@@ -21,10 +21,15 @@
     },
     {
       "target_name": "hutch-init",
-      "type": "executable",
-      "sources": ["addon/init/init.c"],
-      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffunction-sections", "-fdata-sections"],
-      "ldflags": ["-static", "-s", "-Wl,--gc-sections"]
+      "type": "none",
+      "actions": [
+        {
+          "action_name": "build_init",
+          "inputs": ["addon/init/init.c", "addon/init/protocol.h", "scripts/build-init.sh"],
+          "outputs": ["<(PRODUCT_DIR)/hutch-init"],
+          "action": ["sh", "scripts/build-init.sh", "addon/init/init.c", "<(PRODUCT_DIR)/hutch-init"]
+        }
+      ]
     }
   ]
 }
