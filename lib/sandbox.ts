@@ -800,13 +800,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       this.ids.release();
       n.close(this.spawned.pidfd);
       const errors: unknown[] = [];
+      // The owner record goes last, once the cgroup and the disk it vouches for are gone: a
+      // prune elsewhere would take a cgroup without a record for a crashed sandbox's.
       await Promise.all([
         this.cgroup?.destroy().then(() => tr.mark('cgroup'), (e) => errors.push(e)),
         this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
-        (this.disk ? this.disk.release() : Promise.resolve())
-          .then(() => this.store.release(this.id))
-          .then(() => tr.mark('release'), (e) => errors.push(e)),
+        this.disk?.release().catch((e) => errors.push(e)),
       ]);
+      await this.store.release(this.id).then(() => tr.mark('release'), (e) => errors.push(e));
       tr.end();
       this.emit('destroyed');
       if (errors.length > 0) {

@@ -104,8 +104,12 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
       if (b) dropBlank(b);
     }
   } catch {
-    if (cgroup) inBackground(cgroup.destroy());
-    if (marked) inBackground(store.release(id));
+    // The record last, as in destroy().
+    const made = cgroup;
+    inBackground((async () => {
+      if (made) await made.destroy();
+      if (marked) await store.release(id);
+    })());
     ids.release();
   }
 }
