@@ -2,19 +2,16 @@
  * The Sandbox: create (plan, clone, set up, wait for init), exec/spawn over init's control
  * socket, files, stats, destroy. API.md is the contract.
  */
-import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, readSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
-import { RANGE_SIZE } from './identity.js';
-import { acquireIds, type SandboxIds } from './idrange.js';
-import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
+import type { SandboxIds } from './idrange.js';
+import { isFailure, native, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import { capabilityMask } from './capabilities.js';
 import { compileSeccomp } from './seccomp/index.js';
-import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
+import type { SandboxCgroup } from './cgroup/driver.js';
 import { mergeExecLimits } from './limits.js';
 import { ImageStore } from './image/store.js';
 import type { Image, ResolvedImage } from './image/types.js';
@@ -28,27 +25,14 @@ import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
-import { dropBlanks, makeBlank, takeBlank } from './warm.js';
-import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, TMPFS_USER_XATTR, imageUser, resolveCached, rootMountpoint } from './plan.js';
-import { isDirFd, killAndReap, waitSetup } from './spawn.js';
-import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
+import { dropBlanks, makeBlank } from './warm.js';
+import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, resolveCached } from './plan.js';
+import { startSandbox, type StartedSandbox } from './start.js';
+import type { PersistentDisk } from './disk.js';
 
-/**
- * Default size of the writable layer, 1 GiB (a tmpfs, charged to the sandbox's memory as it
- * fills), when `limits.disk` is not given.
- *
- * @example
- * ```ts
- * const sb = await Sandbox.create({ limits: { disk: DEFAULT_DISK_BYTES * 4 } }); // 4 GiB
- * ```
- */
-export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
+export { DEFAULT_DISK_BYTES } from './start.js';
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-/** Paths hidden from the sandbox and paths made read-only (relative to its root). */
-const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
-  'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
-const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
 
 let defaultStore: ImageStore | undefined;
 
@@ -206,131 +190,34 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
       throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
     }
-    // Sandbox.run: a blank made ahead for this store and these limits saves the clone, the
-    // cgroup and the id range (lib/warm.ts); an ephemeral tmpfs layer only (no disk to make).
-    const warmKey = how.warm && !opts.persistent && TMPFS_USER_XATTR ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
-    const blank = warmKey !== null ? await takeBlank(warmKey) : undefined;
-    const id = blank?.id ?? randomBytes(6).toString('hex');
-    const ids = blank?.ids ?? acquireIds(image.layersDir);
-    tr.mark('ids');
-    const fds: number[] = [];
-    let cgroup: SandboxCgroup | null = null;
-    let spawned: Spawned | undefined;
-    let disk: PersistentDisk | null = null;
-    let marked = false;
     let early: Sandbox | undefined;
-    try {
-      // The owner record comes first: a prune in another process then never takes this
-      // sandbox's cgroup or disk, made below, for a crashed one's.
-      if (!blank) await store.markInUse(image.image.id, id); // a blank's was written with it
-      marked = true;
-      tr.mark('record');
-      if (opts.persistent) disk = await preparePersistentDisk(store.root, id, opts.limits.diskBytes ?? DEFAULT_DISK_BYTES, ids);
-      else if (!TMPFS_USER_XATTR) {
-        // Before 6.6 the writable layer goes to the store's disk: a loop image when a disk
-        // limit was asked for (enforced), else a plain directory.
-        disk = opts.limits.diskBytes !== null ? await preparePersistentDisk(store.root, id, opts.limits.diskBytes, ids) : await preparePlainUpper(store.root, id, ids);
-      }
-      cgroup = blank?.cgroup ?? cgroupDriver().create(id, opts.limits.cgroup, disk ? { ioDevice: disk.device } : undefined);
-      if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
-      tr.mark('cgroup');
-      const binds: { fd: number; target: string; file: boolean }[] = [];
-      const bind = (source: string, target: string, readonly: boolean, userns: number | null): void => {
-        const t = n.openTree(source, readonly, userns ?? undefined);
-        if (isFailure(t)) throw setupError(t);
-        const fd = t.fd;
-        fds.push(fd);
-        // The tree is what the user named: a path that reaches elsewhere through a symlink
-        // (swapped in, or not) is refused rather than followed.
-        const real = t.real;
-        if (real !== source) {
-          throw new HutchError('EINVAL', `invalid option mounts: source ${source} resolves through a symlink to ${real}; name the real path`, { path: source });
-        }
-        binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
-      };
-      // The host image's system dirs are read-only and idmapped where ranges are per sandbox
-      // (host root's files show as root inside); volumes never are: what the sandbox writes
-      // there belongs to its own unprivileged range.
-      for (const p of image.hostBinds) bind(p, p, true, ids.hostUserns);
-      for (const m of opts.mounts) bind(m.source, m.target, m.readonly, null);
-      const layerFds: number[] = [];
-      if (ids.layersUserns !== null) {
-        for (const hex of image.lowerdirs) {
-          const t = n.openTree(join(image.layersDir, hex), true, ids.layersUserns);
-          if (isFailure(t)) throw setupError({ ...t, step: 'layers' });
-          fds.push(t.fd);
-          layerFds.push(t.fd);
-        }
-      }
-      const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
-      tr.mark('trees');
-      const setupPlan = {
-        hostname: opts.hostname ?? `hutch-${id}`,
-        layersDir: image.layersDir,
-        lowerdirs: image.lowerdirs.join(':'),
-        legacyOverlay: !KERNEL_HAS_LOWERDIR_PLUS,
-        ...(layerFds.length > 0 ? { layerFds } : {}),
-        scratchSize: String(diskBytes),
-        ...(disk ? { upperDir: disk.upperDir } : {}),
-        rootMountpoint: rootMountpoint(store),
-        binds,
-        masked: MASKED,
-        readonly: READONLY,
-        readonlyRoot: opts.readonlyRootfs,
-      };
-      let s: Spawned | NativeFailure | undefined;
-      if (blank) {
-        const r = n.releaseBlank(blank.spawned.pid, setupPlan);
-        if (!isFailure(r)) s = blank.spawned;
-        else {
-          // The blank died while it waited (killed by someone): start the ordinary way, in
-          // its cgroup and id range, once it is reaped.
-          spawned = undefined;
-          await killAndReap(blank.spawned);
-        }
-      }
-      s ??= n.spawn({
-            ...setupPlan,
-            uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
-            gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
-            cgroupFd: cgroup.cloneIntoFd ?? -1,
-            // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
-            joinFiles: [...cgroup.joinFiles],
-          });
-      tr.mark('clone');
-      for (const fd of fds.splice(0)) n.close(fd);
-      if (isFailure(s)) throw setupError(s);
-      spawned = s;
-      if (how.first && opts.network.mode === 'none' && !opts.signal) {
-        // Sandbox.run: its command is sent now, while the child sets up. init reads it as soon
-        // as it starts, instead of after a round trip through this event loop. Nothing else
-        // would happen in between with no network to attach; the v1 cgroups are joined
-        // already (the child's first step), the cgroup namespace is made by init at the exec.
-        early = new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
-        early.watchControl();
-        const command = how.first.command ?? early.defaultCommand();
-        how.first.result = early.execResolved(command, how.first.exec);
-        how.first.result.catch(() => undefined); // a failed setup is what create reports
-      }
-      const setup = await waitSetup(s);
-      tr.mark('setup');
-      if (setup) throw setupError(setup);
-    } catch (e) {
-      for (const fd of fds) n.close(fd);
-      early?.abandonEarly();
-      if (spawned) await killAndReap(spawned);
-      await cgroup?.destroy().catch(() => undefined);
-      await disk?.release().catch(() => undefined);
-      if (marked) await store.release(id).catch(() => undefined);
-      ids.release();
-      throw e;
-    }
+    const started = await startSandbox(opts, store, image, tr, {
+      warm: how.warm === true,
+      // Sandbox.run: its command is sent as soon as the child is cloned, while it sets up.
+      // init reads it as it starts, instead of after a round trip through this event loop.
+      // Nothing else would happen in between with no network to attach; the v1 cgroups are
+      // joined already (the child's first step), the cgroup namespace is made by init at the exec.
+      ...(how.first && opts.network.mode === 'none' && !opts.signal
+        ? {
+            spawned: (st: StartedSandbox) => {
+              const first = how.first!;
+              early = new Sandbox(st.id, opts, store, image, st.spawned, st.cgroup, seccomp);
+              early.watchControl();
+              first.result = early.execResolved(first.command ?? early.defaultCommand(), first.exec);
+              first.result.catch(() => undefined); // a failed setup is what create reports
+            },
+            failed: () => early?.abandonEarly(),
+          }
+        : {}),
+    });
+    const { id, spawned, cgroup } = started;
     n.close(spawned.errFd);
     tr.mark('wake');
-    const sb = early ?? new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
+    const sb: Sandbox = early ?? new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
+    const warmKey = started.warmKey;
     if (warmKey !== null) sb.warmNext = () => void makeBlank(warmKey, store, image.image.id, image.layersDir, opts.limits.cgroup);
-    sb.disk = disk;
-    sb.ids = ids;
+    sb.disk = started.disk;
+    sb.ids = started.ids;
     sb.watch();
     try {
       if (opts.network.mode === 'bridge') {
