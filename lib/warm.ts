@@ -6,9 +6,11 @@
  *
  * A blank is a child cloned into its namespaces and cgroup, id maps written, that waits for the
  * setup half of its plan (image layers, mounts, hostname: addon/clone.cc releaseBlank). It has
- * run nothing and mounted nothing: a sandbox made from it is as fresh as any. There is at most
- * one per key; it is made while a run's own sandbox sets up (the event loop is idle then), and
- * dropped after IDLE_MS unused, by `Sandbox.settle()`, and at exit. A blank costs a process
+ * made its mounts private and brought `lo` up, and closed every fd but its own; it has run
+ * nothing and mounted nothing: a sandbox made from it is as fresh as any. There is at most one
+ * per key (and MAX_BLANKS in all). The next run's is made while a run's command runs, its clone
+ * on a libuv pool thread; it is dropped after IDLE_MS unused, by `Sandbox.settle()`, and at
+ * exit. A blank costs a process
  * waiting in recvmsg, an empty cgroup, an id range and an owner record naming the image (so
  * the image is in use: `store.remove()` and `prune()` drop this process's blanks first).
  */
@@ -128,7 +130,7 @@ export function dropBlank(b: Blank): void {
 
 /** Drops every blank, those being made included (`Sandbox.settle()`, store remove and prune). */
 export async function dropBlanks(): Promise<void> {
-  while (making.size > 0) await Promise.all([...making.values()]);
+  await blanksMade();
   for (const key of [...blanks.keys()]) {
     const b = takeReady(key);
     if (b) dropBlank(b);
@@ -162,7 +164,7 @@ export function blanksNow(): { id: string; pid: number }[] {
   return [...blanks.values()].map((b) => ({ id: b.id, pid: b.spawned.pid }));
 }
 
-/** @internal For tests: waits for the blanks being made. */
+/** Waits for the blanks being made (also for tests). */
 export async function blanksMade(): Promise<void> {
   while (making.size > 0) await Promise.all([...making.values()]);
 }
