@@ -76,6 +76,11 @@ function dropIdleLeases(): void {
   }
 }
 
+/** Drops every idle slot now, leases and namespaces (`Sandbox.settle()`: leave nothing behind). */
+export function dropIdleIds(): void {
+  for (const slot of idle.splice(0)) forget(slot, join(idsStateDir(), String(slot)));
+}
+
 /** Drops an idle slot: its namespaces, and its lease unless someone else holds it now. */
 function forget(slot: number, leaseFile?: string): void {
   if (leaseFile !== undefined) {

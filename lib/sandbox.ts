@@ -5,7 +5,7 @@
 import { closeSync, constants as fsc, readSync, writeSync } from 'node:fs';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
-import type { SandboxIds } from './idrange.js';
+import { dropIdleIds, type SandboxIds } from './idrange.js';
 import { isFailure, native, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
 import { setupError } from './setup-errors.js';
@@ -285,8 +285,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * Waits until every sandbox that {@link Sandbox.run} has finished with is torn down (its
    * processes were killed before `run` resolved; the cgroup, writable layer, id range and
    * network link are freed just after), and until the network's background releases are
-   * done. Rejects with the first teardown failure nobody has seen yet, then forgets it.
-   * Call it before checking that nothing is left, or before a planned `process.exit()`.
+   * done. Also drops what this process keeps for later starts: the blank sandboxes of warm
+   * starts, and the id ranges it reuses (with their leases). Rejects with the first teardown
+   * failure nobody has seen yet, then forgets it. Call it before checking that nothing is
+   * left, or before a planned `process.exit()`.
    *
    * @throws HutchError `ESETUP` with `step: 'destroy'` or `'network'`: a background teardown failed.
    *
@@ -299,6 +301,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   static async settle(): Promise<void> {
     await dropBlanks();
     await teardownsDone();
+    // The id ranges kept for reuse go too, leases included: nothing of this process is left.
+    dropIdleIds();
     const failures = takeFailures();
     await settleNetwork();
     if (failures.length > 0) throw failures[0];
