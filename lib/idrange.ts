@@ -9,7 +9,7 @@
  * Slots are leased with O_EXCL files holding the owner's pid and start time, shared by every
  * hutch process on the host; a lease whose owner died is taken over.
  */
-import { mkdirSync, readFileSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
 import { release } from 'node:os';
@@ -203,7 +203,14 @@ function leased(dir: string, slot: number): SandboxIds {
 
 function takeOverIfDead(file: string): boolean {
   try {
-    const owner = parseOwner(JSON.parse(readFileSync(file, 'utf8')));
+    let owner: ReturnType<typeof parseOwner> | undefined;
+    try {
+      owner = parseOwner(JSON.parse(readFileSync(file, 'utf8')));
+    } catch {
+      // Empty or torn: its writer was killed between creating and writing it (the write
+      // follows the exclusive create at once). Taken over once it is clearly not in progress.
+      if (Date.now() - statSync(file).mtimeMs < TORN_LEASE_MS) return false;
+    }
     if (owner && isAlive(owner)) return false;
     unlinkSync(file);
     return true;
@@ -211,6 +218,9 @@ function takeOverIfDead(file: string): boolean {
     return false;
   }
 }
+
+/** How old an empty or unreadable lease must be before it counts as a dead writer's. */
+const TORN_LEASE_MS = 10_000;
 
 /** Removes leases of dead owners (prune). */
 export function pruneIds(): number {

@@ -2,7 +2,7 @@
 // process released stays leased to it while idle (reused without file I/O) and its lease goes
 // when the process exits.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -64,6 +64,22 @@ describe.skipIf(skip)('id range leases', () => {
     }
     expect(readdirSync(dir)).toEqual(['8']);
     rmSync(join(dir, '8'));
+  });
+
+  it('prune takes an empty lease (its writer died between create and write) once it is old, not while fresh', () => {
+    writeFileSync(join(dir, '9'), '');
+    const before = process.env.HUTCH_IDS_DIR;
+    process.env.HUTCH_IDS_DIR = dir;
+    try {
+      expect(pruneIds()).toBe(0); // just made: its writer may be about to fill it
+      const old = new Date(Date.now() - 60_000);
+      utimesSync(join(dir, '9'), old, old);
+      expect(pruneIds()).toBe(1);
+    } finally {
+      if (before === undefined) delete process.env.HUTCH_IDS_DIR;
+      else process.env.HUTCH_IDS_DIR = before;
+    }
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('a sandbox of this process runs in a range of its own, not the base one', async () => {
