@@ -94,7 +94,8 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
       joinFiles: [...cgroup.joinFiles],
     });
     if (isFailure(s)) throw new Error(`spawnBlank: ${s.step} errno ${s.errno}`);
-    if (!exitHook) exitHook = !!process.once('exit', dropAllAtExit);
+    // First of the exit hooks: the subtree roots' removal (cgroup/files.ts) comes after it.
+    if (!exitHook) exitHook = !!process.prependOnceListener('exit', dropAllAtExit);
     const timer = setTimeout(() => {
       const b = takeReady(key);
       if (b) dropBlank(b);

@@ -157,9 +157,10 @@ describe('warm starts of Sandbox.run', () => {
     expect(existsSync(`/proc/${blank.pid}`)).toBe(false);
   }, 10_000);
 
-  it('a process that exits with a blank leaves nothing: no cgroup, record, lease or process', () => {
+  it('a process that exits with a blank leaves nothing: no cgroup (not even the subtree root it made), record, lease or process', () => {
     const store = mkdtempSync(join(tmpdir(), 'hutch-warm-store-'));
     const ids = mkdtempSync(join(tmpdir(), 'hutch-warm-ids-'));
+    const parent = `/hutch-warm-exit-${process.pid}-${Date.now()}`;
     try {
       const script = `
         import { Sandbox } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'index.js'))};
@@ -168,7 +169,7 @@ describe('warm starts of Sandbox.run', () => {
         await blanksMade();
         console.log(JSON.stringify(blanksNow()));
       `;
-      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids }, encoding: 'utf8' });
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids, HUTCH_CGROUP_PARENT: parent }, encoding: 'utf8' });
       expect(r.stderr).toBe('');
       const [blank] = JSON.parse(r.stdout) as { id: string; pid: number }[];
       expect(blank).toBeDefined();
@@ -176,6 +177,8 @@ describe('warm starts of Sandbox.run', () => {
       expect(readdirSync(join(store, 'sandboxes'))).toEqual([]);
       expect(readdirSync(ids)).toEqual([]);
       expect(readFileCgroups(blank!.id)).toEqual([]);
+      // The subtree root it made (under HUTCH_CGROUP_PARENT) went at exit, in every hierarchy.
+      expect(readdirSync('/sys/fs/cgroup').filter((c) => existsSync(`/sys/fs/cgroup/${c}${parent}`))).toEqual([]);
     } finally {
       rmSync(store, { recursive: true, force: true });
       rmSync(ids, { recursive: true, force: true });

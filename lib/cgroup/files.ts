@@ -122,6 +122,21 @@ export function mkdirOwn(path: string): boolean {
   }
 }
 
+/** hutch's subtree roots that this process made: removed at exit when they are empty. */
+const madeRoots: string[] = [];
+
+/**
+ * Makes hutch's subtree root at `path` when it is missing. One this process made is removed
+ * when the process exits, if no sandbox cgroup is left in it (rmdir refuses otherwise, and a
+ * root in use by another process stays; that process makes it again if it must). One that
+ * was there already is never touched: it may not be hutch's.
+ */
+export function mkdirSubtreeRoot(path: string): void {
+  if (!mkdirOwn(path)) return;
+  if (madeRoots.length === 0) process.on('exit', () => void madeRoots.splice(0).reverse().forEach((r) => tryRmdir(r)));
+  madeRoots.push(path);
+}
+
 /** rmdir that treats a missing directory as done; returns the error code on failure (EBUSY while tasks remain). */
 export function tryRmdir(path: string): string | undefined {
   try {

@@ -25,7 +25,7 @@ import {
   errnoOf,
   hintFor,
   killListed,
-  mkdirOwn,
+  mkdirSubtreeRoot,
   readControl,
   readKeyed,
   readNumber,
@@ -98,7 +98,7 @@ export class V1Driver implements CgroupDriver {
   /** Creates hutch's subtree root in one hierarchy, once; cpuset needs cpus and mems before any child may join. */
   private prepareTree(t: Tree): void {
     if (t.prepared) return;
-    mkdirOwn(t.root);
+    mkdirSubtreeRoot(t.root);
     if (t.h.controllers.includes('cpuset')) {
       const parent = t.root.slice(0, t.root.lastIndexOf('/'));
       for (const f of ['cpuset.cpus', 'cpuset.mems']) {
@@ -115,7 +115,7 @@ export class V1Driver implements CgroupDriver {
 
   private prepareUnified(): void {
     if (this.unifiedPrepared || this.unifiedRoot === null) return;
-    mkdirOwn(this.unifiedRoot);
+    mkdirSubtreeRoot(this.unifiedRoot);
     this.killFile = existsSync(`${this.unifiedRoot}/cgroup.kill`);
     this.unifiedPrepared = true;
   }

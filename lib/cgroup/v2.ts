@@ -22,7 +22,7 @@ import {
   errnoOf,
   hintFor,
   killListed,
-  mkdirOwn,
+  mkdirSubtreeRoot,
   readControl,
   readKeyed,
   readNumber,
@@ -80,7 +80,7 @@ export class V2Driver implements CgroupDriver {
    */
   private prepare(): Prepared {
     if (this.prepared) return this.prepared;
-    mkdirOwn(this.root);
+    mkdirSubtreeRoot(this.root);
     const words = (f: string) => new Set((readControl(`${this.root}/${f}`) ?? '').trim().split(/\s+/).filter(Boolean));
     this.available = words('cgroup.controllers');
     const enabled = words('cgroup.subtree_control');
