@@ -10,6 +10,8 @@ import { isRoot, needs } from './helpers/require.js';
 // The link work done through rtnetlink from the addon, checked with iproute2's own view from
 // the host (`ip`, `tc`, `nsenter`). Traffic only between a stand-in sandbox and the host side
 // of the link made here.
+// One test needs no hutch link anywhere on the host: npm test runs this file after the parallel
+// part, alone (vitest.timing.config.ts; by hand: npx vitest run --config vitest.timing.config.ts <this file>).
 const hasTools = (() => {
   try {
     execFileSync('sh', ['-c', 'command -v ip && command -v tc && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
