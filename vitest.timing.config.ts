@@ -1,13 +1,20 @@
 import { defineConfig } from 'vitest/config';
 
-// Tests that measure rates against the clock (CPU quota shares, tc shaping): `npm test` runs
-// them after the rest, one file at a time, so that 200-sandbox neighbours or fork bombs in
-// another worker do not steal the CPU they measure.
+// `npm test` runs these files after the rest, one file at a time (vitest.config.ts leaves
+// them out, so each runs exactly once):
+// - tests that measure rates against the clock (CPU quota shares, tc shaping), so that
+//   200-sandbox neighbours or fork bombs in another worker do not steal the CPU they measure;
 export const TIMING_FILES = ['test/network-shaping.test.ts', 'test/limits.test.ts', 'test/cgroup-v1.test.ts'];
+// - tests that count host-wide state (every mount of the host, every hutch link), so that
+//   another file's sandboxes, starting or ending meanwhile, do not change the count.
+//   A test that counts only what it made itself (its own ids, cgroup parent, address range)
+//   stays in the parallel part.
+export const HOST_WIDE_FILES = ['test/reliability-soak.test.ts', 'test/network-netlink.test.ts'];
+export const SERIAL_FILES = [...TIMING_FILES, ...HOST_WIDE_FILES];
 
 export default defineConfig({
   test: {
-    include: TIMING_FILES,
+    include: SERIAL_FILES,
     globalSetup: ['test/helpers/global-setup.ts'],
     setupFiles: ['test/helpers/settle.ts'],
     env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? '/var/tmp/hutch-test-store' },

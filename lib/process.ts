@@ -373,6 +373,9 @@ export class ProcessState implements SandboxProcess {
     this.settled = true;
     this.tr.mark('streams_closed');
     this.cleanup();
+    // Nothing reads our end of the input pipe any more: close it, also when the caller never
+    // ended it (a spawn whose stdin is left open would otherwise hold one fd per process).
+    this.stdin?.destroy();
     const m = this.exited;
     const { code, signal } = waitStatus(m.status);
     const cg = this.host.cgroup;

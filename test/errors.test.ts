@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync, renameSync } from 'node:fs';
+import { mkdtempSync, rmSync, renameSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, ImageStore, Sandbox } from '../lib/index.js';
 import { native } from '../lib/native.js';
+import { KERNEL_HAS_LOWERDIR_PLUS } from '../lib/plan.js';
 import { SETUP_STEPS } from '../lib/setup-errors.js';
 
 describe('errors', () => {
@@ -75,7 +76,7 @@ describe('errors', () => {
     expect(e.message).toMatch(/sandbox setup failed at bind: bin\/busybox: EINVAL/);
   });
 
-  describe('a layer directory missing from the store', () => {
+  describe('a layer directory of the store made unusable', () => {
     let root: string;
     let store: ImageStore;
     beforeAll(() => {
@@ -84,15 +85,42 @@ describe('errors', () => {
     });
     afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-    it('is ENOIMAGE before anything is created, or ESETUP at overlay when it vanishes later', async () => {
+    it('missing: ENOIMAGE before anything is created, naming the layer', async () => {
       const r = await store.resolve('busybox');
       const dir = `${r.layersDir}/${r.lowerdirs[0]}`;
       renameSync(dir, `${dir}.gone`);
       try {
-        await expect(Sandbox.create({ image: 'busybox', store })).rejects.toMatchObject({ code: 'ENOIMAGE' });
+        // The first create with this store: no resolution of the image is cached (lib/plan.ts).
+        await expect(Sandbox.create({ image: 'busybox', store })).rejects.toMatchObject({
+          code: 'ENOIMAGE',
+          message: expect.stringContaining(`lacks its layer ${r.lowerdirs[0]}`),
+        });
       } finally {
         renameSync(`${dir}.gone`, dir);
       }
+    });
+
+    it('a file where the layer directory was: ESETUP at overlay with the kernel\'s errno and the layers', async () => {
+      const r = await store.resolve('busybox');
+      const dir = `${r.layersDir}/${r.lowerdirs[0]}`;
+      renameSync(dir, `${dir}.moved`);
+      writeFileSync(dir, 'not a directory\n');
+      try {
+        // It exists, so the store hands it on; the overlay in the setup child refuses it.
+        const e = await Sandbox.create({ image: 'busybox', store }).catch((x: unknown) => x);
+        // The kernel answers EINVAL ("not a directory"). From 6.8 the addon takes that answer to
+        // "lowerdir+" for a kernel without it and silently retries with mount(2)
+        // (child_mount.cc, overlay_begin_in_child), whose ENOENT is what comes out. Issue #14
+        // asks for no silent fallback: this errno becomes EINVAL when it goes.
+        const errno = KERNEL_HAS_LOWERDIR_PLUS ? 'ENOENT' : 'EINVAL';
+        expect(e).toMatchObject({ code: 'ESETUP', step: 'overlay', errno, path: r.lowerdirs.join(':') });
+        expect((e as Error).message).toMatch(new RegExp(`^sandbox setup failed at overlay: ${r.lowerdirs[0]}: ${errno}`));
+      } finally {
+        rmSync(dir);
+        renameSync(`${dir}.moved`, dir);
+      }
+      // ... and the layer back in place, the same store works again.
+      expect((await Sandbox.run({ image: 'busybox', store, command: 'echo ok', encoding: 'utf8' })).stdout).toBe('ok\n');
     });
   });
 

@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, Sandbox } from '../lib/index.js';
@@ -56,6 +57,28 @@ describe('processes', () => {
     p.stdin.end('through a pipe');
     await p.result;
     expect(out).toBe('through a pipe');
+  });
+
+  it('spawn holds no fd once a process whose stdin the caller never ended has exited', async () => {
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const spawnAll = async (n: number) => {
+      const ps = Array.from({ length: n }, (_, i) => sb.spawn(i % 2 ? ['true'] : ['sh', '-c', 'read x; exit 3']));
+      for (const p of ps) {
+        p.stdout.resume();
+        p.stderr.resume();
+      }
+      // Half of them wait for input that never comes: killed, the rest exit on their own.
+      setTimeout(() => ps.forEach((p, i) => i % 2 || p.kill('SIGKILL')), 50);
+      return Promise.all(ps.map((p) => p.result));
+    };
+    await spawnAll(2); // warm-up: the addon's and libuv's own fds
+    // A closed handle's fd goes back in libuv's close callback: one loop turn after the result.
+    await new Promise((r) => setImmediate(r));
+    const before = fds();
+    const rs = await spawnAll(20);
+    expect(rs.map((r) => r.reason)).toEqual(Array.from({ length: 20 }, (_, i) => (i % 2 ? 'exit' : 'killed')));
+    await new Promise((r) => setImmediate(r));
+    expect(fds()).toBe(before);
   });
 
   it('kills on abort with reason killed', async () => {

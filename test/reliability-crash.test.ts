@@ -48,7 +48,9 @@ afterAll(() => {
  * its sandboxes die within a second and that pruneAll leaves nothing of it.
  */
 async function killAt(root: string, scenario: string, mark: number, delayMs: number): Promise<void> {
-  const child = new CrashChild(scenario, { ...process.env, HUTCH_ROOT: root, HUTCH_CGROUP_PARENT: parent }, archive);
+  // An address range of its own: a slot freed by the kill is never taken by another test
+  // file's sandbox meanwhile, so an hx<slot> link or lease found after the prune is its.
+  const child = new CrashChild(scenario, { ...process.env, HUTCH_ROOT: root, HUTCH_CGROUP_PARENT: parent, HUTCH_NET_RANGE: '10.206.0.0/24' }, archive);
   const pid = child.proc.pid!;
   try {
     await child.wait((e) => e.ev === 'mark' && e.n === mark, 30_000);
@@ -76,6 +78,7 @@ async function killAt(root: string, scenario: string, mark: number, delayMs: num
 
   const ids = new Set([...cgroupsUnder(parent).map((d) => d.slice(d.lastIndexOf('/') + 1)), ...child.sandboxes().map((s) => s.id!)]);
   const slots = new Set([...leases().filter((l) => l.ownerPid === pid).map((l) => l.slot), ...child.sandboxes().filter((s) => s.slot).map((s) => s.slot!)]);
+  expect([...slots].filter((sl) => !sl.startsWith('0ace00')), 'slots outside the range of its own').toEqual([]);
   const r = await pruneAll({ store: new ImageStore({ root }), graceMs: 0 });
   const where = `${scenario}@${mark}+${delayMs}ms (pruned ${JSON.stringify(r)})`;
   expect(cgroupsUnder(parent), where).toEqual([]);

@@ -55,19 +55,21 @@ describe.skipIf(skip)('faults at host-side steps', () => {
     const store = newStore('cg');
     await usable(store);
     try {
-      for (const [bad, code] of [
-        ['relative/path', 'EINVAL'],
-        ['/a/../b', 'EINVAL'],
-        [`${parent}-file/cgroup.procs/x`, undefined],
-        ['/sys/fs/cgroup/memory', 'EINVAL'],
-      ] as const) {
+      for (const bad of ['relative/path', '/a/../b', '/sys/fs/cgroup/memory']) {
         process.env.HUTCH_CGROUP_PARENT = bad;
         const e = await typedError(Sandbox.create({ image: 'busybox', store }));
-        if (code) expect(e.code, e.message).toBe(code);
+        expect(e.code, e.message).toBe('EINVAL');
+        expect(e.message).toContain('HUTCH_CGROUP_PARENT');
+        expect(e.message).toContain(JSON.stringify(bad));
       }
+      // Below a cgroupfs file: its parent "directory" does not exist.
+      process.env.HUTCH_CGROUP_PARENT = `${parent}-file/cgroup.procs/x`;
+      const below = await typedError(Sandbox.create({ image: 'busybox', store }));
+      expect(below, below.message).toMatchObject({ code: 'ESETUP', step: 'cgroup', errno: 'ENOENT', path: expect.stringMatching(new RegExp(`^/sys/fs/cgroup/.*${parent}-file/cgroup\\.procs/x$`)) });
       // A parent that exists as a file in cgroupfs (cgroup.procs) cannot hold sandboxes.
       process.env.HUTCH_CGROUP_PARENT = `${parent}/cgroup.procs`;
-      await typedError(Sandbox.create({ image: 'busybox', store }));
+      const file = await typedError(Sandbox.create({ image: 'busybox', store }));
+      expect(file, file.message).toMatchObject({ code: 'ESETUP', step: 'cgroup', errno: 'ENOTDIR', path: expect.stringMatching(new RegExp(`^/sys/fs/cgroup/.*${parent}/cgroup\\.procs/[0-9a-f]+$`)) });
     } finally {
       process.env.HUTCH_CGROUP_PARENT = parent;
     }
@@ -80,18 +82,25 @@ describe.skipIf(skip)('faults at host-side steps', () => {
     const src = mkdtempSync(join(tmpdir(), 'hutch-rel-vanish-'));
     rmSync(src, { recursive: true });
     const e = await typedError(Sandbox.create({ image: 'busybox', store, mounts: [{ source: src, target: '/data' }] }));
+    expect(e).toMatchObject({ code: 'ESETUP', step: 'bind', errno: 'ENOENT', path: src });
     expect(e.message).toContain(src);
     clean(store);
-    // Vanishing while creates run: whichever create sees it gone fails typed, the rest work.
+    // Vanishing between creates: the ones before work, every one after fails typed, naming it.
     const src2 = mkdtempSync(join(tmpdir(), 'hutch-rel-vanish-'));
-    const results = await Promise.allSettled(
-      Array.from({ length: 8 }, async (_, i) => {
-        if (i === 3) rmSync(src2, { recursive: true });
-        const sb = await Sandbox.create({ image: 'busybox', store, mounts: [{ source: src2, target: '/data' }] });
-        await sb.destroy();
-      }),
-    );
-    for (const r of results) if (r.status === 'rejected') expect(HutchError.is(r.reason), String(r.reason)).toBe(true);
+    const batch = () =>
+      Promise.allSettled(
+        Array.from({ length: 4 }, async () => {
+          const sb = await Sandbox.create({ image: 'busybox', store, mounts: [{ source: src2, target: '/data' }] });
+          await sb.destroy();
+        }),
+      );
+    expect((await batch()).map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
+    rmSync(src2, { recursive: true });
+    const after = await batch();
+    for (const r of after) {
+      expect(r.status).toBe('rejected');
+      if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'ESETUP', step: 'bind', errno: 'ENOENT', path: src2 });
+    }
     clean(store);
     await usable(store);
   });
@@ -107,7 +116,7 @@ describe.skipIf(skip)('faults at host-side steps', () => {
       try { for (;;) held.push(openSync('/dev/null', 'r')); } catch {}
       for (let i = 0; i < 3; i++) closeSync(held.pop());
       const out = {};
-      try { await Sandbox.create({ image: 'busybox', store }); out.create = 'ok'; } catch (e) { out.create = HutchError.is(e) ? e.code : 'untyped: ' + e; }
+      try { await Sandbox.create({ image: 'busybox', store }); out.create = 'ok'; } catch (e) { out.create = HutchError.is(e) ? e.code + ' ' + e.errno : 'untyped: ' + e; }
       for (const fd of held) closeSync(fd);
       const sb = await Sandbox.create({ image: 'busybox', store });
       out.after = (await sb.exec(['echo', 'ok'], { encoding: 'utf8' })).stdout;
@@ -117,7 +126,8 @@ describe.skipIf(skip)('faults at host-side steps', () => {
     const r = spawnSync('prlimit', ['--nofile=256', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env } });
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { create: string; after: string };
-    expect(out.create).not.toMatch(/^untyped/);
+    // Three free fds are not enough for a create (pidfd, control socket, trees...): typed, not a crash.
+    expect(out.create).toBe('ESETUP EMFILE');
     expect(out.after).toBe('ok\n');
     clean(store);
   });
@@ -149,9 +159,16 @@ describe.skipIf(skip)('faults at host-side steps', () => {
       if (r) expect(['exit', 'signal']).toContain(r.reason);
     }
     await sb.destroy();
+    const layer = join(store.root, 'layers', img.layers[0]!.slice(7));
+    // Within a second of the last create the image's resolution is cached (lib/plan.ts
+    // resolveCached): the missing layer is found when its tree is opened. Either way it is named.
     const e = await typedError(Sandbox.create({ image: 'victim', store }));
-    // ENOIMAGE when the store sees the layer gone first, else ESETUP at the 'layers' step naming it.
-    expect(e.code === 'ENOIMAGE' || (e.code === 'ESETUP' && e.step === 'layers'), e.message).toBe(true);
+    if (e.code === 'ESETUP') expect(e, e.message).toMatchObject({ step: 'layers', errno: 'ENOENT', path: layer });
+    else expect(e, e.message).toMatchObject({ code: 'ENOIMAGE', message: expect.stringContaining(img.layers[0]!.slice(7)) });
+    // Past the cache's second, the store itself sees the layer gone before anything is made.
+    await new Promise((r) => setTimeout(r, 1100));
+    const late = await typedError(Sandbox.create({ image: 'victim', store }));
+    expect(late, late.message).toMatchObject({ code: 'ENOIMAGE', message: expect.stringContaining(`lacks its layer ${img.layers[0]!.slice(7)}`) });
     await store.remove('victim');
     clean(store);
     await usable(store);
@@ -170,8 +187,9 @@ describe.skipIf(skip)('faults at host-side steps', () => {
       writeFileSync(join(dir, 'big.tar'), tarBuffer(files));
       const fds = fdCount();
       const e = await typedError(store.import(join(dir, 'big.tar'), { tag: 'big' }));
-      expect(e.message).toMatch(/ENOSPC|no space/i);
-      expect.soft((e as HutchError).code, 'the store disk filling up is a HutchError naming the store').toBeDefined();
+      // API.md names ESTORE for this; lib/ has no such code yet and says ESETUP (see the report).
+      expect(e).toMatchObject({ code: 'ESETUP', errno: 'ENOSPC' });
+      expect(e.message).toContain(`the store ${store.root} failed; the store's disk is full`);
       // A read stream destroyed on the error closes its fd asynchronously (fs.close in the pool).
       await new Promise((r) => setTimeout(r, 100));
       expect(fdCount()).toBe(fds);

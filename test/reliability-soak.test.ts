@@ -2,6 +2,8 @@
 // compare what this process and the host hold: fds, RSS (within noise), cgroups, mounts,
 // namespaces held by any process, links and leases, store size. Growth must be zero.
 // CI runs HUTCH_SOAK cycles (default 1000); HUTCH_SOAK=10000 is the long run.
+// It counts every mount of the host: npm test runs it after the parallel part, alone
+// (vitest.timing.config.ts; by hand: npx vitest run --config vitest.timing.config.ts <this file>).
 import { chmodSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
