@@ -244,7 +244,7 @@ describe('argument comparisons on 64-bit values', () => {
     }
   });
 
-  it('drops a rule whose action is the default action, as runc (it cannot outrank an allow)', () => {
+  it('drops a rule whose action is the default action, as runc; a rule without conditions decides alone, as libseccomp', () => {
     for (const arch of ARCHES) {
       const profile: SeccompProfile = {
         defaultAction: 'SCMP_ACT_ERRNO',
@@ -255,12 +255,22 @@ describe('argument comparisons on 64-bit values', () => {
           { names: ['socket'], action: 'SCMP_ACT_ALLOW' },
           { names: ['mkdir', 'read'], action: 'SCMP_ACT_ERRNO' },
           { names: ['read'], action: 'SCMP_ACT_ALLOW' },
+          { names: ['kill'], action: 'SCMP_ACT_ERRNO', errnoRet: 1, args: [{ index: 0, op: 'SCMP_CMP_EQ', value: 1 }] },
+          { names: ['kill'], action: 'SCMP_ACT_ERRNO', errnoRet: 22, args: [{ index: 0, op: 'SCMP_CMP_LE', value: 1 }] },
+          { names: ['kill'], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, op: 'SCMP_CMP_LE', value: 5 }] },
+          { names: ['getpid'], action: 'SCMP_ACT_LOG' },
+          { names: ['getpid'], action: 'SCMP_ACT_KILL_PROCESS' },
         ],
       };
       const prog = compileSeccomp(profile, { arch, capabilities: [] })!;
       const run = (name: string, a0 = 0n): string => hex(runFilter(prog, call(arch, name, [a0])));
       expect(run('socket', 38n)).toBe(hex(RET.ALLOW));
-      expect(run('socket', 40n)).toBe(hex((RET.ERRNO | 22) >>> 0)); // another errno: kept
+      expect(run('socket', 40n)).toBe(hex(RET.ALLOW)); // the unconditional allow discards the ERRNO(22) rule
+      expect(run('kill', 1n)).toBe(hex((RET.ERRNO | 22) >>> 0)); // ERRNO(1) dropped, ERRNO(22) outranks ALLOW
+      expect(run('kill', 0n)).toBe(hex((RET.ERRNO | 22) >>> 0));
+      expect(run('kill', 3n)).toBe(hex(RET.ALLOW));
+      expect(run('kill', 6n)).toBe(hex(EPERM));
+      expect(run('getpid')).toBe(hex(RET.LOG)); // the first rule without conditions stays
       expect(run('read')).toBe(hex(RET.ALLOW));
       if (TABLE[arch].mkdir !== undefined) expect(run('mkdir')).toBe(hex(EPERM));
     }

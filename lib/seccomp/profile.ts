@@ -117,10 +117,11 @@ export interface SeccompFilter {
 
 /**
  * One rule of a {@link SeccompProfile}: what to do with some calls, optionally only for
- * some arguments, capabilities, architectures or kernels. Several rules for one call are
- * alternatives; when more than one matches, the most restrictive action wins (KILL_PROCESS,
- * KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW; between equals, the earlier rule), as with
- * libseccomp.
+ * some arguments, capabilities, architectures or kernels. Several rules for one call combine
+ * as Docker (runc + libseccomp) combines them: a rule whose action is the default action is
+ * dropped; the first rule without conditions decides the call alone; otherwise, when several
+ * conditional rules match, the most restrictive action wins (KILL_PROCESS, KILL_THREAD, TRAP,
+ * ERRNO, TRACE, LOG, ALLOW; between equals, the earlier rule). docs/seccomp.md.
  *
  * @example
  * ```ts

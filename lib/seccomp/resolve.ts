@@ -77,7 +77,8 @@ export function ruleApplies(rule: CheckedRule, arch: SeccompArch, caps: Readonly
 
 /**
  * The rules that apply for one arch, capability set and kernel, by syscall number. Names that
- * this arch lacks (e.g. `chown32` on x86_64) are skipped, as Docker does. A rule whose action
+ * this arch lacks (e.g. `chown32` on x86_64) are skipped, as Docker does. Where a syscall has a
+ * rule without conditions, the first one decides it alone, as in libseccomp. A rule whose action
  * (errno included) is the default action is dropped, as runc does before libseccomp (which
  * refuses such a rule): it cannot refuse a call that another rule allows. It still counts for
  * the newest named syscall, as in runc's ENOSYS stub, which reads the whole list.
@@ -100,10 +101,15 @@ export function resolveProfile(profile: CheckedProfile, opts: ResolveOptions): R
       list.push({ index: rule.index, action: rule.action, args: rule.args });
     }
   }
-  for (const list of bySyscall.values()) {
-    list.sort((a, b) => actionPrecedence(a.action) - actionPrecedence(b.action) || a.index - b.index);
+  for (const [nr, list] of bySyscall) {
+    // libseccomp (db.c, db_rule_add): a rule without conditions replaces every conditional
+    // rule for its syscall, before or after it, and the first such rule stays.
+    const unconditional = list.find((r) => r.args.length === 0);
+    if (unconditional) bySyscall.set(nr, [unconditional]);
+    else list.sort((a, b) => actionPrecedence(a.action) - actionPrecedence(b.action) || a.index - b.index);
   }
   const filter: ResolvedFilter = { arch: opts.arch, defaultAction: profile.defaultAction, bySyscall };
-  if (!profile.defaultIsPermissiveOrEnosys && highest >= 0) filter.enosysAbove = highest;
+  // runc adds no stub when the largest named number is 0 (x86_64 read alone).
+  if (!profile.defaultIsPermissiveOrEnosys && highest > 0) filter.enosysAbove = highest;
   return filter;
 }

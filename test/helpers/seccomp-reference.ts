@@ -99,7 +99,7 @@ export function reference(profile: SeccompProfile, arch: SeccompArch, capList: s
   let highest = -1;
   for (const { r } of rules) for (const n of names(r)) if (table[n] !== undefined) highest = Math.max(highest, table[n]!);
   const kind = (dflt & 0xffff0000) >>> 0;
-  const enosys = !(kind === RET.ALLOW || kind === RET.LOG || kind === RET.TRACE || dflt === ENOSYS) && highest >= 0;
+  const enosys = !(kind === RET.ALLOW || kind === RET.LOG || kind === RET.TRACE || dflt === ENOSYS) && highest > 0;
   // runc skips a rule whose action is the default action (libseccomp would refuse it)
   const kept = rules.filter(({ r }) => actionOf(r.action, r.errnoRet) !== dflt);
   return (d) => {
@@ -112,6 +112,9 @@ export function reference(profile: SeccompProfile, arch: SeccompArch, capList: s
     const matching = kept.filter(
       ({ r }) => names(r).some((n) => table[n] === nr) && (r.args ?? []).every((a) => holds(a, BigInt.asUintN(64, args[a.index] ?? 0n))),
     );
+    // libseccomp: the first rule without conditions decides its syscall alone
+    const plain = kept.find(({ r }) => names(r).some((n) => table[n] === nr) && (r.args ?? []).every((a) => a.op === 'SCMP_CMP_MASKED_EQ' && BigInt(a.value) === 0n));
+    if (plain) return actionOf(plain.r.action, plain.r.errnoRet);
     if (matching.length === 0) return dflt;
     const ranked = matching.map(({ r, i }) => ({ ret: actionOf(r.action, r.errnoRet), i }));
     ranked.sort((a, b) => ((a.ret & 0xffff0000) | 0) - ((b.ret & 0xffff0000) | 0) || a.i - b.i);
