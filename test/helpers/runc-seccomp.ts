@@ -24,16 +24,12 @@
  * Only the native architecture is modelled, and not x32 numbers (bit 30) or -1, which hutch
  * decides differently on purpose (docs/seccomp.md).
  */
-import type { SeccompArch } from '../../lib/seccomp/index.js';
+import type { SeccompArch, SeccompArg } from '../../lib/seccomp/index.js';
 import type { SeccompData } from './bpf-interp.js';
-import { DOCKER_ARCH, RET, TABLE } from './seccomp-reference.js';
+// libseccomp's comparisons, masked datum included, are the reference's.
+import { DOCKER_ARCH, holds, RET, TABLE } from './seccomp-reference.js';
 
-interface JsonArg {
-  index: number;
-  value: number | string | bigint;
-  valueTwo?: number | string | bigint;
-  op: string;
-}
+type JsonArg = SeccompArg;
 interface JsonFilter {
   caps?: string[];
   arches?: string[];
@@ -89,20 +85,6 @@ function mobyKeeps(r: JsonRule, arch: SeccompArch, bounding: readonly string[], 
     if (inc.minKernel != null && !kernelAtLeast(kernel, inc.minKernel)) return false;
   }
   return true;
-}
-
-function holds(a: JsonArg, x: bigint): boolean {
-  const v = BigInt(a.value);
-  switch (a.op) {
-    case 'SCMP_CMP_EQ': return x === v;
-    case 'SCMP_CMP_NE': return x !== v;
-    case 'SCMP_CMP_LT': return x < v;
-    case 'SCMP_CMP_LE': return x <= v;
-    case 'SCMP_CMP_GT': return x > v;
-    case 'SCMP_CMP_GE': return x >= v;
-    case 'SCMP_CMP_MASKED_EQ': return (x & v) === (BigInt(a.valueTwo ?? 0) & v);
-  }
-  throw new Error(`runc refuses operator ${a.op}`);
 }
 
 interface LibseccompRule {
