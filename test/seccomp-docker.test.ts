@@ -92,6 +92,24 @@ describe('real profiles decide as Docker + runc + libseccomp decide them', () =>
     }
   });
 
+  it("hutch's default decides as Docker's default, but for AF_ALG/AF_VSOCK with a dirty high word, which it refuses", () => {
+    const diffs = new Set<string>();
+    for (const arch of ARCHES) {
+      for (const caps of CAP_SETS) {
+        const bounding = caps.map((c) => `CAP_${c}`);
+        const ours = dockerDecides(HUTCH as JsonProfile, arch, bounding, [6, 18]);
+        const docker = dockerDecides(MOBY as JsonProfile, arch, bounding, [6, 18]);
+        for (const nr of numbers(arch)) {
+          for (const v of VALUES) {
+            const d: SeccompData = { nr, arch: AUDIT_ARCH[arch], args: [v, v, v, v, v, v] };
+            if (ours(d) !== docker(d)) diffs.add(`${nr === TABLE[arch].socket ? 'socket' : nr} ${v}: ${hex(ours(d))} vs ${hex(docker(d))}`);
+          }
+        }
+      }
+    }
+    expect([...diffs].sort()).toEqual([`socket ${HI | 38n}: ${hex(EPERM)} vs ${hex(RET.ALLOW)}`, `socket ${HI | 40n}: ${hex(EPERM)} vs ${hex(RET.ALLOW)}`]);
+  });
+
   it("Docker's own default profile (moby profiles/seccomp/default.json)", () => {
     expect(compare(MOBY)).toEqual([]);
   });
