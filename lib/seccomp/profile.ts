@@ -368,10 +368,11 @@ function actionValue(action: unknown, errnoRet: unknown, where: string, errnoFie
     const named = errnoByName(podmanErrno, podmanField);
     const docker = errnoRet === undefined ? EPERM : errnoValue(errnoRet, 0xffff, errnoField);
     if (named !== docker) {
+      const ret = errnoField.slice(errnoField.lastIndexOf('.') + 1);
+      const absent = errnoRet === undefined ? ', EPERM as it is absent' : '';
       throw invalid(
         podmanField,
-        `the errno that ${errnoField.slice(errnoField.lastIndexOf('.') + 1)} gives (${String(docker)}${errnoRet === undefined ? ', EPERM when absent' : ''}): ` +
-          `Docker reads only ${errnoField.slice(errnoField.lastIndexOf('.') + 1)} and podman prefers this field, so the profile would mean two things; make them agree`,
+        `the errno ${ret} gives (${docker}${absent}): Docker reads only ${ret} and podman prefers this field, so give both the same errno`,
         podmanErrno,
       );
     }
