@@ -1,5 +1,6 @@
 import { HutchError } from '../errors.js';
-import { AUDIT_ARCH, ENOSYS, SECCOMP_RET, type CheckedArg, type ResolvedFilter, type ResolvedRule } from './profile.js';
+import { AUDIT_ARCH, ENOSYS, SECCOMP_RET, type CheckedArg } from './profile.js';
+import type { ResolvedFilter, ResolvedRule } from './resolve.js';
 
 // Compiles a resolved profile to classic BPF for seccomp(SECCOMP_SET_MODE_FILTER).
 //
@@ -23,6 +24,7 @@ const BPF_JMP_JA = 0x05;
 const BPF_JEQ_K = 0x15;
 const BPF_JGT_K = 0x25;
 const BPF_JGE_K = 0x35;
+const BPF_JSET_K = 0x45;
 const BPF_ALU_AND_K = 0x54;
 const BPF_RET_K = 0x06;
 
@@ -182,25 +184,36 @@ function emitCompare(asm: Assembler, a: CheckedArg, pass: Label, fail: Label): v
       asm.jump(a.op === 'SCMP_CMP_LT' ? BPF_JGE_K : BPF_JGT_K, vl, fail, pass);
       return;
     case 'SCMP_CMP_MASKED_EQ': {
-      // (arg & value) == valueTwo
+      // (arg & value) == valueTwo, valueTwo already masked (profile.ts); a word whose mask is
+      // 0 holds whatever it is, so it is not tested (libseccomp does the same). The check
+      // step drops a mask of 0, so at least one word is tested.
       const mh = hi32(a.value);
-      const dh = hi32(a.valueTwo);
-      if (mh !== 0 || dh !== 0) {
+      const ml = lo32(a.value);
+      const hiPass = ml === 0 ? pass : lo;
+      if (mh !== 0) {
         asm.ld(argHi(a.index));
-        asm.and(mh);
-        asm.jump(BPF_JEQ_K, dh, lo, fail);
-        asm.label(lo);
+        if (mh !== 0xffffffff) asm.and(mh);
+        asm.jump(BPF_JEQ_K, hi32(a.valueTwo), hiPass, fail);
+        if (ml !== 0) asm.label(lo);
       }
-      asm.ld(argLo(a.index));
-      asm.and(lo32(a.value));
-      asm.jump(BPF_JEQ_K, lo32(a.valueTwo), pass, fail);
+      if (ml !== 0) {
+        asm.ld(argLo(a.index));
+        if (ml !== 0xffffffff) asm.and(ml);
+        asm.jump(BPF_JEQ_K, lo32(a.valueTwo), pass, fail);
+      }
       return;
     }
   }
 }
 
-/** What one interval of syscall numbers does. */
-type Decision = { kind: 'ret'; k: number } | { kind: 'rules'; rules: ResolvedRule[]; fallback: number };
+/**
+ * What one interval of syscall numbers does. `x86high` is x86_64's 0x40000000..0xfffffffe:
+ * x32 (bit 30) killed, the rest `notSyscall`.
+ */
+type Decision =
+  | { kind: 'ret'; k: number }
+  | { kind: 'rules'; rules: ResolvedRule[]; fallback: number }
+  | { kind: 'x86high'; notSyscall: number };
 
 /**
  * Drops rules that cannot change the outcome: everything after the first unconditional rule
@@ -234,18 +247,29 @@ function intervals(filter: ResolvedFilter): Interval[] {
     out.push({ start, decision });
   };
   const dflt: Decision = { kind: 'ret', k: filter.defaultAction };
-  const beyond: Decision =
-    filter.enosysAbove === undefined ? dflt : { kind: 'ret', k: (SECCOMP_RET.ERRNO | ENOSYS) >>> 0 };
+  const beyond = filter.enosysAbove === undefined ? dflt : { kind: 'ret' as const, k: (SECCOMP_RET.ERRNO | ENOSYS) >>> 0 };
   const numbers = [...filter.bySyscall.keys()].sort((a, b) => a - b);
+  // Numbers no rule names, from..to-1: the default, then ENOSYS past the newest named call
+  // (which may have no rule left: one that repeats the default action is dropped).
+  const gap = (from: number, to: number): void => {
+    const cut = filter.enosysAbove === undefined ? to : Math.max(from, Math.min(to, filter.enosysAbove + 1));
+    if (from < cut) push(from, dflt);
+    if (cut < to) push(cut, beyond);
+  };
   let next = 0;
   for (const nr of numbers) {
-    if (nr > next) push(next, filter.enosysAbove !== undefined && next > filter.enosysAbove ? beyond : dflt);
+    gap(next, nr);
     push(nr, simplify(filter.bySyscall.get(nr)!, filter.defaultAction));
     next = nr + 1;
   }
-  const end = filter.arch === 'x86_64' ? X32_SYSCALL_BIT : NR_SKIPPED;
-  if (next < end) push(next, filter.enosysAbove !== undefined && next > filter.enosysAbove ? beyond : dflt);
-  if (filter.arch === 'x86_64') push(X32_SYSCALL_BIT, { kind: 'ret', k: SECCOMP_RET.KILL_PROCESS });
+  gap(next, filter.arch === 'x86_64' ? X32_SYSCALL_BIT : NR_SKIPPED);
+  if (filter.arch === 'x86_64') {
+    // x32 numbers (bit 30) are killed; 0x80000000..0xbfffffff are no syscall of either ABI:
+    // the kernel answers ENOSYS for them, and so does runc's stub, which only skips numbers
+    // with bit 30 set, so they get what numbers past the newest syscall get. One leaf for
+    // 0x40000000..0xfffffffe keeps the search tree the shape it had when all of it was killed.
+    push(X32_SYSCALL_BIT, { kind: 'x86high', notSyscall: filter.enosysAbove === undefined ? filter.defaultAction : beyond.k });
+  }
   push(NR_SKIPPED, { kind: 'ret', k: SECCOMP_RET.ALLOW });
   return out;
 }
@@ -253,6 +277,16 @@ function intervals(filter: ResolvedFilter): Interval[] {
 function emitLeaf(asm: Assembler, d: Decision): void {
   if (d.kind === 'ret') {
     asm.ret(d.k);
+    return;
+  }
+  if (d.kind === 'x86high') {
+    const x32 = new Label();
+    const notSyscall = new Label();
+    asm.jump(BPF_JSET_K, X32_SYSCALL_BIT, x32, notSyscall);
+    asm.label(notSyscall);
+    asm.ret(d.notSyscall);
+    asm.label(x32);
+    asm.ret(SECCOMP_RET.KILL_PROCESS);
     return;
   }
   for (const rule of d.rules) {

@@ -137,6 +137,28 @@ const PERSONALITIES = [0x0, 0x8, 0x20000, 0x20008, 0xffffffff];
 /** Address families refused to socket(2): AF_ALG (38, kernel crypto) and AF_VSOCK (40, to the host). */
 const REFUSED_FAMILIES = [38, 40];
 
+/**
+ * The 32-bit values other than `refused`, as a list of (mask, value) pairs, each the set
+ * `(x & mask) === value`: the siblings met walking down each refused value's bits from bit
+ * 31. They are disjoint; the one holding 0..31 (every common family) comes first.
+ */
+function complementCubes(refused: readonly number[]): { mask: number; value: number }[] {
+  const out: { mask: number; value: number }[] = [];
+  const walk = (bit: number, prefix: number, values: readonly number[]): void => {
+    if (values.length === 0) {
+      // every value with these high bits: the mask keeps bits 31..bit+1
+      out.push({ mask: bit === 31 ? 0 : (~0 << (bit + 1)) >>> 0, value: prefix >>> 0 });
+      return;
+    }
+    if (bit < 0) return; // exactly a refused value
+    const one = (prefix | (1 << bit)) >>> 0;
+    walk(bit - 1, prefix, values.filter((v) => (v & (1 << bit)) === 0));
+    walk(bit - 1, one, values.filter((v) => (v & (1 << bit)) !== 0));
+  };
+  walk(31, 0, refused);
+  return out.sort((a, b) => a.value - b.value);
+}
+
 const arg0 = (op: SeccompArg['op'], value: number, valueTwo?: number): SeccompArg[] => [
   valueTwo === undefined ? { index: 0, op, value } : { index: 0, op, value, valueTwo },
 ];
@@ -150,14 +172,16 @@ function buildDefault(): SeccompProfile {
     action: 'SCMP_ACT_ALLOW',
     includes: { minKernel: '4.8' },
   });
-  // socket(2): every family but the refused ones. Docker allows the ranges around them; this
-  // says it as two refusals on the low 32 bits of the argument (the kernel reads `int
-  // family`), which gives the same answer for every int and also refuses 38 and 40 with
-  // garbage in the upper half of the register, which a 64-bit range test lets through.
-  for (const family of REFUSED_FAMILIES) {
-    rules.push({ names: ['socket'], action: 'SCMP_ACT_ERRNO', errnoRet: 1, args: arg0('SCMP_CMP_MASKED_EQ', 0xffffffff, family) });
+  // socket(2): every family but the refused ones, said as allow rules only, so that Docker
+  // reads this JSON as hutch does (runc drops a rule whose action is the default one, and
+  // libseccomp lets an unconditional rule replace every conditional one for the call).
+  // Docker allows the 64-bit ranges around 38 and 40; these rules test the low 32 bits (the
+  // kernel reads `int family`), so 38 and 40 with garbage in the upper half of the register,
+  // which a 64-bit range test lets through, are refused too. 34 disjoint rules; the first
+  // holds families 0..31, so a common socket() is allowed after one test.
+  for (const { mask, value } of complementCubes(REFUSED_FAMILIES)) {
+    rules.push({ names: ['socket'], action: 'SCMP_ACT_ALLOW', args: arg0('SCMP_CMP_MASKED_EQ', mask, value) });
   }
-  rules.push({ names: ['socket'], action: 'SCMP_ACT_ALLOW' });
   for (const persona of PERSONALITIES) {
     rules.push({ names: ['personality'], action: 'SCMP_ACT_ALLOW', args: arg0('SCMP_CMP_EQ', persona) });
   }

@@ -2,11 +2,10 @@ import { release } from 'node:os';
 import { invalid, unsupported } from '../errors.js';
 import { generateProgram } from './bpf.js';
 import { DEFAULT_SECCOMP_PROFILE } from './default.js';
+import { parseKernelRelease, resolveProfile } from './resolve.js';
 import {
   checkProfile,
   normalizeCapability,
-  parseKernelRelease,
-  resolveProfile,
   type CheckedProfile,
   type SeccompArch,
   type SeccompProfile,

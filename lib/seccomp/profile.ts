@@ -1,4 +1,4 @@
-import { release } from 'node:os';
+import { constants as osConstants } from 'node:os';
 import { invalid } from '../errors.js';
 import { SYSCALLS_AARCH64, SYSCALLS_X86_64, SYSCALL_NAMES_ANY_ARCH } from './syscalls.generated.js';
 import { CAPABILITIES as CAPABILITY_NAMES } from '../capabilities.js';
@@ -40,7 +40,7 @@ export type SeccompAction =
 /**
  * How an argument is compared with {@link SeccompArg.value}: not equal, less than, less or
  * equal, equal, greater or equal, greater than (unsigned 64-bit), or masked equal
- * (`(arg & value) === valueTwo`).
+ * (`(arg & value) === (valueTwo & value)`, as libseccomp compares).
  *
  * @example
  * ```ts
@@ -82,7 +82,10 @@ export interface SeccompArg {
   index: number;
   /** Compared against; for SCMP_CMP_MASKED_EQ, the mask. */
   value: SeccompValue;
-  /** For SCMP_CMP_MASKED_EQ only: what `arg & value` must equal (default 0). */
+  /**
+   * For SCMP_CMP_MASKED_EQ only: what `arg & value` must equal (default 0). Only its bits
+   * inside the mask count, as in libseccomp: `(arg & value) === (valueTwo & value)`.
+   */
   valueTwo?: SeccompValue;
   /** How the argument is compared. */
   op: SeccompOperator;
@@ -105,16 +108,20 @@ export interface SeccompFilter {
   caps?: string[];
   /** Docker's architecture names: `amd64`, `arm64`, `x86`, `x32`, `arm`, `s390x`, ... */
   arches?: string[];
-  /** `"<kernel>.<major>"`, e.g. `"4.8"`: includes: host kernel at least this; excludes: below it. */
+  /**
+   * `"<kernel>.<major>"`, e.g. `"4.8"`: includes: host kernel at least this; excludes: below it.
+   * `""` means 0.0, as in Docker: always reached.
+   */
   minKernel?: string;
 }
 
 /**
  * One rule of a {@link SeccompProfile}: what to do with some calls, optionally only for
- * some arguments, capabilities, architectures or kernels. Several rules for one call are
- * alternatives; when more than one matches, the most restrictive action wins (KILL_PROCESS,
- * KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW; between equals, the earlier rule), as with
- * libseccomp.
+ * some arguments, capabilities, architectures or kernels. Several rules for one call combine
+ * as Docker (runc + libseccomp) combines them: a rule whose action is the default action is
+ * dropped; the first rule without conditions decides the call alone; otherwise, when several
+ * conditional rules match, the most restrictive action wins (KILL_PROCESS, KILL_THREAD, TRAP,
+ * ERRNO, TRACE, LOG, ALLOW; between equals, the earlier rule). docs/seccomp.md.
  *
  * @example
  * ```ts
@@ -136,6 +143,12 @@ export interface SeccompSyscallRule {
   action: SeccompAction;
   /** errno for SCMP_ACT_ERRNO (default EPERM) or the tracer's data for SCMP_ACT_TRACE. */
   errnoRet?: number;
+  /**
+   * podman's (containers-common) name for the errno, e.g. `"EPERM"` or `"1"`. Docker ignores
+   * it and reads `errnoRet`; hutch accepts it when both engines would use the same errno, and
+   * refuses it (`EINVAL`) when they would not.
+   */
+  errno?: string;
   /** All must hold (AND); several rules for one syscall are alternatives (OR). */
   args?: SeccompArg[];
   /** Free text, ignored. */
@@ -168,6 +181,8 @@ export interface SeccompProfile {
   defaultAction: SeccompAction;
   /** errno of a defaultAction SCMP_ACT_ERRNO (default EPERM). */
   defaultErrnoRet?: number;
+  /** podman's name for defaultErrnoRet, e.g. `"ENOSYS"`; as {@link SeccompSyscallRule.errno}. */
+  defaultErrno?: string;
   /** `SCMP_ARCH_*` names. hutch filters the native architecture only; see docs/seccomp.md. */
   architectures?: string[];
   /** Docker's form of `architectures`. */
@@ -280,10 +295,10 @@ export interface CheckedProfile {
 }
 
 const TOP_KEYS = new Set([
-  'defaultAction', 'defaultErrnoRet', 'architectures', 'archMap', 'flags', 'syscalls', 'comment',
+  'defaultAction', 'defaultErrnoRet', 'defaultErrno', 'architectures', 'archMap', 'flags', 'syscalls', 'comment',
   'listenerPath', 'listenerMetadata',
 ]);
-const RULE_KEYS = new Set(['names', 'name', 'action', 'errnoRet', 'args', 'comment', 'includes', 'excludes']);
+const RULE_KEYS = new Set(['names', 'name', 'action', 'errnoRet', 'errno', 'args', 'comment', 'includes', 'excludes']);
 const ARG_KEYS = new Set(['index', 'value', 'valueTwo', 'op']);
 const FILTER_KEYS = new Set(['caps', 'arches', 'minKernel', 'comment']);
 
@@ -330,13 +345,37 @@ function errnoValue(v: unknown, max: number, where: string): number {
   return v;
 }
 
+/** podman's errno field (containers-common getErrno): a decimal number or a Linux errno name. */
+function errnoByName(v: unknown, where: string): number {
+  if (typeof v === 'string' && /^\d+$/.test(v) && Number(v) <= MAX_ERRNO) return Number(v);
+  const n = typeof v === 'string' && /^E[A-Z0-9]+$/.test(v) ? (osConstants.errno as Record<string, number | undefined>)[v] : undefined;
+  if (n === undefined) throw invalid(where, 'an errno name such as "EPERM" or a number 0..4095', v);
+  return n;
+}
+
 /** SECCOMP_RET_* for an action, with its errno or trace data. */
-function actionValue(action: unknown, errnoRet: unknown, where: string, errnoField: string): number {
+function actionValue(action: unknown, errnoRet: unknown, where: string, errnoField: string, podmanErrno: unknown, podmanField: string): number {
   if (typeof action !== 'string' || !ACTIONS.has(action)) {
     throw invalid(`${where}`, `one of ${[...ACTIONS].filter((a) => a !== 'SCMP_ACT_NOTIFY').join(', ')}`, action);
   }
   if (errnoRet !== undefined && action !== 'SCMP_ACT_ERRNO' && action !== 'SCMP_ACT_TRACE') {
     throw invalid(errnoField, `no value: it applies only to SCMP_ACT_ERRNO and SCMP_ACT_TRACE, not ${action}`, errnoRet);
+  }
+  if (podmanErrno !== undefined && podmanErrno !== '') {
+    if (action !== 'SCMP_ACT_ERRNO' && action !== 'SCMP_ACT_TRACE') {
+      throw invalid(podmanField, `no value: it applies only to SCMP_ACT_ERRNO and SCMP_ACT_TRACE, not ${action}`, podmanErrno);
+    }
+    const named = errnoByName(podmanErrno, podmanField);
+    const docker = errnoRet === undefined ? EPERM : errnoValue(errnoRet, 0xffff, errnoField);
+    if (named !== docker) {
+      const ret = errnoField.slice(errnoField.lastIndexOf('.') + 1);
+      const absent = errnoRet === undefined ? ', EPERM as it is absent' : '';
+      throw invalid(
+        podmanField,
+        `the errno ${ret} gives (${docker}${absent}): Docker reads only ${ret} and podman prefers this field, so give both the same errno`,
+        podmanErrno,
+      );
+    }
   }
   switch (action as SeccompAction) {
     case 'SCMP_ACT_KILL':
@@ -376,12 +415,18 @@ function checkFilter(v: unknown, where: string): CheckedFilter {
       }
     });
   }
-  if (v.minKernel !== undefined && v.minKernel !== '') {
-    const m = typeof v.minKernel === 'string' ? /^(\d{1,3})\.(\d{1,3})$/.exec(v.minKernel) : null;
-    if (!m || (Number(m[1]) === 0 && Number(m[2]) === 0)) {
-      throw invalid(`${where}.minKernel`, 'a kernel version "<kernel>.<major>" such as "4.8"', v.minKernel);
+  // As moby reads it: null is no condition; "" is version 0.0, which every kernel reaches
+  // (an `excludes` with it always drops its rule); "0.0" written out, or a part past 255, is
+  // refused there too.
+  if (v.minKernel === '') {
+    out.minKernel = [0, 0];
+  } else if (v.minKernel !== undefined && v.minKernel !== null) {
+    const m = typeof v.minKernel === 'string' ? /^(\d+)\.(\d+)$/.exec(v.minKernel) : null;
+    const kernel = m ? [Number(m[1]), Number(m[2])] : [];
+    if (!m || kernel.some((n) => n > 255) || (kernel[0] === 0 && kernel[1] === 0)) {
+      throw invalid(`${where}.minKernel`, 'a kernel version "<kernel>.<major>" such as "4.8" (each part 0..255, not "0.0")', v.minKernel);
     }
-    out.minKernel = [Number(m[1]), Number(m[2])];
+    out.minKernel = [kernel[0]!, kernel[1]!];
   }
   return out;
 }
@@ -403,10 +448,14 @@ function checkArg(v: unknown, where: string): CheckedArg {
     throw invalid(`${where}.op`, `one of ${[...OPERATORS].join(', ')}`, v.op);
   }
   const value = parseU64(v.value, `${where}.value`);
-  const valueTwo = v.valueTwo === undefined ? 0n : parseU64(v.valueTwo, `${where}.valueTwo`);
+  let valueTwo = v.valueTwo === undefined ? 0n : parseU64(v.valueTwo, `${where}.valueTwo`);
   if (valueTwo !== 0n && v.op !== 'SCMP_CMP_MASKED_EQ') {
     throw invalid(`${where}.valueTwo`, `0 or nothing: only SCMP_CMP_MASKED_EQ takes a second value, not ${v.op}`, v.valueTwo);
   }
+  // libseccomp masks the datum too ((arg & mask) == (datum & mask)): bits of valueTwo outside
+  // the mask are ignored, so a mask of 0 holds for every argument (generated allowlists use
+  // it to say "any value").
+  if (v.op === 'SCMP_CMP_MASKED_EQ') valueTwo &= value;
   return { index: v.index, op: v.op as SeccompOperator, value, valueTwo };
 }
 
@@ -430,11 +479,12 @@ function checkRule(v: unknown, index: number, option: string): CheckedRule {
       throw invalid(`${where}.names[${i}]`, 'a syscall name that some Linux architecture defines', n);
     }
   });
-  const action = actionValue(v.action, v.errnoRet, `${where}.action`, `${where}.errnoRet`);
+  const action = actionValue(v.action, v.errnoRet, `${where}.action`, `${where}.errnoRet`, v.errno, `${where}.errno`);
   let args: CheckedArg[] = [];
   if (v.args !== undefined && v.args !== null) {
     if (!Array.isArray(v.args)) throw invalid(`${where}.args`, 'an array of {index, value, op}', v.args);
-    args = v.args.map((a, i) => checkArg(a, `${where}.args[${i}]`));
+    // A mask of 0 holds for every value: libseccomp emits no test for it, and neither does hutch.
+    args = v.args.map((a, i) => checkArg(a, `${where}.args[${i}]`)).filter((a) => !(a.op === 'SCMP_CMP_MASKED_EQ' && a.value === 0n));
   }
   const rule: CheckedRule = { index, names, action, args };
   if (v.includes !== undefined && v.includes !== null) rule.includes = checkFilter(v.includes, `${where}.includes`);
@@ -453,7 +503,9 @@ export function checkProfile(v: unknown, option = 'seccomp'): CheckedProfile {
     throw invalid(`${option}.listenerPath`, 'nothing: hutch runs no seccomp agent (SCMP_ACT_NOTIFY is unsupported)');
   }
   if (v.defaultAction === undefined) throw invalid(`${option}.defaultAction`, 'an action such as SCMP_ACT_ERRNO');
-  const defaultAction = actionValue(v.defaultAction, v.defaultErrnoRet, `${option}.defaultAction`, `${option}.defaultErrnoRet`);
+  const defaultAction = actionValue(
+    v.defaultAction, v.defaultErrnoRet, `${option}.defaultAction`, `${option}.defaultErrnoRet`, v.defaultErrno, `${option}.defaultErrno`,
+  );
   if (v.architectures !== undefined && v.architectures !== null && v.archMap !== undefined && v.archMap !== null) {
     throw invalid(option, "either 'architectures' or 'archMap', not both");
   }
@@ -501,93 +553,6 @@ export function actionKind(ret: number): number {
  */
 export function actionPrecedence(ret: number): number {
   return actionKind(ret) | 0;
-}
-
-// ---- resolution for one arch, capability set and kernel ----
-
-export interface ResolvedRule {
-  index: number;
-  action: number;
-  args: CheckedArg[];
-}
-
-export interface ResolvedFilter {
-  arch: SeccompArch;
-  defaultAction: number;
-  /** Rules per syscall number, strictest action first, then profile order. */
-  bySyscall: Map<number, ResolvedRule[]>;
-  /**
-   * Numbers above this get ERRNO(ENOSYS), as runc does: a syscall newer than any the profile
-   * names is one its author could not have known, and ENOSYS lets libc fall back (as for
-   * clone3) where EPERM would be taken as a refusal. Undefined when not applied.
-   */
-  enosysAbove?: number;
-}
-
-export interface ResolveOptions {
-  arch: SeccompArch;
-  /** Capabilities the process holds, without `CAP_`. */
-  capabilities: readonly string[];
-  /** Kernel release such as `6.8.0-45-generic` for `minKernel`; default: this host's. */
-  kernelRelease?: string;
-}
-
-/** `6.8.0-45-generic` -> [6, 8] (Docker ignores what follows the major revision). */
-export function parseKernelRelease(rel: string): [number, number] {
-  const m = /^(\d+)\.(\d+)/.exec(rel);
-  if (!m) throw invalid('kernelRelease', 'a kernel release such as "6.8.0"', rel);
-  return [Number(m[1]), Number(m[2])];
-}
-
-function kernelAtLeast(kernel: [number, number], min: [number, number]): boolean {
-  return kernel[0] > min[0] || (kernel[0] === min[0] && kernel[1] >= min[1]);
-}
-
-/** Whether a rule applies, with Docker's semantics for includes (all must hold) and excludes (any excludes). */
-export function ruleApplies(rule: CheckedRule, arch: SeccompArch, caps: ReadonlySet<string>, kernel: [number, number]): boolean {
-  const dockerArch = DOCKER_ARCH[arch];
-  const ex = rule.excludes;
-  if (ex) {
-    if (ex.arches.includes(dockerArch)) return false;
-    if (ex.caps.some((c) => caps.has(c))) return false;
-    if (ex.minKernel && kernelAtLeast(kernel, ex.minKernel)) return false;
-  }
-  const inc = rule.includes;
-  if (inc) {
-    if (inc.arches.length > 0 && !inc.arches.includes(dockerArch)) return false;
-    if (!inc.caps.every((c) => caps.has(c))) return false;
-    if (inc.minKernel && !kernelAtLeast(kernel, inc.minKernel)) return false;
-  }
-  return true;
-}
-
-/**
- * The rules that apply for one arch, capability set and kernel, by syscall number. Names that
- * this arch lacks (e.g. `chown32` on x86_64) are skipped, as Docker does.
- */
-export function resolveProfile(profile: CheckedProfile, opts: ResolveOptions): ResolvedFilter {
-  const table = syscallTable(opts.arch);
-  const caps = new Set(opts.capabilities);
-  const kernel = parseKernelRelease(opts.kernelRelease ?? release());
-  const bySyscall = new Map<number, ResolvedRule[]>();
-  let highest = -1;
-  for (const rule of profile.rules) {
-    if (!ruleApplies(rule, opts.arch, caps, kernel)) continue;
-    for (const name of new Set(rule.names)) {
-      const nr = table[name];
-      if (nr === undefined) continue;
-      highest = Math.max(highest, nr);
-      let list = bySyscall.get(nr);
-      if (!list) bySyscall.set(nr, (list = []));
-      list.push({ index: rule.index, action: rule.action, args: rule.args });
-    }
-  }
-  for (const list of bySyscall.values()) {
-    list.sort((a, b) => actionPrecedence(a.action) - actionPrecedence(b.action) || a.index - b.index);
-  }
-  const filter: ResolvedFilter = { arch: opts.arch, defaultAction: profile.defaultAction, bySyscall };
-  if (!profile.defaultIsPermissiveOrEnosys && highest >= 0) filter.enosysAbove = highest;
-  return filter;
 }
 
 export { SCMP_ARCH, DOCKER_ARCH };
