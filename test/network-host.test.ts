@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { join } from 'node:path';
+import { Sandbox } from '../lib/index.js';
 import { attachNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
 import { isRoot, needs } from './helpers/require.js';
 import { children, fakeSandbox, inNetns, kill, serveInNetns, sh } from './helpers/netns.js';
@@ -131,6 +132,39 @@ describe.skipIf(skip !== undefined)('network: the host behind a sandbox link', (
     await Promise.all([releaseNetwork(a, { wait: true }), releaseNetwork(b, { wait: true })]);
     kill(pid);
     kill(pid2);
+  });
+
+  it('through Sandbox.create: the host side is refused, and reached with hostPorts', async () => {
+    const http = net.createServer((s) => {
+      accepted++;
+      s.end('HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello');
+    });
+    servers.push(http);
+    const port = await listen(http, 0, '0.0.0.0');
+    // python3 from the host image; by address, the name checked in /etc/hosts apart.
+    const get = (sb: Sandbox) => [
+      'python3',
+      '-c',
+      `import socket
+print(open('/etc/hosts').read().count('${sb.network!.hostAddress}\\thost.hutch.internal'), end=' ')
+try:
+    s = socket.create_connection(('${sb.network!.hostAddress}', ${port}), timeout=5)
+    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+    print(s.recv(100).split(b'\\r\\n\\r\\n')[1].decode())
+except OSError as e:
+    print(type(e).__name__)`,
+    ];
+    const before = accepted;
+    {
+      await using sb = await Sandbox.create({ image: 'host', network: { mode: 'bridge', range: RANGE } });
+      expect((await sb.exec(get(sb), { encoding: 'utf8' })).stdout).toBe('1 ConnectionRefusedError\n');
+      expect(accepted).toBe(before);
+    }
+    {
+      await using sb = await Sandbox.create({ image: 'host', network: { mode: 'bridge', range: RANGE, hostPorts: [port] } });
+      expect((await sb.exec(get(sb), { encoding: 'utf8' })).stdout).toBe('1 hello\n');
+      expect(accepted).toBe(before + 1);
+    }
   });
 
   it('the host still reaches a sandbox, and its replies come back', async () => {
