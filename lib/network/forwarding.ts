@@ -28,7 +28,7 @@ import { TABLE, hutchLinksOnHost } from './nat.js';
 import { run } from './run.js';
 
 const RECORD_PREFIX = 'forwarding.';
-const LOCK = 'forwarding.lock';
+const LOCK = 'forwarding-lock';
 /** Written by hutch before this file: the host-wide switch it used to turn on. */
 const LEGACY_RECORD = 'ip_forward.orig';
 const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
@@ -61,7 +61,7 @@ function setFlag(ifname: string, value: '0' | '1'): void {
 export function forwardingRecords(stateDir: string): string[] {
   try {
     return readdirSync(stateDir)
-      .filter((n) => n.startsWith(RECORD_PREFIX) && n !== LOCK)
+      .filter((n) => n.startsWith(RECORD_PREFIX))
       .map((n) => n.slice(RECORD_PREFIX.length));
   } catch {
     return [];
