@@ -307,6 +307,13 @@ describe.skipIf(skip !== undefined)('network: forwarding without the host-wide s
     expect(after.worldToPeer).toBe('timeout');
   });
 
+  it('nat sandboxes attached and released at once share the uplinks and restore them once', async () => {
+    const [many] = await child('many').lines;
+    expect(many!.reached).toEqual(['ok world', 'ok world', 'ok world', 'ok world']);
+    expect(many!.after).toEqual(many!.before);
+    expect(many!.records).toEqual([]);
+  });
+
   it('after a SIGKILLed process with a nat sandbox, the next prune restores the flags and removes the rules', async () => {
     const held = child('hold', 'attached');
     const [att] = await held.lines;

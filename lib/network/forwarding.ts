@@ -89,8 +89,24 @@ function routeDevices(): string[] {
   }
 }
 
+/** This process's turns for the lock, per state dir: queued here rather than polling the file. */
+const queues = new Map<string, Promise<unknown>>();
+
 /** Runs `fn` holding the state dir's forwarding lock (O_EXCL file naming its holder). */
-export async function withForwardingLock<T>(stateDir: string, fn: () => Promise<T> | T): Promise<T> {
+export function withForwardingLock<T>(stateDir: string, fn: () => Promise<T> | T): Promise<T> {
+  const turn = (queues.get(stateDir) ?? Promise.resolve()).then(() => withFileLock(stateDir, fn));
+  const settled = turn.then(
+    () => undefined,
+    () => undefined,
+  );
+  queues.set(stateDir, settled);
+  void settled.then(() => {
+    if (queues.get(stateDir) === settled) queues.delete(stateDir);
+  });
+  return turn;
+}
+
+async function withFileLock<T>(stateDir: string, fn: () => Promise<T> | T): Promise<T> {
   const path = join(stateDir, LOCK);
   const me = `${process.pid} ${processStart('self') ?? ''}`;
   for (let attempt = 0; ; attempt++) {

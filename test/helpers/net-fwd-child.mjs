@@ -6,6 +6,8 @@
 //
 //   life   a nat sandbox reaches the test's "world" while the host's own forwarding stays as
 //          it was: prints flags before, during (with two connection attempts) and after
+//   many   four nat sandboxes attached and released at once: all reach the world, and the
+//          flags are back as before once the last is gone
 //   hold   attaches a nat sandbox, prints {"ev":"attached"} and waits to be SIGKILLed
 //   prune  pruneNetwork(), prints its result and the flags
 import { spawn, execFileSync } from 'node:child_process';
@@ -79,6 +81,17 @@ try {
     sb.kill('SIGKILL');
     await pruneNetwork();
     out({ ev: 'done' });
+    process.exit(0);
+  } else if (mode === 'many') {
+    const before = flags();
+    const sbs = await Promise.all([0, 1, 2, 3].map(() => fakeSandbox()));
+    const links = await Promise.all(sbs.map((sb, i) => attachNetwork(plan(), `fwd-many-${i}`, sb.pid)));
+    const reached = sbs.map((sb) => connect(sb.pid, worldAddr, 7100));
+    await Promise.all(links.map((a) => releaseNetwork(a, { wait: true })));
+    await settleNetwork();
+    out({ ev: 'many', before, reached, after: flags(), records: readdirSync(process.env.HUTCH_NET_DIR).filter((n) => n.startsWith('forwarding')) });
+    for (const sb of sbs) sb.kill('SIGKILL');
+    await pruneNetwork();
     process.exit(0);
   } else if (mode === 'hold') {
     const sb = await fakeSandbox();
