@@ -146,7 +146,7 @@ describe('network options', () => {
   });
 
   it('builds per-sandbox nftables rules', () => {
-    const s = addScript({ slot: '0ac80004', host: 'hx0ac80004', address: '10.200.0.6', hostAddress: '10.200.0.5', outbound: 'nat', allow: [{ network: 0xc0000200, prefix: 24 }], ports: [{ host: 8080, sandbox: 80, protocol: 'tcp' }], hostPorts: [{ port: 5432, protocol: 'tcp' }, { port: 53, protocol: 'udp' }, { port: 443, protocol: 'tcp' }], guard: ['eth0'] });
+    const s = addScript({ slot: '0ac80004', host: 'hx0ac80004', address: '10.200.0.6', outbound: 'nat', allow: [{ network: 0xc0000200, prefix: 24 }], ports: [{ host: 8080, sandbox: 80, protocol: 'tcp' }], hostPorts: [{ port: 5432, protocol: 'tcp' }, { port: 53, protocol: 'udp' }, { port: 443, protocol: 'tcp' }], guard: ['eth0'] });
     expect(s).toContain('ip daddr { 192.0.2.0/24 } accept');
     // The host: only the listed ports, on this link's own host address; allow never opens the host.
     expect(s).toContain('add rule inet hutch in_0ac80004 meta nfproto ipv4 tcp dport { 5432, 443 } fib daddr . iif type local accept');

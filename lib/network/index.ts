@@ -136,7 +136,7 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     // The table filters hx* links from their first packet: it must exist before the link does.
     await ensureTable();
     if (rules) {
-      const sandboxRules = { slot, host, address, hostAddress, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts };
+      const sandboxRules = { slot, host, address, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts };
       if (forwards) {
         // Uplinks recorded, then guarded (in the sandbox's transaction), then opened: forwarding.ts.
         await withForwardingLock(plan.stateDir, async () => {

@@ -86,7 +86,6 @@ export interface SandboxRules {
   slot: string;
   host: string;
   address: string;
-  hostAddress: string;
   outbound: 'none' | 'nat';
   allow: readonly Cidr[] | null;
   ports: readonly ResolvedPort[];
