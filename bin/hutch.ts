@@ -13,7 +13,7 @@ import { settleNetwork } from '../lib/network/index.js';
 const USAGE = `usage:
   hutch run [--image I] [--memory M] [--cpus N] [--pids N] [--disk D] [--timeout MS] [--output B]
             [--nofile N] [--network none|bridge] [--egress R] [--ingress R] [-p HOST:SANDBOX[/udp]]...
-            [--nat] [--allow CIDR]... [-e K=V]... [-w DIR] [-u UID[:GID]] [-v SRC:DST[:rw]]... -- CMD...
+            [--nat] [--allow CIDR]... [--host-port PORT[/udp]]... [-e K=V]... [-w DIR] [-u UID[:GID]] [-v SRC:DST[:rw]]... -- CMD...
   hutch doctor                      what this host supports
   hutch images                      list images
   hutch import FILE [--tag T]       import a rootfs tarball, OCI layout or docker save archive
@@ -49,6 +49,7 @@ async function run(argv: string[]): Promise<number> {
       disk: { type: 'string' }, timeout: { type: 'string' }, output: { type: 'string' }, nofile: { type: 'string' },
       network: { type: 'string' }, egress: { type: 'string' }, ingress: { type: 'string' },
       publish: { type: 'string', short: 'p', multiple: true }, nat: { type: 'boolean' }, allow: { type: 'string', multiple: true },
+      'host-port': { type: 'string', multiple: true },
       env: { type: 'string', short: 'e', multiple: true }, workdir: { type: 'string', short: 'w' },
       user: { type: 'string', short: 'u' }, volume: { type: 'string', short: 'v', multiple: true },
       hostname: { type: 'string' }, 'read-only': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
@@ -90,12 +91,12 @@ async function run(argv: string[]): Promise<number> {
       return { source, target, readonly: mode !== 'rw' };
     });
   }
-  const wantsBridge = values.network === 'bridge' || values.egress || values.ingress || values.publish || values.nat;
+  const wantsBridge = values.network === 'bridge' || values.egress || values.ingress || values.publish || values.nat || values['host-port'];
   if (values.network !== undefined && values.network !== 'none' && values.network !== 'bridge') {
     throw new HutchError('EINVAL', `invalid option --network: expected none or bridge, got ${JSON.stringify(values.network)}`);
   }
   if (wantsBridge) {
-    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p and --nat need --network bridge');
+    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p, --nat and --host-port need --network bridge');
     const net: NetworkOptions = { mode: 'bridge' };
     if (values.egress) net.egress = values.egress;
     if (values.ingress) net.ingress = values.ingress;
@@ -106,6 +107,13 @@ async function run(argv: string[]): Promise<number> {
         const m = /^(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(p);
         if (!m) throw new HutchError('EINVAL', `invalid option -p: expected HOST:SANDBOX[/tcp|udp], got ${JSON.stringify(p)}`);
         return { host: Number(m[1]), sandbox: Number(m[2]), protocol: (m[3] ?? 'tcp') as 'tcp' | 'udp' };
+      });
+    }
+    if (values['host-port']) {
+      net.hostPorts = values['host-port'].map((p) => {
+        const m = /^(\d+)(?:\/(tcp|udp))?$/.exec(p);
+        if (!m) throw new HutchError('EINVAL', `invalid option --host-port: expected PORT[/tcp|udp], got ${JSON.stringify(p)}`);
+        return { port: Number(m[1]), protocol: (m[2] ?? 'tcp') as 'tcp' | 'udp' };
       });
     }
     opts.network = net;

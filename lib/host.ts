@@ -119,6 +119,14 @@ export async function checkHost(): Promise<HostReport> {
     if (v1.length) parts.push(`v1 controllers: ${v1.join(' ')}`);
     if (h.unified) parts.push(`cgroup2 controllers: ${h.unifiedControllers.join(' ') || 'none'}`);
     add({ name: 'cgroups', ok: true, detail: parts.join('; '), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection' });
+    const pids = h.v1.has('pids') || (h.unified !== null && h.unifiedControllers.includes('pids'));
+    add({
+      name: 'default pids limit',
+      ok: pids,
+      detail: pids ? 'sandboxes that set no limits.pids get pids.max 1024' : 'no pids controller: sandboxes that set no limits.pids run without the default 1024 (an explicit limits.pids is EUNSUPPORTED)',
+      neededFor: 'stopping a fork bomb in a sandbox that sets no limits',
+      fix: 'enable the pids controller (cgroup v2: +pids in the parent cgroup.subtree_control; v1: mount -t cgroup -o pids cgroup /sys/fs/cgroup/pids)',
+    });
   } catch (e) {
     add({ name: 'cgroups', ok: false, detail: String((e as Error).message), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection', fix: 'mount cgroup2 at /sys/fs/cgroup' });
   }

@@ -19,9 +19,10 @@ export type { Image, ImageConfig, Progress } from './image/types.js';
 export type { SandboxOptions, RunOptions, ExecOptions, SpawnOptions, Mount } from './options.js';
 export type { ExecResult, ResourceUsage, SandboxProcess, EndReason } from './process.js';
 export type { Limits } from './limits.js';
+export { DEFAULT_PIDS, DEFAULT_OUTPUT_BYTES } from './limits.js';
 export type { ByteSize, Rate } from './units.js';
 export type { NetworkOptions } from './network/index.js';
-export type { PortMapping } from './network/options.js';
+export type { PortMapping, HostPort } from './network/options.js';
 export type { SeccompProfile } from './seccomp/index.js';
 export type {
   SeccompOption, SeccompAction, SeccompSyscallRule, SeccompArg, SeccompFilter, SeccompOperator, SeccompValue,

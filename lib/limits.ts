@@ -49,7 +49,11 @@ export interface Limits {
   cpus?: number;
   /** CPUs the sandbox may run on, e.g. '0-1' or '0,2'; each must be online. Default: all. */
   cpuset?: string;
-  /** Max tasks (processes and threads) in the whole sandbox, 1 to 4194304; past it fork fails with EAGAIN. */
+  /**
+   * Max tasks (processes and threads) in the whole sandbox, 1 to 4194304; past it fork fails
+   * with EAGAIN. Default {@link DEFAULT_PIDS} (1024), so a fork bomb stops there; a host
+   * without the pids controller runs a sandbox that did not ask for it without that default.
+   */
   pids?: number;
   /**
    * All writes inside (root, /tmp, /var...), at least 1 MiB; past it: ENOSPC. /dev/shm
@@ -86,10 +90,16 @@ export interface Limits {
   timeoutMs?: number;
   /**
    * Cap on captured stdout+stderr per exec (also settable per exec: {@link ExecOptions.output});
-   * past it the process is killed, reason `'output-limit'`, `truncated: true`. Default: none.
+   * past it the process is killed, reason `'output-limit'`, `truncated: true`. Default
+   * {@link DEFAULT_OUTPUT_BYTES} (16 MiB). `spawn` streams instead, with backpressure: no cap.
    */
   output?: ByteSize;
 }
+
+/** `limits.pids` when not given: a fork bomb stops at 1024 tasks (API.md's default for untrusted code). */
+export const DEFAULT_PIDS = 1024;
+/** `limits.output` when not given: 16 MiB captured per exec, then the process is killed (`'output-limit'`). */
+export const DEFAULT_OUTPUT_BYTES = 16 * 1024 * 1024;
 
 /** Limits a cgroup enforces, all numbers. `null` means "not limited". */
 export interface CgroupLimits {
@@ -104,8 +114,10 @@ export interface CgroupLimits {
   cpuPeriodUs: number | null;
   /** Normalized cpuset list ('0-1,3'), checked against the online CPUs. */
   cpuset: string | null;
-  /** pids.max. */
+  /** pids.max ({@link DEFAULT_PIDS} unless given). */
   pids: number | null;
+  /** True when the caller asked for pids; the default is skipped on a host without the pids controller. */
+  pidsExplicit: boolean;
   /** io.max / blkio.throttle.*; null when no io limit is asked for. */
   io: { readBps: number | null; writeBps: number | null; readIops: number | null; writeIops: number | null } | null;
 }
@@ -126,7 +138,7 @@ export interface ResolvedLimits {
   rlimits: RlimitSetting[];
   /** Wall clock per exec, ms; null: none. */
   timeoutMs: number | null;
-  /** Cap on captured stdout+stderr per exec, bytes; null: none. */
+  /** Cap on captured stdout+stderr per exec, bytes ({@link DEFAULT_OUTPUT_BYTES} unless given); null: none. */
   outputBytes: number | null;
   /** Size of the scratch tmpfs / disk quota, bytes; null: none. */
   diskBytes: number | null;
@@ -325,7 +337,8 @@ function resolveCgroup(field: string, l: Limits): CgroupLimits {
     cpuset = formatCpuList(list);
   }
 
-  const pids = l.pids === undefined ? null : parseCount(`${field}.pids`, l.pids, 1, MAX_PIDS);
+  const pidsExplicit = l.pids !== undefined;
+  const pids = pidsExplicit ? parseCount(`${field}.pids`, l.pids, 1, MAX_PIDS) : DEFAULT_PIDS;
 
   let io: CgroupLimits['io'] = null;
   if (l.io !== undefined) {
@@ -341,7 +354,7 @@ function resolveCgroup(field: string, l: Limits): CgroupLimits {
     if (Object.values(io).every((v) => v === null)) io = null;
   }
 
-  return { memoryBytes, swapBytes, swapExplicit, cpuQuotaUs, cpuPeriodUs, cpuset, pids, io };
+  return { memoryBytes, swapBytes, swapExplicit, cpuQuotaUs, cpuPeriodUs, cpuset, pids, pidsExplicit, io };
 }
 
 /**
@@ -359,7 +372,7 @@ export function resolveLimits(limits: Limits | undefined, field = 'limits'): Res
     cgroup: resolveCgroup(field, l),
     rlimits: resolveRlimits(field, l),
     timeoutMs: l.timeoutMs === undefined ? null : parseDurationMs(`${field}.timeoutMs`, l.timeoutMs),
-    outputBytes: l.output === undefined ? null : parseByteSize(`${field}.output`, l.output),
+    outputBytes: l.output === undefined ? DEFAULT_OUTPUT_BYTES : parseByteSize(`${field}.output`, l.output),
     diskBytes: l.disk === undefined ? null : parseByteSize(`${field}.disk`, l.disk, { min: MIN_MEMORY_BYTES }),
   };
 }

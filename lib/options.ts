@@ -72,7 +72,7 @@ export interface SandboxOptions {
   image?: string | Image;
   /** Where `image` is looked up and where persistent writable layers live. Default: {@link ImageStore.default}. */
   store?: ImageStore;
-  /** Resource limits of the whole sandbox. Default: none beyond the 1 GiB writable layer ({@link DEFAULT_DISK_BYTES}). */
+  /** Resource limits of the whole sandbox. Default: output 16 MiB per exec, pids 1024 and the 1 GiB writable layer ({@link DEFAULT_DISK_BYTES}); nothing else. */
   limits?: Limits;
   /** Default `'none'`: the sandbox has a private loopback only. See {@link NetworkOptions} for a link to the host. */
   network?: 'none' | NetworkOptions;
@@ -158,7 +158,7 @@ export interface ExecOptions {
   /**
    * Cap on captured stdout + stderr together. Past it the process is SIGKILLed; the result
    * has reason `'output-limit'`, `truncated: true` and the captured prefix. Default: the
-   * sandbox's `limits.output`, else none.
+   * sandbox's `limits.output`, else 16 MiB (`DEFAULT_OUTPUT_BYTES`).
    */
   output?: ByteSize;
   /** Given (e.g. `'utf8'`): `stdout` and `stderr` of the result are strings; absent: Buffers. */

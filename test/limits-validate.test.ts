@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { HutchError } from '../lib/errors.js';
-import { CPU_PERIOD_US, RLIMIT, mergeExecLimits, onlineCpus, parseCpuList, resolveLimits, suggest } from '../lib/limits.js';
+import { CPU_PERIOD_US, DEFAULT_OUTPUT_BYTES, DEFAULT_PIDS, RLIMIT, mergeExecLimits, onlineCpus, parseCpuList, resolveLimits, suggest } from '../lib/limits.js';
 import { parseCgroupHost } from '../lib/cgroup/detect.js';
 
 function err(fn: () => unknown): HutchError {
@@ -23,15 +23,17 @@ function hardLimit(name: string): number {
 }
 
 describe('resolveLimits', () => {
-  it('resolves nothing to nothing, with swap off by default', () => {
+  it('resolves nothing to the defaults: swap off, pids 1024, output 16 MiB', () => {
     const r = resolveLimits(undefined);
     expect(r).toEqual({
-      cgroup: { memoryBytes: null, swapBytes: 0, swapExplicit: false, cpuQuotaUs: null, cpuPeriodUs: null, cpuset: null, pids: null, io: null },
+      cgroup: { memoryBytes: null, swapBytes: 0, swapExplicit: false, cpuQuotaUs: null, cpuPeriodUs: null, cpuset: null, pids: 1024, pidsExplicit: false, io: null },
       rlimits: [],
       timeoutMs: null,
-      outputBytes: null,
+      outputBytes: 16 * 2 ** 20,
       diskBytes: null,
     });
+    expect(DEFAULT_PIDS).toBe(1024);
+    expect(DEFAULT_OUTPUT_BYTES).toBe(16 * 2 ** 20);
     expect(resolveLimits({})).toEqual(r);
     expect(resolveLimits({ memory: undefined })).toEqual(r);
   });
@@ -61,6 +63,7 @@ describe('resolveLimits', () => {
       cpuPeriodUs: CPU_PERIOD_US,
       cpuset: '0',
       pids: 64,
+      pidsExplicit: true,
       io: { readBps: 10_000_000, writeBps: null, readIops: null, writeIops: 100 },
     });
     expect(r.rlimits).toEqual([
@@ -180,7 +183,7 @@ describe('mergeExecLimits', () => {
   const base = resolveLimits({ timeoutMs: 5000, output: '1M' });
   it('keeps the sandbox values when the exec gives none', () => {
     expect(mergeExecLimits(base)).toEqual({ timeoutMs: 5000, outputBytes: 2 ** 20 });
-    expect(mergeExecLimits(resolveLimits({}), {})).toEqual({ timeoutMs: null, outputBytes: null });
+    expect(mergeExecLimits(resolveLimits({}), {})).toEqual({ timeoutMs: null, outputBytes: DEFAULT_OUTPUT_BYTES });
   });
   it('lets the exec override either', () => {
     expect(mergeExecLimits(base, { timeoutMs: 100 })).toEqual({ timeoutMs: 100, outputBytes: 2 ** 20 });

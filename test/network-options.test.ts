@@ -146,8 +146,13 @@ describe('network options', () => {
   });
 
   it('builds per-sandbox nftables rules', () => {
-    const s = addScript({ slot: '0ac80004', host: 'hx0ac80004', address: '10.200.0.6', hostAddress: '10.200.0.5', outbound: 'nat', allow: [{ network: 0xc0000200, prefix: 24 }], ports: [{ host: 8080, sandbox: 80, protocol: 'tcp' }] });
+    const s = addScript({ slot: '0ac80004', host: 'hx0ac80004', address: '10.200.0.6', outbound: 'nat', allow: [{ network: 0xc0000200, prefix: 24 }], ports: [{ host: 8080, sandbox: 80, protocol: 'tcp' }], hostPorts: [{ port: 5432, protocol: 'tcp' }, { port: 53, protocol: 'udp' }, { port: 443, protocol: 'tcp' }], guard: ['eth0'] });
     expect(s).toContain('ip daddr { 192.0.2.0/24 } accept');
+    // The host: only the listed ports, on this link's own host address; allow never opens the host.
+    expect(s).toContain('add rule inet hutch in_0ac80004 meta nfproto ipv4 tcp dport { 5432, 443 } fib daddr . iif type local accept');
+    expect(s).toContain('add rule inet hutch in_0ac80004 meta nfproto ipv4 udp dport { 53 } fib daddr . iif type local accept');
+    expect(s).not.toMatch(/in_0ac80004 (ip daddr|drop)/);
+    expect(s).toContain('add element inet hutch fwd_guard { "eth0" }');
     expect(s).toContain('create element inet hutch ports { tcp . 8080 : 10.200.0.6 . 80 }');
     expect(s).toContain('add element inet hutch nat_links { "hx0ac80004" }');
   });

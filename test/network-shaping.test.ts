@@ -1,9 +1,9 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { attachNetwork, releaseNetwork, pruneNetwork, resolveNetwork, settleNetwork, type NetworkAttachment } from '../lib/network/index.js';
 import { isRoot, needs } from './helpers/require.js';
+import { children, fakeSandbox, freePort, inNetns } from './helpers/netns.js';
 
 // Bulk TCP through a shaped link made here, between a stand-in sandbox (its own user + net
 // namespace) and a Node server on the host side address of that link. Nothing else is reached.
@@ -24,37 +24,6 @@ const WARMUP_MS = 500;
 const RATES = ['1mbit', '10mbit', '100mbit', ...(process.env.HUTCH_TEST_GBIT === '1' ? ['1gbit'] : [])];
 const BPS: Record<string, number> = { '1mbit': 1e6, '10mbit': 1e7, '100mbit': 1e8, '1gbit': 1e9 };
 
-const children: ChildProcess[] = [];
-
-async function fakeSandbox(): Promise<number> {
-  const child = spawn('unshare', ['--user', '--map-root-user', '--net', 'sleep', '300'], { stdio: 'ignore' });
-  children.push(child);
-  const pid = child.pid!;
-  const own = readlinkSync('/proc/self/ns/net');
-  for (let i = 0; i < 200; i++) {
-    try {
-      if (readlinkSync(`/proc/${pid}/ns/net`) !== own) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return pid;
-}
-
-function inNetns(pid: number, script: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const c = spawn('nsenter', [`--net=/proc/${pid}/ns/net`, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    c.stdout.on('data', (d) => (out += d));
-    c.stderr.on('data', (d) => (err += d));
-    const t = setTimeout(() => c.kill('SIGKILL'), (SECONDS + 20) * 1000);
-    c.on('close', (code) => {
-      clearTimeout(t);
-      if (code === 0) resolve(out.trim());
-      else reject(new Error(`netns script failed (${code}): ${err}`));
-    });
-  });
-}
 
 type Sample = [ms: number, bytes: number];
 
@@ -86,7 +55,7 @@ function sendFor(s: net.Socket): void {
 }
 
 /** Sandbox -> host: the sandbox sends for SECONDS, the host counts. */
-async function measureEgress(pid: number, a: NetworkAttachment): Promise<number> {
+async function measureEgress(pid: number, a: NetworkAttachment, port: number): Promise<number> {
   const samples: Sample[] = [];
   let bytes = 0;
   const srv = net.createServer((s) => {
@@ -96,8 +65,7 @@ async function measureEgress(pid: number, a: NetworkAttachment): Promise<number>
     });
     s.on('error', () => {});
   });
-  await new Promise<void>((r) => srv.listen(0, a.hostAddress, r));
-  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.listen(port, a.hostAddress, r));
   await inNetns(pid, `const s=require('net').connect(${port},'${a.hostAddress}');s.on('error',()=>{});${SENDER('s.destroy()')}s.on('connect',w);`);
   await new Promise((r) => setTimeout(r, 100));
   srv.close();
@@ -105,13 +73,12 @@ async function measureEgress(pid: number, a: NetworkAttachment): Promise<number>
 }
 
 /** Host -> sandbox: the host sends for SECONDS, the sandbox counts and reports its samples. */
-async function measureIngress(pid: number, a: NetworkAttachment): Promise<number> {
+async function measureIngress(pid: number, a: NetworkAttachment, port: number): Promise<number> {
   const srv = net.createServer((s) => {
     s.on('error', () => {});
     sendFor(s);
   });
-  await new Promise<void>((r) => srv.listen(0, a.hostAddress, r));
-  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.listen(port, a.hostAddress, r));
   const out = await inNetns(
     pid,
     `const s=require('net').connect(${port},'${a.hostAddress}');let n=0;const sm=[];s.on('data',d=>{n+=d.length;sm.push([performance.now(),n]);});
@@ -132,7 +99,9 @@ describe.skipIf(skip !== undefined)('network: tc shaping within ±15% of the ask
   for (const rate of RATES) {
     it(`egress and ingress at ${rate}`, async () => {
       const pid = await fakeSandbox();
-      const a = (await attachNetwork(resolveNetwork({ mode: 'bridge', range: RANGE, egress: rate, ingress: rate }), `shape-${rate}`, pid))!;
+      // The sandbox connects to the host side: two host ports opened for it.
+      const ports = [await freePort(), await freePort()] as const;
+      const a = (await attachNetwork(resolveNetwork({ mode: 'bridge', range: RANGE, egress: rate, ingress: rate, hostPorts: [...ports] }), `shape-${rate}`, pid))!;
       try {
         const want = BPS[rate]!;
         // The shaper caps the rate; a busy shared machine can only push a sample below it.
@@ -142,8 +111,8 @@ describe.skipIf(skip !== undefined)('network: tc shaping within ±15% of the ask
           for (let i = 0; i < 2 && r / want <= 0.85; i++) r = Math.max(r, await f());
           return r;
         };
-        const egress = await measure(() => measureEgress(pid, a));
-        const ingress = await measure(() => measureIngress(pid, a));
+        const egress = await measure(() => measureEgress(pid, a, ports[0]));
+        const ingress = await measure(() => measureIngress(pid, a, ports[1]));
         console.log(`${rate}: egress ${(egress / 1e6).toFixed(3)} Mbit/s (${((egress / want) * 100).toFixed(1)}%), ingress ${(ingress / 1e6).toFixed(3)} Mbit/s (${((ingress / want) * 100).toFixed(1)}%)`);
         expect(egress / want).toBeGreaterThan(0.85);
         expect(egress / want).toBeLessThan(1.15);

@@ -25,7 +25,7 @@ Budget:
   --memory SIZE        memory of the whole sandbox (default 256MiB; 64MiB, 1G, bytes)
   --pids N             processes and threads in the sandbox (default 64)
   --output SIZE        stdout + stderr kept before the job is stopped (default 1MiB)
-  --network MODE       none (default: loopback only), bridge (a link to this host only),
+  --network MODE       none (default: loopback only), bridge (a link the host reaches; the job reaches nothing),
                        nat (also outbound, masqueraded; limit it with --allow)
   --bandwidth RATE     cap each direction of the link (e.g. 1mbit, 10mbit, 2MBps)
   --allow CIDR         with --network nat: a range the job may reach (repeatable)

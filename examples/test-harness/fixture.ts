@@ -4,8 +4,8 @@
  *
  * - `kv`: a small HTTP key-value service (node, from the host image) in a sandbox with its
  *   own network link (`network: { mode: 'bridge' }`), reached from the test at
- *   `http://<sb.network.address>:8080`. Nothing else can reach it and it can reach nothing
- *   but the host side of its link.
+ *   `http://<sb.network.address>:8080`. Nothing else can reach it and it can reach nothing,
+ *   the host included (no `hostPorts`).
  * - `httpd`: busybox `httpd` in a sandbox with no network at all (the default: only a
  *   private loopback), reached from inside with `sb.exec(['wget', ...])`.
  *

@@ -135,7 +135,8 @@ export class V1Driver implements CgroupDriver {
       want.add(c);
     };
     if (limits.memoryBytes !== null || limits.swapExplicit) require('memory');
-    if (limits.pids !== null) require('pids');
+    // The default pids limit only where the controller is mounted; an asked-for one is required.
+    if (limits.pids !== null && limits.pidsExplicit) require('pids');
     if (limits.cpuQuotaUs !== null) require('cpu');
     if (limits.cpuset !== null) require('cpuset');
     if (limits.io !== null) {
@@ -194,7 +195,7 @@ export class V1Driver implements CgroupDriver {
           writeControl(dirs.memory!, 'memory.memsw.limit_in_bytes', `${limits.memoryBytes + limits.swapBytes}`);
         }
       }
-      if (limits.pids !== null) writeControl(dirs.pids!, 'pids.max', `${limits.pids}`);
+      if (limits.pids !== null && dirs.pids !== undefined) writeControl(dirs.pids, 'pids.max', `${limits.pids}`);
       if (limits.cpuQuotaUs !== null) {
         // A new cpu cgroup starts with the kernel's default period, 100 ms: write it only if ours differs.
         if (limits.cpuPeriodUs !== 100_000 || CPU_PERIOD_US !== 100_000) writeControl(dirs.cpu!, 'cpu.cfs_period_us', `${limits.cpuPeriodUs}`);

@@ -121,7 +121,9 @@ export class V2Driver implements CgroupDriver {
     let p = this.prepare();
     const needed: string[] = [];
     if (limits.memoryBytes !== null) needed.push('memory');
-    if (limits.pids !== null) needed.push('pids');
+    // The default pids limit only where the controller can be had; an asked-for one is required.
+    const pids = limits.pids !== null && (limits.pidsExplicit || this.enable('pids')) ? limits.pids : null;
+    if (pids !== null) needed.push('pids');
     if (limits.cpuQuotaUs !== null) needed.push('cpu');
     if (limits.cpuset !== null) needed.push('cpuset');
     if (limits.io !== null) needed.push('io');
@@ -165,7 +167,7 @@ export class V2Driver implements CgroupDriver {
       // host with no active swap (read at detection) there is nothing to hold off, and the
       // write is skipped: it is a quarter of create()'s cost.
       if (p.swapFile && (limits.swapExplicit || this.host.swapActive)) writeControl(dir, 'memory.swap.max', `${limits.swapBytes}`);
-      if (limits.pids !== null) writeControl(dir, 'pids.max', `${limits.pids}`);
+      if (pids !== null) writeControl(dir, 'pids.max', `${pids}`);
       if (limits.cpuQuotaUs !== null) writeControl(dir, 'cpu.max', `${limits.cpuQuotaUs} ${limits.cpuPeriodUs}`);
       if (limits.cpuset !== null) {
         writeControl(dir, 'cpuset.cpus', limits.cpuset, (errno) =>

@@ -30,7 +30,8 @@ import {
   slotNetwork,
   takeLease,
 } from './lease.js';
-import { addSandboxRules, deleteTableIfIdle, enableForwarding, ensureTable, hutchLinksOnHost, removeSandboxRules, restoreForwarding } from './nat.js';
+import { forwardingRecords, openLink, openUplinks, recordUplinks, restoreForwardingIfIdle, uplinksToOpen, withForwardingLock } from './forwarding.js';
+import { addSandboxRules, deleteTableIfIdle, ensureTable, hutchLinksOnHost, removeSandboxRules } from './nat.js';
 import { deleteLinks, settleDeletions } from './netlink.js';
 import { type NetworkPlan, type ResolvedPort, hostRoutes, networkStateDir } from './options.js';
 import { applyShaping } from './tc.js';
@@ -38,7 +39,7 @@ import { SANDBOX_INTERFACE, configurePair, createPair, enableRouteLocalnet, host
 
 
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
-export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, ResolvedPort, Rate } from './options.js';
+export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, HostPort, ResolvedPort, ResolvedHostPort, Rate } from './options.js';
 export type { Lease } from './lease.js';
 export { hostsLines, hostsFile, HOST_ALIAS } from './hosts.js';
 
@@ -105,7 +106,8 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
   if (plan.mode === 'none') return null;
   if (!Number.isInteger(pid) || pid < 1) throw new HutchError('EINVAL', `attachNetwork: pid must be a positive integer, got ${String(pid)}`);
   const nat = plan.outbound === 'nat';
-  const rules = nat || plan.ports.length > 0;
+  const forwards = nat || plan.ports.length > 0;
+  const rules = forwards || plan.hostPorts.length > 0;
   const { slot, network } = takeLease(
     plan.stateDir,
     plan.range,
@@ -134,13 +136,25 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     // The table filters hx* links from their first packet: it must exist before the link does.
     await ensureTable();
     if (rules) {
-      await addSandboxRules({ slot, host, address, hostAddress, outbound: plan.outbound, allow: plan.allow, ports: plan.ports });
-      rulesAdded = true;
+      const sandboxRules = { slot, host, address, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts };
+      if (forwards) {
+        // Uplinks recorded, then guarded (in the sandbox's transaction), then opened: forwarding.ts.
+        await withForwardingLock(plan.stateDir, async () => {
+          const guard = uplinksToOpen(plan.stateDir);
+          recordUplinks(plan.stateDir, guard);
+          await addSandboxRules({ ...sandboxRules, guard });
+          rulesAdded = true;
+          openUplinks(guard);
+        });
+      } else {
+        await addSandboxRules({ ...sandboxRules, guard: [] });
+        rulesAdded = true;
+      }
     }
     createPair(host, pid);
     applyShaping(host, ifb, plan.egressBps, plan.ingressBps);
     if (plan.ports.length > 0) enableRouteLocalnet(host);
-    if (nat || plan.ports.length > 0) enableForwarding(plan.stateDir);
+    if (forwards) openLink(host);
     configurePair(host, pid, hostAddress, address);
   } catch (e) {
     try {
@@ -182,11 +196,11 @@ function startRelease(h: NetworkAttachment): Release {
     // caller can publish it again at once; the lease forgets the ports with it.
     handoff = removeSandboxRules(h.slot, h.hostInterface, h.address, made).then(() => forgetPorts(h.stateDir, h.slot));
     done = handoff.then(
-      () => teardown(h.stateDir, h.slot, { ...made, ports: [] }, { rules: false }),
-      () => teardown(h.stateDir, h.slot, made),
+      async () => void (await teardown(h.stateDir, h.slot, { ...made, ports: [] }, { rules: false })),
+      async () => void (await teardown(h.stateDir, h.slot, made)),
     );
   } else {
-    done = teardown(h.stateDir, h.slot, made);
+    done = teardown(h.stateDir, h.slot, made).then(() => undefined);
     handoff = Promise.resolve();
   }
   track(done);
@@ -232,7 +246,7 @@ export async function settleNetwork(): Promise<void> {
  * removes everything a slot may have (the first error is kept). The lease goes last and only
  * when all else went, so a failed teardown is retried by the next prune.
  */
-async function teardown(stateDir: string, slot: string, made: Made | null, opts: { rules?: boolean } = {}): Promise<void> {
+async function teardown(stateDir: string, slot: string, made: Made | null, opts: { rules?: boolean } = {}): Promise<boolean> {
   const host = hostInterfaceName(slot);
   const { address } = slotAddresses(slotNetwork(slot));
   const links = made === null || made.ifb ? [host, ifbName(slot)] : [host];
@@ -244,12 +258,14 @@ async function teardown(stateDir: string, slot: string, made: Made | null, opts:
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
   removeLease(stateDir, slot);
+  // The last link gone: forwarding flags hutch set go back (a cheap no-op when none were set).
+  return restoreForwardingIfIdle(stateDir);
 }
 
 export interface PruneResult {
   /** Slots (8 hex) whose link, rules and lease were removed. */
   removed: string[];
-  /** True when ip_forward was put back to the value it had before hutch. */
+  /** True when forwarding flags hutch had turned on were put back (forwarding.ts). */
   restoredForwarding: boolean;
 }
 
@@ -257,7 +273,7 @@ export interface PruneResult {
  * Removes the leftovers of sandboxes whose owner is gone: for each lease in the state dir,
  * `isLive(lease)` (default: the owning process still runs) false -> link, ifb, qdiscs, rules
  * and lease are removed. A lease file still empty after 30 s counts as dead. When no hutch
- * link is left on the host, the nftables table is removed and ip_forward restored.
+ * link is left on the host, the forwarding flags hutch turned on are put back and the nftables table is removed.
  */
 export async function pruneNetwork(
   isLive: (lease: Lease) => boolean = ownerAlive,
@@ -268,6 +284,7 @@ export async function pruneNetwork(
   await settleNetwork().catch(() => undefined);
   const removed: string[] = [];
   let first: unknown;
+  let restoredForwarding = false;
   for (const name of leaseFiles(stateDir)) {
     const slot = name.slice(0, 8);
     const lease = readLease(stateDir, name);
@@ -278,16 +295,17 @@ export async function pruneNetwork(
       continue;
     }
     try {
-      await teardown(stateDir, slot, lease);
+      if (await teardown(stateDir, slot, lease)) restoredForwarding = true;
       removed.push(slot);
     } catch (e) {
       first ??= e;
     }
   }
-  let restoredForwarding = false;
   if (leaseFiles(stateDir).length === 0 && hutchLinksOnHost().length === 0) {
-    await deleteTableIfIdle();
-    restoredForwarding = restoreForwarding(stateDir);
+    // Flags first: the table holds the guards of the uplinks that are still open.
+    if (await restoreForwardingIfIdle(stateDir).catch((e: unknown) => ((first ??= e), false))) restoredForwarding = true;
+    // A record still there (its restore failed) keeps the table: its guard must stay while the flag is on.
+    if (forwardingRecords(stateDir).length === 0) await deleteTableIfIdle();
   }
   if (first !== undefined) throw first;
   return { removed, restoredForwarding };

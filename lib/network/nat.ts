@@ -5,24 +5,27 @@
  * and add/remove is a single atomic `nft -f` transaction.
  *
  * Policy, for traffic from a sandbox link `hx<slot>`:
- * - to the host itself (input): only its own host-side address, and with outbound 'nat' the
- *   `allow` CIDRs; replies to connections the host opened are admitted. A plain link (no nat,
- *   no ports) has no elements of its own: the skeleton's `fib daddr . iif type local` admits
- *   exactly the addresses on the link the packet came in by, so a plain sandbox costs no nft
- *   call at all;
+ * - to the host itself (input): refused at once (TCP reset, else ICMP port unreachable), so
+ *   whatever listens on 0.0.0.0 or :: stays out of reach; admitted are only replies to
+ *   connections the host opened and the sandbox's `hostPorts` on its own link's host address
+ *   (`fib daddr . iif type local`: not another sandbox's host side nor the host's other
+ *   addresses). A plain link (no nat, ports or hostPorts) has no elements of its own, so it
+ *   costs no nft call at all;
  * - forwarded: never to another hutch link (sandboxes never reach each other); with outbound
  *   'nat', to `allow` (or anywhere when allow is absent), masqueraded; otherwise dropped.
  * To a sandbox link, forwarded traffic is only replies and published ports (DNAT).
  * Published ports: DNAT in prerouting (other hosts) and output (this host) for any local
  * destination address; 127.0.0.1 works through route_localnet on the link plus a masquerade
  * of the loopback source (veth.ts).
+ * `fwd_guard` holds the uplinks whose forwarding flag hutch turned on (forwarding.ts): what
+ * comes in by them and would be forwarded anywhere but to a hutch link is dropped, as the
+ * kernel did before the flag was set.
  */
-import { readFileSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { HutchError, errnoName, hostFailure } from '../errors.js';
+import { readdirSync } from 'node:fs';
+import { HutchError, errnoName } from '../errors.js';
 import { native } from '../native.js';
 import { type Cidr, formatCidr } from './cidr.js';
-import type { ResolvedPort } from './options.js';
+import type { ResolvedHostPort, ResolvedPort } from './options.js';
 import { run, stderrOf } from './run.js';
 
 export const TABLE = 'inet hutch';
@@ -30,47 +33,65 @@ export const TABLE = 'inet hutch';
  * An empty set naming the skeleton's version, added last in the table's transaction: its
  * presence (one netlink lookup, no nft process) says the table exists and filters plain links.
  */
-export const SKELETON_MARK = 'skeleton_v2';
+export const SKELETON_MARK = 'skeleton_v3';
+/**
+ * The previous skeleton's mark, kept: v3's maps and sets are a superset of v2's, so a process
+ * of an older hutch still running finds the table it expects and keeps working in it.
+ */
+const OLD_MARKS = ['skeleton_v2'];
 
-/** Created once per host (`create table` fails the whole transaction if another process won the race). */
+/**
+ * The table with this skeleton, as one transaction that works on no table, an older skeleton
+ * or this one (`add` is idempotent, the base chains are flushed and filled again): per-sandbox
+ * state lives in elements and in chains of their own, which it leaves alone. Two processes
+ * running it at once end with the same table.
+ */
 export function skeletonScript(): string {
   const t = TABLE;
-  return `create table ${t}
-add map ${t} links_fwd { type ifname : verdict; }
-add map ${t} links_in { type ifname : verdict; }
-add set ${t} nat_links { type ifname; }
-add set ${t} localnet_links { type ifname; }
-add map ${t} ports { type inet_proto . inet_service : ipv4_addr . inet_service; }
-add chain ${t} forward { type filter hook forward priority filter; policy accept; }
-add rule ${t} forward iifname vmap @links_fwd
-add rule ${t} forward iifname "hx*" drop
-add rule ${t} forward oifname "hx*" ct state established,related accept
-add rule ${t} forward oifname "hx*" ct status dnat accept
-add rule ${t} forward oifname "hx*" drop
-add chain ${t} input { type filter hook input priority filter; policy accept; }
-add rule ${t} input iifname vmap @links_in
-add rule ${t} input iifname "hx*" ct state established,related accept
-add rule ${t} input iifname "hx*" meta nfproto ipv4 fib daddr . iif type local accept
-add rule ${t} input iifname "hx*" drop
-add chain ${t} prerouting { type nat hook prerouting priority dstnat; policy accept; }
-add rule ${t} prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports
-add chain ${t} output { type nat hook output priority -100; policy accept; }
-add rule ${t} output fib daddr type local dnat ip to meta l4proto . th dport map @ports
-add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }
-add rule ${t} postrouting oifname @localnet_links ip saddr 127.0.0.0/8 masquerade
-add rule ${t} postrouting iifname @nat_links oifname != "hx*" masquerade
-add set ${t} ${SKELETON_MARK} { type ifname; }
-`;
+  const chain = (name: string, spec: string) => [`add chain ${t} ${name} { ${spec}; }`, `flush chain ${t} ${name}`];
+  return [
+    `add table ${t}`,
+    `add map ${t} links_fwd { type ifname : verdict; }`,
+    `add map ${t} links_in { type ifname : verdict; }`,
+    `add set ${t} nat_links { type ifname; }`,
+    `add set ${t} localnet_links { type ifname; }`,
+    `add set ${t} fwd_guard { type ifname; }`,
+    `add map ${t} ports { type inet_proto . inet_service : ipv4_addr . inet_service; }`,
+    ...chain('forward', 'type filter hook forward priority filter; policy accept'),
+    `add rule ${t} forward iifname vmap @links_fwd`,
+    `add rule ${t} forward iifname "hx*" drop`,
+    `add rule ${t} forward oifname "hx*" ct state established,related accept`,
+    `add rule ${t} forward oifname "hx*" ct status dnat accept`,
+    `add rule ${t} forward oifname "hx*" drop`,
+    ...chain('input', 'type filter hook input priority filter; policy accept'),
+    `add rule ${t} input iifname vmap @links_in`,
+    `add rule ${t} input iifname "hx*" ct state established,related accept`,
+    `add rule ${t} input iifname "hx*" meta l4proto tcp reject with tcp reset`,
+    `add rule ${t} input iifname "hx*" reject with icmpx port-unreachable`,
+    // After conntrack's un-NAT (priority dstnat): a reply's destination is the sandbox by now.
+    ...chain('guard', 'type filter hook prerouting priority dstnat + 10; policy accept'),
+    `add rule ${t} guard iifname @fwd_guard fib daddr type unicast fib daddr oifname != "hx*" drop`,
+    ...chain('prerouting', 'type nat hook prerouting priority dstnat; policy accept'),
+    `add rule ${t} prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports`,
+    ...chain('output', 'type nat hook output priority -100; policy accept'),
+    `add rule ${t} output fib daddr type local dnat ip to meta l4proto . th dport map @ports`,
+    ...chain('postrouting', 'type nat hook postrouting priority srcnat; policy accept'),
+    `add rule ${t} postrouting oifname @localnet_links ip saddr 127.0.0.0/8 masquerade`,
+    `add rule ${t} postrouting iifname @nat_links oifname != "hx*" masquerade`,
+    ...[...OLD_MARKS, SKELETON_MARK].map((m) => `add set ${t} ${m} { type ifname; }`),
+  ].join('\n') + '\n';
 }
 
 export interface SandboxRules {
   slot: string;
   host: string;
   address: string;
-  hostAddress: string;
   outbound: 'none' | 'nat';
   allow: readonly Cidr[] | null;
   ports: readonly ResolvedPort[];
+  hostPorts: readonly ResolvedHostPort[];
+  /** Uplinks whose forwarding flag hutch turns on for this sandbox (forwarding.ts): guarded first. */
+  guard: readonly string[];
 }
 
 function cidrList(allow: readonly Cidr[]): string {
@@ -91,15 +112,14 @@ export function addScript(r: SandboxRules): string {
     if (r.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
     else if (r.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(r.allow)} accept`);
   }
+  lines.push(`add rule ${t} ${fwd} drop`, `add chain ${t} ${inp}`);
+  // No verdict at its end: the input chain goes on to refuse what this one did not admit.
+  for (const proto of ['tcp', 'udp'] as const) {
+    const ports = r.hostPorts.filter((p) => p.protocol === proto).map((p) => p.port);
+    if (ports.length > 0) lines.push(`add rule ${t} ${inp} meta nfproto ipv4 ${proto} dport { ${ports.join(', ')} } fib daddr . iif type local accept`);
+  }
+  if (r.guard.length > 0) lines.push(`add element ${t} fwd_guard { ${r.guard.map((d) => `"${d}"`).join(', ')} }`);
   lines.push(
-    `add rule ${t} ${fwd} drop`,
-    `add chain ${t} ${inp}`,
-    `add rule ${t} ${inp} ct state established,related accept`,
-    `add rule ${t} ${inp} ip daddr ${r.hostAddress} accept`,
-  );
-  if (r.outbound === 'nat' && r.allow !== null && r.allow.length > 0) lines.push(`add rule ${t} ${inp} ip daddr ${cidrList(r.allow)} accept`);
-  lines.push(
-    `add rule ${t} ${inp} drop`,
     `add element ${t} links_fwd { "${r.host}" : jump ${fwd} }`,
     `add element ${t} links_in { "${r.host}" : jump ${inp} }`,
   );
@@ -139,9 +159,8 @@ let creating: Promise<void> | null = null;
 
 /**
  * Makes sure `table inet hutch` exists with this skeleton before any link is made: checked on
- * every call (a prune in another process may have removed an idle table), created when absent
- * (one nft process, normally once per host). A table of an older skeleton is replaced when no
- * hutch link is left, else refused.
+ * every call (a prune in another process may have removed an idle table), made when absent
+ * or brought to this skeleton in place when older (one nft process, normally once per host).
  */
 export async function ensureTable(): Promise<void> {
   if (tableReady()) return;
@@ -150,18 +169,6 @@ export async function ensureTable(): Promise<void> {
 }
 
 async function createTable(): Promise<void> {
-  try {
-    await run('nft', ['-f', '-'], skeletonScript(), `creating nftables table ${TABLE}`);
-    return;
-  } catch (e) {
-    if (!/File exists/.test(stderrOf(e))) throw e;
-  }
-  // Another process made it meanwhile, or an older hutch's table is there.
-  if (tableReady()) return;
-  if (hutchLinksOnHost().length > 0) {
-    throw new HutchError('ESETUP', `network: nftables table ${TABLE} was made by an older hutch and is in use; end its sandboxes and run prune`, { step: 'network' });
-  }
-  await run('nft', ['delete', 'table', 'inet', 'hutch']).catch(() => undefined);
   await run('nft', ['-f', '-'], skeletonScript(), `creating nftables table ${TABLE}`);
 }
 
@@ -253,46 +260,5 @@ export function hutchLinksOnHost(): string[] {
     return readdirSync('/sys/class/net').filter((n) => /^hx[0-9a-f]{8}i?$/.test(n));
   } catch {
     return [];
-  }
-}
-
-const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
-const RECORD = 'ip_forward.orig';
-
-/**
- * Outbound NAT and ports reached from other hosts need IPv4 forwarding. When it is off,
- * hutch records the old value in the state dir (once, O_EXCL) and turns it on; `prune` on
- * an idle host puts it back. This is the only host-wide setting hutch changes.
- */
-export function enableForwarding(stateDir: string): void {
-  try {
-    if (readFileSync(IP_FORWARD, 'utf8').trim() === '1') return;
-    try {
-      writeFileSync(join(stateDir, RECORD), '0\n', { flag: 'wx' });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    writeFileSync(IP_FORWARD, '1');
-  } catch (e) {
-    throw hostFailure('ESETUP', `network: enabling ${IP_FORWARD} (needed for outbound nat and published ports)`, e);
-  }
-}
-
-/** Restores ip_forward if hutch changed it and no hutch link is left. */
-export function restoreForwarding(stateDir: string): boolean {
-  const record = join(stateDir, RECORD);
-  let orig: string;
-  try {
-    orig = readFileSync(record, 'utf8').trim();
-  } catch {
-    return false;
-  }
-  if (hutchLinksOnHost().length > 0) return false;
-  try {
-    writeFileSync(IP_FORWARD, orig === '1' ? '1' : '0');
-    unlinkSync(record);
-    return true;
-  } catch (e) {
-    throw hostFailure('ESETUP', `network: restoring ${IP_FORWARD}`, e);
   }
 }

@@ -61,14 +61,43 @@ export interface NetworkOptions {
   egress?: Rate;
   /** Bandwidth into the sandbox (tc), like `egress`. Default: not shaped. */
   ingress?: Rate;
-  /** Default 'none': only the host side of the link is reachable. `'nat'`: addresses beyond the host too, masqueraded. */
+  /**
+   * Default 'none': nothing beyond the link (and of the host only `hostPorts`). `'nat'`:
+   * addresses beyond the host too, masqueraded (the host's own addresses stay closed).
+   */
   outbound?: 'none' | 'nat';
   /** IPv4 CIDRs reachable when outbound is 'nat' (only then; else `EINVAL`); absent: any address outside hutch's links. */
   allow?: string[];
   /** Host ports forwarded to sandbox ports (also reachable at 127.0.0.1:host). */
   ports?: PortMapping[];
+  /**
+   * Addition to API.md: ports of the host the sandbox may connect to, at the host side of its
+   * link (`hostAddress`, `host.hutch.internal` inside). A number is a TCP port. Default none:
+   * every connection from the sandbox to the host is refused at once (TCP reset, ICMP port
+   * unreachable), whatever listens on `0.0.0.0` or `::`; replies to connections the host opened
+   * and the host's connections to published `ports` are not affected.
+   *
+   * @example
+   * ```ts
+   * network: { mode: 'bridge', hostPorts: [5432, { port: 53, protocol: 'udp' }] }
+   * ```
+   */
+  hostPorts?: (number | HostPort)[];
   /** Addition to API.md: the IPv4 range the sandbox's /30 comes from. Default $HUTCH_NET_RANGE, else 10.200.0.0/16. */
   range?: string;
+}
+
+/** A host port the sandbox may reach ({@link NetworkOptions.hostPorts}). */
+export interface HostPort {
+  /** 1 to 65535. */
+  port: number;
+  /** Default 'tcp'. */
+  protocol?: 'tcp' | 'udp';
+}
+
+export interface ResolvedHostPort {
+  readonly port: number;
+  readonly protocol: 'tcp' | 'udp';
 }
 
 export interface ResolvedPort {
@@ -87,6 +116,8 @@ export interface BridgePlan {
   /** Destinations reachable with outbound 'nat'; null: any (other sandboxes and the host's own addresses excepted). */
   readonly allow: readonly Cidr[] | null;
   readonly ports: readonly ResolvedPort[];
+  /** Host ports the sandbox may connect to on its link's host address; empty: none. */
+  readonly hostPorts: readonly ResolvedHostPort[];
   /** Where the sandbox's /30 comes from. */
   readonly range: Cidr;
   /** Lease files; shared by every hutch process on the host. */
@@ -102,8 +133,9 @@ export const MIN_RATE_BPS = 8_000;
 /** Far above what a veth carries; above it tc's 64-bit rate still works but nothing was measured. */
 export const MAX_RATE_BPS = 100_000_000_000;
 
-const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'range'] as const;
+const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'hostPorts', 'range'] as const;
 const PORT_KEYS = ['host', 'sandbox', 'protocol'] as const;
+const HOST_PORT_KEYS = ['port', 'protocol'] as const;
 
 /** The lease directory: $HUTCH_NET_DIR, else /run/hutch/net (tmpfs: leases die with the links at reboot). */
 export function networkStateDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -164,11 +196,12 @@ export function resolveNetwork(
 
   const stateDir = networkStateDir(env);
   const ports = o.ports === undefined ? [] : resolvePorts(`${field}.ports`, o.ports, stateDir);
+  const hostPorts = o.hostPorts === undefined ? [] : resolveHostPorts(`${field}.hostPorts`, o.hostPorts);
 
   if (!hasNetAdmin()) {
     throw unsupported(`${field}.mode 'bridge'`, 'it needs CAP_NET_ADMIN in the host network namespace (run as root) to make links, tc and nftables rules');
   }
-  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, range, stateDir };
+  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir };
 }
 
 function rate(field: string, value: unknown): number {
@@ -220,6 +253,38 @@ function resolvePorts(field: string, value: unknown, stateDir: string): Resolved
     const owner = leased.get(key);
     if (owner !== undefined) throw invalid(`${f}.host`, `a free host port (${key} is published by sandbox ${owner})`, host);
     out.push({ host, sandbox, protocol });
+  });
+  return out;
+}
+
+function resolveHostPorts(field: string, value: unknown): ResolvedHostPort[] {
+  if (!Array.isArray(value)) throw invalid(field, 'an array of port numbers or { port, protocol? }', value);
+  const out: ResolvedHostPort[] = [];
+  const seen = new Map<string, number>();
+  value.forEach((p: unknown, i) => {
+    const f = `${field}[${i}]`;
+    let resolved: ResolvedHostPort;
+    if (typeof p === 'number') {
+      resolved = { port: port(f, p), protocol: 'tcp' };
+    } else if (typeof p === 'object' && p !== null && !Array.isArray(p)) {
+      for (const key of Object.keys(p)) {
+        if (!(HOST_PORT_KEYS as readonly string[]).includes(key)) {
+          const guess = suggest(key, HOST_PORT_KEYS);
+          throw invalid(`${f}.${key}`, `one of ${HOST_PORT_KEYS.join(', ')}${guess ? ` (did you mean '${guess}'?)` : ''}`);
+        }
+      }
+      const r = p as Record<string, unknown>;
+      const protocol = r.protocol ?? 'tcp';
+      if (protocol !== 'tcp' && protocol !== 'udp') throw invalid(`${f}.protocol`, `'tcp' or 'udp'`, protocol);
+      resolved = { port: port(`${f}.port`, r.port), protocol };
+    } else {
+      throw invalid(f, 'a port number from 1 to 65535 or { port, protocol? }', p);
+    }
+    const key = `${resolved.protocol}/${resolved.port}`;
+    const earlier = seen.get(key);
+    if (earlier !== undefined) throw invalid(f, `a port not already listed (${key} is also ${field}[${earlier}])`, p);
+    seen.set(key, i);
+    out.push(resolved);
   });
   return out;
 }
