@@ -1,5 +1,5 @@
 import { Pax, type ReadEntry } from 'tar';
-import { HutchError } from '../errors.js';
+import type { HutchError } from '../errors.js';
 
 /**
  * PAX sparse entries, format 1.0 (what GNU tar writes with `--sparse --posix`): the extended
@@ -34,12 +34,11 @@ export interface SparseInfo {
   realSize: number;
 }
 
-function bad(label: string, entry: string, why: string): HutchError {
-  return new HutchError('EBADIMAGE', `${label}: entry ${JSON.stringify(entry)} ${why}`, { path: entry });
-}
+/** Makes the EBADIMAGE for an entry (tar.ts's `bad`). */
+export type Refuse = (label: string, entry: string, why: string) => HutchError;
 
 /** The sparse description of an entry (format 1.0), undefined for an ordinary one; other sparse formats are refused. */
-export function sparseInfo(e: ReadEntry, label: string): SparseInfo | undefined {
+export function sparseInfo(e: ReadEntry, label: string, bad: Refuse): SparseInfo | undefined {
   const kv = e.extended ? sparseKeys.get(e.extended) : undefined;
   if (!kv) return undefined;
   const major = kv.get('GNU.sparse.major');
@@ -75,6 +74,7 @@ export class SparseReader {
   dataBytes = 0;
 
   constructor(
+    private readonly bad: Refuse,
     private readonly label: string,
     private readonly name: string,
     private readonly info: SparseInfo,
@@ -96,7 +96,7 @@ export class SparseReader {
         continue;
       }
       const s = this.segments[this.seg];
-      if (s === undefined) throw bad(this.label, this.name, 'has more data than its sparse map lists');
+      if (s === undefined) throw this.bad(this.label, this.name, 'has more data than its sparse map lists');
       const n = Math.min(s.size - this.done, chunk.length - off);
       this.write(chunk.subarray(off, off + n), s.offset + this.done);
       this.dataBytes += n;
@@ -112,7 +112,7 @@ export class SparseReader {
 
   end(): void {
     if (this.segments === null || this.skip > 0 || this.seg < this.segments.length) {
-      throw bad(this.label, this.name, 'ends before the data its sparse map lists');
+      throw this.bad(this.label, this.name, 'ends before the data its sparse map lists');
     }
   }
 
@@ -122,14 +122,14 @@ export class SparseReader {
     const end = nl < 0 ? chunk.length : nl + 1;
     this.text += chunk.toString('latin1', off, end);
     this.consumed += end - off;
-    if (this.text.length > 21) throw bad(this.label, this.name, 'has a sparse map with a number too long');
+    if (this.text.length > 21) throw this.bad(this.label, this.name, 'has a sparse map with a number too long');
     if (nl < 0) return end;
     const line = this.text.slice(0, -1);
     this.text = '';
-    if (!/^\d{1,20}$/.test(line) || !Number.isSafeInteger(Number(line))) throw bad(this.label, this.name, `has a bad sparse map line ${JSON.stringify(line)}`);
+    if (!/^\d{1,20}$/.test(line) || !Number.isSafeInteger(Number(line))) throw this.bad(this.label, this.name, `has a bad sparse map line ${JSON.stringify(line)}`);
     const v = Number(line);
     if (this.want < 0) {
-      if (v > MAX_SEGMENTS) throw bad(this.label, this.name, `has a sparse map of ${v} segments (at most ${MAX_SEGMENTS})`);
+      if (v > MAX_SEGMENTS) throw this.bad(this.label, this.name, `has a sparse map of ${v} segments (at most ${MAX_SEGMENTS})`);
       this.want = v * 2;
     } else {
       this.numbers.push(v);
@@ -146,7 +146,7 @@ export class SparseReader {
       const offset = this.numbers[i]!;
       const size = this.numbers[i + 1]!;
       if (offset < last || offset + size > this.info.realSize) {
-        throw bad(this.label, this.name, `has a sparse map segment ${offset}+${size} that overlaps another or passes the real size ${this.info.realSize}`);
+        throw this.bad(this.label, this.name, `has a sparse map segment ${offset}+${size} that overlaps another or passes the real size ${this.info.realSize}`);
       }
       last = offset + size;
       data += size;
@@ -154,7 +154,7 @@ export class SparseReader {
     }
     this.skip = (512 - (this.consumed % 512)) % 512;
     if (this.consumed + this.skip + data !== this.storedSize) {
-      throw bad(this.label, this.name, `has a sparse map listing ${data} bytes of data, but the entry holds ${this.storedSize - this.consumed - this.skip}`);
+      throw this.bad(this.label, this.name, `has a sparse map listing ${data} bytes of data, but the entry holds ${this.storedSize - this.consumed - this.skip}`);
     }
     this.numbers = [];
     this.segments = segs;

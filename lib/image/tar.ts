@@ -222,7 +222,7 @@ export class LayerExtractor {
   /** Handles one entry, synchronously (its data arrives through 'data' events). */
   entry(e: ReadEntry): void {
     const label = this.opts.label;
-    const sparse = sparseInfo(e, label);
+    const sparse = sparseInfo(e, label, bad);
     const name = sparse ? sparse.name : e.path;
     if (++this.stats.entries > this.opts.limits.maxEntries) {
       throw bad(label, name, `is past the limit of ${this.opts.limits.maxEntries} entries`);
@@ -372,7 +372,7 @@ export class LayerExtractor {
       while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off, position === null ? null : position + off);
       this.stats.sizeBytes += chunk.length;
     };
-    const reader = sparse ? new SparseReader(this.opts.label, name, { name, realSize: sparse.realSize }, e.size ?? 0, write) : undefined;
+    const reader = sparse ? new SparseReader(bad, this.opts.label, name, { name, realSize: sparse.realSize }, e.size ?? 0, write) : undefined;
     e.on('data', (chunk: Buffer) => {
       if (this.openFd !== fd) return;
       if (reader) reader.push(chunk);
