@@ -234,14 +234,21 @@ Napi::Value ExtractBatch(const Napi::CallbackInfo &info) {
   Napi::Array ops = info[1].As<Napi::Array>();
   Parents parents(root);
   uint32_t n = ops.Length();
-  for (uint32_t i = 0; i < n; i++) {
+  Fail f;
+  std::string path;
+  uint32_t i = 0;
+  for (; i < n; i++) {
+    Napi::HandleScope scope(env);  // the handles of one operation go with it
     Napi::Array a = ops.Get(i).As<Napi::Array>();
-    Fail f;
     if (!run_op(root, parents, a, f)) {
-      Napi::Object o = sys_failure(env, f.step, f.err, str(a, 1).c_str());
-      o.Set("index", i);
-      return o;
+      path = str(a, 1);
+      break;
     }
+  }
+  if (i < n) {
+    Napi::Object o = sys_failure(env, f.step, f.err, path.c_str());
+    o.Set("index", i);
+    return o;
   }
   return env.Undefined();
 }
