@@ -18,8 +18,16 @@ import { SparseReader, sparseInfo } from './sparse.js';
  * - `.wh.<name>` becomes a 0:0 character device `<name>`, `.wh..wh..opq` the xattr
  *   `user.overlay.opaque=y` on its directory (overlay mounted with `userxattr`);
  * - ids are shifted into the sandbox range; ids of 65536 and above are refused;
- * - a byte and an entry limit stop huge or endless archives.
- * Every refusal is `EBADIMAGE` naming the entry; the caller discards the directory.
+ * - a byte and an entry limit stop huge or endless archives;
+ * - a later entry replaces an earlier one of the same name; a replaced directory goes with
+ *   everything recorded under it (removed and forgotten, so nothing made for it applies to
+ *   what takes its name);
+ * - PAX sparse 1.0 files are written segment by segment, holes kept (sparse.ts).
+ * Every write goes through addon/extract.cc: parents opened with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS) from the layer's root fd, entries made with *at calls on them, owners,
+ * modes and times set on fds or with AT_SYMLINK_NOFOLLOW; no path-following tool or call
+ * runs on the layer. Every refusal is `EBADIMAGE` naming the entry; the caller discards the
+ * directory.
  */
 
 /**
