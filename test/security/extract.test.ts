@@ -11,10 +11,11 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:net';
 import {
-  chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, utimesSync, writeFileSync,
+  chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../../lib/errors.js';
@@ -170,6 +171,53 @@ describe.skipIf(skipRoot)('hostile layers cannot reach a host directory', () => 
     expect(lstatSync(join(o.layer, 'a')).isFile()).toBe(true);
     const wh = lstatSync(join(o.layer, 'b'));
     expect(wh.isCharacterDevice() && wh.rdev === 0).toBe(true);
+  });
+});
+
+describe.skipIf(skipRoot)('the class, not the instance: a directory swapped for a symlink behind the extractor\'s back', () => {
+  it('the next entries under it fail with EBADIMAGE (openat2 refuses the symlink) and the host is untouched', async () => {
+    // The archive is streamed; once a/ and a/big1 are on disk, the test (standing in for any
+    // bookkeeping mistake or a racing writer) replaces a/ in the work directory with a
+    // symlink to the host directory, then sends entries under a/. The extractor's own map
+    // still says "a is a directory": only the fds beneath the root keep it inside.
+    const host = hostDir();
+    const before = snapshot(host);
+    const base = scratch('hutch-extract-swap-');
+    const store = new ImageStore({ root: join(base, 'store') });
+    const piece = (e: TarEntry) => tarBuffer([e]).subarray(0, -1024);
+    let swapped = false;
+    async function* stream() {
+      yield Buffer.concat([piece(dir('a')), piece(file('a/big1', 'z'.repeat(300_000)))]);
+      for (let i = 0; ; i++) {
+        const work = readdirSync(join(store.root, 'tmp')).map((n) => join(store.root, 'tmp', n, 'rootfs')).find((p) => {
+          try {
+            return lstatSync(join(p, 'a', 'big1')).isFile();
+          } catch {
+            return false;
+          }
+        });
+        if (work) {
+          renameSync(join(work, 'a'), join(work, 'moved'));
+          symlinkSync(host, join(work, 'a'));
+          swapped = true;
+          break;
+        }
+        if (i > 2000) throw new Error('the extractor never made a/big1');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      yield Buffer.concat([piece(file('a/big2', 'w'.repeat(300_000))), piece(file('a/small')), piece({ path: 'a/fifo', type: 'fifo' }), piece(file('a/.wh.x', '')), Buffer.alloc(1024)]);
+    }
+    let err: unknown;
+    try {
+      await store.import(Readable.from(stream()));
+    } catch (e) {
+      err = e;
+    }
+    expect(swapped).toBe(true);
+    expect(HutchError.is(err), String(err)).toBe(true);
+    expect((err as HutchError).code).toBe('EBADIMAGE');
+    expect((err as HutchError).message).toMatch(/ELOOP/);
+    expect(snapshot(host)).toEqual(before);
   });
 });
 
