@@ -37,6 +37,10 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeSmall", Napi::Function::New(env, WriteSmall));
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
+  exports.Set("extractRoot", Napi::Function::New(env, ExtractRoot));
+  exports.Set("extractBatch", Napi::Function::New(env, ExtractBatch));
+  exports.Set("extractOpen", Napi::Function::New(env, ExtractOpen));
+  exports.Set("extractClose", Napi::Function::New(env, ExtractClose));
   InitWatch(env, exports);
   InitNetlink(env, exports);
   return exports;

@@ -30,3 +30,8 @@ Napi::Value WriteSmall(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
 // rootio.cc
 Napi::Value OpenInRoot(const Napi::CallbackInfo &info);
+// extract.cc
+Napi::Value ExtractRoot(const Napi::CallbackInfo &info);
+Napi::Value ExtractBatch(const Napi::CallbackInfo &info);
+Napi::Value ExtractOpen(const Napi::CallbackInfo &info);
+Napi::Value ExtractClose(const Napi::CallbackInfo &info);

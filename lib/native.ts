@@ -64,6 +64,15 @@ export interface Native {
   /** A user namespace with these maps, as an fd (for idmapped mounts). */
   makeUserns(uidMap: string, gidMap: string): number | NativeFailure;
   openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
+  // addon/extract.cc (lib/image/tar.ts): layer entries made beneath the layer's root fd.
+  /** Makes the layer's root directory (0700; must not exist) and returns an fd of it. */
+  extractRoot(path: string): number | NativeFailure;
+  /** Runs extraction operations in order; the first failure (its index) stops the batch. */
+  extractBatch(rootFd: number, ops: unknown[][]): undefined | (NativeFailure & { index: number });
+  /** A new regular file beneath the root, open for writing (O_EXCL, no symlink followed). */
+  extractOpen(rootFd: number, rel: string): number | NativeFailure;
+  /** ftruncate (size >= 0), owner (uid >= 0), mode and mtime of a file from extractOpen, then close. */
+  extractClose(fd: number, uid: number, gid: number, mode: number, mtime: number, size: number): undefined | NativeFailure;
   reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
   pidfdKill(pidfd: number, signal: number): boolean;
   readSetupError(fd: number, pid: number): undefined | null | NativeFailure;

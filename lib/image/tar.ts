@@ -1,26 +1,8 @@
-import {
-  closeSync,
-  constants,
-  fchmodSync,
-  fchownSync,
-  futimesSync,
-  lchownSync,
-  linkSync,
-  lutimesSync,
-  mkdirSync,
-  openSync,
-  rmSync,
-  symlinkSync,
-  unlinkSync,
-  writeSync,
-  chmodSync,
-  chownSync,
-  utimesSync,
-} from 'node:fs';
-import { spawn } from 'node:child_process';
+import { writeSync } from 'node:fs';
 import { Parser, type ReadEntry } from 'tar';
-import { HutchError, unsupported } from '../errors.js';
-import { tarBuffer, type TarEntry } from './tarwriter.js';
+import { HutchError, errnoName } from '../errors.js';
+import { isFailure, native, type NativeFailure } from '../native.js';
+import { SparseReader, sparseInfo } from './sparse.js';
 
 /**
  * Safe extraction of one image layer into an empty directory that hutch alone writes to.
@@ -36,8 +18,16 @@ import { tarBuffer, type TarEntry } from './tarwriter.js';
  * - `.wh.<name>` becomes a 0:0 character device `<name>`, `.wh..wh..opq` the xattr
  *   `user.overlay.opaque=y` on its directory (overlay mounted with `userxattr`);
  * - ids are shifted into the sandbox range; ids of 65536 and above are refused;
- * - a byte and an entry limit stop huge or endless archives.
- * Every refusal is `EBADIMAGE` naming the entry; the caller discards the directory.
+ * - a byte and an entry limit stop huge or endless archives;
+ * - a later entry replaces an earlier one of the same name; a replaced directory goes with
+ *   everything recorded under it (removed and forgotten, so nothing made for it applies to
+ *   what takes its name);
+ * - PAX sparse 1.0 files are written segment by segment, holes kept (sparse.ts).
+ * Every write goes through addon/extract.cc: parents opened with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS) from the layer's root fd, entries made with *at calls on them, owners,
+ * modes and times set on fds or with AT_SYMLINK_NOFOLLOW; no path-following tool or call
+ * runs on the layer. Every refusal is `EBADIMAGE` naming the entry; the caller discards the
+ * directory.
  */
 
 /**
@@ -88,6 +78,14 @@ interface Meta {
 
 const ID_LIMIT = 65536;
 
+/** The operations of the addon's extractBatch (addon/extract.cc, enum Op). */
+const OP = { mkdir: 0, file: 1, symlink: 2, link: 3, whiteout: 4, fifo: 5, remove: 6, dirMeta: 7 } as const;
+/** Files up to this size are gathered whole and written by the batch; larger ones stream through an fd. */
+const SMALL_FILE = 256 * 1024;
+/** A batch is handed to the addon at this many operations or bytes of file data. */
+const BATCH_OPS = 512;
+const BATCH_BYTES = 8 * 1024 * 1024;
+
 export function bad(label: string, entry: string, why: string): HutchError {
   return new HutchError('EBADIMAGE', `${label}: entry ${JSON.stringify(entry)} ${why}`, { path: entry });
 }
@@ -104,33 +102,72 @@ export function entryParts(label: string, name: string): string[] {
   return parts;
 }
 
+function parentOf(rel: string): string {
+  const i = rel.lastIndexOf('/');
+  return i < 0 ? '' : rel.slice(0, i);
+}
+
+/**
+ * Extracts one layer. This class keeps the archive's rules and its own map of what each path
+ * is; every write to the layer goes through the addon (addon/extract.cc), which makes each
+ * entry with *at calls on a parent opened beneath the layer's root with openat2
+ * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): host root never resolves a path of the layer with
+ * a tool or call that follows symlinks. Operations are queued and run in batches.
+ */
 export class LayerExtractor {
   private readonly kinds = new Map<string, Kind>([['', 'dir']]);
+  /** The names recorded directly under each directory, to forget a replaced directory's tree. */
+  private readonly children = new Map<string, Set<string>>([['', new Set()]]);
   private readonly dirMeta = new Map<string, Meta>();
-  private readonly whiteouts: { path: string; meta: Meta }[] = [];
-  private readonly fifos: { path: string; meta: Meta }[] = [];
   private readonly opaque = new Set<string>();
   private readonly stats: LayerStats = { sizeBytes: 0, entries: 0, skippedDevices: 0, whiteouts: 0, opaqueDirs: 0 };
   private readonly now = Math.floor(Date.now() / 1000);
-  /** Files being written: an extraction stopped mid-entry (a full disk elsewhere, a bad archive) closes them in close(). */
-  private readonly open = new Set<() => void>();
+  private root: number;
+  private ops: unknown[][] = [];
+  private opNames: string[] = [];
+  private opBytes = 0;
+  /** A large file being written: an extraction stopped mid-entry closes it in close(). */
+  private openFd = -1;
 
-  constructor(private readonly dir: string, private readonly opts: ExtractOptions) {
-    mkdirSync(dir, { mode: 0o700 });
+  constructor(dir: string, private readonly opts: ExtractOptions) {
+    const fd = native().extractRoot(dir);
+    if (isFailure(fd)) throw this.hostError('.', fd);
+    this.root = fd;
     this.dirMeta.set('', { mode: 0o755, uid: 0, gid: 0, mtime: this.now });
   }
 
-  /** Closes the files of entries that never ended. Idempotent; call it however extraction ends. */
+  /** Closes the layer's fds. Idempotent; call it however extraction ends. */
   close(): void {
-    for (const c of [...this.open]) {
-      try {
-        c();
-      } catch {}
-    }
+    if (this.openFd >= 0) native().close(this.openFd);
+    this.openFd = -1;
+    if (this.root >= 0) native().close(this.root);
+    this.root = -1;
   }
 
-  private abs(rel: string): string {
-    return rel === '' ? this.dir : `${this.dir}/${rel}`;
+  private hostError(entry: string, f: NativeFailure): HutchError {
+    const code = errnoName(f.errno);
+    return new HutchError('EBADIMAGE', `${this.opts.label}: extracting entry ${JSON.stringify(entry)} failed: ${code}${f.step ? ` (${f.step})` : ''}`, {
+      errno: code,
+      path: entry,
+    });
+  }
+
+  private queue(name: string, op: unknown[], bytes = 0): void {
+    this.ops.push(op);
+    this.opNames.push(name);
+    this.opBytes += bytes;
+    if (this.ops.length >= BATCH_OPS || this.opBytes >= BATCH_BYTES) this.flush();
+  }
+
+  private flush(): void {
+    if (this.ops.length === 0) return;
+    const ops = this.ops;
+    const names = this.opNames;
+    this.ops = [];
+    this.opNames = [];
+    this.opBytes = 0;
+    const r = native().extractBatch(this.root, ops);
+    if (r !== undefined) throw this.hostError(names[r.index] ?? r.path ?? '?', r);
   }
 
   private meta(e: ReadEntry, name: string): Meta {
@@ -143,9 +180,16 @@ export class LayerExtractor {
     return { mode: (e.mode ?? 0o644) & 0o7777, uid, gid, mtime: Number.isFinite(mtime) ? mtime : this.now };
   }
 
-  private hostIds(m: Meta): [number, number] | null {
+  /** Host ids of an entry ([-1, -1]: no chown, when hutch does not run as root). */
+  private hostIds(m: Meta): [number, number] {
     const s = this.opts.shift;
-    return s ? [s.uid + m.uid, s.gid + m.gid] : null;
+    return s ? [s.uid + m.uid, s.gid + m.gid] : [-1, -1];
+  }
+
+  private record(rel: string, kind: Kind): void {
+    this.kinds.set(rel, kind);
+    this.children.get(parentOf(rel))!.add(rel);
+    if (kind === 'dir') this.children.set(rel, new Set());
   }
 
   /** Makes sure every parent of `parts` is a directory of this layer, creating implied ones. */
@@ -155,8 +199,8 @@ export class LayerExtractor {
       rel = rel === '' ? parts[i]! : `${rel}/${parts[i]}`;
       const kind = this.kinds.get(rel);
       if (kind === undefined) {
-        mkdirSync(this.abs(rel), { mode: 0o700 });
-        this.kinds.set(rel, 'dir');
+        this.queue(name, [OP.mkdir, rel]);
+        this.record(rel, 'dir');
         this.dirMeta.set(rel, { mode: 0o755, uid: 0, gid: 0, mtime: this.now });
       } else if (kind !== 'dir') {
         throw bad(this.opts.label, name, `goes through ${JSON.stringify(rel)}, which this archive made a ${kind === 'symlink' ? 'symlink' : 'non-directory'}`);
@@ -164,44 +208,40 @@ export class LayerExtractor {
     }
   }
 
-  /** Clears whatever an earlier entry put at `rel` (a later entry replaces it, as in tar). */
-  private clear(rel: string, keepDir: boolean): void {
+  /**
+   * Clears whatever an earlier entry put at `rel` (a later entry replaces it, as in tar). A
+   * directory goes with everything recorded under it: its files, links, whiteouts, FIFOs,
+   * opaque mark and metadata are removed and forgotten, deepest first.
+   */
+  private clear(name: string, rel: string, keepDir: boolean): void {
     const kind = this.kinds.get(rel);
-    if (kind === undefined) return;
+    if (kind === undefined || (kind === 'dir' && keepDir)) return;
     if (kind === 'dir') {
-      if (keepDir) return;
-      rmSync(this.abs(rel), { recursive: true, force: true });
-      const prefix = `${rel}/`;
-      for (const k of [...this.kinds.keys()]) if (k.startsWith(prefix)) this.kinds.delete(k);
-      for (const k of [...this.dirMeta.keys()]) if (k.startsWith(prefix)) this.dirMeta.delete(k);
+      for (const child of this.children.get(rel)!) this.clear(name, child, false);
+      this.children.delete(rel);
       this.dirMeta.delete(rel);
       this.opaque.delete(rel);
-    } else if (kind === 'special') {
-      const drop = (list: { path: string }[]) => {
-        const i = list.findIndex((w) => w.path === rel);
-        if (i >= 0) list.splice(i, 1);
-      };
-      drop(this.whiteouts);
-      drop(this.fifos);
-    } else {
-      unlinkSync(this.abs(rel));
     }
+    this.queue(name, [OP.remove, rel, kind === 'dir']);
     this.kinds.delete(rel);
+    this.children.get(parentOf(rel))?.delete(rel);
   }
 
   /** Handles one entry, synchronously (its data arrives through 'data' events). */
   entry(e: ReadEntry): void {
     const label = this.opts.label;
-    const name = e.path;
+    const sparse = sparseInfo(e, label, bad);
+    const name = sparse ? sparse.name : e.path;
     if (++this.stats.entries > this.opts.limits.maxEntries) {
       throw bad(label, name, `is past the limit of ${this.opts.limits.maxEntries} entries`);
     }
     const parts = entryParts(label, name);
     const base = parts[parts.length - 1] ?? '';
+    if (sparse && e.type !== 'File' && e.type !== 'OldFile' && e.type !== 'ContiguousFile') throw bad(label, name, 'is a sparse entry that is not a regular file');
 
     if (base.startsWith('.wh.')) {
       e.resume();
-      if (e.type !== 'File' && e.type !== 'OldFile' && e.type !== 'ContiguousFile') {
+      if (sparse || (e.type !== 'File' && e.type !== 'OldFile' && e.type !== 'ContiguousFile')) {
         throw bad(label, name, 'is a whiteout that is not a regular file');
       }
       this.parents(name, parts);
@@ -215,9 +255,10 @@ export class LayerExtractor {
       const hidden = base.slice(4);
       if (hidden === '' || hidden === '.' || hidden === '..') throw bad(label, name, 'is a whiteout with no name');
       const rel = parent === '' ? hidden : `${parent}/${hidden}`;
-      this.clear(rel, false);
-      this.kinds.set(rel, 'special');
-      this.whiteouts.push({ path: rel, meta: { mode: 0, uid: 0, gid: 0, mtime: this.now } });
+      this.clear(name, rel, false);
+      const [uid, gid] = this.hostIds({ mode: 0, uid: 0, gid: 0, mtime: this.now });
+      this.queue(name, [OP.whiteout, rel, uid, gid, this.now]);
+      this.record(rel, 'special');
       this.stats.whiteouts++;
       return;
     }
@@ -229,7 +270,6 @@ export class LayerExtractor {
       return;
     }
     const rel = parts.join('/');
-    const at = this.abs(rel);
 
     switch (e.type) {
       case 'Directory': {
@@ -237,9 +277,9 @@ export class LayerExtractor {
         const meta = this.meta(e, name);
         this.parents(name, parts);
         if (this.kinds.get(rel) !== 'dir') {
-          this.clear(rel, false);
-          mkdirSync(at, { mode: 0o700 });
-          this.kinds.set(rel, 'dir');
+          this.clear(name, rel, false);
+          this.queue(name, [OP.mkdir, rel]);
+          this.record(rel, 'dir');
         }
         this.dirMeta.set(rel, meta);
         return;
@@ -249,42 +289,11 @@ export class LayerExtractor {
       case 'ContiguousFile': {
         const meta = this.meta(e, name);
         this.parents(name, parts);
-        this.clear(rel, false);
-        const fd = openSync(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-        this.kinds.set(rel, 'file');
-        let open = true;
-        const close = () => {
-          if (open) {
-            open = false;
-            this.open.delete(close);
-            closeSync(fd);
-          }
-        };
-        this.open.add(close);
-        e.on('data', (chunk: Buffer) => {
-          if (!open) return;
-          this.stats.sizeBytes += chunk.length;
-          let off = 0;
-          try {
-            while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
-          } catch (err) {
-            close(); // a full disk must not leak the fd; the extraction fails with the error
-            throw err;
-          }
-        });
-        e.on('end', () => {
-          if (!open) return;
-          try {
-            const ids = this.hostIds(meta);
-            // chown clears set-id bits, so it comes before chmod.
-            if (ids) fchownSync(fd, ids[0], ids[1]);
-            fchmodSync(fd, meta.mode);
-            futimesSync(fd, meta.mtime, meta.mtime);
-          } finally {
-            close();
-          }
-        });
-        e.on('error', close);
+        this.clear(name, rel, false);
+        this.record(rel, 'file');
+        if (sparse) this.bigFile(e, name, rel, meta, sparse);
+        else if ((e.size ?? 0) <= SMALL_FILE) this.smallFile(e, name, rel, meta);
+        else this.bigFile(e, name, rel, meta, undefined);
         return;
       }
       case 'SymbolicLink': {
@@ -293,31 +302,28 @@ export class LayerExtractor {
         const target = e.linkpath ?? '';
         if (target === '' || target.includes('\0')) throw bad(label, name, 'is a symlink with an empty target');
         this.parents(name, parts);
-        this.clear(rel, false);
+        this.clear(name, rel, false);
         // The target is stored as written and never followed here: inside the sandbox it
         // resolves against the sandbox's own root.
-        symlinkSync(target, at);
-        this.kinds.set(rel, 'symlink');
-        const ids = this.hostIds(meta);
-        if (ids) lchownSync(at, ids[0], ids[1]);
-        lutimesSync(at, meta.mtime, meta.mtime);
+        const [uid, gid] = this.hostIds(meta);
+        this.queue(name, [OP.symlink, rel, target, uid, gid, meta.mtime]);
+        this.record(rel, 'symlink');
         return;
       }
       case 'Link': {
         e.resume();
         const target = e.linkpath ?? '';
         if (target.startsWith('/')) throw bad(label, name, `is a hardlink to the absolute path ${JSON.stringify(target)}`);
-        const tparts = entryParts(label, target);
-        const trel = tparts.join('/');
+        const trel = entryParts(label, target).join('/');
         const tkind = this.kinds.get(trel);
         if (tkind !== 'file' && tkind !== 'symlink') {
           throw bad(label, name, `is a hardlink to ${JSON.stringify(target)}, which is not a file extracted earlier from this archive`);
         }
         this.parents(name, parts);
         if (trel === rel) return;
-        this.clear(rel, false);
-        linkSync(this.abs(trel), at);
-        this.kinds.set(rel, tkind);
+        this.clear(name, rel, false);
+        this.queue(name, [OP.link, rel, trel]);
+        this.record(rel, tkind);
         return;
       }
       case 'CharacterDevice':
@@ -336,9 +342,10 @@ export class LayerExtractor {
         e.resume();
         const meta = this.meta(e, name);
         this.parents(name, parts);
-        this.clear(rel, false);
-        this.kinds.set(rel, 'special');
-        this.fifos.push({ path: rel, meta });
+        this.clear(name, rel, false);
+        const [uid, gid] = this.hostIds(meta);
+        this.queue(name, [OP.fifo, rel, uid, gid, meta.mode, meta.mtime]);
+        this.record(rel, 'special');
         return;
       }
       default:
@@ -347,59 +354,64 @@ export class LayerExtractor {
     }
   }
 
-  /** Creates whiteouts, FIFOs and opaque markers, then sets directory metadata. */
+  /** A file small enough to gather: written whole, with its metadata, by the next batch. */
+  private smallFile(e: ReadEntry, name: string, rel: string, meta: Meta): void {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    e.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+    });
+    e.on('end', () => {
+      this.stats.sizeBytes += size;
+      const [uid, gid] = this.hostIds(meta);
+      this.queue(name, [OP.file, rel, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size), uid, gid, meta.mode, meta.mtime], size);
+    });
+  }
+
+  /** A large or sparse file: opened beneath the root by the addon, its data written through that fd as it streams. */
+  private bigFile(e: ReadEntry, name: string, rel: string, meta: Meta, sparse: { realSize: number } | undefined): void {
+    this.flush();
+    const fd = native().extractOpen(this.root, rel);
+    if (isFailure(fd)) throw this.hostError(name, fd);
+    this.openFd = fd;
+    const write = (chunk: Buffer, position: number | null) => {
+      let off = 0;
+      while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off, position === null ? null : position + off);
+      this.stats.sizeBytes += chunk.length;
+    };
+    const reader = sparse ? new SparseReader(bad, this.opts.label, name, { name, realSize: sparse.realSize }, e.size ?? 0, write) : undefined;
+    e.on('data', (chunk: Buffer) => {
+      if (this.openFd !== fd) return;
+      if (reader) reader.push(chunk);
+      else write(chunk, null);
+    });
+    e.on('end', () => {
+      if (this.openFd !== fd) return;
+      this.openFd = -1;
+      let failure: NativeFailure | undefined;
+      try {
+        reader?.end();
+      } catch (err) {
+        native().close(fd);
+        throw err;
+      }
+      const [uid, gid] = this.hostIds(meta);
+      failure = native().extractClose(fd, uid, gid, meta.mode, meta.mtime, sparse ? sparse.realSize : -1);
+      if (failure) throw this.hostError(name, failure);
+    });
+  }
+
+  /** Sets directory metadata and opaque marks (deepest first, so a child never changes a set parent). */
   async finish(): Promise<LayerStats> {
-    await this.specials();
-    const ids = (m: Meta) => this.hostIds(m);
-    // Deepest first, so setting a child's metadata never changes an already-set parent.
     const dirs = [...this.dirMeta.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
     for (const [rel, m] of dirs) {
-      const p = this.abs(rel);
-      const i = ids(m);
-      if (i) chownSync(p, i[0], i[1]);
-      chmodSync(p, m.mode);
-      utimesSync(p, m.mtime, m.mtime);
+      const [uid, gid] = this.hostIds(m);
+      this.queue(rel === '' ? '.' : rel, [OP.dirMeta, rel, uid, gid, m.mode, m.mtime, this.opaque.has(rel)]);
     }
+    this.flush();
     return this.stats;
   }
-
-  /**
-   * Node has neither mknod(2) nor setxattr(2): GNU tar makes the whiteouts (0:0 character
-   * devices), FIFOs and opaque xattrs from an archive hutch writes here, whose names were
-   * all checked above and whose parents are directories of this layer. One process per
-   * layer, and only for layers that need it.
-   */
-  private async specials(): Promise<void> {
-    if (this.whiteouts.length === 0 && this.fifos.length === 0 && this.opaque.size === 0) return;
-    const entries: TarEntry[] = [];
-    const own = (m: Meta) => {
-      const i = this.hostIds(m);
-      return i ? { uid: i[0], gid: i[1] } : {};
-    };
-    for (const rel of this.opaque) {
-      const m = this.dirMeta.get(rel) ?? { mode: 0o755, uid: 0, gid: 0, mtime: this.now };
-      entries.push({ path: rel === '' ? '.' : rel, type: 'dir', mode: 0o700, ...own(m), mtime: m.mtime, xattrs: { 'user.overlay.opaque': 'y' } });
-    }
-    for (const w of this.whiteouts) entries.push({ path: w.path, type: 'char', mode: 0, ...own(w.meta), mtime: w.meta.mtime });
-    for (const f of this.fifos) entries.push({ path: f.path, type: 'fifo', mode: f.meta.mode, ...own(f.meta), mtime: f.meta.mtime });
-    await gnuTarExtract(this.dir, tarBuffer(entries), this.opts.label);
-  }
-}
-
-async function gnuTarExtract(dir: string, archive: Buffer, label: string): Promise<void> {
-  const args = ['--xattrs', '--xattrs-include=user.overlay.opaque', '--numeric-owner', '-xpf', '-', '-C', dir];
-  await new Promise<void>((resolve, reject) => {
-    let stderr = '';
-    const child = spawn('tar', args, { stdio: ['pipe', 'ignore', 'pipe'] });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', (e) => reject(unsupported('making overlay whiteouts (GNU tar is needed)', 'apt-get install tar', e)));
-    child.on('close', (code) => {
-      if (code === 0) resolve();
-      else reject(new HutchError('EBADIMAGE', `${label}: making whiteouts and opaque directories failed: ${stderr.trim() || `tar exited ${code}`}`));
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(archive);
-  });
 }
 
 /**
