@@ -19,7 +19,7 @@ import {
 } from './oci.js';
 import { LayerExtractor, bad, readTar, type LayerStats } from './tar.js';
 import { MEDIA, type BlobRef, type ImageConfig, type Progress } from './types.js';
-import type { ImageStore, Op } from './store.js';
+import { tagProblem, type ImageStore, type Op } from './store.js';
 
 /** A layer ready to be moved into the store. */
 export interface PendingLayer {
@@ -279,8 +279,11 @@ async function exists(p: string): Promise<boolean> {
 export async function importDir(store: ImageStore, op: Op, dir: string, confined: boolean, onProgress: OnProgress): Promise<PendingImage> {
   const what = confined ? 'image archive' : dir;
   if (await exists(join(dir, 'index.json'))) {
+    // A docker save archive in OCI form: its RepoTags name the image (checked before any layer is read).
+    const entry = (await exists(join(dir, 'manifest.json'))) ? await dockerManifest(dir, confined, what).catch(() => undefined) : undefined;
+    const tags = entry ? dockerTags(entry, what) : [];
     const img = await importOci(store, op, dir, confined, what, onProgress);
-    if (await exists(join(dir, 'manifest.json'))) img.tags = await dockerTags(dir, confined, what).catch(() => []);
+    img.tags = tags;
     return img;
   }
   if (await exists(join(dir, 'manifest.json'))) return importDocker(store, op, dir, confined, what, onProgress);
@@ -377,13 +380,28 @@ async function dockerManifest(dir: string, confined: boolean, what: string): Pro
   return list[0] as DockerEntry;
 }
 
-async function dockerTags(dir: string, confined: boolean, what: string): Promise<string[]> {
-  const e = await dockerManifest(dir, confined, what);
-  return Array.isArray(e.RepoTags) ? e.RepoTags.filter((t): t is string => typeof t === 'string' && /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/.test(t)) : [];
+/**
+ * The RepoTags of a docker save entry, each checked as ImageStore.tag checks a tag: one that
+ * reads as an image id (`sha256:<hex>`, a hex prefix) or a builtin's name would redirect
+ * references to another image, so the archive is refused, naming the tag.
+ */
+function dockerTags(e: DockerEntry, what: string): string[] {
+  if (e.RepoTags === undefined || e.RepoTags === null) return [];
+  if (!Array.isArray(e.RepoTags)) throw new HutchError('EBADIMAGE', `${what}: manifest.json's RepoTags is not a list`);
+  for (const t of e.RepoTags) {
+    const problem = tagProblem(t);
+    if (problem) {
+      throw new HutchError('EBADIMAGE', `${what}: manifest.json's RepoTags holds ${JSON.stringify(t)}, refused: a tag must be ${problem}`, {
+        hint: 'remove that tag from the archive (docker save of a tagged image, not of an id) and import again',
+      });
+    }
+  }
+  return e.RepoTags as string[];
 }
 
 async function importDocker(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
   const e = await dockerManifest(dir, confined, what);
+  const tags = dockerTags(e, what);
   if (typeof e.Config !== 'string') throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Config`);
   if (!Array.isArray(e.Layers) || !e.Layers.every((l) => typeof l === 'string')) throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Layers list`);
   const configBytes = await readSmall(await locate(dir, e.Config, confined, what), what, e.Config);
@@ -413,7 +431,7 @@ async function importDocker(store: ImageStore, op: Op, dir: string, confined: bo
     configMediaType: MEDIA.dockerConfig,
     config: toImageConfig(config, `${what} ${e.Config}`),
     layers,
-    tags: await dockerTags(dir, confined, what),
+    tags,
     hostBinds: [],
   };
 }
