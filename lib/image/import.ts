@@ -50,9 +50,11 @@ const MAX_JSON = 4 * 1024 * 1024;
 let seq = 0;
 
 /**
- * Extracts one layer into the op dir, keeping a copy of the blob, and checks what the
- * caller expects (blob digest and size, diff id). When the diff id is known and the store
- * has the layer, the blob is only verified and kept.
+ * Verifies one layer blob, then extracts it into the op dir. Two passes: the first copies the
+ * blob into the op dir (a 0600 file of hutch's own) while hashing it raw and decompressed, and
+ * checks what the caller expects (blob digest and size, diff id) — a blob that fails is refused
+ * before any of it is extracted. The second extracts from that verified copy, never from the
+ * source again. A layer the store already has (same diff id) is only verified and kept.
  */
 export async function extractLayer(
   store: ImageStore,
@@ -62,59 +64,64 @@ export async function extractLayer(
 ): Promise<PendingLayer> {
   const n = seq++;
   const blobFile = join(op.dir, `b-${n}`);
-  const fd = openSync(blobFile, 'wx', 0o600);
-  let fdOpen = true;
-  const closeFd = () => {
-    if (fdOpen) {
-      fdOpen = false;
-      closeSync(fd);
-    }
-  };
   const source = typeof chunks === 'function' ? chunks() : chunks;
   const expectDiffHex = o.expectDiffId === undefined ? undefined : digestHex(o.expectDiffId, `${o.label} diff id`);
-  const present = expectDiffHex !== undefined && store.hasLayer(expectDiffHex) && (await op.pin(expectDiffHex));
-  let tree: string | null = null;
-  let stats: LayerStats | null = null;
+  const total = o.expectSize !== undefined ? { total: o.expectSize } : {};
+  const fd = openSync(blobFile, 'wx', 0o600);
   let reading: BlobReading | undefined;
-  let ex: LayerExtractor | undefined;
   try {
     reading = await openBlob(source, {
       compression: o.compression,
       maxBytes: store.limits.maxBytes,
       label: o.label,
       onRaw: (c) => {
+        const got = (reading ? reading.raw.bytes : 0);
+        if (o.expectSize !== undefined && got > o.expectSize) {
+          // A source that sends more than the descriptor says is cut off here, not read to its end.
+          throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
+        }
         let off = 0;
         while (off < c.length) off += writeSync(fd, c, off, c.length - off);
-        o.onProgress?.({ phase: present ? 'verify' : 'extract', current: reading ? reading.raw.bytes : 0, ...(o.expectSize !== undefined ? { total: o.expectSize } : {}) });
+        o.onProgress?.({ phase: 'verify', current: got, ...total });
       },
     });
-    if (present) {
-      for await (const _ of reading.plain) void _;
-    } else {
-      tree = join(op.dir, `l-${n}`);
-      ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
-      const x = ex;
-      await readTar(reading.plain, (e) => x.entry(e), o.label);
-      stats = await x.finish();
-    }
+    for await (const _ of reading.plain) void _;
   } finally {
-    ex?.close();
-    closeFd();
+    closeSync(fd);
   }
   const digest = `sha256:${reading.raw.hash.digest('hex')}`;
   const diffHex = reading.diff.hash.digest('hex');
-  if (o.expectDigest !== undefined && digest !== o.expectDigest) {
-    throw new HutchError('EBADIMAGE', `${o.label}: digest mismatch: the blob hashes to ${digest}, the manifest says ${o.expectDigest}`);
-  }
   if (o.expectSize !== undefined && reading.raw.bytes !== o.expectSize) {
     throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${reading.raw.bytes} bytes, the manifest says ${o.expectSize}`);
+  }
+  if (o.expectDigest !== undefined && digest !== o.expectDigest) {
+    throw new HutchError('EBADIMAGE', `${o.label}: digest mismatch: the blob hashes to ${digest}, the manifest says ${o.expectDigest}`);
   }
   if (expectDiffHex !== undefined && diffHex !== expectDiffHex) {
     throw new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${diffHex}, the config says ${o.expectDiffId}`);
   }
   const mediaType =
     o.mediaType ?? (reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer);
-  return { diffHex, blob: { digest, size: reading.raw.bytes, mediaType }, blobFile, tree, stats };
+  const blob = { digest, size: reading.raw.bytes, mediaType };
+  if (store.hasLayer(diffHex) && (await op.pin(diffHex))) return { diffHex, blob, blobFile, tree: null, stats: null };
+  const tree = join(op.dir, `l-${n}`);
+  const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
+  let again: BlobReading | undefined;
+  let stats: LayerStats;
+  try {
+    again = await openBlob(fileChunks(blobFile), {
+      compression: reading.compression,
+      maxBytes: store.limits.maxBytes,
+      label: o.label,
+      onRaw: () => o.onProgress?.({ phase: 'extract', current: again ? again.raw.bytes : 0, ...total }),
+    });
+    await readTar(again.plain, (e) => ex.entry(e), o.label);
+    stats = await ex.finish();
+  } finally {
+    ex.close();
+  }
+  if (again.diff.hash.digest('hex') !== diffHex) throw new HutchError('EBADIMAGE', `${o.label}: the verified copy of the blob changed while it was extracted`);
+  return { diffHex, blob, blobFile, tree, stats };
 }
 
 /** An image made of one rootfs layer, with a synthesized config. */
@@ -416,7 +423,10 @@ async function importDocker(store: ImageStore, op: Op, dir: string, confined: bo
   for (const [i, rel] of names.entries()) {
     const label = `${what} layer ${rel}`;
     const path = await locate(dir, rel, confined, label);
+    // docker 25+ names layers by their digest (blobs/sha256/<hex>): that digest is checked too.
+    const named = /(?:^|\/)blobs\/sha256\/([0-9a-f]{64})$/.exec(rel);
     const l = await extractLayer(store, op, fileChunks(path), {
+      ...(named ? { expectDigest: `sha256:${named[1]}` } : {}),
       expectDiffId: ids[i]!,
       label,
       onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${p.phase} layer ${i + 1}/${names.length}` })),
