@@ -30,3 +30,5 @@ Napi::Value WriteSmall(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
 // rootio.cc
 Napi::Value OpenInRoot(const Napi::CallbackInfo &info);
+// imageview.cc
+void InitImageView(Napi::Env env, Napi::Object exports);
