@@ -686,12 +686,14 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
     if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
     const meta = (st: Stats) => ({ mode: chmod ?? st.mode & 0o7777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
+    noWhiteout(ins, destParts.join('/'));
     const emitTree = async (abs: string, parts: string[]): Promise<void> => {
       for (const n of (await fsp.readdir(abs)).sort()) {
         const p = join(abs, n);
         if (ctx.ignored(relative(ctx.context!, p).split(sep).join('/'))) continue;
         const st = await fsp.lstat(p);
         const rel = [...parts, n].join('/');
+        noWhiteout(ins, rel);
         if (st.isDirectory()) {
           tar.add({ path: rel, type: 'dir', ...meta(st) });
           await emitTree(p, [...parts, n]);
@@ -702,6 +704,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
       }
     };
     const emitFile = async (abs: string, rel: string) => {
+      noWhiteout(ins, rel);
       const fh = await fsp.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         const now2 = await fh.stat();
@@ -730,6 +733,17 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     return tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (${ins.keyword})`);
   };
   return { createdBy, hash, layer };
+}
+
+/**
+ * A name starting with `.wh.` in a layer is a whiteout: written by COPY or ADD it would delete
+ * or hide the base image's files when the layer is extracted. Refused, as in an archive ADD.
+ */
+function noWhiteout(ins: Instruction, rel: string): void {
+  const name = rel.split('/').find((p) => p.startsWith('.wh.'));
+  if (name !== undefined) {
+    throw buildError(ins, `${JSON.stringify(rel)}: the name ${JSON.stringify(name)} starts with .wh., which marks a whiteout in an image layer; rename it or exclude it in .dockerignore`);
+  }
 }
 
 /** A local tar for ADD: plain, gzip or zstd (bzip2 and xz are refused when extracted). */
