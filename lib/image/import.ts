@@ -50,11 +50,13 @@ const MAX_JSON = 4 * 1024 * 1024;
 let seq = 0;
 
 /**
- * Verifies one layer blob, then extracts it into the op dir. Two passes: the first copies the
+ * Verifies one layer blob, then extracts it into the op dir. When the caller expects a digest,
+ * size or diff id (every blob of an image archive or a pull), two passes: the first copies the
  * blob into the op dir (a 0600 file of hutch's own) while hashing it raw and decompressed, and
- * checks what the caller expects (blob digest and size, diff id) — a blob that fails is refused
- * before any of it is extracted. The second extracts from that verified copy, never from the
- * source again. A layer the store already has (same diff id) is only verified and kept.
+ * the checks run — a blob that fails is refused before any of it is extracted; the second
+ * extracts from that verified copy, never from the source again. A layer the store already
+ * has (same diff id) is only verified and kept. With nothing to check against (hutch's own
+ * layers: commit, builtins) one pass extracts while it hashes.
  */
 export async function extractLayer(
   store: ImageStore,
@@ -64,9 +66,21 @@ export async function extractLayer(
 ): Promise<PendingLayer> {
   const n = seq++;
   const blobFile = join(op.dir, `b-${n}`);
+  const tree = join(op.dir, `l-${n}`);
   const source = typeof chunks === 'function' ? chunks() : chunks;
   const expectDiffHex = o.expectDiffId === undefined ? undefined : digestHex(o.expectDiffId, `${o.label} diff id`);
+  const verifyFirst = o.expectDigest !== undefined || o.expectSize !== undefined || expectDiffHex !== undefined;
   const total = o.expectSize !== undefined ? { total: o.expectSize } : {};
+  let stats: LayerStats | null = null;
+  const extract = async (plain: AsyncIterable<Buffer>): Promise<LayerStats> => {
+    const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
+    try {
+      await readTar(plain, (e) => ex.entry(e), o.label);
+      return await ex.finish();
+    } finally {
+      ex.close();
+    }
+  };
   const fd = openSync(blobFile, 'wx', 0o600);
   let reading: BlobReading | undefined;
   try {
@@ -75,17 +89,18 @@ export async function extractLayer(
       maxBytes: store.limits.maxBytes,
       label: o.label,
       onRaw: (c) => {
-        const got = (reading ? reading.raw.bytes : 0);
+        const got = reading ? reading.raw.bytes : 0;
         if (o.expectSize !== undefined && got > o.expectSize) {
           // A source that sends more than the descriptor says is cut off here, not read to its end.
           throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
         }
         let off = 0;
         while (off < c.length) off += writeSync(fd, c, off, c.length - off);
-        o.onProgress?.({ phase: 'verify', current: got, ...total });
+        o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: got, ...total });
       },
     });
-    for await (const _ of reading.plain) void _;
+    if (verifyFirst) for await (const _ of reading.plain) void _;
+    else stats = await extract(reading.plain);
   } finally {
     closeSync(fd);
   }
@@ -103,23 +118,15 @@ export async function extractLayer(
   const mediaType =
     o.mediaType ?? (reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer);
   const blob = { digest, size: reading.raw.bytes, mediaType };
+  if (!verifyFirst) return { diffHex, blob, blobFile, tree, stats };
   if (store.hasLayer(diffHex) && (await op.pin(diffHex))) return { diffHex, blob, blobFile, tree: null, stats: null };
-  const tree = join(op.dir, `l-${n}`);
-  const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
-  let again: BlobReading | undefined;
-  let stats: LayerStats;
-  try {
-    again = await openBlob(fileChunks(blobFile), {
-      compression: reading.compression,
-      maxBytes: store.limits.maxBytes,
-      label: o.label,
-      onRaw: () => o.onProgress?.({ phase: 'extract', current: again ? again.raw.bytes : 0, ...total }),
-    });
-    await readTar(again.plain, (e) => ex.entry(e), o.label);
-    stats = await ex.finish();
-  } finally {
-    ex.close();
-  }
+  const again = await openBlob(fileChunks(blobFile), {
+    compression: reading.compression,
+    maxBytes: store.limits.maxBytes,
+    label: o.label,
+    onRaw: () => o.onProgress?.({ phase: 'extract', current: again ? again.raw.bytes : 0, ...total }),
+  });
+  stats = await extract(again.plain);
   if (again.diff.hash.digest('hex') !== diffHex) throw new HutchError('EBADIMAGE', `${o.label}: the verified copy of the blob changed while it was extracted`);
   return { diffHex, blob, blobFile, tree, stats };
 }
