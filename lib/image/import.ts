@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join, posix } from 'node:path';
@@ -52,11 +53,13 @@ let seq = 0;
 /**
  * Verifies one layer blob, then extracts it into the op dir. When the caller expects a digest,
  * size or diff id (every blob of an image archive or a pull), two passes: the first copies the
- * blob into the op dir (a 0600 file of hutch's own) while hashing it raw and decompressed, and
- * the checks run — a blob that fails is refused before any of it is extracted; the second
- * extracts from that verified copy, never from the source again. A layer the store already
- * has (same diff id) is only verified and kept. With nothing to check against (hutch's own
- * layers: commit, builtins) one pass extracts while it hashes.
+ * blob into the op dir (a 0600 file of hutch's own) while hashing it, and the checks run — a
+ * blob that fails is refused before any of it is extracted; the second extracts from that
+ * verified copy, never from the source again. With a blob digest the first pass hashes the
+ * raw bytes only (the digest authenticates the blob; its diff id is checked as the second pass
+ * extracts it, in the op dir); without one (docker save) it also decompresses to check the diff
+ * id first. A layer the store already has (same diff id) is only verified and kept. With
+ * nothing to check against (hutch's own layers: commit, builtins) one pass extracts.
  */
 export async function extractLayer(
   store: ImageStore,
@@ -70,8 +73,10 @@ export async function extractLayer(
   const source = typeof chunks === 'function' ? chunks() : chunks;
   const expectDiffHex = o.expectDiffId === undefined ? undefined : digestHex(o.expectDiffId, `${o.label} diff id`);
   const verifyFirst = o.expectDigest !== undefined || o.expectSize !== undefined || expectDiffHex !== undefined;
+  const rawOnly = o.expectDigest !== undefined;
   const total = o.expectSize !== undefined ? { total: o.expectSize } : {};
-  let stats: LayerStats | null = null;
+  const blobReading = (from: AsyncIterable<Buffer>, compression: Compression | undefined, onRaw: (c: Buffer) => void) =>
+    openBlob(from, { compression, maxBytes: store.limits.maxBytes, label: o.label, onRaw });
   const extract = async (plain: AsyncIterable<Buffer>): Promise<LayerStats> => {
     const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
     try {
@@ -81,54 +86,63 @@ export async function extractLayer(
       ex.close();
     }
   };
-  const fd = openSync(blobFile, 'wx', 0o600);
+  const diffMismatch = (hex: string) => new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${hex}, the config says ${o.expectDiffId}`);
+
+  // Pass 1: the copy, the hashes and (with nothing to verify) the extraction.
+  const raw = { hash: createHash('sha256'), bytes: 0 };
   let reading: BlobReading | undefined;
+  let stats: LayerStats | null = null;
+  const fd = openSync(blobFile, 'wx', 0o600);
+  const keep = (c: Buffer) => {
+    raw.bytes += c.length;
+    if (o.expectSize !== undefined && raw.bytes > o.expectSize) {
+      // A source that sends more than the descriptor says is cut off here, not read to its end.
+      throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
+    }
+    raw.hash.update(c);
+    let off = 0;
+    while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+    o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: raw.bytes, ...total });
+  };
   try {
-    reading = await openBlob(source, {
-      compression: o.compression,
-      maxBytes: store.limits.maxBytes,
-      label: o.label,
-      onRaw: (c) => {
-        const got = reading ? reading.raw.bytes : 0;
-        if (o.expectSize !== undefined && got > o.expectSize) {
-          // A source that sends more than the descriptor says is cut off here, not read to its end.
-          throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
-        }
-        let off = 0;
-        while (off < c.length) off += writeSync(fd, c, off, c.length - off);
-        o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: got, ...total });
-      },
-    });
-    if (verifyFirst) for await (const _ of reading.plain) void _;
-    else stats = await extract(reading.plain);
+    if (rawOnly) for await (const c of source) keep(c);
+    else {
+      reading = await blobReading(source, o.compression, keep);
+      if (verifyFirst) for await (const _ of reading.plain) void _;
+      else stats = await extract(reading.plain);
+    }
   } finally {
     closeSync(fd);
   }
-  const digest = `sha256:${reading.raw.hash.digest('hex')}`;
-  const diffHex = reading.diff.hash.digest('hex');
-  if (o.expectSize !== undefined && reading.raw.bytes !== o.expectSize) {
-    throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${reading.raw.bytes} bytes, the manifest says ${o.expectSize}`);
+  const digest = `sha256:${raw.hash.digest('hex')}`;
+  let diffHex = reading?.diff.hash.digest('hex');
+  if (o.expectSize !== undefined && raw.bytes !== o.expectSize) {
+    throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${raw.bytes} bytes, the manifest says ${o.expectSize}`);
   }
   if (o.expectDigest !== undefined && digest !== o.expectDigest) {
     throw new HutchError('EBADIMAGE', `${o.label}: digest mismatch: the blob hashes to ${digest}, the manifest says ${o.expectDigest}`);
   }
-  if (expectDiffHex !== undefined && diffHex !== expectDiffHex) {
-    throw new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${diffHex}, the config says ${o.expectDiffId}`);
-  }
-  const mediaType =
-    o.mediaType ?? (reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer);
-  const blob = { digest, size: reading.raw.bytes, mediaType };
-  if (!verifyFirst) return { diffHex, blob, blobFile, tree, stats };
-  if (store.hasLayer(diffHex) && (await op.pin(diffHex))) return { diffHex, blob, blobFile, tree: null, stats: null };
-  const again = await openBlob(fileChunks(blobFile), {
-    compression: reading.compression,
-    maxBytes: store.limits.maxBytes,
-    label: o.label,
-    onRaw: () => o.onProgress?.({ phase: 'extract', current: again ? again.raw.bytes : 0, ...total }),
+  if (expectDiffHex !== undefined && diffHex !== undefined && diffHex !== expectDiffHex) throw diffMismatch(diffHex);
+  const blob = (c: Compression) => ({
+    digest,
+    size: raw.bytes,
+    mediaType: o.mediaType ?? (c === 'gzip' ? MEDIA.ociLayerGzip : c === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer),
   });
-  stats = await extract(again.plain);
-  if (again.diff.hash.digest('hex') !== diffHex) throw new HutchError('EBADIMAGE', `${o.label}: the verified copy of the blob changed while it was extracted`);
-  return { diffHex, blob, blobFile, tree, stats };
+  if (!verifyFirst) return { diffHex: diffHex!, blob: blob(reading!.compression), blobFile, tree, stats };
+
+  // Pass 2: from the verified copy. A layer the store has is only checked against its diff id.
+  const present = expectDiffHex !== undefined && store.hasLayer(expectDiffHex) && (await op.pin(expectDiffHex));
+  if (present && diffHex !== undefined) return { diffHex, blob: blob(reading!.compression), blobFile, tree: null, stats: null };
+  const again = await blobReading(fileChunks(blobFile), o.compression ?? reading?.compression, () =>
+    o.onProgress?.({ phase: present ? 'verify' : 'extract', current: again ? again.raw.bytes : 0, ...total }),
+  );
+  if (present) for await (const _ of again.plain) void _;
+  else stats = await extract(again.plain);
+  const hex = again.diff.hash.digest('hex');
+  if (expectDiffHex !== undefined && hex !== expectDiffHex) throw diffMismatch(hex);
+  if (diffHex !== undefined && hex !== diffHex) throw new HutchError('EBADIMAGE', `${o.label}: the verified copy of the blob changed while it was extracted`);
+  diffHex = hex;
+  return { diffHex, blob: blob(again.compression), blobFile, tree: present ? null : tree, stats: present ? null : stats };
 }
 
 /** An image made of one rootfs layer, with a synthesized config. */
