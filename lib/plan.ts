@@ -69,8 +69,8 @@ export async function prepareImageUser(r: ResolvedImage): Promise<void> {
   try {
     users.set(r, await userIds(view, u));
   } catch (e) {
-    if (!HutchError.is(e)) throw e;
-    users.set(r, e.message.includes(JSON.stringify(u)) ? e : new HutchError(e.code, `${e.message} (resolving its User ${JSON.stringify(u)})`, { cause: e }));
+    const he = HutchError.is(e) ? e : new HutchError('EBADIMAGE', `${label}: ${(e as Error).message}`, { cause: e });
+    users.set(r, he.message.includes(JSON.stringify(u)) ? he : new HutchError(he.code, `${he.message} (resolving its User ${JSON.stringify(u)})`, { cause: he }));
   }
 }
 
