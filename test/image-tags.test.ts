@@ -7,9 +7,9 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HutchError } from '../lib/errors.js';
 import { ImageStore } from '../lib/image/store.js';
 import { tarBuffer, type TarEntry } from '../lib/image/tarwriter.js';
+import { hutchFailure } from './helpers/rejects.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-tags-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -45,15 +45,7 @@ function dockerSave(marker: string, repoTags: unknown, oci = false): string {
   return p;
 }
 
-async function failure(p: Promise<unknown>): Promise<HutchError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(HutchError.is(e), String(e)).toBe(true);
-    return e as HutchError;
-  }
-  throw new Error('expected a rejection');
-}
+const failure = hutchFailure;
 
 describe('RepoTags of an imported archive cannot take over an id', () => {
   const store = new ImageStore({ root: join(work, 'store') });

@@ -17,6 +17,7 @@ import { ImageStore } from '../lib/image/store.js';
 import { tarBuffer, type TarEntry } from '../lib/image/tarwriter.js';
 import type { Progress } from '../lib/image/types.js';
 import { needs } from './helpers/require.js';
+import { hutchFailure } from './helpers/rejects.js';
 
 const skip = needs(spawnSync('sh', ['-c', 'command -v docker-registry']).status === 0, 'docker-registry is needed (apt-get install docker-registry)');
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-verify-'));
@@ -89,15 +90,7 @@ function nothingUsed(store: ImageStore, seen: string[]) {
   expect(readdirSync(join(store.root, 'tmp')).filter((x) => x !== 'trash')).toEqual([]);
 }
 
-async function failure(p: Promise<unknown>): Promise<HutchError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(HutchError.is(e), String(e)).toBe(true);
-    return e as HutchError;
-  }
-  throw new Error('expected a rejection');
-}
+const failure = hutchFailure;
 
 function regBlob(hex: string): string {
   return join(work, 'registry/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
