@@ -5,7 +5,7 @@
 // every progress event of the pull, so a layer extracted before it is verified is caught
 // while it sits in the op dir (it would be gone by the end anyway). The same for OCI layouts
 // and docker save archives on import.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -199,6 +199,18 @@ describe('an import verifies every declared digest before extracting', () => {
     const e = await failure(store.import(dir, { onProgress }));
     expect(e.code, e.message).toBe('EBADIMAGE');
     expect(e.message).toMatch(/digest mismatch/);
+    nothingUsed(store, seen());
+  });
+
+  it('OCI layout directory: a blob that is a FIFO is refused without being opened', async () => {
+    const dir = join(work, 'oci-fifo');
+    const l = layout(dir, 'fifo');
+    rmSync(join(dir, 'blobs/sha256', l.layerHex));
+    execFileSync('mkfifo', [join(dir, 'blobs/sha256', l.layerHex)]);
+    const { store, onProgress, seen } = watched();
+    const e = await failure(store.import(dir, { onProgress }));
+    expect(e.code, e.message).toBe('EBADIMAGE');
+    expect(e.message).toMatch(/is not a regular file/);
     nothingUsed(store, seen());
   });
 

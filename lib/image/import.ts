@@ -239,7 +239,10 @@ async function locate(dir: string, rel: string, confined: boolean, what: string)
   if (rel.startsWith('/') || parts.includes('..')) throw bad(what, rel, 'points outside the image');
   if (!confined) {
     const p = join(dir, ...parts);
-    if (!(await exists(p))) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing`, { path: rel });
+    const st = await fsp.stat(p).catch(() => undefined);
+    if (!st) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing`, { path: rel });
+    // A FIFO or device would hold a reader (a pool thread) for as long as its writer likes.
+    if (!st.isFile()) throw bad(what, rel, 'is not a regular file');
     return p;
   }
   let cur = parts.join('/');
