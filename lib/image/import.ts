@@ -75,8 +75,8 @@ export async function extractLayer(
   const verifyFirst = o.expectDigest !== undefined || o.expectSize !== undefined || expectDiffHex !== undefined;
   const rawOnly = o.expectDigest !== undefined;
   const total = o.expectSize !== undefined ? { total: o.expectSize } : {};
-  const blobReading = (from: AsyncIterable<Buffer>, compression: Compression | undefined, onRaw: (c: Buffer) => void) =>
-    openBlob(from, { compression, maxBytes: store.limits.maxBytes, label: o.label, onRaw });
+  const blobReading = (from: AsyncIterable<Buffer>, compression: Compression | undefined, onRaw: (c: Buffer) => void, hashRaw = true) =>
+    openBlob(from, { compression, maxBytes: store.limits.maxBytes, label: o.label, onRaw, hashRaw });
   const extract = async (plain: AsyncIterable<Buffer>): Promise<LayerStats> => {
     const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
     try {
@@ -135,6 +135,7 @@ export async function extractLayer(
   if (present && diffHex !== undefined) return { diffHex, blob: blob(reading!.compression), blobFile, tree: null, stats: null };
   const again = await blobReading(fileChunks(blobFile), o.compression ?? reading?.compression, () =>
     o.onProgress?.({ phase: present ? 'verify' : 'extract', current: again ? again.raw.bytes : 0, ...total }),
+    false,
   );
   if (present) for await (const _ of again.plain) void _;
   else stats = await extract(again.plain);
