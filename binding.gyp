@@ -12,7 +12,8 @@
         "addon/fdpass.cc",
         "addon/rootio.cc",
         "addon/extract.cc",
-        "addon/netlink.cc"
+        "addon/netlink.cc",
+        "addon/imageview.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

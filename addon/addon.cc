@@ -43,6 +43,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("extractClose", Napi::Function::New(env, ExtractClose));
   InitWatch(env, exports);
   InitNetlink(env, exports);
+  InitImageView(env, exports);
   return exports;
 }
 

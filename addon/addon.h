@@ -35,3 +35,5 @@ Napi::Value ExtractRoot(const Napi::CallbackInfo &info);
 Napi::Value ExtractBatch(const Napi::CallbackInfo &info);
 Napi::Value ExtractOpen(const Napi::CallbackInfo &info);
 Napi::Value ExtractClose(const Napi::CallbackInfo &info);
+// imageview.cc
+void InitImageView(Napi::Env env, Napi::Object exports);

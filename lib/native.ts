@@ -98,6 +98,11 @@ export interface Native {
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
+  // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
+  /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
+  viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;
+  /** A directory's xattr in a layer, or null when it has none. */
+  viewXattr(layerDir: string, rel: string, name: string): Promise<string | null | NativeFailure>;
 }
 
 export function isFailure(v: unknown): v is NativeFailure {

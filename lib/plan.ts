@@ -2,11 +2,12 @@
  * Planning a sandbox from what the host and the store say: which kernel paths apply, where
  * the root is attached, the image's resolution (kept a second) and its default user.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
 import { join } from 'node:path';
 import { HutchError } from './errors.js';
 import type { ImageStore } from './image/store.js';
+import { ImageView, userIds } from './image/view.js';
 import type { Image, ResolvedImage } from './image/types.js';
 
 function kernelAtLeast(major: number, minor: number): boolean {
@@ -51,29 +52,35 @@ export async function resolveCached(store: ImageStore, ref: string | Image): Pro
   return value;
 }
 
-/** Resolves the image's `User` ('uid', 'uid:gid', or a name in the image's /etc/passwd). */
+/**
+ * The image's `User` ('uid', 'uid:gid', or names in the image's /etc/passwd and /etc/group),
+ * resolved once per resolution through the scoped image view (lib/image/view.ts): never by
+ * a host path read that a symlink, FIFO or huge file in a layer could turn against the host.
+ * prepareImageUser runs at create (async, off the event loop); imageUser is its answer, or
+ * the error it met, thrown when a process would start as that user.
+ */
+const users = new WeakMap<ResolvedImage, { uid: number; gid: number } | HutchError>();
+
+export async function prepareImageUser(r: ResolvedImage): Promise<void> {
+  const u = r.image.config.user;
+  if (!u || /^\d+(?::\d+)?$/.test(u) || users.has(r)) return;
+  const label = `image ${r.image.tags[0] ?? r.image.id}`;
+  const view = new ImageView(r.lowerdirs.map((hex) => join(r.layersDir, hex)), label);
+  try {
+    users.set(r, await userIds(view, u));
+  } catch (e) {
+    const he = HutchError.is(e) ? e : new HutchError('EBADIMAGE', `${label}: ${(e as Error).message}`, { cause: e });
+    users.set(r, he.message.includes(JSON.stringify(u)) ? he : new HutchError(he.code, `${he.message} (resolving its User ${JSON.stringify(u)})`, { cause: he }));
+  }
+}
+
 export function imageUser(r: ResolvedImage): { uid: number; gid: number } | undefined {
   const u = r.image.config.user;
   if (!u) return undefined;
   const m = /^(\d+)(?::(\d+))?$/.exec(u);
   if (m) return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
-  const [name, group] = u.split(':');
-  for (const hex of r.lowerdirs) {
-    let text: string;
-    try {
-      text = readFileSync(join(r.layersDir, hex, 'etc', 'passwd'), 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n')) {
-      const f = line.split(':');
-      if (f[0] === name && f.length >= 4) {
-        const gid = group && /^\d+$/.test(group) ? Number(group) : Number(f[3]);
-        return { uid: Number(f[2]), gid };
-      }
-    }
-    break;
-  }
-  throw new HutchError('EINVAL', `the image's User '${u}' is not a uid and not a name in its /etc/passwd; pass user: 'uid:gid'`);
+  const v = users.get(r);
+  if (v === undefined) throw new HutchError('EINVAL', `the image's User '${u}' was not resolved (prepareImageUser); pass user: 'uid:gid'`);
+  if (HutchError.is(v)) throw new HutchError(v.code, `${v.message}; pass user: 'uid:gid'`, { cause: v });
+  return v;
 }
-

@@ -26,7 +26,7 @@ import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
 import { dropBlanks, makeBlank } from './warm.js';
-import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, resolveCached } from './plan.js';
+import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImageUser, resolveCached } from './plan.js';
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
 
@@ -183,6 +183,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     tr.mark('seccomp');
     const store = opts.store ?? (defaultStore ??= ImageStore.default());
     const image = await resolveCached(store, opts.image);
+    await prepareImageUser(image);
     tr.mark('resolve');
     if (opts.limits.cgroup.io && !opts.persistent) {
       throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');

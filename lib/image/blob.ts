@@ -65,11 +65,12 @@ export interface BlobReading {
 /**
  * Opens a (possibly compressed) layer stream: hashes the raw bytes, decompresses by the
  * given or sniffed compression, hashes the plain bytes and stops past `maxBytes`.
- * `onRaw` sees every raw chunk (to keep a copy of the blob, or count progress).
+ * `onRaw` sees every raw chunk (to keep a copy of the blob, or count progress). `hashRaw:
+ * false` skips the raw hash (a copy whose digest was checked already).
  */
 export async function openBlob(
   source: AsyncIterable<Buffer>,
-  opts: { compression?: Compression; maxBytes: number; label: string; onRaw?: (chunk: Buffer) => void },
+  opts: { compression?: Compression; maxBytes: number; label: string; onRaw?: (chunk: Buffer) => void; hashRaw?: boolean },
 ): Promise<BlobReading> {
   const raw = { hash: createHash('sha256'), bytes: 0 };
   const diff = { hash: createHash('sha256'), bytes: 0 };
@@ -77,7 +78,7 @@ export async function openBlob(
   const compression = opts.compression ?? sniff(head);
   async function* tapped(): AsyncGenerator<Buffer> {
     for await (const c of rest) {
-      raw.hash.update(c);
+      if (opts.hashRaw !== false) raw.hash.update(c);
       raw.bytes += c.length;
       opts.onRaw?.(c);
       yield c;

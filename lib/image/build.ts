@@ -24,6 +24,7 @@ import { entryParts, readTar } from './tar.js';
 import type { TarEntry } from './tarwriter.js';
 import type { Image, Progress } from './types.js';
 import type { ImageStore, Op } from './store.js';
+import { ImageView, userIds } from './view.js';
 
 /**
  * Options of {@link ImageStore.build}.
@@ -427,106 +428,16 @@ function tailOf(out: Buffer | string): string {
 
 // ---- the image's own tree -------------------------------------------------------------------
 
-/** Looks paths up in an image's layers as overlay merges them (whiteouts honoured, opaque marks not). */
-class ImageView {
-  private readonly dirs: string[];
-  constructor(store: ImageStore, layers: string[]) {
-    this.dirs = layers.map((d) => store.path('layers', d.slice(7))).reverse();
+/** `user[:group]` to ids through the image view; a bad user is the build's error (EBUILD). */
+async function buildUserIds(view: ImageView, spec: string): Promise<{ uid: number; gid: number }> {
+  let ids: { uid: number; gid: number };
+  try {
+    ids = await userIds(view, spec);
+  } catch (e) {
+    throw new Error((e as Error).message, { cause: e });
   }
-
-  /** The topmost object at `parts` (symlinks not followed), or null. */
-  lookup(parts: string[]): { st: Stats; host: string } | null {
-    let layers = this.dirs;
-    let found: { st: Stats; host: string } | null = null;
-    for (let i = 0; i < parts.length; i++) {
-      const rel = parts.slice(0, i + 1).join('/');
-      found = null;
-      const below: string[] = [];
-      for (const L of layers) {
-        let st: Stats;
-        try {
-          st = lstatSync(join(L, rel));
-        } catch {
-          continue;
-        }
-        if (!found) found = { st, host: join(L, rel) };
-        if (!st.isDirectory()) break; // hides this name in every layer below
-        below.push(L);
-      }
-      if (!found || (found.st.isCharacterDevice() && found.st.rdev === 0)) return null;
-      if (i < parts.length - 1 && !found.st.isDirectory()) return null;
-      layers = below;
-    }
-    // The root: always a directory (the top layer's own root stands for it).
-    return found ?? (parts.length === 0 && this.dirs[0] ? { st: lstatSync(this.dirs[0]), host: this.dirs[0] } : null);
-  }
-
-  /** Resolves symlinks inside the image (scoped to its root): the real path's components. */
-  resolve(path: string, followLast: boolean): string[] {
-    let todo = path.split('/').filter((p) => p !== '' && p !== '.');
-    let done: string[] = [];
-    for (let hops = 0; todo.length > 0; ) {
-      const name = todo.shift()!;
-      if (name === '..') {
-        done.pop();
-        continue;
-      }
-      const cand = [...done, name];
-      const f = this.lookup(cand);
-      if (f && f.st.isSymbolicLink() && (todo.length > 0 || followLast)) {
-        if (++hops > 40) throw new Error(`too many symlinks resolving ${path} in the image`);
-        const target = readlinkSync(f.host);
-        if (target.startsWith('/')) done = [];
-        todo = [...target.split('/').filter((p) => p !== '' && p !== '.'), ...todo];
-        continue;
-      }
-      done = cand;
-      if (!f) return [...done, ...todo.filter((p) => p !== '..')];
-    }
-    return done;
-  }
-
-  readFile(path: string): string | null {
-    const f = this.lookup(this.resolve(path, true));
-    if (!f || !f.st.isFile()) return null;
-    try {
-      return readFileSync(f.host, 'utf8');
-    } catch {
-      return null;
-    }
-  }
-}
-
-/** `user[:group]` (names or numbers) to ids, through the image's /etc/passwd and /etc/group. */
-function userIds(view: ImageView, spec: string): { uid: number; gid: number } {
-  const [u, g] = spec.split(':') as [string, string | undefined];
-  const find = (file: string, name: string) => {
-    for (const line of (view.readFile(file) ?? '').split('\n')) {
-      const f = line.split(':');
-      if (f[0] === name && f.length >= 4) return f;
-    }
-    return null;
-  };
-  let uid: number;
-  let gid: number | undefined;
-  if (/^\d+$/.test(u)) uid = Number(u);
-  else {
-    const f = find('/etc/passwd', u);
-    if (!f) throw new Error(`no user ${JSON.stringify(u)} in the image's /etc/passwd`);
-    uid = Number(f[2]);
-    gid = Number(f[3]);
-  }
-  if (g !== undefined && g !== '') {
-    if (/^\d+$/.test(g)) gid = Number(g);
-    else {
-      const f = find('/etc/group', g);
-      if (!f) throw new Error(`no group ${JSON.stringify(g)} in the image's /etc/group`);
-      gid = Number(f[2]);
-    }
-  }
-  gid ??= uid;
-  if (!(uid >= 0 && uid < ID_LIMIT && gid >= 0 && gid < ID_LIMIT)) throw new Error(`${spec}: ids must be below ${ID_LIMIT}`);
-  return { uid, gid };
+  if (!(ids.uid < ID_LIMIT && ids.gid < ID_LIMIT)) throw new Error(`${spec}: ids must be below ${ID_LIMIT}`);
+  return ids;
 }
 
 /**
@@ -534,11 +445,11 @@ function userIds(view: ImageView, spec: string): { uid: number; gid: number } {
  * written yet: an image directory keeps its metadata (else the new layer would change it),
  * a new one is 0755 and owned by `owner`.
  */
-function ensureDirs(tar: LayerTar, view: ImageView, shift: { uid: number; gid: number } | null, parts: string[], owner: { uid: number; gid: number }, now: number): void {
+async function ensureDirs(tar: LayerTar, view: ImageView, shift: { uid: number; gid: number } | null, parts: string[], owner: { uid: number; gid: number }, now: number): Promise<void> {
   for (let i = 1; i <= parts.length; i++) {
     const rel = parts.slice(0, i).join('/');
     if (tar.hasDir(rel)) continue;
-    const f = view.lookup(parts.slice(0, i));
+    const f = await view.lookup(parts.slice(0, i));
     if (f && f.st.isDirectory()) {
       tar.add({ path: rel, type: 'dir', mode: f.st.mode & 0o7777, uid: shift ? f.st.uid - shift.uid : 0, gid: shift ? f.st.gid - shift.gid : 0, mtime: Math.floor(f.st.mtimeMs / 1000) });
     } else {
@@ -547,24 +458,24 @@ function ensureDirs(tar: LayerTar, view: ImageView, shift: { uid: number; gid: n
   }
 }
 
-function userOwner(view: ImageView, state: State): { uid: number; gid: number } {
+async function userOwner(view: ImageView, state: State): Promise<{ uid: number; gid: number }> {
   const u = state.base.config.config?.User;
   if (typeof u !== 'string' || u === '') return { uid: 0, gid: 0 };
   try {
-    return userIds(view, u);
+    return await buildUserIds(view, u);
   } catch {
     return { uid: 0, gid: 0 };
   }
 }
 
 async function workdirLayer(ctx: Ctx, state: State, dir: string): Promise<PendingLayer | null> {
-  const view = new ImageView(ctx.store, state.base.layers);
-  const parts = view.resolve(dir, true);
-  const f = view.lookup(parts);
+  const view = ImageView.of(ctx.store, state.base.layers, 'the base image');
+  const parts = await view.resolve(dir, true);
+  const f = await view.lookup(parts);
   if (f && f.st.isDirectory()) return null;
   if (f) throw new Error(`WORKDIR ${dir} exists in the image and is not a directory`);
   const tar = new LayerTar(ctx.op);
-  ensureDirs(tar, view, ctx.store.shift(), parts, userOwner(view, state), Math.floor(Date.now() / 1000));
+  await ensureDirs(tar, view, ctx.store.shift(), parts, await userOwner(view, state), Math.floor(Date.now() / 1000));
   return tar.toLayer(ctx.store, ctx.op, `WORKDIR ${dir}`);
 }
 
@@ -765,22 +676,24 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
   const flags = [chown !== undefined ? `--chown=${chown}` : '', chmod !== undefined ? `--chmod=${chmod.toString(8)}` : ''].filter(Boolean).join(' ');
   const createdBy = `${ins.keyword} ${flags ? `${flags} ` : ''}${srcs.map((s) => s.rel).join(' ')} ${destAbs}${dest.endsWith('/') && destAbs !== '/' ? '/' : ''}`;
   const layer = async (): Promise<PendingLayer | null> => {
-    const view = new ImageView(ctx.store, state.base.layers);
-    const owner = chown !== undefined ? userIds(view, chown) : { uid: 0, gid: 0 };
+    const view = ImageView.of(ctx.store, state.base.layers, 'the base image');
+    const owner = chown !== undefined ? await buildUserIds(view, chown) : { uid: 0, gid: 0 };
     const tar = new LayerTar(ctx.op);
     const now = Math.floor(Date.now() / 1000);
     const shift = ctx.store.shift();
-    const destParts = view.resolve(destAbs, true);
-    const existing = view.lookup(destParts);
+    const destParts = await view.resolve(destAbs, true);
+    const existing = await view.lookup(destParts);
     const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
     if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
     const meta = (st: Stats) => ({ mode: chmod ?? st.mode & 0o7777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
+    noWhiteout(ins, destParts.join('/'));
     const emitTree = async (abs: string, parts: string[]): Promise<void> => {
       for (const n of (await fsp.readdir(abs)).sort()) {
         const p = join(abs, n);
         if (ctx.ignored(relative(ctx.context!, p).split(sep).join('/'))) continue;
         const st = await fsp.lstat(p);
         const rel = [...parts, n].join('/');
+        noWhiteout(ins, rel);
         if (st.isDirectory()) {
           tar.add({ path: rel, type: 'dir', ...meta(st) });
           await emitTree(p, [...parts, n]);
@@ -791,6 +704,7 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
       }
     };
     const emitFile = async (abs: string, rel: string) => {
+      noWhiteout(ins, rel);
       const fh = await fsp.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         const now2 = await fh.stat();
@@ -804,21 +718,32 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     for (const s of srcs) {
       const st = statSync(s.abs);
       if (st.isDirectory()) {
-        ensureDirs(tar, view, shift, destParts, owner, now);
+        await ensureDirs(tar, view, shift, destParts, owner, now);
         await emitTree(s.abs, destParts);
       } else if (add && (await isArchive(s.abs))) {
-        ensureDirs(tar, view, shift, destParts, owner, now);
+        await ensureDirs(tar, view, shift, destParts, owner, now);
         await addArchive(ctx, ins, tar, s, destParts, chown !== undefined ? owner : null, chmod);
       } else {
-        const target = intoDir ? [...destParts, s.rel.split('/').pop()!] : view.resolve(destAbs, false);
+        const target = intoDir ? [...destParts, s.rel.split('/').pop()!] : await view.resolve(destAbs, false);
         if (target.length === 0) throw buildError(ins, `cannot copy the file ${JSON.stringify(s.rel)} over the root directory`);
-        ensureDirs(tar, view, shift, target.slice(0, -1), owner, now);
+        await ensureDirs(tar, view, shift, target.slice(0, -1), owner, now);
         await emitFile(s.abs, target.join('/'));
       }
     }
     return tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (${ins.keyword})`);
   };
   return { createdBy, hash, layer };
+}
+
+/**
+ * A name starting with `.wh.` in a layer is a whiteout: written by COPY or ADD it would delete
+ * or hide the base image's files when the layer is extracted. Refused, as in an archive ADD.
+ */
+function noWhiteout(ins: Instruction, rel: string): void {
+  const name = rel.split('/').find((p) => p.startsWith('.wh.'));
+  if (name !== undefined) {
+    throw buildError(ins, `${JSON.stringify(rel)}: the name ${JSON.stringify(name)} starts with .wh., which marks a whiteout in an image layer; rename it or exclude it in .dockerignore`);
+  }
 }
 
 /** A local tar for ADD: plain, gzip or zstd (bzip2 and xz are refused when extracted). */

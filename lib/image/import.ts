@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join, posix } from 'node:path';
@@ -19,7 +20,7 @@ import {
 } from './oci.js';
 import { LayerExtractor, bad, readTar, type LayerStats } from './tar.js';
 import { MEDIA, type BlobRef, type ImageConfig, type Progress } from './types.js';
-import type { ImageStore, Op } from './store.js';
+import { tagProblem, type ImageStore, type Op } from './store.js';
 
 /** A layer ready to be moved into the store. */
 export interface PendingLayer {
@@ -50,9 +51,15 @@ const MAX_JSON = 4 * 1024 * 1024;
 let seq = 0;
 
 /**
- * Extracts one layer into the op dir, keeping a copy of the blob, and checks what the
- * caller expects (blob digest and size, diff id). When the diff id is known and the store
- * has the layer, the blob is only verified and kept.
+ * Verifies one layer blob, then extracts it into the op dir. When the caller expects a digest,
+ * size or diff id (every blob of an image archive or a pull), two passes: the first copies the
+ * blob into the op dir (a 0600 file of hutch's own) while hashing it, and the checks run — a
+ * blob that fails is refused before any of it is extracted; the second extracts from that
+ * verified copy, never from the source again. With a blob digest the first pass hashes the
+ * raw bytes only (the digest authenticates the blob; its diff id is checked as the second pass
+ * extracts it, in the op dir); without one (docker save) it also decompresses to check the diff
+ * id first. A layer the store already has (same diff id) is only verified and kept. With
+ * nothing to check against (hutch's own layers: commit, builtins) one pass extracts.
  */
 export async function extractLayer(
   store: ImageStore,
@@ -62,59 +69,81 @@ export async function extractLayer(
 ): Promise<PendingLayer> {
   const n = seq++;
   const blobFile = join(op.dir, `b-${n}`);
-  const fd = openSync(blobFile, 'wx', 0o600);
-  let fdOpen = true;
-  const closeFd = () => {
-    if (fdOpen) {
-      fdOpen = false;
-      closeSync(fd);
-    }
-  };
+  const tree = join(op.dir, `l-${n}`);
   const source = typeof chunks === 'function' ? chunks() : chunks;
   const expectDiffHex = o.expectDiffId === undefined ? undefined : digestHex(o.expectDiffId, `${o.label} diff id`);
-  const present = expectDiffHex !== undefined && store.hasLayer(expectDiffHex) && (await op.pin(expectDiffHex));
-  let tree: string | null = null;
-  let stats: LayerStats | null = null;
+  const verifyFirst = o.expectDigest !== undefined || o.expectSize !== undefined || expectDiffHex !== undefined;
+  const rawOnly = o.expectDigest !== undefined;
+  const total = o.expectSize !== undefined ? { total: o.expectSize } : {};
+  const blobReading = (from: AsyncIterable<Buffer>, compression: Compression | undefined, onRaw: (c: Buffer) => void, hashRaw = true) =>
+    openBlob(from, { compression, maxBytes: store.limits.maxBytes, label: o.label, onRaw, hashRaw });
+  const extract = async (plain: AsyncIterable<Buffer>): Promise<LayerStats> => {
+    const ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
+    try {
+      await readTar(plain, (e) => ex.entry(e), o.label);
+      return await ex.finish();
+    } finally {
+      ex.close();
+    }
+  };
+  const diffMismatch = (hex: string) => new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${hex}, the config says ${o.expectDiffId}`);
+
+  // Pass 1: the copy, the hashes and (with nothing to verify) the extraction.
+  const raw = { hash: createHash('sha256'), bytes: 0 };
   let reading: BlobReading | undefined;
-  let ex: LayerExtractor | undefined;
+  let stats: LayerStats | null = null;
+  const fd = openSync(blobFile, 'wx', 0o600);
+  const keep = (c: Buffer) => {
+    raw.bytes += c.length;
+    if (o.expectSize !== undefined && raw.bytes > o.expectSize) {
+      // A source that sends more than the descriptor says is cut off here, not read to its end.
+      throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
+    }
+    raw.hash.update(c);
+    let off = 0;
+    while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+    o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: raw.bytes, ...total });
+  };
   try {
-    reading = await openBlob(source, {
-      compression: o.compression,
-      maxBytes: store.limits.maxBytes,
-      label: o.label,
-      onRaw: (c) => {
-        let off = 0;
-        while (off < c.length) off += writeSync(fd, c, off, c.length - off);
-        o.onProgress?.({ phase: present ? 'verify' : 'extract', current: reading ? reading.raw.bytes : 0, ...(o.expectSize !== undefined ? { total: o.expectSize } : {}) });
-      },
-    });
-    if (present) {
-      for await (const _ of reading.plain) void _;
-    } else {
-      tree = join(op.dir, `l-${n}`);
-      ex = new LayerExtractor(tree, { shift: store.shift(), limits: store.limits, label: o.label });
-      const x = ex;
-      await readTar(reading.plain, (e) => x.entry(e), o.label);
-      stats = await x.finish();
+    if (rawOnly) for await (const c of source) keep(c);
+    else {
+      reading = await blobReading(source, o.compression, keep);
+      if (verifyFirst) for await (const _ of reading.plain) void _;
+      else stats = await extract(reading.plain);
     }
   } finally {
-    ex?.close();
-    closeFd();
+    closeSync(fd);
   }
-  const digest = `sha256:${reading.raw.hash.digest('hex')}`;
-  const diffHex = reading.diff.hash.digest('hex');
+  const digest = `sha256:${raw.hash.digest('hex')}`;
+  let diffHex = reading?.diff.hash.digest('hex');
+  if (o.expectSize !== undefined && raw.bytes !== o.expectSize) {
+    throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${raw.bytes} bytes, the manifest says ${o.expectSize}`);
+  }
   if (o.expectDigest !== undefined && digest !== o.expectDigest) {
     throw new HutchError('EBADIMAGE', `${o.label}: digest mismatch: the blob hashes to ${digest}, the manifest says ${o.expectDigest}`);
   }
-  if (o.expectSize !== undefined && reading.raw.bytes !== o.expectSize) {
-    throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has ${reading.raw.bytes} bytes, the manifest says ${o.expectSize}`);
-  }
-  if (expectDiffHex !== undefined && diffHex !== expectDiffHex) {
-    throw new HutchError('EBADIMAGE', `${o.label}: diff id mismatch: the layer hashes to sha256:${diffHex}, the config says ${o.expectDiffId}`);
-  }
-  const mediaType =
-    o.mediaType ?? (reading.compression === 'gzip' ? MEDIA.ociLayerGzip : reading.compression === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer);
-  return { diffHex, blob: { digest, size: reading.raw.bytes, mediaType }, blobFile, tree, stats };
+  if (expectDiffHex !== undefined && diffHex !== undefined && diffHex !== expectDiffHex) throw diffMismatch(diffHex);
+  const blob = (c: Compression) => ({
+    digest,
+    size: raw.bytes,
+    mediaType: o.mediaType ?? (c === 'gzip' ? MEDIA.ociLayerGzip : c === 'zstd' ? MEDIA.ociLayerZstd : MEDIA.ociLayer),
+  });
+  if (!verifyFirst) return { diffHex: diffHex!, blob: blob(reading!.compression), blobFile, tree, stats };
+
+  // Pass 2: from the verified copy. A layer the store has is only checked against its diff id.
+  const present = expectDiffHex !== undefined && store.hasLayer(expectDiffHex) && (await op.pin(expectDiffHex));
+  if (present && diffHex !== undefined) return { diffHex, blob: blob(reading!.compression), blobFile, tree: null, stats: null };
+  const again = await blobReading(fileChunks(blobFile), o.compression ?? reading?.compression, () =>
+    o.onProgress?.({ phase: present ? 'verify' : 'extract', current: again ? again.raw.bytes : 0, ...total }),
+    false,
+  );
+  if (present) for await (const _ of again.plain) void _;
+  else stats = await extract(again.plain);
+  const hex = again.diff.hash.digest('hex');
+  if (expectDiffHex !== undefined && hex !== expectDiffHex) throw diffMismatch(hex);
+  if (diffHex !== undefined && hex !== diffHex) throw new HutchError('EBADIMAGE', `${o.label}: the verified copy of the blob changed while it was extracted`);
+  diffHex = hex;
+  return { diffHex, blob: blob(again.compression), blobFile, tree: present ? null : tree, stats: present ? null : stats };
 }
 
 /** An image made of one rootfs layer, with a synthesized config. */
@@ -211,7 +240,10 @@ async function locate(dir: string, rel: string, confined: boolean, what: string)
   if (rel.startsWith('/') || parts.includes('..')) throw bad(what, rel, 'points outside the image');
   if (!confined) {
     const p = join(dir, ...parts);
-    if (!(await exists(p))) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing`, { path: rel });
+    const st = await fsp.stat(p).catch(() => undefined);
+    if (!st) throw new HutchError('EBADIMAGE', `${what}: ${JSON.stringify(rel)} is missing`, { path: rel });
+    // A FIFO or device would hold a reader (a pool thread) for as long as its writer likes.
+    if (!st.isFile()) throw bad(what, rel, 'is not a regular file');
     return p;
   }
   let cur = parts.join('/');
@@ -279,8 +311,11 @@ async function exists(p: string): Promise<boolean> {
 export async function importDir(store: ImageStore, op: Op, dir: string, confined: boolean, onProgress: OnProgress): Promise<PendingImage> {
   const what = confined ? 'image archive' : dir;
   if (await exists(join(dir, 'index.json'))) {
+    // A docker save archive in OCI form: its RepoTags name the image (checked before any layer is read).
+    const entry = (await exists(join(dir, 'manifest.json'))) ? await dockerManifest(dir, confined, what).catch(() => undefined) : undefined;
+    const tags = entry ? dockerTags(entry, what) : [];
     const img = await importOci(store, op, dir, confined, what, onProgress);
-    if (await exists(join(dir, 'manifest.json'))) img.tags = await dockerTags(dir, confined, what).catch(() => []);
+    img.tags = tags;
     return img;
   }
   if (await exists(join(dir, 'manifest.json'))) return importDocker(store, op, dir, confined, what, onProgress);
@@ -377,13 +412,28 @@ async function dockerManifest(dir: string, confined: boolean, what: string): Pro
   return list[0] as DockerEntry;
 }
 
-async function dockerTags(dir: string, confined: boolean, what: string): Promise<string[]> {
-  const e = await dockerManifest(dir, confined, what);
-  return Array.isArray(e.RepoTags) ? e.RepoTags.filter((t): t is string => typeof t === 'string' && /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/.test(t)) : [];
+/**
+ * The RepoTags of a docker save entry, each checked as ImageStore.tag checks a tag: one that
+ * reads as an image id (`sha256:<hex>`, a hex prefix) or a builtin's name would redirect
+ * references to another image, so the archive is refused, naming the tag.
+ */
+function dockerTags(e: DockerEntry, what: string): string[] {
+  if (e.RepoTags === undefined || e.RepoTags === null) return [];
+  if (!Array.isArray(e.RepoTags)) throw new HutchError('EBADIMAGE', `${what}: manifest.json's RepoTags is not a list`);
+  for (const t of e.RepoTags) {
+    const problem = tagProblem(t);
+    if (problem) {
+      throw new HutchError('EBADIMAGE', `${what}: manifest.json's RepoTags holds ${JSON.stringify(t)}, refused: a tag must be ${problem}`, {
+        hint: 'remove that tag from the archive (docker save of a tagged image, not of an id) and import again',
+      });
+    }
+  }
+  return e.RepoTags as string[];
 }
 
 async function importDocker(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
   const e = await dockerManifest(dir, confined, what);
+  const tags = dockerTags(e, what);
   if (typeof e.Config !== 'string') throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Config`);
   if (!Array.isArray(e.Layers) || !e.Layers.every((l) => typeof l === 'string')) throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Layers list`);
   const configBytes = await readSmall(await locate(dir, e.Config, confined, what), what, e.Config);
@@ -398,7 +448,10 @@ async function importDocker(store: ImageStore, op: Op, dir: string, confined: bo
   for (const [i, rel] of names.entries()) {
     const label = `${what} layer ${rel}`;
     const path = await locate(dir, rel, confined, label);
+    // docker 25+ names layers by their digest (blobs/sha256/<hex>): that digest is checked too.
+    const named = /(?:^|\/)blobs\/sha256\/([0-9a-f]{64})$/.exec(rel);
     const l = await extractLayer(store, op, fileChunks(path), {
+      ...(named ? { expectDigest: `sha256:${named[1]}` } : {}),
       expectDiffId: ids[i]!,
       label,
       onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${p.phase} layer ${i + 1}/${names.length}` })),
@@ -413,7 +466,7 @@ async function importDocker(store: ImageStore, op: Op, dir: string, confined: bo
     configMediaType: MEDIA.dockerConfig,
     config: toImageConfig(config, `${what} ${e.Config}`),
     layers,
-    tags: await dockerTags(dir, confined, what),
+    tags,
     hostBinds: [],
   };
 }

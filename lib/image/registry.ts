@@ -169,6 +169,9 @@ async function getManifest(c: Client, ref: Reference, reference: string): Promis
   const body = await readLimited(res, ref);
   const digest = `sha256:${sha256hex(body)}`;
   if (reference.startsWith('sha256:') && digest !== reference) throw regError(ref, `manifest digest mismatch: got ${digest}, asked for ${reference}`, res.status);
+  // By tag, the digest the registry names for what it sent must be what it sent.
+  const claimed = res.headers.get('docker-content-digest');
+  if (claimed && claimed.startsWith('sha256:') && claimed !== digest) throw regError(ref, `manifest digest mismatch: got ${digest}, the registry says ${claimed}`, res.status);
   const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
   let parsed: { mediaType?: string };
   try {
@@ -191,6 +194,7 @@ export async function pull(store: ImageStore, text: string, o: RegistryOptions):
       if (depth > 4) throw regError(ref, 'manifest lists nested too deep');
       const desc = pickManifest(JSON.parse(m.body.toString('utf8')), `${text} manifest list`);
       m = await getManifest(c, ref, desc.digest);
+      if (m.body.length !== desc.size) throw regError(ref, `manifest ${desc.digest}: size mismatch: the registry sent ${m.body.length} bytes, the list says ${desc.size}`);
     }
     if (!MANIFEST_TYPES.has(m.mediaType)) throw regError(ref, `manifest media type ${JSON.stringify(m.mediaType)} is not an image manifest`);
     const blob = async (d: Descriptor, what: string) => {
@@ -204,7 +208,8 @@ export async function pull(store: ImageStore, text: string, o: RegistryOptions):
       `${text} manifest ${m.digest}`,
       async (d, what) => {
         const buf = await readLimited(await blob(d, what), ref);
-        if (`sha256:${sha256hex(buf)}` !== d.digest) throw regError(ref, `${what}: digest mismatch`);
+        if (buf.length !== d.size) throw regError(ref, `${what}: size mismatch: the registry sent ${buf.length} bytes, the manifest says ${d.size}`);
+        if (`sha256:${sha256hex(buf)}` !== d.digest) throw regError(ref, `${what}: digest mismatch: the registry sent sha256:${sha256hex(buf)}, the manifest says ${d.digest}`);
         return buf;
       },
       async (d, what) => {

@@ -45,6 +45,23 @@ export interface ImageStoreOptions {
 const ID_PREFIX = /^[0-9a-f]{12,64}$/;
 const TAG = /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/;
 
+/**
+ * Why `tag` cannot name an image, or undefined when it can. A tag must never read as an id
+ * (`sha256:<hex>`, 12 to 64 hex digits) or a builtin's name: lookups try ids first, and a tag
+ * shaped like another image's id would otherwise redirect a reference by id.
+ */
+export function tagProblem(tag: unknown): string | undefined {
+  if (typeof tag !== 'string' || !TAG.test(tag)) return "a name like 'app' or 'app:1.0' (letters, digits, . _ / : @ + -)";
+  if (tag.startsWith('sha256:') || ID_PREFIX.test(tag)) return "a name that is not an image id ('sha256:<hex>' or 12 to 64 hex digits)";
+  if ((BUILTINS as readonly string[]).includes(tag)) return `a name other than the builtin images ${BUILTINS.join(', ')}`;
+  return undefined;
+}
+
+/** True when `ref` has the shape of an image id: such a reference never resolves through tags. */
+function idShaped(ref: string): boolean {
+  return (ref.startsWith('sha256:') && HEX64.test(ref.slice(7))) || ID_PREFIX.test(ref);
+}
+
 /** A filesystem failure of the store (a full disk, EMFILE...) as a HutchError keeping the cause. */
 function storeFailure(root: string, what: string, e: unknown): unknown {
   if (HutchError.is(e)) return e;
@@ -219,22 +236,26 @@ export class ImageStore {
     return out;
   }
 
-  /** Finds the image hex for a ref without creating builtins. */
+  /**
+   * Finds the image hex for a ref without creating builtins. Ids come before tags, and a ref
+   * shaped like an id never resolves through a tag (a tag made before tags were checked, or
+   * planted by an old archive, cannot take over an id).
+   */
   private async lookup(ref: string, tags: Record<string, string>): Promise<string | undefined> {
+    if (idShaped(ref)) {
+      const hex = ref.startsWith('sha256:') ? ref.slice(7) : ref;
+      if (hex.length === 64) return (await this.readRecord(hex)) ? hex : undefined;
+      const names = (await fsp.readdir(this.path('images'))).filter((n) => n.endsWith('.json') && n.startsWith(hex));
+      if (names.length > 1) {
+        throw new HutchError('ENOIMAGE', `image id prefix ${ref} is ambiguous (${names.length} images); give more digits`);
+      }
+      return names.length === 1 ? names[0]!.slice(0, 64) : undefined;
+    }
     for (const t of ImageStore.tagCandidates(ref)) {
       const id = tags[t];
       if (id && (await this.readRecord(id.slice(7)))) return id.slice(7);
     }
-    let hex: string | undefined;
-    if (ref.startsWith('sha256:')) hex = ref.slice(7);
-    else if (ID_PREFIX.test(ref)) hex = ref;
-    if (hex === undefined || !ID_PREFIX.test(hex)) return undefined;
-    if (hex.length === 64) return (await this.readRecord(hex)) ? hex : undefined;
-    const names = (await fsp.readdir(this.path('images'))).filter((n) => n.endsWith('.json') && n.startsWith(hex!));
-    if (names.length > 1) {
-      throw new HutchError('ENOIMAGE', `image id prefix ${ref} is ambiguous (${names.length} images); give more digits`);
-    }
-    return names.length === 1 ? names[0]!.slice(0, 64) : undefined;
+    return undefined;
   }
 
   private async find(ref: string): Promise<ImageRecord> {
@@ -419,12 +440,8 @@ export class ImageStore {
 
   /** @internal */
   checkTag(tag: unknown): asserts tag is string {
-    if (typeof tag !== 'string' || !TAG.test(tag) || tag.startsWith('sha256:') || ID_PREFIX.test(tag)) {
-      throw invalid('tag', "a name like 'app' or 'app:1.0' (letters, digits, . _ / : @ + -; not an id)", tag);
-    }
-    if ((BUILTINS as readonly string[]).includes(tag)) {
-      throw invalid('tag', `a name other than the builtin images ${BUILTINS.join(', ')}`, tag);
-    }
+    const problem = tagProblem(tag);
+    if (problem) throw invalid('tag', problem, tag);
   }
 
   /**
@@ -476,7 +493,7 @@ export class ImageStore {
       if (!hex) throw new HutchError('ENOIMAGE', `no image ${JSON.stringify(ref)} in the store ${this.root}`);
       const id = `sha256:${hex}`;
       const tagged = Object.keys(tags).filter((t) => tags[t] === id);
-      const byTag = ImageStore.tagCandidates(ref).find((t) => tags[t] === id);
+      const byTag = idShaped(ref) ? undefined : ImageStore.tagCandidates(ref).find((t) => tags[t] === id);
       if (byTag && tagged.length > 1) {
         delete tags[byTag];
         await this.writeJson(this.path('tags.json'), tags);
@@ -727,6 +744,11 @@ export class ImageStore {
    * under the lock. Layers another process finished first are kept and ours discarded.
    */
   async commit(op: Op, p: PendingImage): Promise<Image> {
+    for (const t of p.tags) {
+      // Every tag an import, pull or build brings is checked as tag() checks it (a builtin tags itself).
+      const problem = p.builtin === t ? undefined : tagProblem(t);
+      if (problem) throw new HutchError('EBADIMAGE', `the image's tag ${JSON.stringify(t)} is refused: a tag must be ${problem}`, { hint: 'drop or rename the tag (RepoTags of a docker save archive) and import again' });
+    }
     const idHex = p.configDigest.slice(7);
     const created = new Date().toISOString();
     return this.lock.run(async () => {
