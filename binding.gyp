@@ -11,6 +11,7 @@
         "addon/pidfd.cc",
         "addon/fdpass.cc",
         "addon/rootio.cc",
+        "addon/upperio.cc",
         "addon/netlink.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

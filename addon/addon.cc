@@ -39,6 +39,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   InitWatch(env, exports);
   InitNetlink(env, exports);
+  InitUpperIo(env, exports);
   return exports;
 }
 
