@@ -359,6 +359,9 @@ export class V1Cgroup implements SandboxCgroup {
     }
     // Tasks the caller joined to the v1 cgroups only (not via CLONE_INTO_CGROUP) are not in the cgroup2 leaf.
     for (const f of this.procsFiles) killListed(f);
+    // A task frozen by the v1 freezer takes no signal until thawed (cgroup2's freezer lets
+    // SIGKILL through): thaw after the kill, so it dies at once.
+    if (this.byCtrl.freezer && existsSync(this.byCtrl.freezer)) writeControl(this.byCtrl.freezer, 'freezer.state', 'THAWED');
   }
 
   /** cgroup.freeze of the cgroup2 leaf (hybrid), else the v1 freezer leaf, else none. */
