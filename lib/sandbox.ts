@@ -668,7 +668,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       upperDir: `/proc/${this.pid}/fd/4/upper`,
       hostIds: { uid: this.ids.uid, gid: this.ids.gid },
       hold: { freeze: () => cg.freeze(), thaw: () => cg.thaw() },
-      ...(diskBytes !== null ? { cap: { bytes: diskBytes, what: `the sandbox's disk limit, limits.disk ${diskBytes}` } } : {}),
+      ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
   }

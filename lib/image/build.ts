@@ -15,7 +15,7 @@ import type { NetworkOptions } from '../network/options.js';
 import { Sandbox } from '../sandbox.js';
 import { fileChunks, openBlob, sniff } from './blob.js';
 import {
-  LayerTar, baseOf, childImage, copyData, scratchBase, writeUpper, type BaseImage, type OciConfig,
+  LayerTar, baseOf, childImage, copyData, layerCap, scratchBase, writeUpper, type BaseImage, type OciConfig,
 } from './commit.js';
 import {
   buildError, jsonForm, keyValues, parseDockerfile, processWord, processWords, type Instruction,
@@ -435,7 +435,7 @@ async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[]
           const was = own.get(rel);
           return was !== undefined && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.size === st.size;
         },
-        cap: { bytes: ctx.store.limits.maxBytes, what: `the store's layer cap, maxLayerBytes ${ctx.store.limits.maxBytes}` },
+        cap: layerCap(ctx.store, ctx.o.limits?.disk !== undefined ? resolveLimits(ctx.o.limits).diskBytes : null),
       });
     } catch (e) {
       tar.discard();

@@ -533,8 +533,17 @@ export interface CommitOptions {
    * when reading it failed.
    */
   hold?: { freeze(): Promise<void>; thaw(): Promise<void> };
-  /** A cap on the layer's file data below the store's (a sandbox's disk limit), and its name. */
-  cap?: { bytes: number; what: string };
+  /** A cap on the layer's file data below the store's: the sandbox's disk limit. */
+  cap?: { bytes: number };
+}
+
+/**
+ * What one commit or build step may write (file data, holes not counted): the store's layer
+ * cap (maxLayerBytes), or the sandbox's disk limit when that is lower.
+ */
+export function layerCap(store: ImageStore, diskBytes: number | null): { bytes: number; what: string } {
+  if (diskBytes !== null && diskBytes < store.limits.maxBytes) return { bytes: diskBytes, what: `the sandbox's disk limit, limits.disk ${diskBytes}` };
+  return { bytes: store.limits.maxBytes, what: `the store's layer cap, maxLayerBytes ${store.limits.maxBytes}` };
 }
 
 /** See ImageStore.commitUpper. */
@@ -547,7 +556,7 @@ export async function commitUpper(store: ImageStore, o: CommitOptions): Promise<
   const base = await baseOf(store, o.base);
   const op = await store.beginOp();
   try {
-    const cap = o.cap && o.cap.bytes < store.limits.maxBytes ? o.cap : { bytes: store.limits.maxBytes, what: `the store's layer cap, maxLayerBytes ${store.limits.maxBytes}` };
+    const cap = layerCap(store, o.cap?.bytes ?? null);
     const tar = new LayerTar(op);
     try {
       await o.hold?.freeze();
