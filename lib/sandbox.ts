@@ -635,10 +635,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   /**
    * The writable layer becomes a new image layer: a new image in the sandbox's store, the
    * sandbox's image plus what was changed in it (deletions included). The sandbox goes on
-   * running. docs/images.md, "Commit".
+   * running; it is frozen (cgroup freezer) while its writable layer is read, and thawed
+   * after. Files with holes keep them. docs/images.md, "Commit".
    *
    * @param options `tag`: a name for the new image, such as `'app:1.0'`.
-   * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag).
+   * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag), `ESTORE` with errno `EFBIG` (more
+   * file data than the store's layer cap or the sandbox's disk limit; nothing is kept),
+   * `EUNSUPPORTED` (no cgroup freezer for this sandbox).
    *
    * @example
    * ```ts
@@ -661,13 +664,18 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       throw new HutchError('EUNSUPPORTED', 'commit is not supported on this host: it freezes the sandbox (cgroup freezer) while reading its writable layer, and this sandbox has no cgroup; give hutch a cgroup (a delegated cgroup v2 subtree or HUTCH_CGROUP_PARENT)');
     }
     const diskBytes = this.opts.limits.diskBytes;
+    let froze = false;
     // init holds the scratch tmpfs open as its fd 4: the upper dir is reachable from here
     // while the sandbox runs, and nowhere else.
     return this.store.commitUpper({
       base: this.image.image,
       upperDir: `/proc/${this.pid}/fd/4/upper`,
       hostIds: { uid: this.ids.uid, gid: this.ids.gid },
-      hold: { freeze: () => cg.freeze(), thaw: () => cg.thaw() },
+      // A sandbox frozen already (paused) stays so: only what this commit froze is thawed.
+      hold: {
+        freeze: async () => void (froze = await cg.freeze()),
+        thaw: async () => (froze ? cg.thaw() : undefined),
+      },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });

@@ -50,8 +50,8 @@ async function checkFreezes(cg: SandboxCgroup, frozen: () => boolean, join: (pid
     join(child.pid!);
     child.stdin!.write('go\n');
     await expect.poll(() => ticks(child.pid!), { timeout: 5000 }).toBeGreaterThan(5);
-    await cg.freeze();
-    await cg.freeze(); // idempotent
+    expect(await cg.freeze()).toBe(true);
+    expect(await cg.freeze()).toBe(false); // idempotent, and says it was frozen already
     expect(frozen()).toBe(true);
     const a = ticks(child.pid!);
     await sleep(300);

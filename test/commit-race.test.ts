@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
+import type { SandboxCgroup } from '../lib/cgroup/driver.js';
 import { isRoot, needs } from './helpers/require.js';
 
 const root = mkdtempSync('/var/tmp/hutch-test-commit-race-');
@@ -143,6 +144,14 @@ describe.skipIf(skip)('commit freezes the sandbox while it reads the layer (hole
       for (const [a, b] of seen) expect(b).toBe(a);
       const after = await counter();
       await expect.poll(counter, { timeout: 10_000 }).toBeGreaterThan(after);
+      // A sandbox frozen before the commit (paused) stays frozen after it.
+      const cg = (sb as unknown as { cgroup: SandboxCgroup }).cgroup;
+      expect(await cg.freeze()).toBe(true);
+      await sb.commit();
+      expect(await cg.freeze()).toBe(false);
+      await cg.thaw();
+      const later = await counter();
+      await expect.poll(counter, { timeout: 10_000 }).toBeGreaterThan(later);
     } finally {
       await sb.destroy();
     }

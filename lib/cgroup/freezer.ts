@@ -38,15 +38,26 @@ function isFrozen(f: Freezer): boolean {
   return (readControl(`${f.dir}/freezer.state`) ?? '').trim() === 'FROZEN';
 }
 
-/** Freezes the cgroup and resolves once every task in it is stopped. */
-export async function freezeCgroup(id: string, f: Freezer, boundMs = FREEZE_WAIT_MS): Promise<void> {
+/** Whether a freeze was asked for (done or under way): cgroup.freeze 1, or FREEZING/FROZEN. */
+function freezeRequested(f: Freezer): boolean {
+  if (f.kind === 'v2') return (readControl(`${f.dir}/cgroup.freeze`) ?? '').trim() === '1';
+  return (readControl(`${f.dir}/freezer.state`) ?? '').trim() !== 'THAWED';
+}
+
+/**
+ * Freezes the cgroup and resolves once every task in it is stopped: true when this call
+ * froze it, false when a freeze was already asked for (a caller that did not freeze it
+ * should not thaw it).
+ */
+export async function freezeCgroup(id: string, f: Freezer, boundMs = FREEZE_WAIT_MS): Promise<boolean> {
+  const already = freezeRequested(f);
   const write = () => (f.kind === 'v2' ? writeControl(f.dir, 'cgroup.freeze', '1') : writeControl(f.dir, 'freezer.state', 'FROZEN'));
   write();
   // v2 needs no retry: the kernel finishes the freeze by itself; v1 retries busy tasks on a new write.
   const ok = await waitFor(() => isFrozen(f), f.kind === 'v1' ? write : () => undefined, boundMs);
-  if (ok) return;
-  await thawCgroup(f).catch(() => undefined);
-  throw new HutchError('ESETUP', `cgroup of sandbox ${id} did not freeze within ${boundMs / 1000} s (${f.dir}); it was thawed again`, {
+  if (ok) return !already;
+  if (!already) await thawCgroup(f).catch(() => undefined);
+  throw new HutchError('ESETUP', `cgroup of sandbox ${id} did not freeze within ${boundMs / 1000} s (${f.dir}); ${already ? 'it stays frozen' : 'it was thawed again'}`, {
     step: 'cgroup',
     path: f.dir,
     hint: 'a task in uninterruptible sleep (D state, e.g. stuck NFS or FUSE I/O) cannot be frozen until its I/O ends; try again',

@@ -371,7 +371,7 @@ export class V1Cgroup implements SandboxCgroup {
     return null;
   }
 
-  freeze(): Promise<void> {
+  freeze(): Promise<boolean> {
     const f = this.freezer();
     if (f === null) {
       return Promise.reject(

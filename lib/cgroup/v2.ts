@@ -305,7 +305,7 @@ export class V2Cgroup implements SandboxCgroup {
     killListed(`${this.dir}/cgroup.procs`);
   }
 
-  freeze(): Promise<void> {
+  freeze(): Promise<boolean> {
     return freezeCgroup(this.id, { kind: 'v2', dir: this.dir });
   }
 

@@ -54,7 +54,7 @@ export interface BuildOptions {
   /** Network of the RUN sandboxes (default 'none'). */
   network?: 'none' | NetworkOptions;
   /**
-   * Limits of each RUN step's sandbox, as {@link SandboxOptions} `limits`, over the defaults for
+   * Limits of each RUN step's sandbox, as Sandbox.create's `limits`, over the defaults for
    * untrusted code (output 16MiB, pids 1024): a step past `output` or `timeoutMs` is stopped and
    * the build fails with `EBUILD` naming it.
    */
