@@ -9,9 +9,9 @@
         "addon/child_mount.cc",
         "addon/child_net.cc",
         "addon/pidfd.cc",
+        "addon/upperio.cc",
         "addon/fdpass.cc",
         "addon/rootio.cc",
-        "addon/upperio.cc",
         "addon/netlink.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

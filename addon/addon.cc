@@ -37,9 +37,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeSmall", Napi::Function::New(env, WriteSmall));
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
+  InitUpperIo(env, exports);
   InitWatch(env, exports);
   InitNetlink(env, exports);
-  InitUpperIo(env, exports);
   return exports;
 }
 
