@@ -20,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   HUTCH_STEPS(X)
 #undef X
   exports.Set("steps", steps);
+  InitUpperIo(env, exports);
   exports.Set("setInit", Napi::Function::New(env, SetInit));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
   exports.Set("spawnBlank", Napi::Function::New(env, SpawnBlank));
@@ -37,7 +38,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeSmall", Napi::Function::New(env, WriteSmall));
   exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
-  InitUpperIo(env, exports);
   InitWatch(env, exports);
   InitNetlink(env, exports);
   return exports;
