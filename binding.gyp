@@ -9,6 +9,7 @@
         "addon/child_mount.cc",
         "addon/child_net.cc",
         "addon/pidfd.cc",
+        "addon/upperio.cc",
         "addon/fdpass.cc",
         "addon/rootio.cc",
         "addon/extract.cc",

@@ -20,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   HUTCH_STEPS(X)
 #undef X
   exports.Set("steps", steps);
+  InitUpperIo(env, exports);
   exports.Set("setInit", Napi::Function::New(env, SetInit));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
   exports.Set("spawnBlank", Napi::Function::New(env, SpawnBlank));

@@ -27,7 +27,8 @@ export type HutchErrorCode =
   | 'ESETUP'
   | 'EDESTROYED'
   | 'EREGISTRY'
-  | 'EBUILD';
+  | 'EBUILD'
+  | 'ESTORE';
 
 const brand = Symbol.for('hutch.HutchError');
 

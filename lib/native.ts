@@ -86,6 +86,10 @@ export interface Native {
   /** One open/write/close: 0 or -errno. */
   writeSmall(path: string, value: string): number;
   close(fd: number): void;
+  /** addon/upperio.cc: every readable xattr of the fd's inode, or -errno. */
+  fdXattrs(fd: number): Record<string, Buffer> | number;
+  /** lseek(fd, offset, SEEK_HOLE or SEEK_DATA): the offset, or -errno (-ENXIO: no more data). */
+  seekData(fd: number, offset: number, hole: boolean): number;
   Watch: new (fd: number, cb: (status: number) => void) => Watch;
   // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.
   netlinkSocket(pid: number): number | (NativeFailure & { detail?: string });

@@ -2,7 +2,7 @@
  * The Sandbox: create (plan, clone, set up, wait for init), exec/spawn over init's control
  * socket, files, stats, destroy. API.md is the contract.
  */
-import { closeSync, constants as fsc, readSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, openSync, readSync, writeSync } from 'node:fs';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
 import { dropIdleIds, type SandboxIds } from './idrange.js';
@@ -112,6 +112,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private exitedP: Promise<void>;
   private exitedResolve!: () => void;
   private initExit: { code: number | null; signal: number | null } | null = null;
+  /** Resolves when nothing reads the writable layer any more (stopKeepingUpper); destroy frees the disk after it. */
+  private upperHeld: Promise<void> = Promise.resolve();
   private readonly seccomp: Buffer | null;
   private readonly caps: bigint;
   private readonly baseEnv: string[];
@@ -634,10 +636,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   /**
    * The writable layer becomes a new image layer: a new image in the sandbox's store, the
    * sandbox's image plus what was changed in it (deletions included). The sandbox goes on
-   * running. docs/images.md, "Commit".
+   * running; it is frozen (cgroup freezer) while its writable layer is read, and thawed
+   * after. Files with holes keep them. docs/images.md, "Commit".
    *
    * @param options `tag`: a name for the new image, such as `'app:1.0'`.
-   * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag).
+   * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag), `ESTORE` with errno `EFBIG` (more
+   * file data than the store's layer cap or the sandbox's disk limit; nothing is kept),
+   * `EUNSUPPORTED` (no cgroup freezer for this sandbox).
    *
    * @example
    * ```ts
@@ -651,14 +656,59 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   async commit(options?: { tag?: string }): Promise<Image> {
     if (this.state === 'destroyed') throw this.gone();
     if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid('options', 'an object { tag? }', options);
+    // Every process of the sandbox is frozen while its writable layer is read (and thawed
+    // after, whatever happened): a process swapping a directory for a symlink mid-walk could
+    // otherwise steer what host root reads. Without a freezer the commit is refused rather
+    // than done on a moving tree.
+    const cg = this.cgroup;
+    if (!cg) {
+      throw new HutchError('EUNSUPPORTED', 'commit is not supported on this host: it freezes the sandbox (cgroup freezer) while reading its writable layer, and this sandbox has no cgroup; give hutch a cgroup (a delegated cgroup v2 subtree or HUTCH_CGROUP_PARENT)');
+    }
+    const diskBytes = this.opts.limits.diskBytes;
+    let froze = false;
     // init holds the scratch tmpfs open as its fd 4: the upper dir is reachable from here
     // while the sandbox runs, and nowhere else.
     return this.store.commitUpper({
       base: this.image.image,
       upperDir: `/proc/${this.pid}/fd/4/upper`,
       hostIds: { uid: this.ids.uid, gid: this.ids.gid },
+      // A sandbox frozen already (paused) stays so: only what this commit froze is thawed.
+      hold: {
+        freeze: async () => void (froze = await cg.freeze()),
+        thaw: async () => (froze ? cg.thaw() : undefined),
+      },
+      ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
+  }
+
+  /**
+   * @internal For a build step, whose layer is written from a sandbox where nothing runs:
+   * opens the writable layer (overlay's upper dir) as an fd, then kills every process of the
+   * sandbox and resolves once all are gone — init is killed, and the kernel ends its pid
+   * namespace only after every other task in it is dead and reaped. The sandbox is destroyed
+   * by that (the 'exit' event is not emitted); the fd keeps the layer readable, and the disk
+   * under it (persistent or pre-6.6 on-disk layers) is freed only after `release()`.
+   */
+  async stopKeepingUpper(): Promise<{ fd: number; release: () => void }> {
+    if (this.state === 'destroyed') throw this.gone();
+    let fd: number;
+    try {
+      fd = openSync(`/proc/${this.pid}/fd/4/upper`, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    } catch (e) {
+      throw new HutchError('ESETUP', `cannot open the writable layer of sandbox ${this.id}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { step: 'open', errno: (e as NodeJS.ErrnoException).code, cause: e });
+    }
+    let release!: () => void;
+    this.upperHeld = new Promise((r) => (release = r));
+    const done = this.destroy();
+    await this.exitedP;
+    return {
+      fd,
+      release: () => {
+        release();
+        void done.catch(() => undefined);
+      },
+    };
   }
 
   /**
@@ -697,7 +747,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       await Promise.all([
         this.cgroup?.destroy().then(() => tr.mark('cgroup'), (e) => errors.push(e)),
         this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
-        this.disk?.release().catch((e) => errors.push(e)),
+        this.disk ? this.upperHeld.then(() => this.disk!.release()).catch((e) => errors.push(e)) : undefined,
       ]);
       await this.store.release(this.id).then(() => tr.mark('release'), (e) => errors.push(e));
       tr.end();

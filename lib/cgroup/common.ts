@@ -61,6 +61,7 @@ export const LIMIT_OF: Record<string, string> = {
   cpuset: 'cpuset',
   io: 'io',
   blkio: 'io',
+  freezer: 'freezer',
 };
 
 export function ioNeedsDevice(): HutchError {

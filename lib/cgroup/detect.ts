@@ -5,8 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 
-/** The controllers hutch uses on v1, in the order their cgroup.procs are joined (see v1.ts). */
-export const V1_CONTROLLERS = ['cpuset', 'memory', 'pids', 'cpu', 'cpuacct', 'blkio'] as const;
+/**
+ * The controllers hutch uses on v1, in the order their cgroup.procs are joined (see v1.ts).
+ * freezer only where the sandbox has no cgroup2 leaf (pure v1): cgroup.freeze serves elsewhere.
+ */
+export const V1_CONTROLLERS = ['cpuset', 'memory', 'pids', 'cpu', 'cpuacct', 'blkio', 'freezer'] as const;
 export type V1Controller = (typeof V1_CONTROLLERS)[number];
 
 /** One mounted cgroup hierarchy and where the calling process sits in it. */
@@ -76,7 +79,7 @@ export function parseCgroupHost(mountinfo: string, procCgroup: string, swaps = '
       }
     } else if (fstype === 'cgroup') {
       const opts = (post[2] ?? '').split(',');
-      const controllers = opts.filter((o) => (V1_CONTROLLERS as readonly string[]).includes(o) || ['freezer', 'devices', 'hugetlb', 'net_cls', 'net_prio', 'perf_event', 'rdma', 'misc'].includes(o));
+      const controllers = opts.filter((o) => (V1_CONTROLLERS as readonly string[]).includes(o) || ['devices', 'hugetlb', 'net_cls', 'net_prio', 'perf_event', 'rdma', 'misc'].includes(o));
       if (controllers.length === 0) continue; // name=systemd and other named hierarchies
       if (controllers.some((c) => v1.has(c))) continue; // a second (bind) mount of the same hierarchy
       const callerPath = v1Paths.get(controllers[0]!) ?? null;
@@ -84,7 +87,7 @@ export function parseCgroupHost(mountinfo: string, procCgroup: string, swaps = '
       for (const c of controllers) v1.set(c, h);
     }
   }
-  const hasV1 = V1_CONTROLLERS.some((c) => v1.has(c));
+  const hasV1 = V1_CONTROLLERS.some((c) => c !== 'freezer' && v1.has(c));
   const kind = hasV1 ? (unified ? 'hybrid' : 'v1') : 'v2';
   const swapActive = swaps.split('\n').slice(1).some((l) => l.trim() !== '');
   return { kind, unified, v1, unifiedControllers: [], swapActive };

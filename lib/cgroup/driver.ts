@@ -80,6 +80,20 @@ export interface SandboxCgroup {
   /** SIGKILLs every task of the sandbox: cgroup.kill (5.14+), else each pid listed in cgroup.procs. */
   kill(): void;
   /**
+   * Stops every task of the sandbox where it is (cgroup freezer) and resolves once the kernel
+   * reports them all stopped: cgroup2 `cgroup.freeze` (v2, and the cgroup2 leaf on hybrid
+   * hosts), else the v1 `freezer` controller. Idempotent; kill() and destroy() work on a
+   * frozen cgroup. Resolves true when this call froze it, false when it was frozen (or
+   * freezing) already: a caller thaws only what it froze. lib/cgroup/freezer.ts.
+   *
+   * @throws HutchError EUNSUPPORTED when this host has no freezer for the sandbox (pure v1
+   *   without a freezer hierarchy); ESETUP (step 'cgroup') when a task would not stop within
+   *   10 s (it is thawed again).
+   */
+  freeze(): Promise<boolean>;
+  /** Lets the tasks run again. Idempotent; a no-op once the cgroup is gone. */
+  thaw(): Promise<void>;
+  /**
    * Kills, waits until the cgroups are empty (bounded), removes every directory it created
    * and closes its fds. Idempotent: later calls return the first call's promise.
    */

@@ -34,6 +34,7 @@ import {
   tryRmdir,
   writeControl,
 } from './files.js';
+import { freezeCgroup, thawCgroup, type Freezer } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
 /** libuv opens every file with O_CLOEXEC, so these fds never leak into an exec. */
@@ -66,17 +67,6 @@ export class V1Driver implements CgroupDriver {
     field: string,
   ) {
     this.kind = host.kind === 'hybrid' ? 'hybrid' : 'v1';
-    const byMount = new Map<string, Tree>();
-    for (const c of V1_CONTROLLERS) {
-      const h = host.v1.get(c);
-      if (!h) continue;
-      let t = byMount.get(h.mount);
-      if (!t) {
-        t = { h, root: subtreeRootFor(h, parentPath, field), ctrl: c, prepared: false };
-        byMount.set(h.mount, t);
-      }
-      this.trees.set(c, t);
-    }
     let unifiedRoot: string | null = null;
     if (this.kind === 'hybrid' && host.unified) {
       try {
@@ -87,6 +77,19 @@ export class V1Driver implements CgroupDriver {
       }
     }
     this.unifiedRoot = unifiedRoot;
+    const byMount = new Map<string, Tree>();
+    for (const c of V1_CONTROLLERS) {
+      const h = host.v1.get(c);
+      if (!h) continue;
+      // The cgroup2 leaf freezes the sandbox (cgroup.freeze) where there is one.
+      if (c === 'freezer' && unifiedRoot !== null) continue;
+      let t = byMount.get(h.mount);
+      if (!t) {
+        t = { h, root: subtreeRootFor(h, parentPath, field), ctrl: c, prepared: false };
+        byMount.set(h.mount, t);
+      }
+      this.trees.set(c, t);
+    }
   }
 
   get subtreeRoots(): readonly string[] {
@@ -149,6 +152,8 @@ export class V1Driver implements CgroupDriver {
     if (this.trees.has('memory')) want.add('memory');
     if (this.trees.has('pids')) want.add('pids');
     if (this.kind === 'v1' && this.trees.has('cpuacct')) want.add('cpuacct');
+    // Without a cgroup2 leaf only the v1 freezer can stop the sandbox (commit, pause).
+    if (this.trees.has('freezer')) want.add('freezer');
     return V1_CONTROLLERS.filter((c) => want.has(c));
   }
 
@@ -355,6 +360,34 @@ export class V1Cgroup implements SandboxCgroup {
     }
     // Tasks the caller joined to the v1 cgroups only (not via CLONE_INTO_CGROUP) are not in the cgroup2 leaf.
     for (const f of this.procsFiles) killListed(f);
+    // A task frozen by the v1 freezer takes no signal until thawed (cgroup2's freezer lets
+    // SIGKILL through): thaw after the kill, so it dies at once.
+    if (this.byCtrl.freezer && existsSync(this.byCtrl.freezer)) writeControl(this.byCtrl.freezer, 'freezer.state', 'THAWED');
+  }
+
+  /** cgroup.freeze of the cgroup2 leaf (hybrid), else the v1 freezer leaf, else none. */
+  private freezer(): Freezer | null {
+    if (this.unifiedDir && existsSync(`${this.unifiedDir}/cgroup.freeze`)) return { kind: 'v2', dir: this.unifiedDir };
+    if (this.byCtrl.freezer) return { kind: 'v1', dir: this.byCtrl.freezer };
+    return null;
+  }
+
+  freeze(): Promise<boolean> {
+    const f = this.freezer();
+    if (f === null) {
+      return Promise.reject(
+        unsupported(
+          'freezing a sandbox (commit, pause)',
+          'no cgroup freezer: mount the v1 freezer controller (mount -t cgroup -o freezer cgroup /sys/fs/cgroup/freezer) or cgroup2 (Linux 5.2+), then start the sandbox again',
+        ),
+      );
+    }
+    return freezeCgroup(this.id, f);
+  }
+
+  async thaw(): Promise<void> {
+    const f = this.freezer();
+    if (f !== null && existsSync(f.dir)) await thawCgroup(f);
   }
 
   private empty(): boolean {

@@ -30,6 +30,7 @@ import {
   tryRmdir,
   writeControl,
 } from './files.js';
+import { freezeCgroup, thawCgroup } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
 /** Controllers hutch enables for every sandbox when the parent offers them (accounting). */
@@ -304,6 +305,14 @@ export class V2Cgroup implements SandboxCgroup {
       }
     }
     killListed(`${this.dir}/cgroup.procs`);
+  }
+
+  freeze(): Promise<boolean> {
+    return freezeCgroup(this.id, { kind: 'v2', dir: this.dir });
+  }
+
+  async thaw(): Promise<void> {
+    if (existsSync(this.dir)) await thawCgroup({ kind: 'v2', dir: this.dir });
   }
 
   private populated(): boolean {

@@ -6,15 +6,16 @@
  * substitution and, for COPY/ADD, the sources' content, lets an unchanged rebuild do no work.
  */
 import { createHash } from 'node:crypto';
-import { constants, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { closeSync, constants, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join, posix, relative, sep } from 'node:path';
 import { HutchError, invalid } from '../errors.js';
+import { resolveLimits, type Limits } from '../limits.js';
 import type { NetworkOptions } from '../network/options.js';
 import { Sandbox } from '../sandbox.js';
 import { fileChunks, openBlob, sniff } from './blob.js';
 import {
-  LayerTar, baseOf, childImage, copyData, scratchBase, writeUpper, type BaseImage, type OciConfig,
+  LayerTar, baseOf, childImage, copyData, layerCap, scratchBase, writeUpper, type BaseImage, type OciConfig,
 } from './commit.js';
 import {
   buildError, jsonForm, keyValues, parseDockerfile, processWord, processWords, type Instruction,
@@ -53,6 +54,12 @@ export interface BuildOptions {
   onProgress?: (p: Progress) => void;
   /** Network of the RUN sandboxes (default 'none'). */
   network?: 'none' | NetworkOptions;
+  /**
+   * Limits of each RUN step's sandbox, as Sandbox.create's `limits`, over the defaults for
+   * untrusted code (output 16MiB, pids 1024): a step past `output` or `timeoutMs` is stopped and
+   * the build fails with `EBUILD` naming it.
+   */
+  limits?: Limits;
   /** Values for ARG instructions, as `docker build --build-arg`. */
   buildArgs?: Record<string, string>;
   /** Ignore the cache (results are still recorded in it). */
@@ -63,6 +70,8 @@ export interface BuildOptions {
 export const buildCounters = { steps: 0, cacheHits: 0, sandboxes: 0, layers: 0 };
 
 const DEFAULT_SHELL = ['/bin/sh', '-c'];
+/** What a RUN step gets unless BuildOptions.limits says otherwise (API.md's defaults for untrusted code). */
+const RUN_LIMITS: Limits = { output: '16MiB', pids: 1024 };
 const CACHE_VERSION = 1;
 const ID_LIMIT = 65536;
 
@@ -94,6 +103,7 @@ export async function build(store: ImageStore, o: BuildOptions): Promise<Image> 
   if (o.buildArgs !== undefined && (typeof o.buildArgs !== 'object' || o.buildArgs === null || !Object.values(o.buildArgs).every((v) => typeof v === 'string'))) {
     throw invalid('buildArgs', 'an object of strings', o.buildArgs);
   }
+  if (o.limits !== undefined) resolveLimits(o.limits, 'limits');
   let context: string | null = null;
   if (o.context !== undefined) {
     if (typeof o.context !== 'string' || o.context === '') throw invalid('context', 'a directory path', o.context);
@@ -379,7 +389,7 @@ async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[]
   if (state.base.id === null || state.base.layers.length === 0) throw buildError(ins, 'RUN needs a base image with a shell; FROM scratch has none');
   let sb: Sandbox;
   try {
-    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network });
+    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network, limits: { ...RUN_LIMITS, ...ctx.o.limits } });
   } catch (e) {
     throw buildError(ins, `could not start the step's sandbox: ${(e as Error).message}`, e);
   }
@@ -402,17 +412,39 @@ async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[]
       throw buildError(ins, `could not run ${JSON.stringify(argv)}: ${(e as Error).message}`, e);
     }
     if (r.exitCode !== 0) {
-      const how = r.exitCode === null ? `was killed (${r.reason}${r.signal ? `, ${r.signal}` : ''})` : `exited with code ${r.exitCode}`;
+      const how =
+        r.reason === 'output-limit'
+          ? `was stopped: it printed more than the output limit (limits.output of the build, default 16MiB)`
+          : r.reason === 'timeout'
+            ? `was stopped: it ran longer than limits.timeoutMs`
+            : r.exitCode === null
+              ? `was killed (${r.reason}${r.signal ? `, ${r.signal}` : ''})`
+              : `exited with code ${r.exitCode}`;
       const tail = tailOf(r.stderr) || tailOf(r.stdout);
       throw new HutchError('EBUILD', `Dockerfile line ${ins.line} (RUN): ${JSON.stringify(ins.args.length > 200 ? `${ins.args.slice(0, 200)}...` : ins.args)} ${how}${tail ? `:\n${tail}` : ''}`, {
         path: `Dockerfile:${ins.line}`,
       });
     }
+    // Nothing of the step may run while its layer is read: a background process it left
+    // could otherwise swap a directory for a symlink under the walk. Every process is killed
+    // (the sandbox with it) and the layer read through an fd opened before.
+    const held = await sb.stopKeepingUpper();
     const tar = new LayerTar(ctx.op);
-    await writeUpper(ctx.store, tar, upper, (rel, st) => {
-      const was = own.get(rel);
-      return was !== undefined && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.size === st.size;
-    });
+    try {
+      await writeUpper(ctx.store, tar, held.fd, {
+        skip: (rel, st) => {
+          const was = own.get(rel);
+          return was !== undefined && was.ino === st.ino && was.mtimeMs === st.mtimeMs && was.size === st.size;
+        },
+        cap: layerCap(ctx.store, ctx.o.limits?.disk !== undefined ? resolveLimits(ctx.o.limits).diskBytes : null),
+      });
+    } catch (e) {
+      tar.discard();
+      throw e;
+    } finally {
+      closeSync(held.fd);
+      held.release();
+    }
     return await tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (RUN)`);
   } finally {
     await sb.destroy();

@@ -7,12 +7,13 @@
  * import path), so a committed or built layer is checked, hashed, kept as a blob and
  * extracted exactly as an imported one.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, statSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, writeSync, type Stats } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
-import { HutchError, invalid, unsupported } from '../errors.js';
+import { HutchError, errnoName, invalid } from '../errors.js';
+import { native } from '../native.js';
 import { sha256hex } from './blob.js';
 import { extractLayer, type PendingImage, type PendingLayer } from './import.js';
 import { hostArch, toImageConfig } from './oci.js';
@@ -23,6 +24,7 @@ import type { ImageStore, Op } from './store.js';
 // ---- a layer tar, written to a file --------------------------------------------------------
 
 const ID_LIMIT = 65536;
+const ENXIO = osConstants.errno.ENXIO;
 /** Built layers are gzipped at level 1: several times faster than the default, ~10% larger. */
 const GZIP_LEVEL = 1;
 let seq = 0;
@@ -68,6 +70,13 @@ export class LayerTar {
     return this.dirs.has(rel);
   }
 
+  /** Closes and removes the archive: a commit that failed leaves nothing behind. */
+  discard(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+    rmSync(this.file, { force: true });
+  }
+
   close(): void {
     if (this.fd < 0) return;
     this.write(Buffer.alloc(1024));
@@ -103,13 +112,16 @@ async function* gzipFile(path: string): AsyncGenerator<Buffer> {
   for await (const c of gz) yield c as Buffer;
 }
 
-/** Copies `size` bytes of an open file into the archive (zeros if it shrank meanwhile). */
-export async function copyData(tar: LayerTar, fh: fsp.FileHandle, size: number): Promise<void> {
+/**
+ * Copies `size` bytes of an open file from `offset` into the archive (zeros if it shrank
+ * meanwhile), then the padding to the next block unless `pad` is false.
+ */
+export async function copyData(tar: LayerTar, fh: fsp.FileHandle, size: number, offset = 0, pad = true): Promise<void> {
   const buf = Buffer.alloc(Math.min(size, 1024 * 1024));
   let done = 0;
   while (done < size) {
     const want = Math.min(buf.length, size - done);
-    const { bytesRead } = await fh.read(buf, 0, want, done);
+    const { bytesRead } = await fh.read(buf, 0, want, offset + done);
     if (bytesRead === 0) {
       tar.write(Buffer.alloc(size - done));
       break;
@@ -117,7 +129,7 @@ export async function copyData(tar: LayerTar, fh: fsp.FileHandle, size: number):
     tar.write(buf.subarray(0, bytesRead));
     done += bytesRead;
   }
-  tar.pad(size);
+  if (pad) tar.pad(size);
 }
 
 // ---- the upper dir -------------------------------------------------------------------------
@@ -128,6 +140,66 @@ export interface UpperStats {
   opaqueDirs: number;
   /** Sockets and device nodes other than whiteouts: a layer cannot carry them. */
   skipped: number;
+  /** File data written (holes of sparse files not counted). */
+  dataBytes: number;
+  /** Files written as sparse entries (their holes kept). */
+  sparseFiles: number;
+}
+
+export interface WriteUpperOptions {
+  /** Leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself). */
+  skip?: (rel: string, st: Stats) => boolean;
+  /** Host ids of the sandbox's root when it had a range of its own (default: read from the upper dir's owner). */
+  hostIds?: { uid: number; gid: number };
+  /**
+   * The most file data (holes not counted) the layer may hold, and what sets it, for the
+   * message: past it the walk stops with ESTORE (errno EFBIG) before writing that file.
+   */
+  cap?: { bytes: number; what: string };
+}
+
+function upperOwner(rootFd: number, fallback: { uid: number; gid: number } | null): { uid: number; gid: number } | null {
+  if (!fallback) return null;
+  const st = fstatSync(rootFd);
+  // Ranges follow the base one (lib/idrange.ts): base + slot * 65536, below 2^31.
+  if (st.uid >= fallback.uid && st.uid < 2 ** 31 && (st.uid - fallback.uid) % 65536 === 0 && st.gid - fallback.gid === st.uid - fallback.uid) {
+    return { uid: st.uid, gid: st.gid };
+  }
+  return fallback;
+}
+
+/** Opens overlay's upper dir (the last component not followed) for writeUpper. */
+export function openUpper(upperDir: string): number {
+  try {
+    return openSync(upperDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR' || code === 'ELOOP') throw invalid('upperDir', 'a directory (overlay upper dir)', upperDir);
+    throw new HutchError('EINVAL', `cannot read the upper dir ${upperDir}: ${code ?? (e as Error).message}`, { path: upperDir, cause: e });
+  }
+}
+
+/**
+ * The data segments of an open file, [offset, length] in order, from SEEK_DATA/SEEK_HOLE;
+ * null when it has no holes below `size` (written as a plain file).
+ */
+function dataMap(fd: number, size: number, rel: string, moved: (rel: string) => HutchError): [number, number][] | null {
+  const n = native();
+  const segs: [number, number][] = [];
+  let total = 0;
+  for (let off = 0; off < size; ) {
+    const d = n.seekData(fd, off, false);
+    if (d === -ENXIO) break; // only a hole from here to the end
+    if (d < 0) throw moved(rel);
+    if (d >= size) break;
+    let h = n.seekData(fd, d, true);
+    if (h < 0) throw moved(rel);
+    if (h > size) h = size;
+    segs.push([d, h - d]);
+    total += h - d;
+    off = h;
+  }
+  return total === size ? null : segs;
 }
 
 /**
@@ -136,51 +208,98 @@ export interface UpperStats {
  * - a directory with `user.overlay.opaque=y` gets a `.wh..wh..opq` entry;
  * - ids are shifted back from the sandbox range into 0..65535;
  * - overlay's own xattrs (and every other xattr) stay out of the layer;
- * - sockets and real device nodes are skipped (a sandbox cannot make devices anyway).
+ * - sockets and real device nodes are skipped (a sandbox cannot make devices anyway);
+ * - a file with holes becomes a PAX sparse entry (format 1.0): only its data is written.
  *
- * The upper dir belongs to a sandbox that may still run and may swap a directory for a
- * symlink while we walk. The walk never resolves a path from the upper dir down: each
- * directory is opened (O_NOFOLLOW | O_DIRECTORY) through its parent's open fd as
- * `/proc/self/fd/<parent>/<name>` — the kernel jumps to the open directory itself, so this is
- * openat(2) — and every child is lstat'ed, read or opened (O_NOFOLLOW) the same way. A
- * swapped-in symlink is then an ELOOP/ENOTDIR or a symlink entry, never followed; as a second
- * guard every object must lie on the upper dir's own filesystem. A path that changes under
- * the walk fails the commit.
- * `skip(rel)` leaves paths out (e.g. an /etc/hosts the sandbox code wrote itself).
+ * The upper dir belongs to a sandbox. Callers stop it first (Sandbox.commit freezes its
+ * cgroup; a build step's processes are all dead), and the walk does not rely on that alone:
+ * nothing is resolved by path from the upper dir down. Each directory is opened (O_NOFOLLOW |
+ * O_DIRECTORY) through its parent's open fd as `/proc/self/fd/<parent>/<name>` — the kernel
+ * jumps to the open directory itself, so this is openat(2) — and every child is lstat'ed,
+ * read or opened (O_NOFOLLOW) the same way; xattrs are read with fgetxattr on the open
+ * directory and holes found with lseek on the open file. A swapped-in symlink is then an
+ * ELOOP/ENOTDIR or a symlink entry, never followed, and every object must lie on the upper
+ * dir's own filesystem. A path that changes under the walk fails the commit.
  */
-function upperOwner(upperDir: string, fallback: { uid: number; gid: number } | null): { uid: number; gid: number } | null {
-  if (!fallback) return null;
-  try {
-    const st = statSync(upperDir);
-    // Ranges follow the base one (lib/idrange.ts): base + slot * 65536, below 2^31.
-    if (st.uid >= fallback.uid && st.uid < 2 ** 31 && (st.uid - fallback.uid) % 65536 === 0 && st.gid - fallback.gid === st.uid - fallback.uid) {
-      return { uid: st.uid, gid: st.gid };
-    }
-  } catch {}
-  return fallback;
-}
-
-export async function writeUpper(
-  store: ImageStore,
-  tar: LayerTar,
-  upperDir: string,
-  skip?: (rel: string, st: Stats) => boolean,
-  hostIds?: { uid: number; gid: number },
-): Promise<UpperStats> {
-  let rootFd: number;
-  try {
-    rootFd = openSync(upperDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOTDIR' || code === 'ELOOP') throw invalid('upperDir', 'a directory (overlay upper dir)', upperDir);
-    throw new HutchError('EINVAL', `cannot read the upper dir ${upperDir}: ${code ?? (e as Error).message}`, { path: upperDir, cause: e });
-  }
+export async function writeUpper(store: ImageStore, tar: LayerTar, upper: string | number, o: WriteUpperOptions = {}): Promise<UpperStats> {
+  const rootFd = typeof upper === 'number' ? upper : openUpper(upper);
+  const label = typeof upper === 'number' ? 'the writable layer' : upper;
   try {
     const dev = fstatSync(rootFd).dev;
     const moved = (rel: string): HutchError =>
-      new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
-    /** Depth-first in name order; `visit` runs with the parent directory's fd open. */
-    const walk = async (dirFd: number, rel: string, visit: (rel: string, st: Stats, at: string) => Promise<void>): Promise<void> => {
+      new HutchError('EINVAL', `${label}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
+    // The sandbox's root owns the upper dir itself: its range (a range of its own per
+    // sandbox on 6.8+, else the store's) is read from there unless the caller says.
+    const shift = o.hostIds ?? upperOwner(rootFd, store.shift());
+    const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0, dataBytes: 0, sparseFiles: 0 };
+    const links = new Map<number, string>();
+    const ids = (st: Stats, rel: string) => {
+      const uid = shift ? st.uid - shift.uid : 0;
+      const gid = shift ? st.gid - shift.gid : 0;
+      if (uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT) {
+        throw new HutchError('EINVAL', `${label}: ${JSON.stringify(rel)} is owned by host ids ${st.uid}:${st.gid}, outside the sandbox range`, { path: rel });
+      }
+      return { uid, gid };
+    };
+    const charge = (rel: string, bytes: number) => {
+      stats.dataBytes += bytes;
+      if (o.cap && stats.dataBytes > o.cap.bytes) {
+        throw new HutchError(
+          'ESTORE',
+          `the writable layer holds more than ${o.cap.bytes} bytes of file data (${o.cap.what}; reached at ${JSON.stringify(rel)}): nothing was committed; remove files from the sandbox or raise the limit`,
+          { errno: 'EFBIG', path: rel },
+        );
+      }
+    };
+    const xattrs = (fd: number, rel: string): Record<string, Buffer> => {
+      const x = native().fdXattrs(fd);
+      if (typeof x === 'number') throw new HutchError('EINVAL', `${label}: reading the xattrs of ${JSON.stringify(rel)} failed: ${errnoName(x)}`, { path: rel });
+      return x;
+    };
+
+    const file = async (rel: string, st: Stats, at: string, entry: Omit<TarEntry, 'type'>) => {
+      let fh: fsp.FileHandle;
+      try {
+        fh = await fsp.open(at, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      } catch {
+        throw moved(rel);
+      }
+      try {
+        const now = await fh.stat();
+        if (!now.isFile() || now.dev !== dev || now.ino !== st.ino) throw moved(rel);
+        const size = now.size;
+        const segs = dataMap(fh.fd, size, rel, moved);
+        if (segs === null) {
+          charge(rel, size);
+          tar.header({ ...entry, type: 'file' }, size);
+          await copyData(tar, fh, size);
+          return;
+        }
+        const data = segs.reduce((a, [, len]) => a + len, 0);
+        charge(rel, data);
+        stats.sparseFiles++;
+        // GNU tar's convention: the map ends with a zero-length segment at the real size when
+        // the file ends in a hole, so every reader sees the size without GNU.sparse.realsize.
+        const map = segs.length > 0 && segs[segs.length - 1]![0] + segs[segs.length - 1]![1] === size ? segs : [...segs, [size, 0] as [number, number]];
+        const text = `${map.length}\n${map.map(([a, b]) => `${a}\n${b}\n`).join('')}`;
+        const mapBlock = Buffer.alloc(Math.ceil(Buffer.byteLength(text) / 512) * 512);
+        mapBlock.write(text, 'ascii');
+        const slash = rel.lastIndexOf('/');
+        const stored = `${slash < 0 ? '' : rel.slice(0, slash + 1)}GNUSparseFile.0/${rel.slice(slash + 1)}`;
+        tar.header(
+          { ...entry, path: stored, type: 'file', pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': rel, 'GNU.sparse.realsize': String(size) } },
+          mapBlock.length + data,
+        );
+        tar.write(mapBlock);
+        for (const [off, len] of segs) await copyData(tar, fh, len, off, false);
+        tar.pad(data);
+      } finally {
+        await fh.close();
+      }
+    };
+
+    /** Depth-first in name order, with the directory's fd open. */
+    const walk = async (dirFd: number, rel: string): Promise<void> => {
       let names: string[];
       try {
         names = readdirSync(`/proc/self/fd/${dirFd}`).sort();
@@ -197,161 +316,63 @@ export async function writeUpper(
           throw moved(r);
         }
         if (st.dev !== dev) throw moved(r);
-        if (skip?.(r, st)) continue;
-        await visit(r, st, at);
-        if (!st.isDirectory()) continue;
-        let fd: number;
-        try {
-          fd = openSync(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
-        } catch {
-          throw moved(r);
-        }
-        try {
-          const now = fstatSync(fd);
-          if (now.ino !== st.ino || now.dev !== dev) throw moved(r);
-          await walk(fd, r, visit);
-        } finally {
-          closeSync(fd);
+        if (o.skip?.(r, st)) continue;
+        const mtime = Math.floor(st.mtimeMs / 1000);
+        const mode = st.mode & 0o7777;
+        const slash = r.lastIndexOf('/');
+        const parent = slash < 0 ? '' : r.slice(0, slash);
+        stats.entries++;
+        if (st.isDirectory()) {
+          let fd: number;
+          try {
+            fd = openSync(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+          } catch {
+            throw moved(r);
+          }
+          try {
+            const now = fstatSync(fd);
+            if (now.ino !== st.ino || now.dev !== dev) throw moved(r);
+            tar.add({ path: r, type: 'dir', mode, ...ids(st, r), mtime });
+            if (xattrs(fd, r)['user.overlay.opaque']?.toString() === 'y') {
+              tar.add({ path: `${r}/.wh..wh..opq`, type: 'file', mode: 0o644, mtime });
+              stats.opaqueDirs++;
+            }
+            await walk(fd, r);
+          } finally {
+            closeSync(fd);
+          }
+        } else if (st.isCharacterDevice() && st.rdev === 0) {
+          tar.add({ path: parent === '' ? `.wh.${n}` : `${parent}/.wh.${n}`, type: 'file', mode: 0o644, mtime });
+          stats.whiteouts++;
+        } else if (st.isSymbolicLink()) {
+          let target: string;
+          try {
+            target = readlinkSync(at);
+          } catch {
+            throw moved(r);
+          }
+          tar.add({ path: r, type: 'symlink', linkpath: target, mode: 0o777, ...ids(st, r), mtime });
+        } else if (st.isFIFO()) {
+          tar.add({ path: r, type: 'fifo', mode, ...ids(st, r), mtime });
+        } else if (st.isFile()) {
+          const first = st.nlink > 1 ? links.get(st.ino) : undefined;
+          if (first !== undefined) {
+            tar.add({ path: r, type: 'link', linkpath: first, mode, ...ids(st, r), mtime });
+            continue;
+          }
+          if (st.nlink > 1) links.set(st.ino, r);
+          await file(r, st, at, { path: r, mode, ...ids(st, r), mtime });
+        } else {
+          stats.entries--;
+          stats.skipped++;
         }
       }
     };
-
-    // Pass 1: the directories, for their opaque marks; pass 2 writes the layer.
-    const dirs: string[] = [];
-    await walk(rootFd, '', async (rel, st) => void (st.isDirectory() && dirs.push(rel)));
-    const opaque = await opaqueDirs(upperDir, dirs);
-
-    // The sandbox's root owns the upper dir itself: its range (a range of its own per
-    // sandbox on 6.8+, else the store's) is read from there unless the caller says.
-    const shift = hostIds ?? upperOwner(upperDir, store.shift());
-    const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0 };
-    const links = new Map<number, string>();
-    const ids = (st: Stats, rel: string) => {
-      const uid = shift ? st.uid - shift.uid : 0;
-      const gid = shift ? st.gid - shift.gid : 0;
-      if (uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT) {
-        throw new HutchError('EINVAL', `${upperDir}: ${JSON.stringify(rel)} is owned by host ids ${st.uid}:${st.gid}, outside the sandbox range`, { path: rel });
-      }
-      return { uid, gid };
-    };
-    await walk(rootFd, '', async (rel, st, at) => {
-      const mtime = Math.floor(st.mtimeMs / 1000);
-      const mode = st.mode & 0o7777;
-      const slash = rel.lastIndexOf('/');
-      const parent = slash < 0 ? '' : rel.slice(0, slash);
-      const base = rel.slice(slash + 1);
-      stats.entries++;
-      if (st.isDirectory()) {
-        tar.add({ path: rel, type: 'dir', mode, ...ids(st, rel), mtime });
-        if (opaque.has(rel)) {
-          tar.add({ path: `${rel}/.wh..wh..opq`, type: 'file', mode: 0o644, mtime });
-          stats.opaqueDirs++;
-        }
-      } else if (st.isCharacterDevice() && st.rdev === 0) {
-        tar.add({ path: parent === '' ? `.wh.${base}` : `${parent}/.wh.${base}`, type: 'file', mode: 0o644, mtime });
-        stats.whiteouts++;
-      } else if (st.isSymbolicLink()) {
-        let target: string;
-        try {
-          target = readlinkSync(at);
-        } catch {
-          throw moved(rel);
-        }
-        tar.add({ path: rel, type: 'symlink', linkpath: target, mode: 0o777, ...ids(st, rel), mtime });
-      } else if (st.isFIFO()) {
-        tar.add({ path: rel, type: 'fifo', mode, ...ids(st, rel), mtime });
-      } else if (st.isFile()) {
-        const first = st.nlink > 1 ? links.get(st.ino) : undefined;
-        if (first !== undefined) {
-          tar.add({ path: rel, type: 'link', linkpath: first, mode, ...ids(st, rel), mtime });
-          return;
-        }
-        if (st.nlink > 1) links.set(st.ino, rel);
-        let fh: fsp.FileHandle;
-        try {
-          fh = await fsp.open(at, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-        } catch {
-          throw moved(rel);
-        }
-        try {
-          const now = await fh.stat();
-          if (!now.isFile() || now.dev !== dev || now.ino !== st.ino) throw moved(rel);
-          tar.header({ path: rel, type: 'file', mode, ...ids(st, rel), mtime }, st.size);
-          await copyData(tar, fh, st.size);
-        } finally {
-          await fh.close();
-        }
-      } else {
-        stats.entries--;
-        stats.skipped++;
-      }
-    });
+    await walk(rootFd, '');
     return stats;
   } finally {
-    closeSync(rootFd);
+    if (typeof upper !== 'number') closeSync(rootFd);
   }
-}
-
-/**
- * Directories of the upper dir that carry `user.overlay.opaque=y`. Node cannot read xattrs:
- * GNU tar (already needed to make whiteouts, tar.ts) archives the directories alone with
- * that one xattr, and the pax records are read here.
- */
-async function opaqueDirs(upperDir: string, dirs: string[]): Promise<Set<string>> {
-  const out = new Set<string>();
-  if (dirs.length === 0) return out;
-  const args = ['--format=posix', '--xattrs', '--xattrs-include=user.overlay.opaque', '--no-recursion', '--null', '-C', upperDir, '-cf', '-', '-T', '-'];
-  const archive = await new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let stderr = '';
-    const child = spawn('tar', args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    child.stdout.on('data', (d: Buffer) => chunks.push(d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', (e) => reject(unsupported('reading overlay opaque directories (GNU tar is needed)', 'apt-get install tar', e)));
-    child.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(chunks));
-      else reject(new HutchError('EINVAL', `${upperDir}: reading opaque directory marks failed: ${stderr.trim() || `tar exited ${code}`}`));
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(dirs.map((d) => `./${d}\0`).join(''));
-  });
-  let off = 0;
-  let pax: Record<string, string> = {};
-  while (off + 512 <= archive.length) {
-    const h = archive.subarray(off, off + 512);
-    if (h.every((b) => b === 0)) break;
-    const field = (a: number, b: number) => h.toString('utf8', a, b).replace(/\0.*$/s, '');
-    const size = Number.parseInt(field(124, 136).trim() || '0', 8);
-    const type = String.fromCharCode(h[156]!);
-    const body = archive.subarray(off + 512, off + 512 + size);
-    off += 512 + Math.ceil(size / 512) * 512;
-    if (type === 'x') {
-      pax = parsePax(body);
-      continue;
-    }
-    if (type === 'g') continue;
-    const prefix = field(345, 500);
-    const name = pax.path ?? (prefix ? `${prefix}/${field(0, 100)}` : field(0, 100));
-    if (pax['SCHILY.xattr.user.overlay.opaque'] === 'y') out.add(name.replace(/^\.\//, '').replace(/\/+$/, ''));
-    pax = {};
-  }
-  return out;
-}
-
-function parsePax(body: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let off = 0;
-  while (off < body.length) {
-    const sp = body.indexOf(0x20, off);
-    if (sp < 0) break;
-    const len = Number.parseInt(body.toString('ascii', off, sp), 10);
-    if (!Number.isInteger(len) || len <= 0) break;
-    const rec = body.toString('utf8', sp + 1, off + len - 1);
-    const eq = rec.indexOf('=');
-    if (eq > 0) out[rec.slice(0, eq)] = rec.slice(eq + 1);
-    off += len;
-  }
-  return out;
 }
 
 // ---- child images --------------------------------------------------------------------------
@@ -506,6 +527,23 @@ export interface CommitOptions {
   createdBy?: string;
   /** Host ids of the sandbox's root when it had a range of its own (default: the store's). */
   hostIds?: { uid: number; gid: number };
+  /**
+   * Stops and restarts whatever writes to the upper dir (Sandbox.commit: its cgroup's
+   * freezer): `freeze` runs before the upper dir is opened, `thaw` once it is read, also
+   * when reading it failed.
+   */
+  hold?: { freeze(): Promise<void>; thaw(): Promise<void> };
+  /** A cap on the layer's file data below the store's: the sandbox's disk limit. */
+  cap?: { bytes: number };
+}
+
+/**
+ * What one commit or build step may write (file data, holes not counted): the store's layer
+ * cap (maxLayerBytes), or the sandbox's disk limit when that is lower.
+ */
+export function layerCap(store: ImageStore, diskBytes: number | null): { bytes: number; what: string } {
+  if (diskBytes !== null && diskBytes < store.limits.maxBytes) return { bytes: diskBytes, what: `the sandbox's disk limit, limits.disk ${diskBytes}` };
+  return { bytes: store.limits.maxBytes, what: `the store's layer cap, maxLayerBytes ${store.limits.maxBytes}` };
 }
 
 /** See ImageStore.commitUpper. */
@@ -518,8 +556,19 @@ export async function commitUpper(store: ImageStore, o: CommitOptions): Promise<
   const base = await baseOf(store, o.base);
   const op = await store.beginOp();
   try {
+    const cap = layerCap(store, o.cap?.bytes ?? null);
     const tar = new LayerTar(op);
-    await writeUpper(store, tar, o.upperDir, undefined, o.hostIds);
+    try {
+      await o.hold?.freeze();
+      try {
+        await writeUpper(store, tar, o.upperDir, { ...(o.hostIds ? { hostIds: o.hostIds } : {}), cap });
+      } finally {
+        await o.hold?.thaw();
+      }
+    } catch (e) {
+      tar.discard();
+      throw e;
+    }
     const layer = await tar.toLayer(store, op, `commit of ${o.upperDir}`);
     return await childImage(store, op, base, layer, (c) => applyImageConfig(c, o.config ?? {}), { createdBy: o.createdBy ?? 'hutch commit' }, o.tag === undefined ? [] : [o.tag]);
   } finally {

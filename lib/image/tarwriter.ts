@@ -21,6 +21,8 @@ export interface TarEntry {
   devminor?: number;
   /** Extended attributes, written as pax SCHILY.xattr records. */
   xattrs?: Record<string, string>;
+  /** Further pax records, written as given (e.g. the GNU.sparse.* keys of a sparse file). */
+  pax?: Record<string, string>;
   /** Size written in the header instead of the data's (to make truncated or lying archives). */
   sizeOverride?: number;
 }
@@ -96,6 +98,7 @@ export function* tarChunks(entries: Iterable<TarEntry>): Generator<Buffer> {
     if (probe.needPax.includes('gid')) records.push(paxRecord('gid', String(e.gid)));
     if (probe.needPax.includes('size')) records.push(paxRecord('size', String(size)));
     for (const [k, v] of Object.entries(e.xattrs ?? {})) records.push(paxRecord(`SCHILY.xattr.${k}`, v));
+    for (const [k, v] of Object.entries(e.pax ?? {})) records.push(paxRecord(k, v));
     if (records.length > 0) {
       const body = Buffer.concat(records);
       yield header('PaxHeader', 'x', { mode: 0o644 }, body.length).block;
