@@ -84,6 +84,7 @@ struct pending_child {
 };
 static std::unordered_map<long, pending_child> g_pending;
 static const size_t kChildStack = 256 * 1024;
+static const size_t kHolderStack = 16 * 1024;  // child_lock.cc's helper: a few raw syscalls
 
 void release_child(long pid) {
   auto it = g_pending.find(pid);
@@ -142,7 +143,11 @@ Napi::Value SetInit(const Napi::CallbackInfo &info) {
     }
   }
   close(src);
-  fchmod(mfd, 0555);
+  // Execute-only, and owned by host root, whom no sandbox maps: the kernel then runs init
+  // non-dumpable with its mm's user namespace the host's (fs/exec.c would_dump), so no process
+  // inside can ptrace it, read its memory or take its fds (pidfd_getfd), whatever
+  // capabilities it holds in the sandbox's user namespace. init never makes itself dumpable.
+  fchmod(mfd, 0111);
   if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
     int e = errno;
     close(mfd);
@@ -375,6 +380,7 @@ static bool prepare_clone(Napi::Env env, const Napi::Object &o, plan &p, clone_r
   p.init_argv.push_back(nullptr);
   p.init_envp.push_back(nullptr);
   p.init_fd = g_init_fd;
+  p.holder_stack.resize(kHolderStack);
   for (const std::string &f : p.join_paths) {
     int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -479,6 +485,11 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
   if (r == 0) {
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
     r = write_file(path, req.gid_map.data(), req.gid_map.size());
+  }
+  // A blank child sets up what it can while it waits for go, and for that needs the maps.
+  if (r == 0 && p->blank) {
+    ssize_t n = send(c.go_fd, "m", 1, MSG_NOSIGNAL);
+    if (n != 1) r = n < 0 ? -errno : -EIO, snprintf(path, sizeof path, "sync");
   }
   if (r < 0) {
     sys_pidfd_send_signal(pidfd, SIGKILL);

@@ -41,6 +41,10 @@ struct plan {
   int ctl_fd = -1;     // the child's end of the control socket; becomes fd 3 of init
   std::vector<int> join_fds;  // v1 `tasks` files, opened by the parent: the child writes "0" to each
   std::vector<std::string> join_paths;  // their paths, for the error record
+  // The helper that makes the setup mount namespace (child_lock.cc): its stack (CLONE_VM) and
+  // the pipe it reports on, made by the child.
+  std::vector<char> holder_stack;
+  int holder_pipe[2] = {-1, -1};
   int parent_fds[3] = {-1, -1, -1};  // the parent's ends (sync write, error read, control): the
                                      // child closes its copies first, or the parent's death
                                      // would never reach it as EOF

@@ -11,6 +11,7 @@
   X(SETID, "setid")                                     \
   X(HOSTNAME, "hostname")                               \
   X(MOUNT_PRIVATE, "mount_private")                     \
+  X(MOUNT_NS, "mount_ns")                               \
   X(SCRATCH, "scratch")                                 \
   X(LAYERS, "layers")                                   \
   X(OVERLAY, "overlay")                                 \
@@ -21,6 +22,7 @@
   X(MASK, "mask")                                       \
   X(READONLY, "readonly")                               \
   X(PIVOT_ROOT, "pivot_root")                           \
+  X(LOCK_MOUNTS, "lock_mounts")                         \
   X(LOOPBACK, "loopback")                               \
   X(FDS, "fds")                                         \
   X(EXEC_INIT, "exec_init")
