@@ -153,7 +153,7 @@ static void setup_without_plan(plan &p) {
   r = binds_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);
   CHECK(STEP_PROC, proc_in_child(root_fd), "/proc");
-  r = dev_in_child(root_fd, &where);
+  r = dev_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_DEV, r, where);
   r = mask_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_MASK, r, where);

@@ -297,6 +297,7 @@ static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
   p.layers_dir = get_str(o, "layersDir");
   p.lowerdirs = get_str(o, "lowerdirs");
   p.scratch_size = get_str(o, "scratchSize");
+  p.shm_size = get_str(o, "shmSize");
   p.upper_dir = get_str(o, "upperDir");
   p.legacy_overlay = o.Get("legacyOverlay").ToBoolean();
   p.root_mountpoint = get_str(o, "rootMountpoint");
@@ -318,8 +319,9 @@ static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
       p.binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
     }
   }
-  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize are required").ThrowAsJavaScriptException();
+  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty() ||
+      p.shm_size.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize, shmSize are required").ThrowAsJavaScriptException();
     return false;
   }
   for (const bind_op &b : p.binds) {

@@ -24,6 +24,7 @@ struct plan {
   bool legacy_overlay = false;  // before 6.8 (no "lowerdir+"): overlay through mount(2)'s data
   std::vector<int> layer_fds;   // optional, parallel to lowerdirs: idmapped trees mounted over each layer first
   std::string scratch_size;     // tmpfs size= for the writable layer, in bytes
+  std::string shm_size;         // tmpfs size= for /dev/shm, in bytes (lib/ decides: limits.ts)
   std::string upper_dir;        // persistent: an on-disk dir holding upper/ and work/ instead of the tmpfs
   std::string root_mountpoint;  // an empty host directory where the root is attached before pivot_root
   std::vector<bind_op> binds;

@@ -32,6 +32,11 @@ import { takeBlank } from './warm.js';
  * ```
  */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
+/**
+ * Size of the sandbox's /dev/shm, 64 MiB (a tmpfs: its pages are charged to the sandbox's
+ * memory as they fill, like Docker's default `--shm-size`).
+ */
+export const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
 /** Paths hidden from the sandbox and paths made read-only (relative to its root). */
 const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
   'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
@@ -124,6 +129,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
       legacyOverlay: !KERNEL_HAS_LOWERDIR_PLUS,
       ...(layerFds.length > 0 ? { layerFds } : {}),
       scratchSize: String(diskBytes),
+      shmSize: String(DEFAULT_SHM_BYTES),
       ...(disk ? { upperDir: disk.upperDir } : {}),
       rootMountpoint: rootMountpoint(store),
       binds,
