@@ -106,10 +106,12 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
       }
       binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
     };
-    // The host image's system dirs are read-only and idmapped where ranges are per sandbox
-    // (host root's files show as root inside); volumes never are: what the sandbox writes
-    // there belongs to its own unprivileged range.
-    for (const p of image.hostBinds) bind(p, p, true, ids.hostUserns);
+    // The host image's system dirs are read-only and never idmapped: inside, host files show
+    // as an unprivileged host user sees them (owned by ids the sandbox does not map, shown as
+    // nobody), so a host file closed to others stays closed to the sandbox's root whatever its
+    // capabilities. Volumes are not idmapped either: what the sandbox writes there belongs to
+    // its own unprivileged range. Both are locked read-only (addon/child_lock.cc).
+    for (const p of image.hostBinds) bind(p, p, true, null);
     for (const m of opts.mounts) bind(m.source, m.target, m.readonly, null);
     const layerFds: number[] = [];
     if (ids.layersUserns !== null) {

@@ -4,7 +4,7 @@
  * kernel's exact answer. A second sandbox runs the kernel-enforced subset with seccomp
  * 'unconfined': namespaces, capabilities and init's own hardening must hold without the filter.
  */
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAPABILITIES } from '../../lib/capabilities.js';
@@ -358,3 +358,44 @@ for (const v of LOCK_VARIANTS) {
     });
   });
 }
+
+/**
+ * Issue 13, hole 4: the host image shows host files as an unprivileged host user sees them.
+ * A root-only file and directory made by the test inside the host's real /usr/local (bound
+ * into every host-image sandbox with /usr) stay closed to the sandbox's root, whatever its
+ * capabilities: host root is not mapped inside, so no capability applies to its files.
+ */
+describe("the host image does not give the sandbox host root's ownership", () => {
+  const dir = `/usr/local/hutch-test-secret-${process.pid}`;
+  beforeAll(() => {
+    mkdirSync(`${dir}/private`, { recursive: true, mode: 0o755 });
+    chmodSync(dir, 0o755);
+    writeFileSync(`${dir}/secret`, 'host secret\n', { mode: 0o600 });
+    chmodSync(`${dir}/secret`, 0o600);
+    writeFileSync(`${dir}/private/file`, 'in a private dir\n', { mode: 0o644 });
+    chmodSync(`${dir}/private`, 0o700);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const v of [
+    { name: 'a default sandbox', capabilities: undefined, seccomp: undefined },
+    { name: "every capability and seccomp 'unconfined'", capabilities: [...CAPABILITIES], seccomp: 'unconfined' as const },
+  ]) {
+    it(`${v.name} cannot read a 0600 root file nor list a 0700 root dir under /usr`, async () => {
+      const sb = await Sandbox.create({ image: 'host', ...(v.capabilities ? { capabilities: v.capabilities } : {}), ...(v.seccomp ? { seccomp: v.seccomp } : {}) });
+      try {
+        await installProbe(sb);
+        expect(await probe(sb, ['read', `${dir}/secret`])).toBe('refused EACCES');
+        expect(await probe(sb, ['list', `${dir}/private`])).toBe('refused EACCES');
+        expect(await probe(sb, ['read', `${dir}/private/file`])).toBe('refused EACCES');
+        // Host root's files show as owned by an unmapped id (the overflow uid, nobody).
+        const st = await sb.exec(['stat', '-c', '%u:%g', `${dir}/secret`, '/usr/bin/env'], { encoding: 'utf8' });
+        expect(String(st.stdout).trim().split('\n')).toEqual(['65534:65534', '65534:65534']);
+        // What others may read stays readable and runnable.
+        expect((await sb.exec(['/usr/bin/env', 'true'])).exitCode).toBe(0);
+      } finally {
+        await sb.destroy();
+      }
+    });
+  }
+});
