@@ -41,12 +41,13 @@
 // child takes them while it waits for go, any other child right after go. The id maps are
 // written.
 static void setup_without_plan(plan &p) {
-  // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
-  // and our new mount namespace starts as a peer of it).
-  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
   // Every mount of the sandbox is made in a namespace owned by a nested user namespace, so
-  // that the copy init gets at the end (lock_mounts_in_child) is locked (child_lock.cc).
+  // that the copy init gets at the end (lock_mounts_in_child) is locked (child_lock.cc). We
+  // leave the host's mount namespace for it here: clone3 made none.
   CHECK(STEP_MOUNT_NS, setup_mount_ns_in_child(p), "unshare(CLONE_NEWUSER|CLONE_NEWNS)");
+  // Then, before anything else, nothing we mount may propagate to the host, nor the host's
+  // mounts to us (on a systemd host "/" is shared: the copy starts as its slave).
+  CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
   // A new network namespace has `lo` down.
   CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
 }
@@ -161,7 +162,7 @@ static void setup_without_plan(plan &p) {
   if (r < 0) die_step(p.err_fd, STEP_READONLY, r, where);
   CHECK(STEP_PIVOT_ROOT, pivot_root_in_child(root_fd), "/");
   // The root is complete: from here on the sandbox's mounts are locked (child_lock.cc).
-  CHECK(STEP_LOCK_MOUNTS, lock_mounts_in_child(), "unshare(CLONE_NEWNS)");
+  CHECK(STEP_LOCK_MOUNTS, lock_mounts_in_child(p), "unshare(CLONE_NEWNS)");
 
   // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
   // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,

@@ -20,4 +20,4 @@ int readonly_in_child(const plan &p, int root_fd, const char **where);
 int pivot_root_in_child(int root_fd);
 int loopback_up_in_child(void);
 int setup_mount_ns_in_child(plan &p);
-int lock_mounts_in_child(void);
+int lock_mounts_in_child(plan &p);

@@ -16,7 +16,8 @@
 // (rsys*, -errno), no allocation.
 #include <string.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
+#include <poll.h>
+#include <signal.h>
 
 #include "child.h"
 #include "sys.h"
@@ -26,11 +27,13 @@
 #endif
 
 // The helper of setup_mount_ns_in_child, in its own task (CLONE_VM: on the stack the plan
-// holds; CLONE_FILES: our fd table): becomes the sandbox's root (its own credentials only: ours
-// stay host root's, to open the store's paths), makes the setup user and mount namespaces,
-// opens its mount namespace into the shared fd table, reports the fd on the pipe and exits.
-// A new user namespace needs an owner mapped in its parent, which host root is not in the
-// sandbox's. Its own /proc/thread-self needs no ptrace access check, as a pidfd or another
+// holds; CLONE_FILES at first: our fd table): becomes the sandbox's root (its own credentials
+// only: ours stay host root's, to open the store's paths), makes the setup user and mount
+// namespaces, opens its mount namespace into the shared fd table and reports the fd on the
+// pipe. Then it leaves the shared table, closes its copy of it, and waits to be killed: its
+// death (off our path) frees the setup namespace, a synchronize_rcu our own exit from it would
+// pay. A new user namespace needs an owner mapped in its parent, which host root is not in
+// the sandbox's. Its own /proc/thread-self needs no ptrace access check, as a pidfd or another
 // task's /proc/<pid>/ns would (the shared memory is not dumpable once a task changed its ids).
 static int hold_setup_ns(void *arg) {
   const plan *p = static_cast<const plan *>(arg);
@@ -41,13 +44,16 @@ static int hold_setup_ns(void *arg) {
   int v = (int)r;
   long n;
   do n = rsys3(SYS_write, p->holder_pipe[1], &v, sizeof v); while (n == -EINTR);
+  if (rsys1(SYS_unshare, CLONE_FILES) == 0) rsys3(SYS_close_range, 0, ~0U, 0);
+  for (;;) rsys4(SYS_ppoll, nullptr, 0, nullptr, nullptr);
   return 0;
 }
 
-// child; raw syscalls; before any mount of the sandbox is made (the id maps are written). Moves
-// this child into a mount namespace that is a copy of its own, owned by a user namespace nested
-// in the sandbox's. This child keeps its user namespace, where it holds every capability, and
-// so the capabilities over the nested one that it needs to mount there.
+// child; raw syscalls; first of all mount steps (the id maps are written). Moves this child
+// from the host's mount namespace (clone3 made none: a copy there would only be torn down)
+// into a copy of it owned by a user namespace nested in the sandbox's. This child keeps its
+// user namespace, where it holds every capability, and so the capabilities over the nested
+// one that it needs to mount there. The helper stays until lock_mounts_in_child.
 int setup_mount_ns_in_child(plan &p) {
   int fds[2];
   int r = (int)rsys2(SYS_pipe2, fds, O_CLOEXEC);
@@ -59,7 +65,7 @@ int setup_mount_ns_in_child(plan &p) {
   memset(&a, 0, sizeof a);
   a.flags = CLONE_PIDFD | CLONE_FILES;
   a.pidfd = (uint64_t)(uintptr_t)&pidfd;
-  a.exit_signal = 0;  // reaped below with __WALL
+  a.exit_signal = SIGCHLD;  // init reaps it (reap_children), whenever it is gone
 #if HUTCH_CLONE_VM
   a.flags |= CLONE_VM;
   a.stack = (uint64_t)(uintptr_t)p.holder_stack.data();
@@ -69,29 +75,42 @@ int setup_mount_ns_in_child(plan &p) {
   long pid = rsys2(SYS_clone3, &a, sizeof a);
   if (pid == 0) rsys1(SYS_exit, hold_setup_ns(&p));
 #endif
-  if (pid >= 0) {
-    // Its report is in the pipe (or not, if it died): read it once the helper is gone and the
-    // write end closed, so a dead helper reads as EOF.
-    siginfo_t si;
-    long w;
-    do w = rsys5(SYS_waitid, P_PIDFD, pidfd, &si, WEXITED | __WALL, nullptr); while (w == -EINTR);
-    rsys1(SYS_close, pidfd);
-  }
-  rsys1(SYS_close, fds[1]);
   int v = pid < 0 ? (int)pid : -EPROTO;
   if (pid >= 0) {
-    long n;
-    do n = rsys3(SYS_read, fds[0], &v, sizeof v); while (n == -EINTR);
-    if (n != (long)sizeof v) v = -EPROTO;
+    // Its report, or its death (a readable pidfd) without one.
+    struct pollfd pf[2] = {{fds[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
+    long k;
+    do k = rsys4(SYS_ppoll, pf, 2, nullptr, nullptr); while (k == -EINTR);
+    if (pf[0].revents & POLLIN) {
+      long n;
+      do n = rsys3(SYS_read, fds[0], &v, sizeof v); while (n == -EINTR);
+      if (n != (long)sizeof v) v = -EPROTO;
+    }
   }
   rsys1(SYS_close, fds[0]);
-  if (v < 0) return v;
-  r = (int)rsys2(SYS_setns, v, CLONE_NEWNS);
-  rsys1(SYS_close, v);
+  rsys1(SYS_close, fds[1]);
+  if (v >= 0) {
+    r = (int)rsys2(SYS_setns, v, CLONE_NEWNS);
+    rsys1(SYS_close, v);
+  } else {
+    r = v;
+  }
+  if (pid >= 0) {
+    if (r < 0) rsys4(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+    rsys1(SYS_close, pidfd);
+  }
+  // Its pid stays its own until it is reaped, by us (init) only: no pidfd needs to be kept
+  // (a blank holds only its own four fds while it waits).
+  if (r == 0) p.holder_pid = (int)pid;
   return r;
 }
 
 // child; raw syscalls; after pivot_root, the last mount step. Copies the setup mount namespace
-// into a new one owned by our own user namespace: every mount in the copy is locked. The setup
-// namespace is freed once we leave it (nothing else holds it).
-int lock_mounts_in_child(void) { return (int)rsys1(SYS_unshare, CLONE_NEWNS); }
+// into a new one owned by our own user namespace: every mount in the copy is locked. Then the
+// helper goes: its exit frees the setup namespace (nothing else holds it), off our path.
+int lock_mounts_in_child(plan &p) {
+  int r = (int)rsys1(SYS_unshare, CLONE_NEWNS);
+  rsys2(SYS_kill, p.holder_pid, SIGKILL);
+  p.holder_pid = -1;
+  return r;
+}

@@ -430,8 +430,10 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
   int pidfd = -1;
   struct clone_args a;
   memset(&a, 0, sizeof a);
-  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC |
-            CLONE_CLEAR_SIGHAND;
+  // No CLONE_NEWNS: the child leaves the host's mount namespace for one it makes for its setup
+  // (child_lock.cc); a copy made here would only be torn down then, at the cost of an RCU
+  // grace period.
+  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_CLEAR_SIGHAND;
   a.pidfd = (uint64_t)(uintptr_t)&pidfd;
   a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
   if (req.cgroup_fd >= 0) {

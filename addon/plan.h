@@ -46,6 +46,7 @@ struct plan {
   // the pipe it reports on, made by the child.
   std::vector<char> holder_stack;
   int holder_pipe[2] = {-1, -1};
+  int holder_pid = -1;
   int parent_fds[3] = {-1, -1, -1};  // the parent's ends (sync write, error read, control): the
                                      // child closes its copies first, or the parent's death
                                      // would never reach it as EOF

@@ -10,8 +10,8 @@
   X(CGROUP, "cgroup")                                   \
   X(SETID, "setid")                                     \
   X(HOSTNAME, "hostname")                               \
-  X(MOUNT_PRIVATE, "mount_private")                     \
   X(MOUNT_NS, "mount_ns")                               \
+  X(MOUNT_PRIVATE, "mount_private")                     \
   X(SCRATCH, "scratch")                                 \
   X(LAYERS, "layers")                                   \
   X(OVERLAY, "overlay")                                 \

@@ -7,7 +7,7 @@ import type { NativeFailure } from './native.js';
 
 /** The setup steps, in order (addon/steps.h); a test checks the two lists agree. */
 export const SETUP_STEPS = [
-  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_private', 'mount_ns', 'scratch', 'layers', 'overlay',
+  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_ns', 'mount_private', 'scratch', 'layers', 'overlay',
   'root_attach', 'bind', 'proc', 'dev', 'mask', 'readonly', 'pivot_root', 'lock_mounts', 'loopback', 'fds', 'exec_init',
 ] as const;
 export type SetupStep = (typeof SETUP_STEPS)[number] | 'exec' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'rlimit' | 'fork' | 'network' | 'open';
