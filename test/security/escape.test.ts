@@ -355,6 +355,11 @@ for (const v of LOCK_VARIANTS) {
       // ...and the hostname set (the UTS namespace is still the sandbox user namespace's).
       const h = await sb.exec(['sh', '-c', 'hostname locked-test && hostname'], { encoding: 'utf8' });
       expect(String(h.stdout).trim(), String(h.stderr)).toBe('locked-test');
+      // ...and, with NET_ADMIN, its network configured (the network namespace too).
+      if (v.capabilities.includes('NET_ADMIN')) {
+        const n = await sb.exec(['sh', '-c', 'ip addr add 10.251.0.1/32 dev lo && ip -4 addr show dev lo | grep -c 10.251.0.1'], { encoding: 'utf8' });
+        expect(String(n.stdout).trim(), String(n.stderr)).toBe('1');
+      }
     });
   });
 }
