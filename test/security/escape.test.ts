@@ -364,6 +364,29 @@ for (const v of LOCK_VARIANTS) {
   });
 }
 
+describe("init holds against capabilities ['SYS_PTRACE'] alone (the default filter then allows ptrace, process_vm_readv, pidfd_getfd)", () => {
+  let sb: Sandbox;
+  beforeAll(async () => {
+    sb = await Sandbox.create({ image: 'busybox', capabilities: ['SYS_PTRACE'] });
+    await installProbe(sb);
+  });
+  afterAll(async () => {
+    await sb?.destroy();
+  });
+
+  it('cannot ptrace init, read its memory or take its control socket', async () => {
+    expect(await probe(sb, ['ptrace', '1'])).toBe('refused EPERM');
+    expect(await probe(sb, ['ptrace', '1', 'seize'])).toBe('refused EPERM');
+    expect(await probe(sb, ['process_vm_readv', '1'])).toBe('refused EPERM');
+    expect(await probe(sb, ['read', '/proc/1/mem'])).toBe('refused EACCES');
+    expect(await probe(sb, ['pidfd_getfd', '1'])).toBe('refused EPERM');
+    // ...while a process of its own is traced.
+    const r = await sb.exec(['sh', '-c', `sleep 30 & ${PROBE} ptrace $!; kill -9 $!`], { encoding: 'utf8' });
+    expect(String(r.stdout).trim()).toBe('ok');
+    expect((await sb.exec(['true'])).exitCode).toBe(0);
+  });
+});
+
 /**
  * Issue 13, hole 4: the host image shows host files as an unprivileged host user sees them.
  * A root-only file and directory made by the test inside the host's real /usr/local (bound
