@@ -7,6 +7,7 @@
         "addon/clone.cc",
         "addon/child.cc",
         "addon/child_mount.cc",
+        "addon/child_lock.cc",
         "addon/child_net.cc",
         "addon/pidfd.cc",
         "addon/upperio.cc",

@@ -38,10 +38,15 @@
   } while (0)
 
 // child; raw syscalls only. The steps that need nothing of the plan's setup half: a blank
-// child takes them while it waits for go, any other child right after go.
-static void setup_without_plan(const plan &p) {
-  // First of all, nothing we mount may propagate to the host (on a systemd host "/" is shared
-  // and our new mount namespace starts as a peer of it).
+// child takes them while it waits for go, any other child right after go. The id maps are
+// written.
+static void setup_without_plan(plan &p) {
+  // Every mount of the sandbox is made in a namespace owned by a nested user namespace, so
+  // that the copy init gets at the end (lock_mounts_in_child) is locked (child_lock.cc). We
+  // leave the host's mount namespace for it here: clone3 made none.
+  CHECK(STEP_MOUNT_NS, setup_mount_ns_in_child(p), "unshare(CLONE_NEWUSER|CLONE_NEWNS)");
+  // Then, before anything else, nothing we mount may propagate to the host, nor the host's
+  // mounts to us (on a systemd host "/" is shared: the copy starts as its slave).
   CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
   // A new network namespace has `lo` down.
   CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
@@ -82,6 +87,11 @@ static void setup_without_plan(const plan &p) {
       from = (unsigned)keep[i] + 1;
     }
     rsys3(SYS_close_range, from, ~0U, 0);
+    // The parent says when the id maps are written (setup_mount_ns_in_child needs them).
+    char maps = 0;
+    long m;
+    do m = rsys3(SYS_read, p.sync_fd, &maps, 1); while (m == -EINTR);
+    if (m != 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
     setup_without_plan(p);
   }
   // Wait for go. A blank child gets the setup's fds with it, as new numbers in its own fd
@@ -144,13 +154,15 @@ static void setup_without_plan(const plan &p) {
   r = binds_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);
   CHECK(STEP_PROC, proc_in_child(root_fd), "/proc");
-  r = dev_in_child(root_fd, &where);
+  r = dev_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_DEV, r, where);
   r = mask_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_MASK, r, where);
   r = readonly_in_child(p, root_fd, &where);
   if (r < 0) die_step(p.err_fd, STEP_READONLY, r, where);
   CHECK(STEP_PIVOT_ROOT, pivot_root_in_child(root_fd), "/");
+  // The root is complete: from here on the sandbox's mounts are locked (child_lock.cc).
+  CHECK(STEP_LOCK_MOUNTS, lock_mounts_in_child(p), "unshare(CLONE_NEWNS)");
 
   // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
   // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,

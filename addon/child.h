@@ -14,8 +14,10 @@ int overlay_finish_in_child(const plan &p, int fs, int scratch_fd, int mnt_fd, i
 int resolve_in_root(int root_fd, const char *rel, bool create, bool is_file, int *out_fd);
 int binds_in_child(const plan &p, int root_fd, const char **where);
 int proc_in_child(int root_fd);
-int dev_in_child(int root_fd, const char **where);
+int dev_in_child(const plan &p, int root_fd, const char **where);
 int mask_in_child(const plan &p, int root_fd, const char **where);
 int readonly_in_child(const plan &p, int root_fd, const char **where);
 int pivot_root_in_child(int root_fd);
 int loopback_up_in_child(void);
+int setup_mount_ns_in_child(plan &p);
+int lock_mounts_in_child(plan &p);

@@ -322,8 +322,9 @@ int proc_in_child(int root_fd) {
 }
 
 // child; raw syscalls. A minimal /dev: tmpfs, the harmless host device nodes bound onto
-// files (a user namespace cannot mknod), a private devpts, shm, the usual symlinks.
-int dev_in_child(int root_fd, const char **where) {
+// files (a user namespace cannot mknod), a private devpts, shm of the plan's size, the usual
+// symlinks.
+int dev_in_child(const plan &p, int root_fd, const char **where) {
   static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
   static const char *const host[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"};
   int dev = -1;
@@ -350,7 +351,8 @@ int dev_in_child(int root_fd, const char **where) {
   }
   if (r == 0) {
     *where = "/dev/shm";
-    r = fs_mount_at(dev, "tmpfs", "shm", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, "mode", "1777", nullptr, nullptr, nullptr);
+    r = fs_mount_at(dev, "tmpfs", "shm", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, "mode", "1777", "size", p.shm_size.c_str(),
+                    nullptr);
   }
   if (r == 0) {
     *where = "/dev";

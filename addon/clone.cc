@@ -84,6 +84,7 @@ struct pending_child {
 };
 static std::unordered_map<long, pending_child> g_pending;
 static const size_t kChildStack = 256 * 1024;
+static const size_t kHolderStack = 16 * 1024;  // child_lock.cc's helper: a few raw syscalls
 
 void release_child(long pid) {
   auto it = g_pending.find(pid);
@@ -142,7 +143,11 @@ Napi::Value SetInit(const Napi::CallbackInfo &info) {
     }
   }
   close(src);
-  fchmod(mfd, 0555);
+  // Execute-only, and owned by host root, whom no sandbox maps: the kernel then runs init
+  // non-dumpable with its mm's user namespace the host's (fs/exec.c would_dump), so no process
+  // inside can ptrace it, read its memory or take its fds (pidfd_getfd), whatever
+  // capabilities it holds in the sandbox's user namespace. init never makes itself dumpable.
+  fchmod(mfd, 0111);
   if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
     int e = errno;
     close(mfd);
@@ -292,6 +297,7 @@ static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
   p.layers_dir = get_str(o, "layersDir");
   p.lowerdirs = get_str(o, "lowerdirs");
   p.scratch_size = get_str(o, "scratchSize");
+  p.shm_size = get_str(o, "shmSize");
   p.upper_dir = get_str(o, "upperDir");
   p.legacy_overlay = o.Get("legacyOverlay").ToBoolean();
   p.root_mountpoint = get_str(o, "rootMountpoint");
@@ -313,8 +319,9 @@ static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
       p.binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
     }
   }
-  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize are required").ThrowAsJavaScriptException();
+  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty() ||
+      p.shm_size.empty()) {
+    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize, shmSize are required").ThrowAsJavaScriptException();
     return false;
   }
   for (const bind_op &b : p.binds) {
@@ -375,6 +382,7 @@ static bool prepare_clone(Napi::Env env, const Napi::Object &o, plan &p, clone_r
   p.init_argv.push_back(nullptr);
   p.init_envp.push_back(nullptr);
   p.init_fd = g_init_fd;
+  p.holder_stack.resize(kHolderStack);
   for (const std::string &f : p.join_paths) {
     int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -422,8 +430,10 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
   int pidfd = -1;
   struct clone_args a;
   memset(&a, 0, sizeof a);
-  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC |
-            CLONE_CLEAR_SIGHAND;
+  // No CLONE_NEWNS: the child leaves the host's mount namespace for one it makes for its setup
+  // (child_lock.cc); a copy made here would only be torn down then, at the cost of an RCU
+  // grace period.
+  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_CLEAR_SIGHAND;
   a.pidfd = (uint64_t)(uintptr_t)&pidfd;
   a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
   if (req.cgroup_fd >= 0) {
@@ -479,6 +489,11 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
   if (r == 0) {
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
     r = write_file(path, req.gid_map.data(), req.gid_map.size());
+  }
+  // A blank child sets up what it can while it waits for go, and for that needs the maps.
+  if (r == 0 && p->blank) {
+    ssize_t n = send(c.go_fd, "m", 1, MSG_NOSIGNAL);
+    if (n != 1) r = n < 0 ? -errno : -EIO, snprintf(path, sizeof path, "sync");
   }
   if (r < 0) {
     sys_pidfd_send_signal(pidfd, SIGKILL);

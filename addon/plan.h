@@ -24,6 +24,7 @@ struct plan {
   bool legacy_overlay = false;  // before 6.8 (no "lowerdir+"): overlay through mount(2)'s data
   std::vector<int> layer_fds;   // optional, parallel to lowerdirs: idmapped trees mounted over each layer first
   std::string scratch_size;     // tmpfs size= for the writable layer, in bytes
+  std::string shm_size;         // tmpfs size= for /dev/shm, in bytes (lib/ decides: limits.ts)
   std::string upper_dir;        // persistent: an on-disk dir holding upper/ and work/ instead of the tmpfs
   std::string root_mountpoint;  // an empty host directory where the root is attached before pivot_root
   std::vector<bind_op> binds;
@@ -41,6 +42,11 @@ struct plan {
   int ctl_fd = -1;     // the child's end of the control socket; becomes fd 3 of init
   std::vector<int> join_fds;  // v1 `tasks` files, opened by the parent: the child writes "0" to each
   std::vector<std::string> join_paths;  // their paths, for the error record
+  // The helper that makes the setup mount namespace (child_lock.cc): its stack (CLONE_VM) and
+  // the pipe it reports on, made by the child.
+  std::vector<char> holder_stack;
+  int holder_pipe[2] = {-1, -1};
+  int holder_pid = -1;
   int parent_fds[3] = {-1, -1, -1};  // the parent's ends (sync write, error read, control): the
                                      // child closes its copies first, or the parent's death
                                      // would never reach it as EOF

@@ -10,6 +10,7 @@
   X(CGROUP, "cgroup")                                   \
   X(SETID, "setid")                                     \
   X(HOSTNAME, "hostname")                               \
+  X(MOUNT_NS, "mount_ns")                               \
   X(MOUNT_PRIVATE, "mount_private")                     \
   X(SCRATCH, "scratch")                                 \
   X(LAYERS, "layers")                                   \
@@ -21,6 +22,7 @@
   X(MASK, "mask")                                       \
   X(READONLY, "readonly")                               \
   X(PIVOT_ROOT, "pivot_root")                           \
+  X(LOCK_MOUNTS, "lock_mounts")                         \
   X(LOOPBACK, "loopback")                               \
   X(FDS, "fds")                                         \
   X(EXEC_INIT, "exec_init")

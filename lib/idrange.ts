@@ -26,8 +26,6 @@ export interface SandboxIds {
   readonly slot: number | null;
   /** User namespace fd mapping the stored layer ids (base range) to this range; null when shared. */
   readonly layersUserns: number | null;
-  /** User namespace fd mapping host ids 0..65535 to this range (the host image's system dirs). */
-  readonly hostUserns: number | null;
   release(): void;
 }
 
@@ -52,7 +50,7 @@ function slotCount(): number {
   return Math.max(0, Math.floor(total / RANGE_SIZE) - 1);
 }
 
-const namespaces = new Map<number, { layers: number; host: number }>();
+const namespaces = new Map<number, number>();
 let supported: boolean | undefined;
 /**
  * Slots this process used and released, reused first, at most MAX_IDLE: their namespaces are
@@ -89,27 +87,20 @@ function forget(slot: number, leaseFile?: string): void {
     } catch {}
   }
   const ns = namespaces.get(slot);
-  if (!ns) return;
+  if (ns === undefined) return;
   namespaces.delete(slot);
-  native().close(ns.layers);
-  native().close(ns.host);
+  native().close(ns);
 }
 
-function nsFor(slot: number, uid: number, gid: number): { layers: number; host: number } {
-  let ns = namespaces.get(slot);
-  if (ns) return ns;
+/** The user namespace (an fd) that maps the stored layer ids (base range) to this slot's range. */
+function nsFor(slot: number, uid: number, gid: number): number {
+  const have = namespaces.get(slot);
+  if (have !== undefined) return have;
   const base = hostRange();
-  const n = native();
-  const layers = n.makeUserns(`${base.uid} ${uid} ${RANGE_SIZE}\n`, `${base.gid} ${gid} ${RANGE_SIZE}\n`);
+  const layers = native().makeUserns(`${base.uid} ${uid} ${RANGE_SIZE}\n`, `${base.gid} ${gid} ${RANGE_SIZE}\n`);
   if (isFailure(layers)) throw hostFailure('ESETUP', 'a user namespace for idmapped layers', layers);
-  const host = n.makeUserns(`0 ${uid} ${RANGE_SIZE}\n`, `0 ${gid} ${RANGE_SIZE}\n`);
-  if (isFailure(host)) {
-    n.close(layers);
-    throw hostFailure('ESETUP', 'a user namespace for idmapped host dirs', host);
-  }
-  ns = { layers, host };
-  namespaces.set(slot, ns);
-  return ns;
+  namespaces.set(slot, layers);
+  return layers;
 }
 
 /** Whether idmapped layers work here: tried once, on the store's layers dir. */
@@ -125,7 +116,7 @@ function idmapWorks(layersDir: string): boolean {
   try {
     const base = hostRange();
     const ns = nsFor(0, base.uid, base.gid);
-    const t = native().openTree(layersDir, true, ns.layers);
+    const t = native().openTree(layersDir, true, ns);
     if (!isFailure(t)) {
       native().close(t.fd);
       supported = true;
@@ -139,7 +130,7 @@ function idmapWorks(layersDir: string): boolean {
 /** The id range for a new sandbox. */
 export function acquireIds(layersDir: string): SandboxIds {
   const base = hostRange();
-  if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
+  if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, release: () => undefined };
   const dir = idsStateDir();
   // An idle slot first: its lease still names this live process, which no other process
   // takes over (takeOverIfDead), so it needs no file I/O.
@@ -170,7 +161,7 @@ export function acquireIds(layersDir: string): SandboxIds {
     return leased(dir, slot);
   }
   // Every slot taken: share the base range rather than fail.
-  return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, hostUserns: null, release: () => undefined };
+  return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, release: () => undefined };
 }
 
 /** A slot whose lease this process holds: its range and namespaces, and its release (to the idle list). */
@@ -186,8 +177,7 @@ function leased(dir: string, slot: number): SandboxIds {
     uid,
     gid,
     slot,
-    layersUserns: ns.layers,
-    hostUserns: ns.host,
+    layersUserns: ns,
     release: () => {
       if (released) return;
       released = true;

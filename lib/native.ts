@@ -24,6 +24,8 @@ export interface SpawnPlan {
   /** Idmapped trees of the layers, parallel to lowerdirs (per-sandbox id ranges). */
   layerFds?: number[];
   scratchSize: string;
+  /** /dev/shm's tmpfs size= in bytes. */
+  shmSize: string;
   /** persistent: an on-disk directory with upper/ and work/ used instead of the tmpfs. */
   upperDir?: string;
   rootMountpoint: string;

@@ -7,8 +7,8 @@ import type { NativeFailure } from './native.js';
 
 /** The setup steps, in order (addon/steps.h); a test checks the two lists agree. */
 export const SETUP_STEPS = [
-  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_private', 'scratch', 'layers', 'overlay',
-  'root_attach', 'bind', 'proc', 'dev', 'mask', 'readonly', 'pivot_root', 'loopback', 'fds', 'exec_init',
+  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_ns', 'mount_private', 'scratch', 'layers', 'overlay',
+  'root_attach', 'bind', 'proc', 'dev', 'mask', 'readonly', 'pivot_root', 'lock_mounts', 'loopback', 'fds', 'exec_init',
 ] as const;
 export type SetupStep = (typeof SETUP_STEPS)[number] | 'exec' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'rlimit' | 'fork' | 'network' | 'open';
 
@@ -17,6 +17,8 @@ const HINTS: Record<string, string> = {
   'clone:ENOSPC': 'too many namespaces: raise user.max_user_namespaces (and max_pid/mnt/net_namespaces)',
   'clone:EINVAL': 'the kernel lacks clone3 features hutch needs (Linux >= 5.7); see Sandbox.checkHost()',
   'clone:EBUSY': 'CLONE_INTO_CGROUP refused: the target cgroup has controllers but also processes ("no internal processes" rule)',
+  'mount_ns:EPERM': 'a user namespace nested in the sandbox\'s could not be made (hutch makes one per start to lock the sandbox\'s mounts): user namespaces may be restricted (sysctl kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0)',
+  'mount_ns:ENOSPC': 'too many user or mount namespaces: raise user.max_user_namespaces and user.max_mnt_namespaces (hutch needs two of each per starting sandbox)',
   'layers:ENOENT': 'the store\'s layers directory is missing: the image store was removed or moved; import the image again',
   'overlay:ENOENT': 'a layer directory of the image is missing from the store; run ImageStore.prune() and import the image again',
   'overlay:EINVAL': 'overlayfs refused the layers: too many layers for one mount (about 500 is the limit), or a layer on a filesystem overlay cannot use',

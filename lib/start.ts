@@ -32,6 +32,11 @@ import { takeBlank } from './warm.js';
  * ```
  */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
+/**
+ * Size of the sandbox's /dev/shm, 64 MiB (a tmpfs: its pages are charged to the sandbox's
+ * memory as they fill, like Docker's default `--shm-size`).
+ */
+export const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
 /** Paths hidden from the sandbox and paths made read-only (relative to its root). */
 const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
   'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
@@ -101,10 +106,12 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
       }
       binds.push({ fd, target: target.replace(/^\/+/, ''), file: !isDirFd(fd) });
     };
-    // The host image's system dirs are read-only and idmapped where ranges are per sandbox
-    // (host root's files show as root inside); volumes never are: what the sandbox writes
-    // there belongs to its own unprivileged range.
-    for (const p of image.hostBinds) bind(p, p, true, ids.hostUserns);
+    // The host image's system dirs are read-only and never idmapped: inside, host files show
+    // as an unprivileged host user sees them (owned by ids the sandbox does not map, shown as
+    // nobody), so a host file closed to others stays closed to the sandbox's root whatever its
+    // capabilities. Volumes are not idmapped either: what the sandbox writes there belongs to
+    // its own unprivileged range. Both are locked read-only (addon/child_lock.cc).
+    for (const p of image.hostBinds) bind(p, p, true, null);
     for (const m of opts.mounts) bind(m.source, m.target, m.readonly, null);
     const layerFds: number[] = [];
     if (ids.layersUserns !== null) {
@@ -124,6 +131,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
       legacyOverlay: !KERNEL_HAS_LOWERDIR_PLUS,
       ...(layerFds.length > 0 ? { layerFds } : {}),
       scratchSize: String(diskBytes),
+      shmSize: String(DEFAULT_SHM_BYTES),
       ...(disk ? { upperDir: disk.upperDir } : {}),
       rootMountpoint: rootMountpoint(store),
       binds,

@@ -34,3 +34,15 @@ describe('volumes (mounts)', () => {
     expect(r.stdout).toMatch(/ro,nosuid,nodev/);
   });
 });
+
+describe('/dev/shm', () => {
+  it('is a 64 MiB tmpfs by default (API.md: /dev/shm 64MiB), whatever the host has', async () => {
+    // stat -f: the kernel's statfs of the mount, in blocks of its block size.
+    const r = await Sandbox.run({ image: 'busybox', command: 'stat -f -c "%T %S %b" /dev/shm; grep " /dev/shm " /proc/self/mountinfo', encoding: 'utf8' });
+    const [line, mi] = String(r.stdout).split('\n');
+    const [type, bsize, blocks] = line!.split(' ');
+    expect(type).toBe('tmpfs');
+    expect(Number(bsize) * Number(blocks)).toBe(64 * 1024 * 1024);
+    expect(mi).toMatch(/size=65536k/);
+  });
+});

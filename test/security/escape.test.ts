@@ -4,8 +4,10 @@
  * kernel's exact answer. A second sandbox runs the kernel-enforced subset with seccomp
  * 'unconfined': namespaces, capabilities and init's own hardening must hold without the filter.
  */
-import { existsSync, openSync, closeSync, readFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CAPABILITIES } from '../../lib/capabilities.js';
 import { HutchError, Sandbox } from '../../lib/index.js';
 import { installProbe, probe, PROBE } from './probe.js';
 
@@ -265,4 +267,163 @@ describe('escape probes with seccomp unconfined: the kernel refuses by itself', 
     const r = await sb.exec(['sh', '-c', 'unshare -U -r sh -c "mount -t tmpfs none /tmp" 2>&1; echo rc=$?'], { encoding: 'utf8' });
     expect(String(r.stdout)).toMatch(/rc=[1-9]/);
   });
+});
+
+/**
+ * Issue 13, hole 3: mounts holding host data (the host image's /usr, a read-only volume) are
+ * locked against everything inside, and init is out of reach, whatever capabilities were
+ * granted. Each attack is real: the probe calls the kernel from inside, and the host file is
+ * checked from outside.
+ */
+const LOCK_VARIANTS: { name: string; capabilities: string[]; seccomp?: 'unconfined' }[] = [
+  { name: "capabilities ['SYS_ADMIN', 'SYS_PTRACE']", capabilities: ['SYS_ADMIN', 'SYS_PTRACE'] },
+  { name: "every capability and seccomp 'unconfined'", capabilities: [...CAPABILITIES], seccomp: 'unconfined' },
+];
+
+for (const v of LOCK_VARIANTS) {
+  describe(`host data and init hold against ${v.name}`, () => {
+    let sb: Sandbox;
+    let dir: string;
+    const HOST_TEXT = 'host data\n';
+
+    beforeAll(async () => {
+      // A host dir the test owns, as a read-only volume: root-owned files, one writable by
+      // anyone (so only the read-only mount stands between it and a write).
+      dir = mkdtempSync('/var/tmp/hutch-locked-');
+      chmodSync(dir, 0o755);
+      writeFileSync(join(dir, 'open'), HOST_TEXT, { mode: 0o666 });
+      chmodSync(join(dir, 'open'), 0o666);
+      writeFileSync(join(dir, 'root-only'), HOST_TEXT, { mode: 0o644 });
+      sb = await Sandbox.create({
+        image: 'host',
+        capabilities: v.capabilities,
+        ...(v.seccomp ? { seccomp: v.seccomp } : {}),
+        mounts: [{ source: dir, target: '/vol', readonly: true }],
+      });
+      await installProbe(sb);
+    });
+    afterAll(async () => {
+      await sb?.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('holds the capabilities it was given', async () => {
+      const caps = (await probe(sb, ['status'])).match(/CapEff=([0-9a-f]+)/)![1]!;
+      expect(BigInt(`0x${caps}`) & (1n << 21n)).not.toBe(0n); // CAP_SYS_ADMIN
+      expect(BigInt(`0x${caps}`) & (1n << 19n)).not.toBe(0n); // CAP_SYS_PTRACE
+    });
+
+    for (const path of ['/usr', '/vol']) {
+      it(`cannot make ${path} writable: mount_setattr, remount, a writable clone, umount`, async () => {
+        expect(await probe(sb, ['mount_setattr', path])).toBe('refused EPERM');
+        expect(await probe(sb, ['remount_rw', path])).toBe('refused EPERM');
+        expect(await probe(sb, ['clone_rw', path])).toBe('refused EPERM');
+        expect(await probe(sb, ['umount', path])).toBe('refused EINVAL');
+        const mi = await sb.exec(['cat', '/proc/self/mountinfo'], { encoding: 'utf8' });
+        const line = String(mi.stdout).split('\n').find((l) => l.split(' ')[4] === path);
+        expect(line, `${path} in mountinfo`).toBeDefined();
+        expect(line!.split(' ')[5]!.split(',')).toContain('ro');
+      });
+    }
+
+    it('cannot append to a host file in the read-only volume; the host file is unchanged', async () => {
+      expect(await probe(sb, ['append', '/vol/open'])).toBe('refused EROFS');
+      expect(await probe(sb, ['append', '/vol/root-only'])).toMatch(/^refused (EROFS|EACCES)$/);
+      expect(await probe(sb, ['clone_rw', '/vol', 'open'])).toBe('refused EPERM');
+      expect(readFileSync(join(dir, 'open'), 'utf8')).toBe(HOST_TEXT);
+      expect(readFileSync(join(dir, 'root-only'), 'utf8')).toBe(HOST_TEXT);
+    });
+
+    it('cannot ptrace init, read its memory or take its fds (init is not dumpable, for the host)', async () => {
+      expect(await probe(sb, ['ptrace', '1'])).toBe('refused EPERM');
+      expect(await probe(sb, ['ptrace', '1', 'seize'])).toBe('refused EPERM');
+      expect(await probe(sb, ['process_vm_readv', '1'])).toBe('refused EPERM');
+      expect(await probe(sb, ['read', '/proc/1/mem'])).toBe('refused EACCES');
+      expect(await probe(sb, ['pidfd_getfd', '1'])).toBe('refused EPERM');
+      expect(await probe(sb, ['setns', 'mnt', '1'])).toBe('refused EACCES');
+      // The sandbox still works: init answers.
+      expect((await sb.exec(['true'])).exitCode).toBe(0);
+    });
+
+    it('keeps SYS_PTRACE and SYS_ADMIN meaning what they meant inside', async () => {
+      // A process of the sandbox's own can be traced...
+      const r = await sb.exec(['sh', '-c', `sleep 30 & ${PROBE} ptrace $! seize; kill $!`], { encoding: 'utf8' });
+      expect(String(r.stdout).trim()).toBe('ok');
+      // ...and a tmpfs mounted, remounted read-only and back (mounts it made itself are not locked).
+      const m = await sb.exec(['sh', '-c', 'mkdir -p /tmp/own && mount -t tmpfs none /tmp/own && mount -o remount,bind,ro /tmp/own && mount -o remount,bind,rw /tmp/own && touch /tmp/own/x && umount /tmp/own && echo done'], { encoding: 'utf8' });
+      expect(String(m.stdout).trim(), String(m.stderr)).toBe('done');
+      // ...and the hostname set (the UTS namespace is still the sandbox user namespace's).
+      const h = await sb.exec(['sh', '-c', 'hostname locked-test && hostname'], { encoding: 'utf8' });
+      expect(String(h.stdout).trim(), String(h.stderr)).toBe('locked-test');
+      // ...and, with NET_ADMIN, its network configured (the network namespace too).
+      if (v.capabilities.includes('NET_ADMIN')) {
+        const n = await sb.exec(['sh', '-c', 'ip addr add 10.251.0.1/32 dev lo && ip -4 addr show dev lo | grep -c 10.251.0.1'], { encoding: 'utf8' });
+        expect(String(n.stdout).trim(), String(n.stderr)).toBe('1');
+      }
+    });
+  });
+}
+
+describe("init holds against capabilities ['SYS_PTRACE'] alone (the default filter then allows ptrace, process_vm_readv, pidfd_getfd)", () => {
+  let sb: Sandbox;
+  beforeAll(async () => {
+    sb = await Sandbox.create({ image: 'busybox', capabilities: ['SYS_PTRACE'] });
+    await installProbe(sb);
+  });
+  afterAll(async () => {
+    await sb?.destroy();
+  });
+
+  it('cannot ptrace init, read its memory or take its control socket', async () => {
+    expect(await probe(sb, ['ptrace', '1'])).toBe('refused EPERM');
+    expect(await probe(sb, ['ptrace', '1', 'seize'])).toBe('refused EPERM');
+    expect(await probe(sb, ['process_vm_readv', '1'])).toBe('refused EPERM');
+    expect(await probe(sb, ['read', '/proc/1/mem'])).toBe('refused EACCES');
+    expect(await probe(sb, ['pidfd_getfd', '1'])).toBe('refused EPERM');
+    // ...while a process of its own is traced.
+    const r = await sb.exec(['sh', '-c', `sleep 30 & ${PROBE} ptrace $!; kill -9 $!`], { encoding: 'utf8' });
+    expect(String(r.stdout).trim()).toBe('ok');
+    expect((await sb.exec(['true'])).exitCode).toBe(0);
+  });
+});
+
+/**
+ * Issue 13, hole 4: the host image shows host files as an unprivileged host user sees them.
+ * A root-only file and directory made by the test inside the host's real /usr/local (bound
+ * into every host-image sandbox with /usr) stay closed to the sandbox's root, whatever its
+ * capabilities: host root is not mapped inside, so no capability applies to its files.
+ */
+describe("the host image does not give the sandbox host root's ownership", () => {
+  const dir = `/usr/local/hutch-test-secret-${process.pid}`;
+  beforeAll(() => {
+    mkdirSync(`${dir}/private`, { recursive: true, mode: 0o755 });
+    chmodSync(dir, 0o755);
+    writeFileSync(`${dir}/secret`, 'host secret\n', { mode: 0o600 });
+    chmodSync(`${dir}/secret`, 0o600);
+    writeFileSync(`${dir}/private/file`, 'in a private dir\n', { mode: 0o644 });
+    chmodSync(`${dir}/private`, 0o700);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const v of [
+    { name: 'a default sandbox', capabilities: undefined, seccomp: undefined },
+    { name: "every capability and seccomp 'unconfined'", capabilities: [...CAPABILITIES], seccomp: 'unconfined' as const },
+  ]) {
+    it(`${v.name} cannot read a 0600 root file nor list a 0700 root dir under /usr`, async () => {
+      const sb = await Sandbox.create({ image: 'host', ...(v.capabilities ? { capabilities: v.capabilities } : {}), ...(v.seccomp ? { seccomp: v.seccomp } : {}) });
+      try {
+        await installProbe(sb);
+        expect(await probe(sb, ['read', `${dir}/secret`])).toBe('refused EACCES');
+        expect(await probe(sb, ['list', `${dir}/private`])).toBe('refused EACCES');
+        expect(await probe(sb, ['read', `${dir}/private/file`])).toBe('refused EACCES');
+        // Host root's files show as owned by an unmapped id (the overflow uid, nobody).
+        const st = await sb.exec(['stat', '-c', '%u:%g', `${dir}/secret`, '/usr/bin/env'], { encoding: 'utf8' });
+        expect(String(st.stdout).trim().split('\n')).toEqual(['65534:65534', '65534:65534']);
+        // What others may read stays readable and runnable.
+        expect((await sb.exec(['/usr/bin/env', 'true'])).exitCode).toBe(0);
+      } finally {
+        await sb.destroy();
+      }
+    });
+  }
 });

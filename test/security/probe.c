@@ -104,6 +104,69 @@ static int p_setns(int argc, char **argv) {
   return report(setns(fd, 0));
 }
 
+/* mount_setattr PATH: clears MOUNT_ATTR_RDONLY on PATH and every mount below it. */
+static int p_mount_setattr(int argc, char **argv) {
+  if (argc < 3) return 2;
+  struct mount_attr a;
+  memset(&a, 0, sizeof a);
+  a.attr_clr = MOUNT_ATTR_RDONLY;
+  return report(syscall(SYS_mount_setattr, AT_FDCWD, argv[2], AT_RECURSIVE, &a, sizeof a));
+}
+
+/* remount_rw PATH: mount(2)'s way, keeping nosuid and nodev (so only read-only changes). */
+static int p_remount_rw(int argc, char **argv) {
+  if (argc < 3) return 2;
+  return report(mount(NULL, argv[2], NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL));
+}
+
+/* clone_rw PATH: a detached clone of PATH made writable, then attached at /tmp/probe-clone
+ * and written to (FILE under it, when given): "ok" only if the write went through. */
+static int p_clone_rw(int argc, char **argv) {
+  if (argc < 3) return 2;
+  int t = (int)syscall(SYS_open_tree, AT_FDCWD, argv[2], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (t < 0) return refused();
+  struct mount_attr a;
+  memset(&a, 0, sizeof a);
+  a.attr_clr = MOUNT_ATTR_RDONLY;
+  if (syscall(SYS_mount_setattr, t, "", AT_EMPTY_PATH | AT_RECURSIVE, &a, sizeof a) < 0) return refused();
+  mkdir("/tmp", 01777);
+  mkdir("/tmp/probe-clone", 0755);
+  if (syscall(SYS_move_mount, t, "", AT_FDCWD, "/tmp/probe-clone", MOVE_MOUNT_F_EMPTY_PATH) < 0) return refused();
+  if (argc < 4) return report(0);
+  char path[4096];
+  snprintf(path, sizeof path, "/tmp/probe-clone/%s", argv[3]);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return refused();
+  return report(write(fd, "!", 1));
+}
+
+/* append PATH: opens PATH for appending and appends one byte. */
+static int p_append(int argc, char **argv) {
+  if (argc < 3) return 2;
+  int fd = open(argv[2], O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return refused();
+  return report(write(fd, "!", 1));
+}
+
+/* pidfd_getfd PID: tries to take each of PID's fds 0..31 (init's control socket is its fd 3);
+ * "ok <fd>" at the first taken, else the errno of the last attempt. */
+static int p_pidfd_getfd(int argc, char **argv) {
+  pid_t pid = argc > 2 ? atoi(argv[2]) : 1;
+  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pfd < 0) return refused();
+  int err = 0;
+  for (int fd = 0; fd < 32; fd++) {
+    int got = (int)syscall(SYS_pidfd_getfd, pfd, fd, 0);
+    if (got >= 0) {
+      printf("ok %d\n", fd);
+      return 0;
+    }
+    err = errno;
+  }
+  printf("refused %s\n", errname(err));
+  return 0;
+}
+
 static int p_keyctl(int argc, char **argv) {
   (void)argc, (void)argv;
   return report(syscall(SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0));
@@ -153,8 +216,10 @@ static int p_perf_event_open(int argc, char **argv) {
   return report(syscall(SYS_perf_event_open, &a, 0, -1, -1, 0));
 }
 
+/* ptrace PID [seize]: PTRACE_ATTACH, or PTRACE_SEIZE. */
 static int p_ptrace(int argc, char **argv) {
   pid_t pid = argc > 2 ? atoi(argv[2]) : 1;
+  if (argc > 3 && strcmp(argv[3], "seize") == 0) return report(ptrace(PTRACE_SEIZE, pid, 0, 0));
   return report(ptrace(PTRACE_ATTACH, pid, 0, 0));
 }
 
@@ -426,6 +491,11 @@ static const struct probe probes[] = {
     {"umount", p_umount},
     {"unshare", p_unshare},
     {"setns", p_setns},
+    {"mount_setattr", p_mount_setattr},
+    {"remount_rw", p_remount_rw},
+    {"clone_rw", p_clone_rw},
+    {"append", p_append},
+    {"pidfd_getfd", p_pidfd_getfd},
     {"keyctl", p_keyctl},
     {"add_key", p_add_key},
     {"request_key", p_request_key},
