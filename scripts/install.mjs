@@ -31,8 +31,10 @@ function prebuild() {
     if (!isElf(file) || !isElf(init)) return { why: `${file} or ${init} is not an ELF file (a corrupt download?)` };
     return { file, init };
   } catch (e) {
-    const libc = process.report?.getReport?.().header?.glibcVersionRuntime ? 'glibc' : 'musl';
-    return { why: `no prebuilt binary for linux-${process.arch} (${libc}) in this package (it has linux-x64 and linux-arm64, glibc)` };
+    // The same inputs node-gyp-build matched on (npm_config_arch and LIBC override the host's).
+    const arch = process.env.npm_config_arch || process.arch;
+    const libc = process.env.LIBC || (process.report?.getReport?.().header?.glibcVersionRuntime ? 'glibc' : 'musl');
+    return { why: `no prebuilt binary for linux-${arch} (${libc}) in this package (it has linux-x64 and linux-arm64, glibc)` };
   } finally {
     if (saved === undefined) delete process.env.PREBUILDS_ONLY;
     else process.env.PREBUILDS_ONLY = saved;
@@ -54,15 +56,20 @@ function onPath(cmd) {
   return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
 }
 
+/** A tool is there when it runs: a file on PATH that fails (a broken install, a stub) is not. */
+function runs(cmd) {
+  return spawnSync(cmd, ['--version'], { stdio: 'ignore', timeout: 20000 }).status === 0;
+}
+
 /** What building from source needs and this host lacks, each with how to get it. */
 function missingTools() {
   const missing = [];
-  const first = (cands) => cands.find((c) => onPath(c));
+  const first = (cands) => cands.find((c) => runs(c));
   const cxx = process.env.CXX ? [process.env.CXX.split(' ')[0]] : ['c++', 'g++', 'clang++'];
   const cc = process.env.CC ? [process.env.CC.split(' ')[0]] : ['cc', 'gcc', 'clang'];
   if (!first(cxx)) missing.push(`a C++17 compiler (${cxx.join(', ')})`);
   if (!first(cc)) missing.push(`a C compiler with static libc (${cc.join(', ')})`);
-  if (!onPath('make')) missing.push('make');
+  if (!runs('make')) missing.push('make');
   if (!first(['python3', 'python'])) missing.push('python3 (node-gyp runs gyp)');
   let addonApi = true;
   try {

@@ -6,8 +6,19 @@
 # cross-built with Debian's cross toolchain (apt-get install g++-aarch64-linux-gnu
 # gcc-aarch64-linux-gnu, or g++-x86-64-linux-gnu on an arm64 machine).
 # Usage: scripts/prebuild.sh [ARCH...]   (default: x64 arm64)
+#        scripts/prebuild.sh --check     (npm pack's prepack: every prebuild there and newer than its sources)
 set -eu
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --check ]; then
+  for arch in x64 arm64; do
+    for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init; do
+      [ -f "$f" ] || { echo "prebuild: $f is missing: run npm run prebuild before npm pack" >&2; exit 1; }
+      newer=$(find addon binding.gyp scripts/build-init.sh -newer "$f" -type f | head -1)
+      [ -z "$newer" ] || { echo "prebuild: $f is older than $newer: run npm run prebuild before npm pack" >&2; exit 1; }
+    done
+  done
+  exit 0
+fi
 archs=${*:-x64 arm64}
 case $(uname -m) in
   x86_64) host=x64 ;;
