@@ -130,6 +130,12 @@ out=$(hidden sh -c "cd '$app' && npx hutch run -- echo cli-ok") || fail "hutch r
 [ "$out" = cli-ok ] || fail "hutch run printed '$out'"
 echo "   cli: ok"; since
 
+echo "== installed with --ignore-scripts (as npm may do for unapproved install scripts): still runs"
+mkdir -p "$tmp/app3"
+cp "$app/package.json" "$app/run.mjs" "$tmp/app3/"
+hidden sh -c "cd '$tmp/app3' && npm install --no-audit --no-fund --prefer-offline --ignore-scripts '$tarball' >/dev/null 2>&1 && node run.mjs" ||
+  fail "the package does not run when installed with --ignore-scripts"
+
 echo "== no matching prebuild (LIBC=musl) and no toolchain: the install says what is missing"
 mkdir -p "$tmp/app2"
 printf '{ "name": "hutch-pack-check2", "private": true }\n' >"$tmp/app2/package.json"
