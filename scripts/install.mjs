@@ -29,6 +29,14 @@ function prebuild() {
     const init = join(dirname(file), 'hutch-init');
     if (!existsSync(init)) return { why: `${init} is missing next to ${file}` };
     if (!isElf(file) || !isElf(init)) return { why: `${file} or ${init} is not an ELF file (a corrupt download?)` };
+    // Loaded once here, as node-gyp-build's own install check does: a glibc older than the
+    // prebuild's (before 2.34) refuses it, and a source build is the way out.
+    try {
+      require(file);
+    } catch (e) {
+      const glibc = /GLIBC_([0-9.]+)' not found/.exec(String(e?.message));
+      return { why: `the prebuilt ${file} does not load here (${glibc ? `it needs glibc ${glibc[1]}, this host's is older` : String(e?.message).split('\n')[0]})` };
+    }
     return { file, init };
   } catch (e) {
     // The same inputs node-gyp-build matched on (npm_config_arch and LIBC override the host's).
@@ -110,7 +118,7 @@ if (missing.length > 0) {
       `  Fix one of:\n` +
       `  - install the toolchain: apt-get install g++ gcc libc6-dev make python3 (Debian/Ubuntu),\n` +
       `    dnf install gcc-c++ glibc-static make python3 (Fedora), apk add build-base linux-headers python3 (Alpine);\n` +
-      `  - install on linux-x64 or linux-arm64 with glibc, where the package's prebuilt binaries need none of it.`,
+      `  - install on linux-x64 or linux-arm64 with glibc 2.34 or newer, where the package's prebuilt binaries need none of it.`,
   );
   process.exit(1);
 }
