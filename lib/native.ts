@@ -1,12 +1,12 @@
 /**
- * Loads the addon and locates the init binary. A failed load names every path tried and how
- * to fix it (sharp's and node-pty's loaders do the same).
+ * The addon's interface, and its loading (lib/native-load.ts finds the addon and the init: a
+ * source build or the package's prebuild; a failure names the file, the platform and the fix).
  */
 import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HutchError } from './errors.js';
+import { findAddon, findInit, loadAddon, platformName } from './native-load.js';
 
 /** A failure the addon returns as data: lib/ turns it into a HutchError with the caller's stack. */
 export interface NativeFailure {
@@ -127,39 +127,20 @@ function packageRoot(): string {
 
 let loaded: { native: Native; initPath: string } | undefined;
 
-/** The addon, loaded once; its init memfd made on first use. */
+/**
+ * The addon, loaded once, and its init made the one every sandbox runs. lib/native-load.ts
+ * finds both (a source build, else the package's prebuild for this platform) and turns a
+ * missing or mismatched binary into a HutchError naming the file, the platform and the fix.
+ */
 export function native(): Native {
   if (loaded) return loaded.native;
   const root = packageRoot();
-  const require = createRequire(import.meta.url);
-  const tried: string[] = [];
-  let mod: Native | undefined;
-  let lastErr: unknown;
-  for (const build of ['Release', 'Debug']) {
-    const p = join(root, 'build', build, 'hutch.node');
-    tried.push(p);
-    if (!existsSync(p)) continue;
-    try {
-      mod = require(p) as Native;
-      break;
-    } catch (e) {
-      lastErr = e;
-    }
-  }
-  if (!mod) {
-    throw new HutchError(
-      'EUNSUPPORTED',
-      `the hutch addon could not be loaded; tried:\n  ${tried.join('\n  ')}\n` +
-        `Possible solutions:\n  - build it: cd ${root} && npx node-gyp rebuild (needs g++, make, python3)\n` +
-        `  - reinstall: npm install hutch (the install script builds the addon and the init)\n` +
-        `  - hutch runs on Linux only (this is ${process.platform}/${process.arch})`,
-      { cause: lastErr },
-    );
-  }
-  const initPath = join(root, 'build', mod === undefined ? 'Release' : dirname(tried[tried.length - 1]!).endsWith('Debug') ? 'Debug' : 'Release', 'hutch-init');
+  const file = findAddon(root);
+  const mod = loadAddon<Native>(file, root);
+  const initPath = findInit(file, root);
   const r = mod.setInit(initPath);
   if (isFailure(r)) {
-    throw new HutchError('EUNSUPPORTED', `the hutch init binary could not be loaded from ${initPath}: errno ${r.errno}; rebuild with npx node-gyp rebuild in ${root}`);
+    throw new HutchError('EUNSUPPORTED', `the hutch init ${initPath} could not be loaded (${platformName()}): errno ${r.errno}; reinstall hutch or rebuild it: cd ${root} && npm rebuild hutch --build-from-source`, { path: initPath });
   }
   loaded = { native: mod, initPath };
   return mod;
