@@ -22,6 +22,8 @@ beforeAll(() => {
     '--target', 'es2022', '--skipLibCheck', '--types', 'node', '--strict',
   ], { cwd: process.cwd(), stdio: 'pipe' });
   symlinkSync(join(process.cwd(), 'node_modules'), join(build, 'node_modules'));
+  // The compiled copy is a package root without binaries: give it this checkout's.
+  symlinkSync(join(process.cwd(), 'build'), join(build, 'build'));
   writeFileSync(
     join(build, 'child.mjs'),
     `import { ImageStore } from './lib/image/store.js';

@@ -70,8 +70,6 @@ export interface BuildOptions {
 export const buildCounters = { steps: 0, cacheHits: 0, sandboxes: 0, layers: 0 };
 
 const DEFAULT_SHELL = ['/bin/sh', '-c'];
-/** What a RUN step gets unless BuildOptions.limits says otherwise (API.md's defaults for untrusted code). */
-const RUN_LIMITS: Limits = { output: '16MiB', pids: 1024 };
 const CACHE_VERSION = 1;
 const ID_LIMIT = 65536;
 
@@ -389,7 +387,7 @@ async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[]
   if (state.base.id === null || state.base.layers.length === 0) throw buildError(ins, 'RUN needs a base image with a shell; FROM scratch has none');
   let sb: Sandbox;
   try {
-    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network, limits: { ...RUN_LIMITS, ...ctx.o.limits } });
+    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network, limits: ctx.o.limits }); // unset: the sandbox defaults (output 16MiB, pids 1024)
   } catch (e) {
     throw buildError(ins, `could not start the step's sandbox: ${(e as Error).message}`, e);
   }

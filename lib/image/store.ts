@@ -678,7 +678,7 @@ export class ImageStore {
    * Under the lock: moves every layer and blob no image record and no live import needs into
    * tmp/trash, so they vanish from layers/ atomically.
    */
-  private async collect(): Promise<{ trash: string[]; bytes: number }> {
+  private async collect(): Promise<{ trash: (string | null)[]; bytes: number }> {
     const layers = new Set<string>();
     const blobs = new Set<string>();
     for (const n of await fsp.readdir(this.path('images'))) {
@@ -695,7 +695,7 @@ export class ImageStore {
       const pins = await fsp.readFile(this.path('tmp', n, 'pins'), 'utf8').catch(() => '');
       for (const p of pins.split('\n')) if (HEX64.test(p)) layers.add(p);
     }
-    const trash: string[] = [];
+    const trash: (string | null)[] = [];
     let bytes = 0;
     for (const n of await fsp.readdir(this.path('layers'))) {
       if (!HEX64.test(n) || layers.has(n)) continue;
@@ -715,15 +715,25 @@ export class ImageStore {
     return { trash, bytes };
   }
 
-  private async toTrash(p: string): Promise<string> {
+  /**
+   * Moves `p` into tmp/trash; null when it is already gone (a dead sandbox's record can be
+   * removed at the same time by another process's leftover cleanup, lib/prune.ts, which does
+   * not take the store's lock).
+   */
+  private async toTrash(p: string): Promise<string | null> {
     await fsp.mkdir(this.path('tmp', 'trash'), { recursive: true, mode: 0o700 });
     const t = this.path('tmp', 'trash', randomBytes(8).toString('hex'));
-    await fsp.rename(p, t);
+    try {
+      await fsp.rename(p, t);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
     return t;
   }
 
-  private async empty(trash: string[]): Promise<void> {
-    for (const t of trash) await rmTree(t);
+  private async empty(trash: (string | null)[]): Promise<void> {
+    for (const t of trash) if (t !== null) await rmTree(t);
   }
 
   /** @internal A private work directory under tmp/, named after this process so prune can tell it is live. */
