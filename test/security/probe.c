@@ -457,6 +457,47 @@ static int p_chroot(int argc, char **argv) {
 }
 
 /* status: the kernel's view of this process's privileges, one line. */
+/* int80 NR: an i386 syscall through `int $0x80` from a 64-bit process (x86_64 only). The
+ * default filter kills every non-native ABI, so a surviving process is a hole. */
+static int p_int80(int argc, char **argv) {
+#if defined(__x86_64__)
+  long nr = argc > 2 ? strtol(argv[2], NULL, 0) : 20; /* i386 getpid */
+  long r;
+  __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr) : "r8", "r9", "r10", "r11", "memory");
+  if (r < 0 && r > -4096) {
+    printf("refused %s\n", errname((int)-r));
+    return 0;
+  }
+  printf("ok %ld\n", r);
+  return 0;
+#else
+  (void)argc; (void)argv;
+  printf("skipped not-x86_64\n");
+  return 0;
+#endif
+}
+
+/* listmount NS_ID: lists the root mount's children of another mount namespace, named by its
+ * 64-bit id (struct mnt_id_req, version 1: 32 bytes). */
+static int p_listmount(int argc, char **argv) {
+  struct {
+    uint32_t size, spare;
+    uint64_t mnt_id, param, mnt_ns_id;
+  } req = {32, 0, 0xffffffffffffffffULL /* LSMT_ROOT */, 0, argc > 2 ? strtoull(argv[2], NULL, 0) : 0};
+  uint64_t ids[64];
+  long r = syscall(458 /* listmount */, &req, ids, 64, 0);
+  if (r < 0) return refused();
+  printf("ok %ld\n", r);
+  return 0;
+}
+
+/* ids: real and effective uid and gid (for a setuid binary run by an ordinary user). */
+static int p_ids(int argc, char **argv) {
+  (void)argc; (void)argv;
+  printf("uid %d euid %d gid %d egid %d\n", (int)getuid(), (int)geteuid(), (int)getgid(), (int)getegid());
+  return 0;
+}
+
 static int p_status(int argc, char **argv) {
   (void)argc, (void)argv;
   FILE *f = fopen("/proc/self/status", "r");
@@ -522,6 +563,9 @@ static const struct probe probes[] = {
     {"cwd", p_cwd},
     {"chroot", p_chroot},
     {"status", p_status},
+    {"int80", p_int80},
+    {"listmount", p_listmount},
+    {"ids", p_ids},
 };
 
 int main(int argc, char **argv) {
