@@ -13,6 +13,7 @@ import { isFailure, native, type Watch } from './native.js';
 import { waitStatus, type InitMessage } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
+import type { PausableTimer, PauseClock } from './pause.js';
 
 /**
  * Resources used: by one command ({@link ExecResult.usage}) or by the whole sandbox
@@ -152,6 +153,8 @@ export interface ProcessHost {
   sendExec(id: number, message: Buffer, fds: number[]): void;
   sendKill(id: number, signal: number): void;
   cgroup: SandboxCgroup | null;
+  /** Counts exec timeouts; stopped while the sandbox is paused. */
+  clock: PauseClock;
   release(id: number): void;
 }
 
@@ -199,7 +202,7 @@ export class ProcessState implements SandboxProcess {
   private forced: EndReason | null = null;
   private exited: Extract<InitMessage, { type: 'exited' }> | null = null;
   private openStreams = 2;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: PausableTimer | undefined;
   private oomBefore = 0;
   private settled = false;
   private onAbort = (): void => this.forceKill('killed', 9);
@@ -269,7 +272,7 @@ export class ProcessState implements SandboxProcess {
       if (typeof src === 'string' || src instanceof Uint8Array) stdin.end(src);
       else (src as NodeJS.ReadableStream).pipe(stdin);
     }
-    if (this.opts.timeoutMs !== null) this.timer = setTimeout(() => this.forceKill('timeout', 9), this.opts.timeoutMs);
+    if (this.opts.timeoutMs !== null) this.timer = this.host.clock.timer(this.opts.timeoutMs, () => this.forceKill('timeout', 9));
     this.tr.mark('streams');
     if (this.opts.signal) {
       if (this.opts.signal.aborted) this.onAbort();
@@ -352,7 +355,7 @@ export class ProcessState implements SandboxProcess {
   }
 
   private cleanup(): void {
-    if (this.timer) clearTimeout(this.timer);
+    this.timer?.clear();
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     this.host.release(this.id);
   }

@@ -29,6 +29,7 @@ import { dropBlanks, makeBlank } from './warm.js';
 import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImageUser, resolveCached } from './plan.js';
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
+import { SandboxFreezer } from './pause.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -119,6 +120,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private readonly baseEnv: string[];
   private oomSeen = 0;
   private readonly onAbort = (): void => void this.destroy();
+  /** pause/resume and commit's freeze (lib/pause.ts). */
+  private readonly freezer: SandboxFreezer;
 
   private constructor(
     id: string,
@@ -148,6 +151,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     for (const [k, v] of Object.entries(opts.env)) env.set(k, v);
     this.baseEnv = [...env].map(([k, v]) => `${k}=${v}`);
     this.exitedP = new Promise((r) => (this.exitedResolve = r));
+    this.freezer = new SandboxFreezer(id, () => this.cgroup);
   }
 
   /**
@@ -429,6 +433,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         native().send(this.spawned.ctlFd, encodeKill(id, signal, true));
       },
       cgroup: this.cgroup,
+      clock: this.freezer.clock,
       release: (id) => {
         this.procs.delete(id);
         if (this.procs.size === 0) this.ctlWatch?.unref();
@@ -634,6 +639,61 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /**
+   * Freezes every process of the sandbox where it is (cgroup freezer: `cgroup.freeze` on
+   * cgroup v2 and on a hybrid host's cgroup2 leaf, else the v1 `freezer` controller) and
+   * resolves once all are stopped. Exec timeouts (`timeoutMs`) stop counting until
+   * {@link Sandbox.resume}; an exec started meanwhile waits. `stats()`, `commit()` and
+   * `destroy()` work on a paused sandbox (a commit leaves it paused). Idempotent.
+   * docs/limits.md, "Pause and resume".
+   *
+   * @throws HutchError `EDESTROYED`; `EUNSUPPORTED` (no cgroup freezer for this sandbox:
+   * the message says how to get one); `ESETUP` with `step: 'cgroup'` when a task would not
+   * stop within 10 s (a task in uninterruptible sleep; the sandbox is thawed again).
+   *
+   * @example
+   * ```ts
+   * const job = sb.exec('./train.sh', { timeoutMs: 60_000 });
+   * await sb.pause();  // no CPU used from here; the 60 s stop counting
+   * console.log((await sb.stats()).cpuUserMs);
+   * await sb.resume(); // goes on where it stopped
+   * const r = await job;
+   * ```
+   */
+  async pause(): Promise<void> {
+    if (this.state === 'destroyed') throw this.gone();
+    try {
+      await this.freezer.pause();
+    } catch (e) {
+      // destroy() removed the cgroup under the freeze.
+      throw (this.state as string) === 'destroyed' ? this.gone() : e;
+    }
+  }
+
+  /**
+   * Thaws a sandbox {@link Sandbox.pause | paused} before: its processes go on where they
+   * stopped, and exec timeouts count again from where they were. Idempotent (a sandbox that
+   * is not paused is left as it is).
+   *
+   * @throws HutchError `EDESTROYED`.
+   *
+   * @example
+   * ```ts
+   * await sb.pause();
+   * const img = await sb.commit({ tag: 'snapshot:1' }); // still paused after the commit
+   * await sb.resume();
+   * ```
+   */
+  async resume(): Promise<void> {
+    if (this.state === 'destroyed') throw this.gone();
+    await this.freezer.resume();
+  }
+
+  /** Whether {@link Sandbox.pause} froze the sandbox and {@link Sandbox.resume} did not thaw it yet. */
+  get paused(): boolean {
+    return this.freezer.isPaused;
+  }
+
+  /**
    * The writable layer becomes a new image layer: a new image in the sandbox's store, the
    * sandbox's image plus what was changed in it (deletions included). The sandbox goes on
    * running; it is frozen (cgroup freezer) while its writable layer is read, and thawed
@@ -660,23 +720,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     // after, whatever happened): a process swapping a directory for a symlink mid-walk could
     // otherwise steer what host root reads. Without a freezer the commit is refused rather
     // than done on a moving tree.
-    const cg = this.cgroup;
-    if (!cg) {
-      throw new HutchError('EUNSUPPORTED', 'commit is not supported on this host: it freezes the sandbox (cgroup freezer) while reading its writable layer, and this sandbox has no cgroup; give hutch a cgroup (a delegated cgroup v2 subtree or HUTCH_CGROUP_PARENT)');
-    }
+    this.freezer.check('commit');
     const diskBytes = this.opts.limits.diskBytes;
-    let froze = false;
     // init holds the scratch tmpfs open as its fd 4: the upper dir is reachable from here
     // while the sandbox runs, and nowhere else.
     return this.store.commitUpper({
       base: this.image.image,
       upperDir: `/proc/${this.pid}/fd/4/upper`,
       hostIds: { uid: this.ids.uid, gid: this.ids.gid },
-      // A sandbox frozen already (paused) stays so: only what this commit froze is thawed.
-      hold: {
-        freeze: async () => void (froze = await cg.freeze()),
-        thaw: async () => (froze ? cg.thaw() : undefined),
-      },
+      // A paused sandbox stays so: the cgroup thaws only when no pause or commit holds it.
+      hold: { freeze: () => this.freezer.hold('commit'), thaw: () => this.freezer.release() },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
