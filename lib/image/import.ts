@@ -3,7 +3,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
-import { HutchError, invalid } from '../errors.js';
+import { HutchError, STORE_ERRNOS, invalid } from '../errors.js';
 import { digestHex, fileChunks, openBlob, sha256hex, type BlobReading, type Compression } from './blob.js';
 import {
   CONFIG_TYPES,
@@ -101,7 +101,13 @@ export async function extractLayer(
     }
     raw.hash.update(c);
     let off = 0;
-    while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+    try {
+      while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (typeof code === 'string' && STORE_ERRNOS.has(code)) throw new HutchError('ESTORE', `${o.label}: writing the blob ${blobFile} failed: ${code}`, { errno: code, path: blobFile, cause: e });
+      throw e;
+    }
     o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: raw.bytes, ...total });
   };
   try {
