@@ -111,7 +111,15 @@ describe.skipIf(skip)('a full store disk', () => {
     const r = await sb.exec('cat /small && ls -l /big', { encoding: 'utf8' });
     expect(r.exitCode).toBe(0);
     expect(r.stdout).toContain('small');
-    await sb.exec('rm /big');
+    // Smaller: the layer tar and its gzipped blob fit, the extracted layer does not. The
+    // extraction stops while the tar is being read: its fd must close, or the deleted tar keeps its space.
+    const free = statfsSync(mnt).bavail * statfsSync(mnt).bsize;
+    const mid = Math.floor((free * 0.4) / MiB);
+    const m = await sb.exec(`rm /big && dd if=/dev/urandom of=/mid bs=1M count=${mid} 2>&1`, { encoding: 'utf8' });
+    expect(m.exitCode, m.stdout as string).toBe(0);
+    const e = await expectStoreFull(sb.commit({ tag: 'toobig' }), before);
+    expect(e.message).toMatch(/writing entry "mid"/);
+    await sb.exec('rm /mid');
     const img = await sb.commit({ tag: 'fits' });
     expect((await store.get('fits')).id).toBe(img.id);
     await store.remove('fits');
