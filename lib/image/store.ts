@@ -7,6 +7,7 @@ import { HutchError, hostFailure, invalid, storeErrno } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
+import { unmountUnder } from '../disk.js';
 import { dropBlanks } from '../warm.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
@@ -605,6 +606,9 @@ export class ImageStore {
       for (const o of await this.owners()) {
         if (isAlive(o)) continue;
         const dir = this.path('sandboxes', o.sandbox);
+        // A dead persistent sandbox's disk is still loop-mounted at <dir>/disk: unmounted
+        // first, or its directory could not be removed from the trash (EBUSY).
+        await this.unmount([dir]);
         found.bytes += await treeBytes(dir);
         found.trash.push(await this.toTrash(dir));
       }
@@ -774,8 +778,41 @@ export class ImageStore {
     return t;
   }
 
+  /** unmountUnder, its failure as ESTORE naming the mount. */
+  private async unmount(paths: string[]): Promise<void> {
+    try {
+      await unmountUnder(paths);
+    } catch (e) {
+      throw new HutchError('ESTORE', `unmounting a dead sandbox's disk under ${paths.join(', ')} failed: ${(e as Error).message.trim()}`, {
+        errno: 'EBUSY',
+        path: paths[0],
+        hint: 'find what still uses it (fuser -vm <path>), stop it, and run ImageStore.prune() again',
+        cause: e,
+      });
+    }
+  }
+
+  /**
+   * Removes the trash entries. A mount left inside one (a dead sandbox's disk moved here by an
+   * older prune) is unmounted first; an entry that still cannot go is an ESTORE after the
+   * others are removed, never a raw error.
+   */
   private async empty(trash: (string | null)[]): Promise<void> {
-    for (const t of trash) if (t !== null) await rmTree(t);
+    const entries = trash.filter((t): t is string => t !== null);
+    let failure: unknown;
+    try {
+      await this.unmount(entries);
+    } catch (e) {
+      failure = e;
+    }
+    for (const t of entries) {
+      try {
+        await rmTree(t);
+      } catch (e) {
+        failure ??= hostFailure('ESTORE', `removing ${t} from the store's trash`, e);
+      }
+    }
+    if (failure) throw failure;
   }
 
   /** @internal A private work directory under tmp/, named after this process so prune can tell it is live. */
