@@ -7,14 +7,14 @@
  * import path), so a committed or built layer is checked, hashed, kept as a blob and
  * extracted exactly as an imported one.
  */
-import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, type Stats } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
-import { HutchError, STORE_ERRNOS, errnoName, invalid } from '../errors.js';
+import { HutchError, errnoName, invalid } from '../errors.js';
 import { native } from '../native.js';
-import { sha256hex } from './blob.js';
+import { sha256hex, writeFully } from './blob.js';
 import { extractLayer, type PendingImage, type PendingLayer } from './import.js';
 import { hostArch, toImageConfig } from './oci.js';
 import { tarChunks, type TarEntry } from './tarwriter.js';
@@ -42,16 +42,7 @@ export class LayerTar {
   }
 
   write(buf: Buffer): void {
-    let off = 0;
-    try {
-      while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (typeof code === 'string' && STORE_ERRNOS.has(code)) {
-        throw new HutchError('ESTORE', `writing the layer archive ${this.file} failed: ${code}`, { errno: code, path: this.file, cause: e });
-      }
-      throw e;
-    }
+    writeFully(this.fd, buf, this.file);
   }
 
   /** One entry with its data in memory (none for dirs, links, whiteouts). */

@@ -71,7 +71,8 @@ function idShaped(ref: string): boolean {
  * callers have removed the operation's work directory by then: nothing of it is kept.
  */
 export function storeFailure(root: string, what: string, e: unknown): unknown {
-  if (HutchError.is(e) && e.code === 'ESTORE') return e;
+  // The layer cap's ESTORE (EFBIG, the path inside the layer) is not a write failure: as it is.
+  if (HutchError.is(e) && e.code === 'ESTORE' && !e.path?.startsWith(root + '/')) return e;
   const found = storeErrno(e);
   if (found) {
     const path = found.path !== undefined && (found.path === root || found.path.startsWith(root + '/')) ? found.path : root;

@@ -1,4 +1,4 @@
-import { writeSync } from 'node:fs';
+import { writeFully } from './blob.js';
 import { join } from 'node:path';
 import { Parser, type ReadEntry } from 'tar';
 import { HutchError, STORE_ERRNOS, errnoName } from '../errors.js';
@@ -388,14 +388,7 @@ export class LayerExtractor {
     if (isFailure(fd)) throw this.hostError(name, fd);
     this.openFd = fd;
     const write = (chunk: Buffer, position: number | null) => {
-      let off = 0;
-      try {
-        while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off, position === null ? null : position + off);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (typeof code === 'string' && STORE_ERRNOS.has(code)) throw this.storeError(name, code, 'write', err);
-        throw err;
-      }
+      writeFully(fd, chunk, join(this.dir, rel), position);
       this.stats.sizeBytes += chunk.length;
     };
     const reader = sparse ? new SparseReader(bad, this.opts.label, name, { name, realSize: sparse.realSize }, e.size ?? 0, write) : undefined;
