@@ -138,6 +138,24 @@ describe.skipIf(skip)('a full store disk', () => {
     rmSync(ctx, { recursive: true });
   });
 
+  it('a read-only store: ESTORE EROFS for import, commit and build', async () => {
+    const file = join(work, 'small.tar');
+    writeFileSync(file, tarBuffer([{ path: 'x', type: 'file', data: 'x' }]));
+    await using sb = await Sandbox.create({ image: 'busybox', store });
+    await sb.exec('echo x > /x');
+    execFileSync('mount', ['-o', 'remount,ro', mnt]);
+    try {
+      for (const op of [() => store.import(file), () => sb.commit(), () => store.build({ dockerfile: 'FROM busybox\nENV A=1\n' })]) {
+        const e = await op().then(() => undefined, (err: unknown) => err);
+        expect(HutchError.is(e) && { code: e.code, errno: e.errno }, String(e)).toEqual({ code: 'ESTORE', errno: 'EROFS' });
+      }
+    } finally {
+      execFileSync('mount', ['-o', 'remount,rw', mnt]);
+    }
+    expect(fdsInStore()).toEqual([]);
+    rmSync(file);
+  });
+
   const hasRegistry = spawnSync('sh', ['-c', 'command -v docker-registry']).status === 0;
   it.skipIf(needs(hasRegistry, 'docker-registry is needed (apt-get install docker-registry)'))(
     'pull of an image whose layer does not fit (the real docker-registry on loopback): ESTORE ENOSPC, nothing kept, space back',

@@ -91,8 +91,10 @@ export function storeFailure(root: string, what: string, e: unknown): unknown {
   }
   if (HutchError.is(e)) return e;
   const err = e as NodeJS.ErrnoException | undefined;
-  if (typeof err?.code !== 'string' || typeof err.path !== 'string' || !(err.path === root || err.path.startsWith(root + '/'))) return e;
-  return hostFailure('ESTORE', `${what} in the store ${root} failed`, e);
+  if (typeof err?.code !== 'string') return e;
+  // Another filesystem failure (EACCES, EMLINK...) on the store's files: still the store's, typed.
+  const failure = hostFailure('ESTORE', `${what} in the store ${root} failed`, e);
+  return failure.path === undefined ? new HutchError('ESTORE', failure.message, { errno: failure.errno, path: root, cause: e }) : failure;
 }
 
 /** Directory permissions: see docs/images.md, "Ownership". */
@@ -372,7 +374,9 @@ export class ImageStore {
   ): Promise<Image> {
     if (options.tag !== undefined) this.checkTag(options.tag);
     this.ensure();
-    const op = await this.beginOp();
+    const op = await this.beginOp().catch((e: unknown) => {
+      throw storeFailure(this.root, 'import', e);
+    });
     try {
       const pending = await importSource(this, op, source, options.onProgress);
       if (options.tag !== undefined) pending.tags = [options.tag];
