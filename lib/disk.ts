@@ -30,6 +30,11 @@ interface MountEntry {
   device: string;
 }
 
+/** A mount point as mountinfo writes it, its octal escapes (`\040` for a space...) decoded. */
+function mountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
 /** The mount holding `path` (the longest mount point that is a prefix), from mountinfo. */
 export function mountOf(path: string): MountEntry | undefined {
   let best: MountEntry | undefined;
@@ -37,12 +42,38 @@ export function mountOf(path: string): MountEntry | undefined {
     const f = line.split(' ');
     if (f.length < 10) continue;
     const sep = f.indexOf('-');
-    const mp = f[4]!.replace(/\\040/g, ' ');
+    const mp = mountPath(f[4]!);
     if (!(path === mp || path.startsWith(mp.endsWith('/') ? mp : `${mp}/`))) continue;
     if (best && best.mountPoint.length > mp.length) continue;
     best = { mountPoint: mp, fstype: f[sep + 1]!, options: `${f[5]},${f[sep + 3] ?? ''}`, device: f[2]! };
   }
   return best;
+}
+
+/**
+ * Unmounts every mount of this mount namespace at or under one of `paths`, deepest first: the
+ * loop-mounted disk of a persistent sandbox whose owner died (`sandboxes/<id>/disk`), before
+ * its directory is moved to the store's trash and removed (a mount point cannot be removed:
+ * EBUSY, and its image file would keep its bytes). A loop device attached by `mount -o loop`
+ * detaches itself on unmount (autoclear). A mount still busy is detached lazily: it leaves
+ * the tree now and the kernel frees it when its last user goes.
+ * @returns the mount points unmounted.
+ */
+export async function unmountUnder(paths: readonly string[]): Promise<string[]> {
+  if (paths.length === 0) return [];
+  const under = (mp: string) => paths.some((p) => mp === p || mp.startsWith(p.endsWith('/') ? p : `${p}/`));
+  const found: string[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10) continue;
+    const mp = mountPath(f[4]!);
+    if (under(mp)) found.push(mp);
+  }
+  found.sort((a, b) => b.length - a.length);
+  for (const mp of found) {
+    await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
+  }
+  return found;
 }
 
 /** Which method applies to a store at `root`: checkHost() reports it. */

@@ -10,7 +10,9 @@ import { getSystemErrorName } from 'node:util';
  * - `ESETUP`: setting a sandbox up (or tearing it down) failed: `step` names the step, `errno` the kernel's answer;
  * - `EDESTROYED`: the sandbox (or pool) is destroyed (or closed, or aborted through its signal);
  * - `EREGISTRY`: a registry refused or failed a pull or push;
- * - `EBUILD`: a Dockerfile build failed (a bad instruction, a failing RUN).
+ * - `EBUILD`: a Dockerfile build failed (a bad instruction, a failing RUN);
+ * - `ESTORE`: the image store could not be read or written (`errno` says why, e.g. `ENOSPC`,
+ *   `path` where); the operation left nothing half-made and its space is free again.
  *
  * @example
  * ```ts
@@ -141,6 +143,25 @@ export function hostFailure(code: HutchErrorCode, what: string, cause: unknown):
   const errno = typeof e?.code === 'string' ? e.code : undefined;
   const msg = `${what}: ${errno ?? (e instanceof Error ? e.message : String(cause))}`;
   return new HutchError(code, msg, { errno, path: e?.path, cause });
+}
+
+/**
+ * errno names meaning the store's filesystem could not take a write (full, over quota, broken,
+ * read-only, out of fds): the store's fault, not the input's, so `ESTORE` rather than `EBADIMAGE`.
+ */
+export const STORE_ERRNOS: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'EFBIG', 'EMFILE', 'ENFILE']);
+
+/**
+ * The store-side failure inside `e` (itself or a cause up its chain): an errno of
+ * {@link STORE_ERRNOS} and the path it names, if any; undefined when there is none.
+ */
+export function storeErrno(e: unknown): { errno: string; path?: string; error: unknown } | undefined {
+  for (let cur = e, depth = 0; typeof cur === 'object' && cur !== null && depth < 8; cur = (cur as { cause?: unknown }).cause, depth++) {
+    const o = cur as { code?: unknown; errno?: unknown; path?: unknown };
+    const name = HutchError.is(cur) ? cur.errno : typeof o.code === 'string' ? o.code : undefined;
+    if (name !== undefined && STORE_ERRNOS.has(name)) return { errno: name, path: typeof o.path === 'string' ? o.path : undefined, error: cur };
+  }
+  return undefined;
 }
 
 export function describe(v: unknown): string {

@@ -1,8 +1,23 @@
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, writeSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import * as zlib from 'node:zlib';
-import { HutchError, unsupported } from '../errors.js';
+import { HutchError, STORE_ERRNOS, unsupported } from '../errors.js';
+
+/**
+ * Writes all of `buf` to `fd` (at `position`, else at the file offset). A write the store's
+ * filesystem refuses (ENOSPC, EDQUOT, EIO...) is `ESTORE` naming `path`, the file in the store.
+ */
+export function writeFully(fd: number, buf: Buffer, path: string, position: number | null = null): void {
+  let off = 0;
+  try {
+    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, position === null ? null : position + off);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && STORE_ERRNOS.has(code)) throw new HutchError('ESTORE', `writing ${path} into the store failed: ${code}`, { errno: code, path, cause: e });
+    throw e;
+  }
+}
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 

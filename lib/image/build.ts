@@ -505,8 +505,13 @@ async function workdirLayer(ctx: Ctx, state: State, dir: string): Promise<Pendin
   if (f && f.st.isDirectory()) return null;
   if (f) throw new Error(`WORKDIR ${dir} exists in the image and is not a directory`);
   const tar = new LayerTar(ctx.op);
-  await ensureDirs(tar, view, ctx.store.shift(), parts, await userOwner(view, state), Math.floor(Date.now() / 1000));
-  return tar.toLayer(ctx.store, ctx.op, `WORKDIR ${dir}`);
+  try {
+    await ensureDirs(tar, view, ctx.store.shift(), parts, await userOwner(view, state), Math.floor(Date.now() / 1000));
+    return await tar.toLayer(ctx.store, ctx.op, `WORKDIR ${dir}`);
+  } catch (e) {
+    tar.discard(); // its fd closed now: a full disk gets its space back
+    throw e;
+  }
 }
 
 // ---- COPY and ADD ---------------------------------------------------------------------------
@@ -709,58 +714,63 @@ async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: Map<stri
     const view = ImageView.of(ctx.store, state.base.layers, 'the base image');
     const owner = chown !== undefined ? await buildUserIds(view, chown) : { uid: 0, gid: 0 };
     const tar = new LayerTar(ctx.op);
-    const now = Math.floor(Date.now() / 1000);
-    const shift = ctx.store.shift();
-    const destParts = await view.resolve(destAbs, true);
-    const existing = await view.lookup(destParts);
-    const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
-    if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
-    const meta = (st: Stats) => ({ mode: chmod ?? st.mode & 0o7777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
-    noWhiteout(ins, destParts.join('/'));
-    const emitTree = async (abs: string, parts: string[]): Promise<void> => {
-      for (const n of (await fsp.readdir(abs)).sort()) {
-        const p = join(abs, n);
-        if (ctx.ignored(relative(ctx.context!, p).split(sep).join('/'))) continue;
-        const st = await fsp.lstat(p);
-        const rel = [...parts, n].join('/');
+    try {
+      const now = Math.floor(Date.now() / 1000);
+      const shift = ctx.store.shift();
+      const destParts = await view.resolve(destAbs, true);
+      const existing = await view.lookup(destParts);
+      const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());
+      if (srcs.length > 1 && !intoDir) throw buildError(ins, `with more than one source the destination must be a directory ending in /`);
+      const meta = (st: Stats) => ({ mode: chmod ?? st.mode & 0o7777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
+      noWhiteout(ins, destParts.join('/'));
+      const emitTree = async (abs: string, parts: string[]): Promise<void> => {
+        for (const n of (await fsp.readdir(abs)).sort()) {
+          const p = join(abs, n);
+          if (ctx.ignored(relative(ctx.context!, p).split(sep).join('/'))) continue;
+          const st = await fsp.lstat(p);
+          const rel = [...parts, n].join('/');
+          noWhiteout(ins, rel);
+          if (st.isDirectory()) {
+            tar.add({ path: rel, type: 'dir', ...meta(st) });
+            await emitTree(p, [...parts, n]);
+          } else if (st.isSymbolicLink()) {
+            tar.add({ path: rel, type: 'symlink', linkpath: await fsp.readlink(p), mode: 0o777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
+          } else if (st.isFile()) await emitFile(p, rel);
+          else throw buildError(ins, `${JSON.stringify(rel)}: ${ins.keyword} takes files, directories and symlinks`);
+        }
+      };
+      const emitFile = async (abs: string, rel: string) => {
         noWhiteout(ins, rel);
+        const fh = await fsp.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+        try {
+          const now2 = await fh.stat();
+          if (!now2.isFile()) throw buildError(ins, `${JSON.stringify(rel)} changed during the build`);
+          tar.header({ path: rel, type: 'file', ...meta(now2) }, now2.size);
+          await copyData(tar, fh, now2.size);
+        } finally {
+          await fh.close();
+        }
+      };
+      for (const s of srcs) {
+        const st = statSync(s.abs);
         if (st.isDirectory()) {
-          tar.add({ path: rel, type: 'dir', ...meta(st) });
-          await emitTree(p, [...parts, n]);
-        } else if (st.isSymbolicLink()) {
-          tar.add({ path: rel, type: 'symlink', linkpath: await fsp.readlink(p), mode: 0o777, ...owner, mtime: Math.floor(st.mtimeMs / 1000) });
-        } else if (st.isFile()) await emitFile(p, rel);
-        else throw buildError(ins, `${JSON.stringify(rel)}: ${ins.keyword} takes files, directories and symlinks`);
+          await ensureDirs(tar, view, shift, destParts, owner, now);
+          await emitTree(s.abs, destParts);
+        } else if (add && (await isArchive(s.abs))) {
+          await ensureDirs(tar, view, shift, destParts, owner, now);
+          await addArchive(ctx, ins, tar, s, destParts, chown !== undefined ? owner : null, chmod);
+        } else {
+          const target = intoDir ? [...destParts, s.rel.split('/').pop()!] : await view.resolve(destAbs, false);
+          if (target.length === 0) throw buildError(ins, `cannot copy the file ${JSON.stringify(s.rel)} over the root directory`);
+          await ensureDirs(tar, view, shift, target.slice(0, -1), owner, now);
+          await emitFile(s.abs, target.join('/'));
+        }
       }
-    };
-    const emitFile = async (abs: string, rel: string) => {
-      noWhiteout(ins, rel);
-      const fh = await fsp.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-      try {
-        const now2 = await fh.stat();
-        if (!now2.isFile()) throw buildError(ins, `${JSON.stringify(rel)} changed during the build`);
-        tar.header({ path: rel, type: 'file', ...meta(now2) }, now2.size);
-        await copyData(tar, fh, now2.size);
-      } finally {
-        await fh.close();
-      }
-    };
-    for (const s of srcs) {
-      const st = statSync(s.abs);
-      if (st.isDirectory()) {
-        await ensureDirs(tar, view, shift, destParts, owner, now);
-        await emitTree(s.abs, destParts);
-      } else if (add && (await isArchive(s.abs))) {
-        await ensureDirs(tar, view, shift, destParts, owner, now);
-        await addArchive(ctx, ins, tar, s, destParts, chown !== undefined ? owner : null, chmod);
-      } else {
-        const target = intoDir ? [...destParts, s.rel.split('/').pop()!] : await view.resolve(destAbs, false);
-        if (target.length === 0) throw buildError(ins, `cannot copy the file ${JSON.stringify(s.rel)} over the root directory`);
-        await ensureDirs(tar, view, shift, target.slice(0, -1), owner, now);
-        await emitFile(s.abs, target.join('/'));
-      }
+      return await tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (${ins.keyword})`);
+    } catch (e) {
+      tar.discard(); // its fd closed now: a full disk gets its space back
+      throw e;
     }
-    return tar.toLayer(ctx.store, ctx.op, `Dockerfile line ${ins.line} (${ins.keyword})`);
   };
   return { createdBy, hash, layer };
 }

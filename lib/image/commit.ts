@@ -7,14 +7,14 @@
  * import path), so a committed or built layer is checked, hashed, kept as a blob and
  * extracted exactly as an imported one.
  */
-import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, type Stats } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
 import { HutchError, errnoName, invalid } from '../errors.js';
 import { native } from '../native.js';
-import { sha256hex } from './blob.js';
+import { sha256hex, writeFully } from './blob.js';
 import { extractLayer, type PendingImage, type PendingLayer } from './import.js';
 import { hostArch, toImageConfig } from './oci.js';
 import { tarChunks, type TarEntry } from './tarwriter.js';
@@ -42,8 +42,7 @@ export class LayerTar {
   }
 
   write(buf: Buffer): void {
-    let off = 0;
-    while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+    writeFully(this.fd, buf, this.file);
   }
 
   /** One entry with its data in memory (none for dirs, links, whiteouts). */
@@ -77,11 +76,15 @@ export class LayerTar {
     rmSync(this.file, { force: true });
   }
 
+  /** Ends the archive and closes it; on a failure (a full disk) the fd is closed all the same. */
   close(): void {
     if (this.fd < 0) return;
-    this.write(Buffer.alloc(1024));
-    closeSync(this.fd);
-    this.fd = -1;
+    try {
+      this.write(Buffer.alloc(1024));
+    } finally {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
   }
 
   /**
@@ -90,8 +93,13 @@ export class LayerTar {
    * layer (history says `empty_layer`), as BuildKit does.
    */
   async toLayer(store: ImageStore, op: Op, label: string): Promise<PendingLayer | null> {
-    this.close();
     const file = this.file;
+    try {
+      this.close();
+    } catch (e) {
+      this.discard();
+      throw e;
+    }
     if (this.entries === 0) {
       await fsp.rm(file, { force: true });
       return null;
@@ -109,7 +117,15 @@ async function* gzipFile(path: string): AsyncGenerator<Buffer> {
   const src = createReadStream(path, { highWaterMark: 256 * 1024 });
   src.on('error', (e) => gz.destroy(e));
   src.pipe(gz);
-  for await (const c of gz) yield c as Buffer;
+  try {
+    for await (const c of gz) yield c as Buffer;
+  } finally {
+    // A reader that stops early (the extraction failed: a full disk) ends this generator
+    // here: the archive's fd must close now, or the deleted file keeps its space.
+    src.unpipe(gz);
+    gz.destroy();
+    if (!src.closed) await new Promise<void>((resolve) => src.destroy().once('close', () => resolve()));
+  }
 }
 
 /**

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { HutchError, invalid } from '../errors.js';
-import { digestHex, fileChunks, openBlob, sha256hex, type BlobReading, type Compression } from './blob.js';
+import { digestHex, fileChunks, openBlob, sha256hex, writeFully, type BlobReading, type Compression } from './blob.js';
 import {
   CONFIG_TYPES,
   DEFAULT_PATH,
@@ -100,8 +100,7 @@ export async function extractLayer(
       throw new HutchError('EBADIMAGE', `${o.label}: size mismatch: the blob has more than the ${o.expectSize} bytes the manifest says`);
     }
     raw.hash.update(c);
-    let off = 0;
-    while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+    writeFully(fd, c, blobFile);
     o.onProgress?.({ phase: verifyFirst ? 'verify' : 'extract', current: raw.bytes, ...total });
   };
   try {
@@ -198,8 +197,7 @@ async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buf
       maxBytes: store.limits.maxBytes,
       label,
       onRaw: (c) => {
-        let off = 0;
-        while (off < c.length) off += writeSync(fd, c, off, c.length - off);
+        writeFully(fd, c, rawFile);
         onProgress?.({ phase: 'extract', current: reading ? reading.raw.bytes : 0, ...(total !== undefined ? { total } : {}) });
       },
     });

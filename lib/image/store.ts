@@ -3,10 +3,11 @@ import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { HutchError, hostFailure, invalid } from '../errors.js';
+import { HutchError, hostFailure, invalid, storeErrno } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
+import { unmountUnder } from '../disk.js';
 import { dropBlanks } from '../warm.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
@@ -62,13 +63,38 @@ function idShaped(ref: string): boolean {
   return (ref.startsWith('sha256:') && HEX64.test(ref.slice(7))) || ID_PREFIX.test(ref);
 }
 
-/** A filesystem failure of the store (a full disk, EMFILE...) as a HutchError keeping the cause. */
-function storeFailure(root: string, what: string, e: unknown): unknown {
+/**
+ * A store operation's failure as its caller sees it. A write the store's filesystem refused
+ * (STORE_ERRNOS: full, over quota, read-only, broken), also when code below wrapped it as
+ * EBADIMAGE, EBUILD or EREGISTRY, is `ESTORE` with `errno` and a `path` under the store; a raw
+ * errno error on the store's files is `ESTORE` too; other HutchErrors pass unchanged. The
+ * callers have removed the operation's work directory by then: nothing of it is kept.
+ */
+export function storeFailure(root: string, what: string, e: unknown): unknown {
+  // The layer cap's ESTORE (EFBIG, the path inside the layer) is not a write failure: as it is.
+  if (HutchError.is(e) && e.code === 'ESTORE' && !e.path?.startsWith(root + '/')) return e;
+  const found = storeErrno(e);
+  if (found) {
+    const path = found.path !== undefined && (found.path === root || found.path.startsWith(root + '/')) ? found.path : root;
+    const errno = found.errno;
+    const hint =
+      errno === 'ENOSPC' || errno === 'EDQUOT'
+        ? "the store's disk is full: free space (store.remove() images you do not need, then store.prune()) and try again"
+        : errno === 'EROFS'
+          ? 'the store is on a read-only filesystem: give ImageStore a writable root'
+          : errno === 'EMFILE' || errno === 'ENFILE'
+            ? 'the process or system ran out of file descriptors: raise the limit (ulimit -n) and try again'
+            : errno === 'EFBIG'
+              ? "a file is larger than the store's filesystem allows"
+              : "the store's disk failed: look at the kernel log (dmesg)";
+    return new HutchError('ESTORE', `${what} failed: the store ${root} could not be written (${errno} at ${path}); nothing of it was kept: ${hint}`, { errno, path, hint, cause: e });
+  }
   if (HutchError.is(e)) return e;
-  const code = (e as NodeJS.ErrnoException)?.code;
-  if (typeof code !== 'string') return e;
-  const hint = code === 'ENOSPC' ? '; the store\'s disk is full: free space or run ImageStore.prune()' : '';
-  return hostFailure('ESETUP', `${what} into the store ${root} failed${hint}`, e);
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (typeof err?.code !== 'string') return e;
+  // Another filesystem failure (EACCES, EMLINK...) on the store's files: still the store's, typed.
+  const failure = hostFailure('ESTORE', `${what} in the store ${root} failed`, e);
+  return failure.path === undefined ? new HutchError('ESTORE', failure.message, { errno: failure.errno, path: root, cause: e }) : failure;
 }
 
 /** Directory permissions: see docs/images.md, "Ownership". */
@@ -183,8 +209,13 @@ export class ImageStore {
   /** @internal */
   async writeJson(target: string, value: unknown): Promise<void> {
     const tmp = this.path('tmp', `w-${ownerTag()}-${randomBytes(6).toString('hex')}`);
-    await fsp.writeFile(tmp, JSON.stringify(value, null, 1) + '\n', { mode: 0o600 });
-    await fsp.rename(tmp, target);
+    try {
+      await fsp.writeFile(tmp, JSON.stringify(value, null, 1) + '\n', { mode: 0o600 });
+      await fsp.rename(tmp, target);
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw e;
+    }
   }
 
   /** @internal */
@@ -327,7 +358,8 @@ export class ImageStore {
    * @param options `tag`: a name for the image (not an id, not `host` or `busybox`);
    * `onProgress`: called as bytes are read.
    * @throws HutchError `EINVAL` (a bad tag), `EBADIMAGE` (an archive, manifest or entry rejected,
-   * or a layer over the store's {@link ImageStore.limits}).
+   * or a layer over the store's {@link ImageStore.limits}), `ESTORE` (the store's disk is full or
+   * failed: `errno` e.g. `ENOSPC`, `path` under the store; nothing of the import is kept).
    *
    * @example
    * ```ts
@@ -342,7 +374,9 @@ export class ImageStore {
   ): Promise<Image> {
     if (options.tag !== undefined) this.checkTag(options.tag);
     this.ensure();
-    const op = await this.beginOp();
+    const op = await this.beginOp().catch((e: unknown) => {
+      throw storeFailure(this.root, 'import', e);
+    });
     try {
       const pending = await importSource(this, op, source, options.onProgress);
       if (options.tag !== undefined) pending.tags = [options.tag];
@@ -363,7 +397,8 @@ export class ImageStore {
    * @param ref `[host[:port]/]repository[:tag][@sha256:<digest>]`.
    * @param options `insecure`: plain http; `auth`: credentials; `onProgress`: per layer.
    * @throws HutchError `EINVAL` (a malformed ref), `EREGISTRY` (the registry refused, failed,
-   * or sent something that does not check out).
+   * or sent something that does not check out), `ESTORE` (the store could not be written:
+   * `errno`, `path`; nothing of the pull is kept).
    *
    * @example
    * ```ts
@@ -376,7 +411,11 @@ export class ImageStore {
     options: { insecure?: boolean; auth?: { username: string; password: string }; onProgress?: (p: Progress) => void } = {},
   ): Promise<Image> {
     const { pull } = await import('./registry.js');
-    return pull(this, ref, options);
+    try {
+      return await pull(this, ref, options);
+    } catch (e) {
+      throw storeFailure(this.root, `pull of ${ref}`, e);
+    }
   }
 
   /**
@@ -411,7 +450,8 @@ export class ImageStore {
    * sandboxes; each step's result is cached in the store.
    *
    * @throws HutchError `EINVAL` (bad options or tag), `EBUILD` (a bad instruction, a failing
-   * RUN, or a FROM image not in the store: FROM never pulls; the message names the Dockerfile line).
+   * RUN, or a FROM image not in the store: FROM never pulls; the message names the Dockerfile line),
+   * `ESTORE` (the store could not be written: `errno`, `path`; nothing of the build is kept).
    *
    * @example
    * ```ts
@@ -424,7 +464,11 @@ export class ImageStore {
    */
   async build(options: BuildOptions): Promise<Image> {
     const { build } = await import('./build.js');
-    return build(this, options);
+    try {
+      return await build(this, options);
+    } catch (e) {
+      throw storeFailure(this.root, 'build', e);
+    }
   }
 
   /**
@@ -435,7 +479,11 @@ export class ImageStore {
    */
   async commitUpper(options: CommitOptions): Promise<Image> {
     const { commitUpper } = await import('./commit.js');
-    return commitUpper(this, options);
+    try {
+      return await commitUpper(this, options);
+    } catch (e) {
+      throw storeFailure(this.root, 'commit', e);
+    }
   }
 
   /** @internal */
@@ -563,6 +611,9 @@ export class ImageStore {
       for (const o of await this.owners()) {
         if (isAlive(o)) continue;
         const dir = this.path('sandboxes', o.sandbox);
+        // A dead persistent sandbox's disk is still loop-mounted at <dir>/disk: unmounted
+        // first, or its directory could not be removed from the trash (EBUSY).
+        await this.unmount([dir]);
         found.bytes += await treeBytes(dir);
         found.trash.push(await this.toTrash(dir));
       }
@@ -732,8 +783,41 @@ export class ImageStore {
     return t;
   }
 
+  /** unmountUnder, its failure as ESTORE naming the mount. */
+  private async unmount(paths: string[]): Promise<void> {
+    try {
+      await unmountUnder(paths);
+    } catch (e) {
+      throw new HutchError('ESTORE', `unmounting a dead sandbox's disk under ${paths.join(', ')} failed: ${(e as Error).message.trim()}`, {
+        errno: 'EBUSY',
+        path: paths[0],
+        hint: 'find what still uses it (fuser -vm <path>), stop it, and run ImageStore.prune() again',
+        cause: e,
+      });
+    }
+  }
+
+  /**
+   * Removes the trash entries. A mount left inside one (a dead sandbox's disk moved here by an
+   * older prune) is unmounted first; an entry that still cannot go is an ESTORE after the
+   * others are removed, never a raw error.
+   */
   private async empty(trash: (string | null)[]): Promise<void> {
-    for (const t of trash) if (t !== null) await rmTree(t);
+    const entries = trash.filter((t): t is string => t !== null);
+    let failure: unknown;
+    try {
+      await this.unmount(entries);
+    } catch (e) {
+      failure = e;
+    }
+    for (const t of entries) {
+      try {
+        await rmTree(t);
+      } catch (e) {
+        failure ??= hostFailure('ESTORE', `removing ${t} from the store's trash`, e);
+      }
+    }
+    if (failure) throw failure;
   }
 
   /** @internal A private work directory under tmp/, named after this process so prune can tell it is live. */
@@ -762,12 +846,27 @@ export class ImageStore {
     const idHex = p.configDigest.slice(7);
     const created = new Date().toISOString();
     return this.lock.run(async () => {
+      // What this commit moved into the store: taken out again if a later step fails (a full
+      // disk), so that no layer, blob or record of a half-made image stays.
+      const placed: string[] = [];
+      try {
+        return await this.place(op, p, idHex, created, placed);
+      } catch (e) {
+        for (const f of placed.reverse()) await rmTree(f).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  private async place(op: Op, p: PendingImage, idHex: string, created: string, placed: string[]): Promise<Image> {
+    {
       let sizeBytes = 0;
       for (const l of p.layers) {
         const target = this.path('layers', l.diffHex);
         if (l.tree) {
           try {
             await fsp.rename(l.tree, target);
+            placed.push(target);
           } catch (e) {
             const code = (e as NodeJS.ErrnoException).code;
             if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
@@ -781,15 +880,21 @@ export class ImageStore {
         if (!info) {
           info = { diffId: `sha256:${l.diffHex}`, sizeBytes: l.stats?.sizeBytes ?? (await treeBytes(target)), entries: l.stats?.entries ?? 0, created };
           await this.writeJson(infoFile, info);
+          placed.push(infoFile);
         }
         sizeBytes += info.sizeBytes;
-        if (l.blobFile) await fsp.rename(l.blobFile, this.path('blobs', 'sha256', l.blob.digest.slice(7)));
+        const blobTarget = this.path('blobs', 'sha256', l.blob.digest.slice(7));
+        if (l.blobFile && !existsSync(blobTarget)) {
+          await fsp.rename(l.blobFile, blobTarget);
+          placed.push(blobTarget);
+        }
       }
       const configFile = this.path('blobs', 'sha256', idHex);
       if (!existsSync(configFile)) {
         const tmp = join(op.dir, 'config');
         await fsp.writeFile(tmp, p.configBytes, { mode: 0o600 });
         await fsp.rename(tmp, configFile);
+        placed.push(configFile);
       }
       const rec: ImageRecord = {
         schema: 1,
@@ -805,14 +910,17 @@ export class ImageStore {
       };
       const recFile = this.path('images', `${idHex}.json`);
       const existing = await this.readRecord(idHex);
-      if (!existing) await this.writeJson(recFile, rec);
+      if (!existing) {
+        await this.writeJson(recFile, rec);
+        placed.push(recFile);
+      }
       const tags = await this.readTags();
       if (p.tags.length > 0) {
         for (const t of p.tags) tags[t] = p.configDigest;
         await this.writeJson(this.path('tags.json'), tags);
       }
       return this.toImage(existing ?? rec, tags);
-    });
+    }
   }
 }
 

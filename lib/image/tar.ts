@@ -1,6 +1,7 @@
-import { writeSync } from 'node:fs';
+import { writeFully } from './blob.js';
+import { join } from 'node:path';
 import { Parser, type ReadEntry } from 'tar';
-import { HutchError, errnoName } from '../errors.js';
+import { HutchError, STORE_ERRNOS, errnoName } from '../errors.js';
 import { isFailure, native, type NativeFailure } from '../native.js';
 import { SparseReader, sparseInfo } from './sparse.js';
 
@@ -129,7 +130,7 @@ export class LayerExtractor {
   /** A large file being written: an extraction stopped mid-entry closes it in close(). */
   private openFd = -1;
 
-  constructor(dir: string, private readonly opts: ExtractOptions) {
+  constructor(private readonly dir: string, private readonly opts: ExtractOptions) {
     const fd = native().extractRoot(dir);
     if (isFailure(fd)) throw this.hostError('.', fd);
     this.root = fd;
@@ -146,9 +147,20 @@ export class LayerExtractor {
 
   private hostError(entry: string, f: NativeFailure): HutchError {
     const code = errnoName(f.errno);
+    if (STORE_ERRNOS.has(code)) return this.storeError(entry, code, f.step);
     return new HutchError('EBADIMAGE', `${this.opts.label}: extracting entry ${JSON.stringify(entry)} failed: ${code}${f.step ? ` (${f.step})` : ''}`, {
       errno: code,
       path: entry,
+    });
+  }
+
+  /** The layer's filesystem refused a write (full, read-only...): the store's failure, not the archive's. */
+  private storeError(entry: string, code: string, step?: string, cause?: unknown): HutchError {
+    const path = entry === '.' ? this.dir : join(this.dir, entry);
+    return new HutchError('ESTORE', `${this.opts.label}: writing entry ${JSON.stringify(entry)} into the store failed: ${code}${step ? ` (${step})` : ''}`, {
+      errno: code,
+      path,
+      cause,
     });
   }
 
@@ -376,8 +388,7 @@ export class LayerExtractor {
     if (isFailure(fd)) throw this.hostError(name, fd);
     this.openFd = fd;
     const write = (chunk: Buffer, position: number | null) => {
-      let off = 0;
-      while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off, position === null ? null : position + off);
+      writeFully(fd, chunk, join(this.dir, rel), position);
       this.stats.sizeBytes += chunk.length;
     };
     const reader = sparse ? new SparseReader(bad, this.opts.label, name, { name, realSize: sparse.realSize }, e.size ?? 0, write) : undefined;
@@ -458,6 +469,9 @@ export async function readTar(chunks: AsyncIterable<Buffer>, onEntry: (e: ReadEn
   if (failure) {
     if (HutchError.is(failure)) throw failure;
     const code = (failure as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && STORE_ERRNOS.has(code)) {
+      throw new HutchError('ESTORE', `${label}: writing entry ${JSON.stringify(last)} into the store failed: ${code}`, { errno: code, cause: failure });
+    }
     if (typeof code === 'string' && code.startsWith('E') && !code.startsWith('EBAD')) {
       // A host-side failure (ENOSPC, ENAMETOOLONG, EACCES), not a malformed archive.
       throw new HutchError('EBADIMAGE', `${label}: extracting entry ${JSON.stringify(last)} failed: ${code} (${(failure as Error).message})`, {
