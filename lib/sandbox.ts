@@ -701,7 +701,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    *
    * @param options `tag`: a name for the new image, such as `'app:1.0'`.
    * @throws HutchError `EDESTROYED`, `EINVAL` (a bad tag), `ESTORE` with errno `EFBIG` (more
-   * file data than the store's layer cap or the sandbox's disk limit; nothing is kept),
+   * file data than the store's layer cap or the sandbox's disk limit; nothing is kept) or
+   * with the store's own errno (`ENOSPC`, `EDQUOT`, `EROFS`, `EIO`: the store could not be
+   * written; nothing half-made is left, the space comes back, the sandbox keeps working),
    * `EUNSUPPORTED` (no cgroup freezer for this sandbox).
    *
    * @example
