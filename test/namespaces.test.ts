@@ -24,6 +24,14 @@ describe('namespaces', () => {
     expect(await sh('cat /proc/1/cmdline | tr "\\0" " "')).toBe('hutch-init');
   });
 
+  it('has no zombie: the setup\'s helper that ended before init began is reaped at once', async () => {
+    // A fresh sandbox, looked at by its first exec (init reaps at start, not on a later SIGCHLD).
+    const r = await Sandbox.run({ image: 'busybox', command: 'for s in /proc/[0-9]*/status; do sed -n "s/^Name:\\s*//p;s/^State:\\s*//p" $s | tr "\\n" " "; echo; done', encoding: 'utf8' });
+    const procs = String(r.stdout).trim().split('\n');
+    expect(procs.filter((p) => / Z /.test(p + ' ')), procs.join('; ')).toEqual([]);
+    expect(procs.some((p) => p.startsWith('node')), procs.join('; ')).toBe(false);
+  });
+
   it('has its own hostname', async () => {
     expect(await sh('hostname')).toBe('box-under-test');
   });

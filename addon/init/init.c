@@ -392,6 +392,10 @@ int main(void) {
   msgbuf = malloc(MAX_MSG);
   if (sfd < 0 || !msgbuf) return 125;
   signal(SIGPIPE, SIG_IGN);
+  /* Children that ended before init began (the setup's mount-namespace holder, killed once
+   * the mounts are locked: addon/child_lock.cc) sent their SIGCHLD before the signalfd
+   * existed: reap them now, or they stay zombies a sandbox's `ps` shows. */
+  reap_children();
 
   struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {
