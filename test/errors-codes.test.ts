@@ -1,5 +1,6 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { HutchError, Sandbox } from '../lib/index.js';
 
@@ -34,5 +35,31 @@ describe('error codes that say what happened', () => {
       try { rmdirSync(dir); } catch { /* already gone */ }
     }
     await Sandbox.settle();
+  });
+
+  it('an init that ends before it says ready is ESETUP at exec_init with its exit status', () => {
+    // A child process whose addon runs a static busybox as init: it starts (exec succeeds)
+    // and exits 127 at once ("applet not found"), without the ready record. Before issue 14
+    // the pipe's EOF read as success and the sandbox was "created" with a dead init.
+    const ROOT = join(import.meta.dirname, '..');
+    const script = `
+      import { createRequire } from 'node:module';
+      const addon = createRequire(import.meta.url)(${JSON.stringify(join(ROOT, 'build', 'Release', 'hutch.node'))});
+      addon.setInit('/bin/busybox');
+      const { Sandbox } = await import(${JSON.stringify(join(ROOT, 'dist', 'lib', 'index.js'))});
+      try {
+        const sb = await Sandbox.create();
+        await sb.destroy();
+        console.log(JSON.stringify({ created: true }));
+      } catch (e) {
+        console.log(JSON.stringify({ code: e.code, step: e.step, errno: e.errno, message: e.message }));
+      }
+      await Sandbox.settle();
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: process.env, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(out).toMatchObject({ code: 'ESETUP', step: 'exec_init', errno: 'ESRCH' });
+    expect(out.message).toMatch(/hutch-init ended before it was ready \(exit status 127\)/);
   });
 });

@@ -392,6 +392,14 @@ int main(void) {
   msgbuf = malloc(MAX_MSG);
   if (sfd < 0 || !msgbuf) return 125;
   signal(SIGPIPE, SIG_IGN);
+  /* Running: say so on the setup pipe (the host reads EOF without this as a failed start). */
+  {
+    uint32_t ready[SETUP_RECORD_SIZE / 4] = {SETUP_READY, 0};
+    ssize_t w;
+    do w = write(READY_FD, ready, sizeof ready); while (w < 0 && errno == EINTR);
+    close(READY_FD);
+    if (w != (ssize_t)sizeof ready) return 125;
+  }
 
   struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {
