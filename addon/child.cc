@@ -167,7 +167,7 @@ static void setup_without_plan(plan &p) {
   // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
   // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,
   // never the Node process's stdio; everything else is close-on-exec, so init starts with
-  // exactly 0-4. Every fd we still need is first moved above 9, where dup2 cannot clobber it.
+  // exactly 0-5 (5: the error pipe, see below). Every fd we still need is first moved above 9, where dup2 cannot clobber it.
   int errfd = (int)rsys3(SYS_fcntl, p.err_fd, F_DUPFD_CLOEXEC, 10);
   if (errfd < 0) die_step(p.err_fd, STEP_FDS, errfd, "fcntl");
   int ctl = (int)rsys3(SYS_fcntl, p.ctl_fd, F_DUPFD_CLOEXEC, 10);
@@ -184,7 +184,10 @@ static void setup_without_plan(plan &p) {
   }
   long d1 = rsys3(SYS_dup3, ctl, 3, 0), d2 = rsys3(SYS_dup3, scratch, 4, 0);
   if (d1 < 0 || d2 < 0) die_step(errfd, STEP_FDS, (int)(d1 < 0 ? d1 : d2), "dup3");
-  long cr = rsys3(SYS_close_range, 5, ~0U, CLOSE_RANGE_CLOEXEC);
+  // The error pipe goes on as init's fd 5: init says "ready" there once it runs.
+  long d3 = rsys3(SYS_dup3, errfd, READY_FD, 0);
+  if (d3 < 0) die_step(errfd, STEP_FDS, (int)d3, "dup3");
+  long cr = rsys3(SYS_close_range, READY_FD + 1, ~0U, CLOSE_RANGE_CLOEXEC);
   if (cr < 0) die_step(errfd, STEP_FDS, (int)cr, "close_range");
 
   // Signal dispositions: CLONE_CLEAR_SIGHAND reset the handled ones; the mask set by the

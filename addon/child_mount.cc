@@ -56,7 +56,7 @@ int scratch_in_child(const plan &p, int persistent_fd, int *scratch_fd) {
 
 // child; raw syscalls. Appends each layer with "lowerdir+" (6.8+: one fsconfig per layer,
 // since a single fsconfig string is capped at 256 bytes — four layer names), top first.
-// Returns 0, -EINVAL when the kernel has no "lowerdir+", or another -errno.
+// Returns 0 or -errno (the legacy path is chosen by lib/, never here).
 static int overlay_layers(int fs, const plan &p, const char **where) {
   char name[256];
   const char *s = p.lowerdirs.c_str();
@@ -137,7 +137,7 @@ static int overlay_legacy(const plan &p, int scratch_fd, int mnt_fd, int parent_
 // sandbox has a range of its own). Starts the overlay: the lower layers, relative to the
 // store's layers dir, so mountinfo shows no host path. `userxattr`: inside a user namespace
 // overlay keeps whiteouts and opaque dirs in user.overlay.*. Returns the fs context fd, or
-// 0 when the kernel has no "lowerdir+" (before 6.8: *fs_out is -1, see overlay_finish), or -errno.
+// 0 (on the legacy path *fs_out is -1, see overlay_finish), or -errno.
 int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
   *where = "overlay";
   *fs_out = -1;
@@ -172,14 +172,9 @@ int overlay_begin_in_child(const plan &p, int *fs_out, const char **where) {
     r = (int)rsys5(SYS_move_mount, p.layer_fds[i], "", AT_FDCWD, name, MOVE_MOUNT_F_EMPTY_PATH);
     if (r < 0) *where = p.lowerdirs.c_str();
   }
-  if (r == 0) {
-    r = overlay_layers(fs, p, where);
-    if (r == -EINVAL && *where == p.lowerdirs.c_str()) {
-      rclose(fs);
-      rsys1(SYS_chdir, "/");
-      return 0;  // legacy: overlay_finish mounts with mount(2)
-    }
-  }
+  // No fallback here: lib/ chose this path from the kernel version (plan.legacy_overlay), so
+  // an EINVAL from "lowerdir+" is the kernel refusing a layer, and is reported as such.
+  if (r == 0) r = overlay_layers(fs, p, where);
   rsys1(SYS_chdir, "/");
   if (r < 0) {
     rclose(fs);

@@ -1,6 +1,7 @@
 // Watching fds on Node's event loop: a sandbox's pidfd (exit), its setup error pipe and its
 // control socket. One uv_poll per fd on the loop: no thread per sandbox, no threadpool slot
 // (node-pty's exit thread and AsyncWorker both cost one), no SIGCHLD handler.
+#include <stdio.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <uv.h>
@@ -121,8 +122,9 @@ Napi::Value PidfdKill(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), sys_pidfd_send_signal(pidfd, sig) == 0);
 }
 
-// readSetupError(errFd, pid): undefined while nothing arrived, null on EOF (init was exec'd:
-// the child's stack and plan are freed), or { step, errno, path } from the child's record.
+// readSetupError(errFd, pid): undefined while nothing arrived, null once init said "ready"
+// (the child's stack and plan are freed), or { step, errno, path }: the child's record, or
+// step exec_init (ESRCH, with the wait status) on EOF without "ready".
 Napi::Value ReadSetupError(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
@@ -130,9 +132,26 @@ Napi::Value ReadSetupError(const Napi::CallbackInfo &info) {
   ssize_t n;
   do n = read(fd, &rec, sizeof rec); while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return env.Undefined();
-  if (n == 0) {
-    if (info.Length() > 1 && info[1].IsNumber()) release_child(info[1].As<Napi::Number>().Int64Value());
+  long pid = info.Length() > 1 && info[1].IsNumber() ? (long)info[1].As<Napi::Number>().Int64Value() : 0;
+  if (n > 0 && (size_t)n == sizeof rec && rec.step == SETUP_READY) {
+    if (pid > 0) release_child(pid);
     return env.Null();
+  }
+  if (n == 0) {
+    // EOF without "ready": the child died after exec (init itself failed) or was killed.
+    // Its wait status goes into the detail; WNOWAIT leaves reaping to the sandbox's watch.
+    char detail[96] = "hutch-init ended before it was ready";
+    if (pid > 0) {
+      siginfo_t si{};
+      int w;
+      do w = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT); while (w < 0 && errno == EINTR);
+      if (w == 0 && si.si_pid == pid) {
+        snprintf(detail, sizeof detail, "hutch-init ended before it was ready (%s %d)",
+                 si.si_code == CLD_EXITED ? "exit status" : "signal", si.si_status);
+      }
+      release_child(pid);
+    }
+    return sys_failure(env, "exec_init", ESRCH, detail);
   }
   if (n < 0) return sys_failure(env, "sync", errno, nullptr);
   if ((size_t)n != sizeof rec || rec.step >= STEP_COUNT) return sys_failure(env, "sync", EPROTO, nullptr);

@@ -41,3 +41,6 @@ struct setup_error {
   int err;  // positive errno
   char detail[256];
 };
+
+#include "init/protocol.h"
+static_assert(sizeof(setup_error) == SETUP_RECORD_SIZE, "init/protocol.h: SETUP_RECORD_SIZE");

@@ -8,6 +8,8 @@ import { getSystemErrorName } from 'node:util';
  * - `EBADIMAGE`: an archive, layer or manifest was rejected (the message names the entry);
  * - `EUNSUPPORTED`: the host lacks a feature; the message says which and how to get it;
  * - `ESETUP`: setting a sandbox up (or tearing it down) failed: `step` names the step, `errno` the kernel's answer;
+ * - `ENOENT`: a file asked for in a sandbox (`readFile`, `writeFile`'s directory) does not exist;
+ * - `ECLEANUP`: `destroy()` freed the sandbox but could not free a host resource (`cause` says which);
  * - `EDESTROYED`: the sandbox (or pool) is destroyed (or closed, or aborted through its signal);
  * - `EREGISTRY`: a registry refused or failed a pull or push;
  * - `EBUILD`: a Dockerfile build failed (a bad instruction, a failing RUN);
@@ -27,6 +29,8 @@ export type HutchErrorCode =
   | 'EBADIMAGE'
   | 'EUNSUPPORTED'
   | 'ESETUP'
+  | 'ENOENT'
+  | 'ECLEANUP'
   | 'EDESTROYED'
   | 'EREGISTRY'
   | 'EBUILD'

@@ -4,7 +4,7 @@
  */
 import { closeSync, constants as fsc, openSync, readSync, writeSync } from 'node:fs';
 import { EventEmitter } from 'eventemitter3';
-import { HutchError, invalid } from './errors.js';
+import { HutchError, errnoName, invalid } from './errors.js';
 import { dropIdleIds, type SandboxIds } from './idrange.js';
 import { isFailure, native, type Spawned, type Watch } from './native.js';
 import { decode, encodeExec, encodeKill } from './protocol.js';
@@ -297,7 +297,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * failure nobody has seen yet, then forgets it. Call it before checking that nothing is
    * left, or before a planned `process.exit()`.
    *
-   * @throws HutchError `ESETUP` with `step: 'destroy'` or `'network'`: a background teardown failed.
+   * @throws HutchError `ECLEANUP` (a destroy's cleanup) or `ESETUP` with `step: 'network'`: a background teardown failed.
    *
    * @example
    * ```ts
@@ -548,9 +548,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    *
    * @param path Absolute path inside; its directory must exist.
    * @param options `mode`: permission bits of a new file, default `0o644`.
-   * @throws HutchError `EINVAL` (a relative path, a bad mode), `EDESTROYED`, `ESETUP` with
-   * `step: 'open'` and the kernel's `errno` (e.g. `ENOENT` for a missing directory,
-   * `EROFS` with `readonlyRootfs`).
+   * @throws HutchError `EINVAL` (a relative path, a bad mode), `EDESTROYED`, `ENOENT` (a
+   * missing directory), `ESETUP` with `step: 'open'` and the kernel's `errno` (e.g. `EROFS`
+   * with `readonlyRootfs`).
    *
    * @example
    * ```ts
@@ -578,8 +578,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * device nodes, FIFOs and files on proc, sysfs or cgroupfs give `EPERM`.
    *
    * @param path Absolute path inside.
-   * @throws HutchError `EINVAL` (a relative path), `EDESTROYED`, `ESETUP` with `step: 'open'`
-   * and the kernel's `errno` (e.g. `ENOENT`, `EISDIR`, `EPERM`).
+   * @throws HutchError `EINVAL` (a relative path), `EDESTROYED`, `ENOENT` (no such file),
+   * `ESETUP` with `step: 'open'` and the kernel's `errno` (e.g. `EISDIR`, `EPERM`).
    *
    * @example
    * ```ts
@@ -607,7 +607,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private openInside(p: string, flags: number, mode: number): number {
     if (this.state === 'destroyed') throw this.gone();
     const fd = native().openInRoot(this.pid, p, flags, mode, this.ids.uid, this.ids.gid);
-    if (isFailure(fd)) throw setupError({ step: 'open', errno: fd.errno, path: p });
+    if (isFailure(fd)) {
+      // A missing file is what fs users expect as ENOENT, not a setup failure (issue 14).
+      if (errnoName(fd.errno) === 'ENOENT') {
+        throw new HutchError('ENOENT', `no such file or directory in sandbox ${this.id}: ${p}`, { step: 'open', errno: 'ENOENT', path: p, hint: 'create it first (writeFile, exec), or check the path' });
+      }
+      throw setupError({ step: 'open', errno: fd.errno, path: p });
+    }
     return fd;
   }
 
@@ -771,8 +777,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * writable layer, id range). Idempotent: later calls return the same promise. Running
    * execs resolve with reason `'killed'`; later calls of other methods reject with `EDESTROYED`.
    *
-   * @throws HutchError `ESETUP` with `step: 'destroy'` when a cleanup failed (the sandbox is
-   * destroyed all the same).
+   * @throws HutchError `ECLEANUP` with `step: 'destroy'` when freeing a host resource failed
+   * (the sandbox is destroyed all the same; `cause` is the first failure).
    *
    * @example
    * ```ts
@@ -808,7 +814,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       tr.end();
       this.emit('destroyed');
       if (errors.length > 0) {
-        throw new HutchError('ESETUP', `sandbox ${this.id} was destroyed but cleanup failed: ${errors.map(String).join('; ')}`, { step: 'destroy', cause: errors[0] });
+        throw new HutchError('ECLEANUP', `sandbox ${this.id} was destroyed but cleanup failed: ${errors.map(String).join('; ')}`, { step: 'destroy', cause: errors[0] });
       }
     })();
     return this.destroying;

@@ -13,6 +13,7 @@ export const SETUP_STEPS = [
 export type SetupStep = (typeof SETUP_STEPS)[number] | 'exec' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'rlimit' | 'fork' | 'network' | 'open';
 
 const HINTS: Record<string, string> = {
+  'exec_init:ESRCH': 'hutch-init started but ended before it said ready (killed, or out of memory in its cgroup?); the status is in the message. Check the sandbox\'s memory/pids limits, and that build/Release/hutch-init is the one built with this addon',
   'clone:EPERM': 'user namespaces may be disabled: sysctl -w kernel.unprivileged_userns_clone=1 / user.max_user_namespaces=15000, or run as root',
   'clone:ENOSPC': 'too many namespaces: raise user.max_user_namespaces (and max_pid/mnt/net_namespaces)',
   'clone:EINVAL': 'the kernel lacks clone3 features hutch needs (Linux >= 5.7); see Sandbox.checkHost()',

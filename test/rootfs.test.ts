@@ -101,7 +101,7 @@ describe('root filesystem', () => {
     try {
       await sb.exec(`ln -sf ${dir}/canary /tmp/link; ln -sf ../../../../../..${dir}/canary /tmp/rel`);
       // The target's directory does not exist inside: the write fails there, on the sandbox's side.
-      await expect(sb.writeFile('/tmp/link', 'pwned')).rejects.toMatchObject({ code: 'ESETUP', errno: 'ENOENT' });
+      await expect(sb.writeFile('/tmp/link', 'pwned')).rejects.toMatchObject({ code: 'ENOENT', errno: 'ENOENT' });
       expect(readFileSync(`${dir}/canary`, 'utf8')).toBe('host');
       await sb.exec(`mkdir -p ${dir}`);
       await sb.writeFile('/tmp/link', 'pwned');
@@ -110,7 +110,7 @@ describe('root filesystem', () => {
       // The link resolved inside: the file now exists at that path in the sandbox.
       const r = await sb.exec(['cat', `${dir}/canary`], { encoding: 'utf8' });
       expect(r.stdout).toBe('pwned');
-      await expect(sb.readFile('/proc/sysrq-trigger')).rejects.toMatchObject({ code: 'ESETUP' });
+      await expect(sb.readFile('/proc/sysrq-trigger')).rejects.toMatchObject({ code: 'ENOENT' }); // masked: not there inside
       // proc is never opened with the host's credentials, even where a file is readable.
       await expect(sb.readFile('/proc/version')).rejects.toMatchObject({ code: 'ESETUP', errno: 'EPERM' });
     } finally {

@@ -396,6 +396,14 @@ int main(void) {
    * the mounts are locked: addon/child_lock.cc) sent their SIGCHLD before the signalfd
    * existed: reap them now, or they stay zombies a sandbox's `ps` shows. */
   reap_children();
+  /* Running: say so on the setup pipe (the host reads EOF without this as a failed start). */
+  {
+    uint32_t ready[SETUP_RECORD_SIZE / 4] = {SETUP_READY, 0};
+    ssize_t w;
+    do w = write(READY_FD, ready, sizeof ready); while (w < 0 && errno == EINTR);
+    close(READY_FD);
+    if (w != (ssize_t)sizeof ready) return 125;
+  }
 
   struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {

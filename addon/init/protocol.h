@@ -7,6 +7,13 @@
 
 #define HUTCH_PROTOCOL_VERSION 1
 
+/* Init's end of the setup error pipe (the addon's steps.h: struct setup_error). Once running,
+ * init writes one record whose step is SETUP_READY there and closes it: the host takes only
+ * that record as success, and EOF without it as init dying before it was ready. */
+#define READY_FD 5
+#define SETUP_READY 0xffffffffu
+#define SETUP_RECORD_SIZE 264 /* sizeof(struct setup_error) */
+
 enum msg_type {
   MSG_EXEC = 1,  /* struct exec_req, rlimits, seccomp program, strings; fds: stdin, stdout, stderr */
   MSG_KILL = 2,  /* struct kill_req */
