@@ -21,10 +21,9 @@
 #include <string>
 
 #include "addon.h"
+#include "openat2.h"
 
 namespace {
-
-const uint64_t kBeneath = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
 
 // The operations of extractBatch; lib/image/tar.ts mirrors these numbers (OP).
 enum Op {
@@ -38,15 +37,7 @@ enum Op {
   kDirMeta = 7,   // [op, rel, uid, gid, mode, mtime, opaque]
 };
 
-int openat2_beneath(int dfd, const char *path, uint64_t flags) {
-  struct open_how how;
-  memset(&how, 0, sizeof how);
-  how.flags = flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY);
-  how.resolve = kBeneath;
-  int fd;
-  do fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof how); while (fd < 0 && (errno == EAGAIN || errno == EINTR));
-  return fd;
-}
+int openat2_beneath(int dfd, const char *path, int flags) { return openat2_retry(dfd, path, flags, kResolveBeneath); }
 
 // A failure in one operation: errno and the name of the call, for the message lib/ builds.
 struct Fail {

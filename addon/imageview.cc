@@ -16,26 +16,20 @@
 #include <vector>
 
 #include "addon.h"
+#include "openat2.h"
 
 namespace {
-
-constexpr unsigned long long kResolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
 
 // openat2 beneath `dir`; -errno on failure.
 int open_beneath(const std::string &dir, const std::string &rel, int flags, const char **step) {
   *step = "open layer";
   int dfd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return -errno;
-  struct open_how how = {};
-  how.flags = (unsigned long long)(flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-  how.resolve = kResolve;
   *step = "openat2";
-  long fd;
-  do fd = syscall(SYS_openat2, dfd, rel.empty() ? "." : rel.c_str(), &how, sizeof how);
-  while (fd < 0 && (errno == EAGAIN || errno == EINTR));
+  int fd = openat2_retry(dfd, rel.empty() ? "." : rel.c_str(), flags | O_NOFOLLOW | O_NONBLOCK, kResolveBeneath);
   int e = errno;
   close(dfd);
-  return fd < 0 ? -e : (int)fd;
+  return fd < 0 ? -e : fd;
 }
 
 class ReadWorker : public Napi::AsyncWorker {

@@ -14,19 +14,13 @@
 #include <string>
 
 #include "addon.h"
+#include "openat2.h"
 #include "sys.h"
 
 static int openat2_in(int dfd, const char *path, int flags, int mode) {
-  struct open_how how;
-  memset(&how, 0, sizeof how);
   // O_NONBLOCK until the type is checked: opening a FIFO planted inside would otherwise block
   // this (the event loop's) thread until someone opened its other end.
-  how.flags = (unsigned long long)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  how.mode = (flags & O_CREAT) ? (unsigned long long)mode : 0;
-  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-  int fd;
-  do fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof how); while (fd < 0 && (errno == EAGAIN || errno == EINTR));
-  return fd;
+  return openat2_retry(dfd, path, flags | O_NONBLOCK, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, (unsigned long long)mode);
 }
 
 // openInRoot(pid, path, flags, mode, uid, gid): fd, or { errno, path }. The open runs with
