@@ -93,8 +93,8 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
     tr.mark('cgroup');
     const binds: { fd: number; target: string; file: boolean }[] = [];
-    const bind = (source: string, target: string, readonly: boolean, userns: number | null): void => {
-      const t = n.openTree(source, readonly, userns ?? undefined);
+    const bind = (source: string, target: string, readonly: boolean): void => {
+      const t = n.openTree(source, readonly);
       if (isFailure(t)) throw setupError(t);
       const fd = t.fd;
       fds.push(fd);
@@ -111,8 +111,8 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     // nobody), so a host file closed to others stays closed to the sandbox's root whatever its
     // capabilities. Volumes are not idmapped either: what the sandbox writes there belongs to
     // its own unprivileged range. Both are locked read-only (addon/child_lock.cc).
-    for (const p of image.hostBinds) bind(p, p, true, null);
-    for (const m of opts.mounts) bind(m.source, m.target, m.readonly, null);
+    for (const p of image.hostBinds) bind(p, p, true);
+    for (const m of opts.mounts) bind(m.source, m.target, m.readonly);
     const layerFds: number[] = [];
     if (ids.layersUserns !== null) {
       for (const hex of image.lowerdirs) {
