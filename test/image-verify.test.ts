@@ -5,9 +5,8 @@
 // every progress event of the pull, so a layer extracted before it is verified is caught
 // while it sits in the op dir (it would be gone by the end anyway). The same for OCI layouts
 // and docker save archives on import.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer } from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,12 +15,13 @@ import { HutchError } from '../lib/errors.js';
 import { ImageStore } from '../lib/image/store.js';
 import { tarBuffer, type TarEntry } from '../lib/image/tarwriter.js';
 import type { Progress } from '../lib/image/types.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
 import { needs } from './helpers/require.js';
 import { hutchFailure } from './helpers/rejects.js';
 
 const skip = needs(spawnSync('sh', ['-c', 'command -v docker-registry']).status === 0, 'docker-registry is needed (apt-get install docker-registry)');
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-verify-'));
-let registry: ChildProcess | undefined;
+let registry: Registry | undefined;
 let port = 0;
 let n = 0;
 
@@ -93,27 +93,17 @@ function nothingUsed(store: ImageStore, seen: string[]) {
 const failure = hutchFailure;
 
 function regBlob(hex: string): string {
-  return join(work, 'registry/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+  return registry!.blobPath(hex);
 }
 
 beforeAll(async () => {
   if (skip) return;
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  writeFileSync(join(work, 'registry.yml'), `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(work, 'registry')}\nhttp:\n  addr: 127.0.0.1:${port}\n`);
-  registry = spawn('docker-registry', ['serve', join(work, 'registry.yml')], { stdio: 'ignore' });
-  for (let i = 0; ; i++) {
-    if (await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok, () => false)) break;
-    if (i > 200) throw new Error('docker-registry did not start');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  registry = await startRegistry(work);
+  port = registry.port;
 }, 60_000);
 
 afterAll(async () => {
-  registry?.kill('SIGTERM');
-  if (registry && registry.exitCode === null) await new Promise((r) => registry!.once('exit', r));
+  await registry?.stop();
   rmSync(work, { recursive: true, force: true });
 });
 

@@ -2,15 +2,16 @@
 // test) that the operation cannot fit in. Each must fail with HutchError ESTORE (errno ENOSPC,
 // a path under the store), leave no half-made image, layer, blob or temp file, give every byte
 // back (statfs), and keep no fd open in the store (a deleted file's fd would pin its space).
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, ImageStore, Sandbox } from '../lib/index.js';
 import { tarBuffer } from '../lib/image/tarwriter.js';
+import { startRegistry } from './helpers/registry.js';
 import { isRoot, needs } from './helpers/require.js';
+import { has } from './helpers/tools.js';
 
 const skip = needs(isRoot, 'mounting a tmpfs and running sandboxes need root');
 const MiB = 1024 * 1024;
@@ -156,36 +157,24 @@ describe.skipIf(skip)('a full store disk', () => {
     rmSync(file);
   });
 
-  const hasRegistry = spawnSync('sh', ['-c', 'command -v docker-registry']).status === 0;
-  it.skipIf(needs(hasRegistry, 'docker-registry is needed (apt-get install docker-registry)'))(
+  it.skipIf(needs(has('docker-registry'), 'docker-registry is needed (apt-get install docker-registry)'))(
     'pull of an image whose layer does not fit (the real docker-registry on loopback): ESTORE ENOSPC, nothing kept, space back',
     async () => {
-      const s = createServer();
-      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-      const port = (s.address() as { port: number }).port;
-      await new Promise((r) => s.close(r));
       const reg = join(work, 'registry');
       mkdirSync(reg);
-      writeFileSync(join(reg, 'config.yml'), `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(reg, 'data')}\nhttp:\n  addr: 127.0.0.1:${port}\n`);
-      const registry = spawn('docker-registry', ['serve', join(reg, 'config.yml')], { stdio: 'ignore' });
+      const registry = await startRegistry(reg);
       try {
-        for (let i = 0; ; i++) {
-          if (await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok, () => false)) break;
-          if (i > 200) throw new Error('docker-registry did not start');
-          await new Promise((r) => setTimeout(r, 50));
-        }
         // The image is made in a store on the ordinary disk and pushed by hutch.
         const big = new ImageStore({ root: join(work, 'big-store') });
         const file = join(work, 'big.tar.gz');
         writeFileSync(file, gzipSync(tarBuffer([{ path: 'big', type: 'file', data: Buffer.alloc(BIG, 5) }]), { level: 1 }));
         const img = await big.import(file);
-        const ref = `127.0.0.1:${port}/test/big:1`;
+        const ref = `${registry.host}/test/big:1`;
         await big.push(img, ref, { insecure: true });
         const before = await snapshot();
         await expectStoreFull(store.pull(ref, { insecure: true }), before);
       } finally {
-        registry.kill('SIGTERM');
-        if (registry.exitCode === null) await new Promise((r) => registry.once('exit', r));
+        await registry.stop();
       }
     },
     30_000,

@@ -7,9 +7,8 @@
 // ADD. Every run must either be refused with EBADIMAGE (EBUILD for the build) or extract
 // correctly, and the host directory must be byte for byte, mode, owner, mtime and xattr
 // unchanged, with nothing planted in it.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createServer } from 'node:net';
 import {
   chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync,
 } from 'node:fs';
@@ -21,10 +20,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../../lib/errors.js';
 import { ImageStore } from '../../lib/image/store.js';
 import { tarBuffer, type TarEntry } from '../../lib/image/tarwriter.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
 import { isRoot, needs } from '../helpers/require.js';
+import { has } from '../helpers/tools.js';
 
 const skipRoot = needs(isRoot, 'extraction as root is what is attacked: run as root');
-const has = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
 
 const made: string[] = [];
 afterEach(() => {
@@ -225,35 +225,17 @@ describe.skipIf(skipRoot)('the class, not the instance: a directory swapped for 
 
 const skipRegistry = skipRoot ?? needs(has('docker-registry'), 'docker-registry is needed (apt-get install docker-registry)');
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 describe.skipIf(skipRegistry)('through a real registry pull', () => {
-  let registry: ChildProcess | undefined;
+  let registry: Registry | undefined;
   let port = 0;
   let work = '';
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'hutch-extract-reg-'));
-    port = await freePort();
-    writeFileSync(
-      join(work, 'registry.yml'),
-      `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(work, 'registry')}\nhttp:\n  addr: 127.0.0.1:${port}\n`,
-    );
-    registry = spawn('docker-registry', ['serve', join(work, 'registry.yml')], { stdio: 'ignore' });
-    for (let i = 0; ; i++) {
-      if (await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok, () => false)) break;
-      if (i > 200) throw new Error('docker-registry did not start');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    registry = await startRegistry(work);
+    port = registry.port;
   }, 30_000);
   afterAll(async () => {
-    registry?.kill('SIGTERM');
-    if (registry && registry.exitCode === null) await new Promise((r) => registry!.once('exit', r));
+    await registry?.stop();
     rmSync(work, { recursive: true, force: true });
   });
 
