@@ -2,7 +2,8 @@
  * protocol (addon/init/protocol.h), the way the addon does, on this machine's kernel:
  *   init-driver QEMU INIT [cwd-enosys]
  * The init runs as PID 1 of a new PID namespace (as in a sandbox; its kill(-1) at the end can
- * reach nothing else) with the SEQPACKET control socket as fd 3. It is sent an empty message
+ * reach nothing else) with the SEQPACKET control socket as fd 3 and the setup pipe as fd 5 (READY_FD),
+ * on which it must first say ready, as the addon expects. It is then sent an empty message
  * (answer: MSG_PROTOCOL_ERROR EPROTO), then an exec of /bin/echo with stdout on a pipe
  * (answers: MSG_STARTED, the output, MSG_EXITED with status 0; qemu-user passes execve to the
  * kernel, so echo itself is this machine's), then the socket is closed: init must exit 0.
@@ -43,17 +44,29 @@ int main(int argc, char **argv) {
   }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return fail("socketpair");
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) < 0) return fail("pipe2");
   if (unshare(CLONE_NEWPID) < 0) return fail("unshare(CLONE_NEWPID)");
   pid_t pid = fork();
   if (pid < 0) return fail("fork");
   if (pid == 0) {
-    if (dup2(sv[1], 3) < 0) _exit(126);
+    if (dup2(sv[1], 3) < 0 || dup2(ready[1], READY_FD) < 0) _exit(126);
     execl(argv[1], argv[1], argv[2], (char *)NULL);
     _exit(127);
   }
   close(sv[1]);
+  close(ready[1]);
   int sock = sv[0];
   uint8_t buf[4096];
+
+  /* 0. init says ready on its setup pipe: one record whose step is SETUP_READY, then EOF. */
+  {
+    uint32_t rec[SETUP_RECORD_SIZE / 4];
+    struct pollfd p = {ready[0], POLLIN, 0};
+    if (poll(&p, 1, 30000) != 1 || read(ready[0], rec, sizeof rec) != (ssize_t)sizeof rec || rec[0] != SETUP_READY)
+      return fail("init did not say ready on its setup pipe (fd 5)");
+    close(ready[0]);
+  }
 
   /* 1. An empty message is malformed: MSG_PROTOCOL_ERROR, id 0, EPROTO. */
   if (send(sock, "", 0, 0) < 0) return fail("send empty");
@@ -130,8 +143,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (cwd_enosys)
-    printf("init-driver: %s: protocol error, exec failure report (cwd: ENOSYS, qemu has no openat2) and hang-up as expected\n", argv[2]);
+    printf("init-driver: %s: ready, protocol error, exec failure report (cwd: ENOSYS, qemu has no openat2) and hang-up as expected\n", argv[2]);
   else
-    printf("init-driver: %s: protocol error, exec (pid %d in its namespace), exit report and hang-up as expected\n", argv[2], exec_pid);
+    printf("init-driver: %s: ready, protocol error, exec (pid %d in its namespace), exit report and hang-up as expected\n", argv[2], exec_pid);
   return 0;
 }
