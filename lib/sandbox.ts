@@ -1,59 +1,28 @@
 /**
- * The Sandbox: create (plan, clone, set up, wait for init), exec/spawn over init's control
- * socket, files, stats, destroy. API.md is the contract.
+ * The Sandbox: the public class. Its parts live in lib/runtime/: create.ts (plan, start,
+ * network, run, settle), control.ts (init's control socket: exec/spawn, exits, OOM),
+ * files.ts (writeFile/readFile), destroy.ts; core.ts holds the state they share.
+ * API.md is the contract.
  */
-import { closeSync, constants as fsc, openSync, readSync, writeSync } from 'node:fs';
 import { EventEmitter } from 'eventemitter3';
-import { HutchError, errnoName, invalid } from './errors.js';
-import { dropIdleIds, type SandboxIds } from './idrange.js';
-import { isFailure, native, type Spawned, type Watch } from './native.js';
-import { decode, encodeExec, encodeKill } from './protocol.js';
-import { setupError } from './setup-errors.js';
-import { capabilityMask } from './capabilities.js';
-import { compileSeccomp } from './seccomp/index.js';
-import type { SandboxCgroup } from './cgroup/driver.js';
-import { mergeExecLimits } from './limits.js';
-import { ImageStore } from './image/store.js';
+import { invalid } from './errors.js';
+import type { SandboxIds } from './idrange.js';
 import type { Image, ResolvedImage } from './image/types.js';
-import { attachNetwork, releaseNetwork, hostsFile, settleNetwork, type NetworkAttachment } from './network/index.js';
 import {
-  RUN_KEYS, checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
+  RUN_KEYS, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedExecOptions, type ResolvedSandboxOptions, type RunOptions, type SandboxOptions, type SpawnOptions,
 } from './options.js';
-import { ProcessState, type ExecResult, type ProcessHost, type ResourceUsage, type SandboxProcess } from './process.js';
+import type { ExecResult, ResourceUsage, SandboxProcess } from './process.js';
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
-import { Trace } from './trace.js';
-import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
-import { dropBlanks, makeBlank } from './warm.js';
-import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImageUser, resolveCached } from './plan.js';
-import { startSandbox, type StartedSandbox } from './start.js';
-import type { PersistentDisk } from './disk.js';
-import { SandboxFreezer } from './pause.js';
+import { upperDirOf } from './conventions.js';
+import type { SandboxCore, SandboxEvents } from './runtime/core.js';
+import { createCore, runOnce, settleAll, type FirstExec } from './runtime/create.js';
+import { execResolved, startProcess } from './runtime/control.js';
+import { readInside, writeInside } from './runtime/files.js';
+import { destroySandbox, stopKeepingUpper } from './runtime/destroy.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-
-
-let defaultStore: ImageStore | undefined;
-
-/** Sandbox.run's command, for createResolved to send during setup; `result` is its exec. */
-interface FirstExec {
-  command: unknown;
-  exec: ResolvedExecOptions;
-  result?: Promise<ExecResult>;
-}
-
-
-interface SandboxEvents {
-  oom: [ResourceUsage];
-  exit: [{ code: number | null; signal: number | null }];
-  destroyed: [];
-}
-
-function abortError(signal: AbortSignal): HutchError {
-  return new HutchError('EDESTROYED', 'the sandbox was aborted through its AbortSignal', { cause: signal.reason });
-}
 
 /**
  * An isolated environment: its own user, pid, mount, network, UTS, IPC and cgroup namespaces,
@@ -83,7 +52,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   /** Host pid of the sandbox's init (PID 1 inside). */
   readonly pid: number;
   /** `'destroyed'` from the moment `destroy()` is called (or the sandbox ended by itself). */
-  state: 'running' | 'destroyed' = 'running';
+  get state(): 'running' | 'destroyed' {
+    return this.core.state;
+  }
   /** The sandbox's link to the host with `network: { mode: 'bridge' }`; `null` for `'none'`. */
   network: {
     /** The sandbox's IPv4 address (on its `eth0`). */
@@ -95,63 +66,37 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   } | null = null;
 
   /** @internal */ readonly image: ResolvedImage;
-  private readonly opts: ResolvedSandboxOptions;
-  private readonly spawned: Spawned;
-  private readonly store: ImageStore;
-  private cgroup: SandboxCgroup | null;
-  private attachment: NetworkAttachment | null = null;
-  private disk: PersistentDisk | null = null;
-  /** Sandbox.run: makes the blank for the next run like this one (lib/warm.ts). */
-  private warmNext: (() => void) | undefined;
-  /** @internal The host ids of this sandbox's range. */
-  ids!: SandboxIds;
-  private ctlWatch: Watch | null = null;
-  private pidWatch: Watch | null = null;
-  private readonly procs = new Map<number, ProcessState>();
-  private nextId = 1;
-  private destroying: Promise<void> | null = null;
-  private exitedP: Promise<void>;
-  private exitedResolve!: () => void;
-  private initExit: { code: number | null; signal: number | null } | null = null;
-  /** Resolves when nothing reads the writable layer any more (stopKeepingUpper); destroy frees the disk after it. */
-  private upperHeld: Promise<void> = Promise.resolve();
-  private readonly seccomp: Buffer | null;
-  private readonly caps: bigint;
-  private readonly baseEnv: string[];
-  private oomSeen = 0;
-  private readonly onAbort = (): void => void this.destroy();
-  /** pause/resume and commit's freeze (lib/pause.ts). */
-  private readonly freezer: SandboxFreezer;
+  private readonly core: SandboxCore;
 
-  private constructor(
-    id: string,
-    opts: ResolvedSandboxOptions,
-    store: ImageStore,
-    image: ResolvedImage,
-    spawned: Spawned,
-    cgroup: SandboxCgroup | null,
-    seccomp: Buffer | null,
-  ) {
+  private constructor(core: SandboxCore) {
     super();
-    this.id = id;
-    this.opts = opts;
-    this.store = store;
-    this.image = image;
-    this.spawned = spawned;
-    this.pid = spawned.pid;
-    this.cgroup = cgroup;
-    this.caps = capabilityMask(opts.capabilities);
-    this.seccomp = seccomp;
-    const env = new Map<string, string>();
-    for (const kv of image.image.config.env) {
-      const i = kv.indexOf('=');
-      if (i > 0) env.set(kv.slice(0, i), kv.slice(i + 1));
-    }
-    if (!env.has('PATH')) env.set('PATH', DEFAULT_PATH);
-    for (const [k, v] of Object.entries(opts.env)) env.set(k, v);
-    this.baseEnv = [...env].map(([k, v]) => `${k}=${v}`);
-    this.exitedP = new Promise((r) => (this.exitedResolve = r));
-    this.freezer = new SandboxFreezer(id, () => this.cgroup);
+    this.core = core;
+    this.id = core.id;
+    this.pid = core.pid;
+    this.image = core.image;
+    const a = core.attachment;
+    if (a) this.network = { address: a.address, hostAddress: a.hostAddress, interface: a.interface };
+    core.emit = (event, ...args) => void (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
+  }
+
+  /** @internal The host ids of this sandbox's range. */
+  get ids(): SandboxIds {
+    return this.core.ids;
+  }
+
+  /** @internal For tests that reach into a running sandbox (its cgroup, processes, clone result). */
+  get cgroup(): SandboxCore['cgroup'] {
+    return this.core.cgroup;
+  }
+
+  /** @internal */
+  get procs(): SandboxCore['procs'] {
+    return this.core.procs;
+  }
+
+  /** @internal */
+  get spawned(): SandboxCore['spawned'] {
+    return this.core.spawned;
   }
 
   /**
@@ -181,70 +126,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
   /** @internal */
   static async createResolved(opts: ResolvedSandboxOptions, how: { warm?: boolean; first?: FirstExec } = {}): Promise<Sandbox> {
-    if (opts.signal?.aborted) throw abortError(opts.signal);
-    const tr = new Trace('create');
-    const n = native();
-    // Planning that can still refuse (a profile too large for BPF...) runs before anything is made.
-    const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
-    tr.mark('seccomp');
-    const store = opts.store ?? (defaultStore ??= ImageStore.default());
-    const image = await resolveCached(store, opts.image);
-    await prepareImageUser(image);
-    tr.mark('resolve');
-    if (opts.limits.cgroup.io && !opts.persistent) {
-      throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
-    }
-    if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
-      throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
-    }
-    let early: Sandbox | undefined;
-    const started = await startSandbox(opts, store, image, tr, {
-      warm: how.warm === true,
-      // Sandbox.run: its command is sent as soon as the child is cloned, while it sets up.
-      // init reads it as it starts, instead of after a round trip through this event loop.
-      // Nothing else would happen in between with no network to attach; the v1 cgroups are
-      // joined already (the child's first step), the cgroup namespace is made by init at the exec.
-      ...(how.first && opts.network.mode === 'none' && !opts.signal
-        ? {
-            spawned: (st: StartedSandbox) => {
-              const first = how.first!;
-              early = new Sandbox(st.id, opts, store, image, st.spawned, st.cgroup, seccomp);
-              early.watchControl();
-              first.result = early.execResolved(first.command ?? early.defaultCommand(), first.exec);
-              first.result.catch(() => undefined); // a failed setup is what create reports
-            },
-            failed: () => early?.abandonEarly(),
-          }
-        : {}),
-    });
-    const { id, spawned, cgroup } = started;
-    n.close(spawned.errFd);
-    tr.mark('wake');
-    const sb: Sandbox = early ?? new Sandbox(id, opts, store, image, spawned, cgroup, seccomp);
-    const warmKey = started.warmKey;
-    if (warmKey !== null) sb.warmNext = () => void makeBlank(warmKey, store, image.image.id, image.layersDir, opts.limits.cgroup);
-    sb.disk = started.disk;
-    sb.ids = started.ids;
-    sb.watch();
-    try {
-      if (opts.network.mode === 'bridge') {
-        sb.attachment = await attachNetwork(opts.network, id, spawned.pid);
-        if (sb.attachment) {
-          sb.network = { address: sb.attachment.address, hostAddress: sb.attachment.hostAddress, interface: sb.attachment.interface };
-          await sb.writeFile('/etc/hosts', hostsFile(opts.hostname ?? `hutch-${id}`, sb.attachment));
-        }
-      }
-      if (opts.signal) {
-        if (opts.signal.aborted) throw abortError(opts.signal);
-        opts.signal.addEventListener('abort', sb.onAbort, { once: true });
-      }
-    } catch (e) {
-      await sb.destroy();
-      throw e;
-    }
-    tr.mark('ready');
-    tr.end();
-    return sb;
+    return new Sandbox(await createCore(opts, how));
   }
 
   /**
@@ -268,24 +150,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     if (typeof options !== 'object' || options === null) throw invalid('options', 'an object of RunOptions with a command', options);
     const opts = resolveSandboxOptions(options, RUN_KEYS);
     const exec = resolveExecOptions(options, 'run');
-    const first: FirstExec = { command: options.command, exec };
-    const sb = await Sandbox.createResolved(opts, { warm: true, first });
-    let result: ExecResult;
-    try {
-      const running = first.result ?? sb.execResolved(options.command ?? sb.defaultCommand(), exec);
-      // The next run's blank is made while this command runs: the event loop idles then, and
-      // a clone now does not contend with this sandbox's own setup (both want the kernel's
-      // network and mount locks).
-      sb.warmNext?.();
-      result = await running;
-    } catch (e) {
-      await sb.destroy();
-      throw e;
-    }
-    // Everything in the sandbox is killed now (destroy's first, synchronous step); the
-    // rest of the teardown (reaping, cgroup rmdir, releases) finishes off the caller's path.
-    inBackground(sb.destroy());
-    return result;
+    return runOnce(opts, options.command, exec);
   }
 
   /**
@@ -306,13 +171,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   static async settle(): Promise<void> {
-    await dropBlanks();
-    await teardownsDone();
-    // The id ranges kept for reuse go too, leases included: nothing of this process is left.
-    dropIdleIds();
-    const failures = takeFailures();
-    await settleNetwork();
-    if (failures.length > 0) throw failures[0];
+    await settleAll();
   }
 
   /**
@@ -346,153 +205,6 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return checkHost();
   }
 
-  private defaultCommand(): string[] {
-    const c = this.image.image.config;
-    const cmd = [...(c.entrypoint ?? []), ...(c.cmd ?? [])];
-    if (cmd.length === 0) throw new HutchError('EINVAL', `invalid option command: none given and the image ${this.image.image.id} has no Entrypoint or Cmd`);
-    return cmd;
-  }
-
-  private watch(): void {
-    const n = native();
-    this.pidWatch = new n.Watch(this.spawned.pidfd, () => this.onInitExit());
-    this.pidWatch.unref();
-    this.watchControl();
-  }
-
-  /** Messages from init: from the first exec on (which Sandbox.run may send during setup). */
-  private watchControl(): void {
-    if (this.ctlWatch) return;
-    const n = native();
-    const w = new n.Watch(this.spawned.ctlFd, () => this.onControl());
-    if (this.procs.size === 0) w.unref();
-    this.ctlWatch = w;
-  }
-
-  /** A create that failed after run's first exec was sent: that exec ends as killed. */
-  private abandonEarly(): void {
-    this.state = 'destroyed';
-    this.ctlWatch?.close();
-    this.ctlWatch = null;
-    for (const p of this.procs.values()) p.onSandboxGone();
-  }
-
-  private onControl(): void {
-    const n = native();
-    for (;;) {
-      const m = n.recv(this.spawned.ctlFd);
-      if (m === undefined) return;
-      if (m === null || isFailure(m)) {
-        this.ctlWatch?.close();
-        this.ctlWatch = null;
-        return;
-      }
-      const msg = decode(m);
-      if (!msg) continue;
-      this.procs.get(msg.id)?.onMessage(msg);
-      if (msg.type === 'exited') this.checkOom();
-    }
-  }
-
-  private checkOom(): void {
-    if (!this.cgroup) return;
-    let k = 0;
-    try {
-      k = this.cgroup.oomKills();
-    } catch {
-      return;
-    }
-    if (k > this.oomSeen) {
-      this.oomSeen = k;
-      this.stats().then((u) => this.emit('oom', u), () => undefined);
-    }
-  }
-
-  private onInitExit(): void {
-    const r = native().reap(this.spawned.pidfd);
-    if (r === null) return;
-    this.pidWatch?.close();
-    this.pidWatch = null;
-    this.initExit = isFailure(r) ? { code: null, signal: null } : r;
-    this.exitedResolve();
-    for (const p of this.procs.values()) p.onSandboxGone();
-    if (!this.destroying) {
-      this.emit('exit', this.initExit);
-      void this.destroy();
-    }
-  }
-
-  private host(): ProcessHost {
-    return {
-      sendExec: (id, message, fds) => {
-        const r = native().send(this.spawned.ctlFd, message, fds);
-        if (isFailure(r)) throw this.gone(r.errno);
-      },
-      sendKill: (id, signal) => {
-        if (this.state === 'destroyed') return;
-        native().send(this.spawned.ctlFd, encodeKill(id, signal, true));
-      },
-      cgroup: this.cgroup,
-      clock: this.freezer.clock,
-      release: (id) => {
-        this.procs.delete(id);
-        if (this.procs.size === 0) this.ctlWatch?.unref();
-      },
-    };
-  }
-
-  private gone(errno?: number): HutchError {
-    return new HutchError('EDESTROYED', `sandbox ${this.id} is destroyed${errno ? ` (control socket: errno ${errno})` : ''}; create a new one`);
-  }
-
-  private startProcess(command: unknown, o: ResolvedExecOptions, capture: boolean): ProcessState {
-    if (this.state === 'destroyed') throw this.gone();
-    const argv = resolveCommand('command', command);
-    const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
-    const user = o.user ?? this.opts.user ?? imageUser(this.image) ?? { uid: 0, gid: 0 };
-    const cwd = o.cwd ?? this.opts.cwd ?? (this.image.image.config.workingDir ? checkInsidePath('cwd', this.image.image.config.workingDir) : '/');
-    let env = this.baseEnv;
-    if (Object.keys(o.env).length > 0) {
-      const m = new Map(env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-      for (const [k, v] of Object.entries(o.env)) m.set(k, v);
-      env = [...m].map(([k, v]) => `${k}=${v}`);
-    }
-    const id = this.nextId++;
-    if (this.nextId > 0xfffffff0) this.nextId = 1;
-    const p = new ProcessState(this.host(), id, {
-      capture,
-      timeoutMs: limits.timeoutMs,
-      outputBytes: capture ? limits.outputBytes : null,
-      encoding: o.encoding,
-      signal: o.signal,
-      stdin: o.stdin,
-      argv0: argv[0]!,
-    });
-    this.procs.set(id, p);
-    this.ctlWatch?.ref();
-    try {
-      p.start((pid) =>
-        encodeExec({
-          id: pid,
-          uid: user.uid,
-          gid: user.gid,
-          caps: this.caps,
-          noNewPrivs: true,
-          rlimits: this.opts.limits.rlimits,
-          seccomp: this.seccomp,
-          cwd,
-          argv,
-          env,
-        }),
-      );
-    } catch (e) {
-      this.procs.delete(id);
-      if (this.procs.size === 0) this.ctlWatch?.unref();
-      throw e;
-    }
-    return p;
-  }
-
   /**
    * Runs a command to its end and returns how it ended, its output and its usage. Resolves
    * for every way the command can end (a non-zero exit, a timeout, an OOM kill, the output
@@ -515,10 +227,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
   /** @internal */
   async execResolved(command: unknown, o: ResolvedExecOptions): Promise<ExecResult> {
-    try {
-      this.cgroup?.resetPeak();
-    } catch {}
-    return this.startProcess(command, o, true).result;
+    return execResolved(this.core, command, o);
   }
 
   /**
@@ -538,7 +247,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   spawn(command: string[] | string, options?: SpawnOptions): SandboxProcess {
-    return this.startProcess(command, resolveExecOptions(options, 'spawn'), false);
+    return startProcess(this.core, command, resolveExecOptions(options, 'spawn'), false);
   }
 
   /**
@@ -559,17 +268,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async writeFile(path: string, data: string | Uint8Array, options?: { mode?: number }): Promise<void> {
-    const p = checkInsidePath('path', path);
-    const mode = options?.mode ?? 0o644;
-    if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw invalid('mode', 'a file mode such as 0o644', mode);
-    const buf = typeof data === 'string' ? Buffer.from(data) : data;
-    const fd = this.openInside(p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, mode);
-    try {
-      let off = 0;
-      while (off < buf.length) off += writeSync(fd, buf, off);
-    } finally {
-      closeSync(fd);
-    }
+    writeInside(this.core, path, data, options);
   }
 
   /**
@@ -588,33 +287,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async readFile(path: string): Promise<Buffer> {
-    const p = checkInsidePath('path', path);
-    const fd = this.openInside(p, fsc.O_RDONLY, 0);
-    try {
-      const chunks: Buffer[] = [];
-      for (;;) {
-        const b = Buffer.allocUnsafe(65536);
-        const k = readSync(fd, b);
-        if (k === 0) break;
-        chunks.push(b.subarray(0, k));
-      }
-      return Buffer.concat(chunks);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  private openInside(p: string, flags: number, mode: number): number {
-    if (this.state === 'destroyed') throw this.gone();
-    const fd = native().openInRoot(this.pid, p, flags, mode, this.ids.uid, this.ids.gid);
-    if (isFailure(fd)) {
-      // A missing file is what fs users expect as ENOENT, not a setup failure (issue 14).
-      if (errnoName(fd.errno) === 'ENOENT') {
-        throw new HutchError('ENOENT', `no such file or directory in sandbox ${this.id}: ${p}`, { step: 'open', errno: 'ENOENT', path: p, hint: 'create it first (writeFile, exec), or check the path' });
-      }
-      throw setupError({ step: 'open', errno: fd.errno, path: p });
-    }
-    return fd;
+    return readInside(this.core, path);
   }
 
   /**
@@ -630,18 +303,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async stats(): Promise<ResourceUsage> {
-    if (this.state === 'destroyed') throw this.gone();
-    const u = this.cgroup?.usage();
-    return {
-      wallMs: 0,
-      cpuUserMs: u?.cpuUserMs ?? 0,
-      cpuSystemMs: u?.cpuSystemMs ?? 0,
-      memoryPeakBytes: u?.memoryPeakBytes ?? 0,
-      pids: u?.pids ?? 0,
-      oomKills: u?.oomKills ?? 0,
-      ...(u?.ioReadBytes !== undefined ? { ioReadBytes: u.ioReadBytes } : {}),
-      ...(u?.ioWriteBytes !== undefined ? { ioWriteBytes: u.ioWriteBytes } : {}),
-    };
+    return this.core.stats();
   }
 
   /**
@@ -666,12 +328,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async pause(): Promise<void> {
-    if (this.state === 'destroyed') throw this.gone();
+    const core = this.core;
+    if (core.state === 'destroyed') throw core.gone();
     try {
-      await this.freezer.pause();
+      await core.freezer.pause();
     } catch (e) {
       // destroy() removed the cgroup under the freeze.
-      throw (this.state as string) === 'destroyed' ? this.gone() : e;
+      throw (core.state as string) === 'destroyed' ? core.gone() : e;
     }
   }
 
@@ -690,13 +353,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async resume(): Promise<void> {
-    if (this.state === 'destroyed') throw this.gone();
-    await this.freezer.resume();
+    if (this.core.state === 'destroyed') throw this.core.gone();
+    await this.core.freezer.resume();
   }
 
   /** Whether {@link Sandbox.pause} froze the sandbox and {@link Sandbox.resume} did not thaw it yet. */
   get paused(): boolean {
-    return this.freezer.isPaused;
+    return this.core.freezer.isPaused;
   }
 
   /**
@@ -722,22 +385,23 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   async commit(options?: { tag?: string }): Promise<Image> {
-    if (this.state === 'destroyed') throw this.gone();
+    const core = this.core;
+    if (core.state === 'destroyed') throw core.gone();
     if (options !== undefined && (typeof options !== 'object' || options === null)) throw invalid('options', 'an object { tag? }', options);
     // Every process of the sandbox is frozen while its writable layer is read (and thawed
     // after, whatever happened): a process swapping a directory for a symlink mid-walk could
     // otherwise steer what host root reads. Without a freezer the commit is refused rather
     // than done on a moving tree.
-    this.freezer.check('commit');
-    const diskBytes = this.opts.limits.diskBytes;
-    // init holds the scratch tmpfs open as its fd 4: the upper dir is reachable from here
-    // while the sandbox runs, and nowhere else.
-    return this.store.commitUpper({
-      base: this.image.image,
-      upperDir: `/proc/${this.pid}/fd/4/upper`,
-      hostIds: { uid: this.ids.uid, gid: this.ids.gid },
+    core.freezer.check('commit');
+    const diskBytes = core.opts.limits.diskBytes;
+    // init holds the scratch tmpfs open (lib/conventions.ts): the upper dir is reachable from
+    // here while the sandbox runs, and nowhere else.
+    return core.store.commitUpper({
+      base: core.image.image,
+      upperDir: upperDirOf(core.pid),
+      hostIds: { uid: core.ids.uid, gid: core.ids.gid },
       // A paused sandbox stays so: the cgroup thaws only when no pause or commit holds it.
-      hold: { freeze: () => this.freezer.hold('commit'), thaw: () => this.freezer.release() },
+      hold: { freeze: () => core.freezer.hold('commit'), thaw: () => core.freezer.release() },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
@@ -752,24 +416,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * under it (persistent or pre-6.6 on-disk layers) is freed only after `release()`.
    */
   async stopKeepingUpper(): Promise<{ fd: number; release: () => void }> {
-    if (this.state === 'destroyed') throw this.gone();
-    let fd: number;
-    try {
-      fd = openSync(`/proc/${this.pid}/fd/4/upper`, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
-    } catch (e) {
-      throw new HutchError('ESETUP', `cannot open the writable layer of sandbox ${this.id}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { step: 'open', errno: (e as NodeJS.ErrnoException).code, cause: e });
-    }
-    let release!: () => void;
-    this.upperHeld = new Promise((r) => (release = r));
-    const done = this.destroy();
-    await this.exitedP;
-    return {
-      fd,
-      release: () => {
-        release();
-        void done.catch(() => undefined);
-      },
-    };
+    return stopKeepingUpper(this.core);
   }
 
   /**
@@ -787,37 +434,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * ```
    */
   destroy(): Promise<void> {
-    if (this.destroying) return this.destroying;
-    this.state = 'destroyed';
-    this.opts.signal?.removeEventListener('abort', this.onAbort);
-    const n = native();
-    this.destroying = (async () => {
-      const tr = new Trace('destroy');
-      if (!this.initExit) n.pidfdKill(this.spawned.pidfd, 9);
-      this.ctlWatch?.close();
-      this.ctlWatch = null;
-      n.close(this.spawned.ctlFd);
-      if (this.pidWatch) this.pidWatch.ref();
-      await this.exitedP;
-      tr.mark('exit');
-      this.ids.release();
-      n.close(this.spawned.pidfd);
-      const errors: unknown[] = [];
-      // The owner record goes last, once the cgroup and the disk it vouches for are gone: a
-      // prune elsewhere would take a cgroup without a record for a crashed sandbox's.
-      await Promise.all([
-        this.cgroup?.destroy().then(() => tr.mark('cgroup'), (e) => errors.push(e)),
-        this.attachment ? releaseNetwork(this.attachment).catch((e) => errors.push(e)) : undefined,
-        this.disk ? this.upperHeld.then(() => this.disk!.release()).catch((e) => errors.push(e)) : undefined,
-      ]);
-      await this.store.release(this.id).then(() => tr.mark('release'), (e) => errors.push(e));
-      tr.end();
-      this.emit('destroyed');
-      if (errors.length > 0) {
-        throw new HutchError('ECLEANUP', `sandbox ${this.id} was destroyed but cleanup failed: ${errors.map(String).join('; ')}`, { step: 'destroy', cause: errors[0] });
-      }
-    })();
-    return this.destroying;
+    return destroySandbox(this.core);
   }
 
   /**
