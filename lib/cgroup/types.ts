@@ -1,0 +1,122 @@
+/** The cgroup layer's types, shared by the driver front door (driver.ts) and its backends (v1.ts, v2.ts). */
+import type { CgroupLimits } from '../limits.js';
+
+/** What a sandbox's cgroup(s) counted. Fields a host does not count are absent (optional) or 0 (documented per field). */
+export interface CgroupUsage {
+  /**
+   * Highest memory charge of the sandbox's cgroup (anon + page cache + kernel memory) since
+   * creation or the last resetPeak(), in bytes. v2: memory.peak (5.19+; per-fd reset on
+   * 6.12+), else the current charge (memory.current) when the kernel has no peak; v1:
+   * memory.max_usage_in_bytes. 0 when the memory controller is not available.
+   */
+  memoryPeakBytes: number;
+  /** Tasks (processes and threads) in the sandbox now: pids.current. 0 when the pids controller is not available. */
+  pids: number;
+  /** Processes of the sandbox killed by the OOM killer since creation: memory.events oom_kill / memory.oom_control oom_kill. */
+  oomKills: number;
+  /** CPU time of every task that ran in the sandbox since creation: cpu.stat (v2 and hybrid) / cpuacct (v1). */
+  cpuUserMs?: number;
+  cpuSystemMs?: number;
+  /** Bytes read from / written to block devices by the sandbox: io.stat (v2 with io) / blkio.throttle.io_service_bytes_recursive (v1 with an io limit). */
+  ioReadBytes?: number;
+  ioWriteBytes?: number;
+}
+
+export interface CgroupCreateOptions {
+  /** 'major:minor' of the block device io limits apply to (the one backing the writable layer). Required when limits.io is set. */
+  ioDevice?: string;
+}
+
+export interface SandboxCgroup {
+  /** The sandbox id; also the leaf directory name in every hierarchy. */
+  readonly id: string;
+  /**
+   * An O_DIRECTORY|O_CLOEXEC fd of the sandbox's cgroup2 leaf, for clone3's
+   * CLONE_INTO_CGROUP (5.7+): set on v2 and on hybrid (the cgroup2 leaf that groups the
+   * sandbox and carries cgroup.kill); null on pure v1. Owned by this object: destroy()
+   * closes it; the caller must not.
+   */
+  readonly cloneIntoFd: number | null;
+  /**
+   * v1 and hybrid: the cgroup.procs file of each v1 leaf (kill and emptiness look there).
+   * Empty on v2.
+   */
+  readonly procsFiles: readonly string[];
+  /**
+   * v1 and hybrid: the `tasks` file of each v1 leaf, in join order: cpuset first (the
+   * child's next allocations follow the sandbox's memory nodes), then memory (its charges go
+   * to the sandbox from then on), then pids, cpu, cpuacct, blkio. The parent opens them and
+   * the setup child writes "0" to each as its first step, before anything else it does
+   * (addon/child.cc says why not the pid into cgroup.procs). Empty on v2 (CLONE_INTO_CGROUP
+   * places the child).
+   */
+  readonly joinFiles: readonly string[];
+  /** Every directory this sandbox's cgroup consists of (the leaf in each hierarchy used). */
+  readonly dirs: readonly string[];
+  /** What the sandbox used so far; see CgroupUsage for each field. */
+  usage(): CgroupUsage;
+  /** Cheap: OOM kills so far (one small read). */
+  oomKills(): number;
+  /**
+   * Restarts the memory peak so that usage().memoryPeakBytes covers what follows (per-exec
+   * peaks). v1: writes memory.max_usage_in_bytes. v2: writes memory.peak where the kernel
+   * allows it (6.12+, a reset local to the fd hutch keeps open); on older v2 kernels a no-op,
+   * and memoryPeakBytes stays the peak since creation. Returns whether a reset happened.
+   */
+  resetPeak(): boolean;
+  /** SIGKILLs every task of the sandbox: cgroup.kill (5.14+), else each pid listed in cgroup.procs. */
+  kill(): void;
+  /**
+   * Stops every task of the sandbox where it is (cgroup freezer) and resolves once the kernel
+   * reports them all stopped: cgroup2 `cgroup.freeze` (v2, and the cgroup2 leaf on hybrid
+   * hosts), else the v1 `freezer` controller. Idempotent; kill() and destroy() work on a
+   * frozen cgroup. Resolves true when this call froze it, false when it was frozen (or
+   * freezing) already: a caller thaws only what it froze. lib/cgroup/freezer.ts.
+   *
+   * @throws HutchError EUNSUPPORTED when this host has no freezer for the sandbox (pure v1
+   *   without a freezer hierarchy); ESETUP (step 'cgroup') when a task would not stop within
+   *   10 s (it is thawed again).
+   */
+  freeze(): Promise<boolean>;
+  /** Lets the tasks run again. Idempotent; a no-op once the cgroup is gone. */
+  thaw(): Promise<void>;
+  /**
+   * Kills, waits until the cgroups are empty (bounded), removes every directory it created
+   * and closes its fds. Idempotent: later calls return the first call's promise.
+   */
+  destroy(): Promise<void>;
+}
+
+export interface CgroupDriver {
+  readonly kind: 'v2' | 'v1' | 'hybrid';
+  /** The directories sandbox cgroups are created in (hutch's subtree root in each hierarchy used). */
+  readonly subtreeRoots: readonly string[];
+  /**
+   * Creates the sandbox's cgroup(s) under hutch's subtree and writes its limits. Synchronous
+   * (on the create hot path: a mkdir per hierarchy, a write per limit, one open on v2/hybrid).
+   *
+   * @throws HutchError EINVAL for a bad id; EUNSUPPORTED for a limit this host cannot enforce,
+   *   saying how to get it; ESETUP (step 'cgroup') when the kernel refuses, with the errno and path.
+   */
+  create(id: string, limits: CgroupLimits, options?: CgroupCreateOptions): SandboxCgroup;
+  /**
+   * Removes sandbox cgroups left by crashed processes: every directory under hutch's
+   * subtree roots whose name `isLive` rejects is killed, emptied and removed. Never touches
+   * a directory that holds the calling process. Returns the ids removed.
+   */
+  prune(isLive: (id: string) => boolean): Promise<string[]>;
+}
+
+export interface CgroupDriverOptions {
+  /**
+   * Where sandbox cgroups go: they are created directly below this cgroup, which hutch
+   * then owns (it may create it and write its cgroup.subtree_control). A cgroup path as in
+   * /proc/self/cgroup ('/hutch.slice/sandboxes') or a directory under a cgroup mount
+   * ('/sys/fs/cgroup/unified/hutch-test'), which names the same cgroup path in every
+   * hierarchy used. Default: $HUTCH_CGROUP_PARENT, else `<caller's cgroup>/hutch` in each
+   * hierarchy. It must not be the caller's own cgroup or one of its ancestors.
+   */
+  parent?: string;
+  /** Force a driver kind (tests: the v2 driver on a hybrid host's cgroup2 hierarchy). */
+  kind?: 'v2' | 'v1';
+}
