@@ -5,7 +5,6 @@
  * Callers never branch on the kind.
  */
 import { unsupported } from '../errors.js';
-import type { CgroupLimits } from '../limits.js';
 import { detectCgroups } from './detect.js';
 import { parentCgroupPath } from './parent.js';
 import { V1Driver } from './v1.js';
