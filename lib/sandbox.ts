@@ -21,6 +21,9 @@ import { createCore, runOnce, settleAll, type FirstExec } from './runtime/create
 import { execResolved, startProcess } from './runtime/control.js';
 import { readInside, writeInside } from './runtime/files.js';
 import { destroySandbox, stopKeepingUpper } from './runtime/destroy.js';
+import { storeHooks } from './image/hooks.js';
+import type { ImageStore } from './image/store.js';
+import { dropBlanks } from './warm.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
 
@@ -453,3 +456,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 }
 
+
+// The image layer below calls up through these hooks, never through an import (lib/image/hooks.ts).
+storeHooks.dropBlanks = dropBlanks;
+storeHooks.runStep = (o) => Sandbox.create({ image: o.image, store: o.store as ImageStore, network: o.network, ...(o.limits !== undefined ? { limits: o.limits } : {}) });

@@ -10,9 +10,10 @@ import { closeSync, constants, lstatSync, readFileSync, readdirSync, readlinkSyn
 import * as fsp from 'node:fs/promises';
 import { join, posix, relative, sep } from 'node:path';
 import { HutchError, invalid } from '../errors.js';
+import { ID_LIMIT, upperDirOf } from '../conventions.js';
 import { resolveLimits, type Limits } from '../limits.js';
 import type { NetworkOptions } from '../network/options.js';
-import { Sandbox } from '../sandbox.js';
+import { storeHooks, type StepSandbox } from './hooks.js';
 import { fileChunks, openBlob, sniff } from './blob.js';
 import {
   LayerTar, baseOf, childImage, copyData, layerCap, scratchBase, writeUpper, type BaseImage, type OciConfig,
@@ -71,7 +72,6 @@ export const buildCounters = { steps: 0, cacheHits: 0, sandboxes: 0, layers: 0 }
 
 const DEFAULT_SHELL = ['/bin/sh', '-c'];
 const CACHE_VERSION = 1;
-const ID_LIMIT = 65536;
 
 interface State {
   base: BaseImage;
@@ -385,15 +385,16 @@ function exposed(ins: Instruction, w: string): string[] {
 
 async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: string[], argEnv: Record<string, string>, network: 'none' | NetworkOptions): Promise<PendingLayer | null> {
   if (state.base.id === null || state.base.layers.length === 0) throw buildError(ins, 'RUN needs a base image with a shell; FROM scratch has none');
-  let sb: Sandbox;
+  let sb: StepSandbox;
   try {
-    sb = await Sandbox.create({ image: state.base.id, store: ctx.store, network, limits: ctx.o.limits }); // unset: the sandbox defaults (output 16MiB, pids 1024)
+    if (!storeHooks.runStep) throw new HutchError('EUNSUPPORTED', 'no sandbox runtime is loaded to run the step: import hutch (lib/index.ts), not lib/image/store.ts alone');
+    sb = await storeHooks.runStep({ image: state.base.id, store: ctx.store, network, limits: ctx.o.limits }); // unset: the sandbox defaults (output 16MiB, pids 1024)
   } catch (e) {
     throw buildError(ins, `could not start the step's sandbox: ${(e as Error).message}`, e);
   }
   buildCounters.sandboxes++;
   try {
-    const upper = `/proc/${sb.pid}/fd/4/upper`;
+    const upper = upperDirOf(sb.pid);
     // With a network the sandbox code writes /etc/hosts itself; that file is not the step's.
     const own = new Map<string, Stats>();
     for (const rel of ['etc/hosts']) {

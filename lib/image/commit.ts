@@ -13,6 +13,7 @@ import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { createGzip } from 'node:zlib';
 import { HutchError, errnoName, invalid } from '../errors.js';
+import { ID_LIMIT } from '../conventions.js';
 import { native } from '../native.js';
 import { sha256hex, writeFully } from './blob.js';
 import { extractLayer, type PendingImage, type PendingLayer } from './import.js';
@@ -23,7 +24,6 @@ import type { ImageStore, Op } from './store.js';
 
 // ---- a layer tar, written to a file --------------------------------------------------------
 
-const ID_LIMIT = 65536;
 const ENXIO = osConstants.errno.ENXIO;
 /** Built layers are gzipped at level 1: several times faster than the default, ~10% larger. */
 const GZIP_LEVEL = 1;

@@ -1,8 +1,10 @@
+import { DEFAULT_PATH as CONVENTIONAL_PATH } from '../conventions.js';
 import { HutchError } from '../errors.js';
 import type { Compression } from './blob.js';
 import { MEDIA, type ImageConfig } from './types.js';
 
-export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** The `Env` entry of an image that sets no PATH (lib/conventions.ts). */
+export const DEFAULT_PATH = `PATH=${CONVENTIONAL_PATH}`;
 
 /** The OCI name of this host's architecture. */
 export function hostArch(): string {

@@ -8,7 +8,7 @@ import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
 import { unmountUnder } from '../disk.js';
-import { dropBlanks } from '../warm.js';
+import { storeHooks } from './hooks.js';
 import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
 import { HEX64 } from './blob.js';
@@ -533,7 +533,7 @@ export class ImageStore {
     this.ensure();
     // A sandbox Sandbox.run has finished with may still hold its record for a moment, and a
     // blank made for the next run holds one: drop those first.
-    await dropBlanks();
+    await storeHooks.dropBlanks();
     await teardownsDone();
     const trash = await this.lock.run(async () => {
       const tags = await this.readTags();
@@ -588,7 +588,7 @@ export class ImageStore {
     removedBytes: number;
   }> {
     this.ensure();
-    await dropBlanks();
+    await storeHooks.dropBlanks();
     await teardownsDone();
     const { trash, bytes } = await this.lock.run(async () => {
       const found = await this.collect();

@@ -2,6 +2,7 @@ import { writeFully } from './blob.js';
 import { join } from 'node:path';
 import { Parser, type ReadEntry } from 'tar';
 import { HutchError, STORE_ERRNOS, errnoName } from '../errors.js';
+import { ID_LIMIT } from '../conventions.js';
 import { isFailure, native, type NativeFailure } from '../native.js';
 import { SparseReader, sparseInfo } from './sparse.js';
 
@@ -77,7 +78,6 @@ interface Meta {
   mtime: number;
 }
 
-const ID_LIMIT = 65536;
 
 /** The operations of the addon's extractBatch (addon/extract.cc, enum Op). */
 const OP = { mkdir: 0, file: 1, symlink: 2, link: 3, whiteout: 4, fifo: 5, remove: 6, dirMeta: 7 } as const;
