@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { detectCgroups } from './cgroup/detect.js';
+import { diskMethod } from './disk.js';
 
 /**
  * One feature of the host as {@link Sandbox.checkHost} found it.
@@ -101,7 +102,6 @@ export async function checkHost(): Promise<HostReport> {
   });
   const root = process.env.HUTCH_ROOT ?? (process.geteuid?.() === 0 ? '/var/lib/hutch' : undefined);
   if (root) {
-    const { diskMethod } = await import('./disk.js');
     const m = diskMethod(root);
     add({
       name: 'persistent disk quota',
