@@ -1,6 +1,6 @@
 /** Capability names (without CAP_) and their numbers (linux/capability.h), and the default set. */
 import { invalid } from './errors.js';
-import { suggest } from './limits.js';
+import { suggest } from './validators.js';
 
 export const CAPABILITIES: readonly string[] = [
   'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',

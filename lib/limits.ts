@@ -15,6 +15,11 @@ import {
 } from './units.js';
 
 export type { ByteSize, Rate } from './units.js';
+import { plainObject, rejectUnknownKeys } from './validators.js';
+/** Moved to lib/validators.ts; re-exported while other modules and tests still import them from here. */
+export { plainObject, rejectUnknownKeys, suggest } from './validators.js';
+import { CPU_PERIOD_US, type CgroupLimits } from './cgroup/types.js';
+export { CPU_PERIOD_US, type CgroupLimits } from './cgroup/types.js';
 
 /**
  * Resource limits of a sandbox ({@link SandboxOptions.limits}). Every field is optional;
@@ -101,27 +106,6 @@ export const DEFAULT_PIDS = 1024;
 /** `limits.output` when not given: 16 MiB captured per exec, then the process is killed (`'output-limit'`). */
 export const DEFAULT_OUTPUT_BYTES = 16 * 1024 * 1024;
 
-/** Limits a cgroup enforces, all numbers. `null` means "not limited". */
-export interface CgroupLimits {
-  /** memory.max / memory.limit_in_bytes. */
-  memoryBytes: number | null;
-  /** memory.swap.max / (memsw - memory). 0 by default: no swap. */
-  swapBytes: number;
-  /** True when the caller asked for memorySwap, false when it is the default 0. */
-  swapExplicit: boolean;
-  /** cpu.max "quota period" / cfs_quota_us, cfs_period_us. Both null or both set. */
-  cpuQuotaUs: number | null;
-  cpuPeriodUs: number | null;
-  /** Normalized cpuset list ('0-1,3'), checked against the online CPUs. */
-  cpuset: string | null;
-  /** pids.max ({@link DEFAULT_PIDS} unless given). */
-  pids: number | null;
-  /** True when the caller asked for pids; the default is skipped on a host without the pids controller. */
-  pidsExplicit: boolean;
-  /** io.max / blkio.throttle.*; null when no io limit is asked for. */
-  io: { readBps: number | null; writeBps: number | null; readIops: number | null; writeIops: number | null } | null;
-}
-
 /** One setrlimit() for init to apply per process. */
 export interface RlimitSetting {
   /** The Limits field it came from (for messages). */
@@ -147,8 +131,6 @@ export interface ResolvedLimits {
 /** RLIMIT_* numbers on Linux (asm-generic/resource.h; the same on x86, arm, riscv, ppc, s390). */
 export const RLIMIT = { CPU: 0, FSIZE: 1, DATA: 2, STACK: 3, CORE: 4, RSS: 5, NPROC: 6, NOFILE: 7 } as const;
 
-/** CFS period used for `cpus` (the kernel's and Docker's default). */
-export const CPU_PERIOD_US = 100_000;
 /** The kernel refuses a CFS quota under 1 ms. */
 const MIN_CPU_QUOTA_US = 1000;
 /** The sandbox's init and a shell need some memory; below this nothing can start. */
@@ -173,51 +155,6 @@ const LIMIT_KEYS = [
   'output',
 ] as const;
 const IO_KEYS = ['readBps', 'writeBps', 'readIops', 'writeIops'] as const;
-
-function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const up = prev[j]!;
-      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = up;
-    }
-  }
-  return prev[b.length]!;
-}
-
-/** The known name closest to `key` (case-insensitive edit distance <= 2, or a prefix), if any. */
-export function suggest(key: string, known: readonly string[]): string | undefined {
-  const k = key.toLowerCase();
-  let best: string | undefined;
-  let bestD = Infinity;
-  for (const name of known) {
-    const n = name.toLowerCase();
-    let d = editDistance(k, n);
-    if (d > 2 && k.length >= 3 && n.startsWith(k)) d = 2; // 'timeout' -> 'timeoutMs'
-    if (d < bestD) {
-      bestD = d;
-      best = name;
-    }
-  }
-  return bestD <= 2 ? best : undefined;
-}
-
-export function rejectUnknownKeys(field: string, obj: object, known: readonly string[]): void {
-  for (const key of Object.keys(obj)) {
-    if ((known as readonly string[]).includes(key)) continue;
-    const guess = suggest(key, known);
-    const hint = guess ? ` (did you mean '${guess}'?)` : '';
-    throw new HutchError('EINVAL', `invalid option ${field}: unknown key '${key}'${hint}; known keys: ${known.join(', ')}`);
-  }
-}
-
-export function plainObject(field: string, value: unknown, what: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(field, what, value);
-  return value as Record<string, unknown>;
-}
 
 /** Parses a CPU list ('0-3,8,10-11') into sorted unique CPU numbers; undefined when malformed. */
 export function parseCpuList(text: string): number[] | undefined {

@@ -6,7 +6,8 @@
 import { posix } from 'node:path';
 import { invalid } from './errors.js';
 import { parseUser } from './identity.js';
-import { plainObject, rejectUnknownKeys, resolveLimits, type Limits, type ResolvedLimits } from './limits.js';
+import { resolveLimits, type Limits, type ResolvedLimits } from './limits.js';
+import { plainObject, rejectUnknownKeys } from './validators.js';
 import { resolveCapabilities } from './capabilities.js';
 import { validateSeccompOption, type SeccompOption } from './seccomp/index.js';
 import { parseByteSize, parseDurationMs, type ByteSize } from './units.js';

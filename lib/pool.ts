@@ -3,7 +3,7 @@
  * and handed out once, so a caller's run pays only for the exec. Refills in the background.
  */
 import { HutchError, invalid } from './errors.js';
-import { plainObject } from './limits.js';
+import { plainObject } from './validators.js';
 import { resolveExecOptions, resolveSandboxOptions, type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions } from './options.js';
 import type { ExecResult } from './process.js';
 import type { Sandbox } from './sandbox.js';

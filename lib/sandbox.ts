@@ -23,6 +23,7 @@ import { readInside, writeInside } from './runtime/files.js';
 import { destroySandbox, stopKeepingUpper } from './runtime/destroy.js';
 import { storeHooks } from './image/hooks.js';
 import type { ImageStore } from './image/store.js';
+import type { Limits } from './limits.js';
 import { dropBlanks } from './warm.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
@@ -459,4 +460,4 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 
 // The image layer below calls up through these hooks, never through an import (lib/image/hooks.ts).
 storeHooks.dropBlanks = dropBlanks;
-storeHooks.runStep = (o) => Sandbox.create({ image: o.image, store: o.store as ImageStore, network: o.network, ...(o.limits !== undefined ? { limits: o.limits } : {}) });
+storeHooks.runStep = (o) => Sandbox.create({ image: o.image, store: o.store as ImageStore, network: o.network, ...(o.limits !== undefined ? { limits: o.limits as Limits } : {}) });

@@ -1,5 +1,28 @@
 /** The cgroup layer's types, shared by the driver front door (driver.ts) and its backends (v1.ts, v2.ts). */
-import type { CgroupLimits } from '../limits.js';
+
+/** CFS period used for `cpus` (the kernel's and Docker's default). */
+export const CPU_PERIOD_US = 100_000;
+
+/** Limits a cgroup enforces, all numbers. `null` means "not limited". */
+export interface CgroupLimits {
+  /** memory.max / memory.limit_in_bytes. */
+  memoryBytes: number | null;
+  /** memory.swap.max / (memsw - memory). 0 by default: no swap. */
+  swapBytes: number;
+  /** True when the caller asked for memorySwap, false when it is the default 0. */
+  swapExplicit: boolean;
+  /** cpu.max "quota period" / cfs_quota_us, cfs_period_us. Both null or both set. */
+  cpuQuotaUs: number | null;
+  cpuPeriodUs: number | null;
+  /** Normalized cpuset list ('0-1,3'), checked against the online CPUs. */
+  cpuset: string | null;
+  /** pids.max (lib/limits.ts DEFAULT_PIDS unless given). */
+  pids: number | null;
+  /** True when the caller asked for pids; the default is skipped on a host without the pids controller. */
+  pidsExplicit: boolean;
+  /** io.max / blkio.throttle.*; null when no io limit is asked for. */
+  io: { readBps: number | null; writeBps: number | null; readIops: number | null; writeIops: number | null } | null;
+}
 
 /** What a sandbox's cgroup(s) counted. Fields a host does not count are absent (optional) or 0 (documented per field). */
 export interface CgroupUsage {

@@ -16,8 +16,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, constants } from 'node:fs';
 import { unsupported } from '../errors.js';
-import { CPU_PERIOD_US, type CgroupLimits } from '../limits.js';
-import type { CgroupDriver, CgroupCreateOptions, CgroupUsage, SandboxCgroup } from './types.js';
+import { CPU_PERIOD_US, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
 import {

@@ -13,8 +13,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readSync, writeSync, constants } from 'node:fs';
 import { unsupported } from '../errors.js';
-import type { CgroupLimits } from '../limits.js';
-import type { CgroupDriver, CgroupCreateOptions, CgroupUsage, SandboxCgroup } from './types.js';
+import type { CgroupDriver, CgroupCreateOptions, CgroupLimits, CgroupUsage, SandboxCgroup } from './types.js';
 import type { CgroupHost } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
 import {

@@ -3,7 +3,6 @@
  * (lib/sandbox.ts) when it loads: the store never imports the runtime, so no import cycle and
  * no `import()` to dodge one.
  */
-import type { Limits } from '../limits.js';
 import type { NetworkOptions } from '../network/options.js';
 
 /** How a RUN step's command ended, as much of Sandbox.exec's ExecResult as a build reads. */
@@ -23,8 +22,8 @@ export interface StepSandbox {
   destroy(): Promise<void>;
 }
 
-/** Starts a RUN step's sandbox (Sandbox.create with these options). */
-export type StepRunner = (options: { image: string; store: unknown; network: 'none' | NetworkOptions; limits?: Limits }) => Promise<StepSandbox>;
+/** Starts a RUN step's sandbox (Sandbox.create with these options; `limits` is the build's `Limits`). */
+export type StepRunner = (options: { image: string; store: unknown; network: 'none' | NetworkOptions; limits?: unknown }) => Promise<StepSandbox>;
 
 export const storeHooks: {
   /** Drops this process's warm blanks (lib/warm.ts), which hold image layers, before a gc. */

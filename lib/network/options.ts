@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { HutchError, describe, invalid, unsupported } from '../errors.js';
 import { parseRate, type Rate } from '../units.js';
+import { suggest } from '../validators.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
 import { readLease, leaseFiles } from './lease.js';
 
@@ -384,33 +385,5 @@ function hasNetAdmin(): boolean {
   } catch {
     return false;
   }
-}
-
-function suggest(key: string, known: readonly string[]): string | undefined {
-  const k = key.toLowerCase();
-  let best: string | undefined;
-  let bestD = 3;
-  for (const cand of known) {
-    const d = distance(k, cand.toLowerCase());
-    if (d < bestD) {
-      bestD = d;
-      best = cand;
-    }
-  }
-  return best;
-}
-
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const cur = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = cur;
-    }
-  }
-  return row[b.length]!;
 }
 

@@ -1,0 +1,65 @@
+/**
+ * The layers of lib/ and the direction of their imports (issue 14, docs/architecture.md):
+ *
+ *   base (errors, units, conventions) → native → concerns (cgroup | network | seccomp |
+ *   idmap | disk | image core) → options → plan → runtime (start, sandbox, process, warm,
+ *   pool) → image authoring (build, commit) and the ImageStore façade, index, CLI
+ *
+ * A module may import from its own layer or any layer to its left, never to its right, and
+ * no import cycle is allowed, type-only imports included (`tsPreCompilationDeps`). Checked by
+ * `npm run check:deps` in CI (.ci/run).
+ */
+const LAYERS = [
+  ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol)\\.ts$']],
+  ['native', ['^lib/(native|native-load|setup-errors|spawn)\\.ts$']],
+  ['concerns', [
+    '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
+    // image core; store.ts is its records and operations until the façade (build, commit,
+    // pull, push) moves out of it (issue 14 §3, the store split)
+    '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store)\\.ts$',
+  ]],
+  ['options', ['^lib/(options|limits)\\.ts$']],
+  ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],
+  ['runtime', ['^lib/(start|sandbox|process|warm|pool|pause)\\.ts$', '^lib/runtime/']],
+  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/(prune|index)\\.ts$', '^bin/']],
+];
+
+const anyOf = (res) => `(${res.join('|')})`;
+const forbidden = [
+  {
+    name: 'no-circular',
+    comment: 'No import cycle, type-only imports included: layers point one way (issue 14).',
+    severity: 'error',
+    from: {},
+    to: { circular: true },
+  },
+  {
+    name: 'no-unlayered',
+    comment: 'Every module of lib/ belongs to a layer: add a new one to LAYERS in .dependency-cruiser.cjs.',
+    severity: 'error',
+    from: { path: '^lib/', pathNot: anyOf(LAYERS.flatMap(([, res]) => res)) },
+    to: {},
+  },
+];
+LAYERS.forEach(([name, from], i) => {
+  const above = LAYERS.slice(i + 1).flatMap(([, res]) => res);
+  if (above.length === 0) return;
+  forbidden.push({
+    name: `layer-${name}`,
+    comment: `${name} imports only from its own layer or the ones below (${LAYERS.slice(0, i + 1).map(([n]) => n).join(', ')}).`,
+    severity: 'error',
+    from: { path: anyOf(from) },
+    to: { path: anyOf(above) },
+  });
+});
+
+module.exports = {
+  forbidden,
+  options: {
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: 'tsconfig.json' },
+    doNotFollow: { path: 'node_modules' },
+    exclude: { path: '^(node_modules|dist|build)/' },
+    detectJSDocImports: false,
+  },
+};
