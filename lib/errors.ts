@@ -39,6 +39,38 @@ export type HutchErrorCode =
 const brand = Symbol.for('hutch.HutchError');
 
 /**
+ * The setup steps of a sandbox, in order: the same list as addon/steps.h (the addon exports
+ * its names at load; test/errors.test.ts checks that the two agree).
+ */
+export const SETUP_STEPS = [
+  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_ns', 'mount_private', 'scratch', 'layers', 'overlay',
+  'root_attach', 'bind', 'proc', 'dev', 'mask', 'readonly', 'pivot_root', 'lock_mounts', 'loopback', 'fds', 'exec_init',
+] as const satisfies readonly HutchErrorStep[];
+
+/** The steps of one exec inside a running sandbox, as init reports them (addon/init/protocol.h, numbered from 1 in lib/protocol.ts). */
+export const EXEC_STEPS = ['fork', 'fds', 'rlimit', 'cwd', 'credentials', 'capabilities', 'seccomp', 'exec'] as const satisfies readonly HutchErrorStep[];
+
+/**
+ * What {@link HutchError.step} can be: a setup step (addon/steps.h, docs/errors.md), a step of
+ * one exec (reported by init), or one the host side reports: `network` (links, addresses,
+ * nftables), `open` (readFile/writeFile, a build step's writable layer), `destroy` (ECLEANUP).
+ *
+ * @example
+ * ```ts
+ * if (HutchError.is(e) && e.step === 'overlay') console.error('the root could not be mounted:', e.errno);
+ * ```
+ */
+export type HutchErrorStep =
+  // setting a sandbox up (addon/steps.h, in order)
+  | 'clone' | 'sync' | 'id_map' | 'cgroup' | 'setid' | 'hostname' | 'mount_ns' | 'mount_private' | 'scratch' | 'layers'
+  | 'overlay' | 'root_attach' | 'bind' | 'proc' | 'dev' | 'mask' | 'readonly' | 'pivot_root' | 'lock_mounts' | 'loopback'
+  | 'fds' | 'exec_init'
+  // one exec (init)
+  | 'fork' | 'rlimit' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'exec'
+  // the host side
+  | 'network' | 'open' | 'destroy';
+
+/**
  * The optional details of a {@link HutchError}, as its constructor takes them.
  *
  * @example
@@ -49,7 +81,7 @@ const brand = Symbol.for('hutch.HutchError');
  */
 export interface HutchErrorDetails {
   /** The setup step that failed (ESETUP), e.g. `overlay`, `pivot_root`, `exec`. */
-  step?: string;
+  step?: HutchErrorStep;
   /** The kernel's answer as a name, e.g. `ENOENT`. */
   errno?: string;
   /** The path the failing step worked on. */
@@ -74,7 +106,7 @@ export class HutchError extends Error {
   /** What kind of failure; stable, to branch on (the message is for people). See {@link HutchErrorCode}. */
   readonly code: HutchErrorCode;
   /** `ESETUP`: the setup step that failed, e.g. `overlay`, `pivot_root`, `exec`, `open`, `destroy`. */
-  readonly step?: string;
+  readonly step?: HutchErrorStep;
   /** The kernel's answer as a name, e.g. `ENOENT`, when a system call failed. */
   readonly errno?: string;
   /** The path the failing step worked on, when there was one. */

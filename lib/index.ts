@@ -11,7 +11,7 @@
 export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
 export { SandboxPool, type PoolOptions } from './pool.js';
 export { HutchError, type HutchErrorCode } from './errors.js';
-export type { HutchErrorDetails } from './errors.js';
+export type { HutchErrorDetails, HutchErrorStep } from './errors.js';
 export { ImageStore } from './image/store.js';
 export type { ImageStoreOptions, BuildOptions } from './image/store.js';
 export type { ExtractLimits } from './image/tar.js';

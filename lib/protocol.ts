@@ -2,20 +2,15 @@
  * The control protocol to init (addon/init/protocol.h is the C side): SOCK_SEQPACKET, one
  * message per request or report, host byte order (little-endian on every Linux hutch runs on).
  */
+import { EXEC_STEPS as EXEC_STEP_NAMES } from './errors.js';
+
+type ExecStep = (typeof EXEC_STEP_NAMES)[number];
+
 export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104 } as const;
 export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2 } as const;
 
 /** Steps of an exec inside the sandbox (MSG_FAILED), by number. */
-export const EXEC_STEPS: Record<number, string> = {
-  1: 'fork',
-  2: 'fds',
-  3: 'rlimit',
-  4: 'cwd',
-  5: 'credentials',
-  6: 'capabilities',
-  7: 'seccomp',
-  8: 'exec',
-};
+export const EXEC_STEPS: Record<number, ExecStep> = Object.fromEntries(EXEC_STEP_NAMES.map((name, i) => [i + 1, name]));
 
 export interface ExecRequest {
   id: number;
@@ -76,7 +71,7 @@ export function encodeKill(id: number, signal: number, group: boolean): Buffer {
 
 export type InitMessage =
   | { type: 'started'; id: number; pid: number }
-  | { type: 'failed'; id: number; errno: number; step: string }
+  | { type: 'failed'; id: number; errno: number; step: ExecStep }
   | { type: 'exited'; id: number; status: number; utimeUs: number; stimeUs: number; maxrssKb: number }
   | { type: 'protocol-error'; id: number; code: number };
 

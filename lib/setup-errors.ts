@@ -2,15 +2,12 @@
  * From the child's `{ step, errno, path }` to a HutchError ESETUP: the message names the step,
  * the object and the kernel's answer, plus a known hint keyed by step + errno.
  */
-import { HutchError, errnoName } from './errors.js';
+import { HutchError, errnoName, type HutchErrorStep } from './errors.js';
 import type { NativeFailure } from './native.js';
 
-/** The setup steps, in order (addon/steps.h); a test checks the two lists agree. */
-export const SETUP_STEPS = [
-  'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_ns', 'mount_private', 'scratch', 'layers', 'overlay',
-  'root_attach', 'bind', 'proc', 'dev', 'mask', 'readonly', 'pivot_root', 'lock_mounts', 'loopback', 'fds', 'exec_init',
-] as const;
-export type SetupStep = (typeof SETUP_STEPS)[number] | 'exec' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'rlimit' | 'fork' | 'network' | 'open';
+export { SETUP_STEPS } from './errors.js';
+/** A step a setup or exec failure names (lib/errors.ts). */
+export type SetupStep = HutchErrorStep;
 
 const HINTS: Record<string, string> = {
   'exec_init:ESRCH': 'hutch-init started but ended before it said ready (killed, or out of memory in its cgroup?); the status is in the message. Check the sandbox\'s memory/pids limits, and that build/Release/hutch-init is the one built with this addon',
@@ -38,12 +35,13 @@ const HINTS: Record<string, string> = {
 };
 
 export function setupError(f: NativeFailure, extra?: string): HutchError {
-  const step = f.step ?? 'clone';
+  // The addon names steps from addon/steps.h and init from its protocol: the lists TypeScript has.
+  const step = (f.step ?? 'clone') as HutchErrorStep;
   const errno = errnoName(f.errno);
   const hint = HINTS[`${step}:${errno}`];
   const what = f.path ? `: ${f.path}` : '';
   const msg = `sandbox setup failed at ${step}${what}: ${errno}${extra ? `; ${extra}` : ''}${hint ? `; ${hint}` : ''}`;
-  const details: { step: string; errno: string; path?: string; hint?: string } = { step, errno };
+  const details: { step: HutchErrorStep; errno: string; path?: string; hint?: string } = { step, errno };
   if (f.path) details.path = f.path;
   if (hint) details.hint = hint;
   return new HutchError('ESETUP', msg, details);
