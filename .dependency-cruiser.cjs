@@ -21,7 +21,7 @@ const LAYERS = [
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],
   ['runtime', ['^lib/(start|sandbox|process|warm|pool|pause)\\.ts$', '^lib/runtime/']],
-  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/(prune|index)\\.ts$', '^bin/']],
+  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^bin/']],
 ];
 
 const anyOf = (res) => `(${res.join('|')})`;
