@@ -15,6 +15,9 @@
         "addon/rootio.cc",
         "addon/extract.cc",
         "addon/netlink.cc",
+        "addon/netlink_msg.cc",
+        "addon/netlink_tc.cc",
+        "addon/netfilter.cc",
         "addon/imageview.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
