@@ -119,8 +119,8 @@ export class SandboxFreezer {
     });
   }
 
-  /** Gives a hold back; the sandbox thaws when it was the last. */
-  release(): Promise<void> {
+  /** Ends a hold; the sandbox thaws when it was the last. */
+  unhold(): Promise<void> {
     return this.serial(async () => {
       if (this.holds === 0) return;
       this.holds--;

@@ -405,7 +405,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       upperDir: upperDirOf(core.pid),
       hostIds: { uid: core.ids.uid, gid: core.ids.gid },
       // A paused sandbox stays so: the cgroup thaws only when no pause or commit holds it.
-      hold: { freeze: () => core.freezer.hold('commit'), thaw: () => core.freezer.release() },
+      hold: { freeze: () => core.freezer.hold('commit'), thaw: () => core.freezer.unhold() },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),
       ...(options?.tag !== undefined ? { tag: options.tag } : {}),
     });
