@@ -1,17 +1,19 @@
 // Units of the addon's C++ that need no Node, compiled for another architecture (aarch64 by
 // scripts/check-arm64.sh) and run under qemu-user: the setup-step table and its error record,
 // SCM_RIGHTS fd passing (fdpass.cc), and the netlink request builder talking to the real
-// kernel (netlink.cc: RTM_GETLINK of "lo" through qemu's netlink translation). The addon's
+// kernel (netlink_msg.cc: RTM_GETLINK of "lo" through qemu's netlink translation). The addon's
 // sources are included whole; their N-API functions are never referenced and the linker drops
 // them (-ffunction-sections, --gc-sections).
 #include "../../addon/fdpass.cc"
-#include "../../addon/netlink.cc"
+#include "../../addon/netlink_msg.cc"
 #include "../../addon/steps.h"
 
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/utsname.h>
+
+using namespace hutch_netlink;
 
 static int failures = 0;
 #define CHECK(cond)                                                        \
