@@ -13,7 +13,7 @@ const LAYERS = [
   ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol)\\.ts$']],
   ['native', ['^lib/(native|native-load|setup-errors|spawn)\\.ts$']],
   ['concerns', [
-    '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
+    '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
     // image core; store.ts is its records and operations until the façade (build, commit,
     // pull, push) moves out of it (issue 14 §3, the store split)
     '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store)\\.ts$',
@@ -21,7 +21,7 @@ const LAYERS = [
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],
   ['runtime', ['^lib/(start|sandbox|process|warm|pool|pause)\\.ts$', '^lib/runtime/']],
-  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^bin/']],
+  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^lib/template/', '^bin/']],
 ];
 
 const anyOf = (res) => `(${res.join('|')})`;
