@@ -30,6 +30,7 @@ import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImage
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
 import { SandboxFreezer } from './pause.js';
+import { SandboxEgress, ViolationLog, nflogGroup, type Violation } from './network/egress.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -49,6 +50,7 @@ interface SandboxEvents {
   oom: [ResourceUsage];
   exit: [{ code: number | null; signal: number | null }];
   destroyed: [];
+  violation: [Violation];
 }
 
 function abortError(signal: AbortSignal): HutchError {
@@ -100,6 +102,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   private readonly store: ImageStore;
   private cgroup: SandboxCgroup | null;
   private attachment: NetworkAttachment | null = null;
+  private egress: SandboxEgress | null = null;
+  private readonly violationLog = new ViolationLog((v) => this.emit('violation', v));
   private disk: PersistentDisk | null = null;
   /** Sandbox.run: makes the blank for the next run like this one (lib/warm.ts). */
   private warmNext: (() => void) | undefined;
@@ -228,10 +232,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     sb.watch();
     try {
       if (opts.network.mode === 'bridge') {
-        sb.attachment = await attachNetwork(opts.network, id, spawned.pid);
+        sb.attachment = await attachNetwork(opts.network, id, spawned.pid, nflogGroup(opts.network));
         if (sb.attachment) {
           sb.network = { address: sb.attachment.address, hostAddress: sb.attachment.hostAddress, interface: sb.attachment.interface };
           await sb.writeFile('/etc/hosts', hostsFile(opts.hostname ?? `hutch-${id}`, sb.attachment));
+          sb.egress = await SandboxEgress.start(opts.network, sb.attachment, sb.violationLog, nflogGroup(opts.network), (p, d) => sb.writeFile(p, d));
         }
       }
       if (opts.signal) {
@@ -434,6 +439,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
       },
       cgroup: this.cgroup,
       clock: this.freezer.clock,
+      violations: this.violationLog,
       release: (id) => {
         this.procs.delete(id);
         if (this.procs.size === 0) this.ctlWatch?.unref();
@@ -773,6 +779,19 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /**
+   * Replaces `allow`, `domains` and `deny` of a sandbox made with egress by name, for every
+   * later query and connection (connections already open stay); nothing inside restarts.
+   *
+   * @throws HutchError `EINVAL` (bad lists, or a sandbox without `domains`/`deny`/`ask`/`dns`),
+   *   `EDESTROYED`, `ESETUP` (nft failed).
+   */
+  async setNetworkPolicy(policy: { allow?: string[]; domains?: string[]; deny?: string[] }): Promise<void> {
+    if (this.state === 'destroyed') throw this.gone();
+    if (!this.egress) throw new HutchError('EINVAL', 'invalid option policy: setNetworkPolicy needs a sandbox made with network { outbound: \'nat\', domains, deny, ask or dns } (egress by name); create it with domains: [\'*\'] to start open');
+    await this.egress.setPolicy(policy);
+  }
+
+  /**
    * Kills everything in the sandbox and frees every host resource (cgroup, network link,
    * writable layer, id range). Idempotent: later calls return the same promise. Running
    * execs resolve with reason `'killed'`; later calls of other methods reject with `EDESTROYED`.
@@ -794,6 +813,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     this.destroying = (async () => {
       const tr = new Trace('destroy');
       if (!this.initExit) n.pidfdKill(this.spawned.pidfd, 9);
+      this.egress?.close();
       this.ctlWatch?.close();
       this.ctlWatch = null;
       n.close(this.spawned.ctlFd);

@@ -8,6 +8,7 @@ import { HutchError, describe, invalid, unsupported } from '../errors.js';
 import { parseRate, type Rate } from '../units.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
 import { readLease, leaseFiles } from './lease.js';
+import { type AskFunction, type EgressPolicy, resolveEgressPolicy } from './policy.js';
 
 export type { Rate } from '../units.js';
 
@@ -85,6 +86,22 @@ export interface NetworkOptions {
   hostPorts?: (number | HostPort)[];
   /** Addition to API.md: the IPv4 range the sandbox's /30 comes from. Default $HUTCH_NET_RANGE, else 10.200.0.0/16. */
   range?: string;
+  /**
+   * Names reachable when outbound is 'nat', besides `allow`: 'pypi.org', '*.github.com' (the
+   * names below github.com, not github.com itself), '*' (any name; `deny` still applies).
+   * Given, the sandbox's resolver is hutch's and an address is reachable only when an allowed
+   * name resolved to it or an `allow` CIDR holds it (docs/network.md).
+   */
+  domains?: string[];
+  /** Names ('evil.com', '*.evil.com') and IPv4 CIDRs always refused; checked before everything else. */
+  deny?: string[];
+  /**
+   * Asked about a name no rule decides, once per name per sandbox; only `true` allows. A
+   * throw, no answer within 5 s, or no `ask`: refused. The sandbox's query waits for it.
+   */
+  ask?: AskFunction;
+  /** Upstream resolvers (IPv4) for the names hutch resolves for the sandbox (default: the host's); hosts: fixed answers, first. */
+  dns?: { servers?: string[]; hosts?: Record<string, string | string[]> };
 }
 
 /** A host port the sandbox may reach ({@link NetworkOptions.hostPorts}). */
@@ -122,6 +139,8 @@ export interface BridgePlan {
   readonly range: Cidr;
   /** Lease files; shared by every hutch process on the host. */
   readonly stateDir: string;
+  /** Egress by name (`domains`, `deny`, `ask`, `dns`); null: none given, no resolver of hutch's. */
+  readonly names: EgressPolicy | null;
 }
 
 export type NetworkPlan = { readonly mode: 'none' } | BridgePlan;
@@ -133,7 +152,7 @@ export const MIN_RATE_BPS = 8_000;
 /** Far above what a veth carries; above it tc's 64-bit rate still works but nothing was measured. */
 export const MAX_RATE_BPS = 100_000_000_000;
 
-const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'hostPorts', 'range'] as const;
+const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'hostPorts', 'range', 'domains', 'deny', 'ask', 'dns'] as const;
 const PORT_KEYS = ['host', 'sandbox', 'protocol'] as const;
 const HOST_PORT_KEYS = ['port', 'protocol'] as const;
 
@@ -184,6 +203,7 @@ export function resolveNetwork(
     if (!Array.isArray(o.allow)) throw invalid(`${field}.allow`, 'an array of IPv4 CIDRs', o.allow);
     allow = o.allow.map((v, i) => cidr(`${field}.allow[${i}]`, v));
   }
+  const names = resolveEgressPolicy(field, o, outbound, allow);
 
   const rangeField = o.range !== undefined ? `${field}.range` : env.HUTCH_NET_RANGE ? 'HUTCH_NET_RANGE' : `${field}.range`;
   const rangeValue = o.range ?? (env.HUTCH_NET_RANGE || DEFAULT_RANGE);
@@ -201,7 +221,7 @@ export function resolveNetwork(
   if (!hasNetAdmin()) {
     throw unsupported(`${field}.mode 'bridge'`, 'it needs CAP_NET_ADMIN in the host network namespace (run as root) to make links, tc and nftables rules');
   }
-  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir };
+  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir, names };
 }
 
 function rate(field: string, value: unknown): number {
@@ -212,7 +232,7 @@ function rate(field: string, value: unknown): number {
   return bps;
 }
 
-function cidr(field: string, value: unknown): Cidr {
+export function cidr(field: string, value: unknown): Cidr {
   if (typeof value !== 'string') throw invalid(field, `an IPv4 CIDR such as '10.1.0.0/16' or an address`, value);
   const r = parseCidr(value);
   if (r.ok) return r.cidr;

@@ -1,0 +1,99 @@
+/**
+ * Egress by name for one sandbox: its resolver (dns-server.ts), its nftables set of admitted
+ * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
+ * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
+ */
+import { HutchError } from '../errors.js';
+import { SandboxResolver } from './dns-server.js';
+import type { NetworkAttachment } from './index.js';
+import { admitAddresses, applyPolicy } from './nat.js';
+import { type BridgePlan, cidr } from './options.js';
+import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
+import type { ViolationLog } from './violations.js';
+
+export class SandboxEgress {
+  private lists: EgressLists;
+  private readonly inSet = new Set<string>();
+  private changing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    private readonly att: NetworkAttachment,
+    private readonly policy: EgressPolicy,
+    private readonly logGroup: number | null,
+    private readonly log: ViolationLog,
+    readonly resolver: SandboxResolver,
+  ) {
+    this.lists = policy;
+  }
+
+  /**
+   * Starts the resolver on the link's host address and points the sandbox's /etc/resolv.conf
+   * at it. Null when the plan has no names (nothing to do).
+   */
+  static async start(
+    plan: BridgePlan,
+    att: NetworkAttachment,
+    log: ViolationLog,
+    logGroup: number | null,
+    writeFile: (path: string, data: string) => Promise<void>,
+  ): Promise<SandboxEgress | null> {
+    if (plan.names === null) return null;
+    let self: SandboxEgress | null = null;
+    const resolver = new SandboxResolver(att.hostAddress, plan.names, {
+      admit: (addrs) => self!.admit(addrs.map((a) => a.address)),
+      refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: null, port: 53, protocol: 'dns' }),
+    });
+    self = new SandboxEgress(att, plan.names, logGroup, log, resolver);
+    try {
+      await resolver.start();
+      await writeFile('/etc/resolv.conf', `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`);
+    } catch (e) {
+      resolver.close();
+      throw e instanceof HutchError ? e : new HutchError('ESETUP', `network: starting the sandbox's resolver on ${att.hostAddress}:53 failed: ${e instanceof Error ? e.message : String(e)}`, { step: 'network', cause: e });
+    }
+    return self;
+  }
+
+  private async admit(addresses: string[]): Promise<void> {
+    const fresh = addresses.filter((a) => !this.inSet.has(a));
+    if (fresh.length === 0) return;
+    await this.changing;
+    await admitAddresses(this.att.slot, fresh);
+    for (const a of fresh) this.inSet.add(a);
+  }
+
+  /** A packet the kernel refused (NFLOG): the names that resolved to its address, if any. */
+  refusedPacket(p: { reason: string; address: string; port: number | null; protocol: 'tcp' | 'udp' }): void {
+    const names = this.resolver.namesOf(p.address);
+    this.log.record({ kind: 'network', time: Date.now(), reason: p.reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
+  }
+
+  /** `setNetworkPolicy`: validated, then the resolver's lists and the forward chain replaced in one nft transaction. */
+  async setPolicy(value: unknown): Promise<void> {
+    const lists = resolveLists('policy', value, this.policy, (f, v) => {
+      if (!Array.isArray(v)) throw new HutchError('EINVAL', `invalid option ${f}: expected an array of IPv4 CIDRs`);
+      return v.map((x, i) => cidr(`${f}[${i}]`, x));
+    });
+    const run = this.changing.then(async () => {
+      this.lists = lists;
+      this.resolver.setLists(lists);
+      const admitted = this.resolver.admittedAddresses().map((a) => a.address);
+      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted);
+      this.inSet.clear();
+      for (const a of admitted) this.inSet.add(a);
+    });
+    this.changing = run.catch(() => undefined);
+    await run;
+  }
+
+  close(): void {
+    this.resolver.close();
+  }
+}
+
+export { ViolationLog, type Violation } from './violations.js';
+
+/** The NFLOG group refusals are logged to (null: not read; refusals still happen, unreported). */
+export function nflogGroup(plan: { mode: string; names?: unknown }): number | null {
+  return null;
+}

@@ -1,0 +1,182 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { Sandbox } from '../lib/index.js';
+import type { Violation } from '../lib/network/violations.js';
+import { resolveNetwork, settleNetwork } from '../lib/network/index.js';
+import { decideName, parsePattern, resolveEgressPolicy } from '../lib/network/policy.js';
+import { isRoot, needs } from './helpers/require.js';
+import { makeInet, type Inet } from './helpers/inet.js';
+import { einval } from './helpers/rejects.js';
+
+// Traffic only to the namespace and addresses this file makes (198.19.x.0/24) and to the
+// resolver hutch makes on the sandbox's link; never the host's resolvers.
+const hasTools = (() => {
+  try {
+    execFileSync('sh', ['-c', 'command -v ip && command -v nft && command -v curl && command -v python3'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const skip = needs(isRoot && hasTools, 'egress tests need root with ip, nft, curl and python3');
+const RANGE = '10.217.0.0/24';
+
+describe('egress options', () => {
+  const o = (x: Record<string, unknown>) => resolveEgressPolicy('network', x, 'nat', null);
+  it('rejects malformed names, CIDRs and the rest, naming the option', () => {
+    einval(() => o({ domains: ['ok..example'] }), 'network.domains[0]');
+    einval(() => o({ domains: ['pypi.org', 'a b'] }), 'network.domains[1]');
+    einval(() => o({ domains: ['*.*.x'] }), 'network.domains[0]');
+    einval(() => o({ domains: 'pypi.org' }), 'network.domains');
+    einval(() => o({ deny: ['10.0.0.1/8'] }), 'network.deny[0]');
+    einval(() => o({ deny: ['2001:db8::/32'] }), 'network.deny[0]');
+    einval(() => o({ ask: true }), 'network.ask');
+    einval(() => o({ dns: { servers: ['dns.google'] } }), 'network.dns.servers[0]');
+    einval(() => o({ dns: { servers: [] } }), 'network.dns.servers');
+    einval(() => o({ dns: { hosts: { 'a.example': 'nope' } } }), "network.dns.hosts['a.example']");
+    einval(() => o({ dns: { resolvers: [] } }), 'network.dns.resolvers');
+    einval(() => resolveEgressPolicy('network', { domains: ['pypi.org'] }, 'none', null), 'network.domains');
+    einval(() => resolveNetwork({ mode: 'bridge', domains: ['pypi.org'] }), 'network.domains');
+  });
+
+  it('wildcards match the names below, deny wins over everything', () => {
+    expect(parsePattern('*.github.com')).toEqual({ kind: 'below', name: 'github.com' });
+    const p = o({ domains: ['*', 'pypi.org'], deny: ['*.evil.example', 'bad.example', '192.0.2.0/24'] })!;
+    expect(decideName(p, 'a.b.c')).toBe('allow');
+    expect(decideName(p, 'x.evil.example')).toBe('deny');
+    expect(decideName(p, 'evil.example')).toBe('allow');
+    expect(decideName(p, 'BAD.example.')).toBe('deny');
+    const q = o({ domains: ['*.github.com'] })!;
+    expect(decideName(q, 'api.github.com')).toBe('allow');
+    expect(decideName(q, 'github.com')).toBe('refuse');
+    expect(decideName(q, 'xgithub.com')).toBe('refuse');
+    expect(q.allow).toEqual([]);
+    expect(decideName(o({ domains: [], ask: () => true })!, 'x.example')).toBe('ask');
+    expect(p.denyCidrs).toHaveLength(1);
+  });
+});
+
+describe.skipIf(skip !== undefined)('egress by name: real traffic', () => {
+  let inet: Inet;
+  beforeAll(async () => {
+    inet = await makeInet(100 + (process.pid % 100));
+  });
+  afterAll(async () => {
+    inet?.close();
+    await settleNetwork().catch(() => undefined);
+  });
+
+  const net = (x: Record<string, unknown>) => ({ mode: 'bridge' as const, outbound: 'nat' as const, range: RANGE, dns: { servers: [inet.dns] }, ...x });
+  const sh = (sb: Sandbox, cmd: string) => sb.exec(['sh', '-c', cmd], { encoding: 'utf8', timeoutMs: 20_000 });
+
+  it('an allowed name works from curl and python; every other way out is refused fast, each a violation', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example', '*.ok.example'] }) });
+    const events: Violation[] = [];
+    sb.on('violation', (v) => events.push(v));
+    try {
+      const curl = await sh(sb, 'curl -sS --max-time 10 http://ok.example/');
+      expect(curl.stderr).toBe('');
+      expect(curl.stdout).toBe(`hello from ${inet.a}\n`);
+      expect(inet.seen).toContain(`http ${inet.a} ok.example`);
+      const py = await sh(sb, `python3 -c "import urllib.request; print(urllib.request.urlopen('http://sub.ok.example/', timeout=10).read().decode(), end='')"`);
+      expect(py.stdout).toBe(`hello from ${inet.a}\n`);
+      expect(inet.seen).toContain(`http ${inet.a} sub.ok.example`);
+
+      // A name not allowed: NXDOMAIN from hutch's resolver, never asked upstream.
+      const name = await sh(sb, 'curl -sS --max-time 10 http://other.example/');
+      expect(name.exitCode).toBe(6); // could not resolve host
+      expect(inet.seen.some((l) => l.startsWith('dns other.example'))).toBe(false);
+      expect(name.violations).toContainEqual(expect.objectContaining({ kind: 'network', host: 'other.example', reason: 'not allowed', protocol: 'dns' }));
+
+      // The address of a name not allowed, by IP: reset at once.
+      const direct = await sh(sb, `curl -sS --max-time 10 http://${inet.b}/`);
+      expect(direct.exitCode).toBe(7); // could not connect (reset), not 28 (timeout)
+      expect(inet.seen.some((l) => l.startsWith(`http ${inet.b}`))).toBe(false);
+
+      // Another resolver, UDP and TCP: refused at once.
+      const rogue = await sh(sb, `python3 -c "
+import socket
+q = bytes.fromhex('1234010000010000000000000a6f746865722d6e616d65076578616d706c650000010001')
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5); u.connect(('${inet.rogue}', 53)); u.send(q)
+try: u.recv(512); print('udp answered')
+except OSError as e: print('udp', type(e).__name__)
+t = socket.socket(); t.settimeout(5)
+try: t.connect(('${inet.rogue}', 53)); print('tcp connected')
+except OSError as e: print('tcp', type(e).__name__)
+t = socket.socket(); t.settimeout(5)
+try: t.connect(('${inet.a}', 853)); print('dot connected')
+except OSError as e: print('dot', type(e).__name__)
+"`);
+      expect(rogue.stdout).not.toContain('answered');
+      expect(rogue.stdout).not.toContain('timeout');
+      expect(rogue.stdout).toMatch(/udp (ConnectionRefusedError|OSError)/);
+      expect(rogue.stdout).toContain('tcp ConnectionRefusedError');
+      expect(rogue.stdout).toContain('dot ConnectionRefusedError');
+      expect(inet.seen.some((l) => l.startsWith('rogue'))).toBe(false);
+
+      // IPv6: the sandbox has no route for it.
+      const v6 = await sh(sb, `python3 -c "
+import socket
+s = socket.socket(socket.AF_INET6); s.settimeout(5)
+try: s.connect(('2001:db8::1', 80)); print('connected')
+except OSError as e: print(type(e).__name__, e.errno)
+"`);
+      expect(v6.stdout).toMatch(/^OSError (101|99)/); // ENETUNREACH / EADDRNOTAVAIL, at once
+      expect(events.some((v) => v.host === 'other.example')).toBe(true);
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it('deny wins over *, dns.hosts answers first, ask is asked once and its reason reported', async () => {
+    const asked: string[] = [];
+    const sb = await Sandbox.create({
+      network: net({
+        domains: ['*'],
+        deny: ['*.bad.example'],
+        dns: { servers: [inet.dns], hosts: { 'fixed.example': inet.a } },
+      }),
+    });
+    try {
+      const r = await sh(sb, 'curl -sS --max-time 10 http://bad.example/ && curl -sS --max-time 10 http://fixed.example/; curl -sS --max-time 10 http://x.bad.example/; echo "exit $?"');
+      expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.a}\nexit 6\n`);
+      expect(inet.seen.some((l) => l.startsWith('dns fixed.example'))).toBe(false);
+      expect(r.violations).toContainEqual(expect.objectContaining({ host: 'x.bad.example', reason: 'denied' }));
+    } finally {
+      await sb.destroy();
+    }
+    const sb2 = await Sandbox.create({
+      network: net({
+        domains: ['ok.example'],
+        ask: async (req: { host: string | null }) => {
+          asked.push(req.host!);
+          await new Promise((res) => setTimeout(res, 300)); // the query waits for the answer
+          return req.host === 'asked.example' ? true : { allow: false as const, reason: 'not on the list' };
+        },
+      }),
+    });
+    try {
+      const r = await sh(sb2, 'curl -sS --max-time 10 http://asked.example/; curl -sS --max-time 10 http://asked.example/; curl -sS --max-time 10 http://other.example/; echo "exit $?"');
+      expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.b}\nexit 6\n`);
+      expect(asked.filter((h) => h === 'asked.example')).toHaveLength(1);
+      expect(r.violations).toContainEqual(expect.objectContaining({ host: 'other.example', reason: 'not on the list' }));
+    } finally {
+      await sb2.destroy();
+    }
+  });
+
+  it('setNetworkPolicy changes the lists live', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
+    try {
+      expect((await sh(sb, 'curl -sS --max-time 10 http://ok.example/')).stdout).toBe(`hello from ${inet.a}\n`);
+      expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/; echo "exit $?"')).stdout).toBe('exit 6\n');
+      await sb.setNetworkPolicy({ domains: ['later.example'] });
+      expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/')).stdout).toBe(`hello from ${inet.b}\n`);
+      // ok.example's address is out of the set now, by name and by address.
+      expect((await sh(sb, `curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://${inet.a}/; echo "exit $?"`)).stdout).toBe('exit 6\nexit 7\n');
+      await expect(sb.setNetworkPolicy({ domains: ['bad name'] })).rejects.toMatchObject({ code: 'EINVAL' });
+    } finally {
+      await sb.destroy();
+    }
+  });
+});
