@@ -15,6 +15,7 @@
         "addon/rootio.cc",
         "addon/extract.cc",
         "addon/netlink.cc",
+        "addon/nflog.cc",
         "addon/imageview.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

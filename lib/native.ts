@@ -104,6 +104,9 @@ export interface Native {
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
+  // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
+  nflogOpen(group: number): number | (NativeFailure & { step: string });
+  nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];
   // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
   /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
   viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;

@@ -92,6 +92,7 @@ describe.skipIf(skip !== undefined)('egress by name: real traffic', () => {
       const direct = await sh(sb, `curl -sS --max-time 10 http://${inet.b}/`);
       expect(direct.exitCode).toBe(7); // could not connect (reset), not 28 (timeout)
       expect(inet.seen.some((l) => l.startsWith(`http ${inet.b}`))).toBe(false);
+      expect(direct.violations).toContainEqual(expect.objectContaining({ kind: 'network', address: inet.b, port: 80, protocol: 'tcp', reason: 'not allowed' }));
 
       // Another resolver, UDP and TCP: refused at once.
       const rogue = await sh(sb, `python3 -c "
@@ -113,6 +114,10 @@ except OSError as e: print('dot', type(e).__name__)
       expect(rogue.stdout).toContain('tcp ConnectionRefusedError');
       expect(rogue.stdout).toContain('dot ConnectionRefusedError');
       expect(inet.seen.some((l) => l.startsWith('rogue'))).toBe(false);
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 53, protocol: 'udp', reason: 'other resolver' }));
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 53, protocol: 'tcp', reason: 'other resolver' }));
+      // 853 to an allowed name's address: refused all the same, and named after it.
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ host: expect.stringMatching(/ok\.example$/), address: inet.a, port: 853, reason: 'other resolver' }));
 
       // IPv6: the sandbox has no route for it.
       const v6 = await sh(sb, `python3 -c "

@@ -10,11 +10,13 @@ import { admitAddresses, applyPolicy } from './nat.js';
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
+import { nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
 
 export class SandboxEgress {
   private lists: EgressLists;
   private readonly inSet = new Set<string>();
   private changing: Promise<void> = Promise.resolve();
+  private unlisten: () => void = () => undefined;
 
   private constructor(
     private readonly att: NetworkAttachment,
@@ -44,11 +46,13 @@ export class SandboxEgress {
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: null, port: 53, protocol: 'dns' }),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver);
+    const me = self;
+    me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
     try {
       await resolver.start();
       await writeFile('/etc/resolv.conf', `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`);
     } catch (e) {
-      resolver.close();
+      self.close();
       throw e instanceof HutchError ? e : new HutchError('ESETUP', `network: starting the sandbox's resolver on ${att.hostAddress}:53 failed: ${e instanceof Error ? e.message : String(e)}`, { step: 'network', cause: e });
     }
     return self;
@@ -87,13 +91,14 @@ export class SandboxEgress {
   }
 
   close(): void {
+    this.unlisten();
     this.resolver.close();
   }
 }
 
 export { ViolationLog, type Violation } from './violations.js';
 
-/** The NFLOG group refusals are logged to (null: not read; refusals still happen, unreported). */
+/** The NFLOG group refusals are logged to, for sandboxes with egress by name (null: none or not read). */
 export function nflogGroup(plan: { mode: string; names?: unknown }): number | null {
-  return null;
+  return plan.mode === 'bridge' && plan.names ? readerGroup() : null;
 }
