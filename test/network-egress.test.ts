@@ -185,3 +185,24 @@ except OSError as e: print(type(e).__name__, e.errno)
     }
   });
 });
+
+describe.skipIf(skip !== undefined)('hutch run --domain', () => {
+  let inet: Inet;
+  beforeAll(async () => {
+    inet = await makeInet(100 + ((process.pid + 50) % 100));
+  });
+  afterAll(() => inet?.close());
+
+  it('reaches the name, and prints each refusal to stderr', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync('node', ['dist/bin/hutch.js', 'run', '--domain', 'ok.example', '--dns', inet.dns, '--', 'sh', '-c', `curl -sS --max-time 10 http://ok.example/; curl -sS --max-time 10 http://other.example/; curl -sS --max-time 10 http://${inet.b}/; exit 0`], {
+      encoding: 'utf8',
+      env: { ...process.env, HUTCH_NET_RANGE: RANGE },
+      timeout: 60_000,
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(`hello from ${inet.a}\n`);
+    expect(r.stderr).toContain('hutch: refused dns other.example port 53: not allowed');
+    expect(r.stderr).toContain(`hutch: refused tcp ${inet.b} port 80: not allowed`);
+  });
+});
