@@ -2,13 +2,16 @@
 // nftables (`log group N prefix "<reason>"`, rate-limited in the rule) and read here, so the
 // host can report each refusal as a violation (lib/network/nflog.ts). One group per hutch
 // process (a group binds to one socket); only the first 64 bytes of each packet are copied.
+// Also originalDst, for the proxy that reads SNI/Host (lib/network/sni-proxy.ts).
 // Failures are data, { errno, step }.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
+#include <linux/netfilter_ipv4.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -146,9 +149,26 @@ Napi::Value NflogRead(const Napi::CallbackInfo &info) {
   return out;
 }
 
+// originalDst(fd): where a TCP connection that nftables redirected to hutch's proxy was going
+// (SO_ORIGINAL_DST), { address, port }, or a failure.
+Napi::Value OriginalDst(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  sockaddr_in sa{};
+  socklen_t len = sizeof sa;
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) < 0) return failure(env, "getsockopt", errno);
+  char addr[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &sa.sin_addr, addr, sizeof addr);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("address", Napi::String::New(env, addr));
+  o.Set("port", Napi::Number::New(env, ntohs(sa.sin_port)));
+  return o;
+}
+
 }  // namespace
 
 void InitNflog(Napi::Env env, Napi::Object exports) {
   exports.Set("nflogOpen", Napi::Function::New(env, NflogOpen));
   exports.Set("nflogRead", Napi::Function::New(env, NflogRead));
+  exports.Set("originalDst", Napi::Function::New(env, OriginalDst));
 }

@@ -133,6 +133,30 @@ except OSError as e: print(type(e).__name__, e.errno)
     }
   });
 
+  it('a name that is not allowed is refused on an address an allowed name shares (SNI, Host)', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
+    try {
+      const ok = await sh(sb, 'curl -sSk --max-time 10 https://ok.example/; curl -sS --max-time 10 http://ok.example/');
+      expect(ok.stdout).toBe(`tls hello from ${inet.a}\nhello from ${inet.a}\n`);
+      expect(inet.seen).toContain(`tls ${inet.a} ok.example ok.example`);
+      // shared.example is the same address as ok.example, but not allowed.
+      const sni = await sh(sb, `curl -sSk --max-time 10 --resolve shared.example:443:${inet.a} https://shared.example/; echo "exit $?"`);
+      expect(sni.stdout).toMatch(/exit (35|56)\n$/); // reset during the handshake, not 28 (timeout)
+      expect(sni.violations).toContainEqual(expect.objectContaining({ host: 'shared.example', address: inet.a, port: 443, protocol: 'tcp', reason: 'not allowed' }));
+      const host = await sh(sb, `curl -sS --max-time 10 -H 'Host: shared.example' http://ok.example/; echo "exit $?"`);
+      expect(host.stdout).toMatch(/exit (52|56)\n$/);
+      expect(host.violations).toContainEqual(expect.objectContaining({ host: 'shared.example', port: 80, reason: 'not allowed' }));
+      expect(inet.seen.filter((l) => l.includes('shared.example'))).toEqual([]);
+      const py = await sh(sb, `python3 -c "
+import ssl, urllib.request
+c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read().decode(), end='')"`);
+      expect(py.stdout).toBe(`tls hello from ${inet.a}\n`);
+    } finally {
+      await sb.destroy();
+    }
+  });
+
   it('deny wins over *, dns.hosts answers first, ask is asked once and its reason reported', async () => {
     const asked: string[] = [];
     const sb = await Sandbox.create({

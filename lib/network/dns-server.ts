@@ -182,8 +182,8 @@ export class SandboxResolver {
     }
   }
 
-  /** true, or the reason it is refused. */
-  private async decide(name: string): Promise<true | string> {
+  /** true, or the reason `name` is refused (asking `ask` once per name); the proxy uses it too. */
+  async decide(name: string): Promise<true | string> {
     const d = decideName({ ...this.lists, ask: this.policy.ask }, name);
     if (d === 'allow') return true;
     if (d === 'deny') return 'denied';

@@ -6,7 +6,8 @@
 import { HutchError } from '../errors.js';
 import { SandboxResolver } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { admitAddresses, applyPolicy } from './nat.js';
+import { addProxyRules, admitAddresses, applyPolicy } from './nat.js';
+import { SniProxy } from './sni-proxy.js';
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
@@ -24,6 +25,7 @@ export class SandboxEgress {
     private readonly logGroup: number | null,
     private readonly log: ViolationLog,
     readonly resolver: SandboxResolver,
+    readonly proxy: SniProxy,
   ) {
     this.lists = policy;
   }
@@ -45,11 +47,16 @@ export class SandboxEgress {
       admit: (addrs) => self!.admit(addrs.map((a) => a.address)),
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: null, port: 53, protocol: 'dns' }),
     });
-    self = new SandboxEgress(att, plan.names, logGroup, log, resolver);
+    const proxy = new SniProxy(att.hostAddress, {
+      decide: (name) => resolver.decide(name),
+      refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
+    });
+    self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
     try {
       await resolver.start();
+      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start());
       await writeFile('/etc/resolv.conf', `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`);
     } catch (e) {
       self.close();
@@ -93,6 +100,7 @@ export class SandboxEgress {
   close(): void {
     this.unlisten();
     this.resolver.close();
+    this.proxy.close();
   }
 }
 

@@ -147,6 +147,24 @@ export function policyScript(slot: string, names: NonNullable<SandboxRules['name
   ].join('\n') + '\n';
 }
 
+/**
+ * The redirect of TCP on HTTP/TLS ports to admitted addresses to the sandbox's name-checking
+ * proxy (sni-proxy.ts) at `hostAddress:port`, and the input rule admitting only redirected
+ * connections to that port. A nat chain of its own: it sees only a connection's first packet.
+ */
+export function proxyScript(slot: string, host: string, hostAddress: string, port: number): string {
+  const t = TABLE;
+  return [
+    `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
+    `add rule ${t} pre_${slot} iifname "${host}" ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
+    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport ${port} ct status dnat fib daddr . iif type local accept`,
+  ].join('\n') + '\n';
+}
+
+export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number): Promise<void> {
+  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port), `redirecting HTTP/TLS of ${host} to its name check`);
+}
+
 /** Adds addresses to the sandbox's set (idempotent). */
 export async function admitAddresses(slot: string, addresses: readonly string[]): Promise<void> {
   if (addresses.length === 0) return;
@@ -202,7 +220,7 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
     ...ports.map((p) => `delete element ${t} ports { ${p.protocol} . ${p.host} }`),
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
-    ...(names !== false && nat !== false ? [`delete set ${t} ${admittedSet(slot)}`] : []),
+    ...(names !== false && nat !== false ? [`delete chain ${t} pre_${slot}`, `delete set ${t} ${admittedSet(slot)}`] : []),
   ];
 }
 

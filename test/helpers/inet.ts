@@ -4,7 +4,10 @@
  * server written here (dgram) answering a fixed zone, a second "rogue" resolver, and HTTP
  * servers that record the Host they saw. Only addresses made here.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { sh } from './netns.js';
 
 export interface Inet {
@@ -19,13 +22,14 @@ export interface Inet {
   /** Addresses of the zone: ok.example, sub.ok.example, shared.example -> a; other.example -> b. */
   a: string;
   b: string;
-  /** What the servers saw: 'dns <name> <type>', 'rogue <name>', 'http <address> <host>'. */
+  /** What the servers saw: 'dns <name> <type>', 'rogue <name>', 'http <address> <host>', 'tls <address> <sni> <host>'. */
   seen: string[];
   close(): void;
 }
 
 const SERVER = (zone: Record<string, string>, dns: string, rogue: string, webs: string[]) => `
-const dgram = require('dgram'), http = require('http');
+const dgram = require('dgram'), http = require('http'), https = require('https'), fs = require('fs');
+const cred = { key: fs.readFileSync(process.env.INET_KEY), cert: fs.readFileSync(process.env.INET_CERT) };
 const zone = ${JSON.stringify(zone)};
 function name(m) { let o = 12, l = []; while (m[o]) { l.push(m.toString('latin1', o + 1, o + 1 + m[o])); o += 1 + m[o]; } return [l.join('.').toLowerCase(), o + 1]; }
 function answer(m, addr) {
@@ -45,7 +49,9 @@ rg.bind(53, '${rogue}');
 let up = 0;
 for (const w of ${JSON.stringify(webs)}) {
   http.createServer((q, s) => { console.log('http ' + w + ' ' + q.headers.host); s.end('hello from ' + w + '\\n'); })
-    .listen(80, w, () => { if (++up === ${webs.length}) console.log('ready'); });
+    .listen(80, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
+  https.createServer(cred, (q, s) => { console.log('tls ' + w + ' ' + q.socket.servername + ' ' + q.headers.host); s.end('tls hello from ' + w + '\\n'); })
+    .listen(443, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
   const big = Buffer.alloc(1 << 20, 120);
   http.createServer((q, s) => { const mb = +(q.url.slice(1)) || 1; s.writeHead(200, { 'content-length': mb * big.length }); let i = 0; const go = () => { while (i < mb) { i++; if (!s.write(big)) return s.once('drain', go); } s.end(); }; go(); })
     .listen(8080, w);
@@ -60,8 +66,10 @@ export async function makeInet(n: number): Promise<Inet> {
   const inet = { ns, link, gateway: `${p}.1`, dns: `${p}.2`, rogue: `${p}.3`, a: `${p}.11`, b: `${p}.12`, seen: [] as string[] };
   sh(`ip netns add ${ns}`);
   let child: ChildProcess | undefined;
+  const dir = mkdtempSync(join(tmpdir(), 'hutch-inet-'));
   const close = () => {
     child?.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
     try {
       sh(`ip netns del ${ns} 2>/dev/null`);
     } catch {}
@@ -76,7 +84,12 @@ export async function makeInet(n: number): Promise<Inet> {
     for (const a of [inet.dns, inet.rogue, inet.a, inet.b]) sh(`ip -n ${ns} addr add ${a}/24 dev eth0`);
     sh(`ip -n ${ns} route add default via ${inet.gateway}`);
     const zone = { 'ok.example': inet.a, 'sub.ok.example': inet.a, 'shared.example': inet.a, 'other.example': inet.b, 'bad.example': inet.b, 'x.bad.example': inet.b, 'asked.example': inet.b, 'later.example': inet.b };
-    child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SERVER(zone, inet.dns, inet.rogue, [inet.a, inet.b])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A self-signed certificate for every name of the zone (clients here use -k / no verify).
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=ok.example', '-days', '1', '-keyout', join(dir, 'k'), '-out', join(dir, 'c')], { stdio: 'ignore' });
+    child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SERVER(zone, inet.dns, inet.rogue, [inet.a, inet.b])], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, INET_KEY: join(dir, 'k'), INET_CERT: join(dir, 'c') },
+    });
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     await new Promise<void>((resolve, reject) => {
