@@ -180,6 +180,8 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
         ask: async (req: { host: string | null }) => {
           asked.push(req.host!);
           await new Promise((res) => setTimeout(res, 300)); // the query waits for the answer
+          if (req.host === 'later.example') return new Promise<boolean>(() => undefined); // never answers
+          if (req.host === 'bad.example') throw new Error('no idea');
           return req.host === 'asked.example' ? true : { allow: false as const, reason: 'not on the list' };
         },
       }),
@@ -189,8 +191,36 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.b}\nexit 6\n`);
       expect(asked.filter((h) => h === 'asked.example')).toHaveLength(1);
       expect(r.violations).toContainEqual(expect.objectContaining({ host: 'other.example', reason: 'not on the list' }));
+      // No answer within 5 s, or a throw: refused, and said so.
+      const late = await sh(sb2, 'curl -sS --max-time 20 http://later.example/; echo "exit $?"; curl -sS --max-time 20 http://bad.example/; echo "exit $?"');
+      expect(late.stdout).toBe('exit 6\nexit 6\n');
+      expect(late.violations).toContainEqual(expect.objectContaining({ host: 'later.example', reason: 'ask: no answer within 5 s' }));
+      expect(late.violations).toContainEqual(expect.objectContaining({ host: 'bad.example', reason: 'ask threw: no idea' }));
     } finally {
       await sb2.destroy();
+    }
+  });
+
+  it('a flood of refused connections is reported at a bounded rate and counted', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
+    const events: Violation[] = [];
+    sb.on('violation', (v) => events.push(v));
+    try {
+      const r = await sh(sb, `python3 -c "
+import socket
+n = 0
+for i in range(3000):
+    s = socket.socket()
+    try: s.connect(('${inet.b}', 80))
+    except ConnectionRefusedError: n += 1
+    s.close()
+print(n)"`);
+      expect(r.stdout).toBe('3000\n'); // each refused at once
+      expect(r.violations).toHaveLength(100);
+      expect(r.violationsDropped).toBeGreaterThan(0);
+      expect(events.length).toBeLessThan(400); // the rest never reached the event loop as events
+    } finally {
+      await sb.destroy();
     }
   });
 

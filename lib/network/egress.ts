@@ -18,6 +18,7 @@ export class SandboxEgress {
   private readonly inSet = new Set<string>();
   private changing: Promise<void> = Promise.resolve();
   private unlisten: () => void = () => undefined;
+  private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
 
   private constructor(
     private readonly att: NetworkAttachment,
@@ -85,6 +86,11 @@ export class SandboxEgress {
       if (!Array.isArray(v)) throw new HutchError('EINVAL', `invalid option ${f}: expected an array of IPv4 CIDRs`);
       return v.map((x, i) => cidr(`${f}[${i}]`, x));
     });
+    await this.reapply(lists);
+  }
+
+  /** The chain from `lists` and the set refilled with what is still admitted, in one transaction. */
+  private reapply(lists: EgressLists): Promise<void> {
     const run = this.changing.then(async () => {
       this.lists = lists;
       this.resolver.setLists(lists);
@@ -94,10 +100,18 @@ export class SandboxEgress {
       for (const a of admitted) this.inSet.add(a);
     });
     this.changing = run.catch(() => undefined);
-    await run;
+    return run;
+  }
+
+  /** Every minute: addresses whose every name's record expired (TTL, at least MIN_ADMIT_S) leave the set. */
+  private sweep(): void {
+    const live = new Set(this.resolver.admittedAddresses().map((a) => a.address));
+    if ([...this.inSet].every((a) => live.has(a))) return;
+    this.reapply(this.lists).catch(() => undefined);
   }
 
   close(): void {
+    clearInterval(this.sweeper);
     this.unlisten();
     this.resolver.close();
     this.proxy.close();
