@@ -16,6 +16,7 @@
         "addon/extract.cc",
         "addon/netlink.cc",
         "addon/nflog.cc",
+        "addon/relay.cc",
         "addon/imageview.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -4,6 +4,7 @@
 #include "addon.h"
 #include "netlink.h"
 #include "nflog.h"
+#include "relay.h"
 #include "steps.h"
 
 Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path) {
@@ -46,6 +47,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitWatch(env, exports);
   InitNetlink(env, exports);
   InitNflog(env, exports);
+  InitRelay(env, exports);
   InitImageView(env, exports);
   return exports;
 }

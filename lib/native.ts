@@ -109,6 +109,9 @@ export interface Native {
   nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];
   /** SO_ORIGINAL_DST of a redirected TCP connection (lib/network/sni-proxy.ts). */
   originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
+  /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */
+  spliceRelay(a: number, b: number, first: Buffer, id: number): Promise<number>;
+  relayStop(id: number): void;
   // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
   /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
   viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;

@@ -5,7 +5,7 @@ import type { Violation } from '../lib/network/violations.js';
 import { resolveNetwork, settleNetwork } from '../lib/network/index.js';
 import { decideName, parsePattern, resolveEgressPolicy } from '../lib/network/policy.js';
 import { isRoot, needs } from './helpers/require.js';
-import { makeInet, type Inet } from './helpers/inet.js';
+import { makeInet, type Inet } from '../bench/inet.js';
 import { einval } from './helpers/rejects.js';
 
 // Traffic only to the namespace and addresses this file makes (198.19.x.0/24) and to the

@@ -5,7 +5,8 @@
  * request's Host — and decides that name by the policy, so a name that is not allowed is
  * refused (TCP reset, and a violation) even on an address an allowed name shares (CDNs,
  * virtual hosts). An allowed connection is forwarded to its original destination
- * (SO_ORIGINAL_DST) with the bytes read so far, then both ways as a plain pipe.
+ * (SO_ORIGINAL_DST) with the bytes read so far, then both ways in the kernel (splice on a
+ * thread of the addon, relay.cc): the body never enters JS.
  *
  * A connection that names no host (TLS without SNI, HTTP/1.0 without Host) is forwarded: its
  * address was admitted by an allowed name. What is inside the TLS stream (an HTTP Host that
@@ -62,6 +63,13 @@ export function hostOf(b: Buffer): string | null | undefined {
   return m[1]!.trim().replace(/:\d+$/, '').replace(/^\[|\]$/g, '').toLowerCase() || null;
 }
 
+let nextRelay = 1;
+
+function fdOf(s: net.Socket): number | null {
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
 export interface ProxyHooks {
   /** true, or the reason the name is refused (may wait for `ask`). */
   decide(name: string): Promise<true | string>;
@@ -71,6 +79,7 @@ export interface ProxyHooks {
 export class SniProxy {
   private server: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
+  private readonly relays = new Set<number>();
   port = 0;
 
   constructor(
@@ -79,7 +88,7 @@ export class SniProxy {
   ) {}
 
   async start(): Promise<number> {
-    const server = net.createServer({ allowHalfOpen: true }, (s) => this.handle(s));
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.handle(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -97,6 +106,7 @@ export class SniProxy {
     this.server = null;
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
+    for (const id of this.relays) native().relayStop(id);
   }
 
   private track(s: net.Socket): void {
@@ -108,8 +118,8 @@ export class SniProxy {
   private handle(client: net.Socket): void {
     if (this.sockets.size >= MAX_CLIENTS * 2) return void client.resetAndDestroy();
     this.track(client);
-    const fd = (client as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    const dst = typeof fd === 'number' ? native().originalDst(fd) : null;
+    const fd = fdOf(client);
+    const dst = fd !== null ? native().originalDst(fd) : null;
     if (dst === null || isFailure(dst) || dst.address === this.bind) return void client.resetAndDestroy();
     const parse = dst.port === 443 ? sniOf : hostOf;
     let buf = Buffer.alloc(0);
@@ -136,18 +146,19 @@ export class SniProxy {
       }
     }
     if (client.destroyed) return;
-    const up = net.connect({ port: dst.port, host: dst.address, allowHalfOpen: true });
+    const up = net.connect({ port: dst.port, host: dst.address });
     this.track(up);
-    up.setNoDelay(true);
-    client.setNoDelay(true);
+    up.once('error', () => client.resetAndDestroy());
     up.once('connect', () => {
-      up.write(first);
-      client.pipe(up);
-      up.pipe(client);
-      client.resume();
+      // From here the kernel moves the bytes (splice, addon/relay.cc); Node's handles close.
+      const a = fdOf(client);
+      const b = fdOf(up);
+      if (a === null || b === null) return void (client.resetAndDestroy(), up.resetAndDestroy());
+      const id = nextRelay++;
+      this.relays.add(id);
+      void native().spliceRelay(a, b, first, id).finally(() => this.relays.delete(id));
+      client.destroy();
+      up.destroy();
     });
-    // A reset on one side resets the other; FINs go through the pipes (half-close kept).
-    up.on('error', () => client.resetAndDestroy());
-    client.on('error', () => up.resetAndDestroy());
   }
 }

@@ -2,13 +2,17 @@
  * A small internet for the egress tests: a network namespace behind a veth made here, with a
  * few addresses of 198.19.0.0/16 (benchmarking range, never leaves this machine), a DNS
  * server written here (dgram) answering a fixed zone, a second "rogue" resolver, and HTTP
- * servers that record the Host they saw. Only addresses made here.
+ * and HTTPS servers that record the Host and SNI they saw. Only addresses made here. Used by
+ * test/network-egress.test.ts and bench/egress.ts (here, so the bench build has it).
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { sh } from './netns.js';
+
+function sh(cmd: string): string {
+  return execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
+}
 
 export interface Inet {
   ns: string;
@@ -32,6 +36,7 @@ const dgram = require('dgram'), http = require('http'), https = require('https')
 const cred = { key: fs.readFileSync(process.env.INET_KEY), cert: fs.readFileSync(process.env.INET_CERT) };
 const zone = ${JSON.stringify(zone)};
 function name(m) { let o = 12, l = []; while (m[o]) { l.push(m.toString('latin1', o + 1, o + 1 + m[o])); o += 1 + m[o]; } return [l.join('.').toLowerCase(), o + 1]; }
+function lookup(n) { return zone[n] || (n.endsWith('.bench.example') ? '${webs[0]}' : undefined); }
 function answer(m, addr) {
   const [n, end] = name(m); const type = m.readUInt16BE(end);
   const h = Buffer.from(m.subarray(0, end + 4)); h.writeUInt16BE(0x8180 | (addr ? 0 : 3), 2);
@@ -41,20 +46,20 @@ function answer(m, addr) {
   a.split('.').forEach((x, i) => (rr[12 + i] = +x)); return [n, type, Buffer.concat([h, rr])];
 }
 const d = dgram.createSocket('udp4');
-d.on('message', (m, r) => { const [n, t, out] = answer(m, zone[name(m)[0]]); console.log('dns ' + n + ' ' + t); d.send(out, r.port, r.address); });
+d.on('message', (m, r) => { const [n, t, out] = answer(m, lookup(name(m)[0])); console.log('dns ' + n + ' ' + t); d.send(out, r.port, r.address); });
 d.bind(53, '${dns}');
 const rg = dgram.createSocket('udp4');
 rg.on('message', (m, r) => { const [n, t, out] = answer(m, '${webs[0]}'); console.log('rogue ' + n); rg.send(out, r.port, r.address); });
 rg.bind(53, '${rogue}');
 let up = 0;
 for (const w of ${JSON.stringify(webs)}) {
-  http.createServer((q, s) => { console.log('http ' + w + ' ' + q.headers.host); s.end('hello from ' + w + '\\n'); })
+  const big = Buffer.alloc(1 << 20, 120);
+  const send = (q, s) => { const mb = +(q.url.slice(4)) || 1; s.writeHead(200, { 'content-length': mb * big.length }); let i = 0; const go = () => { while (i < mb) { i++; if (!s.write(big)) return s.once('drain', go); } s.end(); }; go(); };
+  http.createServer((q, s) => { if (q.url.startsWith('/mb/')) return send(q, s); if (!q.headers.host.endsWith('.bench.example')) console.log('http ' + w + ' ' + q.headers.host); s.end('hello from ' + w + '\\n'); })
     .listen(80, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
   https.createServer(cred, (q, s) => { console.log('tls ' + w + ' ' + q.socket.servername + ' ' + q.headers.host); s.end('tls hello from ' + w + '\\n'); })
     .listen(443, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
-  const big = Buffer.alloc(1 << 20, 120);
-  http.createServer((q, s) => { const mb = +(q.url.slice(1)) || 1; s.writeHead(200, { 'content-length': mb * big.length }); let i = 0; const go = () => { while (i < mb) { i++; if (!s.write(big)) return s.once('drain', go); } s.end(); }; go(); })
-    .listen(8080, w);
+  http.createServer(send).listen(8080, w);
 }
 `;
 
