@@ -152,6 +152,10 @@ import ssl, urllib.request
 c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
 print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read().decode(), end='')"`);
       expect(py.stdout).toBe(`tls hello from ${inet.a}\n`);
+      // The body of an allowed connection goes through whole (spliced in the kernel).
+      const big = await sh(sb, 'curl -sS --max-time 20 http://ok.example/mb/24 | md5sum; head -c 25165824 /dev/zero | tr "\\0" x | md5sum');
+      const [got, want] = big.stdout.trim().split('\n');
+      expect(got).toBe(want);
     } finally {
       await sb.destroy();
     }
