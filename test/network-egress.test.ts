@@ -241,6 +241,17 @@ print(n)"`);
     } finally {
       await sb.destroy();
     }
+    // Its set, chains and resolver went with it.
+    await settleNetwork();
+    const slot = sb.network!.address.split('.').map((o, i) => (Number(o) & (i === 3 ? 0xfc : 0xff)).toString(16).padStart(2, '0')).join('');
+    expect(slot).toMatch(/^0ad900[0-9a-f]{2}$/);
+    expect(execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8' })).not.toContain(slot);
+    const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });
+    try {
+      await expect(plain.setNetworkPolicy({ domains: ['ok.example'] })).rejects.toMatchObject({ code: 'EINVAL' });
+    } finally {
+      await plain.destroy();
+    }
   });
 });
 
