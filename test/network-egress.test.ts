@@ -119,6 +119,16 @@ except OSError as e: print('dot', type(e).__name__)
       // 853 to an allowed name's address: refused all the same, and named after it.
       expect(rogue.violations).toContainEqual(expect.objectContaining({ host: expect.stringMatching(/ok\.example$/), address: inet.a, port: 853, reason: 'other resolver' }));
 
+      // DNS over TCP to hutch's resolver works too (the name in the query, the address in the answer).
+      const tcpDns = await sh(sb, `python3 -c "
+import socket, struct
+q = bytes.fromhex('abcd01000001000000000000') + b'\\x02ok\\x07example\\x00' + bytes.fromhex('00010001')
+t = socket.create_connection(('host.hutch.internal', 53), timeout=5); t.sendall(struct.pack('>H', len(q)) + q)
+n = struct.unpack('>H', t.recv(2))[0]; a = b''
+while len(a) < n: a += t.recv(n - len(a))
+print(a[3] & 15, struct.unpack('>H', a[6:8])[0], '.'.join(map(str, a[-4:])))"`);
+      expect(tcpDns.stdout).toBe(`0 1 ${inet.a}\n`);
+
       // IPv6: the sandbox has no route for it.
       const v6 = await sh(sb, `python3 -c "
 import socket

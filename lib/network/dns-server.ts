@@ -1,5 +1,7 @@
 /**
- * A sandbox's resolver: UDP and TCP port 53 on the host side of its link (the only resolver
+ * A sandbox's resolver: UDP and TCP on the host side of its link, where nftables sends the
+ * sandbox's port 53 (ephemeral ports: no clash with a DNS server of the host on 0.0.0.0:53;
+ * `/etc/resolv.conf` names the host address, the only resolver
  * its /etc/resolv.conf names, and the only one nftables lets it reach). Each query is decided
  * by the policy (policy.ts): an allowed name is resolved upstream (`dns.hosts` first, then
  * `dns.servers`, else the host's resolvers), its A records are handed to `admit` (which puts
@@ -79,14 +81,15 @@ export class SandboxResolver {
     this.lists = policy;
   }
 
-  async start(): Promise<void> {
+  /** Binds UDP and TCP on ephemeral ports of the host address (nftables maps the sandbox's port 53 to them). */
+  async start(): Promise<{ udp: number; tcp: number }> {
     const udp = dgram.createSocket({ type: 'udp4' });
     this.udp = udp;
     udp.on('message', (msg, rinfo) => void this.answer(msg).then((out) => out && !this.closed && udp.send(out, rinfo.port, rinfo.address, () => undefined)));
     udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
-      udp.bind(53, this.bind, () => {
+      udp.bind(0, this.bind, () => {
         udp.off('error', reject);
         resolve();
       });
@@ -95,11 +98,12 @@ export class SandboxResolver {
     this.tcp = tcp;
     await new Promise<void>((resolve, reject) => {
       tcp.once('error', reject);
-      tcp.listen(53, this.bind, () => {
+      tcp.listen(0, this.bind, () => {
         tcp.off('error', reject);
         resolve();
       });
     });
+    return { udp: udp.address().port, tcp: (tcp.address() as net.AddressInfo).port };
   }
 
   close(): void {
@@ -183,14 +187,14 @@ export class SandboxResolver {
   }
 
   /** true, or the reason `name` is refused (asking `ask` once per name); the proxy uses it too. */
-  async decide(name: string): Promise<true | string> {
+  async decide(name: string, via: { address: string; port: number } | null = null): Promise<true | string> {
     const d = decideName({ ...this.lists, ask: this.policy.ask }, name);
     if (d === 'allow') return true;
     if (d === 'deny') return 'denied';
     if (d === 'refuse') return 'not allowed';
     let p = this.asked.get(name);
     if (!p) {
-      p = askOnce(this.policy.ask!, name);
+      p = askOnce(this.policy.ask!, name, via);
       this.asked.set(name, p);
       void p.then((v) => this.settledAsk.set(name, v));
     }
@@ -234,11 +238,11 @@ export class SandboxResolver {
   }
 }
 
-async function askOnce(ask: NonNullable<EgressPolicy['ask']>, host: string): Promise<true | string> {
+async function askOnce(ask: NonNullable<EgressPolicy['ask']>, host: string, via: { address: string; port: number } | null): Promise<true | string> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const answer = await Promise.race([
-      Promise.resolve().then(() => ask({ host, address: null, port: null, protocol: 'dns' })),
+      Promise.resolve().then(() => ask(via ? { host, address: via.address, port: via.port, protocol: 'tcp' } : { host, address: null, port: null, protocol: 'dns' })),
       new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ASK_TIMEOUT_MS))),
     ]);
     if (answer === true) return true;

@@ -49,19 +49,19 @@ export class SandboxEgress {
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: null, port: 53, protocol: 'dns' }),
     });
     const proxy = new SniProxy(att.hostAddress, {
-      decide: (name) => resolver.decide(name),
+      decide: (name, via) => resolver.decide(name, via),
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
     try {
-      await resolver.start();
-      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start());
+      const dns = await resolver.start();
+      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start(), dns);
       await writeFile('/etc/resolv.conf', `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`);
     } catch (e) {
       self.close();
-      throw e instanceof HutchError ? e : new HutchError('ESETUP', `network: starting the sandbox's resolver on ${att.hostAddress}:53 failed: ${e instanceof Error ? e.message : String(e)}`, { step: 'network', cause: e });
+      throw e instanceof HutchError ? e : new HutchError('ESETUP', `network: starting the sandbox's resolver and name check on ${att.hostAddress} failed: ${e instanceof Error ? e.message : String(e)}`, { step: 'network', cause: e });
     }
     return self;
   }

@@ -148,21 +148,25 @@ export function policyScript(slot: string, names: NonNullable<SandboxRules['name
 }
 
 /**
- * The redirect of TCP on HTTP/TLS ports to admitted addresses to the sandbox's name-checking
- * proxy (sni-proxy.ts) at `hostAddress:port`, and the input rule admitting only redirected
- * connections to that port. A nat chain of its own: it sees only a connection's first packet.
+ * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports),
+ * and TCP on HTTP/TLS ports to admitted addresses, to its name-checking proxy (sni-proxy.ts);
+ * the input rules admit only redirected connections to those ports. A nat chain of its own: it sees only a connection's first packet.
  */
-export function proxyScript(slot: string, host: string, hostAddress: string, port: number): string {
+export function proxyScript(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): string {
   const t = TABLE;
+  const pre = `add rule ${t} pre_${slot} iifname "${host}"`;
   return [
     `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
-    `add rule ${t} pre_${slot} iifname "${host}" ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
-    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport ${port} ct status dnat fib daddr . iif type local accept`,
+    `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
+    `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
+    `${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
+    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${port}, ${dns.tcp} } ct status dnat fib daddr . iif type local accept`,
+    `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local accept`,
   ].join('\n') + '\n';
 }
 
-export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number): Promise<void> {
-  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port), `redirecting HTTP/TLS of ${host} to its name check`);
+export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): Promise<void> {
+  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port, dns), `redirecting DNS and HTTP/TLS of ${host} to hutch's resolver and name check`);
 }
 
 /** Adds addresses to the sandbox's set (idempotent). */
@@ -186,8 +190,6 @@ export function addScript(r: SandboxRules): string {
   const inp = `in_${r.slot}`;
   const lines = r.names ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`] : [];
   lines.push(`add chain ${t} ${fwd}`, ...fwdRules(r.slot, r.outbound, r.allow, r.names), `add chain ${t} ${inp}`);
-  // hutch's resolver for the sandbox listens on the link's host address.
-  if (r.names) lines.push(`add rule ${t} ${inp} meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 fib daddr . iif type local accept`);
   // No verdict at its end: the input chain goes on to refuse what this one did not admit.
   for (const proto of ['tcp', 'udp'] as const) {
     const ports = r.hostPorts.filter((p) => p.protocol === proto).map((p) => p.port);

@@ -72,7 +72,7 @@ function fdOf(s: net.Socket): number | null {
 
 export interface ProxyHooks {
   /** true, or the reason the name is refused (may wait for `ask`). */
-  decide(name: string): Promise<true | string>;
+  decide(name: string, via: { address: string; port: number }): Promise<true | string>;
   refused(v: { host: string; address: string; port: number; reason: string }): void;
 }
 
@@ -139,7 +139,7 @@ export class SniProxy {
 
   private async forward(client: net.Socket, first: Buffer, name: string | null, dst: { address: string; port: number }): Promise<void> {
     if (name !== null) {
-      const verdict = await this.hooks.decide(name).catch(() => 'not allowed');
+      const verdict = await this.hooks.decide(name, dst).catch(() => 'not allowed');
       if (verdict !== true) {
         this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: verdict });
         return void client.resetAndDestroy();
