@@ -4,6 +4,9 @@ import { Sandbox } from '../lib/index.js';
 import type { Violation } from '../lib/network/violations.js';
 import { resolveNetwork, settleNetwork } from '../lib/network/index.js';
 import { decideName, parsePattern, resolveEgressPolicy } from '../lib/network/policy.js';
+import fc from 'fast-check';
+import { buildAnswer, buildQuery, parseAnswer, parseQuery } from '../lib/network/dns.js';
+import { hostOf, sniOf } from '../lib/network/sni-proxy.js';
 import { isRoot, needs } from './helpers/require.js';
 import { makeInet, type Inet } from '../bench/inet.js';
 import { einval } from './helpers/rejects.js';
@@ -53,6 +56,60 @@ describe('egress options', () => {
     expect(q.allow).toEqual([]);
     expect(decideName(o({ domains: [], ask: () => true })!, 'x.example')).toBe('ask');
     expect(p.denyCidrs).toHaveLength(1);
+  });
+});
+
+describe('egress parsers', () => {
+  it('a query and an answer made here parse back', () => {
+    const q = buildQuery(0x1234, 'Sub.OK.example', 1);
+    const pq = parseQuery(q)!;
+    expect(pq).toMatchObject({ id: 0x1234, name: 'sub.ok.example', type: 1, cls: 1, opcode: 0, rd: true });
+    const a = parseAnswer(buildAnswer(q, pq, 0, ['192.0.2.1', '192.0.2.2'], 77))!;
+    expect(a).toEqual({ id: 0x1234, rcode: 0, truncated: false, records: [{ name: 'sub.ok.example', address: '192.0.2.1', ttl: 77 }, { name: 'sub.ok.example', address: '192.0.2.2', ttl: 77 }] });
+    expect(parseAnswer(buildAnswer(q, pq, 3))!.rcode).toBe(3);
+    expect(hostOf(Buffer.from('GET / HTTP/1.1\r\nhost: Shared.Example:8080\r\n\r\n'))).toBe('shared.example');
+    expect(hostOf(Buffer.from('GET / HTTP/1.1\r\nHost: a'))).toBeUndefined();
+  });
+
+  it("reads the SNI of a real ClientHello (Node's, over loopback)", async () => {
+    const { createServer } = await import('node:net');
+    const tls = await import('node:tls');
+    const hello = await new Promise<Buffer>((resolve) => {
+      const srv = createServer((s) => {
+        let b = Buffer.alloc(0);
+        s.on('data', (d: Buffer) => {
+          b = Buffer.concat([b, d]);
+          if (sniOf(b) !== undefined) {
+            srv.close();
+            s.destroy();
+            resolve(b);
+          }
+        });
+      }).listen(0, '127.0.0.1', () => {
+        const c = tls.connect({ port: (srv.address() as { port: number }).port, host: '127.0.0.1', servername: 'Fronted.Example' });
+        c.on('error', () => undefined);
+      });
+    });
+    expect(sniOf(hello)).toBe('fronted.example');
+    expect(sniOf(hello.subarray(0, 40))).toBeUndefined();
+  });
+
+  it('never throw on arbitrary bytes, and never loop on compression pointers', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 600 }), (bytes) => {
+        const b = Buffer.from(bytes);
+        parseQuery(b);
+        parseAnswer(b);
+        sniOf(b);
+        hostOf(b);
+        const t = Buffer.from(b);
+        if (t.length > 5) t[0] = 0x16;
+        sniOf(t);
+      }),
+      { numRuns: 3000 },
+    );
+    const loop = Buffer.from('abcd0100000100000000000 0c00c00010001'.replace(' ', '0'), 'hex');
+    expect(parseQuery(loop)).toBeNull();
   });
 });
 
