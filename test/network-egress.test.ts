@@ -242,6 +242,12 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.a}\nexit 6\n`);
       expect(inet.seen.some((l) => l.startsWith('dns fixed.example'))).toBe(false);
       expect(r.violations).toContainEqual(expect.objectContaining({ host: 'x.bad.example', reason: 'denied' }));
+      // A deny CIDR wins over an allowed name's address, on the name-checked ports too.
+      await sb.setNetworkPolicy({ domains: ['*'], deny: [`${inet.a}/32`] });
+      const cidr = await sh(sb, 'curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://ok.example:8080/mb/1 >/dev/null; echo "exit $?"');
+      expect(cidr.stdout).toMatch(/^exit (52|56|7)\nexit 7\n$/);
+      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 80, reason: 'denied' }));
+      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 8080, reason: 'denied' }));
     } finally {
       await sb.destroy();
     }

@@ -8,6 +8,7 @@ import { SandboxResolver } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
 import { addProxyRules, admitAddresses, applyPolicy } from './nat.js';
 import { SniProxy } from './sni-proxy.js';
+import { contains, parseIpv4 } from './cidr.js';
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
@@ -50,6 +51,10 @@ export class SandboxEgress {
     });
     const proxy = new SniProxy(att.hostAddress, {
       decide: (name, via) => resolver.decide(name, via),
+      denied: (address) => {
+        const a = parseIpv4(address);
+        return a !== undefined && self!.lists.denyCidrs.some((c) => contains(c, a));
+      },
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy);

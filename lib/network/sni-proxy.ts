@@ -73,7 +73,9 @@ function fdOf(s: net.Socket): number | null {
 export interface ProxyHooks {
   /** true, or the reason the name is refused (may wait for `ask`). */
   decide(name: string, via: { address: string; port: number }): Promise<true | string>;
-  refused(v: { host: string; address: string; port: number; reason: string }): void;
+  refused(v: { host: string | null; address: string; port: number; reason: string }): void;
+  /** A `deny` CIDR holds the address (the redirect happens before the forward chain's deny rule). */
+  denied(address: string): boolean;
 }
 
 export class SniProxy {
@@ -138,6 +140,10 @@ export class SniProxy {
   }
 
   private async forward(client: net.Socket, first: Buffer, name: string | null, dst: { address: string; port: number }): Promise<void> {
+    if (this.hooks.denied(dst.address)) {
+      this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: 'denied' });
+      return void client.resetAndDestroy();
+    }
     if (name !== null) {
       const verdict = await this.hooks.decide(name, dst).catch(() => 'not allowed');
       if (verdict !== true) {
