@@ -24,6 +24,11 @@ const hasTools = (() => {
 const skip = needs(isRoot && hasTools, 'egress tests need root with ip, nft, curl and python3');
 const RANGE = '10.217.0.0/24';
 
+/** The sandbox's slot (its /30, 8 hex digits): names its nftables set and chains. */
+function slotOf(sb: Sandbox): string {
+  return sb.network!.address.split('.').map((o, i) => (Number(o) & (i === 3 ? 0xfc : 0xff)).toString(16).padStart(2, '0')).join('');
+}
+
 describe('egress options', () => {
   const o = (x: Record<string, unknown>) => resolveEgressPolicy('network', x, 'nat', null);
   it('rejects malformed names, CIDRs and the rest, naming the option', () => {
@@ -234,7 +239,7 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       network: net({
         domains: ['*'],
         deny: ['*.bad.example'],
-        dns: { servers: [inet.dns], hosts: { 'fixed.example': inet.a } },
+        dns: { servers: [inet.dns], hosts: { 'fixed.example': inet.a, 'meta.example': '169.254.169.254' } },
       }),
     });
     try {
@@ -242,6 +247,14 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.a}\nexit 6\n`);
       expect(inet.seen.some((l) => l.startsWith('dns fixed.example'))).toBe(false);
       expect(r.violations).toContainEqual(expect.objectContaining({ host: 'x.bad.example', reason: 'denied' }));
+      // An allowed name pointed at link-local (cloud metadata) does not admit that address.
+      // (Checked in the set, without a packet to that address: it is not one this test made.)
+      const meta = await sh(sb, 'getent ahostsv4 meta.example | head -1');
+      expect(meta.stdout).toMatch(/^169\.254\.169\.254 /);
+      const slot = slotOf(sb);
+      const set = execFileSync('nft', ['list', 'set', 'inet', 'hutch', `ok_${slot}`], { encoding: 'utf8' });
+      expect(set).toContain(inet.a); // fixed.example, admitted above
+      expect(set).not.toContain('169.254.169.254');
       // A deny CIDR wins over an allowed name's address, on the name-checked ports too.
       await sb.setNetworkPolicy({ domains: ['*'], deny: [`${inet.a}/32`] });
       const cidr = await sh(sb, 'curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://ok.example:8080/mb/1 >/dev/null; echo "exit $?"');
@@ -316,7 +329,7 @@ print(n)"`);
     }
     // Its set, chains and resolver went with it.
     await settleNetwork();
-    const slot = sb.network!.address.split('.').map((o, i) => (Number(o) & (i === 3 ? 0xfc : 0xff)).toString(16).padStart(2, '0')).join('');
+    const slot = slotOf(sb);
     expect(slot).toMatch(/^0ad900[0-9a-f]{2}$/);
     expect(execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8' })).not.toContain(slot);
     const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });

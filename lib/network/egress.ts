@@ -8,7 +8,20 @@ import { SandboxResolver } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
 import { addProxyRules, admitAddresses, applyPolicy } from './nat.js';
 import { SniProxy } from './sni-proxy.js';
-import { contains, parseIpv4 } from './cidr.js';
+import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
+
+/**
+ * Never admitted through a name, whatever an upstream answers (a name of an allowed zone
+ * pointed at them): this host's loopback, link-local (cloud metadata at 169.254.169.254),
+ * "this network", multicast and reserved, and hutch's own sandbox range. An `allow` CIDR
+ * still reaches them.
+ */
+const NEVER_BY_NAME = ['0.0.0.0/8', '127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/3'].map((c) => (parseCidr(c) as { ok: true; cidr: Cidr }).cidr);
+
+function admissible(address: string, range: Cidr): boolean {
+  const a = parseIpv4(address);
+  return a !== undefined && !contains(range, a) && !NEVER_BY_NAME.some((c) => contains(c, a));
+}
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
@@ -28,6 +41,7 @@ export class SandboxEgress {
     private readonly log: ViolationLog,
     readonly resolver: SandboxResolver,
     readonly proxy: SniProxy,
+    private readonly range: Cidr,
   ) {
     this.lists = policy;
   }
@@ -57,7 +71,7 @@ export class SandboxEgress {
       },
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
     });
-    self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy);
+    self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy, plan.range);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
     try {
@@ -72,7 +86,7 @@ export class SandboxEgress {
   }
 
   private async admit(addresses: string[]): Promise<void> {
-    const fresh = addresses.filter((a) => !this.inSet.has(a));
+    const fresh = addresses.filter((a) => !this.inSet.has(a) && admissible(a, this.range));
     if (fresh.length === 0) return;
     await this.changing;
     await admitAddresses(this.att.slot, fresh);
