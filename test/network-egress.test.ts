@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { Sandbox } from '../lib/index.js';
 import type { Violation } from '../lib/network/violations.js';
 import { resolveNetwork, settleNetwork } from '../lib/network/index.js';
@@ -312,6 +313,22 @@ print(n)"`);
     } finally {
       await sb.destroy();
     }
+  });
+
+  it('Sandbox.run reports its own violations; a destroy ends relayed connections (their threads)', async () => {
+    const r = await Sandbox.run({ network: net({ domains: ['ok.example'] }), command: ['sh', '-c', 'curl -sS --max-time 10 http://other.example/; exit 0'], encoding: 'utf8' });
+    expect(r.violations).toEqual([expect.objectContaining({ host: 'other.example', reason: 'not allowed' })]);
+
+    const threads = () => readdirSync('/proc/self/task').length;
+    const before = threads();
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
+    const p = sb.spawn(['sh', '-c', 'curl -sS --limit-rate 1M http://ok.example/mb/1000 -o /dev/null']);
+    for (let i = 0; i < 100 && threads() <= before; i++) await new Promise((res) => setTimeout(res, 50));
+    expect(threads()).toBeGreaterThan(before); // the relay's thread
+    await sb.destroy();
+    await p.result.catch(() => undefined);
+    for (let i = 0; i < 100 && threads() > before; i++) await new Promise((res) => setTimeout(res, 50));
+    expect(threads()).toBe(before);
   });
 
   it('setNetworkPolicy changes the lists live', async () => {
