@@ -323,10 +323,10 @@ print(n)"`);
     const before = threads();
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
     const p = sb.spawn(['sh', '-c', 'curl -sS --limit-rate 1M http://ok.example/mb/1000 -o /dev/null']);
+    p.result.catch(() => undefined); // settles 'killed' with the destroy (not awaited: not what this checks)
     for (let i = 0; i < 100 && threads() <= before; i++) await new Promise((res) => setTimeout(res, 50));
     expect(threads()).toBeGreaterThan(before); // the relay's thread
     await sb.destroy();
-    await p.result.catch(() => undefined);
     for (let i = 0; i < 100 && threads() > before; i++) await new Promise((res) => setTimeout(res, 50));
     expect(threads()).toBe(before);
   });

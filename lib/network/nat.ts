@@ -161,7 +161,8 @@ export function proxyScript(slot: string, host: string, hostAddress: string, por
     `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
     `${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
     `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${port}, ${dns.tcp} } ct status dnat fib daddr . iif type local accept`,
-    `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local accept`,
+    // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.
+    `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local limit rate 1000/second burst 1000 packets accept`,
   ].join('\n') + '\n';
 }
 
