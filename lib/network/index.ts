@@ -41,7 +41,7 @@ import { SANDBOX_INTERFACE, configurePair, createPair, enableRouteLocalnet, host
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
 export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, HostPort, ResolvedPort, ResolvedHostPort, Rate } from './options.js';
 export type { Lease } from './lease.js';
-export type { EgressRequest, EgressRefusal } from './policy.js';
+export type { EgressRequest, EgressRefusal, AskFunction } from './policy.js';
 export type { Violation } from './violations.js';
 export { hostsLines, hostsFile, HOST_ALIAS } from './hosts.js';
 

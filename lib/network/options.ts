@@ -101,7 +101,12 @@ export interface NetworkOptions {
    */
   ask?: AskFunction;
   /** Upstream resolvers (IPv4) for the names hutch resolves for the sandbox (default: the host's); hosts: fixed answers, first. */
-  dns?: { servers?: string[]; hosts?: Record<string, string | string[]> };
+  dns?: {
+    /** Upstream resolvers, IPv4 addresses (port 53). Default: the host's, from /etc/resolv.conf. */
+    servers?: string[];
+    /** Fixed answers, `{ 'db.example': '10.0.0.5' }`, answered before any upstream. */
+    hosts?: Record<string, string | string[]>;
+  };
 }
 
 /** A host port the sandbox may reach ({@link NetworkOptions.hostPorts}). */

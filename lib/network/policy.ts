@@ -13,18 +13,32 @@ import { type Cidr, formatCidr, parseCidr } from './cidr.js';
 
 /** What {@link NetworkOptions.ask} is asked about: a name (or bare address) no rule decides. */
 export interface EgressRequest {
+  /** The name asked for (a DNS query, a TLS SNI or an HTTP Host); null for a bare address. */
   host: string | null;
+  /** The address connected to; null for a DNS query. */
   address: string | null;
+  /** The port connected to; null for a DNS query. */
   port: number | null;
+  /** 'dns': asked while resolving; 'tcp': seen on a connection (SNI/Host). */
   protocol: 'tcp' | 'udp' | 'dns';
 }
 
 /** An `ask` answer that refuses, with the reason the violation carries. */
 export interface EgressRefusal {
+  /** Always false. */
   allow: false;
+  /** The violation's reason. */
   reason: string;
 }
 
+/**
+ * {@link NetworkOptions.ask}: decides a name no rule decides; only `true` allows.
+ *
+ * @example
+ * ```ts
+ * ask: async ({ host }) => (await approved(host)) || { allow: false, reason: 'not approved' }
+ * ```
+ */
 export type AskFunction = (request: EgressRequest) => boolean | EgressRefusal | Promise<boolean | EgressRefusal>;
 
 /** A name pattern: `exact` ('pypi.org'), `below` ('*.github.com' -> 'github.com'), or `any` ('*'). */

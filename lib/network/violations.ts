@@ -1,12 +1,17 @@
-/**
- * Violations (API.md `Violation`): what a sandbox tried and was refused, reported to the host
+/*
+ * Violations: what a sandbox tried and was refused, reported to the host
  * as `'violation'` events and on the `ExecResult` of each exec that was running. Reporting is
  * bounded: a token bucket (100 at once, then 50 a second) per sandbox; past it a violation is
  * only counted (`violationsDropped`), so a flood costs the host a counter increment each.
  * Each exec keeps at most 100 of its own and counts the rest.
  */
 
+/**
+ * What a sandbox tried and was refused: a `'violation'` event of the {@link Sandbox} and an
+ * entry of {@link ExecResult.violations}.
+ */
 export interface Violation {
+  /** 'network': a name, connection or packet refused; 'syscall': a system call seccomp refused. */
   kind: 'network' | 'syscall';
   /** Date.now() when it happened (when hutch saw it). */
   time: number;
@@ -14,11 +19,17 @@ export interface Violation {
   reason: string;
   /** Inside the sandbox, when known. */
   pid?: number;
+  /** The name asked for or seen (SNI/Host), or one that resolved to `address`; null when none. */
   host?: string | null;
+  /** The destination address; null for a refused name. */
   address?: string | null;
+  /** The destination port (53 for a refused name). */
   port?: number | null;
+  /** 'dns' for a refused name; 'tcp' or 'udp' for a connection or packet. */
   protocol?: 'tcp' | 'udp' | 'dns';
+  /** The refused system call's name (kind 'syscall'). */
   syscall?: string;
+  /** Its architecture, e.g. 'x86_64' (kind 'syscall'). */
   arch?: string;
 }
 
