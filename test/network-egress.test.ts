@@ -340,7 +340,11 @@ print(n)"`);
       expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/')).stdout).toBe(`hello from ${inet.b}\n`);
       // ok.example's address is out of the set now, by name and by address.
       expect((await sh(sb, `curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://${inet.a}/; echo "exit $?"`)).stdout).toBe('exit 6\nexit 7\n');
+      // An allow CIDR reaches its address without a name.
+      await sb.setNetworkPolicy({ domains: ['later.example'], allow: [`${inet.a}/32`] });
+      expect((await sh(sb, `curl -sS --max-time 10 http://${inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
       await expect(sb.setNetworkPolicy({ domains: ['bad name'] })).rejects.toMatchObject({ code: 'EINVAL' });
+      await expect(sb.setNetworkPolicy({ allow: ['10.0.0.1/8'] })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringContaining('policy.allow[0]') });
     } finally {
       await sb.destroy();
     }
