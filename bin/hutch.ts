@@ -96,7 +96,7 @@ async function run(argv: string[]): Promise<number> {
     throw new HutchError('EINVAL', `invalid option --network: expected none or bridge, got ${JSON.stringify(values.network)}`);
   }
   if (wantsBridge) {
-    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p, --nat and --host-port need --network bridge');
+    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p, --nat, --domain, --dns and --host-port need --network bridge');
     const net: NetworkOptions = { mode: 'bridge' };
     if (values.egress) net.egress = values.egress;
     if (values.ingress) net.ingress = values.ingress;
