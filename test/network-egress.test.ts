@@ -1,9 +1,12 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
 import { Sandbox } from '../lib/index.js';
 import type { Violation } from '../lib/network/violations.js';
-import { resolveNetwork, settleNetwork } from '../lib/network/index.js';
+import { attachNetwork, pruneNetwork, resolveNetwork, settleNetwork } from '../lib/network/index.js';
+import { addProxyRules } from '../lib/network/nat.js';
+import { fakeSandbox, kill } from './helpers/netns.js';
+import { spawn } from 'node:child_process';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { decideName, parsePattern, resolveEgressPolicy } from '../lib/network/policy.js';
 import fc from 'fast-check';
 import { buildAnswer, buildQuery, parseAnswer, parseQuery } from '../lib/network/dns.js';
@@ -329,6 +332,31 @@ print(n)"`);
     await sb.destroy();
     for (let i = 0; i < 100 && threads() > before; i++) await new Promise((res) => setTimeout(res, 50));
     expect(threads()).toBe(before);
+  });
+
+  it("prune removes a crashed owner's set and chains of egress by name", async () => {
+    const pid = await fakeSandbox();
+    const a = (await attachNetwork(resolveNetwork(net({ domains: ['ok.example'] })), 'egress-crashed', pid))!;
+    await addProxyRules(a.slot, a.hostInterface, a.hostAddress, 40000, { udp: 40001, tcp: 40002 });
+    // The table itself goes when prune finds no hutch link left on the host.
+    const table = () => {
+      try {
+        return execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      } catch {
+        return '';
+      }
+    };
+    expect(table()).toContain(`pre_${a.slot}`);
+    expect(table()).toContain(`ok_${a.slot}`);
+    // The owner "crashed": the lease names a process that has ended.
+    const dead = spawn('true');
+    await new Promise((r) => dead.on('close', r));
+    const leaseFile = `${a.stateDir}/${a.slot}.lease`;
+    writeFileSync(leaseFile, JSON.stringify({ ...JSON.parse(readFileSync(leaseFile, 'utf8')), ownerPid: dead.pid }));
+    const r = await pruneNetwork();
+    expect(r.removed).toContain(a.slot);
+    expect(table()).not.toContain(a.slot);
+    kill(pid);
   });
 
   it('setNetworkPolicy changes the lists live', async () => {
