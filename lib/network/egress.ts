@@ -77,7 +77,10 @@ export class SandboxEgress {
     try {
       const dns = await resolver.start();
       await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start(), dns);
-      await writeFile('/etc/resolv.conf', `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`);
+      const conf = `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`;
+      await writeFile('/etc/resolv.conf', conf).catch((e: unknown) => {
+        throw new HutchError('ESETUP', `network: writing the sandbox's /etc/resolv.conf (to name hutch's resolver) failed: ${e instanceof Error ? e.message : String(e)}; an image whose /etc/resolv.conf is a symlink to a path it lacks (e.g. /run/systemd/resolve/stub-resolv.conf) needs a regular file there`, { step: 'network', cause: e });
+      });
     } catch (e) {
       self.close();
       throw e instanceof HutchError ? e : new HutchError('ESETUP', `network: starting the sandbox's resolver and name check on ${att.hostAddress} failed: ${e instanceof Error ? e.message : String(e)}`, { step: 'network', cause: e });
