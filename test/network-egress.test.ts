@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { decideName, parsePattern, resolveEgressPolicy } from '../lib/network/policy.js';
 import fc from 'fast-check';
-import { buildAnswer, buildQuery, parseAnswer, parseQuery } from '../lib/network/dns.js';
+import { buildAnswer, buildQuery, chainRecords, parseAnswer, parseQuery } from '../lib/network/dns.js';
 import { hostOf, sniOf } from '../lib/network/sni-proxy.js';
 import { isRoot, needs } from './helpers/require.js';
 import { makeInet, type Inet } from '../bench/inet.js';
@@ -74,8 +74,12 @@ describe('egress parsers', () => {
     const pq = parseQuery(q)!;
     expect(pq).toMatchObject({ id: 0x1234, name: 'sub.ok.example', type: 1, cls: 1, opcode: 0, rd: true });
     const a = parseAnswer(buildAnswer(q, pq, 0, ['192.0.2.1', '192.0.2.2'], 77))!;
-    expect(a).toEqual({ id: 0x1234, rcode: 0, truncated: false, records: [{ name: 'sub.ok.example', address: '192.0.2.1', ttl: 77 }, { name: 'sub.ok.example', address: '192.0.2.2', ttl: 77 }] });
+    expect(a).toEqual({ id: 0x1234, rcode: 0, truncated: false, records: [{ name: 'sub.ok.example', address: '192.0.2.1', ttl: 77 }, { name: 'sub.ok.example', address: '192.0.2.2', ttl: 77 }], cnames: [] });
     expect(parseAnswer(buildAnswer(q, pq, 3))!.rcode).toBe(3);
+    // Only the question's CNAME chain counts: an A record of another owner admits nothing.
+    const recs = [{ name: 'www.ok.example', address: '192.0.2.1', ttl: 1 }, { name: 'cdn.example', address: '192.0.2.2', ttl: 1 }, { name: 'evil.example', address: '192.0.2.3', ttl: 1 }];
+    const cnames = [{ name: 'www.ok.example', target: 'edge.example' }, { name: 'edge.example', target: 'cdn.example' }, { name: 'cdn.example', target: 'www.ok.example' }];
+    expect(chainRecords('www.ok.example', { records: recs, cnames }).map((r) => r.address)).toEqual(['192.0.2.1', '192.0.2.2']);
     expect(hostOf(Buffer.from('GET / HTTP/1.1\r\nhost: Shared.Example:8080\r\n\r\n'))).toBe('shared.example');
     expect(hostOf(Buffer.from('GET / HTTP/1.1\r\nHost: a'))).toBeUndefined();
   });

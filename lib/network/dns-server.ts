@@ -24,6 +24,7 @@ import {
   TYPE_A,
   TYPE_AAAA,
   buildAnswer,
+  chainRecords,
   formErr,
   parseAnswer,
   parseQuery,
@@ -224,7 +225,9 @@ export class SandboxResolver {
     if (reply === null) return buildAnswer(msg, q, RCODE_SERVFAIL);
     const parsed = parseAnswer(reply);
     if (parsed === null) return buildAnswer(msg, q, RCODE_SERVFAIL);
-    if (q.type === TYPE_A && parsed.records.length > 0) await this.admit(q.name, parsed.records);
+    // Only the question's name and its CNAME chain admit addresses: other owners in an answer do not.
+    const recs = q.type === TYPE_A ? chainRecords(q.name, parsed) : [];
+    if (recs.length > 0) await this.admit(q.name, recs);
     reply.writeUInt16BE(q.id, 0);
     return reply;
   }

@@ -83,7 +83,7 @@ export function parseQuery(buf: Buffer): Question | null {
 }
 
 /** The id, response code and A records of an answer; null when malformed. */
-export function parseAnswer(buf: Buffer): { id: number; rcode: number; truncated: boolean; records: ARecord[] } | null {
+export function parseAnswer(buf: Buffer): { id: number; rcode: number; truncated: boolean; records: ARecord[]; cnames: { name: string; target: string }[] } | null {
   if (buf.length < 12) return null;
   const flags = buf.readUInt16BE(2);
   const qd = buf.readUInt16BE(4);
@@ -95,6 +95,7 @@ export function parseAnswer(buf: Buffer): { id: number; rcode: number; truncated
     off = n.end + 4;
   }
   const records: ARecord[] = [];
+  const cnames: { name: string; target: string }[] = [];
   for (let i = 0; i < an; i++) {
     const n = readName(buf, off);
     if (n === null || n.end + 10 > buf.length) return null;
@@ -104,9 +105,26 @@ export function parseAnswer(buf: Buffer): { id: number; rcode: number; truncated
     const data = n.end + 10;
     if (data + len > buf.length) return null;
     if (type === TYPE_A && len === 4) records.push({ name: n.name, address: `${buf[data]}.${buf[data + 1]}.${buf[data + 2]}.${buf[data + 3]}`, ttl });
+    if (type === TYPE_CNAME) {
+      const t = readName(buf, data);
+      if (t !== null) cnames.push({ name: n.name, target: t.name });
+    }
     off = data + len;
   }
-  return { id: buf.readUInt16BE(0), rcode: flags & 0xf, truncated: (flags & 0x200) !== 0, records };
+  return { id: buf.readUInt16BE(0), rcode: flags & 0xf, truncated: (flags & 0x200) !== 0, records, cnames };
+}
+
+/** The A records of `name` and of the names its CNAME chain leads to (at most 16 links). */
+export function chainRecords(name: string, a: { records: ARecord[]; cnames: { name: string; target: string }[] }): ARecord[] {
+  const chain = new Set([name]);
+  let cur = name;
+  for (let i = 0; i < 16; i++) {
+    const next = a.cnames.find((c) => c.name === cur);
+    if (!next || chain.has(next.target)) break;
+    chain.add(next.target);
+    cur = next.target;
+  }
+  return a.records.filter((r) => chain.has(r.name));
 }
 
 /** A query for `name` of `type`, for an upstream. */
