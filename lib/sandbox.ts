@@ -30,7 +30,7 @@ import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImage
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
 import { SandboxFreezer } from './pause.js';
-import { SandboxEgress, ViolationLog, nflogGroup, type Violation } from './network/egress.js';
+import { SandboxEgress, ViolationLog, nflogGroup, setPlainPolicy, type Violation } from './network/egress.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -782,13 +782,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    * Replaces `allow`, `domains` and `deny` of a sandbox made with egress by name, for every
    * later query and connection (connections already open stay); nothing inside restarts.
    *
-   * @throws HutchError `EINVAL` (bad lists, or a sandbox without `domains`/`deny`/`ask`/`dns`),
+   * @throws HutchError `EINVAL` (bad lists; `domains`/`deny` on a sandbox made without names;
+   *   any list on one without outbound 'nat'),
    *   `EDESTROYED`, `ESETUP` (nft failed).
    */
   async setNetworkPolicy(policy: { allow?: string[]; domains?: string[]; deny?: string[] }): Promise<void> {
     if (this.state === 'destroyed') throw this.gone();
-    if (!this.egress) throw new HutchError('EINVAL', 'invalid option policy: setNetworkPolicy needs a sandbox made with network { outbound: \'nat\', domains, deny, ask or dns } (egress by name); create it with domains: [\'*\'] to start open');
-    await this.egress.setPolicy(policy);
+    await (this.egress ? this.egress.setPolicy(policy) : setPlainPolicy(this.attachment, policy));
   }
 
   /**

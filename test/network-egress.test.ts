@@ -385,9 +385,20 @@ print(n)"`);
     const slot = slotOf(sb);
     expect(slot).toMatch(/^0ad900[0-9a-f]{2}$/);
     expect(execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8' })).not.toContain(slot);
-    const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });
+    const none = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });
     try {
-      await expect(plain.setNetworkPolicy({ domains: ['ok.example'] })).rejects.toMatchObject({ code: 'EINVAL' });
+      await expect(none.setNetworkPolicy({ allow: [`${inet.a}/32`] })).rejects.toMatchObject({ code: 'EINVAL' });
+    } finally {
+      await none.destroy();
+    }
+    // Without names, `allow` still changes live; names need a sandbox made with them.
+    const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE, outbound: 'nat', allow: [`${inet.b}/32`] } });
+    try {
+      await expect(plain.setNetworkPolicy({ domains: ['ok.example'] })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringContaining('policy.domains') });
+      // (A plain NAT sandbox's chain drops what `allow` does not hold: curl gives up, exit 28.)
+      expect((await sh(plain, `curl -sS --max-time 2 http://${inet.a}:8080/mb/1 >/dev/null; echo "exit $?"`)).stdout).toBe('exit 28\n');
+      await plain.setNetworkPolicy({ allow: [`${inet.a}/32`] });
+      expect((await sh(plain, `curl -sS --max-time 10 http://${inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
     } finally {
       await plain.destroy();
     }

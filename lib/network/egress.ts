@@ -6,7 +6,8 @@
 import { HutchError } from '../errors.js';
 import { SandboxResolver } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { addProxyRules, admitAddresses, applyPolicy } from './nat.js';
+import { TABLE, addProxyRules, admitAddresses, applyPolicy, fwdRules } from './nat.js';
+import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
 import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
 
@@ -145,4 +146,27 @@ export { ViolationLog, type Violation } from './violations.js';
 /** The NFLOG group refusals are logged to, for sandboxes with egress by name (null: none or not read). */
 export function nflogGroup(plan: { mode: string; names?: unknown }): number | null {
   return plan.mode === 'bridge' && plan.names ? readerGroup() : null;
+}
+
+/**
+ * `setNetworkPolicy` on a sandbox made without names: only `allow` can change (its forward
+ * chain rewritten in one transaction); `domains`/`deny` need the resolver, made at create.
+ */
+export async function setPlainPolicy(att: NetworkAttachment | null, value: unknown): Promise<void> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new HutchError('EINVAL', `invalid option policy: expected { allow?, domains?, deny? }`);
+  const o = value as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (key === 'domains' || key === 'deny') {
+      throw new HutchError('EINVAL', `invalid option policy.${key}: this sandbox was made without egress by name; create it with network { outbound: 'nat', domains } (domains: ['*'] to start open) to change names live`);
+    }
+    if (key !== 'allow') throw new HutchError('EINVAL', `invalid option policy.${key}: expected one of allow, domains, deny`);
+  }
+  if (!att || !att.nat) throw new HutchError('EINVAL', `invalid option policy.allow: the sandbox needs network { mode: 'bridge', outbound: 'nat' }`);
+  let allow = null;
+  if (o.allow !== undefined) {
+    if (!Array.isArray(o.allow)) throw new HutchError('EINVAL', 'invalid option policy.allow: expected an array of IPv4 CIDRs');
+    allow = o.allow.map((x: unknown, i) => cidr(`policy.allow[${i}]`, x));
+  }
+  const script = [`flush chain ${TABLE} fwd_${att.slot}`, ...fwdRules(att.slot, 'nat', allow, null)].join('\n') + '\n';
+  await run('nft', ['-f', '-'], script, `replacing the network policy of ${att.hostInterface}`);
 }
