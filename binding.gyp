@@ -18,6 +18,8 @@
         "addon/netlink_msg.cc",
         "addon/netlink_tc.cc",
         "addon/netfilter.cc",
+        "addon/nflog.cc",
+        "addon/relay.cc",
         "addon/imageview.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

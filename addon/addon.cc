@@ -3,6 +3,8 @@
 
 #include "addon.h"
 #include "netlink.h"
+#include "nflog.h"
+#include "relay.h"
 #include "steps.h"
 
 Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path) {
@@ -44,6 +46,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("extractClose", Napi::Function::New(env, ExtractClose));
   InitWatch(env, exports);
   InitNetlink(env, exports);
+  InitNflog(env, exports);
+  InitRelay(env, exports);
   InitImageView(env, exports);
   return exports;
 }

@@ -13,7 +13,7 @@ import { settleNetwork } from '../lib/network/index.js';
 const USAGE = `usage:
   hutch run [--image I] [--memory M] [--cpus N] [--pids N] [--disk D] [--timeout MS] [--output B]
             [--nofile N] [--network none|bridge] [--egress R] [--ingress R] [-p HOST:SANDBOX[/udp]]...
-            [--nat] [--allow CIDR]... [--host-port PORT[/udp]]... [-e K=V]... [-w DIR] [-u UID[:GID]] [-v SRC:DST[:rw]]... -- CMD...
+            [--nat] [--allow CIDR]... [--domain NAME]... [--dns ADDR]... [--host-port PORT[/udp]]... [-e K=V]... [-w DIR] [-u UID[:GID]] [-v SRC:DST[:rw]]... -- CMD...
   hutch doctor                      what this host supports
   hutch images                      list images
   hutch import FILE [--tag T]       import a rootfs tarball, OCI layout or docker save archive
@@ -49,7 +49,7 @@ async function run(argv: string[]): Promise<number> {
       disk: { type: 'string' }, timeout: { type: 'string' }, output: { type: 'string' }, nofile: { type: 'string' },
       network: { type: 'string' }, egress: { type: 'string' }, ingress: { type: 'string' },
       publish: { type: 'string', short: 'p', multiple: true }, nat: { type: 'boolean' }, allow: { type: 'string', multiple: true },
-      'host-port': { type: 'string', multiple: true },
+      'host-port': { type: 'string', multiple: true }, domain: { type: 'string', multiple: true }, dns: { type: 'string', multiple: true },
       env: { type: 'string', short: 'e', multiple: true }, workdir: { type: 'string', short: 'w' },
       user: { type: 'string', short: 'u' }, volume: { type: 'string', short: 'v', multiple: true },
       hostname: { type: 'string' }, 'read-only': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
@@ -91,17 +91,20 @@ async function run(argv: string[]): Promise<number> {
       return { source, target, readonly: mode !== 'rw' };
     });
   }
-  const wantsBridge = values.network === 'bridge' || values.egress || values.ingress || values.publish || values.nat || values['host-port'];
+  const wantsBridge = values.network === 'bridge' || values.egress || values.ingress || values.publish || values.nat || values['host-port'] || values.domain || values.dns;
   if (values.network !== undefined && values.network !== 'none' && values.network !== 'bridge') {
     throw new HutchError('EINVAL', `invalid option --network: expected none or bridge, got ${JSON.stringify(values.network)}`);
   }
   if (wantsBridge) {
-    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p, --nat and --host-port need --network bridge');
+    if (values.network === 'none') throw new HutchError('EINVAL', 'invalid option --network none: --egress, --ingress, -p, --nat, --domain, --dns and --host-port need --network bridge');
     const net: NetworkOptions = { mode: 'bridge' };
     if (values.egress) net.egress = values.egress;
     if (values.ingress) net.ingress = values.ingress;
     if (values.nat) net.outbound = 'nat';
     if (values.allow) net.allow = values.allow;
+    // --domain: egress by name, which implies outbound NAT.
+    if (values.domain) Object.assign(net, { outbound: 'nat', domains: values.domain });
+    if (values.dns) net.dns = { servers: values.dns };
     if (values.publish) {
       net.ports = values.publish.map((p) => {
         const m = /^(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(p);
@@ -120,6 +123,7 @@ async function run(argv: string[]): Promise<number> {
   }
   const ac = new AbortController();
   const sb = await Sandbox.create(opts);
+  sb.on('violation', (v) => process.stderr.write(`hutch: refused ${v.kind === 'network' ? `${v.protocol ?? ''} ${v.host ?? v.address ?? ''}${v.address && v.host ? ` (${v.address})` : ''}${v.port ? ` port ${v.port}` : ''}` : `syscall ${v.syscall ?? ''}`}: ${v.reason}\n`));
   const onSig = (): void => ac.abort();
   process.once('SIGINT', onSig);
   process.once('SIGTERM', onSig);

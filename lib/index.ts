@@ -21,7 +21,7 @@ export type { ExecResult, ResourceUsage, SandboxProcess, EndReason } from './pro
 export type { Limits } from './limits.js';
 export { DEFAULT_PIDS, DEFAULT_OUTPUT_BYTES } from './limits.js';
 export type { ByteSize, Rate } from './units.js';
-export type { NetworkOptions } from './network/index.js';
+export type { NetworkOptions, EgressRequest, EgressRefusal, AskFunction, Violation } from './network/index.js';
 export type { PortMapping, HostPort } from './network/options.js';
 export type { SeccompProfile } from './seccomp/index.js';
 export type {

@@ -104,6 +104,14 @@ export interface Native {
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
+  // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
+  nflogOpen(group: number): number | (NativeFailure & { step: string });
+  nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];
+  /** SO_ORIGINAL_DST of a redirected TCP connection (lib/network/sni-proxy.ts). */
+  originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
+  /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */
+  spliceRelay(a: number, b: number, first: Buffer, id: number): Promise<number>;
+  relayStop(id: number): void;
   // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
   /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
   viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;

@@ -14,6 +14,7 @@ import { waitStatus, type InitMessage } from './protocol.js';
 import { setupError } from './setup-errors.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
 import type { PausableTimer, PauseClock } from './pause.js';
+import type { Violation, ViolationCollector, ViolationLog } from './network/violations.js';
 
 /**
  * Resources used: by one command ({@link ExecResult.usage}) or by the whole sandbox
@@ -103,6 +104,10 @@ export interface ExecResult {
   truncated: boolean;
   /** What the command used; memory and pids are of the sandbox's cgroup while it ran. */
   usage: ResourceUsage;
+  /** What the sandbox tried and was refused while it ran, at most 100 (see {@link Violation}). */
+  violations: Violation[];
+  /** Violations beyond those 100, or not reported (rate bound). */
+  violationsDropped: number;
 }
 
 /**
@@ -156,6 +161,8 @@ export interface ProcessHost {
   /** Counts exec timeouts; stopped while the sandbox is paused. */
   clock: PauseClock;
   release(id: number): void;
+  /** Violations seen while a process runs (lib/network/violations.ts). */
+  violations?: ViolationLog;
 }
 
 export function signalName(n: number): NodeJS.Signals | null {
@@ -207,6 +214,7 @@ export class ProcessState implements SandboxProcess {
   private settled = false;
   private onAbort = (): void => this.forceKill('killed', 9);
   private readonly tr: Trace;
+  private readonly seen: ViolationCollector | undefined;
   /** Captured output pipes still open: watch → fd. */
   private readonly pipes = new Map<Watch, number>();
 
@@ -216,6 +224,7 @@ export class ProcessState implements SandboxProcess {
     private readonly opts: StartOptions,
   ) {
     this.tr = new Trace('exec');
+    this.seen = host.violations?.begin();
     this.result = new Promise<ExecResult>((res, rej) => {
       this.resolve = res;
       this.reject = rej;
@@ -411,6 +420,7 @@ export class ProcessState implements SandboxProcess {
         pids: usage?.pids ?? 0,
         oomKills,
       },
+      ...this.host.violations?.end(this.seen) ?? { violations: [], violationsDropped: 0 },
     };
     if (usage?.ioReadBytes !== undefined) r.usage.ioReadBytes = usage.ioReadBytes;
     if (usage?.ioWriteBytes !== undefined) r.usage.ioWriteBytes = usage.ioWriteBytes;

@@ -17,6 +17,7 @@ import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { upperDirOf } from './conventions.js';
 import type { SandboxCore, SandboxEvents } from './runtime/core.js';
+import { setPlainPolicy } from './network/egress.js';
 import { createCore, runOnce, settleAll, type FirstExec } from './runtime/create.js';
 import { execResolved, startProcess } from './runtime/control.js';
 import { readInside, writeInside } from './runtime/files.js';
@@ -421,6 +422,20 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    */
   async stopKeepingUpper(): Promise<{ fd: number; release: () => void }> {
     return stopKeepingUpper(this.core);
+  }
+
+  /**
+   * Replaces `allow`, `domains` and `deny` of a sandbox made with egress by name, for every
+   * later query and connection (connections already open stay); nothing inside restarts.
+   *
+   * @throws HutchError `EINVAL` (bad lists; `domains`/`deny` on a sandbox made without names;
+   *   any list on one without outbound 'nat'),
+   *   `EDESTROYED`, `ESETUP` (nft failed).
+   */
+  async setNetworkPolicy(policy: { allow?: string[]; domains?: string[]; deny?: string[] }): Promise<void> {
+    const core = this.core;
+    if (core.state === 'destroyed') throw core.gone();
+    await (core.egress ? core.egress.setPolicy(policy) : setPlainPolicy(core.attachment, policy));
   }
 
   /**

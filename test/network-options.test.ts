@@ -7,17 +7,7 @@ import { hostRoutes } from '../lib/network/options.js';
 import { burstBytes, limitBytes, shapingSteps } from '../lib/network/tc.js';
 import { addScript } from '../lib/network/nat.js';
 import { isRoot } from './helpers/require.js';
-
-function einval(f: () => unknown, field: string): void {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected EINVAL naming ${field}`).toMatchObject({ code: 'EINVAL' });
-  expect((err as Error).message).toContain(field);
-}
+import { einval } from './helpers/rejects.js';
 
 const servers: net.Server[] = [];
 afterAll(() => servers.forEach((s) => s.close()));

@@ -41,6 +41,8 @@ import { SANDBOX_INTERFACE, configurePair, createPair, enableRouteLocalnet, host
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
 export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, HostPort, ResolvedPort, ResolvedHostPort, Rate } from './options.js';
 export type { Lease } from './lease.js';
+export type { EgressRequest, EgressRefusal, AskFunction } from './policy.js';
+export type { Violation } from './violations.js';
 export { hostsLines, hostsFile, HOST_ALIAS } from './hosts.js';
 
 /** A sandbox's link, as `attachNetwork` made it. Pass it to `releaseNetwork`. */
@@ -62,10 +64,12 @@ export interface NetworkAttachment {
   readonly nat: boolean;
   /** Internal: the sandbox has nftables chains of its own (nat or ports). */
   readonly rules: boolean;
+  /** Internal: egress by name (a set of admitted addresses, hutch's resolver). */
+  readonly names: boolean;
 }
 
 /** What a slot may own; `rules` absent (older leases) or a null `made` means "maybe". */
-type Made = { nat: boolean; ifb: boolean; ports: readonly ResolvedPort[]; rules?: boolean };
+type Made = { nat: boolean; ifb: boolean; ports: readonly ResolvedPort[]; rules?: boolean; names?: boolean };
 
 interface Release {
   /** Resolves when the caller may go on: ports unpublished, the rest handed to the background. */
@@ -102,7 +106,7 @@ export async function prepareNetwork(plan: NetworkPlan): Promise<void> {
  * @throws HutchError ESETUP (step 'network') when a netlink request or nft fails, after undoing
  *   what was made; EINVAL when a published port was taken meanwhile by another sandbox.
  */
-export async function attachNetwork(plan: NetworkPlan, id: string, pid: number): Promise<NetworkAttachment | null> {
+export async function attachNetwork(plan: NetworkPlan, id: string, pid: number, logGroup: number | null = null): Promise<NetworkAttachment | null> {
   if (plan.mode === 'none') return null;
   if (!Number.isInteger(pid) || pid < 1) throw new HutchError('EINVAL', `attachNetwork: pid must be a positive integer, got ${String(pid)}`);
   const nat = plan.outbound === 'nat';
@@ -130,13 +134,14 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     ports: plan.ports,
     nat,
     rules,
+    names: plan.names !== null,
   };
   let rulesAdded = false;
   try {
     // The table filters hx* links from their first packet: it must exist before the link does.
     await ensureTable();
     if (rules) {
-      const sandboxRules = { slot, host, address, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts };
+      const sandboxRules = { slot, host, address, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts, names: plan.names ? { lists: plan.names, logGroup } : null };
       if (forwards) {
         // Uplinks recorded, then guarded (in the sandbox's transaction), then opened: forwarding.ts.
         await withForwardingLock(plan.stateDir, async () => {
@@ -160,7 +165,7 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number):
     try {
       // The rules transaction is atomic: when it failed nothing of it exists, and removing its
       // port elements would remove another sandbox's (the usual reason it failed).
-      await teardown(plan.stateDir, slot, { nat, ifb: ifb !== null, ports: plan.ports, rules: rulesAdded });
+      await teardown(plan.stateDir, slot, { nat, ifb: ifb !== null, ports: plan.ports, rules: rulesAdded, names: plan.names !== null });
     } catch (cleanup) {
       if (e instanceof Error) (e as Error & { cleanupError?: unknown }).cleanupError = cleanup;
     }
@@ -188,7 +193,7 @@ export function releaseNetwork(handle: NetworkAttachment | null, options: { wait
 }
 
 function startRelease(h: NetworkAttachment): Release {
-  const made: Made = { nat: h.nat, ifb: h.ifb !== null, ports: h.ports, rules: h.rules };
+  const made: Made = { nat: h.nat, ifb: h.ifb !== null, ports: h.ports, rules: h.rules, names: h.names };
   let handoff: Promise<void>;
   let done: Promise<void>;
   if (h.rules && h.ports.length > 0) {

@@ -26,6 +26,7 @@ import { HutchError, errnoName } from '../errors.js';
 import { native } from '../native.js';
 import { type Cidr, formatCidr } from './cidr.js';
 import type { ResolvedHostPort, ResolvedPort } from './options.js';
+import type { EgressLists } from './policy.js';
 import { run, stderrOf } from './run.js';
 
 export const TABLE = 'inet hutch';
@@ -92,6 +93,91 @@ export interface SandboxRules {
   hostPorts: readonly ResolvedHostPort[];
   /** Uplinks whose forwarding flag hutch turns on for this sandbox (forwarding.ts): guarded first. */
   guard: readonly string[];
+  /** Egress by name: the lists, and the NFLOG group refusals are logged to (null: not logged). */
+  names?: { lists: EgressLists; logGroup: number | null } | null;
+}
+
+/** The set of addresses the sandbox's allowed names resolved to (dns-server.ts fills it). */
+export function admittedSet(slot: string): string {
+  return `ok_${slot}`;
+}
+
+/**
+ * The body of a sandbox's forward chain (`fwd_<slot>`), replaced as a whole by
+ * `setNetworkPolicy`. With names: deny CIDRs, then DNS/DoT to anyone but hutch's resolver,
+ * then `allow` CIDRs and the admitted set; what is refused is refused at once (TCP reset,
+ * else ICMP admin-prohibited) and logged, at a bounded rate, to the NFLOG group with the
+ * reason as prefix.
+ */
+export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly Cidr[] | null, names: SandboxRules['names']): string[] {
+  const t = TABLE;
+  const fwd = `fwd_${slot}`;
+  const lines = [`add rule ${t} ${fwd} ct state established,related accept`, `add rule ${t} ${fwd} oifname "hx*" drop`];
+  if (!names) {
+    if (outbound === 'nat') {
+      if (allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
+      else if (allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(allow)} accept`);
+    }
+    lines.push(`add rule ${t} ${fwd} drop`);
+    return lines;
+  }
+  const l = names.lists;
+  const refuse = (match: string, reason: string) => {
+    if (names.logGroup !== null) lines.push(`add rule ${t} ${fwd} ${match} limit rate 50/second burst 100 packets log group ${names.logGroup} prefix "${reason}"`.replace(/  +/g, ' '));
+    lines.push(`add rule ${t} ${fwd} ${match} meta l4proto tcp reject with tcp reset`.replace(/  +/g, ' '));
+    lines.push(`add rule ${t} ${fwd} ${match} reject with icmpx admin-prohibited`.replace(/  +/g, ' '));
+  };
+  if (l.denyCidrs.length > 0) refuse(`ip daddr ${cidrList(l.denyCidrs)}`, 'denied');
+  refuse('meta l4proto { tcp, udp } th dport { 53, 853 }', 'other resolver');
+  if (l.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
+  else if (l.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(l.allow)} accept`);
+  lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} accept`);
+  refuse('', 'not allowed');
+  return lines;
+}
+
+/** One transaction replacing a sandbox's forward chain (`setNetworkPolicy`) and refilling its set. */
+export function policyScript(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[]): string {
+  const t = TABLE;
+  return [
+    `flush chain ${t} fwd_${slot}`,
+    ...fwdRules(slot, 'nat', names.lists.allow, names),
+    `flush set ${t} ${admittedSet(slot)}`,
+    ...(admitted.length > 0 ? [`add element ${t} ${admittedSet(slot)} { ${admitted.join(', ')} }`] : []),
+  ].join('\n') + '\n';
+}
+
+/**
+ * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports),
+ * and TCP on HTTP/TLS ports to admitted addresses, to its name-checking proxy (sni-proxy.ts);
+ * the input rules admit only redirected connections to those ports. A nat chain of its own: it sees only a connection's first packet.
+ */
+export function proxyScript(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): string {
+  const t = TABLE;
+  const pre = `add rule ${t} pre_${slot} iifname "${host}"`;
+  return [
+    `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
+    `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
+    `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
+    `${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
+    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${port}, ${dns.tcp} } ct status dnat fib daddr . iif type local accept`,
+    // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.
+    `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local limit rate 1000/second burst 1000 packets accept`,
+  ].join('\n') + '\n';
+}
+
+export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): Promise<void> {
+  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port, dns), `redirecting DNS and HTTP/TLS of ${host} to hutch's resolver and name check`);
+}
+
+/** Adds addresses to the sandbox's set (idempotent). */
+export async function admitAddresses(slot: string, addresses: readonly string[]): Promise<void> {
+  if (addresses.length === 0) return;
+  await run('nft', ['-f', '-'], `add element ${TABLE} ${admittedSet(slot)} { ${addresses.join(', ')} }\n`, `admitting addresses for sandbox slot ${slot}`);
+}
+
+export async function applyPolicy(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[]): Promise<void> {
+  await run('nft', ['-f', '-'], policyScript(slot, names, admitted), `replacing the network policy of sandbox slot ${slot}`);
 }
 
 function cidrList(allow: readonly Cidr[]): string {
@@ -103,16 +189,8 @@ export function addScript(r: SandboxRules): string {
   const t = TABLE;
   const fwd = `fwd_${r.slot}`;
   const inp = `in_${r.slot}`;
-  const lines = [
-    `add chain ${t} ${fwd}`,
-    `add rule ${t} ${fwd} ct state established,related accept`,
-    `add rule ${t} ${fwd} oifname "hx*" drop`,
-  ];
-  if (r.outbound === 'nat') {
-    if (r.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
-    else if (r.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(r.allow)} accept`);
-  }
-  lines.push(`add rule ${t} ${fwd} drop`, `add chain ${t} ${inp}`);
+  const lines = r.names ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`] : [];
+  lines.push(`add chain ${t} ${fwd}`, ...fwdRules(r.slot, r.outbound, r.allow, r.names), `add chain ${t} ${inp}`);
   // No verdict at its end: the input chain goes on to refuse what this one did not admit.
   for (const proto of ['tcp', 'udp'] as const) {
     const ports = r.hostPorts.filter((p) => p.protocol === proto).map((p) => p.port);
@@ -135,7 +213,7 @@ export function addScript(r: SandboxRules): string {
  * Lines removing what `addScript` added: exactly that when `nat` is known (one transaction
  * that succeeds), else every element it may have added (a lease never filled in).
  */
-export function removeLines(slot: string, host: string, ports: readonly ResolvedPort[], nat: boolean | null): string[] {
+export function removeLines(slot: string, host: string, ports: readonly ResolvedPort[], nat: boolean | null, names: boolean | null = false): string[] {
   const t = TABLE;
   return [
     `delete element ${t} links_fwd { "${host}" }`,
@@ -145,6 +223,7 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
     ...ports.map((p) => `delete element ${t} ports { ${p.protocol} . ${p.host} }`),
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
+    ...(names !== false && nat !== false ? [`delete chain ${t} pre_${slot}`, `delete set ${t} ${admittedSet(slot)}`] : []),
   ];
 }
 
@@ -202,10 +281,10 @@ export async function removeSandboxRules(
   slot: string,
   host: string,
   address: string,
-  added: { nat: boolean; ports: readonly ResolvedPort[] } | null,
+  added: { nat: boolean; ports: readonly ResolvedPort[]; names?: boolean } | null,
 ): Promise<void> {
   const ports = added?.ports ?? (await portsPointingTo(address));
-  const lines = removeLines(slot, host, ports, added ? added.nat : null);
+  const lines = removeLines(slot, host, ports, added ? added.nat : null, added ? (added.names ?? null) : null);
   try {
     await run('nft', ['-f', '-'], lines.join('\n') + '\n', `removing nftables rules of ${host}`);
     return;

@@ -9,6 +9,7 @@ import { parseRate, type Rate } from '../units.js';
 import { suggest } from '../validators.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
 import { readLease, leaseFiles } from './lease.js';
+import { type AskFunction, type EgressPolicy, resolveEgressPolicy } from './policy.js';
 
 export type { Rate } from '../units.js';
 
@@ -86,6 +87,27 @@ export interface NetworkOptions {
   hostPorts?: (number | HostPort)[];
   /** Addition to API.md: the IPv4 range the sandbox's /30 comes from. Default $HUTCH_NET_RANGE, else 10.200.0.0/16. */
   range?: string;
+  /**
+   * Names reachable when outbound is 'nat', besides `allow`: 'pypi.org', '*.github.com' (the
+   * names below github.com, not github.com itself), '*' (any name; `deny` still applies).
+   * Given, the sandbox's resolver is hutch's and an address is reachable only when an allowed
+   * name resolved to it or an `allow` CIDR holds it (docs/network.md).
+   */
+  domains?: string[];
+  /** Names ('evil.com', '*.evil.com') and IPv4 CIDRs always refused; checked before everything else. */
+  deny?: string[];
+  /**
+   * Asked about a name no rule decides, once per name per sandbox; only `true` allows. A
+   * throw, no answer within 5 s, or no `ask`: refused. The sandbox's query waits for it.
+   */
+  ask?: AskFunction;
+  /** Upstream resolvers (IPv4) for the names hutch resolves for the sandbox (default: the host's); hosts: fixed answers, first. */
+  dns?: {
+    /** Upstream resolvers, IPv4 addresses (port 53). Default: the host's, from /etc/resolv.conf. */
+    servers?: string[];
+    /** Fixed answers, `{ 'db.example': '10.0.0.5' }`, answered before any upstream. */
+    hosts?: Record<string, string | string[]>;
+  };
 }
 
 /** A host port the sandbox may reach ({@link NetworkOptions.hostPorts}). */
@@ -123,6 +145,8 @@ export interface BridgePlan {
   readonly range: Cidr;
   /** Lease files; shared by every hutch process on the host. */
   readonly stateDir: string;
+  /** Egress by name (`domains`, `deny`, `ask`, `dns`); null: none given, no resolver of hutch's. */
+  readonly names: EgressPolicy | null;
 }
 
 export type NetworkPlan = { readonly mode: 'none' } | BridgePlan;
@@ -134,7 +158,7 @@ export const MIN_RATE_BPS = 8_000;
 /** Far above what a veth carries; above it tc's 64-bit rate still works but nothing was measured. */
 export const MAX_RATE_BPS = 100_000_000_000;
 
-const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'hostPorts', 'range'] as const;
+const KEYS = ['mode', 'egress', 'ingress', 'outbound', 'allow', 'ports', 'hostPorts', 'range', 'domains', 'deny', 'ask', 'dns'] as const;
 const PORT_KEYS = ['host', 'sandbox', 'protocol'] as const;
 const HOST_PORT_KEYS = ['port', 'protocol'] as const;
 
@@ -185,6 +209,7 @@ export function resolveNetwork(
     if (!Array.isArray(o.allow)) throw invalid(`${field}.allow`, 'an array of IPv4 CIDRs', o.allow);
     allow = o.allow.map((v, i) => cidr(`${field}.allow[${i}]`, v));
   }
+  const names = resolveEgressPolicy(field, o, outbound, allow);
 
   const rangeField = o.range !== undefined ? `${field}.range` : env.HUTCH_NET_RANGE ? 'HUTCH_NET_RANGE' : `${field}.range`;
   const rangeValue = o.range ?? (env.HUTCH_NET_RANGE || DEFAULT_RANGE);
@@ -202,7 +227,7 @@ export function resolveNetwork(
   if (!hasNetAdmin()) {
     throw unsupported(`${field}.mode 'bridge'`, 'it needs CAP_NET_ADMIN in the host network namespace (run as root) to make links, tc and nftables rules');
   }
-  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir };
+  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir, names };
 }
 
 function rate(field: string, value: unknown): number {
@@ -213,7 +238,7 @@ function rate(field: string, value: unknown): number {
   return bps;
 }
 
-function cidr(field: string, value: unknown): Cidr {
+export function cidr(field: string, value: unknown): Cidr {
   if (typeof value !== 'string') throw invalid(field, `an IPv4 CIDR such as '10.1.0.0/16' or an address`, value);
   const r = parseCidr(value);
   if (r.ok) return r.cidr;

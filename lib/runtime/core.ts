@@ -15,11 +15,13 @@ import type { ProcessState, ResourceUsage } from '../process.js';
 import type { PersistentDisk } from '../disk.js';
 import { SandboxFreezer } from '../pause.js';
 import { DEFAULT_PATH } from '../conventions.js';
+import { ViolationLog, type SandboxEgress, type Violation } from '../network/egress.js';
 
 export interface SandboxEvents {
   oom: [ResourceUsage];
   exit: [{ code: number | null; signal: number | null }];
   destroyed: [];
+  violation: [Violation];
 }
 
 type Emit = <K extends keyof SandboxEvents>(event: K, ...args: SandboxEvents[K]) => void;
@@ -34,6 +36,9 @@ export class SandboxCore {
   readonly spawned: Spawned;
   cgroup: SandboxCgroup | null;
   attachment: NetworkAttachment | null = null;
+  /** Egress by name (lib/network/egress.ts): the resolver, nft set and proxy of this sandbox. */
+  egress: SandboxEgress | null = null;
+  readonly violationLog = new ViolationLog((v) => this.emit('violation', v));
   disk: PersistentDisk | null = null;
   /** Sandbox.run: makes the blank for the next run like this one (lib/warm.ts). */
   warmNext: (() => void) | undefined;

@@ -8,6 +8,7 @@ import { native } from '../native.js';
 import { compileSeccomp } from '../seccomp/index.js';
 import { ImageStore } from '../image/store.js';
 import { attachNetwork, hostsFile, settleNetwork } from '../network/index.js';
+import { SandboxEgress, nflogGroup } from '../network/egress.js';
 import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
 import type { ExecResult } from '../process.js';
 import { Trace } from '../trace.js';
@@ -86,8 +87,11 @@ export async function createCore(opts: ResolvedSandboxOptions, how: { warm?: boo
   watch(core);
   try {
     if (opts.network.mode === 'bridge') {
-      core.attachment = await attachNetwork(opts.network, id, spawned.pid);
-      if (core.attachment) writeInside(core, '/etc/hosts', hostsFile(opts.hostname ?? `hutch-${id}`, core.attachment));
+      core.attachment = await attachNetwork(opts.network, id, spawned.pid, nflogGroup(opts.network));
+      if (core.attachment) {
+        writeInside(core, '/etc/hosts', hostsFile(opts.hostname ?? `hutch-${id}`, core.attachment));
+        core.egress = await SandboxEgress.start(opts.network, core.attachment, core.violationLog, nflogGroup(opts.network), async (p, d) => writeInside(core, p, d));
+      }
     }
     if (opts.signal) {
       if (opts.signal.aborted) throw abortError(opts.signal);

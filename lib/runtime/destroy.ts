@@ -19,6 +19,7 @@ export function destroySandbox(core: SandboxCore): Promise<void> {
   core.destroying = (async () => {
     const tr = new Trace('destroy');
     if (!core.initExit) n.pidfdKill(core.spawned.pidfd, 9);
+    core.egress?.close();
     core.ctlWatch?.close();
     core.ctlWatch = null;
     n.close(core.spawned.ctlFd);

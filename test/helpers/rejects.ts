@@ -11,3 +11,15 @@ export async function hutchFailure(p: Promise<unknown>): Promise<HutchError> {
   }
   throw new Error('expected a rejection');
 }
+
+/** Asserts that `f` throws EINVAL naming `field` (sync validation). */
+export function einval(f: () => unknown, field: string): void {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, `expected EINVAL naming ${field}`).toMatchObject({ code: 'EINVAL' });
+  expect((err as Error).message).toContain(field);
+}

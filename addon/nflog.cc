@@ -1,0 +1,174 @@
+// NFLOG (nfnetlink_log) reader: packets a sandbox's forward chain refused are logged by
+// nftables (`log group N prefix "<reason>"`, rate-limited in the rule) and read here, so the
+// host can report each refusal as a violation (lib/network/nflog.ts). One group per hutch
+// process (a group binds to one socket); only the first 64 bytes of each packet are copied.
+// Also originalDst, for the proxy that reads SNI/Host (lib/network/sni-proxy.ts).
+// Failures are data, { errno, step }.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "addon.h"
+#include "nflog.h"
+
+namespace {
+
+Napi::Object failure(Napi::Env env, const char *step, int err) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("errno", Napi::Number::New(env, err));
+  o.Set("step", Napi::String::New(env, step));
+  return o;
+}
+
+// One NFULNL_MSG_CONFIG request with one attribute, acked; 0 or a negative errno.
+int config(int fd, uint16_t group, uint16_t type, const void *data, size_t len) {
+  alignas(NLMSG_ALIGNTO) char buf[128];
+  memset(buf, 0, sizeof buf);
+  nlmsghdr *h = reinterpret_cast<nlmsghdr *>(buf);
+  h->nlmsg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+  h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  h->nlmsg_seq = 1;
+  nfgenmsg *g = reinterpret_cast<nfgenmsg *>(NLMSG_DATA(h));
+  g->nfgen_family = AF_UNSPEC;
+  g->version = NFNETLINK_V0;
+  g->res_id = htons(group);
+  nlattr *a = reinterpret_cast<nlattr *>(buf + NLMSG_SPACE(sizeof(nfgenmsg)));
+  a->nla_type = type;
+  a->nla_len = NLA_HDRLEN + len;
+  memcpy(reinterpret_cast<char *>(a) + NLA_HDRLEN, data, len);
+  h->nlmsg_len = NLMSG_SPACE(sizeof(nfgenmsg)) + NLA_ALIGN(a->nla_len);
+  if (send(fd, buf, h->nlmsg_len, 0) < 0) return -errno;
+  alignas(NLMSG_ALIGNTO) char ack[1024];
+  ssize_t n = recv(fd, ack, sizeof ack, 0);
+  if (n < 0) return -errno;
+  for (nlmsghdr *r = reinterpret_cast<nlmsghdr *>(ack); NLMSG_OK(r, static_cast<unsigned>(n)); r = NLMSG_NEXT(r, n)) {
+    if (r->nlmsg_type == NLMSG_ERROR) return reinterpret_cast<nlmsgerr *>(NLMSG_DATA(r))->error;
+  }
+  return 0;
+}
+
+// nflogOpen(group): a non-blocking socket bound to the group, packets copied up to 64 bytes,
+// each sent at once (queue threshold 1). A group another socket holds fails with EPERM/EBUSY.
+Napi::Value NflogOpen(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint16_t group = static_cast<uint16_t>(info[0].As<Napi::Number>().Uint32Value());
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (fd < 0) return failure(env, "socket", errno);
+  sockaddr_nl sa{};
+  sa.nl_family = AF_NETLINK;
+  if (bind(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) < 0) {
+    int e = errno;
+    close(fd);
+    return failure(env, "bind", e);
+  }
+  timeval tv{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int rcvbuf = 1 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  int one = 1;
+  // A full buffer drops records (counted by the caller as lost), never blocks the kernel.
+  setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one);
+  nfulnl_msg_config_cmd cmd{NFULNL_CFG_CMD_BIND};
+  int r = config(fd, group, NFULA_CFG_CMD, &cmd, sizeof cmd);
+  if (r == 0) {
+    nfulnl_msg_config_mode mode{};
+    mode.copy_range = htonl(64);
+    mode.copy_mode = NFULNL_COPY_PACKET;
+    r = config(fd, group, NFULA_CFG_MODE, &mode, sizeof mode);
+  }
+  if (r == 0) {
+    uint32_t qthresh = htonl(1);
+    r = config(fd, group, NFULA_CFG_QTHRESH, &qthresh, sizeof qthresh);
+  }
+  if (r != 0) {
+    close(fd);
+    return failure(env, "config", -r);
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  return Napi::Number::New(env, fd);
+}
+
+// nflogRead(fd): every record pending, [{ prefix, src, dst, proto, dport }]; stops at EAGAIN.
+Napi::Value NflogRead(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t count = 0;
+  alignas(NLMSG_ALIGNTO) static char buf[65536];
+  for (int rounds = 0; rounds < 64; rounds++) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) break;
+    for (nlmsghdr *h = reinterpret_cast<nlmsghdr *>(buf); NLMSG_OK(h, static_cast<unsigned>(n)); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type != ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) continue;
+      std::string prefix;
+      const unsigned char *payload = nullptr;
+      size_t plen = 0;
+      int alen = static_cast<int>(h->nlmsg_len) - static_cast<int>(NLMSG_SPACE(sizeof(nfgenmsg)));
+      nlattr *a = reinterpret_cast<nlattr *>(reinterpret_cast<char *>(h) + NLMSG_SPACE(sizeof(nfgenmsg)));
+      while (alen >= static_cast<int>(NLA_HDRLEN) && a->nla_len >= NLA_HDRLEN && a->nla_len <= alen) {
+        const char *d = reinterpret_cast<char *>(a) + NLA_HDRLEN;
+        size_t dl = a->nla_len - NLA_HDRLEN;
+        uint16_t t = a->nla_type & NLA_TYPE_MASK;
+        if (t == NFULA_PREFIX) prefix.assign(d, strnlen(d, dl));
+        if (t == NFULA_PAYLOAD) {
+          payload = reinterpret_cast<const unsigned char *>(d);
+          plen = dl;
+        }
+        alen -= NLA_ALIGN(a->nla_len);
+        a = reinterpret_cast<nlattr *>(reinterpret_cast<char *>(a) + NLA_ALIGN(a->nla_len));
+      }
+      if (payload == nullptr || plen < 20 || (payload[0] >> 4) != 4) continue;
+      size_t ihl = (payload[0] & 0xf) * 4;
+      char src[INET_ADDRSTRLEN], dst[INET_ADDRSTRLEN];
+      inet_ntop(AF_INET, payload + 12, src, sizeof src);
+      inet_ntop(AF_INET, payload + 16, dst, sizeof dst);
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("prefix", Napi::String::New(env, prefix));
+      o.Set("src", Napi::String::New(env, src));
+      o.Set("dst", Napi::String::New(env, dst));
+      o.Set("proto", Napi::Number::New(env, payload[9]));
+      if ((payload[9] == 6 || payload[9] == 17) && plen >= ihl + 4) {
+        o.Set("dport", Napi::Number::New(env, (payload[ihl + 2] << 8) | payload[ihl + 3]));
+      } else {
+        o.Set("dport", env.Null());
+      }
+      out.Set(count++, o);
+    }
+  }
+  return out;
+}
+
+// originalDst(fd): where a TCP connection that nftables redirected to hutch's proxy was going
+// (SO_ORIGINAL_DST), { address, port }, or a failure.
+Napi::Value OriginalDst(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  sockaddr_in sa{};
+  socklen_t len = sizeof sa;
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) < 0) return failure(env, "getsockopt", errno);
+  char addr[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &sa.sin_addr, addr, sizeof addr);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("address", Napi::String::New(env, addr));
+  o.Set("port", Napi::Number::New(env, ntohs(sa.sin_port)));
+  return o;
+}
+
+}  // namespace
+
+void InitNflog(Napi::Env env, Napi::Object exports) {
+  exports.Set("nflogOpen", Napi::Function::New(env, NflogOpen));
+  exports.Set("nflogRead", Napi::Function::New(env, NflogRead));
+  exports.Set("originalDst", Napi::Function::New(env, OriginalDst));
+}

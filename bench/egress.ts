@@ -1,0 +1,60 @@
+/**
+ * `node dist/bench/egress.js [connections] [megabytes]`: what egress by name costs, against a
+ * small internet made here (bench/inet.ts: a netns with a DNS and HTTP servers; no other
+ * address is touched). Not asserted anywhere; printed as a table.
+ *   - first connection to a name (a fresh name each time: DNS + connect + one HTTP request,
+ *     curl's time_total inside the sandbox), p50/p90: with `domains` (hutch's resolver, the
+ *     nft set, the Host-reading proxy on port 80) against plain outbound NAT with the same
+ *     upstream resolver written into the sandbox's resolv.conf;
+ *   - a download (default 100 MB) from an allowed name, port 80 (through the proxy) and port
+ *     8080 (the nft set only), against plain NAT.
+ * Needs root, curl. Range 10.218.0.0/24.
+ */
+import { Sandbox } from '../lib/index.js';
+import { settleNetwork } from '../lib/network/index.js';
+import { makeInet } from './inet.js';
+
+const N = Number(process.argv[2] ?? 50);
+const MB = Number(process.argv[3] ?? 100);
+const RANGE = '10.218.0.0/24';
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+const inet = await makeInet(250);
+try {
+  const filtered = await Sandbox.create({ network: { mode: 'bridge', range: RANGE, outbound: 'nat', domains: ['*.bench.example', 'ok.example'], dns: { servers: [inet.dns] } } });
+  const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE, outbound: 'nat' } });
+  await plain.writeFile('/etc/resolv.conf', `nameserver ${inet.dns}\n`);
+  const first: Record<string, number[]> = { domains: [], plain: [] };
+  // Interleaved in rounds of 5, so drift hits both alike.
+  for (let r = 0; r < N; r += 5) {
+    for (const [name, sb] of [['domains', filtered], ['plain', plain]] as const) {
+      const cmd = Array.from({ length: 5 }, (_, i) => `curl -s -o /dev/null -w '%{time_total}\\n' http://${name}-${r + i}.bench.example/`).join('; ');
+      const out = await sb.exec(['sh', '-c', cmd], { encoding: 'utf8' });
+      for (const l of String(out.stdout).trim().split('\n')) first[name]!.push(Number(l) * 1000);
+    }
+  }
+  const dl = async (sb: Sandbox, url: string) => {
+    const out = await sb.exec(['sh', '-c', `curl -s -o /dev/null -w '%{speed_download}' ${url}`], { encoding: 'utf8' });
+    return (Number(out.stdout) * 8) / 1e9; // Gbit/s
+  };
+  const speeds: Record<string, number[]> = { 'domains, port 80 (proxy)': [], 'domains, port 8080 (set)': [], plain: [] };
+  for (let i = 0; i < 3; i++) {
+    speeds['domains, port 80 (proxy)']!.push(await dl(filtered, `http://ok.example/mb/${MB}`));
+    speeds['domains, port 8080 (set)']!.push(await dl(filtered, `http://ok.example:8080/mb/${MB}`));
+    speeds.plain!.push(await dl(plain, `http://${inet.a}:8080/mb/${MB}`));
+  }
+  await filtered.destroy();
+  await plain.destroy();
+  console.log(`| first connection to a fresh name (ms) | p50 | p90 | n |\n|---|---|---|---|`);
+  for (const [k, xs] of Object.entries(first)) console.log(`| ${k} | ${pct(xs, 50).toFixed(2)} | ${pct(xs, 90).toFixed(2)} | ${xs.length} |`);
+  console.log(`\n| ${MB} MB download (Gbit/s, median of 3) | speed | vs plain |\n|---|---|---|`);
+  const base = pct(speeds.plain!, 50);
+  for (const [k, xs] of Object.entries(speeds)) console.log(`| ${k} | ${pct(xs, 50).toFixed(2)} | ${(pct(xs, 50) / base).toFixed(2)}x |`);
+} finally {
+  inet.close();
+  await settleNetwork().catch(() => undefined);
+}

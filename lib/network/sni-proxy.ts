@@ -1,0 +1,170 @@
+/**
+ * The name check of TCP connections on HTTP and TLS ports (80, 443) to admitted addresses:
+ * nftables redirects them (per-sandbox nat chain, nat.ts `proxyScript`) to this proxy on the
+ * link's host address. It reads the first bytes — the TLS ClientHello's SNI, or the HTTP
+ * request's Host — and decides that name by the policy, so a name that is not allowed is
+ * refused (TCP reset, and a violation) even on an address an allowed name shares (CDNs,
+ * virtual hosts). An allowed connection is forwarded to its original destination
+ * (SO_ORIGINAL_DST) with the bytes read so far, then both ways in the kernel (splice on a
+ * thread of the addon, relay.cc): the body never enters JS.
+ *
+ * A connection that names no host (TLS without SNI, HTTP/1.0 without Host) is forwarded: its
+ * address was admitted by an allowed name. What is inside the TLS stream (an HTTP Host that
+ * differs from the SNI: domain fronting) is not seen; docs/network.md says so.
+ */
+import net from 'node:net';
+import { isFailure, native } from '../native.js';
+
+const HELLO_MAX = 16_384;
+const HEAD_MAX = 8_192;
+const FIRST_BYTES_MS = 10_000;
+const MAX_CLIENTS = 1024;
+
+/** The server name of a TLS ClientHello; null: none in it; undefined: need more bytes. */
+export function sniOf(b: Buffer): string | null | undefined {
+  if (b.length < 5) return undefined;
+  if (b[0] !== 0x16) return null;
+  const recLen = b.readUInt16BE(3);
+  if (b.length < 5 + recLen) return b.length >= HELLO_MAX ? null : undefined;
+  let o = 5;
+  if (b[o] !== 1) return null; // not a ClientHello
+  o += 4 + 2 + 32; // handshake header, version, random
+  const end = 5 + recLen;
+  const skip = (lenBytes: 1 | 2): boolean => {
+    if (o + lenBytes > end) return false;
+    o += lenBytes + (lenBytes === 1 ? b[o]! : b.readUInt16BE(o));
+    return o <= end;
+  };
+  if (!skip(1) || !skip(2) || !skip(1)) return null; // session id, cipher suites, compression
+  if (o + 2 > end) return null;
+  const extEnd = Math.min(end, o + 2 + b.readUInt16BE(o));
+  o += 2;
+  while (o + 4 <= extEnd) {
+    const type = b.readUInt16BE(o);
+    const len = b.readUInt16BE(o + 2);
+    o += 4;
+    if (type === 0 && o + 5 <= extEnd) {
+      // server_name list: length(2), type(1) = 0 host_name, length(2), name
+      const nameLen = b.readUInt16BE(o + 3);
+      if (b[o + 2] !== 0 || o + 5 + nameLen > extEnd) return null;
+      return b.toString('latin1', o + 5, o + 5 + nameLen).toLowerCase();
+    }
+    o += len;
+  }
+  return null;
+}
+
+/** The Host of an HTTP request head (port removed); null: none; undefined: need more bytes. */
+export function hostOf(b: Buffer): string | null | undefined {
+  const end = b.indexOf('\r\n\r\n');
+  if (end < 0) return b.length >= HEAD_MAX ? null : undefined;
+  const m = /\r\nhost:[ \t]*([^\r\n]*)/i.exec(b.toString('latin1', 0, end + 2));
+  if (!m) return null;
+  return m[1]!.trim().replace(/:\d+$/, '').replace(/^\[|\]$/g, '').toLowerCase() || null;
+}
+
+let nextRelay = 1;
+
+function fdOf(s: net.Socket): number | null {
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+export interface ProxyHooks {
+  /** true, or the reason the name is refused (may wait for `ask`). */
+  decide(name: string, via: { address: string; port: number }): Promise<true | string>;
+  refused(v: { host: string | null; address: string; port: number; reason: string }): void;
+  /** A `deny` CIDR holds the address (the redirect happens before the forward chain's deny rule). */
+  denied(address: string): boolean;
+}
+
+export class SniProxy {
+  private server: net.Server | null = null;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly relays = new Set<number>();
+  port = 0;
+
+  constructor(
+    private readonly bind: string,
+    private readonly hooks: ProxyHooks,
+  ) {}
+
+  async start(): Promise<number> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.handle(s));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, this.bind, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.port = (server.address() as net.AddressInfo).port;
+    return this.port;
+  }
+
+  close(): void {
+    this.server?.close();
+    this.server = null;
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    for (const id of this.relays) native().relayStop(id);
+  }
+
+  private track(s: net.Socket): void {
+    this.sockets.add(s);
+    s.on('close', () => this.sockets.delete(s));
+    s.on('error', () => undefined);
+  }
+
+  private handle(client: net.Socket): void {
+    if (this.sockets.size >= MAX_CLIENTS * 2) return void client.resetAndDestroy();
+    this.track(client);
+    const fd = fdOf(client);
+    const dst = fd !== null ? native().originalDst(fd) : null;
+    if (dst === null || isFailure(dst) || dst.address === this.bind) return void client.resetAndDestroy();
+    const parse = dst.port === 443 ? sniOf : hostOf;
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => client.resetAndDestroy(), FIRST_BYTES_MS);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      const name = parse(buf);
+      if (name === undefined) return;
+      client.off('data', onData);
+      client.pause();
+      clearTimeout(timer);
+      void this.forward(client, buf, name, dst);
+    };
+    client.on('data', onData);
+    client.on('close', () => clearTimeout(timer));
+  }
+
+  private async forward(client: net.Socket, first: Buffer, name: string | null, dst: { address: string; port: number }): Promise<void> {
+    if (this.hooks.denied(dst.address)) {
+      this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: 'denied' });
+      return void client.resetAndDestroy();
+    }
+    if (name !== null) {
+      const verdict = await this.hooks.decide(name, dst).catch(() => 'not allowed');
+      if (verdict !== true) {
+        this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: verdict });
+        return void client.resetAndDestroy();
+      }
+    }
+    if (client.destroyed) return;
+    const up = net.connect({ port: dst.port, host: dst.address });
+    this.track(up);
+    up.once('error', () => client.resetAndDestroy());
+    up.once('connect', () => {
+      // From here the kernel moves the bytes (splice, addon/relay.cc); Node's handles close.
+      const a = fdOf(client);
+      const b = fdOf(up);
+      if (a === null || b === null) return void (client.resetAndDestroy(), up.resetAndDestroy());
+      const id = nextRelay++;
+      this.relays.add(id);
+      void native().spliceRelay(a, b, first, id).finally(() => this.relays.delete(id));
+      client.destroy();
+      up.destroy();
+    });
+  }
+}
