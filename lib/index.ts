@@ -10,6 +10,7 @@
  */
 export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
 export { SandboxPool, type PoolOptions } from './pool.js';
+export { SandboxTemplate, type TemplateOptions, type TemplateRunOptions } from './template/index.js';
 export { HutchError, type HutchErrorCode } from './errors.js';
 export type { HutchErrorDetails } from './errors.js';
 export { ImageStore } from './image/store.js';

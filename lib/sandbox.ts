@@ -30,6 +30,7 @@ import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImage
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
 import { SandboxFreezer } from './pause.js';
+import type { SandboxTemplate, TemplateOptions } from './template/index.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -286,6 +287,20 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     // rest of the teardown (reaping, cgroup rmdir, releases) finishes off the caller's path.
     inBackground(sb.destroy());
     return result;
+  }
+
+  /**
+   * A template: a warm interpreter (zygote) that forks a fresh, fully isolated sandbox per
+   * task. docs/templates.md.
+   *
+   * @example
+   * ```ts
+   * await using t = await Sandbox.template({ zygote: 'python', preload: ['json'] });
+   * const r = await t.run('python3 -c print(1)', { encoding: 'utf8' });
+   * ```
+   */
+  static async template(options: TemplateOptions): Promise<SandboxTemplate> {
+    return (await import('./template/index.js')).SandboxTemplate.create(options);
   }
 
   /**
