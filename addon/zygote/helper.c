@@ -316,7 +316,7 @@ static ssize_t recv_plan(int fd, void *buf, size_t len) {
 
 /* The task's side (C2): PID 1 of its pid namespace, in its own mount namespace. */
 static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimit *rl, const struct sock_filter *prog,
-                        const char *strings, int in, int out, int err) {
+                        const char *strings, int in, int out, int err, int keep) {
   const char *scratch = strings;
   const char *shm = scratch + strlen(scratch) + 1;
   const char *hostname = shm + strlen(shm) + 1;
@@ -414,14 +414,23 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
   CHECK("session", setsid());
-  /* stdio, then every other fd goes (the zygote's socket, the request socket included). */
-  int fds[3] = {in, out, err};
-  for (int i = 0; i < 3; i++) {
-    int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+  /* stdio on 0-2, `keep` (the request's files, or -1) on 3; every other fd goes but the
+   * request socket, until after seccomp (the zygote's socket, the layer trees...). */
+  int fds[4] = {in, out, err, keep};
+  for (int i = 0; i < 4; i++) {
+    if (fds[i] < 0) continue;
+    int d = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
     CHECK("fds", d);
     fds[i] = d;
   }
-  for (int i = 0; i < 3; i++) CHECK("fds", dup2(fds[i], i));
+  int c = fcntl(ctl, F_DUPFD_CLOEXEC, 10);
+  CHECK("fds", c);
+  ctl = c;
+  for (int i = 0; i < 4; i++)
+    if (fds[i] >= 0) CHECK("fds", dup2(fds[i], i));
+  int first = keep >= 0 ? 4 : 3;
+  if (ctl > first) syscall(SYS_close_range, first, ctl - 1, 0);
+  syscall(SYS_close_range, ctl + 1, ~0U, 0);
   for (uint32_t i = 0; i < pl->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
     CHECK("rlimit", setrlimit((int)rl[i].resource, &lim));
@@ -446,9 +455,7 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   }
   CHECK("capabilities", syscall(SYS_capset, &hdr, data));
   CHECK("no_new_privs", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-  /* Only stdio and the request socket are left; seccomp last, then the last message. */
-  if (ctl > 3) syscall(SYS_close_range, 3, ctl - 1, 0);
-  syscall(SYS_close_range, ctl + 1, ~0U, 0);
+  /* Seccomp last, then the last message. */
   if (pl->seccomp_len > 0) {
     struct sock_fprog fp = {(unsigned short)(pl->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
     CHECK("seccomp", syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp));
@@ -480,11 +487,12 @@ static int send_fd(int ctl, unsigned char kind, int fd) {
 }
 
 /*
- * Called in the zygote's child, right after fork, with the request's socket and the task's
- * stdio. Returns 0 in the task process, isolated and confined; the intermediate process
+ * Called in the zygote's child, right after fork, with the request's socket, the task's
+ * stdio, and one more fd the task keeps as fd 3 (or -1): the built-in zygotes read the
+ * request's files from it. Returns 0 in the task process, isolated and confined; the intermediate process
  * never returns. The zygote must have closed its own copy of these fds in the parent.
  */
-int hutch_zygote_enter(int ctl, int in, int out, int err) {
+int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   /* 1. Who we are, as the host sees it: a pidfd of ourselves (its fdinfo names our host pid). */
   int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
   if (self < 0) fail(ctl, "pidfd", errno);
@@ -510,7 +518,7 @@ int hutch_zygote_enter(int ctl, int in, int out, int err) {
   pid_t task = fork();
   CHECK("fork", task);
   if (task == 0) {
-    become_task(ctl, pl, rl, prog, strings, in, out, err);
+    become_task(ctl, pl, rl, prog, strings, in, out, err, keep);
     return 0;
   }
   /* 4. C1: no task code runs here. Tell the host which process is the task's PID 1 (it makes
@@ -527,6 +535,7 @@ int hutch_zygote_enter(int ctl, int in, int out, int err) {
   close(in);
   close(out);
   close(err);
+  if (keep >= 0) close(keep);
   int status = 0;
   pid_t w;
   do w = waitpid(task, &status, 0); while (w < 0 && errno == EINTR);

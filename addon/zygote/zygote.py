@@ -24,28 +24,36 @@ def _preload(names):
             importlib.import_module(name)
 
 
-def _write_files(files):
-    """Files of the request ({path: base64}), written as the task's user before it starts."""
-    import base64
-    for path, b64 in files.items():
+def _write_files(files, fd):
+    """The request's files: [[path, size], ...] in order, their bytes one after another on fd."""
+    for path, size in files:
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.read(fd, min(1 << 20, size - len(data)))
+            if not chunk:
+                raise EOFError('the files of the request ended early')
+            data += chunk
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
         with open(path, 'wb') as f:
-            f.write(base64.b64decode(b64))
+            f.write(data)
+        if data[:2] == b'#!' or data[:4] == b'\x7fELF':
+            os.chmod(path, 0o755)  # a script or a program: runnable, as the task expects
+    os.close(fd)
 
 
 PY_FLAGS = set('uBEsSIOqdv')
 
 
-def _run_task(req):
+def _run_task(req, files_fd):
     """In the task process (PID 1 of its own sandbox). Never returns."""
     code = 0
     try:
         os.environ.clear()
         os.environ.update(req['env'])
+        _write_files(req['files'], files_fd)
         os.chdir(req['cwd'])
-        _write_files(req.get('files', {}))
         argv = req['argv']
         name = os.path.basename(argv[0])
         if not (name == 'python' or name.startswith('python3')):
@@ -98,7 +106,7 @@ def _run_task(req):
 
 def main():
     lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
-    lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 4
+    lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
     lib.hutch_zygote_enter.restype = ctypes.c_int
     _preload(sys.argv[1:])
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
@@ -110,7 +118,7 @@ def main():
     if not hello:
         return
     theirs.close()  # the host holds its copy now: its end closing ends us
-    fdsize = socket.CMSG_SPACE(4 * 4)
+    fdsize = socket.CMSG_SPACE(5 * 4)
     while True:
         try:
             msg, anc, _flags, _addr = ours.recvmsg(1 << 20, fdsize)
@@ -122,7 +130,7 @@ def main():
         for level, typ, data in anc:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 fds += list(memoryview(data).cast('i'))
-        if len(fds) != 4:
+        if len(fds) != 5:
             for fd in fds:
                 os.close(fd)
             continue
@@ -132,7 +140,7 @@ def main():
             ours.close()
             if lib.hutch_zygote_enter(*fds) != 0:
                 os._exit(125)
-            _run_task(req)
+            _run_task(req, 3)  # the files pipe, on fd 3 now
         for fd in fds:
             os.close(fd)
 

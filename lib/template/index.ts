@@ -345,12 +345,13 @@ export class SandboxTemplate {
     const { files, ...execOptions } = options ?? {};
     const o = resolveExecOptions(execOptions, 'exec');
     const argv = typeof command === 'string' && !/[^\w\s./=,:@%+-]/.test(command) && command.trim() !== '' ? command.trim().split(/\s+/) : resolveCommand('command', command);
-    const fileMap: Record<string, string> = {};
+    const fileMap: [string, Buffer][] = [];
     if (files !== undefined) {
       if (typeof files !== 'object' || files === null) throw invalid('files', 'an object of path -> string | Uint8Array', files);
       for (const [p, d] of Object.entries(files)) {
+        checkInsidePath(`files[${JSON.stringify(p)}]`, p);
         if (typeof d !== 'string' && !(d instanceof Uint8Array)) throw invalid(`files[${JSON.stringify(p)}]`, 'a string or Uint8Array', d);
-        fileMap[p] = Buffer.from(d).toString('base64');
+        fileMap.push([p, Buffer.from(d)]);
       }
     }
     const p = this.runFork(argv, o, fileMap);
@@ -362,7 +363,7 @@ export class SandboxTemplate {
     }
   }
 
-  private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: Record<string, string>): Promise<ExecResult> {
+  private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
     const z = await this.ensureZygote();
     const n = native();
@@ -389,12 +390,13 @@ export class SandboxTemplate {
       const pin = mk(false);
       const pout = mk(true);
       const perr = mk(true);
+      const pfiles = mk(false);
       const cwd = o.cwd ?? this.defaultCwd;
       const env = { ...this.baseEnv, ...o.env };
-      const req = Buffer.from(JSON.stringify({ argv, env, cwd, files }));
-      const sent = n.send(z.sock, req, [sp[1], pin[0], pout[1], perr[1]]);
+      const req = Buffer.from(JSON.stringify({ argv, env, cwd, files: files.map(([p, d]) => [p, d.length]) }));
+      const sent = n.send(z.sock, req, [sp[1], pin[0], pout[1], perr[1], pfiles[0]]);
       if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
-      for (const fd of [sp[1], pin[0], pout[1], perr[1]]) {
+      for (const fd of [sp[1], pin[0], pout[1], perr[1], pfiles[0]]) {
         n.close(fd);
         fds.splice(fds.indexOf(fd), 1);
       }
@@ -402,6 +404,9 @@ export class SandboxTemplate {
       const stdinFd = pin[1];
       fds.splice(fds.indexOf(stdinFd), 1);
       void this.feedStdin(stdinFd, o.stdin);
+      // The files, one after another on their own pipe (the zygote reads them by size).
+      fds.splice(fds.indexOf(pfiles[1]), 1);
+      void this.feedStdin(pfiles[1], files.length > 0 ? Buffer.concat(files.map(([, d]) => d)) : undefined);
       const cap = limits.outputBytes;
       const out: Buffer[] = [];
       const errb: Buffer[] = [];
@@ -457,7 +462,7 @@ export class SandboxTemplate {
             if (m === undefined) return;
             if (m === null || isFailure(m)) {
               w.close();
-              if (status === null && !setupErr) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${z.dead ? ` ${z.why}` : ''})`, { step: 'zygote' });
+              if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${z.dead ? ` ${z.why}` : ''})`, { step: 'zygote' });
               resolve();
               return;
             }
@@ -520,9 +525,11 @@ export class SandboxTemplate {
       await pipesClosed;
       if (timer) clearTimeout(timer);
       o.signal?.removeEventListener('abort', onAbort);
-      if (setupErr) throw setupErr;
+      // A fork this side killed (timeout, output cap, abort, close) ends with that reason,
+      // even when it died before it could report.
+      if (setupErr && reason === null) throw setupErr;
       const u = cg.usage();
-      const st = status ?? 0;
+      const st = status ?? 9;
       const sig = st & 0x7f;
       const exitCode = sig === 0 ? (st >> 8) & 0xff : null;
       const signal = sig === 0 ? null : signalName(sig);
