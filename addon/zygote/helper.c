@@ -139,6 +139,27 @@ static int listed(const char *list, const char *s) {
   return 0;
 }
 
+/* Makes `path` (absolute) beneath the new root: missing directories, the last one a file
+ * unless `dir`; each made in its parent as resolved inside the root. Errors show later. */
+static void make_path(int root, char *path, int dir) {
+  for (char *s = path + 1;; s++) {
+    if (*s != '/' && *s != 0) continue;
+    char saved = *s;
+    *s = 0;
+    char *slash = strrchr(path, '/');
+    *slash = 0;
+    int parent = open_in(root, slash == path ? "/" : path, O_PATH | O_DIRECTORY);
+    *slash = '/';
+    if (parent >= 0) {
+      if (saved == 0 && !dir) close(openat(parent, slash + 1, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644));
+      else mkdirat(parent, slash + 1, 0755);
+      close(parent);
+    }
+    *s = saved;
+    if (saved == 0) break;
+  }
+}
+
 /* The template's own mounts directly on its root (host dirs, volumes), carried onto the new
  * root with what is below them; not /proc and /dev (made anew) nor the skipped paths. */
 static int read_mountinfo(void) {
@@ -184,8 +205,7 @@ static int carry_mounts(int root, const char *skip, const char **where) {
           struct stat st;
           int t = open_in(root, mp, O_PATH);
           if (t < 0 && errno == ENOENT && fstat(tree, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) mkdirat(root, mp + 1, 0755);
-            else close(openat(root, mp + 1, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644));
+            make_path(root, mp, S_ISDIR(st.st_mode));
             t = open_in(root, mp, O_PATH);
           }
           int r = t < 0 ? -1 : move_onto(tree, t);
@@ -400,6 +420,8 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     close(t);
     close(layer_fds[0]);
   }
+  /* The host moved us into our cgroup before it sent proc: our cgroup namespace starts there. */
+  CHECK("unshare", unshare(CLONE_NEWCGROUP));
   if (mask_and_readonly(root, masked, ro, &where) < 0) fail(ctl, where, errno);
   CHECK("pivot", fchdir(root));
   CHECK("pivot", syscall(SYS_pivot_root, ".", "."));
@@ -465,24 +487,24 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   close(ctl);
 }
 
-/* A one-byte message with one fd. */
-static int send_fd(int ctl, unsigned char kind, int fd) {
+/* A one-byte message with n fds. */
+static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
   struct iovec iov = {&kind, 1};
   struct msghdr msg;
   memset(&msg, 0, sizeof msg);
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   union {
-    char buf[CMSG_SPACE(sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(int) * 2)];
     struct cmsghdr align;
   } c;
   msg.msg_control = c.buf;
-  msg.msg_controllen = sizeof c.buf;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
   struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
   h->cmsg_level = SOL_SOCKET;
   h->cmsg_type = SCM_RIGHTS;
-  h->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(h), &fd, sizeof(int));
+  h->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  memcpy(CMSG_DATA(h), fds, sizeof(int) * n);
   return sendmsg(ctl, &msg, MSG_NOSIGNAL) < 0 ? -1 : 0;
 }
 
@@ -493,12 +515,7 @@ static int send_fd(int ctl, unsigned char kind, int fd) {
  * never returns. The zygote must have closed its own copy of these fds in the parent.
  */
 int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
-  /* 1. Who we are, as the host sees it: a pidfd of ourselves (its fdinfo names our host pid). */
-  int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
-  if (self < 0) fail(ctl, "pidfd", errno);
-  if (send_fd(ctl, 'P', self) < 0) fail(ctl, "request", errno);
-  close(self);
-  /* 2. The plan: sent once the host has moved us into this fork's cgroup. */
+  /* 1. The plan and the image's layers: the host sends them with the request. */
   ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
   if (n <= 0) _exit(125); /* the host gave up on this request */
   const struct hz_plan *pl = (const struct hz_plan *)planbuf;
@@ -509,28 +526,30 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   const struct hz_rlimit *rl = (const struct hz_rlimit *)(planbuf + sizeof *pl);
   const struct sock_filter *prog = (const struct sock_filter *)((const unsigned char *)rl + pl->nrlimits * sizeof *rl);
   const char *strings = (const char *)prog + pl->seccomp_len;
-  /* 3. New namespaces; the cgroup one now that we are in our own cgroup. */
+  /* 2. New namespaces (the cgroup one later, in the task, once the host has moved it into
+   * this fork's cgroup), and the task's process: PID 1 of the new pid namespace. */
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &dfl, NULL);
-  CHECK("unshare", unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID | CLONE_NEWCGROUP));
+  CHECK("unshare", unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID));
   pid_t task = fork();
   CHECK("fork", task);
   if (task == 0) {
     become_task(ctl, pl, rl, prog, strings, in, out, err, keep);
     return 0;
   }
-  /* 4. C1: no task code runs here. Tell the host which process is the task's PID 1 (it makes
-   * that namespace's proc), report how the task ended, then go. */
+  /* 3. C1: no task code runs here. Both pidfds to the host, which moves both processes into
+   * the fork's cgroup and makes the task's proc while the task sets up its mounts; then how
+   * the task ended; then go. */
   {
-    int tfd = (int)syscall(SYS_pidfd_open, task, 0);
-    if (tfd < 0) {
+    int pf[2] = {(int)syscall(SYS_pidfd_open, getpid(), 0), (int)syscall(SYS_pidfd_open, task, 0)};
+    if (pf[0] < 0 || pf[1] < 0 || send_fds(ctl, 'P', pf, 2) < 0) {
       kill(task, SIGKILL);
       fail(ctl, "pidfd", errno);
     }
-    if (send_fd(ctl, 'Q', tfd) < 0) kill(task, SIGKILL);
-    close(tfd);
+    close(pf[0]);
+    close(pf[1]);
   }
   close(in);
   close(out);

@@ -108,7 +108,11 @@ def main():
     lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
     lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
     lib.hutch_zygote_enter.restype = ctypes.c_int
+    import atexit, runpy, traceback  # what every task uses: imported once, here
     _preload(sys.argv[1:])
+    import gc
+    gc.collect()
+    gc.freeze()  # the preload's objects stay out of every later collection: no COW copies of them
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     os.set_inheritable(theirs.fileno(), True)

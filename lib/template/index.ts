@@ -29,6 +29,7 @@ import {
 } from '../options.js';
 import type { ExecResult, ResourceUsage, SandboxProcess } from '../process.js';
 import { encodePlan } from './plan.js';
+import { Trace } from '../trace.js';
 
 /** Options of {@link Sandbox.template}: a sandbox's options plus the zygote's. */
 export interface TemplateOptions extends SandboxOptions {
@@ -183,7 +184,7 @@ export class SandboxTemplate {
     const image = await resolveCached(t.store, opts.image);
     t.imageId = image.image.id;
     t.zygoteEnv = { HUTCH_ZYGOTE_LIB: `${ZDIR}/libhutch-zygote.so`, HUTCH_ZYGOTE_PRELOAD: JSON.stringify(preload) };
-    t.zygoteArgv = zygote === 'python' ? ['python3', '-I', `${ZDIR}/zygote.py`, ...preload] : zygote;
+    t.zygoteArgv = zygote === 'python' ? ['python3', `${ZDIR}/zygote.py`, ...preload] : zygote;
     // The template sandbox: the zygote needs the capabilities and syscalls of the fork-time
     // steps (unshare, mount, pivot_root); no task code ever runs in it. Each fork drops to
     // the template's own capabilities and seccomp before its task starts.
@@ -236,7 +237,8 @@ export class SandboxTemplate {
   private async startZygote(): Promise<Zygote> {
     const sb = this.sandbox;
     if (sb.state === 'destroyed') throw new HutchError('EDESTROYED', 'the template sandbox is gone (its init ended); create a new template');
-    const proc = sb.spawn(this.zygoteArgv, { env: this.zygoteEnv });
+    // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
+    const proc = sb.spawn(this.zygoteArgv, { env: { ...this.baseEnv, ...this.zygoteEnv } });
     let out = '';
     let err = '';
     proc.stderr.on('data', (d: Buffer) => {
@@ -370,7 +372,9 @@ export class SandboxTemplate {
     const t = tn();
     const id = randomBytes(6).toString('hex');
     const started = Date.now();
+    const tr = new Trace('template-run');
     await this.store.markInUse(this.imageId, id);
+    tr.mark('record');
     let cgroup: SandboxCgroup | null = null;
     const fds: number[] = [];
     const watches: Watch[] = [];
@@ -378,6 +382,7 @@ export class SandboxTemplate {
     let removeKiller = (): unknown => undefined;
     try {
       cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
+      tr.mark('cgroup');
       const sp = t.socketPair();
       if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
       fds.push(sp[0], sp[1]);
@@ -396,6 +401,21 @@ export class SandboxTemplate {
       const req = Buffer.from(JSON.stringify({ argv, env, cwd, files: files.map(([p, d]) => [p, d.length]) }));
       const sent = n.send(z.sock, req, [sp[1], pin[0], pout[1], perr[1], pfiles[0]]);
       if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
+      // The plan and the image's layers (trees cloned for this fork alone, idmapped like the
+      // template's) follow at once on the fork's own socket: the fork reads them first.
+      const trees: number[] = [];
+      try {
+        for (const hex of this.layers.lowerdirs) {
+          const tree = n.openTree(join(this.layers.dir, hex), true, this.layers.userns ?? undefined);
+          if (isFailure(tree)) throw fail('layers', tree.errno, hex);
+          trees.push(tree.fd);
+        }
+        const s = t.sendFds(sp[0], this.plan, trees);
+        if (isFailure(s)) throw fail('plan', s.errno, 'send');
+      } finally {
+        for (const fd of trees) n.close(fd);
+      }
+      tr.mark('request');
       for (const fd of [sp[1], pin[0], pout[1], perr[1], pfiles[0]]) {
         n.close(fd);
         fds.splice(fds.indexOf(fd), 1);
@@ -467,37 +487,22 @@ export class SandboxTemplate {
               return;
             }
             const kind = String.fromCharCode(m.data[0] ?? 0);
-            if (kind === 'P' && m.fds.length === 1) {
+            tr.mark(`got-${kind}`);
+            if (kind === 'P' && m.fds.length === 2) {
+              // The fork's two processes: into its cgroup, then the task's proc (helper.c says why).
               c1pidfd = m.fds[0]!;
-              const hostPid = fdinfoPid(c1pidfd);
+              const taskfd = m.fds[1]!;
               try {
-                for (const dir of cg.dirs) writeFileSync(join(dir, 'cgroup.procs'), String(hostPid));
+                const pids = [fdinfoPid(c1pidfd), fdinfoPid(taskfd)];
+                for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
               } catch (e) {
+                n.close(taskfd);
                 setupErr = new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
                 cg.kill();
                 continue;
               }
-              // The image's layers, as trees cloned for this fork alone (idmapped like the template's).
-              const trees: number[] = [];
-              try {
-                for (const hex of this.layers.lowerdirs) {
-                  const tr = n.openTree(join(this.layers.dir, hex), true, this.layers.userns ?? undefined);
-                  if (isFailure(tr)) throw fail('layers', tr.errno, hex);
-                  trees.push(tr.fd);
-                }
-                const s = t.sendFds(ctl, this.plan, trees);
-                if (isFailure(s)) throw fail('plan', s.errno, 'send');
-              } catch (e) {
-                setupErr = e as HutchError;
-                cg.kill();
-              } finally {
-                for (const fd of trees) n.close(fd);
-              }
-            } else if (kind === 'Q' && m.fds.length === 1) {
-              // The task's PID 1: a proc of its namespace, made here (helper.c says why).
-              const pfd = m.fds[0]!;
-              const proc = t.procFor(pfd);
-              n.close(pfd);
+              const proc = t.procFor(taskfd);
+              n.close(taskfd);
               if (isFailure(proc)) {
                 setupErr = fail('proc', proc.errno, 'host');
                 cg.kill();
@@ -520,9 +525,12 @@ export class SandboxTemplate {
       const onAbort = (): void => killAll('killed');
       o.signal?.addEventListener('abort', onAbort, { once: true });
       await ended;
+      tr.mark('ended');
       // The task (PID 1 of its namespace) is gone: whatever it left behind goes with the cgroup.
       cg.kill();
       await pipesClosed;
+      tr.mark('pipes');
+      tr.end();
       if (timer) clearTimeout(timer);
       o.signal?.removeEventListener('abort', onAbort);
       // A fork this side killed (timeout, output cap, abort, close) ends with that reason,
