@@ -303,6 +303,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return (await import('./template/index.js')).SandboxTemplate.create(options);
   }
 
+  /** @internal A sandbox whose init a template's fork started (lib/template): watched and used like any other. */
+  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: Spawned, cgroup: SandboxCgroup, ids: SandboxIds): Sandbox {
+    const sb = new Sandbox(id, opts, store, image, spawned, cgroup, compileSeccomp(opts.seccomp, { capabilities: opts.capabilities }));
+    sb.ids = ids;
+    sb.watch();
+    return sb;
+  }
+
   /**
    * Waits until every sandbox that {@link Sandbox.run} has finished with is torn down (its
    * processes were killed before `run` resolved; the cgroup, writable layer, id range and

@@ -147,6 +147,30 @@ describe.skipIf(skip)('templates: isolation', () => {
     }
   });
 
+  it('fork() gives a Sandbox like any other: its own namespaces, exec, files, stats, destroy; probes as a fresh one', async () => {
+    const a = await t.fork();
+    const b = await t.fork();
+    try {
+      const ns = async (sb: Sandbox): Promise<string> => String((await sb.exec(`for n in ${NS.join(' ')}; do readlink /proc/self/ns/$n; done`, { encoding: 'utf8' })).stdout);
+      const [na, nb] = [await ns(a), await ns(b)];
+      for (const [x, y] of na.trim().split('\n').map((l, i) => [l, nb.trim().split('\n')[i]])) expect(x).not.toBe(y);
+      await a.writeFile('/tmp/only-a', 'a');
+      await expect(b.readFile('/tmp/only-a')).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(String(await a.readFile('/tmp/only-a'))).toBe('a');
+      expect((await a.exec('echo $$', { encoding: 'utf8' })).stdout).not.toBe('1\n');
+      expect((await a.stats()).pids).toBeGreaterThan(0);
+      await installProbe(a);
+      expect(await probe(a, ['mount'])).toBe('refused EPERM');
+      expect(await probe(a, ['unshare', 'user'])).toBe('refused EPERM');
+      expect(await probe(a, ['ptrace', '1'])).toMatch(/^refused/);
+    } finally {
+      await a.destroy();
+      await b.destroy();
+    }
+    expect(gone(a.pid)).toBe(true);
+    await expect(a.exec('true')).rejects.toMatchObject({ code: 'EDESTROYED' });
+  });
+
   it('recreates a zygote that was killed, and runs on', async () => {
     const z = t.zygoteProcess!;
     z.kill('SIGKILL');

@@ -53,7 +53,7 @@ struct hz_plan {
   uint32_t seccomp_len; /* bytes of struct sock_filter */
   uint32_t strings_len;
   uint32_t readonly_root;
-  uint32_t pad;
+  uint32_t as_init; /* fork(): the task is hutch's init (the last fd is its binary) */
   /* then nrlimits x {u32 resource, u32 pad, u64 soft, u64 hard}, the seccomp program, and
    * strings: scratch size, shm size, hostname, then masked, read-only and skipped mount
    * paths, each list ended by an empty string. */
@@ -298,7 +298,7 @@ static int mask_and_readonly(int root, const char *masked, const char *ro, const
 
 #define HZ_MAX_LAYERS 128
 static int layer_fds[HZ_MAX_LAYERS];
-static int nlayers;
+static int nlayers, nlayers_total;
 
 /* One message and the fds that came with it (the image's layers, as detached trees). */
 /* "l<i>": where layer i is attached in the scratch fs. */
@@ -428,7 +428,7 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   CHECK("pivot", umount2(".", MNT_DETACH));
   CHECK("pivot", chdir("/"));
   close(root);
-  close(sfd);
+  if (!pl->as_init) close(sfd); /* init holds it as fd 4 (commit reads the upper dir there) */
   if (pl->readonly_root) {
     struct mount_attr a;
     memset(&a, 0, sizeof a);
@@ -436,6 +436,35 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
   CHECK("session", setsid());
+  if (pl->as_init) {
+    /* A Sandbox's init (SandboxTemplate.fork): its control socket on 3 (the request's stdin
+     * fd), the writable layer's tmpfs on 4, the setup pipe on 5 (the request's stdout fd);
+     * init applies credentials, capabilities, rlimits and seccomp to each exec itself. */
+    int initbin = layer_fds[nlayers_total - 1];
+    int want[3] = {in, sfd, out};
+    for (int i = 0; i < 3; i++) {
+      int d = fcntl(want[i], F_DUPFD_CLOEXEC, 20);
+      CHECK("fds", d);
+      want[i] = d;
+    }
+    int bin = fcntl(initbin, F_DUPFD_CLOEXEC, 20);
+    CHECK("fds", bin);
+    int c = fcntl(ctl, F_DUPFD_CLOEXEC, 20); /* out of the way of 3-5 */
+    CHECK("fds", c);
+    ctl = c;
+    for (int i = 0; i < 3; i++) CHECK("fds", dup2(want[i], 3 + i));
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+    CHECK("fds", nul);
+    for (int i = 0; i < 3; i++) CHECK("fds", dup2(nul, i));
+    unsigned char ok = 'S';
+    send(ctl, &ok, 1, MSG_NOSIGNAL);
+    if (bin > 6) syscall(SYS_close_range, 6, bin - 1, 0);
+    syscall(SYS_close_range, bin + 1, ~0U, 0);
+    static char *const argv[] = {"hutch-init", NULL};
+    static char *const envp[] = {NULL};
+    syscall(SYS_execveat, bin, "", argv, envp, AT_EMPTY_PATH);
+    _exit(127);
+  }
   /* stdio on 0-2, `keep` (the request's files, or -1) on 3; every other fd goes but the
    * request socket, until after seccomp (the zygote's socket, the layer trees...). */
   int fds[4] = {in, out, err, keep};
@@ -521,8 +550,10 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   const struct hz_plan *pl = (const struct hz_plan *)planbuf;
   if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
       (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
-      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers == 0)
+      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
     fail(ctl, "plan", EINVAL);
+  nlayers_total = nlayers;
+  if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
   const struct hz_rlimit *rl = (const struct hz_rlimit *)(planbuf + sizeof *pl);
   const struct sock_filter *prog = (const struct sock_filter *)((const unsigned char *)rl + pl->nrlimits * sizeof *rl);
   const char *strings = (const char *)prog + pl->seccomp_len;

@@ -10,7 +10,7 @@
  * and the teardown (cgroup.kill, rmdir).
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,7 @@ import {
 import type { ExecResult, ResourceUsage, SandboxProcess } from '../process.js';
 import { encodePlan } from './plan.js';
 import { Trace } from '../trace.js';
+import { waitSetup } from '../spawn.js';
 
 /** Options of {@link Sandbox.template}: a sandbox's options plus the zygote's. */
 export interface TemplateOptions extends SandboxOptions {
@@ -150,12 +151,15 @@ export class SandboxTemplate {
   private readonly live = new Set<Promise<unknown>>();
   private readonly kills = new Set<() => void>();
   private plan!: Buffer;
+  private initPlan!: Buffer;
+  private resolved!: Awaited<ReturnType<typeof resolveCached>>;
   private baseEnv!: Record<string, string>;
   private defaultCwd = '/';
   private zygoteArgv!: string[];
   private zygoteEnv!: Record<string, string>;
   private store!: ImageStore;
   private imageId!: string;
+  private helperLib!: string;
   private layers!: { dir: string; lowerdirs: string[]; userns: number | null };
 
   private constructor(
@@ -198,6 +202,7 @@ export class SandboxTemplate {
         { source: files.python, target: `${ZDIR}/zygote.py`, readonly: true },
       ],
     });
+    t.helperLib = files.lib;
     t.layers = { dir: image.layersDir, lowerdirs: image.lowerdirs, userns: t.sandbox.ids.layersUserns };
     try {
       const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
@@ -211,7 +216,7 @@ export class SandboxTemplate {
       }
       env.PATH ??= '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
       t.baseEnv = { ...env, ...opts.env };
-      t.plan = encodePlan({
+      const planOpts = {
         uid: user.uid,
         gid: user.gid,
         caps: capabilityMask(opts.capabilities),
@@ -224,7 +229,10 @@ export class SandboxTemplate {
         readonly: READONLY,
         skip: [`${ZDIR}/libhutch-zygote.so`, `${ZDIR}/zygote.py`, ...(opts.mounts.length === 0 ? [] : [])],
         readonlyRoot: opts.readonlyRootfs,
-      });
+      };
+      t.plan = encodePlan(planOpts);
+      t.initPlan = encodePlan({ ...planOpts, asInit: true });
+      t.resolved = image;
       await t.ensureZygote();
     } catch (e) {
       await t.sandbox.destroy().catch(() => undefined);
@@ -401,20 +409,7 @@ export class SandboxTemplate {
       const req = Buffer.from(JSON.stringify({ argv, env, cwd, files: files.map(([p, d]) => [p, d.length]) }));
       const sent = n.send(z.sock, req, [sp[1], pin[0], pout[1], perr[1], pfiles[0]]);
       if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
-      // The plan and the image's layers (trees cloned for this fork alone, idmapped like the
-      // template's) follow at once on the fork's own socket: the fork reads them first.
-      const trees: number[] = [];
-      try {
-        for (const hex of this.layers.lowerdirs) {
-          const tree = n.openTree(join(this.layers.dir, hex), true, this.layers.userns ?? undefined);
-          if (isFailure(tree)) throw fail('layers', tree.errno, hex);
-          trees.push(tree.fd);
-        }
-        const s = t.sendFds(sp[0], this.plan, trees);
-        if (isFailure(s)) throw fail('plan', s.errno, 'send');
-      } finally {
-        for (const fd of trees) n.close(fd);
-      }
+      this.sendPlan(sp[0], this.plan, []);
       tr.mark('request');
       for (const fd of [sp[1], pin[0], pout[1], perr[1], pfiles[0]]) {
         n.close(fd);
@@ -489,28 +484,12 @@ export class SandboxTemplate {
             const kind = String.fromCharCode(m.data[0] ?? 0);
             tr.mark(`got-${kind}`);
             if (kind === 'P' && m.fds.length === 2) {
-              // The fork's two processes: into its cgroup, then the task's proc (helper.c says why).
               c1pidfd = m.fds[0]!;
-              const taskfd = m.fds[1]!;
               try {
-                const pids = [fdinfoPid(c1pidfd), fdinfoPid(taskfd)];
-                for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+                this.placeFork(ctl, m.fds, cg, false);
               } catch (e) {
-                n.close(taskfd);
-                setupErr = new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
-                cg.kill();
-                continue;
+                setupErr = e as HutchError;
               }
-              const proc = t.procFor(taskfd);
-              n.close(taskfd);
-              if (isFailure(proc)) {
-                setupErr = fail('proc', proc.errno, 'host');
-                cg.kill();
-                continue;
-              }
-              const s = t.sendFds(ctl, Buffer.from('M'), [proc]);
-              n.close(proc);
-              if (isFailure(s)) setupErr = fail('proc', s.errno, 'send');
             } else {
               for (const fd of m.fds) n.close(fd);
               if (kind === 'E') setupErr = fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork');
@@ -571,6 +550,55 @@ export class SandboxTemplate {
     }
   }
 
+  /**
+   * The plan and the image's layers (trees cloned for this fork alone, idmapped like the
+   * template's), and `extra` fds after them, on the fork's own socket: the fork reads them first.
+   */
+  private sendPlan(sock: number, plan: Buffer, extra: number[]): void {
+    const n = native();
+    const trees: number[] = [];
+    try {
+      for (const hex of this.layers.lowerdirs) {
+        const tree = n.openTree(join(this.layers.dir, hex), true, this.layers.userns ?? undefined);
+        if (isFailure(tree)) throw fail('layers', tree.errno, hex);
+        trees.push(tree.fd);
+      }
+      const s = tn().sendFds(sock, plan, [...trees, ...extra]);
+      if (isFailure(s)) throw fail('plan', s.errno, 'send');
+    } finally {
+      for (const fd of trees) n.close(fd);
+    }
+  }
+
+  /**
+   * The fork's 'P' message (its two processes' pidfds): both into the fork's cgroup, then a
+   * proc of the task's pid namespace sent back (helper.c says why). Returns the task's host
+   * pid and keeps its pidfd when `keepTask`; throws HutchError (the cgroup killed).
+   */
+  private placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
+    const n = native();
+    const taskfd = fds[1]!;
+    try {
+      const pids = [fdinfoPid(fds[0]!), fdinfoPid(taskfd)];
+      try {
+        for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+      } catch (e) {
+        throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
+      }
+      const proc = tn().procFor(taskfd);
+      if (isFailure(proc)) throw fail('proc', proc.errno, 'host');
+      const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
+      n.close(proc);
+      if (isFailure(s)) throw fail('proc', s.errno, 'send');
+      return { pid: pids[1]!, pidfd: keepTask ? taskfd : -1 };
+    } catch (e) {
+      cg.kill();
+      throw e;
+    } finally {
+      if (!keepTask) n.close(taskfd);
+    }
+  }
+
   private async feedStdin(fd: number, stdin: ReturnType<typeof resolveExecOptions>['stdin']): Promise<void> {
     const { createWriteStream } = await import('node:fs');
     const w = createWriteStream('', { fd, autoClose: true });
@@ -580,10 +608,93 @@ export class SandboxTemplate {
     (stdin as NodeJS.ReadableStream).pipe(w);
   }
 
-  /** Not built yet: EUNSUPPORTED (docs/templates.md, "fork"). */
+  /**
+   * A fresh sandbox forked from the template, whose PID 1 is hutch's init: a Sandbox like any
+   * other (exec, spawn, files, stats, commit, destroy, events) that skipped the clone and
+   * image setup of a cold create. Its execs start new processes (the zygote's warm interpreter
+   * serves run(), not a fork's execs). The caller destroys it.
+   *
+   * @throws HutchError `EDESTROYED` (closed), `ESETUP` (the fork's setup failed).
+   */
   async fork(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
-    throw new HutchError('EUNSUPPORTED', 'SandboxTemplate.fork() is not built yet: use run(), or Sandbox.create for a long-lived sandbox');
+    const z = await this.ensureZygote();
+    const n = native();
+    const t = tn();
+    const id = randomBytes(6).toString('hex');
+    await this.store.markInUse(this.imageId, id);
+    const fds: number[] = [];
+    const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
+      if (isFailure(r)) throw fail('fds', r.errno, what);
+      fds.push(r[0], r[1]);
+      return r;
+    };
+    let cgroup: SandboxCgroup | null = null;
+    let spawned: { pid: number; pidfd: number; ctlFd: number; errFd: number } | null = null;
+    let c1 = -1;
+    let w: Watch | undefined;
+    try {
+      cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
+      const cg = cgroup;
+      const req = keep(t.socketPair(), 'socketpair');
+      const ctl = keep(t.socketPair(), 'socketpair');
+      const ready = keep(n.pipe(true), 'pipe');
+      const none = keep(n.pipe(false), 'pipe');
+      const bin = openSync(join(dirname(this.helperLib), 'hutch-init'), fsc.O_RDONLY);
+      fds.push(bin);
+      const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), [req[1], ctl[1], ready[1], none[1], none[0]]);
+      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
+      this.sendPlan(req[0], this.initPlan, [bin]);
+      for (const fd of [req[1], ctl[1], ready[1], none[1], none[0], bin]) {
+        n.close(fd);
+        fds.splice(fds.indexOf(fd), 1);
+      }
+      const sock = req[0];
+      const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
+        let got: { pid: number; pidfd: number } | null = null;
+        w = new n.Watch(sock, () => {
+          for (;;) {
+            const m = t.recvFds(sock);
+            if (m === undefined) return;
+            if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
+            const kind = String.fromCharCode(m.data[0] ?? 0);
+            if (kind === 'P' && m.fds.length === 2) {
+              c1 = m.fds[0]!;
+              try {
+                got = this.placeFork(sock, m.fds, cg, true);
+              } catch (e) {
+                return reject(e);
+              }
+            } else {
+              for (const fd of m.fds) n.close(fd);
+              if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+              if (kind === 'S' && got) return resolve(got);
+            }
+          }
+        });
+      });
+      spawned = { pid: placed.pid, pidfd: placed.pidfd, ctlFd: ctl[0], errFd: ready[0] };
+      fds.splice(fds.indexOf(ctl[0]), 1);
+      fds.splice(fds.indexOf(ready[0]), 1);
+      const setup = await waitSetup(spawned);
+      n.close(spawned.errFd);
+      if (setup) throw fail('exec_init', setup.errno, 'init did not start');
+      const sb = Sandbox.adopt(id, this.opts, this.store, this.resolved, spawned, cg, { ...this.sandbox.ids, release: () => undefined });
+      return sb;
+    } catch (e) {
+      if (spawned) {
+        n.pidfdKill(spawned.pidfd, 9);
+        n.close(spawned.pidfd);
+        n.close(spawned.ctlFd);
+      }
+      await cgroup?.destroy().catch(() => undefined);
+      await this.store.release(id).catch(() => undefined);
+      throw e;
+    } finally {
+      w?.close();
+      for (const fd of fds) n.close(fd);
+      if (c1 >= 0) n.close(c1);
+    }
   }
 
   /** Kills every running fork, the zygote and the template sandbox; frees everything. Idempotent. */

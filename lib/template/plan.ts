@@ -18,6 +18,8 @@ export interface ForkPlan {
   /** Mount points of the template not carried into forks (the zygote's own files). */
   skip: readonly string[];
   readonlyRoot: boolean;
+  /** fork(): the task is hutch's init (its binary is the last fd sent with the plan). */
+  asInit?: boolean;
 }
 
 const MAGIC = 0x315a5048; // "HPZ1"
@@ -36,6 +38,7 @@ export function encodePlan(p: ForkPlan): Buffer {
   buf.writeUInt32LE(prog.length, 24);
   buf.writeUInt32LE(strings.length, 28);
   buf.writeUInt32LE(p.readonlyRoot ? 1 : 0, 32);
+  buf.writeUInt32LE(p.asInit ? 1 : 0, 36);
   let off = HEADER;
   for (const l of p.rlimits) {
     buf.writeUInt32LE(l.resource, off);
