@@ -54,6 +54,26 @@ async function compare(name: string, base: SandboxOptions, preload: string[], co
   }
 }
 
+/** fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). */
+async function forkVsCreate(base: SandboxOptions): Promise<void> {
+  const cold = await sample(N, async () => {
+    const sb = await Sandbox.create(base);
+    void sb.destroy();
+  });
+  const t = await Sandbox.template({ ...base, zygote: 'python' });
+  try {
+    const warm = await sample(N, async () => {
+      const sb = await t.fork();
+      void sb.destroy();
+    });
+    rows.push({ name: 'fork() vs create()', cold: p50(cold), template: p50(warm) });
+    console.log(`fork() to a ready Sandbox: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
+  } finally {
+    await t.close();
+    await Sandbox.settle();
+  }
+}
+
 async function throughput(base: SandboxOptions, seconds: number): Promise<void> {
   const cmd = ['python3', '-c', 'print("hi")'];
   const rate = async (run: () => Promise<unknown>): Promise<number> => {
@@ -115,9 +135,10 @@ async function main(): Promise<void> {
     const hasNumpy = (await Sandbox.run({ command: ['python3', '-c', 'import numpy'] })).exitCode === 0;
     if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
     else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
+    await forkVsCreate(base);
     await throughput(base, 5);
     await pssPerFork(base, 8);
-    console.log('\n| case | cold Sandbox.run p50 | template.run p50 | ratio |\n| --- | --- | --- | --- |');
+    console.log(`\nload average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n| case | cold p50 | template p50 | ratio |\n| --- | --- | --- | --- |`);
     for (const r of rows) console.log(`| ${r.name} | ${r.cold.toFixed(1)} ms | ${r.template.toFixed(1)} ms | ${(r.template / r.cold).toFixed(3)} |`);
   } finally {
     await Sandbox.settle().catch(() => undefined);
