@@ -41,7 +41,8 @@ async function compare(name: string, base: SandboxOptions, preload: string[], co
     const r = await Sandbox.run({ ...base, command });
     if (r.exitCode !== 0) throw new Error(`${name} cold: ${String(r.stderr)}`);
   });
-  const t = await Sandbox.template({ ...base, zygote: 'python', preload });
+  // One fork kept ready, as Sandbox.run keeps one blank sandbox ready (lib/warm.ts).
+  const t = await Sandbox.template({ ...base, zygote: 'python', preload, size: 1 });
   try {
     const warm = await sample(N, async () => {
       const r = await t.run(command);
@@ -88,7 +89,7 @@ async function throughput(base: SandboxOptions, seconds: number): Promise<void> 
     return done / seconds;
   };
   const cold = await rate(() => Sandbox.run({ ...base, command: cmd }));
-  const t = await Sandbox.template({ ...base, zygote: 'python' });
+  const t = await Sandbox.template({ ...base, zygote: 'python', size: 4 });
   try {
     const warm = await rate(() => t.run(cmd));
     console.log(`throughput at concurrency 4 (python hello): cold ${cold.toFixed(1)}/s, template ${warm.toFixed(1)}/s, ratio ${(warm / cold).toFixed(2)}`);

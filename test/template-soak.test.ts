@@ -14,12 +14,13 @@ afterAll(() => removeCgroupParent(parent));
 
 describe.skipIf(skip)('template soak', () => {
   it(`${RUNS} runs (4 at a time, some failing, timing out or over the output cap) leave fds, cgroups and mounts flat`, async () => {
-    await using t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '128MiB', pids: 32 } });
-    // Warm: what hutch opens once per process.
-    await t.run(['python3', '-c', 'pass']);
+    // Warm: what hutch opens once per process (cgroup driver, /dev/null, the addons).
+    await (await Sandbox.template({ zygote: 'python' })).close();
+    await Sandbox.settle();
     const fds = fdCount();
     const mounts = mountCount();
     const cgroups = cgroupsUnder(parent).length;
+    const t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '128MiB', pids: 32 }, size: 2 });
     let i = 0;
     const worker = async (): Promise<void> => {
       while (i < RUNS) {
@@ -39,6 +40,8 @@ describe.skipIf(skip)('template soak', () => {
       }
     };
     await Promise.all([worker(), worker(), worker(), worker()]);
+    await t.close();
+    await Sandbox.settle();
     expect(fdCount()).toBe(fds);
     expect(mountCount()).toBe(mounts);
     expect(cgroupsUnder(parent).length).toBe(cgroups);

@@ -32,7 +32,8 @@ afterAll(() => removeCgroupParent(parent));
 describe.skipIf(skip)('templates: isolation', () => {
   let t: SandboxTemplate;
   beforeAll(async () => {
-    t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '96MiB', pids: 64 } });
+    // One fork kept ready: the runs below use prepared forks and forks made on demand alike.
+    t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '96MiB', pids: 64 }, size: 1 });
   });
   afterAll(async () => {
     await t?.close();
@@ -209,11 +210,11 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     await (await Sandbox.template({ zygote: 'python' })).close();
     await Sandbox.settle();
     const fds = fdCount();
-    const t = await Sandbox.template({ zygote: 'python' });
+    const t = await Sandbox.template({ zygote: 'python', size: 2 });
     const init = t.pid;
     const running = t.run(['python3', '-c', 'import time; time.sleep(30)']);
     await new Promise((r) => setTimeout(r, 500));
-    expect(cgroupIds().length).toBe(2);
+    expect(cgroupIds().length).toBe(4); // the template, the running fork, two prepared
     await t.close();
     const r = await running;
     expect(r.reason).toBe('killed');

@@ -64,6 +64,8 @@ struct hz_rlimit {
 };
 
 static unsigned char planbuf[1 << 17];
+static unsigned char reqbuf[1 << 16];
+static int reqlen = -1;
 static char mountinfo[1 << 16];
 
 static void fail(int ctl, const char *step, int err) {
@@ -435,7 +437,16 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     a.attr_set = MOUNT_ATTR_RDONLY;
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
-  CHECK("session", setsid());
+  CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  if (in < 0) {
+    /* Prepared ahead (`size`): wait here, set up but still privileged, for the task's request:
+     * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds. */
+    nlayers = 0;
+    ssize_t k = recv_plan(ctl, reqbuf, sizeof reqbuf - 1);
+    if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
+    reqlen = (int)k - 1;
+    in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
+  }
   if (pl->as_init) {
     /* A Sandbox's init (SandboxTemplate.fork): its control socket on 3 (the request's stdin
      * fd), the writable layer's tmpfs on 4, the setup pipe on 5 (the request's stdout fd);
@@ -516,6 +527,15 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   close(ctl);
 }
 
+/* The request a prepared fork received (its JSON), for the zygote: its length, or -1 when
+ * this fork was not prepared ahead (the zygote had the request already). */
+int hutch_zygote_request(char *buf, int cap) {
+  if (reqlen < 0) return -1;
+  int n = reqlen < cap ? reqlen : cap;
+  memcpy(buf, reqbuf + 1, (size_t)n);
+  return reqlen;
+}
+
 /* A one-byte message with n fds. */
 static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
   struct iovec iov = {&kind, 1};
@@ -544,6 +564,14 @@ static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
  * never returns. The zygote must have closed its own copy of these fds in the parent.
  */
 int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
+  /* 0. A session of its own (a kill of the zygote's process group must not reach its forks)
+   * and off the zygote's stdio (a fork must not hold the zygote's pipes open). */
+  if (setsid() < 0) fail(ctl, "session", errno);
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) fail(ctl, "fds", errno);
+  for (int i = 0; i < 3; i++)
+    if (dup2(nul, i) < 0) fail(ctl, "fds", errno);
+  close(nul);
   /* 1. The plan and the image's layers: the host sends them with the request. */
   ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
   if (n <= 0) _exit(125); /* the host gave up on this request */
@@ -582,9 +610,9 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
     close(pf[0]);
     close(pf[1]);
   }
-  close(in);
-  close(out);
-  close(err);
+  if (in >= 0) close(in);
+  if (out >= 0) close(out);
+  if (err >= 0) close(err);
   if (keep >= 0) close(keep);
   int status = 0;
   pid_t w;

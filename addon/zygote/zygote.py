@@ -108,6 +108,8 @@ def main():
     lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
     lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
     lib.hutch_zygote_enter.restype = ctypes.c_int
+    lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_request.restype = ctypes.c_int
     import atexit, runpy, traceback  # what every task uses: imported once, here
     _preload(sys.argv[1:])
     import gc
@@ -134,19 +136,27 @@ def main():
         for level, typ, data in anc:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 fds += list(memoryview(data).cast('i'))
+        req = json.loads(msg)
+        if req.get('prepared'):
+            fds += [-1, -1, -1, -1]  # the task's request comes later, to the prepared fork
         if len(fds) != 5:
             for fd in fds:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             continue
-        req = json.loads(msg)
         pid = os.fork()
         if pid == 0:
             ours.close()
             if lib.hutch_zygote_enter(*fds) != 0:
                 os._exit(125)
+            if req.get('prepared'):
+                buf = ctypes.create_string_buffer(1 << 16)
+                k = lib.hutch_zygote_request(buf, 1 << 16)
+                req = json.loads(buf.raw[:k])
             _run_task(req, 3)  # the files pipe, on fd 3 now
         for fd in fds:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
 
 main()

@@ -125,6 +125,14 @@ function fdinfoPid(fd: number): number {
   return m ? Number(m[1]) : -1;
 }
 
+/** A fork prepared ahead: namespaces, cgroup, mounts done; waits for its task's request. */
+interface Prepared {
+  id: string;
+  cgroup: SandboxCgroup;
+  ctl: number;
+  c1: number;
+}
+
 /** A running zygote: its process in the template, and the host's end of its socket. */
 interface Zygote {
   proc: SandboxProcess;
@@ -151,6 +159,10 @@ export class SandboxTemplate {
   private readonly live = new Set<Promise<unknown>>();
   private readonly kills = new Set<() => void>();
   private plan!: Buffer;
+  private size = 0;
+  /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
+  private readonly ready: Prepared[] = [];
+  private filling = 0;
   private initPlan!: Buffer;
   private resolved!: Awaited<ReturnType<typeof resolveCached>>;
   private baseEnv!: Record<string, string>;
@@ -176,13 +188,14 @@ export class SandboxTemplate {
     }
     if (zygote === 'node') throw new HutchError('EUNSUPPORTED', "zygote 'node' is not built yet; use 'python' or a command that serves the zygote protocol (docs/templates.md)");
     if (!Array.isArray(preload) || !preload.every((p) => typeof p === 'string' && p !== '' && !p.includes('\0'))) throw invalid('preload', 'an array of module names or file paths', preload);
-    if (size !== 0) throw new HutchError('EUNSUPPORTED', 'templates keep no forks ready yet (size must be 0); each run forks on demand');
+    if (!Number.isInteger(size) || size < 0 || size > 64) throw invalid('size', 'an integer from 0 to 64 (forks kept ready)', size);
     if (!Number.isInteger(zygoteTimeoutMs) || zygoteTimeoutMs <= 0) throw invalid('zygoteTimeoutMs', 'a positive number of milliseconds', zygoteTimeoutMs);
     void TEMPLATE_KEYS;
     const opts = resolveSandboxOptions(rest);
     if (opts.network.mode !== 'none') throw new HutchError('EUNSUPPORTED', "templates support network 'none' only so far: each fork gets its own empty network namespace with loopback");
     if (opts.persistent) throw invalid('persistent', 'false for a template (each fork has its own ephemeral writable layer)', true);
     const t = new SandboxTemplate(opts, zygoteTimeoutMs);
+    t.size = size;
     const files = helperFiles();
     t.store = opts.store ?? ImageStore.default();
     const image = await resolveCached(t.store, opts.image);
@@ -234,6 +247,7 @@ export class SandboxTemplate {
       t.initPlan = encodePlan({ ...planOpts, asInit: true });
       t.resolved = image;
       await t.ensureZygote();
+      t.refill();
     } catch (e) {
       await t.sandbox.destroy().catch(() => undefined);
       throw e;
@@ -375,25 +389,28 @@ export class SandboxTemplate {
 
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
-    const z = await this.ensureZygote();
+    const ready = this.ready.shift();
+    if (ready) this.refill();
+    const z = ready ? null : await this.ensureZygote();
     const n = native();
     const t = tn();
-    const id = randomBytes(6).toString('hex');
+    const id = ready?.id ?? randomBytes(6).toString('hex');
     const started = Date.now();
     const tr = new Trace('template-run');
-    await this.store.markInUse(this.imageId, id);
+    if (!ready) await this.store.markInUse(this.imageId, id);
     tr.mark('record');
     let cgroup: SandboxCgroup | null = null;
     const fds: number[] = [];
     const watches: Watch[] = [];
-    let c1pidfd = -1;
+    let c1pidfd = ready?.c1 ?? -1;
     let removeKiller = (): unknown => undefined;
     try {
-      cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
+      cgroup = ready?.cgroup ?? cgroupDriver().create(id, this.opts.limits.cgroup);
       tr.mark('cgroup');
-      const sp = t.socketPair();
+      const sp = ready ? [ready.ctl, -1] : t.socketPair();
       if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
-      fds.push(sp[0], sp[1]);
+      fds.push(sp[0]!);
+      if (!ready) fds.push(sp[1]!);
       const mk = (nb: boolean): [number, number] => {
         const pp = n.pipe(nb);
         if (isFailure(pp)) throw fail('fds', pp.errno, 'pipe');
@@ -407,11 +424,17 @@ export class SandboxTemplate {
       const cwd = o.cwd ?? this.defaultCwd;
       const env = { ...this.baseEnv, ...o.env };
       const req = Buffer.from(JSON.stringify({ argv, env, cwd, files: files.map(([p, d]) => [p, d.length]) }));
-      const sent = n.send(z.sock, req, [sp[1], pin[0], pout[1], perr[1], pfiles[0]]);
-      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
-      this.sendPlan(sp[0], this.plan, []);
+      if (ready) {
+        // A prepared fork: its request, the only hand-off left before the task runs.
+        const sent = t.sendFds(ready.ctl, Buffer.concat([Buffer.from('R'), req]), [pin[0], pout[1], perr[1], pfiles[0]]);
+        if (isFailure(sent)) throw new HutchError('ESETUP', `the prepared fork is gone: ${errnoName(sent.errno)}`, { step: 'request', errno: errnoName(sent.errno) });
+      } else {
+        const sent = n.send(z!.sock, req, [sp[1]!, pin[0], pout[1], perr[1], pfiles[0]]);
+        if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z!.dead ? `; ${z!.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
+        this.sendPlan(sp[0]!, this.plan, []);
+      }
       tr.mark('request');
-      for (const fd of [sp[1], pin[0], pout[1], perr[1], pfiles[0]]) {
+      for (const fd of [...(ready ? [] : [sp[1]!]), pin[0], pout[1], perr[1], pfiles[0]]) {
         n.close(fd);
         fds.splice(fds.indexOf(fd), 1);
       }
@@ -467,7 +490,7 @@ export class SandboxTemplate {
       capture(pout[0], out);
       capture(perr[0], errb);
       // The request socket: P (pidfd), E (a failed step), S (task started), X (wait status).
-      const ctl = sp[0];
+      const ctl = sp[0]!;
       let status: number | null = null;
       let setupErr: HutchError | null = null;
       const ended = new Promise<void>((resolve) => {
@@ -477,7 +500,7 @@ export class SandboxTemplate {
             if (m === undefined) return;
             if (m === null || isFailure(m)) {
               w.close();
-              if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${z.dead ? ` ${z.why}` : ''})`, { step: 'zygote' });
+              if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${z?.dead ? ` ${z.why}` : ''})`, { step: 'zygote' });
               resolve();
               return;
             }
@@ -548,6 +571,87 @@ export class SandboxTemplate {
       await cgroup?.destroy();
       await this.store.release(id).catch(() => undefined);
     }
+  }
+
+  /** Starts preparing forks until `size` are ready or on the way. */
+  private refill(): void {
+    while (!this.closed && this.ready.length + this.filling < this.size) {
+      this.filling++;
+      const fill: Promise<unknown> = this.prepare().then(
+        (p) => {
+          this.filling--;
+          if (this.closed) return this.discard(p);
+          this.ready.push(p);
+          return undefined;
+        },
+        () => {
+          this.filling--; // the next run forks on demand and reports what fails
+        },
+      );
+      this.live.add(fill);
+      void fill.finally(() => this.live.delete(fill));
+    }
+  }
+
+  /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
+  private async prepare(): Promise<Prepared> {
+    const z = await this.ensureZygote();
+    const n = native();
+    const t = tn();
+    const id = randomBytes(6).toString('hex');
+    await this.store.markInUse(this.imageId, id);
+    let cgroup: SandboxCgroup | null = null;
+    let ctl = -1;
+    let w: Watch | undefined;
+    try {
+      cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
+      const cg = cgroup;
+      const sp = t.socketPair();
+      if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
+      ctl = sp[0];
+      const sent = n.send(z.sock, Buffer.from('{"prepared":true}'), [sp[1]]);
+      n.close(sp[1]);
+      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
+      this.sendPlan(ctl, this.plan, []);
+      const c1 = await new Promise<number>((resolve, reject) => {
+        w = new n.Watch(ctl, () => {
+          for (;;) {
+            const m = t.recvFds(ctl);
+            if (m === undefined) return;
+            if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
+            const kind = String.fromCharCode(m.data[0] ?? 0);
+            if (kind === 'P' && m.fds.length === 2) {
+              try {
+                this.placeFork(ctl, m.fds, cg, false);
+              } catch (e) {
+                n.close(m.fds[0]!);
+                return reject(e);
+              }
+              return resolve(m.fds[0]!);
+            }
+            for (const fd of m.fds) n.close(fd);
+            if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+          }
+        });
+      });
+      return { id, cgroup, ctl, c1 };
+    } catch (e) {
+      if (ctl >= 0) n.close(ctl);
+      await cgroup?.destroy().catch(() => undefined);
+      await this.store.release(id).catch(() => undefined);
+      throw e;
+    } finally {
+      w?.close();
+    }
+  }
+
+  private async discard(p: Prepared): Promise<void> {
+    const n = native();
+    p.cgroup.kill();
+    n.close(p.ctl);
+    n.close(p.c1);
+    await p.cgroup.destroy().catch(() => undefined);
+    await this.store.release(p.id).catch(() => undefined);
   }
 
   /**
@@ -702,6 +806,7 @@ export class SandboxTemplate {
     if (this.closed) return;
     this.closed = true;
     for (const k of this.kills) k();
+    await Promise.all(this.ready.splice(0).map((p) => this.discard(p)));
     await Promise.allSettled([...this.live]);
     await this.sandbox.destroy();
   }
