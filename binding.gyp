@@ -29,6 +29,23 @@
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     },
     {
+      "target_name": "hutch_template",
+      "sources": ["addon/zygote/host.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+    },
+    {
+      "target_name": "hutch-zygote-helper",
+      "type": "none",
+      "actions": [
+        {
+          "action_name": "build_zygote_helper",
+          "inputs": ["addon/zygote/helper.c", "scripts/build-zygote.sh"],
+          "outputs": ["<(PRODUCT_DIR)/libhutch-zygote.so"],
+          "action": ["sh", "scripts/build-zygote.sh", "addon/zygote/helper.c", "<(PRODUCT_DIR)/libhutch-zygote.so"]
+        }
+      ]
+    },
+    {
       "target_name": "hutch-init",
       "type": "none",
       "actions": [

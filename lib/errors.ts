@@ -68,7 +68,9 @@ export type HutchErrorStep =
   // one exec (init)
   | 'fork' | 'rlimit' | 'cwd' | 'credentials' | 'capabilities' | 'seccomp' | 'exec'
   // the host side
-  | 'network' | 'open' | 'destroy';
+  | 'network' | 'open' | 'destroy'
+  // a template's fork (lib/template, addon/zygote/helper.c)
+  | 'zygote' | 'request' | 'plan' | 'unshare' | 'session' | 'pivot' | 'mountinfo' | 'no_new_privs' | 'pidfd';
 
 /**
  * The optional details of a {@link HutchError}, as its constructor takes them.

@@ -10,6 +10,9 @@
  */
 export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
 export { SandboxPool, type PoolOptions } from './pool.js';
+export { ZygoteTemplate } from './template/index.js';
+export type { SandboxTemplate } from './sandbox.js';
+export type { TemplateOptions, TemplateRunOptions } from './options.js';
 export { HutchError, type HutchErrorCode } from './errors.js';
 export type { HutchErrorDetails, HutchErrorStep } from './errors.js';
 export { ImageStore } from './image/store.js';

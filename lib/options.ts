@@ -374,3 +374,18 @@ export function resolveCommand(field: string, v: unknown): string[] {
   if (Array.isArray(v) && v.length > 0 && v.every((a) => typeof a === 'string' && !a.includes('\0')) && v[0] !== '') return v as string[];
   throw invalid(field, 'a string (run by /bin/sh -c) or a non-empty array of strings', v);
 }
+
+/** Options of {@link Sandbox.template}: a sandbox's options plus the zygote's. */
+export interface TemplateOptions extends SandboxOptions {
+  /** `'python'`, `'node'`, or a command that serves the zygote protocol (docs/templates.md). */
+  zygote: 'python' | 'node' | string[];
+  /** Modules the zygote imports before it serves (`'numpy'`, a file path). */
+  preload?: string[];
+  /** Forked sandboxes kept ready (default 0: fork on demand). */
+  size?: number;
+  /** How long the zygote may take to say it is ready (its preload included); default 30 000. */
+  zygoteTimeoutMs?: number;
+}
+
+/** What {@link SandboxTemplate.run} takes besides ExecOptions: files written before the task starts. */
+export type TemplateRunOptions = ExecOptions & { files?: Record<string, string | Uint8Array> };

@@ -5,21 +5,25 @@
  * API.md is the contract.
  */
 import { EventEmitter } from 'eventemitter3';
-import { invalid } from './errors.js';
+import { HutchError, invalid } from './errors.js';
 import type { SandboxIds } from './idrange.js';
 import type { Image, ResolvedImage } from './image/types.js';
 import {
   RUN_KEYS, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedExecOptions, type ResolvedSandboxOptions, type RunOptions, type SandboxOptions, type SpawnOptions,
+  type TemplateOptions, type TemplateRunOptions,
 } from './options.js';
 import type { ExecResult, ResourceUsage, SandboxProcess } from './process.js';
 import { SandboxPool, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { upperDirOf } from './conventions.js';
-import type { SandboxCore, SandboxEvents } from './runtime/core.js';
+import { SandboxCore as SandboxCoreClass, type SandboxCore, type SandboxEvents } from './runtime/core.js';
+import type { Spawned } from './native.js';
+import type { SandboxCgroup } from './cgroup/driver.js';
+import { compileSeccomp } from './seccomp/index.js';
 import { setPlainPolicy } from './network/egress.js';
 import { createCore, runOnce, settleAll, type FirstExec } from './runtime/create.js';
-import { execResolved, startProcess } from './runtime/control.js';
+import { execResolved, startProcess, watch } from './runtime/control.js';
 import { readInside, writeInside } from './runtime/files.js';
 import { destroySandbox, stopKeepingUpper } from './runtime/destroy.js';
 import { storeHooks } from './image/hooks.js';
@@ -28,6 +32,26 @@ import type { Limits } from './limits.js';
 import { dropBlanks } from './warm.js';
 
 export { DEFAULT_DISK_BYTES } from './start.js';
+
+/**
+ * What {@link Sandbox.template} gives: a warm interpreter (zygote) that forks a fresh sandbox
+ * per task, each isolated from its siblings and the template as two created sandboxes are
+ * (docs/templates.md).
+ */
+export interface SandboxTemplate {
+  /** Host pid of the template sandbox's init. */
+  readonly pid: number;
+  /** Forks a sandbox, writes `files`, runs `command` in the warm interpreter, destroys the fork. */
+  run(command: string[] | string, options?: TemplateRunOptions): Promise<ExecResult>;
+  /** A forked sandbox like any other (exec, files, stats, destroy); the caller destroys it. */
+  fork(): Promise<Sandbox>;
+  /** Ends the zygote and every fork it still holds. Idempotent. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** @internal lib/template registers its factory here (it sits above the runtime: no import cycle). */
+export const templateHooks: { create: ((options: TemplateOptions) => Promise<SandboxTemplate>) | null } = { create: null };
 
 /**
  * An isolated environment: its own user, pid, mount, network, UTS, IPC and cgroup namespaces,
@@ -156,6 +180,29 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const opts = resolveSandboxOptions(options, RUN_KEYS);
     const exec = resolveExecOptions(options, 'run');
     return runOnce(opts, options.command, exec);
+  }
+
+  /**
+   * A template: a warm interpreter (zygote) that forks a fresh, fully isolated sandbox per
+   * task. docs/templates.md.
+   *
+   * @example
+   * ```ts
+   * await using t = await Sandbox.template({ zygote: 'python', preload: ['json'] });
+   * const r = await t.run('python3 -c print(1)', { encoding: 'utf8' });
+   * ```
+   */
+  static async template(options: TemplateOptions): Promise<SandboxTemplate> {
+    if (!templateHooks.create) throw new HutchError('EUNSUPPORTED', 'Sandbox.template: templates are not loaded; import Sandbox from the package entry (hutch), which loads lib/template');
+    return templateHooks.create(options);
+  }
+
+  /** @internal A sandbox whose init a template's fork started (lib/template): watched and used like any other. */
+  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: Spawned, cgroup: SandboxCgroup, ids: SandboxIds): Sandbox {
+    const core = new SandboxCoreClass(id, opts, store, image, spawned, cgroup, compileSeccomp(opts.seccomp, { capabilities: opts.capabilities }));
+    core.ids = ids;
+    watch(core);
+    return new Sandbox(core);
   }
 
   /**

@@ -1,0 +1,162 @@
+"""hutch's built-in Python zygote (docs/templates.md, "The zygote protocol").
+
+Imports the preload, says it is ready, then forks once per request. Each child calls
+libhutch-zygote's hutch_zygote_enter(), which makes it a fresh sandbox (its own namespaces,
+writable layer, cgroup, capabilities, seccomp) and returns in the task process; then the task
+runs in this already-initialised interpreter: `python3 main.py args`, `-m module`, `-c code`.
+Any other command is exec'd (no warm start, same isolation).
+"""
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+
+def _preload(names):
+    import importlib
+    import runpy
+    for name in names:
+        if name.endswith('.py') or '/' in name:
+            runpy.run_path(name, run_name='__hutch_preload__')
+        else:
+            importlib.import_module(name)
+
+
+def _write_files(files, fd):
+    """The request's files: [[path, size], ...] in order, their bytes one after another on fd."""
+    for path, size in files:
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.read(fd, min(1 << 20, size - len(data)))
+            if not chunk:
+                raise EOFError('the files of the request ended early')
+            data += chunk
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data)
+        if data[:2] == b'#!' or data[:4] == b'\x7fELF':
+            os.chmod(path, 0o755)  # a script or a program: runnable, as the task expects
+    os.close(fd)
+
+
+PY_FLAGS = set('uBEsSIOqdv')
+
+
+def _run_task(req, files_fd):
+    """In the task process (PID 1 of its own sandbox). Never returns."""
+    code = 0
+    try:
+        os.environ.clear()
+        os.environ.update(req['env'])
+        _write_files(req['files'], files_fd)
+        os.chdir(req['cwd'])
+        argv = req['argv']
+        name = os.path.basename(argv[0])
+        if not (name == 'python' or name.startswith('python3')):
+            os.execvpe(argv[0], argv, req['env'])
+        args = argv[1:]
+        while args and args[0].startswith('-') and len(args[0]) > 1 and set(args[0][1:]) <= PY_FLAGS:
+            args = args[1:]
+        import runpy
+        sys.stdin = open(0, 'r', closefd=False)
+        if args[:1] == ['-c']:
+            sys.argv = ['-c'] + args[2:]
+            sys.path[0:0] = ['']
+            exec(compile(args[1], '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+        elif args[:1] == ['-m']:
+            sys.argv = [args[1]] + args[2:]
+            sys.path[0:0] = [os.getcwd()]
+            runpy.run_module(args[1], run_name='__main__', alter_sys=True)
+        elif not args or args[0] == '-':
+            sys.argv = [''] + args[1:]
+            exec(compile(sys.stdin.read(), '<stdin>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+        else:
+            sys.argv = args
+            sys.path[0:0] = [os.path.dirname(os.path.abspath(args[0]))]
+            runpy.run_path(args[0], run_name='__main__')
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            code = 0
+        elif isinstance(c, int):
+            code = c & 0xff
+        else:
+            print(c, file=sys.stderr)
+            code = 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 1
+    try:
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except BaseException:
+            code = code or 120
+    os._exit(code)
+
+
+def main():
+    lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
+    lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
+    lib.hutch_zygote_enter.restype = ctypes.c_int
+    lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_request.restype = ctypes.c_int
+    import atexit, runpy, traceback  # what every task uses: imported once, here
+    _preload(sys.argv[1:])
+    import gc
+    gc.collect()
+    gc.freeze()  # the preload's objects stay out of every later collection: no COW copies of them
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    os.set_inheritable(theirs.fileno(), True)
+    sys.stdout.write('hutch-zygote 1 %d\n' % theirs.fileno())
+    sys.stdout.flush()
+    hello = ours.recv(4096)
+    if not hello:
+        return
+    theirs.close()  # the host holds its copy now: its end closing ends us
+    fdsize = socket.CMSG_SPACE(5 * 4)
+    while True:
+        try:
+            msg, anc, _flags, _addr = ours.recvmsg(1 << 20, fdsize)
+        except InterruptedError:
+            continue
+        if not msg:
+            return
+        fds = []
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds += list(memoryview(data).cast('i'))
+        req = json.loads(msg)
+        if req.get('prepared'):
+            fds += [-1, -1, -1, -1]  # the task's request comes later, to the prepared fork
+        if len(fds) != 5:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            if lib.hutch_zygote_enter(*fds) != 0:
+                os._exit(125)
+            if req.get('prepared'):
+                buf = ctypes.create_string_buffer(1 << 16)
+                k = lib.hutch_zygote_request(buf, 1 << 16)
+                req = json.loads(buf.raw[:k])
+            _run_task(req, 3)  # the files pipe, on fd 3 now
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+main()

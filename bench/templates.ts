@@ -1,0 +1,150 @@
+/**
+ * `npm run bench:templates`: a template's run against a cold Sandbox.run of the same task,
+ * side by side in one process (docs/templates.md, "Performance"):
+ * - python hello world;
+ * - a stand-in module that takes 200 ms (CPU) to import, preloaded;
+ * - numpy preloaded, when the image's python3 has it (Debian's python3-numpy);
+ * - throughput at concurrency 4;
+ * - memory (PSS) per idle fork beyond the template.
+ * Prints medians and ratios. HUTCH_BENCH_N sets the samples per case (default 30).
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Sandbox, type SandboxOptions } from '../lib/index.js';
+
+const N = Number(process.env.HUTCH_BENCH_N ?? 30);
+
+function p50(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function time(f: () => Promise<unknown>): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await f();
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+}
+
+async function sample(n: number, f: () => Promise<unknown>): Promise<number[]> {
+  await f(); // warm
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(await time(f));
+  return out;
+}
+
+interface Row { name: string; cold: number; template: number }
+const rows: Row[] = [];
+
+async function compare(name: string, base: SandboxOptions, preload: string[], command: string[]): Promise<void> {
+  const cold = await sample(N, async () => {
+    const r = await Sandbox.run({ ...base, command });
+    if (r.exitCode !== 0) throw new Error(`${name} cold: ${String(r.stderr)}`);
+  });
+  // One fork kept ready, as Sandbox.run keeps one blank sandbox ready (lib/warm.ts).
+  const t = await Sandbox.template({ ...base, zygote: 'python', preload, size: 1 });
+  try {
+    const warm = await sample(N, async () => {
+      const r = await t.run(command);
+      if (r.exitCode !== 0) throw new Error(`${name} template: ${String(r.stderr)}`);
+    });
+    rows.push({ name, cold: p50(cold), template: p50(warm) });
+    console.log(`${name}: cold p50 ${p50(cold).toFixed(1)} ms, template p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
+  } finally {
+    await t.close();
+  }
+}
+
+/** fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). */
+async function forkVsCreate(base: SandboxOptions): Promise<void> {
+  const cold = await sample(N, async () => {
+    const sb = await Sandbox.create(base);
+    void sb.destroy();
+  });
+  const t = await Sandbox.template({ ...base, zygote: 'python' });
+  try {
+    const warm = await sample(N, async () => {
+      const sb = await t.fork();
+      void sb.destroy();
+    });
+    rows.push({ name: 'fork() vs create()', cold: p50(cold), template: p50(warm) });
+    console.log(`fork() to a ready Sandbox: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
+  } finally {
+    await t.close();
+    await Sandbox.settle();
+  }
+}
+
+async function throughput(base: SandboxOptions, seconds: number): Promise<void> {
+  const cmd = ['python3', '-c', 'print("hi")'];
+  const rate = async (run: () => Promise<unknown>): Promise<number> => {
+    let done = 0;
+    const end = Date.now() + seconds * 1000;
+    await Promise.all([0, 1, 2, 3].map(async () => {
+      while (Date.now() < end) {
+        await run();
+        done++;
+      }
+    }));
+    return done / seconds;
+  };
+  const cold = await rate(() => Sandbox.run({ ...base, command: cmd }));
+  const t = await Sandbox.template({ ...base, zygote: 'python', size: 4 });
+  try {
+    const warm = await rate(() => t.run(cmd));
+    console.log(`throughput at concurrency 4 (python hello): cold ${cold.toFixed(1)}/s, template ${warm.toFixed(1)}/s, ratio ${(warm / cold).toFixed(2)}`);
+  } finally {
+    await t.close();
+  }
+}
+
+/** PSS of the processes of each idle fork (its task and the reporting parent), averaged. */
+async function pssPerFork(base: SandboxOptions, count: number): Promise<void> {
+  const t = await Sandbox.template({ ...base, zygote: 'python', preload: ['json'] });
+  const runs: Promise<unknown>[] = [];
+  try {
+    for (let i = 0; i < count; i++) runs.push(t.run(['python3', '-c', 'import time; time.sleep(4)']));
+    await new Promise((r) => setTimeout(r, 2000));
+    const kids = (pid: number): number[] => {
+      try {
+        return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number);
+      } catch {
+        return [];
+      }
+    };
+    const pss = (pid: number): number => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+    const zygote = kids(t.pid).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('zygote.py'))!;
+    const c1s = kids(zygote);
+    let total = 0;
+    for (const c1 of c1s) total += pss(c1) + kids(c1).reduce((a, p) => a + pss(p), 0);
+    console.log(`PSS per idle fork (task + its reporting parent), ${c1s.length} forks: ${(total / c1s.length / 1024).toFixed(2)} MiB; the zygote itself: ${(pss(zygote) / 1024).toFixed(2)} MiB`);
+  } finally {
+    await t.close();
+    await Promise.allSettled(runs);
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'hutch-bench-tpl-'));
+  chmodSync(dir, 0o755);
+  // A deterministic stand-in for a heavy import: 200 ms of CPU at import time.
+  writeFileSync(join(dir, 'slowmod.py'), 'import time\n_t = time.perf_counter()\nwhile time.perf_counter() - _t < 0.2:\n    pass\nVALUE = 1\n', { mode: 0o644 });
+  const base: SandboxOptions = { mounts: [{ source: dir, target: '/opt/benchmods' }], env: { PYTHONPATH: '/opt/benchmods' } };
+  try {
+    await compare('python hello world', base, [], ['python3', '-c', 'print("hi")']);
+    await compare('200 ms import preloaded', base, ['slowmod'], ['python3', '-c', 'import slowmod; print(slowmod.VALUE)']);
+    const hasNumpy = (await Sandbox.run({ command: ['python3', '-c', 'import numpy'] })).exitCode === 0;
+    if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
+    else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
+    await forkVsCreate(base);
+    await throughput(base, 5);
+    await pssPerFork(base, 8);
+    console.log(`\nload average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n| case | cold p50 | template p50 | ratio |\n| --- | --- | --- | --- |`);
+    for (const r of rows) console.log(`| ${r.name} | ${r.cold.toFixed(1)} ms | ${r.template.toFixed(1)} ms | ${(r.template / r.cold).toFixed(3)} |`);
+  } finally {
+    await Sandbox.settle().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,52 @@
+/**
+ * The plan a template's fork receives from the host (addon/zygote/helper.c, struct hz_plan):
+ * a fixed header, the rlimits, the compiled seccomp program, and NUL-ended strings.
+ */
+import type { RlimitSetting } from '../limits.js';
+
+export interface ForkPlan {
+  uid: number;
+  gid: number;
+  caps: bigint;
+  rlimits: readonly Pick<RlimitSetting, 'resource' | 'soft' | 'hard'>[];
+  seccomp: Buffer | null;
+  scratchSize: string;
+  shmSize: string;
+  hostname: string;
+  masked: readonly string[];
+  readonly: readonly string[];
+  /** Mount points of the template not carried into forks (the zygote's own files). */
+  skip: readonly string[];
+  readonlyRoot: boolean;
+  /** fork(): the task is hutch's init (its binary is the last fd sent with the plan). */
+  asInit?: boolean;
+}
+
+const MAGIC = 0x315a5048; // "HPZ1"
+const HEADER = 40;
+
+export function encodePlan(p: ForkPlan): Buffer {
+  const list = (xs: readonly string[]): string => xs.map((x) => `${x}\0`).join('') + '\0';
+  const strings = Buffer.from(`${p.scratchSize}\0${p.shmSize}\0${p.hostname}\0${list(p.masked)}${list(p.readonly.map((r) => r))}${list(p.skip)}`);
+  const prog = p.seccomp ?? Buffer.alloc(0);
+  const buf = Buffer.alloc(HEADER + p.rlimits.length * 24 + prog.length + strings.length);
+  buf.writeUInt32LE(MAGIC, 0);
+  buf.writeUInt32LE(p.uid, 4);
+  buf.writeUInt32LE(p.gid, 8);
+  buf.writeUInt32LE(p.rlimits.length, 12);
+  buf.writeBigUInt64LE(p.caps, 16);
+  buf.writeUInt32LE(prog.length, 24);
+  buf.writeUInt32LE(strings.length, 28);
+  buf.writeUInt32LE(p.readonlyRoot ? 1 : 0, 32);
+  buf.writeUInt32LE(p.asInit ? 1 : 0, 36);
+  let off = HEADER;
+  for (const l of p.rlimits) {
+    buf.writeUInt32LE(l.resource, off);
+    buf.writeBigUInt64LE(BigInt(l.soft), off + 8);
+    buf.writeBigUInt64LE(BigInt(l.hard), off + 16);
+    off += 24;
+  }
+  prog.copy(buf, off);
+  strings.copy(buf, off + prog.length);
+  return buf;
+}
