@@ -88,6 +88,8 @@ export interface Native {
   /** One open/write/close: 0 or -errno. */
   writeSmall(path: string, value: string): number;
   close(fd: number): void;
+  /** TIOCSWINSZ on a pty's master: 0 or -errno. */
+  ptyResize(fd: number, columns: number, rows: number): number;
   /** addon/upperio.cc: every readable xattr of the fd's inode, or -errno. */
   fdXattrs(fd: number): Record<string, Buffer> | number;
   /** lseek(fd, offset, SEEK_HOLE or SEEK_DATA): the offset, or -errno (-ENXIO: no more data). */

@@ -388,8 +388,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
         return;
       }
       const msg = decode(m);
-      if (!msg) continue;
-      this.procs.get(msg.id)?.onMessage(msg);
+      const p = msg && this.procs.get(msg.id);
+      if (!msg || !p) {
+        const fd = (m as Buffer & { fd?: number }).fd; // a pty master nobody waits for
+        if (fd !== undefined) n.close(fd);
+        if (!msg) continue;
+      }
+      p?.onMessage(msg);
       if (msg.type === 'exited') this.checkOom();
     }
   }
@@ -462,12 +467,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const p = new ProcessState(this.host(), id, {
       capture,
       timeoutMs: limits.timeoutMs,
-      outputBytes: capture ? limits.outputBytes : null,
+      outputBytes: capture ? limits.outputBytes : o.tty && o.output !== undefined ? limits.outputBytes : null,
       encoding: o.encoding,
       signal: o.signal,
       stdin: o.stdin,
       argv0: argv[0]!,
+      tty: o.tty,
     });
+    if (o.tty && !env.some((kv) => kv.startsWith('TERM='))) env = [...env, 'TERM=xterm-256color'];
     this.procs.set(id, p);
     this.ctlWatch?.ref();
     try {
@@ -483,6 +490,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
           cwd,
           argv,
           env,
+          tty: o.tty,
         }),
       );
     } catch (e) {
