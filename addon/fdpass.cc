@@ -110,11 +110,14 @@ Napi::Value Pipe(const Napi::CallbackInfo &info) {
   return a;
 }
 
-// readSome(fd): what a non-blocking fd has now, up to 1 MiB (the event loop then gets a turn):
-// a Buffer; null at EOF; undefined when nothing is waiting; { errno } on failure.
+// readSome(fd, drain?): what a non-blocking fd has now, up to 1 MiB (the event loop then gets a
+// turn): a Buffer; null at EOF; undefined when nothing is waiting; { errno } on failure. A short
+// read ends a pipe's turn; with drain (a pty, whose reads give at most a few KiB each) reads go
+// on until EAGAIN.
 Napi::Value ReadSome(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
+  bool drain = info.Length() > 1 && info[1].ToBoolean();
   static const size_t kChunk = 65536, kMax = 1 << 20;
   std::string got;
   static char buf[kChunk];
@@ -131,7 +134,7 @@ Napi::Value ReadSome(const Napi::CallbackInfo &info) {
       break;  // data first; EOF again on the next call
     }
     got.append(buf, (size_t)n);
-    if ((size_t)n < kChunk || got.size() >= kMax) break;
+    if ((!drain && (size_t)n < kChunk) || got.size() >= kMax) break;
   }
   if (got.empty()) return env.Undefined();
   return Napi::Buffer<char>::Copy(env, got.data(), got.size());

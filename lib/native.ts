@@ -82,7 +82,7 @@ export interface Native {
   recv(fd: number): Buffer | null | undefined | NativeFailure;
   pipe(nonblockingRead?: boolean): [number, number] | NativeFailure;
   /** A non-blocking fd's waiting bytes (up to 1 MiB); null at EOF; undefined when none. */
-  readSome(fd: number): Buffer | null | undefined | NativeFailure;
+  readSome(fd: number, drain?: boolean): Buffer | null | undefined | NativeFailure;
   /** A small pseudo-file whole (up to 64 KiB), or -errno. */
   readSmall(path: string): string | number;
   /** One open/write/close: 0 or -errno. */

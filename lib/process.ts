@@ -340,7 +340,7 @@ export class ProcessState implements SandboxProcess {
     const fd = this.ptyFd;
     this.ptyWatch = new n.Watch(fd, () => {
       if (this.ptyFd !== fd) return;
-      const b = n.readSome(fd);
+      const b = n.readSome(fd, true);
       if (b === undefined) return;
       // EIO: every holder of the slave has closed it (the kernel's EOF for a pty).
       if (b === null || isFailure(b)) return this.endPty();
