@@ -67,11 +67,13 @@ async function keystrokes(n: number): Promise<{ echoP50Ms: number; echoP90Ms: nu
     const browser = await launchChromium(chromium);
     try {
       const tab = await TerminalTab.open(browser, `${url}/terminal`);
-      await tab.waitFor(() => tab.screen(), (s) => /# $/.test(s));
+      await tab.waitFor(() => tab.screen(), (s) => /\/ # ?$/.test(s)); // the prompt
       const rtt: number[] = [];
+      const t0 = Date.now();
       for (let i = 0; i < n; i++) {
+        if (i % 50 === 0) console.error(`key ${i} at ${Date.now() - t0} ms`);
         if (i % 40 === 39) await tab.cdp.eval(`window.hutchProbe('\\x15')`).catch(() => undefined); // Ctrl-U: a fresh line
-        rtt.push(await tab.cdp.eval<number>(`window.hutchProbe('k')`));
+        rtt.push(await tab.cdp.eval<number>(`Promise.race([window.hutchProbe('k'), new Promise((_, no) => setTimeout(() => no(new Error('no echo in 10 s')), 10000))])`));
       }
       await tab.close();
       const s = [...rtt].sort((a, b) => a - b);
@@ -85,5 +87,13 @@ async function keystrokes(n: number): Promise<{ echoP50Ms: number; echoP90Ms: nu
 }
 
 const spawns = await spawnRatio(Number(values.spawns));
-const keys = await keystrokes(Number(values.keys));
-console.log(JSON.stringify({ spawns, keys }, null, 2));
+console.log(JSON.stringify({ spawns }));
+// Known issue (see the notes): the in-page probe sometimes never answers; the phase then ends
+// after 60 s with an error instead of hanging the bench.
+let phaseTimer: NodeJS.Timeout | undefined;
+const keys = await Promise.race([
+  keystrokes(Number(values.keys)),
+  new Promise<{ skipped: string }>((r) => (phaseTimer = setTimeout(() => r({ skipped: 'no echo within 60 s' }), 60_000))),
+]);
+clearTimeout(phaseTimer);
+console.log(JSON.stringify({ keys }));

@@ -341,6 +341,7 @@ export class TerminalTab {
     const cdp = await Cdp.openTab(browser.wsUrl);
     const tab = new TerminalTab(cdp);
     await cdp.send('Page.enable');
+    await cdp.send('Page.bringToFront'); // a background tab's timers are throttled
     await cdp.send('Runtime.enable');
     const loaded = cdp.once('Page.loadEventFired');
     const nav = (await cdp.send('Page.navigate', { url })) as { errorText?: string };
