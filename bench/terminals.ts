@@ -73,7 +73,10 @@ async function keystrokes(n: number): Promise<{ echoP50Ms: number; echoP90Ms: nu
       for (let i = 0; i < n; i++) {
         if (i % 50 === 0) console.error(`key ${i} at ${Date.now() - t0} ms`);
         if (i % 40 === 39) await tab.cdp.eval(`window.hutchProbe('\\x15')`).catch(() => undefined); // Ctrl-U: a fresh line
-        rtt.push(await tab.cdp.eval<number>(`Promise.race([window.hutchProbe('k'), new Promise((_, no) => setTimeout(() => no(new Error('no echo in 10 s')), 10000))])`));
+        let t: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, no) => (t = setTimeout(() => no(new Error(`no echo of key ${i} within 10 s`)), 10_000)));
+        rtt.push(await Promise.race([tab.cdp.eval<number>(`window.hutchProbe('k')`), timeout]));
+        clearTimeout(t);
       }
       await tab.close();
       const s = [...rtt].sort((a, b) => a - b);
@@ -88,12 +91,7 @@ async function keystrokes(n: number): Promise<{ echoP50Ms: number; echoP90Ms: nu
 
 const spawns = await spawnRatio(Number(values.spawns));
 console.log(JSON.stringify({ spawns }));
-// Known issue (see the notes): the in-page probe sometimes never answers; the phase then ends
-// after 60 s with an error instead of hanging the bench.
-let phaseTimer: NodeJS.Timeout | undefined;
-const keys = await Promise.race([
-  keystrokes(Number(values.keys)),
-  new Promise<{ skipped: string }>((r) => (phaseTimer = setTimeout(() => r({ skipped: 'no echo within 60 s' }), 60_000))),
-]);
-clearTimeout(phaseTimer);
+// Known issue (see the notes): the in-page probe sometimes never answers; a key without an echo
+// in 10 s ends this phase with that error, the browser and the server closed.
+const keys = await keystrokes(Number(values.keys)).catch((e: Error) => ({ skipped: e.message }));
 console.log(JSON.stringify({ keys }));
