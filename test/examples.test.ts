@@ -253,22 +253,30 @@ describe('code runner terminal', () => {
       const mine = await tab.waitFor(async () => [...sandboxCgroups(server.child.pid!)].filter(([k]) => !before.has(k)), (v) => v.length === 1);
       const dirs = mine[0]![1];
       expect(dirs.length).toBeGreaterThan(0);
+      // Type at the prompt, as a person does: busybox's line editor flushes input typed before it.
+      const prompt = () => tab.waitFor(() => tab.screen(), (s) => /\/ # ?$/.test(s));
+      await prompt();
       await tab.type('echo "sum=$((6*7))"; tty\r');
       const screen = await tab.waitFor(() => tab.screen(), (s) => /^sum=42\n\/dev\/pts\/0$/m.test(s));
       expect(screen).toMatch(/echo "sum=\$\(\(6\*7\)\)"; tty/); // the echo of what was typed
+      await prompt();
       await tab.type('clear; stty size\r');
       const first = (await tab.waitFor(() => tab.screen(), (s) => /^\d+ \d+$/m.test(s))).match(/^(\d+) (\d+)$/m)!;
       const [rows0, cols0] = [Number(first[1]), Number(first[2])];
       expect(rows0).toBeGreaterThan(5);
       await tab.setViewport(500, 300); // smaller than the 1000x1000 window
+      await prompt();
       await tab.type('clear; stty size\r');
       const second = (await tab.waitFor(() => tab.screen(), (s) => /^\d+ \d+$/m.test(s) && s.match(/^(\d+) (\d+)$/m)![0] !== first[0])).match(/^(\d+) (\d+)$/m)!;
       expect(Number(second[1])).toBeLessThan(rows0);
       expect(Number(second[2])).toBeLessThan(cols0);
       // Ctrl-C reaches the shell's foreground job.
+      await prompt();
       await tab.type('sleep 100\r');
       await new Promise((r) => setTimeout(r, 300));
-      await tab.type('\x03echo "rc=$?"\r');
+      await tab.type('\x03');
+      await prompt();
+      await tab.type('echo "rc=$?"\r');
       await tab.waitFor(() => tab.screen(), (s) => /^rc=130$/m.test(s));
       await tab.close();
       await tab.waitFor(async () => dirs.filter((d) => existsSync(d)), (left) => left.length === 0);
