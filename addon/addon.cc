@@ -39,6 +39,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readSmall", Napi::Function::New(env, ReadSmall));
   exports.Set("writeSmall", Napi::Function::New(env, WriteSmall));
   exports.Set("close", Napi::Function::New(env, CloseFd));
+  exports.Set("ptyResize", Napi::Function::New(env, PtyResize));
   exports.Set("openInRoot", Napi::Function::New(env, OpenInRoot));
   exports.Set("extractRoot", Napi::Function::New(env, ExtractRoot));
   exports.Set("extractBatch", Napi::Function::New(env, ExtractBatch));

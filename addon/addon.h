@@ -28,6 +28,7 @@ ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, si
 Napi::Value ReadSmall(const Napi::CallbackInfo &info);
 Napi::Value WriteSmall(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
+Napi::Value PtyResize(const Napi::CallbackInfo &info);
 // upperio.cc
 void InitUpperIo(Napi::Env env, Napi::Object exports);
 // rootio.cc

@@ -4,7 +4,9 @@
 #include <string.h>
 
 #include <string>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "addon.h"
@@ -51,7 +53,8 @@ Napi::Value Send(const Napi::CallbackInfo &info) {
 }
 
 // recv(fd): undefined when nothing is waiting, null at EOF, { errno } on failure, else a
-// Buffer with the message (any fds received are closed: init sends none).
+// Buffer with the message. The one fd init sends, a pty's master with MSG_STARTED (type 101),
+// is the Buffer's `fd` property; any other fd received is closed.
 Napi::Value Recv(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
@@ -68,15 +71,26 @@ Napi::Value Recv(const Napi::CallbackInfo &info) {
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return env.Undefined();
   if (n < 0) return sys_failure(env, nullptr, errno, nullptr);
+  uint32_t type = 0;
+  if (n >= 4) memcpy(&type, data, 4);
+  int kept = -1;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
       int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       int *p = (int *)CMSG_DATA(c);
-      for (int i = 0; i < k; i++) close(p[i]);
+      for (int i = 0; i < k; i++) {
+        if (type == 101 && kept < 0 && k == 1) kept = p[i];
+        else close(p[i]);
+      }
     }
   }
-  if (n == 0) return env.Null();
-  return Napi::Buffer<uint8_t>::Copy(env, data, (size_t)n);
+  if (n == 0) {
+    if (kept >= 0) close(kept);
+    return env.Null();
+  }
+  Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(env, data, (size_t)n);
+  if (kept >= 0) b.Set("fd", kept);
+  return b;
 }
 
 // pipe(nonblockingRead?): [readFd, writeFd], both close-on-exec; the read end non-blocking
@@ -96,11 +110,14 @@ Napi::Value Pipe(const Napi::CallbackInfo &info) {
   return a;
 }
 
-// readSome(fd): what a non-blocking fd has now, up to 1 MiB (the event loop then gets a turn):
-// a Buffer; null at EOF; undefined when nothing is waiting; { errno } on failure.
+// readSome(fd, drain?): what a non-blocking fd has now, up to 1 MiB (the event loop then gets a
+// turn): a Buffer; null at EOF; undefined when nothing is waiting; { errno } on failure. A short
+// read ends a pipe's turn; with drain (a pty, whose reads give at most a few KiB each) reads go
+// on until EAGAIN.
 Napi::Value ReadSome(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
+  bool drain = info.Length() > 1 && info[1].ToBoolean();
   static const size_t kChunk = 65536, kMax = 1 << 20;
   std::string got;
   static char buf[kChunk];
@@ -117,7 +134,7 @@ Napi::Value ReadSome(const Napi::CallbackInfo &info) {
       break;  // data first; EOF again on the next call
     }
     got.append(buf, (size_t)n);
-    if ((size_t)n < kChunk || got.size() >= kMax) break;
+    if ((!drain && (size_t)n < kChunk) || got.size() >= kMax) break;
   }
   if (got.empty()) return env.Undefined();
   return Napi::Buffer<char>::Copy(env, got.data(), got.size());
@@ -166,4 +183,14 @@ Napi::Value CloseFd(const Napi::CallbackInfo &info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   if (fd >= 0) close(fd);
   return info.Env().Undefined();
+}
+
+// ptyResize(fd, columns, rows): TIOCSWINSZ on a pty's master (the kernel sends SIGWINCH to
+// the terminal's foreground process group); 0 or -errno.
+Napi::Value PtyResize(const Napi::CallbackInfo &info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  struct winsize ws = {(unsigned short)info[2].As<Napi::Number>().Uint32Value(),
+                       (unsigned short)info[1].As<Napi::Number>().Uint32Value(), 0, 0};
+  int r = ioctl(fd, TIOCSWINSZ, &ws);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
 }

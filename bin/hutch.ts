@@ -4,16 +4,17 @@
  * `rmi`, `prune`, `bench`. Exit status of `run` is the command's (128+N for signal N); hutch's
  * own failures exit 125 and print the error's code.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { parseArgs } from 'node:util';
 import { HutchError, ImageStore, Sandbox, type SandboxOptions, type Limits, type NetworkOptions } from '../lib/index.js';
 import { settleNetwork } from '../lib/network/index.js';
 
 const USAGE = `usage:
-  hutch run [--image I] [--memory M] [--cpus N] [--pids N] [--disk D] [--timeout MS] [--output B]
+  hutch run [-i] [-t] [--image I] [--memory M] [--cpus N] [--pids N] [--disk D] [--timeout MS] [--output B]
             [--nofile N] [--network none|bridge] [--egress R] [--ingress R] [-p HOST:SANDBOX[/udp]]...
             [--nat] [--allow CIDR]... [--domain NAME]... [--dns ADDR]... [--host-port PORT[/udp]]... [-e K=V]... [-w DIR] [-u UID[:GID]] [-v SRC:DST[:rw]]... -- CMD...
+                                    -i: keep stdin open; -t: a terminal inside (-it: interactive, like docker run -it)
   hutch doctor                      what this host supports
   hutch images                      list images
   hutch import FILE [--tag T]       import a rootfs tarball, OCI layout or docker save archive
@@ -53,6 +54,7 @@ async function run(argv: string[]): Promise<number> {
       env: { type: 'string', short: 'e', multiple: true }, workdir: { type: 'string', short: 'w' },
       user: { type: 'string', short: 'u' }, volume: { type: 'string', short: 'v', multiple: true },
       hostname: { type: 'string' }, 'read-only': { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+      interactive: { type: 'boolean', short: 'i' }, tty: { type: 'boolean', short: 't' },
     },
   });
   if (values.help) {
@@ -121,27 +123,101 @@ async function run(argv: string[]): Promise<number> {
     }
     opts.network = net;
   }
+  const interactive = !!values.interactive;
+  const tty = !!values.tty;
+  if (tty && interactive && !process.stdin.isTTY) {
+    throw new HutchError('EINVAL', 'hutch run -it: the input device is not a TTY; drop -t (keep -i) to pipe input');
+  }
+  const cmd = positionals.length === 1 && /\s/.test(positionals[0]!) ? positionals[0]! : positionals;
+  return runInSandbox(opts, cmd, { interactive, tty, timeout: values.timeout });
+}
+
+/** The terminal modes hutch changed, undone on every way out (also process.exit). */
+let restoreTerminal = (): void => undefined;
+/** SIGHUP came: the terminal may be gone. */
+let hungUp = false;
+process.on('exit', () => {
+  restoreTerminal();
+  // Node restores its stdio's terminal modes at exit and aborts when that fails, as it does
+  // on a hung-up terminal (EIO): it skips fds that are no longer the files it started with.
+  if (hungUp) for (const fd of [0, 1, 2]) try { closeSync(fd); } catch {}
+});
+
+/**
+ * Runs one command in a new sandbox, its stdio joined to hutch's. Every way out destroys the
+ * sandbox: the command's end, SIGINT/SIGTERM/SIGHUP to hutch (forwarded to the command, then
+ * SIGKILL if it is still there 3 s later), and hutch's own failures.
+ */
+async function runInSandbox(opts: SandboxOptions, cmd: string | string[], o: { interactive: boolean; tty: boolean; timeout?: string }): Promise<number> {
   const ac = new AbortController();
+  const sigs: NodeJS.Signals[] = [];
+  let p: ReturnType<Sandbox['spawn']> | undefined;
+  let escalate: NodeJS.Timeout | undefined;
+  const onSig = (sig: NodeJS.Signals): void => {
+    sigs.push(sig);
+    if (sig === 'SIGHUP') hungUp = true;
+    if (!p || sigs.length > 1) return ac.abort();
+    p.kill(sig);
+    escalate ??= setTimeout(() => ac.abort(), 3000);
+  };
+  const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => [s, () => onSig(s)] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+  // A closed terminal makes writes fail (EIO): that must not end hutch before the cleanup.
+  for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
   const sb = await Sandbox.create(opts);
   sb.on('violation', (v) => process.stderr.write(`hutch: refused ${v.kind === 'network' ? `${v.protocol ?? ''} ${v.host ?? v.address ?? ''}${v.address && v.host ? ` (${v.address})` : ''}${v.port ? ` port ${v.port}` : ''}` : `syscall ${v.syscall ?? ''}`}: ${v.reason}\n`));
-  const onSig = (): void => ac.abort();
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
   try {
-    const cmd = positionals.length === 1 && /\s/.test(positionals[0]!) ? positionals[0]! : positionals;
-    const p = sb.spawn(cmd, { signal: ac.signal });
-    process.stdin.pipe(p.stdin);
-    p.stdout.pipe(process.stdout);
-    p.stderr.pipe(process.stderr);
-    const r = await p.result;
-    process.stdin.unpipe(p.stdin);
-    process.stdin.destroy();
-    if (r.reason === 'timeout') process.stderr.write(`hutch: timed out after ${values.timeout} ms\n`);
+    if (sigs.length > 0) return 128 + (osConstants.signals[sigs[0]!] ?? 9);
+    const out = process.stdout;
+    const size = o.tty && out.isTTY ? { columns: out.columns, rows: out.rows } : o.tty ? true : undefined;
+    p = sb.spawn(cmd, { signal: ac.signal, ...(size ? { tty: size } : {}) });
+    const proc = p;
+    const onResize = (): void => proc.resize(out.columns, out.rows);
+    if (o.tty && out.isTTY) out.on('resize', onResize);
+    if (o.tty && o.interactive && process.stdin.isTTY) {
+      process.stdin.setRawMode(true);
+      restoreTerminal = () => {
+        restoreTerminal = () => undefined;
+        try {
+          process.stdin.setRawMode(false);
+        } catch {}
+      };
+    }
+    if (o.interactive) {
+      // The host's terminal is never handed in: its bytes are copied to the sandbox's own pty.
+      if (o.tty) process.stdin.on('data', (b: Buffer) => proc.stdin.write(b));
+      else process.stdin.pipe(proc.stdin);
+    } else if (!o.tty) {
+      proc.stdin.end(); // as docker run without -i: no input
+    }
+    proc.stdout.pipe(process.stdout);
+    proc.stderr.pipe(process.stderr);
+    let r;
+    try {
+      r = await proc.result;
+    } catch (e) {
+      // As Docker: 127 when the command is not found, 126 when it cannot be run.
+      if (HutchError.is(e) && e.code === 'ESETUP' && e.step === 'exec' && (e.errno === 'ENOENT' || e.errno === 'EACCES' || e.errno === 'ENOEXEC')) {
+        process.stderr.write(`hutch: ${e.message}\n`);
+        return e.errno === 'ENOENT' ? 127 : 126;
+      }
+      throw e;
+    } finally {
+      restoreTerminal();
+      out.off('resize', onResize);
+      process.stdin.unpipe();
+      process.stdin.removeAllListeners('data');
+      process.stdin.destroy();
+    }
+    if (r.reason === 'timeout') process.stderr.write(`hutch: timed out after ${o.timeout} ms\n`);
     if (r.reason === 'oom') process.stderr.write('hutch: killed by the OOM killer (memory limit)\n');
     if (r.exitCode !== null) return r.exitCode;
     return 128 + (r.signal ? (osConstants.signals[r.signal] ?? 9) : 9);
   } finally {
+    clearTimeout(escalate);
+    restoreTerminal();
     await sb.destroy();
+    for (const [s, h] of handlers) process.off(s, h);
   }
 }
 

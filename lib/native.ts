@@ -82,12 +82,14 @@ export interface Native {
   recv(fd: number): Buffer | null | undefined | NativeFailure;
   pipe(nonblockingRead?: boolean): [number, number] | NativeFailure;
   /** A non-blocking fd's waiting bytes (up to 1 MiB); null at EOF; undefined when none. */
-  readSome(fd: number): Buffer | null | undefined | NativeFailure;
+  readSome(fd: number, drain?: boolean): Buffer | null | undefined | NativeFailure;
   /** A small pseudo-file whole (up to 64 KiB), or -errno. */
   readSmall(path: string): string | number;
   /** One open/write/close: 0 or -errno. */
   writeSmall(path: string, value: string): number;
   close(fd: number): void;
+  /** TIOCSWINSZ on a pty's master: 0 or -errno. */
+  ptyResize(fd: number, columns: number, rows: number): number;
   /** addon/upperio.cc: every readable xattr of the fd's inode, or -errno. */
   fdXattrs(fd: number): Record<string, Buffer> | number;
   /** lseek(fd, offset, SEEK_HOLE or SEEK_DATA): the offset, or -errno (-ENXIO: no more data). */

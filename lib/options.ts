@@ -185,8 +185,12 @@ export interface ExecOptions {
  * ```
  */
 export interface SpawnOptions extends Omit<ExecOptions, 'stdin' | 'encoding'> {
-  /** Only `false` (the default) is accepted for now: terminals are not supported yet (`EINVAL`). */
-  tty?: boolean;
+  /**
+   * A pseudo-terminal inside (from the sandbox's own devpts): stdin and stdout are its two ends,
+   * stderr is empty, `isatty()` is true, Ctrl-C (`\x03` on stdin) signals the foreground process
+   * group. `true` is 80x24; `TERM=xterm-256color` unless `env` sets it. docs/terminals.md.
+   */
+  tty?: boolean | { columns?: number; rows?: number };
 }
 
 /**
@@ -334,7 +338,7 @@ export interface ResolvedExecOptions {
   encoding?: BufferEncoding;
   signal?: AbortSignal;
   stdin?: string | Uint8Array | NodeJS.ReadableStream;
-  tty?: boolean;
+  tty?: { columns: number; rows: number };
 }
 
 export function resolveExecOptions(options: unknown, kind: 'exec' | 'spawn' | 'run' = 'exec'): ResolvedExecOptions {
@@ -357,11 +361,26 @@ export function resolveExecOptions(options: unknown, kind: 'exec' | 'spawn' | 'r
     if (!ok) throw invalid('stdin', 'a string, a Uint8Array or a readable stream', s);
     r.stdin = s as ResolvedExecOptions['stdin'];
   }
-  if (o.tty !== undefined) {
-    if (o.tty !== false) throw invalid('tty', 'false (terminals are not supported yet)', o.tty);
-    r.tty = false;
-  }
+  const tty = checkTty(o.tty);
+  if (tty) r.tty = tty;
   return r;
+}
+
+/** A terminal size: 1 to 65535 columns and rows (struct winsize holds 16 bits). */
+export function checkTtySize(field: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 0xffff) throw invalid(field, 'an integer from 1 to 65535', v);
+  return v;
+}
+
+function checkTty(v: unknown): { columns: number; rows: number } | undefined {
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return { columns: 80, rows: 24 };
+  const o = plainObject('tty', v, 'true, false or { columns, rows }');
+  rejectUnknownKeys('tty', o, ['columns', 'rows']);
+  return {
+    columns: o.columns === undefined ? 80 : checkTtySize('tty.columns', o.columns),
+    rows: o.rows === undefined ? 24 : checkTtySize('tty.rows', o.rows),
+  };
 }
 
 /** A command: a string runs under /bin/sh -c; an array is exec'd directly. */

@@ -4,7 +4,7 @@
  * command ends is a result; only hutch's own failures reject).
  */
 import { Trace } from './trace.js';
-import { openSync } from 'node:fs';
+import { openSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
@@ -12,6 +12,7 @@ import { HutchError } from './errors.js';
 import { isFailure, native, type Watch } from './native.js';
 import { waitStatus, type InitMessage } from './protocol.js';
 import { setupError } from './setup-errors.js';
+import { checkTtySize } from './options.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
 import type { PausableTimer, PauseClock } from './pause.js';
 import type { Violation, ViolationCollector, ViolationLog } from './network/violations.js';
@@ -151,6 +152,20 @@ export interface SandboxProcess {
    * ```
    */
   kill(signal?: NodeJS.Signals): void;
+  /**
+   * Sets the terminal's size (TIOCSWINSZ on the pty): the process's foreground process group
+   * gets `SIGWINCH` from the kernel. Only for a process spawned with `tty`; no effect once it
+   * has ended.
+   *
+   * @throws HutchError `EINVAL` without `tty`, or for a size outside 1 to 65535.
+   *
+   * @example
+   * ```ts
+   * const p = sb.spawn('sh', { tty: { columns: 80, rows: 24 } });
+   * p.resize(120, 40); // `stty size` now says "40 120"
+   * ```
+   */
+  resize(columns: number, rows: number): void;
 }
 
 /** What a process needs of its sandbox. */
@@ -190,6 +205,8 @@ export interface StartOptions {
   signal?: AbortSignal;
   stdin?: string | Uint8Array | NodeJS.ReadableStream;
   argv0: string;
+  /** A pty of this size: init makes it and sends its master with MSG_STARTED. */
+  tty?: { columns: number; rows: number };
 }
 
 /** A process in flight. Created by Sandbox.exec/spawn, settled by messages from init. */
@@ -237,6 +254,7 @@ export class ProcessState implements SandboxProcess {
 
   /** Makes the pipes, sends the request with the child's ends, keeps ours as streams. */
   start(message: (id: number) => Buffer): void {
+    if (this.opts.tty) return this.startTty(message);
     const n = native();
     // An exec with no input reads /dev/null: one fd kept for all, no pipe and no stream.
     const noInput = this.opts.capture && this.opts.stdin === undefined;
@@ -287,6 +305,132 @@ export class ProcessState implements SandboxProcess {
       if (this.opts.signal.aborted) this.onAbort();
       else this.opts.signal.addEventListener('abort', this.onAbort, { once: true });
     }
+  }
+
+  /** The pty's master (from MSG_STARTED), -1 before and once closed. */
+  private ptyFd = -1;
+  private ptyWatch: Watch | null = null;
+  /** Input written before the master arrived, or while the pty's input queue was full. */
+  private ptyQueue: { b: Buffer; cb: (e?: Error | null) => void }[] = [];
+  private ptyRetry: NodeJS.Timeout | undefined;
+  private ptySize: { columns: number; rows: number } | null = null;
+
+  /**
+   * A tty process: no fds sent; init makes the pty in the sandbox's devpts. stdout reads the
+   * master through the addon (pushes stop while the reader is full: backpressure), stdin
+   * writes to it, stderr is empty (the terminal carries both), and ending stdin types the
+   * terminal's EOF (Ctrl-D).
+   */
+  private startTty(message: (id: number) => Buffer): void {
+    this.host.sendExec(this.id, message(this.id), []);
+    this.tr.mark('send');
+    this.oomBefore = this.host.cgroup?.oomKills() ?? 0;
+    this.openStreams = 1;
+    const stdout = new Readable({ read: () => this.watchPty() });
+    const stderr = new Readable({ read: () => undefined });
+    stderr.push(null);
+    const stdin = new Writable({
+      write: (b: Buffer, _enc, cb) => this.writePty(b, cb),
+      final: (cb) => this.writePty(Buffer.from([4]), cb),
+    });
+    stdin.on('error', () => undefined);
+    Object.assign(this, { stdin, stdout, stderr });
+    if (this.opts.timeoutMs !== null) this.timer = this.host.clock.timer(this.opts.timeoutMs, () => this.forceKill('timeout', 9));
+    if (this.opts.signal) {
+      if (this.opts.signal.aborted) this.onAbort();
+      else this.opts.signal.addEventListener('abort', this.onAbort, { once: true });
+    }
+  }
+
+  /** Reads the master while stdout wants data: one Watch, closed when push() says full. */
+  private watchPty(): void {
+    if (this.ptyFd < 0 || this.ptyWatch) return;
+    const n = native();
+    const fd = this.ptyFd;
+    this.ptyWatch = new n.Watch(fd, () => {
+      if (this.ptyFd !== fd) return;
+      const b = n.readSome(fd, true);
+      if (b === undefined) return;
+      // EIO: every holder of the slave has closed it (the kernel's EOF for a pty).
+      if (b === null || isFailure(b)) return this.endPty();
+      const cap = this.opts.outputBytes;
+      let chunk = b;
+      if (cap !== null && this.captured + b.length > cap) {
+        chunk = b.subarray(0, Math.max(0, cap - this.captured));
+        this.captured = cap;
+        if (!this.truncated) {
+          this.truncated = true;
+          this.forceKill('output-limit', 9);
+        }
+      } else this.captured += b.length;
+      if (chunk.length > 0 && !this.stdout.push(chunk)) {
+        this.ptyWatch?.close();
+        this.ptyWatch = null;
+      }
+    });
+  }
+
+  private writePty(b: Buffer, cb: (e?: Error | null) => void): void {
+    this.ptyQueue.push({ b, cb });
+    this.flushPty();
+  }
+
+  /** Writes queued input; a full input queue (EAGAIN) is tried again shortly. Input after the
+   * end is dropped, as for a pipe. */
+  private flushPty(): void {
+    if (this.ptyRetry) return;
+    while (this.ptyQueue.length > 0) {
+      const head = this.ptyQueue[0]!;
+      if (this.ptyFd < 0) {
+        if (!this.settled && !this.exited && this.pid === 0) return; // the master is on its way
+        this.ptyQueue.shift();
+        head.cb();
+        continue;
+      }
+      let k = 0;
+      try {
+        k = writeSync(this.ptyFd, head.b);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+          this.ptyRetry = setTimeout(() => {
+            this.ptyRetry = undefined;
+            this.flushPty();
+          }, 5);
+          return;
+        }
+        k = head.b.length; // EIO: the terminal is gone; drop it
+      }
+      if (k < head.b.length) {
+        head.b = head.b.subarray(k);
+        continue;
+      }
+      this.ptyQueue.shift();
+      head.cb();
+    }
+  }
+
+  private endPty(): void {
+    if (this.ptyFd < 0) return;
+    this.ptyWatch?.close();
+    this.ptyWatch = null;
+    native().close(this.ptyFd);
+    this.ptyFd = -1;
+    clearTimeout(this.ptyRetry);
+    this.ptyRetry = undefined;
+    this.flushPty();
+    if (!this.stdout.readableEnded) this.stdout.push(null);
+    this.openStreams--;
+    this.maybeSettle();
+  }
+
+  resize(columns: number, rows: number): void {
+    if (!this.opts.tty) throw new HutchError('EINVAL', 'resize() needs a process spawned with tty: spawn(cmd, { tty: true })');
+    const size = { columns: checkTtySize('columns', columns), rows: checkTtySize('rows', rows) };
+    if (this.ptyFd < 0) {
+      this.ptySize = size; // applied when the master arrives
+      return;
+    }
+    native().ptyResize(this.ptyFd, size.columns, size.rows);
   }
 
   /** Captures one output pipe (non-blocking read end) until EOF, one read per readiness. */
@@ -343,6 +487,17 @@ export class ProcessState implements SandboxProcess {
     if (m.type === 'started') {
       this.tr.mark('started');
       this.pid = m.pid;
+      if (m.fd !== undefined) {
+        if (!this.opts.tty || this.settled || this.ptyFd >= 0) native().close(m.fd);
+        else {
+          this.ptyFd = m.fd;
+          if (this.ptySize) native().ptyResize(m.fd, this.ptySize.columns, this.ptySize.rows);
+          this.watchPty();
+          this.flushPty();
+        }
+      } else if (this.opts.tty) {
+        this.fail(new HutchError('ESETUP', 'init started a tty process without sending its terminal; this is a bug in hutch', { step: 'exec' }));
+      }
     } else if (m.type === 'failed') {
       const err = setupError({ step: m.step, errno: m.errno, path: m.step === 'exec' ? this.opts.argv0 : undefined });
       this.fail(err);
@@ -377,6 +532,14 @@ export class ProcessState implements SandboxProcess {
     this.stderr?.destroy();
     this.stdin?.destroy();
     for (const [w, fd] of this.pipes) this.closePipe(w, fd);
+    if (this.opts.tty) {
+      this.ptyWatch?.close();
+      this.ptyWatch = null;
+      if (this.ptyFd >= 0) native().close(this.ptyFd);
+      this.ptyFd = -1;
+      clearTimeout(this.ptyRetry);
+      for (const q of this.ptyQueue.splice(0)) q.cb();
+    }
     this.reject(e);
   }
 

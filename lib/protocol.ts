@@ -7,7 +7,7 @@ import { EXEC_STEPS as EXEC_STEP_NAMES } from './errors.js';
 type ExecStep = (typeof EXEC_STEP_NAMES)[number];
 
 export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104 } as const;
-export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2 } as const;
+export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2, TTY: 4 } as const;
 
 /** Steps of an exec inside the sandbox (MSG_FAILED), by number. */
 export const EXEC_STEPS: Record<number, ExecStep> = Object.fromEntries(EXEC_STEP_NAMES.map((name, i) => [i + 1, name]));
@@ -23,9 +23,13 @@ export interface ExecRequest {
   cwd: string;
   argv: string[];
   env: string[];
+  /** A pty of this size instead of stdio fds: init sends its master back with MSG_STARTED. */
+  tty?: { columns: number; rows: number };
 }
 
 const EXEC_HEADER = 48;
+/** struct tty_req: columns, rows (u16 each), pad. */
+const TTY_REQ = 8;
 const RLIM_INFINITY = 0xffffffffffffffffn;
 
 function rlim(v: number): bigint {
@@ -35,19 +39,25 @@ function rlim(v: number): bigint {
 export function encodeExec(r: ExecRequest): Buffer {
   const strings = Buffer.from([r.cwd, ...r.argv, ...r.env].join('\0') + '\0', 'utf8');
   const prog = r.seccomp ?? Buffer.alloc(0);
-  const buf = Buffer.alloc(EXEC_HEADER + r.rlimits.length * 24 + prog.length + strings.length);
+  const ttyLen = r.tty ? TTY_REQ : 0;
+  const buf = Buffer.alloc(EXEC_HEADER + ttyLen + r.rlimits.length * 24 + prog.length + strings.length);
   buf.writeUInt32LE(MSG.EXEC, 0);
   buf.writeUInt32LE(r.id, 4);
   buf.writeUInt32LE(r.uid, 8);
   buf.writeUInt32LE(r.gid, 12);
   buf.writeBigUInt64LE(r.caps, 16);
-  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0), 24);
+  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0) | (r.tty ? EXEC_FLAGS.TTY : 0), 24);
   buf.writeUInt32LE(r.rlimits.length, 28);
   buf.writeUInt32LE(prog.length, 32);
   buf.writeUInt32LE(r.argv.length, 36);
   buf.writeUInt32LE(r.env.length, 40);
   buf.writeUInt32LE(strings.length, 44);
   let off = EXEC_HEADER;
+  if (r.tty) {
+    buf.writeUInt16LE(r.tty.columns, off);
+    buf.writeUInt16LE(r.tty.rows, off + 2);
+    off += TTY_REQ;
+  }
   for (const l of r.rlimits) {
     buf.writeUInt32LE(l.resource, off);
     buf.writeBigUInt64LE(rlim(l.soft), off + 8);
@@ -70,7 +80,7 @@ export function encodeKill(id: number, signal: number, group: boolean): Buffer {
 }
 
 export type InitMessage =
-  | { type: 'started'; id: number; pid: number }
+  | { type: 'started'; id: number; pid: number; fd?: number }
   | { type: 'failed'; id: number; errno: number; step: ExecStep }
   | { type: 'exited'; id: number; status: number; utimeUs: number; stimeUs: number; maxrssKb: number }
   | { type: 'protocol-error'; id: number; code: number };
@@ -80,8 +90,11 @@ export function decode(m: Buffer): InitMessage | undefined {
   const type = m.readUInt32LE(0);
   const id = m.readUInt32LE(4);
   switch (type) {
-    case MSG.STARTED:
-      return { type: 'started', id, pid: m.readInt32LE(8) };
+    case MSG.STARTED: {
+      // A pty's master, when init sent one (addon/fdpass.cc: Recv).
+      const fd = (m as Buffer & { fd?: number }).fd;
+      return fd === undefined ? { type: 'started', id, pid: m.readInt32LE(8) } : { type: 'started', id, pid: m.readInt32LE(8), fd };
+    }
     case MSG.FAILED:
       return { type: 'failed', id, errno: m.readInt32LE(8), step: EXEC_STEPS[m.readUInt32LE(12)] ?? 'exec' };
     case MSG.EXITED:

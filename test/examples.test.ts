@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { launchChromium, runInPage } from '../examples/code-runner/browser.js';
+import { launchChromium, runInPage, TerminalTab } from '../examples/code-runner/browser.js';
 import { needs } from './helpers/require.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -100,12 +100,42 @@ function run(args: string[], options: { input?: string; timeoutMs?: number } = {
 
 beforeAll(() => ensureBuilt(), 200_000);
 
+/** The cgroup directories (cgroupfs) of each sandbox a process runs: its children's (the inits'). */
+function sandboxCgroups(pid: number): Map<number, string[]> {
+  const out = new Map<number, string[]>();
+  const kids: number[] = [];
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      kids.push(...readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+    } catch {}
+  }
+  const unified = existsSync('/sys/fs/cgroup/unified') ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
+  for (const k of kids) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${k}/cgroup`, 'utf8');
+    } catch {
+      continue;
+    }
+    const dirs: string[] = [];
+    for (const line of text.trim().split('\n')) {
+      const [, ctl, path] = /^\d+:([^:]*):(.*)$/.exec(line) ?? [];
+      if (path === undefined || !path.includes('hutch')) continue;
+      const ctls = ctl === '' ? [''] : ctl!.split(',').filter((c) => !c.startsWith('name='));
+      for (const c of ctls) dirs.push(c === '' ? unified + path : `/sys/fs/cgroup/${ctl}${path}`);
+    }
+    const live = [...new Set(dirs)].filter((d) => existsSync(d));
+    if (live.length) out.set(k, live);
+  }
+  return out;
+}
+
 describe('code runner', () => {
   let server: Awaited<ReturnType<typeof start>>;
   let url: string;
 
   beforeAll(async () => {
-    server = await start([SERVER, '--port', '0', '--pool-size', '1', '--max-concurrent', '2', '--max-queue', '1', '--max-timeout', '5000'], /listening on (http:\/\/\S+)/);
+    server = await start([SERVER, '--port', '0', '--pool-size', '1', '--max-concurrent', '2', '--max-queue', '1', '--max-timeout', '5000', '--terminal-idle', '8000'], /listening on (http:\/\/\S+)/);
     url = server.match[1]!;
   }, 60_000);
 
@@ -192,6 +222,75 @@ describe('code runner', () => {
       await browser.close();
     }
   }, 90_000);
+});
+
+describe('code runner terminal', () => {
+  let server: Awaited<ReturnType<typeof start>>;
+  let url: string;
+
+  beforeAll(async () => {
+    server = await start([SERVER, '--port', '0', '--pool-size', '0', '--terminal-idle', '8000'], /listening on (http:\/\/\S+)/);
+    url = server.match[1]!;
+  }, 60_000);
+
+  afterAll(async () => {
+    if (server) expect(await stop(server.child)).toBe(0);
+  }, 30_000);
+
+  it('gives each tab a shell on a pty in its own sandbox: typing, output, resize, and the sandbox gone with the tab', async (ctx) => {
+    const chromium = process.env.CHROMIUM ?? 'chromium';
+    const found = chromium.includes('/') ? existsSync(chromium) : (process.env.PATH ?? '').split(delimiter).some((d) => existsSync(join(d, chromium)));
+    const skip = needs(found, 'chromium is not installed (apt-get install chromium)');
+    if (skip) return ctx.skip(skip);
+    const js = await fetch(`${url}/xterm/xterm.js`);
+    expect(js.status).toBe(200);
+    expect(js.headers.get('content-type')).toMatch(/javascript/);
+    const before = sandboxCgroups(server.child.pid!);
+    const browser = await launchChromium(chromium);
+    try {
+      const tab = await TerminalTab.open(browser, `${url}/terminal`);
+      // Its own sandbox: one more init under the server, with its cgroups.
+      const mine = await tab.waitFor(async () => [...sandboxCgroups(server.child.pid!)].filter(([k]) => !before.has(k)), (v) => v.length === 1);
+      const dirs = mine[0]![1];
+      expect(dirs.length).toBeGreaterThan(0);
+      // Type at the prompt, as a person does: busybox's line editor flushes input typed before it.
+      const prompt = () => tab.waitFor(() => tab.screen(), (s) => /\/ # ?$/.test(s));
+      await prompt();
+      await tab.type('echo "sum=$((6*7))"; tty\r');
+      const screen = await tab.waitFor(() => tab.screen(), (s) => /^sum=42\n\/dev\/pts\/0$/m.test(s));
+      expect(screen).toMatch(/echo "sum=\$\(\(6\*7\)\)"; tty/); // the echo of what was typed
+      await prompt();
+      await tab.type('clear; stty size\r');
+      const first = (await tab.waitFor(() => tab.screen(), (s) => /^\d+ \d+$/m.test(s))).match(/^(\d+) (\d+)$/m)!;
+      const [rows0, cols0] = [Number(first[1]), Number(first[2])];
+      expect(rows0).toBeGreaterThan(5);
+      await tab.setViewport(500, 300); // smaller than the 1000x1000 window
+      await prompt();
+      await tab.type('clear; stty size\r');
+      const second = (await tab.waitFor(() => tab.screen(), (s) => /^\d+ \d+$/m.test(s) && s.match(/^(\d+) (\d+)$/m)![0] !== first[0])).match(/^(\d+) (\d+)$/m)!;
+      expect(Number(second[1])).toBeLessThan(rows0);
+      expect(Number(second[2])).toBeLessThan(cols0);
+      // Ctrl-C reaches the shell's foreground job.
+      await prompt();
+      await tab.type('sleep 100\r');
+      await new Promise((r) => setTimeout(r, 300));
+      await tab.type('\x03');
+      await prompt();
+      await tab.type('echo "rc=$?"\r');
+      await tab.waitFor(() => tab.screen(), (s) => /^rc=130$/m.test(s));
+      await tab.close();
+      await tab.waitFor(async () => dirs.filter((d) => existsSync(d)), (left) => left.length === 0);
+      // Idle: a tab that types nothing is closed after --terminal-idle, its sandbox with it.
+      const idleBefore = sandboxCgroups(server.child.pid!);
+      const idle = await TerminalTab.open(browser, `${url}/terminal`);
+      const idleDirs = (await idle.waitFor(async () => [...sandboxCgroups(server.child.pid!)].filter(([k]) => !idleBefore.has(k)), (v) => v.length === 1))[0]![1];
+      expect(await idle.waitFor(() => idle.status(), (s) => s !== 'connected', 30_000)).toBe('closed: idle timeout');
+      await idle.waitFor(async () => idleDirs.filter((d) => existsSync(d)), (left) => left.length === 0);
+      await idle.close();
+    } finally {
+      await browser.close();
+    }
+  }, 120_000);
 });
 
 describe('test harness', () => {

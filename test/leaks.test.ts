@@ -73,4 +73,41 @@ describe('leaks', () => {
     expect([...pids].filter(([pid, t]) => startTime(pid) === t).map(([pid]) => pid)).toEqual([]);
     expect(children().sort()).toEqual(kids);
   }, 120_000);
+
+  it('1000 tty spawns leave no fd, pty or process behind', async () => {
+    // Counts only its own: this process's fds, and the ptys and processes of its sandbox (ptys
+    // come from the sandbox's own devpts), so it needs no serial run.
+    const sb = await Sandbox.create({ image: 'busybox' });
+    try {
+      const warm = sb.spawn(['true'], { tty: true });
+      warm.stdout.resume();
+      await warm.result;
+      const fds = fdCount();
+      const kids = children().sort();
+      for (let i = 0; i < 1000; i += 20) {
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, j) => {
+            // Three ways to end: on its own, killed while its stdin is open, and after EOF.
+            const k = (i + j) % 3;
+            const p = sb.spawn(k === 2 ? ['cat'] : ['sh', '-c', k === 0 ? 'echo x' : 'read x'], { tty: { columns: 40 + j, rows: 10 } });
+            p.stdout.resume();
+            if (k === 1) setTimeout(() => p.kill('SIGKILL'), 5);
+            if (k === 2) p.stdin.end();
+            const r = await p.result;
+            expect(r.reason).toBe(k === 1 ? 'killed' : 'exit');
+          }),
+        );
+      }
+      expect(fdCount()).toBe(fds);
+      expect(children().sort()).toEqual(kids);
+      const inside = await sb.exec(['sh', '-c', 'ls /dev/pts; ls -d /proc/[0-9]* | wc -l'], { encoding: 'utf8' });
+      // ptmx only, no pty left; init, the sh and its ls/wc children at most.
+      const lines = (inside.stdout as string).trim().split('\n');
+      expect(lines.slice(0, -1)).toEqual(['ptmx']);
+      expect(Number(lines.at(-1))).toBeLessThanOrEqual(4);
+      expect((await sb.stats()).pids).toBeLessThanOrEqual(1);
+    } finally {
+      await sb.destroy();
+    }
+  }, 300_000);
 });

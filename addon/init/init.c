@@ -21,10 +21,12 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "protocol.h"
@@ -148,6 +150,58 @@ static int enter_cwd(const char *cwd) {
   return r;
 }
 
+/* A pseudo-terminal from the sandbox's own devpts (its ptmx, reached without following any
+ * link: /dev is the sandbox's to change), never the host's: the master goes to the host with
+ * MSG_STARTED, the slave becomes the process's fds 0-2 and controlling terminal. The slave is
+ * the process's user's, as login programs leave it. Returns 0 or an errno. */
+static int open_pty(const struct tty_req *t, uint32_t uid, uint32_t gid, int *master, int *slave) {
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK;
+  how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  int m = (int)syscall(SYS_openat2, AT_FDCWD, "/dev/pts/ptmx", &how, sizeof how);
+  if (m < 0) return errno;
+  int unlock = 0;
+  struct winsize ws = {t->rows, t->columns, 0, 0};
+  int s = -1;
+  if (ioctl(m, TIOCSPTLCK, &unlock) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0 ||
+      (s = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 || fchown(s, uid, gid) < 0) {
+    int e = errno;
+    if (s >= 0) close(s);
+    close(m);
+    return e;
+  }
+  *master = m;
+  *slave = s;
+  return 0;
+}
+
+/* exec child: the pty on fd 0 becomes the controlling terminal of the new session. */
+static int take_controlling_tty(void) { return ioctl(0, TIOCSCTTY, 0); }
+
+/* MSG_STARTED with the pty's master attached. */
+static void send_started_with_fd(const struct started_msg *m, int fd) {
+  struct iovec iov = {(void *)m, sizeof *m};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cbuf;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  memset(&cbuf, 0, sizeof cbuf);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf.buf;
+  msg.msg_controllen = sizeof cbuf.buf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t n;
+  do n = sendmsg(CTL_FD, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+}
+
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
  * fds, rlimits, cwd, ids, capabilities, no_new_privs, and seccomp last (nsjail's applyPolicy). */
 static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl, const struct sock_filter *prog,
@@ -164,6 +218,7 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   if (setsid() < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0) die_exec(status_fd, XSTEP_FDS, errno);
+  if ((r->flags & EXEC_TTY) && take_controlling_tty() < 0) die_exec(status_fd, XSTEP_FDS, errno);
   /* Only 0-2 reach the program: init's own fds are closed now, the status pipe on exec. */
   if (close_init_fds(status_fd) < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (uint32_t i = 0; i < r->nrlimits; i++) {
@@ -224,8 +279,10 @@ static void start_exec(size_t len, int *fds, int nfds) {
     return;
   }
   memcpy(&r, msgbuf, sizeof r);
-  size_t need = sizeof r + (size_t)r.nrlimits * sizeof(struct rlimit_req) + r.seccomp_len + r.strings_len;
-  if (nfds != 3 || r.nrlimits > 64 || r.seccomp_len % sizeof(struct sock_filter) != 0 ||
+  int tty = (r.flags & EXEC_TTY) != 0;
+  size_t ttylen = tty ? sizeof(struct tty_req) : 0;
+  size_t need = sizeof r + ttylen + (size_t)r.nrlimits * sizeof(struct rlimit_req) + r.seccomp_len + r.strings_len;
+  if (nfds != (tty ? 0 : 3) || r.nrlimits > 64 || r.seccomp_len % sizeof(struct sock_filter) != 0 ||
       r.seccomp_len > 4096 * sizeof(struct sock_filter) || need != len || r.argc == 0 || r.argc > 1 << 16 ||
       r.envc > 1 << 16 || r.strings_len == 0 || msgbuf[len - 1] != 0 ||
       ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0)) {
@@ -238,9 +295,9 @@ static void start_exec(size_t len, int *fds, int nfds) {
     close_fds(fds, nfds);
     return;
   }
-  const struct rlimit_req *rl = (const struct rlimit_req *)(msgbuf + sizeof r);
-  const struct sock_filter *prog = (const struct sock_filter *)(msgbuf + sizeof r + r.nrlimits * sizeof *rl);
-  char *s = (char *)msgbuf + sizeof r + r.nrlimits * sizeof *rl + r.seccomp_len;
+  const struct rlimit_req *rl = (const struct rlimit_req *)(msgbuf + sizeof r + ttylen);
+  const struct sock_filter *prog = (const struct sock_filter *)(msgbuf + sizeof r + ttylen + r.nrlimits * sizeof *rl);
+  char *s = (char *)msgbuf + sizeof r + ttylen + r.nrlimits * sizeof *rl + r.seccomp_len;
   char *end = s + r.strings_len;
   /* cwd, argv, envp: count the NUL-ended strings; they must be exactly 1 + argc + envc. */
   size_t want = 1 + (size_t)r.argc + r.envc, got = 0;
@@ -260,12 +317,29 @@ static void start_exec(size_t len, int *fds, int nfds) {
   for (uint32_t i = 0; i < r.envc; i++, q += strlen(q) + 1) envp[i] = q;
   envp[r.envc] = NULL;
 
+  /* A pty: the child gets its slave as fds 0-2; init keeps the master until MSG_STARTED. */
+  int master = -1, ttyfds[3] = {-1, -1, -1};
+  if (tty) {
+    struct tty_req t;
+    memcpy(&t, msgbuf + sizeof r, sizeof t);
+    int e = open_pty(&t, r.uid, r.gid, &master, &ttyfds[0]);
+    if (e) {
+      struct failed_msg f = {MSG_FAILED, r.id, e, XSTEP_FDS};
+      send_msg(&f, sizeof f);
+      free(vec);
+      return;
+    }
+    ttyfds[1] = ttyfds[2] = ttyfds[0];
+    fds = ttyfds;
+    nfds = 1;
+  }
   int st[2];
   if (pipe2(st, O_CLOEXEC) < 0) {
     struct failed_msg f = {MSG_FAILED, r.id, errno, XSTEP_FORK};
     send_msg(&f, sizeof f);
     free(vec);
     close_fds(fds, nfds);
+    if (master >= 0) close(master);
     return;
   }
   pid_t pid = fork();
@@ -279,6 +353,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
   free(vec);
   if (pid < 0) {
     close(st[0]);
+    if (master >= 0) close(master);
     struct failed_msg f = {MSG_FAILED, r.id, fork_err, XSTEP_FORK};
     send_msg(&f, sizeof f);
     return;
@@ -291,18 +366,25 @@ static void start_exec(size_t len, int *fds, int nfds) {
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
+    if (master >= 0) close(master);
     struct failed_msg f = {MSG_FAILED, r.id, (int32_t)rec[1], rec[0]};
     send_msg(&f, sizeof f);
     return;
   }
   if (add_slot(r.id, pid) < 0) {
     kill(pid, SIGKILL);
+    if (master >= 0) close(master);
     struct failed_msg f = {MSG_FAILED, r.id, ENOMEM, XSTEP_FORK};
     send_msg(&f, sizeof f);
     return;
   }
   struct started_msg m = {MSG_STARTED, r.id, pid, 0};
-  send_msg(&m, sizeof m);
+  if (master >= 0) {
+    send_started_with_fd(&m, master);
+    close(master);
+  } else {
+    send_msg(&m, sizeof m);
+  }
 }
 
 static void deliver_kill(size_t len) {

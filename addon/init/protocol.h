@@ -15,9 +15,10 @@
 #define SETUP_RECORD_SIZE 264 /* sizeof(struct setup_error) */
 
 enum msg_type {
-  MSG_EXEC = 1,  /* struct exec_req, rlimits, seccomp program, strings; fds: stdin, stdout, stderr */
+  MSG_EXEC = 1,  /* struct exec_req, [struct tty_req], rlimits, seccomp program, strings; fds: stdin, stdout,
+                  * stderr (none with EXEC_TTY: init makes a pty and sends its master with MSG_STARTED) */
   MSG_KILL = 2,  /* struct kill_req */
-  MSG_STARTED = 101,
+  MSG_STARTED = 101, /* with EXEC_TTY: one fd, the pty's master (SCM_RIGHTS) */
   MSG_FAILED = 102,
   MSG_EXITED = 103,
   MSG_PROTOCOL_ERROR = 104,
@@ -26,6 +27,7 @@ enum msg_type {
 enum exec_flags {
   EXEC_SECCOMP = 1, /* a seccomp program follows the rlimits */
   EXEC_NO_NEW_PRIVS = 2,
+  EXEC_TTY = 4, /* a struct tty_req follows the header; the process runs on a new pty of the sandbox's devpts */
 };
 
 /* Steps of an exec inside the sandbox, for MSG_FAILED. */
@@ -52,6 +54,13 @@ struct exec_req {
   uint32_t argc;       /* strings after the program: cwd, argv[argc], envp[envc], each NUL-ended */
   uint32_t envc;
   uint32_t strings_len;
+};
+
+/* The window size a pty starts with (EXEC_TTY). */
+struct tty_req {
+  uint16_t columns;
+  uint16_t rows;
+  uint32_t pad;
 };
 
 struct rlimit_req {

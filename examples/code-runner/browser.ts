@@ -164,6 +164,24 @@ export class Cdp {
     return cdp;
   }
 
+  /** A new tab (its own target) at about:blank, attached; closeTab() closes it as a person would. */
+  static async openTab(browserWsUrl: string): Promise<Cdp> {
+    const cdp = new Cdp(await WsClient.connect(browserWsUrl));
+    const { targetId } = (await cdp.send('Target.createTarget', { url: 'about:blank' })) as { targetId: string };
+    const { sessionId } = (await cdp.send('Target.attachToTarget', { targetId, flatten: true })) as { sessionId: string };
+    cdp.sessionId = sessionId;
+    cdp.targetId = targetId;
+    return cdp;
+  }
+
+  private targetId: string | undefined;
+
+  /** Closes this tab (Target.closeTarget): the page's sockets close with it. */
+  async closeTab(): Promise<void> {
+    if (this.targetId) await this.send('Target.closeTarget', { targetId: this.targetId }, true);
+    this.close();
+  }
+
   send(method: string, params: Record<string, unknown> = {}, browser = false): Promise<unknown> {
     const id = this.nextId++;
     const msg: Record<string, unknown> = { id, method, params };
@@ -311,6 +329,68 @@ export async function runInPage(
     return panes;
   } finally {
     cdp.close();
+  }
+}
+
+/** The terminal page (`/terminal`) in a tab of its own: type into xterm.js, read its screen. */
+export class TerminalTab {
+  private constructor(readonly cdp: Cdp) {}
+
+  /** Opens `url` (the /terminal page) in a new tab and waits until its socket is open. */
+  static async open(browser: Browser, url: string, timeoutMs = 30_000): Promise<TerminalTab> {
+    const cdp = await Cdp.openTab(browser.wsUrl);
+    const tab = new TerminalTab(cdp);
+    await cdp.send('Page.enable');
+    await cdp.send('Page.bringToFront'); // a background tab's timers are throttled
+    await cdp.send('Runtime.enable');
+    const loaded = cdp.once('Page.loadEventFired');
+    const nav = (await cdp.send('Page.navigate', { url })) as { errorText?: string };
+    if (nav.errorText) throw new Error(`chromium could not load ${url}: ${nav.errorText}`);
+    await loaded;
+    await tab.waitFor(() => tab.status(), (s) => s === 'connected', timeoutMs);
+    return tab;
+  }
+
+  status(): Promise<string> {
+    return this.cdp.eval<string>(`document.querySelector('#status').textContent`);
+  }
+
+  /** The terminal's screen, its lines trimmed, as text. */
+  screen(): Promise<string> {
+    return this.cdp.eval<string>(
+      `(() => { const b = window.hutchTerm.buffer.active, out = []; for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true)); return out.join('\\n').replace(/\\n+$/, ''); })()`,
+    );
+  }
+
+  /** Types into the terminal as keystrokes (xterm's textarea, as a person's typing reaches it). */
+  async type(text: string): Promise<void> {
+    await this.cdp.eval(`window.hutchTerm.focus()`);
+    for (const ch of text) {
+      const key = ch === '\r' ? { key: 'Enter', code: 'Enter', windowsVirtualKeyCode: 13 } : { key: ch };
+      await this.cdp.send('Input.dispatchKeyEvent', { type: 'keyDown', text: ch, ...key });
+      await this.cdp.send('Input.dispatchKeyEvent', { type: 'keyUp', ...key });
+    }
+  }
+
+  /** Resizes the tab's viewport: the page fits the terminal to it and tells the server. */
+  async setViewport(width: number, height: number): Promise<void> {
+    await this.cdp.send('Emulation.setDeviceMetricsOverride', { width, height, deviceScaleFactor: 1, mobile: false });
+  }
+
+  /** Polls `get` until `ok`, or throws with the last value. */
+  async waitFor<T>(get: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 20_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const v = await get();
+      if (ok(v)) return v;
+      if (Date.now() > deadline) throw new Error(`the terminal page did not get there within ${timeoutMs} ms: ${JSON.stringify(v)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Closes the tab. */
+  close(): Promise<void> {
+    return this.cdp.closeTab();
   }
 }
 

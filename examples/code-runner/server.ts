@@ -10,7 +10,7 @@
  *
  * Options: --port N (0: any free port; default 8080), --host ADDR (default 127.0.0.1),
  * --pool-size N, --max-concurrent N, --max-queue N, --max-timeout MS, --max-memory BYTES,
- * --max-pids N. Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
+ * --max-pids N, --terminal-idle MS (the terminal page's idle timeout, default 10 minutes). Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
  * requests get 5 s, then are aborted; every sandbox is destroyed); a second signal exits at once.
  */
 import { parseArgs } from 'node:util';
@@ -36,15 +36,17 @@ const { values } = parseArgs({
     'max-timeout': { type: 'string' },
     'max-memory': { type: 'string' },
     'max-pids': { type: 'string' },
+    'terminal-idle': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64]');
+  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64] [--terminal-idle 600000]');
   process.exit(0);
 }
 
 const runner = createCodeRunner({
+  terminal: { idleMs: intFlag('terminal-idle', values['terminal-idle'], 10 * 60_000) },
   poolSize: intFlag('pool-size', values['pool-size'], 2),
   maxConcurrent: Math.max(1, intFlag('max-concurrent', values['max-concurrent'], 4)),
   maxQueue: intFlag('max-queue', values['max-queue'], 16),

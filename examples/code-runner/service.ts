@@ -19,6 +19,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { HutchError, Sandbox, type ExecResult, type Limits, type SandboxPool } from '../../lib/index.js';
 import { PAGE } from './page.js';
+import { createTerminals, type TerminalOptions } from './terminal.js';
 
 export type Language = 'python' | 'node' | 'sh';
 
@@ -39,6 +40,8 @@ export interface RequestLimits {
 }
 
 export interface CodeRunnerOptions {
+  /** The terminal page (GET /terminal): image, limits, idle timeout, how many at once. */
+  terminal?: TerminalOptions;
   /** Ready sandboxes kept per language (default 2). */
   poolSize?: number;
   /** Requests running at once (default 4). */
@@ -276,10 +279,17 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
     }
   }
 
+  // GET /terminal: an interactive shell per tab (terminal.ts).
+  const terminals = createTerminals(options.terminal);
   const server = createServer((req, res) => {
+    if (terminals.handle(req, res)) return;
     const p = handle(req, res);
     running.add(p);
     void p.finally(() => running.delete(p));
+  });
+
+  server.on('upgrade', (req, socket, head) => {
+    if (!terminals.upgrade(req, socket, head)) socket.destroy();
   });
 
   return {
@@ -298,6 +308,7 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
       // processes are killed and their sandboxes destroyed) and drop the connections.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      await terminals.close();
       const all = Promise.allSettled([...running]);
       let timer: NodeJS.Timeout | undefined;
       const late = await Promise.race([all.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs)))]);

@@ -47,8 +47,13 @@ function onControl(core: SandboxCore): void {
       return;
     }
     const msg = decode(m);
-    if (!msg) continue;
-    core.procs.get(msg.id)?.onMessage(msg);
+    const p = msg && core.procs.get(msg.id);
+    if (!msg || !p) {
+      const fd = (m as Buffer & { fd?: number }).fd; // a pty master nobody waits for
+      if (fd !== undefined) native().close(fd);
+      if (!msg) continue;
+    }
+    p?.onMessage(msg);
     if (msg.type === 'exited') checkOom(core);
   }
 }
@@ -119,12 +124,14 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
   const p = new ProcessState(processHost(core), id, {
     capture,
     timeoutMs: limits.timeoutMs,
-    outputBytes: capture ? limits.outputBytes : null,
+    outputBytes: capture ? limits.outputBytes : o.tty && o.output !== undefined ? limits.outputBytes : null,
     encoding: o.encoding,
     signal: o.signal,
     stdin: o.stdin,
     argv0: argv[0]!,
+    tty: o.tty,
   });
+  if (o.tty && !env.some((kv) => kv.startsWith('TERM='))) env = [...env, 'TERM=xterm-256color'];
   core.procs.set(id, p);
   core.ctlWatch?.ref();
   try {
@@ -140,6 +147,7 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
         cwd,
         argv,
         env,
+        tty: o.tty,
       }),
     );
   } catch (e) {

@@ -23,7 +23,7 @@ const ALWAYS = {
   ],
   fileDescriptorIo: [
     'close', 'close_range', 'copy_file_range', 'dup', 'dup2', 'dup3', 'fadvise64', 'fallocate', 'fcntl',
-    'fdatasync', 'flock', 'fsync', 'ftruncate', 'ioctl', 'lseek', 'pipe', 'pipe2', 'pread64', 'preadv',
+    'fdatasync', 'flock', 'fsync', 'ftruncate', 'lseek', 'pipe', 'pipe2', 'pread64', 'preadv',
     'preadv2', 'pwrite64', 'pwritev', 'pwritev2', 'read', 'readahead', 'readv', 'sendfile', 'splice', 'sync',
     'sync_file_range', 'syncfs', 'tee', 'vmsplice', 'write', 'writev',
   ],
@@ -138,6 +138,14 @@ const PERSONALITIES = [0x0, 0x8, 0x20000, 0x20008, 0xffffffff];
 const REFUSED_FAMILIES = [38, 40];
 
 /**
+ * ioctl(2) requests refused: TIOCSTI (0x5412) pushes bytes into a terminal's input as if typed,
+ * TIOCLINUX (0x541c) reaches the virtual console (its selection paste does the same): the
+ * CVE-2017-5226 class, a sandboxed program typing commands into the terminal it was run from.
+ * hutch never hands the host's terminal in, and these close it for any terminal a program has.
+ */
+const REFUSED_IOCTLS = [0x5412, 0x541c];
+
+/**
  * The 32-bit values other than `refused`, as a list of (mask, value) pairs, each the set
  * `(x & mask) === value`: the siblings met walking down each refused value's bits from bit
  * 31. They are disjoint; the one holding 0..31 (every common family) comes first.
@@ -181,6 +189,11 @@ function buildDefault(): SeccompProfile {
   // holds families 0..31, so a common socket() is allowed after one test.
   for (const { mask, value } of complementCubes(REFUSED_FAMILIES)) {
     rules.push({ names: ['socket'], action: 'SCMP_ACT_ALLOW', args: arg0('SCMP_CMP_MASKED_EQ', mask, value) });
+  }
+  // ioctl(2): every request but the refused ones, said as allow rules as for socket (the
+  // kernel reads `unsigned int cmd`, the low 32 bits of argument 1).
+  for (const { mask, value } of complementCubes(REFUSED_IOCTLS)) {
+    rules.push({ names: ['ioctl'], action: 'SCMP_ACT_ALLOW', args: [{ index: 1, op: 'SCMP_CMP_MASKED_EQ', value: mask, valueTwo: value }] });
   }
   for (const persona of PERSONALITIES) {
     rules.push({ names: ['personality'], action: 'SCMP_ACT_ALLOW', args: arg0('SCMP_CMP_EQ', persona) });
