@@ -26,7 +26,7 @@ import { checkHost, type HostReport } from './host.js';
 import { Trace } from './trace.js';
 import { inBackground, takeFailures, teardownsDone } from './teardowns.js';
 import { dropBlanks, makeBlank } from './warm.js';
-import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, imageUser, prepareImageUser, resolveCached } from './plan.js';
+import { imageUser, prepareImageUser, resolveCached } from './plan/index.js';
 import { startSandbox, type StartedSandbox } from './start.js';
 import type { PersistentDisk } from './disk.js';
 import { SandboxFreezer } from './pause.js';
@@ -191,12 +191,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     const image = await resolveCached(store, opts.image);
     await prepareImageUser(image);
     tr.mark('resolve');
-    if (opts.limits.cgroup.io && !opts.persistent) {
-      throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
-    }
-    if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
-      throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
-    }
+    // What the host cannot do with these options is refused by the plan (lib/plan/plan.ts),
+    // first thing in startSandbox, before anything is made.
     let early: Sandbox | undefined;
     const started = await startSandbox(opts, store, image, tr, {
       warm: how.warm === true,
