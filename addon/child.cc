@@ -137,8 +137,7 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
       if (r == 0) *where = "setresuid", r = (int)rsys3(SYS_setresuid, 0, 0, 0);
       return r;
     case OP_SCRATCH:
-      *where = "tmpfs";
-      return scratch_in_child(s, &w.scratch_fd);
+      return scratch_in_child(plan_str_next(s), &w.scratch_fd);
     case OP_OVERLAY_FINISH:
       return overlay_finish_in_child(w.ovl_fs, (op.flags & PLAN_F_LEGACY) ? s : nullptr, w.mountpoint, w.scratch_fd,
                                      w.mnt_fd, w.parent_fd, &w.root_fd, where);

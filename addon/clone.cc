@@ -363,8 +363,17 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
   // The child was cloned after the plan's fds were opened: it has them under the same numbers.
   ssize_t n = send(c.go_fd, "x", 1, MSG_NOSIGNAL);
   if (n != 1) {
+    // The child is gone before go (its sync or cgroup step failed): its record, when it wrote
+    // one, says why; the send's own errno (EPIPE) would only say that it is gone.
+    int e = n < 0 ? errno : EIO;
+    struct setup_error rec;
+    ssize_t k = read(c.err_fd, &rec, sizeof rec);
     abandon(c);
-    return sys_failure(env, "sync", n < 0 ? errno : EIO, nullptr);
+    if (k == (ssize_t)sizeof rec && rec.step < STEP_COUNT) {
+      rec.detail[sizeof rec.detail - 1] = 0;
+      return sys_failure(env, step_name(rec.step), rec.err, rec.detail);
+    }
+    return sys_failure(env, "sync", e, nullptr);
   }
   close(c.go_fd);
   return spawned_object(env, c);

@@ -15,19 +15,18 @@ static op_arity arity_of(uint16_t type) {
     case OP_CHDIR_LAYERS:
     case OP_ROOT_MOUNTPOINT:
     case OP_UPPER_DIR:
-    case OP_SCRATCH:
+    case OP_SETID:
     case OP_BIND:
     case OP_READONLY:
     case OP_READONLY_ROOT:
     case OP_PIVOT_ROOT:
     case OP_LOCK_MOUNTS:
       return {1, false};
-    case OP_SETID:
-      return {0, false};
     case OP_OVERLAY_FINISH:  // the legacy mount(2) data, or "" for lowerdir+
       return {1, false};
     case OP_OVERLAY_BEGIN:
       return {1, true};  // layer names, any count >= 1
+    case OP_SCRATCH:
     case OP_DEV_NODE:
     case OP_SYMLINK:
       return {2, false};

@@ -49,15 +49,16 @@ struct plan_op {
 };
 static_assert(sizeof(plan_op) == 24, "plan_op layout");
 
-// Op types: the string arguments each takes, in order.
+// Op types: the string arguments each takes, in order. The first names what a failure of the
+// op is about (the error's path), unless the op says otherwise.
 #define HUTCH_PLAN_OPS(X)                                                                        \
   X(HOSTNAME, 1)        /* name */                                                               \
   X(CHDIR_LAYERS, 2)    /* the store's layers dir: later layer names resolve from it */          \
   X(OVERLAY_BEGIN, 3)   /* layer names, top first; fd: first idmapped layer tree or -1 */        \
   X(ROOT_MOUNTPOINT, 4) /* the host dir the root is attached at */                               \
   X(UPPER_DIR, 5)       /* persistent: the on-disk dir holding upper/ and work/ */               \
-  X(SETID, 6)           /* none: become root of the sandbox's user namespace */                  \
-  X(SCRATCH, 7)         /* tmpfs size in bytes (decimal) */                                      \
+  X(SETID, 6)           /* "setgroups": become root of the sandbox's user namespace */           \
+  X(SCRATCH, 7)         /* "tmpfs", its size in bytes (decimal) */                               \
   X(OVERLAY_FINISH, 8)  /* legacy: mount(2) data up to ",upperdir=" (the child adds the rest) */ \
   X(BIND, 9)            /* target (relative); fd: the detached tree */                           \
   X(MOUNT, 10)          /* fstype, target (relative), then key, value pairs for fsconfig */      \
