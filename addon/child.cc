@@ -144,15 +144,13 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
     case OP_BIND:
       return bind_in_child(w.root_fd, s, p.fds[op.fd], (op.flags & PLAN_F_FILE) != 0);
     case OP_MOUNT: {
-      const char *target = plan_str_next(s);
-      *where = target;
-      return mount_in_child(w.root_fd, s, target, op.attrs, plan_str_next(target), (op.nstr - 2u) / 2u);
+      const char *fstype = plan_str_next(s);
+      return mount_in_child(w.root_fd, fstype, s, op.attrs, plan_str_next(fstype), (op.nstr - 2u) / 2u);
     }
     case OP_DEV_NODE:
       return dev_node_in_child(w.root_fd, s, plan_str_next(s));
     case OP_SYMLINK:
-      *where = plan_str_next(s);
-      return symlink_in_child(w.root_fd, s, *where);
+      return symlink_in_child(w.root_fd, plan_str_next(s), s);
     case OP_MASK:
       return mask_in_child(w.root_fd, s, op.attrs, plan_str_next(s), (op.nstr - 1u) / 2u);
     case OP_READONLY:

@@ -61,9 +61,9 @@ static_assert(sizeof(plan_op) == 24, "plan_op layout");
   X(SCRATCH, 7)         /* "tmpfs", its size in bytes (decimal) */                               \
   X(OVERLAY_FINISH, 8)  /* legacy: mount(2) data up to ",upperdir=" (the child adds the rest) */ \
   X(BIND, 9)            /* target (relative); fd: the detached tree */                           \
-  X(MOUNT, 10)          /* fstype, target (relative), then key, value pairs for fsconfig */      \
+  X(MOUNT, 10)          /* target (in the root), fstype, then key, value pairs for fsconfig */   \
   X(DEV_NODE, 11)       /* host device path, target (relative): a file with the host node bound */ \
-  X(SYMLINK, 12)        /* link text, path (relative) */                                         \
+  X(SYMLINK, 12)        /* path (in the root), link text */                                      \
   X(MASK, 13)           /* path (relative): /dev/null over a file, an empty ro tmpfs over a dir */ \
   X(READONLY, 14)       /* path (relative): a read-only clone of the subtree over itself */      \
   X(READONLY_ROOT, 15)  /* "/": the root itself read-only (not recursive) */                     \

@@ -99,7 +99,7 @@ describe('planSandbox decides', () => {
       ['SCRATCH', 'scratch', ['tmpfs', String(1024 ** 3)]],
       ['OVERLAY_FINISH', 'overlay', ['']],
       ['BIND', 'bind', ['data']],
-      ['MOUNT', 'proc', ['proc', '/proc']],
+      ['MOUNT', 'proc', ['/proc', 'proc']],
     ]);
     expect(o.slice(-2)).toEqual([['PIVOT_ROOT', 'pivot_root', ['/']], ['LOCK_MOUNTS', 'lock_mounts', ['unshare(CLONE_NEWNS)']]]);
     expect(o.filter(([t]) => t === 'MASK').map(([, , s]) => s[0])).toContain('proc/kcore');

@@ -93,13 +93,13 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
         break;
       }
       case 'fs':
-        ops.push({ type: OPS.MOUNT, step: m.step, strs: [m.fstype, m.target, ...m.options.flat()], attrs: attrs(m.attrs) });
+        ops.push({ type: OPS.MOUNT, step: m.step, strs: [m.target, m.fstype, ...m.options.flat()], attrs: attrs(m.attrs) });
         break;
       case 'devNode':
         ops.push({ type: OPS.DEV_NODE, step: 'dev', strs: [m.host, m.target] });
         break;
       case 'symlink':
-        ops.push({ type: OPS.SYMLINK, step: 'dev', strs: [m.text, m.path] });
+        ops.push({ type: OPS.SYMLINK, step: 'dev', strs: [m.path, m.text] });
         break;
     }
   }
