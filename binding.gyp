@@ -5,6 +5,10 @@
       "sources": [
         "addon/addon.cc",
         "addon/clone.cc",
+        "addon/blank.cc",
+        "addon/trees.cc",
+        "addon/initbin.cc",
+        "addon/plan.cc",
         "addon/child.cc",
         "addon/child_mount.cc",
         "addon/child_lock.cc",

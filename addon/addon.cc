@@ -15,6 +15,8 @@ Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *p
   return o;
 }
 
+void InitPlanLayout(Napi::Env env, Napi::Object exports);  // clone.cc: addon/plan.h's numbers
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Array steps = Napi::Array::New(env);
   uint32_t i = 0;
@@ -23,6 +25,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #undef X
   exports.Set("steps", steps);
   InitUpperIo(env, exports);
+  InitPlanLayout(env, exports);
   exports.Set("setInit", Napi::Function::New(env, SetInit));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
   exports.Set("spawnBlank", Napi::Function::New(env, SpawnBlank));

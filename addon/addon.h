@@ -6,7 +6,7 @@
 // there, with the stack of the user's call. Programmer errors (wrong argument types) throw.
 Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path);
 
-// clone.cc
+// clone.cc (Spawn), blank.cc (SpawnBlank, ReleaseBlank), initbin.cc (SetInit), trees.cc (OpenTree, MakeUserns)
 void release_child(long pid);  // frees the stack and plan of a CLONE_VM child that exec'd or died
 Napi::Value Spawn(const Napi::CallbackInfo &info);
 Napi::Value SpawnBlank(const Napi::CallbackInfo &info);

@@ -37,32 +37,149 @@
     if (r_ < 0) die_step(p.err_fd, (step), (int)r_, (detail)); \
   } while (0)
 
-// child; raw syscalls only. The steps that need nothing of the plan's setup half: a blank
-// child takes them while it waits for go, any other child right after go. The id maps are
-// written.
+// child; raw syscalls. The tests' failure hook (lib/plan/testing.ts): fails `step` as if its
+// call had returned the plan's errno. Never set outside tests (the header says -1).
+static void maybe_fail(const plan &p, unsigned step, const char *detail) {
+  if (p.fail_step == (int)step) die_step(p.err_fd, step, -p.fail_errno, detail);
+}
+
+// child; raw syscalls only. The steps that need nothing of the plan: a blank child takes
+// them while it waits for go, any other child right after go. The id maps are written.
 static void setup_without_plan(plan &p) {
   // Every mount of the sandbox is made in a namespace owned by a nested user namespace, so
   // that the copy init gets at the end (lock_mounts_in_child) is locked (child_lock.cc). We
   // leave the host's mount namespace for it here: clone3 made none.
+  maybe_fail(p, STEP_MOUNT_NS, "unshare(CLONE_NEWUSER|CLONE_NEWNS)");
   CHECK(STEP_MOUNT_NS, setup_mount_ns_in_child(p), "unshare(CLONE_NEWUSER|CLONE_NEWNS)");
   // Then, before anything else, nothing we mount may propagate to the host, nor the host's
   // mounts to us (on a systemd host "/" is shared: the copy starts as its slave).
+  maybe_fail(p, STEP_MOUNT_PRIVATE, "/");
   CHECK(STEP_MOUNT_PRIVATE, rsys5(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "/");
   // A new network namespace has `lo` down.
+  maybe_fail(p, STEP_LOOPBACK, "lo");
   CHECK(STEP_LOOPBACK, loopback_up_in_child(), "lo");
 }
 
-// child; raw syscalls only. One step per line, in the order of DESIGN.md.
+// child; raw syscalls only. A blank child's go message: the encoded plan into the buffer
+// reserved before clone, and the plan's fds as new numbers in its own fd table. Any other
+// child's go is one byte: its plan and fds were in place before clone.
+static void receive_go(plan &p) {
+  char go = 0;
+  struct iovec iov = {&go, 1};
+  if (p.blank) iov = {p.buf.data(), p.buf.size()};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  long n;
+  do n = rsys3(SYS_recvmsg, p.sync_fd, &msg, MSG_CMSG_CLOEXEC); while (n == -EINTR);
+  if (n < 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
+  rsys1(SYS_close, p.sync_fd);
+  if (!p.blank) return;
+  // The parent checked this plan (plan_check) before it sent it; what can go wrong here is
+  // the message itself.
+  const plan_header *h = (const plan_header *)p.buf.data();
+  size_t got = 0;
+  int *fds = nullptr;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    got = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    fds = (int *)CMSG_DATA(c);
+  }
+  if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (size_t)n < sizeof *h || h->magic != HUTCH_PLAN_MAGIC ||
+      h->length != (size_t)n || got != h->fd_count)
+    die_step(p.err_fd, STEP_SYNC, -EPROTO, "go message");
+  p.fd_count = got;
+  for (size_t i = 0; i < got; i++) p.fds[i] = fds[i];
+  p.fail_step = h->fail_step;
+  p.fail_errno = h->fail_errno;
+}
+
+// Where the walk of the plan's ops is: what earlier ops opened for later ones.
+struct walk_state {
+  int ovl_fs = -1, mnt_fd = -1, parent_fd = -1, scratch_fd = -1, root_fd = -1;
+  const char *mountpoint = "";
+};
+
+// child; raw syscalls only. Carries out one op of the plan; 0 or -errno, and *where the
+// path the failure is about.
+static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, const char **where) {
+  int r = 0;
+  switch (op.type) {
+    case OP_HOSTNAME:
+      return (int)rsys2(SYS_sethostname, s, strlen(s));
+    case OP_CHDIR_LAYERS:
+      // Resolved with host root's ids (the store's dirs may be closed to the sandbox's range);
+      // the layer names of OVERLAY_BEGIN (and the legacy mount(2) data) resolve from here.
+      return (int)rsys1(SYS_chdir, s);
+    case OP_OVERLAY_BEGIN:
+      // Legacy: mount(2) at OVERLAY_FINISH resolves the names from our cwd, the layers dir.
+      if (op.flags & PLAN_F_LEGACY) return 0;
+      return overlay_begin_in_child(p, op, s, &w.ovl_fs, where);
+    case OP_ROOT_MOUNTPOINT:
+      w.mountpoint = s;
+      w.mnt_fd = (int)rsys4(SYS_openat, AT_FDCWD, s, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+      if (w.mnt_fd < 0) return w.mnt_fd;
+      w.parent_fd = (int)rsys4(SYS_openat, w.mnt_fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+      return w.parent_fd < 0 ? w.parent_fd : 0;
+    case OP_UPPER_DIR:
+      w.scratch_fd = (int)rsys4(SYS_openat, AT_FDCWD, s, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+      return w.scratch_fd < 0 ? w.scratch_fd : 0;
+    case OP_SETID:
+      // Become root of the new user namespace (the range's first id), so every file and
+      // mount made after this belongs to the sandbox, not to host root.
+      *where = "setgroups";
+      r = (int)rsys2(SYS_setgroups, 0, nullptr);
+      if (r == 0) *where = "setresgid", r = (int)rsys3(SYS_setresgid, 0, 0, 0);
+      if (r == 0) *where = "setresuid", r = (int)rsys3(SYS_setresuid, 0, 0, 0);
+      return r;
+    case OP_SCRATCH:
+      return scratch_in_child(plan_str_next(s), &w.scratch_fd);
+    case OP_OVERLAY_FINISH:
+      return overlay_finish_in_child(w.ovl_fs, (op.flags & PLAN_F_LEGACY) ? s : nullptr, w.mountpoint, w.scratch_fd,
+                                     w.mnt_fd, w.parent_fd, &w.root_fd, where);
+    case OP_BIND:
+      return bind_in_child(w.root_fd, s, p.fds[op.fd], (op.flags & PLAN_F_FILE) != 0);
+    case OP_MOUNT: {
+      const char *fstype = plan_str_next(s);
+      return mount_in_child(w.root_fd, fstype, s, op.attrs, plan_str_next(fstype), (op.nstr - 2u) / 2u);
+    }
+    case OP_DEV_NODE:
+      return dev_node_in_child(w.root_fd, s, plan_str_next(s));
+    case OP_SYMLINK:
+      return symlink_in_child(w.root_fd, plan_str_next(s), s);
+    case OP_MASK:
+      return mask_in_child(w.root_fd, s, op.attrs, plan_str_next(s), (op.nstr - 1u) / 2u);
+    case OP_READONLY:
+      return readonly_in_child(w.root_fd, s, op.attrs);
+    case OP_READONLY_ROOT:
+      return root_attrs_in_child(w.root_fd, op.attrs);
+    case OP_PIVOT_ROOT:
+      return pivot_root_in_child(w.root_fd);
+    case OP_LOCK_MOUNTS:
+      // The root is complete: from here on the sandbox's mounts are locked (child_lock.cc).
+      return lock_mounts_in_child(p);
+  }
+  return -EPROTO;
+}
+
+// child; raw syscalls only. The fixed steps first (sync, cgroup, the mount namespace), then
+// the plan's ops in order, then the fds and the exec of init.
 [[noreturn]] void run_child(plan &p) {
   // The parent may die before it releases us: then the sync read sees EOF and we leave. That
   // needs our copies of the parent's ends closed first (we have a copy of its fd table).
   for (int fd : p.parent_fds) rsys1(SYS_close, fd);
+  maybe_fail(p, STEP_SYNC, "prctl(PR_SET_PDEATHSIG)");
   CHECK(STEP_SYNC, rsys2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL), "prctl(PR_SET_PDEATHSIG)");
   // cgroup v1: join the sandbox's cgroups ourselves, while the parent writes the id maps.
   // "0" in `tasks` moves the writing thread alone, which the kernel does without its global
   // threadgroup lock, so without waiting for an RCU grace period as a pid written to
   // cgroup.procs by the parent does (1-10 ms). We are one thread; everything we start
   // inherits the cgroups. The fds were opened by host root (v1 checks the opener's creds).
+  maybe_fail(p, STEP_CGROUP, p.join_paths.empty() ? "CLONE_INTO_CGROUP" : p.join_paths[0].c_str());
   for (size_t i = 0; i < p.join_fds.size(); i++) {
     long w;
     do w = rsys3(SYS_write, p.join_fds[i], "0", 1); while (w == -EINTR);
@@ -94,80 +211,28 @@ static void setup_without_plan(plan &p) {
     if (m != 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
     setup_without_plan(p);
   }
-  // Wait for go. A blank child gets the setup's fds with it, as new numbers in its own fd
-  // table: they replace the parent's numbers in the plan, in order.
-  char go = 0;
-  struct iovec iov = {&go, 1};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
-  long n;
-  do n = rsys3(SYS_recvmsg, p.sync_fd, &msg, MSG_CMSG_CLOEXEC); while (n == -EINTR);
-  if (n != 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us
-  rsys1(SYS_close, p.sync_fd);
-  if (p.blank) {
-    size_t want = p.layer_fds.size() + p.binds.size(), got = 0;
-    int *fds = nullptr;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      got = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      fds = (int *)CMSG_DATA(c);
-    }
-    if (got != want || (msg.msg_flags & MSG_CTRUNC)) die_step(p.err_fd, STEP_SYNC, -EPROTO, "go message");
-    size_t k = 0;
-    for (size_t i = 0; i < p.layer_fds.size(); i++) p.layer_fds[i] = fds[k++];
-    for (size_t i = 0; i < p.binds.size(); i++) p.binds[i].tree_fd = fds[k++];
-  }
-
+  receive_go(p);
   if (!p.blank) setup_without_plan(p);
-  CHECK(STEP_HOSTNAME, rsys2(SYS_sethostname, p.hostname.c_str(), p.hostname.size()), p.hostname.c_str());
 
-  // Still host root's fs ids: open what lies in the store (its dirs may be closed to this
-  // sandbox's own range) — the layers, the mountpoint, a persistent layer's dir.
-  int ovl_fs = -1, mnt_fd = -1, persistent_fd = -1, scratch_fd = -1, root_fd = -1;
-  const char *where = nullptr;
-  int r = overlay_begin_in_child(p, &ovl_fs, &where);
-  if (r < 0) die_step(p.err_fd, where == p.layers_dir.c_str() ? STEP_LAYERS : STEP_OVERLAY, r, where);
-  mnt_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.root_mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-  if (mnt_fd < 0) die_step(p.err_fd, STEP_ROOT_ATTACH, mnt_fd, p.root_mountpoint.c_str());
-  int parent_fd = (int)rsys4(SYS_openat, mnt_fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-  if (parent_fd < 0) die_step(p.err_fd, STEP_ROOT_ATTACH, parent_fd, p.root_mountpoint.c_str());
-  if (!p.upper_dir.empty()) {
-    persistent_fd = (int)rsys4(SYS_openat, AT_FDCWD, p.upper_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-    if (persistent_fd < 0) die_step(p.err_fd, STEP_SCRATCH, persistent_fd, p.upper_dir.c_str());
+  // The plan's ops, in order: each reports its own step (lib/plan/ decided which).
+  const plan_header *h = (const plan_header *)p.buf.data();
+  plan_cursor c = {p.buf.data() + h->header_size, p.buf.data() + h->length};
+  walk_state w;
+  const plan_op *op;
+  const char *s;
+  while (plan_next(c, &op, &s)) {
+    maybe_fail(p, op->step, s);
+    const char *where = s;
+    int r = run_op(p, w, *op, s, &where);
+    if (r < 0) die_step(p.err_fd, op->step, r, where);
   }
-
-  // Now become root of the new user namespace (the range's first id), so every file and mount
-  // made below belongs to the sandbox, not to host root.
-  CHECK(STEP_SETID, rsys2(SYS_setgroups, 0, nullptr), "setgroups");
-  CHECK(STEP_SETID, rsys3(SYS_setresgid, 0, 0, 0), "setresgid");
-  CHECK(STEP_SETID, rsys3(SYS_setresuid, 0, 0, 0), "setresuid");
-  // The cgroup namespace is made by init at the first exec (see init.c, start_exec).
-
-  CHECK(STEP_SCRATCH, scratch_in_child(p, persistent_fd, &scratch_fd), p.upper_dir.empty() ? "tmpfs" : p.upper_dir.c_str());
-  r = overlay_finish_in_child(p, ovl_fs, scratch_fd, mnt_fd, parent_fd, &root_fd, &where);
-  if (r < 0) die_step(p.err_fd, where == p.root_mountpoint.c_str() ? STEP_ROOT_ATTACH : STEP_OVERLAY, r, where);
-  r = binds_in_child(p, root_fd, &where);
-  if (r < 0) die_step(p.err_fd, STEP_BIND, r, where);
-  CHECK(STEP_PROC, proc_in_child(root_fd), "/proc");
-  r = dev_in_child(p, root_fd, &where);
-  if (r < 0) die_step(p.err_fd, STEP_DEV, r, where);
-  r = mask_in_child(p, root_fd, &where);
-  if (r < 0) die_step(p.err_fd, STEP_MASK, r, where);
-  r = readonly_in_child(p, root_fd, &where);
-  if (r < 0) die_step(p.err_fd, STEP_READONLY, r, where);
-  CHECK(STEP_PIVOT_ROOT, pivot_root_in_child(root_fd), "/");
-  // The root is complete: from here on the sandbox's mounts are locked (child_lock.cc).
-  CHECK(STEP_LOCK_MOUNTS, lock_mounts_in_child(p), "unshare(CLONE_NEWNS)");
+  int scratch_fd = w.scratch_fd;
 
   // fds: the control socket becomes init's fd 3 and the scratch tmpfs its fd 4 (so the host
   // can reach the writable layer through /proc/<init>/fd/4 for commit); 0-2 are /dev/null,
   // never the Node process's stdio; everything else is close-on-exec, so init starts with
   // exactly 0-5 (5: the error pipe, see below). Every fd we still need is first moved above 9, where dup2 cannot clobber it.
+  maybe_fail(p, STEP_FDS, "fcntl");
   int errfd = (int)rsys3(SYS_fcntl, p.err_fd, F_DUPFD_CLOEXEC, 10);
   if (errfd < 0) die_step(p.err_fd, STEP_FDS, errfd, "fcntl");
   int ctl = (int)rsys3(SYS_fcntl, p.ctl_fd, F_DUPFD_CLOEXEC, 10);
@@ -192,6 +257,7 @@ static void setup_without_plan(plan &p) {
 
   // Signal dispositions: CLONE_CLEAR_SIGHAND reset the handled ones; the mask set by the
   // parent around clone3 survives exec, so clear it last.
+  maybe_fail(p, STEP_EXEC_INIT, "hutch-init");
   unsigned long none = 0;
   rsys4(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   long e = rsys5(SYS_execveat, initfd, "", p.init_argv.data(), p.init_envp.data(), AT_EMPTY_PATH);

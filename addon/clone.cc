@@ -1,28 +1,25 @@
-// clone3 and the parent's side of a sandbox's birth: fds and plan prepared before clone, id
-// maps and cgroup placement written from the parent, then the child is released.
+// clone3 and the parent's side of a sandbox's birth: the plan checked and copied into the
+// child's own memory before clone, id maps and cgroup placement written from the parent, then
+// the child is released. Blanks (warm starts) are in blank.cc; detached trees and user
+// namespaces for idmapped mounts in trees.cc; the init binary in initbin.cc.
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include <memory>
-#include <string>
 #include <unordered_map>
 
-#include "addon.h"
-#include "plan.h"
+#include "clone.h"
+#include "steps.h"
 #include "sys.h"
 
 #ifndef CLONE_CLEAR_SIGHAND
 #define CLONE_CLEAR_SIGHAND 0x100000000ULL
 #endif
-
-static int g_init_fd = -1;  // sealed memfd with the init binary, made once per process
 
 #if HUTCH_CLONE_VM
 #if defined(__x86_64__)
@@ -96,286 +93,80 @@ void release_child(long pid) {
 
 static int child_entry(void *arg) { run_child(*static_cast<plan *>(arg)); }
 
-static std::string get_str(const Napi::Object &o, const char *key) {
-  Napi::Value v = o.Get(key);
-  return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+plan *pending_blank(long pid, int *go_fd) {
+  auto it = g_pending.find(pid);
+  if (it == g_pending.end() || !it->second.p->blank || it->second.go_fd < 0) return nullptr;
+  *go_fd = it->second.go_fd;
+  it->second.go_fd = -1;
+  return it->second.p.get();
 }
-static int get_int(const Napi::Object &o, const char *key, int dflt) {
-  Napi::Value v = o.Get(key);
-  return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : dflt;
+
+static bool type_error(Napi::Env env, const char *fn, const char *what) {
+  std::string m = std::string(fn) + ": " + what;
+  Napi::TypeError::New(env, m).ThrowAsJavaScriptException();
+  return false;
 }
-static std::vector<std::string> get_strs(const Napi::Object &o, const char *key) {
-  std::vector<std::string> out;
-  Napi::Value v = o.Get(key);
-  if (!v.IsArray()) return out;
-  Napi::Array a = v.As<Napi::Array>();
+
+bool read_plan(Napi::Env env, const Napi::Value &buf, const Napi::Value &fds, const char *fn, std::vector<uint8_t> &bytes,
+               std::vector<int> &fd_list) {
+  if (!buf.IsBuffer()) return type_error(env, fn, "the plan must be a Buffer (lib/plan/encode.ts)");
+  if (!fds.IsArray()) return type_error(env, fn, "the plan's fds must be an array");
+  Napi::Buffer<uint8_t> b = buf.As<Napi::Buffer<uint8_t>>();
+  Napi::Array a = fds.As<Napi::Array>();
+  fd_list.clear();
   for (uint32_t i = 0; i < a.Length(); i++) {
     Napi::Value e = a.Get(i);
-    if (e.IsString()) out.push_back(e.As<Napi::String>().Utf8Value());
+    if (!e.IsNumber() || e.As<Napi::Number>().Int32Value() < 0) return type_error(env, fn, "each plan fd must be a number >= 0");
+    fd_list.push_back(e.As<Napi::Number>().Int32Value());
   }
-  return out;
-}
-
-// parent. Copies the init binary into a sealed memfd: every sandbox execs it from there, so
-// /proc/<pid>/exe inside never points at a writable host file (CVE-2019-5736).
-Napi::Value SetInit(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (g_init_fd >= 0) return Napi::Number::New(env, g_init_fd);
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-  int src = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (src < 0) return sys_failure(env, "exec_init", errno, path.c_str());
-  struct stat st;
-  fstat(src, &st);
-  int mfd = memfd_create("hutch-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (mfd < 0) {
-    int e = errno;
-    close(src);
-    return sys_failure(env, "exec_init", e, "memfd_create");
-  }
-  off_t off = 0;
-  while (off < st.st_size) {
-    ssize_t n = sendfile(mfd, src, &off, st.st_size - off);
-    if (n <= 0) {
-      int e = n < 0 ? errno : EIO;
-      close(src);
-      close(mfd);
-      return sys_failure(env, "exec_init", e, path.c_str());
-    }
-  }
-  close(src);
-  // Execute-only, and owned by host root, whom no sandbox maps: the kernel then runs init
-  // non-dumpable with its mm's user namespace the host's (fs/exec.c would_dump), so no process
-  // inside can ptrace it, read its memory or take its fds (pidfd_getfd), whatever
-  // capabilities it holds in the sandbox's user namespace. init never makes itself dumpable.
-  fchmod(mfd, 0111);
-  if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
-    int e = errno;
-    close(mfd);
-    return sys_failure(env, "exec_init", e, "F_ADD_SEALS");
-  }
-  g_init_fd = mfd;
-  return Napi::Number::New(env, mfd);
-}
-
-// parent. A detached copy of a host mount tree, attributes set, ready for the child to attach
-// (open_tree(2), mount_setattr(2)). Opened here, in the host's mount namespace, so the child
-// never resolves a host path: a source swapped for a symlink later is not followed.
-Napi::Value OpenTree(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-  bool readonly = info[1].ToBoolean();
-  int userns = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : -1;
-  // Open first, read back what was opened, then clone exactly that object: lib/ compares the
-  // real path with the one the user named (no window between the check and the clone).
-  int src = open(path.c_str(), O_PATH | O_CLOEXEC);
-  if (src < 0) return sys_failure(env, "bind", errno, path.c_str());
-  char proc[64], real[4096];
-  snprintf(proc, sizeof proc, "/proc/self/fd/%d", src);
-  ssize_t n = readlink(proc, real, sizeof real - 1);
-  if (n < 0) {
-    int e = errno;
-    close(src);
-    return sys_failure(env, "bind", e, path.c_str());
-  }
-  real[n] = 0;
-  int fd = sys_open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
-  int e = errno;
-  close(src);
-  if (fd < 0) return sys_failure(env, "bind", e, path.c_str());
-  struct mount_attr a;
-  memset(&a, 0, sizeof a);
-  a.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0);
-  if (userns >= 0) {
-    // An idmapped mount (5.12+): files show the ids the sandbox's range gives them. Only ever
-    // asked for read-only trees (layers, the host image's system dirs): lib/ decides.
-    a.attr_set |= MOUNT_ATTR_IDMAP;
-    a.userns_fd = (uint64_t)userns;
-  }
-  if (sys_mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &a) < 0) {
-    e = errno;
-    close(fd);
-    return sys_failure(env, "bind", e, path.c_str());
-  }
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("fd", fd);
-  out.Set("real", real);
-  return out;
-}
-
-static int write_file(const char *path, const char *data, size_t len);
-
-static int userns_holder(void *arg) {
-  // child of MakeUserns; raw syscalls only: waits until the parent has what it needs.
-  const int *p = static_cast<int *>(arg);
-  rsys1(SYS_close, p[1]);  // our copy of the write end, or the read below never sees EOF
-  char c;
-  rsys3(SYS_read, p[0], &c, 1);
-  return 0;
-}
-
-// makeUserns(uidMap, gidMap): an fd of a new user namespace with these maps, for idmapped
-// mounts (mount_setattr's userns_fd). A short-lived child holds the namespace while the maps
-// are written and the fd is opened; the fd keeps it alive after the child is gone.
-Napi::Value MakeUserns(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  std::string uid_map = info[0].As<Napi::String>().Utf8Value(), gid_map = info[1].As<Napi::String>().Utf8Value();
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) return sys_failure(env, "id_map", errno, "pipe2");
-  int pidfd = -1;
-  struct clone_args a;
-  memset(&a, 0, sizeof a);
-  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_CLEAR_SIGHAND;
-  a.pidfd = (uint64_t)(uintptr_t)&pidfd;
-  a.exit_signal = 0;
-  sigset_t all, old;
-  sigfillset(&all);
-#if HUTCH_CLONE_VM
-  static const size_t kStack = 64 * 1024;
-  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
-    int e = errno;
-    close(p[0]), close(p[1]);
-    return sys_failure(env, "id_map", e, "mmap");
-  }
-  a.flags |= CLONE_VM;
-  a.stack = (uint64_t)(uintptr_t)stack;
-  a.stack_size = kStack;
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, userns_holder, p);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  int e = pid < 0 ? (int)-pid : 0;
-#else
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = sys_clone3(&a);
-  if (pid == 0) _exit(userns_holder(p));
-  int e = errno;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-#endif
-  int nsfd = -1;
-  if (pid > 0) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-    int r = write_file(path, uid_map.data(), uid_map.size());
-    if (r == 0) {
-      snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
-      r = write_file(path, gid_map.data(), gid_map.size());
-    }
-    if (r == 0) {
-      snprintf(path, sizeof path, "/proc/%ld/ns/user", pid);
-      nsfd = open(path, O_RDONLY | O_CLOEXEC);
-      if (nsfd < 0) r = -errno;
-    }
-    e = -r;
-    close(p[1]);
-    siginfo_t si;
-    waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | __WALL);
-    close(pidfd);
-  } else {
-    close(p[1]);
-  }
-  close(p[0]);
-#if HUTCH_CLONE_VM
-  munmap(stack, kStack);
-#endif
-  if (nsfd < 0) return sys_failure(env, "id_map", e ? e : EINVAL, "user namespace for idmapped mounts");
-  return Napi::Number::New(env, nsfd);
-}
-
-static int write_file(const char *path, const char *data, size_t len) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  ssize_t n = write(fd, data, len);
-  int e = n < 0 ? -errno : (size_t)n != len ? -EIO : 0;
-  close(fd);
-  return e;
-}
-
-// parent. The setup half of a plan, from JS: what the child mounts and where. Throws a
-// TypeError (returns false) when a required field is missing.
-static bool parse_setup(Napi::Env env, const Napi::Object &o, plan &p) {
-  p.hostname = get_str(o, "hostname");
-  p.layers_dir = get_str(o, "layersDir");
-  p.lowerdirs = get_str(o, "lowerdirs");
-  p.scratch_size = get_str(o, "scratchSize");
-  p.shm_size = get_str(o, "shmSize");
-  p.upper_dir = get_str(o, "upperDir");
-  p.legacy_overlay = o.Get("legacyOverlay").ToBoolean();
-  p.root_mountpoint = get_str(o, "rootMountpoint");
-  p.masked = get_strs(o, "masked");
-  p.readonly = get_strs(o, "readonly");
-  p.readonly_root = o.Get("readonlyRoot").ToBoolean();
-  p.layer_fds.clear();
-  Napi::Value lv = o.Get("layerFds");
-  if (lv.IsArray()) {
-    Napi::Array la = lv.As<Napi::Array>();
-    for (uint32_t i = 0; i < la.Length(); i++) p.layer_fds.push_back(la.Get(i).As<Napi::Number>().Int32Value());
-  }
-  p.binds.clear();
-  Napi::Value bv = o.Get("binds");
-  if (bv.IsArray()) {
-    Napi::Array ba = bv.As<Napi::Array>();
-    for (uint32_t i = 0; i < ba.Length(); i++) {
-      Napi::Object b = ba.Get(i).As<Napi::Object>();
-      p.binds.push_back({get_int(b, "fd", -1), get_str(b, "target"), b.Get("file").ToBoolean()});
-    }
-  }
-  if (p.lowerdirs.empty() || p.layers_dir.empty() || p.root_mountpoint.empty() || p.scratch_size.empty() ||
-      p.shm_size.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): layersDir, lowerdirs, rootMountpoint, scratchSize, shmSize are required").ThrowAsJavaScriptException();
-    return false;
-  }
-  for (const bind_op &b : p.binds) {
-    if (b.tree_fd < 0 || b.target.empty() || b.target[0] == '/') {
-      Napi::TypeError::New(env, "spawn(plan): each bind needs fd >= 0 and a relative target").ThrowAsJavaScriptException();
-      return false;
-    }
-  }
-  if (p.layer_fds.size() + p.binds.size() > kMaxGoFds) {
-    Napi::TypeError::New(env, "spawn(plan): too many layer and bind fds").ThrowAsJavaScriptException();
-    return false;
-  }
+  if (const char *bad = plan_check(b.Data(), b.Length(), fd_list.size())) return type_error(env, fn, bad);
+  bytes.assign(b.Data(), b.Data() + b.Length());
   return true;
 }
 
-// parent. Sends the go message: one byte, and for a blank child the setup's fds (layers then
-// binds, in plan order), which it receives as its own (it was cloned before they existed).
-static int send_go(int go_fd, const plan &p, bool with_fds) {
+// The plan's own copy, per child: with CLONE_VM the child reads it from our heap until it
+// execs (kept with the child in g_pending), never a buffer another setup could write.
+static bool take_plan(Napi::Env env, const Napi::CallbackInfo &info, plan &p) {
   std::vector<int> fds;
-  if (with_fds) {
-    fds = p.layer_fds;
-    for (const bind_op &b : p.binds) fds.push_back(b.tree_fd);
-  }
-  ssize_t n = send_with_fds(go_fd, "x", 1, fds.data(), fds.size());
-  return n == 1 ? 0 : n < 0 ? (int)n : -EIO;
+  if (!read_plan(env, info[0], info[1], "spawn", p.buf, fds)) return false;
+  const plan_header *h = (const plan_header *)p.buf.data();
+  p.fd_count = fds.size();
+  for (size_t i = 0; i < fds.size(); i++) p.fds[i] = fds[i];
+  p.fail_step = h->fail_step;
+  p.fail_errno = h->fail_errno;
+  return true;
 }
 
-// parent. What a clone needs besides the plan, read from JS on the main thread.
-struct clone_req {
-  std::string uid_map, gid_map;
-  int cgroup_fd = -1;
-};
+static bool req_str(Napi::Env env, const Napi::Object &o, const char *key, const char *fn, std::string &out) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsString() || v.As<Napi::String>().Utf8Value().empty()) return type_error(env, fn, (std::string(key) + " must be a non-empty string").c_str());
+  out = v.As<Napi::String>().Utf8Value();
+  return true;
+}
 
-// What a clone made: the parent's ends, and the CLONE_VM child's stack (to keep with its plan).
-struct cloned {
-  long pid = -1;
-  int pidfd = -1, go_fd = -1, err_fd = -1, ctl_fd = -1;
-  void *stack = nullptr;
-  // On failure: the step, -errno and the path for the error.
-  const char *fail_step = nullptr;
-  int fail_err = 0;
-  std::string fail_path;
-};
-
-// parent, main thread. Reads the clone's arguments and opens the v1 `tasks` files the child
-// joins; throws (returns false) on bad arguments, or sets c.fail_* on a failed open.
-static bool prepare_clone(Napi::Env env, const Napi::Object &o, plan &p, clone_req &req, cloned &c) {
-  req.uid_map = get_str(o, "uidMap");
-  req.gid_map = get_str(o, "gidMap");
-  req.cgroup_fd = get_int(o, "cgroupFd", -1);
-  p.join_paths = get_strs(o, "joinFiles");
-  if (req.uid_map.empty() || req.gid_map.empty()) {
-    Napi::TypeError::New(env, "spawn(plan): uidMap, gidMap are required").ThrowAsJavaScriptException();
-    return false;
+bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p, clone_req &req, cloned &c) {
+  if (!v.IsObject()) return type_error(env, fn, "the clone's options must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  if (!req_str(env, o, "uidMap", fn, req.uid_map) || !req_str(env, o, "gidMap", fn, req.gid_map)) return false;
+  Napi::Value cg = o.Get("cgroupFd");
+  if (!cg.IsNumber() || cg.As<Napi::Number>().Int32Value() < -1) return type_error(env, fn, "cgroupFd must be a number (-1: none, cgroup v1)");
+  req.cgroup_fd = cg.As<Napi::Number>().Int32Value();
+  Napi::Value jf = o.Get("joinFiles");
+  if (!jf.IsArray()) return type_error(env, fn, "joinFiles must be an array of paths");
+  Napi::Array ja = jf.As<Napi::Array>();
+  p.join_paths.clear();
+  for (uint32_t i = 0; i < ja.Length(); i++) {
+    Napi::Value e = ja.Get(i);
+    if (!e.IsString()) return type_error(env, fn, "joinFiles must be an array of paths");
+    p.join_paths.push_back(e.As<Napi::String>().Utf8Value());
+  }
+  Napi::Value fs = o.Get("failStep");
+  if (!fs.IsUndefined()) {
+    // Tests only (lib/plan/testing.ts): a blank's steps before go cannot read its plan.
+    if (!fs.IsNumber() || !o.Get("failErrno").IsNumber()) return type_error(env, fn, "failStep and failErrno must be numbers");
+    p.fail_step = fs.As<Napi::Number>().Int32Value();
+    p.fail_errno = o.Get("failErrno").As<Napi::Number>().Int32Value();
+    if (p.fail_step < -1 || p.fail_step >= (int)STEP_COUNT || (p.fail_step >= 0 && p.fail_errno <= 0)) return type_error(env, fn, "failStep out of range");
   }
   p.init_args = {"hutch-init"};
   for (auto &s : p.init_args) p.init_argv.push_back(s.c_str());
@@ -397,14 +188,19 @@ static bool prepare_clone(Napi::Env env, const Napi::Object &o, plan &p, clone_r
 // parent, any thread (no N-API, no JS): clone3 into new namespaces and write the id maps; the
 // child then waits for go. The join fds are closed here either way (the child has its copies).
 // On failure everything made here is undone and c.fail_* says why.
-static void do_clone(plan *p, const clone_req &req, cloned &c) {
+void do_clone(plan *p, const clone_req &req, cloned &c) {
   struct fd_list {
     std::vector<int> &fds;
     ~fd_list() {
       for (int fd : fds) close(fd);
     }
   } join_guard{p->join_fds};
-  // go: a SEQPACKET pair, so a blank child can receive fds with its go.
+  // The tests' failure hook (lib/plan/testing.ts): clone fails as clone3 would.
+  if (p->fail_step == STEP_CLONE) {
+    c.fail_step = "clone", c.fail_err = -p->fail_errno, c.fail_path = "clone3";
+    return;
+  }
+  // go: a SEQPACKET pair, so a blank child can receive its plan and fds with its go.
   int sync[2], errp[2], ctl[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync) < 0) {
     c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "socketpair";
@@ -485,7 +281,7 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
 
   char path[64];
   snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-  int r = write_file(path, req.uid_map.data(), req.uid_map.size());
+  int r = p->fail_step == STEP_ID_MAP ? -p->fail_errno : write_file(path, req.uid_map.data(), req.uid_map.size());
   if (r == 0) {
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
     r = write_file(path, req.gid_map.data(), req.gid_map.size());
@@ -511,7 +307,7 @@ static void do_clone(plan *p, const clone_req &req, cloned &c) {
 
 // parent, main thread. Keeps a cloned child's plan and stack until it execs or dies
 // (release_child); a blank child also keeps its go socket there.
-static void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank) {
+void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank) {
   pending_child pc;
   pc.stack = c.stack;
   pc.stack_size = c.stack ? kChildStack : 0;
@@ -520,11 +316,11 @@ static void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank) {
   g_pending.emplace(c.pid, std::move(pc));
 }
 
-static Napi::Value failure_of(Napi::Env env, const cloned &c) {
+Napi::Value failure_of(Napi::Env env, const cloned &c) {
   return sys_failure(env, c.fail_step, c.fail_err, c.fail_path.empty() ? nullptr : c.fail_path.c_str());
 }
 
-static Napi::Object spawned_object(Napi::Env env, const cloned &c) {
+Napi::Object spawned_object(Napi::Env env, const cloned &c) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("pid", (double)c.pid);
   out.Set("pidfd", c.pidfd);
@@ -534,7 +330,7 @@ static Napi::Object spawned_object(Napi::Env env, const cloned &c) {
 }
 
 // Kills a cloned child that will not be released, and forgets it.
-static void abandon(cloned &c) {
+void abandon(cloned &c) {
   sys_pidfd_send_signal(c.pidfd, SIGKILL);
   siginfo_t si;
   waitid((idtype_t)P_PIDFD, c.pidfd, &si, WEXITED | __WALL);
@@ -542,109 +338,76 @@ static void abandon(cloned &c) {
   close(c.pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
 }
 
-static bool check_init(Napi::Env env) {
+bool check_init(Napi::Env env) {
   if (g_init_fd >= 0) return true;
   Napi::Error::New(env, "spawn: setInit() was not called").ThrowAsJavaScriptException();
   return false;
 }
 
-// parent. Starts a sandbox: clone3 into new namespaces, maps, placement, release.
-// Returns { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }.
+// parent. spawn(plan, fds, clone): starts a sandbox from its encoded plan (lib/plan/encode.ts)
+// and the fds it names: clone3 into new namespaces, maps, placement, release. Returns
+// { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }; throws on a bad argument.
 Napi::Value Spawn(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsObject()) {
-    Napi::TypeError::New(env, "spawn(plan): plan must be an object").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
   if (!check_init(env)) return env.Undefined();
-  Napi::Object o = info[0].As<Napi::Object>();
   auto p = std::make_unique<plan>();
   clone_req req;
   cloned c;
-  if (!parse_setup(env, o, *p) || !prepare_clone(env, o, *p, req, c)) return env.Undefined();
+  if (!take_plan(env, info, *p) || !prepare_clone(env, info[2], "spawn", *p, req, c)) return env.Undefined();
   if (!c.fail_step) do_clone(p.get(), req, c);
   if (c.fail_step) {
     for (int fd : p->join_fds) close(fd);
     return failure_of(env, c);
   }
-  plan *raw = p.get();
   keep_child(std::move(p), c, false);
-  // The child was cloned after the setup's fds were opened: it has them under the same numbers.
-  int e = send_go(c.go_fd, *raw, false);
-  if (e < 0) {
+  // The child was cloned after the plan's fds were opened: it has them under the same numbers.
+  ssize_t n = send(c.go_fd, "x", 1, MSG_NOSIGNAL);
+  if (n != 1) {
+    // The child is gone before go (its sync or cgroup step failed): its record, when it wrote
+    // one, says why; the send's own errno (EPIPE) would only say that it is gone.
+    int e = n < 0 ? errno : EIO;
+    struct setup_error rec;
+    ssize_t k = read(c.err_fd, &rec, sizeof rec);
     abandon(c);
+    if (k == (ssize_t)sizeof rec && rec.step < STEP_COUNT) {
+      rec.detail[sizeof rec.detail - 1] = 0;
+      return sys_failure(env, step_name(rec.step), rec.err, rec.detail);
+    }
     return sys_failure(env, "sync", e, nullptr);
   }
   close(c.go_fd);
   return spawned_object(env, c);
 }
 
-// The clone of a blank child, on a libuv pool thread: most of its cost is the kernel making a
-// network namespace, which need not hold up the event loop. The pool's threads live as long
-// as the process, so the child's PR_SET_PDEATHSIG (tied to the thread that cloned it) holds.
-class BlankWorker : public Napi::AsyncWorker {
- public:
-  BlankWorker(Napi::Env env, std::unique_ptr<plan> p, clone_req req)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), p_(std::move(p)), req_(std::move(req)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { do_clone(p_.get(), req_, c_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (c_.fail_step) return deferred_.Resolve(failure_of(env, c_));
-    keep_child(std::move(p_), c_, true);
-    deferred_.Resolve(spawned_object(env, c_));
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::unique_ptr<plan> p_;
-  clone_req req_;
-  cloned c_;
-};
-
-// parent. spawnBlank({ uidMap, gidMap, cgroupFd, joinFiles }): a promise of a blank sandbox —
-// cloned into its namespaces and cgroup with its id maps, waiting for the setup half of a plan
-// (releaseBlank) — or of a failure. Made ahead of a run so that its clone is off the run's path.
-Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsObject()) {
-    Napi::TypeError::New(env, "spawnBlank(opts): opts must be an object").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  if (!check_init(env)) return env.Undefined();
-  auto p = std::make_unique<plan>();
-  p->blank = true;
-  clone_req req;
-  cloned c;
-  if (!prepare_clone(env, info[0].As<Napi::Object>(), *p, req, c)) return env.Undefined();
-  if (c.fail_step) {
-    for (int fd : p->join_fds) close(fd);
-    auto d = Napi::Promise::Deferred::New(env);
-    d.Resolve(failure_of(env, c));
-    return d.Promise();
-  }
-  auto *w = new BlankWorker(env, std::move(p), std::move(req));
-  Napi::Promise promise = w->Promise();
-  w->Queue();
-  return promise;
-}
-
-// parent. releaseBlank(pid, plan): gives a blank child the setup half of its plan and its fds,
-// and lets it go. true, or a failure (the blank is gone: the caller kills and reaps it).
-Napi::Value ReleaseBlank(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  long pid = (long)info[0].As<Napi::Number>().Int64Value();
-  auto it = g_pending.find(pid);
-  if (it == g_pending.end() || !it->second.p->blank || it->second.go_fd < 0) {
-    Napi::TypeError::New(env, "releaseBlank: no such blank child").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  // The child is blocked in recvmsg on the go socket and reads none of these before it returns.
-  if (!parse_setup(env, info[1].As<Napi::Object>(), *it->second.p)) return env.Undefined();
-  int go = it->second.go_fd;
-  it->second.go_fd = -1;
-  int e = send_go(go, *it->second.p, true);
-  close(go);
-  if (e < 0) return sys_failure(env, "sync", e, nullptr);
-  return Napi::Boolean::New(env, true);
+// planLayout: addon/plan.h's numbers, for the test that lib/plan/encode.ts agrees with them.
+void InitPlanLayout(Napi::Env env, Napi::Object exports) {
+  Napi::Object l = Napi::Object::New(env);
+  l.Set("magic", (double)HUTCH_PLAN_MAGIC);
+  l.Set("version", HUTCH_PLAN_VERSION);
+  l.Set("max", HUTCH_PLAN_MAX);
+  l.Set("maxFds", (double)kMaxGoFds);
+  l.Set("headerSize", (double)sizeof(plan_header));
+  l.Set("opSize", (double)sizeof(plan_op));
+  Napi::Object off = Napi::Object::New(env);
+#define OFF(s, f) off.Set(#s "." #f, (double)offsetof(s, f));
+  OFF(plan_header, magic) OFF(plan_header, version) OFF(plan_header, header_size) OFF(plan_header, length)
+  OFF(plan_header, op_count) OFF(plan_header, fd_count) OFF(plan_header, fail_step) OFF(plan_header, fail_errno)
+  OFF(plan_op, type) OFF(plan_op, step) OFF(plan_op, size) OFF(plan_op, fd) OFF(plan_op, flags) OFF(plan_op, nstr)
+  OFF(plan_op, attrs)
+#undef OFF
+  l.Set("offsets", off);
+  Napi::Object ops = Napi::Object::New(env);
+#define X(id, n) ops.Set(#id, n);
+  HUTCH_PLAN_OPS(X)
+#undef X
+  l.Set("ops", ops);
+  Napi::Object flags = Napi::Object::New(env);
+  flags.Set("LEGACY", PLAN_F_LEGACY);
+  flags.Set("FILE", PLAN_F_FILE);
+  flags.Set("MOUNT_ATTR_RDONLY", MOUNT_ATTR_RDONLY);
+  flags.Set("MOUNT_ATTR_NOSUID", MOUNT_ATTR_NOSUID);
+  flags.Set("MOUNT_ATTR_NODEV", MOUNT_ATTR_NODEV);
+  flags.Set("MOUNT_ATTR_NOEXEC", MOUNT_ATTR_NOEXEC);
+  l.Set("flags", flags);
+  exports.Set("planLayout", l);
 }

@@ -34,6 +34,16 @@ enum hutch_step : unsigned {
   STEP_COUNT
 };
 
+// The name of a step, as lib/ knows it; nullptr past the list.
+static inline const char *step_name(unsigned step) {
+  static const char *const names[] = {
+#define X(id, name) name,
+      HUTCH_STEPS(X)
+#undef X
+  };
+  return step < STEP_COUNT ? names[step] : nullptr;
+}
+
 // What a failing child writes to the error pipe before _exit(127): fixed size, filled on
 // the stack, `detail` copied from the plan (a path), never formatted.
 struct setup_error {

@@ -88,6 +88,10 @@ static inline long rsys6(long n, long a, long b, long c, long d, long e, long f)
   return r < 0 ? -errno : r;
 }
 #endif
+#ifdef HUTCH_NO_CLONE_VM  // -DHUTCH_NO_CLONE_VM: build the path of CPUs without the trampoline
+#undef HUTCH_CLONE_VM
+#define HUTCH_CLONE_VM 0
+#endif
 
 #define RSYS_ARG(x) ((long)(x))
 #define rsys0(n) rsys6((n), 0, 0, 0, 0, 0, 0)

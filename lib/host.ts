@@ -3,9 +3,10 @@
  * feature, and how to get it when it is missing.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { release } from 'node:os';
 import { detectCgroups } from './cgroup/detect.js';
 import { diskMethod } from './disk.js';
+import { kernelAtLeast, kernelFeatures } from './host/features.js';
+import { idRangeMode } from './idrange.js';
 
 /**
  * One feature of the host as {@link Sandbox.checkHost} found it.
@@ -60,13 +61,6 @@ export interface HostReport {
   checks: HostCheck[];
 }
 
-function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(release());
-  if (!m) return false;
-  const a = Number(m[1]), b = Number(m[2]);
-  return a > major || (a === major && b >= minor);
-}
-
 function read(p: string): string {
   try {
     return readFileSync(p, 'utf8');
@@ -77,7 +71,8 @@ function read(p: string): string {
 
 export async function checkHost(): Promise<HostReport> {
   const checks: HostCheck[] = [];
-  const k = release();
+  const f = kernelFeatures();
+  const k = f.release;
   const add = (c: HostCheck): void => void checks.push(c);
   const upgrade = (v: string): string => `upgrade to Linux ${v} or newer (this is ${k})`;
   add({ name: 'kernel', ok: kernelAtLeast(5, 12), detail: k, neededFor: 'everything: clone3, pidfd, the new mount API, overlay in user namespaces', fix: upgrade('5.12') });
@@ -92,13 +87,37 @@ export async function checkHost(): Promise<HostReport> {
   add({ name: 'clone3 + pidfd', ok: kernelAtLeast(5, 7), detail: kernelAtLeast(5, 7) ? 'yes (CLONE_PIDFD, CLONE_INTO_CGROUP)' : 'no', neededFor: 'starting sandboxes, watching exits on the event loop, race-free cgroup placement', fix: upgrade('5.7') });
   add({ name: 'new mount API', ok: kernelAtLeast(5, 12), detail: kernelAtLeast(5, 12) ? 'fsopen, open_tree, move_mount, mount_setattr' : 'incomplete', neededFor: 'fd-based mounts that a planted symlink cannot redirect', fix: upgrade('5.12') });
   add({ name: 'idmapped mounts', ok: kernelAtLeast(6, 3), detail: kernelAtLeast(6, 3) ? 'yes (tmpfs and overlay lowers)' : 'partial or none', neededFor: 'a host uid range per sandbox (stronger isolation between sandboxes)', fix: upgrade('6.3') });
-  const perSandbox = kernelAtLeast(6, 8);
+  // What lib/plan/ and lib/idrange.ts decide from these features: no path below falls back
+  // quietly, so each choice is reported here.
+  let mode: 'per-sandbox' | 'shared' | undefined;
+  try {
+    mode = idRangeMode();
+  } catch {
+    mode = undefined;
+  }
+  const perSandbox = mode === 'per-sandbox';
   add({
     name: 'per-sandbox id ranges',
     ok: perSandbox,
-    detail: perSandbox ? 'each sandbox maps to a host uid range of its own (idmapped layers)' : 'all sandboxes share one unprivileged range',
+    detail: perSandbox ? 'each sandbox maps to a host uid range of its own (idmapped layers)'
+      : process.env.HUTCH_SHARED_RANGE === '1' ? 'all sandboxes share one unprivileged range (HUTCH_SHARED_RANGE=1)'
+        : f.overlayLowerdirPlus ? 'all sandboxes share one unprivileged range (the configured range holds only one)' : 'all sandboxes share one unprivileged range',
     neededFor: 'two sandboxes never sharing a host uid (an escape from one cannot touch another)',
+    fix: f.overlayLowerdirPlus ? 'unset HUTCH_SHARED_RANGE, or give hutch a larger range in /etc/subuid' : upgrade('6.8'),
+  });
+  add({
+    name: 'overlay layers one by one',
+    ok: f.overlayLowerdirPlus,
+    detail: f.overlayLowerdirPlus ? 'lowerdir+ (fsconfig per layer)' : 'mount(2) data: an image holds at most about 60 layers',
+    neededFor: 'images with many layers; per-sandbox id ranges',
     fix: upgrade('6.8'),
+  });
+  add({
+    name: 'writable layer in memory',
+    ok: f.tmpfsUserXattr,
+    detail: f.tmpfsUserXattr ? 'tmpfs (its size is limits.disk)' : 'a directory in the store (a loop image when limits.disk is set); no warm starts',
+    neededFor: 'ephemeral sandboxes that leave nothing on disk; warm starts of Sandbox.run',
+    fix: upgrade('6.6'),
   });
   const root = process.env.HUTCH_ROOT ?? (process.geteuid?.() === 0 ? '/var/lib/hutch' : undefined);
   if (root) {

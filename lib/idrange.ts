@@ -12,8 +12,8 @@
 import { mkdirSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
-import { release } from 'node:os';
-import { hostFailure } from './errors.js';
+import { HutchError, errnoName, hostFailure } from './errors.js';
+import { kernelFeatures } from './host/features.js';
 import { hostRange, RANGE_SIZE, DEFAULT_RANGE_START } from './identity.js';
 import { isAlive, parseOwner, selfOwner } from './image/owner.js';
 import { isFailure, native } from './native.js';
@@ -103,28 +103,34 @@ function nsFor(slot: number, uid: number, gid: number): number {
   return layers;
 }
 
-/** Whether idmapped layers work here: tried once, on the store's layers dir. */
+/**
+ * Which id ranges this host gives sandboxes: 'per-sandbox' where overlay takes idmapped layers
+ * one by one ("lowerdir+", 6.8+: resolved before the setup child drops to the sandbox's range;
+ * older kernels take them in mount(2)'s data, resolved with the range's ids, which the store's
+ * 0710 directories admit only for the base range) and the configured range holds more than
+ * one; else 'shared'. HUTCH_SHARED_RANGE=1 asks for 'shared' by name. checkHost() reports it.
+ */
+export function idRangeMode(): 'per-sandbox' | 'shared' {
+  if (!kernelFeatures().overlayLowerdirPlus || process.env.HUTCH_SHARED_RANGE === '1' || slotCount() === 0) return 'shared';
+  return 'per-sandbox';
+}
+
+/**
+ * Whether sandboxes get ranges of their own: idRangeMode(), and on the first sandbox an
+ * idmapped tree of the store's layers dir made once to prove it. A failure there is an error,
+ * not a quiet fall back to the shared range (which is weaker).
+ */
 function idmapWorks(layersDir: string): boolean {
   if (supported !== undefined) return supported;
-  supported = false;
-  // 6.8+: overlay takes its layers one by one ("lowerdir+"), resolved before the setup child
-  // drops to the sandbox's range; older kernels take them in mount(2)'s data, resolved with the
-  // range's ids, which the store's 0710 directories admit only for the base range.
-  const m = /^(\d+)\.(\d+)/.exec(release());
-  const kernelOk = !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 8));
-  if (!kernelOk || process.env.HUTCH_SHARED_RANGE === '1' || slotCount() === 0) return false;
-  try {
-    const base = hostRange();
-    const ns = nsFor(0, base.uid, base.gid);
-    const t = native().openTree(layersDir, true, ns);
-    if (!isFailure(t)) {
-      native().close(t.fd);
-      supported = true;
-    }
-  } catch {
-    supported = false;
+  if (idRangeMode() === 'shared') return (supported = false);
+  const base = hostRange();
+  const ns = nsFor(0, base.uid, base.gid);
+  const t = native().openTree(layersDir, true, ns);
+  if (isFailure(t)) {
+    throw new HutchError('EUNSUPPORTED', `per-sandbox id ranges: an idmapped mount of the store's layers dir ${layersDir} failed: ${errnoName(t.errno)} (does its filesystem support idmapped mounts?); set HUTCH_SHARED_RANGE=1 to let every sandbox share one id range, or move the store`, { errno: errnoName(t.errno), path: layersDir });
   }
-  return supported;
+  native().close(t.fd);
+  return (supported = true);
 }
 
 /** The id range for a new sandbox. */

@@ -15,29 +15,27 @@ export interface NativeFailure {
   path?: string;
 }
 
-export interface SpawnPlan {
-  hostname: string;
-  layersDir: string;
-  lowerdirs: string;
-  /** Before 6.8: mount the overlay with mount(2)'s data string (no "lowerdir+"). */
-  legacyOverlay?: boolean;
-  /** Idmapped trees of the layers, parallel to lowerdirs (per-sandbox id ranges). */
-  layerFds?: number[];
-  scratchSize: string;
-  /** /dev/shm's tmpfs size= in bytes. */
-  shmSize: string;
-  /** persistent: an on-disk directory with upper/ and work/ used instead of the tmpfs. */
-  upperDir?: string;
-  rootMountpoint: string;
-  binds: { fd: number; target: string; file: boolean }[];
-  masked: string[];
-  readonly: string[];
-  readonlyRoot: boolean;
+/** What a clone needs besides the encoded plan (lib/plan/encode.ts): its id maps and cgroup placement. */
+export interface CloneOptions {
   uidMap: string;
   gidMap: string;
+  /** cgroup v2: the cgroup's directory fd for CLONE_INTO_CGROUP; -1 on v1. */
   cgroupFd: number;
   /** v1 `tasks` files the child joins by writing "0" (see SandboxCgroup.joinFiles). */
   joinFiles: string[];
+}
+
+/** addon/plan.h's numbers, for the layout test. */
+export interface PlanLayout {
+  magic: number;
+  version: number;
+  max: number;
+  maxFds: number;
+  headerSize: number;
+  opSize: number;
+  offsets: Record<string, number>;
+  ops: Record<string, number>;
+  flags: Record<string, number>;
 }
 
 export interface Spawned {
@@ -56,11 +54,13 @@ export interface Watch {
 export interface Native {
   steps: string[];
   setInit(path: string): number | NativeFailure;
-  spawn(plan: SpawnPlan): Spawned | NativeFailure;
+  planLayout: PlanLayout;
+  /** Clones a sandbox's child with its encoded plan and the fds the plan names. */
+  spawn(plan: Buffer, fds: number[], clone: CloneOptions): Spawned | NativeFailure;
   /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for releaseBlank. */
-  spawnBlank(opts: Pick<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): Promise<Spawned | NativeFailure>;
-  /** Gives a blank child the setup half of its plan (and its fds) and lets it go. */
-  releaseBlank(pid: number, plan: Omit<SpawnPlan, 'uidMap' | 'gidMap' | 'cgroupFd' | 'joinFiles'>): true | NativeFailure;
+  spawnBlank(opts: CloneOptions): Promise<Spawned | NativeFailure>;
+  /** Gives a blank child its encoded plan and the fds it names (one go message) and lets it go. */
+  releaseBlank(pid: number, plan: Buffer, fds: number[]): true | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */
   openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
   /** A user namespace with these maps, as an fd (for idmapped mounts). */

@@ -4,8 +4,10 @@
  * (about 1 ms, most of it the new network namespace), the cgroup, the id range and the store's
  * owner record.
  *
- * A blank is a child cloned into its namespaces and cgroup, id maps written, that waits for the
- * setup half of its plan (image layers, mounts, hostname: addon/clone.cc releaseBlank). It has
+ * A blank is a child cloned into its namespaces and cgroup, id maps written, that waits for its
+ * plan: lib/start.ts sends the encoded plan (lib/plan/encode.ts) and the fds it names as the
+ * blank's go message (addon/blank.cc releaseBlank), received into memory of the blank's own, so
+ * no memory need be shared with this process (CLONE_VM or not). It has
  * made its mounts private and brought `lo` up, and closed every fd but its own; it has run
  * nothing and mounted nothing: a sandbox made from it is as fresh as any. There is at most one
  * per key (and MAX_BLANKS in all). The next run's is made while a run's command runs, its clone
@@ -86,7 +88,7 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
     await store.markInUse(imageId, id);
     marked = true;
     cgroup = cgroupDriver().create(id, limits);
-    // The clone runs on a libuv pool thread (addon/clone.cc BlankWorker).
+    // The clone runs on a libuv pool thread (addon/blank.cc BlankWorker).
     const s = await n.spawnBlank({
       uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
       gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,

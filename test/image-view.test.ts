@@ -15,7 +15,7 @@ import { ImageStore, Sandbox } from '../lib/index.js';
 import { ImageView } from '../lib/image/view.js';
 import { tarBuffer, type TarEntry } from '../lib/image/tarwriter.js';
 import { native } from '../lib/native.js';
-import { imageUser, prepareImageUser } from '../lib/plan.js';
+import { imageUser, prepareImageUser } from '../lib/plan/index.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-view-'));
 const store = new ImageStore({ root: join(work, 'store') });

@@ -7,7 +7,7 @@ import { decode, encodeExec, encodeKill } from '../protocol.js';
 import { mergeExecLimits } from '../limits.js';
 import { checkInsidePath, resolveCommand, type ResolvedExecOptions } from '../options.js';
 import { ProcessState, type ExecResult, type ProcessHost } from '../process.js';
-import { imageUser } from '../plan.js';
+import { imageUser } from '../plan/index.js';
 import type { SandboxCore } from './core.js';
 import { destroySandbox } from './destroy.js';
 

@@ -14,7 +14,7 @@ import type { ExecResult } from '../process.js';
 import { Trace } from '../trace.js';
 import { inBackground, takeFailures, teardownsDone } from '../teardowns.js';
 import { dropBlanks, makeBlank } from '../warm.js';
-import { KERNEL_HAS_LOWERDIR_PLUS, LEGACY_LOWERDIRS_MAX, prepareImageUser, resolveCached } from '../plan.js';
+import { prepareImageUser, resolveCached } from '../plan/index.js';
 import { startSandbox, type StartedSandbox } from '../start.js';
 import { SandboxCore } from './core.js';
 import { abandonEarly, execResolved, watch, watchControl } from './control.js';
@@ -46,12 +46,8 @@ export async function createCore(opts: ResolvedSandboxOptions, how: { warm?: boo
   const image = await resolveCached(store, opts.image);
   await prepareImageUser(image);
   tr.mark('resolve');
-  if (opts.limits.cgroup.io && !opts.persistent) {
-    throw new HutchError('EUNSUPPORTED', 'limits.io cannot apply: the writable layer of an ephemeral sandbox is a tmpfs (memory), not a block device; use persistent: true to keep it on disk, where io limits apply');
-  }
-  if (!KERNEL_HAS_LOWERDIR_PLUS && image.lowerdirs.join(':').length > LEGACY_LOWERDIRS_MAX) {
-    throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
-  }
+  // What the host cannot do with these options is refused by the plan (lib/plan/plan.ts),
+  // first thing in startSandbox, before anything is made.
   let early: SandboxCore | undefined;
   const started = await startSandbox(opts, store, image, tr, {
     warm: how.warm === true,

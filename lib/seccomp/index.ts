@@ -1,4 +1,4 @@
-import { release } from 'node:os';
+import { kernelFeatures } from '../host/features.js';
 import { invalid, unsupported } from '../errors.js';
 import { generateProgram } from './bpf.js';
 import { DEFAULT_SECCOMP_PROFILE } from './default.js';
@@ -97,7 +97,7 @@ export function compileSeccomp(profile: SeccompOption, opts: CompileSeccompOptio
       }),
     ),
   ].sort();
-  const kernel = parseKernelRelease(opts.kernelRelease ?? release());
+  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().release);
   const key = `${arch}|${kernel.join('.')}|${caps.join(',')}`;
 
   const obj: unknown = profile === 'default' ? DEFAULT_SECCOMP_PROFILE : profile;

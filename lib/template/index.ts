@@ -22,7 +22,7 @@ import { compileSeccomp } from '../seccomp/index.js';
 import { mergeExecLimits } from '../limits.js';
 import { isFailure, native, type NativeFailure, type Watch } from '../native.js';
 import { ImageStore } from '../image/store.js';
-import { resolveCached } from '../plan.js';
+import { resolveCached } from '../plan/index.js';
 import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions,

@@ -1,25 +1,13 @@
 /**
- * Planning a sandbox from what the host and the store say: which kernel paths apply, where
- * the root is attached, the image's resolution (kept a second) and its default user.
+ * What a plan needs of the image and the store: the image's resolution (kept a second), its
+ * default user, and where the root is attached.
  */
 import { mkdirSync } from 'node:fs';
-import { release as osRelease } from 'node:os';
 import { join } from 'node:path';
-import { HutchError } from './errors.js';
-import type { ImageStore } from './image/store.js';
-import { ImageView, userIds } from './image/view.js';
-import type { Image, ResolvedImage } from './image/types.js';
-
-function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(osRelease());
-  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
-}
-/** overlay's "lowerdir+" (one fsconfig per layer) arrived in Linux 6.8. */
-export const KERNEL_HAS_LOWERDIR_PLUS = kernelAtLeast(6, 8);
-/** tmpfs keeps user.* xattrs (overlay's upper dir in a user namespace needs them) from 6.6. */
-export const TMPFS_USER_XATTR = kernelAtLeast(6, 6);
-/** mount(2)'s data is one page: the legacy overlay path holds this much layer list. */
-export const LEGACY_LOWERDIRS_MAX = 4096 - 128;
+import { HutchError } from '../errors.js';
+import type { ImageStore } from '../image/store.js';
+import { ImageView, userIds } from '../image/view.js';
+import type { Image, ResolvedImage } from '../image/types.js';
 
 const mountpoints = new Map<string, string>();
 

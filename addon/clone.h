@@ -1,0 +1,45 @@
+// Shared by the files that clone a sandbox's child (addon/clone.cc, blank.cc, trees.cc,
+// initbin.cc): the parent's side, on the main thread unless said otherwise.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "addon.h"
+#include "plan.h"
+
+extern int g_init_fd;  // sealed memfd with the init binary (initbin.cc), made once per process
+
+// What a clone needs besides the plan, read from JS on the main thread.
+struct clone_req {
+  std::string uid_map, gid_map;
+  int cgroup_fd = -1;
+};
+
+// What a clone made: the parent's ends, and the CLONE_VM child's stack (to keep with its plan).
+struct cloned {
+  long pid = -1;
+  int pidfd = -1, go_fd = -1, err_fd = -1, ctl_fd = -1;
+  void *stack = nullptr;
+  // On failure: the step, -errno and the path for the error.
+  const char *fail_step = nullptr;
+  int fail_err = 0;
+  std::string fail_path;
+};
+
+// One open/write/close: 0 or -errno.
+int write_file(const char *path, const char *data, size_t len);
+// Reads the clone's arguments ({ uidMap, gidMap, cgroupFd, joinFiles }, each required and
+// checked) and opens the v1 `tasks` files; throws (false) on bad arguments, or sets c.fail_*.
+bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p, clone_req &req, cloned &c);
+// Any thread (no N-API): clone3 into new namespaces and write the id maps.
+void do_clone(plan *p, const clone_req &req, cloned &c);
+void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank);
+// The pending blank child `pid`'s plan and go socket, or nullptr.
+plan *pending_blank(long pid, int *go_fd);
+Napi::Value failure_of(Napi::Env env, const cloned &c);
+Napi::Object spawned_object(Napi::Env env, const cloned &c);
+bool check_init(Napi::Env env);
+// Checks an encoded plan (a Buffer) and its fds (an array of fd numbers) before anything is
+// cloned: throws (false) on anything malformed. Into `bytes` and `fds`, when given.
+bool read_plan(Napi::Env env, const Napi::Value &buf, const Napi::Value &fds, const char *fn, std::vector<uint8_t> &bytes,
+               std::vector<int> &fd_list);
