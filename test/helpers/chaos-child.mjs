@@ -10,6 +10,7 @@
 //
 // usage: node chaos-child.mjs <seed> <round> <archive>   (a schedule of ops, forever)
 //        node chaos-child.mjs clean                       (one create, then wait for stdin to close)
+//        node chaos-child.mjs ten                         (ten sandboxes of every kind, then wait)
 import { Sandbox, ImageStore } from '../../dist/lib/index.js';
 import { seeded, slotOf } from './child-util.mjs';
 
@@ -22,7 +23,18 @@ async function create(opts) {
   return sb;
 }
 
-if (process.argv[2] === 'clean') {
+if (process.argv[2] === 'ten') {
+  const kinds = [
+    { image: 'busybox' },
+    { image: 'busybox', limits: { memory: '64MiB', pids: 64, cpus: 0.5 } },
+    { image: 'busybox', network: { mode: 'bridge' } },
+    { image: 'busybox', persistent: true, limits: { disk: '8MiB' } },
+    { image: 'busybox', network: { mode: 'bridge', egress: '10mbit' }, limits: { memory: '32MiB' } },
+  ];
+  for (let i = 0; i < 10; i++) await create(kinds[i % kinds.length]);
+  out({ ev: 'ready' });
+  setInterval(() => undefined, 1000);
+} else if (process.argv[2] === 'clean') {
   // The next process: its first create starts the cleanup of what the dead ones left.
   const sb = await create({ image: 'busybox' });
   out({ ev: 'ready' });
