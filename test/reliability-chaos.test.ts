@@ -1,6 +1,7 @@
 // Chaos: a seeded random schedule of SIGKILLs over child Node processes running a mixed
 // workload against a store of their own (create with limits, bridge networking, persistent
-// sandboxes with disk quotas, exec, commit, import, pools, Sandbox.run, destroy, prune).
+// sandboxes with disk quotas, exec, commit, import, pull from a real docker-registry on
+// loopback when installed, build, pools, Sandbox.run, destroy, prune).
 // After each kill: every sandbox process is dead; the next process's first create starts the
 // cleanup and within seconds nothing of the dead process is left (cgroups under this test's
 // own subtree, sandbox/address/id leases, links and nftables state of its slots, mounts and
@@ -12,14 +13,17 @@
 // compares host-wide lists (`ip netns`, `nft list tables`) before and after.
 // Needs the compiled library (npx tsc -p tsconfig.json).
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, ImageStore, Sandbox } from '../lib/index.js';
 import { idsStateDir } from '../lib/idrange.js';
 import { sandboxLeaseDir } from '../lib/host/sandboxes.js';
-import { tarBuffer } from '../lib/image/tarwriter.js';
+import { tarBuffer, type TarEntry } from '../lib/image/tarwriter.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
 import { isRoot, needs } from './helpers/require.js';
+import { has } from './helpers/tools.js';
 import {
   CrashChild, ROOT, cgroupsUnder, childrenOf, duBytes, entries, gone, leases, linkNames, loopsUnder, mountsUnder, nftText, pidsUnder,
   privateCgroupParent, removeCgroupParent, rmRoot, sleep,
@@ -42,6 +46,8 @@ let work = '';
 let archive = '';
 let store: ImageStore;
 let netnsBefore = '';
+let registry: Registry | undefined;
+let pullRef = '';
 let tablesBefore = '';
 
 function run(cmd: string, args: string[]): string {
@@ -52,7 +58,7 @@ function run(cmd: string, args: string[]): string {
   }
 }
 
-beforeAll(() => {
+beforeAll(async () => {
   if (skip) return;
   console.log(`chaos: seed ${SEED} (replay: HUTCH_CHAOS_SEED=${SEED}), ${ROUNDS} rounds`);
   root = mkdtempSync('/var/tmp/hutch-chaos-store-');
@@ -60,18 +66,29 @@ beforeAll(() => {
   store = new ImageStore({ root });
   // An image that runs on its own: busybox, a shell, and a marker.
   archive = join(work, 'rootfs.tar');
-  writeFileSync(
-    archive,
+  const rootfs = (marker: string, extra: TarEntry[] = []): Buffer =>
     tarBuffer([
       { path: 'bin', type: 'dir', mode: 0o755 },
       { path: 'bin/busybox', type: 'file', mode: 0o755, data: readFileSync('/bin/busybox') },
       { path: 'bin/sh', type: 'symlink', linkpath: 'busybox' },
       { path: 'bin/cat', type: 'symlink', linkpath: 'busybox' },
       { path: 'data', type: 'dir', mode: 0o755 },
-      { path: 'data/marker', type: 'file', mode: 0o644, data: 'imported\n' },
+      { path: 'data/marker', type: 'file', mode: 0o644, data: marker },
       { path: 'tmp', type: 'dir', mode: 0o1777 },
-    ]),
-  );
+      ...extra,
+    ]);
+  writeFileSync(archive, rootfs('imported\n'));
+  if (has('docker-registry')) {
+    // A real registry on loopback for the pulls, holding the same image, pushed by hutch.
+    mkdirSync(join(work, 'registry'));
+    registry = await startRegistry(join(work, 'registry'));
+    const src = new ImageStore({ root: join(work, 'src-store') });
+    pullRef = `${registry.host}/chaos/img:1`;
+    // Another image than the imported one (its own layer, with 4 MB to fetch), so a pull downloads.
+    const pulled = join(work, 'pulled.tar');
+    writeFileSync(pulled, rootfs('pulled\n', [{ path: 'data/blob', type: 'file', mode: 0o644, data: randomBytes(4 << 20) }]));
+    await src.push(await src.import(pulled), pullRef, { insecure: true });
+  }
   netnsBefore = run('ip', ['netns', 'list']);
   tablesBefore = run('nft', ['list', 'tables']);
 });
@@ -79,6 +96,7 @@ beforeAll(() => {
 afterAll(async () => {
   if (skip) return;
   await Sandbox.settle();
+  await registry?.stop();
   rmRoot(root);
   rmRoot(work);
   removeCgroupParent(parent);
@@ -133,6 +151,7 @@ const env = (): NodeJS.ProcessEnv => ({
   HUTCH_CGROUP_PARENT: parent,
   HUTCH_NET_RANGE: RANGE,
   HUTCH_BACKGROUND_PRUNE: '1',
+  CHAOS_PULL: pullRef,
 });
 
 describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', () => {
@@ -144,6 +163,10 @@ describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', ()
       const deadIds = new Set<string>();
       const deadSlots = new Set<string>();
       const killTimes: number[] = [];
+      /** How often each kind of step was interrupted by the kill. */
+      const interrupted: Record<string, number> = {};
+      /** ms from the next process's first create returning until nothing of the dead was left. */
+      const cleanTimes: number[] = [];
       for (let round = 0; round < ROUNDS; round++) {
         const worker = new CrashChild(String(SEED), env(), archive, CHAOS_CHILD, [String(round)]);
         const pid = worker.proc.pid!;
@@ -168,6 +191,8 @@ describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', ()
           throw new Error(`${where()}: the worker failed before the kill: ${(e as Error).message}`);
         }
         process.kill(pid, 'SIGSTOP');
+        const finished = new Set(worker.events.filter((e) => e.ev === 'done').map((e) => e.n));
+        for (const m of worker.events.filter((e) => e.ev === 'mark' && !finished.has(e.n))) interrupted[m.what!] = (interrupted[m.what!] ?? 0) + 1;
         const procs = new Set([...childrenOf(pid), ...pidsUnder(parent), ...worker.sandboxes().map((s) => s.pid!)]);
         process.kill(pid, 'SIGKILL');
         const t0 = performance.now();
@@ -192,8 +217,9 @@ describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', ()
           do {
             left = leftovers(dead, deadIds, deadSlots, live);
             if (left.length === 0) break;
-            await sleep(100);
+            await sleep(20);
           } while (performance.now() - t1 < CLEANUP_MS);
+          cleanTimes.push(performance.now() - t1);
         } finally {
           cleaner.proc.stdin!.end();
           await Promise.race([cleaner.exited, sleep(20_000)]);
@@ -203,7 +229,8 @@ describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', ()
         expect(left, `${where()}: ${CLEANUP_MS} ms after the next process's first create; its stderr: ${cleaner.stderr.slice(-1000)}`).toEqual([]);
       }
       const s = [...killTimes].sort((a, b) => a - b);
-      console.log(`chaos: ${ROUNDS} rounds, seed ${SEED}; sandbox processes gone after SIGKILL in ms: median ${s[s.length >> 1]!.toFixed(1)}, max ${s[s.length - 1]!.toFixed(1)}; images returned: ${returned.length}`);
+      const c = [...cleanTimes].sort((a, b) => a - b);
+      console.log(`chaos: ${ROUNDS} rounds, seed ${SEED}; sandbox processes gone after SIGKILL in ms: median ${s[s.length >> 1]!.toFixed(1)}, max ${s[s.length - 1]!.toFixed(1)}; nothing left after the next first create in ms: median ${c[c.length >> 1]!.toFixed(0)}, max ${c[c.length - 1]!.toFixed(0)}; images returned: ${returned.length}; steps interrupted: ${JSON.stringify(interrupted)}`);
 
       // prune() finishes the rest.
       await store.prune();
@@ -213,9 +240,11 @@ describe.skipIf(skip)('chaos: SIGKILL at random moments of a mixed workload', ()
       for (const r of returned) {
         const img = await store.get(r.tag);
         expect(img.id, r.tag).toBe(r.id);
-        const cmd = r.kind === 'commit' ? ['cat', '/marker'] : ['/bin/sh', '-c', 'cat /data/marker'];
+        const ours = r.kind === 'commit' || r.kind === 'build';
+        const expected = ours ? `${r.tag}\n` : r.kind === 'pull' ? 'pulled\n' : 'imported\n';
+        const cmd = ours ? ['cat', '/marker'] : ['/bin/sh', '-c', 'cat /data/marker'];
         const out = await Sandbox.run({ command: cmd, image: r.tag, store, encoding: 'utf8' });
-        expect({ exit: out.exitCode, out: out.stdout }, `${r.kind} ${r.tag} (HUTCH_CHAOS_SEED=${SEED})`).toEqual({ exit: 0, out: r.kind === 'commit' ? `${r.tag}\n` : 'imported\n' });
+        expect({ exit: out.exitCode, out: out.stdout }, `${r.kind} ${r.tag} (HUTCH_CHAOS_SEED=${SEED})`).toEqual({ exit: 0, out: expected });
       }
       // No tag points at nothing.
       const tags = existsSync(store.path('tags.json')) ? (JSON.parse(readFileSync(store.path('tags.json'), 'utf8')) as Record<string, string>) : {};

@@ -60,7 +60,8 @@ export async function imageUsers(store: ImageStore): Promise<{ sandbox: string; 
 
 /**
  * Under the lock: moves every layer and blob no image record and no live import needs into
- * tmp/trash, so they vanish from layers/ atomically.
+ * tmp/trash, so they vanish from layers/ atomically, and drops the build cache entries of
+ * removed images.
  */
 export async function collect(store: ImageStore): Promise<{ trash: (string | null)[]; bytes: number }> {
   const layers = new Set<string>();
@@ -90,6 +91,14 @@ export async function collect(store: ImageStore): Promise<{ trash: (string | nul
   }
   for (const n of await fsp.readdir(store.path('layerinfo'))) {
     if (!layers.has(n.slice(0, 64)) && !existsSync(store.path('layers', n.slice(0, 64)))) await fsp.rm(store.path('layerinfo', n), { force: true });
+  }
+  // Build cache entries whose image is gone (removed): they would only ever miss.
+  for (const n of await fsp.readdir(store.path('buildcache')).catch(() => [] as string[])) {
+    const file = store.path('buildcache', n);
+    const image = await fsp.readFile(file, 'utf8').then((t) => (JSON.parse(t) as { image?: unknown }).image, () => undefined);
+    if (typeof image === 'string' && image.startsWith('sha256:') && existsSync(store.path('images', `${image.slice(7)}.json`))) continue;
+    bytes += (await fsp.lstat(file).catch(() => undefined))?.size ?? 0;
+    await fsp.rm(file, { force: true });
   }
   for (const n of await fsp.readdir(store.path('blobs', 'sha256'))) {
     if (blobs.has(n)) continue;

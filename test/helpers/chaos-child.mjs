@@ -5,10 +5,10 @@
 //   {"ev":"mark","what":"commit","n":7}          step 7 (a commit) starts
 //   {"ev":"done","what":"commit","n":7}          step 7 returned
 //   {"ev":"sandbox","id":"…","pid":123,"slot":…} a sandbox exists
-//   {"ev":"image","id":"sha256:…","tag":"…","kind":"commit"|"import"}  an import or commit returned
+//   {"ev":"image","id":"sha256:…","tag":"…","kind":"commit"|"import"|"build"|"pull"}  it returned
 // Uses the compiled library (dist/).
 //
-// usage: node chaos-child.mjs <seed> <round> <archive>   (a schedule of ops, forever)
+// usage: node chaos-child.mjs <seed> <round> <archive>   (a schedule of ops, forever; CHAOS_PULL: a ref to pull)
 //        node chaos-child.mjs clean                       (one create, then wait for stdin to close)
 //        node chaos-child.mjs ten                         (ten sandboxes of every kind, then wait)
 import { Sandbox, ImageStore } from '../../dist/lib/index.js';
@@ -77,6 +77,17 @@ if (process.argv[2] === 'ten') {
       const tag = `chaos-i-${round}-${n}`;
       const img = await store.import(archive, { tag });
       out({ ev: 'image', id: img.id, tag, kind: 'import' });
+    },
+    build: async () => {
+      const tag = `chaos-b-${round}-${n}`;
+      const img = await store.build({ dockerfile: `FROM busybox\nRUN echo ${tag} > /marker\n`, tag });
+      out({ ev: 'image', id: img.id, tag, kind: 'build' });
+    },
+    pull: async () => {
+      if (!process.env.CHAOS_PULL) return;
+      // A fresh tag each time: the layer may already be in the store (from an import), the pull still runs.
+      const img = await store.pull(process.env.CHAOS_PULL, { insecure: true });
+      out({ ev: 'image', id: img.id, tag: process.env.CHAOS_PULL, kind: 'pull' });
     },
     pool: async () => {
       pool ??= Sandbox.pool({ image: 'busybox', size: 2, store, limits: { memory: '64MiB' } });
