@@ -516,10 +516,7 @@ export class ImageStore {
    * console.log(`freed ${(removedBytes / 2 ** 20).toFixed(1)} MiB`);
    * ```
    */
-  async prune(): Promise<{
-    /** Bytes of files removed. */
-    removedBytes: number;
-  } & Partial<HostPruneResult>> {
+  async prune(): Promise<HostPruneResult> {
     return this.pruneHost();
   }
 
