@@ -6,12 +6,13 @@
 // the same in the background, within seconds, without any prune call.
 // Needs the compiled library (npx tsc -p tsconfig.json).
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { processStart, isAlive } from '../lib/host/liveness.js';
 import { breakIfStale, createLease, jsonOwner } from '../lib/host/lease.js';
 import { sandboxLeaseDir } from '../lib/host/sandboxes.js';
+import { HutchError, ImageStore } from '../lib/index.js';
 import { isRoot, needs } from './helpers/require.js';
 import {
   CrashChild, ROOT, cgroupsUnder, entries, gone, leases, linkNames, loopsUnder, mountsUnder, privateCgroupParent,
@@ -160,4 +161,43 @@ describe.skipIf(skip)('leftovers of a SIGKILLed process, whichever store', () =>
     }
     expect(still, next.stderr).toEqual([]);
   }, 120_000);
+});
+
+describe.skipIf(skip)('a cleanup that fails', () => {
+  it('is a HutchError from prune(), and only a warning for the create that started it in the background', async () => {
+    // A dead sandbox whose store cannot take its record out: tmp/ is a file (ENOTDIR on the trash).
+    const broken = mkdtempSync('/var/tmp/hutch-test-hostprune-broken-');
+    const root = mkdtempSync('/var/tmp/hutch-test-hostprune-');
+    roots.push(broken, root);
+    const id = `deadbeef${Math.floor(Math.random() * 1e6)}`;
+    mkdirSync(join(broken, 'sandboxes', id), { recursive: true });
+    const dead = { pid: 1, start: 'not-init' };
+    writeFileSync(join(broken, 'sandboxes', id, 'owner.json'), JSON.stringify({ image: 'sha256:00', ...dead }));
+    writeFileSync(join(broken, 'tmp'), 'not a dir');
+    mkdirSync(sandboxLeaseDir(), { recursive: true });
+    const lease = join(sandboxLeaseDir(), id);
+    writeFileSync(lease, JSON.stringify({ ...dead, id, store: broken, cgroupParent: null }));
+    try {
+      const e = await new ImageStore({ root }).prune().then(() => undefined, (err: unknown) => err);
+      expect(HutchError.is(e) && { code: e.code, errno: e.errno }, String(e)).toEqual({ code: 'ESTORE', errno: 'ENOTDIR' });
+      const out = inNewProcess(
+        `process.on('warning', (w) => { if (w.name === 'HutchPruneWarning') console.log('warning', w.code); });
+         const sb = await Sandbox.create({ image: 'busybox', store });
+         await Sandbox.settle();
+         console.log('created', (await sb.exec('echo ok', { encoding: 'utf8' })).stdout.trim());
+         await sb.destroy();`,
+        root,
+        base(root, { HUTCH_BACKGROUND_PRUNE: '1' }),
+      );
+      expect(out.trim().split('\n').sort()).toEqual(['created ok', 'warning ESTORE']);
+      // The lease stays for the next prune, which finishes once the store is fixed.
+      expect(existsSync(lease)).toBe(true);
+      rmSync(join(broken, 'tmp'));
+      await new ImageStore({ root }).prune();
+      expect(existsSync(lease)).toBe(false);
+      expect(existsSync(join(broken, 'sandboxes', id))).toBe(false);
+    } finally {
+      rmSync(lease, { force: true });
+    }
+  }, 60_000);
 });
