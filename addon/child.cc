@@ -190,6 +190,12 @@ static void setup_without_plan(plan &p) {
   long cr = rsys3(SYS_close_range, READY_FD + 1, ~0U, CLOSE_RANGE_CLOEXEC);
   if (cr < 0) die_step(errfd, STEP_FDS, (int)cr, "close_range");
 
+  // Becoming the user namespace's root (setid) changed our credentials, and that cleared
+  // PR_SET_PDEATHSIG (commit_creds): armed again, last, so that init dies with its owner even
+  // while frozen (pause, commit), when the EOF of its control socket cannot reach it.
+  long pd = rsys2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (pd < 0) die_step(errfd, STEP_FDS, (int)pd, "prctl(PR_SET_PDEATHSIG)");
+
   // Signal dispositions: CLONE_CLEAR_SIGHAND reset the handled ones; the mask set by the
   // parent around clone3 survives exec, so clear it last.
   unsigned long none = 0;

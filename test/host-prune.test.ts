@@ -163,6 +163,31 @@ describe.skipIf(skip)('leftovers of a SIGKILLed process, whichever store', () =>
   }, 120_000);
 });
 
+describe.skipIf(skip)('a frozen sandbox', () => {
+  it('dies with its owner (SIGKILL of the owner while the sandbox is paused, as during a commit)', async () => {
+    const root = mkdtempSync('/var/tmp/hutch-test-hostprune-');
+    roots.push(root);
+    const c = new CrashChild('paused', base(root), undefined, CHILD);
+    await c.wait((e) => e.ev === 'ready', 60_000);
+    const sb = c.sandboxes()[0]!;
+    const procs = [sb.pid!, ...readFileSync(`/proc/${sb.pid}/task/${sb.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)];
+    expect(procs.length, 'init and the sleep').toBe(2);
+    c.proc.kill('SIGKILL');
+    await c.exited;
+    for (let t = 0; t < 200 && !procs.every(gone); t++) await sleep(10);
+    const state = (p: number): string => {
+      try {
+        return readFileSync(`/proc/${p}/status`, 'utf8').split('\n').filter((l) => /^(Name|State|PPid|SigPnd|ShdPnd):/.test(l)).join(' ');
+      } catch {
+        return 'gone';
+      }
+    };
+    expect(procs.filter((p) => !gone(p)).map(state), 'sandbox processes alive 2 s after the owner was killed').toEqual([]);
+    await new ImageStore({ root }).prune();
+    expect(cgroupsUnder(parent)).toEqual([]);
+  }, 60_000);
+});
+
 describe.skipIf(skip)('a cleanup that fails', () => {
   it('is a HutchError from prune(), and only a warning for the create that started it in the background', async () => {
     // A dead sandbox whose store cannot take its record out: tmp/ is a file (ENOTDIR on the trash).

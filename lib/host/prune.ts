@@ -12,7 +12,9 @@
  * names (being created right now, or made by an older hutch) is kept while it holds a process
  * or is younger than the grace period.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { cgroupDriver, type CgroupDriver } from '../cgroup/driver.js';
 import { HutchError, hostFailure } from '../errors.js';
 import { pruneIds } from '../idrange.js';
@@ -157,7 +159,18 @@ export async function pruneHost(store: PruneStoreSide, options: HostPruneOptions
   } catch (e) {
     errors.push(typed('id leases', e));
   }
+  // A dead sandbox's lease goes only with its cgroup: one still there (a task that would not
+  // die, another prune removing it right now) keeps its lease, so that the next prune finds it.
+  const kept = new Set<string>();
+  for (const [id, l] of dead) {
+    const dir = l?.cgroupParent ? join(l.cgroupParent, id) : undefined;
+    if (dir === undefined) continue;
+    for (let t = 0; t < 20 && existsSync(dir); t++) await sleep(50);
+    if (!existsSync(dir)) continue;
+    kept.add(id);
+    errors.push(new HutchError('ECLEANUP', `prune: the cgroup ${dir} of dead sandbox ${id} could not be removed`, { path: dir, hint: 'see what still runs in it (cat cgroup.procs, cgroup.freeze) and run prune() again' }));
+  }
   if (errors.length > 0) throw errors[0];
-  for (const [id] of dead) if (sandboxLeaseDead(id, readSandboxLease(id))) dropSandboxLease(id);
+  for (const [id] of dead) if (!kept.has(id) && sandboxLeaseDead(id, readSandboxLease(id))) dropSandboxLease(id);
   return { cgroups, network, sandboxes: [...new Set(sandboxes)], removedBytes, idRanges };
 }

@@ -11,6 +11,7 @@
 // usage: node chaos-child.mjs <seed> <round> <archive>   (a schedule of ops, forever; CHAOS_PULL: a ref to pull)
 //        node chaos-child.mjs clean                       (one create, then wait for stdin to close)
 //        node chaos-child.mjs ten                         (ten sandboxes of every kind, then wait)
+//        node chaos-child.mjs paused                      (a sandbox, frozen with pause(), then wait)
 import { Sandbox, ImageStore } from '../../dist/lib/index.js';
 import { seeded, slotOf } from './child-util.mjs';
 
@@ -32,6 +33,12 @@ if (process.argv[2] === 'ten') {
     { image: 'busybox', network: { mode: 'bridge', egress: '10mbit' }, limits: { memory: '32MiB' } },
   ];
   for (let i = 0; i < 10; i++) await create(kinds[i % kinds.length]);
+  out({ ev: 'ready' });
+  setInterval(() => undefined, 1000);
+} else if (process.argv[2] === 'paused') {
+  const sb = await create({ image: 'busybox' });
+  await sb.exec('sleep 1000 </dev/null >/dev/null 2>&1 &');
+  await sb.pause();
   out({ ev: 'ready' });
   setInterval(() => undefined, 1000);
 } else if (process.argv[2] === 'clean') {
