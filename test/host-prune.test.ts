@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { processStart, isAlive } from '../lib/host/liveness.js';
-import { breakIfStale, createLease, jsonOwner } from '../lib/host/lease.js';
+import { breakIfStale, createLease, jsonOwner, pruneLeaseTemps } from '../lib/host/lease.js';
 import { sandboxLeaseDir } from '../lib/host/sandboxes.js';
 import { HutchError, ImageStore } from '../lib/index.js';
 import { isRoot, needs } from './helpers/require.js';
@@ -106,6 +106,15 @@ describe('liveness and lease files', () => {
     expect(createLease(torn, '')).toBe(true);
     expect(breakIfStale(torn, jsonOwner, 10_000)).toBe(false);
     expect(breakIfStale(torn, jsonOwner, 0)).toBe(true);
+    // A lease appears whole (a temp file linked into place); a temp file left by a taker
+    // killed inside createLease goes with pruneLeaseTemps, a live taker's stays.
+    const deadTemp = join(dir, `.y.${process.pid}-1-0badf00d`);
+    const liveTemp = join(dir, `.y.${process.pid}-${processStart(process.pid)}-0badf00d`);
+    writeFileSync(deadTemp, '{}');
+    writeFileSync(liveTemp, '{}');
+    expect(pruneLeaseTemps(dir)).toBe(1);
+    expect([existsSync(deadTemp), existsSync(liveTemp)]).toEqual([false, true]);
+    expect(entries(dir).sort()).toEqual([`.y.${process.pid}-${processStart(process.pid)}-0badf00d`, 'x']);
   });
 });
 

@@ -2,38 +2,58 @@
  * Lease files: the one way hutch claims a name on the host that several processes may want at
  * once (a store lock, an id range slot, an address slot, a sandbox id). A lease is a file
  * created with O_EXCL (whoever creates it holds it) whose text names its owner (pid and start
- * time, lib/host/liveness.ts). A lease whose owner is gone is stale: the next taker or prune
- * removes it. A lease still empty or unreadable is one whose writer was killed between the
- * create and the write (or is writing it right now): it counts as stale only once it is older
- * than a grace period.
+ * time, lib/host/liveness.ts), written whole before it appears (createLease). A lease whose
+ * owner is gone is stale: the next taker or prune removes it. A lease that is empty or
+ * unreadable (written by an older hutch, whose writer was killed between the create and the
+ * write) counts as stale once it is older than a grace period.
  */
-import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync, constants } from 'node:fs';
-import { isAlive, type Owner } from './liveness.js';
+import { linkSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { isAlive, ownerTag, type Owner } from './liveness.js';
 
 /**
- * Creates `file` exclusively and writes `text` into it.
+ * Creates `file` exclusively holding `text`, whole or not at all: the text is written to a
+ * temp file beside it (`.<name>.<pid>-<start>-<random>`), which is then hard-linked to `file`
+ * (link(2) fails with EEXIST when the lease is held) and removed. So a lease is never seen
+ * empty or torn, even when its taker is killed half-way; a temp file a killed taker left
+ * names its owner and goes with `pruneLeaseTemps`.
  * @returns false when the file exists (someone holds the lease); other errors are thrown as they are.
  */
 export function createLease(file: string, text: string): boolean {
-  let fd: number;
+  const tmp = join(dirname(file), `.${basename(file)}.${ownerTag()}-${randomBytes(4).toString('hex')}`);
+  writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 });
   try {
-    fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    linkSync(tmp, file);
+    return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw e;
-  }
-  try {
-    writeSync(fd, text);
-  } catch (e) {
-    // A full disk: nothing half-written stays claimed.
-    closeSync(fd);
+  } finally {
     try {
-      unlinkSync(file);
+      unlinkSync(tmp);
     } catch {}
-    throw e;
   }
-  closeSync(fd);
-  return true;
+}
+
+/** Removes the temp files (`.<name>.<pid>-<start>-<random>`) that takers killed inside createLease left in `dir`. */
+export function pruneLeaseTemps(dir: string): number {
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  for (const name of names) {
+    const m = /^\.[^/]*\.(\d+)-(\d+)-[0-9a-f]{8}$/.exec(name);
+    if (!m || isAlive({ pid: Number(m[1]), start: m[2]! })) continue;
+    try {
+      unlinkSync(join(dir, name));
+      n++;
+    } catch {}
+  }
+  return n;
 }
 
 /** The lease's text, or undefined when it is gone. */

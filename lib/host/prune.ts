@@ -17,10 +17,11 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cgroupDriver, type CgroupDriver } from '../cgroup/driver.js';
 import { HutchError, hostFailure } from '../errors.js';
-import { pruneIds } from '../idrange.js';
-import { pruneNetwork } from '../network/index.js';
+import { idsStateDir, pruneIds } from '../idrange.js';
+import { networkStateDir, pruneNetwork } from '../network/index.js';
+import { pruneLeaseTemps } from './lease.js';
 import { isAlive, type Owner } from './liveness.js';
-import { dropSandboxLease, readSandboxLease, sandboxLeaseDead, sandboxLeases } from './sandboxes.js';
+import { dropSandboxLease, readSandboxLease, sandboxLeaseDead, sandboxLeaseDir, sandboxLeases } from './sandboxes.js';
 
 /** A cgroup no lease or record names, younger than this, may be one a live process is creating. */
 export const DEFAULT_PRUNE_GRACE_MS = 30_000;
@@ -156,6 +157,8 @@ export async function pruneHost(store: PruneStoreSide, options: HostPruneOptions
   let idRanges = 0;
   try {
     idRanges = pruneIds();
+    // What takers killed inside createLease left.
+    for (const d of [sandboxLeaseDir(), idsStateDir(), networkStateDir()]) pruneLeaseTemps(d);
   } catch (e) {
     errors.push(typed('id leases', e));
   }

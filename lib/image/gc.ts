@@ -12,6 +12,7 @@ import { HutchError, hostFailure } from '../errors.js';
 import { unmountUnder } from '../disk.js';
 import { isAlive, ownerFromName, parseOwner, type Owner } from '../host/liveness.js';
 import type { PruneStoreSide } from '../host/prune.js';
+import { pruneLeaseTemps } from '../host/lease.js';
 import { HEX64 } from './blob.js';
 import type { ImageStore } from './store.js';
 import type { LayerInfo } from './types.js';
@@ -213,6 +214,7 @@ export async function pruneLeftovers(store: ImageStore, gc: boolean, graceMs: nu
     return found;
   });
   await emptyTrash(trash);
+  pruneLeaseTemps(store.root); // of the store lock
   return { removedBytes: bytes, sandboxes };
 }
 
