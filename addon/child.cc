@@ -255,6 +255,12 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
   long cr = rsys3(SYS_close_range, READY_FD + 1, ~0U, CLOSE_RANGE_CLOEXEC);
   if (cr < 0) die_step(errfd, STEP_FDS, (int)cr, "close_range");
 
+  // Becoming the user namespace's root (setid) changed our credentials, and that cleared
+  // PR_SET_PDEATHSIG (commit_creds): armed again, last, so that init dies with its owner even
+  // while frozen (pause, commit), when the EOF of its control socket cannot reach it.
+  long pd = rsys2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (pd < 0) die_step(errfd, STEP_FDS, (int)pd, "prctl(PR_SET_PDEATHSIG)");
+
   // Signal dispositions: CLONE_CLEAR_SIGHAND reset the handled ones; the mask set by the
   // parent around clone3 survives exec, so clear it last.
   maybe_fail(p, STEP_EXEC_INIT, "hutch-init");

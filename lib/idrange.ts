@@ -9,13 +9,14 @@
  * Slots are leased with O_EXCL files holding the owner's pid and start time, shared by every
  * hutch process on the host; a lease whose owner died is taken over.
  */
-import { mkdirSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, unlinkSync } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
 import { HutchError, errnoName, hostFailure } from './errors.js';
 import { kernelFeatures } from './host/features.js';
 import { hostRange, RANGE_SIZE, DEFAULT_RANGE_START } from './identity.js';
-import { isAlive, parseOwner, selfOwner } from './image/owner.js';
+import { selfOwner } from './host/liveness.js';
+import { breakIfStale, createLease, jsonOwner } from './host/lease.js';
 import { isFailure, native } from './native.js';
 
 export interface SandboxIds {
@@ -154,15 +155,9 @@ export function acquireIds(layersDir: string): SandboxIds {
     const slot = 1 + ((start + i) % count);
     const file = join(dir, String(slot));
     try {
-      writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
+      if (!createLease(file, me) && !(takeOverIfDead(file) && createLease(file, me))) continue;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw hostFailure('ESETUP', `id ranges: cannot write ${file}`, e);
-      if (!takeOverIfDead(file)) continue;
-      try {
-        writeFileSync(file, me, { flag: 'wx', mode: 0o600 });
-      } catch {
-        continue;
-      }
+      throw hostFailure('ESETUP', `id ranges: cannot write ${file}`, e);
     }
     return leased(dir, slot);
   }
@@ -197,22 +192,12 @@ function leased(dir: string, slot: number): SandboxIds {
   };
 }
 
+/**
+ * Removes the lease when its owner is gone. An empty or torn one (its writer was killed between
+ * the exclusive create and the write) is taken over once it is clearly not in progress.
+ */
 function takeOverIfDead(file: string): boolean {
-  try {
-    let owner: ReturnType<typeof parseOwner> | undefined;
-    try {
-      owner = parseOwner(JSON.parse(readFileSync(file, 'utf8')));
-    } catch {
-      // Empty or torn: its writer was killed between creating and writing it (the write
-      // follows the exclusive create at once). Taken over once it is clearly not in progress.
-      if (Date.now() - statSync(file).mtimeMs < TORN_LEASE_MS) return false;
-    }
-    if (owner && isAlive(owner)) return false;
-    unlinkSync(file);
-    return true;
-  } catch {
-    return false;
-  }
+  return breakIfStale(file, jsonOwner, TORN_LEASE_MS);
 }
 
 /** How old an empty or unreadable lease must be before it counts as a dead writer's. */

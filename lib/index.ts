@@ -17,6 +17,7 @@ export { HutchError, type HutchErrorCode } from './errors.js';
 export type { HutchErrorDetails, HutchErrorStep } from './errors.js';
 export { ImageStore } from './image/store.js';
 export type { ImageStoreOptions, BuildOptions } from './image/store.js';
+export type { HostPruneResult as PruneResult } from './host/prune.js';
 export type { ExtractLimits } from './image/tar.js';
 export type { Image, ImageConfig, Progress } from './image/types.js';
 export type { SandboxOptions, RunOptions, ExecOptions, SpawnOptions, Mount } from './options.js';

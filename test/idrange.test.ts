@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../lib/index.js';
 import { pruneIds } from '../lib/idrange.js';
-import { selfOwner } from '../lib/image/owner.js';
+import { selfOwner } from '../lib/host/liveness.js';
 import { ROOT } from './helpers/reliability.js';
 import { needs } from './helpers/require.js';
 

@@ -139,6 +139,17 @@ describe.skipIf(skip)('a full store disk', () => {
     rmSync(ctx, { recursive: true });
   });
 
+  it('build whose RUN writes more than fits: ESTORE ENOSPC when the step is committed, nothing kept, space back', async () => {
+    const before = await snapshot();
+    const buildcache = readdirSync(store.path('buildcache')).sort();
+    await expectStoreFull(store.build({ dockerfile: `FROM busybox\nRUN dd if=/dev/urandom of=/big bs=1M count=${BIG / MiB}\n`, tag: 'built-run' }), before);
+    expect(readdirSync(store.path('buildcache')).sort()).toEqual(buildcache);
+    // The store still builds what fits.
+    const img = await store.build({ dockerfile: 'FROM busybox\nRUN echo ok > /ok\n', tag: 'built-small' });
+    expect((await store.get('built-small')).id).toBe(img.id);
+    await store.remove('built-small');
+  });
+
   it('a read-only store: ESTORE EROFS for import, commit and build', async () => {
     const file = join(work, 'small.tar');
     writeFileSync(file, tarBuffer([{ path: 'x', type: 'file', data: 'x' }]));

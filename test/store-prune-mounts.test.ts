@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
 import { pruneAll } from '../lib/prune.js';
 import { isRoot, needs } from './helpers/require.js';
+import { loopsUnder, mountsUnder } from './helpers/reliability.js';
 
 const skip = needs(isRoot, 'persistent sandboxes with a disk limit need root (mount -o loop)');
 const root = mkdtempSync('/var/tmp/hutch-test-prune-mounts-');
@@ -40,27 +41,6 @@ async function deadPersistentSandbox(): Promise<string> {
   child.kill('SIGKILL');
   if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
   return line.trim();
-}
-
-const mountsUnder = (p: string) =>
-  readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((mp) => mp === p || mp.startsWith(`${p}/`));
-
-/** Loop devices backed by a file under the store (losetup's view, from sysfs). */
-function loopsUnder(p: string): string[] {
-  const out: string[] = [];
-  for (const n of readdirSync('/sys/block')) {
-    if (!n.startsWith('loop')) continue;
-    try {
-      const f = readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim();
-      if (f.startsWith(`${p}/`)) out.push(`${n} ${f}`);
-    } catch {
-      /* not attached */
-    }
-  }
-  return out;
 }
 
 describe.skipIf(skip)('prune and the disks of dead persistent sandboxes', () => {

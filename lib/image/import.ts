@@ -20,7 +20,8 @@ import {
 } from './oci.js';
 import { LayerExtractor, bad, readTar, type LayerStats } from './tar.js';
 import { MEDIA, type BlobRef, type ImageConfig, type Progress } from './types.js';
-import { tagProblem, type ImageStore, type Op } from './store.js';
+import { tagProblem } from './records.js';
+import type { ImageStore, Op } from './store.js';
 
 /** A layer ready to be moved into the store. */
 export interface PendingLayer {

@@ -1,7 +1,7 @@
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync, constants, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HutchError } from '../errors.js';
-import { isAlive, parseOwner, selfOwner } from './owner.js';
+import { HutchError, storeErrno } from '../errors.js';
+import { selfOwner } from '../host/liveness.js';
+import { breakIfStale, createLease, jsonOwner, releaseLease } from '../host/lease.js';
 
 /**
  * The store's metadata lock: a file created with O_EXCL holding the owner's pid and start
@@ -35,21 +35,19 @@ export class StoreLock {
     const deadline = Date.now() + this.timeoutMs;
     let wait = 1;
     for (;;) {
+      this.token = JSON.stringify({ ...selfOwner(), nonce: Math.random().toString(36).slice(2) });
       try {
-        const fd = openSync(this.file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-        this.token = JSON.stringify({ ...selfOwner(), nonce: Math.random().toString(36).slice(2) });
-        writeSync(fd, this.token);
-        closeSync(fd);
-        return;
+        if (createLease(this.file, this.token)) return;
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
-          throw new HutchError('EINVAL', `cannot take the image store lock ${this.file}: ${(e as Error).message}`, {
-            path: this.file,
-            cause: e,
-          });
-        }
+        const found = storeErrno(e);
+        throw new HutchError('ESTORE', `cannot take the image store lock ${this.file}: ${(e as Error).message}`, {
+          path: this.file,
+          ...(found ? { errno: found.errno } : {}),
+          cause: e,
+        });
       }
-      this.breakIfStale();
+      // An unreadable lock counts as stale after 10 s (its writer died between create and write).
+      breakIfStale(this.file, jsonOwner, 10_000);
       if (Date.now() > deadline) {
         throw new HutchError('EINVAL', `the image store lock ${this.file} is held by a live process for over ${this.timeoutMs} ms`, {
           path: this.file,
@@ -60,42 +58,7 @@ export class StoreLock {
     }
   }
 
-  /** Removes a lock whose owner is gone. An unreadable lock counts as stale after 10 s. */
-  private breakIfStale(): void {
-    let text: string;
-    try {
-      text = readFileSync(this.file, 'utf8');
-    } catch {
-      return;
-    }
-    let owner;
-    try {
-      owner = parseOwner(JSON.parse(text));
-    } catch {
-      owner = undefined;
-    }
-    if (owner ? isAlive(owner) : this.young()) return;
-    try {
-      // Only if it is still the same lock: a taker may have replaced it meanwhile.
-      if (readFileSync(this.file, 'utf8') === text) unlinkSync(this.file);
-    } catch {
-      /* gone already */
-    }
-  }
-
-  private young(): boolean {
-    try {
-      return Date.now() - statSync(this.file).mtimeMs < 10_000;
-    } catch {
-      return false;
-    }
-  }
-
   private releaseFile(): void {
-    try {
-      if (readFileSync(this.file, 'utf8') === this.token) unlinkSync(this.file);
-    } catch {
-      /* already gone */
-    }
+    releaseLease(this.file, this.token);
   }
 }

@@ -1,26 +1,32 @@
-import { existsSync, mkdirSync, chmodSync, chownSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, chownSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { HutchError, hostFailure, invalid, storeErrno } from '../errors.js';
+import { HutchError, invalid } from '../errors.js';
 import { hostRange } from '../identity.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
-import { unmountUnder } from '../disk.js';
 import { storeHooks } from './hooks.js';
-import { isAlive, ownerFromName, ownerTag, parseOwner, selfOwner } from './owner.js';
+import { isAlive } from '../host/liveness.js';
+import { pruneHost, type HostPruneOptions, type HostPruneResult } from '../host/prune.js';
 import { DEFAULT_LIMITS, type ExtractLimits } from './tar.js';
 import { HEX64 } from './blob.js';
-import type { Image, ImageRecord, LayerInfo, Progress, ResolvedImage } from './types.js';
+import type { Image, ImageRecord, Progress, ResolvedImage } from './types.js';
 import { importSource, type PendingImage } from './import.js';
 import { BUILTINS, ensureBuiltin, type BuiltinName } from './builtin.js';
 import type { BuildOptions } from './build.js';
 import type { CommitOptions } from './commit.js';
+import { collect, emptyTrash, imageUsers, storeSide } from './gc.js';
+import { beginOp, commitPending, storeFailure, type Op } from './operations.js';
+import { ID_PREFIX, idShaped, markInUse, readRecord, readTags, releaseSync, tagProblem, writeJson } from './records.js';
 
 export type { Image, ImageConfig, Progress, ResolvedImage } from './types.js';
 export type { BuildOptions } from './build.js';
 export type { CommitOptions } from './commit.js';
+export { tagProblem } from './records.js';
+export { storeFailure, Op } from './operations.js';
+export { treeBytes, rmTree } from './gc.js';
+
 
 /**
  * Options of `new ImageStore(...)`.
@@ -41,60 +47,6 @@ export interface ImageStoreOptions {
   maxLayerBytes?: number;
   /** Most entries in one layer (default 4,000,000); past it: `EBADIMAGE`. */
   maxLayerEntries?: number;
-}
-
-const ID_PREFIX = /^[0-9a-f]{12,64}$/;
-const TAG = /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/;
-
-/**
- * Why `tag` cannot name an image, or undefined when it can. A tag must never read as an id
- * (`sha256:<hex>`, 12 to 64 hex digits) or a builtin's name: lookups try ids first, and a tag
- * shaped like another image's id would otherwise redirect a reference by id.
- */
-export function tagProblem(tag: unknown): string | undefined {
-  if (typeof tag !== 'string' || !TAG.test(tag)) return "a name like 'app' or 'app:1.0' (letters, digits, . _ / : @ + -)";
-  if (tag.startsWith('sha256:') || ID_PREFIX.test(tag)) return "a name that is not an image id ('sha256:<hex>' or 12 to 64 hex digits)";
-  if ((BUILTINS as readonly string[]).includes(tag)) return `a name other than the builtin images ${BUILTINS.join(', ')}`;
-  return undefined;
-}
-
-/** True when `ref` has the shape of an image id: such a reference never resolves through tags. */
-function idShaped(ref: string): boolean {
-  return (ref.startsWith('sha256:') && HEX64.test(ref.slice(7))) || ID_PREFIX.test(ref);
-}
-
-/**
- * A store operation's failure as its caller sees it. A write the store's filesystem refused
- * (STORE_ERRNOS: full, over quota, read-only, broken), also when code below wrapped it as
- * EBADIMAGE, EBUILD or EREGISTRY, is `ESTORE` with `errno` and a `path` under the store; a raw
- * errno error on the store's files is `ESTORE` too; other HutchErrors pass unchanged. The
- * callers have removed the operation's work directory by then: nothing of it is kept.
- */
-export function storeFailure(root: string, what: string, e: unknown): unknown {
-  // The layer cap's ESTORE (EFBIG, the path inside the layer) is not a write failure: as it is.
-  if (HutchError.is(e) && e.code === 'ESTORE' && !e.path?.startsWith(root + '/')) return e;
-  const found = storeErrno(e);
-  if (found) {
-    const path = found.path !== undefined && (found.path === root || found.path.startsWith(root + '/')) ? found.path : root;
-    const errno = found.errno;
-    const hint =
-      errno === 'ENOSPC' || errno === 'EDQUOT'
-        ? "the store's disk is full: free space (store.remove() images you do not need, then store.prune()) and try again"
-        : errno === 'EROFS'
-          ? 'the store is on a read-only filesystem: give ImageStore a writable root'
-          : errno === 'EMFILE' || errno === 'ENFILE'
-            ? 'the process or system ran out of file descriptors: raise the limit (ulimit -n) and try again'
-            : errno === 'EFBIG'
-              ? "a file is larger than the store's filesystem allows"
-              : "the store's disk failed: look at the kernel log (dmesg)";
-    return new HutchError('ESTORE', `${what} failed: the store ${root} could not be written (${errno} at ${path}); nothing of it was kept: ${hint}`, { errno, path, hint, cause: e });
-  }
-  if (HutchError.is(e)) return e;
-  const err = e as NodeJS.ErrnoException | undefined;
-  if (typeof err?.code !== 'string') return e;
-  // Another filesystem failure (EACCES, EMLINK...) on the store's files: still the store's, typed.
-  const failure = hostFailure('ESTORE', `${what} in the store ${root} failed`, e);
-  return failure.path === undefined ? new HutchError('ESTORE', failure.message, { errno: failure.errno, path: root, cause: e }) : failure;
 }
 
 /** Directory permissions: see docs/images.md, "Ownership". */
@@ -124,7 +76,8 @@ export class ImageStore {
   /** @internal */
   readonly lock: StoreLock;
   private ready = false;
-  private readonly records = new Map<string, ImageRecord>();
+  /** @internal Image records read so far (they never change). */
+  readonly records = new Map<string, ImageRecord>();
 
   /**
    * A store at `options.root`. Nothing is touched on disk until first use.
@@ -204,52 +157,25 @@ export class ImageStore {
     this.ready = true;
   }
 
-  // ---- records and tags -------------------------------------------------------------
+  // ---- records and tags (records.ts) ------------------------------------------------
 
   /** @internal */
-  async writeJson(target: string, value: unknown): Promise<void> {
-    const tmp = this.path('tmp', `w-${ownerTag()}-${randomBytes(6).toString('hex')}`);
-    try {
-      await fsp.writeFile(tmp, JSON.stringify(value, null, 1) + '\n', { mode: 0o600 });
-      await fsp.rename(tmp, target);
-    } catch (e) {
-      await fsp.rm(tmp, { force: true });
-      throw e;
-    }
+  writeJson(target: string, value: unknown): Promise<void> {
+    return writeJson(this, target, value);
   }
 
   /** @internal */
-  async readTags(): Promise<Record<string, string>> {
-    try {
-      const v = JSON.parse(await fsp.readFile(this.path('tags.json'), 'utf8')) as unknown;
-      return typeof v === 'object' && v !== null ? (v as Record<string, string>) : {};
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      throw e;
-    }
+  readTags(): Promise<Record<string, string>> {
+    return readTags(this);
   }
 
   /** @internal */
-  async readRecord(hex: string): Promise<ImageRecord | undefined> {
-    const cached = this.records.get(hex);
-    const file = this.path('images', `${hex}.json`);
-    if (cached) {
-      // Records never change; only check the image was not removed meanwhile.
-      if (existsSync(file)) return cached;
-      this.records.delete(hex);
-      return undefined;
-    }
-    try {
-      const rec = JSON.parse(await fsp.readFile(file, 'utf8')) as ImageRecord;
-      this.records.set(hex, rec);
-      return rec;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new HutchError('EBADIMAGE', `image record ${file} is unreadable: ${(e as Error).message}`, { path: file, cause: e });
-    }
+  readRecord(hex: string): Promise<ImageRecord | undefined> {
+    return readRecord(this, this.records, hex);
   }
 
-  private toImage(rec: ImageRecord, tags: Record<string, string>): Image {
+  /** @internal */
+  toImage(rec: ImageRecord, tags: Record<string, string>): Image {
     return {
       id: rec.id,
       tags: Object.keys(tags).filter((t) => tags[t] === rec.id).sort(),
@@ -374,13 +300,13 @@ export class ImageStore {
   ): Promise<Image> {
     if (options.tag !== undefined) this.checkTag(options.tag);
     this.ensure();
-    const op = await this.beginOp().catch((e: unknown) => {
+    const op = await beginOp(this).catch((e: unknown) => {
       throw storeFailure(this.root, 'import', e);
     });
     try {
       const pending = await importSource(this, op, source, options.onProgress);
       if (options.tag !== undefined) pending.tags = [options.tag];
-      return await this.commit(op, pending);
+      return await commitPending(this, op, pending);
     } catch (e) {
       throw storeFailure(this.root, 'import', e);
     } finally {
@@ -547,7 +473,7 @@ export class ImageStore {
         await this.writeJson(this.path('tags.json'), tags);
         return [];
       }
-      const users = (await this.owners()).filter((o) => o.image === id && isAlive(o)).map((o) => o.sandbox);
+      const users = (await imageUsers(this)).filter((o) => o.image === id && isAlive(o)).map((o) => o.sandbox);
       if (users.length > 0) {
         throw new HutchError('EINVAL', `image ${id} is in use by sandbox ${users.join(', ')}; destroy it first`);
       }
@@ -558,7 +484,7 @@ export class ImageStore {
       this.records.delete(hex);
       // A sandbox may have marked the image between the check above and the removal (markInUse
       // takes no lock): look again now that the record is gone, and put it back if so.
-      const late = (await this.owners()).filter((o) => o.image === id && isAlive(o)).map((o) => o.sandbox);
+      const late = (await imageUsers(this)).filter((o) => o.image === id && isAlive(o)).map((o) => o.sandbox);
       if (late.length > 0 && rec) {
         await this.writeJson(this.path('images', `${hex}.json`), rec);
         for (const t of tagged) tags[t] = id;
@@ -566,16 +492,23 @@ export class ImageStore {
         throw new HutchError('EINVAL', `image ${id} is in use by sandbox ${late.join(', ')}; destroy it first`);
       }
       if (rec?.builtin) await fsp.rm(this.path('builtin', `${rec.builtin}.json`), { force: true });
-      return (await this.collect()).trash;
+      return (await collect(this)).trash;
     });
-    await this.empty(trash);
+    await emptyTrash(trash);
   }
 
   /**
-   * Removes unreferenced layers and blobs, leftovers of crashed imports and of sandboxes whose
-   * owner process died. Safe while other processes use the store: what a live process needs stays.
+   * Removes unreferenced layers and blobs, and every leftover of sandboxes whose owner process
+   * is gone, whichever store they used: their cgroups, network links, nftables state and
+   * leases, id leases, records, loop-mounted disks, and the leftovers of crashed imports and
+   * commits. Safe while other processes use the store or the host: a live sandbox of any
+   * process is never touched. (The first sandbox a process creates starts the same cleanup,
+   * unused layers aside, in the background.)
    *
-   * @returns `removedBytes`: bytes of files removed.
+   * @returns `removedBytes`: bytes of files removed; `cgroups`, `network`, `sandboxes`,
+   * `idRanges`: what was removed of dead sandboxes.
+   * @throws HutchError `ESTORE` (the store could not be written), `ECLEANUP` (a host resource
+   * could not be removed; `cause` says which), after every step was tried.
    *
    * @example
    * ```ts
@@ -583,44 +516,23 @@ export class ImageStore {
    * console.log(`freed ${(removedBytes / 2 ** 20).toFixed(1)} MiB`);
    * ```
    */
-  async prune(): Promise<{
-    /** Bytes of files removed. */
-    removedBytes: number;
-  }> {
+  async prune(): Promise<HostPruneResult> {
+    return this.pruneHost();
+  }
+
+  /**
+   * prune() with the host side's options (lib/prune.ts `pruneAll`, `hutch prune`).
+   * @internal
+   */
+  async pruneHost(options: HostPruneOptions = {}): Promise<HostPruneResult> {
     this.ensure();
     await storeHooks.dropBlanks();
     await teardownsDone();
-    const { trash, bytes } = await this.lock.run(async () => {
-      const found = await this.collect();
-      for (const n of await fsp.readdir(this.path('tmp'))) {
-        if (n === 'trash') {
-          // Left by a prune or remove that died before emptying it.
-          for (const t of await fsp.readdir(this.path('tmp', 'trash'))) found.trash.push(this.path('tmp', 'trash', t));
-          continue;
-        }
-        const owner = ownerFromName(n);
-        if (owner && isAlive(owner)) continue;
-        if (!owner) {
-          // Not ours to judge by name; leave files that are younger than a minute.
-          const st = await fsp.lstat(this.path('tmp', n)).catch(() => undefined);
-          if (!st || Date.now() - st.mtimeMs < 60_000) continue;
-        }
-        found.bytes += await treeBytes(this.path('tmp', n));
-        found.trash.push(await this.toTrash(this.path('tmp', n)));
-      }
-      for (const o of await this.owners()) {
-        if (isAlive(o)) continue;
-        const dir = this.path('sandboxes', o.sandbox);
-        // A dead persistent sandbox's disk is still loop-mounted at <dir>/disk: unmounted
-        // first, or its directory could not be removed from the trash (EBUSY).
-        await this.unmount([dir]);
-        found.bytes += await treeBytes(dir);
-        found.trash.push(await this.toTrash(dir));
-      }
-      return found;
-    });
-    await this.empty(trash);
-    return { removedBytes: bytes };
+    try {
+      return await pruneHost(storeSide(this, true, options.graceMs ?? 30_000), options);
+    } catch (e) {
+      throw storeFailure(this.root, 'prune', e);
+    }
   }
 
   /**
@@ -640,192 +552,24 @@ export class ImageStore {
     return { image: this.toImage(rec, await this.readTags()), layersDir: this.path('layers'), lowerdirs, hostBinds: [...rec.hostBinds] };
   }
 
-  /**
-   * Records that sandbox `sandboxId`, owned by this process, uses image `imageId`, so that
-   * `remove` refuses the image until `release` (or this process's death).
-   * Writes sandboxes/<sandboxId>/owner.json.
-   * @internal
-   */
-  async markInUse(imageId: string, sandboxId: string, ownerPid?: number): Promise<void> {
-    if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) throw invalid('sandboxId', 'a plain name', sandboxId);
-    this.ensure();
-    const owner = ownerPid === undefined ? selfOwner() : { pid: ownerPid, start: (await readStart(ownerPid)) ?? '0' };
-    // No store lock on this path (it is on every create; the lock serialised concurrent
-    // creates): the intent is written first, then the image is checked. remove() deletes the
-    // record first and then looks for owners, so either it sees this record and restores the
-    // image, or this check sees the record gone.
-    const hex = imageId.replace(/^sha256:/, '');
-    const dir = this.path('sandboxes', sandboxId);
-    // The record's dir appears whole (made in tmp/, renamed into place): sandboxes/ never holds
-    // an empty one that a prune could take for a crashed sandbox's while we fill it.
-    // Synchronous on purpose: four small metadata calls (~0.1 ms) on every create cost less
-    // than the threadpool round trips of their async forms (~2 ms under load).
-    const tmp = this.path('tmp', `rec-${ownerTag()}-${randomBytes(6).toString('hex')}`);
-    mkdirSync(tmp, { mode: 0o711 });
-    writeFileSync(join(tmp, 'owner.json'), JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n', { mode: 0o600 });
-    try {
-      renameSync(tmp, dir);
-    } catch (e) {
-      rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
-    if (!existsSync(this.path('images', `${hex}.json`))) {
-      await this.release(sandboxId);
-      throw new HutchError('ENOIMAGE', `no image ${imageId} in the store ${this.root}`);
-    }
+  /** @internal */
+  markInUse(imageId: string, sandboxId: string, ownerPid?: number): Promise<void> {
+    return markInUse(this, imageId, sandboxId, ownerPid);
   }
 
   /** Ends what markInUse recorded; removes sandboxes/<sandboxId>/ when nothing else is in it. @internal */
   async release(sandboxId: string): Promise<void> {
-    this.releaseSync(sandboxId);
+    releaseSync(this, sandboxId);
   }
 
   /** release(), synchronously (at process exit too). @internal */
   releaseSync(sandboxId: string): void {
-    if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
-    const dir = this.path('sandboxes', sandboxId);
-    // The usual record is owner.json alone: two calls in place (a prune that meets the dir
-    // between them takes an empty dir for an abandoned one and removes it: what we do anyway).
-    try {
-      unlinkSync(join(dir, 'owner.json'));
-      rmdirSync(dir);
-      return;
-    } catch {
-      /* more in it (a persistent layer's leftovers), or gone */
-    }
-    // Out of sandboxes/ in one step, then removed: never a half-removed tree there.
-    const gone = this.path('tmp', `rel-${ownerTag()}-${randomBytes(6).toString('hex')}`);
-    try {
-      renameSync(dir, gone);
-    } catch {
-      return;
-    }
-    rmSync(gone, { recursive: true, force: true });
-  }
-
-  // ---- internals ----------------------------------------------------------------------
-
-  private async owners(): Promise<{ sandbox: string; image: string; pid: number; start: string }[]> {
-    const out = [];
-    let names: string[] = [];
-    try {
-      names = await fsp.readdir(this.path('sandboxes'));
-    } catch {
-      return [];
-    }
-    for (const n of names) {
-      try {
-        const v = JSON.parse(await fsp.readFile(this.path('sandboxes', n, 'owner.json'), 'utf8')) as { image?: unknown };
-        const o = parseOwner(v);
-        if (o && typeof v.image === 'string') out.push({ sandbox: n, image: v.image, ...o });
-      } catch {
-        /* no owner record: not a sandbox this code tracks */
-      }
-    }
-    return out;
-  }
-
-  /**
-   * Under the lock: moves every layer and blob no image record and no live import needs into
-   * tmp/trash, so they vanish from layers/ atomically.
-   */
-  private async collect(): Promise<{ trash: (string | null)[]; bytes: number }> {
-    const layers = new Set<string>();
-    const blobs = new Set<string>();
-    for (const n of await fsp.readdir(this.path('images'))) {
-      if (!n.endsWith('.json')) continue;
-      const rec = await this.readRecord(n.slice(0, 64));
-      if (!rec) continue;
-      for (const l of rec.layers) layers.add(l.slice(7));
-      for (const b of rec.layerBlobs) blobs.add(b.digest.slice(7));
-      blobs.add(rec.configBlob.digest.slice(7));
-    }
-    for (const n of await fsp.readdir(this.path('tmp'))) {
-      const owner = ownerFromName(n);
-      if (!owner || !isAlive(owner)) continue;
-      const pins = await fsp.readFile(this.path('tmp', n, 'pins'), 'utf8').catch(() => '');
-      for (const p of pins.split('\n')) if (HEX64.test(p)) layers.add(p);
-    }
-    const trash: (string | null)[] = [];
-    let bytes = 0;
-    for (const n of await fsp.readdir(this.path('layers'))) {
-      if (!HEX64.test(n) || layers.has(n)) continue;
-      const info = await fsp.readFile(this.path('layerinfo', `${n}.json`), 'utf8').then((t) => JSON.parse(t) as LayerInfo).catch(() => undefined);
-      bytes += info?.sizeBytes ?? (await treeBytes(this.path('layers', n)));
-      trash.push(await this.toTrash(this.path('layers', n)));
-      await fsp.rm(this.path('layerinfo', `${n}.json`), { force: true });
-    }
-    for (const n of await fsp.readdir(this.path('layerinfo'))) {
-      if (!layers.has(n.slice(0, 64)) && !existsSync(this.path('layers', n.slice(0, 64)))) await fsp.rm(this.path('layerinfo', n), { force: true });
-    }
-    for (const n of await fsp.readdir(this.path('blobs', 'sha256'))) {
-      if (blobs.has(n)) continue;
-      bytes += (await fsp.lstat(this.path('blobs', 'sha256', n)).catch(() => undefined))?.size ?? 0;
-      await fsp.rm(this.path('blobs', 'sha256', n), { force: true });
-    }
-    return { trash, bytes };
-  }
-
-  /**
-   * Moves `p` into tmp/trash; null when it is already gone (a dead sandbox's record can be
-   * removed at the same time by another process's leftover cleanup, lib/prune.ts, which does
-   * not take the store's lock).
-   */
-  private async toTrash(p: string): Promise<string | null> {
-    await fsp.mkdir(this.path('tmp', 'trash'), { recursive: true, mode: 0o700 });
-    const t = this.path('tmp', 'trash', randomBytes(8).toString('hex'));
-    try {
-      await fsp.rename(p, t);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
-    }
-    return t;
-  }
-
-  /** unmountUnder, its failure as ESTORE naming the mount. */
-  private async unmount(paths: string[]): Promise<void> {
-    try {
-      await unmountUnder(paths);
-    } catch (e) {
-      throw new HutchError('ESTORE', `unmounting a dead sandbox's disk under ${paths.join(', ')} failed: ${(e as Error).message.trim()}`, {
-        errno: 'EBUSY',
-        path: paths[0],
-        hint: 'find what still uses it (fuser -vm <path>), stop it, and run ImageStore.prune() again',
-        cause: e,
-      });
-    }
-  }
-
-  /**
-   * Removes the trash entries. A mount left inside one (a dead sandbox's disk moved here by an
-   * older prune) is unmounted first; an entry that still cannot go is an ESTORE after the
-   * others are removed, never a raw error.
-   */
-  private async empty(trash: (string | null)[]): Promise<void> {
-    const entries = trash.filter((t): t is string => t !== null);
-    let failure: unknown;
-    try {
-      await this.unmount(entries);
-    } catch (e) {
-      failure = e;
-    }
-    for (const t of entries) {
-      try {
-        await rmTree(t);
-      } catch (e) {
-        failure ??= hostFailure('ESTORE', `removing ${t} from the store's trash`, e);
-      }
-    }
-    if (failure) throw failure;
+    releaseSync(this, sandboxId);
   }
 
   /** @internal A private work directory under tmp/, named after this process so prune can tell it is live. */
-  async beginOp(): Promise<Op> {
-    this.ensure();
-    const dir = this.path('tmp', `op-${ownerTag()}-${randomBytes(6).toString('hex')}`);
-    await fsp.mkdir(dir, { mode: 0o700 });
-    return new Op(this, dir);
+  beginOp(): Promise<Op> {
+    return beginOp(this);
   }
 
   /** @internal True when layers/<hex> exists. */
@@ -833,157 +577,8 @@ export class ImageStore {
     return existsSync(this.path('layers', hex));
   }
 
-  /**
-   * @internal Moves an import's layers and blobs into place and writes its record and tags,
-   * under the lock. Layers another process finished first are kept and ours discarded.
-   */
-  async commit(op: Op, p: PendingImage): Promise<Image> {
-    for (const t of p.tags) {
-      // Every tag an import, pull or build brings is checked as tag() checks it (a builtin tags itself).
-      const problem = p.builtin === t ? undefined : tagProblem(t);
-      if (problem) throw new HutchError('EBADIMAGE', `the image's tag ${JSON.stringify(t)} is refused: a tag must be ${problem}`, { hint: 'drop or rename the tag (RepoTags of a docker save archive) and import again' });
-    }
-    const idHex = p.configDigest.slice(7);
-    const created = new Date().toISOString();
-    return this.lock.run(async () => {
-      // What this commit moved into the store: taken out again if a later step fails (a full
-      // disk), so that no layer, blob or record of a half-made image stays.
-      const placed: string[] = [];
-      try {
-        return await this.place(op, p, idHex, created, placed);
-      } catch (e) {
-        for (const f of placed.reverse()) await rmTree(f).catch(() => undefined);
-        throw e;
-      }
-    });
-  }
-
-  private async place(op: Op, p: PendingImage, idHex: string, created: string, placed: string[]): Promise<Image> {
-    {
-      let sizeBytes = 0;
-      for (const l of p.layers) {
-        const target = this.path('layers', l.diffHex);
-        if (l.tree) {
-          try {
-            await fsp.rename(l.tree, target);
-            placed.push(target);
-          } catch (e) {
-            const code = (e as NodeJS.ErrnoException).code;
-            if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-            // Another import won the race: its copy is identical (same diff id); ours is discarded with the op.
-          }
-        } else if (!existsSync(target)) {
-          throw new HutchError('EBADIMAGE', `layer sha256:${l.diffHex} vanished before the import finished`);
-        }
-        const infoFile = this.path('layerinfo', `${l.diffHex}.json`);
-        let info = await fsp.readFile(infoFile, 'utf8').then((t) => JSON.parse(t) as LayerInfo).catch(() => undefined);
-        if (!info) {
-          info = { diffId: `sha256:${l.diffHex}`, sizeBytes: l.stats?.sizeBytes ?? (await treeBytes(target)), entries: l.stats?.entries ?? 0, created };
-          await this.writeJson(infoFile, info);
-          placed.push(infoFile);
-        }
-        sizeBytes += info.sizeBytes;
-        const blobTarget = this.path('blobs', 'sha256', l.blob.digest.slice(7));
-        if (l.blobFile && !existsSync(blobTarget)) {
-          await fsp.rename(l.blobFile, blobTarget);
-          placed.push(blobTarget);
-        }
-      }
-      const configFile = this.path('blobs', 'sha256', idHex);
-      if (!existsSync(configFile)) {
-        const tmp = join(op.dir, 'config');
-        await fsp.writeFile(tmp, p.configBytes, { mode: 0o600 });
-        await fsp.rename(tmp, configFile);
-        placed.push(configFile);
-      }
-      const rec: ImageRecord = {
-        schema: 1,
-        id: p.configDigest,
-        layers: p.layers.map((l) => `sha256:${l.diffHex}`),
-        config: p.config,
-        sizeBytes,
-        hostBinds: p.hostBinds,
-        configBlob: { digest: p.configDigest, size: p.configBytes.length, mediaType: p.configMediaType },
-        layerBlobs: p.layers.map((l) => l.blob),
-        ...(p.builtin ? { builtin: p.builtin } : {}),
-        created,
-      };
-      const recFile = this.path('images', `${idHex}.json`);
-      const existing = await this.readRecord(idHex);
-      if (!existing) {
-        await this.writeJson(recFile, rec);
-        placed.push(recFile);
-      }
-      const tags = await this.readTags();
-      if (p.tags.length > 0) {
-        for (const t of p.tags) tags[t] = p.configDigest;
-        await this.writeJson(this.path('tags.json'), tags);
-      }
-      return this.toImage(existing ?? rec, tags);
-    }
+  /** @internal Moves an import's layers and blobs into place and writes its record and tags (operations.ts). */
+  commit(op: Op, p: PendingImage): Promise<Image> {
+    return commitPending(this, op, p);
   }
 }
-
-/** A private work directory of one import (tmp/op-<pid>-<start>-<random>). @internal */
-export class Op {
-  private pins: string[] = [];
-  constructor(private readonly store: ImageStore, readonly dir: string) {}
-
-  /**
-   * Keeps layers/<hex> from being pruned until this op ends; true when the layer exists.
-   * Pinning under the lock, then checking, means prune either saw the pin or removed the
-   * layer before we looked.
-   */
-  async pin(hex: string): Promise<boolean> {
-    return this.store.lock.run(async () => {
-      this.pins.push(hex);
-      await fsp.writeFile(join(this.dir, 'pins'), this.pins.join('\n') + '\n');
-      return this.store.hasLayer(hex);
-    });
-  }
-
-  async close(): Promise<void> {
-    await rmTree(this.dir);
-  }
-}
-
-async function readStart(pid: number): Promise<string | undefined> {
-  try {
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** Bytes of regular files under p (lstat, no symlinks followed). */
-export async function treeBytes(p: string): Promise<number> {
-  let st;
-  try {
-    st = await fsp.lstat(p);
-  } catch {
-    return 0;
-  }
-  if (!st.isDirectory()) return st.isFile() ? st.size : 0;
-  let sum = 0;
-  for (const n of await fsp.readdir(p).catch(() => [] as string[])) sum += await treeBytes(join(p, n));
-  return sum;
-}
-
-/** rm -rf that also works on trees with read-only directories when not root. */
-export async function rmTree(p: string): Promise<void> {
-  try {
-    await fsp.rm(p, { recursive: true, force: true });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EACCES' && (e as NodeJS.ErrnoException).code !== 'EPERM') throw e;
-    const fix = async (d: string) => {
-      await fsp.chmod(d, 0o700).catch(() => undefined);
-      for (const ent of await fsp.readdir(d, { withFileTypes: true }).catch(() => [])) {
-        if (ent.isDirectory()) await fix(join(d, ent.name));
-      }
-    };
-    await fix(p);
-    await fsp.rm(p, { recursive: true, force: true });
-  }
-}
-

@@ -5,12 +5,16 @@
  * `fwd_<hex>`/`in_<hex>`), so `prune` can remove what a crashed owner left even when the
  * lease was created but never filled in.
  */
-import { mkdirSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { HutchError, hostFailure } from '../errors.js';
 import { type Cidr, formatCidr, formatIpv4, overlaps, size } from './cidr.js';
 import type { ResolvedPort } from './options.js';
+import { isAlive, processStart } from '../host/liveness.js';
+import { createLease, leaseAge, removeLease as removeLeaseFile } from '../host/lease.js';
+
+export { processStart };
 
 export interface Lease {
   version: 1;
@@ -75,26 +79,12 @@ export function readLease(stateDir: string, name: string): Lease | null {
 
 /** Age of a lease file in ms, or undefined when it is gone. */
 export function leaseAgeMs(stateDir: string, name: string): number | undefined {
-  try {
-    return Date.now() - statSync(join(stateDir, name)).mtimeMs;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Field 22 of /proc/<pid>/stat: start time in clock ticks since boot. */
-export function processStart(pid: number | 'self'): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
+  return leaseAge(join(stateDir, name));
 }
 
 /** True while the process that wrote the lease is still the same process. */
 export function ownerAlive(lease: Lease): boolean {
-  return processStart(lease.ownerPid) === lease.ownerStart;
+  return isAlive({ pid: lease.ownerPid, start: lease.ownerStart });
 }
 
 /**
@@ -126,10 +116,8 @@ export function takeLease(
     if (routes.some((r) => overlaps(r, subnet))) continue;
     const lease = fill(slot);
     try {
-      writeFileSync(leasePath(stateDir, slot), JSON.stringify(lease), { flag: 'wx', mode: 0o600 });
-      return { slot, network, lease };
+      if (createLease(leasePath(stateDir, slot), JSON.stringify(lease))) return { slot, network, lease };
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
       throw hostFailure('ESETUP', `network: cannot write the lease ${leasePath(stateDir, slot)}`, e);
     }
   }
@@ -140,11 +128,7 @@ export function takeLease(
 }
 
 export function removeLease(stateDir: string, slot: string): void {
-  try {
-    unlinkSync(leasePath(stateDir, slot));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-  }
+  removeLeaseFile(leasePath(stateDir, slot));
 }
 
 /** Addresses of a slot: the host side takes .1, the sandbox .2 of the /30. */

@@ -14,6 +14,7 @@
 //   import   store.import(archive) again and again
 //   mixed    all of the above interleaved
 import { Sandbox, ImageStore } from '../../dist/lib/index.js';
+import { slotOf } from './child-util.mjs';
 
 const scenario = process.argv[2];
 const archive = process.argv[3];
@@ -29,13 +30,6 @@ const OPTIONS = [
 ];
 let k = 0;
 const nextOptions = () => OPTIONS[k++ % OPTIONS.length];
-
-function slotOf(sb) {
-  const a = sb.network?.address;
-  if (!a) return null;
-  const n = a.split('.').reduce((x, p) => x * 256 + Number(p), 0) - 2;
-  return (n >>> 0).toString(16).padStart(8, '0');
-}
 
 async function create(opts) {
   const sb = await Sandbox.create(opts);

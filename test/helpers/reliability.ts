@@ -209,8 +209,34 @@ export function duBytes(p: string): number {
   return sum;
 }
 
+/** Mount points at or under `p` (this mount namespace). */
+export function mountsUnder(p: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((mp) => mp === p || mp.startsWith(`${p}/`));
+}
+
+/** Loop devices backed by a file under `p` (losetup's view, from sysfs). */
+export function loopsUnder(p: string): string[] {
+  const out: string[] = [];
+  for (const n of readdirSync('/sys/block')) {
+    if (!n.startsWith('loop')) continue;
+    try {
+      const f = readFileSync(`/sys/block/${n}/loop/backing_file`, 'utf8').trim();
+      if (f.startsWith(`${p}/`)) out.push(`${n} ${f}`);
+    } catch {
+      /* not attached */
+    }
+  }
+  return out;
+}
+
 export interface ChildEvent {
   ev: string;
+  delay?: number;
+  tag?: string;
+  kind?: string;
   what?: string;
   n?: number;
   id?: string;
@@ -226,8 +252,8 @@ export class CrashChild {
   private waiters: { pred: (e: ChildEvent) => boolean; resolve: (e: ChildEvent) => void }[] = [];
   readonly exited: Promise<void>;
 
-  constructor(scenario: string, env: NodeJS.ProcessEnv, archive?: string) {
-    this.proc = spawn(process.execPath, [CRASH_CHILD, scenario, ...(archive ? [archive] : [])], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  constructor(scenario: string, env: NodeJS.ProcessEnv, archive?: string, script = CRASH_CHILD, args: string[] = []) {
+    this.proc = spawn(process.execPath, [script, scenario, ...args, ...(archive ? [archive] : [])], { env, stdio: ['pipe', 'pipe', 'pipe'] });
     let buf = '';
     this.proc.stdout!.on('data', (b: Buffer) => {
       buf += b.toString();

@@ -1,16 +1,19 @@
+/**
+ * Liveness: is the process that wrote a record still the same process? The one check every
+ * piece of host state uses (owner records, store locks, id and address leases, sandbox
+ * leases, forwarding records): a pid plus its start time (field 22 of /proc/<pid>/stat, in
+ * clock ticks since boot), so a recycled pid is never mistaken for the process that wrote it.
+ */
 import { readFileSync } from 'node:fs';
 
-/**
- * A process as recorded on disk: its pid plus its start time (field 22 of /proc/<pid>/stat,
- * in clock ticks since boot), so a recycled pid is not mistaken for the process that wrote
- * the record.
- */
+/** A process as recorded on disk. */
 export interface Owner {
   pid: number;
   start: string;
 }
 
-function startTime(pid: number): string | undefined {
+/** Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), or undefined when the process is gone. */
+export function processStart(pid: number | 'self'): string | undefined {
   let stat: string;
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -18,22 +21,21 @@ function startTime(pid: number): string | undefined {
     return undefined;
   }
   // comm (field 2) may hold spaces and parentheses: the fields we want follow the last ')'.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return rest[19]; // field 22; rest[0] is field 3
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]; // rest[0] is field 3
 }
 
 let self: Owner | undefined;
 
 /** This process. */
 export function selfOwner(): Owner {
-  if (!self || self.pid !== process.pid) self = { pid: process.pid, start: startTime(process.pid) ?? '0' };
+  if (!self || self.pid !== process.pid) self = { pid: process.pid, start: processStart(process.pid) ?? '0' };
   return self;
 }
 
 /** True while the recorded process still runs (same pid and same start time). */
 export function isAlive(owner: Owner | undefined): boolean {
   if (!owner || !Number.isInteger(owner.pid) || owner.pid <= 0) return false;
-  const start = startTime(owner.pid);
+  const start = processStart(owner.pid);
   return start !== undefined && start === String(owner.start);
 }
 

@@ -1,0 +1,132 @@
+/**
+ * Lease files: the one way hutch claims a name on the host that several processes may want at
+ * once (a store lock, an id range slot, an address slot, a sandbox id). A lease is a file
+ * created with O_EXCL (whoever creates it holds it) whose text names its owner (pid and start
+ * time, lib/host/liveness.ts), written whole before it appears (createLease). A lease whose
+ * owner is gone is stale: the next taker or prune removes it. A lease that is empty or
+ * unreadable (written by an older hutch, whose writer was killed between the create and the
+ * write) counts as stale once it is older than a grace period.
+ */
+import { linkSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { isAlive, ownerTag, type Owner } from './liveness.js';
+
+/**
+ * Creates `file` exclusively holding `text`, whole or not at all: the text is written to a
+ * temp file beside it (`.<name>.<pid>-<start>-<random>`), which is then hard-linked to `file`
+ * (link(2) fails with EEXIST when the lease is held) and removed. So a lease is never seen
+ * empty or torn, even when its taker is killed half-way; a temp file a killed taker left
+ * names its owner and goes with `pruneLeaseTemps`.
+ * @returns false when the file exists (someone holds the lease); other errors are thrown as they are.
+ */
+export function createLease(file: string, text: string): boolean {
+  const tmp = join(dirname(file), `.${basename(file)}.${ownerTag()}-${randomBytes(4).toString('hex')}`);
+  writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 });
+  try {
+    linkSync(tmp, file);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  } finally {
+    try {
+      unlinkSync(tmp);
+    } catch {}
+  }
+}
+
+/** Removes the temp files (`.<name>.<pid>-<start>-<random>`) that takers killed inside createLease left in `dir`. */
+export function pruneLeaseTemps(dir: string): number {
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  for (const name of names) {
+    const m = /^\.[^/]*\.(\d+)-(\d+)-[0-9a-f]{8}$/.exec(name);
+    if (!m || isAlive({ pid: Number(m[1]), start: m[2]! })) continue;
+    try {
+      unlinkSync(join(dir, name));
+      n++;
+    } catch {}
+  }
+  return n;
+}
+
+/** The lease's text, or undefined when it is gone. */
+export function readLeaseText(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Age of the lease file in ms (since its last write), or undefined when it is gone. */
+export function leaseAge(file: string): number | undefined {
+  try {
+    return Date.now() - statSync(file).mtimeMs;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * True when the lease is stale: its owner (as `ownerOf` reads it from the text) is gone, or the
+ * text names no owner and the file is older than `tornGraceMs`. A lease that is gone is not stale.
+ */
+export function leaseIsStale(file: string, ownerOf: (text: string) => Owner | undefined, tornGraceMs: number, text = readLeaseText(file)): boolean {
+  if (text === undefined) return false;
+  let owner: Owner | undefined;
+  try {
+    owner = text.length > 0 ? ownerOf(text) : undefined;
+  } catch {
+    owner = undefined;
+  }
+  if (owner) return !isAlive(owner);
+  const age = leaseAge(file);
+  return age !== undefined && age >= tornGraceMs;
+}
+
+/**
+ * Removes the lease when it is stale, and only if it is still the same lease (a taker may have
+ * replaced it meanwhile). @returns true when it was removed.
+ */
+export function breakIfStale(file: string, ownerOf: (text: string) => Owner | undefined, tornGraceMs: number): boolean {
+  const text = readLeaseText(file);
+  if (text === undefined || !leaseIsStale(file, ownerOf, tornGraceMs, text)) return false;
+  try {
+    if (readFileSync(file, 'utf8') !== text) return false;
+    unlinkSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes a lease; one already gone is fine, other errors are thrown. */
+export function removeLease(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+}
+
+/** Removes the lease only while it still holds `text` (ours): never another holder's. */
+export function releaseLease(file: string, text: string): void {
+  try {
+    if (readFileSync(file, 'utf8') === text) unlinkSync(file);
+  } catch {
+    /* gone already */
+  }
+}
+
+/** Reads `{pid, start}` JSON lease text. */
+export function jsonOwner(text: string): Owner | undefined {
+  const v = JSON.parse(text) as Record<string, unknown>;
+  return typeof v.pid === 'number' && typeof v.start === 'string' ? { pid: v.pid, start: v.start } : undefined;
+}
