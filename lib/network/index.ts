@@ -139,7 +139,10 @@ export async function attachNetwork(plan: NetworkPlan, id: string, pid: number, 
   let rulesAdded = false;
   try {
     // The table filters hx* links from their first packet: it must exist before the link does.
-    await ensureTable();
+    // Under the state dir's lock, after the lease: a prune deletes an idle table only under
+    // the same lock and only when it sees no lease, so it cannot delete it between this check
+    // and the link (which would leave the link unfiltered: the host reachable).
+    await withForwardingLock(plan.stateDir, () => ensureTable());
     if (rules) {
       const sandboxRules = { slot, host, address, outbound: plan.outbound, allow: plan.allow, ports: plan.ports, hostPorts: plan.hostPorts, names: plan.names ? { lists: plan.names, logGroup } : null };
       if (forwards) {
@@ -310,7 +313,12 @@ export async function pruneNetwork(
     // Flags first: the table holds the guards of the uplinks that are still open.
     if (await restoreForwardingIfIdle(stateDir).catch((e: unknown) => ((first ??= e), false))) restoredForwarding = true;
     // A record still there (its restore failed) keeps the table: its guard must stay while the flag is on.
-    if (forwardingRecords(stateDir).length === 0) await deleteTableIfIdle();
+    // Leases checked again under the lock an attach holds while it makes sure of the table.
+    if (forwardingRecords(stateDir).length === 0) {
+      await withForwardingLock(stateDir, async () => {
+        if (leaseFiles(stateDir).length === 0) await deleteTableIfIdle();
+      });
+    }
   }
   if (first !== undefined) throw first;
   return { removed, restoredForwarding };
