@@ -8,8 +8,8 @@
  * ```
  * @packageDocumentation
  */
-export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
-export { SandboxPool, type PoolOptions } from './pool.js';
+export { Sandbox, SandboxPool, DEFAULT_DISK_BYTES } from './sandbox.js';
+export { type PoolOptions } from './pool.js';
 export { ZygoteTemplate } from './template/index.js';
 export type { SandboxTemplate } from './sandbox.js';
 export type { TemplateOptions, TemplateRunOptions } from './options.js';
