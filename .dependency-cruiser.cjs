@@ -16,7 +16,7 @@ const LAYERS = [
     '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
     // image core; store.ts is its records and operations until the façade (build, commit,
     // pull, push) moves out of it (issue 14 §3, the store split)
-    '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store)\\.ts$',
+    '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store|context|records|gc|operations|background)\\.ts$',
   ]],
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],

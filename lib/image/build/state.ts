@@ -3,7 +3,7 @@ import type { Limits } from '../../limits.js';
 import type { NetworkOptions } from '../../network/options.js';
 import type { BaseImage, OciConfig } from '../commit.js';
 import type { Progress } from '../types.js';
-import type { ImageStore, Op } from '../store.js';
+import type { Op, StoreContext } from '../context.js';
 
 /**
  * Options of {@link ImageStore.build}.
@@ -59,7 +59,7 @@ export interface State {
 }
 
 export interface Ctx {
-  store: ImageStore;
+  store: StoreContext;
   op: Op;
   o: BuildOptions;
   escape: string;
