@@ -19,6 +19,7 @@ import type { StoreContext } from './context.js';
 import { type BuildOptions, buildCounters, CACHE_VERSION, type State, type Ctx, varsOf, envList, setEnv, shellOf, workdirOf } from './build/state.js';
 import { runLayer } from './build/run.js';
 import { workdirLayer } from './build/view.js';
+import { storeHooks } from './hooks.js';
 import { copyPlan, dockerignore } from './build/context.js';
 
 export { buildCounters, type BuildOptions } from './build/state.js';
@@ -281,3 +282,5 @@ function exposed(ins: Instruction, w: string): string[] {
   for (let p = lo; p <= hi; p++) out.push(`${p}/${proto}`);
   return out;
 }
+
+storeHooks.build = build;
