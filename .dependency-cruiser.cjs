@@ -1,27 +1,28 @@
 /**
  * The layers of lib/ and the direction of their imports (issue 14, docs/architecture.md):
  *
- *   base (errors, units, conventions) → native → concerns (cgroup | network | seccomp |
- *   idmap | disk | image core) → options → plan → runtime (start, sandbox, process, warm,
- *   pool) → image authoring (build, commit) and the ImageStore façade, index, CLI
+ *   base (errors, units, conventions, the Limits type) → native → concerns (cgroup | network |
+ *   seccomp | idmap | disk | image core: the ImageStore and its parts, commit) → options → plan →
+ *   runtime (start, sandbox, process, warm, pool) → image build (which runs sandboxes; it
+ *   registers itself on the store's hooks), index, CLI
  *
  * A module may import from its own layer or any layer to its left, never to its right, and
  * no import cycle is allowed, type-only imports included (`tsPreCompilationDeps`). Checked by
  * `npm run check:deps` in CI (.ci/run).
  */
 const LAYERS = [
-  ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol)\\.ts$']],
+  ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol|limit-types)\\.ts$']],
   ['native', ['^lib/(native|native-load|setup-errors|spawn)\\.ts$']],
   ['concerns', [
     '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
-    // image core; store.ts is its records and operations until the façade (build, commit,
-    // pull, push) moves out of it (issue 14 §3, the store split)
-    '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store)\\.ts$',
+    // image core: the ImageStore (store.ts) and the parts it passes a StoreContext (context.ts);
+    // commit needs nothing above; build (top) reaches the store only through hooks.ts
+    '^lib/image/(blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store|context|records|gc|operations|background|commit|build-options)\\.ts$',
   ]],
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],
   ['runtime', ['^lib/(start|sandbox|process|warm|pool|pause)\\.ts$', '^lib/runtime/']],
-  ['top', ['^lib/image/(build|commit)\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^lib/template/', '^bin/']],
+  ['top', ['^lib/image/build\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^lib/template/', '^bin/']],
 ];
 
 const anyOf = (res) => `(${res.join('|')})`;

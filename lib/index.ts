@@ -8,14 +8,15 @@
  * ```
  * @packageDocumentation
  */
-export { Sandbox, DEFAULT_DISK_BYTES } from './sandbox.js';
-export { SandboxPool, type PoolOptions } from './pool.js';
+export { Sandbox, SandboxPool, DEFAULT_DISK_BYTES } from './sandbox.js';
+export { type PoolOptions } from './pool.js';
 export { ZygoteTemplate } from './template/index.js';
 export type { SandboxTemplate } from './sandbox.js';
 export type { TemplateOptions, TemplateRunOptions } from './options.js';
 export { HutchError, type HutchErrorCode } from './errors.js';
 export type { HutchErrorDetails, HutchErrorStep } from './errors.js';
 export { ImageStore } from './image/store.js';
+import './image/build.js'; // registers ImageStore.build's builder (storeHooks)
 export type { ImageStoreOptions, BuildOptions } from './image/store.js';
 export type { HostPruneResult as PruneResult } from './host/prune.js';
 export type { ExtractLimits } from './image/tar.js';

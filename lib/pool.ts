@@ -4,9 +4,8 @@
  */
 import { HutchError, invalid } from './errors.js';
 import { plainObject } from './validators.js';
-import { resolveExecOptions, resolveSandboxOptions, type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions } from './options.js';
+import { resolveExecOptions, resolveSandboxOptions, type ExecOptions, type ResolvedExecOptions, type ResolvedSandboxOptions, type SandboxOptions } from './options.js';
 import type { ExecResult } from './process.js';
-import type { Sandbox } from './sandbox.js';
 
 /**
  * Options of a {@link SandboxPool}: the options of every sandbox it makes
@@ -31,42 +30,32 @@ export interface PoolOptions extends SandboxOptions {
 const POOL_KEYS = ['image', 'store', 'limits', 'network', 'mounts', 'env', 'cwd', 'user', 'hostname', 'readonlyRootfs',
   'persistent', 'seccomp', 'capabilities', 'size', 'idleMs'];
 
+/** @internal What a pool hands out: a {@link Sandbox}, named here so the pool sits below sandbox.ts (no import cycle). */
+export interface PoolMember {
+  readonly state: 'running' | 'destroyed';
+  destroy(): Promise<void>;
+  execResolved(command: unknown, o: ResolvedExecOptions): Promise<ExecResult>;
+}
+
 /**
- * Pre-created sandboxes, each handed out once and never reused: every `run()` and
- * `acquire()` gets a fresh sandbox, and the pool refills in the background. Made with
- * {@link Sandbox.pool} or `new SandboxPool(options)`.
- *
- * When background creation fails, the next `acquire()` creates a sandbox directly, so the
- * error reaches the caller as that creation's `HutchError`.
- *
- * @example
- * ```ts
- * await using pool = Sandbox.pool({ image: 'busybox', size: 4 });
- * const results = await Promise.all(['a', 'b', 'c'].map((x) => pool.run(['echo', x], { encoding: 'utf8' })));
- * ```
+ * @internal The pool's work; {@link SandboxPool} (lib/sandbox.ts) is this with `Sandbox` as the
+ * member and `Sandbox.createResolved` as the factory.
  */
-export class SandboxPool {
+export class PoolOf<S extends PoolMember> {
   private readonly opts: ResolvedSandboxOptions;
   private readonly size: number;
   private readonly idleMs: number | null;
-  private readonly ready: Sandbox[] = [];
+  private readonly ready: S[] = [];
+  private readonly make: (opts: ResolvedSandboxOptions) => Promise<S>;
   private filling = 0;
   private closed = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private lastError: unknown = null;
   private readonly inflight = new Set<Promise<unknown>>();
 
-  /**
-   * Validates the options and starts creating `size` sandboxes in the background.
-   *
-   * @throws HutchError `EINVAL` for a bad option (a `size` out of range, a `signal`, ...).
-   *
-   * @example
-   * ```ts
-   * const pool = new SandboxPool({ size: 2 });
-   * ```
-   */
-  constructor(options: PoolOptions) {
+  /** Validates the options (`EINVAL`) and starts making `size` members with `make`. */
+  constructor(options: PoolOptions, make: (opts: ResolvedSandboxOptions) => Promise<S>) {
+    this.make = make;
     const o = plainObject('options', options, 'an object of PoolOptions with a size');
     const { size, idleMs, ...rest } = o;
     if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || size > 10000) throw invalid('size', 'an integer from 0 to 10000', size);
@@ -80,9 +69,8 @@ export class SandboxPool {
     this.fill();
   }
 
-  private async create(): Promise<Sandbox> {
-    const { Sandbox } = await import('./sandbox.js');
-    return Sandbox.createResolved(this.opts);
+  private async create(): Promise<S> {
+    return this.make(this.opts);
   }
 
   private fill(): void {
@@ -137,12 +125,12 @@ export class SandboxPool {
    * }
    * ```
    */
-  async acquire(): Promise<Sandbox> {
+  async acquire(): Promise<S> {
     return this.take(true);
   }
 
   /** A ready sandbox (or a new one); refills now, or leaves that to the caller. */
-  private async take(refill: boolean): Promise<Sandbox> {
+  private async take(refill: boolean): Promise<S> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the pool is closed; create a new one');
     this.touch();
     for (let sb = this.ready.shift(); sb; sb = this.ready.shift()) {

@@ -14,7 +14,7 @@ import {
   type TemplateOptions, type TemplateRunOptions,
 } from './options.js';
 import type { ExecResult, ResourceUsage, SandboxProcess } from './process.js';
-import { SandboxPool, type PoolOptions } from './pool.js';
+import { PoolOf, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { upperDirOf } from './conventions.js';
 import { SandboxCore as SandboxCoreClass, type SandboxCore, type SandboxEvents } from './runtime/core.js';
@@ -523,3 +523,33 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
 // The image layer below calls up through these hooks, never through an import (lib/image/hooks.ts).
 storeHooks.dropBlanks = dropBlanks;
 storeHooks.runStep = (o) => Sandbox.create({ image: o.image, store: o.store as ImageStore, network: o.network, ...(o.limits !== undefined ? { limits: o.limits as Limits } : {}) });
+
+/**
+ * Pre-created sandboxes, each handed out once and never reused: every `run()` and
+ * `acquire()` gets a fresh sandbox, and the pool refills in the background. Made with
+ * {@link Sandbox.pool} or `new SandboxPool(options)`.
+ *
+ * When background creation fails, the next `acquire()` creates a sandbox directly, so the
+ * error reaches the caller as that creation's `HutchError`.
+ *
+ * @example
+ * ```ts
+ * await using pool = Sandbox.pool({ image: 'busybox', size: 4 });
+ * const results = await Promise.all(['a', 'b', 'c'].map((x) => pool.run(['echo', x], { encoding: 'utf8' })));
+ * ```
+ */
+export class SandboxPool extends PoolOf<Sandbox> {
+  /**
+   * Validates the options and starts creating `size` sandboxes in the background.
+   *
+   * @throws HutchError `EINVAL` for a bad option (a `size` out of range, a `signal`, ...).
+   *
+   * @example
+   * ```ts
+   * const pool = new SandboxPool({ size: 2 });
+   * ```
+   */
+  constructor(options: PoolOptions) {
+    super(options, (opts) => Sandbox.createResolved(opts));
+  }
+}

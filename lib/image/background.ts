@@ -10,12 +10,12 @@ import { HutchError } from '../errors.js';
 import { DEFAULT_PRUNE_GRACE_MS, pruneHost, type HostPruneResult } from '../host/prune.js';
 import { inBackground } from '../teardowns.js';
 import { storeSide } from './gc.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 
 let started: Promise<HostPruneResult | undefined> | undefined;
 
 /** Starts the background cleanup unless this process started it already (or HUTCH_BACKGROUND_PRUNE=0). */
-export function startBackgroundPrune(store: ImageStore): void {
+export function startBackgroundPrune(store: StoreContext): void {
   if (started || process.env.HUTCH_BACKGROUND_PRUNE === '0') return;
   started = new Promise<void>((r) => setImmediate(r))
     .then(() => pruneHost(storeSide(store, false, DEFAULT_PRUNE_GRACE_MS)))

@@ -15,16 +15,17 @@ import { baseOf, childImage, scratchBase, type BaseImage, type OciConfig } from 
 import { buildError, jsonForm, keyValues, parseDockerfile, processWord, processWords, type Instruction } from './dockerfile.js';
 import type { PendingLayer } from './import.js';
 import type { Image } from './types.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 import { type BuildOptions, buildCounters, CACHE_VERSION, type State, type Ctx, varsOf, envList, setEnv, shellOf, workdirOf } from './build/state.js';
 import { runLayer } from './build/run.js';
 import { workdirLayer } from './build/view.js';
+import { storeHooks } from './hooks.js';
 import { copyPlan, dockerignore } from './build/context.js';
 
 export { buildCounters, type BuildOptions } from './build/state.js';
 
 /** See ImageStore.build. */
-export async function build(store: ImageStore, o: BuildOptions): Promise<Image> {
+export async function build(store: StoreContext, o: BuildOptions): Promise<Image> {
   if (typeof o !== 'object' || o === null) throw invalid('options', 'an object with dockerfile', o);
   if (typeof o.dockerfile !== 'string') throw invalid('dockerfile', 'the Dockerfile text', o.dockerfile);
   if (o.tag !== undefined) store.checkTag(o.tag);
@@ -281,3 +282,5 @@ function exposed(ins: Instruction, w: string): string[] {
   for (let p = lo; p <= hi; p++) out.push(`${p}/${proto}`);
   return out;
 }
+
+storeHooks.build = build;

@@ -5,7 +5,8 @@ import { HutchError, unsupported } from '../errors.js';
 import { DEFAULT_PATH } from './oci.js';
 import { extractLayer, rootfsImage, type PendingImage } from './import.js';
 import { tarBuffer, type TarEntry } from './tarwriter.js';
-import type { ImageStore, Op } from './store.js';
+import type { Op, StoreContext } from './context.js';
+import { BUILTINS, type BuiltinName } from './records.js';
 
 /**
  * The two images every store has without an import, made on first use and remade when their
@@ -14,8 +15,7 @@ import type { ImageStore, Op } from './store.js';
  * - `host`: a curated /etc plus mount points; the host's /usr (and /bin, /lib* when they are
  *   real directories) are bound read-only over it by the sandbox (ResolvedImage.hostBinds).
  */
-export const BUILTINS = ['busybox', 'host'] as const;
-export type BuiltinName = (typeof BUILTINS)[number];
+export { BUILTINS, type BuiltinName };
 
 const BUSYBOX = '/bin/busybox';
 const REVALIDATE_MS = 10_000;
@@ -29,7 +29,7 @@ const checked = new Map<string, { at: number; hex: string }>();
 const inflight = new Map<string, Promise<string>>();
 
 /** Makes (or confirms) a builtin image; returns its id hex. */
-export async function ensureBuiltin(store: ImageStore, name: BuiltinName): Promise<string> {
+export async function ensureBuiltin(store: StoreContext, name: BuiltinName): Promise<string> {
   const key = `${store.root}\0${name}`;
   const c = checked.get(key);
   if (c && Date.now() - c.at < REVALIDATE_MS && existsSync(store.path('images', `${c.hex}.json`))) return c.hex;
@@ -43,7 +43,7 @@ export async function ensureBuiltin(store: ImageStore, name: BuiltinName): Promi
   return hex;
 }
 
-async function make(store: ImageStore, name: BuiltinName): Promise<string> {
+async function make(store: StoreContext, name: BuiltinName): Promise<string> {
   store.ensure();
   const fp = name === 'busybox' ? busyboxFingerprint() : hostFingerprint();
   const stateFile = store.path('builtin', `${name}.json`);
@@ -87,7 +87,7 @@ function busyboxFingerprint(): string {
   return `busybox:${st.ino}:${st.size}:${st.mtimeMs}`;
 }
 
-async function busyboxImage(store: ImageStore, op: Op): Promise<PendingImage> {
+async function busyboxImage(store: StoreContext, op: Op): Promise<PendingImage> {
   const st = statSync(BUSYBOX);
   const mtime = Math.floor(st.mtimeMs / 1000);
   let applets: string[];
@@ -121,7 +121,7 @@ async function busyboxImage(store: ImageStore, op: Op): Promise<PendingImage> {
   return builtinImage(store, op, 'busybox', tarBuffer(entries), ['/bin/sh'], []);
 }
 
-async function builtinImage(store: ImageStore, op: Op, name: string, tar: Buffer, cmd: string[], hostBinds: string[]): Promise<PendingImage> {
+async function builtinImage(store: StoreContext, op: Op, name: string, tar: Buffer, cmd: string[], hostBinds: string[]): Promise<PendingImage> {
   const layer = await extractLayer(store, op, (async function* () { yield tar; })(), { compression: 'none', label: `builtin image ${name}` });
   const img = rootfsImage(layer, { Env: [DEFAULT_PATH], Cmd: cmd });
   img.hostBinds = hostBinds;
@@ -178,7 +178,7 @@ function copyEntry(hostPath: string, path: string, out: TarEntry[]): void {
   }
 }
 
-async function hostImage(store: ImageStore, op: Op): Promise<PendingImage> {
+async function hostImage(store: StoreContext, op: Op): Promise<PendingImage> {
   const entries: TarEntry[] = [];
   const dir = (path: string, mode = 0o755) => entries.push({ path, type: 'dir', mode, mtime: 0 });
   for (const d of ['dev', 'etc', 'home', 'proc', 'run', 'sys', 'usr', 'var']) dir(d);

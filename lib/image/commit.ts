@@ -20,7 +20,7 @@ import { extractLayer, type PendingImage, type PendingLayer } from './import.js'
 import { hostArch, toImageConfig } from './oci.js';
 import { tarChunks, type TarEntry } from './tarwriter.js';
 import { MEDIA, type BlobRef, type Image, type ImageConfig, type ImageRecord } from './types.js';
-import type { ImageStore, Op } from './store.js';
+import type { Op, StoreContext } from './context.js';
 
 // ---- a layer tar, written to a file --------------------------------------------------------
 
@@ -92,7 +92,7 @@ export class LayerTar {
    * null when it has no entries: an unchanged upper dir or a RUN that wrote nothing makes no
    * layer (history says `empty_layer`), as BuildKit does.
    */
-  async toLayer(store: ImageStore, op: Op, label: string): Promise<PendingLayer | null> {
+  async toLayer(store: StoreContext, op: Op, label: string): Promise<PendingLayer | null> {
     const file = this.file;
     try {
       this.close();
@@ -237,7 +237,7 @@ function dataMap(fd: number, size: number, rel: string, moved: (rel: string) => 
  * ELOOP/ENOTDIR or a symlink entry, never followed, and every object must lie on the upper
  * dir's own filesystem. A path that changes under the walk fails the commit.
  */
-export async function writeUpper(store: ImageStore, tar: LayerTar, upper: string | number, o: WriteUpperOptions = {}): Promise<UpperStats> {
+export async function writeUpper(store: StoreContext, tar: LayerTar, upper: string | number, o: WriteUpperOptions = {}): Promise<UpperStats> {
   const rootFd = typeof upper === 'number' ? upper : openUpper(upper);
   const label = typeof upper === 'number' ? 'the writable layer' : upper;
   try {
@@ -431,7 +431,7 @@ export function scratchBase(): BaseImage {
 }
 
 /** An image in the store as a base: its record and its config blob. */
-export async function baseOf(store: ImageStore, ref: Image | string): Promise<BaseImage> {
+export async function baseOf(store: StoreContext, ref: Image | string): Promise<BaseImage> {
   const img = await store.get(typeof ref === 'string' ? ref : ref.id);
   const rec = (await store.readRecord(img.id.slice(7))) as ImageRecord;
   let config: OciConfig;
@@ -489,7 +489,7 @@ function checkImageConfig(c: unknown): asserts c is Partial<ImageConfig> | undef
  * pinned first, so a concurrent prune cannot take them.
  */
 export async function childImage(
-  store: ImageStore,
+  store: StoreContext,
   op: Op,
   base: BaseImage,
   layer: PendingLayer | null,
@@ -557,13 +557,13 @@ export interface CommitOptions {
  * What one commit or build step may write (file data, holes not counted): the store's layer
  * cap (maxLayerBytes), or the sandbox's disk limit when that is lower.
  */
-export function layerCap(store: ImageStore, diskBytes: number | null): { bytes: number; what: string } {
+export function layerCap(store: StoreContext, diskBytes: number | null): { bytes: number; what: string } {
   if (diskBytes !== null && diskBytes < store.limits.maxBytes) return { bytes: diskBytes, what: `the sandbox's disk limit, limits.disk ${diskBytes}` };
   return { bytes: store.limits.maxBytes, what: `the store's layer cap, maxLayerBytes ${store.limits.maxBytes}` };
 }
 
 /** See ImageStore.commitUpper. */
-export async function commitUpper(store: ImageStore, o: CommitOptions): Promise<Image> {
+export async function commitUpper(store: StoreContext, o: CommitOptions): Promise<Image> {
   if (typeof o !== 'object' || o === null) throw invalid('options', 'an object with base and upperDir', o);
   if (typeof o.upperDir !== 'string' || o.upperDir === '') throw invalid('upperDir', 'a directory path', o.upperDir);
   if (typeof o.base !== 'string' && (typeof o.base !== 'object' || o.base === null || typeof o.base.id !== 'string')) throw invalid('base', 'an Image or an image ref', o.base);

@@ -14,7 +14,7 @@ import { isAlive, ownerFromName, parseOwner, type Owner } from '../host/liveness
 import type { PruneStoreSide } from '../host/prune.js';
 import { pruneLeaseTemps } from '../host/lease.js';
 import { HEX64 } from './blob.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 import type { LayerInfo } from './types.js';
 
 /** The owner records in `root`'s `sandboxes/` dir: id -> owner (undefined when the dir has no readable record). */
@@ -39,7 +39,7 @@ export function ownerRecords(root: string): Map<string, Owner | undefined> {
 }
 
 /** Sandboxes with an owner record and the image each uses. */
-export async function imageUsers(store: ImageStore): Promise<{ sandbox: string; image: string; pid: number; start: string }[]> {
+export async function imageUsers(store: StoreContext): Promise<{ sandbox: string; image: string; pid: number; start: string }[]> {
   const out = [];
   let names: string[] = [];
   try {
@@ -64,7 +64,7 @@ export async function imageUsers(store: ImageStore): Promise<{ sandbox: string; 
  * tmp/trash, so they vanish from layers/ atomically, and drops the build cache entries of
  * removed images.
  */
-export async function collect(store: ImageStore): Promise<{ trash: (string | null)[]; bytes: number }> {
+export async function collect(store: StoreContext): Promise<{ trash: (string | null)[]; bytes: number }> {
   const layers = new Set<string>();
   const blobs = new Set<string>();
   for (const n of await fsp.readdir(store.path('images'))) {
@@ -114,7 +114,7 @@ export async function collect(store: ImageStore): Promise<{ trash: (string | nul
  * removed at the same time by another process's leftover cleanup, lib/prune.ts, which does
  * not take the store's lock).
  */
-export async function toTrash(store: ImageStore, p: string): Promise<string | null> {
+export async function toTrash(store: StoreContext, p: string): Promise<string | null> {
   await fsp.mkdir(store.path('tmp', 'trash'), { recursive: true, mode: 0o700 });
   const t = store.path('tmp', 'trash', randomBytes(8).toString('hex'));
   try {
@@ -170,7 +170,7 @@ export async function emptyTrash(trash: (string | null)[]): Promise<void> {
  * with `gc`, also every layer and blob no image needs. Then empty `sandboxes/<id>` dirs that a
  * process killed between mkdir and rename left (older than `graceMs`).
  */
-export async function pruneLeftovers(store: ImageStore, gc: boolean, graceMs: number): Promise<{ removedBytes: number; sandboxes: string[] }> {
+export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: number): Promise<{ removedBytes: number; sandboxes: string[] }> {
   store.ensure();
   const sandboxes: string[] = [];
   const { trash, bytes } = await store.lock.run(async () => {
@@ -247,7 +247,7 @@ export async function removeDeadSandbox(root: string, id: string): Promise<numbe
 }
 
 /** What lib/host/prune.ts needs of `store`; `gc` also collects unused layers and blobs. */
-export function storeSide(store: ImageStore, gc: boolean, graceMs: number): PruneStoreSide {
+export function storeSide(store: StoreContext, gc: boolean, graceMs: number): PruneStoreSide {
   return {
     root: store.root,
     owners: () => ownerRecords(store.root),

@@ -4,6 +4,9 @@
  * no `import()` to dodge one.
  */
 import type { NetworkOptions } from '../network/options.js';
+import type { BuildOptions } from './build-options.js';
+import type { StoreContext } from './context.js';
+import type { Image } from './types.js';
 
 /** How a RUN step's command ended, as much of Sandbox.exec's ExecResult as a build reads. */
 export interface StepResult {
@@ -30,7 +33,10 @@ export const storeHooks: {
   dropBlanks: () => Promise<void>;
   /** Runs a build's RUN step; unset until the runtime loads. */
   runStep: StepRunner | null;
+  /** ImageStore.build's builder (lib/image/build.ts, which needs the runtime); set when it loads (lib/index.ts loads it). */
+  build: ((store: StoreContext, options: BuildOptions) => Promise<Image>) | null;
 } = {
   dropBlanks: async () => undefined,
   runStep: null,
+  build: null,
 };

@@ -21,30 +21,10 @@ import {
 import { LayerExtractor, bad, readTar, type LayerStats } from './tar.js';
 import { MEDIA, type BlobRef, type ImageConfig, type Progress } from './types.js';
 import { tagProblem } from './records.js';
-import type { ImageStore, Op } from './store.js';
+import type { Op, PendingImage, PendingLayer, StoreContext } from './context.js';
 
-/** A layer ready to be moved into the store. */
-export interface PendingLayer {
-  diffHex: string;
-  blob: BlobRef;
-  /** The blob as received, in the op dir; null when the store has it already. */
-  blobFile: string | null;
-  /** The extracted tree, in the op dir; null when layers/<diffHex> already exists. */
-  tree: string | null;
-  stats: LayerStats | null;
-}
-
-/** An image ready to be committed (ImageStore.commit). */
-export interface PendingImage {
-  configBytes: Buffer;
-  configDigest: string;
-  configMediaType: string;
-  config: ImageConfig;
-  layers: PendingLayer[];
-  tags: string[];
-  hostBinds: string[];
-  builtin?: string;
-}
+/** Defined in context.ts, which every part of the store shares. */
+export type { PendingImage, PendingLayer } from './context.js';
 
 type OnProgress = ((p: Progress) => void) | undefined;
 
@@ -63,7 +43,7 @@ let seq = 0;
  * nothing to check against (hutch's own layers: commit, builtins) one pass extracts.
  */
 export async function extractLayer(
-  store: ImageStore,
+  store: StoreContext,
   op: Op,
   chunks: AsyncIterable<Buffer> | (() => AsyncIterable<Buffer>),
   o: { compression?: Compression; mediaType?: string; expectDigest?: string; expectSize?: number; expectDiffId?: string; label: string; onProgress?: OnProgress },
@@ -163,7 +143,7 @@ function rootfsImage(layer: PendingLayer, config: { Env: string[]; Cmd?: string[
 export { rootfsImage };
 
 /** Imports a path or a stream; see ImageStore.import. */
-export async function importSource(store: ImageStore, op: Op, source: string | NodeJS.ReadableStream, onProgress: OnProgress): Promise<PendingImage> {
+export async function importSource(store: StoreContext, op: Op, source: string | NodeJS.ReadableStream, onProgress: OnProgress): Promise<PendingImage> {
   if (typeof source === 'string') {
     let st;
     try {
@@ -186,7 +166,7 @@ export async function importSource(store: ImageStore, op: Op, source: string | N
  * (docker save, OCI layout) and is then read as a layout; anything else is a rootfs, its
  * one layer, with the raw bytes as the layer's blob.
  */
-async function importStream(store: ImageStore, op: Op, chunks: AsyncIterable<Buffer>, label: string, onProgress: OnProgress, total: number | undefined): Promise<PendingImage> {
+async function importStream(store: StoreContext, op: Op, chunks: AsyncIterable<Buffer>, label: string, onProgress: OnProgress, total: number | undefined): Promise<PendingImage> {
   const rawFile = join(op.dir, 'raw');
   const tree = join(op.dir, 'rootfs');
   const fd = openSync(rawFile, 'wx', 0o600);
@@ -307,7 +287,7 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /** An OCI image layout or a `docker save` tree on disk. */
-export async function importDir(store: ImageStore, op: Op, dir: string, confined: boolean, onProgress: OnProgress): Promise<PendingImage> {
+export async function importDir(store: StoreContext, op: Op, dir: string, confined: boolean, onProgress: OnProgress): Promise<PendingImage> {
   const what = confined ? 'image archive' : dir;
   if (await exists(join(dir, 'index.json'))) {
     // A docker save archive in OCI form: its RepoTags name the image (checked before any layer is read).
@@ -321,7 +301,7 @@ export async function importDir(store: ImageStore, op: Op, dir: string, confined
   throw new HutchError('EBADIMAGE', `${what}: neither an OCI image layout (index.json) nor a docker save archive (manifest.json)`);
 }
 
-async function importOci(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
+async function importOci(store: StoreContext, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
   if (await exists(join(dir, 'oci-layout'))) {
     const layout = parseJson(await readSmall(await locate(dir, 'oci-layout', confined, what), what, 'oci-layout'), `${what} oci-layout`) as { imageLayoutVersion?: unknown };
     if (typeof layout?.imageLayoutVersion !== 'string' || !layout.imageLayoutVersion.startsWith('1.')) {
@@ -347,7 +327,7 @@ async function importOci(store: ImageStore, op: Op, dir: string, confined: boole
 
 /** Shared by OCI layouts and registry pulls: manifest → config → layers. */
 export async function fromManifest(
-  store: ImageStore,
+  store: StoreContext,
   op: Op,
   manifest: unknown,
   what: string,
@@ -430,7 +410,7 @@ function dockerTags(e: DockerEntry, what: string): string[] {
   return e.RepoTags as string[];
 }
 
-async function importDocker(store: ImageStore, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
+async function importDocker(store: StoreContext, op: Op, dir: string, confined: boolean, what: string, onProgress: OnProgress): Promise<PendingImage> {
   const e = await dockerManifest(dir, confined, what);
   const tags = dockerTags(e, what);
   if (typeof e.Config !== 'string') throw new HutchError('EBADIMAGE', `${what}: manifest.json has no Config`);

@@ -12,7 +12,7 @@ import { ownerTag } from '../host/liveness.js';
 import { rmTree, treeBytes } from './gc.js';
 import type { PendingImage } from './import.js';
 import { tagProblem } from './records.js';
-import type { ImageStore } from './store.js';
+import type { Op as OpShape, StoreContext } from './context.js';
 import type { Image, ImageRecord, LayerInfo } from './types.js';
 
 /**
@@ -50,7 +50,7 @@ export function storeFailure(root: string, what: string, e: unknown): unknown {
 }
 
 /** A private work directory under tmp/, named after this process so prune can tell it is live. */
-export async function beginOp(store: ImageStore): Promise<Op> {
+export async function beginOp(store: StoreContext): Promise<Op> {
   store.ensure();
   const dir = store.path('tmp', `op-${ownerTag()}-${randomBytes(6).toString('hex')}`);
   await fsp.mkdir(dir, { mode: 0o700 });
@@ -61,7 +61,7 @@ export async function beginOp(store: ImageStore): Promise<Op> {
  * @internal Moves an import's layers and blobs into place and writes its record and tags,
  * under the lock. Layers another process finished first are kept and ours discarded.
  */
-export async function commitPending(store: ImageStore, op: Op, p: PendingImage): Promise<Image> {
+export async function commitPending(store: StoreContext, op: OpShape, p: PendingImage): Promise<Image> {
   for (const t of p.tags) {
     // Every tag an import, pull or build brings is checked as tag() checks it (a builtin tags itself).
     const problem = p.builtin === t ? undefined : tagProblem(t);
@@ -82,7 +82,7 @@ export async function commitPending(store: ImageStore, op: Op, p: PendingImage):
   });
 }
 
-async function place(store: ImageStore, op: Op, p: PendingImage, idHex: string, created: string, placed: string[]): Promise<Image> {
+async function place(store: StoreContext, op: OpShape, p: PendingImage, idHex: string, created: string, placed: string[]): Promise<Image> {
   {
     let sizeBytes = 0;
     for (const l of p.layers) {
@@ -148,9 +148,9 @@ async function place(store: ImageStore, op: Op, p: PendingImage, idHex: string, 
 }
 
 /** A private work directory of one import (tmp/op-<pid>-<start>-<random>). @internal */
-export class Op {
+export class Op implements OpShape {
   private pins: string[] = [];
-  constructor(private readonly store: ImageStore, readonly dir: string) {}
+  constructor(private readonly store: StoreContext, readonly dir: string) {}
 
   /**
    * Keeps layers/<hex> from being pruned until this op ends; true when the layer exists.

@@ -13,9 +13,12 @@ import { ownerTag, processStart, selfOwner } from '../host/liveness.js';
 import { leaseSandbox, unleaseSandbox } from '../host/sandboxes.js';
 import { startBackgroundPrune } from './background.js';
 import { HEX64 } from './blob.js';
-import { BUILTINS } from './builtin.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 import type { ImageRecord } from './types.js';
+
+/** The builtin images, made on first use (builtin.ts); no tag may take their names. */
+export const BUILTINS = ['busybox', 'host'] as const;
+export type BuiltinName = (typeof BUILTINS)[number];
 
 export const ID_PREFIX = /^[0-9a-f]{12,64}$/;
 const TAG = /^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,255}$/;
@@ -39,7 +42,7 @@ export function idShaped(ref: string): boolean {
 
 
 /** @internal */
-export async function writeJson(store: ImageStore, target: string, value: unknown): Promise<void> {
+export async function writeJson(store: StoreContext, target: string, value: unknown): Promise<void> {
   const tmp = store.path('tmp', `w-${ownerTag()}-${randomBytes(6).toString('hex')}`);
   try {
     await fsp.writeFile(tmp, JSON.stringify(value, null, 1) + '\n', { mode: 0o600 });
@@ -51,7 +54,7 @@ export async function writeJson(store: ImageStore, target: string, value: unknow
 }
 
 /** @internal */
-export async function readTags(store: ImageStore): Promise<Record<string, string>> {
+export async function readTags(store: StoreContext): Promise<Record<string, string>> {
   try {
     const v = JSON.parse(await fsp.readFile(store.path('tags.json'), 'utf8')) as unknown;
     return typeof v === 'object' && v !== null ? (v as Record<string, string>) : {};
@@ -62,7 +65,7 @@ export async function readTags(store: ImageStore): Promise<Record<string, string
 }
 
 /** @internal */
-export async function readRecord(store: ImageStore, records: Map<string, ImageRecord>, hex: string): Promise<ImageRecord | undefined> {
+export async function readRecord(store: StoreContext, records: Map<string, ImageRecord>, hex: string): Promise<ImageRecord | undefined> {
   const cached = records.get(hex);
   const file = store.path('images', `${hex}.json`);
   if (cached) {
@@ -87,7 +90,7 @@ export async function readRecord(store: ImageStore, records: Map<string, ImageRe
  * Writes sandboxes/<sandboxId>/owner.json.
  * @internal
  */
-export async function markInUse(store: ImageStore, imageId: string, sandboxId: string, ownerPid?: number): Promise<void> {
+export async function markInUse(store: StoreContext, imageId: string, sandboxId: string, ownerPid?: number): Promise<void> {
   if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) throw invalid('sandboxId', 'a plain name', sandboxId);
   store.ensure();
   const owner = ownerPid === undefined ? selfOwner() : { pid: ownerPid, start: processStart(ownerPid) ?? '0' };
@@ -126,7 +129,7 @@ export async function markInUse(store: ImageStore, imageId: string, sandboxId: s
 }
 
 /** Ends what markInUse recorded (synchronously: at process exit too); removes sandboxes/<sandboxId>/ and the sandbox lease. @internal (at process exit too). @internal */
-export function releaseSync(store: ImageStore, sandboxId: string): void {
+export function releaseSync(store: StoreContext, sandboxId: string): void {
   if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
   const dir = store.path('sandboxes', sandboxId);
   // The usual record is owner.json alone: two calls in place (a prune that meets the dir

@@ -6,7 +6,7 @@ import { fromManifest } from './import.js';
 import { BUILTINS } from './builtin.js';
 import { INDEX_TYPES, MANIFEST_TYPES, pickManifest, type Descriptor } from './oci.js';
 import { MEDIA, type BlobRef, type Image, type ImageRecord, type Progress } from './types.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 
 /**
  * The OCI distribution API v2, client side: pull and push with anonymous, basic or bearer
@@ -183,7 +183,7 @@ async function getManifest(c: Client, ref: Reference, reference: string): Promis
 }
 
 /** Pulls `ref` into the store and tags it with `ref` as written. */
-export async function pull(store: ImageStore, text: string, o: RegistryOptions): Promise<Image> {
+export async function pull(store: StoreContext, text: string, o: RegistryOptions): Promise<Image> {
   const ref = parseReference(text);
   const c = new Client(ref, o, `repository:${ref.repository}:pull`);
   store.ensure();
@@ -252,7 +252,7 @@ function ociLayerType(t: string): string {
   }
 }
 
-async function pushBlob(c: Client, ref: Reference, store: ImageStore, b: BlobRef, o: RegistryOptions, what: string): Promise<void> {
+async function pushBlob(c: Client, ref: Reference, store: StoreContext, b: BlobRef, o: RegistryOptions, what: string): Promise<void> {
   const path = store.path('blobs', 'sha256', digestHex(b.digest, what));
   let size: number;
   try {
@@ -286,7 +286,7 @@ async function pushBlob(c: Client, ref: Reference, store: ImageStore, b: BlobRef
 }
 
 /** Pushes an image's blobs (skipping those the registry has) and an OCI manifest to `ref`. */
-export async function push(store: ImageStore, rec: ImageRecord, text: string, o: RegistryOptions): Promise<void> {
+export async function push(store: StoreContext, rec: ImageRecord, text: string, o: RegistryOptions): Promise<void> {
   const ref = parseReference(text);
   if (ref.digest) throw invalid('ref', 'a reference with a tag, not a digest, to push to', text);
   const c = new Client(ref, o, `repository:${ref.repository}:pull,push`);

@@ -14,14 +14,15 @@ import { HEX64 } from './blob.js';
 import type { Image, ImageRecord, Progress, ResolvedImage } from './types.js';
 import { importSource, type PendingImage } from './import.js';
 import { BUILTINS, ensureBuiltin, type BuiltinName } from './builtin.js';
-import type { BuildOptions } from './build.js';
-import type { CommitOptions } from './commit.js';
+import type { BuildOptions } from './build-options.js';
+import { commitUpper, type CommitOptions } from './commit.js';
+import { pull, push } from './registry.js';
 import { collect, emptyTrash, imageUsers, storeSide } from './gc.js';
 import { beginOp, commitPending, storeFailure, type Op } from './operations.js';
 import { ID_PREFIX, idShaped, markInUse, readRecord, readTags, releaseSync, tagProblem, writeJson } from './records.js';
 
 export type { Image, ImageConfig, Progress, ResolvedImage } from './types.js';
-export type { BuildOptions } from './build.js';
+export type { BuildOptions } from './build-options.js';
 export type { CommitOptions } from './commit.js';
 export { tagProblem } from './records.js';
 export { storeFailure, Op } from './operations.js';
@@ -336,7 +337,6 @@ export class ImageStore {
     ref: string,
     options: { insecure?: boolean; auth?: { username: string; password: string }; onProgress?: (p: Progress) => void } = {},
   ): Promise<Image> {
-    const { pull } = await import('./registry.js');
     try {
       return await pull(this, ref, options);
     } catch (e) {
@@ -365,7 +365,6 @@ export class ImageStore {
     ref: string,
     options: { insecure?: boolean; auth?: { username: string; password: string }; onProgress?: (p: Progress) => void } = {},
   ): Promise<void> {
-    const { push } = await import('./registry.js');
     const rec = await this.find(typeof image === 'string' ? image : image.id);
     return push(this, rec, ref, options);
   }
@@ -389,7 +388,8 @@ export class ImageStore {
    * ```
    */
   async build(options: BuildOptions): Promise<Image> {
-    const { build } = await import('./build.js');
+    const build = storeHooks.build;
+    if (!build) throw new HutchError('EUNSUPPORTED', 'ImageStore.build: the builder is not loaded; import ImageStore from the package entry (hutch), which loads lib/image/build');
     try {
       return await build(this, options);
     } catch (e) {
@@ -404,7 +404,6 @@ export class ImageStore {
    * @internal
    */
   async commitUpper(options: CommitOptions): Promise<Image> {
-    const { commitUpper } = await import('./commit.js');
     try {
       return await commitUpper(this, options);
     } catch (e) {

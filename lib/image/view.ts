@@ -19,7 +19,7 @@ import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { HutchError } from '../errors.js';
 import { isFailure, native } from '../native.js';
-import type { ImageStore } from './store.js';
+import type { StoreContext } from './context.js';
 
 /** The most a view reads of one file (an /etc/passwd of 4 MiB has some 50,000 users). */
 export const VIEW_READ_MAX = 4 * 1024 * 1024;
@@ -61,7 +61,7 @@ export class ImageView {
   }
 
   /** A view of a store image's layers (diff ids, bottom first, as Image.layers). */
-  static of(store: ImageStore, layers: string[], label: string): ImageView {
+  static of(store: StoreContext, layers: string[], label: string): ImageView {
     return new ImageView(layers.map((d) => store.path('layers', d.slice(7))).reverse(), label);
   }
 

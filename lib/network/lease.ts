@@ -10,11 +10,17 @@ import { join } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { HutchError, hostFailure } from '../errors.js';
 import { type Cidr, formatCidr, formatIpv4, overlaps, size } from './cidr.js';
-import type { ResolvedPort } from './options.js';
 import { isAlive, processStart } from '../host/liveness.js';
 import { createLease, leaseAge, removeLease as removeLeaseFile } from '../host/lease.js';
 
 export { processStart };
+
+/** A published port (NetworkOptions.ports), resolved: the lease records it, options.ts makes it. */
+export interface ResolvedPort {
+  readonly host: number;
+  readonly sandbox: number;
+  readonly protocol: 'tcp' | 'udp';
+}
 
 export interface Lease {
   version: 1;

@@ -8,7 +8,7 @@ import { HutchError, describe, invalid, unsupported } from '../errors.js';
 import { parseRate, type Rate } from '../units.js';
 import { suggest } from '../validators.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
-import { readLease, leaseFiles } from './lease.js';
+import { readLease, leaseFiles, type ResolvedPort } from './lease.js';
 import { type AskFunction, type EgressPolicy, resolveEgressPolicy } from './policy.js';
 
 export type { Rate } from '../units.js';
@@ -123,11 +123,8 @@ export interface ResolvedHostPort {
   readonly protocol: 'tcp' | 'udp';
 }
 
-export interface ResolvedPort {
-  readonly host: number;
-  readonly sandbox: number;
-  readonly protocol: 'tcp' | 'udp';
-}
+/** A published port, resolved; defined beside the lease that records it. */
+export type { ResolvedPort };
 
 export interface BridgePlan {
   readonly mode: 'bridge';

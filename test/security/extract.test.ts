@@ -18,7 +18,7 @@ import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError } from '../../lib/errors.js';
-import { ImageStore } from '../../lib/image/store.js';
+import { ImageStore } from '../../lib/index.js'; // the package entry: it loads ImageStore.build's builder
 import { tarBuffer, type TarEntry } from '../../lib/image/tarwriter.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 import { isRoot, needs } from '../helpers/require.js';
