@@ -190,7 +190,12 @@ export interface SpawnOptions extends Omit<ExecOptions, 'stdin' | 'encoding'> {
    * stderr is empty, `isatty()` is true, Ctrl-C (`\x03` on stdin) signals the foreground process
    * group. `true` is 80x24; `TERM=xterm-256color` unless `env` sets it. docs/terminals.md.
    */
-  tty?: boolean | { columns?: number; rows?: number };
+  tty?: boolean | {
+    /** Window width in columns (default 80). */
+    columns?: number;
+    /** Window height in rows (default 24). */
+    rows?: number;
+  };
 }
 
 /**
@@ -407,4 +412,7 @@ export interface TemplateOptions extends SandboxOptions {
 }
 
 /** What {@link SandboxTemplate.run} takes besides ExecOptions: files written before the task starts. */
-export type TemplateRunOptions = ExecOptions & { files?: Record<string, string | Uint8Array> };
+export type TemplateRunOptions = ExecOptions & {
+  /** Files written into the fork before the task starts: path inside → contents. */
+  files?: Record<string, string | Uint8Array>;
+};

@@ -47,6 +47,7 @@ export interface SandboxTemplate {
   fork(): Promise<Sandbox>;
   /** Ends the zygote and every fork it still holds. Idempotent. */
   close(): Promise<void>;
+  /** `await using` support: {@link SandboxTemplate.close}. */
   [Symbol.asyncDispose](): Promise<void>;
 }
 

@@ -46,6 +46,7 @@ export interface HostPruneOptions {
   network?: boolean;
 }
 
+/** What {@link ImageStore.prune} removed: leftovers of sandboxes whose owner is gone, and unused store data. */
 export interface HostPruneResult {
   /** Ids of the sandbox cgroups removed. */
   cgroups: string[];

@@ -801,6 +801,7 @@ export class ZygoteTemplate implements SandboxTemplate {
     await this.sandbox.destroy();
   }
 
+  /** `await using` support: {@link ZygoteTemplate.close}. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
