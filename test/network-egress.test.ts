@@ -384,7 +384,12 @@ print(n)"`);
     await settleNetwork();
     const slot = slotOf(sb);
     expect(slot).toMatch(/^0ad900[0-9a-f]{2}$/);
-    expect(execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8' })).not.toContain(slot);
+    // (A prune elsewhere may have removed the idle table altogether: then nothing of it is left either.)
+    let listed = '';
+    try {
+      listed = execFileSync('nft', ['list', 'table', 'inet', 'hutch'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {}
+    expect(listed).not.toContain(slot);
     const none = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });
     try {
       await expect(none.setNetworkPolicy({ allow: [`${inet.a}/32`] })).rejects.toMatchObject({ code: 'EINVAL' });
