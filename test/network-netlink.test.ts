@@ -1,8 +1,10 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import net from 'node:net';
-import { attachNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
+import { attachNetwork, pruneNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
 import { createVeth, deleteLinks } from '../lib/network/netlink.js';
 import { deleteTableIfIdle, hutchLinksOnHost, TABLE } from '../lib/network/nat.js';
 import { isRoot, needs } from './helpers/require.js';
@@ -37,6 +39,23 @@ describe.skipIf(skip !== undefined)('network: rtnetlink from the addon', () => {
     for (const a of made) await releaseNetwork(a, { wait: true }).catch(() => {});
     await settleNetwork().catch(() => {});
     for (const c of children) c.kill('SIGKILL');
+  });
+
+  it('a prune on a host whose state dir does not exist yet removes the idle table (its lock dir is made)', async (ctx) => {
+    // The idle-table branch takes the state dir's lock; on a fresh host that dir did not exist
+    // and the prune failed with ENOENT (seen under v2vm as a HutchPruneWarning).
+    const why = needs(hutchLinksOnHost().length === 0, `no hutch link on the host (there are: ${hutchLinksOnHost().join(', ')})`);
+    if (why !== undefined) return ctx.skip(why);
+    const stateDir = join(mkdtempSync(join(tmpdir(), 'hutch-net-')), 'fresh');
+    try {
+      sh(`nft add table ${TABLE}`); // the table exists, idle
+      const r = await pruneNetwork(undefined, { stateDir });
+      expect(r.removed).toEqual([]);
+      expect(() => sh(`nft list table ${TABLE} 2>/dev/null`)).toThrow();
+      expect(existsSync(stateDir)).toBe(true);
+    } finally {
+      rmSync(dirname(stateDir), { recursive: true, force: true });
+    }
   });
 
   it('the table is made again before a link when a prune removed it', async (ctx) => {

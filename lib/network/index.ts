@@ -14,7 +14,7 @@
  * grace period (~20 ms). The lease goes only once everything is gone, so until then the slot is
  * not reused and a crash leaves it to prune; `settleNetwork()` waits for the pending ones.
  */
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { HutchError } from '../errors.js';
 import {
   EMPTY_LEASE_GRACE_MS,
@@ -315,6 +315,7 @@ export async function pruneNetwork(
     // A record still there (its restore failed) keeps the table: its guard must stay while the flag is on.
     // Leases checked again under the lock an attach holds while it makes sure of the table.
     if (forwardingRecords(stateDir).length === 0) {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 }); // the lock lives there (a fresh host has none yet)
       await withForwardingLock(stateDir, async () => {
         if (leaseFiles(stateDir).length === 0) await deleteTableIfIdle();
       });
