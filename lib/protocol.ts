@@ -36,6 +36,17 @@ function rlim(v: number): bigint {
   return v === Infinity || v < 0 ? RLIM_INFINITY : BigInt(Math.floor(v));
 }
 
+/** Writes rlimit records (resource u32, pad, soft u64, hard u64: 24 bytes each; Infinity or a negative value is RLIM_INFINITY); returns the offset after them. */
+export function writeRlimits(buf: Buffer, off: number, rlimits: readonly { resource: number; soft: number; hard: number }[]): number {
+  for (const l of rlimits) {
+    buf.writeUInt32LE(l.resource, off);
+    buf.writeBigUInt64LE(rlim(l.soft), off + 8);
+    buf.writeBigUInt64LE(rlim(l.hard), off + 16);
+    off += 24;
+  }
+  return off;
+}
+
 export function encodeExec(r: ExecRequest): Buffer {
   const strings = Buffer.from([r.cwd, ...r.argv, ...r.env].join('\0') + '\0', 'utf8');
   const prog = r.seccomp ?? Buffer.alloc(0);
@@ -58,12 +69,7 @@ export function encodeExec(r: ExecRequest): Buffer {
     buf.writeUInt16LE(r.tty.rows, off + 2);
     off += TTY_REQ;
   }
-  for (const l of r.rlimits) {
-    buf.writeUInt32LE(l.resource, off);
-    buf.writeBigUInt64LE(rlim(l.soft), off + 8);
-    buf.writeBigUInt64LE(rlim(l.hard), off + 16);
-    off += 24;
-  }
+  off = writeRlimits(buf, off, r.rlimits);
   prog.copy(buf, off);
   off += prog.length;
   strings.copy(buf, off);

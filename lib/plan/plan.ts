@@ -35,9 +35,9 @@ export const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
 export const LEGACY_LOWERDIRS_MAX = 4096 - 128;
 
 /** Paths hidden from the sandbox and paths made read-only (relative to its root). */
-const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
+export const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
   'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
-const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
+export const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
 /** The host device nodes a sandbox gets, bound onto files in its /dev (a user namespace cannot mknod). */
 const DEV_NODES = ['null', 'zero', 'full', 'random', 'urandom', 'tty'];
 const DEV_LINKS: [text: string, path: string][] = [['pts/ptmx', '/dev/ptmx'], ['/proc/self/fd', '/dev/fd'],

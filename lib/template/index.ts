@@ -22,7 +22,8 @@ import { compileSeccomp } from '../seccomp/index.js';
 import { mergeExecLimits } from '../limits.js';
 import { isFailure, native, type NativeFailure, type Watch } from '../native.js';
 import { ImageStore } from '../image/store.js';
-import { resolveCached } from '../plan/index.js';
+// The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
+import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached } from '../plan/index.js';
 import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions,
@@ -36,11 +37,6 @@ import { waitSetup } from '../spawn.js';
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
 
 const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
-const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
-/** Same lists as a fresh sandbox's (lib/start.ts), applied again in each fork's new /proc. */
-const MASKED = ['proc/acpi', 'proc/asound', 'proc/kcore', 'proc/keys', 'proc/latency_stats', 'proc/timer_list',
-  'proc/timer_stats', 'proc/sched_debug', 'proc/scsi', 'sys/firmware'];
-const READONLY = ['proc/bus', 'proc/fs', 'proc/irq', 'proc/sys', 'proc/sysrq-trigger'];
 /** Where the zygote's own files are bound in the template (not carried into forks). */
 const ZDIR = '/.hutch-zygote';
 

@@ -3,6 +3,7 @@
  * a fixed header, the rlimits, the compiled seccomp program, and NUL-ended strings.
  */
 import type { RlimitSetting } from '../limits.js';
+import { writeRlimits } from '../protocol.js';
 
 export interface ForkPlan {
   uid: number;
@@ -39,13 +40,7 @@ export function encodePlan(p: ForkPlan): Buffer {
   buf.writeUInt32LE(strings.length, 28);
   buf.writeUInt32LE(p.readonlyRoot ? 1 : 0, 32);
   buf.writeUInt32LE(p.asInit ? 1 : 0, 36);
-  let off = HEADER;
-  for (const l of p.rlimits) {
-    buf.writeUInt32LE(l.resource, off);
-    buf.writeBigUInt64LE(BigInt(l.soft), off + 8);
-    buf.writeBigUInt64LE(BigInt(l.hard), off + 16);
-    off += 24;
-  }
+  const off = writeRlimits(buf, HEADER, p.rlimits);
   prog.copy(buf, off);
   strings.copy(buf, off + prog.length);
   return buf;
