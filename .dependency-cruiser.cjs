@@ -21,7 +21,7 @@ const LAYERS = [
   ]],
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],
-  ['runtime', ['^lib/(start|sandbox|process|warm|pool|pause)\\.ts$', '^lib/runtime/']],
+  ['runtime', ['^lib/(start|sandbox|process|process-types|warm|pool|pause)\\.ts$', '^lib/runtime/']],
   ['top', ['^lib/image/build\\.ts$', '^lib/image/build/', '^lib/(prune|index)\\.ts$', '^lib/template/', '^bin/']],
 ];
 
