@@ -28,7 +28,7 @@ import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions,
 } from '../options.js';
-import type { ExecResult, ResourceUsage, SandboxProcess } from '../process.js';
+import { signalName, type ExecResult, type ResourceUsage, type SandboxProcess } from '../process.js';
 import { encodePlan } from './plan.js';
 import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
@@ -802,12 +802,5 @@ export class ZygoteTemplate implements SandboxTemplate {
     await this.close();
   }
 }
-
-const SIGNALS: Record<number, NodeJS.Signals> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 4: 'SIGILL', 5: 'SIGTRAP', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 9: 'SIGKILL', 10: 'SIGUSR1', 11: 'SIGSEGV', 12: 'SIGUSR2', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM', 24: 'SIGXCPU', 25: 'SIGXFSZ', 31: 'SIGSYS' };
-function signalName(n: number): NodeJS.Signals {
-  return SIGNALS[n] ?? 'SIGKILL';
-}
-
-
 
 templateHooks.create = (options) => ZygoteTemplate.create(options);
