@@ -4,6 +4,7 @@
  * files.ts (writeFile/readFile), destroy.ts; core.ts holds the state they share.
  * API.md is the contract.
  */
+import { seenIds } from './host/ids.js';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
 import type { SandboxIds } from './idrange.js';
@@ -452,7 +453,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return core.store.commitUpper({
       base: core.image.image,
       upperDir: upperDirOf(core.pid),
-      hostIds: { uid: core.ids.uid, gid: core.ids.gid },
+      hostIds: seenIds(core.ids),
       // A paused sandbox stays so: the cgroup thaws only when no pause or commit holds it.
       hold: { freeze: () => core.freezer.hold('commit'), thaw: () => core.freezer.unhold() },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),

@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
+import { removeStore } from './helpers/store.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../lib/index.js';
 
@@ -11,7 +12,7 @@ describe('Sandbox.commit', () => {
   });
   afterAll(async () => {
     await Sandbox.settle(); // background teardowns of Sandbox.run still use the store
-    rmSync(root, { recursive: true, force: true });
+    removeStore(root);
   });
 
   it('turns the writable layer into a new image: added, changed and deleted files', async () => {
