@@ -51,6 +51,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setOwnerUserns", Napi::Function::New(env, SetOwnerUserns));
   exports.Set("extractFinish", Napi::Function::New(env, ExtractFinish));
   exports.Set("removeTree", Napi::Function::New(env, RemoveTree));
+  exports.Set("chownPath", Napi::Function::New(env, ChownPath));
   InitWatch(env, exports);
   InitNetlink(env, exports);
   InitNflog(env, exports);

@@ -41,5 +41,6 @@ Napi::Value ExtractClose(const Napi::CallbackInfo &info);
 Napi::Value SetOwnerUserns(const Napi::CallbackInfo &info);
 Napi::Value ExtractFinish(const Napi::CallbackInfo &info);
 Napi::Value RemoveTree(const Napi::CallbackInfo &info);
+Napi::Value ChownPath(const Napi::CallbackInfo &info);
 // imageview.cc
 void InitImageView(Napi::Env env, Napi::Object exports);

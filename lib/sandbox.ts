@@ -5,6 +5,7 @@
  * API.md is the contract.
  */
 import { seenIds } from './host/ids.js';
+import { hostMode } from './host/mode.js';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
 import type { SandboxIds } from './idrange.js';
@@ -196,6 +197,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    */
   static async template(options: TemplateOptions): Promise<SandboxTemplate> {
     if (!templateHooks.create) throw new HutchError('EUNSUPPORTED', 'Sandbox.template: templates are not loaded; import Sandbox from the package entry (hutch), which loads lib/template');
+    // A fork enters its namespaces and cgroup from inside the template, which outside root mode
+    // would need the holder namespace's rights there (docs/templates.md).
+    if (hostMode() !== 'root') throw new HutchError('EUNSUPPORTED', `Sandbox.template is not supported outside host root (this is ${hostMode()} mode): a template's forks make their namespaces and join their cgroups from inside the template; use Sandbox.create / Sandbox.run (or a SandboxPool) here, or run as root`);
     return templateHooks.create(options);
   }
 

@@ -215,3 +215,10 @@ export function removeStoreTree(parent: string, name: string): void {
   const r = native().removeTree(parent, name, userns);
   if (isFailure(r)) throw new HutchError('ESTORE', `could not remove ${parent}/${name}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), path: `${parent}/${name}` });
 }
+
+/** chown of a path hutch made (never followed when a symlink), inside the holder namespace when its ids are that namespace's. */
+export function chownAsOwner(path: string, uid: number, gid: number): void {
+  const src = idSource();
+  const r = native().chownPath(path, uid, gid, src.kind === 'subordinate' ? (src.userns ?? -1) : -1);
+  if (isFailure(r)) throw new HutchError('ESETUP', `chown ${path} to ${uid}:${gid}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), path });
+}
