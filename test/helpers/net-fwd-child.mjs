@@ -1,4 +1,4 @@
-// A hutch user run by test/network-host.test.ts inside a network namespace the test made
+// A hutch user run by test/network/host.test.ts inside a network namespace the test made
 // (`ip netns exec <ns> node net-fwd-child.mjs <mode> <range>`), so forwarding flags and the
 // nftables table it reads and changes are that namespace's, not the machine's. HUTCH_NET_DIR
 // names a state dir of the test's. Prints one JSON line per event on stdout.
