@@ -34,7 +34,6 @@
 #define CTL_FD 3
 #define SCRATCH_FD 4 /* the writable layer's tmpfs, held for the host (commit); never inherited */
 #define MAX_MSG (1 << 20)
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct exec_slot {
   uint32_t id;
@@ -99,8 +98,10 @@ static int exec_search(char **argv, char **envp) {
     execve(file, argv, envp);
     return errno;
   }
+  /* The PATH lib sent (lib/plan/image.ts sandboxEnv gives every process one); init has no
+   * default of its own, so a request without PATH searches nothing. */
   const char *path = find_env(envp, "PATH");
-  if (!path) path = DEFAULT_PATH;
+  if (!path) return ENOENT;
   int seen_eacces = 0;
   char buf[4096];
   size_t flen = strlen(file);

@@ -23,7 +23,7 @@ import { mergeExecLimits } from '../limits.js';
 import { isFailure, native, type NativeFailure, type Watch } from '../native.js';
 import { ImageStore } from '../image/store.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
-import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached } from '../plan/index.js';
+import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
 import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions,
@@ -206,13 +206,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       const user = opts.user ?? { uid: 0, gid: 0 };
       const cfg = t.sandbox.image.image.config;
       t.defaultCwd = opts.cwd ?? (cfg.workingDir ? checkInsidePath('cwd', cfg.workingDir) : '/');
-      const env: Record<string, string> = {};
-      for (const kv of cfg.env) {
-        const i = kv.indexOf('=');
-        if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
-      }
-      env.PATH ??= '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-      t.baseEnv = { ...env, ...opts.env };
+      t.baseEnv = sandboxEnv(t.sandbox.image, opts.env);
       const planOpts = {
         uid: user.uid,
         gid: user.gid,
