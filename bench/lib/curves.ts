@@ -41,40 +41,39 @@ function rowsOf(results: Awaited<ReturnType<typeof interleave>>): LatencyRow[] {
 
 const CURVE_WARMUP = 3;
 
-export async function layersCurve(ctx: BenchContext): Promise<CurveSection> {
+/** A curve over generated images: one peer per x value, sampled round-robin together. */
+async function imageCurve(
+  ctx: BenchContext,
+  tag: string,
+  xs: number[],
+  label: (x: number) => string,
+  make: (s: ImageStore, x: number) => Promise<Image>,
+  section: Pick<CurveSection, 'title' | 'description' | 'xLabel'>,
+): Promise<CurveSection> {
   const s = store(ctx);
   const peers: Peer[] = [];
-  for (const n of ctx.args.layers) {
-    process.stderr.write(`  layers: importing an image of ${n} layers\n`);
-    peers.push(imagePeer(`${n} layers`, s, await layeredImage(s, ctx.tmp, n)));
+  for (const x of xs) {
+    process.stderr.write(`  ${tag}: importing an image of ${label(x)}\n`);
+    peers.push(imagePeer(label(x), s, await make(s, x)));
   }
-  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, 'layers');
-  return {
-    kind: 'curve',
+  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, tag);
+  return { kind: 'curve', ...section, points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })), notes: [] };
+}
+
+export function layersCurve(ctx: BenchContext): Promise<CurveSection> {
+  return imageCurve(ctx, 'layers', ctx.args.layers, (n) => `${n} layers`, (s, n) => layeredImage(s, ctx.tmp, n), {
     title: 'Cost curve: image layers',
     description: 'Images of a busybox base layer plus N-1 layers of one tiny file each (an overlay lowerdir per layer), imported with ImageStore.import; interleaved.',
     xLabel: 'layers',
-    points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })),
-    notes: [],
-  };
+  });
 }
 
-export async function sizeCurve(ctx: BenchContext): Promise<CurveSection> {
-  const s = store(ctx);
-  const peers: Peer[] = [];
-  for (const mib of ctx.args.sizesMiB) {
-    process.stderr.write(`  size: importing an image with ${mib} MiB of data\n`);
-    peers.push(imagePeer(`+${mib} MiB`, s, await sizedImage(s, ctx.tmp, mib)));
-  }
-  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, 'size');
-  return {
-    kind: 'curve',
+export function sizeCurve(ctx: BenchContext): Promise<CurveSection> {
+  return imageCurve(ctx, 'size', ctx.args.sizesMiB, (mib) => `+${mib} MiB`, (s, mib) => sizedImage(s, ctx.tmp, mib), {
     title: 'Cost curve: image size',
     description: 'Images of the busybox base layer plus one layer holding N one-MiB files; interleaved. Overlay mounts do not read file data, so this should be flat.',
     xLabel: 'data',
-    points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })),
-    notes: [],
-  };
+  });
 }
 
 export async function densityCurve(ctx: BenchContext): Promise<CurveSection> {
