@@ -4,19 +4,16 @@
 //
 // Only processes this file starts are put in sandbox cgroups (their pids written into
 // procsFiles); the test process itself is never moved, and every cgroup made is removed.
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
-import { existsSync, rmSync, statSync, truncateSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HutchError } from '../../lib/errors.js';
 import { resolveLimits, type Limits } from '../../lib/limits.js';
 import { cgroupDriver, detectCgroups, pruneCgroups, type SandboxCgroup } from '../../lib/cgroup/driver.js';
 import { V1Driver } from '../../lib/cgroup/v1.js';
+import { busyLoopHeld, clonedInto, expectError, forkBombHeld, hogOomKilled, killThenDestroy, newId, peakOf16MiB, read, spawnSleep, startPython, writesThrottled } from '../helpers/cgroup.js';
 import { isRoot, needs } from '../helpers/require.js';
 
 const host = detectCgroups();
 const hasV1 = host.kind !== 'v2';
-const PY = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const skipRoot = needs(isRoot, 'cgroup tests need root');
 const privateParent = `/hutch-test-v1-${process.pid}`;
 const usedDrivers = new Set<{ subtreeRoots: readonly string[] }>();
@@ -27,99 +24,16 @@ function driver(parent: string = privateParent) {
   return d;
 }
 
-let seq = 0;
-const newId = (tag: string) => `t${process.pid}-${tag}-${seq++}`;
-
-function read(dir: string, file: string): string {
-  return readFileSync(`${dir}/${file}`, 'utf8').trim();
-}
-
 /** What the parent does after clone on v1/hybrid: the pid into each procsFiles entry, in order (and the cgroup2 leaf, as CLONE_INTO_CGROUP would). */
 function join(cg: SandboxCgroup, pid: number): void {
   for (const f of cg.procsFiles) writeFileSync(f, `${pid}`);
   if (cg.cloneIntoFd !== null) writeFileSync(`/proc/self/fd/${cg.cloneIntoFd}/cgroup.procs`, `${pid}`);
 }
 
-interface Started {
-  child: ChildProcess;
-  line(): Promise<string>;
-  send(s?: string): void;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts python3 running `body` after it reads one line, so it can be joined to a cgroup first. */
-function startPython(body: string, extraFds: number[] = []): Started {
-  const child = spawn(PY, ['-c', `import sys\nsys.stdin.readline()\n${body}`], { stdio: ['pipe', 'pipe', 'inherit', ...extraFds] });
-  const pending: string[] = [];
-  const waiters: ((s: string) => void)[] = [];
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      const w = waiters.shift();
-      if (w) w(l);
-      else pending.push(l);
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
-  return {
-    child,
-    exited,
-    line: () => (pending.length > 0 ? Promise.resolve(pending.shift()!) : new Promise((r) => waiters.push(r))),
-    send: (s = 'go') => child.stdin!.write(`${s}\n`),
-  };
-}
-
-function spawnSleep(): { child: ChildProcess; exited: Promise<NodeJS.Signals | null> } {
-  const child = spawn('sleep', ['30'], { stdio: 'ignore' });
-  return { child, exited: new Promise((r) => child.on('exit', (_c, s) => r(s))) };
-}
-
-/** A loop device over a sparse temp file, for io limits; null when the host cannot make one. */
-function makeLoop(): { dev: string; majmin: string; remove(): void } | null {
-  const file = `${tmpdir()}/hutch-test-io-${process.pid}-${seq++}.img`;
-  try {
-    writeFileSync(file, '');
-    truncateSync(file, 16 * 2 ** 20);
-    const r = spawnSync('losetup', ['-f', '--show', file], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(r.stderr);
-    const dev = r.stdout.trim();
-    const st = statSync(dev);
-    const majmin = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
-    return {
-      dev,
-      majmin,
-      remove: () => {
-        spawnSync('losetup', ['-d', dev]);
-        rmSync(file, { force: true });
-      },
-    };
-  } catch {
-    rmSync(file, { force: true });
-    return null;
-  }
-}
-
-function expectError(fn: () => unknown, code: string, ...mention: string[]): HutchError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(HutchError.is(err), String(err)).toBe(true);
-  const he = err as HutchError;
-  expect(he.code).toBe(code);
-  for (const m of mention) expect(he.message).toContain(m);
-  return he;
-}
-
 function make(limits: Limits, d = driver()): SandboxCgroup {
   return d.create(newId('s'), resolveLimits(limits).cgroup);
 }
+const subject = { make: (limits: Limits) => make(limits), join };
 
 afterAll(() => {
   // The private subtree roots: empty by now, or a test leaked.
@@ -184,177 +98,38 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     }
   });
 
-  it('holds a fork bomb at the pids limit; the host keeps working', async () => {
-    const cg = make({ pids: 8 });
-    const p = startPython(
-      [
-        'import os, time',
-        'ok = fail = 0',
-        'for i in range(64):',
-        '    try:',
-        '        pid = os.fork()',
-        '    except OSError:',
-        '        fail += 1',
-        '        continue',
-        '    if pid == 0:',
-        '        time.sleep(30)',
-        '        os._exit(0)',
-        '    ok += 1',
-        'print(ok, fail, flush=True)',
-        'sys.stdin.readline()',
-      ].join('\n'),
-    );
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      const [ok, fail] = (await p.line()).split(' ').map(Number);
-      expect(ok).toBe(7); // 8 tasks: the python parent and 7 children
-      expect(fail).toBe(57);
-      expect(cg.usage().pids).toBe(8);
-      expect(spawnSync('true').status).toBe(0);
-    } finally {
-      await cg.destroy();
-    }
-    expect((await p.exited).signal).toBe('SIGKILL');
-  });
+  it('holds a fork bomb at the pids limit; the host keeps working', () => forkBombHeld(subject));
 
-  it('OOM-kills a hog at the memory limit and counts it; swap stays off', async () => {
-    const cg = make({ memory: '32MiB' });
-    const p = startPython(['chunks = []', 'for i in range(64):', "    chunks.append(b'x' * (8 << 20))", '    print(i, flush=True)', "print('survived', flush=True)"].join('\n'));
-    try {
-      join(cg, p.child.pid!);
-      expect(cg.oomKills()).toBe(0);
-      p.send();
-      const end = await p.exited;
-      expect(end.signal).toBe('SIGKILL');
-      expect(cg.oomKills()).toBeGreaterThanOrEqual(1);
-      const u = cg.usage();
-      expect(u.oomKills).toBeGreaterThanOrEqual(1);
-      expect(u.memoryPeakBytes).toBeGreaterThan(16 * 2 ** 20);
-      expect(u.memoryPeakBytes).toBeLessThanOrEqual(32 * 2 ** 20);
-    } finally {
-      await cg.destroy();
-    }
-  });
+  it('OOM-kills a hog at the memory limit and counts it; swap stays off', () => hogOomKilled(subject));
 
-  it('reports a plausible peak for a 16 MiB allocation, and resetPeak() restarts it', async () => {
-    const cg = make({ memory: '128MiB' });
-    const p = startPython(["b = b'x' * (16 << 20)", "print('allocated', flush=True)", 'sys.stdin.readline()', 'del b', "print('freed', flush=True)", 'sys.stdin.readline()'].join('\n'));
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      expect(await p.line()).toBe('allocated');
-      const u = cg.usage();
-      expect(u.memoryPeakBytes).toBeGreaterThanOrEqual(16 * 2 ** 20);
-      expect(u.memoryPeakBytes).toBeLessThan(128 * 2 ** 20);
-      expect(u.pids).toBe(1);
-      expect(u.oomKills).toBe(0);
-      p.send();
-      expect(await p.line()).toBe('freed');
+  it('reports a plausible peak for a 16 MiB allocation, and resetPeak() restarts it', () =>
+    peakOf16MiB(subject, (cg) => {
       expect(cg.resetPeak()).toBe(true);
       expect(cg.usage().memoryPeakBytes).toBeLessThan(8 * 2 ** 20);
-    } finally {
-      await cg.destroy();
-    }
-  });
+    }));
 
-  it('holds a busy loop to 0.35-0.65 of a CPU at cpus: 0.5', async () => {
-    const cg = make({ cpus: 0.5 });
-    const p = startPython(
-      ['import time', 't0 = time.monotonic(); c0 = time.process_time()', 'while time.monotonic() - t0 < 2: pass', 'print(time.process_time() - c0, time.monotonic() - t0, flush=True)'].join('\n'),
-    );
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      const [cpu, wall] = (await p.line()).split(' ').map(Number) as [number, number];
-      expect(cpu / wall).toBeGreaterThanOrEqual(0.35);
-      expect(cpu / wall).toBeLessThanOrEqual(0.65);
-      await p.exited;
-      const u = cg.usage();
-      // hybrid: cpu.stat of the cgroup2 leaf; pure v1: cpuacct.
-      expect(u.cpuUserMs! + u.cpuSystemMs!).toBeGreaterThan(cpu * 1000 * 0.8);
-      expect(u.cpuUserMs! + u.cpuSystemMs!).toBeLessThan(wall * 1000 * 0.7);
-    } finally {
-      await cg.destroy();
-    }
-  });
+  it('holds a busy loop to 0.35-0.65 of a CPU at cpus: 0.5', () =>
+    // hybrid: cpu.stat of the cgroup2 leaf; pure v1: cpuacct.
+    busyLoopHeld(subject, (u, _cpu, wall) => expect(u.cpuUserMs! + u.cpuSystemMs!).toBeLessThan(wall * 1000 * 0.7)));
 
-  it('throttles writes to the writable layer\'s block device (io.writeBps via blkio)', async (ctx) => {
-    const loop = makeLoop();
-    if (needs(loop !== null, 'a loop device (losetup) to throttle') !== undefined || !loop) return ctx.skip();
-    try {
-      const cg = driver().create(newId('io'), resolveLimits({ io: { writeBps: '1MiB', readIops: 1000 } }).cgroup, { ioDevice: loop.majmin });
-      try {
-      const blk = cg.procsFiles.find((f) => f.includes('/blkio/'))!.replace('/cgroup.procs', '');
-      expect(read(blk, 'blkio.throttle.write_bps_device')).toBe(`${loop.majmin} ${2 ** 20}`);
-      expect(read(blk, 'blkio.throttle.read_iops_device')).toBe(`${loop.majmin} 1000`);
-        const child = spawn('sh', ['-c', `read x; exec dd if=/dev/zero of=${loop.dev} bs=64k count=32 oflag=direct`], { stdio: ['pipe', 'ignore', 'ignore'] });
-        const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-        join(cg, child.pid!);
-        const t0 = Date.now();
-        child.stdin!.write('go\n');
-        expect(await exited).toBe(0);
-        // 2 MiB at 1 MiB/s: about 2 s (the first bios may pass before the throttle's slice starts).
-        expect(Date.now() - t0).toBeGreaterThan(1200);
-        expect(cg.usage().ioWriteBytes).toBeGreaterThanOrEqual(2 * 2 ** 20);
-      } finally {
-        await cg.destroy();
-      }
-    } finally {
-      loop.remove();
-    }
-  });
+  it('throttles writes to the writable layer\'s block device (io.writeBps via blkio)', (ctx) =>
+    writesThrottled(
+      subject,
+      (limits, ioDevice) => driver().create(newId('io'), limits, { ioDevice }),
+      (cg, majmin) => {
+        const blk = cg.procsFiles.find((f) => f.includes('/blkio/'))!.replace('/cgroup.procs', '');
+        expect(read(blk, 'blkio.throttle.write_bps_device')).toBe(`${majmin} ${2 ** 20}`);
+        expect(read(blk, 'blkio.throttle.read_iops_device')).toBe(`${majmin} 1000`);
+      },
+      () => ctx.skip(),
+    ));
 
-  it('kill() ends every task, destroy() leaves nothing and is idempotent', async () => {
-    const cg = make({ memory: '64MiB', pids: 32 });
-    const sleeps = [spawnSleep(), spawnSleep(), spawnSleep()];
-    for (const s of sleeps) join(cg, s.child.pid!);
-    expect(cg.usage().pids).toBe(3);
-    cg.kill();
-    expect(await Promise.all(sleeps.map((s) => s.exited))).toEqual(['SIGKILL', 'SIGKILL', 'SIGKILL']);
-    const another = spawnSleep();
-    join(cg, another.child.pid!);
-    const first = cg.destroy();
-    expect(cg.destroy()).toBe(first);
-    await first;
-    await cg.destroy();
-    expect(await another.exited).toBe('SIGKILL');
-    for (const dir of cg.dirs) expect(existsSync(dir)).toBe(false);
-    expect(cg.cloneIntoFd).toBeNull();
-  });
+  it('kill() ends every task, destroy() leaves nothing and is idempotent', () =>
+    killThenDestroy(subject, make({ memory: '64MiB', pids: 32 }), (cg) => cg.usage().pids));
 
   it('places a child race-free with clone3(CLONE_INTO_CGROUP) into the cgroup2 leaf (hybrid)', async (ctx) => {
     if (host.kind !== 'hybrid') return ctx.skip();
-    const cg = make({});
-    const p = startPython(
-      [
-        'import ctypes, os, struct',
-        'libc = ctypes.CDLL(None, use_errno=True)',
-        'libc.syscall.restype = ctypes.c_long',
-        '# struct clone_args: flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=fd 3',
-        "args = ctypes.create_string_buffer(struct.pack('11Q', 0x200000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, 3), 88)",
-        'pid = libc.syscall(ctypes.c_long(435), args, ctypes.c_size_t(88))',
-        'if pid == 0:',
-        "    os.execv('/bin/sleep', ['sleep', '30'])",
-        'print(pid if pid > 0 else -ctypes.get_errno(), flush=True)',
-        'if pid > 0:',
-        '    print(os.waitpid(pid, 0)[1], flush=True)',
-      ].join('\n'),
-      [cg.cloneIntoFd!],
-    );
-    try {
-      p.send();
-      const pid = Number(await p.line());
-      expect(pid).toBeGreaterThan(0);
-      const leaf = cg.dirs[cg.dirs.length - 1]!;
-      expect(read(leaf, 'cgroup.procs')).toBe(`${pid}`);
-      expect(read(leaf, 'cgroup.events')).toContain('populated 1');
-      cg.kill();
-      expect(Number(await p.line())).toBe(9); // wait status: killed by SIGKILL
-      expect(read(leaf, 'cgroup.events')).toContain('populated 0');
-    } finally {
-      await cg.destroy();
-    }
+    await clonedInto(make({}), ['/bin/sleep', '30']);
   });
 
   it('works without a cgroup2 leaf, as on a pure v1 host: joins by procsFiles, kills by pid, CPU from cpuacct', async () => {
@@ -366,7 +141,7 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     expect(cg.cloneIntoFd).toBeNull();
     if (host.v1.has('cpuacct')) expect(cg.procsFiles.some((f) => f.includes('cpuacct'))).toBe(true);
     const p = startPython(['import time', 't0 = time.monotonic(); c0 = time.process_time()', 'while time.monotonic() - t0 < 0.3: pass', 'print(time.process_time() - c0, flush=True)', 'time.sleep(60)'].join('\n'));
-    const s = spawnSleep();
+    const s = spawnSleep(30);
     try {
       join(cg, p.child.pid!);
       join(cg, s.child.pid!);
@@ -425,7 +200,7 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     const d = driver(parent);
     const leftover = d.create('leftover-a', resolveLimits({ memory: '64MiB' }).cgroup);
     const live = d.create('live-b', resolveLimits({}).cgroup);
-    const s = spawnSleep();
+    const s = spawnSleep(30);
     join(leftover, s.child.pid!);
     // The process that made `leftover` "crashed": only the directories remain.
     expect(await pruneCgroups((id) => id === 'live-b', { parent })).toEqual(['leftover-a']);

@@ -10,26 +10,20 @@
 //
 // Only processes this file starts are put in sandbox cgroups; the test process itself is
 // never moved, and every cgroup made is removed.
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
-import { existsSync, rmSync, statSync, truncateSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HutchError } from '../../lib/errors.js';
 import { resolveLimits, type Limits } from '../../lib/limits.js';
 import { cgroupDriver, detectCgroups, type CgroupDriver, type SandboxCgroup } from '../../lib/cgroup/driver.js';
 import { V2Cgroup } from '../../lib/cgroup/v2.js';
+import { busyLoopHeld, clonedInto, expectError, forkBombHeld, hogOomKilled, killThenDestroy, newId, peakOf16MiB, read, spawnSleep, writesThrottled } from '../helpers/cgroup.js';
 import { isRoot, needs } from '../helpers/require.js';
 
 const host = detectCgroups();
 const unified = host.unified;
-const PY = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const skipRoot = needs(isRoot, 'cgroup tests need root');
 const skipUnified = skipRoot ?? needs(unified !== null && unified.callerDir !== null, 'a cgroup2 mount that shows this process\'s cgroup');
 const mount = unified?.mount ?? '/sys/fs/cgroup';
 const madeRoots = new Set<string>();
-
-let seq = 0;
-const newId = (tag: string) => `t${process.pid}-${tag}-${seq++}`;
 
 function v2driver(parentDir: string): CgroupDriver {
   const d = cgroupDriver({ kind: 'v2', parent: parentDir });
@@ -37,91 +31,10 @@ function v2driver(parentDir: string): CgroupDriver {
   return d;
 }
 
-function read(dir: string, file: string): string {
-  return readFileSync(`${dir}/${file}`, 'utf8').trim();
-}
-
 /** Stands in for CLONE_INTO_CGROUP where the test starts the process with spawn(): write the pid through the leaf's fd. */
 function join(cg: SandboxCgroup, pid: number): void {
   expect(cg.procsFiles).toEqual([]);
   writeFileSync(`/proc/self/fd/${cg.cloneIntoFd}/cgroup.procs`, `${pid}`);
-}
-
-interface Started {
-  child: ChildProcess;
-  line(): Promise<string>;
-  send(s?: string): void;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts python3 running `body` after it reads one line, so it can be joined to a cgroup first. */
-function startPython(body: string, extraFds: number[] = []): Started {
-  const child = spawn(PY, ['-c', `import sys\nsys.stdin.readline()\n${body}`], { stdio: ['pipe', 'pipe', 'inherit', ...extraFds] });
-  const pending: string[] = [];
-  const waiters: ((s: string) => void)[] = [];
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      const w = waiters.shift();
-      if (w) w(l);
-      else pending.push(l);
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
-  return {
-    child,
-    exited,
-    line: () => (pending.length > 0 ? Promise.resolve(pending.shift()!) : new Promise((r) => waiters.push(r))),
-    send: (s = 'go') => child.stdin!.write(`${s}\n`),
-  };
-}
-
-function spawnSleep(): { child: ChildProcess; exited: Promise<NodeJS.Signals | null> } {
-  const child = spawn('sleep', ['60'], { stdio: 'ignore' });
-  return { child, exited: new Promise((r) => child.on('exit', (_c, s) => r(s))) };
-}
-
-/** A loop device over a sparse temp file, for io limits; null when the host cannot make one. */
-function makeLoop(): { dev: string; majmin: string; remove(): void } | null {
-  const file = `${tmpdir()}/hutch-test-io-${process.pid}-${seq++}.img`;
-  try {
-    writeFileSync(file, '');
-    truncateSync(file, 16 * 2 ** 20);
-    const r = spawnSync('losetup', ['-f', '--show', file], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(r.stderr);
-    const dev = r.stdout.trim();
-    const st = statSync(dev);
-    const majmin = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
-    return {
-      dev,
-      majmin,
-      remove: () => {
-        spawnSync('losetup', ['-d', dev]);
-        rmSync(file, { force: true });
-      },
-    };
-  } catch {
-    rmSync(file, { force: true });
-    return null;
-  }
-}
-
-function expectError(fn: () => unknown, code: string, ...mention: string[]): HutchError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(HutchError.is(err), String(err)).toBe(true);
-  const he = err as HutchError;
-  expect(he.code).toBe(code);
-  for (const m of mention) expect(he.message).toContain(m);
-  return he;
 }
 
 afterAll(() => {
@@ -156,62 +69,21 @@ describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy 
 
   it('places a child race-free with clone3(CLONE_INTO_CGROUP), sees it in cgroup.events, counts its CPU and kills it with cgroup.kill', async () => {
     const cg = v2driver(parentDir).create(newId('clone'), resolveLimits({}).cgroup);
-    const p = startPython(
-      [
-        'import ctypes, os, struct',
-        'libc = ctypes.CDLL(None, use_errno=True)',
-        'libc.syscall.restype = ctypes.c_long',
-        '# struct clone_args: flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=fd 3',
-        "args = ctypes.create_string_buffer(struct.pack('11Q', 0x200000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, 3), 88)",
-        'pid = libc.syscall(ctypes.c_long(435), args, ctypes.c_size_t(88))',
-        'if pid == 0:',
-        "    os.execv('/bin/sh', ['sh', '-c', 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo spun; exec sleep 60'])",
-        'print(pid if pid > 0 else -ctypes.get_errno(), flush=True)',
-        'if pid > 0:',
-        '    print(os.waitpid(pid, 0)[1], flush=True)',
-      ].join('\n'),
-      [cg.cloneIntoFd!],
-    );
-    try {
-      p.send();
-      const pid = Number(await p.line());
-      expect(pid).toBeGreaterThan(0);
-      const dir = cg.dirs[0]!;
-      expect(read(dir, 'cgroup.procs')).toBe(`${pid}`);
-      expect(read(dir, 'cgroup.events')).toContain('populated 1');
-      expect(await p.line()).toBe('spun');
+    await clonedInto(cg, ['/bin/sh', '-c', 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo spun; exec sleep 60'], async (line) => {
+      expect(await line()).toBe('spun');
       const u = cg.usage();
       expect(u.cpuUserMs! + u.cpuSystemMs!).toBeGreaterThan(0);
-      cg.kill();
-      expect(Number(await p.line())).toBe(9); // wait status: killed by SIGKILL
-      expect(read(dir, 'cgroup.events')).toContain('populated 0');
-    } finally {
-      await cg.destroy();
-    }
+    });
   });
 
-  it('kill() ends every task, destroy() leaves nothing and is idempotent', async () => {
-    const cg = v2driver(parentDir).create(newId('kill'), resolveLimits({}).cgroup);
-    const sleeps = [spawnSleep(), spawnSleep(), spawnSleep()];
-    for (const s of sleeps) join(cg, s.child.pid!);
-    expect(read(cg.dirs[0]!, 'cgroup.procs').split('\n')).toHaveLength(3);
-    cg.kill();
-    expect(await Promise.all(sleeps.map((s) => s.exited))).toEqual(['SIGKILL', 'SIGKILL', 'SIGKILL']);
-    const another = spawnSleep();
-    join(cg, another.child.pid!);
-    const first = cg.destroy();
-    expect(cg.destroy()).toBe(first);
-    await first;
-    expect(await another.exited).toBe('SIGKILL');
-    expect(existsSync(cg.dirs[0]!)).toBe(false);
-    expect(cg.cloneIntoFd).toBeNull();
-  });
+  it('kill() ends every task, destroy() leaves nothing and is idempotent', () =>
+    killThenDestroy({ join }, v2driver(parentDir).create(newId('kill'), resolveLimits({}).cgroup), (cg) => read(cg.dirs[0]!, 'cgroup.procs').split('\n').length));
 
   it('kills by pid where the kernel has no cgroup.kill (before 5.14)', async () => {
     const made = v2driver(parentDir).create(newId('nokill'), resolveLimits({}).cgroup);
     // The same leaf, seen by a handle that believes cgroup.kill is missing.
     const cg = new V2Cgroup(made.id, made.dirs[0]!, null, { enabled: new Set(), swapFile: false, killFile: false });
-    const sleeps = [spawnSleep(), spawnSleep()];
+    const sleeps = [spawnSleep(60), spawnSleep(60)];
     for (const s of sleeps) join(made, s.child.pid!);
     cg.kill();
     expect(await Promise.all(sleeps.map((s) => s.exited))).toEqual(['SIGKILL', 'SIGKILL']);
@@ -224,7 +96,7 @@ describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy 
     const d = v2driver(`${parentDir}-prune`);
     const leftover = d.create('leftover-a', resolveLimits({}).cgroup);
     const live = d.create('live-b', resolveLimits({}).cgroup);
-    const s = spawnSleep();
+    const s = spawnSleep(60);
     join(leftover, s.child.pid!);
     expect(await d.prune((id) => id === 'live-b')).toEqual(['leftover-a']);
     expect(await s.exited).toBe('SIGKILL');
@@ -260,6 +132,7 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
     return needs(['memory', 'pids', 'cpu', 'cpuset'].every((c) => have.includes(c)), `the memory, pids, cpu and cpuset controllers enabled in ${mount}/cgroup.subtree_control (have: ${have})`);
   })();
   const make = (limits: Limits) => v2driver(parentDir).create(newId('s'), resolveLimits(limits).cgroup);
+  const subject = { make, join };
 
   it.skipIf(skipCtl !== undefined)('enables the controllers in its own subtree root and writes every limit', async () => {
     const cpu0 = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim().split(/[-,]/)[0]!;
@@ -285,125 +158,30 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
     }
   });
 
-  it.skipIf(skipCtl !== undefined)('holds a fork bomb at the pids limit; the host keeps working', async () => {
-    const cg = make({ pids: 8 });
-    const p = startPython(
-      [
-        'import os, time',
-        'ok = fail = 0',
-        'for i in range(64):',
-        '    try:',
-        '        pid = os.fork()',
-        '    except OSError:',
-        '        fail += 1',
-        '        continue',
-        '    if pid == 0:',
-        '        time.sleep(60)',
-        '        os._exit(0)',
-        '    ok += 1',
-        'print(ok, fail, flush=True)',
-        'sys.stdin.readline()',
-      ].join('\n'),
-    );
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      const [ok, fail] = (await p.line()).split(' ').map(Number);
-      expect(ok).toBe(7);
-      expect(fail).toBe(57);
-      expect(cg.usage().pids).toBe(8);
-      expect(read(cg.dirs[0]!, 'pids.events')).toMatch(/max [1-9]/);
-      expect(spawnSync('true').status).toBe(0);
-    } finally {
-      await cg.destroy();
-    }
-    expect((await p.exited).signal).toBe('SIGKILL');
-  });
+  it.skipIf(skipCtl !== undefined)('holds a fork bomb at the pids limit; the host keeps working', () =>
+    forkBombHeld(subject, (cg) => expect(read(cg.dirs[0]!, 'pids.events')).toMatch(/max [1-9]/)));
 
-  it.skipIf(skipCtl !== undefined)('OOM-kills a hog at the memory limit and counts it in memory.events', async () => {
-    const cg = make({ memory: '32MiB' });
-    const p = startPython(['chunks = []', 'for i in range(64):', "    chunks.append(b'x' * (8 << 20))", "print('survived', flush=True)"].join('\n'));
-    try {
-      join(cg, p.child.pid!);
-      expect(cg.oomKills()).toBe(0);
-      p.send();
-      expect((await p.exited).signal).toBe('SIGKILL');
-      expect(cg.oomKills()).toBeGreaterThanOrEqual(1);
-      const u = cg.usage();
-      expect(u.oomKills).toBeGreaterThanOrEqual(1);
-      expect(u.memoryPeakBytes).toBeGreaterThan(16 * 2 ** 20);
-      expect(u.memoryPeakBytes).toBeLessThanOrEqual(32 * 2 ** 20);
-    } finally {
-      await cg.destroy();
-    }
-  });
+  it.skipIf(skipCtl !== undefined)('OOM-kills a hog at the memory limit and counts it in memory.events', () => hogOomKilled(subject));
 
-  it.skipIf(skipCtl !== undefined)('reports a plausible peak for a 16 MiB allocation; resetPeak() where the kernel allows it', async () => {
-    const cg = make({ memory: '128MiB' });
-    const p = startPython(["b = b'x' * (16 << 20)", "print('allocated', flush=True)", 'sys.stdin.readline()', 'del b', "print('freed', flush=True)", 'sys.stdin.readline()'].join('\n'));
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      expect(await p.line()).toBe('allocated');
-      const u = cg.usage();
-      expect(u.memoryPeakBytes).toBeGreaterThanOrEqual(16 * 2 ** 20);
-      expect(u.memoryPeakBytes).toBeLessThan(128 * 2 ** 20);
-      expect(u.pids).toBe(1);
-      p.send();
-      expect(await p.line()).toBe('freed');
+  it.skipIf(skipCtl !== undefined)('reports a plausible peak for a 16 MiB allocation; resetPeak() where the kernel allows it', () =>
+    peakOf16MiB(subject, (cg) => {
       if (cg.resetPeak()) {
         // 6.12+: the peak since the reset, through hutch's own fd of memory.peak.
         expect(cg.usage().memoryPeakBytes).toBeLessThan(8 * 2 ** 20);
       } else {
         expect(cg.usage().memoryPeakBytes).toBeGreaterThanOrEqual(16 * 2 ** 20);
       }
-    } finally {
-      await cg.destroy();
-    }
-  });
+    }));
 
-  it.skipIf(skipCtl !== undefined)('holds a busy loop to 0.35-0.65 of a CPU at cpus: 0.5', async () => {
-    const cg = make({ cpus: 0.5 });
-    const p = startPython(
-      ['import time', 't0 = time.monotonic(); c0 = time.process_time()', 'while time.monotonic() - t0 < 2: pass', 'print(time.process_time() - c0, time.monotonic() - t0, flush=True)'].join('\n'),
-    );
-    try {
-      join(cg, p.child.pid!);
-      p.send();
-      const [cpu, wall] = (await p.line()).split(' ').map(Number) as [number, number];
-      expect(cpu / wall).toBeGreaterThanOrEqual(0.35);
-      expect(cpu / wall).toBeLessThanOrEqual(0.65);
-      await p.exited;
-      const u = cg.usage();
-      expect(u.cpuUserMs! + u.cpuSystemMs!).toBeGreaterThan(cpu * 1000 * 0.8);
-    } finally {
-      await cg.destroy();
-    }
-  });
+  it.skipIf(skipCtl !== undefined)('holds a busy loop to 0.35-0.65 of a CPU at cpus: 0.5', () => busyLoopHeld(subject));
 
-  it.skipIf(skipCtl !== undefined)('throttles writes to the writable layer\'s block device (io.max)', async (ctx) => {
-    const loop = makeLoop();
-    if (needs(loop !== null, 'a loop device (losetup) to throttle') !== undefined || !loop) return ctx.skip();
-    try {
-      const cg = v2driver(parentDir).create(newId('io'), resolveLimits({ io: { writeBps: '1MiB', readIops: 1000 } }).cgroup, { ioDevice: loop.majmin });
-      try {
-      expect(read(cg.dirs[0]!, 'io.max')).toContain(`${loop.majmin} rbps=max wbps=${2 ** 20} riops=1000 wiops=max`);
-        const child = spawn('sh', ['-c', `read x; exec dd if=/dev/zero of=${loop.dev} bs=64k count=32 oflag=direct`], { stdio: ['pipe', 'ignore', 'ignore'] });
-        const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-        join(cg, child.pid!);
-        const t0 = Date.now();
-        child.stdin!.write('go\n');
-        expect(await exited).toBe(0);
-        // 2 MiB at 1 MiB/s: about 2 s (the first bios may pass before the throttle's slice starts).
-        expect(Date.now() - t0).toBeGreaterThan(1200);
-        expect(cg.usage().ioWriteBytes).toBeGreaterThanOrEqual(2 * 2 ** 20);
-      } finally {
-        await cg.destroy();
-      }
-    } finally {
-      loop.remove();
-    }
-  });
+  it.skipIf(skipCtl !== undefined)('throttles writes to the writable layer\'s block device (io.max)', (ctx) =>
+    writesThrottled(
+      subject,
+      (limits, ioDevice) => v2driver(parentDir).create(newId('io'), limits, { ioDevice }),
+      (cg, majmin) => expect(read(cg.dirs[0]!, 'io.max')).toContain(`${majmin} rbps=max wbps=${2 ** 20} riops=1000 wiops=max`),
+      () => ctx.skip(),
+    ));
 
   it.skipIf(skipCtl !== undefined)('makes its subtree root again, with the controllers a limit needs, when it vanishes', async () => {
     const root = `${mount}/hutch-test-v2-${process.pid}-again`;
@@ -422,7 +200,7 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
   it.skipIf(skipCtl !== undefined)('explains the "no internal processes" rule when its subtree root holds a process', async () => {
     const root = `${mount}/hutch-test-v2-${process.pid}-nip`;
     mkdirSync(root);
-    const s = spawnSleep();
+    const s = spawnSleep(60);
     try {
       writeFileSync(`${root}/cgroup.procs`, `${s.child.pid}`);
       const d = cgroupDriver({ kind: 'v2', parent: root });
