@@ -2,7 +2,7 @@
 // and by the tests' own tar writer. Running a command inside an imported image needs the
 // Sandbox and lives with the sandbox tests; here the extracted layers are checked on disk.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -12,7 +12,7 @@ import { ImageStore } from '../../lib/image/store.js';
 import { tarBuffer } from '../../lib/image/tarwriter.js';
 import type { Progress } from '../../lib/image/types.js';
 import { isRoot, needs } from '../helpers/require.js';
-import { debianTarball, has } from '../helpers/tools.js';
+import { debianTarball, has, umociLayout } from '../helpers/tools.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-import-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -40,28 +40,10 @@ const noRoot = needs(isRoot, 'shifted ownership needs root');
  * An OCI layout made by umoci with two layers: the first has busybox, /etc/hello and
  * /etc/gone; the second deletes /etc/gone (a whiteout) and adds /etc/second.
  */
-let umociLayout: string | undefined;
+let umoci: string | undefined;
 function makeUmociLayout(): string {
-  if (umociLayout) return umociLayout;
-  const dir = join(work, 'umoci');
-  mkdirSync(dir);
-  run('umoci', ['init', '--layout', 'lay'], dir);
-  run('umoci', ['new', '--image', 'lay:latest'], dir);
-  run('umoci', ['unpack', '--image', 'lay:latest', 'bundle'], dir);
-  const rootfs = join(dir, 'bundle/rootfs');
-  mkdirSync(join(rootfs, 'bin'));
-  mkdirSync(join(rootfs, 'etc'));
-  writeFileSync(join(rootfs, 'bin/busybox'), readFileSync('/bin/busybox'), { mode: 0o755 });
-  symlinkSync('busybox', join(rootfs, 'bin/sh'));
-  writeFileSync(join(rootfs, 'etc/hello'), 'hello\n');
-  writeFileSync(join(rootfs, 'etc/gone'), 'gone\n');
-  run('umoci', ['repack', '--refresh-bundle', '--image', 'lay:latest', 'bundle'], dir);
-  rmSync(join(rootfs, 'etc/gone'));
-  writeFileSync(join(rootfs, 'etc/second'), 'second\n');
-  run('umoci', ['repack', '--image', 'lay:latest', 'bundle'], dir);
-  run('umoci', ['config', '--image', 'lay:latest', '--config.cmd', '/bin/sh', '--config.entrypoint', '/bin/busybox', '--config.env', 'FOO=bar', '--config.workingdir', '/etc', '--config.user', '1000:1000', '--config.exposedports', '8080/tcp'], dir);
-  umociLayout = join(dir, 'lay');
-  return umociLayout;
+  umoci ??= umociLayout(join(work, 'umoci'), ['--config.cmd', '/bin/sh', '--config.entrypoint', '/bin/busybox', '--config.env', 'FOO=bar', '--config.workingdir', '/etc', '--config.user', '1000:1000', '--config.exposedports', '8080/tcp']);
+  return umoci;
 }
 
 function checkUmociImage(store: ImageStore, img: Awaited<ReturnType<ImageStore['get']>>) {

@@ -1,12 +1,12 @@
 // Commands run inside imported images: an OCI layout made by umoci, the same image converted by
 // skopeo to a docker archive, and a Debian rootfs made by debootstrap (cached between runs).
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ImageStore, Sandbox } from '../../lib/index.js';
 import { isRoot, needs } from '../helpers/require.js';
-import { debianTarball, has } from '../helpers/tools.js';
+import { debianTarball, has, umociLayout } from '../helpers/tools.js';
 
 const work = mkdtempSync('/tmp/hutch-test-run-');
 const storeRoot = mkdtempSync('/tmp/hutch-test-run-store-');
@@ -27,21 +27,8 @@ describe.skipIf(noRoot)('images made by other tools', () => {
   const skip = needs(has('umoci') && has('skopeo') && existsSync('/bin/busybox'), 'umoci, skopeo and busybox-static are needed (apt-get install umoci skopeo busybox-static)');
 
   it.skipIf(skip)('an OCI layout from umoci, and its docker archive from skopeo, run a command', { timeout: 120_000 }, async () => {
-    // Two layers: busybox and /etc/hello, then a whiteout of /etc/gone; a config with Env, WorkingDir and Cmd.
-    run('umoci', ['init', '--layout', 'lay']);
-    run('umoci', ['new', '--image', 'lay:latest']);
-    run('umoci', ['unpack', '--image', 'lay:latest', 'bundle']);
-    const rootfs = join(work, 'bundle/rootfs');
-    mkdirSync(join(rootfs, 'bin'));
-    mkdirSync(join(rootfs, 'etc'));
-    writeFileSync(join(rootfs, 'bin/busybox'), readFileSync('/bin/busybox'), { mode: 0o755 });
-    symlinkSync('busybox', join(rootfs, 'bin/sh'));
-    writeFileSync(join(rootfs, 'etc/hello'), 'hello\n');
-    writeFileSync(join(rootfs, 'etc/gone'), 'gone\n');
-    run('umoci', ['repack', '--refresh-bundle', '--image', 'lay:latest', 'bundle']);
-    rmSync(join(rootfs, 'etc/gone'));
-    run('umoci', ['repack', '--image', 'lay:latest', 'bundle']);
-    run('umoci', ['config', '--image', 'lay:latest', '--config.env', 'FOO=from-config', '--config.workingdir', '/etc', '--config.cmd', '/bin/busybox', '--config.cmd', 'cat', '--config.cmd', 'hello']);
+    // Two layers: busybox, /etc/hello and /etc/gone, then a whiteout of /etc/gone; a config with Env, WorkingDir and Cmd.
+    umociLayout(work, ['--config.env', 'FOO=from-config', '--config.workingdir', '/etc', '--config.cmd', '/bin/busybox', '--config.cmd', 'cat', '--config.cmd', 'hello']);
     run('skopeo', ['copy', '--quiet', 'oci:lay:latest', 'docker-archive:img.tar:made/by-skopeo:1']);
 
     const oci = await store.import(join(work, 'lay'), { tag: 'umoci:1' });

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import {
@@ -12,21 +12,13 @@ import {
   type NetworkAttachment,
   type NetworkOptions,
 } from '../../lib/network/index.js';
-import { isRoot, needs } from '../helpers/require.js';
+import { needsRootWith } from '../helpers/require.js';
 import { children, connectScript, fakeSandbox, freePort, inNetns, kill, serveInNetns, sh } from '../helpers/netns.js';
 
 // Traffic only between namespaces and links this test makes (or loopback). The "outside
 // host" is a netns made here, reached through a link made here; its addresses come from
 // 198.18.0.0/15 (benchmarking range) and never leave this machine.
-const hasTools = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v ip && command -v tc && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skip = needs(isRoot && hasTools, 'network tests need root with ip, tc, nft, nsenter and unshare');
+const skip = needsRootWith('network tests', ['ip', 'tc', 'nft', 'nsenter', 'unshare']);
 
 const RANGE = '10.201.0.0/24';
 const OUT_NS = `hutch-test-${process.pid}-out`;

@@ -11,21 +11,13 @@ import { decideName, parsePattern, resolveEgressPolicy } from '../../lib/network
 import fc from 'fast-check';
 import { buildAnswer, buildQuery, chainRecords, parseAnswer, parseQuery } from '../../lib/network/dns.js';
 import { hostOf, sniOf } from '../../lib/network/sni-proxy.js';
-import { isRoot, needs } from '../helpers/require.js';
+import { needsRootWith } from '../helpers/require.js';
 import { makeInet, type Inet } from '../../bench/inet.js';
 import { einval } from '../helpers/rejects.js';
 
 // Traffic only to the namespace and addresses this file makes (198.19.x.0/24) and to the
 // resolver hutch makes on the sandbox's link; never the host's resolvers.
-const hasTools = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v ip && command -v nft && command -v curl && command -v python3'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skip = needs(isRoot && hasTools, 'egress tests need root with ip, nft, curl and python3');
+const skip = needsRootWith('egress tests', ['ip', 'nft', 'curl', 'python3']);
 const RANGE = '10.217.0.0/24';
 
 /** The sandbox's slot (its /30, 8 hex digits): names its nftables set and chains. */

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import dgram from 'node:dgram';
@@ -7,7 +7,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { Sandbox } from '../../lib/index.js';
 import { attachNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../../lib/network/index.js';
-import { isRoot, needs } from '../helpers/require.js';
+import { needsRootWith } from '../helpers/require.js';
 import { children, fakeSandbox, inNetns, kill, serveInNetns, sh } from '../helpers/netns.js';
 
 // A sandbox's link must not open the host (Security issue, hole 10): connections from a
@@ -15,15 +15,7 @@ import { children, fakeSandbox, inNetns, kill, serveInNetns, sh } from '../helpe
 // host-wide forwarding switch. Traffic only to addresses of links and namespaces this test or
 // hutch made, or loopback. The forwarding scenarios run in network namespaces made here
 // (the "host" one runs hutch in a child process), so the flags read there are the test's.
-const hasTools = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v ip && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skip = needs(isRoot && hasTools, 'network tests need root with ip, nft, nsenter and unshare');
+const skip = needsRootWith('network tests', ['ip', 'nft', 'nsenter', 'unshare']);
 
 const RANGE = '10.206.0.0/24';
 const ROOT = join(import.meta.dirname, '..', '..');

@@ -1,5 +1,5 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -7,7 +7,7 @@ import net from 'node:net';
 import { attachNetwork, pruneNetwork, releaseNetwork, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../../lib/network/index.js';
 import { createVeth, deleteLinks } from '../../lib/network/netlink.js';
 import { deleteTableIfIdle, hutchLinksOnHost, TABLE } from '../../lib/network/nat.js';
-import { isRoot, needs } from '../helpers/require.js';
+import { needs, needsRootWith } from '../helpers/require.js';
 import { children, connectScript, fakeSandbox, freePort, inNetns, sh } from '../helpers/netns.js';
 
 // The link work done through rtnetlink from the addon, checked with iproute2's own view from
@@ -15,15 +15,7 @@ import { children, connectScript, fakeSandbox, freePort, inNetns, sh } from '../
 // of the link made here.
 // One test needs no hutch link anywhere on the host: npm test runs this file after the parallel
 // part, alone (vitest.timing.config.ts; by hand: npx vitest run --config vitest.timing.config.ts <this file>).
-const hasTools = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v ip && command -v tc && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skip = needs(isRoot && hasTools, 'netlink tests need root with ip, tc, nft, nsenter and unshare');
+const skip = needsRootWith('netlink tests', ['ip', 'tc', 'nft', 'nsenter', 'unshare']);
 
 const RANGE = '10.205.0.0/24';
 function thisRange(): string[] {

@@ -1,21 +1,12 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { attachNetwork, releaseNetwork, pruneNetwork, resolveNetwork, settleNetwork, type NetworkAttachment } from '../../lib/network/index.js';
-import { isRoot, needs } from '../helpers/require.js';
+import { needsRootWith } from '../helpers/require.js';
 import { children, fakeSandbox, freePort, inNetns } from '../helpers/netns.js';
 
 // Bulk TCP through a shaped link made here, between a stand-in sandbox (its own user + net
 // namespace) and a Node server on the host side address of that link. Nothing else is reached.
-const hasTools = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v ip && command -v tc && command -v nft && command -v nsenter && command -v unshare'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const skip = needs(isRoot && hasTools, 'shaping tests need root with ip, tc, nft, nsenter and unshare');
+const skip = needsRootWith('shaping tests', ['ip', 'tc', 'nft', 'nsenter', 'unshare']);
 
 const RANGE = '10.202.0.0/24';
 const SECONDS = 3;
