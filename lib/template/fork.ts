@@ -14,7 +14,7 @@ import type { ImageStore } from '../image/store.js';
 import type { ResolvedImage } from '../image/types.js';
 import type { SandboxIds } from '../idrange.js';
 import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
-import { waitSetup } from '../spawn.js';
+import { waitSetup } from '../child-setup.js';
 import { fail, fdinfoPid, tn } from './native.js';
 import type { Zygote } from './zygote.js';
 
