@@ -11,7 +11,7 @@ import { timeChild, which } from './child.js';
 import { defer } from './cleanup.js';
 import { layeredImage, sizedImage } from './images.js';
 import type { BenchContext } from './latency.js';
-import { interleave, type Peer } from './peers.js';
+import { interleave, timeTrue, type Peer } from './peers.js';
 import type { CurveSection, LatencyRow } from './results.js';
 import { summarize } from './stats.js';
 
@@ -25,13 +25,7 @@ function imagePeer(name: string, s: ImageStore, image: Image): Peer {
   return {
     name,
     what: `Sandbox.run of /bin/true in ${image.tags[0] ?? image.id} (${image.layers.length} layers, ${(image.sizeBytes / 1048576).toFixed(1)} MiB)`,
-    async sample() {
-      const t0 = performance.now();
-      const r = await Sandbox.run({ image: image.id, store: s, command: ['/bin/true'] });
-      const ms = performance.now() - t0;
-      if (r.exitCode !== 0) throw new Error(`/bin/true ended with ${r.reason} ${r.exitCode}`);
-      return ms;
-    },
+    sample: () => timeTrue('Sandbox.run', () => Sandbox.run({ image: image.id, store: s, command: ['/bin/true'] })),
   };
 }
 
@@ -86,13 +80,7 @@ export async function densityCurve(ctx: BenchContext): Promise<CurveSection> {
     {
       name: 'hutch-run',
       what: 'Sandbox.run busybox /bin/true',
-      async sample() {
-        const t0 = performance.now();
-        const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'] });
-        const ms = performance.now() - t0;
-        if (r.exitCode !== 0) throw new Error(`/bin/true ended with ${r.reason} ${r.exitCode}`);
-        return ms;
-      },
+      sample: () => timeTrue('Sandbox.run', () => Sandbox.run({ image: 'busybox', command: ['/bin/true'] })),
     },
   ];
   if (which('bwrap')) {
