@@ -6,9 +6,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 user=${HUTCH_ROOTLESS_USER:-hutchci}
-files="test/exec.test.ts test/limits.test.ts test/limits-defaults.test.ts test/mounts.test.ts test/rootfs.test.ts
-  test/tty.test.ts test/pool.test.ts test/commit.test.ts test/security/escape.test.ts test/security/files.test.ts
-  test/security/policy.test.ts test/security/seccomp-kernel.test.ts"
+files="test/runtime/exec.test.ts test/kernel/limits.test.ts test/kernel/limits-defaults.test.ts test/kernel/mounts.test.ts
+  test/kernel/rootfs.test.ts test/runtime/tty.test.ts test/runtime/pool.test.ts test/image/sandbox-commit.test.ts
+  test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts"
 sh scripts/rootless-user.sh setup "$user"
 store=$(mktemp -d /tmp/hutch-rootless-ci-XXXXXX)
 chown "$user:" "$store"

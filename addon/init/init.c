@@ -29,12 +29,12 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "confine.h"
 #include "protocol.h"
 
 #define CTL_FD 3
 #define SCRATCH_FD 4 /* the writable layer's tmpfs, held for the host (commit); never inherited */
 #define MAX_MSG (1 << 20)
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct exec_slot {
   uint32_t id;
@@ -99,8 +99,10 @@ static int exec_search(char **argv, char **envp) {
     execve(file, argv, envp);
     return errno;
   }
+  /* The PATH lib sent (lib/plan/image.ts sandboxEnv gives every process one); init has no
+   * default of its own, so a request without PATH searches nothing. */
   const char *path = find_env(envp, "PATH");
-  if (!path) path = DEFAULT_PATH;
+  if (!path) return ENOENT;
   int seen_eacces = 0;
   char buf[4096];
   size_t flen = strlen(file);
@@ -227,26 +229,9 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   }
   if (enter_cwd(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
   if ((!(r->flags & EXEC_KEEP_GROUPS) && setgroups(0, NULL) < 0) || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
-  /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
-   * loses the rest on setresuid (no KEEPCAPS). */
-  for (int cap = 0; cap < 64; cap++) {
-    if (r->caps & (1ULL << cap)) continue;
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
-      if (errno == EINVAL) break; /* past CAP_LAST_CAP */
-      die_exec(status_fd, XSTEP_CAPABILITIES, errno);
-    }
-  }
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-    die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if (drop_bounding_caps(r->caps) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if (setresuid(r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2];
-  memset(data, 0, sizeof data);
-  if (r->uid == 0) {
-    data[0].effective = data[0].permitted = (uint32_t)r->caps;
-    data[1].effective = data[1].permitted = (uint32_t)(r->caps >> 32);
-  }
-  if (syscall(SYS_capset, &hdr, data) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if (set_caps(r->uid, r->caps) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if ((r->flags & EXEC_NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
     die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if (r->flags & EXEC_SECCOMP) {
