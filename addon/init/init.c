@@ -261,6 +261,34 @@ static void close_fds(const int *fds, int n) {
     if (fds[i] >= 0) close(fds[i]);
 }
 
+/* The exec child is cloned with CLONE_VM | CLONE_VFORK, as posix_spawn does: it runs on
+ * exec_stack in init's memory, init waits (suspended) until it has exec'd or exited, and no
+ * copy of init's address space is made only to be thrown away by the exec (fork's page-table
+ * copy and copy-on-write faults were most of an exec's cost in init, in a VM where page-table
+ * updates trap). Init would wait for that exec anyway (the status pipe, below). The child
+ * changes only what is its own: its fd table, signal handlers and mask, rlimits and
+ * credentials are copies (no CLONE_FILES, CLONE_SIGHAND, CLONE_THREAD); it writes init's
+ * memory only on its stack and errno, both free again when init resumes. Nothing of the
+ * sandbox's runs before the exec replaces the shared memory with the program's own. */
+struct exec_child_args {
+  const struct exec_req *r;
+  const struct rlimit_req *rl;
+  const struct sock_filter *prog;
+  const char *cwd;
+  char **argv, **envp;
+  const int *fds;
+  int st[2];
+};
+
+static char exec_stack[64 * 1024] __attribute__((aligned(64)));
+
+static int exec_child_entry(void *p) {
+  struct exec_child_args *a = p;
+  close(a->st[0]);
+  run_exec_child(a->r, a->rl, a->prog, a->cwd, a->argv, a->envp, a->fds, a->st[1]);
+  return 127;
+}
+
 /* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
  * failure, and reports which. */
 static void start_exec(size_t len, int *fds, int nfds) {
@@ -342,11 +370,8 @@ static void start_exec(size_t len, int *fds, int nfds) {
     if (master >= 0) close(master);
     return;
   }
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(st[0]);
-    run_exec_child(&r, rl, prog, cwd, argv, envp, fds, st[1]);
-  }
+  struct exec_child_args ca = {&r, rl, prog, cwd, argv, envp, fds, {st[0], st[1]}};
+  pid_t pid = clone(exec_child_entry, exec_stack + sizeof exec_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
   int fork_err = errno;
   close(st[1]);
   close_fds(fds, nfds);
