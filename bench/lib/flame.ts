@@ -95,7 +95,7 @@ function colour(name: string): string {
 }
 
 /** Draws a flame graph (root at the bottom) of `f`; frames narrower than `minPx` are left out. */
-export function flameSvg(f: Folded, title: string, subtitle = '', width = 1200, minPx = 0.3): string {
+export function flameSvg(f: Folded, title: string, subtitle = '', width = 1200, minPx = 1): string {
   const root = tree(f);
   const rowH = 16;
   let depth = 0;
