@@ -202,6 +202,36 @@ static void send_started_with_fd(const struct started_msg *m, int fd) {
   do n = sendmsg(CTL_FD, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
 }
 
+/* The signals init ignores, as /proc/self/status's SigIgn shows them once at start (bit s-1
+ * for signal s): inherited from the host process (Node ignores SIGPIPE; whoever started Node
+ * may have ignored more) or set by init. An exec keeps an ignored signal ignored, so the exec
+ * child resets these to the default, and only these: init catches no signal (SIGCHLD is
+ * blocked and read from a signalfd), and exec resets caught ones anyway. One read at start
+ * instead of 64 sigaction calls per exec. All 64 when the file cannot be read (no /proc). */
+static uint64_t ignored_signals = ~0ULL;
+
+static void read_ignored_signals(void) {
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  char buf[8192];
+  ssize_t n;
+  do n = read(fd, buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  const char *p = strstr(buf, "\nSigIgn:\t");
+  if (!p) return;
+  p += strlen("\nSigIgn:\t");
+  uint64_t m = 0;
+  int digits = 0;
+  for (; digits < 16; p++, digits++) {
+    int v = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+    if (v < 0) return;
+    m = m << 4 | (uint64_t)v;
+  }
+  if (*p == '\n') ignored_signals = m;
+}
+
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
  * fds, rlimits, cwd, ids, capabilities, no_new_privs, and seccomp last (nsjail's applyPolicy). */
 static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl, const struct sock_filter *prog,
@@ -209,7 +239,8 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
-  for (int s = 1; s < 65; s++) sigaction(s, &dfl, NULL); /* SIGPIPE may be ignored from Node */
+  for (int s = 1; s < 65; s++) /* SIGPIPE is ignored by init (and Node); a parent may ignore more */
+    if (ignored_signals & (1ULL << (s - 1))) sigaction(s, &dfl, NULL);
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
@@ -499,6 +530,7 @@ int main(void) {
   msgbuf = malloc(MAX_MSG);
   if (sfd < 0 || !msgbuf) return 125;
   signal(SIGPIPE, SIG_IGN);
+  read_ignored_signals();
   /* Children that ended before init began (the setup's mount-namespace holder, killed once
    * the mounts are locked: addon/child_lock.cc) sent their SIGCHLD before the signalfd
    * existed: reap them now, or they stay zombies a sandbox's `ps` shows. */
