@@ -21,6 +21,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ImageStore, Sandbox, type SandboxPool } from '../lib/index.js';
+import { cgroupBytes, pss } from './lib/memory.js';
 import { ms, ratio, summarize, type Summary } from './lib/stats.js';
 
 const argv = process.argv.slice(2);
@@ -225,10 +226,10 @@ function memAvailable(): number {
 async function live(): Promise<void> {
   say('### Live idle sandboxes: create time and memory');
   say();
-  say('Sandbox.create of busybox while K others stay idle; create p50 of 20 creates at each level (each destroyed at once), spawn sampled alongside as the control; host memory per sandbox from the MemAvailable drop.');
+  say('Sandbox.create of busybox while K others stay idle; create p50 of 20 creates at each level (each destroyed at once), spawn sampled alongside as the control; memory per sandbox: what the kernel charges to its cgroup plus its init\'s PSS (this sandbox alone), and the host\'s MemAvailable drop over all of them (moved by everything else on the machine too).');
   say();
-  say('| live | create p50 ms | spawn p50 ms | create ÷ spawn | create ÷ at first level | MemAvailable drop per sandbox |');
-  say('| ---: | ---: | ---: | ---: | ---: | ---: |');
+  say('| live | create p50 ms | spawn p50 ms | create ÷ spawn | create ÷ at first level | cgroup charge + init PSS per sandbox | MemAvailable drop per sandbox |');
+  say('| ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   const alive: Sandbox[] = [];
   let first = NaN;
   const mem0 = memAvailable();
@@ -240,6 +241,8 @@ async function live(): Promise<void> {
       }
       await new Promise((r) => setTimeout(r, 200));
       const perSb = (mem0 - memAvailable()) / Math.max(1, alive.length);
+      const own = alive.map((sb) => cgroupBytes(sb.pid) + pss(sb.pid)).filter(Number.isFinite);
+      const ownMean = own.reduce((a, b) => a + b, 0) / Math.max(1, own.length);
       const c: number[] = [];
       const s: number[] = [];
       for (let i = 0; i < 20; i++) {
@@ -251,7 +254,7 @@ async function live(): Promise<void> {
       const cs = summarize(c);
       const ss = summarize(s);
       if (Number.isNaN(first)) first = cs.p50;
-      say(`| ${k} | ${ms(cs.p50)} | ${ms(ss.p50)} | ${ratio(cs.p50, ss.p50)} | ${ratio(cs.p50, first)} | ${(perSb / 1048576).toFixed(2)} MiB |`);
+      say(`| ${k} | ${ms(cs.p50)} | ${ms(ss.p50)} | ${ratio(cs.p50, ss.p50)} | ${ratio(cs.p50, first)} | ${(ownMean / 1048576).toFixed(2)} MiB | ${(perSb / 1048576).toFixed(2)} MiB |`);
     }
   } finally {
     for (let i = 0; i < alive.length; i += 64) await Promise.all(alive.slice(i, i + 64).map((sb) => sb.destroy()));
