@@ -254,10 +254,10 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   if (close_init_fds(status_fd) < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (uint32_t i = 0; i < r->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
-    if (setrlimit((int)rl[i].resource, &lim) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
+    if (syscall(SYS_prlimit64, 0, (int)rl[i].resource, &lim, NULL) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
   }
   if (enter_cwd(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
-  if (setgroups(0, NULL) < 0 || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
   /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
    * loses the rest on setresuid (no KEEPCAPS). */
   for (int cap = 0; cap < 64; cap++) {
@@ -269,7 +269,7 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   }
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
     die_exec(status_fd, XSTEP_CAPABILITIES, errno);
-  if (setresuid(r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  if (syscall(SYS_setresuid, r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
   struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
   struct __user_cap_data_struct data[2];
   memset(data, 0, sizeof data);
@@ -300,7 +300,12 @@ static void close_fds(const int *fds, int n) {
  * changes only what is its own: its fd table, signal handlers and mask, rlimits and
  * credentials are copies (no CLONE_FILES, CLONE_SIGHAND, CLONE_THREAD); it writes init's
  * memory only on its stack and errno, both free again when init resumes. Nothing of the
- * sandbox's runs before the exec replaces the shared memory with the program's own. */
+ * sandbox's runs before the exec replaces the shared memory with the program's own.
+ * The child calls no libc function that takes a lock: killed half-way (by the sandbox's
+ * root, or the OOM killer) it would leave the lock taken in init's memory, and the next exec
+ * child would wait on it forever, init with it. So rlimits and ids are set with raw system
+ * calls (musl's setrlimit, setgroups and set*id lock around __synccall), and nothing
+ * allocates; what else it calls is a system call wrapper or a string function. */
 struct exec_child_args {
   const struct exec_req *r;
   const struct rlimit_req *rl;
