@@ -413,7 +413,7 @@ export class ProcessState implements SandboxProcess {
     } catch {
       usage = undefined;
     }
-    const oomKills = Math.max(0, (cg ? safe(() => cg.oomKills()) : 0) - this.oomBefore);
+    const oomKills = Math.max(0, (usage ? usage.oomKills : cg ? safe(() => cg.oomKills()) : 0) - this.oomBefore);
     let reason: EndReason = signal === null ? 'exit' : 'signal';
     if (this.forced) reason = this.forced;
     // OOM is read from the kernel's counter, never guessed from SIGKILL alone.
