@@ -17,12 +17,12 @@
  * `checkHost()` reports which applies and how to get a range.
  */
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { constants, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { HutchError, errnoName } from '../errors.js';
 import { hostRange, RANGE_SIZE } from '../identity.js';
 import { isFailure, native } from '../native.js';
-import { hostMode, ownIdMaps, type HostMode } from './mode.js';
+import { hostMode, mayAccess, ownIdMaps, type HostMode } from './mode.js';
 
 export type IdKind = 'host-range' | 'namespace-range' | 'subordinate' | 'single';
 
@@ -78,18 +78,9 @@ function readOr(path: string): string {
   }
 }
 
-function executable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function findHelper(name: string): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/sbin', '/bin', '/sbin'])) {
-    if (dir && executable(`${dir}/${name}`)) return `${dir}/${name}`;
+    if (dir && mayAccess(`${dir}/${name}`, constants.X_OK)) return `${dir}/${name}`;
   }
   return null;
 }
