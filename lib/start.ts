@@ -75,9 +75,10 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
     tr.mark('cgroup');
     const binds: { fd: number; file: boolean }[] = [];
-    // User mode: no cloning of host mounts here (CAP_SYS_ADMIN over the host's mount
-    // namespace); the child clones each source in its own namespace (PLAN_F_PATH).
-    const pathBinds = hostMode() === 'user';
+    // Outside host root: no cloning of mounts here (it needs CAP_SYS_ADMIN over the mount
+    // namespace's owner, which an ordinary user never has and a pod should not need); the child
+    // clones each source in its own namespace (PLAN_F_PATH).
+    const pathBinds = hostMode() !== 'root';
     for (const m of plan.mounts) {
       if (m.kind !== 'bind') continue;
       if (pathBinds) {
