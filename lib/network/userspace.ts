@@ -34,7 +34,7 @@ import { type NativeFailure, isFailure, native } from '../native.js';
 import { type Cidr, contains, formatCidr, parseCidr } from './cidr.js';
 import type { BridgePlan, NetworkPlan } from './options.js';
 import { slotAddresses } from './lease.js';
-import { applyShaping } from './tc.js';
+import { applySteps, shapingSteps } from './tc.js';
 
 export type NetworkBackend = 'veth' | 'userspace';
 
@@ -49,6 +49,10 @@ const MTU_SHAPED = 1500;
 /** How long pasta may take to configure the link before create fails. */
 const READY_TIMEOUT_MS = 10_000;
 const NETLINK_ROUTE = 0;
+/** eth0's MAC inside (locally administered, unicast); every sandbox has its own netns. */
+const SANDBOX_MAC = '02:68:75:74:63:68';
+/** tbf's queue inside: what one TCP flow may keep queued (net.ipv4.tcp_limit_output_bytes: 4 MiB on current kernels). */
+const QUEUE_BYTES = 4 * 1024 * 1024;
 
 /**
  * The backend for this process: `HUTCH_NETWORK_BACKEND` (`userspace` or `veth`), else
@@ -63,13 +67,13 @@ export function networkBackend(env: NodeJS.ProcessEnv = process.env): NetworkBac
 
 const found = new Map<string, string | null>();
 
-/** The path of a program on PATH (plus the sbin directories an ordinary user's PATH may lack). */
+/** The path of a program on PATH, else in /usr/sbin or /sbin (an ordinary user's PATH often lacks them: nft). */
 export function findProgram(name: string, env: NodeJS.ProcessEnv = process.env): string | null {
   const path = env.PATH ?? '';
   const key = `${name}\0${path}`;
   if (found.has(key)) return found.get(key)!;
   let hit: string | null = null;
-  for (const dir of [...path.split(':').filter((d) => d.startsWith('/')), '/usr/sbin', '/sbin', '/usr/bin', '/bin']) {
+  for (const dir of [...path.split(':').filter((d) => d.startsWith('/')), '/usr/sbin', '/sbin']) {
     try {
       accessSync(`${dir}/${name}`, fsc.X_OK);
       hit = `${dir}/${name}`;
@@ -147,11 +151,14 @@ export function userspaceAddresses(range: Cidr): { address: string; hostAddress:
 /** pasta's arguments (pure, for tests). `root`: pasta would otherwise drop to nobody, who cannot open the sandbox's namespaces. */
 export function pastaArgs(plan: BridgePlan, root: boolean): string[] {
   const { address, hostAddress } = userspaceAddresses(plan.range);
-  const spec = (proto: 'tcp' | 'udp'): string =>
-    plan.ports
-      .filter((p) => p.protocol === proto)
-      .map((p) => `${p.host}:${p.sandbox}`)
-      .join(',') || 'none';
+  // Bound on the host's loopback only: this pasta (passt 2023-03) forwards a connection that
+  // comes to another host address into the namespace but never completes its handshake.
+  const spec = (proto: 'tcp' | 'udp'): string[] =>
+    plan.ports.filter((p) => p.protocol === proto).map((p) => `127.0.0.1/${p.host}:${p.sandbox}`);
+  const forward = (flag: string, proto: 'tcp' | 'udp'): string[] => {
+    const specs = spec(proto);
+    return specs.length === 0 ? [flag, 'none'] : specs.flatMap((x) => [flag, x]);
+  };
   const shaped = plan.egressBps !== null || plan.ingressBps !== null;
   return [
     'pasta',
@@ -164,11 +171,15 @@ export function pastaArgs(plan: BridgePlan, root: boolean): string[] {
     '--netmask', '30',
     '--gateway', hostAddress,
     '--ns-ifname', INTERFACE,
+    // A fixed MAC pasta knows from the start: else it learns the sandbox's from its first
+    // frame, and a connection to a published port on a non-loopback host address that comes
+    // before any frame from the sandbox goes to a MAC eth0 drops.
+    '--ns-mac-addr', SANDBOX_MAC,
     '--mtu', String(shaped ? MTU_SHAPED : MTU_UNSHAPED),
     // Published ports only; never the defaults ('auto' both ways: every port bound on one
     // side would appear on the other, the host's loopback services inside the sandbox).
-    '--tcp-ports', spec('tcp'),
-    '--udp-ports', spec('udp'),
+    ...forward('--tcp-ports', 'tcp'),
+    ...forward('--udp-ports', 'udp'),
     '--tcp-ns', 'none',
     '--udp-ns', 'none',
     '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
@@ -409,7 +420,14 @@ function shapeInside(plan: BridgePlan, pid: number): void {
   try {
     // tc.ts's steps name the host side of a veth: its root tbf is what goes *into* the
     // sandbox, its ingress what comes out. Inside, eth0 is the sandbox's own side: swapped.
-    applyShaping(INTERFACE, plan.ingressBps !== null ? IFB : null, plan.ingressBps, plan.egressBps, sock);
+    // The queues are longer than tc.ts's 50 ms: pasta has no SACK, and a TCP flow that loses
+    // several segments of a window in a full queue recovers by timeouts (measured: 4 Mbit/s
+    // at 8 Mbit/s asked). A flow's own queue is bounded anyway, by TCP small queues (egress)
+    // and by the receive window pasta keeps (ingress).
+    const steps = shapingSteps(INTERFACE, plan.ingressBps !== null ? IFB : null, plan.ingressBps, plan.egressBps).map((s) =>
+      s.kind === 'tbf' ? { ...s, limit: Math.max(s.limit, QUEUE_BYTES) } : s,
+    );
+    applySteps(steps, sock);
   } finally {
     n.close(sock);
   }
