@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -7,7 +7,7 @@ import { Sandbox } from '../lib/index.js';
 import { hostMode } from '../lib/host/mode.js';
 import { pruneAll } from '../lib/prune.js';
 import { networkStateDir, pastaPid, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
-import { insideRuleset, pastaArgs } from '../lib/network/userspace.js';
+import { findProgram, insideRuleset, pastaArgs } from '../lib/network/userspace.js';
 import { isRoot, needs } from './helpers/require.js';
 import { connectScript, freePort, sh } from './helpers/netns.js';
 
@@ -18,14 +18,7 @@ import { connectScript, freePort, sh } from './helpers/netns.js';
 // to the host ports it publishes, and (as root) to a netns "world" it makes behind a veth.
 process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
 
-const hasPasta = (() => {
-  try {
-    execFileSync('sh', ['-c', 'command -v pasta'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const hasPasta = findProgram('pasta') !== null;
 const skip = needs(hasPasta, 'the userspace network backend needs pasta: apt-get install passt');
 
 /** A host address that is not loopback (the host's own address, reached through pasta's host side). */

@@ -111,6 +111,14 @@ export function checkUserspacePlan(field: string, plan: Omit<BridgePlan, 'backen
   if (findProgram('pasta', env) === null) {
     throw unsupported(`${field}.mode 'bridge' outside host root`, "it needs pasta, the userspace network stack: apt-get install passt (dnf install passt)");
   }
+  try {
+    accessSync('/dev/net/tun', fsc.R_OK | fsc.W_OK);
+  } catch {
+    throw unsupported(
+      `${field}.mode 'bridge' outside host root`,
+      "pasta needs /dev/net/tun readable and writable by this user (most distributions make it 0666; as root: chmod 0666 /dev/net/tun, or a udev rule KERNEL==\"tun\", MODE=\"0666\"; in a container or pod, pass the device /dev/net/tun)",
+    );
+  }
   if (findProgram('nft', env) === null) {
     throw unsupported(`${field}.mode 'bridge' outside host root`, 'it needs nft to filter inside the sandbox: apt-get install nftables');
   }
