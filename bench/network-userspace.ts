@@ -11,23 +11,20 @@
 import net from 'node:net';
 import { Sandbox } from '../lib/index.js';
 import type { NetworkOptions } from '../lib/network/index.js';
+import { summarize } from './lib/stats.js';
+import { Readable } from 'node:stream';
 
 process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
-const N = Number(process.argv[2] ?? 30);
-const MIB = Number(process.argv[3] ?? 256);
-const image = 'host';
+const [N, MIB] = [Number(process.argv[2] ?? 30), Number(process.argv[3] ?? 256)];
+const image = 'host'; // node inside
 
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
-async function timeCreate(network: 'none' | NetworkOptions): Promise<number> {
-  const t0 = performance.now();
+/** Sandbox.create alone, then destroy (untimed). */
+async function createMs(network: 'none' | NetworkOptions): Promise<number> {
+  const started = performance.now();
   const sb = await Sandbox.create({ image, network });
-  const ms = performance.now() - t0;
+  const took = performance.now() - started;
   await sb.destroy();
-  return ms;
+  return took;
 }
 
 /** A loopback server; `onConn` gets each socket. */
@@ -64,19 +61,10 @@ async function both(network: Omit<NetworkOptions, 'mode' | 'hostPorts'>, bytes: 
     s.on('end', () => resolveUp(rateOf(m, skipMs)));
   });
   const source = await server((s) => {
-    const b = Buffer.alloc(262144);
-    let left = bytes;
-    const w = (): void => {
-      while (left > 0) {
-        left -= b.length;
-        if (!s.write(b)) {
-          s.once('drain', w);
-          return;
-        }
-      }
-      s.end();
-    };
-    w();
+    const chunk = Buffer.alloc(262144);
+    Readable.from((function* () {
+      for (let sent = 0; sent < bytes; sent += chunk.length) yield chunk;
+    })()).pipe(s);
   });
   const sb = await Sandbox.create({ image, network: { mode: 'bridge', ...network, hostPorts: [sink.port, source.port] } });
   try {
@@ -93,18 +81,19 @@ async function both(network: Omit<NetworkOptions, 'mode' | 'hostPorts'>, bytes: 
 
 const none: number[] = [];
 const bridge: number[] = [];
-await timeCreate('none'); // warm: image, store, first clone
-await timeCreate({ mode: 'bridge' });
+await createMs('none'); // warm: image, store, first clone
+await createMs({ mode: 'bridge' });
 for (let i = 0; i < N; i++) {
-  none.push(await timeCreate('none'));
-  bridge.push(await timeCreate({ mode: 'bridge' }));
+  none.push(await createMs('none'));
+  bridge.push(await createMs({ mode: 'bridge' }));
 }
 const f = (x: number): string => x.toFixed(1);
+const [a, b] = [summarize(none), summarize(bridge)];
 console.log(`Sandbox.create (${image}), ${N} interleaved each, ms`);
 console.log(`| network | p50 | p90 |`);
-console.log(`| 'none' | ${f(pct(none, 50))} | ${f(pct(none, 90))} |`);
-console.log(`| bridge (pasta) | ${f(pct(bridge, 50))} | ${f(pct(bridge, 90))} |`);
-console.log(`bridge / none at p50: ${(pct(bridge, 50) / pct(none, 50)).toFixed(2)}x`);
+console.log(`| 'none' | ${f(a.p50)} | ${f(a.p90)} |`);
+console.log(`| bridge (pasta) | ${f(b.p50)} | ${f(b.p90)} |`);
+console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x`);
 
 const [up, down] = await both({}, MIB * 1024 * 1024, 300);
 console.log(`\ntop TCP rate, ${MIB} MiB one connection: sandbox -> host ${(up / 1e9).toFixed(2)} Gbit/s, host -> sandbox ${(down / 1e9).toFixed(2)} Gbit/s`);

@@ -136,6 +136,19 @@ export function checkUserspacePlan(field: string, plan: Omit<BridgePlan, 'backen
 }
 
 /**
+ * For checkHost(): null when a userspace bridge can be made here, else why not and the fix
+ * (the EUNSUPPORTED message `resolveNetwork` would give).
+ */
+export function userspaceNetworkProblem(env: NodeJS.ProcessEnv = process.env): string | null {
+  try {
+    checkUserspacePlan('network', { mode: 'bridge', egressBps: null, ingressBps: null, outbound: 'none', allow: null, ports: [], hostPorts: [], range: { network: 0x0ac80000, prefix: 16 }, stateDir: '', names: null }, env);
+    return null;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
+/**
  * A userspace link is filtered inside the sandbox's own netns, which the sandbox's user
  * namespace owns: a sandbox given CAP_NET_ADMIN could remove its filter and shaping.
  *
