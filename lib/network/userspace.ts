@@ -32,11 +32,26 @@ import { HutchError, errnoName, hostFailure, invalid, unsupported } from '../err
 import { hostMode } from '../host/mode.js';
 import { type NativeFailure, isFailure, native } from '../native.js';
 import { type Cidr, contains, formatCidr, parseCidr } from './cidr.js';
-import type { BridgePlan, NetworkPlan } from './options.js';
-import { slotAddresses } from './lease.js';
+import { type ResolvedPort, slotAddresses } from './lease.js';
 import { applySteps, shapingSteps } from './tc.js';
 
 export type NetworkBackend = 'veth' | 'userspace';
+
+/**
+ * What this backend reads of a bridge plan (options.ts's BridgePlan, spelled out here:
+ * options.ts imports this file, and the layers allow no cycle).
+ */
+export interface UserspacePlan {
+  readonly egressBps: number | null;
+  readonly ingressBps: number | null;
+  readonly outbound: 'none' | 'nat';
+  readonly allow: readonly Cidr[] | null;
+  readonly ports: readonly ResolvedPort[];
+  readonly hostPorts: readonly { readonly port: number; readonly protocol: 'tcp' | 'udp' }[];
+  readonly range: Cidr;
+  /** Egress by name; anything but null is refused here. */
+  readonly names: unknown;
+}
 
 /** The sandbox side's name, as with a veth. */
 const INTERFACE = 'eth0';
@@ -101,7 +116,7 @@ function unprivilegedPortStart(): number {
  * @throws HutchError EUNSUPPORTED: egress by name (`domains`, `deny`, `ask`, `dns`); pasta or
  *   nft missing; a published port below the host's unprivileged port start outside root.
  */
-export function checkUserspacePlan(field: string, plan: Omit<BridgePlan, 'backend'>, env: NodeJS.ProcessEnv = process.env): void {
+export function checkUserspacePlan(field: string, plan: UserspacePlan, env: NodeJS.ProcessEnv = process.env): void {
   if (plan.names !== null) {
     throw unsupported(
       `${field}.domains/deny/ask/dns (egress by name) with the userspace network backend`,
@@ -141,7 +156,7 @@ export function checkUserspacePlan(field: string, plan: Omit<BridgePlan, 'backen
  */
 export function userspaceNetworkProblem(env: NodeJS.ProcessEnv = process.env): string | null {
   try {
-    checkUserspacePlan('network', { mode: 'bridge', egressBps: null, ingressBps: null, outbound: 'none', allow: null, ports: [], hostPorts: [], range: { network: 0x0ac80000, prefix: 16 }, stateDir: '', names: null }, env);
+    checkUserspacePlan('network', { egressBps: null, ingressBps: null, outbound: 'none', allow: null, ports: [], hostPorts: [], range: { network: 0x0ac80000, prefix: 16 }, names: null }, env);
     return null;
   } catch (e) {
     return e instanceof Error ? e.message : String(e);
@@ -154,7 +169,7 @@ export function userspaceNetworkProblem(env: NodeJS.ProcessEnv = process.env): s
  *
  * @throws HutchError EINVAL when `capabilities` holds NET_ADMIN for a userspace bridge.
  */
-export function checkUserspaceCapabilities(network: NetworkPlan, capabilities: readonly string[]): void {
+export function checkUserspaceCapabilities(network: { readonly mode: string; readonly backend?: string }, capabilities: readonly string[]): void {
   if (network.mode !== 'bridge' || network.backend !== 'userspace') return;
   if (capabilities.includes('NET_ADMIN')) {
     throw new HutchError(
@@ -170,7 +185,7 @@ export function userspaceAddresses(range: Cidr): { address: string; hostAddress:
 }
 
 /** pasta's arguments (pure, for tests). `root`: pasta would otherwise drop to nobody, who cannot open the sandbox's namespaces. */
-export function pastaArgs(plan: BridgePlan, root: boolean): string[] {
+export function pastaArgs(plan: UserspacePlan, root: boolean): string[] {
   const { address, hostAddress } = userspaceAddresses(plan.range);
   // Bound on the host's loopback only: this pasta (passt 2023-03) forwards a connection that
   // comes to another host address into the namespace but never completes its handshake.
@@ -240,7 +255,7 @@ export interface InsideRules {
   hostAddress: string;
   outbound: 'none' | 'nat';
   allow: readonly Cidr[] | null;
-  hostPorts: BridgePlan['hostPorts'];
+  hostPorts: UserspacePlan['hostPorts'];
   /** Never reachable, `allow` or not: the host's own addresses, loopback, 0.0.0.0/8, hutch's range. */
   closed: readonly Cidr[];
 }
@@ -381,7 +396,7 @@ async function nftInside(pid: number, script: string, what: string): Promise<voi
 }
 
 /** Starts pasta for the sandbox `pid`; resolves once its link is configured. */
-async function startPasta(plan: BridgePlan, pid: number): Promise<{ pid: number; pidfd: number }> {
+async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: number; pidfd: number }> {
   const n = native();
   const pasta = findProgram('pasta');
   if (pasta === null) throw unsupported("network mode 'bridge' outside host root", 'apt-get install passt');
@@ -433,7 +448,7 @@ async function startPasta(plan: BridgePlan, pid: number): Promise<{ pid: number;
 }
 
 /** tc inside the sandbox's netns: egress as tbf on eth0's root, ingress through an ifb made there. */
-function shapeInside(plan: BridgePlan, pid: number): void {
+function shapeInside(plan: UserspacePlan, pid: number): void {
   if (plan.egressBps === null && plan.ingressBps === null) return;
   const n = native();
   const sock = n.nsNetlinkSocket(pid, NETLINK_ROUTE);
@@ -455,7 +470,7 @@ function shapeInside(plan: BridgePlan, pid: number): void {
 }
 
 /** attachNetwork for this backend: filter, pasta, shaping; any failure undoes what was made. */
-export async function attachUserspace(plan: BridgePlan, id: string, pid: number): Promise<import('./index.js').NetworkAttachment> {
+export async function attachUserspace(plan: UserspacePlan, id: string, pid: number) {
   const { address, hostAddress } = userspaceAddresses(plan.range);
   const rules: InsideRules = { hostAddress, outbound: plan.outbound, allow: plan.allow, hostPorts: plan.hostPorts, closed: closedRanges(plan.range) };
   // The filter may go in before the link exists (it names addresses, not the interface), and
