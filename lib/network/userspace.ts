@@ -137,6 +137,16 @@ export function checkUserspacePlan(field: string, plan: UserspacePlan, env: Node
   if (findProgram('nft', env) === null) {
     throw unsupported(`${field}.mode 'bridge' outside host root`, 'it needs nft to filter inside the sandbox: apt-get install nftables');
   }
+  plan.ports.forEach((p, i) => {
+    // Measured: this pasta (passt 2023-03) delivers a UDP datagram to a translated port, but
+    // loses the answer on its way back; with the same number both sides it works.
+    if (p.protocol === 'udp' && p.host !== p.sandbox) {
+      throw unsupported(
+        `${field}.ports[${i}] (UDP ${p.host} -> ${p.sandbox}) with the userspace network backend`,
+        `pasta loses the answers of a UDP port published under another number: publish it as { host: ${p.host}, sandbox: ${p.host}, protocol: 'udp' } (the server inside on ${p.host}), or run hutch as host root`,
+      );
+    }
+  });
   if ((process.geteuid?.() ?? 0) !== 0) {
     const start = unprivilegedPortStart();
     plan.ports.forEach((p, i) => {
