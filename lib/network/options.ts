@@ -36,8 +36,9 @@ export interface PortMapping {
 
 /**
  * A network link for the sandbox ({@link SandboxOptions.network}); without one (`'none'`,
- * the default) it has a private loopback only. `'bridge'` needs root (CAP_NET_ADMIN on the
- * host), else `create` rejects with `EUNSUPPORTED`. Wrong values reject with `EINVAL`.
+ * the default) it has a private loopback only. `'bridge'` is a veth pair as host root, and a
+ * userspace link through pasta outside host root, with the same options (docs/network.md,
+ * "Outside root"); what the host cannot do is `EUNSUPPORTED`. Wrong values reject with `EINVAL`.
  * docs/networking.md says how it is built.
  *
  * @example
