@@ -7,7 +7,7 @@ import { networkInterfaces } from 'node:os';
 import { Sandbox } from '../lib/index.js';
 import { hostMode } from '../lib/host/mode.js';
 import { pruneAll } from '../lib/prune.js';
-import { networkStateDir, pastaPid, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
+import { attachNetwork, networkStateDir, pastaPid, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../lib/network/index.js';
 import { findProgram, insideRuleset, pastaArgs } from '../lib/network/userspace.js';
 import { isRoot, needs } from './helpers/require.js';
 import { connectScript, freePort, sh } from './helpers/netns.js';
@@ -123,7 +123,7 @@ describe.skipIf(skip !== undefined)('network: the userspace link (pasta)', () =>
     await Sandbox.settle().catch(() => {});
   });
 
-  async function create(network: NetworkOptions, extra: Record<string, unknown> = {}): Promise<Sandbox> {
+  async function create(network: NetworkOptions | 'none', extra: Record<string, unknown> = {}): Promise<Sandbox> {
     const sb = await Sandbox.create({ image: 'host', network, ...extra });
     made.push(sb);
     return sb;
@@ -313,6 +313,30 @@ describe.skipIf(skip !== undefined)('network: the userspace link (pasta)', () =>
     } finally {
       out.close();
       source.close();
+    }
+  });
+
+  it('a pasta that fails (its host port taken after validation) is an ESETUP with its reason, and leaves no process', async () => {
+    const port = await freePort();
+    const plan = resolveNetwork(bridge({ ports: [{ host: port, sandbox: 80 }] }));
+    const squatter = await new Promise<net.Server>((r) => {
+      const srv = net.createServer().listen(port, '127.0.0.1', () => r(srv));
+    });
+    const sb = await create('none');
+    try {
+      await expect(attachNetwork(plan, 'taken', (sb as unknown as { core: { pid: number } }).core.pid)).rejects.toMatchObject({ code: 'ESETUP', step: 'network', message: expect.stringMatching(/pasta/) });
+      const pastas = readdirSync('/proc')
+        .filter((d) => /^\d+$/.test(d))
+        .filter((d) => {
+          try {
+            return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(`127.0.0.1/${port}:80`);
+          } catch {
+            return false;
+          }
+        });
+      expect(pastas).toEqual([]);
+    } finally {
+      squatter.close();
     }
   });
 

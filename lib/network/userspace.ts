@@ -331,13 +331,22 @@ function nativeFail(what: string, r: NativeFailure & { step?: string; path?: str
   return new HutchError('ESETUP', `network: ${what}: ${r.step ?? 'request'} failed: ${errno}${r.path ? ` (${r.path})` : ''}`, { step: 'network', errno });
 }
 
-/** Resolves once `fd` is readable or hung up (a pidfd: the process ended). */
-function readable(fd: number): Promise<void> {
+/** Resolves once `fd` is readable or hung up (a pidfd: the process ended); with `ms`, 'timeout' after that long. */
+function readable(fd: number, ms?: number): Promise<'readable' | 'timeout'> {
   return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
     const w = new (native().Watch)(fd, () => {
       w.close();
-      resolve();
+      clearTimeout(timer);
+      resolve('readable');
     });
+    // The watch goes with the timeout: the caller closes the fd next.
+    if (ms !== undefined) {
+      timer = setTimeout(() => {
+        w.close();
+        resolve('timeout');
+      }, ms);
+    }
   });
 }
 
@@ -430,12 +439,7 @@ async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: numb
     n.close(errR);
     throw nativeFail('starting pasta', child);
   }
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), READY_TIMEOUT_MS);
-  });
-  const outcome = await Promise.race([readable(readyR).then(() => 'readable' as const), timedOut]);
-  clearTimeout(timer);
+  const outcome = await readable(readyR, READY_TIMEOUT_MS);
   const line = outcome === 'readable' ? n.readSome(readyR) : undefined;
   n.close(readyR);
   const ready = line instanceof Buffer && line.length > 0;
