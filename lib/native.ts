@@ -113,14 +113,17 @@ export interface Native {
   // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.
   netlinkSocket(pid: number): number | (NativeFailure & { detail?: string });
   netlinkAddVeth(host: string, peer: string, pid: number, queues: number): true | (NativeFailure & { detail?: string });
-  netlinkAddIfb(name: string): true | (NativeFailure & { detail?: string });
+  netlinkAddIfb(name: string, sock?: number): true | (NativeFailure & { detail?: string });
   netlinkConfigure(sock: number, name: string, address: number, prefix: number, gateway: number): true | (NativeFailure & { detail?: string });
-  netlinkSetUp(name: string): true | (NativeFailure & { detail?: string });
-  netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number): true | (NativeFailure & { detail?: string });
-  netlinkAddRedirect(name: string, target: string): true | (NativeFailure & { detail?: string });
+  netlinkSetUp(name: string, sock?: number): true | (NativeFailure & { detail?: string });
+  netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number, sock?: number): true | (NativeFailure & { detail?: string });
+  netlinkAddRedirect(name: string, target: string, sock?: number): true | (NativeFailure & { detail?: string });
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
+  // addon/nsjoin.cc (lib/network/userspace.ts): a sandbox's user + net namespace without host root.
+  nsNetlinkSocket(pid: number, protocol: number): number | (NativeFailure & { step: string });
+  nsSpawn(file: string, argv: string[], env: string[], fds: number[], joinPid: number, pdeathsig: boolean): { pid: number; pidfd: number } | (NativeFailure & { step: string });
   // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
   nflogOpen(group: number): number | (NativeFailure & { step: string });
   nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];
