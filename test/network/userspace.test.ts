@@ -342,8 +342,8 @@ describe.skipIf(skip !== undefined)('network: the userspace link (pasta)', () =>
 
   it('leaves no pasta when the owning process is killed (PR_SET_PDEATHSIG)', async () => {
     const script = `
-      import { Sandbox } from ${JSON.stringify(new URL('../dist/lib/index.js', import.meta.url).href)};
-      import { pastaPid } from ${JSON.stringify(new URL('../dist/lib/network/index.js', import.meta.url).href)};
+      import { Sandbox } from ${JSON.stringify(new URL('../../dist/lib/index.js', import.meta.url).href)};
+      import { pastaPid } from ${JSON.stringify(new URL('../../dist/lib/network/index.js', import.meta.url).href)};
       const sb = await Sandbox.create({ image: 'host', network: { mode: 'bridge', outbound: 'nat' } });
       console.log(JSON.stringify({ pasta: pastaPid(sb.core.attachment), init: sb.core.pid, id: sb.id }));
       setInterval(() => {}, 1000);`;
