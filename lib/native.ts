@@ -42,7 +42,7 @@ export interface PlanLayout {
   flags: Record<string, number>;
 }
 
-export interface Spawned {
+export interface ClonedInit {
   pid: number;
   pidfd: number;
   errFd: number;
@@ -60,11 +60,11 @@ export interface Native {
   setInit(path: string): number | NativeFailure;
   planLayout: PlanLayout;
   /** Clones a sandbox's child with its encoded plan and the fds the plan names. */
-  spawn(plan: Buffer, fds: number[], clone: CloneOptions): Spawned | NativeFailure;
-  /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for releaseBlank. */
-  spawnBlank(opts: CloneOptions): Promise<Spawned | NativeFailure>;
+  cloneSandbox(plan: Buffer, fds: number[], clone: CloneOptions): ClonedInit | NativeFailure;
+  /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for startBlank. */
+  cloneBlank(opts: CloneOptions): Promise<ClonedInit | NativeFailure>;
   /** Gives a blank child its encoded plan and the fds it names (one go message) and lets it go. */
-  releaseBlank(pid: number, plan: Buffer, fds: number[]): true | NativeFailure;
+  startBlank(pid: number, plan: Buffer, fds: number[]): true | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */
   openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
   /** A user namespace with these maps, as an fd (for idmapped mounts). */
