@@ -11,6 +11,16 @@ files="test/runtime/exec.test.ts test/kernel/limits.test.ts test/kernel/limits-d
   test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts
   test/network/userspace.test.ts test/image/registry.test.ts test/image/build.test.ts"
 sh scripts/rootless-user.sh setup "$user"
+# The user must read the built checkout; where it lies in a directory closed to others (under
+# /root, say), the tests run from a copy (without .git) in a temp dir it can read.
+copy=
+if ! runuser -u "$user" -- test -r "$PWD/package.json"; then
+  copy=$(mktemp -d /tmp/hutch-rootless-src-XXXXXX)
+  chmod 0755 "$copy"
+  tar --exclude=./.git -cf - . | tar -C "$copy" -xf -
+  chmod 0755 "$copy" # tar gave it the checkout's own mode
+  cd "$copy"
+fi
 store=$(mktemp -d /tmp/hutch-rootless-ci-XXXXXX)
 chown "$user:" "$store"
 # vite writes its config bundle into node_modules/.vite-temp, which the user cannot create.
@@ -24,4 +34,5 @@ sh scripts/rootless-user.sh run "$user" --no-cgroup -- node -e "
   const { idSource } = await import('./dist/lib/host/ids.js');
   idSource(); removeStoreTree('$store', 'store');" --input-type=module 2>/dev/null || true
 rm -rf "$store"
+if [ -n "$copy" ]; then cd / && rm -rf "$copy"; fi
 exit $status

@@ -12,8 +12,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { needs } from '../helpers/require.js';
 
-const ROOT = process.cwd();
-const SCRIPT = join(ROOT, 'scripts/rootless-user.sh');
+const CHECKOUT = process.cwd();
+const SCRIPT = join(CHECKOUT, 'scripts/rootless-user.sh');
+/** The built library as the test users import it: the checkout, or a readable copy of it (beforeAll). */
+let ROOT = CHECKOUT;
 const USER = 'hutchrl';
 const SINGLE = 'hutchrl1';
 /** The host ids of the pod-like user namespace (root's range while the test runs). */
@@ -69,6 +71,13 @@ describe.skipIf(skip !== undefined)('rootless: an ordinary user with subordinate
     // No subordinate ids for the second user (Debian's useradd may have added some).
     for (const f of ['/etc/subuid', '/etc/subgid']) sh('sed', ['-i', `/^${SINGLE}:/d`, f]);
     store = join(dir, 'store');
+    // The users must read the built library; a checkout in a directory closed to others (under
+    // /root, say) is copied for them (dist, build, node_modules, package.json, binding.gyp: how lib finds its root).
+    if (spawnSync('runuser', ['-u', USER, '--', 'test', '-r', join(CHECKOUT, 'dist/lib/index.js')]).status !== 0) {
+      ROOT = join(dir, 'src');
+      sh('mkdir', ['-p', ROOT]);
+      sh('cp', ['-a', join(CHECKOUT, 'dist'), join(CHECKOUT, 'build'), join(CHECKOUT, 'node_modules'), join(CHECKOUT, 'package.json'), join(CHECKOUT, 'binding.gyp'), ROOT]);
+    }
     // unshare --map-users maps through newuidmap, which wants root's own subordinate range.
     for (const f of ['/etc/subuid', '/etc/subgid']) writeFileSync(f, `root:${POD_BASE}:65537\n`, { flag: 'a' });
   });
