@@ -40,13 +40,14 @@ describe.skipIf(skip)('build limits: RUN steps', () => {
   });
 
   it('a fork bomb in a RUN is held by limits.pids, and the step\'s processes die with it', { timeout: 120_000 }, async () => {
-    // Each round forks two more that fork on; the step stops itself after 3 s and counts what
-    // it sees. Without a pids limit this takes the host's process table.
+    // Each round forks two more that fork on; the step stops itself once it sees 40 processes
+    // (or after 15 s) and counts what it sees. Without a pids limit this takes the host's process table.
     const img = await store.build({
       dockerfile: [
         'FROM busybox',
         // Counted with shell builtins only (a glob and echo): no fork needed when none is left.
-        `RUN b() { b & b & wait; }; (b) 2>/dev/null & sleep 3; set -- /proc/[0-9]*; echo $# > /count; kill -9 -1 2>/dev/null; exit 0`,
+        // It looks every half second for up to 15 s (a loaded machine may run the bomb slowly).
+        `RUN b() { b & b & wait; }; (b) 2>/dev/null & i=0; while [ $i -lt 30 ]; do sleep 0.5; set -- /proc/[0-9]*; [ $# -ge 40 ] && break; i=$((i+1)); done; set -- /proc/[0-9]*; echo $# > /count; kill -9 -1 2>/dev/null; exit 0`,
         '',
       ].join('\n'),
       limits: { pids: 64, timeoutMs: 60_000 },
