@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# hutch's runtime tests inside an unprivileged podman container: the restrictions of a
+# Kubernetes pod with `hostUsers: false` (docs/kubernetes.md says which flag stands for which
+# pod field, and why each is needed).
+#
+# 1. Builds an image from this host's files (no registry): a rootfs of the files of a few
+#    Debian packages (node, python3, busybox, util-linux, bubblewrap, ...) and the shared
+#    libraries they load, plus this checkout (built: node_modules, build/, dist/) at /hutch;
+#    imported with `podman import`.
+# 2. Runs a probe inside (can this container make the user, pid, mount and net namespaces and
+#    mount proc, tmpfs and overlay that hutch needs? with unshare(1) and bwrap), then the test
+#    command, as root of the container's own user namespace (hutch's mode: userns-root), with
+#    HUTCH_REQUIRE_ALL=1 and the store on a volume (an emptyDir in the pod).
+# 3. Removes the container, the image, the volume and the /etc/subuid and /etc/subgid entries
+#    it added (none when `containers` already had one).
+#
+# Usage: scripts/container-test.sh [--keep-image] [--probe-only] [-- TEST COMMAND...]
+#   default command: npx vitest run test/namespaces.test.ts test/limits.test.ts
+#   --keep-image     leave the image (localhost/hutch-ct:test) for another run
+#   --probe-only     run only the namespace probe
+# Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
+#      HUTCH_CT_RUNTIME      OCI runtime (default: crun on pure cgroup v2, runc on v1/hybrid,
+#                            where crun refuses a hybrid layout with v2 controllers)
+# Needs root (podman as root gives the container a user namespace of its own with
+# --userns=auto) and the project built (npm ci). Exit status: the test command's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+keep_image=0
+probe_only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep-image) keep_image=1; shift ;;
+    --probe-only) probe_only=1; shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) break ;;
+  esac
+done
+if [ $# -eq 0 ]; then set -- npx vitest run test/namespaces.test.ts test/limits.test.ts; fi
+
+fail() { echo "container-test: FAIL: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "run as root (podman as root gives the container a user namespace of its own with --userns=auto)"
+command -v podman >/dev/null || fail "podman is missing: apt-get install podman uidmap"
+[ -f build/Release/hutch.node ] && [ -f dist/lib/index.js ] && [ -d node_modules/vitest ] ||
+  fail "build the project first: npm ci (or npx node-gyp rebuild && npx tsc -p tsconfig.json)"
+
+start=$(date +%s%N)
+ms() { echo $(( ($(date +%s%N) - start) / 1000000 )); }
+image=localhost/hutch-ct:test
+name=hutch-ct-$$
+volume=hutch-ct-store-$$
+tmp=$(mktemp -d /var/tmp/hutch-ct.XXXXXX)
+added_subid=0
+
+cleanup() {
+  podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  podman volume rm -f "$volume" >/dev/null 2>&1 || true
+  [ "$keep_image" = 1 ] || podman rmi -f "$image" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+  if [ "$added_subid" = 1 ]; then
+    sed -i '/^containers:2147483648:268435456$/d' /etc/subuid /etc/subgid
+  fi
+}
+trap cleanup EXIT
+
+# --userns=auto takes the container's ids from the ranges of the user `containers` in
+# /etc/subuid and /etc/subgid. 2^31.. is above every ordinary range and above hutch's own
+# root-mode range (1073741824..2^31, lib/identity.ts); 2^28 ids hold 4096 containers of 65536.
+if ! grep -q '^containers:' /etc/subuid || ! grep -q '^containers:' /etc/subgid; then
+  grep -q '^containers:' /etc/subuid || echo 'containers:2147483648:268435456' >>/etc/subuid
+  grep -q '^containers:' /etc/subgid || echo 'containers:2147483648:268435456' >>/etc/subgid
+  added_subid=1
+fi
+
+# ---------------------------------------------------------------- the image, from host files
+build_image() {
+  local stage=$tmp/rootfs list=$tmp/files
+  # stdin: the packages' paths. Out: each file or symlink (directories come with them), by its
+  # real directory (Debian 12 is merged-/usr), and every shared library the ELF files among
+  # them (and the addon, argv[1]) load, with its symlink chain; one ldd run for all.
+  local filelist='
+import os, re, subprocess, sys
+skip = re.compile(r"^/usr/share/(doc|man|info|locale|lintian|bash-completion|zsh)/|^/usr/include/|^/etc/")
+out, elves = set(), [sys.argv[1]]
+def add(p):
+    out.add(os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p)))
+    if os.path.islink(p): out.add(os.path.realpath(p))
+for line in sys.stdin:
+    p = line.rstrip("\n")
+    if skip.search(p) or not (os.path.islink(p) or os.path.isfile(p)): continue
+    add(p)
+    if not os.path.islink(p):
+        with open(p, "rb") as f:
+            if f.read(4) == b"\x7fELF": elves.append(p)
+ldd = subprocess.run(["ldd", *elves], capture_output=True, text=True).stdout
+for lib in set(re.findall(r"(/[^ \t\n:]+) \(0x", ldd)):
+    if os.path.exists(lib): add(lib)
+print("\n".join(sorted(out)))
+'
+  mkdir -p "$stage"/usr/{bin,sbin,lib,lib64}
+  # Debian 12 is merged-/usr: the top-level dirs are symlinks, as on the host.
+  ln -s usr/bin "$stage/bin"; ln -s usr/sbin "$stage/sbin"; ln -s usr/lib "$stage/lib"; ln -s usr/lib64 "$stage/lib64"
+  # The packages whose files the tests and the 'host' image use; their shared libraries are
+  # added below from ldd.
+  local pkgs="coreutils dash bash busybox-static grep sed findutils util-linux mount procps
+    bubblewrap iproute2 nftables uidmap passt tar gzip diffutils hostname libc-bin nodejs
+    python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal"
+  # shellcheck disable=SC2086
+  dpkg -L $pkgs 2>/dev/null | python3 -c "$filelist" "$repo/build/Release/hutch.node" >"$list"
+  tar -C / --no-recursion -cf - -P -T "$list" 2>/dev/null |
+    tar -C "$stage" --keep-directory-symlink -xf - 2>/dev/null || true
+  [ -x "$stage/usr/bin/node" ] && [ -x "$stage/usr/bin/busybox" ] || fail "the rootfs lacks node or busybox"
+  # /etc: users and name service, and a linker cache for this file set.
+  mkdir -p "$stage/etc" "$stage"/{proc,sys,dev,run,root,var/tmp,var/lib/hutch,tmp}
+  chmod 1777 "$stage/tmp" "$stage/var/tmp"
+  printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' >"$stage/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/etc/group"
+  printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$stage/etc/nsswitch.conf"
+  printf '127.0.0.1 localhost\n::1 localhost\n' >"$stage/etc/hosts"
+  cp /etc/os-release "$stage/etc/os-release" 2>/dev/null || true
+  ldconfig -r "$stage" 2>/dev/null || true
+  # The project, built, at /hutch.
+  mkdir -p "$stage/hutch"
+  tar -C "$repo" --exclude=./.git --exclude=./prebuilds --exclude=./bench/results -cf - . | tar -C "$stage/hutch" -xf -
+  echo "   rootfs: $(du -sm "$stage" | cut -f1) MiB, $(wc -l <"$list") host files ($(ms) ms)"
+  tar -C "$stage" --numeric-owner -cf - . |
+    podman import --change 'WORKDIR /hutch' --change 'ENV PATH=/usr/local/bin:/usr/bin:/usr/sbin' \
+      --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
+  rm -rf "$stage"
+  echo "   imported $image ($(ms) ms)"
+}
+
+echo "== container-test: image from this host's files"
+if [ "$keep_image" = 1 ] && podman image exists "$image"; then
+  echo "   reusing $image"
+else
+  build_image
+fi
+
+# ---------------------------------------------------------------- the flags
+# One line per pod setting; docs/kubernetes.md has the table (flag -> pod field -> why).
+cgroup_v2=0
+[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && cgroup_v2=1
+runtime=${HUTCH_CT_RUNTIME:-$([ "$cgroup_v2" = 1 ] && echo crun || echo runc)}
+flags=(
+  --runtime "$runtime"
+  # hostUsers: false. The container's root is an unprivileged host id range of its own
+  # (65536 ids, as a pod gets); hutch sees mode 'userns-root'.
+  --userns=auto:size=65536
+  # securityContext.seccompProfile {type: Localhost, localhostProfile: hutch.json}: the
+  # runtime's default profile refuses setns and sethostname without CAP_SYS_ADMIN.
+  --security-opt "seccomp=$repo/deploy/seccomp/hutch.json"
+  # securityContext.procMount: Unmasked. A fresh proc mount (each sandbox's pid namespace)
+  # is refused while the container's /proc has masked or read-only sub-mounts.
+  --security-opt unmask=/proc/*
+  # The pod's cgroup namespace (private by default on cgroup v2 nodes).
+  --cgroupns=private
+  # /dev/net/tun: pasta's tap device for `network: 'bridge'` (resources.limits of a device
+  # plugin, or a hostPath CharDevice volume, in the pod).
+  --device /dev/net/tun
+  # The store on a volume, not the container's overlay root (an overlay upper dir cannot be
+  # on overlayfs): an emptyDir at /var/lib/hutch in the pod.
+  --mount "type=volume,source=$volume,destination=/var/lib/hutch"
+  # Not pod settings: this machine's hard limits are below podman's defaults and podman
+  # cannot raise them (no CAP_SYS_RESOURCE here).
+  --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=32768:32768
+  --env HUTCH_REQUIRE_ALL=1 --env HUTCH_ROOT=/var/lib/hutch --env CI=1
+)
+# shellcheck disable=SC2206
+extra=(${HUTCH_CT_PODMAN_ARGS:-})
+
+probe='set -u
+ok=0
+try() { if out=$("$@" 2>&1); then echo "   ok    $*"; else echo "   FAIL  $*: $out"; ok=1; fi; }
+echo "   mode: uid $(id -u), uid_map: $(tr -s " " <"/proc/self/uid_map" | tr "\n" ";")"
+try unshare -Urnpf --mount-proc true
+try unshare -Urnpfm sh -c "mount -t tmpfs t /tmp && mkdir /tmp/l /tmp/u /tmp/w /tmp/m && mount -t overlay o -o lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w,userxattr /tmp/m"
+try bwrap --unshare-all --uid 0 --gid 0 --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true
+try bwrap --unshare-all --hostname probe --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true
+exit $ok'
+
+echo "== container-test: probe (namespaces, proc, tmpfs, overlay inside the container)"
+echo "   podman run --rm ${flags[*]} ${extra[*]} $image ..."
+set +e
+podman run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" sh -c "$probe"
+rc=$?
+set -e
+[ "$rc" = 0 ] || fail "the container cannot make the namespaces hutch needs (probe above)"
+[ "$probe_only" = 1 ] && { echo "container-test: probe PASS ($(ms) ms)"; exit 0; }
+
+echo "== container-test: $* (inside, HUTCH_REQUIRE_ALL=1)"
+set +e
+podman run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" "$@"
+rc=$?
+set -e
+if [ "$rc" = 0 ]; then echo "container-test: PASS ($(ms) ms)"; else echo "container-test: FAIL, exit $rc ($(ms) ms)"; fi
+exit "$rc"
