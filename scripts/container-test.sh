@@ -20,6 +20,7 @@
 #   --keep-image     leave the image (localhost/hutch-ct:test) for another run
 #   --probe-only     run only the namespace probe
 # Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
+#      HUTCH_CT_CAPS         the capabilities the container keeps (default setuid,setgid,setfcap)
 #      HUTCH_CT_RUNTIME      OCI runtime (default: crun on pure cgroup v2, runc on v1/hybrid,
 #                            where crun refuses a hybrid layout with v2 controllers)
 # Needs root (podman as root gives the container a user namespace of its own with
@@ -60,12 +61,14 @@ name=hutch-ct-$$
 volume=ct-store-$$
 tmp=$(mktemp -d /var/tmp/hutch-ct.XXXXXX)
 added_subid=0
+tun_mode=
 
 cleanup() {
   podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
   podman volume rm -f "$volume" >/dev/null 2>&1 || true
   [ "$keep_image" = 1 ] || podman rmi -f "$image" >/dev/null 2>&1 || true
   rm -rf "$tmp"
+  [ -z "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
   if [ "$added_subid" = 1 ]; then
     sed -i '/^containers:2147483648:268435456$/d' /etc/subuid /etc/subgid
   fi
@@ -79,6 +82,15 @@ if ! grep -q '^containers:' /etc/subuid || ! grep -q '^containers:' /etc/subgid;
   grep -q '^containers:' /etc/subuid || echo 'containers:2147483648:268435456' >>/etc/subuid
   grep -q '^containers:' /etc/subgid || echo 'containers:2147483648:268435456' >>/etc/subgid
   added_subid=1
+fi
+
+# /dev/net/tun is 0666 on a Debian host (udev's default rule): any user may open it, and its
+# use is confined to the opener's own network namespace. Some machines (this CI's) leave it
+# 0600; root of the container's user namespace is not host root and then cannot open it.
+tun_mode=
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  tun_mode=$(stat -c %a /dev/net/tun)
+  chmod 0666 /dev/net/tun
 fi
 
 # ---------------------------------------------------------------- the image, from host files
@@ -166,6 +178,14 @@ flags=(
   # securityContext.procMount: Unmasked. A fresh proc mount (each sandbox's pid namespace)
   # is refused while the container's /proc has masked or read-only sub-mounts.
   --security-opt unmask=/proc/*
+  # securityContext.capabilities {drop: [ALL], add: [SETUID, SETGID, SETFCAP]}: the
+  # container's root keeps only what writing a child user namespace's id maps takes: SETFCAP
+  # to map its own uid 0 (the kernel asks it of any map that holds the parent's root, 5.12+),
+  # SETUID and SETGID to map more than its own id (the sandboxes' ranges).
+  --cap-drop=all --cap-add="${HUTCH_CT_CAPS:-setuid,setgid,setfcap}"
+  # securityContext.allowPrivilegeEscalation: false (no_new_privs; hutch needs no setuid
+  # binary in userns-root mode: it writes the maps itself).
+  --security-opt no-new-privileges
   # The pod's cgroup namespace (private by default on cgroup v2 nodes).
   --cgroupns=private
   # /dev/net/tun: pasta's tap device for `network: 'bridge'` (resources.limits of a device
@@ -190,6 +210,11 @@ try unshare -Urnpf --mount-proc true
 try unshare -Urnpfm sh -c "mount -t tmpfs t /tmp && mkdir /tmp/l /tmp/u /tmp/w /tmp/m && mount -t overlay o -o lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w,userxattr /tmp/m"
 try bwrap --unshare-all --uid 0 --gid 0 --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true
 try bwrap --unshare-all --hostname probe --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true
+try unshare -Urun hostname probe
+try unshare -Urm nsenter --mount=/proc/self/ns/mnt true
+try unshare -Urn ip tuntap add dev probe0 mode tap
+echo "   cgroup: $(cat /proc/self/cgroup | tr "\n" " ")"
+echo "   writable cgroup dirs: $(for d in /sys/fs/cgroup /sys/fs/cgroup/*/; do [ -w "$d" ] && printf "%s " "$d"; done)"
 exit $ok'
 
 echo "== container-test: probe (namespaces, proc, tmpfs, overlay inside the container)"
