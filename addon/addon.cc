@@ -48,6 +48,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("extractBatch", Napi::Function::New(env, ExtractBatch));
   exports.Set("extractOpen", Napi::Function::New(env, ExtractOpen));
   exports.Set("extractClose", Napi::Function::New(env, ExtractClose));
+  exports.Set("setOwnerUserns", Napi::Function::New(env, SetOwnerUserns));
+  exports.Set("extractFinish", Napi::Function::New(env, ExtractFinish));
+  exports.Set("removeTree", Napi::Function::New(env, RemoveTree));
   InitWatch(env, exports);
   InitNetlink(env, exports);
   InitNflog(env, exports);

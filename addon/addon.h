@@ -38,5 +38,8 @@ Napi::Value ExtractRoot(const Napi::CallbackInfo &info);
 Napi::Value ExtractBatch(const Napi::CallbackInfo &info);
 Napi::Value ExtractOpen(const Napi::CallbackInfo &info);
 Napi::Value ExtractClose(const Napi::CallbackInfo &info);
+Napi::Value SetOwnerUserns(const Napi::CallbackInfo &info);
+Napi::Value ExtractFinish(const Napi::CallbackInfo &info);
+Napi::Value RemoveTree(const Napi::CallbackInfo &info);
 // imageview.cc
 void InitImageView(Napi::Env env, Napi::Object exports);

@@ -142,6 +142,7 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
       return overlay_finish_in_child(w.ovl_fs, (op.flags & PLAN_F_LEGACY) ? s : nullptr, w.mountpoint, w.scratch_fd,
                                      w.mnt_fd, w.parent_fd, &w.root_fd, where);
     case OP_BIND:
+      if (op.flags & PLAN_F_PATH) return bind_path_in_child(w.root_fd, s, plan_str_next(s), op.attrs, (op.flags & PLAN_F_FILE) != 0);
       return bind_in_child(w.root_fd, s, p.fds[op.fd], (op.flags & PLAN_F_FILE) != 0);
     case OP_MOUNT: {
       const char *fstype = plan_str_next(s);

@@ -13,6 +13,7 @@ int overlay_finish_in_child(int fs, const char *legacy_data, const char *mountpo
                             int parent_fd, int *root_fd, const char **where);
 int resolve_in_root(int root_fd, const char *rel, bool create, bool is_file, int *out_fd);
 int bind_in_child(int root_fd, const char *target, int tree_fd, bool is_file);
+int bind_path_in_child(int root_fd, const char *target, const char *source, unsigned attrs, bool is_file);
 int mount_in_child(int root_fd, const char *fstype, const char *target, unsigned attrs, const char *kv, unsigned npairs);
 int dev_node_in_child(int root_fd, const char *host, const char *target);
 int symlink_in_child(int root_fd, const char *text, const char *path);

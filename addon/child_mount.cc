@@ -229,6 +229,22 @@ int bind_in_child(int root_fd, const char *target, int tree_fd, bool is_file) {
   return r;
 }
 
+// child; raw syscalls. User mode (PLAN_F_PATH): the parent may not clone host mounts, so the
+// child clones `source` in its own mount namespace (a copy of the host's, owned by the
+// sandbox's user namespace), sets `attrs` and attaches it. It resolves the path with the
+// caller's own rights only: no more than the caller could read anyway.
+int bind_path_in_child(int root_fd, const char *target, const char *source, unsigned attrs, bool is_file) {
+  int tree = (int)rsys3(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) return tree;
+  struct mount_attr a;
+  for (size_t i = 0; i < sizeof a; i++) ((char *)&a)[i] = 0;
+  a.attr_set = attrs;
+  int r = (int)rsys5(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &a, sizeof a);
+  if (r == 0) r = bind_in_child(root_fd, target, tree, is_file);
+  rclose(tree);
+  return r;
+}
+
 // child; raw syscalls. A new filesystem of `fstype` at `target` (made if missing, resolved in
 // the root), configured with `npairs` key/value strings starting at `kv`, mounted with
 // `attrs` (MOUNT_ATTR_*).

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -151,6 +152,12 @@ bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p,
   Napi::Value cg = o.Get("cgroupFd");
   if (!cg.IsNumber() || cg.As<Napi::Number>().Int32Value() < -1) return type_error(env, fn, "cgroupFd must be a number (-1: none, cgroup v1)");
   req.cgroup_fd = cg.As<Napi::Number>().Int32Value();
+  Napi::Value un = o.Get("userns");
+  if (!un.IsUndefined()) {
+    if (!un.IsNumber() || un.As<Napi::Number>().Int32Value() < -1) return type_error(env, fn, "userns must be an fd (-1: none)");
+    req.userns_fd = un.As<Napi::Number>().Int32Value();
+  }
+  req.deny_setgroups = o.Get("denySetgroups").ToBoolean().Value();
   Napi::Value jf = o.Get("joinFiles");
   if (!jf.IsArray()) return type_error(env, fn, "joinFiles must be an array of paths");
   Napi::Array ja = jf.As<Napi::Array>();
@@ -183,6 +190,137 @@ bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p,
     p.join_fds.push_back(fd);
   }
   return true;
+}
+
+// The part of do_clone that runs in the holder user namespace outside root mode: clone3 and
+// the id maps. Raw syscalls and our own memory only (it may run in a trampoline, see below).
+struct clone_job {
+  plan *p = nullptr;
+  const clone_req *req = nullptr;
+  struct clone_args a;
+  int pidfd = -1;
+  long pid = -1;
+  int clone_err = 0;
+  int map_err = 0;
+  void *stack = nullptr;
+  char path[64] = {0};
+};
+
+// Writes one of the new namespace's map files (j.path). Outside root mode: a CLONE_VM child
+// shares our mm, and its setresuid in setup makes that mm non-dumpable, which makes every
+// /proc/<pid> file of a task on it owned by host root: the next child's map could not be
+// opened. Our own process's dumpable state is ours to restore (as it was before any child); a
+// concurrent child may clear it again, so retry a few times.
+static int write_map(const clone_job &j, const char *data, size_t len) {
+  int r = write_file(j.path, data, len);
+  bool unprivileged = j.req->userns_fd >= 0 || j.req->deny_setgroups;
+  for (int k = 0; r == -EACCES && unprivileged && k < 16; k++) {
+    rsys2(SYS_prctl, PR_SET_DUMPABLE, 1);
+    r = write_file(j.path, data, len);
+  }
+  return r;
+}
+
+static void clone_and_map(clone_job &j) {
+  plan *p = j.p;
+  // Block every signal around clone3 so no handler of Node's runs in the child before
+  // CLONE_CLEAR_SIGHAND has taken effect; the child clears the mask before exec.
+  sigset_t all, old;
+  sigfillset(&all);
+#if HUTCH_CLONE_VM
+  // CLONE_VM: no copy of the Node process's page tables (and no copy-on-write faults in it
+  // afterwards); the child runs child_entry on its own stack until it execs init.
+  void *stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    j.clone_err = errno;
+    snprintf(j.path, sizeof j.path, "mmap");
+    return;
+  }
+  j.a.flags |= CLONE_VM;
+  j.a.stack = (uint64_t)(uintptr_t)stack;
+  j.a.stack_size = kChildStack;
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  long pid = hutch_clone3_vm(&j.a, sizeof j.a, child_entry, p);
+  j.clone_err = pid < 0 ? (int)-pid : 0;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid > 0) j.stack = stack;
+  else munmap(stack, kChildStack);
+#else
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  long pid = sys_clone3(&j.a);
+  if (pid == 0) run_child(*p);
+  j.clone_err = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+#endif
+  j.pid = pid;
+  if (pid < 0) return;
+  snprintf(j.path, sizeof j.path, "/proc/%ld/uid_map", pid);
+  int r = p->fail_step == STEP_ID_MAP ? -p->fail_errno : write_map(j, j.req->uid_map.data(), j.req->uid_map.size());
+  if (r == 0 && j.req->deny_setgroups) {
+    // A one-id map written by an unprivileged parent: the kernel requires setgroups denied
+    // before the gid map (user_namespaces(7)).
+    snprintf(j.path, sizeof j.path, "/proc/%ld/setgroups", pid);
+    r = write_map(j, "deny", 4);
+  }
+  if (r == 0) {
+    snprintf(j.path, sizeof j.path, "/proc/%ld/gid_map", pid);
+    r = write_map(j, j.req->gid_map.data(), j.req->gid_map.size());
+  }
+  j.map_err = r;
+}
+
+static int clone_job_entry(void *arg) {
+  clone_and_map(*static_cast<clone_job *>(arg));
+  return 0;
+}
+
+#if HUTCH_CLONE_VM
+struct userns_call {
+  int nsfd;
+  int (*fn)(void *);
+  void *arg;
+  int result;
+};
+
+static int userns_entry(void *v) {
+  userns_call *u = static_cast<userns_call *>(v);
+  long r = rsys2(SYS_setns, u->nsfd, CLONE_NEWUSER);
+  u->result = r < 0 ? (int)r : u->fn(u->arg);
+  return 0;
+}
+#endif
+
+long run_in_userns(int nsfd, int (*fn)(void *), void *arg) {
+#if HUTCH_CLONE_VM
+  // CLONE_VM | CLONE_VFORK: a task of our memory that borrows this thread (which waits for it)
+  // and, unlike a thread, may join another user namespace (setns needs a task with its own
+  // fs_struct and thread group: no CLONE_FS, no CLONE_THREAD). CLONE_FILES: what it opens is
+  // ours. Signals stay blocked in it; it exits when fn returns.
+  static const size_t kStack = 1024 * 1024;
+  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -errno;
+  userns_call u = {nsfd, fn, arg, -EIO};
+  struct clone_args a;
+  memset(&a, 0, sizeof a);
+  a.flags = CLONE_VM | CLONE_VFORK | CLONE_FILES;
+  a.exit_signal = 0;
+  a.stack = (uint64_t)(uintptr_t)stack;
+  a.stack_size = kStack;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  long pid = hutch_clone3_vm(&a, sizeof a, userns_entry, &u);
+  if (pid > 0) {
+    siginfo_t si;
+    while (waitid(P_PID, (id_t)pid, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  munmap(stack, kStack);
+  return pid < 0 ? pid : u.result;
+#else
+  return -ENOSYS;
+#endif
 }
 
 // parent, any thread (no N-API, no JS): clone3 into new namespaces and write the id maps; the
@@ -223,82 +361,62 @@ void do_clone(plan *p, const clone_req &req, cloned &c) {
   p->parent_fds[1] = errp[0];
   p->parent_fds[2] = ctl[0];
 
-  int pidfd = -1;
-  struct clone_args a;
-  memset(&a, 0, sizeof a);
+  clone_job j;
+  j.p = p;
+  j.req = &req;
+  memset(&j.a, 0, sizeof j.a);
   // No CLONE_NEWNS: the child leaves the host's mount namespace for one it makes for its setup
   // (child_lock.cc); a copy made here would only be torn down then, at the cost of an RCU
   // grace period.
-  a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_CLEAR_SIGHAND;
-  a.pidfd = (uint64_t)(uintptr_t)&pidfd;
-  a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
+  j.a.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_CLEAR_SIGHAND;
+  j.a.pidfd = (uint64_t)(uintptr_t)&j.pidfd;
+  j.a.exit_signal = 0;  // no SIGCHLD: exits are seen on the pidfd, child_process is left alone
   if (req.cgroup_fd >= 0) {
-    a.flags |= CLONE_INTO_CGROUP;
-    a.cgroup = (uint64_t)req.cgroup_fd;
+    j.a.flags |= CLONE_INTO_CGROUP;
+    j.a.cgroup = (uint64_t)req.cgroup_fd;
   }
-  // Block every signal around clone3 so no handler of Node's runs in the child before
-  // CLONE_CLEAR_SIGHAND has taken effect; the child clears the mask before exec.
-  sigset_t all, old;
-  sigfillset(&all);
-#if HUTCH_CLONE_VM
-  // CLONE_VM: no copy of the Node process's page tables (and no copy-on-write faults in it
-  // afterwards); the child runs child_entry on its own stack until it execs init.
-  void *stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
-    c.fail_step = "clone", c.fail_err = -errno, c.fail_path = "mmap";
-    close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]), close(ctl[0]), close(ctl[1]);
-    return;
+  if (req.userns_fd >= 0) {
+    // Outside root mode the maps name ids of the holder user namespace (lib/host/holder.ts):
+    // they can only be written from inside it, so clone and maps run in a trampoline that
+    // joined it. CLONE_PARENT makes the sandbox our child all the same (pidfd, waitid).
+    j.a.flags |= CLONE_PARENT;
+    long r = run_in_userns(req.userns_fd, clone_job_entry, &j);
+    if (r < 0 && j.pid <= 0) {
+      close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]), close(ctl[0]), close(ctl[1]);
+      c.fail_step = "clone", c.fail_err = (int)r, c.fail_path = "setns(holder user namespace)";
+      return;
+    }
+  } else {
+    clone_and_map(j);
   }
-  a.flags |= CLONE_VM;
-  a.stack = (uint64_t)(uintptr_t)stack;
-  a.stack_size = kChildStack;
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, child_entry, p);
-  int clone_err = pid < 0 ? (int)-pid : 0;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid > 0) c.stack = stack;
-  else munmap(stack, kChildStack);
-#else
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = sys_clone3(&a);
-  if (pid == 0) run_child(*p);
-  int clone_err = errno;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-#endif
   close(sync[0]);
   close(errp[1]);
   close(ctl[1]);
-  if (pid < 0) {
+  if (j.pid < 0) {
     close(sync[1]), close(errp[0]), close(ctl[0]);
-    c.fail_step = "clone", c.fail_err = -clone_err;
+    c.fail_step = "clone", c.fail_err = -j.clone_err;
     return;
   }
-  c.pid = pid;
-  c.pidfd = pidfd;
+  c.pid = j.pid;
+  c.pidfd = j.pidfd;
   c.go_fd = sync[1];
   c.err_fd = errp[0];
   c.ctl_fd = ctl[0];
-
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-  int r = p->fail_step == STEP_ID_MAP ? -p->fail_errno : write_file(path, req.uid_map.data(), req.uid_map.size());
-  if (r == 0) {
-    snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
-    r = write_file(path, req.gid_map.data(), req.gid_map.size());
-  }
+  c.stack = j.stack;
+  int r = j.map_err;
   // A blank child sets up what it can while it waits for go, and for that needs the maps.
   if (r == 0 && p->blank) {
     ssize_t n = send(c.go_fd, "m", 1, MSG_NOSIGNAL);
-    if (n != 1) r = n < 0 ? -errno : -EIO, snprintf(path, sizeof path, "sync");
+    if (n != 1) r = n < 0 ? -errno : -EIO, snprintf(j.path, sizeof j.path, "sync");
   }
   if (r < 0) {
-    sys_pidfd_send_signal(pidfd, SIGKILL);
+    sys_pidfd_send_signal(c.pidfd, SIGKILL);
     siginfo_t si;
-    waitid((idtype_t)P_PIDFD, pidfd, &si, WEXITED | __WALL);
+    waitid((idtype_t)P_PIDFD, c.pidfd, &si, WEXITED | __WALL);
     if (c.stack) munmap(c.stack, kChildStack);
-    close(pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
+    close(c.pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
     c = cloned();
-    c.fail_step = "id_map", c.fail_err = r, c.fail_path = path;
+    c.fail_step = "id_map", c.fail_err = r, c.fail_path = j.path;
     return;
   }
   fcntl(c.err_fd, F_SETFL, O_NONBLOCK);
@@ -404,6 +522,7 @@ void InitPlanLayout(Napi::Env env, Napi::Object exports) {
   Napi::Object flags = Napi::Object::New(env);
   flags.Set("LEGACY", PLAN_F_LEGACY);
   flags.Set("FILE", PLAN_F_FILE);
+  flags.Set("PATH", PLAN_F_PATH);
   flags.Set("MOUNT_ATTR_RDONLY", MOUNT_ATTR_RDONLY);
   flags.Set("MOUNT_ATTR_NOSUID", MOUNT_ATTR_NOSUID);
   flags.Set("MOUNT_ATTR_NODEV", MOUNT_ATTR_NODEV);

@@ -13,6 +13,10 @@ extern int g_init_fd;  // sealed memfd with the init binary (initbin.cc), made o
 struct clone_req {
   std::string uid_map, gid_map;
   int cgroup_fd = -1;
+  // Outside root mode: the holder user namespace to clone from (its ids are the maps' outer
+  // ids), or -1; and whether to deny setgroups before the gid map (a one-id map).
+  int userns_fd = -1;
+  bool deny_setgroups = false;
 };
 
 // What a clone made: the parent's ends, and the CLONE_VM child's stack (to keep with its plan).
@@ -33,6 +37,10 @@ int write_file(const char *path, const char *data, size_t len);
 bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p, clone_req &req, cloned &c);
 // Any thread (no N-API): clone3 into new namespaces and write the id maps.
 void do_clone(plan *p, const clone_req &req, cloned &c);
+// Runs fn(arg) in a task of this process's memory that joined the user namespace nsfd, and
+// waits for it: fn's result, or -errno when the task could not start or join. fn may use raw
+// syscalls and our memory, no N-API and no JS (the calling thread is suspended meanwhile).
+long run_in_userns(int nsfd, int (*fn)(void *), void *arg);
 void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank);
 // The pending blank child `pid`'s plan and go socket, or nullptr.
 plan *pending_blank(long pid, int *go_fd);

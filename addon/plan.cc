@@ -59,7 +59,8 @@ const char *plan_check(const uint8_t *buf, size_t len, size_t nfds) {
     if (op->step >= STEP_COUNT) return "plan: op step out of range";
     if (op->reserved != 0) return "plan: reserved op field is not zero";
     op_arity a = arity_of(op->type);
-    if (op->nstr < a.min || (!a.pairs && op->nstr != a.min)) return "plan: wrong string count for the op";
+    bool path_bind = op->type == OP_BIND && (op->flags & PLAN_F_PATH);
+    if (!path_bind && (op->nstr < a.min || (!a.pairs && op->nstr != a.min))) return "plan: wrong string count for the op";
     if (a.pairs && (op->type == OP_MOUNT || op->type == OP_MASK) && (op->nstr - a.min) % 2 != 0)
       return "plan: option keys and values must pair";
     // Every string NUL-terminated inside the op.
@@ -71,7 +72,8 @@ const char *plan_check(const uint8_t *buf, size_t len, size_t nfds) {
     }
     // fds: BIND takes one; OVERLAY_BEGIN one per layer name, from `fd` on; others none.
     size_t need = op->type == OP_BIND ? 1 : op->type == OP_OVERLAY_BEGIN ? op->nstr : 0;
-    if (op->type == OP_BIND && op->fd < 0) return "plan: bind without a tree fd";
+    if (op->type == OP_BIND && op->fd < 0 && !(op->flags & PLAN_F_PATH)) return "plan: bind without a tree fd";
+    if (op->type == OP_BIND && (op->flags & PLAN_F_PATH) && (op->fd != -1 || op->nstr != 2)) return "plan: a path bind takes a target and a source, no fd";
     if (op->fd >= 0 && (need == 0 || (size_t)op->fd + need > nfds)) return "plan: op fd index out of range";
     if (op->fd < -1) return "plan: op fd index out of range";
     at += op->size;

@@ -60,7 +60,7 @@ static_assert(sizeof(plan_op) == 24, "plan_op layout");
   X(SETID, 6)           /* "setgroups": become root of the sandbox's user namespace */           \
   X(SCRATCH, 7)         /* "tmpfs", its size in bytes (decimal) */                               \
   X(OVERLAY_FINISH, 8)  /* legacy: mount(2) data up to ",upperdir=" (the child adds the rest) */ \
-  X(BIND, 9)            /* target (relative); fd: the detached tree */                           \
+  X(BIND, 9)            /* target (relative); fd: the detached tree; PATH: then the source, fd -1 */ \
   X(MOUNT, 10)          /* target (in the root), fstype, then key, value pairs for fsconfig */   \
   X(DEV_NODE, 11)       /* host device path, target (relative): a file with the host node bound */ \
   X(SYMLINK, 12)        /* path (in the root), link text */                                      \
@@ -80,6 +80,7 @@ enum plan_op_type : uint16_t {
 // flags
 #define PLAN_F_LEGACY 1u  // OVERLAY_BEGIN/FINISH: mount(2) data (kernels before 6.8)
 #define PLAN_F_FILE 2u    // BIND: create the target as a file when missing
+#define PLAN_F_PATH 4u    // BIND: the child clones the source path itself (user mode: the parent may not), attrs set
 
 // The most fds one go message carries to a blank child (the kernel's SCM_MAX_FD).
 static const size_t kMaxGoFds = 253;

@@ -72,9 +72,18 @@ static int userns_holder(void *arg) {
 // makeUserns(uidMap, gidMap): an fd of a new user namespace with these maps, for idmapped
 // mounts (mount_setattr's userns_fd). A short-lived child holds the namespace while the maps
 // are written and the fd is opened; the fd keeps it alive after the child is gone.
+// makeUserns(mapper): the same, but the maps are written by mapper(pid), a JS function called
+// while the child waits (outside root mode: lib/host/holder.ts runs newuidmap/newgidmap, the
+// setuid helpers that may map the caller's subordinate ids); it returns 0 or an errno.
 Napi::Value MakeUserns(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  std::string uid_map = info[0].As<Napi::String>().Utf8Value(), gid_map = info[1].As<Napi::String>().Utf8Value();
+  bool by_mapper = info[0].IsFunction();
+  if (!by_mapper && (!info[0].IsString() || !info[1].IsString())) {
+    Napi::TypeError::New(env, "makeUserns: (uidMap, gidMap) strings or a mapper function").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string uid_map = by_mapper ? "" : info[0].As<Napi::String>().Utf8Value();
+  std::string gid_map = by_mapper ? "" : info[1].As<Napi::String>().Utf8Value();
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return sys_failure(env, "id_map", errno, "pipe2");
   int pidfd = -1;
@@ -110,11 +119,18 @@ Napi::Value MakeUserns(const Napi::CallbackInfo &info) {
   int nsfd = -1;
   if (pid > 0) {
     char path[64];
-    snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-    int r = write_file(path, uid_map.data(), uid_map.size());
-    if (r == 0) {
-      snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
-      r = write_file(path, gid_map.data(), gid_map.size());
+    int r = 0;
+    if (by_mapper) {
+      Napi::Value got = info[0].As<Napi::Function>().Call({Napi::Number::New(env, (double)pid)});
+      // A throw in the mapper stays pending and reaches the caller once the child is gone.
+      r = env.IsExceptionPending() ? -EIO : got.IsNumber() ? -got.As<Napi::Number>().Int32Value() : -EINVAL;
+    } else {
+      snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
+      r = write_file(path, uid_map.data(), uid_map.size());
+      if (r == 0) {
+        snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
+        r = write_file(path, gid_map.data(), gid_map.size());
+      }
     }
     if (r == 0) {
       snprintf(path, sizeof path, "/proc/%ld/ns/user", pid);
@@ -133,7 +149,11 @@ Napi::Value MakeUserns(const Napi::CallbackInfo &info) {
 #if HUTCH_CLONE_VM
   munmap(stack, kStack);
 #endif
-  if (nsfd < 0) return sys_failure(env, "id_map", e ? e : EINVAL, "user namespace for idmapped mounts");
+  if (env.IsExceptionPending()) {
+    if (nsfd >= 0) close(nsfd);
+    return env.Undefined();
+  }
+  if (nsfd < 0) return sys_failure(env, "id_map", e ? e : EINVAL, by_mapper ? "holder user namespace" : "user namespace for idmapped mounts");
   return Napi::Number::New(env, nsfd);
 }
 

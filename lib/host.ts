@@ -7,6 +7,10 @@ import { detectCgroups } from './cgroup/detect.js';
 import { diskMethod } from './disk.js';
 import { kernelAtLeast, kernelFeatures } from './host/features.js';
 import { idRangeMode } from './idrange.js';
+import { cgroupDriver } from './cgroup/driver.js';
+import { DELEGATION_FIX, type NoCgroupDriver } from './cgroup/none.js';
+import { idSourceKind } from './host/ids.js';
+import { hostMode, type HostMode } from './host/mode.js';
 
 /**
  * One feature of the host as {@link Sandbox.checkHost} found it.
@@ -47,8 +51,10 @@ export interface HostCheck {
 export interface HostReport {
   /** The kernel release, as `uname -r` prints it. */
   kernel: string;
-  /** True when the Node process runs as root (euid 0). */
+  /** True when the Node process runs as root (euid 0), in the host's user namespace or another. */
   root: boolean;
+  /** Where hutch runs: host root, root of a user namespace that is not the host's, or an ordinary user (API.md "Where hutch runs"). */
+  mode: HostMode;
   /** The cgroup layout: unified v2, legacy v1, hybrid (v1 controllers with a v2 tree), or none found. */
   cgroups: 'v2' | 'v1' | 'hybrid' | 'none';
   /**
@@ -77,7 +83,17 @@ export async function checkHost(): Promise<HostReport> {
   const upgrade = (v: string): string => `upgrade to Linux ${v} or newer (this is ${k})`;
   add({ name: 'kernel', ok: kernelAtLeast(5, 12), detail: k, neededFor: 'everything: clone3, pidfd, the new mount API, overlay in user namespaces', fix: upgrade('5.12') });
   const isRoot = process.geteuid?.() === 0;
-  add({ name: 'root', ok: isRoot, detail: isRoot ? 'euid 0' : `euid ${process.geteuid?.()}`, neededFor: 'id maps to a host range, cgroups under hutch\'s subtree, network links', fix: 'run the Node process as root (or in a user namespace with a delegated cgroup)' });
+  const mode = hostMode();
+  const modeDetail = { root: 'host root', 'userns-root': 'root of a user namespace that is not the host\'s (a pod with hostUsers: false, a rootless container)', user: `an ordinary user (uid ${process.getuid?.()})` }[mode];
+  add({ name: 'mode', ok: true, detail: `${mode}: ${modeDetail}`, neededFor: 'what follows: where ids, cgroups, the store and the network link come from (docs/rootless.md)' });
+  const ids = idSourceKind();
+  add({
+    name: 'sandbox ids',
+    ok: ids.kind !== 'single',
+    detail: `${ids.kind}: ${ids.note}`,
+    neededFor: 'image files keeping their owners inside; a sandbox root that is not the caller',
+    fix: ids.kind === 'single' ? ids.note.replace(/^one id \([^)]*\): /, '') : undefined,
+  });
   const maxNs = Number(read('/proc/sys/user/max_user_namespaces').trim() || '0');
   add({ name: 'user namespaces', ok: maxNs > 0, detail: `user.max_user_namespaces=${maxNs}`, neededFor: 'every sandbox (root inside is not root outside)', fix: 'sysctl -w user.max_user_namespaces=15000' });
   const fss = read('/proc/filesystems');
@@ -89,21 +105,22 @@ export async function checkHost(): Promise<HostReport> {
   add({ name: 'idmapped mounts', ok: kernelAtLeast(6, 3), detail: kernelAtLeast(6, 3) ? 'yes (tmpfs and overlay lowers)' : 'partial or none', neededFor: 'a host uid range per sandbox (stronger isolation between sandboxes)', fix: upgrade('6.3') });
   // What lib/plan/ and lib/idrange.ts decide from these features: no path below falls back
   // quietly, so each choice is reported here.
-  let mode: 'per-sandbox' | 'shared' | undefined;
+  let rangeMode: 'per-sandbox' | 'shared' | undefined;
   try {
-    mode = idRangeMode();
+    rangeMode = idRangeMode();
   } catch {
-    mode = undefined;
+    rangeMode = undefined;
   }
-  const perSandbox = mode === 'per-sandbox';
+  const perSandbox = rangeMode === 'per-sandbox';
   add({
     name: 'per-sandbox id ranges',
     ok: perSandbox,
     detail: perSandbox ? 'each sandbox maps to a host uid range of its own (idmapped layers)'
+      : mode !== 'root' ? 'outside root mode every sandbox shares the ids the caller owns (idmapped layers need CAP_SYS_ADMIN over the store\'s filesystem)'
       : process.env.HUTCH_SHARED_RANGE === '1' ? 'all sandboxes share one unprivileged range (HUTCH_SHARED_RANGE=1)'
         : f.overlayLowerdirPlus ? 'all sandboxes share one unprivileged range (the configured range holds only one)' : 'all sandboxes share one unprivileged range',
     neededFor: 'two sandboxes never sharing a host uid (an escape from one cannot touch another)',
-    fix: f.overlayLowerdirPlus ? 'unset HUTCH_SHARED_RANGE, or give hutch a larger range in /etc/subuid' : upgrade('6.8'),
+    fix: mode !== 'root' ? 'run hutch as host root' : f.overlayLowerdirPlus ? 'unset HUTCH_SHARED_RANGE, or give hutch a larger range in /etc/subuid' : upgrade('6.8'),
   });
   add({
     name: 'overlay layers one by one',
@@ -138,13 +155,28 @@ export async function checkHost(): Promise<HostReport> {
     if (v1.length) parts.push(`v1 controllers: ${v1.join(' ')}`);
     if (h.unified) parts.push(`cgroup2 controllers: ${h.unifiedControllers.join(' ') || 'none'}`);
     add({ name: 'cgroups', ok: true, detail: parts.join('; '), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection' });
-    const pids = h.v1.has('pids') || (h.unified !== null && h.unifiedControllers.includes('pids'));
+    let driver: string;
+    try {
+      const d = cgroupDriver();
+      driver = d.kind === 'none' ? `none: ${(d as NoCgroupDriver).reason}` : `${d.kind}, under ${d.subtreeRoots[0] ?? '?'}`;
+    } catch (e) {
+      driver = `none: ${(e as Error).message}`;
+    }
+    const delegated = !driver.startsWith('none');
+    add({
+      name: 'cgroup for sandboxes',
+      ok: delegated,
+      detail: delegated ? driver : `${driver}; sandboxes run with rlimits, timeouts and output caps only: limits.memory, memorySwap, cpus, cpuset, pids and io are EUNSUPPORTED, and the default pids limit becomes a default nproc rlimit of 1024`,
+      neededFor: 'memory, cpu, pids and io limits, usage, OOM detection, pause',
+      fix: delegated ? undefined : DELEGATION_FIX,
+    });
+    const pids = delegated && (h.v1.has('pids') || (h.unified !== null && h.unifiedControllers.includes('pids')));
     add({
       name: 'default pids limit',
       ok: pids,
-      detail: pids ? 'sandboxes that set no limits.pids get pids.max 1024' : 'no pids controller: sandboxes that set no limits.pids run without the default 1024 (an explicit limits.pids is EUNSUPPORTED)',
+      detail: pids ? 'sandboxes that set no limits.pids get pids.max 1024' : delegated ? 'no pids controller: sandboxes that set no limits.pids run without the default 1024 (an explicit limits.pids is EUNSUPPORTED)' : 'no cgroup: sandboxes that set neither limits.pids nor limits.nproc get an nproc rlimit of 1024 instead (counted per sandbox: per user namespace)',
       neededFor: 'stopping a fork bomb in a sandbox that sets no limits',
-      fix: 'enable the pids controller (cgroup v2: +pids in the parent cgroup.subtree_control; v1: mount -t cgroup -o pids cgroup /sys/fs/cgroup/pids)',
+      fix: delegated ? 'enable the pids controller (cgroup v2: +pids in the parent cgroup.subtree_control; v1: mount -t cgroup -o pids cgroup /sys/fs/cgroup/pids)' : DELEGATION_FIX,
     });
   } catch (e) {
     add({ name: 'cgroups', ok: false, detail: String((e as Error).message), neededFor: 'memory, cpu, pids and io limits, usage, OOM detection', fix: 'mount cgroup2 at /sys/fs/cgroup' });
@@ -153,6 +185,6 @@ export async function checkHost(): Promise<HostReport> {
   add({ name: 'seccomp', ok: seccomp, detail: seccomp ? 'filter mode available' : 'not built in', neededFor: 'the default syscall filter', fix: 'a kernel with CONFIG_SECCOMP_FILTER' });
   const bb = existsSync('/bin/busybox');
   add({ name: 'busybox-static', ok: bb, detail: bb ? '/bin/busybox' : 'missing', neededFor: "the builtin 'busybox' image", fix: 'apt-get install busybox-static' });
-  const essential = ['kernel', 'root', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];
-  return { kernel: k, root: isRoot, cgroups: cg, ok: checks.filter((c) => essential.includes(c.name)).every((c) => c.ok), checks };
+  const essential = ['kernel', 'mode', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];
+  return { kernel: k, root: isRoot, mode, cgroups: cg, ok: checks.filter((c) => essential.includes(c.name)).every((c) => c.ok), checks };
 }

@@ -14,6 +14,8 @@ import { randomInt } from 'node:crypto';
 import { join } from 'node:path';
 import { HutchError, errnoName, hostFailure } from './errors.js';
 import { kernelFeatures } from './host/features.js';
+import { idSource } from './host/ids.js';
+import { hostMode } from './host/mode.js';
 import { hostRange, RANGE_SIZE, DEFAULT_RANGE_START } from './identity.js';
 import { selfOwner } from './host/liveness.js';
 import { breakIfStale, createLease, jsonOwner } from './host/lease.js';
@@ -112,7 +114,7 @@ function nsFor(slot: number, uid: number, gid: number): number {
  * one; else 'shared'. HUTCH_SHARED_RANGE=1 asks for 'shared' by name. checkHost() reports it.
  */
 export function idRangeMode(): 'per-sandbox' | 'shared' {
-  if (!kernelFeatures().overlayLowerdirPlus || process.env.HUTCH_SHARED_RANGE === '1' || slotCount() === 0) return 'shared';
+  if (hostMode() !== 'root' || !kernelFeatures().overlayLowerdirPlus || process.env.HUTCH_SHARED_RANGE === '1' || slotCount() === 0) return 'shared';
   return 'per-sandbox';
 }
 
@@ -136,6 +138,12 @@ function idmapWorks(layersDir: string): boolean {
 
 /** The id range for a new sandbox. */
 export function acquireIds(layersDir: string): SandboxIds {
+  if (hostMode() !== 'root') {
+    // Outside root mode every sandbox shares the one range the caller owns (lib/host/ids.ts):
+    // idmapped mounts of the store's files need CAP_SYS_ADMIN over their filesystem.
+    const src = idSource();
+    return { uid: src.uid, gid: src.gid, slot: null, layersUserns: null, release: () => undefined };
+  }
   const base = hostRange();
   if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, release: () => undefined };
   const dir = idsStateDir();

@@ -237,6 +237,22 @@ export function resolveLimits(limits: Limits | undefined, field = 'limits'): Res
   };
 }
 
+/**
+ * Without a cgroup (lib/cgroup/none.ts) the default `pids` cannot be enforced: a sandbox that
+ * set neither `pids` nor `nproc` gets an nproc rlimit of DEFAULT_PIDS instead. The kernel counts
+ * RLIMIT_NPROC per user namespace and uid, so per sandbox, and it stops a fork bomb the same
+ * way (fork fails with EAGAIN). An explicit `pids` stays the driver's to refuse.
+ */
+export function withoutCgroupDefaults(l: ResolvedLimits): ResolvedLimits {
+  if (l.cgroup.pidsExplicit || l.rlimits.some((r) => r.name === 'nproc')) return { ...l, cgroup: { ...l.cgroup, pids: l.cgroup.pidsExplicit ? l.cgroup.pids : null } };
+  const hard = hardLimits().get('Max processes');
+  const n = hard === undefined ? DEFAULT_PIDS : Math.min(DEFAULT_PIDS, hard);
+  const nproc: RlimitSetting = { name: 'nproc', resource: RLIMIT.NPROC, soft: n, hard: n };
+  // The fixed order of ResolvedLimits.rlimits: nofile first, then nproc.
+  const rlimits = [...l.rlimits.filter((r) => r.name === 'nofile'), nproc, ...l.rlimits.filter((r) => r.name !== 'nofile')];
+  return { ...l, cgroup: { ...l.cgroup, pids: null }, rlimits };
+}
+
 /** What governs one exec: the sandbox's timeoutMs/output unless the exec gives its own. */
 export interface ExecLimits {
   timeoutMs: number | null;

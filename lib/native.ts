@@ -23,6 +23,10 @@ export interface CloneOptions {
   cgroupFd: number;
   /** v1 `tasks` files the child joins by writing "0" (see SandboxCgroup.joinFiles). */
   joinFiles: string[];
+  /** Outside root mode: the holder user namespace the maps' outer ids belong to (lib/host/ids.ts); absent or -1: none. */
+  userns?: number;
+  /** A one-id map written by an unprivileged parent: deny setgroups before the gid map. */
+  denySetgroups?: boolean;
 }
 
 /** addon/plan.h's numbers, for the layout test. */
@@ -65,6 +69,14 @@ export interface Native {
   openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
   /** A user namespace with these maps, as an fd (for idmapped mounts). */
   makeUserns(uidMap: string, gidMap: string): number | NativeFailure;
+  /** The same, with the maps written by `mapper(pid)` while the namespace's first process waits (0 or an errno). */
+  makeUserns(mapper: (pid: number) => number): number | NativeFailure;
+  /** Holder mode: gives the entries extracted beneath rootFd their owners, inside the holder namespace. */
+  extractFinish(rootFd: number): undefined | NativeFailure;
+  /** Outside root mode: the holder user namespace extraction's chowns run in (-1: none). */
+  setOwnerUserns(fd: number): void;
+  /** Removes parent/name and all beneath it, never through a symlink, inside `userns` (-1: here). */
+  removeTree(parent: string, name: string, userns: number): undefined | NativeFailure;
   openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
   // addon/extract.cc (lib/image/tar.ts): layer entries made beneath the layer's root fd.
   /** Makes the layer's root directory (0700; must not exist) and returns an fd of it. */

@@ -6,7 +6,8 @@
 import { posix } from 'node:path';
 import { invalid } from './errors.js';
 import { parseUser } from './identity.js';
-import { resolveLimits, type Limits, type ResolvedLimits } from './limits.js';
+import { resolveLimits, withoutCgroupDefaults, type Limits, type ResolvedLimits } from './limits.js';
+import { cgroupDriver } from './cgroup/driver.js';
 import { plainObject, rejectUnknownKeys } from './validators.js';
 import { resolveCapabilities } from './capabilities.js';
 import { validateSeccompOption, type SeccompOption } from './seccomp/index.js';
@@ -301,6 +302,15 @@ function checkMounts(v: unknown): ResolvedSandboxOptions['mounts'] {
   });
 }
 
+/** True when sandboxes get no cgroup here (lib/cgroup/none.ts); a driver that cannot be made says so at create. */
+function noCgroups(): boolean {
+  try {
+    return cgroupDriver().kind === 'none';
+  } catch {
+    return false;
+  }
+}
+
 export function resolveSandboxOptions(options: unknown, known: readonly string[] = SANDBOX_KEYS): ResolvedSandboxOptions {
   const o = options === undefined ? {} : plainObject('options', options, 'an object of SandboxOptions');
   rejectUnknownKeys('options', o, known);
@@ -315,7 +325,7 @@ export function resolveSandboxOptions(options: unknown, known: readonly string[]
   const seccomp = o.seccomp === undefined ? 'default' : validateSeccompOption('seccomp', o.seccomp);
   const r: ResolvedSandboxOptions = {
     image: image as string | Image,
-    limits: resolveLimits(o.limits as Limits | undefined, 'limits'),
+    limits: noCgroups() ? withoutCgroupDefaults(resolveLimits(o.limits as Limits | undefined, 'limits')) : resolveLimits(o.limits as Limits | undefined, 'limits'),
     network: resolveNetwork(o.network as 'none' | NetworkOptions | undefined, 'network'),
     mounts: checkMounts(o.mounts),
     env: checkEnv('env', o.env),

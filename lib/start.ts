@@ -6,12 +6,15 @@
  * blank made ahead (lib/warm.ts) released, given the encoded plan; its setup is awaited. On any failure everything made here
  * is undone, in reverse, before the error is thrown.
  */
+import { realpathSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
 import { HutchError } from './errors.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
+import { cloneMaps } from './host/ids.js';
+import { hostMode } from './host/mode.js';
 import type { ImageStore } from './image/store.js';
 import type { ResolvedImage } from './image/types.js';
 import { isFailure, native, type NativeFailure, type Spawned } from './native.js';
@@ -72,8 +75,15 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
     tr.mark('cgroup');
     const binds: { fd: number; file: boolean }[] = [];
+    // User mode: no cloning of host mounts here (CAP_SYS_ADMIN over the host's mount
+    // namespace); the child clones each source in its own namespace (PLAN_F_PATH).
+    const pathBinds = hostMode() === 'user';
     for (const m of plan.mounts) {
       if (m.kind !== 'bind') continue;
+      if (pathBinds) {
+        binds.push(pathBind(m.source));
+        continue;
+      }
       const t = n.openTree(m.source, m.readonly);
       if (isFailure(t)) throw setupError(t);
       fds.push(t.fd);
@@ -108,8 +118,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
       }
     }
     s ??= n.spawn(encoded.buf, encoded.fds, {
-      uidMap: `0 ${ids.uid} ${plan.idMap.size}\n`,
-      gidMap: `0 ${ids.gid} ${plan.idMap.size}\n`,
+      ...cloneMaps(ids, plan.idMap.size),
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
       joinFiles: [...cgroup.joinFiles],
@@ -134,4 +143,20 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     throw e;
   }
   return started!;
+}
+
+/** A bind the child clones by path (user mode): refused when the path reaches elsewhere through a symlink, as in root mode. */
+function pathBind(source: string): { fd: number; file: boolean } {
+  let real: string;
+  let dir: boolean;
+  try {
+    real = realpathSync(source);
+    dir = statSync(real).isDirectory();
+  } catch (e) {
+    throw new HutchError('ESETUP', `sandbox setup failed at bind: ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { step: 'bind', errno: (e as NodeJS.ErrnoException).code, path: source });
+  }
+  if (real !== source) {
+    throw new HutchError('EINVAL', `invalid option mounts: source ${source} resolves through a symlink to ${real}; name the real path`, { path: source });
+  }
+  return { fd: -1, file: !dir };
 }

@@ -19,7 +19,7 @@
 import { randomBytes } from 'node:crypto';
 import { rmdirSync } from 'node:fs';
 import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
-import { RANGE_SIZE } from './identity.js';
+import { cloneMaps, idSource } from './host/ids.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
 import type { ImageStore } from './image/store.js';
 import type { CgroupLimits } from './limits.js';
@@ -90,8 +90,7 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
     cgroup = cgroupDriver().create(id, limits);
     // The clone runs on a libuv pool thread (addon/blank.cc BlankWorker).
     const s = await n.spawnBlank({
-      uidMap: `0 ${ids.uid} ${RANGE_SIZE}\n`,
-      gidMap: `0 ${ids.gid} ${RANGE_SIZE}\n`,
+      ...cloneMaps(ids, idSource().size),
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       joinFiles: [...cgroup.joinFiles],
     });

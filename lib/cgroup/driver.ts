@@ -4,7 +4,11 @@
  * also makes a leaf in the cgroup2 hierarchy for grouping, cgroup.kill and CLONE_INTO_CGROUP).
  * Callers never branch on the kind.
  */
+import { accessSync, constants, existsSync } from 'node:fs';
 import { unsupported } from '../errors.js';
+import { hostMode } from '../host/mode.js';
+import { NoCgroupDriver } from './none.js';
+import { V1_CONTROLLERS, type CgroupHost } from './detect.js';
 import { detectCgroups } from './detect.js';
 import { parentCgroupPath } from './parent.js';
 import { V1Driver } from './v1.js';
@@ -16,6 +20,34 @@ export type { CgroupUsage, CgroupCreateOptions, SandboxCgroup, CgroupDriver, Cgr
 import type { CgroupDriver, CgroupDriverOptions } from './types.js';
 
 const drivers = new Map<string, CgroupDriver>();
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Outside root mode with no HUTCH_CGROUP_PARENT: null when the caller's own cgroup is delegated
+ * (hutch may create its subtree there, or already has one it may write), else why not. The
+ * caller's cgroup is where hutch's subtree goes by default (parent.ts), so that is what must be
+ * writable: the v2 cgroup (pure v2), or each v1 hierarchy's (v1, hybrid).
+ */
+function undelegated(host: CgroupHost): string | null {
+  if (hostMode() === 'root') return null;
+  const used = V1_CONTROLLERS.filter((c) => host.kind === 'v1' || c !== 'freezer');
+  const dirs = host.kind === 'v2' ? [host.unified] : [...new Set(used.map((c) => host.v1.get(c)).filter((h) => h !== undefined))];
+  for (const h of dirs) {
+    if (!h) return 'no cgroup2 mount';
+    if (h.callerDir === null) return `this process's cgroup is not visible under ${h.mount}`;
+    const own = `${h.callerDir}/hutch`;
+    if (!writable(h.callerDir) && !(existsSync(own) && writable(own))) return `this process's cgroup ${h.callerDir} is not delegated to it (not writable)`;
+  }
+  return null;
+}
 
 /**
  * The driver for this host, created once per (kind, parent) and cached. Detection reads
@@ -31,6 +63,12 @@ export function cgroupDriver(options: CgroupDriverOptions = {}): CgroupDriver {
   let d = drivers.get(key);
   if (!d) {
     const parentPath = parentCgroupPath(host, parent, field);
+    const missing = parentPath === null && options.kind === undefined ? undelegated(host) : null;
+    if (missing !== null) {
+      d = new NoCgroupDriver(missing);
+      drivers.set(key, d);
+      return d;
+    }
     if (kind === 'v2') {
       if (!host.unified) throw unsupported('cgroups', 'mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or the v1 controllers memory and pids');
       d = new V2Driver(host, parentPath, field);

@@ -111,7 +111,8 @@ export interface SandboxCgroup {
 }
 
 export interface CgroupDriver {
-  readonly kind: 'v2' | 'v1' | 'hybrid';
+  /** 'none': no cgroup (outside root mode without a delegated cgroup: lib/cgroup/none.ts). */
+  readonly kind: 'v2' | 'v1' | 'hybrid' | 'none';
   /** The directories sandbox cgroups are created in (hutch's subtree root in each hierarchy used). */
   readonly subtreeRoots: readonly string[];
   /**

@@ -4,9 +4,10 @@
  * sandboxes). Host-wide cleanup (cgroups, links, leases) is lib/host/prune.ts, which calls
  * in here through `storeSide`.
  */
+import { idSource, removeStoreTree } from '../host/ids.js';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HutchError, hostFailure } from '../errors.js';
 import { unmountUnder } from '../disk.js';
@@ -272,6 +273,8 @@ export async function treeBytes(p: string): Promise<number> {
 
 /** rm -rf that also works on trees with read-only directories when not root. */
 export async function rmTree(p: string): Promise<void> {
+  // Files of the holder namespace's ids (lib/host/ids.ts) can only be removed inside it.
+  if (idSource().kind === 'subordinate') return removeStoreTree(dirname(p), basename(p));
   try {
     await fsp.rm(p, { recursive: true, force: true });
   } catch (e) {

@@ -4,9 +4,10 @@
  * backed by a host-wide sandbox lease (lib/host/sandboxes.ts) so that liveness does not
  * depend on the store.
  */
+import { idSource, removeStoreTree } from '../host/ids.js';
 import { existsSync, mkdirSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HutchError, hostFailure, invalid } from '../errors.js';
 import { ownerTag, processStart, selfOwner } from '../host/liveness.js';
@@ -150,6 +151,10 @@ export function releaseSync(store: StoreContext, sandboxId: string): void {
     unleaseSandbox(sandboxId);
     return;
   }
-  rmSync(gone, { recursive: true, force: true });
+  if (idSource().kind === 'subordinate') {
+    try {
+      removeStoreTree(dirname(gone), basename(gone));
+    } catch {}
+  } else rmSync(gone, { recursive: true, force: true });
   unleaseSandbox(sandboxId);
 }

@@ -3,7 +3,8 @@ import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { HutchError, invalid } from '../errors.js';
-import { hostRange } from '../identity.js';
+import { idSource } from '../host/ids.js';
+import { hostMode } from '../host/mode.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
 import { storeHooks } from './hooks.js';
@@ -126,11 +127,13 @@ export class ImageStore {
     return join(this.root, ...parts);
   }
 
-  /** @internal Host ids that sandbox id 0 maps to, or null when not root (files stay the caller's). */
+  /**
+   * @internal The ids the store's files get for image id 0 (lib/host/ids.ts: host ids as root,
+   * the holder namespace's or hutch's own namespace's ids elsewhere), or null when files stay
+   * the caller's (one id: owners squashed).
+   */
   shift(): { uid: number; gid: number } | null {
-    if (process.geteuid?.() !== 0) return null;
-    const r = hostRange();
-    return { uid: r.uid, gid: r.gid };
+    return idSource().storeShift;
   }
 
   /**
@@ -142,7 +145,9 @@ export class ImageStore {
   ensure(): void {
     if (this.ready) return;
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
-    const shift = this.shift();
+    // As root: the sandbox's root (range uid 0, group range gid) passes through to mount the
+    // layers. Elsewhere the child mounts them with the caller's ids, before it drops to the range.
+    const shift = hostMode() === 'root' ? this.shift() : null;
     const share = (p: string) => {
       if (shift) {
         chownSync(p, 0, shift.gid);

@@ -421,6 +421,8 @@ export class LayerExtractor {
       this.queue(rel === '' ? '.' : rel, [OP.dirMeta, rel, uid, gid, m.mode, m.mtime, this.opaque.has(rel)]);
     }
     this.flush();
+    const owned = native().extractFinish(this.root);
+    if (owned) throw this.hostError(owned.path ?? '.', owned);
     return this.stats;
   }
 }

@@ -29,7 +29,7 @@ export const OPS = {
   PIVOT_ROOT: 16, LOCK_MOUNTS: 17,
 } as const;
 export const FLAGS = {
-  LEGACY: 1, FILE: 2, MOUNT_ATTR_RDONLY: 0x1, MOUNT_ATTR_NOSUID: 0x2, MOUNT_ATTR_NODEV: 0x4, MOUNT_ATTR_NOEXEC: 0x8,
+  LEGACY: 1, FILE: 2, PATH: 4, MOUNT_ATTR_RDONLY: 0x1, MOUNT_ATTR_NOSUID: 0x2, MOUNT_ATTR_NODEV: 0x4, MOUNT_ATTR_NOEXEC: 0x8,
 } as const;
 
 const ATTR: Record<MountAttr, number> = {
@@ -42,7 +42,10 @@ export interface PlanResources {
   hostname: string;
   /** The idmapped trees of the layers (per-sandbox id ranges), parallel to plan.overlay.layers, or null. */
   layerFds: number[] | null;
-  /** One per bind mount of the plan, in order: its detached tree and whether it is a file. */
+  /**
+   * One per bind mount of the plan, in order: its detached tree and whether it is a file; or,
+   * in user mode (the parent may not clone host mounts), fd -1 and the child clones the source.
+   */
   binds: { fd: number; file: boolean }[];
   /** The on-disk directory holding upper/ and work/ (upper kind 'disk' or 'dir'). */
   upperDir: string | null;
@@ -88,6 +91,11 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
       case 'bind': {
         const t = res.binds[b++];
         if (!t) throw new HutchError('EINVAL', 'plan: fewer bind trees than bind mounts');
+        if (t.fd < 0) {
+          const a: MountAttr[] = m.readonly ? ['rdonly', 'nosuid', 'nodev'] : ['nosuid', 'nodev'];
+          ops.push({ type: OPS.BIND, step: 'bind', strs: [m.target, m.source], fd: -1, flags: FLAGS.PATH | (t.file ? FLAGS.FILE : 0), attrs: attrs(a) });
+          break;
+        }
         ops.push({ type: OPS.BIND, step: 'bind', strs: [m.target], fd: fds.length, flags: t.file ? FLAGS.FILE : 0 });
         fds.push(t.fd);
         break;

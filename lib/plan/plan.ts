@@ -7,9 +7,9 @@
  * lib/start.ts then makes the resources (ids, cgroup, disk, detached trees) and
  * lib/plan/encode.ts turns the plan and those into the buffer the setup child walks.
  */
+import { idSource } from '../host/ids.js';
 import { HutchError } from '../errors.js';
 import { kernelFeatures, type KernelFeatures } from '../host/features.js';
-import { RANGE_SIZE } from '../identity.js';
 import type { ImageStore } from '../image/store.js';
 import type { ResolvedImage } from '../image/types.js';
 import type { CgroupLimits } from '../limits.js';
@@ -144,7 +144,7 @@ export function planSandbox(opts: ResolvedSandboxOptions, image: ResolvedImage, 
     readonly: READONLY,
     readonlyAttrs: ['rdonly', 'nosuid', 'nodev'],
     readonlyRoot: opts.readonlyRootfs,
-    idMap: { size: RANGE_SIZE },
+    idMap: { size: idSource().size },
     cgroup: { limits: opts.limits.cgroup, ioOnDisk: upper.kind !== 'tmpfs' },
     fds: { ctl: 3, scratch: 4, ready: 5 },
     warmable: upper.kind === 'tmpfs',
