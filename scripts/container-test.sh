@@ -20,7 +20,8 @@
 #   --keep-image     leave the image (localhost/hutch-ct:test) for another run
 #   --probe-only     run only the namespace probe
 # Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
-#      HUTCH_CT_CAPS         the capabilities the container keeps (default setuid,setgid,setfcap)
+#      HUTCH_CT_CAPS         the capabilities the container keeps (default
+#                            setuid,setgid,setfcap,chown,fowner,dac_override)
 #      HUTCH_CT_RUNTIME      OCI runtime (default: crun on pure cgroup v2, runc on v1/hybrid,
 #                            where crun refuses a hybrid layout with v2 controllers)
 # Needs root (podman as root gives the container a user namespace of its own with
@@ -178,11 +179,13 @@ flags=(
   # securityContext.procMount: Unmasked. A fresh proc mount (each sandbox's pid namespace)
   # is refused while the container's /proc has masked or read-only sub-mounts.
   --security-opt unmask=/proc/*
-  # securityContext.capabilities {drop: [ALL], add: [SETUID, SETGID, SETFCAP]}: the
-  # container's root keeps only what writing a child user namespace's id maps takes: SETFCAP
-  # to map its own uid 0 (the kernel asks it of any map that holds the parent's root, 5.12+),
-  # SETUID and SETGID to map more than its own id (the sandboxes' ranges).
-  --cap-drop=all --cap-add="${HUTCH_CT_CAPS:-setuid,setgid,setfcap}"
+  # securityContext.capabilities {drop: [ALL], add: [SETUID, SETGID, SETFCAP, CHOWN, FOWNER,
+  # DAC_OVERRIDE]}, all of them over the container's own user namespace only. SETFCAP: a
+  # child user namespace's map that holds the container's uid 0 (the kernel asks it of any
+  # map with the parent's root, 5.12+); SETUID, SETGID: a map of more than one id (the
+  # sandboxes' range); CHOWN, FOWNER, DAC_OVERRIDE: image layers given the range's owners
+  # and modes at import, and the store's files of those owners read and removed later.
+  --cap-drop=all --cap-add="${HUTCH_CT_CAPS:-setuid,setgid,setfcap,chown,fowner,dac_override}"
   # securityContext.allowPrivilegeEscalation: false (no_new_privs; hutch needs no setuid
   # binary in userns-root mode: it writes the maps itself).
   --security-opt no-new-privileges
