@@ -63,11 +63,17 @@ volume=ct-store-$$
 tmp=$(mktemp -d /var/tmp/hutch-ct.XXXXXX)
 added_subid=0
 tun_mode=
+# Podman's overlay storage cannot sit on overlayfs (/var under v2vm is one): then a storage of
+# this run's own under $tmp.
+pm=(podman)
+if [ "$(stat -fc %T /var/lib 2>/dev/null)" = overlayfs ]; then
+  pm=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver overlay)
+fi
 
 cleanup() {
-  podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
-  podman volume rm -f "$volume" >/dev/null 2>&1 || true
-  [ "$keep_image" = 1 ] || podman rmi -f "$image" >/dev/null 2>&1 || true
+  "${pm[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  "${pm[@]}" volume rm -f "$volume" >/dev/null 2>&1 || true
+  [ "$keep_image" = 1 ] || "${pm[@]}" rmi -f "$image" >/dev/null 2>&1 || true
   rm -rf "$tmp"
   [ -z "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
   if [ "$added_subid" = 1 ]; then
@@ -150,14 +156,14 @@ print("\n".join(sorted(out)))
   tar -C "$repo" --exclude=./.git --exclude=./prebuilds --exclude=./bench/results -cf - . | tar -C "$stage/hutch" -xf -
   echo "   rootfs: $(du -sm "$stage" | cut -f1) MiB, $(wc -l <"$list") host files ($(ms) ms)"
   tar -C "$stage" --numeric-owner -cf - . |
-    podman import --change 'WORKDIR /hutch' --change 'ENV PATH=/usr/local/bin:/usr/bin:/usr/sbin' \
+    "${pm[@]}" import --change 'WORKDIR /hutch' --change 'ENV PATH=/usr/local/bin:/usr/bin:/usr/sbin' \
       --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
   rm -rf "$stage"
   echo "   imported $image ($(ms) ms)"
 }
 
 echo "== container-test: image from this host's files"
-if [ "$keep_image" = 1 ] && podman image exists "$image"; then
+if [ "$keep_image" = 1 ] && "${pm[@]}" image exists "$image"; then
   echo "   reusing $image"
 else
   build_image
@@ -178,7 +184,12 @@ flags=(
   --security-opt "seccomp=$repo/deploy/seccomp/hutch.json"
   # securityContext.procMount: Unmasked. A fresh proc mount (each sandbox's pid namespace)
   # is refused while the container's /proc has masked or read-only sub-mounts.
-  --security-opt unmask=/proc/*
+  # /sys/fs/cgroup: the container's cgroup namespace mounted read-write: containerd's
+  # `cgroup_writable = true` (2.1+) on the pod's RuntimeClass handler, or CRI-O's
+  # io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw annotation. On cgroup v2 the runtime hands
+  # the container's cgroup to its root (crun and runc chown it); on v1 nothing does, and
+  # hutch runs without cgroup limits (EUNSUPPORTED for them).
+  --security-opt unmask=/proc/*:/sys/fs/cgroup
   # securityContext.capabilities {drop: [ALL], add: [SETUID, SETGID, SETFCAP, CHOWN, FOWNER,
   # DAC_OVERRIDE]}, all of them over the container's own user namespace only. SETFCAP: a
   # child user namespace's map that holds the container's uid 0 (the kernel asks it of any
@@ -223,7 +234,7 @@ exit $ok'
 echo "== container-test: probe (namespaces, proc, tmpfs, overlay inside the container)"
 echo "   podman run --rm ${flags[*]} ${extra[*]} $image ..."
 set +e
-podman run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" sh -c "$probe"
+"${pm[@]}" run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" sh -c "$probe"
 rc=$?
 set -e
 [ "$rc" = 0 ] || fail "the container cannot make the namespaces hutch needs (probe above)"
@@ -231,7 +242,7 @@ set -e
 
 echo "== container-test: $* (inside, HUTCH_REQUIRE_ALL=1)"
 set +e
-podman run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" "$@"
+"${pm[@]}" run --rm --name "$name" "${flags[@]}" "${extra[@]}" "$image" "$@"
 rc=$?
 set -e
 if [ "$rc" = 0 ]; then echo "container-test: PASS ($(ms) ms)"; else echo "container-test: FAIL, exit $rc ($(ms) ms)"; fi
