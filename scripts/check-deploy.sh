@@ -33,6 +33,7 @@ const KINDS = {
   'v1 Service': ['v1/Service', 'Service'],
   'policy/v1 PodDisruptionBudget': ['policy/v1/PodDisruptionBudget', 'PodDisruptionBudget'],
   'autoscaling/v2 HorizontalPodAutoscaler': ['autoscaling/v2/HorizontalPodAutoscaler', 'HorizontalPodAutoscaler'],
+  'node.k8s.io/v1 RuntimeClass': ['node.k8s.io/v1/RuntimeClass', 'RuntimeClass'],
 };
 const problems = [];
 const objects = [];
@@ -100,6 +101,9 @@ else {
   need(pdb && JSON.stringify(pdb.spec.selector.matchLabels) === sel, 'a PodDisruptionBudget selecting the Deployment');
   const [hpa] = by('autoscaling/v2 HorizontalPodAutoscaler');
   need(hpa && hpa.spec.scaleTargetRef.kind === 'Deployment' && hpa.spec.scaleTargetRef.name === dep.metadata.name, 'an autoscaler on the Deployment');
+  const [rc] = by('node.k8s.io/v1 RuntimeClass');
+  need(rc && pod.runtimeClassName === rc.metadata.name, 'runtimeClassName naming the RuntimeClass (a writable cgroup namespace)');
+  need(dep.spec.template.metadata.annotations?.['io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw'] === 'true', 'the CRI-O writable-cgroup annotation');
   need(hpa && hpa.spec.minReplicas >= 2 && pdb?.spec.maxUnavailable === 1, 'minReplicas >= 2 with a PDB of maxUnavailable 1 (a drain never takes the last pod)');
 }
 console.log(`   ${objects.length} objects: ${objects.map((o) => `${o.obj.kind}/${o.obj.metadata.name}`).join(', ')}`);
