@@ -14,11 +14,14 @@
 # 3. Removes the container, the image, the volume and the /etc/subuid and /etc/subgid entries
 #    it added (none when `containers` already had one).
 #
-# Usage: scripts/container-test.sh [--keep-image] [--probe-only] [-- TEST COMMAND...]
+# Usage: scripts/container-test.sh [--keep-image] [--probe-only] [--rootless USER] [-- TEST COMMAND...]
 #   default command: npx vitest run test/namespaces.test.ts, then test/limits.test.ts
 #   (with vitest.timing.config.ts, where the serial files run)
 #   --keep-image     leave the image (localhost/hutch-ct:test) for another run
 #   --probe-only     run only the namespace probe
+#   --rootless USER  run podman as USER (rootless podman; USER needs ranges in /etc/subuid and
+#                    /etc/subgid of at least 65536 ids); the container's root is then USER's
+#                    uid on the host, and its ids come from USER's ranges
 # Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
 #      HUTCH_CT_CAPS         the capabilities the container keeps (default
 #                            setuid,setgid,setfcap,chown,fowner,dac_override)
@@ -32,10 +35,12 @@ repo=$(pwd)
 
 keep_image=0
 probe_only=0
+rootless=
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep-image) keep_image=1; shift ;;
     --probe-only) probe_only=1; shift ;;
+    --rootless) rootless=${2:?--rootless needs a user name}; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
@@ -66,7 +71,17 @@ tun_mode=
 # Podman's overlay storage cannot sit on overlayfs (/var under v2vm is one): then a storage of
 # this run's own under $tmp.
 pm=(podman)
-if [ "$(stat -fc %T /var/lib 2>/dev/null)" = overlayfs ]; then
+if [ -n "$rootless" ]; then
+  # Rootless podman as that user, in its own session dir and from its home.
+  ruid=$(id -u "$rootless") || fail "no user $rootless"
+  grep -q "^$rootless:" /etc/subuid && grep -q "^$rootless:" /etc/subgid ||
+    fail "$rootless has no range in /etc/subuid and /etc/subgid (rootless podman needs one)"
+  rhome=$(getent passwd "$rootless" | cut -d: -f6)
+  if [ ! -d "/run/user/$ruid" ]; then
+    mkdir -p "/run/user/$ruid" && chown "$rootless:" "/run/user/$ruid" && chmod 700 "/run/user/$ruid"
+  fi
+  pm=(runuser -u "$rootless" -- env "XDG_RUNTIME_DIR=/run/user/$ruid" "HOME=$rhome" sh -c 'cd ~ && exec podman "$@"' podman)
+elif [ "$(stat -fc %T /var/lib 2>/dev/null)" = overlayfs ]; then
   pm=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver overlay)
 fi
 
