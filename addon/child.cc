@@ -131,8 +131,10 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
     case OP_SETID:
       // Become root of the new user namespace (the range's first id), so every file and
       // mount made after this belongs to the sandbox, not to host root.
+      // A one-id map written unprivileged denies setgroups (plan: "keep-groups"): the
+      // caller's supplementary groups stay, unmapped, as with bubblewrap.
       *where = "setgroups";
-      r = (int)rsys2(SYS_setgroups, 0, nullptr);
+      r = s[0] == 's' ? (int)rsys2(SYS_setgroups, 0, nullptr) : 0;
       if (r == 0) *where = "setresgid", r = (int)rsys3(SYS_setresgid, 0, 0, 0);
       if (r == 0) *where = "setresuid", r = (int)rsys3(SYS_setresuid, 0, 0, 0);
       return r;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "addon.h"
+#include "clone.h"
 #include "openat2.h"
 #include "sys.h"
 
@@ -23,7 +24,30 @@ static int openat2_in(int dfd, const char *path, int flags, int mode) {
   return openat2_retry(dfd, path, flags | O_NONBLOCK, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, (unsigned long long)mode);
 }
 
-// openInRoot(pid, path, flags, mode, uid, gid): fd, or { errno, path }. The open runs with
+struct open_args {
+  int root;
+  const char *path;
+  int flags, mode;
+  uid_t uid;
+  gid_t gid;
+};
+
+// In run_in_userns's task (raw syscalls only): the open with the sandbox root's fs ids.
+static int open_entry(void *v) {
+  open_args *a = static_cast<open_args *>(v);
+  if (rsys1(SYS_setfsgid, a->gid) < 0 || rsys1(SYS_setfsuid, a->uid) < 0) return -EPERM;
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = (unsigned long long)(a->flags | O_NONBLOCK | O_CLOEXEC);
+  how.mode = (unsigned long long)a->mode;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  long fd;
+  do fd = rsys4(SYS_openat2, a->root, a->path, &how, sizeof how);
+  while (fd == -EAGAIN || fd == -EINTR);
+  return (int)fd;
+}
+
+// openInRoot(pid, path, flags, mode, uid, gid[, userns]): fd, or { errno, path }. The open runs with
 // this thread's filesystem ids switched to uid:gid (the host ids of the sandbox's root), so
 // a file it creates belongs to root inside, and access is checked as that user rather than
 // host root (overlay in the sandbox's user namespace refuses ids it cannot map: EOVERFLOW).
@@ -38,12 +62,23 @@ Napi::Value OpenInRoot(const Napi::CallbackInfo &info) {
   std::string rootp = "/proc/" + std::to_string(pid) + "/root";
   int root = open(rootp.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (root < 0) return sys_failure(env, nullptr, errno, path.c_str());
-  int old_gid = (int)syscall(SYS_setfsgid, (gid_t)gid);
-  int old_uid = (int)syscall(SYS_setfsuid, (uid_t)uid);
-  int fd = openat2_in(root, path.c_str(), flags, mode);
-  int e = errno;
-  syscall(SYS_setfsuid, (uid_t)old_uid);
-  syscall(SYS_setfsgid, (gid_t)old_gid);
+  int userns = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : -1;
+  int fd, e;
+  if (userns >= 0) {
+    // Outside root mode the sandbox root's ids are ids of the holder user namespace: only a
+    // task in it may take them as its filesystem ids (lib/host/ids.ts).
+    open_args a = {root, path.c_str(), flags, mode, (uid_t)uid, (gid_t)gid};
+    long r = run_in_userns(userns, open_entry, &a);
+    fd = r < 0 ? -1 : (int)r;
+    e = r < 0 ? (int)-r : 0;
+  } else {
+    int old_gid = (int)syscall(SYS_setfsgid, (gid_t)gid);
+    int old_uid = (int)syscall(SYS_setfsuid, (uid_t)uid);
+    fd = openat2_in(root, path.c_str(), flags, mode);
+    e = errno;
+    syscall(SYS_setfsuid, (uid_t)old_uid);
+    syscall(SYS_setfsgid, (gid_t)old_gid);
+  }
   close(root);
   if (fd < 0) return sys_failure(env, nullptr, e, path.c_str());
   struct stat st;

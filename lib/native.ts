@@ -77,7 +77,8 @@ export interface Native {
   setOwnerUserns(fd: number): void;
   /** Removes parent/name and all beneath it, never through a symlink, inside `userns` (-1: here). */
   removeTree(parent: string, name: string, userns: number): undefined | NativeFailure;
-  openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number): number | NativeFailure;
+  /** userns: outside root mode, the holder user namespace whose ids uid and gid are (-1 or absent: none). */
+  openInRoot(pid: number, path: string, flags: number, mode: number, uid: number, gid: number, userns?: number): number | NativeFailure;
   // addon/extract.cc (lib/image/tar.ts): layer entries made beneath the layer's root fd.
   /** Makes the layer's root directory (0700; must not exist) and returns an fd of it. */
   extractRoot(path: string): number | NativeFailure;

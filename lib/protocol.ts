@@ -7,7 +7,7 @@ import { EXEC_STEPS as EXEC_STEP_NAMES } from './errors.js';
 type ExecStep = (typeof EXEC_STEP_NAMES)[number];
 
 export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104 } as const;
-export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2, TTY: 4 } as const;
+export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2, TTY: 4, KEEP_GROUPS: 8 } as const;
 
 /** Steps of an exec inside the sandbox (MSG_FAILED), by number. */
 export const EXEC_STEPS: Record<number, ExecStep> = Object.fromEntries(EXEC_STEP_NAMES.map((name, i) => [i + 1, name]));
@@ -18,6 +18,8 @@ export interface ExecRequest {
   gid: number;
   caps: bigint;
   noNewPrivs: boolean;
+  /** setgroups is denied in the sandbox (a one-id map written unprivileged): init leaves the groups alone. */
+  keepGroups?: boolean;
   rlimits: { resource: number; soft: number; hard: number }[];
   seccomp: Buffer | null;
   cwd: string;
@@ -57,7 +59,7 @@ export function encodeExec(r: ExecRequest): Buffer {
   buf.writeUInt32LE(r.uid, 8);
   buf.writeUInt32LE(r.gid, 12);
   buf.writeBigUInt64LE(r.caps, 16);
-  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0) | (r.tty ? EXEC_FLAGS.TTY : 0), 24);
+  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0) | (r.tty ? EXEC_FLAGS.TTY : 0) | (r.keepGroups ? EXEC_FLAGS.KEEP_GROUPS : 0), 24);
   buf.writeUInt32LE(r.rlimits.length, 28);
   buf.writeUInt32LE(prog.length, 32);
   buf.writeUInt32LE(r.argv.length, 36);

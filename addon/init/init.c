@@ -226,7 +226,7 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
     if (setrlimit((int)rl[i].resource, &lim) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
   }
   if (enter_cwd(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
-  if (setgroups(0, NULL) < 0 || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  if ((!(r->flags & EXEC_KEEP_GROUPS) && setgroups(0, NULL) < 0) || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
   /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
    * loses the rest on setresuid (no KEEPCAPS). */
   for (int cap = 0; cap < 64; cap++) {

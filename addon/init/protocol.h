@@ -28,6 +28,7 @@ enum exec_flags {
   EXEC_SECCOMP = 1, /* a seccomp program follows the rlimits */
   EXEC_NO_NEW_PRIVS = 2,
   EXEC_TTY = 4, /* a struct tty_req follows the header; the process runs on a new pty of the sandbox's devpts */
+  EXEC_KEEP_GROUPS = 8, /* setgroups is denied (a one-id map written unprivileged): the groups stay as they are */
 };
 
 /* Steps of an exec inside the sandbox, for MSG_FAILED. */

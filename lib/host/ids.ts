@@ -39,7 +39,7 @@ export interface IdSource {
   /** The map is the caller's one id, written unprivileged: setgroups must be denied first. */
   readonly denySetgroups: boolean;
   /** Outer ids the store's files are given for image id 0 (chown), or null: files stay the caller's (squashed). */
-  readonly storeShift: { uid: number; gid: number } | null;
+  readonly storeShift: { uid: number; gid: number; size?: number } | null;
   /** Why this kind, and how to get a better one (checkHost). */
   readonly note: string;
 }
@@ -140,7 +140,7 @@ function decide(): IdSource {
     if (kind === 'namespace-range') {
       const count = Math.min(...[ownIdMaps().uid, ownIdMaps().gid].map((m) => m.reduce((n, l) => n + l.count, 0)));
       const size = Math.min(RANGE_SIZE, count - 1);
-      return { mode, kind, uid: 1, gid: 1, size, userns: null, denySetgroups: false, storeShift: { uid: 1, gid: 1 }, note };
+      return { mode, kind, uid: 1, gid: 1, size, userns: null, denySetgroups: false, storeShift: { uid: 1, gid: 1, size }, note };
     }
     return { mode, kind, uid: 0, gid: 0, size: 1, userns: null, denySetgroups: false, storeShift: null, note };
   }
@@ -159,7 +159,7 @@ function decide(): IdSource {
     size,
     userns,
     denySetgroups: false,
-    storeShift: { uid: 1, gid: 1 },
+    storeShift: { uid: 1, gid: 1, size },
     note: `subordinate ids ${sub.uid.start}..+${sub.uid.count} (uids) mapped with ${sub.newuidmap}`,
   };
 }

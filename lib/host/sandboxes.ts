@@ -6,6 +6,7 @@
  * and the loop-mounted disk in whichever store). Written (O_EXCL) with the store's owner
  * record, before the sandbox's cgroup exists, and removed after it is gone.
  */
+import { hostMode } from './mode.js';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,11 +23,15 @@ export interface SandboxLease extends Owner {
   cgroupParent: string | null;
 }
 
-/** Where hutch keeps host state: `$HUTCH_STATE_DIR`, else /run/hutch as root, else `$XDG_RUNTIME_DIR/hutch` (or a per-user dir in the temp dir). */
+/**
+ * Where hutch keeps host state: `$HUTCH_STATE_DIR`, else /run/hutch as host root, else
+ * `$XDG_RUNTIME_DIR/hutch` (or a per-user dir in the temp dir). Root of a user namespace may
+ * not own the /run it sees (a pod's /run is its own; a user namespace on a host's is not).
+ */
 export function hostStateDir(): string {
   const env = process.env.HUTCH_STATE_DIR;
   if (env) return env;
-  if (process.geteuid?.() === 0) return '/run/hutch';
+  if (hostMode() === 'root') return '/run/hutch';
   return process.env.XDG_RUNTIME_DIR ? join(process.env.XDG_RUNTIME_DIR, 'hutch') : join(tmpdir(), `hutch-${process.getuid?.() ?? 0}`);
 }
 

@@ -144,6 +144,20 @@ export class ImageStore {
    */
   ensure(): void {
     if (this.ready) return;
+    try {
+      this.layout();
+    } catch (e) {
+      if (e instanceof HutchError) throw e;
+      const err = e as NodeJS.ErrnoException;
+      const fix = process.env.HUTCH_ROOT
+        ? 'point HUTCH_ROOT at a directory this user may create and write'
+        : 'set HUTCH_ROOT (or XDG_DATA_HOME) to a directory this user may write, or pass new ImageStore({ root })';
+      throw new HutchError('ESTORE', `the image store ${this.root} cannot be created or written: ${err.code ?? err.message} at ${err.path ?? this.root} (running as uid ${process.getuid?.()}); ${fix}`, { errno: err.code, path: err.path ?? this.root, cause: e });
+    }
+    this.ready = true;
+  }
+
+  private layout(): void {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
     // As root: the sandbox's root (range uid 0, group range gid) passes through to mount the
     // layers. Elsewhere the child mounts them with the caller's ids, before it drops to the range.
@@ -160,7 +174,6 @@ export class ImageStore {
       share(this.path(d));
     }
     for (const d of PRIVATE_DIRS) mkdirSync(this.path(d), { recursive: true, mode: 0o700 });
-    this.ready = true;
   }
 
   // ---- records and tags (records.ts) ------------------------------------------------

@@ -53,7 +53,7 @@ export const DEFAULT_LIMITS: ExtractLimits = { maxBytes: 64 * 1024 ** 3, maxEntr
 
 export interface ExtractOptions {
   /** Host ids that sandbox id 0 maps to; null leaves files owned by the caller (not root: no chown). */
-  shift: { uid: number; gid: number } | null;
+  shift: { uid: number; gid: number; size?: number } | null;
   limits: ExtractLimits;
   /** Names the archive in messages, e.g. `layer sha256:ab12...`. */
   label: string;
@@ -187,6 +187,11 @@ export class LayerExtractor {
     const gid = e.gid ?? 0;
     if (!Number.isInteger(uid) || uid < 0 || uid >= ID_LIMIT || !Number.isInteger(gid) || gid < 0 || gid >= ID_LIMIT) {
       throw bad(this.opts.label, name, `is owned by ${uid}:${gid}; ids must be below ${ID_LIMIT} to map into a sandbox`);
+    }
+    // Outside root mode a sandbox may map fewer ids (lib/host/ids.ts): an owner it lacks is refused, not guessed.
+    const size = this.opts.shift?.size ?? ID_LIMIT;
+    if (uid >= size || gid >= size) {
+      throw bad(this.opts.label, name, `is owned by ${uid}:${gid}, but sandboxes here map only ids 0..${size - 1} (the ids this user or user namespace owns); give it more subordinate ids`);
     }
     const mtime = e.mtime ? Math.floor(e.mtime.getTime() / 1000) : this.now;
     return { mode: (e.mode ?? 0o644) & 0o7777, uid, gid, mtime: Number.isFinite(mtime) ? mtime : this.now };

@@ -82,7 +82,7 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
     if (!res.upperDir) throw new HutchError('EINVAL', `plan: a writable layer of kind ${plan.upper.kind} needs its directory`);
     ops.push({ type: OPS.UPPER_DIR, step: 'scratch', strs: [res.upperDir] });
   }
-  ops.push({ type: OPS.SETID, step: 'setid', strs: ['setgroups'] });
+  ops.push({ type: OPS.SETID, step: 'setid', strs: [plan.idMap.setgroups ? 'setgroups' : 'keep-groups'] });
   if (plan.upper.kind === 'tmpfs') ops.push({ type: OPS.SCRATCH, step: 'scratch', strs: ['tmpfs', String(plan.upper.sizeBytes)] });
   ops.push({ type: OPS.OVERLAY_FINISH, step: 'overlay', strs: [plan.overlay.legacyData ?? ''], flags: legacy ? FLAGS.LEGACY : 0 });
   let b = 0;

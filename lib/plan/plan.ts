@@ -86,7 +86,8 @@ export interface SandboxPlan {
   readonlyAttrs: MountAttr[];
   readonlyRoot: boolean;
   /** uid/gid 0..size-1 inside map to a host range of this size (lib/idrange.ts picks it). */
-  idMap: { size: number };
+  /** How many ids the sandbox maps, and whether its setup may drop supplementary groups (not with a one-id map written unprivileged). */
+  idMap: { size: number; setgroups: boolean };
   cgroup: { limits: CgroupLimits; ioOnDisk: boolean };
   /** init's fds: the control socket, the writable layer's root, the ready/error pipe. */
   fds: { ctl: 3; scratch: 4; ready: 5 };
@@ -144,7 +145,7 @@ export function planSandbox(opts: ResolvedSandboxOptions, image: ResolvedImage, 
     readonly: READONLY,
     readonlyAttrs: ['rdonly', 'nosuid', 'nodev'],
     readonlyRoot: opts.readonlyRootfs,
-    idMap: { size: idSource().size },
+    idMap: { size: idSource().size, setgroups: !idSource().denySetgroups },
     cgroup: { limits: opts.limits.cgroup, ioOnDisk: upper.kind !== 'tmpfs' },
     fds: { ctl: 3, scratch: 4, ready: 5 },
     warmable: upper.kind === 'tmpfs',

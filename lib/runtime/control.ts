@@ -2,6 +2,7 @@
  * The control socket to init (fd 3 inside): watching it and init's pidfd, starting
  * processes (exec/spawn), and what init reports back (starts, exits, OOM kills).
  */
+import { idSource } from '../host/ids.js';
 import { isFailure, native } from '../native.js';
 import { decode, encodeExec, encodeKill } from '../protocol.js';
 import { mergeExecLimits } from '../limits.js';
@@ -142,6 +143,7 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
         gid: user.gid,
         caps: core.caps,
         noNewPrivs: true,
+        keepGroups: idSource().denySetgroups,
         rlimits: core.opts.limits.rlimits,
         seccomp: core.seccomp,
         cwd,

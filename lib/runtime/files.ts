@@ -1,4 +1,5 @@
 /** Files in a running sandbox: writeFile/readFile through an fd opened beneath its root (addon/rootio.cc). */
+import { idSource } from '../host/ids.js';
 import { closeSync, constants as fsc, readSync, writeSync } from 'node:fs';
 import { HutchError, errnoName, invalid } from '../errors.js';
 import { isFailure, native } from '../native.js';
@@ -8,7 +9,7 @@ import type { SandboxCore } from './core.js';
 
 function openInside(core: SandboxCore, p: string, flags: number, mode: number): number {
   if (core.state === 'destroyed') throw core.gone();
-  const fd = native().openInRoot(core.pid, p, flags, mode, core.ids.uid, core.ids.gid);
+  const fd = native().openInRoot(core.pid, p, flags, mode, core.ids.uid, core.ids.gid, idSource().userns ?? -1);
   if (isFailure(fd)) {
     // A missing file is what fs users expect as ENOENT, not a setup failure (issue 14).
     if (errnoName(fd.errno) === 'ENOENT') {

@@ -13,7 +13,8 @@ export function subtreeRoots(dir = '/sys/fs/cgroup', depth = 5, out: string[] = 
   for (const e of entries) {
     if (!e.isDirectory()) continue;
     const p = `${dir}/${e.name}`;
-    if (/hutch/.test(e.name)) out.push(p);
+    // A delegated cgroup of the rootless tests (scripts/rootless-user.sh) holds a user's hutch subtree.
+    if (/hutch/.test(e.name) && !e.name.startsWith('hutch-delegate-')) out.push(p);
     else subtreeRoots(p, depth - 1, out);
   }
   return out;

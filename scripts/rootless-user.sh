@@ -1,0 +1,91 @@
+#!/bin/sh
+# An ordinary user for hutch's rootless tests, set up as a distribution would for rootless
+# containers: subordinate id ranges in /etc/subuid and /etc/subgid, and a delegated cgroup
+# (as systemd's Delegate=yes: a directory per hierarchy, chowned to the user, that the user's
+# processes are moved into). Run as root.
+#
+#   scripts/rootless-user.sh setup USER           make the user, its ranges and its cgroups
+#   scripts/rootless-user.sh run USER [--no-cgroup] -- CMD...
+#                                                  run CMD as USER inside its delegated cgroups
+#                                                  (--no-cgroup: in the caller's, not delegated)
+#   scripts/rootless-user.sh teardown USER        remove its cgroups (the user and ranges stay)
+#
+# The delegated directories are hutch-delegate-USER next to the caller's own cgroup in each
+# hierarchy (never inside another's subtree); teardown kills what is left in them and removes
+# them, deepest first.
+set -eu
+cmd=${1:?usage: rootless-user.sh setup|run|teardown USER}
+user=${2:?usage: rootless-user.sh setup|run|teardown USER}
+shift 2
+
+# One line per hierarchy hutch uses: "<mount> <caller's cgroup path>".
+hierarchies() {
+  while IFS=: read -r _ ctrls path; do
+    case "$ctrls" in
+      '') [ -d /sys/fs/cgroup/unified ] && echo "/sys/fs/cgroup/unified $path" || echo "/sys/fs/cgroup $path" ;;
+      name=*) ;;
+      *)
+        for c in cpuset memory pids cpu cpuacct blkio freezer; do
+          case ",$ctrls," in *",$c,"*) [ -d "/sys/fs/cgroup/$c" ] && echo "/sys/fs/cgroup/$c $path"; break ;; esac
+        done
+        ;;
+    esac
+  done </proc/self/cgroup | sort -u
+}
+
+delegated_dirs() {
+  hierarchies | while read -r mount path; do
+    [ "$path" = / ] && path=
+    echo "$mount$path/hutch-delegate-$user"
+  done
+}
+
+case "$cmd" in
+  setup)
+    id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
+    for f in /etc/subuid /etc/subgid; do
+      grep -q "^$user:" "$f" 2>/dev/null || echo "$user:300000000:1000000" >>"$f"
+    done
+    delegated_dirs | while read -r d; do
+      mkdir -p "$d"
+      case "$d" in
+        */cpuset/*)
+          cat "$(dirname "$d")/cpuset.cpus" >"$d/cpuset.cpus"
+          cat "$(dirname "$d")/cpuset.mems" >"$d/cpuset.mems"
+          ;;
+      esac
+      chown "$user:" "$d"
+      for f in cgroup.procs tasks cgroup.subtree_control cgroup.threads; do
+        [ -e "$d/$f" ] && chown "$user:" "$d/$f"
+      done
+    done
+    ;;
+  run)
+    delegate=1
+    if [ "${1:-}" = --no-cgroup ]; then delegate=0; shift; fi
+    [ "${1:-}" = -- ] && shift
+    if [ "$delegate" = 1 ]; then
+      dirs=$(delegated_dirs | tr '\n' ' ')
+      # shellcheck disable=SC2016
+      exec sh -c 'for d in '"$dirs"'; do echo $$ >"$d/cgroup.procs"; done; exec "$@"' sh \
+        runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" "$@"
+    fi
+    exec runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" "$@"
+    ;;
+  teardown)
+    delegated_dirs | while read -r d; do
+      [ -d "$d" ] || continue
+      # Deepest first: sandboxes' leaves, hutch's subtree root, then the delegated dir.
+      find "$d" -depth -type d | while read -r c; do
+        if [ -e "$c/cgroup.kill" ]; then echo 1 >"$c/cgroup.kill" 2>/dev/null || true; fi
+        for p in $(cat "$c/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+        i=0
+        while ! rmdir "$c" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+      done
+    done
+    ;;
+  *)
+    echo "rootless-user.sh: unknown command $cmd" >&2
+    exit 2
+    ;;
+esac
