@@ -24,6 +24,8 @@
 #                    uid on the host, and its ids come from USER's ranges
 # Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
 #      HUTCH_ROOTLESS_FILES  the test files the rootless config runs (passed into the container)
+#      HUTCH_CT_IDS          the container's id count (default 65536, a pod's default; the
+#                            kubelet's userNamespaces.idsPerPod sets another)
 #      HUTCH_CT_CAPS         the capabilities the container keeps (default
 #                            setuid,setgid,setfcap,chown,fowner,dac_override)
 #      HUTCH_CT_RUNTIME      OCI runtime (default: crun on pure cgroup v2, runc on v1/hybrid,
@@ -195,7 +197,7 @@ flags=(
   --runtime "$runtime"
   # hostUsers: false. The container's root is an unprivileged host id range of its own
   # (65536 ids, as a pod gets); hutch sees mode 'userns-root'.
-  --userns=auto:size=65536
+  --userns="auto:size=${HUTCH_CT_IDS:-65536}"
   # securityContext.seccompProfile {type: Localhost, localhostProfile: hutch.json}: the
   # runtime's default profile refuses setns and sethostname without CAP_SYS_ADMIN.
   --security-opt "seccomp=$repo/deploy/seccomp/hutch.json"
