@@ -94,6 +94,7 @@ cleanup() {
   "${pm[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
   "${pm[@]}" volume rm -f "$volume" >/dev/null 2>&1 || true
   [ "$keep_image" = 1 ] || "${pm[@]}" rmi -f "$image" >/dev/null 2>&1 || true
+  if mountpoint -q "$tmp/store" 2>/dev/null; then umount "$tmp/store" || true; fi
   rm -rf "$tmp"
   [ -z "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
   if [ "$added_subid" = 1 ]; then
@@ -189,6 +190,19 @@ else
   build_image
 fi
 
+# ---------------------------------------------------------------- the store
+# A podman volume, or, where podman's storage is on tmpfs (v2vm), an ext4 image of its own:
+# overlayfs in a user namespace keeps its upper dir's metadata in user.* xattrs, which tmpfs
+# has only from Linux 6.6. `:U` gives the directory to the container's root.
+store_mount=(--mount "type=volume,source=$volume,destination=/var/lib/store")
+if [ "$(stat -fc %T "$tmp")" = tmpfs ]; then
+  truncate -s 4G "$tmp/store.img"
+  mkfs.ext4 -q -F "$tmp/store.img"
+  mkdir -p "$tmp/store"
+  mount -o loop "$tmp/store.img" "$tmp/store"
+  store_mount=(-v "$tmp/store:/var/lib/store:U")
+fi
+
 # ---------------------------------------------------------------- the flags
 # One line per pod setting; docs/kubernetes.md has the table (flag -> pod field -> why).
 cgroup_v2=0
@@ -229,7 +243,7 @@ flags=(
   --device /dev/net/tun
   # The store on a volume, not the container's overlay root (an overlay upper dir cannot be
   # on overlayfs): an emptyDir in the pod.
-  --mount "type=volume,source=$volume,destination=/var/lib/store"
+  "${store_mount[@]}"
   # Not pod settings: this machine's hard limits are below podman's defaults and podman
   # cannot raise them (no CAP_SYS_RESOURCE here).
   --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=32768:32768
