@@ -236,6 +236,10 @@ flags=(
   # securityContext.allowPrivilegeEscalation: false (no_new_privs; hutch needs no setuid
   # binary in userns-root mode: it writes the maps itself).
   --security-opt no-new-privileges
+  # securityContext.readOnlyRootFilesystem: true. podman keeps tmpfs on /tmp, /var/tmp and
+  # /run (the pod's emptyDirs at /tmp and /run/hutch); vitest alone writes into the checkout
+  # (node_modules/.vite-temp), on a tmpfs of its own.
+  --read-only --mount type=tmpfs,destination=/hutch/node_modules/.vite-temp
   # The pod's cgroup namespace (private by default on cgroup v2 nodes).
   --cgroupns=private
   # /dev/net/tun: pasta's tap device for `network: 'bridge'` (resources.limits of a device
