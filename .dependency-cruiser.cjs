@@ -12,7 +12,7 @@
  */
 const LAYERS = [
   ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol|limit-types)\\.ts$']],
-  ['native', ['^lib/(native|native-load|setup-errors|spawn)\\.ts$']],
+  ['native', ['^lib/(native|native-load|setup-errors|child-setup)\\.ts$']],
   ['concerns', [
     '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
     // image core: the ImageStore (store.ts) and the parts it passes a StoreContext (context.ts);

@@ -43,9 +43,9 @@
       "actions": [
         {
           "action_name": "build_zygote_helper",
-          "inputs": ["addon/zygote/helper.c", "scripts/build-zygote.sh"],
+          "inputs": ["addon/zygote/helper.c", "addon/zygote/mounts.c", "addon/zygote/mounts.h", "addon/fdmsg.h", "addon/init/confine.h", "scripts/build-zygote.sh"],
           "outputs": ["<(PRODUCT_DIR)/libhutch-zygote.so"],
-          "action": ["sh", "scripts/build-zygote.sh", "addon/zygote/helper.c", "<(PRODUCT_DIR)/libhutch-zygote.so"]
+          "action": ["sh", "scripts/build-zygote.sh", "<(PRODUCT_DIR)/libhutch-zygote.so", "addon/zygote/helper.c", "addon/zygote/mounts.c"]
         }
       ]
     },
@@ -55,7 +55,7 @@
       "actions": [
         {
           "action_name": "build_init",
-          "inputs": ["addon/init/init.c", "addon/init/protocol.h", "scripts/build-init.sh"],
+          "inputs": ["addon/init/init.c", "addon/init/protocol.h", "addon/init/confine.h", "scripts/build-init.sh"],
           "outputs": ["<(PRODUCT_DIR)/hutch-init"],
           "action": ["sh", "scripts/build-init.sh", "addon/init/init.c", "<(PRODUCT_DIR)/hutch-init"]
         }

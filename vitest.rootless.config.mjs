@@ -19,6 +19,8 @@ export default defineConfig({
     hookTimeout: 60_000,
     env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? join(tmpdir(), `hutch-test-store-${uid}`) },
     pool: 'forks',
-    maxWorkers: 2,
+    // One file at a time: the list includes clock-measuring files (limits: CPU shares).
+    maxWorkers: 1,
+    fileParallelism: false,
   },
 });

@@ -6,40 +6,35 @@
 // there, with the stack of the user's call. Programmer errors (wrong argument types) throw.
 Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *path);
 
-// clone.cc (Spawn), blank.cc (SpawnBlank, ReleaseBlank), initbin.cc (SetInit), trees.cc (OpenTree, MakeUserns)
-void release_child(long pid);  // frees the stack and plan of a CLONE_VM child that exec'd or died
-Napi::Value Spawn(const Napi::CallbackInfo &info);
-Napi::Value SpawnBlank(const Napi::CallbackInfo &info);
-Napi::Value ReleaseBlank(const Napi::CallbackInfo &info);
-Napi::Value SetInit(const Napi::CallbackInfo &info);
-Napi::Value OpenTree(const Napi::CallbackInfo &info);
-Napi::Value MakeUserns(const Napi::CallbackInfo &info);
+void release_child(long pid);  // clone.cc: frees the stack and plan of a CLONE_VM child that exec'd or died
+ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);  // fdpass.cc
+
+// The addon's JS functions: X(C++ function, name in JS), by the unit that defines them.
+// Declared here; addon.cc exports each under its JS name.
+#define HUTCH_JS_FUNCTIONS(X)                                                                     \
+  /* clone.cc, blank.cc, initbin.cc, trees.cc */                                                  \
+  X(SetInit, "setInit") X(Spawn, "spawn") X(SpawnBlank, "spawnBlank") X(ReleaseBlank, "releaseBlank") \
+  X(OpenTree, "openTree") X(MakeUserns, "makeUserns")                                             \
+  /* pidfd.cc */                                                                                  \
+  X(Reap, "reap") X(PidfdKill, "pidfdKill") X(ReadSetupError, "readSetupError")                   \
+  /* fdpass.cc */                                                                                 \
+  X(Send, "send") X(Recv, "recv") X(Pipe, "pipe") X(ReadSome, "readSome") X(ReadSmall, "readSmall") \
+  X(WriteSmall, "writeSmall") X(CloseFd, "close") X(PtyResize, "ptyResize")                       \
+  /* rootio.cc */                                                                                 \
+  X(OpenInRoot, "openInRoot")                                                                     \
+  /* extract.cc */                                                                                \
+  X(ExtractRoot, "extractRoot") X(ExtractBatch, "extractBatch") X(ExtractOpen, "extractOpen")     \
+  X(ExtractClose, "extractClose") X(ExtractFinish, "extractFinish")                               \
+  /* extract.cc: the holder user namespace outside root mode (lib/host/ids.ts) */                  \
+  X(SetOwnerUserns, "setOwnerUserns") X(RemoveTree, "removeTree") X(ChownPath, "chownPath")
+#define X(fn, js) Napi::Value fn(const Napi::CallbackInfo &info);
+HUTCH_JS_FUNCTIONS(X)
+#undef X
+
+// The units that export more than functions (classes, constants) do it themselves.
 // pidfd.cc
 void InitWatch(Napi::Env env, Napi::Object exports);
-Napi::Value Reap(const Napi::CallbackInfo &info);
-Napi::Value PidfdKill(const Napi::CallbackInfo &info);
-Napi::Value ReadSetupError(const Napi::CallbackInfo &info);
-// fdpass.cc
-Napi::Value Send(const Napi::CallbackInfo &info);
-Napi::Value Recv(const Napi::CallbackInfo &info);
-Napi::Value Pipe(const Napi::CallbackInfo &info);
-Napi::Value ReadSome(const Napi::CallbackInfo &info);
-ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds);
-Napi::Value ReadSmall(const Napi::CallbackInfo &info);
-Napi::Value WriteSmall(const Napi::CallbackInfo &info);
-Napi::Value CloseFd(const Napi::CallbackInfo &info);
-Napi::Value PtyResize(const Napi::CallbackInfo &info);
 // upperio.cc
 void InitUpperIo(Napi::Env env, Napi::Object exports);
-// rootio.cc
-Napi::Value OpenInRoot(const Napi::CallbackInfo &info);
-// extract.cc
-Napi::Value ExtractRoot(const Napi::CallbackInfo &info);
-Napi::Value ExtractBatch(const Napi::CallbackInfo &info);
-Napi::Value ExtractOpen(const Napi::CallbackInfo &info);
-Napi::Value ExtractClose(const Napi::CallbackInfo &info);
-Napi::Value SetOwnerUserns(const Napi::CallbackInfo &info);
-Napi::Value ExtractFinish(const Napi::CallbackInfo &info);
-Napi::Value RemoveTree(const Napi::CallbackInfo &info);
 // imageview.cc
 void InitImageView(Napi::Env env, Napi::Object exports);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "fdmsg.h"
 #include "sys.h"
 
 // child; raw syscalls only. Writes the error record and exits; EOF on the pipe never comes.
@@ -65,15 +66,11 @@ static void setup_without_plan(plan &p) {
 // child's go is one byte: its plan and fds were in place before clone.
 static void receive_go(plan &p) {
   char go = 0;
-  struct iovec iov = {&go, 1};
-  if (p.blank) iov = {p.buf.data(), p.buf.size()};
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxGoFds)];
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
+  FDMSG_CBUF(cb, kMaxGoFds);
+  if (p.blank) fdmsg_init(&msg, &iov, p.buf.data(), p.buf.size(), cb.buf, sizeof cb.buf);
+  else fdmsg_init(&msg, &iov, &go, 1, cb.buf, sizeof cb.buf);
   long n;
   do n = rsys3(SYS_recvmsg, p.sync_fd, &msg, MSG_CMSG_CLOEXEC); while (n == -EINTR);
   if (n < 1) rsys1(SYS_exit_group, 127);  // the parent failed or died: it reports, not us

@@ -484,3 +484,30 @@ Napi::Value ExtractFinish(const Napi::CallbackInfo &info) {
   if (r < 0) return sys_failure(env, "fchown", (int)-r, fa.failed < list.size() ? list[fa.failed].rel.c_str() : nullptr);
   return env.Undefined();
 }
+
+namespace {
+struct chown_path_args {
+  int fd;
+  uid_t uid;
+  gid_t gid;
+};
+int chown_path_entry(void *v) {
+  chown_path_args *a = static_cast<chown_path_args *>(v);
+  return (int)rsys5(SYS_fchownat, a->fd, "", a->uid, a->gid, AT_EMPTY_PATH);
+}
+}  // namespace
+
+// chownPath(path, uid, gid, userns): chown of a path hutch made (O_PATH, never followed), in
+// the holder user namespace `userns` (its ids) or here (-1). undefined or a failure.
+Napi::Value ChownPath(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  chown_path_args a = {-1, (uid_t)info[1].As<Napi::Number>().Int64Value(), (gid_t)info[2].As<Napi::Number>().Int64Value()};
+  int userns = info[3].As<Napi::Number>().Int32Value();
+  a.fd = open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (a.fd < 0) return sys_failure(env, "open", errno, path.c_str());
+  long r = userns >= 0 ? run_in_userns(userns, chown_path_entry, &a) : chown_path_entry(&a);
+  close(a.fd);
+  if (r < 0) return sys_failure(env, "fchownat", (int)-r, path.c_str());
+  return env.Undefined();
+}

@@ -10,27 +10,18 @@
 #include <unistd.h>
 
 #include "addon.h"
+#include "fdmsg.h"
 
 static const int kMaxFds = 8;
 
 // One SEQPACKET message with up to 253 fds (SCM_RIGHTS): the byte count, or -errno.
 ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds) {
-  struct iovec iov = {const_cast<void *>(data), len};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 253)];
   if (nfds > 253) return -EINVAL;
-  if (nfds > 0) {
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
+  struct iovec iov;
+  struct msghdr msg;
+  FDMSG_CBUF(c, 253);
+  fdmsg_init(&msg, &iov, const_cast<void *>(data), len, c.buf, nfds > 0 ? sizeof c.buf : 0);
+  if (nfds > 0) fdmsg_put(&msg, fds, nfds);
   ssize_t n;
   do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
   return n < 0 ? -errno : n;
@@ -59,31 +50,21 @@ Napi::Value Recv(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
   static uint8_t data[65536];
-  struct iovec iov = {data, sizeof data};
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
+  FDMSG_CBUF(c, kMaxFds);
+  fdmsg_init(&msg, &iov, data, sizeof data, c.buf, sizeof c.buf);
   ssize_t n;
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return env.Undefined();
   if (n < 0) return sys_failure(env, nullptr, errno, nullptr);
   uint32_t type = 0;
   if (n >= 4) memcpy(&type, data, 4);
-  int kept = -1;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      int *p = (int *)CMSG_DATA(c);
-      for (int i = 0; i < k; i++) {
-        if (type == 101 && kept < 0 && k == 1) kept = p[i];
-        else close(p[i]);
-      }
-    }
-  }
+  int got[kMaxFds];
+  size_t k = fdmsg_take(&msg, got, kMaxFds);
+  int kept = type == 101 && k == 1 ? got[0] : -1;
+  if (kept < 0)
+    for (size_t i = 0; i < k; i++) close(got[i]);
   if (n == 0) {
     if (kept >= 0) close(kept);
     return env.Null();

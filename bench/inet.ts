@@ -3,7 +3,7 @@
  * few addresses of 198.19.0.0/16 (benchmarking range, never leaves this machine), a DNS
  * server written here (dgram) answering a fixed zone, a second "rogue" resolver, and HTTP
  * and HTTPS servers that record the Host and SNI they saw. Only addresses made here. Used by
- * test/network-egress.test.ts and bench/egress.ts (here, so the bench build has it).
+ * test/network/egress.test.ts and bench/egress.ts (here, so the bench build has it).
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -3,7 +3,7 @@
  * one definition each, at the bottom of the layers.
  */
 
-/** PATH when the image sets none (init.c's `DEFAULT_PATH` is the same string). */
+/** PATH when the image sets none: the only default (lib/plan/image.ts sandboxEnv sends it; init.c has none). */
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /**

@@ -6,7 +6,8 @@
  */
 import { execFile } from 'node:child_process';
 import { promises as fsp, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { chownAsOwner, idSource, removeStoreTree } from './host/ids.js';
 import { promisify } from 'node:util';
 import { HutchError, hostFailure } from './errors.js';
 
@@ -91,8 +92,15 @@ function projectId(id: string): number {
 async function makeLayerDirs(dir: string, r: { uid: number; gid: number }): Promise<void> {
   for (const d of ['upper', 'work']) {
     await fsp.mkdir(join(dir, d), { mode: 0o755 });
-    await fsp.chown(join(dir, d), r.uid, r.gid);
+    // The ids are the holder namespace's outside root mode (lib/host/ids.ts): given inside it.
+    chownAsOwner(join(dir, d), r.uid, r.gid);
   }
+}
+
+/** Removes a writable layer's directory, inside the holder namespace where its ids are that namespace's. */
+function removeLayerDir(dir: string): Promise<void> {
+  if (idSource().kind === 'subordinate') return Promise.resolve(removeStoreTree(dirname(dir), basename(dir)));
+  return fsp.rm(dir, { recursive: true, force: true });
 }
 
 /**
@@ -106,14 +114,14 @@ export async function preparePlainUpper(storeRoot: string, id: string, r: { uid:
     await fsp.mkdir(dir, { recursive: true, mode: 0o711 });
     await makeLayerDirs(dir, r);
   } catch (e) {
-    await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    await removeLayerDir(dir).catch(() => undefined);
     throw hostFailure('ESETUP', `making the writable layer under ${dir}`, e);
   }
   return {
     upperDir: dir,
     method: 'directory',
     device: mountOf(dir)?.device ?? '0:0',
-    release: () => fsp.rm(dir, { recursive: true, force: true }),
+    release: () => removeLayerDir(dir),
   };
 }
 

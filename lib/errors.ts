@@ -40,7 +40,7 @@ const brand = Symbol.for('hutch.HutchError');
 
 /**
  * The setup steps of a sandbox, in order: the same list as addon/steps.h (the addon exports
- * its names at load; test/errors.test.ts checks that the two agree).
+ * its names at load; test/runtime/errors.test.ts checks that the two agree).
  */
 export const SETUP_STEPS = [
   'clone', 'sync', 'id_map', 'cgroup', 'setid', 'hostname', 'mount_ns', 'mount_private', 'scratch', 'layers', 'overlay',

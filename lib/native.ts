@@ -75,6 +75,8 @@ export interface Native {
   extractFinish(rootFd: number): undefined | NativeFailure;
   /** Outside root mode: the holder user namespace extraction's chowns run in (-1: none). */
   setOwnerUserns(fd: number): void;
+  /** chown of `path` (not followed), inside `userns` (-1: here). */
+  chownPath(path: string, uid: number, gid: number, userns: number): undefined | NativeFailure;
   /** Removes parent/name and all beneath it, never through a symlink, inside `userns` (-1: here). */
   removeTree(parent: string, name: string, userns: number): undefined | NativeFailure;
   /** userns: outside root mode, the holder user namespace whose ids uid and gid are (-1 or absent: none). */

@@ -27,7 +27,8 @@ export interface ProcessHost {
   cgroup: SandboxCgroup | null;
   /** Counts exec timeouts; stopped while the sandbox is paused. */
   clock: PauseClock;
-  release(id: number): void;
+  /** The process ended: the sandbox stops tracking its id. */
+  forget(id: number): void;
   /** Violations seen while a process runs (lib/network/violations.ts). */
   violations?: ViolationLog;
 }
@@ -373,7 +374,7 @@ export class ProcessState implements SandboxProcess {
   private cleanup(): void {
     this.timer?.clear();
     this.opts.signal?.removeEventListener('abort', this.onAbort);
-    this.host.release(this.id);
+    this.host.forget(this.id);
   }
 
   private fail(e: unknown): void {
@@ -412,7 +413,7 @@ export class ProcessState implements SandboxProcess {
     } catch {
       usage = undefined;
     }
-    const oomKills = Math.max(0, (cg ? safe(() => cg.oomKills()) : 0) - this.oomBefore);
+    const oomKills = Math.max(0, (usage ? usage.oomKills : cg ? safe(() => cg.oomKills()) : 0) - this.oomBefore);
     let reason: EndReason = signal === null ? 'exit' : 'signal';
     if (this.forced) reason = this.forced;
     // OOM is read from the kernel's counter, never guessed from SIGKILL alone.

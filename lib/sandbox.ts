@@ -4,6 +4,8 @@
  * files.ts (writeFile/readFile), destroy.ts; core.ts holds the state they share.
  * API.md is the contract.
  */
+import { seenIds } from './host/ids.js';
+import { hostMode } from './host/mode.js';
 import { EventEmitter } from 'eventemitter3';
 import { HutchError, invalid } from './errors.js';
 import type { SandboxIds } from './idrange.js';
@@ -195,6 +197,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
    */
   static async template(options: TemplateOptions): Promise<SandboxTemplate> {
     if (!templateHooks.create) throw new HutchError('EUNSUPPORTED', 'Sandbox.template: templates are not loaded; import Sandbox from the package entry (hutch), which loads lib/template');
+    // A fork enters its namespaces and cgroup from inside the template, which outside root mode
+    // would need the holder namespace's rights there (docs/templates.md).
+    if (hostMode() !== 'root') throw new HutchError('EUNSUPPORTED', `Sandbox.template is not supported outside host root (this is ${hostMode()} mode): a template's forks make their namespaces and join their cgroups from inside the template; use Sandbox.create / Sandbox.run (or a SandboxPool) here, or run as root`);
     return templateHooks.create(options);
   }
 
@@ -452,7 +457,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
     return core.store.commitUpper({
       base: core.image.image,
       upperDir: upperDirOf(core.pid),
-      hostIds: { uid: core.ids.uid, gid: core.ids.gid },
+      hostIds: seenIds(core.ids),
       // A paused sandbox stays so: the cgroup thaws only when no pause or commit holds it.
       hold: { freeze: () => core.freezer.hold('commit'), thaw: () => core.freezer.unhold() },
       ...(diskBytes !== null ? { cap: { bytes: diskBytes } } : {}),

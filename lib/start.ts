@@ -21,7 +21,7 @@ import { isFailure, native, type NativeFailure, type Spawned } from './native.js
 import type { ResolvedSandboxOptions } from './options.js';
 import { encodePlan, planSandbox } from './plan/index.js';
 import { setupError } from './setup-errors.js';
-import { isDirFd, killAndReap, waitSetup } from './spawn.js';
+import { isDirFd, killAndReap, waitSetup } from './child-setup.js';
 import type { Trace } from './trace.js';
 import { takeBlank } from './warm.js';
 

@@ -38,22 +38,11 @@ const RATE_FORMS =
 const SIZE_UNITS: ReadonlyMap<string, number> = new Map([
   ['', 1],
   ['b', 1],
-  ['k', 1024],
-  ['ki', 1024],
-  ['kib', 1024],
-  ['kb', 1000],
-  ['m', 1024 ** 2],
-  ['mi', 1024 ** 2],
-  ['mib', 1024 ** 2],
-  ['mb', 1000 ** 2],
-  ['g', 1024 ** 3],
-  ['gi', 1024 ** 3],
-  ['gib', 1024 ** 3],
-  ['gb', 1000 ** 3],
-  ['t', 1024 ** 4],
-  ['ti', 1024 ** 4],
-  ['tib', 1024 ** 4],
-  ['tb', 1000 ** 4],
+  // k, ki, kib: 1024; kb: 1000; and so on for m, g, t.
+  ...['k', 'm', 'g', 't'].flatMap((p, i): [string, number][] => {
+    const bin = 1024 ** (i + 1);
+    return [[p, bin], [`${p}i`, bin], [`${p}ib`, bin], [`${p}b`, 1000 ** (i + 1)]];
+  }),
 ]);
 
 /** A decimal number with an optional fraction, then an optional unit. No sign, no exponent. */

@@ -24,7 +24,7 @@ import { acquireIds, type SandboxIds } from './idrange.js';
 import type { ImageStore } from './image/store.js';
 import type { CgroupLimits } from './limits.js';
 import { isFailure, native, type Spawned } from './native.js';
-import { killAndReap } from './spawn.js';
+import { killAndReap } from './child-setup.js';
 import { inBackground } from './teardowns.js';
 
 /** How long a blank waits for a run before it is dropped. */

@@ -1,7 +1,9 @@
 #!/bin/sh
-# Builds libhutch-zygote.so (addon/zygote/helper.c): the C helper a template's zygote loads
-# (Python through ctypes) to make each forked child a fresh sandbox. docs/templates.md.
-# Usage: build-zygote.sh SOURCE OUTPUT
+# Builds libhutch-zygote.so (addon/zygote/helper.c and mounts.c): the C helper a template's
+# zygote loads (Python through ctypes) to make each forked child a fresh sandbox.
+# docs/templates.md. Usage: build-zygote.sh OUTPUT SOURCE...
 set -eu
 cc=${CC:-cc}
-exec "$cc" -std=gnu11 -O2 -Wall -Wextra -fPIC -shared -o "$2" "$1"
+out=$1
+shift
+exec "$cc" -std=gnu11 -O2 -Wall -Wextra -fPIC -shared -o "$out" "$@"

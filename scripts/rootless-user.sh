@@ -12,7 +12,10 @@
 #
 # The delegated directories are hutch-delegate-USER next to the caller's own cgroup in each
 # hierarchy (never inside another's subtree); teardown kills what is left in them and removes
-# them, deepest first.
+# them, deepest first. On a pure cgroup v2 host, as systemd delegates a unit: the controllers
+# are enabled in the delegated cgroup, the user's processes run in its leaf app/ (cgroup v2's
+# "no internal processes" rule), and hutch is given the empty sibling sandboxes/ through
+# HUTCH_CGROUP_PARENT.
 set -eu
 cmd=${1:?usage: rootless-user.sh setup|run|teardown USER}
 user=${2:?usage: rootless-user.sh setup|run|teardown USER}
@@ -32,6 +35,8 @@ hierarchies() {
     esac
   done </proc/self/cgroup | sort -u
 }
+
+pure_v2() { ! grep -qv '^0::' /proc/self/cgroup; }
 
 delegated_dirs() {
   hierarchies | while read -r mount path; do
@@ -54,6 +59,11 @@ case "$cmd" in
           cat "$(dirname "$d")/cpuset.mems" >"$d/cpuset.mems"
           ;;
       esac
+      if pure_v2; then
+        for c in $(cat "$d/cgroup.controllers"); do echo "+$c" >"$d/cgroup.subtree_control" 2>/dev/null || true; done
+        mkdir -p "$d/app"
+        chown "$user:" "$d/app" "$d/app/cgroup.procs" "$d/app/cgroup.threads" "$d/app/cgroup.subtree_control"
+      fi
       chown "$user:" "$d"
       for f in cgroup.procs tasks cgroup.subtree_control cgroup.threads; do
         [ -e "$d/$f" ] && chown "$user:" "$d/$f"
@@ -66,9 +76,15 @@ case "$cmd" in
     [ "${1:-}" = -- ] && shift
     if [ "$delegate" = 1 ]; then
       dirs=$(delegated_dirs | tr '\n' ' ')
+      parent=
+      if pure_v2; then
+        d=$(delegated_dirs)
+        dirs="$d/app"
+        parent="HUTCH_CGROUP_PARENT=${d#/sys/fs/cgroup}/sandboxes"
+      fi
       # shellcheck disable=SC2016
       exec sh -c 'for d in '"$dirs"'; do echo $$ >"$d/cgroup.procs"; done; exec "$@"' sh \
-        runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" "$@"
+        runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" $parent "$@"
     fi
     exec runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" "$@"
     ;;

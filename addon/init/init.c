@@ -29,12 +29,12 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "confine.h"
 #include "protocol.h"
 
 #define CTL_FD 3
 #define SCRATCH_FD 4 /* the writable layer's tmpfs, held for the host (commit); never inherited */
 #define MAX_MSG (1 << 20)
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct exec_slot {
   uint32_t id;
@@ -99,8 +99,10 @@ static int exec_search(char **argv, char **envp) {
     execve(file, argv, envp);
     return errno;
   }
+  /* The PATH lib sent (lib/plan/image.ts sandboxEnv gives every process one); init has no
+   * default of its own, so a request without PATH searches nothing. */
   const char *path = find_env(envp, "PATH");
-  if (!path) path = DEFAULT_PATH;
+  if (!path) return ENOENT;
   int seen_eacces = 0;
   char buf[4096];
   size_t flen = strlen(file);
@@ -202,14 +204,45 @@ static void send_started_with_fd(const struct started_msg *m, int fd) {
   do n = sendmsg(CTL_FD, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
 }
 
+/* The signals init ignores, as /proc/self/status's SigIgn shows them once at start (bit s-1
+ * for signal s): inherited from the host process (Node ignores SIGPIPE; whoever started Node
+ * may have ignored more) or set by init. An exec keeps an ignored signal ignored, so the exec
+ * child resets these to the default, and only these: init catches no signal (SIGCHLD is
+ * blocked and read from a signalfd), and exec resets caught ones anyway. One read at start
+ * instead of 64 sigaction calls per exec. All 64 when the file cannot be read (no /proc). */
+static uint64_t ignored_signals = ~0ULL;
+
+static void read_ignored_signals(void) {
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  char buf[8192];
+  ssize_t n;
+  do n = read(fd, buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  const char *p = strstr(buf, "\nSigIgn:\t");
+  if (!p) return;
+  p += strlen("\nSigIgn:\t");
+  uint64_t m = 0;
+  int digits = 0;
+  for (; digits < 16; p++, digits++) {
+    int v = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+    if (v < 0) return;
+    m = m << 4 | (uint64_t)v;
+  }
+  if (*p == '\n') ignored_signals = m;
+}
+
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
  * fds, rlimits, cwd, ids, capabilities, no_new_privs, and seccomp last (nsjail's applyPolicy). */
 static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl, const struct sock_filter *prog,
                            const char *cwd, char **argv, char **envp, const int fds[3], int status_fd) {
-  struct sigaction dfl;
-  memset(&dfl, 0, sizeof dfl);
-  dfl.sa_handler = SIG_DFL;
-  for (int s = 1; s < 65; s++) sigaction(s, &dfl, NULL); /* SIGPIPE may be ignored from Node */
+  /* The kernel's struct sigaction all zero: SIG_DFL, no flags, no mask (the same layout on
+   * x86_64 and arm64). Raw: musl's sigaction takes a lock for SIGABRT. */
+  static const unsigned long kdfl[4];
+  for (int s = 1; s < 65; s++) /* SIGPIPE is ignored by init (and Node); a parent may ignore more */
+    if (ignored_signals & (1ULL << (s - 1))) syscall(SYS_rt_sigaction, s, kdfl, NULL, 8);
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
@@ -223,30 +256,14 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
   if (close_init_fds(status_fd) < 0) die_exec(status_fd, XSTEP_FDS, errno);
   for (uint32_t i = 0; i < r->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
-    if (setrlimit((int)rl[i].resource, &lim) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
+    if (syscall(SYS_prlimit64, 0, (int)rl[i].resource, &lim, NULL) < 0) die_exec(status_fd, XSTEP_RLIMIT, errno);
   }
   if (enter_cwd(cwd) < 0) die_exec(status_fd, XSTEP_CWD, errno);
-  if ((!(r->flags & EXEC_KEEP_GROUPS) && setgroups(0, NULL) < 0) || setresgid(r->gid, r->gid, r->gid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
-  /* The bounding set is reduced to the kept capabilities, ambient cleared; a non-root uid
-   * loses the rest on setresuid (no KEEPCAPS). */
-  for (int cap = 0; cap < 64; cap++) {
-    if (r->caps & (1ULL << cap)) continue;
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
-      if (errno == EINVAL) break; /* past CAP_LAST_CAP */
-      die_exec(status_fd, XSTEP_CAPABILITIES, errno);
-    }
-  }
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-    die_exec(status_fd, XSTEP_CAPABILITIES, errno);
-  if (setresuid(r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2];
-  memset(data, 0, sizeof data);
-  if (r->uid == 0) {
-    data[0].effective = data[0].permitted = (uint32_t)r->caps;
-    data[1].effective = data[1].permitted = (uint32_t)(r->caps >> 32);
-  }
-  if (syscall(SYS_capset, &hdr, data) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if ((!(r->flags & EXEC_KEEP_GROUPS) && syscall(SYS_setgroups, 0, NULL) < 0) || syscall(SYS_setresgid, r->gid, r->gid, r->gid) < 0)
+    die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  if (drop_bounding_caps(r->caps) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
+  if (syscall(SYS_setresuid, r->uid, r->uid, r->uid) < 0) die_exec(status_fd, XSTEP_CREDENTIALS, errno);
+  if (set_caps(r->uid, r->caps) < 0) die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if ((r->flags & EXEC_NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
     die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if (r->flags & EXEC_SECCOMP) {
@@ -259,6 +276,40 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
 static void close_fds(const int *fds, int n) {
   for (int i = 0; i < n; i++)
     if (fds[i] >= 0) close(fds[i]);
+}
+
+/* The exec child is cloned with CLONE_VM | CLONE_VFORK, as posix_spawn does: it runs on
+ * exec_stack in init's memory, init waits (suspended) until it has exec'd or exited, and no
+ * copy of init's address space is made only to be thrown away by the exec (fork's page-table
+ * copy and copy-on-write faults were most of an exec's cost in init, in a VM where page-table
+ * updates trap). Init would wait for that exec anyway (the status pipe, below). The child
+ * changes only what is its own: its fd table, signal handlers and mask, rlimits and
+ * credentials are copies (no CLONE_FILES, CLONE_SIGHAND, CLONE_THREAD); it writes init's
+ * memory only on its stack and errno, both free again when init resumes. Nothing of the
+ * sandbox's runs before the exec replaces the shared memory with the program's own.
+ * The child calls no libc function that takes a lock: killed half-way (by the sandbox's
+ * root, or the OOM killer) it would leave the lock taken in init's memory, and the next exec
+ * child would wait on it forever, init with it. So rlimits and ids are set with raw system
+ * calls (musl's setrlimit, setgroups and set*id lock around __synccall, its sigaction around
+ * SIGABRT's), and nothing
+ * allocates; what else it calls is a system call wrapper or a string function. */
+struct exec_child_args {
+  const struct exec_req *r;
+  const struct rlimit_req *rl;
+  const struct sock_filter *prog;
+  const char *cwd;
+  char **argv, **envp;
+  const int *fds;
+  int st[2];
+};
+
+static char exec_stack[64 * 1024] __attribute__((aligned(64)));
+
+static int exec_child_entry(void *p) {
+  struct exec_child_args *a = p;
+  close(a->st[0]);
+  run_exec_child(a->r, a->rl, a->prog, a->cwd, a->argv, a->envp, a->fds, a->st[1]);
+  return 127;
 }
 
 /* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
@@ -342,11 +393,8 @@ static void start_exec(size_t len, int *fds, int nfds) {
     if (master >= 0) close(master);
     return;
   }
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(st[0]);
-    run_exec_child(&r, rl, prog, cwd, argv, envp, fds, st[1]);
-  }
+  struct exec_child_args ca = {&r, rl, prog, cwd, argv, envp, fds, {st[0], st[1]}};
+  pid_t pid = clone(exec_child_entry, exec_stack + sizeof exec_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
   int fork_err = errno;
   close(st[1]);
   close_fds(fds, nfds);
@@ -474,6 +522,7 @@ int main(void) {
   msgbuf = malloc(MAX_MSG);
   if (sfd < 0 || !msgbuf) return 125;
   signal(SIGPIPE, SIG_IGN);
+  read_ignored_signals();
   /* Children that ended before init began (the setup's mount-namespace holder, killed once
    * the mounts are locked: addon/child_lock.cc) sent their SIGCHLD before the signalfd
    * existed: reap them now, or they stay zombies a sandbox's `ps` shows. */

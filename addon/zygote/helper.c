@@ -42,6 +42,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../fdmsg.h"
+#include "../init/confine.h"
+#include "mounts.h"
+
 #define HZ_MAGIC 0x315a5048u /* "HPZ1" */
 
 /* The plan the host sends (lib/template/plan.ts writes it; little-endian, this layout). */
@@ -66,7 +70,6 @@ struct hz_rlimit {
 static unsigned char planbuf[1 << 17];
 static unsigned char reqbuf[1 << 16];
 static int reqlen = -1;
-static char mountinfo[1 << 16];
 
 static void fail(int ctl, const char *step, int err) {
   unsigned char m[128];
@@ -82,221 +85,6 @@ static void fail(int ctl, const char *step, int err) {
   do {                                           \
     if ((expr) < 0) fail(ctl, step, errno);      \
   } while (0)
-
-static int fsconfig_str(int fs, const char *k, const char *v) {
-  return (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, k, v, 0);
-}
-
-/* A path inside the new root, as if root were "/" (no escape through symlinks or ".."). */
-static int open_in(int root, const char *rel, int flags) {
-  struct open_how how;
-  memset(&how, 0, sizeof how);
-  how.flags = (uint64_t)(flags | O_CLOEXEC);
-  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-  while (*rel == '/') rel++;
-  if (!*rel) rel = ".";
-  return (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
-}
-
-static int move_onto(int tree, int target) {
-  return (int)syscall(SYS_move_mount, tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
-}
-
-/* A new filesystem at `target` (below `at`, which is a new-root fd or a directory fd). */
-static int fs_at(int at, const char *type, const char *target, unsigned attrs, const char *k1, const char *v1,
-                 const char *k2, const char *v2, int *out) {
-  int t = open_in(at, target, O_PATH);
-  if (t < 0 && errno == ENOENT) {
-    if (mkdirat(at, target[0] == '/' ? target + 1 : target, 0755) < 0 && errno != EEXIST) return -1;
-    t = open_in(at, target, O_PATH);
-  }
-  if (t < 0) return -1;
-  int fs = (int)syscall(SYS_fsopen, type, FSOPEN_CLOEXEC);
-  int r = fs < 0 ? -1 : 0;
-  if (r == 0 && k1) r = fsconfig_str(fs, k1, v1);
-  if (r == 0 && k2) r = fsconfig_str(fs, k2, v2);
-  if (r == 0) r = (int)syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0);
-  int m = r < 0 ? -1 : (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
-  int e = errno;
-  if (fs >= 0) close(fs);
-  if (m >= 0) r = move_onto(m, t), e = errno;
-  else r = -1;
-  close(t);
-  if (r == 0 && out) *out = m;
-  else if (m >= 0) close(m);
-  errno = e;
-  return r;
-}
-
-static long num(const char **p) {
-  long v = 0;
-  while (**p >= '0' && **p <= '9') v = v * 10 + (*(*p)++ - '0');
-  return v;
-}
-
-/* In a string list ended by an empty string. */
-static int listed(const char *list, const char *s) {
-  for (; *list; list += strlen(list) + 1)
-    if (strcmp(list, s) == 0) return 1;
-  return 0;
-}
-
-/* Makes `path` (absolute) beneath the new root: missing directories, the last one a file
- * unless `dir`; each made in its parent as resolved inside the root. Errors show later. */
-static void make_path(int root, char *path, int dir) {
-  for (char *s = path + 1;; s++) {
-    if (*s != '/' && *s != 0) continue;
-    char saved = *s;
-    *s = 0;
-    char *slash = strrchr(path, '/');
-    *slash = 0;
-    int parent = open_in(root, slash == path ? "/" : path, O_PATH | O_DIRECTORY);
-    *slash = '/';
-    if (parent >= 0) {
-      if (saved == 0 && !dir) close(openat(parent, slash + 1, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644));
-      else mkdirat(parent, slash + 1, 0755);
-      close(parent);
-    }
-    *s = saved;
-    if (saved == 0) break;
-  }
-}
-
-/* The template's own mounts directly on its root (host dirs, volumes), carried onto the new
- * root with what is below them; not /proc and /dev (made anew) nor the skipped paths. */
-static int read_mountinfo(void) {
-  int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  size_t len = 0;
-  for (;;) {
-    ssize_t k = read(fd, mountinfo + len, sizeof mountinfo - 1 - len);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    len += (size_t)k;
-  }
-  close(fd);
-  mountinfo[len] = 0;
-  return 0;
-}
-
-static int carry_mounts(int root, const char *skip, const char **where) {
-  long rootid = -1;
-  static char mp[4096];
-  for (int pass = 0; pass < 2; pass++) {
-    for (char *l = mountinfo; *l;) {
-      char *nl = strchr(l, '\n');
-      if (nl) *nl = 0;
-      const char *p = l;
-      long id = num(&p);
-      p++;
-      long parent = num(&p);
-      /* skip major:minor and root, to the mount point */
-      const char *f = p;
-      for (int i = 0; i < 2 && f; i++) f = strchr(f + 1, ' ');
-      if (f) {
-        f++;
-        size_t n = 0;
-        while (f[n] && f[n] != ' ' && n < sizeof mp - 1) mp[n] = f[n], n++;
-        mp[n] = 0;
-        if (pass == 0 && strcmp(mp, "/") == 0) rootid = id;
-        if (pass == 1 && parent == rootid && id != rootid && !strchr(mp, '\\') && strcmp(mp, "/proc") != 0 &&
-            strcmp(mp, "/dev") != 0 && !listed(skip, mp)) {
-          *where = mp;
-          int tree = (int)syscall(SYS_open_tree, AT_FDCWD, mp, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-          if (tree < 0) return -1;
-          struct stat st;
-          int t = open_in(root, mp, O_PATH);
-          if (t < 0 && errno == ENOENT && fstat(tree, &st) == 0) {
-            make_path(root, mp, S_ISDIR(st.st_mode));
-            t = open_in(root, mp, O_PATH);
-          }
-          int r = t < 0 ? -1 : move_onto(tree, t);
-          int e = errno;
-          if (t >= 0) close(t);
-          close(tree);
-          if (r < 0) return errno = e, -1;
-        }
-      }
-      if (nl) *nl = '\n';
-      if (!nl) break;
-      l = nl + 1;
-    }
-  }
-  return 0;
-}
-
-/* A new /dev: tmpfs, the template's harmless device nodes bound onto files, a private devpts,
- * shm of the plan's size, the usual symlinks (as a fresh sandbox's, addon/child_mount.cc). */
-static int make_dev(int root, const char *shm_size, const char **where) {
-  static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
-  static char src[32];
-  int dev = -1;
-  *where = "/dev";
-  if (fs_at(root, "tmpfs", "dev", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "mode", "0755", "size", "65536", &dev) < 0) return -1;
-  int r = 0;
-  for (unsigned i = 0; r == 0 && i < sizeof nodes / sizeof nodes[0]; i++) {
-    strcpy(src, "/dev/");
-    strcat(src, nodes[i]);
-    *where = nodes[i];
-    int f = openat(dev, nodes[i], O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (f < 0) return -1;
-    close(f);
-    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    if (tree < 0) return -1;
-    int t = openat(dev, nodes[i], O_PATH | O_CLOEXEC | O_NOFOLLOW);
-    r = t < 0 ? -1 : move_onto(tree, t);
-    if (t >= 0) close(t);
-    close(tree);
-  }
-  *where = "/dev/pts";
-  if (r == 0) r = fs_at(dev, "devpts", "pts", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, "ptmxmode", "0666", "mode", "0620", NULL);
-  *where = "/dev/shm";
-  if (r == 0) r = fs_at(dev, "tmpfs", "shm", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, "mode", "1777", "size", shm_size, NULL);
-  static const char *const links[][2] = {{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"},
-                                         {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}};
-  for (unsigned i = 0; r == 0 && i < 5; i++) r = symlinkat(links[i][0], dev, links[i][1]);
-  close(dev);
-  return r;
-}
-
-/* Masked paths (a file gets /dev/null over it, a directory an empty read-only tmpfs) and
- * read-only paths (a read-only clone of the subtree over itself); missing ones skipped. */
-static int mask_and_readonly(int root, const char *masked, const char *ro, const char **where) {
-  for (; *masked; masked += strlen(masked) + 1) {
-    *where = masked;
-    int t = open_in(root, masked, O_PATH);
-    if (t < 0 && errno == ENOENT) continue;
-    if (t < 0) return -1;
-    struct stat st;
-    int r = fstat(t, &st);
-    if (r == 0 && S_ISDIR(st.st_mode)) {
-      r = fs_at(root, "tmpfs", masked, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, "size", "0",
-                NULL, NULL, NULL);
-    } else if (r == 0) {
-      int tree = (int)syscall(SYS_open_tree, root, "dev/null", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-      r = tree < 0 ? -1 : move_onto(tree, t);
-      if (tree >= 0) close(tree);
-    }
-    close(t);
-    if (r < 0) return -1;
-  }
-  for (; *ro; ro += strlen(ro) + 1) {
-    *where = ro;
-    int t = open_in(root, ro, O_PATH);
-    if (t < 0 && errno == ENOENT) continue;
-    if (t < 0) return -1;
-    int tree = (int)syscall(SYS_open_tree, t, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
-    struct mount_attr a;
-    memset(&a, 0, sizeof a);
-    a.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    int r = tree < 0 ? -1 : (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &a, sizeof a);
-    if (r == 0) r = move_onto(tree, t);
-    if (tree >= 0) close(tree);
-    close(t);
-    if (r < 0) return -1;
-  }
-  return 0;
-}
 
 #define HZ_MAX_LAYERS 128
 static int layer_fds[HZ_MAX_LAYERS];
@@ -314,25 +102,14 @@ static void layer_name(char *name, int i) {
 }
 
 static ssize_t recv_plan(int fd, void *buf, size_t len) {
-  struct iovec iov = {buf, len};
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  static union {
-    char buf[CMSG_SPACE(sizeof(int) * HZ_MAX_LAYERS)];
-    struct cmsghdr align;
-  } c;
-  msg.msg_control = c.buf;
-  msg.msg_controllen = sizeof c.buf;
+  static FDMSG_CBUF(c, HZ_MAX_LAYERS);
+  fdmsg_init(&msg, &iov, buf, len, c.buf, sizeof c.buf);
   ssize_t n;
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
   if (n < 0) return n;
-  for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
-    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-    int k = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (int i = 0; i < k && nlayers < HZ_MAX_LAYERS; i++) memcpy(&layer_fds[nlayers++], CMSG_DATA(h) + i * sizeof(int), sizeof(int));
-  }
+  nlayers += (int)fdmsg_take(&msg, layer_fds + nlayers, (size_t)(HZ_MAX_LAYERS - nlayers));
   return n;
 }
 
@@ -499,23 +276,9 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   }
   CHECK("credentials", setgroups(0, NULL));
   CHECK("credentials", setresgid(pl->gid, pl->gid, pl->gid));
-  for (int cap = 0; cap < 64; cap++) {
-    if (pl->caps & (1ULL << cap)) continue;
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
-      if (errno == EINVAL) break;
-      fail(ctl, "capabilities", errno);
-    }
-  }
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) fail(ctl, "capabilities", errno);
+  CHECK("capabilities", drop_bounding_caps(pl->caps));
   CHECK("credentials", setresuid(pl->uid, pl->uid, pl->uid));
-  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2];
-  memset(data, 0, sizeof data);
-  if (pl->uid == 0) {
-    data[0].effective = data[0].permitted = (uint32_t)pl->caps;
-    data[1].effective = data[1].permitted = (uint32_t)(pl->caps >> 32);
-  }
-  CHECK("capabilities", syscall(SYS_capset, &hdr, data));
+  CHECK("capabilities", set_caps(pl->uid, pl->caps));
   CHECK("no_new_privs", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
   /* Seccomp last, then the last message. */
   if (pl->seccomp_len > 0) {
@@ -538,22 +301,11 @@ int hutch_zygote_request(char *buf, int cap) {
 
 /* A one-byte message with n fds. */
 static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
-  struct iovec iov = {&kind, 1};
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * 2)];
-    struct cmsghdr align;
-  } c;
-  msg.msg_control = c.buf;
-  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-  struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
-  h->cmsg_level = SOL_SOCKET;
-  h->cmsg_type = SCM_RIGHTS;
-  h->cmsg_len = CMSG_LEN(sizeof(int) * n);
-  memcpy(CMSG_DATA(h), fds, sizeof(int) * n);
+  FDMSG_CBUF(c, 2);
+  fdmsg_init(&msg, &iov, &kind, 1, c.buf, sizeof c.buf);
+  fdmsg_put(&msg, fds, (size_t)n);
   return sendmsg(ctl, &msg, MSG_NOSIGNAL) < 0 ? -1 : 0;
 }
 

@@ -18,6 +18,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../fdmsg.h"
+
 static napi_value num(napi_env env, double v) {
   napi_value r;
   napi_create_double(env, v, &r);
@@ -60,17 +62,10 @@ static napi_value SocketPair(napi_env env, napi_callback_info info) {
 static napi_value RecvFds(napi_env env, napi_callback_info info) {
   int fd = arg_int(env, info, 0);
   static unsigned char data[65536];
-  struct iovec iov = {data, sizeof data};
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * 8)];
-    struct cmsghdr align;
-  } c;
-  msg.msg_control = c.buf;
-  msg.msg_controllen = sizeof c.buf;
+  FDMSG_CBUF(c, 8);
+  fdmsg_init(&msg, &iov, data, sizeof data, c.buf, sizeof c.buf);
   ssize_t n;
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
   napi_value r;
@@ -79,15 +74,11 @@ static napi_value RecvFds(napi_env env, napi_callback_info info) {
     return r;
   }
   if (n < 0) return failure(env, errno);
+  int got[8];
+  uint32_t k = (uint32_t)fdmsg_take(&msg, got, 8);
   napi_value fds;
-  napi_create_array(env, &fds);
-  uint32_t k = 0;
-  for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
-    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-    int cnt = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    int *p = (int *)CMSG_DATA(h);
-    for (int i = 0; i < cnt; i++) napi_set_element(env, fds, k++, num(env, p[i]));
-  }
+  napi_create_array_with_length(env, k, &fds);
+  for (uint32_t i = 0; i < k; i++) napi_set_element(env, fds, i, num(env, got[i]));
   if (n == 0 && k == 0) {
     napi_get_null(env, &r);
     return r;
@@ -114,30 +105,18 @@ static napi_value SendFds(napi_env env, napi_callback_info info) {
   uint32_t nfds = 0;
   napi_get_array_length(env, argv[2], &nfds);
   if (nfds > 128) return failure(env, EINVAL);
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * 128)];
-    struct cmsghdr align;
-  } c;
-  struct iovec iov = {data, len};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (nfds > 0) {
-    msg.msg_control = c.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
-    h->cmsg_level = SOL_SOCKET;
-    h->cmsg_type = SCM_RIGHTS;
-    h->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    for (uint32_t i = 0; i < nfds; i++) {
-      napi_value v;
-      int32_t x = -1;
-      napi_get_element(env, argv[2], i, &v);
-      napi_get_value_int32(env, v, &x);
-      memcpy(CMSG_DATA(h) + i * sizeof(int), &x, sizeof(int));
-    }
+  int fds[128];
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value v;
+    fds[i] = -1;
+    napi_get_element(env, argv[2], i, &v);
+    napi_get_value_int32(env, v, &fds[i]);
   }
+  FDMSG_CBUF(c, 128);
+  struct iovec iov;
+  struct msghdr msg;
+  fdmsg_init(&msg, &iov, data, len, c.buf, nfds > 0 ? sizeof c.buf : 0);
+  if (nfds > 0) fdmsg_put(&msg, fds, nfds);
   ssize_t n;
   do n = sendmsg(fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
   return n < 0 ? failure(env, errno) : num(env, (double)n);

@@ -11,7 +11,7 @@ import { timeChild, which } from './child.js';
 import { defer } from './cleanup.js';
 import { layeredImage, sizedImage } from './images.js';
 import type { BenchContext } from './latency.js';
-import { interleave, type Peer } from './peers.js';
+import { interleave, timeTrue, type Peer } from './peers.js';
 import type { CurveSection, LatencyRow } from './results.js';
 import { summarize } from './stats.js';
 
@@ -25,13 +25,7 @@ function imagePeer(name: string, s: ImageStore, image: Image): Peer {
   return {
     name,
     what: `Sandbox.run of /bin/true in ${image.tags[0] ?? image.id} (${image.layers.length} layers, ${(image.sizeBytes / 1048576).toFixed(1)} MiB)`,
-    async sample() {
-      const t0 = performance.now();
-      const r = await Sandbox.run({ image: image.id, store: s, command: ['/bin/true'] });
-      const ms = performance.now() - t0;
-      if (r.exitCode !== 0) throw new Error(`/bin/true ended with ${r.reason} ${r.exitCode}`);
-      return ms;
-    },
+    sample: () => timeTrue('Sandbox.run', () => Sandbox.run({ image: image.id, store: s, command: ['/bin/true'] })),
   };
 }
 
@@ -41,40 +35,39 @@ function rowsOf(results: Awaited<ReturnType<typeof interleave>>): LatencyRow[] {
 
 const CURVE_WARMUP = 3;
 
-export async function layersCurve(ctx: BenchContext): Promise<CurveSection> {
+/** A curve over generated images: one peer per x value, sampled round-robin together. */
+async function imageCurve(
+  ctx: BenchContext,
+  tag: string,
+  xs: number[],
+  label: (x: number) => string,
+  make: (s: ImageStore, x: number) => Promise<Image>,
+  section: Pick<CurveSection, 'title' | 'description' | 'xLabel'>,
+): Promise<CurveSection> {
   const s = store(ctx);
   const peers: Peer[] = [];
-  for (const n of ctx.args.layers) {
-    process.stderr.write(`  layers: importing an image of ${n} layers\n`);
-    peers.push(imagePeer(`${n} layers`, s, await layeredImage(s, ctx.tmp, n)));
+  for (const x of xs) {
+    process.stderr.write(`  ${tag}: importing an image of ${label(x)}\n`);
+    peers.push(imagePeer(label(x), s, await make(s, x)));
   }
-  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, 'layers');
-  return {
-    kind: 'curve',
+  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, tag);
+  return { kind: 'curve', ...section, points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })), notes: [] };
+}
+
+export function layersCurve(ctx: BenchContext): Promise<CurveSection> {
+  return imageCurve(ctx, 'layers', ctx.args.layers, (n) => `${n} layers`, (s, n) => layeredImage(s, ctx.tmp, n), {
     title: 'Cost curve: image layers',
     description: 'Images of a busybox base layer plus N-1 layers of one tiny file each (an overlay lowerdir per layer), imported with ImageStore.import; interleaved.',
     xLabel: 'layers',
-    points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })),
-    notes: [],
-  };
+  });
 }
 
-export async function sizeCurve(ctx: BenchContext): Promise<CurveSection> {
-  const s = store(ctx);
-  const peers: Peer[] = [];
-  for (const mib of ctx.args.sizesMiB) {
-    process.stderr.write(`  size: importing an image with ${mib} MiB of data\n`);
-    peers.push(imagePeer(`+${mib} MiB`, s, await sizedImage(s, ctx.tmp, mib)));
-  }
-  const results = await interleave(peers, CURVE_WARMUP, ctx.args.curveIterations, 'size');
-  return {
-    kind: 'curve',
+export function sizeCurve(ctx: BenchContext): Promise<CurveSection> {
+  return imageCurve(ctx, 'size', ctx.args.sizesMiB, (mib) => `+${mib} MiB`, (s, mib) => sizedImage(s, ctx.tmp, mib), {
     title: 'Cost curve: image size',
     description: 'Images of the busybox base layer plus one layer holding N one-MiB files; interleaved. Overlay mounts do not read file data, so this should be flat.',
     xLabel: 'data',
-    points: rowsOf(results).map((row) => ({ x: row.name, rows: [row] })),
-    notes: [],
-  };
+  });
 }
 
 export async function densityCurve(ctx: BenchContext): Promise<CurveSection> {
@@ -87,13 +80,7 @@ export async function densityCurve(ctx: BenchContext): Promise<CurveSection> {
     {
       name: 'hutch-run',
       what: 'Sandbox.run busybox /bin/true',
-      async sample() {
-        const t0 = performance.now();
-        const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'] });
-        const ms = performance.now() - t0;
-        if (r.exitCode !== 0) throw new Error(`/bin/true ended with ${r.reason} ${r.exitCode}`);
-        return ms;
-      },
+      sample: () => timeTrue('Sandbox.run', () => Sandbox.run({ image: 'busybox', command: ['/bin/true'] })),
     },
   ];
   if (which('bwrap')) {

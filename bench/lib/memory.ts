@@ -35,7 +35,7 @@ function statusField(pid: number, field: string): number {
   }
 }
 
-function pss(pid: number): number {
+export function pss(pid: number): number {
   try {
     const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
     return m ? Number(m[1]) * 1024 : NaN;
@@ -47,7 +47,7 @@ function pss(pid: number): number {
 let cgroupMounts: { v1memory: string | null; v2: string | null } | undefined;
 
 /** Bytes charged to the cgroup `pid` is in (memory controller), NaN when unreadable. */
-function cgroupBytes(pid: number): number {
+export function cgroupBytes(pid: number): number {
   cgroupMounts ??= (() => {
     let v1memory: string | null = null;
     let v2: string | null = null;

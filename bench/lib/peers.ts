@@ -71,21 +71,20 @@ export function ociPeers(oci: OciSetup): Peer[] {
   return out;
 }
 
-function check(r: { exitCode: number | null; reason: string }, what: string): void {
+/** The milliseconds `run` takes to run /bin/true; an error naming `what` when it did not succeed. */
+export async function timeTrue(what: string, run: () => Promise<{ exitCode: number | null; reason: string }>): Promise<number> {
+  const t0 = performance.now();
+  const r = await run();
+  const ms = performance.now() - t0;
   if (r.exitCode !== 0) throw new Error(`${what}: /bin/true ended with ${r.reason} ${r.exitCode}`);
+  return ms;
 }
 
 export function hutchRunPeer(): Peer {
   return {
     name: 'hutch-run',
     what: "Sandbox.run({ image: 'busybox', command: ['/bin/true'] }) (default limits, default seccomp)",
-    async sample() {
-      const t0 = performance.now();
-      const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'] });
-      const ms = performance.now() - t0;
-      check(r, 'Sandbox.run');
-      return ms;
-    },
+    sample: () => timeTrue('Sandbox.run', () => Sandbox.run({ image: 'busybox', command: ['/bin/true'] })),
     // Sandbox.run resolves once the command has ended and its sandbox is killed; the rest of
     // the teardown runs in the background: let it finish outside the timing, like the pool's
     // refill. (Not Sandbox.settle(): that also drops the blank made for the next run.)
@@ -97,13 +96,7 @@ export function hutchLimitsPeer(): Peer {
   return {
     name: 'hutch-limits',
     what: `Sandbox.run with limits ${JSON.stringify(LIMITS)}`,
-    async sample() {
-      const t0 = performance.now();
-      const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'], limits: LIMITS });
-      const ms = performance.now() - t0;
-      check(r, 'Sandbox.run with limits');
-      return ms;
-    },
+    sample: () => timeTrue('Sandbox.run with limits', () => Sandbox.run({ image: 'busybox', command: ['/bin/true'], limits: LIMITS })),
     // Sandbox.run resolves once the command has ended and its sandbox is killed; the rest of
     // the teardown runs in the background: let it finish outside the timing, like the pool's
     // refill. (Not Sandbox.settle(): that also drops the blank made for the next run.)
@@ -121,13 +114,7 @@ export function poolPeer(pool: SandboxPool, size: number): Peer {
   return {
     name: 'pool-run',
     what: `SandboxPool.run(['/bin/true']), size ${size}, a fresh sandbox per call (refill awaited outside the timing)`,
-    async sample() {
-      const t0 = performance.now();
-      const r = await pool.run(['/bin/true']);
-      const ms = performance.now() - t0;
-      check(r, 'pool.run');
-      return ms;
-    },
+    sample: () => timeTrue('pool.run', () => pool.run(['/bin/true'])),
     async settle() {
       // The pool destroys the used sandbox and refills in the background; wait for that so
       // the refill's CPU does not land on the next peer's sample.
@@ -146,13 +133,7 @@ export function execPeer(sb: Sandbox): Peer {
   return {
     name: 'exec',
     what: "sandbox.exec(['/bin/true']) into one live busybox sandbox",
-    async sample() {
-      const t0 = performance.now();
-      const r = await sb.exec(['/bin/true']);
-      const ms = performance.now() - t0;
-      check(r, 'exec');
-      return ms;
-    },
+    sample: () => timeTrue('exec', () => sb.exec(['/bin/true'])),
   };
 }
 

@@ -4,9 +4,9 @@
  * also makes a leaf in the cgroup2 hierarchy for grouping, cgroup.kill and CLONE_INTO_CGROUP).
  * Callers never branch on the kind.
  */
-import { accessSync, constants, existsSync } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
 import { unsupported } from '../errors.js';
-import { hostMode } from '../host/mode.js';
+import { hostMode, mayAccess } from '../host/mode.js';
 import { NoCgroupDriver } from './none.js';
 import { V1_CONTROLLERS, type CgroupHost } from './detect.js';
 import { detectCgroups } from './detect.js';
@@ -20,15 +20,6 @@ export type { CgroupUsage, CgroupCreateOptions, SandboxCgroup, CgroupDriver, Cgr
 import type { CgroupDriver, CgroupDriverOptions } from './types.js';
 
 const drivers = new Map<string, CgroupDriver>();
-
-function writable(dir: string): boolean {
-  try {
-    accessSync(dir, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Outside root mode with no HUTCH_CGROUP_PARENT: null when the caller's own cgroup is delegated
@@ -44,7 +35,7 @@ function undelegated(host: CgroupHost): string | null {
     if (!h) return 'no cgroup2 mount';
     if (h.callerDir === null) return `this process's cgroup is not visible under ${h.mount}`;
     const own = `${h.callerDir}/hutch`;
-    if (!writable(h.callerDir) && !(existsSync(own) && writable(own))) return `this process's cgroup ${h.callerDir} is not delegated to it (not writable)`;
+    if (!mayAccess(h.callerDir, constants.W_OK) && !(existsSync(own) && mayAccess(own, constants.W_OK))) return `this process's cgroup ${h.callerDir} is not delegated to it (not writable)`;
   }
   return null;
 }

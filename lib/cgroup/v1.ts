@@ -19,20 +19,7 @@ import { unsupported } from '../errors.js';
 import { CPU_PERIOD_US, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import {
-  cgroupFailure,
-  errnoOf,
-  hintFor,
-  killListed,
-  mkdirSubtreeRoot,
-  readControl,
-  readKeyed,
-  readNumber,
-  readPids,
-  subdirs,
-  tryRmdir,
-  writeControl,
-} from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup, type Freezer } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 

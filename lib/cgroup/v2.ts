@@ -16,19 +16,7 @@ import { unsupported } from '../errors.js';
 import type { CgroupDriver, CgroupCreateOptions, CgroupLimits, CgroupUsage, SandboxCgroup } from './types.js';
 import type { CgroupHost } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import {
-  cgroupFailure,
-  errnoOf,
-  hintFor,
-  killListed,
-  mkdirSubtreeRoot,
-  readControl,
-  readKeyed,
-  readNumber,
-  subdirs,
-  tryRmdir,
-  writeControl,
-} from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, mkdirSubtreeRoot, readControl, readKeyed, readNumber, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 

@@ -17,12 +17,12 @@
  * `checkHost()` reports which applies and how to get a range.
  */
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { constants, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { HutchError, errnoName } from '../errors.js';
 import { hostRange, RANGE_SIZE } from '../identity.js';
 import { isFailure, native } from '../native.js';
-import { hostMode, ownIdMaps, type HostMode } from './mode.js';
+import { hostMode, mayAccess, ownIdMaps, type HostMode } from './mode.js';
 
 export type IdKind = 'host-range' | 'namespace-range' | 'subordinate' | 'single';
 
@@ -42,6 +42,14 @@ export interface IdSource {
   readonly storeShift: { uid: number; gid: number; size?: number } | null;
   /** Why this kind, and how to get a better one (checkHost). */
   readonly note: string;
+  /** 'subordinate': the host ids of holder id 1 (what stat shows for the store's image id 0), else null. */
+  readonly holderBase: { uid: number; gid: number } | null;
+}
+
+/** Outer ids (storeShift's) as this process sees them in stat: the holder's ids translated to the host's. */
+export function seenIds(outer: { uid: number; gid: number }): { uid: number; gid: number } {
+  const base = idSource().holderBase;
+  return base ? { uid: base.uid + outer.uid - 1, gid: base.gid + outer.gid - 1 } : { uid: outer.uid, gid: outer.gid };
 }
 
 /** A subordinate range of /etc/subuid or /etc/subgid for a user (by name or uid). */
@@ -70,18 +78,9 @@ function readOr(path: string): string {
   }
 }
 
-function executable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function findHelper(name: string): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/bin', '/usr/sbin', '/bin', '/sbin'])) {
-    if (dir && executable(`${dir}/${name}`)) return `${dir}/${name}`;
+    if (dir && mayAccess(`${dir}/${name}`, constants.X_OK)) return `${dir}/${name}`;
   }
   return null;
 }
@@ -133,21 +132,21 @@ function decide(): IdSource {
   const mode = hostMode();
   if (mode === 'root') {
     const r = hostRange();
-    return { mode, kind: 'host-range', uid: r.uid, gid: r.gid, size: RANGE_SIZE, userns: null, denySetgroups: false, storeShift: { uid: r.uid, gid: r.gid }, note: 'host root: sandboxes map to unprivileged host ranges' };
+    return { mode, kind: 'host-range', uid: r.uid, gid: r.gid, size: RANGE_SIZE, userns: null, denySetgroups: false, storeShift: { uid: r.uid, gid: r.gid }, note: 'host root: sandboxes map to unprivileged host ranges', holderBase: null };
   }
   if (mode === 'userns-root') {
     const { kind, note } = namespaceKind();
     if (kind === 'namespace-range') {
       const count = Math.min(...[ownIdMaps().uid, ownIdMaps().gid].map((m) => m.reduce((n, l) => n + l.count, 0)));
       const size = Math.min(RANGE_SIZE, count - 1);
-      return { mode, kind, uid: 1, gid: 1, size, userns: null, denySetgroups: false, storeShift: { uid: 1, gid: 1, size }, note };
+      return { mode, kind, uid: 1, gid: 1, size, userns: null, denySetgroups: false, storeShift: { uid: 1, gid: 1, size }, note, holderBase: null };
     }
-    return { mode, kind, uid: 0, gid: 0, size: 1, userns: null, denySetgroups: false, storeShift: null, note };
+    return { mode, kind, uid: 0, gid: 0, size: 1, userns: null, denySetgroups: false, storeShift: null, note, holderBase: null };
   }
   const sub = subordinate();
   const uid = process.getuid?.() ?? 0;
   const gid = process.getgid?.() ?? 0;
-  if ('fix' in sub) return { mode, kind: 'single', uid, gid, size: 1, userns: null, denySetgroups: true, storeShift: null, note: sub.fix };
+  if ('fix' in sub) return { mode, kind: 'single', uid, gid, size: 1, userns: null, denySetgroups: true, storeShift: null, note: sub.fix, holderBase: null };
   const size = Math.min(RANGE_SIZE, sub.uid.count, sub.gid.count);
   const userns = makeHolder(sub, uid, gid);
   native().setOwnerUserns(userns);
@@ -161,6 +160,7 @@ function decide(): IdSource {
     denySetgroups: false,
     storeShift: { uid: 1, gid: 1, size },
     note: `subordinate ids ${sub.uid.start}..+${sub.uid.count} (uids) mapped with ${sub.newuidmap}`,
+    holderBase: { uid: sub.uid.start, gid: sub.gid.start },
   };
 }
 
@@ -205,4 +205,11 @@ export function removeStoreTree(parent: string, name: string): void {
   const userns = hostMode() === 'user' && cached ? (cached.userns ?? -1) : -1;
   const r = native().removeTree(parent, name, userns);
   if (isFailure(r)) throw new HutchError('ESTORE', `could not remove ${parent}/${name}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), path: `${parent}/${name}` });
+}
+
+/** chown of a path hutch made (never followed when a symlink), inside the holder namespace when its ids are that namespace's. */
+export function chownAsOwner(path: string, uid: number, gid: number): void {
+  const src = idSource();
+  const r = native().chownPath(path, uid, gid, src.kind === 'subordinate' ? (src.userns ?? -1) : -1);
+  if (isFailure(r)) throw new HutchError('ESETUP', `chown ${path} to ${uid}:${gid}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), path });
 }

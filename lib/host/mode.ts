@@ -12,7 +12,7 @@
  * Nothing else here decides; the planner, the id ranges, the cgroup parent, the store path
  * and the network backend ask `hostMode()`, and `checkHost()` reports it.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, readFileSync } from 'node:fs';
 
 export type HostMode = 'root' | 'userns-root' | 'user';
 
@@ -69,4 +69,14 @@ export function ownIdMaps(): { uid: IdMapLine[]; gid: IdMapLine[] } {
     }
   };
   return { uid: read('/proc/self/uid_map'), gid: read('/proc/self/gid_map') };
+}
+
+/** access(2) as a boolean: whether this process may `mode` (fs.constants.W_OK, X_OK, ...) the path. */
+export function mayAccess(path: string, mode: number): boolean {
+  try {
+    accessSync(path, mode);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -7,6 +7,7 @@
  * import path), so a committed or built layer is checked, hashed, kept as a blob and
  * extracted exactly as an imported one.
  */
+import { seenIds } from '../host/ids.js';
 import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, rmSync, type Stats } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as fsp from 'node:fs/promises';
@@ -246,7 +247,8 @@ export async function writeUpper(store: StoreContext, tar: LayerTar, upper: stri
       new HutchError('EINVAL', `${label}: ${JSON.stringify(rel)} changed or left the writable layer during the commit; stop the processes writing to it and commit again`, { path: rel });
     // The sandbox's root owns the upper dir itself: its range (a range of its own per
     // sandbox on 6.8+, else the store's) is read from there unless the caller says.
-    const shift = o.hostIds ?? upperOwner(rootFd, store.shift());
+    const outer = store.shift();
+    const shift = o.hostIds ?? upperOwner(rootFd, outer && seenIds(outer));
     const stats: UpperStats = { entries: 0, whiteouts: 0, opaqueDirs: 0, skipped: 0, dataBytes: 0, sparseFiles: 0 };
     const links = new Map<number, string>();
     const ids = (st: Stats, rel: string) => {

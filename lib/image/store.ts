@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { HutchError, invalid } from '../errors.js';
-import { idSource } from '../host/ids.js';
+import { chownAsOwner, idSource } from '../host/ids.js';
 import { hostMode } from '../host/mode.js';
 import { StoreLock } from './lock.js';
 import { teardownsDone } from '../teardowns.js';
@@ -159,14 +159,15 @@ export class ImageStore {
 
   private layout(): void {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
-    // As root: the sandbox's root (range uid 0, group range gid) passes through to mount the
-    // layers. Elsewhere the child mounts them with the caller's ids, before it drops to the range.
-    const shift = hostMode() === 'root' ? this.shift() : null;
+    // The sandbox's root (range uid 0, group range gid) passes through to mount the layers
+    // (before Linux 6.8 overlay resolves them after the setup child took the range's ids);
+    // other users may not even reach them. Outside host root the owner stays the caller (id 0 of
+    // the holder namespace or of hutch's own) and the group is given in that namespace.
+    const shift = this.shift();
     const share = (p: string) => {
-      if (shift) {
-        chownSync(p, 0, shift.gid);
-        chmodSync(p, 0o710);
-      } else chmodSync(p, 0o700);
+      if (shift && hostMode() === 'root') chownSync(p, 0, shift.gid);
+      else if (shift) chownAsOwner(p, 0, shift.gid);
+      chmodSync(p, shift ? 0o710 : 0o700);
     };
     share(this.root);
     for (const d of SHARED_DIRS) {

@@ -4,6 +4,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { DEFAULT_PATH } from '../conventions.js';
 import { HutchError } from '../errors.js';
 import type { ImageStore } from '../image/store.js';
 import { ImageView, userIds } from '../image/view.js';
@@ -71,4 +72,19 @@ export function imageUser(r: ResolvedImage): { uid: number; gid: number } | unde
   if (v === undefined) throw new HutchError('EINVAL', `the image's User '${u}' was not resolved (prepareImageUser); pass user: 'uid:gid'`);
   if (HutchError.is(v)) throw new HutchError(v.code, `${v.message}; pass user: 'uid:gid'`, { cause: v });
   return v;
+}
+
+/**
+ * The environment every process of a sandbox starts with: the image's `Env`, a `PATH` when it
+ * sets none (lib/conventions.ts, the only default: init searches exactly the PATH it is sent
+ * and has none of its own), then the sandbox's `env`. One place for sandboxes and templates.
+ */
+export function sandboxEnv(r: ResolvedImage, env: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of r.image.config.env) {
+    const i = kv.indexOf('=');
+    if (i > 0) out[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  out.PATH ??= DEFAULT_PATH;
+  return Object.assign(out, env);
 }

@@ -5,4 +5,4 @@
  */
 export { DEFAULT_DISK_BYTES, DEFAULT_SHM_BYTES, LEGACY_LOWERDIRS_MAX, MASKED, READONLY, planSandbox, type MountAttr, type PlanMount, type PlanUpper, type SandboxPlan } from './plan.js';
 export { encodePlan, type PlanResources } from './encode.js';
-export { imageUser, prepareImageUser, resolveCached, rootMountpoint } from './image.js';
+export { imageUser, prepareImageUser, resolveCached, rootMountpoint, sandboxEnv } from './image.js';

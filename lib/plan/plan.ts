@@ -8,6 +8,7 @@
  * lib/plan/encode.ts turns the plan and those into the buffer the setup child walks.
  */
 import { idSource } from '../host/ids.js';
+import { hostMode } from '../host/mode.js';
 import { HutchError } from '../errors.js';
 import { kernelFeatures, type KernelFeatures } from '../host/features.js';
 import type { ImageStore } from '../image/store.js';
@@ -112,7 +113,12 @@ export function planSandbox(opts: ResolvedSandboxOptions, image: ResolvedImage, 
   // Before 6.6 tmpfs drops user.* xattrs, which overlay's upper dir in a user namespace needs:
   // the writable layer goes to the store's disk, a loop image when a disk limit was asked for
   // (enforced), else a plain directory.
-  const upper: PlanUpper = opts.persistent ? { kind: 'disk', sizeBytes: diskBytes }
+  // Outside root mode a persistent layer is a plain directory: its size limit (a loop mount or
+  // XFS project quotas) is host root's to set up (docs/rootless.md).
+  if (opts.persistent && hostMode() !== 'root' && opts.limits.diskBytes !== null) {
+    throw new HutchError('EUNSUPPORTED', `limits.disk of a persistent sandbox is not supported outside host root (this is ${hostMode()} mode): its size limit needs a loop mount or XFS project quotas, which only host root may set up; drop limits.disk (the layer then has no size limit), use an ephemeral sandbox (its limits.disk is a tmpfs size), or run as root`);
+  }
+  const upper: PlanUpper = opts.persistent ? (hostMode() === 'root' ? { kind: 'disk', sizeBytes: diskBytes } : { kind: 'dir' })
     : features.tmpfsUserXattr ? { kind: 'tmpfs', sizeBytes: diskBytes }
       : opts.limits.diskBytes !== null ? { kind: 'disk', sizeBytes: opts.limits.diskBytes } : { kind: 'dir' };
   const mounts: PlanMount[] = [];

@@ -100,7 +100,7 @@ function processHost(core: SandboxCore): ProcessHost {
     cgroup: core.cgroup,
     clock: core.freezer.clock,
     violations: core.violationLog,
-    release: (id) => {
+    forget: (id) => {
       core.procs.delete(id);
       if (core.procs.size === 0) core.ctlWatch?.unref();
     },

@@ -11,10 +11,10 @@ import type { ImageStore } from '../image/store.js';
 import type { ResolvedImage } from '../image/types.js';
 import type { NetworkAttachment } from '../network/index.js';
 import type { ResolvedSandboxOptions } from '../options.js';
+import { sandboxEnv } from '../plan/image.js';
 import type { ProcessState, ResourceUsage } from '../process.js';
 import type { PersistentDisk } from '../disk.js';
 import { SandboxFreezer } from '../pause.js';
-import { DEFAULT_PATH } from '../conventions.js';
 import { ViolationLog, type SandboxEgress, type Violation } from '../network/egress.js';
 
 export interface SandboxEvents {
@@ -83,14 +83,7 @@ export class SandboxCore {
     this.cgroup = cgroup;
     this.caps = capabilityMask(opts.capabilities);
     this.seccomp = seccomp;
-    const env = new Map<string, string>();
-    for (const kv of image.image.config.env) {
-      const i = kv.indexOf('=');
-      if (i > 0) env.set(kv.slice(0, i), kv.slice(i + 1));
-    }
-    if (!env.has('PATH')) env.set('PATH', DEFAULT_PATH);
-    for (const [k, v] of Object.entries(opts.env)) env.set(k, v);
-    this.baseEnv = [...env].map(([k, v]) => `${k}=${v}`);
+    this.baseEnv = Object.entries(sandboxEnv(image, opts.env)).map(([k, v]) => `${k}=${v}`);
     this.exitedP = new Promise((r) => (this.exitedResolve = r));
     this.freezer = new SandboxFreezer(id, () => this.cgroup);
   }

@@ -145,43 +145,32 @@ function emitCompare(asm: Assembler, a: CheckedArg, pass: Label, fail: Label): v
   const vl = lo32(a.value);
   const lo = new Label();
   const hiEq = new Label();
+  // NE, LT and LE are EQ, GE and GT with the outcomes swapped.
+  const negated = a.op === 'SCMP_CMP_NE' || a.op === 'SCMP_CMP_LT' || a.op === 'SCMP_CMP_LE';
+  const yes = negated ? fail : pass;
+  const no = negated ? pass : fail;
   switch (a.op) {
     case 'SCMP_CMP_EQ':
-      asm.ld(argHi(a.index));
-      asm.jump(BPF_JEQ_K, vh, lo, fail);
-      asm.label(lo);
-      asm.ld(argLo(a.index));
-      asm.jump(BPF_JEQ_K, vl, pass, fail);
-      return;
     case 'SCMP_CMP_NE':
       asm.ld(argHi(a.index));
-      asm.jump(BPF_JEQ_K, vh, lo, pass);
+      asm.jump(BPF_JEQ_K, vh, lo, no);
       asm.label(lo);
       asm.ld(argLo(a.index));
-      asm.jump(BPF_JEQ_K, vl, fail, pass);
+      asm.jump(BPF_JEQ_K, vl, yes, no);
       return;
     case 'SCMP_CMP_GT':
     case 'SCMP_CMP_GE':
-      // hi > vh: holds; hi < vh: fails; equal: decided by the low word.
-      asm.ld(argHi(a.index));
-      asm.jump(BPF_JGT_K, vh, pass, hiEq);
-      asm.label(hiEq);
-      asm.jump(BPF_JEQ_K, vh, lo, fail);
-      asm.label(lo);
-      asm.ld(argLo(a.index));
-      asm.jump(a.op === 'SCMP_CMP_GT' ? BPF_JGT_K : BPF_JGE_K, vl, pass, fail);
-      return;
     case 'SCMP_CMP_LT':
     case 'SCMP_CMP_LE':
-      // hi < vh: holds; hi > vh: fails; equal: decided by the low word.
+      // arg > value (GT; LE is its negation) or arg >= value (GE; LT is its negation):
+      // hi > vh holds, hi < vh does not, equal hi words leave it to the low words.
       asm.ld(argHi(a.index));
-      asm.jump(BPF_JGE_K, vh, hiEq, pass);
+      asm.jump(BPF_JGT_K, vh, yes, hiEq);
       asm.label(hiEq);
-      asm.jump(BPF_JEQ_K, vh, lo, fail);
+      asm.jump(BPF_JEQ_K, vh, lo, no);
       asm.label(lo);
       asm.ld(argLo(a.index));
-      // lo < vl is !(lo >= vl); lo <= vl is !(lo > vl).
-      asm.jump(a.op === 'SCMP_CMP_LT' ? BPF_JGE_K : BPF_JGT_K, vl, fail, pass);
+      asm.jump(a.op === 'SCMP_CMP_GT' || a.op === 'SCMP_CMP_LE' ? BPF_JGT_K : BPF_JGE_K, vl, yes, no);
       return;
     case 'SCMP_CMP_MASKED_EQ': {
       // (arg & value) == valueTwo, valueTwo already masked (profile.ts); a word whose mask is

@@ -5,126 +5,39 @@
  * writable layer over the template's root, a cgroup this host made for it with the template's
  * limits, capabilities dropped, no_new_privs and the template's seccomp program.
  *
- * The host side here: the template sandbox and its zygote (started, checked, restarted), and
- * per task: the fork's cgroup, its request socket, stdio, the plan, output capture, timeout,
- * and the teardown (cgroup.kill, rmdir).
+ * The host side here: the template sandbox and its zygote (restarted when it ends; started in
+ * zygote.ts), and per task: the fork's cgroup, its request socket, stdio, output capture,
+ * timeout, and the teardown (cgroup.kill, rmdir). Forks prepared ahead and forks that become
+ * sandboxes: fork.ts; the template addon and helper files: native.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsc, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
-import { HutchError, errnoName, invalid, type HutchErrorStep } from '../errors.js';
+import { HutchError, errnoName, invalid } from '../errors.js';
 import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
 import { CAPABILITIES, capabilityMask } from '../capabilities.js';
 import { compileSeccomp } from '../seccomp/index.js';
 import { mergeExecLimits } from '../limits.js';
-import { isFailure, native, type NativeFailure, type Watch } from '../native.js';
+import { isFailure, native, type Watch } from '../native.js';
 import { ImageStore } from '../image/store.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
-import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached } from '../plan/index.js';
+import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
 import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
-  type ExecOptions, type ResolvedSandboxOptions, type SandboxOptions,
+  type ResolvedSandboxOptions,
 } from '../options.js';
 import { signalName, type ExecResult, type ResourceUsage, type SandboxProcess } from '../process.js';
 import { encodePlan } from './plan.js';
 import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
-import { waitSetup } from '../spawn.js';
+import { discardFork, feedStdin, forkSandbox, placeFork, prepareFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
+import { fail, helperFiles, tn } from './native.js';
+import { startZygote, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
 
 const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
 /** Where the zygote's own files are bound in the template (not carried into forks). */
 const ZDIR = '/.hutch-zygote';
-
-interface HostNative {
-  socketPair(): [number, number] | NativeFailure;
-  recvFds(fd: number): { data: Buffer; fds: number[] } | null | undefined | NativeFailure;
-  sendFds(fd: number, data: Buffer, fds: number[]): number | NativeFailure;
-  procFor(pidfd: number): number | NativeFailure;
-  pidfdOpen(pid: number): number | NativeFailure;
-  pidfdGetfd(pidfd: number, fd: number): number | NativeFailure;
-}
-
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'binding.gyp'))) return dir;
-    dir = dirname(dir);
-  }
-  throw new HutchError('EUNSUPPORTED', 'cannot find the hutch package root (binding.gyp) for the template helpers; reinstall hutch');
-}
-
-let hostNative: HostNative | undefined;
-function tn(): HostNative {
-  if (hostNative) return hostNative;
-  const p = join(packageRoot(), 'build', 'Release', 'hutch_template.node');
-  if (!existsSync(p)) throw new HutchError('EUNSUPPORTED', `templates need ${p}, which is not built; run npx node-gyp rebuild in the hutch package`);
-  hostNative = createRequire(import.meta.url)(p) as HostNative;
-  return hostNative;
-}
-
-function helperFiles(): { lib: string; python: string } {
-  const root = packageRoot();
-  const lib = join(root, 'build', 'Release', 'libhutch-zygote.so');
-  if (!existsSync(lib)) throw new HutchError('EUNSUPPORTED', `templates need ${lib}, which is not built; run npx node-gyp rebuild in the hutch package`);
-  return { lib, python: join(root, 'addon', 'zygote', 'zygote.py') };
-}
-
-function fail(step: string, errno: number, what: string): HutchError {
-  return new HutchError('ESETUP', `template fork failed at ${step}: ${errnoName(errno) ?? errno} (${what})`, { step: step as HutchErrorStep, errno: errnoName(errno) ?? String(errno) });
-}
-
-/** The host pid of a process given its pid in the template's pid namespace (NSpid). */
-function hostPidOf(initHostPid: number, innerPid: number): number | null {
-  const seen = new Set<number>();
-  const walk = (pid: number, depth: number): number | null => {
-    if (depth > 4 || seen.has(pid)) return null;
-    seen.add(pid);
-    let kids: string;
-    try {
-      kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8');
-    } catch {
-      return null;
-    }
-    for (const k of kids.split(' ').filter(Boolean).map(Number)) {
-      try {
-        const ns = /NSpid:\s*([\d\s]+)/.exec(readFileSync(`/proc/${k}/status`, 'utf8'));
-        const last = ns ? Number(ns[1]!.trim().split(/\s+/).pop()) : NaN;
-        if (last === innerPid) return k;
-      } catch {}
-      const r = walk(k, depth + 1);
-      if (r !== null) return r;
-    }
-    return null;
-  };
-  return walk(initHostPid, 0);
-}
-
-function fdinfoPid(fd: number): number {
-  const m = /^Pid:\s*(-?\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
-  return m ? Number(m[1]) : -1;
-}
-
-/** A fork prepared ahead: namespaces, cgroup, mounts done; waits for its task's request. */
-interface Prepared {
-  id: string;
-  cgroup: SandboxCgroup;
-  ctl: number;
-  c1: number;
-}
-
-/** A running zygote: its process in the template, and the host's end of its socket. */
-interface Zygote {
-  proc: SandboxProcess;
-  sock: number;
-  pidfd: number;
-  dead: boolean;
-  why: string;
-}
 
 /**
  * A warm interpreter serving fresh sandboxes. Made by {@link Sandbox.template}.
@@ -142,21 +55,15 @@ export class ZygoteTemplate implements SandboxTemplate {
   private closed = false;
   private readonly live = new Set<Promise<unknown>>();
   private readonly kills = new Set<() => void>();
-  private plan!: Buffer;
   private size = 0;
   /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
   private filling = 0;
-  private initPlan!: Buffer;
-  private resolved!: Awaited<ReturnType<typeof resolveCached>>;
+  private site!: ForkSite;
   private baseEnv!: Record<string, string>;
   private defaultCwd = '/';
   private zygoteArgv!: string[];
   private zygoteEnv!: Record<string, string>;
-  private store!: ImageStore;
-  private imageId!: string;
-  private helperLib!: string;
-  private layers!: { dir: string; lowerdirs: string[]; userns: number | null };
 
   private constructor(
     private readonly opts: ResolvedSandboxOptions,
@@ -181,9 +88,8 @@ export class ZygoteTemplate implements SandboxTemplate {
     const t = new ZygoteTemplate(opts, zygoteTimeoutMs);
     t.size = size;
     const files = helperFiles();
-    t.store = opts.store ?? ImageStore.default();
-    const image = await resolveCached(t.store, opts.image);
-    t.imageId = image.image.id;
+    const store = opts.store ?? ImageStore.default();
+    const image = await resolveCached(store, opts.image);
     t.zygoteEnv = { HUTCH_ZYGOTE_LIB: `${ZDIR}/libhutch-zygote.so`, HUTCH_ZYGOTE_PRELOAD: JSON.stringify(preload) };
     t.zygoteArgv = zygote === 'python' ? ['python3', `${ZDIR}/zygote.py`, ...preload] : zygote;
     // The template sandbox: the zygote needs the capabilities and syscalls of the fork-time
@@ -199,20 +105,12 @@ export class ZygoteTemplate implements SandboxTemplate {
         { source: files.python, target: `${ZDIR}/zygote.py`, readonly: true },
       ],
     });
-    t.helperLib = files.lib;
-    t.layers = { dir: image.layersDir, lowerdirs: image.lowerdirs, userns: t.sandbox.ids.layersUserns };
     try {
       const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
       const user = opts.user ?? { uid: 0, gid: 0 };
       const cfg = t.sandbox.image.image.config;
       t.defaultCwd = opts.cwd ?? (cfg.workingDir ? checkInsidePath('cwd', cfg.workingDir) : '/');
-      const env: Record<string, string> = {};
-      for (const kv of cfg.env) {
-        const i = kv.indexOf('=');
-        if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
-      }
-      env.PATH ??= '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-      t.baseEnv = { ...env, ...opts.env };
+      t.baseEnv = sandboxEnv(t.sandbox.image, opts.env);
       const planOpts = {
         uid: user.uid,
         gid: user.gid,
@@ -227,9 +125,17 @@ export class ZygoteTemplate implements SandboxTemplate {
         skip: [`${ZDIR}/libhutch-zygote.so`, `${ZDIR}/zygote.py`, ...(opts.mounts.length === 0 ? [] : [])],
         readonlyRoot: opts.readonlyRootfs,
       };
-      t.plan = encodePlan(planOpts);
-      t.initPlan = encodePlan({ ...planOpts, asInit: true });
-      t.resolved = image;
+      t.site = {
+        opts,
+        store,
+        imageId: image.image.id,
+        resolved: image,
+        ids: t.sandbox.ids,
+        layers: { dir: image.layersDir, lowerdirs: image.lowerdirs, userns: t.sandbox.ids.layersUserns },
+        plan: encodePlan(planOpts),
+        initPlan: encodePlan({ ...planOpts, asInit: true }),
+        helperLib: files.lib,
+      };
       await t.ensureZygote();
       t.refill();
     } catch (e) {
@@ -239,80 +145,14 @@ export class ZygoteTemplate implements SandboxTemplate {
     return t;
   }
 
-  /** Starts the zygote and waits for its ready line; HutchError when it does not speak the protocol. */
-  private async startZygote(): Promise<Zygote> {
-    const sb = this.sandbox;
-    if (sb.state === 'destroyed') throw new HutchError('EDESTROYED', 'the template sandbox is gone (its init ended); create a new template');
-    // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
-    const proc = sb.spawn(this.zygoteArgv, { env: { ...this.baseEnv, ...this.zygoteEnv } });
-    let out = '';
-    let err = '';
-    proc.stderr.on('data', (d: Buffer) => {
-      if (err.length < 4096) err += d.toString('utf8');
-    });
-    const line = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        proc.kill('SIGKILL');
-        reject(new HutchError('ESETUP', `the zygote ${JSON.stringify(this.zygoteArgv)} did not say it was ready within ${this.timeoutMs} ms (expected the line "hutch-zygote 1 <fd>" on its stdout; docs/templates.md)`, { step: 'zygote' }));
-      }, this.timeoutMs);
-      const onData = (d: Buffer): void => {
-        out += d.toString('utf8');
-        const nl = out.indexOf('\n');
-        if (nl >= 0 || out.length > 256) {
-          clearTimeout(timer);
-          proc.stdout.off('data', onData);
-          resolve(nl >= 0 ? out.slice(0, nl) : out);
-        }
-      };
-      proc.stdout.on('data', onData);
-      proc.result.then(
-        (r) => {
-          clearTimeout(timer);
-          reject(new HutchError('ESETUP', `the zygote ${JSON.stringify(this.zygoteArgv)} ended before it was ready (${r.reason} ${r.exitCode ?? r.signal}): ${err.trim().slice(-1000) || 'no stderr'}`, { step: 'zygote' }));
-        },
-        (e: unknown) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      );
-    });
-    const m = /^hutch-zygote 1 (\d+)$/.exec(line);
-    if (!m) {
-      proc.kill('SIGKILL');
-      throw new HutchError('ESETUP', `the zygote ${JSON.stringify(this.zygoteArgv)} does not speak the zygote protocol: its first line was ${JSON.stringify(line.slice(0, 100))}, expected "hutch-zygote 1 <fd>" (docs/templates.md)`, { step: 'zygote' });
-    }
-    proc.stdout.resume();
-    const host = hostPidOf(sb.pid, proc.pid);
-    const pidfd = host === null ? { errno: 3 } : tn().pidfdOpen(host);
-    if (isFailure(pidfd)) {
-      proc.kill('SIGKILL');
-      throw new HutchError('ESETUP', 'cannot find the zygote process from the host', { step: 'zygote', errno: errnoName(pidfd.errno) });
-    }
-    const sock = tn().pidfdGetfd(pidfd, Number(m[1]));
-    if (isFailure(sock)) {
-      closeSync(pidfd);
-      proc.kill('SIGKILL');
-      throw new HutchError('ESETUP', `cannot take the zygote's socket (fd ${m[1]}): ${errnoName(sock.errno)}`, { step: 'zygote', errno: errnoName(sock.errno) });
-    }
-    const z: Zygote = { proc, sock, pidfd, dead: false, why: '' };
-    const hello = native().send(sock, Buffer.from('{"op":"hello"}'));
-    if (isFailure(hello)) throw new HutchError('ESETUP', `the zygote's socket: ${errnoName(hello.errno)}`, { step: 'zygote' });
-    proc.result.then(
-      (r) => {
-        z.dead = true;
-        z.why = `the zygote ended (${r.reason} ${r.exitCode ?? r.signal})${err ? `: ${err.trim().slice(-500)}` : ''}`;
-        if (this.zygote === z) this.zygote = null;
-        closeSync(sock);
-        closeSync(pidfd);
-      },
-      () => undefined,
-    );
-    return z;
-  }
-
   private ensureZygote(): Promise<Zygote> {
     if (this.zygote && !this.zygote.dead) return Promise.resolve(this.zygote);
-    this.starting ??= this.startZygote().then(
+    // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
+    const env = { ...this.baseEnv, ...this.zygoteEnv };
+    const onEnd = (z: Zygote): void => {
+      if (this.zygote === z) this.zygote = null;
+    };
+    this.starting ??= startZygote(this.sandbox, this.zygoteArgv, env, this.timeoutMs, onEnd).then(
       (z) => {
         this.starting = null;
         this.zygote = z;
@@ -381,7 +221,7 @@ export class ZygoteTemplate implements SandboxTemplate {
     const id = ready?.id ?? randomBytes(6).toString('hex');
     const started = Date.now();
     const tr = new Trace('template-run');
-    if (!ready) await this.store.markInUse(this.imageId, id);
+    if (!ready) await this.site.store.markInUse(this.site.imageId, id);
     tr.mark('record');
     let cgroup: SandboxCgroup | null = null;
     const fds: number[] = [];
@@ -415,7 +255,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       } else {
         const sent = n.send(z!.sock, req, [sp[1]!, pin[0], pout[1], perr[1], pfiles[0]]);
         if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z!.dead ? `; ${z!.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
-        this.sendPlan(sp[0]!, this.plan, []);
+        sendPlan(this.site, sp[0]!, this.site.plan, []);
       }
       tr.mark('request');
       for (const fd of [...(ready ? [] : [sp[1]!]), pin[0], pout[1], perr[1], pfiles[0]]) {
@@ -425,10 +265,10 @@ export class ZygoteTemplate implements SandboxTemplate {
       // stdin: what was given, then EOF.
       const stdinFd = pin[1];
       fds.splice(fds.indexOf(stdinFd), 1);
-      void this.feedStdin(stdinFd, o.stdin);
+      void feedStdin(stdinFd, o.stdin);
       // The files, one after another on their own pipe (the zygote reads them by size).
       fds.splice(fds.indexOf(pfiles[1]), 1);
-      void this.feedStdin(pfiles[1], files.length > 0 ? Buffer.concat(files.map(([, d]) => d)) : undefined);
+      void feedStdin(pfiles[1], files.length > 0 ? Buffer.concat(files.map(([, d]) => d)) : undefined);
       const cap = limits.outputBytes;
       const out: Buffer[] = [];
       const errb: Buffer[] = [];
@@ -493,7 +333,7 @@ export class ZygoteTemplate implements SandboxTemplate {
             if (kind === 'P' && m.fds.length === 2) {
               c1pidfd = m.fds[0]!;
               try {
-                this.placeFork(ctl, m.fds, cg, false);
+                placeFork(ctl, m.fds, cg, false);
               } catch (e) {
                 setupErr = e as HutchError;
               }
@@ -555,7 +395,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       for (const fd of fds) n.close(fd);
       if (c1pidfd >= 0) n.close(c1pidfd);
       await cgroup?.destroy();
-      await this.store.release(id).catch(() => undefined);
+      await this.site.store.release(id).catch(() => undefined);
     }
   }
 
@@ -563,10 +403,10 @@ export class ZygoteTemplate implements SandboxTemplate {
   private refill(): void {
     while (!this.closed && this.ready.length + this.filling < this.size) {
       this.filling++;
-      const fill: Promise<unknown> = this.prepare().then(
+      const fill: Promise<unknown> = this.ensureZygote().then((z) => prepareFork(this.site, z)).then(
         (p) => {
           this.filling--;
-          if (this.closed) return this.discard(p);
+          if (this.closed) return discardFork(this.site, p);
           this.ready.push(p);
           return undefined;
         },
@@ -579,125 +419,6 @@ export class ZygoteTemplate implements SandboxTemplate {
     }
   }
 
-  /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
-  private async prepare(): Promise<Prepared> {
-    const z = await this.ensureZygote();
-    const n = native();
-    const t = tn();
-    const id = randomBytes(6).toString('hex');
-    await this.store.markInUse(this.imageId, id);
-    let cgroup: SandboxCgroup | null = null;
-    let ctl = -1;
-    let w: Watch | undefined;
-    try {
-      cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
-      const cg = cgroup;
-      const sp = t.socketPair();
-      if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
-      ctl = sp[0];
-      const sent = n.send(z.sock, Buffer.from('{"prepared":true}'), [sp[1]]);
-      n.close(sp[1]);
-      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
-      this.sendPlan(ctl, this.plan, []);
-      const c1 = await new Promise<number>((resolve, reject) => {
-        w = new n.Watch(ctl, () => {
-          for (;;) {
-            const m = t.recvFds(ctl);
-            if (m === undefined) return;
-            if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
-            const kind = String.fromCharCode(m.data[0] ?? 0);
-            if (kind === 'P' && m.fds.length === 2) {
-              try {
-                this.placeFork(ctl, m.fds, cg, false);
-              } catch (e) {
-                n.close(m.fds[0]!);
-                return reject(e);
-              }
-              return resolve(m.fds[0]!);
-            }
-            for (const fd of m.fds) n.close(fd);
-            if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
-          }
-        });
-      });
-      return { id, cgroup, ctl, c1 };
-    } catch (e) {
-      if (ctl >= 0) n.close(ctl);
-      await cgroup?.destroy().catch(() => undefined);
-      await this.store.release(id).catch(() => undefined);
-      throw e;
-    } finally {
-      w?.close();
-    }
-  }
-
-  private async discard(p: Prepared): Promise<void> {
-    const n = native();
-    p.cgroup.kill();
-    n.close(p.ctl);
-    n.close(p.c1);
-    await p.cgroup.destroy().catch(() => undefined);
-    await this.store.release(p.id).catch(() => undefined);
-  }
-
-  /**
-   * The plan and the image's layers (trees cloned for this fork alone, idmapped like the
-   * template's), and `extra` fds after them, on the fork's own socket: the fork reads them first.
-   */
-  private sendPlan(sock: number, plan: Buffer, extra: number[]): void {
-    const n = native();
-    const trees: number[] = [];
-    try {
-      for (const hex of this.layers.lowerdirs) {
-        const tree = n.openTree(join(this.layers.dir, hex), true, this.layers.userns ?? undefined);
-        if (isFailure(tree)) throw fail('layers', tree.errno, hex);
-        trees.push(tree.fd);
-      }
-      const s = tn().sendFds(sock, plan, [...trees, ...extra]);
-      if (isFailure(s)) throw fail('plan', s.errno, 'send');
-    } finally {
-      for (const fd of trees) n.close(fd);
-    }
-  }
-
-  /**
-   * The fork's 'P' message (its two processes' pidfds): both into the fork's cgroup, then a
-   * proc of the task's pid namespace sent back (helper.c says why). Returns the task's host
-   * pid and keeps its pidfd when `keepTask`; throws HutchError (the cgroup killed).
-   */
-  private placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
-    const n = native();
-    const taskfd = fds[1]!;
-    try {
-      const pids = [fdinfoPid(fds[0]!), fdinfoPid(taskfd)];
-      try {
-        for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
-      } catch (e) {
-        throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
-      }
-      const proc = tn().procFor(taskfd);
-      if (isFailure(proc)) throw fail('proc', proc.errno, 'host');
-      const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
-      n.close(proc);
-      if (isFailure(s)) throw fail('proc', s.errno, 'send');
-      return { pid: pids[1]!, pidfd: keepTask ? taskfd : -1 };
-    } catch (e) {
-      cg.kill();
-      throw e;
-    } finally {
-      if (!keepTask) n.close(taskfd);
-    }
-  }
-
-  private async feedStdin(fd: number, stdin: ReturnType<typeof resolveExecOptions>['stdin']): Promise<void> {
-    const { createWriteStream } = await import('node:fs');
-    const w = createWriteStream('', { fd, autoClose: true });
-    w.on('error', () => undefined);
-    if (stdin === undefined) return void w.end();
-    if (typeof stdin === 'string' || stdin instanceof Uint8Array) return void w.end(stdin);
-    (stdin as NodeJS.ReadableStream).pipe(w);
-  }
-
   /**
    * A fresh sandbox forked from the template, whose PID 1 is hutch's init: a Sandbox like any
    * other (exec, spawn, files, stats, commit, destroy, events) that skipped the clone and
@@ -708,83 +429,7 @@ export class ZygoteTemplate implements SandboxTemplate {
    */
   async fork(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
-    const z = await this.ensureZygote();
-    const n = native();
-    const t = tn();
-    const id = randomBytes(6).toString('hex');
-    await this.store.markInUse(this.imageId, id);
-    const fds: number[] = [];
-    const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
-      if (isFailure(r)) throw fail('fds', r.errno, what);
-      fds.push(r[0], r[1]);
-      return r;
-    };
-    let cgroup: SandboxCgroup | null = null;
-    let spawned: { pid: number; pidfd: number; ctlFd: number; errFd: number } | null = null;
-    let c1 = -1;
-    let w: Watch | undefined;
-    try {
-      cgroup = cgroupDriver().create(id, this.opts.limits.cgroup);
-      const cg = cgroup;
-      const req = keep(t.socketPair(), 'socketpair');
-      const ctl = keep(t.socketPair(), 'socketpair');
-      const ready = keep(n.pipe(true), 'pipe');
-      const none = keep(n.pipe(false), 'pipe');
-      const bin = openSync(join(dirname(this.helperLib), 'hutch-init'), fsc.O_RDONLY);
-      fds.push(bin);
-      const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), [req[1], ctl[1], ready[1], none[1], none[0]]);
-      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
-      this.sendPlan(req[0], this.initPlan, [bin]);
-      for (const fd of [req[1], ctl[1], ready[1], none[1], none[0], bin]) {
-        n.close(fd);
-        fds.splice(fds.indexOf(fd), 1);
-      }
-      const sock = req[0];
-      const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
-        let got: { pid: number; pidfd: number } | null = null;
-        w = new n.Watch(sock, () => {
-          for (;;) {
-            const m = t.recvFds(sock);
-            if (m === undefined) return;
-            if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
-            const kind = String.fromCharCode(m.data[0] ?? 0);
-            if (kind === 'P' && m.fds.length === 2) {
-              c1 = m.fds[0]!;
-              try {
-                got = this.placeFork(sock, m.fds, cg, true);
-              } catch (e) {
-                return reject(e);
-              }
-            } else {
-              for (const fd of m.fds) n.close(fd);
-              if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
-              if (kind === 'S' && got) return resolve(got);
-            }
-          }
-        });
-      });
-      spawned = { pid: placed.pid, pidfd: placed.pidfd, ctlFd: ctl[0], errFd: ready[0] };
-      fds.splice(fds.indexOf(ctl[0]), 1);
-      fds.splice(fds.indexOf(ready[0]), 1);
-      const setup = await waitSetup(spawned);
-      n.close(spawned.errFd);
-      if (setup) throw fail('exec_init', setup.errno, 'init did not start');
-      const sb = Sandbox.adopt(id, this.opts, this.store, this.resolved, spawned, cg, { ...this.sandbox.ids, release: () => undefined });
-      return sb;
-    } catch (e) {
-      if (spawned) {
-        n.pidfdKill(spawned.pidfd, 9);
-        n.close(spawned.pidfd);
-        n.close(spawned.ctlFd);
-      }
-      await cgroup?.destroy().catch(() => undefined);
-      await this.store.release(id).catch(() => undefined);
-      throw e;
-    } finally {
-      w?.close();
-      for (const fd of fds) n.close(fd);
-      if (c1 >= 0) n.close(c1);
-    }
+    return forkSandbox(this.site, await this.ensureZygote());
   }
 
   /** Kills every running fork, the zygote and the template sandbox; frees everything. Idempotent. */
@@ -792,7 +437,7 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.closed) return;
     this.closed = true;
     for (const k of this.kills) k();
-    await Promise.all(this.ready.splice(0).map((p) => this.discard(p)));
+    await Promise.all(this.ready.splice(0).map((p) => discardFork(this.site, p)));
     await Promise.allSettled([...this.live]);
     await this.sandbox.destroy();
   }

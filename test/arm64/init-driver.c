@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../../addon/fdmsg.h"
 #include "../../addon/init/protocol.h"
 
 static int fail(const char *what) {
@@ -90,20 +91,12 @@ int main(int argc, char **argv) {
   r.strings_len = sizeof strings;
   memcpy(buf, &r, sizeof r);
   memcpy(buf + sizeof r, strings, sizeof strings);
-  struct iovec iov = {buf, sizeof r + sizeof strings};
   int fds[3] = {devnull, out[1], devnull};
-  _Alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)];
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof fds);
-  memcpy(CMSG_DATA(c), fds, sizeof fds);
+  FDMSG_CBUF(cbuf, 3);
+  fdmsg_init(&msg, &iov, buf, sizeof r + sizeof strings, cbuf.buf, sizeof cbuf.buf);
+  fdmsg_put(&msg, fds, 3);
   if (sendmsg(sock, &msg, 0) < 0) return fail("send exec");
   close(out[1]);
   close(devnull);

@@ -47,14 +47,10 @@ static void test_fdpass() {
   CHECK(send_with_fds(sv[0], "hello", 5, fds, 1) == 5);
   CHECK(send_with_fds(sv[0], "x", 1, fds, 254) == -EINVAL);
   char data[16];
-  struct iovec iov = {data, sizeof data};
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
+  FDMSG_CBUF(cbuf, 1);
+  fdmsg_init(&msg, &iov, data, sizeof data, cbuf.buf, sizeof cbuf.buf);
   ssize_t n = recvmsg(sv[1], &msg, MSG_CMSG_CLOEXEC);
   CHECK(n == 5 && memcmp(data, "hello", 5) == 0);
   struct cmsghdr *c = CMSG_FIRSTHDR(&msg);

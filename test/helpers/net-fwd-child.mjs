@@ -1,4 +1,4 @@
-// A hutch user run by test/network-host.test.ts inside a network namespace the test made
+// A hutch user run by test/network/host.test.ts inside a network namespace the test made
 // (`ip netns exec <ns> node net-fwd-child.mjs <mode> <range>`), so forwarding flags and the
 // nftables table it reads and changes are that namespace's, not the machine's. HUTCH_NET_DIR
 // names a state dir of the test's. Prints one JSON line per event on stdout.
@@ -10,8 +10,9 @@
 //          flags are back as before once the last is gone
 //   hold   attaches a nat sandbox, prints {"ev":"attached"} and waits to be SIGKILLed
 //   prune  pruneNetwork(), prints its result and the flags
-import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { startFakeSandbox } from './fake-sandbox.mjs';
 import { attachNetwork, releaseNetwork, resolveNetwork, pruneNetwork, settleNetwork } from '../../dist/lib/network/index.js';
 
 const [mode, range, worldNs, worldAddr, peerAddr] = process.argv.slice(2);
@@ -31,19 +32,7 @@ function nft(args) {
   }
 }
 
-async function fakeSandbox() {
-  const child = spawn('unshare', ['--user', '--map-root-user', '--net', 'sleep', '300'], { stdio: 'ignore' });
-  const pid = child.pid;
-  const own = readlinkSync('/proc/self/ns/net');
-  for (let i = 0; i < 200; i++) {
-    try {
-      if (readlinkSync(`/proc/${pid}/ns/net`) !== own) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  execFileSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up']);
-  return child;
-}
+const fakeSandbox = startFakeSandbox;
 
 /** A TCP connection from a netns (sandbox pid or named netns): 'ok <reply>', an error code or 'timeout'. */
 function connect(target, host, port, timeoutMs = 1500) {

@@ -4,8 +4,8 @@
  * the tests make, or loopback.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readlinkSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
+import { startFakeSandbox } from './fake-sandbox.mjs';
 
 export function sh(cmd: string): string {
   return execFileSync('sh', ['-c', cmd], { encoding: 'utf8' });
@@ -16,18 +16,9 @@ export const children: ChildProcess[] = [];
 
 /** A stand-in for a sandbox: a process in new user + net namespaces, lo up. */
 export async function fakeSandbox(): Promise<number> {
-  const child = spawn('unshare', ['--user', '--map-root-user', '--net', 'sleep', '300'], { stdio: 'ignore' });
+  const child = await startFakeSandbox();
   children.push(child);
-  const pid = child.pid!;
-  const own = readlinkSync('/proc/self/ns/net');
-  for (let i = 0; i < 200; i++) {
-    try {
-      if (readlinkSync(`/proc/${pid}/ns/net`) !== own) break;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  sh(`nsenter --net=/proc/${pid}/ns/net ip link set lo up`);
-  return pid;
+  return child.pid!;
 }
 
 export function kill(pid: number): void {

@@ -1,5 +1,5 @@
 # Drives a command on a real pseudo-terminal (Python's pty module), as a person at a terminal
-# would: test/cli-tty.test.ts. Usage: pty-drive.py SCENARIO -- ARGV...
+# would: test/cli/tty.test.ts. Usage: pty-drive.py SCENARIO -- ARGV...
 # Prints one JSON object: what the scenario saw.
 import fcntl, json, os, pty, select, signal, struct, sys, termios, time
 

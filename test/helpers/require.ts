@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+
 /**
  * A test that needs a host feature skips with the reason; with HUTCH_REQUIRE_ALL=1 (CI sets
  * it) the missing feature fails the test instead, so CI never goes green by skipping.
@@ -12,3 +14,13 @@ export function needs(ok: boolean, reason: string): string | undefined {
 }
 
 export const isRoot = process.getuid?.() === 0;
+
+/**
+ * Undefined when this process is root and every command is on PATH, else the reason
+ * ("<what> need root with a, b and c"); throws when HUTCH_REQUIRE_ALL=1.
+ */
+export function needsRootWith(what: string, commands: string[]): string | undefined {
+  const found = commands.every((c) => spawnSync('sh', ['-c', `command -v ${c}`], { stdio: 'ignore' }).status === 0);
+  const list = commands.length > 1 ? `${commands.slice(0, -1).join(', ')} and ${commands[commands.length - 1]}` : commands.join('');
+  return needs(isRoot && found, `${what} need root with ${list}`);
+}

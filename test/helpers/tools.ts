@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot } from './require.js';
 
@@ -32,4 +32,30 @@ export function debianTarball(): string | undefined {
     rmSync(dir, { recursive: true, force: true });
     rmSync(part, { force: true });
   }
+}
+
+/**
+ * An OCI layout made by umoci in `dir` (as `dir`/lay, tag latest) with two layers: the first
+ * has busybox (/bin/sh a link to it), /etc/hello and /etc/gone; the second deletes /etc/gone
+ * (a whiteout) and adds /etc/second. `config`: umoci config flags. Returns the layout's path.
+ */
+export function umociLayout(dir: string, config: string[]): string {
+  const umoci = (...args: string[]) => execFileSync('umoci', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  mkdirSync(dir, { recursive: true });
+  umoci('init', '--layout', 'lay');
+  umoci('new', '--image', 'lay:latest');
+  umoci('unpack', '--image', 'lay:latest', 'bundle');
+  const rootfs = join(dir, 'bundle/rootfs');
+  mkdirSync(join(rootfs, 'bin'));
+  mkdirSync(join(rootfs, 'etc'));
+  writeFileSync(join(rootfs, 'bin/busybox'), readFileSync('/bin/busybox'), { mode: 0o755 });
+  symlinkSync('busybox', join(rootfs, 'bin/sh'));
+  writeFileSync(join(rootfs, 'etc/hello'), 'hello\n');
+  writeFileSync(join(rootfs, 'etc/gone'), 'gone\n');
+  umoci('repack', '--refresh-bundle', '--image', 'lay:latest', 'bundle');
+  rmSync(join(rootfs, 'etc/gone'));
+  writeFileSync(join(rootfs, 'etc/second'), 'second\n');
+  umoci('repack', '--image', 'lay:latest', 'bundle');
+  umoci('config', '--image', 'lay:latest', ...config);
+  return join(dir, 'lay');
 }

@@ -1,4 +1,5 @@
 /** COPY and ADD: sources from the build context (globs, .dockerignore, confinement), their hash for the cache, their layer. */
+import { seenIds } from '../../host/ids.js';
 import { createHash } from 'node:crypto';
 import { constants, lstatSync, readFileSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -216,7 +217,8 @@ export async function copyPlan(ctx: Ctx, ins: Instruction, state: State, vars: M
     const tar = new LayerTar(ctx.op);
     try {
       const now = Math.floor(Date.now() / 1000);
-      const shift = ctx.store.shift();
+      const outer = ctx.store.shift();
+      const shift = outer && seenIds(outer); // stat shows host ids (lib/host/ids.ts)
       const destParts = await view.resolve(destAbs, true);
       const existing = await view.lookup(destParts);
       const intoDir = dest.endsWith('/') || dest === '.' || (existing !== null && existing.st.isDirectory());

@@ -1,4 +1,5 @@
 /** The image's own tree during a build: USER's ids from the image's passwd/group, WORKDIR's directories. */
+import { seenIds } from '../../host/ids.js';
 import { join } from 'node:path';
 import { ID_LIMIT } from '../../conventions.js';
 import { LayerTar } from '../commit.js';
@@ -56,7 +57,8 @@ export async function workdirLayer(ctx: Ctx, state: State, dir: string): Promise
   if (f) throw new Error(`WORKDIR ${dir} exists in the image and is not a directory`);
   const tar = new LayerTar(ctx.op);
   try {
-    await ensureDirs(tar, view, ctx.store.shift(), parts, await userOwner(view, state), Math.floor(Date.now() / 1000));
+    const outer = ctx.store.shift();
+    await ensureDirs(tar, view, outer && seenIds(outer), parts, await userOwner(view, state), Math.floor(Date.now() / 1000));
     return await tar.toLayer(ctx.store, ctx.op, `WORKDIR ${dir}`);
   } catch (e) {
     tar.discard(); // its fd closed now: a full disk gets its space back

@@ -1,0 +1,84 @@
+/**
+ * `npm run bench:rootless`: hutch as an ordinary user (issue 15, docs/rootless.md), side by
+ * side in one run with the peers that user has: child_process.spawn and bubblewrap run by the
+ * same user. As root it makes a user with subordinate ids and a delegated cgroup
+ * (scripts/rootless-user.sh), runs itself as that user, and removes the user's cgroups and
+ * store afterwards. Options: --iterations N (default 200), --warmup N (default 20).
+ *
+ * Reported: p50/p90/p99 of each peer and the ratios the issue asks for: rootless Sandbox.run
+ * against bubblewrap, rootless exec against spawn.
+ */
+import { spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageStore, Sandbox } from '../lib/index.js';
+import { hostMode } from '../lib/host/mode.js';
+import { idSource } from '../lib/host/ids.js';
+import { bwrapPeer, execPeer, interleave, spawnPeer, type Peer } from './lib/peers.js';
+import { ms, ratio, summarize } from './lib/stats.js';
+
+function arg(name: string, dflt: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+}
+
+async function asUser(): Promise<void> {
+  const iterations = arg('iterations', 200);
+  const warmup = arg('warmup', 20);
+  const store = ImageStore.default();
+  const image = await store.resolve('busybox');
+  const rootfs = image.layersDir ? join(image.layersDir, image.lowerdirs[0]!) : '';
+  const live = await Sandbox.create({ image: 'busybox' });
+  const run: Peer = {
+    name: 'hutch-run',
+    what: "Sandbox.run({ image: 'busybox', command: ['/bin/true'] })",
+    async sample() {
+      const t0 = performance.now();
+      const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'] });
+      const t = performance.now() - t0;
+      if (r.exitCode !== 0) throw new Error(`hutch-run: ${r.reason} ${r.exitCode}`);
+      return t;
+    },
+    settle: () => Sandbox.settle(),
+  };
+  const peers = [spawnPeer(), bwrapPeer(rootfs), run, execPeer(live)];
+  const results = await interleave(peers, warmup, iterations, 'rootless');
+  await live.destroy();
+  await Sandbox.settle();
+  const host = await Sandbox.checkHost();
+  const p50 = (name: string) => summarize(results.find((r) => r.peer.name === name)?.samples ?? []).p50;
+  console.log(`hutch rootless bench: mode ${host.mode}, uid ${process.getuid?.()}, ids ${idSource().kind}, ${iterations} rounds after ${warmup} warm-up, peers interleaved`);
+  for (const r of results) {
+    const s = summarize(r.samples, r.failures);
+    console.log(`  ${r.peer.name.padEnd(10)} p50 ${ms(s.p50).padStart(9)}  p90 ${ms(s.p90).padStart(9)}  p99 ${ms(s.p99).padStart(9)}  n=${s.n}${r.disabled ? `  dropped: ${r.errors[0]}` : ''}   ${r.peer.what}`);
+  }
+  console.log(`  Sandbox.run / bwrap (same user): ${ratio(p50('hutch-run'), p50('bwrap'))} (goal <= 0.5x)`);
+  console.log(`  exec / spawn:                    ${ratio(p50('exec'), p50('spawn'))} (goal <= 1.5x)`);
+}
+
+function asRoot(): void {
+  const user = process.env.HUTCH_BENCH_USER ?? 'hutchbench';
+  const root = process.cwd();
+  const run = (argv: string[]) => {
+    const r = spawnSync(argv[0]!, argv.slice(1), { stdio: 'inherit', cwd: root });
+    if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
+  };
+  run(['sh', 'scripts/rootless-user.sh', 'setup', user]);
+  const dir = mkdtempSync('/tmp/hutch-bench-rootless-');
+  chmodSync(dir, 0o755);
+  const uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim());
+  chownSync(dir, uid, uid);
+  try {
+    run(['sh', 'scripts/rootless-user.sh', 'run', user, '--', 'env', `HUTCH_ROOT=${join(dir, 'store')}`, 'HUTCH_BACKGROUND_PRUNE=0', process.execPath, ...process.argv.slice(1)]);
+  } finally {
+    run(['sh', 'scripts/rootless-user.sh', 'teardown', user]);
+    // The store's layers belong to the user's subordinate ids: removed by the user, in its holder namespace.
+    spawnSync('sh', ['scripts/rootless-user.sh', 'run', user, '--no-cgroup', '--', process.execPath, '--input-type=module', '-e',
+      `const m = await import(${JSON.stringify(join(root, 'dist/lib/host/ids.js'))}); m.idSource(); m.removeStoreTree(${JSON.stringify(dir)}, 'store');`], { stdio: 'inherit', cwd: root });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (hostMode() === 'root') asRoot();
+else await asUser();
+

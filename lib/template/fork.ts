@@ -1,0 +1,249 @@
+/**
+ * A template's forks, host side: a fork prepared ahead of its task, a fork that becomes a
+ * Sandbox (its PID 1 hutch's init), and what every fork needs from the host: the plan and the
+ * image's layers on its socket, its two processes moved into its cgroup, its stdin fed.
+ */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, constants as fsc, openSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Sandbox } from '../sandbox.js';
+import { HutchError, errnoName } from '../errors.js';
+import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
+import { isFailure, native, type NativeFailure, type Watch } from '../native.js';
+import type { ImageStore } from '../image/store.js';
+import type { ResolvedImage } from '../image/types.js';
+import type { SandboxIds } from '../idrange.js';
+import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
+import { waitSetup } from '../child-setup.js';
+import { fail, fdinfoPid, tn } from './native.js';
+import type { Zygote } from './zygote.js';
+
+/** What a template's forks share: set once when the template is made. */
+export interface ForkSite {
+  readonly opts: ResolvedSandboxOptions;
+  readonly store: ImageStore;
+  readonly imageId: string;
+  readonly resolved: ResolvedImage;
+  /** The template sandbox's ids; a fork's sandbox shares them (it releases nothing of them). */
+  readonly ids: SandboxIds;
+  /** The image's layers, cloned for each fork and idmapped like the template's. */
+  readonly layers: { dir: string; lowerdirs: string[]; userns: number | null };
+  /** The fork plan of a task (lib/template/plan.ts), and of a fork whose PID 1 is init. */
+  readonly plan: Buffer;
+  readonly initPlan: Buffer;
+  /** libhutch-zygote.so; hutch-init sits beside it. */
+  readonly helperLib: string;
+}
+
+/** A fork prepared ahead: namespaces, cgroup, mounts done; waits for its task's request. */
+export interface Prepared {
+  id: string;
+  cgroup: SandboxCgroup;
+  ctl: number;
+  c1: number;
+}
+
+/** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
+export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> {
+  const n = native();
+  const t = tn();
+  const id = randomBytes(6).toString('hex');
+  await site.store.markInUse(site.imageId, id);
+  let cgroup: SandboxCgroup | null = null;
+  let ctl = -1;
+  let w: Watch | undefined;
+  try {
+    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
+    const cg = cgroup;
+    const sp = t.socketPair();
+    if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
+    ctl = sp[0];
+    const sent = n.send(z.sock, Buffer.from('{"prepared":true}'), [sp[1]]);
+    n.close(sp[1]);
+    if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
+    sendPlan(site, ctl, site.plan, []);
+    const c1 = await new Promise<number>((resolve, reject) => {
+      w = new n.Watch(ctl, () => {
+        for (;;) {
+          const m = t.recvFds(ctl);
+          if (m === undefined) return;
+          if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
+          const kind = String.fromCharCode(m.data[0] ?? 0);
+          if (kind === 'P' && m.fds.length === 2) {
+            try {
+              placeFork(ctl, m.fds, cg, false);
+            } catch (e) {
+              n.close(m.fds[0]!);
+              return reject(e);
+            }
+            return resolve(m.fds[0]!);
+          }
+          for (const fd of m.fds) n.close(fd);
+          if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+        }
+      });
+    });
+    return { id, cgroup, ctl, c1 };
+  } catch (e) {
+    if (ctl >= 0) n.close(ctl);
+    await cgroup?.destroy().catch(() => undefined);
+    await site.store.release(id).catch(() => undefined);
+    throw e;
+  } finally {
+    w?.close();
+  }
+}
+
+export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
+  const n = native();
+  p.cgroup.kill();
+  n.close(p.ctl);
+  n.close(p.c1);
+  await p.cgroup.destroy().catch(() => undefined);
+  await site.store.release(p.id).catch(() => undefined);
+}
+
+/**
+ * The plan and the image's layers (trees cloned for this fork alone, idmapped like the
+ * template's), and `extra` fds after them, on the fork's own socket: the fork reads them first.
+ */
+export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: number[]): void {
+  const n = native();
+  const trees: number[] = [];
+  try {
+    for (const hex of site.layers.lowerdirs) {
+      const tree = n.openTree(join(site.layers.dir, hex), true, site.layers.userns ?? undefined);
+      if (isFailure(tree)) throw fail('layers', tree.errno, hex);
+      trees.push(tree.fd);
+    }
+    const s = tn().sendFds(sock, plan, [...trees, ...extra]);
+    if (isFailure(s)) throw fail('plan', s.errno, 'send');
+  } finally {
+    for (const fd of trees) n.close(fd);
+  }
+}
+
+/**
+ * The fork's 'P' message (its two processes' pidfds): both into the fork's cgroup, then a
+ * proc of the task's pid namespace sent back (helper.c says why). Returns the task's host
+ * pid and keeps its pidfd when `keepTask`; throws HutchError (the cgroup killed).
+ */
+export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
+  const n = native();
+  const taskfd = fds[1]!;
+  try {
+    const pids = [fdinfoPid(fds[0]!), fdinfoPid(taskfd)];
+    try {
+      for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+    } catch (e) {
+      throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
+    }
+    const proc = tn().procFor(taskfd);
+    if (isFailure(proc)) throw fail('proc', proc.errno, 'host');
+    const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
+    n.close(proc);
+    if (isFailure(s)) throw fail('proc', s.errno, 'send');
+    return { pid: pids[1]!, pidfd: keepTask ? taskfd : -1 };
+  } catch (e) {
+    cg.kill();
+    throw e;
+  } finally {
+    if (!keepTask) n.close(taskfd);
+  }
+}
+
+/** Writes `stdin` (or nothing) to `fd`, then closes it. */
+export async function feedStdin(fd: number, stdin: ResolvedExecOptions['stdin']): Promise<void> {
+  const w = createWriteStream('', { fd, autoClose: true });
+  w.on('error', () => undefined);
+  if (stdin === undefined) return void w.end();
+  if (typeof stdin === 'string' || stdin instanceof Uint8Array) return void w.end(stdin);
+  (stdin as NodeJS.ReadableStream).pipe(w);
+}
+
+/**
+ * A fresh sandbox forked from the template, whose PID 1 is hutch's init: a Sandbox like any
+ * other (exec, spawn, files, stats, commit, destroy, events) that skipped the clone and
+ * image setup of a cold create. Its execs start new processes (the zygote's warm interpreter
+ * serves run(), not a fork's execs). The caller destroys it.
+ *
+ * @throws HutchError `ESETUP` (the fork's setup failed).
+ */
+export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
+  const n = native();
+  const t = tn();
+  const id = randomBytes(6).toString('hex');
+  await site.store.markInUse(site.imageId, id);
+  const fds: number[] = [];
+  const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
+    if (isFailure(r)) throw fail('fds', r.errno, what);
+    fds.push(r[0], r[1]);
+    return r;
+  };
+  let cgroup: SandboxCgroup | null = null;
+  let spawned: { pid: number; pidfd: number; ctlFd: number; errFd: number } | null = null;
+  let c1 = -1;
+  let w: Watch | undefined;
+  try {
+    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
+    const cg = cgroup;
+    const req = keep(t.socketPair(), 'socketpair');
+    const ctl = keep(t.socketPair(), 'socketpair');
+    const ready = keep(n.pipe(true), 'pipe');
+    const none = keep(n.pipe(false), 'pipe');
+    const bin = openSync(join(dirname(site.helperLib), 'hutch-init'), fsc.O_RDONLY);
+    fds.push(bin);
+    const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), [req[1], ctl[1], ready[1], none[1], none[0]]);
+    if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
+    sendPlan(site, req[0], site.initPlan, [bin]);
+    for (const fd of [req[1], ctl[1], ready[1], none[1], none[0], bin]) {
+      n.close(fd);
+      fds.splice(fds.indexOf(fd), 1);
+    }
+    const sock = req[0];
+    const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
+      let got: { pid: number; pidfd: number } | null = null;
+      w = new n.Watch(sock, () => {
+        for (;;) {
+          const m = t.recvFds(sock);
+          if (m === undefined) return;
+          if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
+          const kind = String.fromCharCode(m.data[0] ?? 0);
+          if (kind === 'P' && m.fds.length === 2) {
+            c1 = m.fds[0]!;
+            try {
+              got = placeFork(sock, m.fds, cg, true);
+            } catch (e) {
+              return reject(e);
+            }
+          } else {
+            for (const fd of m.fds) n.close(fd);
+            if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+            if (kind === 'S' && got) return resolve(got);
+          }
+        }
+      });
+    });
+    spawned = { pid: placed.pid, pidfd: placed.pidfd, ctlFd: ctl[0], errFd: ready[0] };
+    fds.splice(fds.indexOf(ctl[0]), 1);
+    fds.splice(fds.indexOf(ready[0]), 1);
+    const setup = await waitSetup(spawned);
+    n.close(spawned.errFd);
+    if (setup) throw fail('exec_init', setup.errno, 'init did not start');
+    const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined });
+    return sb;
+  } catch (e) {
+    if (spawned) {
+      n.pidfdKill(spawned.pidfd, 9);
+      n.close(spawned.pidfd);
+      n.close(spawned.ctlFd);
+    }
+    await cgroup?.destroy().catch(() => undefined);
+    await site.store.release(id).catch(() => undefined);
+    throw e;
+  } finally {
+    w?.close();
+    for (const fd of fds) n.close(fd);
+    if (c1 >= 0) n.close(c1);
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The host side of a template's native parts: the template addon (socket pairs, fd passing,
+ * pidfds), the zygote's helper files, and the pid lookups the host needs.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HutchError, errnoName, type HutchErrorStep } from '../errors.js';
+import type { NativeFailure } from '../native.js';
+
+export interface HostNative {
+  socketPair(): [number, number] | NativeFailure;
+  recvFds(fd: number): { data: Buffer; fds: number[] } | null | undefined | NativeFailure;
+  sendFds(fd: number, data: Buffer, fds: number[]): number | NativeFailure;
+  procFor(pidfd: number): number | NativeFailure;
+  pidfdOpen(pid: number): number | NativeFailure;
+  pidfdGetfd(pidfd: number, fd: number): number | NativeFailure;
+}
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  throw new HutchError('EUNSUPPORTED', 'cannot find the hutch package root (binding.gyp) for the template helpers; reinstall hutch');
+}
+
+let hostNative: HostNative | undefined;
+/** The template's part of the addon (build/Release/hutch_template.node), loaded on first use. */
+export function tn(): HostNative {
+  if (hostNative) return hostNative;
+  const p = join(packageRoot(), 'build', 'Release', 'hutch_template.node');
+  if (!existsSync(p)) throw new HutchError('EUNSUPPORTED', `templates need ${p}, which is not built; run npx node-gyp rebuild in the hutch package`);
+  hostNative = createRequire(import.meta.url)(p) as HostNative;
+  return hostNative;
+}
+
+/** The zygote's files bound into the template: its helper library and the Python zygote. */
+export function helperFiles(): { lib: string; python: string } {
+  const root = packageRoot();
+  const lib = join(root, 'build', 'Release', 'libhutch-zygote.so');
+  if (!existsSync(lib)) throw new HutchError('EUNSUPPORTED', `templates need ${lib}, which is not built; run npx node-gyp rebuild in the hutch package`);
+  return { lib, python: join(root, 'addon', 'zygote', 'zygote.py') };
+}
+
+/** ESETUP for a fork's failed step. */
+export function fail(step: string, errno: number, what: string): HutchError {
+  return new HutchError('ESETUP', `template fork failed at ${step}: ${errnoName(errno) ?? errno} (${what})`, { step: step as HutchErrorStep, errno: errnoName(errno) ?? String(errno) });
+}
+
+/** The host pid of a process given its pid in the template's pid namespace (NSpid). */
+export function hostPidOf(initHostPid: number, innerPid: number): number | null {
+  const seen = new Set<number>();
+  const walk = (pid: number, depth: number): number | null => {
+    if (depth > 4 || seen.has(pid)) return null;
+    seen.add(pid);
+    let kids: string;
+    try {
+      kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    } catch {
+      return null;
+    }
+    for (const k of kids.split(' ').filter(Boolean).map(Number)) {
+      try {
+        const ns = /NSpid:\s*([\d\s]+)/.exec(readFileSync(`/proc/${k}/status`, 'utf8'));
+        const last = ns ? Number(ns[1]!.trim().split(/\s+/).pop()) : NaN;
+        if (last === innerPid) return k;
+      } catch {}
+      const r = walk(k, depth + 1);
+      if (r !== null) return r;
+    }
+    return null;
+  };
+  return walk(initHostPid, 0);
+}
+
+/** The pid a pidfd refers to (its fdinfo). */
+export function fdinfoPid(fd: number): number {
+  const m = /^Pid:\s*(-?\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  return m ? Number(m[1]) : -1;
+}

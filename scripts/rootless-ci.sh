@@ -1,0 +1,26 @@
+#!/bin/sh
+# CI (issue 15): the runtime and security tests that are not about host root, run as an
+# ordinary user with subordinate ids and a delegated cgroup (scripts/rootless-user.sh), with
+# HUTCH_REQUIRE_ALL=1. Run as root from the project directory; leaves the user, removes its
+# cgroups and its store.
+set -eu
+cd "$(dirname "$0")/.."
+user=${HUTCH_ROOTLESS_USER:-hutchci}
+files="test/runtime/exec.test.ts test/kernel/limits.test.ts test/kernel/limits-defaults.test.ts test/kernel/mounts.test.ts
+  test/kernel/rootfs.test.ts test/runtime/tty.test.ts test/runtime/pool.test.ts test/image/sandbox-commit.test.ts
+  test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts"
+sh scripts/rootless-user.sh setup "$user"
+store=$(mktemp -d /tmp/hutch-rootless-ci-XXXXXX)
+chown "$user:" "$store"
+# vite writes its config bundle into node_modules/.vite-temp, which the user cannot create.
+mkdir -p node_modules/.vite-temp && chmod 1777 node_modules/.vite-temp
+status=0
+sh scripts/rootless-user.sh run "$user" -- env HUTCH_REQUIRE_ALL="${HUTCH_REQUIRE_ALL:-1}" HUTCH_ROOT="$store/store" \
+  HUTCH_ROOTLESS_FILES="$(echo $files)" npx vitest run --configLoader native --config vitest.rootless.config.mjs || status=$?
+sh scripts/rootless-user.sh teardown "$user"
+sh scripts/rootless-user.sh run "$user" --no-cgroup -- node -e "
+  const { removeStoreTree } = await import('./dist/lib/host/ids.js');
+  const { idSource } = await import('./dist/lib/host/ids.js');
+  idSource(); removeStoreTree('$store', 'store');" --input-type=module 2>/dev/null || true
+rm -rf "$store"
+exit $status

@@ -1,0 +1,49 @@
+/**
+ * Template soak: many runs through one template keep this process's fds, the cgroups under
+ * this file's parent and the host's mounts flat (host-wide: in SERIAL_FILES).
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { Sandbox } from '../../lib/index.js';
+import { cgroupsUnder, fdCount, mountCount, privateCgroupParent, removeCgroupParent } from '../helpers/reliability.js';
+import { isRoot, needs } from '../helpers/require.js';
+
+const skip = needs(isRoot, 'root is needed');
+const RUNS = Number(process.env.HUTCH_TEMPLATE_SOAK ?? 300);
+const parent = privateCgroupParent('tplsoak');
+afterAll(() => removeCgroupParent(parent));
+
+describe.skipIf(skip)('template soak', () => {
+  it(`${RUNS} runs (4 at a time, some failing, timing out or over the output cap) leave fds, cgroups and mounts flat`, async () => {
+    // Warm: what hutch opens once per process (cgroup driver, /dev/null, the addons).
+    await (await Sandbox.template({ zygote: 'python' })).close();
+    await Sandbox.settle();
+    const fds = fdCount();
+    const mounts = mountCount();
+    const cgroups = cgroupsUnder(parent).length;
+    const t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '128MiB', pids: 32 }, size: 2 });
+    let i = 0;
+    const worker = async (): Promise<void> => {
+      while (i < RUNS) {
+        const k = i++;
+        const kind = k % 10;
+        const r = kind === 7
+          ? await t.run(['python3', '-c', 'import time; time.sleep(5)'], { timeoutMs: 50 })
+          : kind === 8
+            ? await t.run(['python3', '-c', 'print("x" * 100000)'], { output: 1000 })
+            : await t.run(['python3', '-c', `import sys, json; print(json.dumps(${k})); sys.exit(${kind === 9 ? 3 : 0})`], { encoding: 'utf8' });
+        if (kind === 7) expect(r.reason).toBe('timeout');
+        else if (kind === 8) expect(r.reason).toBe('output-limit');
+        else {
+          expect(r.stdout).toBe(`${k}\n`);
+          expect(r.exitCode).toBe(kind === 9 ? 3 : 0);
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    await t.close();
+    await Sandbox.settle();
+    expect(fdCount()).toBe(fds);
+    expect(mountCount()).toBe(mounts);
+    expect(cgroupsUnder(parent).length).toBe(cgroups);
+  }, 600_000);
+});

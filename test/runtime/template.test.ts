@@ -1,0 +1,229 @@
+/**
+ * Templates: each run is a fresh sandbox forked from the warm zygote, isolated from its
+ * siblings and the template as two Sandbox.create sandboxes are. Every claim is checked by
+ * doing the thing from inside a fork.
+ */
+import { readFileSync, readlinkSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HutchError, Sandbox } from '../../lib/index.js';
+import type { ZygoteTemplate } from '../../lib/template/index.js';
+import { cgroupsUnder, fdCount, gone, privateCgroupParent, removeCgroupParent } from '../helpers/reliability.js';
+import { isRoot, needs } from '../helpers/require.js';
+import { installProbe, probe, probeBinary, PROBE } from '../security/probe.js';
+
+const skip = needs(isRoot, 'root is needed');
+const parent = privateCgroupParent('tpl');
+const NS = ['pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup'];
+// Both forks stay alive a while: namespace inode numbers are reused once a namespace is gone.
+const nsScript = `import os, time\nprint(os.getpid()); [print(n, os.readlink('/proc/self/ns/' + n)) for n in ${JSON.stringify(NS)}]\ntime.sleep(1)`;
+/** Sandbox ids with a cgroup under this file's parent (one dir per hierarchy each). */
+const cgroupIds = (): string[] => [...new Set(cgroupsUnder(parent).map((d) => d.slice(d.lastIndexOf('/') + 1)))];
+
+function nsOf(out: string): Record<string, string> {
+  const r: Record<string, string> = {};
+  for (const l of out.trim().split('\n').slice(1)) {
+    const [k, v] = l.split(' ');
+    r[k!] = v!;
+  }
+  return r;
+}
+
+afterAll(() => removeCgroupParent(parent));
+
+describe.skipIf(skip)('templates: isolation', () => {
+  // The class, not the public interface: these tests look inside (templateSandbox, zygoteProcess).
+  let t: ZygoteTemplate;
+  beforeAll(async () => {
+    // One fork kept ready: the runs below use prepared forks and forks made on demand alike.
+    t = (await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '96MiB', pids: 64 }, size: 1 })) as ZygoteTemplate;
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('gives every run its own pid, mount, net, ipc, uts and cgroup namespaces, PID 1 inside', async () => {
+    const [a, b] = await Promise.all([
+      t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+      t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+    ]);
+    expect(a.stderr).toBe('');
+    expect(a.exitCode).toBe(0);
+    expect(b.exitCode).toBe(0);
+    expect((a.stdout as string).split('\n')[0]).toBe('1');
+    const na = nsOf(a.stdout as string);
+    const nb = nsOf(b.stdout as string);
+    const z = t.zygoteProcess!;
+    // The zygote's namespaces, read from the host (its host pid: the template's child).
+    const zhost = readFileSync(`/proc/${t.pid}/task/${t.pid}/children`, 'utf8').trim().split(' ').map(Number)
+      .find((p) => readFileSync(`/proc/${p}/status`, 'utf8').match(/NSpid:.*\s(\d+)\n/)?.[1] === String(z.pid))!;
+    expect(zhost).toBeGreaterThan(0);
+    for (const n of NS) {
+      const zn = readlinkSync(`/proc/${zhost}/ns/${n}`);
+      expect(na[n], n).toMatch(/^\w+:\[\d+\]$/);
+      expect(na[n], n).not.toBe(nb[n]);
+      expect(na[n], n).not.toBe(zn);
+      expect(nb[n], n).not.toBe(zn);
+    }
+  });
+
+  it('keeps files apart: a fork sees neither a sibling\'s writes nor leaves any in the template', async () => {
+    const w = await t.run(['python3', '-c', "open('/tmp/secret','w').write('s'); open('/etc/planted','w').write('p'); print('ok')"], { encoding: 'utf8' });
+    expect(w.stdout).toBe('ok\n');
+    const r = await t.run(['python3', '-c', "import os; print(os.path.exists('/tmp/secret'), os.path.exists('/etc/planted'))"], { encoding: 'utf8' });
+    expect(r.stdout).toBe('False False\n');
+    await expect(t.templateSandbox.readFile('/etc/planted')).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(t.templateSandbox.readFile('/tmp/secret')).rejects.toMatchObject({ code: 'ENOENT' });
+    // files: written before the task, in its own layer only
+    const f = await t.run(['python3', 'main.py', 'x'], { files: { '/work/main.py': 'import sys; print(sys.argv[1], open("/work/data").read())', '/work/data': 'd' }, cwd: '/work', encoding: 'utf8' });
+    expect(f.stdout).toBe('x d\n');
+    await expect(t.templateSandbox.readFile('/work/main.py')).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('OOM-kills a fork alone: a sibling running at the same time and the zygote live on', async () => {
+    const sibling = t.run(['python3', '-c', 'import time; time.sleep(1.5); print("alive")'], { encoding: 'utf8' });
+    const hog = await t.run(['python3', '-c', 'b = []\nwhile True: b.append(bytearray(8 << 20))'], { encoding: 'utf8' });
+    expect(hog.reason).toBe('oom');
+    expect(hog.usage.oomKills).toBeGreaterThan(0);
+    const s = await sibling;
+    expect(s.stdout).toBe('alive\n');
+    expect(s.reason).toBe('exit');
+    const after = await t.run(['python3', '-c', 'print(2)'], { encoding: 'utf8' });
+    expect(after.stdout).toBe('2\n');
+  });
+
+  it('cannot signal or ptrace the zygote, the template\'s init or a sibling', async () => {
+    const sibling = t.run(['python3', '-c', 'import time; time.sleep(3)'], { encoding: 'utf8' });
+    await new Promise((r) => setTimeout(r, 300));
+    const zpid = t.zygoteProcess!.pid;
+    const script = [
+      'import ctypes, os, signal',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'seen = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())',
+      'print("visible", seen)',
+      'res = []',
+      `for pid in sorted(set([${zpid}, 2, 3, 4, 5, 10, 100] + list(range(2, 300)))):`,
+      '    try:',
+      '        os.kill(pid, signal.SIGKILL); res.append(("killed", pid))',
+      '    except ProcessLookupError: pass',
+      '    except PermissionError: res.append(("eperm", pid))',
+      `r = libc.ptrace(16, ${zpid}, 0, 0)`,
+      'print("ptrace", r, os.strerror(ctypes.get_errno()))',
+      'print("kills", res)',
+    ].join('\n');
+    const r = await t.run(['python3', '-c', script], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('visible [1]\n');
+    expect(r.stdout).toContain('ptrace -1 No such process');
+    expect(r.stdout).toContain('kills []');
+    const s = await sibling;
+    expect(s.reason).toBe('exit');
+    expect(s.exitCode).toBe(0);
+    expect(t.zygoteProcess).not.toBeNull();
+  });
+
+  it('answers the escape probes exactly as a fresh sandbox of the same options does', async () => {
+    const cases = [
+      ['mount'], ['fsopen'], ['umount', '/proc/kcore'], ['umount', '/proc/sys'], ['unshare', 'user'], ['unshare', 'mnt'],
+      ['unshare', 'net'], ['keyctl'], ['add_key'], ['io_uring'], ['userfaultfd'], ['bpf'], ['perf_event_open'],
+      ['kexec_load'], ['open_by_handle_at'], ['clone_newuser'], ['clone3', 'user'], ['mknod', 'char'], ['socket', 'packet'],
+      ['socket', 'raw'], ['personality', '0x0400000'],
+    ];
+    const sb = await Sandbox.create({ limits: { memory: '96MiB', pids: 64 } });
+    try {
+      await installProbe(sb);
+      const bin = probeBinary();
+      for (const c of cases) {
+        const want = await probe(sb, c);
+        expect(want, c.join(' ')).toMatch(/^refused/);
+        const r = await t.run([PROBE, ...c], { files: { [PROBE]: bin }, encoding: 'utf8' });
+        const got = String(r.stdout).trim();
+        expect(got, c.join(' ')).toBe(want);
+      }
+      // Capabilities, no_new_privs and the seccomp mode, as /proc/self/status shows them.
+      const field = (s: string): string => s.split('\n').filter((l) => /^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):/.test(l)).join('\n');
+      const fresh = await sb.exec(['cat', '/proc/self/status'], { encoding: 'utf8' });
+      const forked = await t.run(['cat', '/proc/self/status'], { encoding: 'utf8' });
+      expect(field(forked.stdout as string)).toBe(field(fresh.stdout as string));
+      expect(field(forked.stdout as string)).toContain('NoNewPrivs:\t1');
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it('fork() gives a Sandbox like any other: its own namespaces, exec, files, stats, destroy; probes as a fresh one', async () => {
+    const a = await t.fork();
+    const b = await t.fork();
+    try {
+      const ns = async (sb: Sandbox): Promise<string> => String((await sb.exec(`for n in ${NS.join(' ')}; do readlink /proc/self/ns/$n; done`, { encoding: 'utf8' })).stdout);
+      const [na, nb] = [await ns(a), await ns(b)];
+      for (const [x, y] of na.trim().split('\n').map((l, i) => [l, nb.trim().split('\n')[i]])) expect(x).not.toBe(y);
+      await a.writeFile('/tmp/only-a', 'a');
+      await expect(b.readFile('/tmp/only-a')).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(String(await a.readFile('/tmp/only-a'))).toBe('a');
+      expect((await a.exec('echo $$', { encoding: 'utf8' })).stdout).not.toBe('1\n');
+      expect((await a.stats()).pids).toBeGreaterThan(0);
+      await installProbe(a);
+      expect(await probe(a, ['mount'])).toBe('refused EPERM');
+      expect(await probe(a, ['unshare', 'user'])).toBe('refused EPERM');
+      expect(await probe(a, ['ptrace', '1'])).toMatch(/^refused/);
+    } finally {
+      await a.destroy();
+      await b.destroy();
+    }
+    expect(gone(a.pid)).toBe(true);
+    await expect(a.exec('true')).rejects.toMatchObject({ code: 'EDESTROYED' });
+  });
+
+  it('recreates a zygote that was killed, and runs on', async () => {
+    const z = t.zygoteProcess!;
+    z.kill('SIGKILL');
+    await z.result;
+    const r = await t.run(['python3', '-c', 'print("again")'], { encoding: 'utf8' });
+    expect(r.stdout).toBe('again\n');
+    expect(t.zygoteProcess).not.toBe(z);
+  });
+
+  it('reports a failed setup step as ESETUP, never a hang', async () => {
+    const r = await t.run(['/no/such/program'], { encoding: 'utf8' });
+    expect(r.exitCode).not.toBe(0);
+    await expect(t.run(['python3', '-c', 'pass'], { timeoutMs: 100_000, cwd: 'relative' })).rejects.toBeInstanceOf(HutchError);
+  });
+});
+
+describe.skipIf(skip)('templates: zygotes and lifetime', () => {
+  it('rejects a zygote that does not speak the protocol within seconds', async () => {
+    const t0 = Date.now();
+    await expect(Sandbox.template({ zygote: ['sh', '-c', 'echo hello; sleep 100'] })).rejects.toMatchObject({ code: 'ESETUP', step: 'zygote', message: /does not speak the zygote protocol/ });
+    await expect(Sandbox.template({ zygote: ['true'] })).rejects.toMatchObject({ code: 'ESETUP', message: /ended before it was ready/ });
+    await expect(Sandbox.template({ zygote: ['sleep', '100'], zygoteTimeoutMs: 1500 })).rejects.toMatchObject({ code: 'ESETUP', message: /did not say it was ready within 1500 ms/ });
+    await expect(Sandbox.template({ zygote: 'python', preload: ['no_such_module_x'] })).rejects.toMatchObject({ code: 'ESETUP', message: /no_such_module_x/ });
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect(cgroupIds()).toEqual([]);
+  });
+
+  it('rejects bad options with EINVAL or EUNSUPPORTED', async () => {
+    await expect(Sandbox.template({ zygote: 'ruby' as 'python' })).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(Sandbox.template({ zygote: 'python', preload: [1 as unknown as string] })).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(Sandbox.template({ zygote: 'python', network: { mode: 'bridge' } })).rejects.toMatchObject({ code: 'EUNSUPPORTED' });
+  });
+
+  it('close() leaves nothing: no process, cgroup or fd; later calls reject EDESTROYED', async () => {
+    // A first template opens what hutch keeps for the process's life (cgroup driver, /dev/null).
+    await (await Sandbox.template({ zygote: 'python' })).close();
+    await Sandbox.settle();
+    const fds = fdCount();
+    const t = await Sandbox.template({ zygote: 'python', size: 2 });
+    const init = t.pid;
+    const running = t.run(['python3', '-c', 'import time; time.sleep(30)']);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(cgroupIds().length).toBe(4); // the template, the running fork, two prepared
+    await t.close();
+    const r = await running;
+    expect(r.reason).toBe('killed');
+    expect(gone(init)).toBe(true);
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+    expect(fdCount()).toBe(fds);
+    await expect(t.run('true')).rejects.toMatchObject({ code: 'EDESTROYED' });
+  });
+});
