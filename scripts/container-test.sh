@@ -15,14 +15,18 @@
 #    it added (none when `containers` already had one).
 #
 # Usage: scripts/container-test.sh [--keep-image] [--probe-only] [--rootless USER] [-- TEST COMMAND...]
-#   default command: npx vitest run --config vitest.rootless.config.mjs, with
-#   HUTCH_ROOTLESS_FILES (default "test/namespaces.test.ts test/limits.test.ts") passed in
+#   default command: npx vitest run --configLoader native --config vitest.rootless.config.mjs,
+#   with HUTCH_ROOTLESS_FILES passed in (default: test/kernel/namespaces.test.ts and the files
+#   scripts/rootless-ci.sh runs as an ordinary user)
 #   --keep-image     leave the image (localhost/hutch-ct:test) for another run
 #   --probe-only     run only the namespace probe
 #   --rootless USER  run podman as USER (rootless podman; USER needs ranges in /etc/subuid and
 #                    /etc/subgid of at least 65536 ids); the container's root is then USER's
 #                    uid on the host, and its ids come from USER's ranges
-# Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments (e.g. to try a flag away)
+# Env: HUTCH_CT_PODMAN_ARGS  extra podman run arguments, e.g. "--read-only --mount
+#                            type=tmpfs,destination=/hutch/node_modules/.vite-temp" for
+#                            readOnlyRootFilesystem (not the default: some tests plant files
+#                            in the host's /usr/local)
 #      HUTCH_ROOTLESS_FILES  the test files the rootless config runs (passed into the container)
 #      HUTCH_CT_IDS          the container's id count (default 65536, a pod's default; the
 #                            kubelet's userNamespaces.idsPerPod sets another)
@@ -52,9 +56,15 @@ done
 if [ $# -eq 0 ]; then
   # The tests that hold outside host root, with the rootless config (its own cache dir; every
   # file it is given, serial ones included): HUTCH_ROOTLESS_FILES names them.
-  set -- npx vitest run --config vitest.rootless.config.mjs
+  set -- npx vitest run --configLoader native --config vitest.rootless.config.mjs
 fi
-rootless_files=${HUTCH_ROOTLESS_FILES:-test/namespaces.test.ts test/limits.test.ts}
+# By default the files scripts/rootless-ci.sh runs as an ordinary user (the runtime and
+# security tests that are not about host root), and the namespaces test.
+default_files="test/kernel/namespaces.test.ts"
+if [ -f scripts/rootless-ci.sh ]; then
+  default_files="$default_files $(sed -n '/^files="/,/"$/p' scripts/rootless-ci.sh | tr -d '"\\' | sed 's/^files=//' | tr -s ' \n' ' ')"
+fi
+rootless_files=$(echo ${HUTCH_ROOTLESS_FILES:-$default_files})
 
 fail() { echo "container-test: FAIL: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root (podman as root gives the container a user namespace of its own with --userns=auto)"
@@ -129,7 +139,7 @@ build_image() {
   # them and the native addons in argv (the project's, node_modules') load, with its symlink chain; one ldd run for all.
   local filelist='
 import os, re, subprocess, sys
-skip = re.compile(r"^/usr/share/(doc|man|info|locale|lintian|bash-completion|zsh)/|^/usr/include/|^/etc/")
+skip = re.compile(r"^/usr/share/(doc|man|info|locale|lintian|bash-completion|zsh)/|^/usr/include/node/|^/etc/")
 out, elves = set(), sys.argv[1:]
 def add(p):
     out.add(os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p)))
@@ -152,11 +162,13 @@ print("\n".join(sorted(out)))
   mkdir -p "$stage"/usr/{bin,sbin,lib,lib64}
   # Debian 12 is merged-/usr: the top-level dirs are symlinks, as on the host.
   ln -s usr/bin "$stage/bin"; ln -s usr/sbin "$stage/sbin"; ln -s usr/lib "$stage/lib"; ln -s usr/lib64 "$stage/lib64"
-  # The packages whose files the tests and the 'host' image use; their shared libraries are
-  # added below from ldd.
+  # The packages whose files the tests and the 'host' image use (gcc: the security tests
+  # build their probes with gcc -static); their shared libraries are added by ldd.
   local pkgs="coreutils dash bash busybox-static grep sed findutils util-linux mount procps
     bubblewrap iproute2 nftables uidmap passt tar gzip diffutils hostname libc-bin nodejs
-    python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal"
+    python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal
+    gcc gcc-12 cpp cpp-12 libgcc-12-dev libc6-dev linux-libc-dev libcrypt-dev binutils
+    binutils-x86-64-linux-gnu binutils-aarch64-linux-gnu"
   # shellcheck disable=SC2086
   dpkg -L $pkgs 2>/dev/null |
     python3 -c "$filelist" $(find "$repo/build/Release" "$repo/node_modules" -name '*.node' -type f) >"$list"
@@ -164,7 +176,7 @@ print("\n".join(sorted(out)))
     tar -C "$stage" --keep-directory-symlink -xf - 2>/dev/null || true
   [ -x "$stage/usr/bin/node" ] && [ -x "$stage/usr/bin/busybox" ] || fail "the rootfs lacks node or busybox"
   # /etc: users and name service, and a linker cache for this file set.
-  mkdir -p "$stage/etc" "$stage"/{proc,sys,dev,run,root,var/tmp,var/lib/store,tmp}
+  mkdir -p "$stage/etc" "$stage"/{proc,sys,dev,run,root,var/tmp,var/lib/store,tmp,usr/local/bin}
   chmod 1777 "$stage/tmp" "$stage/var/tmp"
   printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' >"$stage/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/etc/group"
@@ -236,10 +248,6 @@ flags=(
   # securityContext.allowPrivilegeEscalation: false (no_new_privs; hutch needs no setuid
   # binary in userns-root mode: it writes the maps itself).
   --security-opt no-new-privileges
-  # securityContext.readOnlyRootFilesystem: true. podman keeps tmpfs on /tmp, /var/tmp and
-  # /run (the pod's emptyDirs at /tmp and /run/hutch); vitest alone writes into the checkout
-  # (node_modules/.vite-temp), on a tmpfs of its own.
-  --read-only --mount type=tmpfs,destination=/hutch/node_modules/.vite-temp
   # The pod's cgroup namespace (private by default on cgroup v2 nodes).
   --cgroupns=private
   # /dev/net/tun: pasta's tap device for `network: 'bridge'` (resources.limits of a device
