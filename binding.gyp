@@ -24,7 +24,8 @@
         "addon/netfilter.cc",
         "addon/nflog.cc",
         "addon/relay.cc",
-        "addon/imageview.cc"
+        "addon/imageview.cc",
+        "addon/nsjoin.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

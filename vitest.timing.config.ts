@@ -4,7 +4,7 @@ import { defineConfig } from 'vitest/config';
 // them out, so each runs exactly once):
 // - tests that measure rates against the clock (CPU quota shares, tc shaping), so that
 //   200-sandbox neighbours or fork bombs in another worker do not steal the CPU they measure;
-export const TIMING_FILES = ['test/network/shaping.test.ts', 'test/kernel/limits.test.ts', 'test/kernel/cgroup-v1.test.ts'];
+export const TIMING_FILES = ['test/network/shaping.test.ts', 'test/kernel/limits.test.ts', 'test/kernel/cgroup-v1.test.ts', 'test/network/userspace.test.ts'];
 // - tests that count host-wide state (every mount of the host, every hutch link), so that
 //   another file's sandboxes, starting or ending meanwhile, do not change the count.
 //   A test that counts only what it made itself (its own ids, cgroup parent, address range)

@@ -13,7 +13,7 @@ ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, si
 // Declared here; addon.cc exports each under its JS name.
 #define HUTCH_JS_FUNCTIONS(X)                                                                     \
   /* clone.cc, blank.cc, initbin.cc, trees.cc */                                                  \
-  X(SetInit, "setInit") X(Spawn, "spawn") X(SpawnBlank, "spawnBlank") X(ReleaseBlank, "releaseBlank") \
+  X(SetInit, "setInit") X(CloneSandbox, "cloneSandbox") X(CloneBlank, "cloneBlank") X(StartBlank, "startBlank") \
   X(OpenTree, "openTree") X(MakeUserns, "makeUserns")                                             \
   /* pidfd.cc */                                                                                  \
   X(Reap, "reap") X(PidfdKill, "pidfdKill") X(ReadSetupError, "readSetupError")                   \

@@ -1,5 +1,5 @@
-// Warm starts' addon half: a blank child is cloned ahead of its sandbox (spawnBlank, on a libuv
-// pool thread) and waits; releaseBlank sends it the encoded plan and its fds in the go message
+// Warm starts' addon half: a blank child is cloned ahead of its sandbox (cloneBlank, on a libuv
+// pool thread) and waits; startBlank sends it the encoded plan and its fds in the go message
 // (one SEQPACKET message), received into a buffer reserved before clone. So a blank needs no
 // memory shared with this process (CLONE_VM or not), and its plan is its own.
 #include <string.h>
@@ -22,7 +22,7 @@ class BlankWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     if (c_.fail_step) return deferred_.Resolve(failure_of(env, c_));
     keep_child(std::move(p_), c_, true);
-    deferred_.Resolve(spawned_object(env, c_));
+    deferred_.Resolve(cloned_object(env, c_));
   }
 
  private:
@@ -32,10 +32,10 @@ class BlankWorker : public Napi::AsyncWorker {
   cloned c_;
 };
 
-// parent. spawnBlank({ uidMap, gidMap, cgroupFd, joinFiles }): a promise of a blank sandbox —
-// cloned into its namespaces and cgroup with its id maps, waiting for its plan (releaseBlank)
+// parent. cloneBlank({ uidMap, gidMap, cgroupFd, joinFiles }): a promise of a blank sandbox —
+// cloned into its namespaces and cgroup with its id maps, waiting for its plan (startBlank)
 // — or of a failure. Made ahead of a run so that its clone is off the run's path.
-Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
+Napi::Value CloneBlank(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!check_init(env)) return env.Undefined();
   auto p = std::make_unique<plan>();
@@ -44,7 +44,7 @@ Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
   p->buf.resize(HUTCH_PLAN_MAX);
   clone_req req;
   cloned c;
-  if (!prepare_clone(env, info[0], "spawnBlank", *p, req, c)) return env.Undefined();
+  if (!prepare_clone(env, info[0], "cloneBlank", *p, req, c)) return env.Undefined();
   if (c.fail_step) {
     for (int fd : p->join_fds) close(fd);
     auto d = Napi::Promise::Deferred::New(env);
@@ -57,21 +57,21 @@ Napi::Value SpawnBlank(const Napi::CallbackInfo &info) {
   return promise;
 }
 
-// parent. releaseBlank(pid, plan, fds): gives a blank child its encoded plan and the fds it
+// parent. startBlank(pid, plan, fds): gives a blank child its encoded plan and the fds it
 // names (one go message) and lets it go. true, or a failure (the blank is gone: the caller
 // kills and reaps it); throws on a bad plan, before anything is sent.
-Napi::Value ReleaseBlank(const Napi::CallbackInfo &info) {
+Napi::Value StartBlank(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber()) {
-    Napi::TypeError::New(env, "releaseBlank: pid must be a number").ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, "startBlank: pid must be a number").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::vector<uint8_t> bytes;
   std::vector<int> fds;
-  if (!read_plan(env, info[1], info[2], "releaseBlank", bytes, fds)) return env.Undefined();
+  if (!read_plan(env, info[1], info[2], "startBlank", bytes, fds)) return env.Undefined();
   int go = -1;
   if (!pending_blank((long)info[0].As<Napi::Number>().Int64Value(), &go)) {
-    Napi::TypeError::New(env, "releaseBlank: no such blank child").ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, "startBlank: no such blank child").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   ssize_t n = send_with_fds(go, bytes.data(), bytes.size(), fds.data(), fds.size());

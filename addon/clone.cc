@@ -129,7 +129,7 @@ bool read_plan(Napi::Env env, const Napi::Value &buf, const Napi::Value &fds, co
 // execs (kept with the child in g_pending), never a buffer another setup could write.
 static bool take_plan(Napi::Env env, const Napi::CallbackInfo &info, plan &p) {
   std::vector<int> fds;
-  if (!read_plan(env, info[0], info[1], "spawn", p.buf, fds)) return false;
+  if (!read_plan(env, info[0], info[1], "cloneSandbox", p.buf, fds)) return false;
   const plan_header *h = (const plan_header *)p.buf.data();
   p.fd_count = fds.size();
   for (size_t i = 0; i < fds.size(); i++) p.fds[i] = fds[i];
@@ -438,7 +438,7 @@ Napi::Value failure_of(Napi::Env env, const cloned &c) {
   return sys_failure(env, c.fail_step, c.fail_err, c.fail_path.empty() ? nullptr : c.fail_path.c_str());
 }
 
-Napi::Object spawned_object(Napi::Env env, const cloned &c) {
+Napi::Object cloned_object(Napi::Env env, const cloned &c) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("pid", (double)c.pid);
   out.Set("pidfd", c.pidfd);
@@ -458,20 +458,20 @@ void abandon(cloned &c) {
 
 bool check_init(Napi::Env env) {
   if (g_init_fd >= 0) return true;
-  Napi::Error::New(env, "spawn: setInit() was not called").ThrowAsJavaScriptException();
+  Napi::Error::New(env, "cloneSandbox: setInit() was not called").ThrowAsJavaScriptException();
   return false;
 }
 
-// parent. spawn(plan, fds, clone): starts a sandbox from its encoded plan (lib/plan/encode.ts)
+// parent. cloneSandbox(plan, fds, clone): starts a sandbox from its encoded plan (lib/plan/encode.ts)
 // and the fds it names: clone3 into new namespaces, maps, placement, release. Returns
 // { pid, pidfd, errFd, ctlFd } or a failure { step, errno, path }; throws on a bad argument.
-Napi::Value Spawn(const Napi::CallbackInfo &info) {
+Napi::Value CloneSandbox(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!check_init(env)) return env.Undefined();
   auto p = std::make_unique<plan>();
   clone_req req;
   cloned c;
-  if (!take_plan(env, info, *p) || !prepare_clone(env, info[2], "spawn", *p, req, c)) return env.Undefined();
+  if (!take_plan(env, info, *p) || !prepare_clone(env, info[2], "cloneSandbox", *p, req, c)) return env.Undefined();
   if (!c.fail_step) do_clone(p.get(), req, c);
   if (c.fail_step) {
     for (int fd : p->join_fds) close(fd);
@@ -494,7 +494,7 @@ Napi::Value Spawn(const Napi::CallbackInfo &info) {
     return sys_failure(env, "sync", e, nullptr);
   }
   close(c.go_fd);
-  return spawned_object(env, c);
+  return cloned_object(env, c);
 }
 
 // planLayout: addon/plan.h's numbers, for the test that lib/plan/encode.ts agrees with them.

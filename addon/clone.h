@@ -45,7 +45,7 @@ void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank);
 // The pending blank child `pid`'s plan and go socket, or nullptr.
 plan *pending_blank(long pid, int *go_fd);
 Napi::Value failure_of(Napi::Env env, const cloned &c);
-Napi::Object spawned_object(Napi::Env env, const cloned &c);
+Napi::Object cloned_object(Napi::Env env, const cloned &c);
 bool check_init(Napi::Env env);
 // Checks an encoded plan (a Buffer) and its fds (an array of fd numbers) before anything is
 // cloned: throws (false) on anything malformed. Into `bytes` and `fds`, when given.

@@ -145,7 +145,7 @@ Napi::Value NetlinkAddIfb(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string name = arg_string(info[0]);
   if (!name_ok(name)) return failure(env, "ifb", EINVAL, "interface name");
-  int fd = host_fd();
+  int fd = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : host_fd();  // a socket of another netns
   if (fd < 0) return failure(env, "socket", -fd, "");
   nl_req r;
   ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, sizeof(ifinfomsg)));
@@ -223,7 +223,7 @@ Napi::Value NetlinkSetUp(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string name = arg_string(info[0]);
   if (!name_ok(name)) return failure(env, "link", EINVAL, "interface name");
-  int fd = host_fd();
+  int fd = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : host_fd();  // a socket of another netns
   if (fd < 0) return failure(env, "socket", -fd, "");
   nl_req r;
   ifinfomsg *ifi = static_cast<ifinfomsg *>(msg_begin(r, RTM_SETLINK, 0, sizeof(ifinfomsg)));

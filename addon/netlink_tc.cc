@@ -44,7 +44,7 @@ Napi::Value NetlinkAddTbf(const Napi::CallbackInfo &info) {
   uint32_t burst = info[2].As<Napi::Number>().Uint32Value();
   uint32_t limit = info[3].As<Napi::Number>().Uint32Value();
   if (!name_ok(name) || !(bps >= 8) || burst == 0 || limit == 0) return failure(env, "qdisc", EINVAL, "tbf parameters");
-  int fd = host_fd();
+  int fd = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : host_fd();  // a socket of another netns
   if (fd < 0) return failure(env, "socket", -fd, "");
   std::string detail;
   int index = ifindex_of(fd, name.c_str(), &detail);
@@ -79,7 +79,7 @@ Napi::Value NetlinkAddRedirect(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string name = arg_string(info[0]), target = arg_string(info[1]);
   if (!name_ok(name) || !name_ok(target)) return failure(env, "qdisc", EINVAL, "interface name");
-  int fd = host_fd();
+  int fd = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : host_fd();  // a socket of another netns
   if (fd < 0) return failure(env, "socket", -fd, "");
   std::string detail;
   int index = ifindex_of(fd, name.c_str(), &detail);

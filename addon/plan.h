@@ -110,7 +110,7 @@ struct plan {
   std::vector<uint8_t> buf;  // the encoded plan, per child (never shared between setups)
   size_t fd_count = 0;
   int fds[kMaxGoFds];        // the plan's fds, by index
-  int fail_step = -1;        // tests only: from the header (or spawnBlank's options)
+  int fail_step = -1;        // tests only: from the header (or cloneBlank's options)
   int fail_errno = 0;
 
   std::vector<std::string> init_args;

@@ -4,7 +4,7 @@
  */
 import { fstatSync } from 'node:fs';
 import { HutchError, hostFailure } from './errors.js';
-import { isFailure, native, type NativeFailure, type Spawned, type Watch } from './native.js';
+import { isFailure, native, type NativeFailure, type ClonedInit, type Watch } from './native.js';
 
 export function isDirFd(fd: number): boolean {
   try {
@@ -15,7 +15,7 @@ export function isDirFd(fd: number): boolean {
 }
 
 /** Waits for the child's setup: EOF on the error pipe (init was exec'd) or its error record. */
-export function waitSetup(s: Spawned): Promise<NativeFailure | null> {
+export function waitSetup(s: ClonedInit): Promise<NativeFailure | null> {
   const n = native();
   return new Promise((resolve) => {
     const check = (): boolean => {
@@ -37,9 +37,9 @@ export function waitSetup(s: Spawned): Promise<NativeFailure | null> {
 
 /** Watches still open on error pipes: closed before their fd is (a reused fd number would
  * otherwise meet a stale watch in libuv). */
-const setupWatches = new WeakMap<Spawned, Watch>();
+const setupWatches = new WeakMap<ClonedInit, Watch>();
 
-export async function killAndReap(s: Spawned): Promise<void> {
+export async function killAndReap(s: ClonedInit): Promise<void> {
   const n = native();
   n.pidfdKill(s.pidfd, 9);
   setupWatches.get(s)?.close();

@@ -78,7 +78,7 @@ function read(p: string): string {
 export async function checkHost(): Promise<HostReport> {
   const checks: HostCheck[] = [];
   const f = kernelFeatures();
-  const k = f.release;
+  const k = f.kernelRelease;
   const add = (c: HostCheck): void => void checks.push(c);
   const upgrade = (v: string): string => `upgrade to Linux ${v} or newer (this is ${k})`;
   add({ name: 'kernel', ok: kernelAtLeast(5, 12), detail: k, neededFor: 'everything: clone3, pidfd, the new mount API, overlay in user namespaces', fix: upgrade('5.12') });

@@ -42,7 +42,7 @@ export interface PlanLayout {
   flags: Record<string, number>;
 }
 
-export interface Spawned {
+export interface ClonedInit {
   pid: number;
   pidfd: number;
   errFd: number;
@@ -60,11 +60,11 @@ export interface Native {
   setInit(path: string): number | NativeFailure;
   planLayout: PlanLayout;
   /** Clones a sandbox's child with its encoded plan and the fds the plan names. */
-  spawn(plan: Buffer, fds: number[], clone: CloneOptions): Spawned | NativeFailure;
-  /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for releaseBlank. */
-  spawnBlank(opts: CloneOptions): Promise<Spawned | NativeFailure>;
+  cloneSandbox(plan: Buffer, fds: number[], clone: CloneOptions): ClonedInit | NativeFailure;
+  /** A blank child: cloned into its namespaces and cgroup, id maps written, waiting for startBlank. */
+  cloneBlank(opts: CloneOptions): Promise<ClonedInit | NativeFailure>;
   /** Gives a blank child its encoded plan and the fds it names (one go message) and lets it go. */
-  releaseBlank(pid: number, plan: Buffer, fds: number[]): true | NativeFailure;
+  startBlank(pid: number, plan: Buffer, fds: number[]): true | NativeFailure;
   /** A detached clone of the tree at `path` and the real path of what was opened. */
   openTree(path: string, readonly: boolean, usernsFd?: number): { fd: number; real: string } | NativeFailure;
   /** A user namespace with these maps, as an fd (for idmapped mounts). */
@@ -113,14 +113,17 @@ export interface Native {
   // addon/netlink.cc (lib/network/netlink.ts): failures carry `detail`, the kernel's extended ack.
   netlinkSocket(pid: number): number | (NativeFailure & { detail?: string });
   netlinkAddVeth(host: string, peer: string, pid: number, queues: number): true | (NativeFailure & { detail?: string });
-  netlinkAddIfb(name: string): true | (NativeFailure & { detail?: string });
+  netlinkAddIfb(name: string, sock?: number): true | (NativeFailure & { detail?: string });
   netlinkConfigure(sock: number, name: string, address: number, prefix: number, gateway: number): true | (NativeFailure & { detail?: string });
-  netlinkSetUp(name: string): true | (NativeFailure & { detail?: string });
-  netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number): true | (NativeFailure & { detail?: string });
-  netlinkAddRedirect(name: string, target: string): true | (NativeFailure & { detail?: string });
+  netlinkSetUp(name: string, sock?: number): true | (NativeFailure & { detail?: string });
+  netlinkAddTbf(name: string, bps: number, burstBytes: number, limitBytes: number, sock?: number): true | (NativeFailure & { detail?: string });
+  netlinkAddRedirect(name: string, target: string, sock?: number): true | (NativeFailure & { detail?: string });
   netlinkDeleteLinks(names: string[]): Promise<(true | (NativeFailure & { detail?: string }))[]>;
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
+  // addon/nsjoin.cc (lib/network/userspace.ts): a sandbox's user + net namespace without host root.
+  nsNetlinkSocket(pid: number, protocol: number): number | (NativeFailure & { step: string });
+  nsSpawn(file: string, argv: string[], env: string[], fds: number[], joinPid: number, pdeathsig: boolean): { pid: number; pidfd: number } | (NativeFailure & { step: string });
   // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
   nflogOpen(group: number): number | (NativeFailure & { step: string });
   nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];

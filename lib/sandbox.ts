@@ -20,7 +20,7 @@ import { PoolOf, type PoolOptions } from './pool.js';
 import { checkHost, type HostReport } from './host.js';
 import { upperDirOf } from './conventions.js';
 import { SandboxCore as SandboxCoreClass, type SandboxCore, type SandboxEvents } from './runtime/core.js';
-import type { Spawned } from './native.js';
+import type { ClonedInit } from './native.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
 import { compileSeccomp } from './seccomp/index.js';
 import { setPlainPolicy } from './network/egress.js';
@@ -204,7 +204,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** @internal A sandbox whose init a template's fork started (lib/template): watched and used like any other. */
-  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: Spawned, cgroup: SandboxCgroup, ids: SandboxIds): Sandbox {
+  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: ClonedInit, cgroup: SandboxCgroup, ids: SandboxIds): Sandbox {
     const core = new SandboxCoreClass(id, opts, store, image, spawned, cgroup, compileSeccomp(opts.seccomp, { capabilities: opts.capabilities }));
     core.ids = ids;
     watch(core);

@@ -17,7 +17,7 @@ import { cloneMaps } from './host/ids.js';
 import { hostMode } from './host/mode.js';
 import type { ImageStore } from './image/store.js';
 import type { ResolvedImage } from './image/types.js';
-import { isFailure, native, type NativeFailure, type Spawned } from './native.js';
+import { isFailure, native, type NativeFailure, type ClonedInit } from './native.js';
 import type { ResolvedSandboxOptions } from './options.js';
 import { encodePlan, planSandbox } from './plan/index.js';
 import { setupError } from './setup-errors.js';
@@ -33,7 +33,7 @@ export interface StartedSandbox {
   ids: SandboxIds;
   cgroup: SandboxCgroup;
   disk: PersistentDisk | null;
-  spawned: Spawned;
+  spawned: ClonedInit;
   /** Sandbox.run: the key of the blank to make for the next run like this one, or null. */
   warmKey: string | null;
 }
@@ -59,7 +59,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
   tr.mark('ids');
   const fds: number[] = [];
   let cgroup: SandboxCgroup | null = null;
-  let spawned: Spawned | undefined;
+  let spawned: ClonedInit | undefined;
   let disk: PersistentDisk | null = null;
   let marked = false;
   let started: StartedSandbox | undefined;
@@ -75,9 +75,10 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
     tr.mark('cgroup');
     const binds: { fd: number; file: boolean }[] = [];
-    // User mode: no cloning of host mounts here (CAP_SYS_ADMIN over the host's mount
-    // namespace); the child clones each source in its own namespace (PLAN_F_PATH).
-    const pathBinds = hostMode() === 'user';
+    // Outside host root: no cloning of mounts here (it needs CAP_SYS_ADMIN over the mount
+    // namespace's owner, which an ordinary user never has and a pod should not need); the child
+    // clones each source in its own namespace (PLAN_F_PATH).
+    const pathBinds = hostMode() !== 'root';
     for (const m of plan.mounts) {
       if (m.kind !== 'bind') continue;
       if (pathBinds) {
@@ -106,9 +107,9 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     }
     tr.mark('trees');
     const encoded = encodePlan(plan, { hostname: plan.hostname ?? `hutch-${id}`, layerFds, binds, upperDir: disk?.upperDir ?? null });
-    let s: Spawned | NativeFailure | undefined;
+    let s: ClonedInit | NativeFailure | undefined;
     if (blank) {
-      const r = n.releaseBlank(blank.spawned.pid, encoded.buf, encoded.fds);
+      const r = n.startBlank(blank.spawned.pid, encoded.buf, encoded.fds);
       if (!isFailure(r)) s = blank.spawned;
       else {
         // The blank died while it waited (killed by someone): start the ordinary way, in
@@ -117,7 +118,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
         await killAndReap(blank.spawned);
       }
     }
-    s ??= n.spawn(encoded.buf, encoded.fds, {
+    s ??= n.cloneSandbox(encoded.buf, encoded.fds, {
       ...cloneMaps(ids, plan.idMap.size),
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).

@@ -6,7 +6,7 @@
  *
  * A blank is a child cloned into its namespaces and cgroup, id maps written, that waits for its
  * plan: lib/start.ts sends the encoded plan (lib/plan/encode.ts) and the fds it names as the
- * blank's go message (addon/blank.cc releaseBlank), received into memory of the blank's own, so
+ * blank's go message (addon/blank.cc startBlank), received into memory of the blank's own, so
  * no memory need be shared with this process (CLONE_VM or not). It has
  * made its mounts private and brought `lo` up, and closed every fd but its own; it has run
  * nothing and mounted nothing: a sandbox made from it is as fresh as any. There is at most one
@@ -23,7 +23,7 @@ import { cloneMaps, idSource } from './host/ids.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
 import type { ImageStore } from './image/store.js';
 import type { CgroupLimits } from './limits.js';
-import { isFailure, native, type Spawned } from './native.js';
+import { isFailure, native, type ClonedInit } from './native.js';
 import { killAndReap } from './child-setup.js';
 import { inBackground } from './teardowns.js';
 
@@ -39,7 +39,7 @@ export interface Blank {
   store: ImageStore;
   ids: SandboxIds;
   cgroup: SandboxCgroup;
-  spawned: Spawned;
+  spawned: ClonedInit;
   timer: NodeJS.Timeout;
 }
 
@@ -89,12 +89,12 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
     marked = true;
     cgroup = cgroupDriver().create(id, limits);
     // The clone runs on a libuv pool thread (addon/blank.cc BlankWorker).
-    const s = await n.spawnBlank({
+    const s = await n.cloneBlank({
       ...cloneMaps(ids, idSource().size),
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       joinFiles: [...cgroup.joinFiles],
     });
-    if (isFailure(s)) throw new Error(`spawnBlank: ${s.step} errno ${s.errno}`);
+    if (isFailure(s)) throw new Error(`cloneBlank: ${s.step} errno ${s.errno}`);
     // First of the exit hooks: the subtree roots' removal (cgroup/files.ts) comes after it.
     if (!exitHook) exitHook = !!process.prependOnceListener('exit', dropAllAtExit);
     const timer = setTimeout(() => {

@@ -8,14 +8,15 @@ cd "$(dirname "$0")/.."
 user=${HUTCH_ROOTLESS_USER:-hutchci}
 files="test/runtime/exec.test.ts test/kernel/limits.test.ts test/kernel/limits-defaults.test.ts test/kernel/mounts.test.ts
   test/kernel/rootfs.test.ts test/runtime/tty.test.ts test/runtime/pool.test.ts test/image/sandbox-commit.test.ts
-  test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts"
+  test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts
+  test/network/userspace.test.ts test/image/registry.test.ts test/image/build.test.ts"
 sh scripts/rootless-user.sh setup "$user"
 store=$(mktemp -d /tmp/hutch-rootless-ci-XXXXXX)
 chown "$user:" "$store"
 # vite writes its config bundle into node_modules/.vite-temp, which the user cannot create.
 mkdir -p node_modules/.vite-temp && chmod 1777 node_modules/.vite-temp
 status=0
-sh scripts/rootless-user.sh run "$user" -- env HUTCH_REQUIRE_ALL="${HUTCH_REQUIRE_ALL:-1}" HUTCH_ROOT="$store/store" \
+sh scripts/rootless-user.sh run "$user" --tun -- env HUTCH_REQUIRE_ALL="${HUTCH_REQUIRE_ALL:-1}" HUTCH_ROOT="$store/store" \
   HUTCH_ROOTLESS_FILES="$(echo $files)" npx vitest run --configLoader native --config vitest.rootless.config.mjs || status=$?
 sh scripts/rootless-user.sh teardown "$user"
 sh scripts/rootless-user.sh run "$user" --no-cgroup -- node -e "

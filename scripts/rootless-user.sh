@@ -5,9 +5,10 @@
 # processes are moved into). Run as root.
 #
 #   scripts/rootless-user.sh setup USER           make the user, its ranges and its cgroups
-#   scripts/rootless-user.sh run USER [--no-cgroup] -- CMD...
+#   scripts/rootless-user.sh run USER [--no-cgroup] [--tun] -- CMD...
 #                                                  run CMD as USER inside its delegated cgroups
-#                                                  (--no-cgroup: in the caller's, not delegated)
+#                                                  (--no-cgroup: in the caller's, not delegated;
+#                                                  --tun: a 0666 /dev/net/tun for pasta)
 #   scripts/rootless-user.sh teardown USER        remove its cgroups (the user and ranges stay)
 #
 # The delegated directories are hutch-delegate-USER next to the caller's own cgroup in each
@@ -72,21 +73,42 @@ case "$cmd" in
     ;;
   run)
     delegate=1
-    if [ "${1:-}" = --no-cgroup ]; then delegate=0; shift; fi
+    tun=0
+    while :; do
+      case "${1:-}" in
+        --no-cgroup) delegate=0; shift ;;
+        --tun) tun=1; shift ;;
+        *) break ;;
+      esac
+    done
     [ "${1:-}" = -- ] && shift
+    dirs=
+    parent=
     if [ "$delegate" = 1 ]; then
       dirs=$(delegated_dirs | tr '\n' ' ')
-      parent=
       if pure_v2; then
         d=$(delegated_dirs)
         dirs="$d/app"
         parent="HUTCH_CGROUP_PARENT=${d#/sys/fs/cgroup}/sandboxes"
       fi
-      # shellcheck disable=SC2016
-      exec sh -c 'for d in '"$dirs"'; do echo $$ >"$d/cgroup.procs"; done; exec "$@"' sh \
-        runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" $parent "$@"
     fi
-    exec runuser -u "$user" -- env HOME="$(getent passwd "$user" | cut -d: -f6)" "$@"
+    home=$(getent passwd "$user" | cut -d: -f6)
+    if [ "$tun" = 1 ]; then
+      # pasta (the userspace link) opens /dev/net/tun, which Debian's udev makes 0666 but some
+      # hosts leave 0600: a private mount namespace gets a 0666 node of its own (the host's
+      # node is not changed).
+      node=$(mktemp -d /tmp/hutch-tun.XXXXXX)
+      mknod "$node/tun" c 10 200 && chmod 0666 "$node/tun"
+      # shellcheck disable=SC2016
+      sh -c 'for d in '"$dirs"'; do echo $$ >"$d/cgroup.procs"; done; exec "$@"' sh \
+        unshare -m --propagation private sh -c 'mount --bind "$0/tun" /dev/net/tun && exec "$@"' "$node" \
+        runuser -u "$user" -- env HOME="$home" $parent "$@" || status=$?
+      rm -rf "$node"
+      exit "${status:-0}"
+    fi
+    # shellcheck disable=SC2016
+    exec sh -c 'for d in '"$dirs"'; do echo $$ >"$d/cgroup.procs"; done; exec "$@"' sh \
+      runuser -u "$user" -- env HOME="$home" $parent "$@"
     ;;
   teardown)
     delegated_dirs | while read -r d; do

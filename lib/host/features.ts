@@ -9,7 +9,7 @@ import { release } from 'node:os';
 
 export interface KernelFeatures {
   /** The release as `uname -r` prints it. */
-  release: string;
+  kernelRelease: string;
   /** [major, minor] of the release; [0, 0] when it cannot be read. */
   version: [number, number];
   /** clone3 with CLONE_PIDFD and CLONE_INTO_CGROUP (5.7). */
@@ -37,7 +37,7 @@ export function featuresOf(rel: string): KernelFeatures {
   const version = parseRelease(rel);
   const atLeast = (major: number, minor: number): boolean => version[0] > major || (version[0] === major && version[1] >= minor);
   return {
-    release: rel,
+    kernelRelease: rel,
     version,
     clone3: atLeast(5, 7),
     overlayInUserns: atLeast(5, 11),

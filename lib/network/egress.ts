@@ -3,6 +3,7 @@
  * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
  * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
  */
+import { isUserspace, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
 import { SandboxResolver } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
@@ -167,6 +168,7 @@ export async function setPlainPolicy(att: NetworkAttachment | null, value: unkno
     if (!Array.isArray(o.allow)) throw new HutchError('EINVAL', 'invalid option policy.allow: expected an array of IPv4 CIDRs');
     allow = o.allow.map((x: unknown, i) => cidr(`policy.allow[${i}]`, x));
   }
+  if (isUserspace(att)) return setUserspaceAllow(att, allow);
   const script = [`flush chain ${TABLE} fwd_${att.slot}`, ...fwdRules(att.slot, 'nat', allow, null)].join('\n') + '\n';
   await run('nft', ['-f', '-'], script, `replacing the network policy of ${att.hostInterface}`);
 }

@@ -36,9 +36,12 @@ import { deleteLinks, settleDeletions } from './netlink.js';
 import { type NetworkPlan, type ResolvedPort, hostRoutes, networkStateDir } from './options.js';
 import { applyShaping } from './tc.js';
 import { SANDBOX_INTERFACE, configurePair, createPair, enableRouteLocalnet, hostInterfaceName, ifbName } from './veth.js';
+import { attachUserspace, isUserspace, releaseUserspace } from './userspace.js';
+import { hostMode } from '../host/mode.js';
 
 
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
+export { networkBackend, pastaPid, type NetworkBackend } from './userspace.js';
 export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, HostPort, ResolvedPort, ResolvedHostPort, Rate } from './options.js';
 export type { Lease } from './lease.js';
 export type { EgressRequest, EgressRefusal, AskFunction } from './policy.js';
@@ -66,6 +69,8 @@ export interface NetworkAttachment {
   readonly rules: boolean;
   /** Internal: egress by name (a set of admitted addresses, hutch's resolver). */
   readonly names: boolean;
+  /** Internal: 'userspace' for a pasta link (userspace.ts); absent for a veth. */
+  readonly backend?: 'userspace';
 }
 
 /** What a slot may own; `rules` absent (older leases) or a null `made` means "maybe". */
@@ -95,7 +100,7 @@ function ownerStart(): string {
  * Optional; `attachNetwork` does the same on first use.
  */
 export async function prepareNetwork(plan: NetworkPlan): Promise<void> {
-  if (plan.mode === 'none') return;
+  if (plan.mode === 'none' || plan.backend === 'userspace') return;
   await ensureTable();
 }
 
@@ -109,6 +114,7 @@ export async function prepareNetwork(plan: NetworkPlan): Promise<void> {
 export async function attachNetwork(plan: NetworkPlan, id: string, pid: number, logGroup: number | null = null): Promise<NetworkAttachment | null> {
   if (plan.mode === 'none') return null;
   if (!Number.isInteger(pid) || pid < 1) throw new HutchError('EINVAL', `attachNetwork: pid must be a positive integer, got ${String(pid)}`);
+  if (plan.backend === 'userspace') return attachUserspace(plan, id, pid);
   const nat = plan.outbound === 'nat';
   const forwards = nat || plan.ports.length > 0;
   const rules = forwards || plan.hostPorts.length > 0;
@@ -196,6 +202,11 @@ export function releaseNetwork(handle: NetworkAttachment | null, options: { wait
 }
 
 function startRelease(h: NetworkAttachment): Release {
+  if (isUserspace(h)) {
+    const done = releaseUserspace(h);
+    track(done);
+    return { handoff: Promise.resolve(), done };
+  }
   const made: Made = { nat: h.nat, ifb: h.ifb !== null, ports: h.ports, rules: h.rules, names: h.names };
   let handoff: Promise<void>;
   let done: Promise<void>;
@@ -290,6 +301,9 @@ export async function pruneNetwork(
   const stateDir = options.stateDir ?? networkStateDir();
   // This process's own releases first: their leases are live, but the links and table checks below must see them gone.
   await settleNetwork().catch(() => undefined);
+  // Outside host root there are no veths, leases or host rules: a userspace link's pasta dies
+  // with its owner (PR_SET_PDEATHSIG) and the rest with the sandbox's netns.
+  if (hostMode() !== 'root' && options.stateDir === undefined) return { removed: [], restoredForwarding: false };
   const removed: string[] = [];
   let first: unknown;
   let restoredForwarding = false;

@@ -66,20 +66,20 @@ export function configurePeerSide(pid: number, peer: string, address: string, pr
   }
 }
 
-/** An ifb, up (addrgenmode none), in the host's netns. */
-export function createIfb(name: string): void {
-  check(native().netlinkAddIfb(name), `creating ifb ${name}`);
-  check(native().netlinkSetUp(name), `bringing ${name} up`);
+/** An ifb, up (addrgenmode none), in the host's netns (or the netns of `sock`). */
+export function createIfb(name: string, sock?: number): void {
+  check(native().netlinkAddIfb(name, sock), `creating ifb ${name}`);
+  check(native().netlinkSetUp(name, sock), `bringing ${name} up`);
 }
 
-/** tbf as the root qdisc of `dev`. */
-export function addTbf(dev: string, bps: number, burstBytes: number, limitBytes: number): void {
-  check(native().netlinkAddTbf(dev, bps, burstBytes, limitBytes), `shaping ${dev} (tbf ${bps} bit/s)`);
+/** tbf as the root qdisc of `dev` (of the host, or of the netns of `sock`). */
+export function addTbf(dev: string, bps: number, burstBytes: number, limitBytes: number, sock?: number): void {
+  check(native().netlinkAddTbf(dev, bps, burstBytes, limitBytes, sock), `shaping ${dev} (tbf ${bps} bit/s)`);
 }
 
 /** ingress qdisc on `dev` whose u32 match-all filter redirects every packet to `target`. */
-export function addIngressRedirect(dev: string, target: string): void {
-  check(native().netlinkAddRedirect(dev, target), `redirecting the ingress of ${dev} to ${target}`);
+export function addIngressRedirect(dev: string, target: string, sock?: number): void {
+  check(native().netlinkAddRedirect(dev, target, sock), `redirecting the ingress of ${dev} to ${target}`);
 }
 
 interface Pending {

@@ -10,6 +10,7 @@ import { suggest } from '../validators.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
 import { readLease, leaseFiles, type ResolvedPort } from './lease.js';
 import { type AskFunction, type EgressPolicy, resolveEgressPolicy } from './policy.js';
+import { type NetworkBackend, checkUserspacePlan, networkBackend } from './userspace.js';
 
 export type { Rate } from '../units.js';
 
@@ -35,8 +36,9 @@ export interface PortMapping {
 
 /**
  * A network link for the sandbox ({@link SandboxOptions.network}); without one (`'none'`,
- * the default) it has a private loopback only. `'bridge'` needs root (CAP_NET_ADMIN on the
- * host), else `create` rejects with `EUNSUPPORTED`. Wrong values reject with `EINVAL`.
+ * the default) it has a private loopback only. `'bridge'` is a veth pair as host root, and a
+ * userspace link through pasta outside host root, with the same options (docs/network.md,
+ * "Outside root"); what the host cannot do is `EUNSUPPORTED`. Wrong values reject with `EINVAL`.
  * docs/networking.md says how it is built.
  *
  * @example
@@ -144,6 +146,8 @@ export interface BridgePlan {
   readonly stateDir: string;
   /** Egress by name (`domains`, `deny`, `ask`, `dns`); null: none given, no resolver of hutch's. */
   readonly names: EgressPolicy | null;
+  /** `veth` (host root: a veth pair, host nftables) or `userspace` (pasta; lib/network/userspace.ts). */
+  readonly backend: NetworkBackend;
 }
 
 export type NetworkPlan = { readonly mode: 'none' } | BridgePlan;
@@ -221,10 +225,14 @@ export function resolveNetwork(
   const ports = o.ports === undefined ? [] : resolvePorts(`${field}.ports`, o.ports, stateDir);
   const hostPorts = o.hostPorts === undefined ? [] : resolveHostPorts(`${field}.hostPorts`, o.hostPorts);
 
-  if (!hasNetAdmin()) {
-    throw unsupported(`${field}.mode 'bridge'`, 'it needs CAP_NET_ADMIN in the host network namespace (run as root) to make links, tc and nftables rules');
+  const backend = networkBackend(env);
+  const plan = { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir, names } as const;
+  if (backend === 'userspace') {
+    checkUserspacePlan(field, plan, env);
+  } else if (!hasNetAdmin()) {
+    throw unsupported(`${field}.mode 'bridge'`, 'it needs CAP_NET_ADMIN in the host network namespace (run as root) to make links, tc and nftables rules; outside host root, unset HUTCH_NETWORK_BACKEND to use the userspace link (pasta)');
   }
-  return { mode: 'bridge', egressBps, ingressBps, outbound, allow, ports, hostPorts, range, stateDir, names };
+  return { ...plan, backend };
 }
 
 function rate(field: string, value: unknown): number {

@@ -47,10 +47,16 @@ export function shapingSteps(host: string, ifb: string | null, egressBps: number
   return steps;
 }
 
-export function applyShaping(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null): void {
-  for (const s of shapingSteps(host, ifb, egressBps, ingressBps)) {
-    if (s.kind === 'ifb') createIfb(s.dev);
-    else if (s.kind === 'tbf') addTbf(s.dev, s.bps, s.burst, s.limit);
-    else addIngressRedirect(s.dev, s.target);
+/** `sock`: a NETLINK_ROUTE socket of another netns to shape in (the userspace backend's); default the host's. */
+export function applyShaping(host: string, ifb: string | null, egressBps: number | null, ingressBps: number | null, sock?: number): void {
+  applySteps(shapingSteps(host, ifb, egressBps, ingressBps), sock);
+}
+
+/** Makes `steps` in order, in the host's netns or the netns of `sock`. */
+export function applySteps(steps: readonly ShapingStep[], sock?: number): void {
+  for (const s of steps) {
+    if (s.kind === 'ifb') createIfb(s.dev, sock);
+    else if (s.kind === 'tbf') addTbf(s.dev, s.bps, s.burst, s.limit, sock);
+    else addIngressRedirect(s.dev, s.target, sock);
   }
 }

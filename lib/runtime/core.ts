@@ -4,7 +4,7 @@
  */
 import { HutchError } from '../errors.js';
 import type { SandboxIds } from '../idrange.js';
-import type { Spawned, Watch } from '../native.js';
+import type { ClonedInit, Watch } from '../native.js';
 import { capabilityMask } from '../capabilities.js';
 import type { SandboxCgroup } from '../cgroup/driver.js';
 import type { ImageStore } from '../image/store.js';
@@ -33,7 +33,7 @@ export class SandboxCore {
   readonly opts: ResolvedSandboxOptions;
   readonly store: ImageStore;
   readonly image: ResolvedImage;
-  readonly spawned: Spawned;
+  readonly spawned: ClonedInit;
   cgroup: SandboxCgroup | null;
   attachment: NetworkAttachment | null = null;
   /** Egress by name (lib/network/egress.ts): the resolver, nft set and proxy of this sandbox. */
@@ -70,7 +70,7 @@ export class SandboxCore {
     opts: ResolvedSandboxOptions,
     store: ImageStore,
     image: ResolvedImage,
-    spawned: Spawned,
+    spawned: ClonedInit,
     cgroup: SandboxCgroup | null,
     seccomp: Buffer | null,
   ) {

@@ -97,7 +97,7 @@ export function compileSeccomp(profile: SeccompOption, opts: CompileSeccompOptio
       }),
     ),
   ].sort();
-  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().release);
+  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().kernelRelease);
   const key = `${arch}|${kernel.join('.')}|${caps.join(',')}`;
 
   const obj: unknown = profile === 'default' ? DEFAULT_SECCOMP_PROFILE : profile;

@@ -86,7 +86,7 @@ export function ruleApplies(rule: CheckedRule, arch: SeccompArch, caps: Readonly
 export function resolveProfile(profile: CheckedProfile, opts: ResolveOptions): ResolvedFilter {
   const table = syscallTable(opts.arch);
   const caps = new Set(opts.capabilities);
-  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().release);
+  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().kernelRelease);
   const bySyscall = new Map<number, ResolvedRule[]>();
   let highest = -1;
   for (const rule of profile.rules) {

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { hostMode } from '../../lib/host/mode.js';
 
 /**
  * A test that needs a host feature skips with the reason; with HUTCH_REQUIRE_ALL=1 (CI sets
@@ -24,3 +25,11 @@ export function needsRootWith(what: string, commands: string[]): string | undefi
   const list = commands.length > 1 ? `${commands.slice(0, -1).join(', ')} and ${commands[commands.length - 1]}` : commands.join('');
   return needs(isRoot && found, `${what} need root with ${list}`);
 }
+
+/**
+ * Host root (root in the host's user namespace). Tests of what only host root does (host id
+ * ranges, per-sandbox ranges, files planted in host directories) skip outside it, with or
+ * without HUTCH_REQUIRE_ALL: the rootless runs (scripts/rootless-ci.sh, the container test)
+ * cover the other modes with tests of their own (test/runtime/rootless.test.ts).
+ */
+export const hostRoot = hostMode() === 'root';

@@ -44,7 +44,7 @@ export function umociLayout(dir: string, config: string[]): string {
   mkdirSync(dir, { recursive: true });
   umoci('init', '--layout', 'lay');
   umoci('new', '--image', 'lay:latest');
-  umoci('unpack', '--image', 'lay:latest', 'bundle');
+  umoci('unpack', ...(process.getuid?.() === 0 ? [] : ['--rootless']), '--image', 'lay:latest', 'bundle');
   const rootfs = join(dir, 'bundle/rootfs');
   mkdirSync(join(rootfs, 'bin'));
   mkdirSync(join(rootfs, 'etc'));

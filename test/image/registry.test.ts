@@ -14,6 +14,7 @@ import { HutchError } from '../../lib/errors.js';
 import { ImageStore } from '../../lib/image/store.js';
 import { tarBuffer } from '../../lib/image/tarwriter.js';
 import { needs } from '../helpers/require.js';
+import { removeStore } from '../helpers/store.js';
 
 const has = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
 const skip = needs(has('docker-registry') && has('skopeo') && has('umoci') && existsSync('/bin/busybox'), 'docker-registry, skopeo, umoci and busybox-static are needed (apt-get install docker-registry skopeo umoci busybox-static)');
@@ -108,7 +109,7 @@ beforeAll(async () => {
   const run = (args: string[]) => execFileSync('umoci', args, { cwd: dir, stdio: 'pipe' });
   run(['init', '--layout', 'lay']);
   run(['new', '--image', 'lay:latest']);
-  run(['unpack', '--image', 'lay:latest', 'bundle']);
+  run(['unpack', ...(process.getuid?.() === 0 ? [] : ['--rootless']), '--image', 'lay:latest', 'bundle']);
   mkdirSync(join(dir, 'bundle/rootfs/bin'));
   mkdirSync(join(dir, 'bundle/rootfs/etc'));
   writeFileSync(join(dir, 'bundle/rootfs/bin/busybox'), readFileSync('/bin/busybox'), { mode: 0o755 });
@@ -126,7 +127,7 @@ afterAll(async () => {
   registry?.kill('SIGTERM');
   if (registry && registry.exitCode === null) await new Promise((r) => registry!.once('exit', r));
   if (proxy) await new Promise((r) => proxy!.close(r));
-  rmSync(work, { recursive: true, force: true });
+  removeStore(work); // its stores' layers may belong to a user's subordinate ids
 });
 
 async function regError(p: Promise<unknown>): Promise<HutchError & { status?: number; reference?: string }> {

@@ -58,21 +58,21 @@ describe('plan layout (addon/plan.h and lib/plan/encode.ts agree)', () => {
       mutate(b);
       return b;
     };
-    expect(() => native().spawn(bad((b) => b.writeUInt32LE(0, 0)), fds, clone)).toThrow(/bad magic/);
-    expect(() => native().spawn(bad((b) => b.writeUInt16LE(PLAN_VERSION + 1, 4)), fds, clone)).toThrow(/version/);
-    expect(() => native().spawn(buf.subarray(0, buf.length - 8), fds, clone)).toThrow(/length/);
-    expect(() => native().spawn(buf, [5], clone)).toThrow(/fd_count/);
-    expect(() => native().spawn(bad((b) => b.writeUInt16LE(999, HEADER_SIZE)), fds, clone)).toThrow(/unknown op type/);
-    expect(() => native().spawn(bad((b) => b.writeUInt16LE(999, HEADER_SIZE + 2)), fds, clone)).toThrow(/step out of range/);
+    expect(() => native().cloneSandbox(bad((b) => b.writeUInt32LE(0, 0)), fds, clone)).toThrow(/bad magic/);
+    expect(() => native().cloneSandbox(bad((b) => b.writeUInt16LE(PLAN_VERSION + 1, 4)), fds, clone)).toThrow(/version/);
+    expect(() => native().cloneSandbox(buf.subarray(0, buf.length - 8), fds, clone)).toThrow(/length/);
+    expect(() => native().cloneSandbox(buf, [5], clone)).toThrow(/fd_count/);
+    expect(() => native().cloneSandbox(bad((b) => b.writeUInt16LE(999, HEADER_SIZE)), fds, clone)).toThrow(/unknown op type/);
+    expect(() => native().cloneSandbox(bad((b) => b.writeUInt16LE(999, HEADER_SIZE + 2)), fds, clone)).toThrow(/step out of range/);
     // A string that runs past its op (its NUL overwritten, up to the op's padding).
     const size = buf.readUInt32LE(HEADER_SIZE + 4);
-    expect(() => native().spawn(bad((b) => b.fill(0x41, HEADER_SIZE + OP_SIZE, HEADER_SIZE + size)), fds, clone)).toThrow(/not terminated/);
+    expect(() => native().cloneSandbox(bad((b) => b.fill(0x41, HEADER_SIZE + OP_SIZE, HEADER_SIZE + size)), fds, clone)).toThrow(/not terminated/);
     // No silent defaults for the clone's options.
-    expect(() => native().spawn(buf, fds, { ...clone, uidMap: '' })).toThrow(/uidMap/);
-    expect(() => native().spawn(buf, fds, { gidMap: clone.gidMap, cgroupFd: -1, joinFiles: [] } as never)).toThrow(/uidMap/);
-    expect(() => native().spawn(buf, fds, { ...clone, cgroupFd: undefined } as never)).toThrow(/cgroupFd/);
-    expect(() => native().spawn(buf, fds, { ...clone, joinFiles: undefined } as never)).toThrow(/joinFiles/);
-    expect(() => native().spawn({} as never, fds, clone)).toThrow(/Buffer/);
+    expect(() => native().cloneSandbox(buf, fds, { ...clone, uidMap: '' })).toThrow(/uidMap/);
+    expect(() => native().cloneSandbox(buf, fds, { gidMap: clone.gidMap, cgroupFd: -1, joinFiles: [] } as never)).toThrow(/uidMap/);
+    expect(() => native().cloneSandbox(buf, fds, { ...clone, cgroupFd: undefined } as never)).toThrow(/cgroupFd/);
+    expect(() => native().cloneSandbox(buf, fds, { ...clone, joinFiles: undefined } as never)).toThrow(/joinFiles/);
+    expect(() => native().cloneSandbox({} as never, fds, clone)).toThrow(/Buffer/);
   });
 });
 

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAPABILITIES } from '../../lib/capabilities.js';
 import { HutchError, Sandbox } from '../../lib/index.js';
 import { installProbe, probe, PROBE } from './probe.js';
+import { hostRoot } from '../helpers/require.js';
 
 /** Docker's default set minus AUDIT_WRITE, MKNOD and NET_RAW, by number (linux/capability.h). */
 const DEFAULT_CAP_BITS = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31]; // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SETFCAP
@@ -132,7 +133,7 @@ describe('escape probes under the default sandbox', () => {
   });
 
   // Host root's mapping; outside root mode the map is the caller's own range (test/rootless.test.ts).
-  it.skipIf(process.getuid?.() !== 0)('maps root to an unprivileged host range, seen from inside and from the host', async () => {
+  it.skipIf(!hostRoot)('maps root to an unprivileged host range, seen from inside and from the host', async () => {
     for (const f of ['uid_map', 'gid_map']) {
       const r = await sb.exec(['cat', `/proc/self/${f}`], { encoding: 'utf8' });
       const rows = String(r.stdout).trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
@@ -396,7 +397,7 @@ describe("init holds against capabilities ['SYS_PTRACE'] alone (the default filt
  */
 // Needs host root to plant root-owned files in /usr/local; outside root mode the host image's
 // files are not the caller's to plant.
-describe.skipIf(process.getuid?.() !== 0)("the host image does not give the sandbox host root's ownership", () => {
+describe.skipIf(!hostRoot)("the host image does not give the sandbox host root's ownership", () => {
   const dir = `/usr/local/hutch-test-secret-${process.pid}`;
   beforeAll(() => {
     mkdirSync(`${dir}/private`, { recursive: true, mode: 0o755 });

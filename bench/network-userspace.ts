@@ -1,0 +1,107 @@
+/**
+ * `npm run bench:netuser` (`node dist/bench/network-userspace.js [iterations] [MiB]`): the
+ * userspace link (pasta), in one run:
+ *   - Sandbox.create p50/p90 with network 'none' and with a userspace bridge, interleaved;
+ *   - the top TCP rate the link carries, both ways, between a Node process inside (the 'host'
+ *     image) and a Node sink/source on the host's loopback, reached through `hostPorts`;
+ *   - shaping accuracy at 1, 10 and 100 Mbit/s both ways (payload rate / asked rate).
+ * As host root it sets HUTCH_NETWORK_BACKEND=userspace itself; as an ordinary user that is
+ * the default. Talks only to servers it runs on the host's loopback.
+ */
+import net from 'node:net';
+import { Sandbox } from '../lib/index.js';
+import type { NetworkOptions } from '../lib/network/index.js';
+import { summarize } from './lib/stats.js';
+import { Readable } from 'node:stream';
+
+process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
+const [N, MIB] = [Number(process.argv[2] ?? 30), Number(process.argv[3] ?? 256)];
+const image = 'host'; // node inside
+
+/** Sandbox.create alone, then destroy (untimed). */
+async function createMs(network: 'none' | NetworkOptions): Promise<number> {
+  const started = performance.now();
+  const sb = await Sandbox.create({ image, network });
+  const took = performance.now() - started;
+  await sb.destroy();
+  return took;
+}
+
+/** A loopback server; `onConn` gets each socket. */
+async function server(onConn: (s: net.Socket) => void): Promise<net.Server & { port: number }> {
+  const srv = net.createServer(onConn);
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  return Object.assign(srv, { port: (srv.address() as net.AddressInfo).port });
+}
+
+/** bits/s over (time, bytes) samples, leaving out the first `skipMs` (burst, slow start). */
+function rateOf(samples: [number, number][], skipMs: number): number {
+  const t0 = samples[0]![0];
+  const from = samples.find((s) => s[0] >= t0 + skipMs) ?? samples[0]!;
+  const last = samples[samples.length - 1]!;
+  return ((last[1] - from[1]) * 8) / ((last[0] - from[0]) / 1000);
+}
+
+const SEND = (port: number, bytes: number): string =>
+  `const s=require('net').connect(${port},'10.200.0.1',()=>{const b=Buffer.alloc(262144);let l=${bytes};const w=()=>{while(l>0){l-=b.length;if(!s.write(b)){s.once('drain',w);return}}s.end()};w()});s.on('data',()=>{})`;
+const RECV = (port: number, skipMs: number): string =>
+  `const m=[];let n=0;const s=require('net').connect(${port},'10.200.0.1');s.on('data',d=>{n+=d.length;m.push([performance.now(),n])});s.on('end',()=>{const t0=m[0][0];const f=m.find(x=>x[0]>=t0+${skipMs})||m[0];const l=m[m.length-1];console.log(((l[1]-f[1])*8)/((l[0]-f[0])/1000))})`;
+
+/** Both directions through one sandbox: [sandbox -> host, host -> sandbox] in bits/s. */
+async function both(network: Omit<NetworkOptions, 'mode' | 'hostPorts'>, bytes: number, skipMs: number): Promise<[number, number]> {
+  let resolveUp!: (n: number) => void;
+  const up = new Promise<number>((r) => (resolveUp = r));
+  const sink = await server((s) => {
+    const m: [number, number][] = [];
+    let n = 0;
+    s.on('data', (d) => {
+      n += d.length;
+      m.push([performance.now(), n]);
+    });
+    s.on('end', () => resolveUp(rateOf(m, skipMs)));
+  });
+  const source = await server((s) => {
+    const chunk = Buffer.alloc(262144);
+    Readable.from((function* () {
+      for (let sent = 0; sent < bytes; sent += chunk.length) yield chunk;
+    })()).pipe(s);
+  });
+  const sb = await Sandbox.create({ image, network: { mode: 'bridge', ...network, hostPorts: [sink.port, source.port] } });
+  try {
+    await sb.exec(['node', '-e', SEND(sink.port, bytes)]);
+    const egress = await up;
+    const r = await sb.exec(['node', '-e', RECV(source.port, skipMs)], { encoding: 'utf8' });
+    return [egress, Number(String(r.stdout).trim())];
+  } finally {
+    await sb.destroy();
+    sink.close();
+    source.close();
+  }
+}
+
+const none: number[] = [];
+const bridge: number[] = [];
+await createMs('none'); // warm: image, store, first clone
+await createMs({ mode: 'bridge' });
+for (let i = 0; i < N; i++) {
+  none.push(await createMs('none'));
+  bridge.push(await createMs({ mode: 'bridge' }));
+}
+const f = (x: number): string => x.toFixed(1);
+const [a, b] = [summarize(none), summarize(bridge)];
+console.log(`Sandbox.create (${image}), ${N} interleaved each, ms`);
+console.log(`| network | p50 | p90 |`);
+console.log(`| 'none' | ${f(a.p50)} | ${f(a.p90)} |`);
+console.log(`| bridge (pasta) | ${f(b.p50)} | ${f(b.p90)} |`);
+console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x`);
+
+const [up, down] = await both({}, MIB * 1024 * 1024, 300);
+console.log(`\ntop TCP rate, ${MIB} MiB one connection: sandbox -> host ${(up / 1e9).toFixed(2)} Gbit/s, host -> sandbox ${(down / 1e9).toFixed(2)} Gbit/s`);
+
+console.log(`\nshaping, payload rate / asked (3 s of traffic each way, the first 0.5 s left out)`);
+console.log(`| asked | egress | ingress |`);
+for (const [label, bps] of [['1mbit', 1e6], ['10mbit', 1e7], ['100mbit', 1e8]] as const) {
+  const [e, i] = await both({ egress: label, ingress: label }, Math.round((bps / 8) * 3), 500);
+  console.log(`| ${label} | ${((e / bps) * 100).toFixed(1)}% | ${((i / bps) * 100).toFixed(1)}% |`);
+}
+await Sandbox.settle();

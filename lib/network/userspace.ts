@@ -1,0 +1,549 @@
+/**
+ * The userspace link: `network: { mode: 'bridge' }` outside host root (API.md "Where hutch
+ * runs"), or as root with `HUTCH_NETWORK_BACKEND=userspace`. Same `NetworkOptions`, no
+ * veth, no host nftables, nothing of the host's network changed:
+ *
+ * - **The link.** pasta (package passt, what rootless podman uses) joins the sandbox's user
+ *   and network namespace, makes its tap `eth0` there with the /30 address and a default
+ *   route via the host side, and carries every connection to the host's sockets, as the
+ *   caller. It runs in the foreground as our child with PR_SET_PDEATHSIG (addon/nsjoin.cc), so
+ *   the kernel kills it when this process ends however it ends; `releaseNetwork` kills it when
+ *   the sandbox goes. (This pasta does not exit when the netns ends: it holds the netns.)
+ *   Ready: pasta writes its pid to fd 3 (`-P /proc/self/fd/3`) once the tap is configured.
+ * - **The filter.** nftables inside the sandbox's netns (`table inet hutch`, output hook),
+ *   written by `nft` running in the sandbox's user + net namespace: the host side (pasta maps
+ *   it to the host's loopback) only on `hostPorts`; with `outbound: 'nat'` the rest of the
+ *   world minus the host's own addresses and hutch's range, limited to `allow` when given;
+ *   every refusal immediate (TCP reset, ICMP admin-prohibited). The sandbox's processes have no
+ *   CAP_NET_ADMIN (refused with this backend: `checkUserspaceCapabilities`), so they cannot
+ *   change the table or the qdiscs, though their user namespace owns the netns.
+ * - **Shaping.** tc inside the netns through a netlink socket opened there (nsjoin.cc):
+ *   egress as tbf on eth0's root, ingress as eth0's ingress redirected to an ifb made in the
+ *   netns, whose root tbf shapes it (tc.ts's steps, mirrored).
+ * - **Published ports.** pasta binds each host port (all IPv4 addresses, loopback included)
+ *   and forwards it into the sandbox.
+ *
+ * Nothing is written to disk: no lease, no state file. The link's resources are pasta's
+ * process and what lives in the sandbox's netns, which ends with the sandbox.
+ */
+import { accessSync, closeSync, constants as fsc, openSync, readFileSync, writeSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { HutchError, errnoName, hostFailure, invalid, unsupported } from '../errors.js';
+import { hostMode } from '../host/mode.js';
+import { type NativeFailure, isFailure, native } from '../native.js';
+import { type Cidr, contains, formatCidr, parseCidr } from './cidr.js';
+import { type ResolvedPort, slotAddresses } from './lease.js';
+import { applySteps, shapingSteps } from './tc.js';
+
+export type NetworkBackend = 'veth' | 'userspace';
+
+/**
+ * What this backend reads of a bridge plan (options.ts's BridgePlan, spelled out here:
+ * options.ts imports this file, and the layers allow no cycle).
+ */
+export interface UserspacePlan {
+  readonly egressBps: number | null;
+  readonly ingressBps: number | null;
+  readonly outbound: 'none' | 'nat';
+  readonly allow: readonly Cidr[] | null;
+  readonly ports: readonly ResolvedPort[];
+  readonly hostPorts: readonly { readonly port: number; readonly protocol: 'tcp' | 'udp' }[];
+  readonly range: Cidr;
+  /** Egress by name; anything but null is refused here. */
+  readonly names: unknown;
+}
+
+/** The sandbox side's name, as with a veth. */
+const INTERFACE = 'eth0';
+/** The ifb that carries the sandbox's ingress for shaping, inside its netns. */
+const IFB = 'ifb0';
+/** pasta's default MTU, kept when unshaped: fewer, larger frames through pasta. */
+const MTU_UNSHAPED = 65520;
+/** A shaped link gets Ethernet's: tbf's bucket (tc.ts) is sized for 1514-byte frames. */
+const MTU_SHAPED = 1500;
+/** How long pasta may take to configure the link before create fails. */
+const READY_TIMEOUT_MS = 10_000;
+const NETLINK_ROUTE = 0;
+/** eth0's MAC inside (locally administered, unicast); every sandbox has its own netns. */
+const SANDBOX_MAC = '02:68:75:74:63:68';
+/** tbf's queue inside: what one TCP flow may keep queued (net.ipv4.tcp_limit_output_bytes: 4 MiB on current kernels). */
+const QUEUE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The backend for this process: `HUTCH_NETWORK_BACKEND` (`userspace` or `veth`), else
+ * `veth` in `root` mode and `userspace` otherwise.
+ */
+export function networkBackend(env: NodeJS.ProcessEnv = process.env): NetworkBackend {
+  const v = env.HUTCH_NETWORK_BACKEND;
+  if (v === undefined || v === '') return hostMode() === 'root' ? 'veth' : 'userspace';
+  if (v === 'userspace' || v === 'veth') return v;
+  throw invalid('HUTCH_NETWORK_BACKEND', `'userspace' or 'veth' (or unset: veth as host root, userspace otherwise)`, v);
+}
+
+const found = new Map<string, string | null>();
+
+/** The path of a program on PATH, else in /usr/sbin or /sbin (an ordinary user's PATH often lacks them: nft). */
+export function findProgram(name: string, env: NodeJS.ProcessEnv = process.env): string | null {
+  const path = env.PATH ?? '';
+  const key = `${name}\0${path}`;
+  if (found.has(key)) return found.get(key)!;
+  let hit: string | null = null;
+  for (const dir of [...path.split(':').filter((d) => d.startsWith('/')), '/usr/sbin', '/sbin']) {
+    try {
+      accessSync(`${dir}/${name}`, fsc.X_OK);
+      hit = `${dir}/${name}`;
+      break;
+    } catch {}
+  }
+  found.set(key, hit);
+  return hit;
+}
+
+/** The first port an unprivileged process may bind on the host (net.ipv4.ip_unprivileged_port_start). */
+function unprivilegedPortStart(): number {
+  try {
+    const n = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8').trim());
+    return Number.isInteger(n) ? n : 1024;
+  } catch {
+    return 1024;
+  }
+}
+
+/**
+ * What the userspace backend cannot do with these options, refused before anything is made
+ * (called by resolveNetwork with the rest already validated).
+ *
+ * @throws HutchError EUNSUPPORTED: egress by name (`domains`, `deny`, `ask`, `dns`); pasta or
+ *   nft missing; a published port below the host's unprivileged port start outside root.
+ */
+export function checkUserspacePlan(field: string, plan: UserspacePlan, env: NodeJS.ProcessEnv = process.env): void {
+  if (plan.names !== null) {
+    throw unsupported(
+      `${field}.domains/deny/ask/dns (egress by name) with the userspace network backend`,
+      'egress by name needs hutch\'s own resolver and nftables on the host: run hutch as host root (or use `allow` CIDRs)',
+    );
+  }
+  if (findProgram('pasta', env) === null) {
+    throw unsupported(`${field}.mode 'bridge' outside host root`, "it needs pasta, the userspace network stack: apt-get install passt (dnf install passt)");
+  }
+  try {
+    accessSync('/dev/net/tun', fsc.R_OK | fsc.W_OK);
+  } catch {
+    throw unsupported(
+      `${field}.mode 'bridge' outside host root`,
+      "pasta needs /dev/net/tun readable and writable by this user (most distributions make it 0666; as root: chmod 0666 /dev/net/tun, or a udev rule KERNEL==\"tun\", MODE=\"0666\"; in a container or pod, pass the device /dev/net/tun)",
+    );
+  }
+  if (findProgram('nft', env) === null) {
+    throw unsupported(`${field}.mode 'bridge' outside host root`, 'it needs nft to filter inside the sandbox: apt-get install nftables');
+  }
+  plan.ports.forEach((p, i) => {
+    // Measured: this pasta (passt 2023-03) delivers a UDP datagram to a translated port, but
+    // loses the answer on its way back; with the same number both sides it works.
+    if (p.protocol === 'udp' && p.host !== p.sandbox) {
+      throw unsupported(
+        `${field}.ports[${i}] (UDP ${p.host} -> ${p.sandbox}) with the userspace network backend`,
+        `pasta loses the answers of a UDP port published under another number: publish it as { host: ${p.host}, sandbox: ${p.host}, protocol: 'udp' } (the server inside on ${p.host}), or run hutch as host root`,
+      );
+    }
+  });
+  if ((process.geteuid?.() ?? 0) !== 0) {
+    const start = unprivilegedPortStart();
+    plan.ports.forEach((p, i) => {
+      if (p.host < start) {
+        throw unsupported(
+          `${field}.ports[${i}].host ${p.host} outside host root`,
+          `ports below ${start} need privileges; publish a port >= ${start}, or as root: sysctl -w net.ipv4.ip_unprivileged_port_start=${p.host}`,
+        );
+      }
+    });
+  }
+}
+
+/**
+ * For checkHost(): null when a userspace bridge can be made here, else why not and the fix
+ * (the EUNSUPPORTED message `resolveNetwork` would give).
+ */
+export function userspaceNetworkProblem(env: NodeJS.ProcessEnv = process.env): string | null {
+  try {
+    checkUserspacePlan('network', { egressBps: null, ingressBps: null, outbound: 'none', allow: null, ports: [], hostPorts: [], range: { network: 0x0ac80000, prefix: 16 }, names: null }, env);
+    return null;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
+/**
+ * A userspace link is filtered inside the sandbox's own netns, which the sandbox's user
+ * namespace owns: a sandbox given CAP_NET_ADMIN could remove its filter and shaping.
+ *
+ * @throws HutchError EINVAL when `capabilities` holds NET_ADMIN for a userspace bridge.
+ */
+export function checkUserspaceCapabilities(network: { readonly mode: string; readonly backend?: string }, capabilities: readonly string[]): void {
+  if (network.mode !== 'bridge' || network.backend !== 'userspace') return;
+  if (capabilities.includes('NET_ADMIN')) {
+    throw new HutchError(
+      'EINVAL',
+      "invalid option capabilities: NET_ADMIN with network mode 'bridge' outside host root: the sandbox would own its link's filter and shaping (they live in its own network namespace); drop NET_ADMIN, or run hutch as host root",
+    );
+  }
+}
+
+/** The /30 a userspace link shows inside: the range's first (each sandbox has its own netns, so all may share it). */
+export function userspaceAddresses(range: Cidr): { address: string; hostAddress: string } {
+  return slotAddresses(range.network);
+}
+
+/** pasta's arguments (pure, for tests). `root`: pasta would otherwise drop to nobody, who cannot open the sandbox's namespaces. */
+export function pastaArgs(plan: UserspacePlan, root: boolean): string[] {
+  const { address, hostAddress } = userspaceAddresses(plan.range);
+  // Bound on the host's loopback only: this pasta (passt 2023-03) forwards a connection that
+  // comes to another host address into the namespace but never completes its handshake.
+  const spec = (proto: 'tcp' | 'udp'): string[] =>
+    plan.ports.filter((p) => p.protocol === proto).map((p) => `127.0.0.1/${p.host}:${p.sandbox}`);
+  const forward = (flag: string, proto: 'tcp' | 'udp'): string[] => {
+    const specs = spec(proto);
+    return specs.length === 0 ? [flag, 'none'] : specs.flatMap((x) => [flag, x]);
+  };
+  const shaped = plan.egressBps !== null || plan.ingressBps !== null;
+  return [
+    'pasta',
+    '--foreground',
+    '--quiet',
+    ...(root ? ['--runas', '0:0'] : []),
+    '--config-net',
+    '--ipv4-only',
+    '--address', address,
+    '--netmask', '30',
+    '--gateway', hostAddress,
+    '--ns-ifname', INTERFACE,
+    // A fixed MAC pasta knows from the start: else it learns the sandbox's from its first
+    // frame, and a connection to a published port on a non-loopback host address that comes
+    // before any frame from the sandbox goes to a MAC eth0 drops.
+    '--ns-mac-addr', SANDBOX_MAC,
+    '--mtu', String(shaped ? MTU_SHAPED : MTU_UNSHAPED),
+    // Published ports only; never the defaults ('auto' both ways: every port bound on one
+    // side would appear on the other, the host's loopback services inside the sandbox).
+    ...forward('--tcp-ports', 'tcp'),
+    ...forward('--udp-ports', 'udp'),
+    '--tcp-ns', 'none',
+    '--udp-ns', 'none',
+    '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
+    '--pid', '/proc/self/fd/3',
+    // The sandbox's namespaces as fds we opened (4, 5): pasta drops its capabilities first,
+    // and without CAP_SYS_PTRACE it may not open /proc/<pid>/ns/* of a process of another uid.
+    '--userns', '/proc/self/fd/4',
+    '--netns', '/proc/self/fd/5',
+  ];
+}
+
+/** IPv4 addresses of this host's interfaces, as /32s (the sandbox must not reach them through pasta). */
+function hostAddresses(): Cidr[] {
+  const out: Cidr[] = [];
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family !== 'IPv4') continue;
+      const r = parseCidr(a.address);
+      if (r.ok) out.push(r.cidr);
+    }
+  }
+  return out;
+}
+
+/** CIDRs with those inside another removed, as text (nft refuses overlapping elements of one set). */
+function disjoint(cidrs: readonly Cidr[]): string[] {
+  const kept: Cidr[] = [];
+  // Wider first: a CIDR is dropped when a kept (wider or equal) one holds its network.
+  for (const c of [...cidrs].sort((a, b) => a.prefix - b.prefix)) {
+    if (!kept.some((k) => contains(k, c.network))) kept.push(c);
+  }
+  return kept.map(formatCidr);
+}
+
+/** What the filter inside is made from. */
+export interface InsideRules {
+  hostAddress: string;
+  outbound: 'none' | 'nat';
+  allow: readonly Cidr[] | null;
+  hostPorts: UserspacePlan['hostPorts'];
+  /** Never reachable, `allow` or not: the host's own addresses, loopback, 0.0.0.0/8, hutch's range. */
+  closed: readonly Cidr[];
+}
+
+/** The ruleset for `nft -f -` inside the sandbox's netns (pure, for tests). One transaction; run again it replaces the chain. */
+export function insideRuleset(r: InsideRules): string {
+  const T = 'inet hutch';
+  const refuse = (match: string): string[] => [
+    `add rule ${T} out ${match}meta l4proto tcp reject with tcp reset`,
+    `add rule ${T} out ${match}reject with icmpx admin-prohibited`,
+  ];
+  const lines = [
+    `add table ${T}`,
+    `add chain ${T} out { type filter hook output priority 0; policy accept; }`,
+    `flush chain ${T} out`,
+    `add rule ${T} out oifname "lo" accept`,
+    `add rule ${T} out ct state established,related accept`,
+    // IPv4 only, as with a veth.
+    `add rule ${T} out meta nfproto ipv6 drop`,
+  ];
+  for (const proto of ['tcp', 'udp'] as const) {
+    const ports = r.hostPorts.filter((p) => p.protocol === proto).map((p) => p.port);
+    if (ports.length > 0) lines.push(`add rule ${T} out ip daddr ${r.hostAddress} ${proto} dport { ${ports.join(', ')} } accept`);
+  }
+  lines.push(...refuse(`ip daddr ${r.hostAddress} `));
+  if (r.outbound === 'nat') {
+    lines.push(...refuse(`ip daddr { ${disjoint(r.closed).join(', ')} } `));
+    if (r.allow === null) {
+      lines.push(`add rule ${T} out accept`);
+    } else {
+      if (r.allow.length > 0) lines.push(`add rule ${T} out ip daddr { ${disjoint(r.allow).join(', ')} } accept`);
+      lines.push(...refuse(''));
+    }
+  } else {
+    lines.push(...refuse(''));
+  }
+  return lines.join('\n') + '\n';
+}
+
+function closedRanges(range: Cidr): Cidr[] {
+  // options.ts's DEFAULT_RANGE (root-mode sandboxes of this host live there) spelled out: options.ts imports this file.
+  const fixed = ['127.0.0.0/8', '0.0.0.0/8', '10.200.0.0/16'].map((t) => (parseCidr(t) as { ok: true; cidr: Cidr }).cidr);
+  return [...fixed, range, ...hostAddresses()];
+}
+
+/** A userspace link's process and what its filter was made from, for release and setNetworkPolicy. */
+interface Link {
+  pid: number;
+  pasta: { pid: number; pidfd: number };
+  rules: InsideRules;
+  released?: Promise<void>;
+}
+
+const links = new WeakMap<object, Link>();
+
+/** True for an attachment of this backend. */
+export function isUserspace(att: object | null): boolean {
+  return att !== null && links.has(att);
+}
+
+function nativeFail(what: string, r: NativeFailure & { step?: string; path?: string }): HutchError {
+  const errno = errnoName(r.errno);
+  return new HutchError('ESETUP', `network: ${what}: ${r.step ?? 'request'} failed: ${errno}${r.path ? ` (${r.path})` : ''}`, { step: 'network', errno });
+}
+
+/** Resolves once `fd` is readable or hung up (a pidfd: the process ended); with `ms`, 'timeout' after that long. */
+function readable(fd: number, ms?: number): Promise<'readable' | 'timeout'> {
+  return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    const w = new (native().Watch)(fd, () => {
+      w.close();
+      clearTimeout(timer);
+      resolve('readable');
+    });
+    // The watch goes with the timeout: the caller closes the fd next.
+    if (ms !== undefined) {
+      timer = setTimeout(() => {
+        w.close();
+        resolve('timeout');
+      }, ms);
+    }
+  });
+}
+
+/** Waits for a child of nsSpawn to end, reaps it and closes its pidfd. */
+async function reaped(p: { pidfd: number }): Promise<{ code: number | null; signal: number | null }> {
+  const n = native();
+  for (;;) {
+    const r = n.reap(p.pidfd);
+    if (r !== null && !isFailure(r)) {
+      n.close(p.pidfd);
+      return r;
+    }
+    if (isFailure(r)) {
+      n.close(p.pidfd);
+      return { code: null, signal: null };
+    }
+    await readable(p.pidfd);
+  }
+}
+
+function drain(fd: number): string {
+  const n = native();
+  let out = '';
+  for (;;) {
+    const b = n.readSome(fd);
+    if (b === null || b === undefined || isFailure(b)) break;
+    out += b.toString('utf8');
+  }
+  return out;
+}
+
+function pipe(nonblockingRead: boolean): [number, number] {
+  const p = native().pipe(nonblockingRead);
+  if (isFailure(p)) throw nativeFail('making a pipe', p);
+  return p;
+}
+
+const ENV = ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL=C'];
+
+/** Runs `nft -f -` with `script` inside the user + net namespace of `pid`. */
+async function nftInside(pid: number, script: string, what: string): Promise<void> {
+  const n = native();
+  const nft = findProgram('nft');
+  if (nft === null) throw unsupported('nftables inside the sandbox', 'apt-get install nftables');
+  const [inR, inW] = pipe(false);
+  const [errR, errW] = pipe(true);
+  try {
+    writeSync(inW, script); // a few hundred bytes: within the pipe's buffer
+  } finally {
+    n.close(inW);
+  }
+  const child = n.nsSpawn(nft, ['nft', '-f', '-'], ENV, [inR, errW, errW], pid, true);
+  n.close(inR);
+  n.close(errW);
+  if (isFailure(child)) {
+    n.close(errR);
+    throw nativeFail(`${what}: running nft in the namespaces of pid ${pid}`, child);
+  }
+  const status = await reaped(child);
+  const stderr = drain(errR);
+  n.close(errR);
+  if (status.code !== 0) {
+    const detail = stderr.trim().split('\n').slice(0, 6).join('; ') || `exit ${status.code ?? `signal ${status.signal}`}`;
+    throw new HutchError('ESETUP', `network: ${what}: nft failed: ${detail}`, { step: 'network' });
+  }
+}
+
+/** Starts pasta for the sandbox `pid`; resolves once its link is configured. */
+async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: number; pidfd: number }> {
+  const n = native();
+  const pasta = findProgram('pasta');
+  if (pasta === null) throw unsupported("network mode 'bridge' outside host root", 'apt-get install passt');
+  const [readyR, readyW] = pipe(true);
+  const [errR, errW] = pipe(true);
+  const args = pastaArgs(plan, (process.geteuid?.() ?? 1) === 0);
+  let nsFds: number[] = [];
+  try {
+    nsFds = ['user', 'net'].map((ns) => openSync(`/proc/${pid}/ns/${ns}`, 'r'));
+  } catch (e) {
+    for (const fd of nsFds) closeSync(fd);
+    n.close(readyR), n.close(readyW), n.close(errR), n.close(errW);
+    throw hostFailure('ESETUP', `network: opening the namespaces of pid ${pid}`, e);
+  }
+  const child = n.nsSpawn(pasta, args, ENV, [-1, -1, errW, readyW, ...nsFds], 0, true);
+  for (const fd of nsFds) closeSync(fd);
+  n.close(readyW);
+  n.close(errW);
+  if (isFailure(child)) {
+    n.close(readyR);
+    n.close(errR);
+    throw nativeFail('starting pasta', child);
+  }
+  const outcome = await readable(readyR, READY_TIMEOUT_MS);
+  const line = outcome === 'readable' ? n.readSome(readyR) : undefined;
+  n.close(readyR);
+  const ready = line instanceof Buffer && line.length > 0;
+  if (!ready) {
+    n.pidfdKill(child.pidfd, 9);
+    await reaped(child);
+    const stderr = drain(errR)
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !l.includes('syslog'))
+      .slice(0, 6)
+      .join('; ');
+    n.close(errR);
+    const why = outcome === 'timeout' ? `no link after ${READY_TIMEOUT_MS / 1000} s` : stderr || 'pasta ended before its link was ready';
+    const portHint = /bind|in use/i.test(why) ? ' (a published host port is taken?)' : '';
+    throw new HutchError('ESETUP', `network: pasta for pid ${pid}: ${why}${portHint}`, { step: 'network' });
+  }
+  // pasta ignores SIGPIPE: what it logs later goes nowhere.
+  n.close(errR);
+  return child;
+}
+
+/** tc inside the sandbox's netns: egress as tbf on eth0's root, ingress through an ifb made there. */
+function shapeInside(plan: UserspacePlan, pid: number): void {
+  if (plan.egressBps === null && plan.ingressBps === null) return;
+  const n = native();
+  const sock = n.nsNetlinkSocket(pid, NETLINK_ROUTE);
+  if (isFailure(sock)) throw nativeFail(`opening a netlink socket in the netns of pid ${pid}`, sock);
+  try {
+    // tc.ts's steps name the host side of a veth: its root tbf is what goes *into* the
+    // sandbox, its ingress what comes out. Inside, eth0 is the sandbox's own side: swapped.
+    // The queues are longer than tc.ts's 50 ms: pasta has no SACK, and a TCP flow that loses
+    // several segments of a window in a full queue recovers by timeouts (measured: 4 Mbit/s
+    // at 8 Mbit/s asked). A flow's own queue is bounded anyway, by TCP small queues (egress)
+    // and by the receive window pasta keeps (ingress).
+    const steps = shapingSteps(INTERFACE, plan.ingressBps !== null ? IFB : null, plan.ingressBps, plan.egressBps).map((s) =>
+      s.kind === 'tbf' ? { ...s, limit: Math.max(s.limit, QUEUE_BYTES) } : s,
+    );
+    applySteps(steps, sock);
+  } finally {
+    n.close(sock);
+  }
+}
+
+/** attachNetwork for this backend: filter, pasta, shaping; any failure undoes what was made. */
+export async function attachUserspace(plan: UserspacePlan, id: string, pid: number) {
+  const { address, hostAddress } = userspaceAddresses(plan.range);
+  const rules: InsideRules = { hostAddress, outbound: plan.outbound, allow: plan.allow, hostPorts: plan.hostPorts, closed: closedRanges(plan.range) };
+  // The filter may go in before the link exists (it names addresses, not the interface), and
+  // nothing of the sandbox runs before create returns: both at once.
+  const [filter, started] = await Promise.allSettled([nftInside(pid, insideRuleset(rules), `filtering the link of pid ${pid}`), startPasta(plan, pid)]);
+  const pasta = started.status === 'fulfilled' ? started.value : null;
+  try {
+    if (filter.status === 'rejected') throw filter.reason;
+    if (started.status === 'rejected') throw started.reason;
+    shapeInside(plan, pid);
+  } catch (e) {
+    if (pasta) {
+      native().pidfdKill(pasta.pidfd, 9);
+      await reaped(pasta);
+    }
+    throw e;
+  }
+  const att = {
+    address,
+    hostAddress,
+    interface: INTERFACE,
+    hostInterface: 'pasta',
+    prefixLength: 30,
+    id,
+    slot: '',
+    stateDir: '',
+    ifb: null,
+    ports: plan.ports,
+    nat: plan.outbound === 'nat',
+    rules: true,
+    names: false,
+    backend: 'userspace',
+  } as const;
+  links.set(att, { pid, pasta: pasta!, rules });
+  return att;
+}
+
+/** releaseNetwork for this backend: pasta killed and reaped; the rest ends with the netns. Idempotent. */
+export function releaseUserspace(att: object): Promise<void> {
+  const link = links.get(att);
+  if (!link) return Promise.resolve();
+  link.released ??= (async () => {
+    native().pidfdKill(link.pasta.pidfd, 9);
+    await reaped(link.pasta);
+  })();
+  return link.released;
+}
+
+/** pasta's pid of a userspace attachment (tests, diagnostics); null for other attachments. */
+export function pastaPid(att: object): number | null {
+  return links.get(att)?.pasta.pid ?? null;
+}
+
+/** setNetworkPolicy({ allow }) on a userspace link: the chain inside replaced in one transaction. */
+export async function setUserspaceAllow(att: object, allow: readonly Cidr[] | null): Promise<void> {
+  const link = links.get(att);
+  if (!link) throw new HutchError('EINVAL', 'setNetworkPolicy: not a userspace link');
+  if (link.released) throw new HutchError('EDESTROYED', 'setNetworkPolicy: the sandbox\'s link was released');
+  link.rules = { ...link.rules, allow };
+  await nftInside(link.pid, insideRuleset(link.rules), `replacing the network policy of pid ${link.pid}`);
+}
+
