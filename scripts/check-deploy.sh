@@ -8,7 +8,7 @@
 #   `procMount` would be silently dropped by the API server, and by the schema check);
 # - what docs/kubernetes.md promises holds: hostUsers: false, a Localhost seccomp profile
 #   that exists in deploy/seccomp and parses, procMount: Unmasked, capabilities dropped but
-#   SETUID/SETGID/SETFCAP/CHOWN/FOWNER/DAC_OVERRIDE, no privilege escalation, probes on a path the code runner serves,
+#   SETUID/SETGID/SETFCAP/CHOWN/FOWNER/DAC_OVERRIDE/SYS_PTRACE, no privilege escalation, probes on a path the code runner serves,
 #   a PodDisruptionBudget and an autoscaler selecting the Deployment.
 # The two packages are installed into a temporary directory (pinned versions), not into the
 # project. Usage: scripts/check-deploy.sh
@@ -86,7 +86,7 @@ else {
     need(sc.allowPrivilegeEscalation === false, `${c.name}: allowPrivilegeEscalation must be false`);
     need(sc.privileged !== true, `${c.name}: must not be privileged`);
     need(JSON.stringify(sc.capabilities?.drop) === '["ALL"]', `${c.name}: capabilities.drop must be [ALL]`);
-    need(JSON.stringify([...(sc.capabilities?.add ?? [])].sort()) === '["CHOWN","DAC_OVERRIDE","FOWNER","SETFCAP","SETGID","SETUID"]', `${c.name}: capabilities.add must be SETUID, SETGID, SETFCAP, CHOWN, FOWNER, DAC_OVERRIDE`);
+    need(JSON.stringify([...(sc.capabilities?.add ?? [])].sort()) === '["CHOWN","DAC_OVERRIDE","FOWNER","SETFCAP","SETGID","SETUID","SYS_PTRACE"]', `${c.name}: capabilities.add must be SETUID, SETGID, SETFCAP, CHOWN, FOWNER, DAC_OVERRIDE, SYS_PTRACE`);
     need(c.resources?.requests && c.resources?.limits, `${c.name}: resources.requests and limits`);
     for (const p of ['readinessProbe', 'livenessProbe']) {
       const path = c[p]?.httpGet?.path;

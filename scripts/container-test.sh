@@ -31,7 +31,7 @@
 #      HUTCH_CT_IDS          the container's id count (default 65536, a pod's default; the
 #                            kubelet's userNamespaces.idsPerPod sets another)
 #      HUTCH_CT_CAPS         the capabilities the container keeps (default
-#                            setuid,setgid,setfcap,chown,fowner,dac_override)
+#                            setuid,setgid,setfcap,chown,fowner,dac_override,sys_ptrace)
 #      HUTCH_CT_RUNTIME      OCI runtime (default: crun on pure cgroup v2, runc on v1/hybrid,
 #                            where crun refuses a hybrid layout with v2 controllers)
 # Needs root (podman as root gives the container a user namespace of its own with
@@ -239,12 +239,13 @@ flags=(
   # mount stays read-only; measured under v2vm).
   --security-opt 'unmask=/proc/*' --security-opt unmask=/sys/fs/cgroup
   # securityContext.capabilities {drop: [ALL], add: [SETUID, SETGID, SETFCAP, CHOWN, FOWNER,
-  # DAC_OVERRIDE]}, all of them over the container's own user namespace only. SETFCAP: a
+  # DAC_OVERRIDE, SYS_PTRACE]}, all of them over the container's own user namespace only. SYS_PTRACE:
+  # writeFile/readFile open beneath /proc/<init>/root of a non-dumpable init. SETFCAP: a
   # child user namespace's map that holds the container's uid 0 (the kernel asks it of any
   # map with the parent's root, 5.12+); SETUID, SETGID: a map of more than one id (the
   # sandboxes' range); CHOWN, FOWNER, DAC_OVERRIDE: image layers given the range's owners
   # and modes at import, and the store's files of those owners read and removed later.
-  --cap-drop=all --cap-add="${HUTCH_CT_CAPS:-setuid,setgid,setfcap,chown,fowner,dac_override}"
+  --cap-drop=all --cap-add="${HUTCH_CT_CAPS:-setuid,setgid,setfcap,chown,fowner,dac_override,sys_ptrace}"
   # securityContext.allowPrivilegeEscalation: false (no_new_privs; hutch needs no setuid
   # binary in userns-root mode: it writes the maps itself).
   --security-opt no-new-privileges
