@@ -33,4 +33,5 @@ export type {
   SeccompOption, SeccompAction, SeccompSyscallRule, SeccompArg, SeccompFilter, SeccompOperator, SeccompValue,
 } from './seccomp/index.js';
 export type { HostReport, HostCheck } from './host.js';
+export type { HostMode } from './host/mode.js';
 export { DEFAULT_CAPABILITIES } from './capabilities.js';
