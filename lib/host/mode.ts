@@ -14,6 +14,11 @@
  */
 import { accessSync, readFileSync } from 'node:fs';
 
+/**
+ * Where hutch runs ({@link HostReport.mode}, docs/rootless.md): `root` is host root;
+ * `userns-root` is root of a user namespace that is not the host's (a Kubernetes pod with
+ * `hostUsers: false`); `user` is an ordinary user. The API is the same in all three.
+ */
 export type HostMode = 'root' | 'userns-root' | 'user';
 
 /** One line of a uid_map / gid_map: `inside` maps to `outside` for `count` ids. */
