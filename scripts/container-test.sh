@@ -163,12 +163,13 @@ print("\n".join(sorted(out)))
   # Debian 12 is merged-/usr: the top-level dirs are symlinks, as on the host.
   ln -s usr/bin "$stage/bin"; ln -s usr/sbin "$stage/sbin"; ln -s usr/lib "$stage/lib"; ln -s usr/lib64 "$stage/lib64"
   # The packages whose files the tests and the 'host' image use (gcc: the security tests
-  # build their probes with gcc -static); their shared libraries are added by ldd.
+  # build their probes with gcc -static; docker-registry, skopeo, umoci: the registry tests);
+  # their shared libraries are added by ldd.
   local pkgs="coreutils dash bash busybox-static grep sed findutils util-linux mount procps
     bubblewrap iproute2 nftables uidmap passt tar gzip diffutils hostname libc-bin nodejs
     python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal
     gcc gcc-12 cpp cpp-12 libgcc-12-dev libc6-dev linux-libc-dev libcrypt-dev binutils
-    binutils-x86-64-linux-gnu binutils-aarch64-linux-gnu"
+    binutils-x86-64-linux-gnu binutils-aarch64-linux-gnu docker-registry skopeo umoci"
   # shellcheck disable=SC2086
   dpkg -L $pkgs 2>/dev/null |
     python3 -c "$filelist" $(find "$repo/build/Release" "$repo/node_modules" -name '*.node' -type f) >"$list"
@@ -183,6 +184,10 @@ print("\n".join(sorted(out)))
   printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$stage/etc/nsswitch.conf"
   printf '127.0.0.1 localhost\n::1 localhost\n' >"$stage/etc/hosts"
   cp /etc/os-release "$stage/etc/os-release" 2>/dev/null || true
+  # skopeo reads its trust policy (the registry tests).
+  if [ -f /etc/containers/policy.json ]; then
+    mkdir -p "$stage/etc/containers" && cp /etc/containers/policy.json "$stage/etc/containers/"
+  fi
   ldconfig -r "$stage" 2>/dev/null || true
   # The project, built, at /hutch.
   mkdir -p "$stage/hutch"
