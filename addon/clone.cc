@@ -290,35 +290,45 @@ static int userns_entry(void *v) {
 }
 #endif
 
-long run_in_userns(int nsfd, int (*fn)(void *), void *arg) {
+long vfork_task(uint64_t flags, int (*fn)(void *), void *arg, int *pidfd, size_t stack_size) {
 #if HUTCH_CLONE_VM
-  // CLONE_VM | CLONE_VFORK: a task of our memory that borrows this thread (which waits for it)
-  // and, unlike a thread, may join another user namespace (setns needs a task with its own
-  // fs_struct and thread group: no CLONE_FS, no CLONE_THREAD). CLONE_FILES: what it opens is
-  // ours. Signals stay blocked in it; it exits when fn returns.
-  static const size_t kStack = 1024 * 1024;
-  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  // CLONE_VM | CLONE_VFORK: a task of our memory that borrows this thread (which waits until it
+  // execs or exits) on a stack of its own, with every signal blocked in it. Unlike a thread it
+  // may join other namespaces (setns wants a task with its own fs_struct and thread group).
+  void *stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) return -errno;
-  userns_call u = {nsfd, fn, arg, -EIO};
   struct clone_args a;
   memset(&a, 0, sizeof a);
-  a.flags = CLONE_VM | CLONE_VFORK | CLONE_FILES;
-  a.exit_signal = 0;
+  a.flags = flags | CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0);
+  a.pidfd = (uint64_t)(uintptr_t)pidfd;
+  a.exit_signal = 0;  // no SIGCHLD: libuv's handler never sees it; reaped with waitid(__WALL)
   a.stack = (uint64_t)(uintptr_t)stack;
-  a.stack_size = kStack;
+  a.stack_size = stack_size;
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, userns_entry, &u);
-  if (pid > 0) {
-    siginfo_t si;
-    while (waitid(P_PID, (id_t)pid, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
-    }
-  }
+  long pid = hutch_clone3_vm(&a, sizeof a, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  munmap(stack, kStack);
-  return pid < 0 ? pid : u.result;
+  munmap(stack, stack_size);  // CLONE_VFORK: the task has exec'd or exited
+  return pid;
 #else
+  (void)flags, (void)fn, (void)arg, (void)pidfd, (void)stack_size;
+  return -ENOSYS;
+#endif
+}
+
+long run_in_userns(int nsfd, int (*fn)(void *), void *arg) {
+#if HUTCH_CLONE_VM
+  // CLONE_FILES: what the task opens is ours. It exits when fn returns.
+  userns_call u = {nsfd, fn, arg, -EIO};
+  long pid = vfork_task(CLONE_FILES, userns_entry, &u, nullptr, 1024 * 1024);
+  if (pid < 0) return pid;
+  siginfo_t si;
+  while (waitid(P_PID, (id_t)pid, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
+  }
+  return u.result;
+#else
+  (void)nsfd, (void)fn, (void)arg;
   return -ENOSYS;
 #endif
 }

@@ -41,6 +41,10 @@ void do_clone(plan *p, const clone_req &req, cloned &c);
 // waits for it: fn's result, or -errno when the task could not start or join. fn may use raw
 // syscalls and our memory, no N-API and no JS (the calling thread is suspended meanwhile).
 long run_in_userns(int nsfd, int (*fn)(void *), void *arg);
+// fn(arg) in a CLONE_VM | CLONE_VFORK task (plus `flags`, and CLONE_PIDFD into *pidfd when
+// given) on a stack of its own; this thread waits until it execs or exits. Its pid or -errno;
+// the caller reaps it (waitid with __WALL: no exit signal). -ENOSYS without the trampoline.
+long vfork_task(uint64_t flags, int (*fn)(void *), void *arg, int *pidfd, size_t stack_size);
 void keep_child(std::unique_ptr<plan> p, const cloned &c, bool blank);
 // The pending blank child `pid`'s plan and go socket, or nullptr.
 plan *pending_blank(long pid, int *go_fd);

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "clone.h"
 #include "sys.h"
 
 #ifndef CLONE_CLEAR_SIGHAND
@@ -158,27 +159,7 @@ Napi::Value failure(Napi::Env env, const nsjoin_req &q, const char *path) {
 
 // Runs fn on a stack of its own in a CLONE_VM | CLONE_VFORK child; returns its pid or -errno.
 long vfork_child(nsjoin_req &q, uint64_t flags, int (*fn)(void *), int *pidfd) {
-#if HUTCH_CLONE_VM
-  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) return -errno;
-  struct clone_args a;
-  memset(&a, 0, sizeof a);
-  a.flags = flags | CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0);
-  a.pidfd = (uint64_t)(uintptr_t)pidfd;
-  a.exit_signal = 0;  // no SIGCHLD: libuv's handler never sees it; reaped with waitid(__WALL)
-  a.stack = (uint64_t)(uintptr_t)stack;
-  a.stack_size = kStack;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = hutch_clone3_vm(&a, sizeof a, fn, &q);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  munmap(stack, kStack);  // CLONE_VFORK: the child has exec'd or exited
-  return pid;
-#else
-  (void)q, (void)flags, (void)fn, (void)pidfd;
-  return -ENOSYS;
-#endif
+  return vfork_task(flags, fn, &q, pidfd, kStack);
 }
 
 void reap_pid(long pid) {
