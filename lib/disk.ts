@@ -63,16 +63,25 @@ export function mountOf(path: string): MountEntry | undefined {
 export async function unmountUnder(paths: readonly string[]): Promise<string[]> {
   if (paths.length === 0) return [];
   const under = (mp: string) => paths.some((p) => mp === p || mp.startsWith(p.endsWith('/') ? p : `${p}/`));
-  const found: string[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 10) continue;
-    const mp = mountPath(f[4]!);
-    if (under(mp)) found.push(mp);
-  }
-  found.sort((a, b) => b.length - a.length);
+  const mounted = (): string[] => {
+    const out: string[] = [];
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const f = line.split(' ');
+      if (f.length < 10) continue;
+      const mp = mountPath(f[4]!);
+      if (under(mp)) out.push(mp);
+    }
+    return out;
+  };
+  const found = mounted().sort((a, b) => b.length - a.length);
   for (const mp of found) {
-    await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
+    try {
+      await run('umount', [mp]).catch(() => run('umount', ['-l', mp]));
+    } catch (e) {
+      // Another process's prune may have unmounted it meanwhile (prune is host-wide and
+      // takes no lock over a dead sandbox's disk): gone is what we wanted.
+      if (mounted().includes(mp)) throw e;
+    }
   }
   return found;
 }
