@@ -1,11 +1,11 @@
-import { existsSync, mkdirSync, chmodSync, chownSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { HutchError, invalid } from '../errors.js';
-import { chownAsOwner, idSource } from '../host/ids.js';
-import { hostMode } from '../host/mode.js';
+import { idSource } from '../host/ids.js';
 import { StoreLock } from './lock.js';
+import { makeStoreLayout } from './layout.js';
 import { teardownsDone } from '../teardowns.js';
 import { storeHooks } from './hooks.js';
 import { isAlive } from '../host/liveness.js';
@@ -52,8 +52,6 @@ export interface ImageStoreOptions {
 }
 
 /** Directory permissions: see docs/images.md, "Ownership". */
-const SHARED_DIRS = ['layers', 'sandboxes'];
-const PRIVATE_DIRS = ['blobs', 'blobs/sha256', 'images', 'layerinfo', 'builtin', 'buildcache', 'tmp'];
 
 /**
  * The image store: content-addressed blobs, extracted read-only layers shared by every image
@@ -137,45 +135,17 @@ export class ImageStore {
   }
 
   /**
-   * Creates the layout. The root, layers/ and sandboxes/ are root:<range gid> 0710 when
-   * running as root: the sandbox's root (range uid 0, group range gid) may pass through to
-   * mount the layers, other host users may not even reach them.
+   * Creates the layout (lib/image/layout.ts: the directories and who may reach them).
    * @internal
    */
   ensure(): void {
     if (this.ready) return;
-    try {
-      this.layout();
-    } catch (e) {
-      if (e instanceof HutchError) throw e;
-      const err = e as NodeJS.ErrnoException;
-      const fix = process.env.HUTCH_ROOT
-        ? 'point HUTCH_ROOT at a directory this user may create and write'
-        : 'set HUTCH_ROOT (or XDG_DATA_HOME) to a directory this user may write, or pass new ImageStore({ root })';
-      throw new HutchError('ESTORE', `the image store ${this.root} cannot be created or written: ${err.code ?? err.message} at ${err.path ?? this.root} (running as uid ${process.getuid?.()}); ${fix}`, { errno: err.code, path: err.path ?? this.root, cause: e });
-    }
+    makeStoreLayout(this.root, this.shift());
     this.ready = true;
   }
 
-  private layout(): void {
-    mkdirSync(this.root, { recursive: true, mode: 0o700 });
-    // The sandbox's root (range uid 0, group range gid) passes through to mount the layers
-    // (before Linux 6.8 overlay resolves them after the setup child took the range's ids);
-    // other users may not even reach them. Outside host root the owner stays the caller (id 0 of
-    // the holder namespace or of hutch's own) and the group is given in that namespace.
-    const shift = this.shift();
-    const share = (p: string) => {
-      if (shift && hostMode() === 'root') chownSync(p, 0, shift.gid);
-      else if (shift) chownAsOwner(p, 0, shift.gid);
-      chmodSync(p, shift ? 0o710 : 0o700);
-    };
-    share(this.root);
-    for (const d of SHARED_DIRS) {
-      mkdirSync(this.path(d), { recursive: true, mode: 0o700 });
-      share(this.path(d));
-    }
-    for (const d of PRIVATE_DIRS) mkdirSync(this.path(d), { recursive: true, mode: 0o700 });
-  }
+
+
 
   // ---- records and tags (records.ts) ------------------------------------------------
 
