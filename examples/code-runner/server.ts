@@ -10,11 +10,15 @@
  *
  * Options: --port N (0: any free port; default 8080), --host ADDR (default 127.0.0.1),
  * --pool-size N, --max-concurrent N, --max-queue N, --max-timeout MS, --max-memory BYTES,
- * --max-pids N, --terminal-idle MS (the terminal page's idle timeout, default 10 minutes). Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
+ * --max-pids N, --terminal-idle MS (the terminal page's idle timeout, default 10 minutes),
+ * --domain NAME (repeatable: programs may reach these names and nothing else, through NAT;
+ * each refusal is in the answer's `violations`), --dns-server ADDR (repeatable: the resolvers
+ * those names are looked up at; default the host's), --template LANG (repeatable: serve LANG
+ * from a warm interpreter, `Sandbox.template`; python). Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
  * requests get 5 s, then are aborted; every sandbox is destroyed); a second signal exits at once.
  */
 import { parseArgs } from 'node:util';
-import { createCodeRunner, DEFAULT_MAX_LIMITS } from './service.js';
+import { createCodeRunner, DEFAULT_MAX_LIMITS, LANGUAGES, type Language } from './service.js';
 
 function intFlag(name: string, v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;
@@ -37,15 +41,32 @@ const { values } = parseArgs({
     'max-memory': { type: 'string' },
     'max-pids': { type: 'string' },
     'terminal-idle': { type: 'string' },
+    domain: { type: 'string', multiple: true },
+    'dns-server': { type: 'string', multiple: true },
+    template: { type: 'string', multiple: true },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64] [--terminal-idle 600000]');
+  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64] [--terminal-idle 600000] [--domain NAME]... [--dns-server ADDR]... [--template python]');
   process.exit(0);
 }
 
+const domains = values.domain ?? [];
+if (values['dns-server'] !== undefined && domains.length === 0) {
+  console.error('--dns-server: give the names programs may reach with --domain NAME');
+  process.exit(2);
+}
+for (const t of values.template ?? []) {
+  if (!(t in LANGUAGES)) {
+    console.error(`--template: expected one of ${Object.keys(LANGUAGES).join(', ')}, got ${JSON.stringify(t)}`);
+    process.exit(2);
+  }
+}
+
 const runner = createCodeRunner({
+  ...(domains.length > 0 ? { network: { domains, ...(values['dns-server'] ? { dns: { servers: values['dns-server'] } } : {}) } } : {}),
+  templates: (values.template ?? []) as Language[],
   terminal: { idleMs: intFlag('terminal-idle', values['terminal-idle'], 10 * 60_000) },
   poolSize: intFlag('pool-size', values['pool-size'], 2),
   maxConcurrent: Math.max(1, intFlag('max-concurrent', values['max-concurrent'], 4)),
@@ -72,5 +93,12 @@ async function shutdown(signal: string): Promise<void> {
 process.on('SIGINT', () => void shutdown('SIGINT'));
 process.on('SIGTERM', () => void shutdown('SIGTERM'));
 
-const url = await runner.listen(intFlag('port', values.port, 8080), values.host);
+let url: string;
+try {
+  url = await runner.listen(intFlag('port', values.port, 8080), values.host);
+} catch (e) {
+  console.error(`cannot start: ${(e as Error).message}`);
+  await runner.close(0);
+  process.exit(1);
+}
 console.log(`listening on ${url}`);

@@ -17,7 +17,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { HutchError, Sandbox, type ExecResult, type Limits, type SandboxPool } from '../../lib/index.js';
+import { HutchError, Sandbox, type ExecResult, type Limits, type NetworkOptions, type SandboxOptions, type SandboxPool, type SandboxTemplate, type Violation } from '../../lib/index.js';
 import { PAGE } from './page.js';
 import { createTerminals, type TerminalOptions } from './terminal.js';
 
@@ -54,6 +54,18 @@ export interface CodeRunnerOptions {
   maxSourceBytes?: number;
   /** The uid programs run as inside their sandbox (default 65534, "nobody"). */
   user?: number;
+  /**
+   * Egress by name: programs may reach these names (and nothing else) through NAT, with no
+   * proxy settings; every refusal comes back in the answer's `violations`. Without it, programs
+   * have no network at all. `dns` names the upstream resolvers (default: the host's).
+   */
+  network?: { domains: string[]; dns?: NetworkOptions['dns'] };
+  /**
+   * Languages served from a template (a warm interpreter forked per request, `Sandbox.template`)
+   * instead of a pool of fresh sandboxes: today `python`. A request with tighter memory, pids or
+   * cpus than the server's maxima still gets a sandbox of its own.
+   */
+  templates?: Language[];
 }
 
 export const DEFAULT_MAX_LIMITS: RequestLimits = {
@@ -76,6 +88,10 @@ export interface RunResponse {
   usage: ExecResult['usage'];
   /** The limits the program ran under, after clamping. */
   limits: RequestLimits;
+  /** What it tried and was refused (names, connections, system calls), at most 100. */
+  violations: Violation[];
+  /** Refusals beyond those listed. */
+  violationsDropped: number;
 }
 
 /** A request's problem, answered as `{ error: { code, message } }` with this status. */
@@ -192,11 +208,24 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
   const user = options.user ?? 65534;
   const gate = new Gate(options.maxConcurrent ?? 4, options.maxQueue ?? 16);
   const poolLimits: Limits = { memory: max.memory, pids: max.pids, cpus: max.cpus };
-  // One pool per language: here they share the host image and the same limits, but each
-  // could have its own image (e.g. one built with `ImageStore.build`) and its own limits.
+  const env = { HOME: '/tmp', LANG: 'C.UTF-8' };
+  const network: SandboxOptions['network'] = options.network
+    ? { mode: 'bridge', outbound: 'nat', domains: options.network.domains, ...(options.network.dns ? { dns: options.network.dns } : {}) }
+    : 'none';
+  const base: SandboxOptions = { image: 'host', env, network };
+  // A template per language that asks for one; a pool for the rest. Here they share the host
+  // image and the same limits, but each could have its own image (e.g. one built with
+  // `ImageStore.build`) and its own limits.
+  const templates = new Map<Language, Promise<SandboxTemplate>>();
+  for (const lang of options.templates ?? []) {
+    if (lang !== 'python') throw new HutchError('EINVAL', `invalid option templates: ${JSON.stringify(lang)} has no template here; templates: ['python']`);
+    const t = Sandbox.template({ ...base, zygote: 'python', limits: poolLimits, user, size: options.poolSize ?? 2 });
+    t.catch(() => undefined); // reported by the first request that needs it
+    templates.set(lang, t);
+  }
   const pools = new Map<Language, SandboxPool>();
   for (const lang of Object.keys(LANGUAGES) as Language[]) {
-    pools.set(lang, Sandbox.pool({ image: 'host', size: options.poolSize ?? 2, limits: poolLimits, env: { HOME: '/tmp', LANG: 'C.UTF-8' } }));
+    if (!templates.has(lang)) pools.set(lang, Sandbox.pool({ ...base, size: options.poolSize ?? 2, limits: poolLimits }));
   }
   const running = new Set<Promise<unknown>>();
   const inflight = new Set<AbortController>();
@@ -208,32 +237,41 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
     await gate.enter();
     try {
       if (signal.aborted) throw new RequestError(499, 'ECANCELED', 'the client went away');
+      const execOptions = {
+        stdin: req.stdin,
+        user,
+        cwd: '/tmp',
+        timeoutMs: req.limits.timeoutMs,
+        output: req.limits.output,
+        encoding: 'utf8' as const,
+        signal,
+      };
+      const answer = (r: ExecResult): RunResponse => ({
+        language: req.language,
+        stdout: r.stdout as string,
+        stderr: r.stderr as string,
+        exitCode: r.exitCode,
+        signal: r.signal,
+        reason: r.reason,
+        truncated: r.truncated,
+        usage: r.usage,
+        limits: req.limits,
+        violations: r.violations,
+        violationsDropped: r.violationsDropped,
+      });
+      const template = tighter ? undefined : templates.get(req.language);
+      if (template) {
+        // The template's forks run as its user; the source is written into the fork before it starts.
+        const { user: _, ...forkOptions } = execOptions;
+        return answer(await (await template).run(lang.command, { ...forkOptions, files: { [lang.file]: req.source } }));
+      }
       // Tighter sandbox-wide limits need a sandbox made with them; the rest come from the pool.
       const sb = tighter
-        ? await Sandbox.create({ image: 'host', limits: { memory: req.limits.memory, pids: req.limits.pids, cpus: req.limits.cpus }, env: { HOME: '/tmp', LANG: 'C.UTF-8' }, signal })
+        ? await Sandbox.create({ ...base, limits: { memory: req.limits.memory, pids: req.limits.pids, cpus: req.limits.cpus }, signal })
         : await pools.get(req.language)!.acquire();
       try {
         await sb.writeFile(lang.file, req.source, { mode: 0o644 });
-        const r = await sb.exec(lang.command, {
-          stdin: req.stdin,
-          user,
-          cwd: '/tmp',
-          timeoutMs: req.limits.timeoutMs,
-          output: req.limits.output,
-          encoding: 'utf8',
-          signal,
-        });
-        return {
-          language: req.language,
-          stdout: r.stdout as string,
-          stderr: r.stderr as string,
-          exitCode: r.exitCode,
-          signal: r.signal,
-          reason: r.reason,
-          truncated: r.truncated,
-          usage: r.usage,
-          limits: req.limits,
-        };
+        return answer(await sb.exec(lang.command, execOptions));
       } finally {
         await sb.destroy();
       }
@@ -294,7 +332,9 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
 
   return {
     server,
-    listen(port, host = '127.0.0.1') {
+    async listen(port, host = '127.0.0.1') {
+      // A template that cannot be made (e.g. outside host root) fails here, not on a request.
+      await Promise.all(templates.values());
       return new Promise((resolve, reject) => {
         server.once('error', reject);
         server.listen(port, host, () => {
@@ -320,6 +360,7 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
       server.closeAllConnections();
       await closed;
       await Promise.all([...pools.values()].map((p) => p.close()));
+      await Promise.all([...templates.values()].map(async (t) => (await t.catch(() => null))?.close()));
     },
   };
 }

@@ -10,7 +10,8 @@ import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium, runInPage, TerminalTab } from '../../examples/code-runner/browser.js';
-import { needs } from '../helpers/require.js';
+import { needs, needsRootWith } from '../helpers/require.js';
+import { makeInet, type Inet } from '../../bench/inet.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DIST = join(ROOT, 'dist', 'examples');
@@ -222,6 +223,55 @@ describe('code runner', () => {
       await browser.close();
     }
   }, 90_000);
+});
+
+// Traffic only to the namespace and addresses makeInet makes (198.19.x.0/24) and to the
+// resolver hutch makes on each sandbox's link.
+describe('code runner with a domain list', () => {
+  const skip = needsRootWith('the code runner with --domain', ['ip', 'openssl']);
+  let inet: Inet | undefined;
+  let named: Awaited<ReturnType<typeof start>> | undefined;
+
+  beforeAll(async () => {
+    if (skip) return;
+    inet = await makeInet(210 + (process.pid % 30));
+    named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns], /listening on (http:\/\/\S+)/);
+  }, 90_000);
+
+  afterAll(async () => {
+    for (const s of [named]) if (s) expect(await stop(s.child)).toBe(0);
+    inet?.close();
+  }, 30_000);
+
+  async function post(server: typeof named, body: unknown): Promise<Record<string, any>> {
+    const r = await fetch(`${server!.match[1]}/run`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const json = (await r.json()) as Record<string, any>;
+    expect(r.status, JSON.stringify(json)).toBe(200);
+    return json;
+  }
+
+  it('reaches the names it was given and nothing else, and answers with what was refused', async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const source = [
+      'import urllib.request, socket',
+      'print(urllib.request.urlopen("http://ok.example/", timeout=5).read().decode().strip())',
+      'for name in ("other.example", "ok.example.evil.example"):',
+      '    try: socket.getaddrinfo(name, 80); print("resolved", name)',
+      '    except socket.gaierror: print("refused", name)',
+      `s = socket.socket(); s.settimeout(5)`,
+      `try: s.connect(("${inet!.b}", 80)); print("connected")`,
+      'except OSError as e: print("refused", e.errno)',
+    ].join('\n');
+    const r = await post(named, { language: 'python', source });
+    expect(r.stderr).toBe('');
+    // A refused connection fails at once: a reset (ECONNREFUSED) or unreachable (EHOSTUNREACH).
+    expect(r.stdout).toMatch(new RegExp(`^hello from ${inet!.a.replace(/\./g, '\\.')}\nrefused other\.example\nrefused ok\.example\.evil\.example\nrefused (111|113)\n$`));
+    const hosts = r.violations.map((v: Record<string, unknown>) => `${v.kind} ${v.protocol} ${v.host ?? v.address}`);
+    expect(hosts).toEqual(expect.arrayContaining(['network dns other.example', 'network dns ok.example.evil.example', `network tcp ${inet!.b}`]));
+    expect(r.violationsDropped).toBe(0);
+    // Only the allowed name was asked upstream.
+    expect(inet!.seen.filter((l) => l.startsWith('dns ')).every((l) => l.startsWith('dns ok.example '))).toBe(true);
+  }, 60_000);
 });
 
 describe('code runner terminal', () => {
