@@ -35,7 +35,7 @@ enum Op {
   kFile = 1,      // [op, rel, data, uid, gid, mode, mtime]
   kSymlink = 2,   // [op, rel, target, uid, gid, mtime]
   kLink = 3,      // [op, rel, targetRel]
-  kWhiteout = 4,  // [op, rel, uid, gid, mtime]
+  kWhiteout = 4,  // [op, rel, uid, gid, mtime, xattr form allowed]
   kFifo = 5,      // [op, rel, uid, gid, mode, mtime]
   kRemove = 6,    // [op, rel, isDir]
   kDirMeta = 7,   // [op, rel, uid, gid, mode, mtime, opaque]
@@ -147,6 +147,23 @@ bool name_meta(int pfd, const char *base, int64_t uid, int64_t gid, double mtime
   return true;
 }
 
+// Overlay's xattr whiteout: an empty regular file marked user.overlay.whiteout=y, in a directory
+// marked user.overlay.opaque=x ("has xattr whiteouts", not opaque; kept when the directory is
+// already marked, e.g. opaque=y, which hides the lower entries anyway). Overlay honours it in a
+// lower layer mounted with userxattr, as hutch mounts every overlay.
+bool xattr_whiteout(int pfd, const char *base, Fail &f) {
+  int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(f, "openat");
+  bool ok = fsetxattr(fd, "user.overlay.whiteout", "y", 1, 0) == 0 || fail(f, "fsetxattr");
+  close(fd);
+  if (!ok) return false;
+  int dfd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);  // pfd is O_PATH: no xattrs through it
+  if (dfd < 0) return fail(f, "openat");
+  if (fsetxattr(dfd, "user.overlay.opaque", "x", 1, XATTR_CREATE) < 0 && errno != EEXIST) ok = fail(f, "fsetxattr");
+  close(dfd);
+  return ok;
+}
+
 bool write_all(int fd, const uint8_t *p, size_t n, Fail &f) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -213,7 +230,13 @@ bool run_op(int root, Parents &parents, const Napi::Array &a, Fail &f) {
       return true;
     }
     case kWhiteout:
-      if (mknodat(pfd, b, S_IFCHR | 0, makedev(0, 0)) < 0) return fail(f, "mknodat");
+      if (mknodat(pfd, b, S_IFCHR | 0, makedev(0, 0)) < 0) {
+        // EPERM: the store is on overlayfs (which refuses a 0:0 device: it would read as its
+        // own whiteout), or a device policy forbids the node. Overlay's other whiteout, when
+        // the caller says the kernel has it (Linux 6.8+).
+        if (errno != EPERM || !a.Get(5).ToBoolean().Value()) return fail(f, "mknodat");
+        if (!xattr_whiteout(pfd, b, f)) return false;
+      }
       {
         int64_t uid = num(a, 2);
         if (defer_owner(root, rel, uid, num(a, 3), -1, true)) uid = -1;

@@ -105,7 +105,8 @@ class XattrWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    int fd = open_beneath(dir_, rel_, O_RDONLY | O_DIRECTORY, &step_);
+    // A directory's mark or a file's (an xattr whiteout); O_NONBLOCK: a FIFO never blocks the open.
+    int fd = open_beneath(dir_, rel_, O_RDONLY | O_NONBLOCK, &step_);
     if (fd < 0) {
       err_ = -fd;
       return;
@@ -161,7 +162,7 @@ Napi::Value ViewRead(const Napi::CallbackInfo &info) {
   return p;
 }
 
-// viewXattr(layerDir, rel, name): a promise of the value of a directory's xattr, null when it
+// viewXattr(layerDir, rel, name): a promise of the value of an entry's xattr, null when it
 // has none, or a failure.
 Napi::Value ViewXattr(const Napi::CallbackInfo &info) {
   if (!strings(info, 3, "viewXattr(layerDir, rel, name)")) return info.Env().Undefined();

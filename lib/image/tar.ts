@@ -5,6 +5,7 @@ import { HutchError, STORE_ERRNOS, errnoName } from '../errors.js';
 import { ID_LIMIT } from '../conventions.js';
 import { isFailure, native, type NativeFailure } from '../native.js';
 import { SparseReader, sparseInfo } from './sparse.js';
+import { kernelFeatures } from '../host/features.js';
 
 /**
  * Safe extraction of one image layer into an empty directory that hutch alone writes to.
@@ -274,7 +275,8 @@ export class LayerExtractor {
       const rel = parent === '' ? hidden : `${parent}/${hidden}`;
       this.clear(name, rel, false);
       const [uid, gid] = this.hostIds({ mode: 0, uid: 0, gid: 0, mtime: this.now });
-      this.queue(name, [OP.whiteout, rel, uid, gid, this.now]);
+      // xattrWhiteouts: where a 0:0 device cannot be made (the store on overlayfs, a device policy), overlay's xattr form.
+      this.queue(name, [OP.whiteout, rel, uid, gid, this.now, kernelFeatures().overlayLowerdirPlus]);
       this.record(rel, 'special');
       this.stats.whiteouts++;
       return;

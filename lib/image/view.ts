@@ -3,7 +3,8 @@
  * read a path of an image (its /etc/passwd and /etc/group for a User, a build's COPY
  * destination and WORKDIR). Image data is hostile; the view keeps host root inside the image:
  *
- * - names are looked up layer by layer, top first: a whiteout (a 0:0 character device) hides
+ * - names are looked up layer by layer, top first: a whiteout (a 0:0 character device, or
+ *   overlay's xattr form: an empty file marked `user.overlay.whiteout`) hides
  *   the name below, a non-directory hides every layer below, an opaque directory
  *   (`user.overlay.opaque=y`) hides the same directory of the layers below;
  * - the walk descends only through real directories (lstat, no symlink followed on the host);
@@ -25,6 +26,7 @@ import type { StoreContext } from './context.js';
 export const VIEW_READ_MAX = 4 * 1024 * 1024;
 
 const OPAQUE_XATTR = 'user.overlay.opaque';
+const WHITEOUT_XATTR = 'user.overlay.whiteout';
 const ENOTSUP = 95;
 const ENODATA = 61;
 
@@ -50,7 +52,7 @@ function kind(st: Stats): string {
 export class ImageView {
   /** Layer directories, top first. */
   readonly dirs: string[];
-  private readonly opaqueCache = new Map<string, boolean>();
+  private readonly opaqueCache = new Map<string, string | null>();
 
   /**
    * @param dirs the layer directories, TOP FIRST (as ResolvedImage.lowerdirs).
@@ -66,6 +68,11 @@ export class ImageView {
   }
 
   private async opaque(layer: string, rel: string): Promise<boolean> {
+    return (await this.mark(layer, rel)) === 'y';
+  }
+
+  /** A directory's `user.overlay.opaque`: 'y' opaque, 'x' holds xattr whiteouts, null neither. */
+  private async mark(layer: string, rel: string): Promise<string | null> {
     const key = `${layer}\0${rel}`;
     const hit = this.opaqueCache.get(key);
     if (hit !== undefined) return hit;
@@ -73,9 +80,24 @@ export class ImageView {
     if (isFailure(v) && v.errno !== ENOTSUP && v.errno !== ENODATA) {
       throw new HutchError('EBADIMAGE', `${this.label}: cannot read the opaque mark of /${rel} in layer ${layer} (${v.step}: errno ${v.errno})`, { path: rel });
     }
-    const yes = v === 'y';
-    this.opaqueCache.set(key, yes);
-    return yes;
+    const mark = typeof v === 'string' ? v : null;
+    this.opaqueCache.set(key, mark);
+    return mark;
+  }
+
+  /**
+   * Overlay's other whiteout: an empty regular file marked `user.overlay.whiteout`, in a
+   * directory marked `user.overlay.opaque=x` (made where a 0:0 device cannot be, tar.ts).
+   */
+  private async xattrWhiteout(e: ViewEntry): Promise<boolean> {
+    if (!e.st.isFile() || e.st.size !== 0) return false;
+    const parent = e.rel.includes('/') ? e.rel.slice(0, e.rel.lastIndexOf('/')) : '';
+    if ((await this.mark(e.layer, parent)) !== 'x') return false;
+    const v = await native().viewXattr(e.layer, e.rel, WHITEOUT_XATTR);
+    if (isFailure(v) && v.errno !== ENOTSUP && v.errno !== ENODATA) {
+      throw new HutchError('EBADIMAGE', `${this.label}: cannot read the whiteout mark of /${e.rel} in layer ${e.layer} (${v.step}: errno ${v.errno})`, { path: e.rel });
+    }
+    return v === 'y';
   }
 
   /** The topmost object at `parts` (symlinks not followed), or null. */
@@ -98,7 +120,7 @@ export class ImageView {
         below.push(L);
         if (k < layers.length - 1 && (await this.opaque(L, rel))) break;
       }
-      if (!found || (found.st.isCharacterDevice() && found.st.rdev === 0)) return null;
+      if (!found || (found.st.isCharacterDevice() && found.st.rdev === 0) || (await this.xattrWhiteout(found))) return null;
       if (i < parts.length - 1 && !found.st.isDirectory()) return null;
       layers = below;
     }

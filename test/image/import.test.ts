@@ -13,6 +13,7 @@ import { tarBuffer } from '../../lib/image/tarwriter.js';
 import type { Progress } from '../../lib/image/types.js';
 import { isRoot, needs } from '../helpers/require.js';
 import { debianTarball, has, umociLayout } from '../helpers/tools.js';
+import { PY, xattr } from '../helpers/xattr.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hutch-img-import-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -22,11 +23,6 @@ function newStore(): ImageStore {
 }
 function run(cmd: string, args: string[], cwd = work): string {
   return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-const PY = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : undefined;
-function xattr(path: string, name: string): string | null {
-  const out = execFileSync(PY!, ['-c', `import os,sys\ntry:\n print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).decode())\nexcept OSError:\n print('<none>')`, path, name], { encoding: 'utf8' }).trim();
-  return out === '<none>' ? null : out;
 }
 function layerDir(store: ImageStore, diffId: string): string {
   return join(store.root, 'layers', diffId.slice(7));
