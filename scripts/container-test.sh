@@ -169,7 +169,7 @@ print("\n".join(sorted(out)))
     bubblewrap iproute2 nftables uidmap passt tar gzip diffutils hostname libc-bin nodejs
     python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-minimal
     gcc gcc-12 cpp cpp-12 libgcc-12-dev libc6-dev linux-libc-dev libcrypt-dev binutils
-    binutils-x86-64-linux-gnu binutils-aarch64-linux-gnu docker-registry skopeo umoci"
+    binutils-x86-64-linux-gnu binutils-aarch64-linux-gnu docker-registry skopeo umoci mawk"
   # shellcheck disable=SC2086
   dpkg -L $pkgs 2>/dev/null |
     python3 -c "$filelist" $(find "$repo/build/Release" "$repo/node_modules" -name '*.node' -type f) >"$list"
@@ -188,6 +188,8 @@ print("\n".join(sorted(out)))
   if [ -f /etc/containers/policy.json ]; then
     mkdir -p "$stage/etc/containers" && cp /etc/containers/policy.json "$stage/etc/containers/"
   fi
+  # awk: Debian's alternatives link (/etc is not taken from the host).
+  [ -e "$stage/usr/bin/awk" ] || ln -s mawk "$stage/usr/bin/awk"
   ldconfig -r "$stage" 2>/dev/null || true
   # The project, built, at /hutch.
   mkdir -p "$stage/hutch"

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { hostMode } from '../../lib/host/mode.js';
 
 /**
@@ -33,3 +34,11 @@ export function needsRootWith(what: string, commands: string[]): string | undefi
  * cover the other modes with tests of their own (test/runtime/rootless.test.ts).
  */
 export const hostRoot = hostMode() === 'root';
+
+/**
+ * This process already runs under a seccomp filter of its own (a container's or a pod's
+ * profile, e.g. deploy/seccomp/hutch.json): every sandbox inherits it, so 'unconfined' still
+ * shows `Seccomp: 2`, and a call that filter refuses fails (ENOSYS there) before hutch's own
+ * filter is asked.
+ */
+export const outerSeccomp = /^Seccomp:\s+2$/m.test(readFileSync('/proc/self/status', 'utf8'));

@@ -7,6 +7,8 @@ import { networkInterfaces } from 'node:os';
 import { Sandbox } from '../../lib/index.js';
 import { hostMode } from '../../lib/host/mode.js';
 import { pruneAll } from '../../lib/prune.js';
+import { cgroupDriver } from '../../lib/cgroup/driver.js';
+import { NoCgroupDriver } from '../../lib/cgroup/none.js';
 import { attachNetwork, networkStateDir, pastaPid, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../../lib/network/index.js';
 import { findProgram, insideRuleset, pastaArgs } from '../../lib/network/userspace.js';
 import { isRoot, needs } from '../helpers/require.js';
@@ -370,7 +372,9 @@ describe.skipIf(skip !== undefined)('network: the userspace link (pasta)', () =>
     // and a cgroup another live process is creating meanwhile stays untouched.
     while (existsSync(`/proc/${pids.init}`) && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 50));
     const pruned = await pruneAll();
-    expect(pruned.cgroups.join(' ')).toContain(pids.id);
+    // Without a cgroup for sandboxes (a pod on a cgroup v1 node) there is none to remove: its record goes.
+    if (cgroupDriver() instanceof NoCgroupDriver) expect(pruned.sandboxes).toContain(pids.id);
+    else expect(pruned.cgroups.join(' ')).toContain(pids.id);
   });
 
   describe.runIf(isRoot && hostMode() === 'root')("outbound 'nat' with allow, to a world this test makes (root: a netns behind a veth)", () => {

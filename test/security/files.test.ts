@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, Sandbox } from '../../lib/index.js';
+import { hostMode } from '../../lib/host/mode.js';
 
 const CANARY_TEXT = 'host canary: must never change\n';
 
@@ -170,7 +171,10 @@ describe('writeFile/readFile stay inside the sandbox', () => {
     const r = await sb.exec(['stat', '-c', '%u:%g', '/tmp/owned'], { encoding: 'utf8' });
     expect(r.stdout).toBe('0:0\n');
     const host = statSync(`/proc/${sb.pid}/root/tmp/owned`);
-    expect(host.uid).toBeGreaterThanOrEqual(65536);
-    expect(host.gid).toBeGreaterThanOrEqual(65536);
+    // As root of a pod's user namespace the sandboxes' ids are that namespace's, from 1 up
+    // (its 0 is this process); elsewhere a range above the ordinary ids.
+    const floor = hostMode() === 'userns-root' ? 1 : 65536;
+    expect(host.uid).toBeGreaterThanOrEqual(floor);
+    expect(host.gid).toBeGreaterThanOrEqual(floor);
   });
 });
