@@ -1,7 +1,9 @@
 /**
  * `npm run bench:netuser` (`node dist/bench/network-userspace.js [iterations] [MiB]`): the
  * userspace link (pasta), in one run:
- *   - Sandbox.create p50/p90 with network 'none' and with a userspace bridge, interleaved;
+ *   - Sandbox.create p50/p90 with network 'none' and with a userspace bridge, interleaved with
+ *     pasta alone (started with hutch's arguments against a namespace made once, until it
+ *     writes its pid: the floor of a userspace bridge), and pasta's own CPU per start;
  *   - the top TCP rate the link carries, both ways, between a Node process inside (the 'host'
  *     image) and a Node sink/source on the host's loopback, reached through `hostPorts`;
  *   - shaping accuracy at 1, 10 and 100 Mbit/s both ways (payload rate / asked rate).
@@ -13,6 +15,11 @@ import { Sandbox } from '../lib/index.js';
 import type { NetworkOptions } from '../lib/network/index.js';
 import { summarize } from './lib/stats.js';
 import { Readable } from 'node:stream';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pastaArgs } from '../lib/network/userspace.js';
 
 process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
 const [N, MIB] = [Number(process.argv[2] ?? 30), Number(process.argv[3] ?? 256)];
@@ -79,21 +86,61 @@ async function both(network: Omit<NetworkOptions, 'mode' | 'hostPorts'>, bytes: 
   }
 }
 
+/** A user + network namespace made once (`unshare -Urn`), for pasta alone to join. */
+const target = spawn('unshare', ['-Urn', 'sleep', '3600'], { stdio: 'ignore' });
+const tmp = mkdtempSync(join(tmpdir(), 'hutch-bench-pasta-'));
+const CLK_TCK = 100;
+
+/** pasta alone, hutch's arguments, until its pid file is written; then ended. Wall ms and its CPU ms. */
+async function pastaMs(): Promise<[number, number]> {
+  const pidFile = join(tmp, 'pid');
+  rmSync(pidFile, { force: true });
+  const args = pastaArgs({ egressBps: null, ingressBps: null, outbound: 'nat', allow: null, ports: [], hostPorts: [], range: { network: 0x0ac80000, prefix: 30 }, names: null }, process.getuid?.() === 0)
+    .slice(1)
+    .map((a) => (a === '/proc/self/fd/3' ? pidFile : a === '/proc/self/fd/4' ? `/proc/${target.pid}/ns/user` : a === '/proc/self/fd/5' ? `/proc/${target.pid}/ns/net` : a));
+  const started = performance.now();
+  const p = spawn('pasta', args, { stdio: 'ignore' });
+  while (!(statSync(pidFile, { throwIfNoEntry: false })?.size ?? 0)) {
+    if (p.exitCode !== null) throw new Error(`pasta exited ${p.exitCode}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  const took = performance.now() - started;
+  const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  const cpu = ((Number(stat[11]) + Number(stat[12])) * 1000) / CLK_TCK;
+  const exited = new Promise((r) => p.once('exit', r));
+  p.kill('SIGTERM');
+  await exited;
+  return [took, cpu];
+}
+
 const none: number[] = [];
 const bridge: number[] = [];
+const alone: number[] = [];
+const aloneCpu: number[] = [];
 await createMs('none'); // warm: image, store, first clone
 await createMs({ mode: 'bridge' });
-for (let i = 0; i < N; i++) {
-  none.push(await createMs('none'));
-  bridge.push(await createMs({ mode: 'bridge' }));
+await new Promise((r) => setTimeout(r, 100)); // the target namespace exists
+try {
+  await pastaMs();
+  for (let i = 0; i < N; i++) {
+    none.push(await createMs('none'));
+    bridge.push(await createMs({ mode: 'bridge' }));
+    const [w, c] = await pastaMs();
+    alone.push(w);
+    aloneCpu.push(c);
+  }
+} finally {
+  target.kill('SIGKILL');
+  rmSync(tmp, { recursive: true, force: true });
 }
 const f = (x: number): string => x.toFixed(1);
-const [a, b] = [summarize(none), summarize(bridge)];
+const [a, b, c] = [summarize(none), summarize(bridge), summarize(alone)];
 console.log(`Sandbox.create (${image}), ${N} interleaved each, ms`);
 console.log(`| network | p50 | p90 |`);
 console.log(`| 'none' | ${f(a.p50)} | ${f(a.p90)} |`);
 console.log(`| bridge (pasta) | ${f(b.p50)} | ${f(b.p90)} |`);
-console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x`);
+console.log(`| pasta alone, start to ready (the floor) | ${f(c.p50)} | ${f(c.p90)} |`);
+console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x; (none + pasta alone) / none: ${((a.p50 + c.p50) / a.p50).toFixed(2)}x; pasta's own CPU per start p50 ${f(summarize(aloneCpu).p50)} ms`);
 
 const [up, down] = await both({}, MIB * 1024 * 1024, 300);
 console.log(`\ntop TCP rate, ${MIB} MiB one connection: sandbox -> host ${(up / 1e9).toFixed(2)} Gbit/s, host -> sandbox ${(down / 1e9).toFixed(2)} Gbit/s`);
