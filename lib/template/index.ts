@@ -97,6 +97,9 @@ export class ZygoteTemplate implements SandboxTemplate {
     // the template's own capabilities and seccomp before its task starts.
     t.sandbox = await Sandbox.create({
       ...rest,
+      // The zygote is root of the template (it makes each fork's namespaces and mounts); each
+      // fork takes the template's `user` with its credentials, before its task starts.
+      user: 0,
       capabilities: [...CAPABILITIES],
       seccomp: 'unconfined',
       mounts: [

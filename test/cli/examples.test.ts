@@ -227,19 +227,21 @@ describe('code runner', () => {
 
 // Traffic only to the namespace and addresses makeInet makes (198.19.x.0/24) and to the
 // resolver hutch makes on each sandbox's link.
-describe('code runner with a domain list', () => {
+describe('code runner with a domain list, and python from a template', () => {
   const skip = needsRootWith('the code runner with --domain', ['ip', 'openssl']);
   let inet: Inet | undefined;
   let named: Awaited<ReturnType<typeof start>> | undefined;
+  let warm: Awaited<ReturnType<typeof start>> | undefined;
 
   beforeAll(async () => {
     if (skip) return;
     inet = await makeInet(210 + (process.pid % 30));
     named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns], /listening on (http:\/\/\S+)/);
+    warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python'], /listening on (http:\/\/\S+)/);
   }, 90_000);
 
   afterAll(async () => {
-    for (const s of [named]) if (s) expect(await stop(s.child)).toBe(0);
+    for (const s of [named, warm]) if (s) expect(await stop(s.child)).toBe(0);
     inet?.close();
   }, 30_000);
 
@@ -271,6 +273,18 @@ describe('code runner with a domain list', () => {
     expect(r.violationsDropped).toBe(0);
     // Only the allowed name was asked upstream.
     expect(inet!.seen.filter((l) => l.startsWith('dns ')).every((l) => l.startsWith('dns ok.example '))).toBe(true);
+  }, 60_000);
+
+  it('serves python from a warm template: same answers, a fresh sandbox each time', async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const a = await post(warm, { language: 'python', source: 'import os, sys\nopen("/tmp/mark", "w").write("x")\nprint(os.getuid(), sys.stdin.read())', stdin: 'hi' });
+    expect(a).toMatchObject({ stdout: '65534 hi\n', stderr: '', exitCode: 0, reason: 'exit', violations: [] });
+    const b = await post(warm, { language: 'python', source: 'import os\nprint(os.path.exists("/tmp/mark"))' });
+    expect(b.stdout).toBe('False\n');
+    const slow = await post(warm, { language: 'python', source: 'while True: pass', limits: { timeoutMs: 300 } });
+    expect(slow).toMatchObject({ reason: 'timeout', signal: 'SIGKILL' });
+    // node still comes from a pool.
+    expect((await post(warm, { language: 'node', source: 'console.log(1 + 1)' })).stdout).toBe('2\n');
   }, 60_000);
 });
 
