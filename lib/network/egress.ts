@@ -5,9 +5,9 @@
  */
 import { isUserspace, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
-import { SandboxResolver } from './dns-server.js';
+import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { TABLE, addProxyRules, admitAddresses, applyPolicy, fwdRules } from './nat.js';
+import { TABLE, addProxyRules, admitAddresses, applyPolicy, askedSet, fwdRules } from './nat.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
 import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
@@ -19,6 +19,9 @@ import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
  * still reaches them.
  */
 const NEVER_BY_NAME = ['0.0.0.0/8', '127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/3'].map((c) => (parseCidr(c) as { ok: true; cidr: Cidr }).cidr);
+
+/** Distinct bare addresses one sandbox may have asked about; past it, refused without asking. */
+const MAX_ASKED_ADDRESSES = 4096;
 
 function admissible(address: string, range: Cidr): boolean {
   const a = parseIpv4(address);
@@ -32,6 +35,10 @@ import { nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
 export class SandboxEgress {
   private lists: EgressLists;
   private readonly inSet = new Set<string>();
+  /** Bare address -> `ask`'s answer (true, or the refusal's reason), once per address for the sandbox's life. */
+  private readonly askedAddresses = new Map<string, Promise<true | string>>();
+  /** The ask listener's port (null: no `ask`). */
+  private askPort: number | null = null;
   private changing: Promise<void> = Promise.resolve();
   private unlisten: () => void = () => undefined;
   private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
@@ -72,13 +79,16 @@ export class SandboxEgress {
         return a !== undefined && self!.lists.denyCidrs.some((c) => contains(c, a));
       },
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
+      askAddress: (dst) => self!.askAddress(dst),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy, plan.range);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
     try {
       const dns = await resolver.start();
-      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start(), dns);
+      const sniPort = await proxy.start();
+      if (plan.names.ask) me.askPort = await proxy.startAsk();
+      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, sniPort, dns, me.askPort === null ? null : { port: me.askPort, lists: plan.names });
       const conf = `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`;
       await writeFile('/etc/resolv.conf', conf).catch((e: unknown) => {
         throw new HutchError('ESETUP', `network: writing the sandbox's /etc/resolv.conf (to name hutch's resolver) failed: ${e instanceof Error ? e.message : String(e)}; an image whose /etc/resolv.conf is a symlink to a path it lacks (e.g. /run/systemd/resolve/stub-resolv.conf) needs a regular file there`, { step: 'network', cause: e });
@@ -96,6 +106,30 @@ export class SandboxEgress {
     await this.changing;
     await admitAddresses(this.att.slot, fresh);
     for (const a of fresh) this.inSet.add(a);
+  }
+
+  /**
+   * `ask` about a bare address the sandbox connects to (the ask listener of sni-proxy.ts holds
+   * the connection meanwhile): once per address; `true` puts it in the sandbox's asked set, so
+   * later connections go straight. Never for addresses no name could admit either.
+   */
+  private askAddress(dst: { address: string; port: number }): Promise<true | string> {
+    const a = parseIpv4(dst.address);
+    if (a !== undefined && this.lists.denyCidrs.some((c) => contains(c, a))) return Promise.resolve('denied');
+    if (!admissible(dst.address, this.range) || !this.policy.ask) return Promise.resolve('not allowed');
+    let p = this.askedAddresses.get(dst.address);
+    if (!p) {
+      if (this.askedAddresses.size >= MAX_ASKED_ADDRESSES) return Promise.resolve('not allowed (too many addresses asked about)');
+      p = askRequest(this.policy.ask, { host: null, address: dst.address, port: dst.port, protocol: 'tcp' }).then(async (v) => {
+        if (v === true) {
+          await this.changing;
+          await run('nft', ['-f', '-'], `add element ${TABLE} ${askedSet(this.att.slot)} { ${dst.address} }\n`, `admitting an address ask allowed for sandbox slot ${this.att.slot}`);
+        }
+        return v;
+      });
+      this.askedAddresses.set(dst.address, p);
+    }
+    return p;
   }
 
   /** A packet the kernel refused (NFLOG): the names that resolved to its address, if any. */
@@ -119,7 +153,7 @@ export class SandboxEgress {
       this.lists = lists;
       this.resolver.setLists(lists);
       const admitted = this.resolver.admittedAddresses().map((a) => a.address);
-      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted);
+      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted, { hostAddress: this.att.hostAddress, port: this.askPort });
       this.inSet.clear();
       for (const a of admitted) this.inSet.add(a);
     });
