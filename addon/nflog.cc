@@ -7,6 +7,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netfilter_ipv4.h>
@@ -17,9 +19,15 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <endian.h>
+
+#include <algorithm>
+
 #include <string>
+#include <vector>
 
 #include "addon.h"
+#include "netlink_msg.h"
 #include "nflog.h"
 
 namespace {
@@ -165,10 +173,59 @@ Napi::Value OriginalDst(const Napi::CallbackInfo &info) {
   return o;
 }
 
+int counter_fd = -1;
+
+// Walks the attributes in [p, p + len) for `type`; its payload and length, or null.
+const char *find_attr(const char *p, int len, uint16_t type, size_t *out_len) {
+  const nlattr *a = reinterpret_cast<const nlattr *>(p);
+  while (len >= static_cast<int>(NLA_HDRLEN) && a->nla_len >= NLA_HDRLEN && a->nla_len <= len) {
+    if ((a->nla_type & NLA_TYPE_MASK) == type) {
+      *out_len = a->nla_len - NLA_HDRLEN;
+      return reinterpret_cast<const char *>(a) + NLA_HDRLEN;
+    }
+    len -= NLA_ALIGN(a->nla_len);
+    a = reinterpret_cast<const nlattr *>(reinterpret_cast<const char *>(a) + NLA_ALIGN(a->nla_len));
+  }
+  return nullptr;
+}
+
+// nftCounter(table, name): the packets of a named counter of an inet table (NFT_MSG_GETOBJ,
+// one netlink round trip on the JS thread, no nft process), or a failure. lib/network reads a
+// sandbox's refused-packet counter at each exec's end: what the log's rate limit left out.
+Napi::Value NftCounter(const Napi::CallbackInfo &info) {
+  namespace nl = hutch_netlink;
+  Napi::Env env = info.Env();
+  std::string table = nl::arg_string(info[0]), name = nl::arg_string(info[1]);
+  if (counter_fd < 0) counter_fd = nl::nl_open(NETLINK_NETFILTER);
+  if (counter_fd < 0) return failure(env, "socket", -counter_fd);
+  nl::nl_req r;
+  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ, 0, sizeof(nfgenmsg)));
+  g->nfgen_family = NFPROTO_INET;
+  g->version = NFNETLINK_V0;
+  nl::attr_str(r, NFTA_OBJ_TABLE, table.c_str());
+  nl::attr_str(r, NFTA_OBJ_NAME, name.c_str());
+  nl::attr_u32(r, NFTA_OBJ_TYPE, htonl(NFT_OBJECT_COUNTER));
+  std::vector<char> reply;
+  nl::nl_result res = nl::nl_talk(counter_fd, r, &reply);
+  if (res.err != 0) return failure(env, "getobj", -res.err);
+  if (reply.size() < NLMSG_SPACE(sizeof(nfgenmsg))) return failure(env, "getobj", EBADMSG);
+  const nlmsghdr *h = reinterpret_cast<const nlmsghdr *>(reply.data());
+  const char *attrs = reply.data() + NLMSG_SPACE(sizeof(nfgenmsg));
+  int alen = static_cast<int>(std::min<size_t>(h->nlmsg_len, reply.size())) - static_cast<int>(NLMSG_SPACE(sizeof(nfgenmsg)));
+  size_t dlen = 0, plen = 0;
+  const char *data = find_attr(attrs, alen, NFTA_OBJ_DATA, &dlen);
+  const char *packets = data ? find_attr(data, static_cast<int>(dlen), NFTA_COUNTER_PACKETS, &plen) : nullptr;
+  if (packets == nullptr || plen != 8) return failure(env, "getobj", EBADMSG);
+  uint64_t be;
+  memcpy(&be, packets, 8);
+  return Napi::Number::New(env, static_cast<double>(be64toh(be)));
+}
+
 }  // namespace
 
 void InitNflog(Napi::Env env, Napi::Object exports) {
   exports.Set("nflogOpen", Napi::Function::New(env, NflogOpen));
   exports.Set("nflogRead", Napi::Function::New(env, NflogRead));
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst));
+  exports.Set("nftCounter", Napi::Function::New(env, NftCounter));
 }

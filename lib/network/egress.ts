@@ -7,7 +7,8 @@ import { isUserspace, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
 import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { TABLE, addProxyRules, admitAddresses, applyPolicy, askedSet, fwdRules } from './nat.js';
+import { TABLE, addProxyRules, admitAddresses, applyPolicy, askedSet, fwdRules, refusedCounter } from './nat.js';
+import { isFailure, native } from '../native.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
 import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
@@ -30,13 +31,16 @@ function admissible(address: string, range: Cidr): boolean {
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
-import { nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
+import { drainRefused, nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
 
 export class SandboxEgress {
   private lists: EgressLists;
   private readonly inSet = new Set<string>();
   /** Bare address -> `ask`'s answer (true, or the refusal's reason), once per address for the sandbox's life. */
   private readonly askedAddresses = new Map<string, Promise<true | string>>();
+  /** Refused packets the kernel logged (NFLOG records read), and those it did not that are counted already. */
+  private logged = 0;
+  private unlogged = 0;
   /** The ask listener's port (null: no `ask`). */
   private askPort: number | null = null;
   private changing: Promise<void> = Promise.resolve();
@@ -84,6 +88,7 @@ export class SandboxEgress {
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy, plan.range);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
+    log.settle = () => me.countUnlogged();
     try {
       const dns = await resolver.start();
       const sniPort = await proxy.start();
@@ -132,8 +137,26 @@ export class SandboxEgress {
     return p;
   }
 
+  /**
+   * At an exec's end: the sandbox's refused-packet counter (every packet its forward chain
+   * refused) against the records read (the log rule's rate limit and a full socket leave some
+   * out); the difference not counted yet goes to `violationsDropped`. The counter is read
+   * before the queued records: a packet refused in between can only be counted later, never twice.
+   */
+  private countUnlogged(): void {
+    if (this.logGroup === null) return;
+    const c = native().nftCounter('hutch', refusedCounter(this.att.slot));
+    if (isFailure(c)) return;
+    drainRefused();
+    const missing = c - this.logged - this.unlogged;
+    if (missing <= 0) return;
+    this.unlogged += missing;
+    this.log.uncounted(missing);
+  }
+
   /** A packet the kernel refused (NFLOG): the names that resolved to its address, if any. */
   refusedPacket(p: { reason: string; address: string; port: number | null; protocol: 'tcp' | 'udp' }): void {
+    this.logged++;
     const names = this.resolver.namesOf(p.address);
     this.log.record({ kind: 'network', time: Date.now(), reason: p.reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
   }
@@ -170,6 +193,7 @@ export class SandboxEgress {
 
   close(): void {
     clearInterval(this.sweeper);
+    this.log.settle = null;
     this.unlisten();
     this.resolver.close();
     this.proxy.close();
