@@ -3,7 +3,7 @@
  * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
  * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
  */
-import { isUserspace, setUserspaceAllow } from './userspace.js';
+import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
 import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
@@ -216,6 +216,7 @@ export async function setPlainPolicy(att: NetworkAttachment | null, value: unkno
   const o = value as Record<string, unknown>;
   for (const key of Object.keys(o)) {
     if (key === 'domains' || key === 'deny') {
+      if (att && isUserspace(att)) throw namesUnsupported('policy');
       throw new HutchError('EINVAL', `invalid option policy.${key}: this sandbox was made without egress by name; create it with network { outbound: 'nat', domains } (domains: ['*'] to start open) to change names live`);
     }
     if (key !== 'allow') throw new HutchError('EINVAL', `invalid option policy.${key}: expected one of allow, domains, deny`);
