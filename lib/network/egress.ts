@@ -127,8 +127,9 @@ export class SandboxEgress {
       if (this.askedAddresses.size >= MAX_ASKED_ADDRESSES) return Promise.resolve('not allowed (too many addresses asked about)');
       p = askRequest(this.policy.ask, { host: null, address: dst.address, port: dst.port, protocol: 'tcp' }).then(async (v) => {
         if (v === true) {
+          // Later connections go straight; should nft fail, they keep coming here and find `true`.
           await this.changing;
-          await run('nft', ['-f', '-'], `add element ${TABLE} ${askedSet(this.att.slot)} { ${dst.address} }\n`, `admitting an address ask allowed for sandbox slot ${this.att.slot}`);
+          await run('nft', ['-f', '-'], `add element ${TABLE} ${askedSet(this.att.slot)} { ${dst.address} }\n`, `admitting an address ask allowed for sandbox slot ${this.att.slot}`).catch(() => undefined);
         }
         return v;
       });
@@ -144,7 +145,6 @@ export class SandboxEgress {
    * before the queued records: a packet refused in between can only be counted later, never twice.
    */
   private countUnlogged(): void {
-    if (this.logGroup === null) return;
     const c = native().nftCounter('hutch', refusedCounter(this.att.slot));
     if (isFailure(c)) return;
     drainRefused();
