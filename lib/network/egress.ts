@@ -7,7 +7,7 @@ import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js
 import { HutchError } from '../errors.js';
 import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { TABLE, addProxyRules, admitAddresses, applyPolicy, askedSet, fwdRules, refusedCounter } from './nat.js';
+import { TABLE, addProxyRules, admitAddresses, applyPolicy, askRefusedSet, askedSet, fwdRules, refusedCounter } from './nat.js';
 import { isFailure, native } from '../native.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
@@ -38,6 +38,8 @@ export class SandboxEgress {
   private readonly inSet = new Set<string>();
   /** Bare address -> `ask`'s answer (true, or the refusal's reason), once per address for the sandbox's life. */
   private readonly askedAddresses = new Map<string, Promise<true | string>>();
+  /** Bare address -> the reason `ask` refused it (the forward chain refuses it from then on, logged as 'asked'). */
+  private readonly askRefusals = new Map<string, string>();
   /** Refused packets the kernel logged (NFLOG records read), and those it did not that are counted already. */
   private logged = 0;
   private unlogged = 0;
@@ -126,11 +128,12 @@ export class SandboxEgress {
     if (!p) {
       if (this.askedAddresses.size >= MAX_ASKED_ADDRESSES) return Promise.resolve('not allowed (too many addresses asked about)');
       p = askRequest(this.policy.ask, { host: null, address: dst.address, port: dst.port, protocol: 'tcp' }).then(async (v) => {
-        if (v === true) {
-          // Later connections go straight; should nft fail, they keep coming here and find `true`.
-          await this.changing;
-          await run('nft', ['-f', '-'], `add element ${TABLE} ${askedSet(this.att.slot)} { ${dst.address} }\n`, `admitting an address ask allowed for sandbox slot ${this.att.slot}`).catch(() => undefined);
-        }
+        // Later connections go straight through, or are refused by the kernel at once (with this
+        // answer's reason); should nft fail, they keep coming here and find the same answer.
+        if (v !== true) this.askRefusals.set(dst.address, v);
+        await this.changing;
+        const set = v === true ? askedSet(this.att.slot) : askRefusedSet(this.att.slot);
+        await run('nft', ['-f', '-'], `add element ${TABLE} ${set} { ${dst.address} }\n`, `recording ask's answer about an address for sandbox slot ${this.att.slot}`).catch(() => undefined);
         return v;
       });
       this.askedAddresses.set(dst.address, p);
@@ -158,7 +161,8 @@ export class SandboxEgress {
   refusedPacket(p: { reason: string; address: string; port: number | null; protocol: 'tcp' | 'udp' }): void {
     this.logged++;
     const names = this.resolver.namesOf(p.address);
-    this.log.record({ kind: 'network', time: Date.now(), reason: p.reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
+    const reason = p.reason === 'asked' ? (this.askRefusals.get(p.address) ?? 'not allowed') : p.reason;
+    this.log.record({ kind: 'network', time: Date.now(), reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
   }
 
   /** `setNetworkPolicy`: validated, then the resolver's lists and the forward chain replaced in one nft transaction. */

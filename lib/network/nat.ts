@@ -107,6 +107,11 @@ export function askedSet(slot: string): string {
   return `askok_${slot}`;
 }
 
+/** The set of bare addresses `ask` refused: refused by the forward chain from then on, without asking. */
+export function askRefusedSet(slot: string): string {
+  return `askno_${slot}`;
+}
+
 /** The named counter of every packet the forward chain refuses (logged or past the log's rate limit). */
 export function refusedCounter(slot: string): string {
   return `refused_${slot}`;
@@ -149,6 +154,8 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
   else if (l.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(l.allow)} accept`);
   lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} accept`);
   lines.push(`add rule ${t} ${fwd} ip daddr @${askedSet(slot)} accept`);
+  // An address `ask` refused: refused here at once (the log's prefix makes it the answer's reason, egress.ts).
+  refuse(`ip daddr @${askRefusedSet(slot)}`, 'asked');
   refuse('', 'not allowed');
   return lines;
 }
@@ -172,11 +179,14 @@ export function askRules(slot: string, hostAddress: string, askPort: number | nu
   lines.push(
     `${ask} ip daddr @${admittedSet(slot)} return`,
     `${ask} ip daddr @${askedSet(slot)} return`,
+    `${ask} ip daddr @${askRefusedSet(slot)} return`,
     `${ask} ip daddr ${NEVER_ASKED} return`,
     `${ask} tcp dport { 53, 853 } return`,
     `${ask} fib daddr type != unicast return`,
     `${ask} fib daddr oifname "hx*" return`,
-    `${ask} meta nfproto ipv4 meta l4proto tcp dnat ip to ${hostAddress}:${askPort}`,
+    // Bounded, so a connect flood to fresh addresses costs the host's event loop little: past
+    // the rate, the forward chain refuses at once (and counts) without asking.
+    `${ask} meta nfproto ipv4 meta l4proto tcp limit rate 100/second burst 200 packets dnat ip to ${hostAddress}:${askPort}`,
   );
   return lines;
 }
@@ -238,7 +248,7 @@ export function addScript(r: SandboxRules): string {
   const fwd = `fwd_${r.slot}`;
   const inp = `in_${r.slot}`;
   const lines = r.names
-    ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`, `add set ${t} ${askedSet(r.slot)} { type ipv4_addr; }`, `add counter ${t} ${refusedCounter(r.slot)}`, `add chain ${t} ask_${r.slot}`]
+    ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`, `add set ${t} ${askedSet(r.slot)} { type ipv4_addr; }`, `add set ${t} ${askRefusedSet(r.slot)} { type ipv4_addr; }`, `add counter ${t} ${refusedCounter(r.slot)}`, `add chain ${t} ask_${r.slot}`]
     : [];
   lines.push(`add chain ${t} ${fwd}`, ...fwdRules(r.slot, r.outbound, r.allow, r.names), `add chain ${t} ${inp}`);
   // No verdict at its end: the input chain goes on to refuse what this one did not admit.
@@ -274,7 +284,7 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
     ...(names !== false && nat !== false
-      ? [`delete chain ${t} pre_${slot}`, `delete chain ${t} ask_${slot}`, `delete set ${t} ${admittedSet(slot)}`, `delete set ${t} ${askedSet(slot)}`, `delete counter ${t} ${refusedCounter(slot)}`]
+      ? [`delete chain ${t} pre_${slot}`, `delete chain ${t} ask_${slot}`, `delete set ${t} ${admittedSet(slot)}`, `delete set ${t} ${askedSet(slot)}`, `delete set ${t} ${askRefusedSet(slot)}`, `delete counter ${t} ${refusedCounter(slot)}`]
       : []),
   ];
 }
