@@ -40,6 +40,17 @@ try:
 except OSError as e: print(type(e).__name__)
 "`;
 
+  // n connects to address:80, each expected to be refused at once; prints how many were.
+  const connectFlood = (address: string, n: number) => `python3 -c "
+import socket
+n = 0
+for i in range(${n}):
+    s = socket.socket()
+    try: s.connect(('${address}', 80))
+    except ConnectionRefusedError: n += 1
+    s.close()
+print(n)"`;
+
   it('the connection waits for the answer; only true allows, once per address; a refusal, throw or silence resets it with a violation', async () => {
     const asked: EgressRequest[] = [];
     let release: () => void = () => undefined;
@@ -88,15 +99,7 @@ except OSError as e: print(type(e).__name__)
       expect(twice.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 80, reason: 'not on the list' }));
       expect(twice.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 22, reason: 'not on the list' }));
       const n = 2000;
-      const flood = await sh(sb, `python3 -c "
-import socket
-n = 0
-for i in range(${n}):
-    s = socket.socket()
-    try: s.connect(('${inet.rogue}', 80))
-    except ConnectionRefusedError: n += 1
-    s.close()
-print(n)"`);
+      const flood = await sh(sb, connectFlood(inet.rogue, n));
       expect(flood.stdout).toBe(`${n}\n`);
       expect(flood.violations.length + flood.violationsDropped).toBe(n);
       expect(flood.violations.every((v) => v.address === inet.rogue && v.reason === 'not on the list')).toBe(true);
@@ -143,15 +146,7 @@ print(n)"`);
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
     try {
       const n = 4000;
-      const r = await sh(sb, `python3 -c "
-import socket
-n = 0
-for i in range(${n}):
-    s = socket.socket()
-    try: s.connect(('${inet.b}', 80))
-    except ConnectionRefusedError: n += 1
-    s.close()
-print(n)"`);
+      const r = await sh(sb, connectFlood(inet.b, n));
       expect(r.stdout).toBe(`${n}\n`); // each refused at once
       expect(r.violations.length).toBeLessThanOrEqual(100);
       // Every refused SYN is either reported or counted: none is lost past nftables' log limit.
