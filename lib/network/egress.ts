@@ -7,7 +7,7 @@ import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js
 import { HutchError } from '../errors.js';
 import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { TABLE, addProxyRules, admitAddresses, applyPolicy, askRefusedSet, askedSet, fwdRules, refusedCounter } from './nat.js';
+import { TABLE, addProxyRules, addToSet, admitAddresses, applyPolicy, askRefusedSet, askedSet, fwdRules, refusedCounter } from './nat.js';
 import { isFailure, native } from '../native.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
@@ -133,7 +133,7 @@ export class SandboxEgress {
         if (v !== true) this.askRefusals.set(dst.address, v);
         await this.changing;
         const set = v === true ? askedSet(this.att.slot) : askRefusedSet(this.att.slot);
-        await run('nft', ['-f', '-'], `add element ${TABLE} ${set} { ${dst.address} }\n`, `recording ask's answer about an address for sandbox slot ${this.att.slot}`).catch(() => undefined);
+        await addToSet(set, [dst.address], `recording ask's answer about an address for sandbox slot ${this.att.slot}`).catch(() => undefined);
         return v;
       });
       this.askedAddresses.set(dst.address, p);
