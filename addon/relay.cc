@@ -1,12 +1,11 @@
 // spliceRelay(a, b, first, id): the body of a connection the name-checking proxy allowed
 // (lib/network/sni-proxy.ts), moved in the kernel with splice(2) through a pipe per direction,
-// on a thread of its own: the bytes never enter JS. `first` (what the proxy read to find the
+// one thread per direction: the bytes never enter JS. `first` (what the proxy read to find the
 // SNI/Host) is written to b first. a and b are dup'd here; the caller closes its own handles.
 // A FIN is passed on as shutdown(SHUT_WR); an error on either side closes both with a reset
 // (SO_LINGER 0). Resolves with the bytes moved (a->b + b->a) when both directions are done.
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,13 +20,6 @@
 
 namespace {
 
-struct Dir {
-  int from, to;
-  int pipe[2] = {-1, -1};
-  size_t queued = 0, cap = 0;
-  bool eof = false, done = false;
-};
-
 constexpr size_t CHUNK = 1 << 20;
 
 // id -> the relay's two sockets, for relayStop (a sandbox destroyed with connections open).
@@ -37,11 +29,7 @@ std::map<double, std::pair<int, int>> active;
 bool write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EAGAIN) {
-      pollfd pf{fd, POLLOUT, 0};
-      if (poll(&pf, 1, 30000) <= 0) return false;
-      continue;
-    }
+    if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return false;
     p += w;
     n -= w;
@@ -54,68 +42,70 @@ void reset(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
-// Returns bytes moved, or -1 after an error (both sides then reset).
-double relay(int a, int b, const std::string &first) {
+// One direction, from -> to, on a thread of its own with blocking sockets: splice into a pipe
+// (as much as the socket has, up to the pipe's size), then out until the pipe is empty. No
+// poll: each chunk costs two splice calls and the thread sleeps in the kernel between them.
+// Returns bytes moved, or -1 after an error. EOF is passed on as shutdown(SHUT_WR).
+double pump(int from, int to, bool *failed) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return *failed = true, -1;
+  fcntl(p[1], F_SETPIPE_SZ, CHUNK);
+  int sz = fcntl(p[1], F_GETPIPE_SZ);
+  size_t cap = sz > 0 ? static_cast<size_t>(sz) : 65536;
   double moved = 0;
+  for (;;) {
+    ssize_t r = splice(from, nullptr, p[1], nullptr, cap, SPLICE_F_MOVE);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) {
+      shutdown(to, SHUT_WR);
+      break;
+    }
+    if (r < 0) {
+      *failed = true;
+      break;
+    }
+    size_t left = static_cast<size_t>(r);
+    while (left > 0) {
+      ssize_t w = splice(p[0], nullptr, to, nullptr, left, SPLICE_F_MOVE);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        *failed = true;
+        break;
+      }
+      left -= w;
+      moved += w;
+    }
+    if (*failed) break;
+  }
+  close(p[0]);
+  close(p[1]);
+  return moved;
+}
+
+// Both directions, one thread each; an error on either side resets both (SO_LINGER 0) and
+// ends the other direction (shutdown). Returns bytes moved, or -1 after an error.
+double relay(int a, int b, const std::string &first) {
+  for (int fd : {a, b}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   if (!first.empty() && !write_all(b, first.data(), first.size())) {
     reset(a);
     reset(b);
     return -1;
   }
-  Dir d[2] = {{a, b}, {b, a}};
-  for (auto &x : d) {
-    if (pipe2(x.pipe, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
-    fcntl(x.pipe[1], F_SETPIPE_SZ, CHUNK);
-    int sz = fcntl(x.pipe[1], F_GETPIPE_SZ);
-    x.cap = sz > 0 ? static_cast<size_t>(sz) : 65536;
-  }
-  bool failed = false;
-  while (!failed && !(d[0].done && d[1].done)) {
-    pollfd pf[4];
-    int which[4];
-    short kind[4];
-    int n = 0;
-    for (int i = 0; i < 2; i++) {
-      if (!d[i].eof && d[i].queued < d[i].cap) pf[n] = {d[i].from, POLLIN, 0}, which[n] = i, kind[n++] = POLLIN;
-      if (d[i].queued > 0) pf[n] = {d[i].to, POLLOUT, 0}, which[n] = i, kind[n++] = POLLOUT;
-    }
-    if (n == 0) break;
-    if (poll(pf, n, -1) < 0) {
-      if (errno == EINTR) continue;
-      failed = true;
-      break;
-    }
-    for (int k = 0; k < n && !failed; k++) {
-      if (pf[k].revents == 0) continue;
-      Dir &x = d[which[k]];
-      if (kind[k] == POLLIN) {
-        ssize_t r = splice(x.from, nullptr, x.pipe[1], nullptr, x.cap - x.queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (r == 0) x.eof = true;
-        else if (r > 0) x.queued += r;
-        else if (errno != EAGAIN && errno != EINTR) failed = true;
-      } else {
-        ssize_t w = splice(x.pipe[0], nullptr, x.to, nullptr, x.queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (w > 0) x.queued -= w, moved += w;
-        else if (w < 0 && errno != EAGAIN && errno != EINTR) failed = true;
-      }
-    }
-    for (auto &x : d) {
-      if (x.eof && x.queued == 0 && !x.done) {
-        shutdown(x.to, SHUT_WR);
-        x.done = true;
-      }
-    }
-  }
-  for (auto &x : d) {
-    close(x.pipe[0]);
-    close(x.pipe[1]);
-  }
-  if (failed) {
+  bool failed_up = false, failed_down = false;
+  double up = 0;
+  std::thread t([&]() {
+    up = pump(a, b, &failed_up);
+    if (failed_up) shutdown(a, SHUT_RDWR), shutdown(b, SHUT_RDWR);
+  });
+  double down = pump(b, a, &failed_down);
+  if (failed_down) shutdown(a, SHUT_RDWR), shutdown(b, SHUT_RDWR);
+  t.join();
+  if (failed_up || failed_down) {
     reset(a);
     reset(b);
     return -1;
   }
-  return moved;
+  return up + down;
 }
 
 Napi::Value SpliceRelay(const Napi::CallbackInfo &info) {

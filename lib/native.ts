@@ -127,6 +127,10 @@ export interface Native {
   // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
   nflogOpen(group: number): number | (NativeFailure & { step: string });
   nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];
+  /** The packets of a named counter of an inet table (NFT_MSG_GETOBJ). */
+  nftCounter(table: string, name: string): number | (NativeFailure & { step: string });
+  /** Adds IPv4 addresses to a set of an inet table (one nf_tables batch, NFT_MSG_NEWSETELEM). */
+  nftAddElements(table: string, set: string, addresses: string[]): true | (NativeFailure & { step: string });
   /** SO_ORIGINAL_DST of a redirected TCP connection (lib/network/sni-proxy.ts). */
   originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
   /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */

@@ -30,7 +30,7 @@ import {
   parseQuery,
   type Question,
 } from './dns.js';
-import { type EgressLists, type EgressPolicy, decideName } from './policy.js';
+import { type EgressLists, type EgressPolicy, type EgressRequest, decideName } from './policy.js';
 
 export const ASK_TIMEOUT_MS = 5_000;
 const UPSTREAM_TIMEOUT_MS = 2_000;
@@ -241,11 +241,16 @@ export class SandboxResolver {
   }
 }
 
-async function askOnce(ask: NonNullable<EgressPolicy['ask']>, host: string, via: { address: string; port: number } | null): Promise<true | string> {
+function askOnce(ask: NonNullable<EgressPolicy['ask']>, host: string, via: { address: string; port: number } | null): Promise<true | string> {
+  return askRequest(ask, via ? { host, address: via.address, port: via.port, protocol: 'tcp' } : { host, address: null, port: null, protocol: 'dns' });
+}
+
+/** Asks `ask` once: true, or the refusal's reason (its own, a throw's, or no answer within 5 s). */
+export async function askRequest(ask: NonNullable<EgressPolicy['ask']>, request: EgressRequest): Promise<true | string> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const answer = await Promise.race([
-      Promise.resolve().then(() => ask(via ? { host, address: via.address, port: via.port, protocol: 'tcp' } : { host, address: null, port: null, protocol: 'dns' })),
+      Promise.resolve().then(() => ask(request)),
       new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ASK_TIMEOUT_MS))),
     ]);
     if (answer === true) return true;

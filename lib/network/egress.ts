@@ -3,11 +3,12 @@
  * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
  * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
  */
-import { isUserspace, setUserspaceAllow } from './userspace.js';
+import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
-import { SandboxResolver } from './dns-server.js';
+import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';
-import { TABLE, addProxyRules, admitAddresses, applyPolicy, fwdRules } from './nat.js';
+import { TABLE, addProxyRules, addToSet, admitAddresses, applyPolicy, askRefusedSet, askedSet, fwdRules, refusedCounter } from './nat.js';
+import { isFailure, native } from '../native.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
 import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
@@ -20,6 +21,9 @@ import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
  */
 const NEVER_BY_NAME = ['0.0.0.0/8', '127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/3'].map((c) => (parseCidr(c) as { ok: true; cidr: Cidr }).cidr);
 
+/** Distinct bare addresses one sandbox may have asked about; past it, refused without asking. */
+const MAX_ASKED_ADDRESSES = 4096;
+
 function admissible(address: string, range: Cidr): boolean {
   const a = parseIpv4(address);
   return a !== undefined && !contains(range, a) && !NEVER_BY_NAME.some((c) => contains(c, a));
@@ -27,11 +31,20 @@ function admissible(address: string, range: Cidr): boolean {
 import { type BridgePlan, cidr } from './options.js';
 import { type EgressLists, type EgressPolicy, resolveLists } from './policy.js';
 import type { ViolationLog } from './violations.js';
-import { nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
+import { drainRefused, nflogGroup as readerGroup, onRefusedPacket } from './nflog.js';
 
 export class SandboxEgress {
   private lists: EgressLists;
   private readonly inSet = new Set<string>();
+  /** Bare address -> `ask`'s answer (true, or the refusal's reason), once per address for the sandbox's life. */
+  private readonly askedAddresses = new Map<string, Promise<true | string>>();
+  /** Bare address -> the reason `ask` refused it (the forward chain refuses it from then on, logged as 'asked'). */
+  private readonly askRefusals = new Map<string, string>();
+  /** Refused packets the kernel logged (NFLOG records read), and those it did not that are counted already. */
+  private logged = 0;
+  private unlogged = 0;
+  /** The ask listener's port (null: no `ask`). */
+  private askPort: number | null = null;
   private changing: Promise<void> = Promise.resolve();
   private unlisten: () => void = () => undefined;
   private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
@@ -72,13 +85,17 @@ export class SandboxEgress {
         return a !== undefined && self!.lists.denyCidrs.some((c) => contains(c, a));
       },
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
+      askAddress: (dst) => self!.askAddress(dst),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy, plan.range);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
+    log.settle = () => me.countUnlogged();
     try {
       const dns = await resolver.start();
-      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, await proxy.start(), dns);
+      const sniPort = await proxy.start();
+      if (plan.names.ask) me.askPort = await proxy.startAsk();
+      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, sniPort, dns, me.askPort === null ? null : { port: me.askPort, lists: plan.names });
       const conf = `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`;
       await writeFile('/etc/resolv.conf', conf).catch((e: unknown) => {
         throw new HutchError('ESETUP', `network: writing the sandbox's /etc/resolv.conf (to name hutch's resolver) failed: ${e instanceof Error ? e.message : String(e)}; an image whose /etc/resolv.conf is a symlink to a path it lacks (e.g. /run/systemd/resolve/stub-resolv.conf) needs a regular file there`, { step: 'network', cause: e });
@@ -98,10 +115,54 @@ export class SandboxEgress {
     for (const a of fresh) this.inSet.add(a);
   }
 
+  /**
+   * `ask` about a bare address the sandbox connects to (the ask listener of sni-proxy.ts holds
+   * the connection meanwhile): once per address; `true` puts it in the sandbox's asked set, so
+   * later connections go straight. Never for addresses no name could admit either.
+   */
+  private askAddress(dst: { address: string; port: number }): Promise<true | string> {
+    const a = parseIpv4(dst.address);
+    if (a !== undefined && this.lists.denyCidrs.some((c) => contains(c, a))) return Promise.resolve('denied');
+    if (!admissible(dst.address, this.range) || !this.policy.ask) return Promise.resolve('not allowed');
+    let p = this.askedAddresses.get(dst.address);
+    if (!p) {
+      if (this.askedAddresses.size >= MAX_ASKED_ADDRESSES) return Promise.resolve('not allowed (too many addresses asked about)');
+      p = askRequest(this.policy.ask, { host: null, address: dst.address, port: dst.port, protocol: 'tcp' }).then(async (v) => {
+        // Later connections go straight through, or are refused by the kernel at once (with this
+        // answer's reason); should nft fail, they keep coming here and find the same answer.
+        if (v !== true) this.askRefusals.set(dst.address, v);
+        await this.changing;
+        const set = v === true ? askedSet(this.att.slot) : askRefusedSet(this.att.slot);
+        await addToSet(set, [dst.address], `recording ask's answer about an address for sandbox slot ${this.att.slot}`).catch(() => undefined);
+        return v;
+      });
+      this.askedAddresses.set(dst.address, p);
+    }
+    return p;
+  }
+
+  /**
+   * At an exec's end: the sandbox's refused-packet counter (every packet its forward chain
+   * refused) against the records read (the log rule's rate limit and a full socket leave some
+   * out); the difference not counted yet goes to `violationsDropped`. The counter is read
+   * before the queued records: a packet refused in between can only be counted later, never twice.
+   */
+  private countUnlogged(): void {
+    const c = native().nftCounter('hutch', refusedCounter(this.att.slot));
+    if (isFailure(c)) return;
+    drainRefused();
+    const missing = c - this.logged - this.unlogged;
+    if (missing <= 0) return;
+    this.unlogged += missing;
+    this.log.uncounted(missing);
+  }
+
   /** A packet the kernel refused (NFLOG): the names that resolved to its address, if any. */
   refusedPacket(p: { reason: string; address: string; port: number | null; protocol: 'tcp' | 'udp' }): void {
+    this.logged++;
     const names = this.resolver.namesOf(p.address);
-    this.log.record({ kind: 'network', time: Date.now(), reason: p.reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
+    const reason = p.reason === 'asked' ? (this.askRefusals.get(p.address) ?? 'not allowed') : p.reason;
+    this.log.record({ kind: 'network', time: Date.now(), reason, host: names[0] ?? null, address: p.address, port: p.port, protocol: p.protocol });
   }
 
   /** `setNetworkPolicy`: validated, then the resolver's lists and the forward chain replaced in one nft transaction. */
@@ -119,7 +180,7 @@ export class SandboxEgress {
       this.lists = lists;
       this.resolver.setLists(lists);
       const admitted = this.resolver.admittedAddresses().map((a) => a.address);
-      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted);
+      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted, { hostAddress: this.att.hostAddress, port: this.askPort });
       this.inSet.clear();
       for (const a of admitted) this.inSet.add(a);
     });
@@ -136,6 +197,7 @@ export class SandboxEgress {
 
   close(): void {
     clearInterval(this.sweeper);
+    this.log.settle = null;
     this.unlisten();
     this.resolver.close();
     this.proxy.close();
@@ -158,6 +220,7 @@ export async function setPlainPolicy(att: NetworkAttachment | null, value: unkno
   const o = value as Record<string, unknown>;
   for (const key of Object.keys(o)) {
     if (key === 'domains' || key === 'deny') {
+      if (att && isUserspace(att)) throw namesUnsupported('policy');
       throw new HutchError('EINVAL', `invalid option policy.${key}: this sandbox was made without egress by name; create it with network { outbound: 'nat', domains } (domains: ['*'] to start open) to change names live`);
     }
     if (key !== 'allow') throw new HutchError('EINVAL', `invalid option policy.${key}: expected one of allow, domains, deny`);

@@ -102,6 +102,24 @@ export function admittedSet(slot: string): string {
   return `ok_${slot}`;
 }
 
+/** The set of bare addresses `ask` allowed (egress.ts fills it; they stand for the sandbox's life). */
+export function askedSet(slot: string): string {
+  return `askok_${slot}`;
+}
+
+/** The set of bare addresses `ask` refused: refused by the forward chain from then on, without asking. */
+export function askRefusedSet(slot: string): string {
+  return `askno_${slot}`;
+}
+
+/** The named counter of every packet the forward chain refuses (logged or past the log's rate limit). */
+export function refusedCounter(slot: string): string {
+  return `refused_${slot}`;
+}
+
+/** Destinations never sent to `ask`: the host's own, other hutch links, loopback, link-local, multicast. */
+const NEVER_ASKED = '{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }';
+
 /**
  * The body of a sandbox's forward chain (`fwd_<slot>`), replaced as a whole by
  * `setNetworkPolicy`. With names: deny CIDRs, then DNS/DoT to anyone but hutch's resolver,
@@ -122,26 +140,64 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
     return lines;
   }
   const l = names.lists;
+  // Every refused packet is counted (one named counter per sandbox, read at exec end: what the
+  // log's rate limit left out is counted as dropped, violations.ts), then refused at once.
+  const counted = `counter name "${refusedCounter(slot)}"`;
   const refuse = (match: string, reason: string) => {
     if (names.logGroup !== null) lines.push(`add rule ${t} ${fwd} ${match} limit rate 50/second burst 100 packets log group ${names.logGroup} prefix "${reason}"`.replace(/  +/g, ' '));
-    lines.push(`add rule ${t} ${fwd} ${match} meta l4proto tcp reject with tcp reset`.replace(/  +/g, ' '));
-    lines.push(`add rule ${t} ${fwd} ${match} reject with icmpx admin-prohibited`.replace(/  +/g, ' '));
+    lines.push(`add rule ${t} ${fwd} ${match} meta l4proto tcp ${counted} reject with tcp reset`.replace(/  +/g, ' '));
+    lines.push(`add rule ${t} ${fwd} ${match} ${counted} reject with icmpx admin-prohibited`.replace(/  +/g, ' '));
   };
   if (l.denyCidrs.length > 0) refuse(`ip daddr ${cidrList(l.denyCidrs)}`, 'denied');
   refuse('meta l4proto { tcp, udp } th dport { 53, 853 }', 'other resolver');
   if (l.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
   else if (l.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(l.allow)} accept`);
   lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} accept`);
+  lines.push(`add rule ${t} ${fwd} ip daddr @${askedSet(slot)} accept`);
+  // An address `ask` refused: refused here at once (the log's prefix makes it the answer's reason, egress.ts).
+  refuse(`ip daddr @${askRefusedSet(slot)}`, 'asked');
   refuse('', 'not allowed');
   return lines;
 }
 
-/** One transaction replacing a sandbox's forward chain (`setNetworkPolicy`) and refilling its set. */
-export function policyScript(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[]): string {
+/**
+ * The body of a sandbox's ask chain (`ask_<slot>`, jumped to at the end of its nat prerouting
+ * chain): with `ask`, a new TCP connection to an address that nothing admits (no `allow` CIDR,
+ * no allowed name's address, no earlier `true`) goes to the host-side proxy (`askPort`), which
+ * asks about the bare address and holds the connection until the answer (sni-proxy.ts). What
+ * the forward chain decides by itself returns: deny CIDRs, resolvers (53, 853), the host's own
+ * and other links' addresses, addresses never reachable by name. Empty without `ask`.
+ */
+export function askRules(slot: string, hostAddress: string, askPort: number | null, lists: EgressLists): string[] {
+  if (askPort === null) return [];
+  const t = TABLE;
+  const ask = `add rule ${t} ask_${slot}`;
+  const lines: string[] = [];
+  if (lists.denyCidrs.length > 0) lines.push(`${ask} ip daddr ${cidrList(lists.denyCidrs)} return`);
+  if (lists.allow === null) return lines;
+  if (lists.allow.length > 0) lines.push(`${ask} ip daddr ${cidrList(lists.allow)} return`);
+  lines.push(
+    `${ask} ip daddr @${admittedSet(slot)} return`,
+    `${ask} ip daddr @${askedSet(slot)} return`,
+    `${ask} ip daddr @${askRefusedSet(slot)} return`,
+    `${ask} ip daddr ${NEVER_ASKED} return`,
+    `${ask} tcp dport { 53, 853 } return`,
+    `${ask} fib daddr type != unicast return`,
+    `${ask} fib daddr oifname "hx*" return`,
+    // Bounded, so a connect flood to fresh addresses costs the host's event loop little: past
+    // the rate, the forward chain refuses at once (and counts) without asking.
+    `${ask} meta nfproto ipv4 meta l4proto tcp limit rate 100/second burst 200 packets dnat ip to ${hostAddress}:${askPort}`,
+  );
+  return lines;
+}
+
+/** One transaction replacing a sandbox's forward and ask chains (`setNetworkPolicy`) and refilling its set. */
+export function policyScript(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[], ask: { hostAddress: string; port: number | null } | null = null): string {
   const t = TABLE;
   return [
     `flush chain ${t} fwd_${slot}`,
     ...fwdRules(slot, 'nat', names.lists.allow, names),
+    ...(ask ? [`flush chain ${t} ask_${slot}`, ...askRules(slot, ask.hostAddress, ask.port, names.lists)] : []),
     `flush set ${t} ${admittedSet(slot)}`,
     ...(admitted.length > 0 ? [`add element ${t} ${admittedSet(slot)} { ${admitted.join(', ')} }`] : []),
   ].join('\n') + '\n';
@@ -152,32 +208,47 @@ export function policyScript(slot: string, names: NonNullable<SandboxRules['name
  * and TCP on HTTP/TLS ports to admitted addresses, to its name-checking proxy (sni-proxy.ts);
  * the input rules admit only redirected connections to those ports. A nat chain of its own: it sees only a connection's first packet.
  */
-export function proxyScript(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): string {
+export function proxyScript(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null): string {
   const t = TABLE;
   const pre = `add rule ${t} pre_${slot} iifname "${host}"`;
+  const ports = [port, dns.tcp, ...(ask ? [ask.port] : [])];
   return [
     `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
     `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
     `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
     `${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
-    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${port}, ${dns.tcp} } ct status dnat fib daddr . iif type local accept`,
+    ...(ask ? [...askRules(slot, hostAddress, ask.port, ask.lists), `${pre} ct state new jump ask_${slot}`] : []),
+    `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${ports.join(', ')} } ct status dnat fib daddr . iif type local accept`,
     // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.
     `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local limit rate 1000/second burst 1000 packets accept`,
   ].join('\n') + '\n';
 }
 
-export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }): Promise<void> {
-  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port, dns), `redirecting DNS and HTTP/TLS of ${host} to hutch's resolver and name check`);
+export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null): Promise<void> {
+  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port, dns, ask), `redirecting DNS and HTTP/TLS of ${host} to hutch's resolver and name check`);
 }
 
 /** Adds addresses to the sandbox's set (idempotent). */
 export async function admitAddresses(slot: string, addresses: readonly string[]): Promise<void> {
-  if (addresses.length === 0) return;
-  await run('nft', ['-f', '-'], `add element ${TABLE} ${admittedSet(slot)} { ${addresses.join(', ')} }\n`, `admitting addresses for sandbox slot ${slot}`);
+  await addToSet(admittedSet(slot), addresses, `admitting addresses for sandbox slot ${slot}`);
 }
 
-export async function applyPolicy(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[]): Promise<void> {
-  await run('nft', ['-f', '-'], policyScript(slot, names, admitted), `replacing the network policy of sandbox slot ${slot}`);
+/**
+ * Adds IPv4 addresses to a set of hutch's table: one netlink batch from the addon (~0.1 ms,
+ * on the path of a first connection to a fresh name), else an `nft` process, whose failure
+ * says what went wrong.
+ */
+export async function addToSet(set: string, addresses: readonly string[], what: string): Promise<void> {
+  if (addresses.length === 0) return;
+  for (let i = 0; i < addresses.length; i += 256) {
+    const part = addresses.slice(i, i + 256);
+    if (native().nftAddElements('hutch', set, [...part]) === true) continue;
+    await run('nft', ['-f', '-'], `add element ${TABLE} ${set} { ${part.join(', ')} }\n`, what);
+  }
+}
+
+export async function applyPolicy(slot: string, names: NonNullable<SandboxRules['names']>, admitted: readonly string[], ask: { hostAddress: string; port: number | null } | null = null): Promise<void> {
+  await run('nft', ['-f', '-'], policyScript(slot, names, admitted, ask), `replacing the network policy of sandbox slot ${slot}`);
 }
 
 function cidrList(allow: readonly Cidr[]): string {
@@ -189,7 +260,9 @@ export function addScript(r: SandboxRules): string {
   const t = TABLE;
   const fwd = `fwd_${r.slot}`;
   const inp = `in_${r.slot}`;
-  const lines = r.names ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`] : [];
+  const lines = r.names
+    ? [`add set ${t} ${admittedSet(r.slot)} { type ipv4_addr; }`, `add set ${t} ${askedSet(r.slot)} { type ipv4_addr; }`, `add set ${t} ${askRefusedSet(r.slot)} { type ipv4_addr; }`, `add counter ${t} ${refusedCounter(r.slot)}`, `add chain ${t} ask_${r.slot}`]
+    : [];
   lines.push(`add chain ${t} ${fwd}`, ...fwdRules(r.slot, r.outbound, r.allow, r.names), `add chain ${t} ${inp}`);
   // No verdict at its end: the input chain goes on to refuse what this one did not admit.
   for (const proto of ['tcp', 'udp'] as const) {
@@ -223,7 +296,9 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
     ...ports.map((p) => `delete element ${t} ports { ${p.protocol} . ${p.host} }`),
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
-    ...(names !== false && nat !== false ? [`delete chain ${t} pre_${slot}`, `delete set ${t} ${admittedSet(slot)}`] : []),
+    ...(names !== false && nat !== false
+      ? [`delete chain ${t} pre_${slot}`, `delete chain ${t} ask_${slot}`, `delete set ${t} ${admittedSet(slot)}`, `delete set ${t} ${askedSet(slot)}`, `delete set ${t} ${askRefusedSet(slot)}`, `delete counter ${t} ${refusedCounter(slot)}`]
+      : []),
   ];
 }
 

@@ -19,6 +19,19 @@ const GROUPS = 0x800;
 let reader: { group: number; fd: number; watch: Watch } | null | undefined;
 const listeners = new Map<string, (p: RefusedPacket) => void>();
 
+function readPending(fd: number): void {
+  for (const r of native().nflogRead(fd)) {
+    const cb = listeners.get(r.src);
+    if (cb && (r.proto === 6 || r.proto === 17)) cb({ reason: r.prefix, address: r.dst, port: r.dport, protocol: r.proto === 6 ? 'tcp' : 'udp' });
+    else if (cb) cb({ reason: r.prefix, address: r.dst, port: null, protocol: 'udp' });
+  }
+}
+
+/** Reads every record already queued, now (before a refused-packet counter is compared with them). */
+export function drainRefused(): void {
+  if (reader) readPending(reader.fd);
+}
+
 /** This process's NFLOG group, bound on first call; null when none could be bound. */
 export function nflogGroup(): number | null {
   if (reader !== undefined) return reader?.group ?? null;
@@ -29,13 +42,7 @@ export function nflogGroup(): number | null {
     const group = FIRST_GROUP + ((start - FIRST_GROUP + i) % GROUPS);
     const fd = n.nflogOpen(group);
     if (isFailure(fd)) continue;
-    const watch = new n.Watch(fd, () => {
-      for (const r of n.nflogRead(fd)) {
-        const cb = listeners.get(r.src);
-        if (cb && (r.proto === 6 || r.proto === 17)) cb({ reason: r.prefix, address: r.dst, port: r.dport, protocol: r.proto === 6 ? 'tcp' : 'udp' });
-        else if (cb) cb({ reason: r.prefix, address: r.dst, port: null, protocol: 'udp' });
-      }
-    });
+    const watch = new n.Watch(fd, () => readPending(fd));
     watch.unref();
     reader = { group, fd, watch };
     break;

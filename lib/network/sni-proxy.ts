@@ -11,6 +11,14 @@
  * A connection that names no host (TLS without SNI, HTTP/1.0 without Host) is forwarded: its
  * address was admitted by an allowed name. What is inside the TLS stream (an HTTP Host that
  * differs from the SNI: domain fronting) is not seen; docs/network.md says so.
+ *
+ * With `ask`, a second listener takes new TCP connections to bare addresses that nothing
+ * admits (nat.ts `askRules`): it asks about the address at once (before any byte: protocols
+ * whose server speaks first work too) and holds the connection until the answer; `true`
+ * forwards it like above (and the address joins the sandbox's asked set, so later connections
+ * go straight), anything else resets it with a violation. The sandbox's connect() has
+ * succeeded by then (the listener completed the handshake): a refusal shows as a reset on the
+ * first read or write, never as a timeout.
  */
 import net from 'node:net';
 import { isFailure, native } from '../native.js';
@@ -65,6 +73,16 @@ export function hostOf(b: Buffer): string | null | undefined {
 
 let nextRelay = 1;
 
+function listen(server: net.Server, bind: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, bind, () => {
+      server.off('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
 function fdOf(s: net.Socket): number | null {
   const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : null;
@@ -76,10 +94,13 @@ export interface ProxyHooks {
   refused(v: { host: string | null; address: string; port: number; reason: string }): void;
   /** A `deny` CIDR holds the address (the redirect happens before the forward chain's deny rule). */
   denied(address: string): boolean;
+  /** `ask` about a bare address (once per address): true, or the reason it is refused. */
+  askAddress?(dst: { address: string; port: number }): Promise<true | string>;
 }
 
 export class SniProxy {
   private server: net.Server | null = null;
+  private askServer: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
   private readonly relays = new Set<number>();
   port = 0;
@@ -90,22 +111,22 @@ export class SniProxy {
   ) {}
 
   async start(): Promise<number> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.handle(s));
-    this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, this.bind, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.port = (server.address() as net.AddressInfo).port;
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.handle(s));
+    this.port = await listen(this.server, this.bind);
     return this.port;
+  }
+
+  /** The listener for connections to bare addresses that `ask` decides; its port. */
+  async startAsk(): Promise<number> {
+    this.askServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.handleAsk(s));
+    return listen(this.askServer, this.bind);
   }
 
   close(): void {
     this.server?.close();
     this.server = null;
+    this.askServer?.close();
+    this.askServer = null;
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
     for (const id of this.relays) native().relayStop(id);
@@ -139,6 +160,24 @@ export class SniProxy {
     client.on('close', () => clearTimeout(timer));
   }
 
+  private handleAsk(client: net.Socket): void {
+    if (this.sockets.size >= MAX_CLIENTS * 2 || !this.hooks.askAddress) return void client.resetAndDestroy();
+    this.track(client);
+    const fd = fdOf(client);
+    const dst = fd !== null ? native().originalDst(fd) : null;
+    if (dst === null || isFailure(dst) || dst.address === this.bind) return void client.resetAndDestroy();
+    void this.hooks
+      .askAddress(dst)
+      .catch(() => 'not allowed')
+      .then((verdict) => {
+        if (verdict !== true) {
+          this.hooks.refused({ host: null, address: dst.address, port: dst.port, reason: verdict });
+          return void client.resetAndDestroy();
+        }
+        this.connectOn(client, Buffer.alloc(0), dst);
+      });
+  }
+
   private async forward(client: net.Socket, first: Buffer, name: string | null, dst: { address: string; port: number }): Promise<void> {
     if (this.hooks.denied(dst.address)) {
       this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: 'denied' });
@@ -151,6 +190,11 @@ export class SniProxy {
         return void client.resetAndDestroy();
       }
     }
+    this.connectOn(client, first, dst);
+  }
+
+  /** Connects to `dst`, then hands both sockets to the kernel splice with `first` sent first. */
+  private connectOn(client: net.Socket, first: Buffer, dst: { address: string; port: number }): void {
     if (client.destroyed) return;
     const up = net.connect({ port: dst.port, host: dst.address });
     this.track(up);

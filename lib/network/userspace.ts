@@ -110,6 +110,19 @@ function unprivilegedPortStart(): number {
 }
 
 /**
+ * Egress by name outside host root: refused, never run unfiltered. hutch checks names with its
+ * own resolver and a name check on the host side of the sandbox's veth, where nftables in the
+ * host's network namespace sends the sandbox's DNS and TLS/HTTP connections; the userspace
+ * link (pasta) has neither that hook nor a veth.
+ */
+export function namesUnsupported(field: string): HutchError {
+  return unsupported(
+    `${field}.domains/deny/ask/dns (egress by name) outside host root (the userspace network backend, pasta)`,
+    "hutch filters names with its own resolver and a name check on the host side of a veth, which only nftables in the host's network namespace can send the sandbox's traffic to, and it never runs a sandbox unfiltered instead. Run hutch as host root (sudo, or a container or pod whose root has CAP_NET_ADMIN in its own network namespace), or drop the names and reach fixed addresses with `allow` CIDRs",
+  );
+}
+
+/**
  * What the userspace backend cannot do with these options, refused before anything is made
  * (called by resolveNetwork with the rest already validated).
  *
@@ -117,12 +130,7 @@ function unprivilegedPortStart(): number {
  *   nft missing; a published port below the host's unprivileged port start outside root.
  */
 export function checkUserspacePlan(field: string, plan: UserspacePlan, env: NodeJS.ProcessEnv = process.env): void {
-  if (plan.names !== null) {
-    throw unsupported(
-      `${field}.domains/deny/ask/dns (egress by name) with the userspace network backend`,
-      'egress by name needs hutch\'s own resolver and nftables on the host: run hutch as host root (or use `allow` CIDRs)',
-    );
-  }
+  if (plan.names !== null) throw namesUnsupported(field);
   if (findProgram('pasta', env) === null) {
     throw unsupported(`${field}.mode 'bridge' outside host root`, "it needs pasta, the userspace network stack: apt-get install passt (dnf install passt)");
   }

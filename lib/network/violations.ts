@@ -58,10 +58,20 @@ export class ViolationLog {
     return c;
   }
 
+  /** Called at each exec's end, before its count is taken (egress.ts: refusals the kernel did not log). */
+  settle: (() => void) | null = null;
+
   end(c: ViolationCollector | undefined): { violations: Violation[]; violationsDropped: number } {
     if (!c) return { violations: [], violationsDropped: 0 };
+    this.settle?.();
     this.open.delete(c);
     return { violations: c.list, violationsDropped: c.dropped };
+  }
+
+  /** Counts `n` violations never seen one by one (refused past the kernel's log limit). */
+  uncounted(n: number): void {
+    this.dropped += n;
+    for (const c of this.open) c.dropped += n;
   }
 
   /** Records `n` violations like `v` (n > 1: a counted burst, e.g. from kernel counters). */
