@@ -30,6 +30,7 @@ let watchedPidfds = 0;
 
 /** Watches init's pidfd (or parks it) and the control socket. */
 export function watch(core: SandboxCore): void {
+  core.unparkPidfd = () => unparkPidfd(core);
   if (watchedPidfds >= parkAbove()) {
     native().close(core.spawned.pidfd);
     core.spawned.pidfd = -1;

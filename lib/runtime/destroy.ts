@@ -9,14 +9,13 @@ import { releaseNetwork } from '../network/index.js';
 import { Trace } from '../trace.js';
 import { upperDirOf } from '../conventions.js';
 import type { SandboxCore } from './core.js';
-import { unparkPidfd } from './control.js';
 
 /** Sandbox.destroy: idempotent, later calls return the same promise. */
 export function destroySandbox(core: SandboxCore): Promise<void> {
   if (core.destroying) return core.destroying;
   // A parked pidfd (lib/runtime/control.ts) is opened first: a failure leaves the sandbox as it was.
   try {
-    unparkPidfd(core);
+    core.unparkPidfd();
   } catch (e) {
     return Promise.reject(e);
   }
