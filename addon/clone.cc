@@ -225,7 +225,9 @@ static int write_map(const clone_job &j, const char *data, size_t len) {
 }
 
 // fd moved to the upper three quarters of RLIMIT_NOFILE (close-on-exec), or left where it is
-// when there is no room there.
+// when there is no room there. Below 64 it stays: with a few live sandboxes the table stays
+// small (every fork of this process, child_process's too, copies it up to its highest fd),
+// and a child's copy of 64 fds is nothing.
 int move_high(int fd) {
   static int base = -1;
   if (base < 0) {
@@ -233,7 +235,7 @@ int move_high(int fd) {
     base = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int)std::min<rlim_t>(rl.rlim_cur / 4, 1 << 20) : 1024;
     if (base < 64) base = 64;
   }
-  if (fd < 0 || fd >= base) return fd;
+  if (fd < 64 || fd >= base) return fd;
   int high = fcntl(fd, F_DUPFD_CLOEXEC, base);
   if (high < 0) return fd;
   close(fd);
