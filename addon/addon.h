@@ -16,7 +16,8 @@ ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, si
   X(SetInit, "setInit") X(CloneSandbox, "cloneSandbox") X(CloneBlank, "cloneBlank") X(StartBlank, "startBlank") \
   X(OpenTree, "openTree") X(MakeUserns, "makeUserns")                                             \
   /* pidfd.cc */                                                                                  \
-  X(Reap, "reap") X(PidfdKill, "pidfdKill") X(ReadSetupError, "readSetupError")                   \
+  X(Reap, "reap") X(PidfdKill, "pidfdKill") X(PidfdOpen, "pidfdOpen")                           \
+  X(ReadSetupError, "readSetupError")                                                             \
   /* fdpass.cc */                                                                                 \
   X(Send, "send") X(Recv, "recv") X(Pipe, "pipe") X(ReadSome, "readSome") X(ReadSmall, "readSmall") \
   X(WriteSmall, "writeSmall") X(CloseFd, "close") X(PtyResize, "ptyResize")                       \

@@ -4,6 +4,7 @@
 // execveat only raw syscalls on memory the parent prepared are allowed here (signal-safety(7)
 // and more): no malloc, no C++ exceptions, no locks, no stdio, and no errno (it is the parent
 // thread's): every call goes through rsys*(), which returns -errno.
+#include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -169,6 +170,18 @@ static int run_op(plan &p, walk_state &w, const plan_op &op, const char *s, cons
 // child; raw syscalls only. The fixed steps first (sync, cgroup, the mount namespace), then
 // the plan's ops in order, then the fds and the exec of init.
 [[noreturn]] void run_child(plan &p) {
+  // Started on the parent's fd table (CLONE_FILES): a table of our own first, with only the
+  // fds below unshare_below (ours are all there), so the clone and this copy cost the same
+  // whatever number of fds the parent holds (one per live sandbox). Then the parent may go on.
+  if (p.unshare_below >= 0) {
+    long u = rsys3(SYS_close_range, (unsigned)p.unshare_below, ~0U, CLOSE_RANGE_UNSHARE);
+    // Still on the parent's table: nothing of it may be closed here. The kernel clears
+    // files_word and wakes the parent as we exit (CLONE_CHILD_CLEARTID); it reports the failure.
+    if (u < 0) rsys1(SYS_exit_group, 127);
+    rsys1(SYS_set_tid_address, 0);
+    __atomic_store_n(&p.files_word, 0, __ATOMIC_RELEASE);
+    rsys3(SYS_futex, (long)&p.files_word, FUTEX_WAKE, 1);
+  }
   // The parent may die before it releases us: then the sync read sees EOF and we leave. That
   // needs our copies of the parent's ends closed first (we have a copy of its fd table).
   for (int fd : p.parent_fds) rsys1(SYS_close, fd);

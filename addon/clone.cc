@@ -3,6 +3,9 @@
 // the child is released. Blanks (warm starts) are in blank.cc; detached trees and user
 // namespaces for idmapped mounts in trees.cc; the init binary in initbin.cc.
 #include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/resource.h>
+#include <algorithm>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -221,6 +224,33 @@ static int write_map(const clone_job &j, const char *data, size_t len) {
   return r;
 }
 
+// fd moved to the upper three quarters of RLIMIT_NOFILE (close-on-exec), or left where it is
+// when there is no room there. Below 64 it stays: with a few live sandboxes the table stays
+// small (every fork of this process, child_process's too, copies it up to its highest fd),
+// and a child's copy of 64 fds is nothing.
+int move_high(int fd) {
+  static int base = -1;
+  if (base < 0) {
+    struct rlimit rl;
+    base = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int)std::min<rlim_t>(rl.rlim_cur / 4, 1 << 20) : 1024;
+    if (base < 64) base = 64;
+  }
+  if (fd < 64 || fd >= base) return fd;
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, base);
+  if (high < 0) return fd;
+  close(fd);
+  return high;
+}
+
+// The highest fd the child uses from our table (its plan's, the init binary, its ends of the
+// sockets and pipes, the cgroup files it joins, our ends it closes).
+static int max_child_fd(const plan &p) {
+  int m = std::max({p.init_fd, p.sync_fd, p.err_fd, p.ctl_fd, p.parent_fds[0], p.parent_fds[1], p.parent_fds[2]});
+  for (size_t i = 0; i < p.fd_count; i++) m = std::max(m, p.fds[i]);
+  for (int fd : p.join_fds) m = std::max(m, fd);
+  return m;
+}
+
 static void clone_and_map(clone_job &j) {
   plan *p = j.p;
   // Block every signal around clone3 so no handler of Node's runs in the child before
@@ -239,9 +269,22 @@ static void clone_and_map(clone_job &j) {
   j.a.flags |= CLONE_VM;
   j.a.stack = (uint64_t)(uintptr_t)stack;
   j.a.stack_size = kChildStack;
+  // Root mode: the child shares our fd table until it has unshared it down to its own fds
+  // (run_child's first step), so the clone copies no table and nothing is closed at its exec
+  // for each fd we hold: with 10,000 live sandboxes, those copies were most of a create's CPU.
+  // We wait for that step (or the child's death: CLONE_CHILD_CLEARTID) before any fd changes.
+  if (j.req->userns_fd < 0) {
+    p->unshare_below = max_child_fd(*p) + 1;
+    p->files_word = 1;
+    j.a.flags |= CLONE_FILES | CLONE_CHILD_CLEARTID;
+    j.a.child_tid = (uint64_t)(uintptr_t)&p->files_word;
+  }
   pthread_sigmask(SIG_SETMASK, &all, &old);
   long pid = hutch_clone3_vm(&j.a, sizeof j.a, child_entry, p);
   j.clone_err = pid < 0 ? (int)-pid : 0;
+  if (pid > 0 && p->unshare_below >= 0) {
+    while (__atomic_load_n(&p->files_word, __ATOMIC_ACQUIRE) != 0) rsys6(SYS_futex, (long)&p->files_word, FUTEX_WAIT, 1, 0, 0, 0);
+  }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid > 0) j.stack = stack;
   else munmap(stack, kChildStack);
@@ -431,6 +474,10 @@ void do_clone(plan *p, const clone_req &req, cloned &c) {
   }
   fcntl(c.err_fd, F_SETFL, O_NONBLOCK);
   fcntl(c.ctl_fd, F_SETFL, O_NONBLOCK);
+  // The fds a live sandbox keeps go high in our table, so the short-lived ones of the next
+  // start (its plan's, its sockets) take the low numbers, below what its child copies.
+  c.ctl_fd = move_high(c.ctl_fd);
+  c.pidfd = move_high(c.pidfd);
 }
 
 // parent, main thread. Keeps a cloned child's plan and stack until it execs or dies

@@ -37,6 +37,8 @@ int write_file(const char *path, const char *data, size_t len);
 bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p, clone_req &req, cloned &c);
 // Any thread (no N-API): clone3 into new namespaces and write the id maps.
 void do_clone(plan *p, const clone_req &req, cloned &c);
+// fd moved up to a quarter of RLIMIT_NOFILE or above (close-on-exec); itself when there is no room.
+int move_high(int fd);
 // Runs fn(arg) in a task of this process's memory that joined the user namespace nsfd, and
 // waits for it: fn's result, or -errno when the task could not start or join. fn may use raw
 // syscalls and our memory, no N-API and no JS (the calling thread is suspended meanwhile).

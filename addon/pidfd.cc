@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "addon.h"
+#include "clone.h"
 #include "steps.h"
 #include "sys.h"
 
@@ -120,6 +121,17 @@ Napi::Value PidfdKill(const Napi::CallbackInfo &info) {
   int pidfd = info[0].As<Napi::Number>().Int32Value();
   int sig = info[1].As<Napi::Number>().Int32Value();
   return Napi::Boolean::New(info.Env(), sys_pidfd_send_signal(pidfd, sig) == 0);
+}
+
+// pidfdOpen(pid): a new pidfd (O_CLOEXEC by the kernel) of one of this process's own children,
+// or { errno }. Race-free for a child not yet reaped: its pid, zombie or not, stays its own until
+// this process waits for it (lib/runtime/control.ts parks an idle sandbox's pidfd this way).
+Napi::Value PidfdOpen(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  long pid = (long)info[0].As<Napi::Number>().Int64Value();
+  long fd = syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) return sys_failure(env, "pidfd", errno, nullptr);
+  return Napi::Number::New(env, (double)move_high((int)fd));
 }
 
 // readSetupError(errFd, pid): undefined while nothing arrived, null once init said "ready"

@@ -129,6 +129,12 @@ struct plan {
   std::vector<char> holder_stack;
   int holder_pipe[2] = {-1, -1};
   int holder_pid = -1;
+  // CLONE_FILES (clone.cc clone_and_map): the child starts on the parent's fd table, unshares
+  // it at once keeping only fds below `unshare_below` (close_range CLOSE_RANGE_UNSHARE), then
+  // sets `files_word` to 0 and wakes the parent, which waits for that before it touches any fd.
+  // 0 / -1: the child got its own copy of the whole table at clone.
+  uint32_t files_word = 0;
+  int unshare_below = -1;
   int parent_fds[3] = {-1, -1, -1};  // the parent's ends (sync write, error read, control): the
                                      // child closes its copies first, or the parent's death
                                      // would never reach it as EOF

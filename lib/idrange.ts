@@ -27,8 +27,18 @@ export interface SandboxIds {
   readonly gid: number;
   /** The leased slot, or null when sandboxes share the base range. */
   readonly slot: number | null;
-  /** User namespace fd mapping the stored layer ids (base range) to this range; null when shared. */
+  /**
+   * User namespace fd mapping the stored layer ids (base range) to this range; null when shared.
+   * Read it when needed, not once to keep: `parkNamespace()` may close it, and the next read
+   * makes it again.
+   */
   readonly layersUserns: number | null;
+  /**
+   * Once the sandbox's layers are mounted: closes the range's namespace fd when this process
+   * holds more than 64 of them (HUTCH_USERNS_KEEP) (many live sandboxes), so a live sandbox holds no
+   * fd for it. Reusing the range makes it again.
+   */
+  parkNamespace(): void;
   release(): void;
 }
 
@@ -62,6 +72,8 @@ let supported: boolean | undefined;
  */
 const idle: number[] = [];
 const MAX_IDLE = 4;
+/** Namespace fds kept for live sandboxes' ranges beyond which parkNamespace closes them. */
+const keepNamespaces = (): number => Number(process.env.HUTCH_USERNS_KEEP ?? 64);
 
 let exitHook = false;
 /** Set once the exit hook ran: a slot released later (another exit hook) goes at once. */
@@ -142,10 +154,10 @@ export function acquireIds(layersDir: string): SandboxIds {
     // Outside root mode every sandbox shares the one range the caller owns (lib/host/ids.ts):
     // idmapped mounts of the store's files need CAP_SYS_ADMIN over their filesystem.
     const src = idSource();
-    return { uid: src.uid, gid: src.gid, slot: null, layersUserns: null, release: () => undefined };
+    return { uid: src.uid, gid: src.gid, slot: null, layersUserns: null, parkNamespace: () => undefined, release: () => undefined };
   }
   const base = hostRange();
-  if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, release: () => undefined };
+  if (!idmapWorks(layersDir)) return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, parkNamespace: () => undefined, release: () => undefined };
   const dir = idsStateDir();
   // An idle slot first: its lease still names this live process, which no other process
   // takes over (takeOverIfDead), so it needs no file I/O.
@@ -170,7 +182,7 @@ export function acquireIds(layersDir: string): SandboxIds {
     return leased(dir, slot);
   }
   // Every slot taken: share the base range rather than fail.
-  return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, release: () => undefined };
+  return { uid: base.uid, gid: base.gid, slot: null, layersUserns: null, parkNamespace: () => undefined, release: () => undefined };
 }
 
 /** A slot whose lease this process holds: its range and namespaces, and its release (to the idle list). */
@@ -178,7 +190,7 @@ function leased(dir: string, slot: number): SandboxIds {
   const base = hostRange();
   const uid = base.uid + slot * RANGE_SIZE;
   const gid = base.gid + slot * RANGE_SIZE;
-  const ns = nsFor(slot, uid, gid);
+  nsFor(slot, uid, gid); // made now: a failure is the acquire's
   // Registered at the first lease, before any other module's exit hook that may release one.
   if (!exitHook) exitHook = !!process.once('exit', dropIdleLeases);
   let released = false;
@@ -186,7 +198,12 @@ function leased(dir: string, slot: number): SandboxIds {
     uid,
     gid,
     slot,
-    layersUserns: ns,
+    get layersUserns() {
+      return nsFor(slot, uid, gid);
+    },
+    parkNamespace: () => {
+      if (namespaces.size > keepNamespaces()) forget(slot);
+    },
     release: () => {
       if (released) return;
       released = true;

@@ -92,6 +92,8 @@ export interface Native {
   extractClose(fd: number, uid: number, gid: number, mode: number, mtime: number, size: number): undefined | NativeFailure;
   reap(pidfd: number): { code: number | null; signal: number | null } | null | NativeFailure;
   pidfdKill(pidfd: number, signal: number): boolean;
+  /** pidfd_open of one of this process's own children, not yet reaped. */
+  pidfdOpen(pid: number): number | NativeFailure;
   readSetupError(fd: number, pid: number): undefined | null | NativeFailure;
   send(fd: number, data: Buffer, fds?: number[]): number | NativeFailure;
   recv(fd: number): Buffer | null | undefined | NativeFailure;

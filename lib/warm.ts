@@ -94,6 +94,7 @@ async function make(key: string, store: ImageStore, imageId: string, layersDir: 
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       joinFiles: [...cgroup.joinFiles],
     });
+    cgroup.closeCloneFd();
     if (isFailure(s)) throw new Error(`cloneBlank: ${s.step} errno ${s.errno}`);
     // First of the exit hooks: the subtree roots' removal (cgroup/files.ts) comes after it.
     if (!exitHook) exitHook = !!process.prependOnceListener('exit', dropAllAtExit);

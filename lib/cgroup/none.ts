@@ -29,6 +29,7 @@ const EMPTY: CgroupUsage = { memoryPeakBytes: 0, pids: 0, oomKills: 0 };
 
 class NoCgroup implements SandboxCgroup {
   readonly cloneIntoFd = null;
+  closeCloneFd(): void {}
   readonly procsFiles: readonly string[] = [];
   readonly joinFiles: readonly string[] = [];
   readonly dirs: readonly string[] = [];

@@ -61,6 +61,11 @@ export interface SandboxCgroup {
    */
   readonly cloneIntoFd: number | null;
   /**
+   * Closes the fd of `cloneIntoFd` once the clone is done (a live sandbox then holds no fd
+   * of its cgroup); a later read of `cloneIntoFd` opens it again, until destroy().
+   */
+  closeCloneFd(): void;
+  /**
    * v1 and hybrid: the cgroup.procs file of each v1 leaf (kill and emptiness look there).
    * Empty on v2.
    */

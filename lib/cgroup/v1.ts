@@ -264,6 +264,8 @@ export class V1Cgroup implements SandboxCgroup {
   readonly joinFiles: readonly string[];
   readonly dirs: readonly string[];
   private fd: number | null;
+  /** Made with an fd (not prune's): cloneIntoFd may open it again until destroy. */
+  private reopenable: boolean;
   private destroying: Promise<void> | undefined;
 
   constructor(
@@ -275,6 +277,7 @@ export class V1Cgroup implements SandboxCgroup {
     private readonly killFile: boolean,
   ) {
     this.fd = fd;
+    this.reopenable = fd !== null;
     const v1Dirs = [...new Set(V1_CONTROLLERS.map((c) => byCtrl[c]).filter((d): d is string => d !== undefined))];
     this.procsFiles = v1Dirs.map((d) => `${d}/cgroup.procs`);
     this.joinFiles = v1Dirs.map((d) => `${d}/tasks`);
@@ -282,7 +285,14 @@ export class V1Cgroup implements SandboxCgroup {
   }
 
   get cloneIntoFd(): number | null {
+    // Closed after the clone (closeCloneFd): opened again if a start needs it once more.
+    if (this.fd === null && this.reopenable && this.unifiedDir !== null) this.fd = openSync(this.unifiedDir, O_DIR);
     return this.fd;
+  }
+
+  closeCloneFd(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
   }
 
   usage(): CgroupUsage {
@@ -387,8 +397,8 @@ export class V1Cgroup implements SandboxCgroup {
   destroy(): Promise<void> {
     this.destroying ??= teardown(this.id, this.dirs, () => this.kill(), () => this.empty()).then(
       () => {
-        if (this.fd !== null) closeSync(this.fd);
-        this.fd = null;
+        this.reopenable = false;
+        this.closeCloneFd();
       },
       (e: unknown) => {
         this.destroying = undefined; // let a later call try again

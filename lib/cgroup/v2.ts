@@ -203,6 +203,8 @@ export class V2Cgroup implements SandboxCgroup {
   readonly joinFiles: readonly string[] = [];
   readonly dirs: readonly string[];
   private fd: number | null;
+  /** Made with an fd (not prune's): cloneIntoFd may open it again until destroy. */
+  private reopenable: boolean;
   /** An fd of memory.peak written with "reset" (6.12+): reads through it see the peak since the reset. */
   private peakFd: number | null = null;
   private peakResettable = true;
@@ -215,11 +217,19 @@ export class V2Cgroup implements SandboxCgroup {
     private readonly p: Prepared,
   ) {
     this.fd = fd;
+    this.reopenable = fd !== null;
     this.dirs = [dir];
   }
 
   get cloneIntoFd(): number | null {
+    // Closed after the clone (closeCloneFd): opened again if a start needs it once more.
+    if (this.fd === null && this.reopenable) this.fd = openSync(this.dir, O_DIR);
     return this.fd;
+  }
+
+  closeCloneFd(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
   }
 
   private peak(): number {
@@ -319,6 +329,7 @@ export class V2Cgroup implements SandboxCgroup {
   }
 
   private closeFds(): void {
+    this.reopenable = false;
     if (this.fd !== null) closeSync(this.fd);
     if (this.peakFd !== null) closeSync(this.peakFd);
     this.fd = null;

@@ -2,6 +2,7 @@
  * The control socket to init (fd 3 inside): watching it and init's pidfd, starting
  * processes (exec/spawn), and what init reports back (starts, exits, OOM kills).
  */
+import { HutchError, errnoName } from '../errors.js';
 import { idSource } from '../host/ids.js';
 import { isFailure, native } from '../native.js';
 import { decode, encodeExec, encodeKill } from '../protocol.js';
@@ -12,12 +13,48 @@ import { imageUser } from '../plan/index.js';
 import type { SandboxCore } from './core.js';
 import { destroySandbox } from './destroy.js';
 
-/** Watches init's pidfd and the control socket. */
+/**
+ * Past this many sandboxes with a pidfd open in this process, a new sandbox's pidfd is
+ * "parked": closed, and opened again (pidfd_open of the pid) when it is needed — to kill init,
+ * or when the control socket reports that init is gone (EOF: init holds the other end, and
+ * everything else in the sandbox dies with it, pid 1 of its pid namespace). This is as safe as
+ * keeping it: init is this process's child and nobody else waits for it (it has no exit
+ * signal, and libuv waits only for the pids it spawned), so its pid cannot name another
+ * process until this process reaps it, which it does only through the pidfd. It saves one fd
+ * and one epoll registration per live sandbox: with 10,000 live (bench/live.ts) the fds, not
+ * memory, are the limit (a session's RLIMIT_NOFILE is often 20,000 and cannot be raised
+ * without CAP_SYS_RESOURCE). HUTCH_PIDFD_PARK_ABOVE sets the number (tests use 0).
+ */
+const parkAbove = (): number => Number(process.env.HUTCH_PIDFD_PARK_ABOVE ?? 256);
+let watchedPidfds = 0;
+
+/** Watches init's pidfd (or parks it) and the control socket. */
 export function watch(core: SandboxCore): void {
-  const n = native();
-  core.pidWatch = new n.Watch(core.spawned.pidfd, () => onInitExit(core));
-  core.pidWatch.unref();
+  core.unparkPidfd = () => unparkPidfd(core);
+  if (watchedPidfds >= parkAbove()) {
+    native().close(core.spawned.pidfd);
+    core.spawned.pidfd = -1;
+  } else {
+    watchPidfd(core);
+  }
   watchControl(core);
+}
+
+function watchPidfd(core: SandboxCore): void {
+  core.pidWatch = new (native().Watch)(core.spawned.pidfd, () => onInitExit(core));
+  core.pidWatch.unref();
+  watchedPidfds++;
+}
+
+/** Opens a parked pidfd again (and watches it); no-op when it is open or init is reaped. */
+export function unparkPidfd(core: SandboxCore): void {
+  if (core.spawned.pidfd >= 0 || core.initExit) return;
+  const fd = native().pidfdOpen(core.pid);
+  if (isFailure(fd)) {
+    throw new HutchError('ECLEANUP', `sandbox ${core.id}: cannot open a pidfd of its init (pid ${core.pid}) to stop it: ${errnoName(fd.errno)}${errnoName(fd.errno) === 'EMFILE' || errnoName(fd.errno) === 'ENFILE' ? ' (too many open files: raise RLIMIT_NOFILE, or destroy other sandboxes first)' : ''}; retry the destroy`, { step: 'destroy', errno: errnoName(fd.errno) });
+  }
+  core.spawned.pidfd = fd;
+  watchPidfd(core);
 }
 
 /** Messages from init: from the first exec on (which Sandbox.run may send during setup). */
@@ -45,6 +82,8 @@ function onControl(core: SandboxCore): void {
     if (m === null || isFailure(m)) {
       core.ctlWatch?.close();
       core.ctlWatch = null;
+      // init is gone (or going): a parked pidfd is opened, its watch reaps init.
+      unparkLater(core);
       return;
     }
     const msg = decode(m);
@@ -73,9 +112,19 @@ function checkOom(core: SandboxCore): void {
   }
 }
 
+/** unparkPidfd from an event callback: on failure (out of fds), again a little later. */
+function unparkLater(core: SandboxCore): void {
+  try {
+    unparkPidfd(core);
+  } catch {
+    setTimeout(() => unparkLater(core), 100).unref();
+  }
+}
+
 function onInitExit(core: SandboxCore): void {
   const r = native().reap(core.spawned.pidfd);
   if (r === null) return;
+  if (core.pidWatch) watchedPidfds--;
   core.pidWatch?.close();
   core.pidWatch = null;
   core.initExit = isFailure(r) ? { code: null, signal: null } : r;

@@ -58,6 +58,8 @@ export class SandboxCore {
   readonly caps: bigint;
   readonly baseEnv: string[];
   oomSeen = 0;
+  /** Opens init's pidfd again if it was parked (lib/runtime/control.ts sets it; destroy calls it). */
+  unparkPidfd: () => void = () => undefined;
   /** Set by create when an AbortSignal is given; destroy removes it. */
   onAbort: () => void = () => undefined;
   /** pause/resume and commit's freeze (lib/pause.ts). */

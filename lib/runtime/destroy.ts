@@ -13,6 +13,12 @@ import type { SandboxCore } from './core.js';
 /** Sandbox.destroy: idempotent, later calls return the same promise. */
 export function destroySandbox(core: SandboxCore): Promise<void> {
   if (core.destroying) return core.destroying;
+  // A parked pidfd (lib/runtime/control.ts) is opened first: a failure leaves the sandbox as it was.
+  try {
+    core.unparkPidfd();
+  } catch (e) {
+    return Promise.reject(e);
+  }
   core.state = 'destroyed';
   core.opts.signal?.removeEventListener('abort', core.onAbort);
   const n = native();
