@@ -27,6 +27,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "confine.h"
@@ -181,9 +182,9 @@ static int open_pty(const struct tty_req *t, uint32_t uid, uint32_t gid, int *ma
 /* exec child: the pty on fd 0 becomes the controlling terminal of the new session. */
 static int take_controlling_tty(void) { return ioctl(0, TIOCSCTTY, 0); }
 
-/* MSG_STARTED with the pty's master attached. */
-static void send_started_with_fd(const struct started_msg *m, int fd) {
-  struct iovec iov = {(void *)m, sizeof *m};
+/* One message with one fd attached (SCM_RIGHTS). Async-signal-safe: the exec child uses it. */
+static ssize_t send_with_fd(int sock, const void *data, size_t len, int fd) {
+  struct iovec iov = {(void *)data, len};
   union {
     struct cmsghdr align;
     char buf[CMSG_SPACE(sizeof(int))];
@@ -201,8 +202,12 @@ static void send_started_with_fd(const struct started_msg *m, int fd) {
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof fd);
   ssize_t n;
-  do n = sendmsg(CTL_FD, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  return n;
 }
+
+/* MSG_STARTED with the pty's master attached. */
+static void send_started_with_fd(const struct started_msg *m, int fd) { send_with_fd(CTL_FD, m, sizeof *m, fd); }
 
 /* The signals init ignores, as /proc/self/status's SigIgn shows them once at start (bit s-1
  * for signal s): inherited from the host process (Node ignores SIGPIPE; whoever started Node
@@ -232,6 +237,15 @@ static void read_ignored_signals(void) {
     m = m << 4 | (uint64_t)v;
   }
   if (*p == '\n') ignored_signals = m;
+}
+
+/* The status record that carries a seccomp listener (SCM_RIGHTS); failures carry a step. */
+#define STATUS_LISTENER 0xfffffffeu
+
+/* exec child: hands its filter's listener to init over the status socket. */
+static int send_listener(int status_fd, int fd) {
+  uint32_t rec[2] = {STATUS_LISTENER, 0};
+  return send_with_fd(status_fd, rec, sizeof rec, fd) == (ssize_t)sizeof rec ? 0 : -1;
 }
 
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
@@ -268,7 +282,14 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
     die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if (r->flags & EXEC_SECCOMP) {
     struct sock_fprog fp = {(unsigned short)(r->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
+    int notify = (r->flags & EXEC_SECCOMP_NOTIFY) != 0;
+    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &fp);
+    if (fd < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
+    /* From here on every call goes through the filter. The ones up to the exec (this
+     * sendmsg, execve, and write/_exit on failure) are never notifying in a reporting
+     * program (lib/seccomp/bpf.ts UNREPORTED_SYSCALLS): init, suspended until the exec,
+     * could not answer them. The listener is close-on-exec: init holds the only copy after. */
+    if (notify && send_listener(status_fd, (int)fd) < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
   }
   die_exec(status_fd, XSTEP_EXEC, exec_search(argv, envp));
 }
@@ -312,6 +333,230 @@ static int exec_child_entry(void *p) {
   return 127;
 }
 
+/* ---- Seccomp listeners (EXEC_SECCOMP_NOTIFY) ----
+ * An exec whose program refuses by SECCOMP_RET_USER_NOTIF | errno hands its filter's listener
+ * to init before it execs; the exec's forks share the filter and so the listener. Init answers
+ * each notification with -errno (never SECCOMP_USER_NOTIF_FLAG_CONTINUE: the call does not
+ * run), and reports it to the host, at most REPORT_BURST at once and REPORT_PER_SECOND after,
+ * counting the rest. The errno is the program's own: init runs the program over the
+ * notification's seccomp_data and reads the data bits of its USER_NOTIF. A listener is closed
+ * when no task uses its filter any more (POLLHUP); a notification nobody answers would keep its
+ * caller waiting, and one whose caller died meanwhile is answered into the void (ENOENT). */
+struct listener {
+  int fd;
+  uint32_t id;      /* the exec it was made for */
+  uint32_t dropped; /* refusals not reported since the last message for it */
+  uint32_t len;     /* instructions */
+  struct sock_filter *prog;
+};
+
+static struct listener *listeners;
+static size_t nlisteners, caplisteners;
+static struct pollfd poll_two[2]; /* the poll set until a listener needs more */
+static struct pollfd *pollfds = poll_two;
+static size_t cappollfds = 2;
+
+#define REPORT_BURST 100.0
+#define REPORT_PER_SECOND 100.0
+static double report_tokens = REPORT_BURST;
+static struct timespec report_refilled;
+
+static int report_allowed(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  if (report_refilled.tv_sec == 0 && report_refilled.tv_nsec == 0) report_refilled = now;
+  double dt = (double)(now.tv_sec - report_refilled.tv_sec) + (double)(now.tv_nsec - report_refilled.tv_nsec) / 1e9;
+  report_refilled = now;
+  report_tokens += dt * REPORT_PER_SECOND;
+  if (report_tokens > REPORT_BURST) report_tokens = REPORT_BURST;
+  if (report_tokens < 1.0) return 0;
+  report_tokens -= 1.0;
+  return 1;
+}
+
+/* Keeps a listener with its own copy of the program (msgbuf is the next message's), and room
+ * for it in the poll set, so that every listener is always polled. */
+static int add_listener(int fd, uint32_t id, const struct sock_filter *prog, uint32_t bytes) {
+  if (nlisteners == caplisteners) {
+    size_t n = caplisteners ? caplisteners * 2 : 8;
+    struct listener *p = realloc(listeners, n * sizeof *p);
+    if (!p) return -1;
+    listeners = p, caplisteners = n;
+  }
+  if (2 + nlisteners + 1 > cappollfds) {
+    size_t n = 2 + caplisteners;
+    struct pollfd *p = realloc(pollfds == poll_two ? NULL : pollfds, n * sizeof *p); /* poll_set fills it */
+    if (!p) return -1;
+    pollfds = p, cappollfds = n;
+  }
+  struct sock_filter *copy = malloc(bytes);
+  if (!copy) return -1;
+  memcpy(copy, prog, bytes);
+  listeners[nlisteners++] = (struct listener){fd, id, 0, bytes / (uint32_t)sizeof *prog, copy};
+  return 0;
+}
+
+/* The status socket's next record, with the listener it carries (if any) into *lfd. */
+static ssize_t recv_status(int fd, uint32_t rec[2], int *lfd) {
+  struct iovec iov = {rec, 2 * sizeof(uint32_t)};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cbuf;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf, .msg_controllen = sizeof cbuf.buf};
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n <= 0) return n;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(sizeof(int))) continue;
+    int got;
+    memcpy(&got, CMSG_DATA(c), sizeof got);
+    if (*lfd >= 0) close(*lfd);
+    *lfd = got;
+  }
+  return n;
+}
+
+/* Classic BPF as seccomp runs it, over one seccomp_data: what the program returns. An
+ * instruction it does not know (hutch's compiler emits none) returns KILL_PROCESS, which the
+ * caller answers as EPERM. */
+static uint32_t run_filter(const struct sock_filter *p, uint32_t n, const struct seccomp_data *d) {
+  uint32_t a = 0, x = 0, mem[BPF_MEMWORDS] = {0};
+  for (uint32_t pc = 0; pc < n; pc++) {
+    const struct sock_filter *f = &p[pc];
+    uint32_t k = f->k, src = BPF_SRC(f->code) == BPF_X ? x : k;
+    switch (BPF_CLASS(f->code)) {
+    case BPF_LD:
+      if (f->code == (BPF_LD | BPF_W | BPF_ABS) && k <= sizeof *d - 4 && (k & 3) == 0) memcpy(&a, (const char *)d + k, 4);
+      else if (f->code == (BPF_LD | BPF_W | BPF_LEN)) a = sizeof *d;
+      else if (f->code == (BPF_LD | BPF_IMM)) a = k;
+      else if (f->code == (BPF_LD | BPF_MEM) && k < BPF_MEMWORDS) a = mem[k];
+      else return SECCOMP_RET_KILL_PROCESS;
+      break;
+    case BPF_LDX:
+      if (f->code == (BPF_LDX | BPF_W | BPF_LEN)) x = sizeof *d;
+      else if (f->code == (BPF_LDX | BPF_IMM)) x = k;
+      else if (f->code == (BPF_LDX | BPF_MEM) && k < BPF_MEMWORDS) x = mem[k];
+      else return SECCOMP_RET_KILL_PROCESS;
+      break;
+    case BPF_ST:
+    case BPF_STX:
+      if (k >= BPF_MEMWORDS) return SECCOMP_RET_KILL_PROCESS;
+      mem[k] = BPF_CLASS(f->code) == BPF_ST ? a : x;
+      break;
+    case BPF_ALU:
+      switch (BPF_OP(f->code)) {
+      case BPF_ADD: a += src; break;
+      case BPF_SUB: a -= src; break;
+      case BPF_MUL: a *= src; break;
+      case BPF_DIV: if (src == 0) return SECCOMP_RET_KILL_PROCESS; a /= src; break;
+      case BPF_MOD: if (src == 0) return SECCOMP_RET_KILL_PROCESS; a %= src; break;
+      case BPF_OR: a |= src; break;
+      case BPF_AND: a &= src; break;
+      case BPF_XOR: a ^= src; break;
+      case BPF_LSH: a = src < 32 ? a << src : 0; break;
+      case BPF_RSH: a = src < 32 ? a >> src : 0; break;
+      case BPF_NEG: a = -a; break;
+      default: return SECCOMP_RET_KILL_PROCESS;
+      }
+      break;
+    case BPF_JMP: {
+      uint32_t skip;
+      switch (BPF_OP(f->code)) {
+      case BPF_JA: skip = k; break;
+      case BPF_JEQ: skip = a == src ? f->jt : f->jf; break;
+      case BPF_JGT: skip = a > src ? f->jt : f->jf; break;
+      case BPF_JGE: skip = a >= src ? f->jt : f->jf; break;
+      case BPF_JSET: skip = (a & src) ? f->jt : f->jf; break;
+      default: return SECCOMP_RET_KILL_PROCESS;
+      }
+      if (skip >= n - pc) return SECCOMP_RET_KILL_PROCESS;
+      pc += skip;
+      break;
+    }
+    case BPF_RET:
+      return BPF_RVAL(f->code) == BPF_A ? a : k;
+    case BPF_MISC:
+      if (BPF_MISCOP(f->code) == BPF_TAX) x = a;
+      else a = x;
+      break;
+    }
+  }
+  return SECCOMP_RET_KILL_PROCESS;
+}
+
+static void send_violation(struct listener *l, int32_t pid, int32_t nr, uint32_t arch, uint32_t err, uint32_t flags) {
+  struct violation_msg m = {MSG_VIOLATION, l->id, pid, nr, arch, err, l->dropped, flags};
+  l->dropped = 0;
+  send_msg(&m, sizeof m);
+}
+
+/* Before an exec's MSG_EXITED: how many of its refusals went unreported, so its result has them. */
+static void flush_dropped(uint32_t id) {
+  for (size_t i = 0; i < nlisteners; i++)
+    if (listeners[i].id == id && listeners[i].fd >= 0 && listeners[i].dropped) send_violation(&listeners[i], 0, -1, 0, 0, VIOLATION_COUNT_ONLY);
+}
+
+/* Buffers for SECCOMP_IOCTL_NOTIF_RECV/SEND, as large as this kernel's structs (it may know
+ * more fields than our headers): SECCOMP_GET_NOTIF_SIZES. */
+static struct seccomp_notif *notif_req;
+static struct seccomp_notif_resp *notif_resp;
+static size_t notif_req_size, notif_resp_size;
+
+static int notif_buffers(void) {
+  if (notif_req) return 0;
+  struct seccomp_notif_sizes sz;
+  if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sz) < 0) return -1;
+  notif_req_size = sz.seccomp_notif > sizeof *notif_req ? sz.seccomp_notif : sizeof *notif_req;
+  notif_resp_size = sz.seccomp_notif_resp > sizeof *notif_resp ? sz.seccomp_notif_resp : sizeof *notif_resp;
+  notif_req = calloc(1, notif_req_size);
+  notif_resp = calloc(1, notif_resp_size);
+  return notif_req && notif_resp ? 0 : -1;
+}
+
+/* One notification: answered with the program's errno, reported or counted. */
+static void serve_one(struct listener *l) {
+  if (notif_buffers() < 0) return;
+  memset(notif_req, 0, notif_req_size); /* RECV wants it zeroed */
+  if (ioctl(l->fd, SECCOMP_IOCTL_NOTIF_RECV, notif_req) < 0) return; /* ENOENT: its caller is gone */
+  uint32_t ret = run_filter(l->prog, l->len, &notif_req->data);
+  uint32_t err = (ret & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_USER_NOTIF ? (ret & SECCOMP_RET_DATA) : EPERM;
+  memset(notif_resp, 0, notif_resp_size);
+  notif_resp->id = notif_req->id;
+  notif_resp->error = -(int32_t)err;
+  notif_resp->val = 0;
+  notif_resp->flags = 0; /* never SECCOMP_USER_NOTIF_FLAG_CONTINUE: a refused call does not run */
+  while (ioctl(l->fd, SECCOMP_IOCTL_NOTIF_SEND, notif_resp) < 0 && errno == EINTR) {
+  }
+  if (report_allowed()) send_violation(l, (int32_t)notif_req->pid, notif_req->data.nr, notif_req->data.arch, err, 0);
+  else if (l->dropped < UINT32_MAX) l->dropped++;
+}
+
+/* The listeners' part of the poll set: a notification each, closed once no task uses them. */
+static void serve_listeners(const struct pollfd *p, size_t n) {
+  for (size_t i = 0; i < n && i < nlisteners; i++) {
+    struct listener *l = &listeners[i];
+    if (p[i].revents & POLLIN) serve_one(l);
+    if (p[i].revents & (POLLHUP | POLLERR | POLLNVAL)) {
+      if (l->dropped) send_violation(l, 0, -1, 0, 0, VIOLATION_COUNT_ONLY);
+      close(l->fd);
+      free(l->prog);
+      l->fd = -1;
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < nlisteners; i++)
+    if (listeners[i].fd >= 0) listeners[k++] = listeners[i];
+  nlisteners = k;
+}
+
+/* The poll set: control socket, signalfd, listeners (add_listener made room for them). */
+static struct pollfd *poll_set(int sfd) {
+  pollfds[0] = (struct pollfd){CTL_FD, POLLIN, 0};
+  pollfds[1] = (struct pollfd){sfd, POLLIN, 0};
+  for (size_t i = 0; i < nlisteners; i++) pollfds[2 + i] = (struct pollfd){listeners[i].fd, POLLIN, 0};
+  return pollfds;
+}
+
 /* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
  * failure, and reports which. */
 static void start_exec(size_t len, int *fds, int nfds) {
@@ -336,7 +581,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
   if (nfds != (tty ? 0 : 3) || r.nrlimits > 64 || r.seccomp_len % sizeof(struct sock_filter) != 0 ||
       r.seccomp_len > 4096 * sizeof(struct sock_filter) || need != len || r.argc == 0 || r.argc > 1 << 16 ||
       r.envc > 1 << 16 || r.strings_len == 0 || msgbuf[len - 1] != 0 ||
-      ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0)) {
+      ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0) || ((r.flags & EXEC_SECCOMP_NOTIFY) && !(r.flags & EXEC_SECCOMP))) {
     report_protocol_error(r.id, EPROTO);
     close_fds(fds, nfds);
     return;
@@ -384,8 +629,10 @@ static void start_exec(size_t len, int *fds, int nfds) {
     fds = ttyfds;
     nfds = 1;
   }
+  /* The status channel: a pipe, or with a listener to hand over a socket (SCM_RIGHTS). */
+  int notify = (r.flags & EXEC_SECCOMP_NOTIFY) != 0;
   int st[2];
-  if (pipe2(st, O_CLOEXEC) < 0) {
+  if ((notify ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, st) : pipe2(st, O_CLOEXEC)) < 0) {
     struct failed_msg f = {MSG_FAILED, r.id, errno, XSTEP_FORK};
     send_msg(&f, sizeof f);
     free(vec);
@@ -408,9 +655,26 @@ static void start_exec(size_t len, int *fds, int nfds) {
   }
   uint32_t rec[2];
   ssize_t n;
-  do n = read(st[0], rec, sizeof rec); while (n < 0 && errno == EINTR);
+  int lfd = -1;
+  for (;;) {
+    n = notify ? recv_status(st[0], rec, &lfd) : read(st[0], rec, sizeof rec);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == (ssize_t)sizeof rec && rec[0] == STATUS_LISTENER) continue;
+    break;
+  }
   close(st[0]);
-  if (n == (ssize_t)sizeof rec) {
+  /* Exec'd with a listener that did not reach init (no fd left to receive it, no memory to
+   * keep it): its refusals would answer ENOSYS, never reported. It does not run so. */
+  int lerr = 0;
+  if (n == 0 && notify && (lfd < 0 || add_listener(lfd, r.id, prog, r.seccomp_len) < 0)) {
+    lerr = lfd < 0 ? EMFILE : ENOMEM;
+    if (lfd >= 0) close(lfd);
+    kill(pid, SIGKILL);
+    rec[0] = XSTEP_SECCOMP, rec[1] = (uint32_t)lerr;
+  } else if (n != 0 && lfd >= 0) {
+    close(lfd);
+  }
+  if (n == (ssize_t)sizeof rec || lerr) {
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -461,6 +725,7 @@ static void reap_children(void) {
     if (pid <= 0) return;
     for (size_t i = 0; i < nslots; i++) {
       if (slots[i].pid != pid) continue;
+      flush_dropped(slots[i].id);
       struct exited_msg m = {MSG_EXITED, slots[i].id, status, 0,
                              (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
                              (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
@@ -536,12 +801,16 @@ int main(void) {
     if (w != (ssize_t)sizeof ready) return 125;
   }
 
-  struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {
-    if (poll(pfd, 2, -1) < 0) {
+    /* The control socket, the signalfd, then each seccomp listener. */
+    struct pollfd *pfd = poll_set(sfd);
+    size_t npfd = 2 + nlisteners;
+    if (poll(pfd, npfd, -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
+    /* Refusals first: their reports then precede the exit of the process that made them. */
+    if (npfd > 2) serve_listeners(pfd + 2, npfd - 2);
     if (pfd[1].revents & POLLIN) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof si) > 0) {
