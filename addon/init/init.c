@@ -356,6 +356,14 @@ static struct pollfd poll_two[2]; /* the poll set until a listener needs more */
 static struct pollfd *pollfds = poll_two;
 static size_t cappollfds = 2;
 
+/* Linux 6.6; older headers lack them. */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
 #define REPORT_BURST 100.0
 #define REPORT_PER_SECOND 100.0
 static double report_tokens = REPORT_BURST;
@@ -392,6 +400,9 @@ static int add_listener(int fd, uint32_t id, const struct sock_filter *prog, uin
   struct sock_filter *copy = malloc(bytes);
   if (!copy) return -1;
   memcpy(copy, prog, bytes);
+  /* The answer wakes the caller on init's CPU, as a switch, not a cross-CPU wake-up (6.6+;
+   * older kernels refuse the flag and wake it the usual way). */
+  ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);
   listeners[nlisteners++] = (struct listener){fd, id, 0, bytes / (uint32_t)sizeof *prog, copy};
   return 0;
 }
