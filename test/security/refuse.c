@@ -9,6 +9,8 @@
  *   listener              tries to install a filter of its own with a listener (as a nested
  *                         supervisor would, to answer refused calls with CONTINUE): "ok" or "errno N"
  *   allowed COUNT         COUNT getppid calls (allowed): the allowed path, for the bench
+ *   time MODE COUNT       as `allowed COUNT` or `add_key COUNT`, printing only the loop's time
+ *                         in nanoseconds (bench/seccomp-notify.ts)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static void result(long r, int e) {
@@ -39,7 +42,24 @@ static int loop(long nr, unsigned long count) {
   return 0;
 }
 
+static long long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 4 && strcmp(argv[1], "time") == 0) {
+    unsigned long count = strtoul(argv[3], NULL, 0);
+    int refused = strcmp(argv[2], "add_key") == 0;
+    long long t0 = now_ns();
+    for (unsigned long i = 0; i < count; i++) {
+      if (refused) syscall(SYS_add_key, "user", "k", "v", 1, -2);
+      else syscall(SYS_getppid);
+    }
+    printf("%lld\n", now_ns() - t0);
+    return 0;
+  }
   if (argc < 2) {
     fprintf(stderr, "usage: refuse MODE [ARG...]\n");
     return 2;

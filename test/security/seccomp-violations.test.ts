@@ -7,9 +7,7 @@
  * supervisor of its own, profiles that refuse the calls init's exec child needs.
  * refuse.c drives the calls (built static on the host: the busybox image has no compiler).
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,25 +17,14 @@ import { UNREPORTED_SYSCALLS } from '../../lib/seccomp/bpf.js';
 import { SYSCALLS_AARCH64, SYSCALLS_X86_64 } from '../../lib/seccomp/syscalls.generated.js';
 import { decode, runFilter } from '../helpers/bpf-interp.js';
 import { ARCHES, AUDIT_ARCH, DEFAULT_CAPS, TABLE } from '../helpers/seccomp-reference.js';
+import { staticBinary } from '../helpers/static-c.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const arch = hostSeccompArch();
 const NR = arch === 'x86_64' ? SYSCALLS_X86_64 : SYSCALLS_AARCH64;
 const EPERM = 1, EACCES = 13, EBUSY = 16, ENOSYS = 38;
 
-let refuseBin: Buffer | undefined;
-function refuseBinary(): Buffer {
-  if (refuseBin) return refuseBin;
-  const dir = mkdtempSync(join(tmpdir(), 'hutch-refuse-'));
-  try {
-    const out = join(dir, 'refuse');
-    execFileSync('gcc', ['-static', '-O2', '-Wall', '-o', out, join(here, 'refuse.c')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    refuseBin = readFileSync(out);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return refuseBin;
-}
+const refuseBinary = (): Buffer => staticBinary(join(here, 'refuse.c'));
 
 async function withRefuse(seccomp: 'default' | SeccompProfile = 'default'): Promise<Sandbox> {
   const sb = await Sandbox.create({ image: 'busybox', seccomp });
