@@ -161,6 +161,32 @@ describe('refused calls, reported', () => {
     for (const v of r.violations) expect(v).toMatchObject(syscallViolation('add_key'));
   });
 
+  it("init closes each exec's listener once no process uses its filter (no fd left behind per exec)", async () => {
+    const sleeper = sb.spawn(['sleep', '987653']);
+    const hostPid = async (): Promise<number> => {
+      for (let i = 0; i < 200; i++) {
+        const [pid] = processesWith('987653');
+        if (pid) return pid;
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      throw new Error('sleep did not start');
+    };
+    const ppid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${await hostPid()}/status`, 'utf8'))![1]);
+    expect(readFileSync(`/proc/${ppid}/comm`, 'utf8')).toMatch(/hutch-ini/);
+    const fds = (): number => readdirSync(`/proc/${ppid}/fd`).length;
+    const before = fds();
+    for (let i = 0; i < 5; i++) expect((await sb.exec(['/refuse', 'add_key', '1'])).violations).toHaveLength(1);
+    // The last listener is closed on init's next turn after the exit it reported.
+    let after = fds();
+    for (let i = 0; i < 100 && after !== before; i++) {
+      await new Promise((res) => setTimeout(res, 20));
+      after = fds();
+    }
+    expect(after).toBe(before);
+    sleeper.kill('SIGKILL');
+    await sleeper.result;
+  });
+
   it("a task cannot become the supervisor of its own refused calls: a second listener on the filter stack is EBUSY", async () => {
     // A filter of its own with a listener would get the notifications (the newest filter's
     // USER_NOTIF wins) and could answer CONTINUE, running a call hutch refused.
