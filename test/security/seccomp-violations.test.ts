@@ -293,6 +293,27 @@ describe('floods', () => {
     expect(maxLag).toBeLessThan(1000);
   });
 
+  it("while one exec floods from four processes, another exec's refusal is answered and counted, and a neighbour sandbox reports its own", async () => {
+    const flood = sb.spawn(['sh', '-c', 'for i in 1 2 3 4; do /refuse add_key 900000003 & done; wait']);
+    const neighbour = await withRefuse();
+    try {
+      await new Promise((res) => setTimeout(res, 300));
+      const other = await sb.exec(['/refuse', 'add_key', '1'], { encoding: 'utf8' });
+      expect(String(other.stdout).trim()).toBe(`errno ${EPERM} failed 1`);
+      // Listed, or counted when the flood has taken the sandbox's reporting budget: never lost.
+      expect(other.violations.length + other.violationsDropped).toBe(1);
+      for (const v of other.violations) expect(v).toMatchObject(syscallViolation('add_key'));
+      const n = await neighbour.exec(['/refuse', 'unshare_user'], { encoding: 'utf8' });
+      expect(String(n.stdout).trim()).toBe(`errno ${EPERM}`);
+      expect(n.violations).toEqual([expect.objectContaining(syscallViolation('unshare'))]);
+    } finally {
+      flood.kill('SIGKILL');
+      await neighbour.destroy();
+    }
+    expect((await flood.result).reason).toBe('killed');
+    expect(processesWith('900000003')).toEqual([]);
+  });
+
   it('a flood killed while its refused calls wait ends, and the sandbox serves the next exec', async () => {
     const r = await sb.exec(['/refuse', 'add_key', '900000001'], { timeoutMs: 300 });
     expect(r.reason).toBe('timeout');
