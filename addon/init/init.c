@@ -239,6 +239,18 @@ static void read_ignored_signals(void) {
   if (*p == '\n') ignored_signals = m;
 }
 
+/* Set by an exec child (it shares init's memory until it execs) that loaded its reporting
+ * program without a listener: init then expects none. */
+static volatile int exec_without_listener;
+
+/* exec child: a reporting program made plain, in place: each SECCOMP_RET_USER_NOTIF | errno
+ * back to SECCOMP_RET_ERRNO | errno (lib/seccomp/bpf.ts reportingAction, reversed). */
+static void plain_program(struct sock_filter *p, unsigned short n) {
+  for (unsigned short i = 0; i < n; i++)
+    if (p[i].code == (BPF_RET | BPF_K) && (p[i].k & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_USER_NOTIF)
+      p[i].k = SECCOMP_RET_ERRNO | (p[i].k & SECCOMP_RET_DATA);
+}
+
 /* The status record that carries a seccomp listener (SCM_RIGHTS); failures carry a step. */
 #define STATUS_LISTENER 0xfffffffeu
 
@@ -284,6 +296,15 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
     struct sock_fprog fp = {(unsigned short)(r->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
     int notify = (r->flags & EXEC_SECCOMP_NOTIFY) != 0;
     long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &fp);
+    if (fd < 0 && notify && errno == EBUSY) {
+      /* A filter above ours has a listener already (hutch itself runs under a supervisor,
+       * LXD's or Sysbox's): the kernel allows one per stack. Refuse as the profile says,
+       * unreported: the program back to plain errnos, and init told so (shared memory). */
+      plain_program((struct sock_filter *)prog, fp.len);
+      notify = 0;
+      exec_without_listener = 1;
+      fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp);
+    }
     if (fd < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
     /* From here on every call goes through the filter. The ones up to the exec (this
      * sendmsg, execve, and write/_exit on failure) are never notifying in a reporting
@@ -652,6 +673,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
     return;
   }
   struct exec_child_args ca = {&r, rl, prog, cwd, argv, envp, fds, {st[0], st[1]}};
+  exec_without_listener = 0;
   pid_t pid = clone(exec_child_entry, exec_stack + sizeof exec_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
   int fork_err = errno;
   close(st[1]);
@@ -677,6 +699,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
   /* Exec'd with a listener that did not reach init (no fd left to receive it, no memory to
    * keep it): its refusals would answer ENOSYS, never reported. It does not run so. */
   int lerr = 0;
+  if (exec_without_listener) notify = 0;
   if (n == 0 && notify && (lfd < 0 || add_listener(lfd, r.id, prog, r.seccomp_len) < 0)) {
     lerr = lfd < 0 ? EMFILE : ENOMEM;
     if (lfd >= 0) close(lfd);

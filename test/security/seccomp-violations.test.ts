@@ -7,7 +7,10 @@
  * supervisor of its own, profiles that refuse the calls init's exec child needs.
  * refuse.c drives the calls (built static on the host: the busybox image has no compiler).
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { promisify } from 'node:util';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +21,7 @@ import { SYSCALLS_AARCH64, SYSCALLS_X86_64 } from '../../lib/seccomp/syscalls.ge
 import { decode, runFilter } from '../helpers/bpf-interp.js';
 import { ARCHES, AUDIT_ARCH, DEFAULT_CAPS, TABLE } from '../helpers/seccomp-reference.js';
 import { staticBinary } from '../helpers/static-c.js';
+import { isRoot, needs } from '../helpers/require.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const arch = hostSeccompArch();
@@ -251,6 +255,33 @@ describe('profiles', () => {
       await sb?.destroy();
     }
   });
+});
+
+describe('under a supervisor of the host', () => {
+  it.skipIf(needs(isRoot, 'runs node under a seccomp listener of its own, which needs root (no no_new_privs)'))(
+    'hutch under a filter that already has a listener: refusals stay plain EPERM, unreported, and execs work',
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'hutch-supervise-'));
+      try {
+        const sup = join(dir, 'supervise');
+        writeFileSync(sup, staticBinary(join(here, 'supervise.c')), { mode: 0o755 });
+        const script = join(dir, 'run.mjs');
+        writeFileSync(
+          script,
+          `import { Sandbox } from ${JSON.stringify(join(here, '../../dist/lib/index.js'))};\n` +
+            `const r = await Sandbox.run({ image: 'busybox', command: ['sh', '-c', 'unshare -U true; echo rc=$?'], encoding: 'utf8' });\n` +
+            `console.log(JSON.stringify({ stdout: r.stdout, stderr: r.stderr, violations: r.violations }));\n`,
+        );
+        const { stdout } = await promisify(execFile)(sup, [process.execPath, script], { env: process.env });
+        const r = JSON.parse(stdout.trim().split('\n').at(-1)!) as { stdout: string; stderr: string; violations: Violation[] };
+        expect(r.stdout.trim()).toBe('rc=1');
+        expect(r.stderr).toMatch(/Operation not permitted/);
+        expect(r.violations).toEqual([]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 describe('floods', () => {
