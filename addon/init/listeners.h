@@ -70,9 +70,29 @@ static int report_allowed(void) {
   return 1;
 }
 
-/* Keeps a listener with its own copy of the program (msgbuf is the next message's), and room
- * for it in the poll set, so that every listener is always polled. */
+/* Buffers for SECCOMP_IOCTL_NOTIF_RECV/SEND, as large as this kernel's structs (it may know
+ * more fields than our headers): SECCOMP_GET_NOTIF_SIZES. */
+static struct seccomp_notif *notif_req;
+static struct seccomp_notif_resp *notif_resp;
+static size_t notif_req_size, notif_resp_size;
+
+static int notif_buffers(void) {
+  if (notif_req) return 0;
+  struct seccomp_notif_sizes sz;
+  if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sz) < 0) return -1;
+  notif_req_size = sz.seccomp_notif > sizeof *notif_req ? sz.seccomp_notif : sizeof *notif_req;
+  notif_resp_size = sz.seccomp_notif_resp > sizeof *notif_resp ? sz.seccomp_notif_resp : sizeof *notif_resp;
+  notif_req = calloc(1, notif_req_size);
+  notif_resp = calloc(1, notif_resp_size);
+  return notif_req && notif_resp ? 0 : -1;
+}
+
+/* Keeps a listener with its own copy of the program (msgbuf is the next message's), room for
+ * it in the poll set, so that every listener is always polled, and the buffers to serve it:
+ * whatever serving needs is had before the exec runs (or it does not run), never when a
+ * caller is already waiting. */
 static int add_listener(int fd, uint32_t id, const struct sock_filter *prog, uint32_t bytes) {
+  if (notif_buffers() < 0) return -1;
   if (nlisteners == caplisteners) {
     size_t n = caplisteners ? caplisteners * 2 : 8;
     struct listener *p = realloc(listeners, n * sizeof *p);
@@ -195,26 +215,8 @@ static void flush_dropped(uint32_t id) {
     if (listeners[i].id == id && listeners[i].fd >= 0 && listeners[i].dropped) send_violation(&listeners[i], 0, -1, 0, 0, VIOLATION_COUNT_ONLY);
 }
 
-/* Buffers for SECCOMP_IOCTL_NOTIF_RECV/SEND, as large as this kernel's structs (it may know
- * more fields than our headers): SECCOMP_GET_NOTIF_SIZES. */
-static struct seccomp_notif *notif_req;
-static struct seccomp_notif_resp *notif_resp;
-static size_t notif_req_size, notif_resp_size;
-
-static int notif_buffers(void) {
-  if (notif_req) return 0;
-  struct seccomp_notif_sizes sz;
-  if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sz) < 0) return -1;
-  notif_req_size = sz.seccomp_notif > sizeof *notif_req ? sz.seccomp_notif : sizeof *notif_req;
-  notif_resp_size = sz.seccomp_notif_resp > sizeof *notif_resp ? sz.seccomp_notif_resp : sizeof *notif_resp;
-  notif_req = calloc(1, notif_req_size);
-  notif_resp = calloc(1, notif_resp_size);
-  return notif_req && notif_resp ? 0 : -1;
-}
-
 /* One notification: answered with the program's errno, reported or counted. */
 static void serve_one(struct listener *l) {
-  if (notif_buffers() < 0) return;
   memset(notif_req, 0, notif_req_size); /* RECV wants it zeroed */
   if (ioctl(l->fd, SECCOMP_IOCTL_NOTIF_RECV, notif_req) < 0) return; /* ENOENT: its caller is gone */
   uint32_t ret = run_filter(l->prog, l->len, &notif_req->data);
