@@ -348,7 +348,7 @@ describe('floods', () => {
   it('a flood killed while its refused calls wait ends, and the sandbox serves the next exec', async () => {
     const r = await sb.exec(['/refuse', 'add_key', '900000001'], { timeoutMs: 300 });
     expect(r.reason).toBe('timeout');
-    expect(r.violations.length).toBeGreaterThan(0);
+    expect(r.violations.length + r.violationsDropped).toBeGreaterThan(0); // listed or counted: the budget may be spent by the floods before
     const next = await sb.exec(['/refuse', 'add_key', '1'], { encoding: 'utf8' });
     expect(String(next.stdout).trim()).toBe(`errno ${EPERM} failed 1`);
     expect(next.violations).toHaveLength(1);
