@@ -16,6 +16,7 @@ import { checkTtySize } from './options.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
 import type { PausableTimer, PauseClock } from './pause.js';
 import type { Violation, ViolationCollector, ViolationLog } from './network/violations.js';
+import { recordSyscallViolation } from './seccomp/violations.js';
 
 export type { ResourceUsage, EndReason, ExecResult, SandboxProcess } from './process-types.js';
 import type { ResourceUsage, EndReason, ExecResult, SandboxProcess } from './process-types.js';
@@ -358,6 +359,8 @@ export class ProcessState implements SandboxProcess {
       this.tr.mark('exited');
       this.exited = m;
       this.maybeSettle();
+    } else if (m.type === 'violation') {
+      recordSyscallViolation(this.host.violations, m, this.seen ?? null);
     } else if (m.type === 'protocol-error') {
       this.fail(new HutchError('ESETUP', `init refused the exec request (code ${m.code}); this is a bug in hutch`, { step: 'exec' }));
     }

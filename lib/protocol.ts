@@ -6,8 +6,8 @@ import { EXEC_STEPS as EXEC_STEP_NAMES } from './errors.js';
 
 type ExecStep = (typeof EXEC_STEP_NAMES)[number];
 
-export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104 } as const;
-export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2, TTY: 4, KEEP_GROUPS: 8 } as const;
+export const MSG = { EXEC: 1, KILL: 2, STARTED: 101, FAILED: 102, EXITED: 103, PROTOCOL_ERROR: 104, VIOLATION: 105 } as const;
+export const EXEC_FLAGS = { SECCOMP: 1, NO_NEW_PRIVS: 2, TTY: 4, KEEP_GROUPS: 8, SECCOMP_NOTIFY: 16 } as const;
 
 /** Steps of an exec inside the sandbox (MSG_FAILED), by number. */
 export const EXEC_STEPS: Record<number, ExecStep> = Object.fromEntries(EXEC_STEP_NAMES.map((name, i) => [i + 1, name]));
@@ -22,6 +22,8 @@ export interface ExecRequest {
   keepGroups?: boolean;
   rlimits: { resource: number; soft: number; hard: number }[];
   seccomp: Buffer | null;
+  /** The program refuses by notifying: init installs it with a listener and reports refusals (MSG_VIOLATION). */
+  seccompNotify?: boolean;
   cwd: string;
   argv: string[];
   env: string[];
@@ -59,7 +61,7 @@ export function encodeExec(r: ExecRequest): Buffer {
   buf.writeUInt32LE(r.uid, 8);
   buf.writeUInt32LE(r.gid, 12);
   buf.writeBigUInt64LE(r.caps, 16);
-  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0) | (r.tty ? EXEC_FLAGS.TTY : 0) | (r.keepGroups ? EXEC_FLAGS.KEEP_GROUPS : 0), 24);
+  buf.writeUInt32LE((r.seccomp ? EXEC_FLAGS.SECCOMP : 0) | (r.noNewPrivs ? EXEC_FLAGS.NO_NEW_PRIVS : 0) | (r.tty ? EXEC_FLAGS.TTY : 0) | (r.keepGroups ? EXEC_FLAGS.KEEP_GROUPS : 0) | (r.seccomp && r.seccompNotify ? EXEC_FLAGS.SECCOMP_NOTIFY : 0), 24);
   buf.writeUInt32LE(r.rlimits.length, 28);
   buf.writeUInt32LE(prog.length, 32);
   buf.writeUInt32LE(r.argv.length, 36);
@@ -91,7 +93,9 @@ export type InitMessage =
   | { type: 'started'; id: number; pid: number; fd?: number }
   | { type: 'failed'; id: number; errno: number; step: ExecStep }
   | { type: 'exited'; id: number; status: number; utimeUs: number; stimeUs: number; maxrssKb: number }
-  | { type: 'protocol-error'; id: number; code: number };
+  | { type: 'protocol-error'; id: number; code: number }
+  /** A call the exec's seccomp program refused (nr >= 0), or only a count (nr -1); `dropped`: refusals not reported before it. */
+  | { type: 'violation'; id: number; pid: number; nr: number; arch: number; errno: number; dropped: number };
 
 export function decode(m: Buffer): InitMessage | undefined {
   if (m.length < 16) return undefined;
@@ -117,6 +121,11 @@ export function decode(m: Buffer): InitMessage | undefined {
       };
     case MSG.PROTOCOL_ERROR:
       return { type: 'protocol-error', id, code: m.readUInt32LE(8) };
+    case MSG.VIOLATION: {
+      if (m.length < 32) return undefined;
+      const countOnly = (m.readUInt32LE(28) & 1) !== 0;
+      return { type: 'violation', id, pid: m.readInt32LE(8), nr: countOnly ? -1 : m.readInt32LE(12), arch: m.readUInt32LE(16), errno: m.readUInt32LE(20), dropped: m.readUInt32LE(24) };
+    }
     default:
       return undefined;
   }

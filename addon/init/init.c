@@ -27,6 +27,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "confine.h"
@@ -181,9 +182,9 @@ static int open_pty(const struct tty_req *t, uint32_t uid, uint32_t gid, int *ma
 /* exec child: the pty on fd 0 becomes the controlling terminal of the new session. */
 static int take_controlling_tty(void) { return ioctl(0, TIOCSCTTY, 0); }
 
-/* MSG_STARTED with the pty's master attached. */
-static void send_started_with_fd(const struct started_msg *m, int fd) {
-  struct iovec iov = {(void *)m, sizeof *m};
+/* One message with one fd attached (SCM_RIGHTS). Async-signal-safe: the exec child uses it. */
+static ssize_t send_with_fd(int sock, const void *data, size_t len, int fd) {
+  struct iovec iov = {(void *)data, len};
   union {
     struct cmsghdr align;
     char buf[CMSG_SPACE(sizeof(int))];
@@ -201,8 +202,12 @@ static void send_started_with_fd(const struct started_msg *m, int fd) {
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof fd);
   ssize_t n;
-  do n = sendmsg(CTL_FD, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+  return n;
 }
+
+/* MSG_STARTED with the pty's master attached. */
+static void send_started_with_fd(const struct started_msg *m, int fd) { send_with_fd(CTL_FD, m, sizeof *m, fd); }
 
 /* The signals init ignores, as /proc/self/status's SigIgn shows them once at start (bit s-1
  * for signal s): inherited from the host process (Node ignores SIGPIPE; whoever started Node
@@ -232,6 +237,27 @@ static void read_ignored_signals(void) {
     m = m << 4 | (uint64_t)v;
   }
   if (*p == '\n') ignored_signals = m;
+}
+
+/* Set by an exec child (it shares init's memory until it execs) that loaded its reporting
+ * program without a listener: init then expects none. */
+static volatile int exec_without_listener;
+
+/* exec child: a reporting program made plain, in place: each SECCOMP_RET_USER_NOTIF | errno
+ * back to SECCOMP_RET_ERRNO | errno (lib/seccomp/bpf.ts reportingAction, reversed). */
+static void plain_program(struct sock_filter *p, unsigned short n) {
+  for (unsigned short i = 0; i < n; i++)
+    if (p[i].code == (BPF_RET | BPF_K) && (p[i].k & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_USER_NOTIF)
+      p[i].k = SECCOMP_RET_ERRNO | (p[i].k & SECCOMP_RET_DATA);
+}
+
+/* The status record that carries a seccomp listener (SCM_RIGHTS); failures carry a step. */
+#define STATUS_LISTENER 0xfffffffeu
+
+/* exec child: hands its filter's listener to init over the status socket. */
+static int send_listener(int status_fd, int fd) {
+  uint32_t rec[2] = {STATUS_LISTENER, 0};
+  return send_with_fd(status_fd, rec, sizeof rec, fd) == (ssize_t)sizeof rec ? 0 : -1;
 }
 
 /* exec child: everything between fork and execve, in the order that keeps each step possible:
@@ -268,7 +294,23 @@ static void run_exec_child(const struct exec_req *r, const struct rlimit_req *rl
     die_exec(status_fd, XSTEP_CAPABILITIES, errno);
   if (r->flags & EXEC_SECCOMP) {
     struct sock_fprog fp = {(unsigned short)(r->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
+    int notify = (r->flags & EXEC_SECCOMP_NOTIFY) != 0;
+    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &fp);
+    if (fd < 0 && notify && errno == EBUSY) {
+      /* A filter above ours has a listener already (hutch itself runs under a supervisor,
+       * LXD's or Sysbox's): the kernel allows one per stack. Refuse as the profile says,
+       * unreported: the program back to plain errnos, and init told so (shared memory). */
+      plain_program((struct sock_filter *)prog, fp.len);
+      notify = 0;
+      exec_without_listener = 1;
+      fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp);
+    }
+    if (fd < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
+    /* From here on every call goes through the filter. The ones up to the exec (this
+     * sendmsg, execve, and write/_exit on failure) are never notifying in a reporting
+     * program (lib/seccomp/bpf.ts UNREPORTED_SYSCALLS): init, suspended until the exec,
+     * could not answer them. The listener is close-on-exec: init holds the only copy after. */
+    if (notify && send_listener(status_fd, (int)fd) < 0) die_exec(status_fd, XSTEP_SECCOMP, errno);
   }
   die_exec(status_fd, XSTEP_EXEC, exec_search(argv, envp));
 }
@@ -312,6 +354,8 @@ static int exec_child_entry(void *p) {
   return 127;
 }
 
+#include "listeners.h"
+
 /* Parses one MSG_EXEC, forks, waits for the child's exec (EOF on the status pipe) or its
  * failure, and reports which. */
 static void start_exec(size_t len, int *fds, int nfds) {
@@ -336,7 +380,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
   if (nfds != (tty ? 0 : 3) || r.nrlimits > 64 || r.seccomp_len % sizeof(struct sock_filter) != 0 ||
       r.seccomp_len > 4096 * sizeof(struct sock_filter) || need != len || r.argc == 0 || r.argc > 1 << 16 ||
       r.envc > 1 << 16 || r.strings_len == 0 || msgbuf[len - 1] != 0 ||
-      ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0)) {
+      ((r.flags & EXEC_SECCOMP) && r.seccomp_len == 0) || ((r.flags & EXEC_SECCOMP_NOTIFY) && !(r.flags & EXEC_SECCOMP))) {
     report_protocol_error(r.id, EPROTO);
     close_fds(fds, nfds);
     return;
@@ -384,8 +428,10 @@ static void start_exec(size_t len, int *fds, int nfds) {
     fds = ttyfds;
     nfds = 1;
   }
+  /* The status channel: a pipe, or with a listener to hand over a socket (SCM_RIGHTS). */
+  int notify = (r.flags & EXEC_SECCOMP_NOTIFY) != 0;
   int st[2];
-  if (pipe2(st, O_CLOEXEC) < 0) {
+  if ((notify ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, st) : pipe2(st, O_CLOEXEC)) < 0) {
     struct failed_msg f = {MSG_FAILED, r.id, errno, XSTEP_FORK};
     send_msg(&f, sizeof f);
     free(vec);
@@ -394,6 +440,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
     return;
   }
   struct exec_child_args ca = {&r, rl, prog, cwd, argv, envp, fds, {st[0], st[1]}};
+  exec_without_listener = 0;
   pid_t pid = clone(exec_child_entry, exec_stack + sizeof exec_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
   int fork_err = errno;
   close(st[1]);
@@ -408,9 +455,27 @@ static void start_exec(size_t len, int *fds, int nfds) {
   }
   uint32_t rec[2];
   ssize_t n;
-  do n = read(st[0], rec, sizeof rec); while (n < 0 && errno == EINTR);
+  int lfd = -1;
+  for (;;) {
+    n = notify ? recv_status(st[0], rec, &lfd) : read(st[0], rec, sizeof rec);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == (ssize_t)sizeof rec && rec[0] == STATUS_LISTENER) continue;
+    break;
+  }
   close(st[0]);
-  if (n == (ssize_t)sizeof rec) {
+  /* Exec'd with a listener that did not reach init (no fd left to receive it, no memory to
+   * keep it): its refusals would answer ENOSYS, never reported. It does not run so. */
+  int lerr = 0;
+  if (exec_without_listener) notify = 0;
+  if (n == 0 && notify && (lfd < 0 || add_listener(lfd, r.id, prog, r.seccomp_len) < 0)) {
+    lerr = lfd < 0 ? EMFILE : ENOMEM;
+    if (lfd >= 0) close(lfd);
+    kill(pid, SIGKILL);
+    rec[0] = XSTEP_SECCOMP, rec[1] = (uint32_t)lerr;
+  } else if (n != 0 && lfd >= 0) {
+    close(lfd);
+  }
+  if (n == (ssize_t)sizeof rec || lerr) {
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -461,6 +526,7 @@ static void reap_children(void) {
     if (pid <= 0) return;
     for (size_t i = 0; i < nslots; i++) {
       if (slots[i].pid != pid) continue;
+      flush_dropped(slots[i].id);
       struct exited_msg m = {MSG_EXITED, slots[i].id, status, 0,
                              (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec,
                              (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec,
@@ -536,12 +602,16 @@ int main(void) {
     if (w != (ssize_t)sizeof ready) return 125;
   }
 
-  struct pollfd pfd[2] = {{CTL_FD, POLLIN, 0}, {sfd, POLLIN, 0}};
   for (;;) {
-    if (poll(pfd, 2, -1) < 0) {
+    /* The control socket, the signalfd, then each seccomp listener. */
+    struct pollfd *pfd = poll_set(sfd);
+    size_t npfd = 2 + nlisteners;
+    if (poll(pfd, npfd, -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
+    /* Refusals first: their reports then precede the exit of the process that made them. */
+    if (npfd > 2) serve_listeners(pfd + 2, npfd - 2);
     if (pfd[1].revents & POLLIN) {
       struct signalfd_siginfo si;
       while (read(sfd, &si, sizeof si) > 0) {

@@ -22,6 +22,7 @@ enum msg_type {
   MSG_FAILED = 102,
   MSG_EXITED = 103,
   MSG_PROTOCOL_ERROR = 104,
+  MSG_VIOLATION = 105, /* struct violation_msg: a call the exec's seccomp program refused (EXEC_SECCOMP_NOTIFY) */
 };
 
 enum exec_flags {
@@ -29,6 +30,8 @@ enum exec_flags {
   EXEC_NO_NEW_PRIVS = 2,
   EXEC_TTY = 4, /* a struct tty_req follows the header; the process runs on a new pty of the sandbox's devpts */
   EXEC_KEEP_GROUPS = 8, /* setgroups is denied (a one-id map written unprivileged): the groups stay as they are */
+  EXEC_SECCOMP_NOTIFY = 16, /* the program refuses by SECCOMP_RET_USER_NOTIF | errno: init installs it with a
+                             * listener, answers each refusal with -errno and reports it (MSG_VIOLATION) */
 };
 
 /* Steps of an exec inside the sandbox, for MSG_FAILED. */
@@ -100,6 +103,21 @@ struct exited_msg {
   uint64_t utime_us;
   uint64_t stime_us;
   uint64_t maxrss_kb;
+};
+
+/* A refused call (flags 0) or only a count of unreported ones (VIOLATION_COUNT_ONLY). `id` is
+ * the exec whose filter refused it (its forks share the filter); `dropped` counts the refusals
+ * of that filter init did not report (rate bound) since its last message for it. */
+#define VIOLATION_COUNT_ONLY 1u
+struct violation_msg {
+  uint32_t type;
+  uint32_t id;
+  int32_t pid;   /* in the sandbox's pid namespace */
+  int32_t nr;    /* syscall number */
+  uint32_t arch; /* AUDIT_ARCH_* */
+  uint32_t err;  /* the errno the caller got */
+  uint32_t dropped;
+  uint32_t flags;
 };
 
 struct protocol_error_msg {

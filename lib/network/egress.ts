@@ -154,7 +154,7 @@ export class SandboxEgress {
     const missing = c - this.logged - this.unlogged;
     if (missing <= 0) return;
     this.unlogged += missing;
-    this.log.uncounted(missing);
+    this.log.drop(missing); // refused past the kernel's log limit: counted, never seen one by one
   }
 
   /** A packet the kernel refused (NFLOG): the names that resolved to its address, if any. */

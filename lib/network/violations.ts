@@ -68,14 +68,19 @@ export class ViolationLog {
     return { violations: c.list, violationsDropped: c.dropped };
   }
 
-  /** Counts `n` violations never seen one by one (refused past the kernel's log limit). */
-  uncounted(n: number): void {
-    this.dropped += n;
-    for (const c of this.open) c.dropped += n;
+  /** The collectors a violation goes to: every open one, or only `to` (null: none) when its exec is known. */
+  private targets(to: ViolationCollector | null | undefined): Iterable<ViolationCollector> {
+    return to === undefined ? this.open : to && this.open.has(to) ? [to] : [];
   }
 
-  /** Records `n` violations like `v` (n > 1: a counted burst, e.g. from kernel counters). */
-  record(v: Violation, n = 1): void {
+  /** Counts `n` violations that their source did not report (rate bound there, e.g. a sandbox's init). */
+  drop(n: number, to?: ViolationCollector | null): void {
+    this.dropped += n;
+    for (const c of this.targets(to)) c.dropped += n;
+  }
+
+  /** Records `n` violations like `v` (n > 1: a counted burst, e.g. from kernel counters); `to`: see targets. */
+  record(v: Violation, n = 1, to?: ViolationCollector | null): void {
     const now = Date.now();
     this.tokens = Math.min(BURST, this.tokens + ((now - this.refilled) * PER_SECOND) / 1000);
     this.refilled = now;
@@ -86,7 +91,7 @@ export class ViolationLog {
     }
     const lost = n - reported;
     this.dropped += lost;
-    for (const c of this.open) {
+    for (const c of this.targets(to)) {
       if (reported && c.list.length < EXEC_VIOLATIONS_MAX) c.list.push(v);
       else c.dropped += reported;
       c.dropped += lost;

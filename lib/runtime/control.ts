@@ -11,6 +11,8 @@ import { checkInsidePath, resolveCommand, type ResolvedExecOptions } from '../op
 import { ProcessState, type ExecResult, type ProcessHost } from '../process.js';
 import { imageUser } from '../plan/index.js';
 import type { SandboxCore } from './core.js';
+import { isReportingProgram } from '../seccomp/index.js';
+import { recordSyscallViolation } from '../seccomp/violations.js';
 import { destroySandbox } from './destroy.js';
 
 /**
@@ -88,6 +90,8 @@ function onControl(core: SandboxCore): void {
     }
     const msg = decode(m);
     const p = msg && core.procs.get(msg.id);
+    // A refusal by a filter whose exec has ended (a process it left behind): the event only.
+    if (msg?.type === 'violation' && !p) recordSyscallViolation(core.violationLog, msg, null);
     if (!msg || !p) {
       const fd = (m as Buffer & { fd?: number }).fd; // a pty master nobody waits for
       if (fd !== undefined) native().close(fd);
@@ -195,6 +199,7 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
         keepGroups: idSource().denySetgroups,
         rlimits: core.opts.limits.rlimits,
         seccomp: core.seccomp,
+        seccompNotify: isReportingProgram(core.seccomp),
         cwd,
         argv,
         env,

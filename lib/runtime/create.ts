@@ -5,7 +5,7 @@
 import { HutchError } from '../errors.js';
 import { dropIdleIds } from '../idrange.js';
 import { native } from '../native.js';
-import { compileSeccomp } from '../seccomp/index.js';
+import { compileSeccomp, seccompReporting } from '../seccomp/index.js';
 import { ImageStore } from '../image/store.js';
 import { attachNetwork, hostsFile, settleNetwork } from '../network/index.js';
 import { SandboxEgress, nflogGroup } from '../network/egress.js';
@@ -40,7 +40,7 @@ export async function createCore(opts: ResolvedSandboxOptions, how: { warm?: boo
   const tr = new Trace('create');
   const n = native();
   // Planning that can still refuse (a profile too large for BPF...) runs before anything is made.
-  const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities });
+  const seccomp = compileSeccomp(opts.seccomp, { capabilities: opts.capabilities, report: seccompReporting() });
   tr.mark('seccomp');
   const store = opts.store ?? (defaultStore ??= ImageStore.default());
   const image = await resolveCached(store, opts.image);

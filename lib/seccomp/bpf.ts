@@ -1,5 +1,5 @@
 import { HutchError } from '../errors.js';
-import { AUDIT_ARCH, ENOSYS, SECCOMP_RET, type CheckedArg } from './profile.js';
+import { AUDIT_ARCH, ENOSYS, SECCOMP_RET, syscallTable, type CheckedArg } from './profile.js';
 import type { ResolvedFilter, ResolvedRule } from './resolve.js';
 
 // Compiles a resolved profile to classic BPF for seccomp(SECCOMP_SET_MODE_FILTER).
@@ -14,6 +14,32 @@ import type { ResolvedFilter, ResolvedRule } from './resolve.js';
 //      first, each a chain of 64-bit comparisons (AND), falling through to the next (OR).
 // Conditional jumps reach 255 instructions at most; the assembler inserts `ja` trampolines
 // (32-bit offsets) where a target is further.
+
+/** SECCOMP_RET_USER_NOTIF (linux/seccomp.h): the call waits for the filter's listener. */
+export const SECCOMP_RET_USER_NOTIF = 0x7fc00000;
+const ACTION_MASK = 0xffff0000;
+
+/**
+ * Calls that keep a plain ERRNO in a reporting program: init's exec child makes them after it
+ * installed the filter and before exec, while init waits for it (CLONE_VFORK) and cannot
+ * answer, so a refusal that waited for an answer would hang the child and init with it:
+ * handing the listener to init (sendmsg), the exec itself, and reporting a failed exec (write,
+ * exit, exit_group).
+ */
+export const UNREPORTED_SYSCALLS = ['sendmsg', 'execve', 'execveat', 'write', 'exit', 'exit_group'] as const;
+
+/**
+ * The action of a reporting program for `k`: a refusal with an errno other than ENOSYS becomes
+ * SECCOMP_RET_USER_NOTIF with the errno kept in the data bits, which the kernel ignores for
+ * USER_NOTIF and init reads back by running the same program over the notification's data.
+ * ENOSYS stays as it is: it is how a profile says "this call does not exist" so that libc
+ * falls back (clone3, numbers newer than the profile), and reporting it would report every
+ * thread glibc starts.
+ */
+export function reportingAction(k: number): number {
+  if (((k & ACTION_MASK) >>> 0) !== SECCOMP_RET.ERRNO || (k & 0xffff) === ENOSYS) return k;
+  return (SECCOMP_RET_USER_NOTIF | (k & 0xffff)) >>> 0;
+}
 
 /** BPF_MAXINSNS (linux/bpf_common.h). */
 export const BPF_MAXINSNS = 4096;
@@ -227,17 +253,39 @@ interface Interval {
   decision: Decision;
 }
 
-/** Cuts 0..2^32-1 into maximal intervals of equal decision. */
-function intervals(filter: ResolvedFilter): Interval[] {
+function reportingDecision(d: Decision): Decision {
+  if (d.kind === 'ret') return { kind: 'ret', k: reportingAction(d.k) };
+  if (d.kind === 'x86high') return { kind: 'x86high', notSyscall: reportingAction(d.notSyscall) };
+  return { kind: 'rules', rules: d.rules.map((r) => ({ ...r, action: reportingAction(r.action) })), fallback: reportingAction(d.fallback) };
+}
+
+/**
+ * Cuts 0..2^32-1 into maximal intervals of equal decision. With `report`, refusals become
+ * reporting actions (reportingAction), but for UNREPORTED_SYSCALLS. The mapping is one to one
+ * on the actions a profile can have (none is USER_NOTIF: SCMP_ACT_NOTIFY is refused), so the
+ * intervals, and with them the search tree every allowed call walks, are the same as without
+ * it, unless the profile refuses one of UNREPORTED_SYSCALLS, which then gets a leaf of its own.
+ */
+function intervals(filter: ResolvedFilter, report = false): Interval[] {
   const out: Interval[] = [];
   const push = (start: number, decision: Decision): void => {
     const last = out.at(-1);
     if (last && last.decision.kind === 'ret' && decision.kind === 'ret' && last.decision.k === decision.k) return;
     out.push({ start, decision });
   };
-  const dflt: Decision = { kind: 'ret', k: filter.defaultAction };
-  const beyond = filter.enosysAbove === undefined ? dflt : { kind: 'ret' as const, k: (SECCOMP_RET.ERRNO | ENOSYS) >>> 0 };
-  const numbers = [...filter.bySyscall.keys()].sort((a, b) => a - b);
+  const plainDflt: Decision = { kind: 'ret', k: filter.defaultAction };
+  const plainBeyond = filter.enosysAbove === undefined ? plainDflt : { kind: 'ret' as const, k: (SECCOMP_RET.ERRNO | ENOSYS) >>> 0 };
+  const mapped = (d: Decision): Decision => (report ? reportingDecision(d) : d);
+  const dflt = mapped(plainDflt);
+  const beyond = mapped(plainBeyond);
+  const table = syscallTable(filter.arch);
+  const unreported = new Set<number>(report ? UNREPORTED_SYSCALLS.map((n) => table[n]).filter((n): n is number => n !== undefined) : []);
+  const numbers = [...new Set([...filter.bySyscall.keys(), ...unreported])].sort((a, b) => a - b);
+  const decide = (nr: number): Decision => {
+    const rules = filter.bySyscall.get(nr);
+    const plain = rules ? simplify(rules, filter.defaultAction) : filter.enosysAbove !== undefined && nr > filter.enosysAbove ? plainBeyond : plainDflt;
+    return unreported.has(nr) ? plain : mapped(plain);
+  };
   // Numbers no rule names, from..to-1: the default, then ENOSYS past the newest named call
   // (which may have no rule left: one that repeats the default action is dropped).
   const gap = (from: number, to: number): void => {
@@ -248,7 +296,7 @@ function intervals(filter: ResolvedFilter): Interval[] {
   let next = 0;
   for (const nr of numbers) {
     gap(next, nr);
-    push(nr, simplify(filter.bySyscall.get(nr)!, filter.defaultAction));
+    push(nr, decide(nr));
     next = nr + 1;
   }
   gap(next, filter.arch === 'x86_64' ? X32_SYSCALL_BIT : NR_SKIPPED);
@@ -257,7 +305,7 @@ function intervals(filter: ResolvedFilter): Interval[] {
     // the kernel answers ENOSYS for them, and so does runc's stub, which only skips numbers
     // with bit 30 set, so they get what numbers past the newest syscall get. One leaf for
     // 0x40000000..0xfffffffe keeps the search tree the shape it had when all of it was killed.
-    push(X32_SYSCALL_BIT, { kind: 'x86high', notSyscall: filter.enosysAbove === undefined ? filter.defaultAction : beyond.k });
+    push(X32_SYSCALL_BIT, mapped({ kind: 'x86high', notSyscall: filter.enosysAbove === undefined ? filter.defaultAction : plainBeyond.k }));
   }
   push(NR_SKIPPED, { kind: 'ret', k: SECCOMP_RET.ALLOW });
   return out;
@@ -309,8 +357,11 @@ function emitTree(asm: Assembler, iv: Interval[], lo: number, hi: number): void 
   emitTree(asm, iv, mid, hi);
 }
 
-/** The `struct sock_filter[]` program for a resolved filter; EINVAL past BPF_MAXINSNS. */
-export function generateProgram(filter: ResolvedFilter, what = 'seccomp'): Buffer {
+/**
+ * The `struct sock_filter[]` program for a resolved filter; EINVAL past BPF_MAXINSNS. With
+ * `report`, a reporting program: refusals wait for init's answer (reportingAction).
+ */
+export function generateProgram(filter: ResolvedFilter, what = 'seccomp', report = false): Buffer {
   const asm = new Assembler();
   const archOk = new Label();
   const badArch = new Label();
@@ -320,7 +371,7 @@ export function generateProgram(filter: ResolvedFilter, what = 'seccomp'): Buffe
   asm.ret(SECCOMP_RET.KILL_PROCESS);
   asm.label(archOk);
   asm.ld(OFF_NR);
-  const iv = intervals(filter);
+  const iv = intervals(filter, report);
   emitTree(asm, iv, 0, iv.length - 1);
   const prog = asm.assemble();
   const n = prog.length / 8;

@@ -1,6 +1,6 @@
 import { kernelFeatures } from '../host/features.js';
 import { invalid, unsupported } from '../errors.js';
-import { generateProgram } from './bpf.js';
+import { generateProgram, SECCOMP_RET_USER_NOTIF } from './bpf.js';
 import { DEFAULT_SECCOMP_PROFILE } from './default.js';
 import { parseKernelRelease, resolveProfile } from './resolve.js';
 import {
@@ -43,6 +43,51 @@ export interface CompileSeccompOptions {
   capabilities: readonly string[];
   /** For `minKernel` conditions; default: this host's kernel release. */
   kernelRelease?: string;
+  /**
+   * A reporting program: refusals with an errno (ENOSYS excepted) wait for the answer of init,
+   * which reports them as violations (docs/seccomp.md, "Violations"). Default false. Taken
+   * only where the kernel has what init needs (Linux 5.10); elsewhere the plain program.
+   */
+  report?: boolean;
+}
+
+/** Programs that refuse by notifying init: their exec requests ask init for a listener. */
+const reportingPrograms = new WeakSet<Buffer>();
+
+/** Whether init must install `prog` with a listener and answer its notifications. */
+export function isReportingProgram(prog: Buffer | null): boolean {
+  return prog !== null && reportingPrograms.has(prog);
+}
+
+/**
+ * Whether this kernel can run reporting programs: SECCOMP_RET_USER_NOTIF (5.0), the listener's
+ * POLLHUP once no task uses its filter (5.9), which init needs to know when to close it.
+ */
+export function kernelCanReport(kernelRelease: string): boolean {
+  const [major, minor] = parseKernelRelease(kernelRelease);
+  return major > 5 || (major === 5 && minor >= 10);
+}
+
+let reportingEnabled = true;
+
+/**
+ * @internal Turns the reporting of seccomp refusals off (or on again) for sandboxes created
+ * after the call: for the benchmark's "reporting off" runs (bench/seccomp-notify.ts).
+ */
+export function setSeccompReporting(on: boolean): void {
+  reportingEnabled = on;
+}
+
+/** @internal Whether sandboxes made now report seccomp refusals. */
+export function seccompReporting(): boolean {
+  return reportingEnabled;
+}
+
+function hasNotify(prog: Buffer): boolean {
+  for (let i = 0; i < prog.length; i += 8) {
+    if (prog.readUInt16LE(i) === 0x06 && (prog.readUInt32LE(i + 4) & 0xffff0000) >>> 0 === SECCOMP_RET_USER_NOTIF) return true;
+  }
+  return false;
 }
 
 /** The architecture seccomp programs are built for on this host. */
@@ -97,8 +142,10 @@ export function compileSeccomp(profile: SeccompOption, opts: CompileSeccompOptio
       }),
     ),
   ].sort();
-  const kernel = parseKernelRelease(opts.kernelRelease ?? kernelFeatures().kernelRelease);
-  const key = `${arch}|${kernel.join('.')}|${caps.join(',')}`;
+  const release = opts.kernelRelease ?? kernelFeatures().kernelRelease;
+  const kernel = parseKernelRelease(release);
+  const report = opts.report === true && kernelCanReport(release);
+  const key = `${arch}|${kernel.join('.')}|${caps.join(',')}${report ? '|report' : ''}`;
 
   const obj: unknown = profile === 'default' ? DEFAULT_SECCOMP_PROFILE : profile;
   if (typeof obj !== 'object' || obj === null) throw invalid('seccomp', "'default', 'unconfined' or a seccomp profile object", profile);
@@ -110,7 +157,8 @@ export function compileSeccomp(profile: SeccompOption, opts: CompileSeccompOptio
   const jsonKey = `${key}|${profileJson(obj)}`;
   let prog = programsByJson.get(jsonKey);
   if (!prog) {
-    prog = generateProgram(resolveProfile(checked, { arch, capabilities: caps, kernelRelease: kernel.join('.') }));
+    prog = generateProgram(resolveProfile(checked, { arch, capabilities: caps, kernelRelease: kernel.join('.') }), 'seccomp', report);
+    if (report && hasNotify(prog)) reportingPrograms.add(prog);
     if (programsByJson.size >= JSON_CACHE_LIMIT) programsByJson.delete(programsByJson.keys().next().value!);
     programsByJson.set(jsonKey, prog);
   }

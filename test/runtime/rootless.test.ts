@@ -119,6 +119,16 @@ describe.skipIf(skip !== undefined)('rootless: an ordinary user with subordinate
     expect(statSync(layers).uid).toBe(subStart(USER));
   });
 
+  it('reports a refused syscall as an ordinary user: a seccomp listener needs no privilege beyond no_new_privs', () => {
+    const r = runAs(USER, `
+      const x = await hutch.Sandbox.run({ image: 'busybox', command: ['sh', '-c', 'unshare -U true; echo rc=$?'], encoding: 'utf8' });
+      return { out: x.stdout, violations: x.violations.map((v) => v.syscall) };
+    `, { env: { HUTCH_ROOT: store } });
+    expect(r.error).toBeUndefined();
+    expect(r.out.trim()).toBe('rc=1');
+    expect(r.violations).toEqual(['unshare']);
+  });
+
   it('keeps an image file owned by uid 1000 as 1000 inside', () => {
     const tar = join(dir, 'owned.tar');
     const src = mkdtempSync(join(dir, 'src-'));
