@@ -113,9 +113,22 @@ static ssize_t recv_plan(int fd, void *buf, size_t len) {
   return n;
 }
 
-/* The task's side (C2): PID 1 of its pid namespace, in its own mount namespace. */
+/* What the setup half of a task leaves for its second half (task_finish): a prepared fork
+ * returns to the zygote's code between the two (hutch_zygote_task returns 1). */
+static struct {
+  int ctl, sfd, in, out, err, keep;
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+} st;
+static int task_finish(void);
+/* hutch_zygote_task's tasks keep the request socket until the zygote's code closes it. */
+static int keep_ctl, task_ctl = -1;
+
+/* The task's side: PID 1 of its pid namespace, in its own mount namespace. `session`: call
+ * setsid() (not when the caller already leads a session of its own). */
 static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimit *rl, const struct sock_filter *prog,
-                        const char *strings, int in, int out, int err, int keep) {
+                        const char *strings, int in, int out, int err, int keep, int session) {
   const char *scratch = strings;
   const char *shm = scratch + strlen(scratch) + 1;
   const char *hostname = shm + strlen(shm) + 1;
@@ -214,7 +227,18 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     a.attr_set = MOUNT_ATTR_RDONLY;
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
-  CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;
+  st.pl = pl, st.rl = rl, st.prog = prog;
+}
+
+/* The task's second half: a prepared fork's request, then init (fork()), or stdio, fds,
+ * rlimits, ids, capabilities, no_new_privs and seccomp. Returns 0 in the task. */
+static int task_finish(void) {
+  int ctl = st.ctl, sfd = st.sfd, in = st.in, out = st.out, err = st.err, keep = st.keep;
+  const struct hz_plan *pl = st.pl;
+  const struct hz_rlimit *rl = st.rl;
+  const struct sock_filter *prog = st.prog;
   if (in < 0) {
     /* Prepared ahead (`size`): wait here, set up but still privileged, for the task's request:
      * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds. */
@@ -287,7 +311,55 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   }
   unsigned char ok = 'S';
   send(ctl, &ok, 1, MSG_NOSIGNAL);
-  close(ctl);
+  if (keep_ctl) task_ctl = ctl; /* close-on-exec; the zygote's code closes it before task code */
+  else close(ctl);
+  return 0;
+}
+
+/* In the task (hutch_zygote_task's), before any task code: a step of the zygote's own that
+ * failed (cwd, files, exec), reported to the host as a setup failure; never returns. */
+void hutch_zygote_fail(const char *step, int err) {
+  if (task_ctl >= 0) fail(task_ctl, step, err);
+  _exit(125);
+}
+
+/* In the task, right before task code runs: the request socket closed (exec closes it too). */
+void hutch_zygote_close(void) {
+  if (task_ctl >= 0) close(task_ctl);
+  task_ctl = -1;
+}
+
+/* The plan and the image's layers (and init's binary, last, for fork()), checked; exits
+ * 125 when the host gave up on the request. */
+static void read_plan(int ctl, const struct hz_plan **plp, const struct hz_rlimit **rlp, const struct sock_filter **progp,
+                      const char **stringsp) {
+  ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
+  if (n <= 0) _exit(125); /* the host gave up on this request */
+  const struct hz_plan *pl = (const struct hz_plan *)planbuf;
+  if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
+      (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
+      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
+    fail(ctl, "plan", EINVAL);
+  nlayers_total = nlayers;
+  if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
+  *plp = pl;
+  *rlp = (const struct hz_rlimit *)(planbuf + sizeof *pl);
+  *progp = (const struct sock_filter *)((const unsigned char *)*rlp + pl->nrlimits * sizeof **rlp);
+  *stringsp = (const char *)*progp + pl->seccomp_len;
+}
+
+/* A fork's first steps: a session of its own (a kill of the zygote's process group must not
+ * reach it), off the zygote's stdio (it must not hold the zygote's pipes open), then the plan
+ * and the image's layers, which the host sends with the request. */
+static void start_fork(int ctl, const struct hz_plan **pl, const struct hz_rlimit **rl, const struct sock_filter **prog,
+                       const char **strings) {
+  if (setsid() < 0) fail(ctl, "session", errno);
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) fail(ctl, "fds", errno);
+  for (int i = 0; i < 3; i++)
+    if (dup2(nul, i) < 0) fail(ctl, "fds", errno);
+  close(nul);
+  read_plan(ctl, pl, rl, prog, strings);
 }
 
 /* The request a prepared fork received (its JSON), for the zygote: its length, or -1 when
@@ -316,27 +388,12 @@ static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
  * never returns. The zygote must have closed its own copy of these fds in the parent.
  */
 int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
-  /* 0. A session of its own (a kill of the zygote's process group must not reach its forks)
-   * and off the zygote's stdio (a fork must not hold the zygote's pipes open). */
-  if (setsid() < 0) fail(ctl, "session", errno);
-  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (nul < 0) fail(ctl, "fds", errno);
-  for (int i = 0; i < 3; i++)
-    if (dup2(nul, i) < 0) fail(ctl, "fds", errno);
-  close(nul);
-  /* 1. The plan and the image's layers: the host sends them with the request. */
-  ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
-  if (n <= 0) _exit(125); /* the host gave up on this request */
-  const struct hz_plan *pl = (const struct hz_plan *)planbuf;
-  if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
-      (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
-      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
-    fail(ctl, "plan", EINVAL);
-  nlayers_total = nlayers;
-  if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
-  const struct hz_rlimit *rl = (const struct hz_rlimit *)(planbuf + sizeof *pl);
-  const struct sock_filter *prog = (const struct sock_filter *)((const unsigned char *)rl + pl->nrlimits * sizeof *rl);
-  const char *strings = (const char *)prog + pl->seccomp_len;
+  /* 0-1. Its own session, off the zygote's stdio; the plan and the image's layers. */
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+  const char *strings;
+  start_fork(ctl, &pl, &rl, &prog, &strings);
   /* 2. New namespaces (the cgroup one later, in the task, once the host has moved it into
    * this fork's cgroup), and the task's process: PID 1 of the new pid namespace. */
   struct sigaction dfl;
@@ -347,8 +404,8 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   pid_t task = fork();
   CHECK("fork", task);
   if (task == 0) {
-    become_task(ctl, pl, rl, prog, strings, in, out, err, keep);
-    return 0;
+    become_task(ctl, pl, rl, prog, strings, in, out, err, keep, 1);
+    return task_finish();
   }
   /* 3. C1: no task code runs here. Both pidfds to the host, which moves both processes into
    * the fork's cgroup and makes the task's proc while the task sets up its mounts; then how
@@ -373,4 +430,114 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   memcpy(m + 1, &status, 4);
   send(ctl, m, 5, MSG_NOSIGNAL);
   _exit(0);
+}
+
+/*
+ * One fork per task (the built-in zygotes; docs/templates.md, "The zygote protocol"): the
+ * zygote calls hutch_zygote_fork_begin() before its fork(), hutch_zygote_fork_end(pid, ctl)
+ * in the parent after it, and hutch_zygote_task() in the child. The child is PID 1 of a new
+ * pid namespace from its birth, so no intermediate process is forked (a fork of a large
+ * interpreter is most of what a task costs). The zygote, its parent, runs no task code and
+ * reports its wait status: it polls the pidfd that fork_end returns and calls
+ * hutch_zygote_reap(pidfd) when that is readable.
+ */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#define HZ_MAX_LIVE 4096
+static int self_pidns = -1;
+static struct {
+  int pidfd, ctl;
+} live[HZ_MAX_LIVE];
+static int nlive;
+
+/* In the zygote, before fork(): its next child is PID 1 of a new pid namespace. 0 or -1. */
+int hutch_zygote_fork_begin(void) {
+  if (self_pidns < 0) {
+    self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    if (self_pidns < 0) return -1;
+    /* Statuses are kept until hutch_zygote_reap takes them (not with SIGCHLD ignored). */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &dfl, NULL);
+  }
+  /* Back to our own pid namespace for children first: a fork that never happened leaves it. */
+  if (setns(self_pidns, CLONE_NEWPID) < 0) return -1;
+  return unshare(CLONE_NEWPID);
+}
+
+/* In the zygote, after fork() (`pid`, or < 0 when it failed): the next fork is ours again;
+ * the task's pidfd goes to the host ('P'); returns that pidfd for the zygote to poll, or -1
+ * (the child, if any, killed and reaped; the host sees the request socket close). */
+int hutch_zygote_fork_end(int pid, int ctl) {
+  int back = setns(self_pidns, CLONE_NEWPID);
+  if (pid <= 0) return -1;
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  int c = pidfd < 0 ? -1 : fcntl(ctl, F_DUPFD_CLOEXEC, 3);
+  if (back < 0 || c < 0 || nlive == HZ_MAX_LIVE || send_fds(c, 'P', &pidfd, 1) < 0) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (pidfd >= 0) close(pidfd);
+    if (c >= 0) close(c);
+    return -1;
+  }
+  live[nlive].pidfd = pidfd;
+  live[nlive].ctl = c;
+  nlive++;
+  return pidfd;
+}
+
+/* In the zygote, when a task's pidfd is readable: its wait status to the host ('X'), its fds
+ * closed. 0 when reaped, 1 when it has not ended yet, -1 for a pidfd not ours. */
+int hutch_zygote_reap(int pidfd) {
+  int i = 0;
+  while (i < nlive && live[i].pidfd != pidfd) i++;
+  if (i == nlive) return -1;
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  int r;
+  do r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG); while (r < 0 && errno == EINTR);
+  if (r == 0 && si.si_pid == 0) return 1;
+  int status = 9; /* not ours to wait for after all: reported as killed */
+  if (r == 0) status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+  unsigned char m[5] = {'X'};
+  memcpy(m + 1, &status, 4);
+  send(live[i].ctl, m, 5, MSG_NOSIGNAL);
+  close(live[i].ctl);
+  close(pidfd);
+  live[i] = live[--nlive];
+  return 0;
+}
+
+/*
+ * In the zygote's child, after fork() between fork_begin and fork_end, with the request's
+ * socket, stdio and files fd (as hutch_zygote_enter). Returns 0 in the task, isolated and
+ * confined; 1 in a fork prepared ahead (`{"prepared": true}`): set up, still privileged,
+ * running only the zygote's code, which may warm up and then calls hutch_zygote_ready().
+ * Never returns for a fork() request (the process becomes init) nor on failure.
+ */
+int hutch_zygote_task(int ctl, int in, int out, int err, int keep) {
+  /* What the zygote holds for its other tasks never reaches this one. */
+  for (int i = 0; i < nlive; i++) close(live[i].pidfd), close(live[i].ctl);
+  nlive = 0;
+  if (self_pidns >= 0) close(self_pidns), self_pidns = -1;
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+  const char *strings;
+  start_fork(ctl, &pl, &rl, &prog, &strings);
+  if (getpid() != 1) fail(ctl, "pidns", EINVAL); /* fork_begin was not called */
+  CHECK("unshare", unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+  become_task(ctl, pl, rl, prog, strings, in, out, err, keep, 0);
+  keep_ctl = 1;
+  if (in < 0 && !pl->as_init) return 1;
+  return task_finish();
+}
+
+/* In a prepared fork (hutch_zygote_task returned 1): waits for the task's request, then the
+ * privilege drop; returns 0 in the task (hutch_zygote_request gives the request). */
+int hutch_zygote_ready(void) {
+  return task_finish();
 }

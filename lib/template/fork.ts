@@ -41,6 +41,8 @@ export interface Prepared {
   cgroup: SandboxCgroup;
   ctl: number;
   c1: number;
+  /** The zygote that forked it: its parent, which reports how its task ends. */
+  zygote: Zygote;
 }
 
 /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
@@ -69,21 +71,22 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
           if (m === undefined) return;
           if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
-          if (kind === 'P' && m.fds.length === 2) {
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
             try {
               placeFork(ctl, m.fds, cg, false);
             } catch (e) {
-              n.close(m.fds[0]!);
+              if (c1 >= 0) n.close(c1);
               return reject(e);
             }
-            return resolve(m.fds[0]!);
+            return resolve(c1);
           }
           for (const fd of m.fds) n.close(fd);
           if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
         }
       });
     });
-    return { id, cgroup, ctl, c1 };
+    return { id, cgroup, ctl, c1, zygote: z };
   } catch (e) {
     if (ctl >= 0) n.close(ctl);
     await cgroup?.destroy().catch(() => undefined);
@@ -98,7 +101,7 @@ export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
   const n = native();
   p.cgroup.kill();
   n.close(p.ctl);
-  n.close(p.c1);
+  if (p.c1 >= 0) n.close(p.c1);
   await p.cgroup.destroy().catch(() => undefined);
   await site.store.release(p.id).catch(() => undefined);
 }
@@ -124,15 +127,17 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
 }
 
 /**
- * The fork's 'P' message (its two processes' pidfds): both into the fork's cgroup, then a
- * proc of the task's pid namespace sent back (helper.c says why). Returns the task's host
- * pid and keeps its pidfd when `keepTask`; throws HutchError (the cgroup killed).
+ * The fork's 'P' message: the task's pidfd, after the intermediate process's when the zygote
+ * forked one (hutch_zygote_enter); each into the fork's cgroup, then a proc of the task's pid
+ * namespace sent back (helper.c says why). Returns the task's host pid and keeps its pidfd
+ * when `keepTask` (else closes it; an intermediate's pidfd is the caller's); throws
+ * HutchError (the cgroup killed).
  */
 export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
   const n = native();
-  const taskfd = fds[1]!;
+  const taskfd = fds[fds.length - 1]!;
   try {
-    const pids = [fdinfoPid(fds[0]!), fdinfoPid(taskfd)];
+    const pids = fds.map(fdinfoPid);
     try {
       for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
     } catch (e) {
@@ -143,7 +148,7 @@ export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTas
     const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
     n.close(proc);
     if (isFailure(s)) throw fail('proc', s.errno, 'send');
-    return { pid: pids[1]!, pidfd: keepTask ? taskfd : -1 };
+    return { pid: pids[pids.length - 1]!, pidfd: keepTask ? taskfd : -1 };
   } catch (e) {
     cg.kill();
     throw e;
@@ -209,8 +214,8 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
           if (m === undefined) return;
           if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
-          if (kind === 'P' && m.fds.length === 2) {
-            c1 = m.fds[0]!;
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            if (m.fds.length === 2) c1 = m.fds[0]!;
             try {
               got = placeFork(sock, m.fds, cg, true);
             } catch (e) {

@@ -184,9 +184,23 @@ describe.skipIf(skip)('templates: isolation', () => {
   });
 
   it('reports a failed setup step as ESETUP, never a hang', async () => {
-    const r = await t.run(['/no/such/program'], { encoding: 'utf8' });
-    expect(r.exitCode).not.toBe(0);
     await expect(t.run(['python3', '-c', 'pass'], { timeoutMs: 100_000, cwd: 'relative' })).rejects.toBeInstanceOf(HutchError);
+  });
+
+  it('rejects a missing or non-executable program and a missing cwd as Sandbox.exec does (ESETUP exec / cwd), never exit 1 with a traceback', async () => {
+    await expect(t.run(['/no/such/program'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'ENOENT', path: '/no/such/program' });
+    await expect(t.run(['no-such-command', 'arg'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'ENOENT' });
+    // Not executable: a file without its x bits (written by hand, not through `files`, which makes #! files runnable).
+    await expect(t.run(['/etc/passwd'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'EACCES' });
+    await expect(t.run(['python3', '-c', 'print(1)'], { cwd: '/no/such/dir' })).rejects.toMatchObject({ code: 'ESETUP', step: 'cwd', errno: 'ENOENT' });
+    // A python script that is not there is python's own answer, as a cold run gives it.
+    const cold = await Sandbox.run({ command: ['python3', '/no/such.py'], encoding: 'utf8' });
+    const warm = await t.run(['python3', '/no/such.py'], { encoding: 'utf8' });
+    expect(warm.exitCode).toBe(2);
+    expect(warm.exitCode).toBe(cold.exitCode);
+    expect(warm.stderr).toBe(cold.stderr);
+    // And the template serves on.
+    expect((await t.run(['python3', '-c', 'print(5)'], { encoding: 'utf8' })).stdout).toBe('5\n');
   });
 });
 
