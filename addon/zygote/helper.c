@@ -31,6 +31,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -220,7 +221,8 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   CHECK("pivot", umount2(".", MNT_DETACH));
   CHECK("pivot", chdir("/"));
   close(root);
-  if (!pl->as_init) close(sfd); /* init holds it as fd 4 (commit reads the upper dir there) */
+  /* sfd stays open: init holds it as fd 4 (commit reads the upper dir there); a task's goes
+   * with every other fd (task_finish). */
   if (pl->readonly_root) {
     struct mount_attr a;
     memset(&a, 0, sizeof a);
@@ -239,20 +241,27 @@ static int task_finish(void) {
   const struct hz_plan *pl = st.pl;
   const struct hz_rlimit *rl = st.rl;
   const struct sock_filter *prog = st.prog;
+  int as_init = (int)pl->as_init;
+  int initbin = as_init ? layer_fds[nlayers_total - 1] : -1;
   if (in < 0) {
     /* Prepared ahead (`size`): wait here, set up but still privileged, for the task's request:
-     * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds. */
+     * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds; or 'I' and
+     * 3 fds (control socket, setup pipe, init's binary): become a Sandbox's init (fork()). */
     nlayers = 0;
     ssize_t k = recv_plan(ctl, reqbuf, sizeof reqbuf - 1);
-    if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
-    reqlen = (int)k - 1;
-    in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
+    if (k >= 1 && reqbuf[0] == 'I' && nlayers == 3) {
+      as_init = 1;
+      in = layer_fds[0], out = layer_fds[1], initbin = layer_fds[2];
+    } else {
+      if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
+      reqlen = (int)k - 1;
+      in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
+    }
   }
-  if (pl->as_init) {
+  if (as_init) {
     /* A Sandbox's init (SandboxTemplate.fork): its control socket on 3 (the request's stdin
      * fd), the writable layer's tmpfs on 4, the setup pipe on 5 (the request's stdout fd);
      * init applies credentials, capabilities, rlimits and seccomp to each exec itself. */
-    int initbin = layer_fds[nlayers_total - 1];
     int want[3] = {in, sfd, out};
     for (int i = 0; i < 3; i++) {
       int d = fcntl(want[i], F_DUPFD_CLOEXEC, 20);
@@ -540,4 +549,24 @@ int hutch_zygote_task(int ctl, int in, int out, int err, int keep) {
  * privilege drop; returns 0 in the task (hutch_zygote_request gives the request). */
 int hutch_zygote_ready(void) {
   return task_finish();
+}
+
+/* In the task, before task code: its environment ("K=V\0" strings, `len` bytes) as the C
+ * environ at once (one pointer), instead of an unsetenv/putenv per variable, each of which
+ * writes (copies) more of the zygote's pages. 0, or -1 (ENOMEM). */
+extern char **environ;
+int hutch_zygote_environ(const char *block, int len) {
+  char *copy = malloc((size_t)len + 1);
+  if (!copy) return -1;
+  memcpy(copy, block, (size_t)len);
+  copy[len] = 0;
+  int n = 0;
+  for (int i = 0; i < len; i += (int)strlen(copy + i) + 1) n++;
+  char **env = malloc(sizeof(char *) * ((size_t)n + 1));
+  if (!env) return -1;
+  n = 0;
+  for (int i = 0; i < len; i += (int)strlen(copy + i) + 1) env[n++] = copy + i;
+  env[n] = NULL;
+  environ = env;
+  return 0;
 }

@@ -53,12 +53,26 @@ def _step(lib, step, f, *a):
         lib.hutch_zygote_fail(step, e.errno or 5)
 
 
+_kept = []
+
+
+def _set_env(lib, env):
+    """The task's environment, set at once: the C environ (what exec and subprocess pass on)
+    replaced by one pointer, os.environ's mapping by a new one. Emptying and filling them entry
+    by entry would write (so copy, in each fork) many pages of the zygote's own."""
+    env = {k: v for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
+    block = b''.join(os.fsencode(k) + b'=' + os.fsencode(v) + b'\0' for k, v in env.items())
+    if lib.hutch_zygote_environ(block, len(block)) != 0:
+        raise MemoryError('the task environment')
+    _kept.append(os.environ._data)  # never freed here: freeing would write its pages too
+    os.environ._data = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+
+
 def _run_task(lib, req, files_fd):
     """In the task process (PID 1 of its own sandbox). Never returns."""
     code = 0
     try:
-        os.environ.clear()
-        os.environ.update(req['env'])
+        _set_env(lib, req['env'])
         _step(lib, b'files', _write_files, req['files'], files_fd)
         _step(lib, b'cwd', os.chdir, req['cwd'])
         argv = req['argv']
@@ -79,7 +93,8 @@ def _run_task(lib, req, files_fd):
                 os._exit(2)
         lib.hutch_zygote_close()  # task code from here on: the request socket is gone
         import runpy
-        sys.stdin = open(0, 'r', closefd=False)
+        # sys.stdin stays the zygote's object: fd 0, which is the task's stdin now, and which
+        # the zygote never read (a new one costs pages of its own in every fork).
         if args[:1] == ['-c']:
             sys.argv = ['-c'] + args[2:]
             sys.path[0:0] = ['']
@@ -128,6 +143,7 @@ def _warm(lib):
     json.loads('{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
     exec(compile('pass', '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
     os.environ.get('PATH')
+    os.fsencode('PATH')
     os.getcwd()
 
 
@@ -140,6 +156,7 @@ def main():
     lib.hutch_zygote_reap.argtypes = [ctypes.c_int]
     lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.hutch_zygote_fail.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_environ.argtypes = [ctypes.c_char_p, ctypes.c_int]
     import atexit, runpy, traceback, select  # what every task uses: imported once, here
     _preload(sys.argv[1:])
     import gc

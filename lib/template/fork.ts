@@ -41,6 +41,8 @@ export interface Prepared {
   cgroup: SandboxCgroup;
   ctl: number;
   c1: number;
+  /** Its task process (host pid, pidfd): it becomes init when fork() takes it. */
+  task: { pid: number; pidfd: number };
   /** The zygote that forked it: its parent, which reports how its task ends. */
   zygote: Zygote;
 }
@@ -64,7 +66,7 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
     sendPlan(site, ctl, site.plan, []);
-    const c1 = await new Promise<number>((resolve, reject) => {
+    const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
       w = new n.Watch(ctl, () => {
         for (;;) {
           const m = t.recvFds(ctl);
@@ -74,19 +76,18 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
             try {
-              placeFork(ctl, m.fds, cg, false);
+              return resolve({ c1, task: placeFork(ctl, m.fds, cg, true) });
             } catch (e) {
               if (c1 >= 0) n.close(c1);
               return reject(e);
             }
-            return resolve(c1);
           }
           for (const fd of m.fds) n.close(fd);
           if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
         }
       });
     });
-    return { id, cgroup, ctl, c1, zygote: z };
+    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z };
   } catch (e) {
     if (ctl >= 0) n.close(ctl);
     await cgroup?.destroy().catch(() => undefined);
@@ -102,6 +103,7 @@ export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
   p.cgroup.kill();
   n.close(p.ctl);
   if (p.c1 >= 0) n.close(p.c1);
+  n.close(p.task.pidfd);
   await p.cgroup.destroy().catch(() => undefined);
   await site.store.release(p.id).catch(() => undefined);
 }
@@ -174,11 +176,11 @@ export async function feedStdin(fd: number, stdin: ResolvedExecOptions['stdin'])
  *
  * @throws HutchError `ESETUP` (the fork's setup failed).
  */
-export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
+export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared): Promise<Sandbox> {
   const n = native();
   const t = tn();
-  const id = randomBytes(6).toString('hex');
-  await site.store.markInUse(site.imageId, id);
+  const id = prepared?.id ?? randomBytes(6).toString('hex');
+  if (!prepared) await site.store.markInUse(site.imageId, id);
   const fds: number[] = [];
   const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
     if (isFailure(r)) throw fail('fds', r.errno, what);
@@ -187,27 +189,38 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
   };
   let cgroup: SandboxCgroup | null = null;
   let spawned: { pid: number; pidfd: number; ctlFd: number; errFd: number } | null = null;
-  let c1 = -1;
+  let c1 = prepared?.c1 ?? -1;
+  let taskfd = prepared?.task.pidfd ?? -1;
   let w: Watch | undefined;
   try {
-    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
+    cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     const cg = cgroup;
-    const req = keep(t.socketPair(), 'socketpair');
+    const req: [number, number] = prepared ? [prepared.ctl, -1] : keep(t.socketPair(), 'socketpair');
+    if (prepared) fds.push(prepared.ctl);
     const ctl = keep(t.socketPair(), 'socketpair');
     const ready = keep(n.pipe(true), 'pipe');
-    const none = keep(n.pipe(false), 'pipe');
     const bin = openSync(join(dirname(site.helperLib), 'hutch-init'), fsc.O_RDONLY);
     fds.push(bin);
-    const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), [req[1], ctl[1], ready[1], none[1], none[0]]);
-    if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
-    sendPlan(site, req[0], site.initPlan, [bin]);
-    for (const fd of [req[1], ctl[1], ready[1], none[1], none[0], bin]) {
+    let handed: number[];
+    if (prepared) {
+      // A fork prepared ahead: 'I' makes it init (its namespaces, cgroup and mounts are done).
+      handed = [ctl[1], ready[1], bin];
+      const sent = t.sendFds(prepared.ctl, Buffer.from('I'), handed);
+      if (isFailure(sent)) throw new HutchError('ESETUP', `the prepared fork is gone: ${errnoName(sent.errno)}`, { step: 'request', errno: errnoName(sent.errno) });
+    } else {
+      const none = keep(n.pipe(false), 'pipe');
+      handed = [req[1], ctl[1], ready[1], none[1], none[0], bin];
+      const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), handed.slice(0, 5));
+      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
+      sendPlan(site, req[0], site.initPlan, [bin]);
+    }
+    for (const fd of handed) {
       n.close(fd);
       fds.splice(fds.indexOf(fd), 1);
     }
     const sock = req[0];
     const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
-      let got: { pid: number; pidfd: number } | null = null;
+      let got: { pid: number; pidfd: number } | null = prepared ? { ...prepared.task } : null;
       w = new n.Watch(sock, () => {
         for (;;) {
           const m = t.recvFds(sock);
@@ -218,6 +231,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
             if (m.fds.length === 2) c1 = m.fds[0]!;
             try {
               got = placeFork(sock, m.fds, cg, true);
+              taskfd = got.pidfd;
             } catch (e) {
               return reject(e);
             }
@@ -230,6 +244,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
       });
     });
     spawned = { pid: placed.pid, pidfd: placed.pidfd, ctlFd: ctl[0], errFd: ready[0] };
+    taskfd = -1;
     fds.splice(fds.indexOf(ctl[0]), 1);
     fds.splice(fds.indexOf(ready[0]), 1);
     const setup = await waitSetup(spawned);
@@ -242,6 +257,10 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
       n.pidfdKill(spawned.pidfd, 9);
       n.close(spawned.pidfd);
       n.close(spawned.ctlFd);
+    }
+    if (taskfd >= 0) {
+      n.pidfdKill(taskfd, 9);
+      n.close(taskfd);
     }
     await cgroup?.destroy().catch(() => undefined);
     await site.store.release(id).catch(() => undefined);

@@ -417,6 +417,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       for (const w of watches) w.close();
       for (const fd of fds) n.close(fd);
       if (c1pidfd >= 0) n.close(c1pidfd);
+      if (ready) n.close(ready.task.pidfd);
       tr.end();
       // As Sandbox.run: the result is back once every process of the fork is killed; its
       // cgroup and the store's record go just after (close() and Sandbox.settle() wait).
@@ -474,6 +475,10 @@ export class ZygoteTemplate implements SandboxTemplate {
    */
   async fork(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
+    // A prepared fork (`size`) becomes the Sandbox's init: its setup is done already.
+    const ready = this.takeReady();
+    this.refill();
+    if (ready) return forkSandbox(this.site, ready.zygote, ready);
     return forkSandbox(this.site, await this.ensureZygote());
   }
 

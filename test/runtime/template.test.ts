@@ -183,6 +183,17 @@ describe.skipIf(skip)('templates: isolation', () => {
     expect(t.zygoteProcess).not.toBe(z);
   });
 
+  it('gives the task exactly its env (os.environ and what it execs: none of the zygote\'s own) and its stdin', async () => {
+    const code = 'import os, subprocess, sys\nprint(os.environ["FOO"], "HUTCH_ZYGOTE_PRELOAD" in os.environ)\nsys.stdout.flush()\n'
+      + 'subprocess.run(["sh", "-c", "echo \\"$FOO\\" ${HUTCH_ZYGOTE_PRELOAD:-unset} ${HUTCH_ZYGOTE_LIB:-unset}"])\nprint(sys.stdin.read())';
+    for (let i = 0; i < 2; i++) {
+      // The first may take the prepared fork, the second forks on demand.
+      const r = await t.run(['python3', '-c', code], { env: { FOO: 'a b=c' }, stdin: `in-${i}`, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe(`a b=c False\na b=c unset unset\nin-${i}\n`);
+    }
+  });
+
   it('reports a failed setup step as ESETUP, never a hang', async () => {
     await expect(t.run(['python3', '-c', 'pass'], { timeoutMs: 100_000, cwd: 'relative' })).rejects.toBeInstanceOf(HutchError);
   });
