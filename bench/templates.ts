@@ -61,20 +61,26 @@ async function compare(name: string, base: SandboxOptions, preload: string[], co
   }
 }
 
-/** fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). */
-async function forkVsCreate(base: SandboxOptions): Promise<void> {
+/**
+ * fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). `size` 0:
+ * each fork made on demand, as each create is; `size` 1 (runs 100 ms apart, creates too): a
+ * fork prepared ahead becomes the Sandbox, which create has no counterpart of.
+ */
+async function forkVsCreate(base: SandboxOptions, size = 0): Promise<void> {
+  const gap = size > 0 ? 100 : 0;
   const cold = await sample(N, async () => {
     const sb = await Sandbox.create(base);
     void sb.destroy();
-  });
-  const t = await Sandbox.template({ ...base, zygote: 'python' });
+  }, gap);
+  const t = await Sandbox.template({ ...base, zygote: 'python', size });
   try {
     const warm = await sample(N, async () => {
       const sb = await t.fork();
       void sb.destroy();
-    });
-    rows.push({ name: 'fork() vs create()', cold: p50(cold), template: p50(warm) });
-    console.log(`fork() to a ready Sandbox: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
+    }, gap);
+    const name = size > 0 ? 'fork() (prepared fork) vs create(), 100 ms apart' : 'fork() vs create()';
+    rows.push({ name, cold: p50(cold), template: p50(warm) });
+    console.log(`${name}: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
   } finally {
     await t.close();
     await Sandbox.settle();
@@ -155,6 +161,7 @@ async function main(): Promise<void> {
     if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
     else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
     await forkVsCreate(base);
+    await forkVsCreate(base, 1);
     await Sandbox.template({ ...base, zygote: 'node' }).then(
       (t) => t.close(),
       (e: unknown) => console.log(`node zygote: ${(e as { code?: string }).code ?? ''} ${(e as Error).message} (no node cases)`),
