@@ -194,6 +194,13 @@ describe.skipIf(skip)('templates: isolation', () => {
     }
   });
 
+  it("reseeds Python's random in every fork (the zygote forks with os.fork, whose at-fork hooks run); the hash seed is the template's", async () => {
+    const outs = await Promise.all([0, 1, 2].map(() => t.run(['python3', '-c', 'import random; print(random.random(), hash("abc"))'], { encoding: 'utf8' })));
+    const rows = outs.map((r) => (r.stdout as string).trim().split(' '));
+    expect(new Set(rows.map((r) => r[0])).size).toBe(3);
+    expect(new Set(rows.map((r) => r[1])).size).toBe(1); // shared, as docs/security.md says
+  });
+
   it('reports a failed setup step as ESETUP, never a hang', async () => {
     await expect(t.run(['python3', '-c', 'pass'], { timeoutMs: 100_000, cwd: 'relative' })).rejects.toBeInstanceOf(HutchError);
   });
