@@ -15,7 +15,7 @@ if [ "${1:-}" = --check ]; then
     for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init prebuilds/linux-$arch/hutch_template.node \
       prebuilds/linux-$arch/libhutch-zygote.so; do
       [ -f "$f" ] || { echo "prebuild: $f is missing: run npm run prebuild before npm pack" >&2; exit 1; }
-      newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f | head -1)
+      newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f ! -name "*.py" | head -1) # zygote.py ships as source
       [ -z "$newer" ] || { echo "prebuild: $f is older than $newer: run npm run prebuild before npm pack" >&2; exit 1; }
     done
   done

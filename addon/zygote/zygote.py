@@ -157,6 +157,13 @@ def main():
     lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.hutch_zygote_fail.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.hutch_zygote_environ.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
+    lib.hutch_zygote_enter.restype = ctypes.c_int
+    # HUTCH_ZYGOTE_ENTER=1: serve with protocol 1's fork-then-enter (tests keep it working).
+    legacy = os.environ.pop('HUTCH_ZYGOTE_ENTER', '') == '1'
+    if legacy:
+        import signal
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
     import atexit, runpy, traceback, select  # what every task uses: imported once, here
     _preload(sys.argv[1:])
     import gc
@@ -198,6 +205,23 @@ def main():
             if req.get('prepared'):
                 fds += [-1, -1, -1, -1]  # the task's request comes later, to the prepared fork
             if len(fds) != 5:
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+                continue
+            if legacy:
+                # Protocol 1 as first published: fork, then hutch_zygote_enter (which forks the
+                # task and an intermediate that reports it). Kept for zygotes written to it.
+                pid = os.fork()
+                if pid == 0:
+                    ours.close()
+                    if lib.hutch_zygote_enter(*fds) != 0:
+                        os._exit(125)
+                    if req.get('prepared'):
+                        buf = ctypes.create_string_buffer(1 << 16)
+                        k = lib.hutch_zygote_request(buf, 1 << 16)
+                        req = json.loads(buf.raw[:k])
+                    _run_task(lib, req, 3)
                 for fd in fds:
                     if fd >= 0:
                         os.close(fd)

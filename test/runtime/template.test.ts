@@ -233,6 +233,30 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     expect(cgroupIds()).toEqual([]);
   });
 
+  it('serves a zygote written to protocol 1 (fork, then hutch_zygote_enter): isolated runs, exit codes, fork()', async () => {
+    const t = await Sandbox.template({ zygote: ['python3', '/.hutch-zygote/zygote.py'], env: { HUTCH_ZYGOTE_ENTER: '1' }, size: 1 });
+    try {
+      const [a, b] = await Promise.all([
+        t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+        t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+      ]);
+      expect(a.stderr).toBe('');
+      expect((a.stdout as string).split('\n')[0]).toBe('1');
+      for (const n of NS) expect(nsOf(a.stdout as string)[n], n).not.toBe(nsOf(b.stdout as string)[n]);
+      expect((await t.run(['python3', '-c', 'import sys; sys.exit(3)'])).exitCode).toBe(3);
+      const sb = await t.fork();
+      try {
+        expect((await sb.exec(['cat', '/proc/1/comm'], { encoding: 'utf8' })).stdout).toBe('hutch-init\n');
+      } finally {
+        await sb.destroy();
+      }
+    } finally {
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+  });
+
   it('rejects bad options with EINVAL or EUNSUPPORTED', async () => {
     await expect(Sandbox.template({ zygote: 'ruby' as 'python' })).rejects.toMatchObject({ code: 'EINVAL' });
     await expect(Sandbox.template({ zygote: 'python', preload: [1 as unknown as string] })).rejects.toMatchObject({ code: 'EINVAL' });
