@@ -455,6 +455,9 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
 #endif
 #define HZ_MAX_LIVE 4096
 static int self_pidns = -1;
+/* The zygote's own fd limit, raised for the 2 fds it holds per live task; each task gets the
+ * limit back as the zygote started with (then the plan's rlimits). */
+static struct rlimit nofile0;
 static struct {
   int pidfd, ctl;
 } live[HZ_MAX_LIVE];
@@ -470,6 +473,10 @@ int hutch_zygote_fork_begin(void) {
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigaction(SIGCHLD, &dfl, NULL);
+    if (getrlimit(RLIMIT_NOFILE, &nofile0) == 0 && nofile0.rlim_cur < nofile0.rlim_max) {
+      struct rlimit more = {nofile0.rlim_max, nofile0.rlim_max};
+      setrlimit(RLIMIT_NOFILE, &more);
+    }
   }
   /* Back to our own pid namespace for children first: a fork that never happened leaves it. */
   if (setns(self_pidns, CLONE_NEWPID) < 0) return -1;
@@ -532,6 +539,7 @@ int hutch_zygote_task(int ctl, int in, int out, int err, int keep) {
   for (int i = 0; i < nlive; i++) close(live[i].pidfd), close(live[i].ctl);
   nlive = 0;
   if (self_pidns >= 0) close(self_pidns), self_pidns = -1;
+  if (nofile0.rlim_max != 0) setrlimit(RLIMIT_NOFILE, &nofile0);
   const struct hz_plan *pl;
   const struct hz_rlimit *rl;
   const struct sock_filter *prog;
