@@ -257,6 +257,23 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     expect(cgroupIds()).toEqual([]);
   });
 
+  it('a run in flight when its zygote dies rejects ESETUP (its reporter is gone) and its fork is killed, never a hang; the next run gets a new zygote', async () => {
+    const t = (await Sandbox.template({ zygote: 'python', size: 1 })) as ZygoteTemplate;
+    try {
+      const running = t.run(['python3', '-c', 'import time; print("up", flush=True); time.sleep(60)']);
+      await new Promise((r) => setTimeout(r, 1000));
+      const z = t.zygoteProcess!;
+      z.kill('SIGKILL');
+      await expect(running).rejects.toMatchObject({ code: 'ESETUP', step: 'zygote' });
+      const r = await t.run(['python3', '-c', 'print("again")'], { encoding: 'utf8' });
+      expect(r.stdout).toBe('again\n');
+    } finally {
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+  });
+
   it('rejects bad options with EINVAL or EUNSUPPORTED', async () => {
     await expect(Sandbox.template({ zygote: 'ruby' as 'python' })).rejects.toMatchObject({ code: 'EINVAL' });
     await expect(Sandbox.template({ zygote: 'python', preload: [1 as unknown as string] })).rejects.toMatchObject({ code: 'EINVAL' });
