@@ -126,6 +126,101 @@ static int task_finish(void);
 /* hutch_zygote_task's tasks keep the request socket until the zygote's code closes it. */
 static int keep_ctl, task_ctl = -1;
 
+/*
+ * The task's mounts locked against it, as a created sandbox's are: a user namespace of its
+ * own below the template's, with a copy of its mount namespace. The kernel locks every mount
+ * of a copy made for a less privileged user namespace, so not even a task given SYS_ADMIN
+ * can unmount a mask or remount a read-only path. Its ids map 1:1 onto the template's: the
+ * maps are written by a child that stays in the template's user namespace (the writer must be
+ * in the parent namespace, with CAP_SETUID/CAP_SETGID there). 0, or -1 with errno.
+ */
+static char idmaps[2][512];
+static char mapper_stack[16384] __attribute__((aligned(16)));
+static int mapper_pipe[2];
+static int mapper_err;
+
+static int write_file(const char *path, const char *data) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, data, strlen(data));
+  int e = errno;
+  close(fd);
+  errno = e;
+  return n == (ssize_t)strlen(data) ? 0 : -1;
+}
+
+static int mapper(void *arg) {
+  (void)arg;
+  char c;
+  ssize_t k;
+  do k = read(mapper_pipe[0], &c, 1); while (k < 0 && errno == EINTR);
+  if (k != 1) _exit(1);
+  /* The task is PID 1 of this pid namespace, and /proc is its namespace's. */
+  if (write_file("/proc/1/uid_map", idmaps[0]) < 0 || write_file("/proc/1/gid_map", idmaps[1]) < 0) {
+    mapper_err = errno;
+    _exit(1);
+  }
+  _exit(0);
+}
+
+/* "inside outside count" lines of our own map as "inside inside count": the same ids. */
+static int identity_map(const char *path, char *out, size_t cap) {
+  static char buf[512];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return errno = EINVAL, -1;
+  buf[n] = 0;
+  size_t o = 0;
+  for (char *l = buf; *l;) {
+    while (*l == ' ') l++;
+    char *a = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t alen = (size_t)(l - a);
+    while (*l == ' ') l++;
+    while (*l >= '0' && *l <= '9') l++; /* outside: not ours to name */
+    while (*l == ' ') l++;
+    char *c = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t clen = (size_t)(l - c);
+    while (*l && *l != '\n') l++;
+    if (*l) l++;
+    if (alen == 0 || clen == 0) continue;
+    if (o + 2 * alen + clen + 3 >= cap) return errno = E2BIG, -1;
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, c, clen), o += clen, out[o++] = '\n';
+  }
+  out[o] = 0;
+  return o > 0 ? 0 : (errno = EINVAL, -1);
+}
+
+static int lock_mounts(void) {
+  if (identity_map("/proc/self/uid_map", idmaps[0], sizeof idmaps[0]) < 0 ||
+      identity_map("/proc/self/gid_map", idmaps[1], sizeof idmaps[1]) < 0)
+    return -1;
+  if (pipe2(mapper_pipe, O_CLOEXEC) < 0) return -1;
+  mapper_err = 0;
+  int pid = clone(mapper, mapper_stack + sizeof mapper_stack, CLONE_VM | SIGCHLD, NULL);
+  int e = errno;
+  if (pid < 0) {
+    close(mapper_pipe[0]), close(mapper_pipe[1]);
+    return errno = e, -1;
+  }
+  int r = unshare(CLONE_NEWUSER | CLONE_NEWNS);
+  e = errno;
+  if (r == 0) r = write(mapper_pipe[1], "g", 1) == 1 ? 0 : -1, e = errno;
+  close(mapper_pipe[1]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  close(mapper_pipe[0]);
+  if (r < 0) return errno = e, -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return errno = mapper_err ? mapper_err : EPERM, -1;
+  return 0;
+}
+
 /* The task's side: PID 1 of its pid namespace, in its own mount namespace. `session`: call
  * setsid() (not when the caller already leads a session of its own). */
 static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimit *rl, const struct sock_filter *prog,
@@ -145,7 +240,6 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &dfl, NULL);
-  CHECK("hostname", sethostname(hostname, strlen(hostname)));
   CHECK("mount-private", mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
   CHECK("mountinfo", read_mountinfo());
   /* The writable layer: a tmpfs of the disk limit's size with overlay's upper and work, and
@@ -229,6 +323,11 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     a.attr_set = MOUNT_ATTR_RDONLY;
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
+  if (lock_mounts() < 0) fail(ctl, "lock", errno);
+  /* Network, IPC and UTS namespaces of the task's own user namespace (as a fresh sandbox's
+   * are its own): its capabilities reach them. */
+  CHECK("unshare", unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+  CHECK("hostname", sethostname(hostname, strlen(hostname)));
   if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
   st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;
   st.pl = pl, st.rl = rl, st.prog = prog;
@@ -546,7 +645,7 @@ int hutch_zygote_task(int ctl, int in, int out, int err, int keep) {
   const char *strings;
   start_fork(ctl, &pl, &rl, &prog, &strings);
   if (getpid() != 1) fail(ctl, "pidns", EINVAL); /* fork_begin was not called */
-  CHECK("unshare", unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+  CHECK("unshare", unshare(CLONE_NEWNS)); /* net, ipc, uts: later, in its own user namespace */
   become_task(ctl, pl, rl, prog, strings, in, out, err, keep, 0);
   keep_ctl = 1;
   if (in < 0 && !pl->as_init) return 1;

@@ -274,6 +274,44 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     expect(cgroupIds()).toEqual([]);
   });
 
+  it("locks a fork's /proc masks: a task given SYS_ADMIN cannot unmount them, as in a created sandbox", async () => {
+    const caps = ['SYS_ADMIN', 'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'SETUID', 'SETGID', 'KILL'] as const;
+    // The attack: unmount each mask and the read-only /proc/sys, then write through it.
+    const attack = [
+      'import ctypes, os',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'for p in [b"/proc/sys", b"/proc/timer_list", b"/proc/acpi", b"/proc/scsi"]:',
+      '    if os.path.exists(p):',
+      '        r = libc.umount2(p, 2)',
+      '        print(p.decode(), "unmounted" if r == 0 else os.strerror(ctypes.get_errno()))',
+      'try:',
+      '    open("/proc/sys/kernel/hostname", "w").write("x")',
+      '    print("wrote /proc/sys")',
+      'except OSError as e:',
+      '    print("write", os.strerror(e.errno))',
+    ].join('\n');
+    const t = await Sandbox.template({ zygote: 'python', capabilities: [...caps], seccomp: 'unconfined', size: 1 });
+    const sb = await Sandbox.create({ capabilities: [...caps], seccomp: 'unconfined' });
+    try {
+      const fresh = await sb.exec(['python3', '-c', attack], { encoding: 'utf8' });
+      for (let i = 0; i < 2; i++) {
+        // A prepared fork, then one forked on demand.
+        const r = await t.run(['python3', '-c', attack], { encoding: 'utf8' });
+        expect(r.stderr).toBe('');
+        expect(r.stdout).toContain('/proc/sys Invalid argument');
+        expect(r.stdout).not.toContain('unmounted');
+        expect(r.stdout).not.toContain('wrote /proc/sys');
+        expect(r.stdout).toBe(fresh.stdout);
+      }
+      // And the task still has what SYS_ADMIN gives in its own namespaces (a mount of its own).
+      const own = await t.run(['sh', '-c', 'mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted'], { encoding: 'utf8' });
+      expect(own.stdout).toBe('mounted\n');
+    } finally {
+      await sb.destroy();
+      await t.close();
+    }
+  });
+
   it('rejects bad options with EINVAL or EUNSUPPORTED', async () => {
     await expect(Sandbox.template({ zygote: 'ruby' as 'python' })).rejects.toMatchObject({ code: 'EINVAL' });
     await expect(Sandbox.template({ zygote: 'python', preload: [1 as unknown as string] })).rejects.toMatchObject({ code: 'EINVAL' });
