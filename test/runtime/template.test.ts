@@ -266,7 +266,7 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
       const z = t.zygoteProcess!;
       z.kill('SIGKILL');
       const err = await running.then((r) => r, (e: unknown) => e);
-      expect(err, JSON.stringify(err instanceof Error ? { message: err.message, ...err } : err)).toMatchObject({ code: 'ESETUP', step: 'zygote' });
+      expect(err, JSON.stringify(err instanceof Error ? { ...err, message: err.message } : err)).toMatchObject({ code: 'ESETUP', step: 'zygote' });
       const r = await t.run(['python3', '-c', 'print("again")'], { encoding: 'utf8' });
       expect(r.stdout).toBe('again\n');
     } finally {
