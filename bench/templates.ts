@@ -7,6 +7,8 @@
  * - throughput at concurrency 4;
  * - memory (PSS) per idle fork beyond the template.
  * Prints medians and ratios. HUTCH_BENCH_N sets the samples per case (default 30).
+ * HUTCH_TRACE=1 adds a line per template.run: where its time went (lib/template/index.ts:
+ * request sent, 'S' = the fork's privilege drop done, 'X' = its wait status, pipes drained).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,28 +28,32 @@ async function time(f: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
-async function sample(n: number, f: () => Promise<unknown>): Promise<number[]> {
+/** `gapMs` > 0: that long idle before each sample (what is prepared ahead is then ready). */
+async function sample(n: number, f: () => Promise<unknown>, gapMs = 0): Promise<number[]> {
   await f(); // warm
   const out: number[] = [];
-  for (let i = 0; i < n; i++) out.push(await time(f));
+  for (let i = 0; i < n; i++) {
+    if (gapMs > 0) await new Promise((r) => setTimeout(r, gapMs));
+    out.push(await time(f));
+  }
   return out;
 }
 
 interface Row { name: string; cold: number; template: number }
 const rows: Row[] = [];
 
-async function compare(name: string, base: SandboxOptions, preload: string[], command: string[]): Promise<void> {
+async function compare(name: string, base: SandboxOptions, preload: string[], command: string[], gapMs = 0): Promise<void> {
   const cold = await sample(N, async () => {
     const r = await Sandbox.run({ ...base, command });
     if (r.exitCode !== 0) throw new Error(`${name} cold: ${String(r.stderr)}`);
-  });
+  }, gapMs);
   // One fork kept ready, as Sandbox.run keeps one blank sandbox ready (lib/warm.ts).
   const t = await Sandbox.template({ ...base, zygote: 'python', preload, size: 1 });
   try {
     const warm = await sample(N, async () => {
       const r = await t.run(command);
       if (r.exitCode !== 0) throw new Error(`${name} template: ${String(r.stderr)}`);
-    });
+    }, gapMs);
     rows.push({ name, cold: p50(cold), template: p50(warm) });
     console.log(`${name}: cold p50 ${p50(cold).toFixed(1)} ms, template p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
   } finally {
@@ -55,20 +61,26 @@ async function compare(name: string, base: SandboxOptions, preload: string[], co
   }
 }
 
-/** fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). */
-async function forkVsCreate(base: SandboxOptions): Promise<void> {
+/**
+ * fork() to a ready Sandbox against a cold Sandbox.create (each destroyed after). `size` 0:
+ * each fork made on demand, as each create is; `size` 1 (runs 100 ms apart, creates too): a
+ * fork prepared ahead becomes the Sandbox, which create has no counterpart of.
+ */
+async function forkVsCreate(base: SandboxOptions, size = 0): Promise<void> {
+  const gap = size > 0 ? 100 : 0;
   const cold = await sample(N, async () => {
     const sb = await Sandbox.create(base);
     void sb.destroy();
-  });
-  const t = await Sandbox.template({ ...base, zygote: 'python' });
+  }, gap);
+  const t = await Sandbox.template({ ...base, zygote: 'python', size });
   try {
     const warm = await sample(N, async () => {
       const sb = await t.fork();
       void sb.destroy();
-    });
-    rows.push({ name: 'fork() vs create()', cold: p50(cold), template: p50(warm) });
-    console.log(`fork() to a ready Sandbox: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
+    }, gap);
+    const name = size > 0 ? 'fork() (prepared fork) vs create(), 100 ms apart' : 'fork() vs create()';
+    rows.push({ name, cold: p50(cold), template: p50(warm) });
+    console.log(`${name}: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
   } finally {
     await t.close();
     await Sandbox.settle();
@@ -98,13 +110,17 @@ async function throughput(base: SandboxOptions, seconds: number): Promise<void> 
   }
 }
 
-/** PSS of the processes of each idle fork (its task and the reporting parent), averaged. */
+/**
+ * Memory per idle fork beyond the template: the PSS of the zygote and all its forks (each
+ * process's own pages, and its share of the pages they still share) with `count` forks idle,
+ * less the zygote's PSS alone before them, divided by `count`. Summed PSS counts every page
+ * once, so this is what each fork adds to the machine (the per-process PSS of a fork alone
+ * would also carry its share of the zygote's pages, which exist without any fork).
+ */
 async function pssPerFork(base: SandboxOptions, count: number): Promise<void> {
   const t = await Sandbox.template({ ...base, zygote: 'python', preload: ['json'] });
   const runs: Promise<unknown>[] = [];
   try {
-    for (let i = 0; i < count; i++) runs.push(t.run(['python3', '-c', 'import time; time.sleep(4)']));
-    await new Promise((r) => setTimeout(r, 2000));
     const kids = (pid: number): number[] => {
       try {
         return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number);
@@ -113,11 +129,16 @@ async function pssPerFork(base: SandboxOptions, count: number): Promise<void> {
       }
     };
     const pss = (pid: number): number => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+    const tree = (pid: number): number => pss(pid) + kids(pid).reduce((a, p) => a + tree(p), 0);
+    await t.run(['python3', '-c', 'pass']); // one task run, as every later fork's zygote has
+    await new Promise((r) => setTimeout(r, 500));
     const zygote = kids(t.pid).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('zygote.py'))!;
-    const c1s = kids(zygote);
-    let total = 0;
-    for (const c1 of c1s) total += pss(c1) + kids(c1).reduce((a, p) => a + pss(p), 0);
-    console.log(`PSS per idle fork (task + its reporting parent), ${c1s.length} forks: ${(total / c1s.length / 1024).toFixed(2)} MiB; the zygote itself: ${(pss(zygote) / 1024).toFixed(2)} MiB`);
+    const alone = tree(zygote);
+    for (let i = 0; i < count; i++) runs.push(t.run(['python3', '-c', 'import time; time.sleep(4)']));
+    await new Promise((r) => setTimeout(r, 2000));
+    const forks = kids(zygote).length;
+    const added = (tree(zygote) - alone) / forks;
+    console.log(`memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${(added / 1024).toFixed(2)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
   } finally {
     await t.close();
     await Promise.allSettled(runs);
@@ -132,11 +153,19 @@ async function main(): Promise<void> {
   const base: SandboxOptions = { mounts: [{ source: dir, target: '/opt/benchmods' }], env: { PYTHONPATH: '/opt/benchmods' } };
   try {
     await compare('python hello world', base, [], ['python3', '-c', 'print("hi")']);
+    // The same with 100 ms idle before each run, cold and template alike: the next blank
+    // sandbox (cold) and the next prepared fork (template) are then ready, not being made.
+    await compare('python hello world, runs 100 ms apart', base, [], ['python3', '-c', 'print("hi")'], 100);
     await compare('200 ms import preloaded', base, ['slowmod'], ['python3', '-c', 'import slowmod; print(slowmod.VALUE)']);
     const hasNumpy = (await Sandbox.run({ command: ['python3', '-c', 'import numpy'] })).exitCode === 0;
     if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
     else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
     await forkVsCreate(base);
+    await forkVsCreate(base, 1);
+    await Sandbox.template({ ...base, zygote: 'node' }).then(
+      (t) => t.close(),
+      (e: unknown) => console.log(`node zygote: ${(e as { code?: string }).code ?? ''} ${(e as Error).message} (no node cases)`),
+    );
     await throughput(base, 5);
     await pssPerFork(base, 8);
     console.log(`\nload average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n| case | cold p50 | template p50 | ratio |\n| --- | --- | --- | --- |`);

@@ -29,7 +29,8 @@ tarball=$tmp/$tarball
 [ -f "$tarball" ] || fail "npm pack made no tarball"
 tar -tzf "$tarball" | sort >"$tmp/contents"
 for f in prebuilds/linux-x64/hutch.glibc.node prebuilds/linux-x64/hutch-init prebuilds/linux-arm64/hutch.glibc.node \
-  prebuilds/linux-arm64/hutch-init dist/lib/index.js dist/lib/index.d.ts dist/bin/hutch.js binding.gyp addon/addon.cc \
+  prebuilds/linux-arm64/hutch-init prebuilds/linux-x64/hutch_template.node prebuilds/linux-x64/libhutch-zygote.so \
+  prebuilds/linux-arm64/hutch_template.node prebuilds/linux-arm64/libhutch-zygote.so addon/zygote/zygote.py dist/lib/index.js dist/lib/index.d.ts dist/bin/hutch.js binding.gyp addon/addon.cc \
   addon/init/init.c scripts/install.mjs scripts/build-init.sh README.md docs/getting-started.md; do
   grep -qx "package/$f" "$tmp/contents" || fail "the tarball lacks $f"
 done
@@ -83,6 +84,21 @@ if (typeof HutchError.is !== 'function') throw new Error('HutchError.is missing'
 console.log('   js: ok');
 EOF
 hidden sh -c "cd '$app' && node run.mjs" || fail "the JavaScript sandbox failed"
+since
+
+echo "== a template from the installed package (its binaries from prebuilds/; python3 from the host image)"
+cat >"$app/template.mjs" <<'EOF'
+import { Sandbox } from 'hutch';
+const t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { pids: 16, timeoutMs: 10000 } });
+try {
+  const r = await t.run(['python3', '-c', 'import json; print(json.dumps("tpl-ok"))'], { encoding: 'utf8' });
+  if (r.exitCode !== 0 || r.stdout !== '"tpl-ok"\n') throw new Error(`unexpected result: ${JSON.stringify(r)}`);
+} finally {
+  await t.close();
+}
+console.log('   template: ok');
+EOF
+(cd "$app" && node template.mjs) || fail "a template from the installed package failed"
 since
 
 echo "== a sandbox from strict TypeScript (compiled against the shipped .d.ts)"

@@ -2,6 +2,7 @@
 # `npm run prebuild`: the binaries the npm package ships, in prebuilds/<platform>-<arch>/:
 #   hutch.glibc.node  the addon, one N-API build for every supported Node (prebuildify --napi)
 #   hutch-init        the static init (scripts/build-init.sh)
+#   hutch_template.node, libhutch-zygote.so   templates' host addon and zygote helper
 # for linux-x64 and linux-arm64 (glibc). The architecture that is not this machine's is
 # cross-built with Debian's cross toolchain (apt-get install g++-aarch64-linux-gnu
 # gcc-aarch64-linux-gnu, or g++-x86-64-linux-gnu on an arm64 machine).
@@ -11,9 +12,10 @@ set -eu
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --check ]; then
   for arch in x64 arm64; do
-    for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init; do
+    for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init prebuilds/linux-$arch/hutch_template.node \
+      prebuilds/linux-$arch/libhutch-zygote.so; do
       [ -f "$f" ] || { echo "prebuild: $f is missing: run npm run prebuild before npm pack" >&2; exit 1; }
-      newer=$(find addon binding.gyp scripts/build-init.sh -newer "$f" -type f | head -1)
+      newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f ! -name "*.py" | head -1) # zygote.py ships as source
       [ -z "$newer" ] || { echo "prebuild: $f is older than $newer: run npm run prebuild before npm pack" >&2; exit 1; }
     done
   done
@@ -47,6 +49,9 @@ for arch in $archs; do
       npx prebuildify --napi --tag-libc --strip --arch "$arch"
   fi
   cp build/Release/hutch-init "$out/hutch-init"
+  # Templates (lib/template/native.ts finds them beside the addon): the host's part of the
+  # addon, and the helper a zygote loads (scripts/build-zygote.sh, built with $CC).
+  cp build/Release/hutch_template.node build/Release/libhutch-zygote.so "$out/"
   file "$out"/* 2>/dev/null || ls -l "$out"
 done
 # prebuildify moves the addon out of build/ (and the last build may be another arch's): the

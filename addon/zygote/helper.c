@@ -31,6 +31,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -113,9 +114,117 @@ static ssize_t recv_plan(int fd, void *buf, size_t len) {
   return n;
 }
 
-/* The task's side (C2): PID 1 of its pid namespace, in its own mount namespace. */
+/* What the setup half of a task leaves for its second half (task_finish): a prepared fork
+ * returns to the zygote's code between the two (hutch_zygote_task returns 1). */
+static struct {
+  int ctl, sfd, in, out, err, keep;
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+} st;
+static int task_finish(void);
+/* hutch_zygote_task's tasks keep the request socket until the zygote's code closes it. */
+static int keep_ctl, task_ctl = -1;
+
+/*
+ * The task's mounts locked against it, as a created sandbox's are: a user namespace of its
+ * own below the template's, with a copy of its mount namespace. The kernel locks every mount
+ * of a copy made for a less privileged user namespace, so not even a task given SYS_ADMIN
+ * can unmount a mask or remount a read-only path. Its ids map 1:1 onto the template's: the
+ * maps are written by a child that stays in the template's user namespace (the writer must be
+ * in the parent namespace, with CAP_SETUID/CAP_SETGID there). 0, or -1 with errno.
+ */
+static char idmaps[2][512];
+static char mapper_stack[16384] __attribute__((aligned(16)));
+static int mapper_pipe[2];
+static int mapper_err;
+
+static int write_file(const char *path, const char *data) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, data, strlen(data));
+  int e = errno;
+  close(fd);
+  errno = e;
+  return n == (ssize_t)strlen(data) ? 0 : -1;
+}
+
+static int mapper(void *arg) {
+  (void)arg;
+  char c;
+  ssize_t k;
+  do k = read(mapper_pipe[0], &c, 1); while (k < 0 && errno == EINTR);
+  if (k != 1) _exit(1);
+  /* The task is PID 1 of this pid namespace, and /proc is its namespace's. */
+  if (write_file("/proc/1/uid_map", idmaps[0]) < 0 || write_file("/proc/1/gid_map", idmaps[1]) < 0) {
+    mapper_err = errno;
+    _exit(1);
+  }
+  _exit(0);
+}
+
+/* "inside outside count" lines of our own map as "inside inside count": the same ids. */
+static int identity_map(const char *path, char *out, size_t cap) {
+  static char buf[512];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return errno = EINVAL, -1;
+  buf[n] = 0;
+  size_t o = 0;
+  for (char *l = buf; *l;) {
+    while (*l == ' ') l++;
+    char *a = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t alen = (size_t)(l - a);
+    while (*l == ' ') l++;
+    while (*l >= '0' && *l <= '9') l++; /* outside: not ours to name */
+    while (*l == ' ') l++;
+    char *c = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t clen = (size_t)(l - c);
+    while (*l && *l != '\n') l++;
+    if (*l) l++;
+    if (alen == 0 || clen == 0) continue;
+    if (o + 2 * alen + clen + 3 >= cap) return errno = E2BIG, -1;
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, c, clen), o += clen, out[o++] = '\n';
+  }
+  out[o] = 0;
+  return o > 0 ? 0 : (errno = EINVAL, -1);
+}
+
+static int lock_mounts(void) {
+  if (identity_map("/proc/self/uid_map", idmaps[0], sizeof idmaps[0]) < 0 ||
+      identity_map("/proc/self/gid_map", idmaps[1], sizeof idmaps[1]) < 0)
+    return -1;
+  if (pipe2(mapper_pipe, O_CLOEXEC) < 0) return -1;
+  mapper_err = 0;
+  int pid = clone(mapper, mapper_stack + sizeof mapper_stack, CLONE_VM | SIGCHLD, NULL);
+  int e = errno;
+  if (pid < 0) {
+    close(mapper_pipe[0]), close(mapper_pipe[1]);
+    return errno = e, -1;
+  }
+  int r = unshare(CLONE_NEWUSER | CLONE_NEWNS);
+  e = errno;
+  if (r == 0) r = write(mapper_pipe[1], "g", 1) == 1 ? 0 : -1, e = errno;
+  close(mapper_pipe[1]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  close(mapper_pipe[0]);
+  if (r < 0) return errno = e, -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return errno = mapper_err ? mapper_err : EPERM, -1;
+  return 0;
+}
+
+/* The task's side: PID 1 of its pid namespace, in its own mount namespace. `session`: call
+ * setsid() (not when the caller already leads a session of its own). */
 static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimit *rl, const struct sock_filter *prog,
-                        const char *strings, int in, int out, int err, int keep) {
+                        const char *strings, int in, int out, int err, int keep, int session) {
   const char *scratch = strings;
   const char *shm = scratch + strlen(scratch) + 1;
   const char *hostname = shm + strlen(shm) + 1;
@@ -131,7 +240,6 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &dfl, NULL);
-  CHECK("hostname", sethostname(hostname, strlen(hostname)));
   CHECK("mount-private", mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
   CHECK("mountinfo", read_mountinfo());
   /* The writable layer: a tmpfs of the disk limit's size with overlay's upper and work, and
@@ -207,28 +315,52 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   CHECK("pivot", umount2(".", MNT_DETACH));
   CHECK("pivot", chdir("/"));
   close(root);
-  if (!pl->as_init) close(sfd); /* init holds it as fd 4 (commit reads the upper dir there) */
+  /* sfd stays open: init holds it as fd 4 (commit reads the upper dir there); a task's goes
+   * with every other fd (task_finish). */
   if (pl->readonly_root) {
     struct mount_attr a;
     memset(&a, 0, sizeof a);
     a.attr_set = MOUNT_ATTR_RDONLY;
     CHECK("readonly", syscall(SYS_mount_setattr, AT_FDCWD, "/", 0, &a, sizeof a));
   }
-  CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  if (lock_mounts() < 0) fail(ctl, "lock", errno);
+  /* Network, IPC and UTS namespaces of the task's own user namespace (as a fresh sandbox's
+   * are its own): its capabilities reach them. */
+  CHECK("unshare", unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+  CHECK("hostname", sethostname(hostname, strlen(hostname)));
+  if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;
+  st.pl = pl, st.rl = rl, st.prog = prog;
+}
+
+/* The task's second half: a prepared fork's request, then init (fork()), or stdio, fds,
+ * rlimits, ids, capabilities, no_new_privs and seccomp. Returns 0 in the task. */
+static int task_finish(void) {
+  int ctl = st.ctl, sfd = st.sfd, in = st.in, out = st.out, err = st.err, keep = st.keep;
+  const struct hz_plan *pl = st.pl;
+  const struct hz_rlimit *rl = st.rl;
+  const struct sock_filter *prog = st.prog;
+  int as_init = (int)pl->as_init;
+  int initbin = as_init ? layer_fds[nlayers_total - 1] : -1;
   if (in < 0) {
     /* Prepared ahead (`size`): wait here, set up but still privileged, for the task's request:
-     * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds. */
+     * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds; or 'I' and
+     * 3 fds (control socket, setup pipe, init's binary): become a Sandbox's init (fork()). */
     nlayers = 0;
     ssize_t k = recv_plan(ctl, reqbuf, sizeof reqbuf - 1);
-    if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
-    reqlen = (int)k - 1;
-    in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
+    if (k >= 1 && reqbuf[0] == 'I' && nlayers == 3) {
+      as_init = 1;
+      in = layer_fds[0], out = layer_fds[1], initbin = layer_fds[2];
+    } else {
+      if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
+      reqlen = (int)k - 1;
+      in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
+    }
   }
-  if (pl->as_init) {
+  if (as_init) {
     /* A Sandbox's init (SandboxTemplate.fork): its control socket on 3 (the request's stdin
      * fd), the writable layer's tmpfs on 4, the setup pipe on 5 (the request's stdout fd);
      * init applies credentials, capabilities, rlimits and seccomp to each exec itself. */
-    int initbin = layer_fds[nlayers_total - 1];
     int want[3] = {in, sfd, out};
     for (int i = 0; i < 3; i++) {
       int d = fcntl(want[i], F_DUPFD_CLOEXEC, 20);
@@ -287,7 +419,55 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   }
   unsigned char ok = 'S';
   send(ctl, &ok, 1, MSG_NOSIGNAL);
-  close(ctl);
+  if (keep_ctl) task_ctl = ctl; /* close-on-exec; the zygote's code closes it before task code */
+  else close(ctl);
+  return 0;
+}
+
+/* In the task (hutch_zygote_task's), before any task code: a step of the zygote's own that
+ * failed (cwd, files, exec), reported to the host as a setup failure; never returns. */
+void hutch_zygote_fail(const char *step, int err) {
+  if (task_ctl >= 0) fail(task_ctl, step, err);
+  _exit(125);
+}
+
+/* In the task, right before task code runs: the request socket closed (exec closes it too). */
+void hutch_zygote_close(void) {
+  if (task_ctl >= 0) close(task_ctl);
+  task_ctl = -1;
+}
+
+/* The plan and the image's layers (and init's binary, last, for fork()), checked; exits
+ * 125 when the host gave up on the request. */
+static void read_plan(int ctl, const struct hz_plan **plp, const struct hz_rlimit **rlp, const struct sock_filter **progp,
+                      const char **stringsp) {
+  ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
+  if (n <= 0) _exit(125); /* the host gave up on this request */
+  const struct hz_plan *pl = (const struct hz_plan *)planbuf;
+  if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
+      (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
+      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
+    fail(ctl, "plan", EINVAL);
+  nlayers_total = nlayers;
+  if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
+  *plp = pl;
+  *rlp = (const struct hz_rlimit *)(planbuf + sizeof *pl);
+  *progp = (const struct sock_filter *)((const unsigned char *)*rlp + pl->nrlimits * sizeof **rlp);
+  *stringsp = (const char *)*progp + pl->seccomp_len;
+}
+
+/* A fork's first steps: a session of its own (a kill of the zygote's process group must not
+ * reach it), off the zygote's stdio (it must not hold the zygote's pipes open), then the plan
+ * and the image's layers, which the host sends with the request. */
+static void start_fork(int ctl, const struct hz_plan **pl, const struct hz_rlimit **rl, const struct sock_filter **prog,
+                       const char **strings) {
+  if (setsid() < 0) fail(ctl, "session", errno);
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) fail(ctl, "fds", errno);
+  for (int i = 0; i < 3; i++)
+    if (dup2(nul, i) < 0) fail(ctl, "fds", errno);
+  close(nul);
+  read_plan(ctl, pl, rl, prog, strings);
 }
 
 /* The request a prepared fork received (its JSON), for the zygote: its length, or -1 when
@@ -316,27 +496,12 @@ static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
  * never returns. The zygote must have closed its own copy of these fds in the parent.
  */
 int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
-  /* 0. A session of its own (a kill of the zygote's process group must not reach its forks)
-   * and off the zygote's stdio (a fork must not hold the zygote's pipes open). */
-  if (setsid() < 0) fail(ctl, "session", errno);
-  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (nul < 0) fail(ctl, "fds", errno);
-  for (int i = 0; i < 3; i++)
-    if (dup2(nul, i) < 0) fail(ctl, "fds", errno);
-  close(nul);
-  /* 1. The plan and the image's layers: the host sends them with the request. */
-  ssize_t n = recv_plan(ctl, planbuf, sizeof planbuf);
-  if (n <= 0) _exit(125); /* the host gave up on this request */
-  const struct hz_plan *pl = (const struct hz_plan *)planbuf;
-  if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
-      (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
-      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
-    fail(ctl, "plan", EINVAL);
-  nlayers_total = nlayers;
-  if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
-  const struct hz_rlimit *rl = (const struct hz_rlimit *)(planbuf + sizeof *pl);
-  const struct sock_filter *prog = (const struct sock_filter *)((const unsigned char *)rl + pl->nrlimits * sizeof *rl);
-  const char *strings = (const char *)prog + pl->seccomp_len;
+  /* 0-1. Its own session, off the zygote's stdio; the plan and the image's layers. */
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+  const char *strings;
+  start_fork(ctl, &pl, &rl, &prog, &strings);
   /* 2. New namespaces (the cgroup one later, in the task, once the host has moved it into
    * this fork's cgroup), and the task's process: PID 1 of the new pid namespace. */
   struct sigaction dfl;
@@ -347,8 +512,8 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   pid_t task = fork();
   CHECK("fork", task);
   if (task == 0) {
-    become_task(ctl, pl, rl, prog, strings, in, out, err, keep);
-    return 0;
+    become_task(ctl, pl, rl, prog, strings, in, out, err, keep, 1);
+    return task_finish();
   }
   /* 3. C1: no task code runs here. Both pidfds to the host, which moves both processes into
    * the fork's cgroup and makes the task's proc while the task sets up its mounts; then how
@@ -373,4 +538,142 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   memcpy(m + 1, &status, 4);
   send(ctl, m, 5, MSG_NOSIGNAL);
   _exit(0);
+}
+
+/*
+ * One fork per task (the built-in zygotes; docs/templates.md, "The zygote protocol"): the
+ * zygote calls hutch_zygote_fork_begin() before its fork(), hutch_zygote_fork_end(pid, ctl)
+ * in the parent after it, and hutch_zygote_task() in the child. The child is PID 1 of a new
+ * pid namespace from its birth, so no intermediate process is forked (a fork of a large
+ * interpreter is most of what a task costs). The zygote, its parent, runs no task code and
+ * reports its wait status: it polls the pidfd that fork_end returns and calls
+ * hutch_zygote_reap(pidfd) when that is readable.
+ */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#define HZ_MAX_LIVE 4096
+static int self_pidns = -1;
+/* The zygote's own fd limit, raised for the 2 fds it holds per live task; each task gets the
+ * limit back as the zygote started with (then the plan's rlimits). */
+static struct rlimit nofile0;
+static struct {
+  int pidfd, ctl;
+} live[HZ_MAX_LIVE];
+static int nlive;
+
+/* In the zygote, before fork(): its next child is PID 1 of a new pid namespace. 0 or -1. */
+int hutch_zygote_fork_begin(void) {
+  if (self_pidns < 0) {
+    self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    if (self_pidns < 0) return -1;
+    /* Statuses are kept until hutch_zygote_reap takes them (not with SIGCHLD ignored). */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &dfl, NULL);
+    if (getrlimit(RLIMIT_NOFILE, &nofile0) == 0 && nofile0.rlim_cur < nofile0.rlim_max) {
+      struct rlimit more = {nofile0.rlim_max, nofile0.rlim_max};
+      setrlimit(RLIMIT_NOFILE, &more);
+    }
+  }
+  /* Back to our own pid namespace for children first: a fork that never happened leaves it. */
+  if (setns(self_pidns, CLONE_NEWPID) < 0) return -1;
+  return unshare(CLONE_NEWPID);
+}
+
+/* In the zygote, after fork() (`pid`, or < 0 when it failed): the next fork is ours again;
+ * the task's pidfd goes to the host ('P'); returns that pidfd for the zygote to poll, or -1
+ * (the child, if any, killed and reaped; the host sees the request socket close). */
+int hutch_zygote_fork_end(int pid, int ctl) {
+  int back = setns(self_pidns, CLONE_NEWPID);
+  if (pid <= 0) return -1;
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  int c = pidfd < 0 ? -1 : fcntl(ctl, F_DUPFD_CLOEXEC, 3);
+  if (back < 0 || c < 0 || nlive == HZ_MAX_LIVE || send_fds(c, 'P', &pidfd, 1) < 0) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (pidfd >= 0) close(pidfd);
+    if (c >= 0) close(c);
+    return -1;
+  }
+  live[nlive].pidfd = pidfd;
+  live[nlive].ctl = c;
+  nlive++;
+  return pidfd;
+}
+
+/* In the zygote, when a task's pidfd is readable: its wait status to the host ('X'), its fds
+ * closed. 0 when reaped, 1 when it has not ended yet, -1 for a pidfd not ours. */
+int hutch_zygote_reap(int pidfd) {
+  int i = 0;
+  while (i < nlive && live[i].pidfd != pidfd) i++;
+  if (i == nlive) return -1;
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  int r;
+  do r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG); while (r < 0 && errno == EINTR);
+  if (r == 0 && si.si_pid == 0) return 1;
+  int status = 9; /* not ours to wait for after all: reported as killed */
+  if (r == 0) status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+  unsigned char m[5] = {'X'};
+  memcpy(m + 1, &status, 4);
+  send(live[i].ctl, m, 5, MSG_NOSIGNAL);
+  close(live[i].ctl);
+  close(pidfd);
+  live[i] = live[--nlive];
+  return 0;
+}
+
+/*
+ * In the zygote's child, after fork() between fork_begin and fork_end, with the request's
+ * socket, stdio and files fd (as hutch_zygote_enter). Returns 0 in the task, isolated and
+ * confined; 1 in a fork prepared ahead (`{"prepared": true}`): set up, still privileged,
+ * running only the zygote's code, which may warm up and then calls hutch_zygote_ready().
+ * Never returns for a fork() request (the process becomes init) nor on failure.
+ */
+int hutch_zygote_task(int ctl, int in, int out, int err, int keep) {
+  /* What the zygote holds for its other tasks never reaches this one. */
+  for (int i = 0; i < nlive; i++) close(live[i].pidfd), close(live[i].ctl);
+  nlive = 0;
+  if (self_pidns >= 0) close(self_pidns), self_pidns = -1;
+  if (nofile0.rlim_max != 0) setrlimit(RLIMIT_NOFILE, &nofile0);
+  const struct hz_plan *pl;
+  const struct hz_rlimit *rl;
+  const struct sock_filter *prog;
+  const char *strings;
+  start_fork(ctl, &pl, &rl, &prog, &strings);
+  if (getpid() != 1) fail(ctl, "pidns", EINVAL); /* fork_begin was not called */
+  CHECK("unshare", unshare(CLONE_NEWNS)); /* net, ipc, uts: later, in its own user namespace */
+  become_task(ctl, pl, rl, prog, strings, in, out, err, keep, 0);
+  keep_ctl = 1;
+  if (in < 0 && !pl->as_init) return 1;
+  return task_finish();
+}
+
+/* In a prepared fork (hutch_zygote_task returned 1): waits for the task's request, then the
+ * privilege drop; returns 0 in the task (hutch_zygote_request gives the request). */
+int hutch_zygote_ready(void) {
+  return task_finish();
+}
+
+/* In the task, before task code: its environment ("K=V\0" strings, `len` bytes) as the C
+ * environ at once (one pointer), instead of an unsetenv/putenv per variable, each of which
+ * writes (copies) more of the zygote's pages. 0, or -1 (ENOMEM). */
+extern char **environ;
+int hutch_zygote_environ(const char *block, int len) {
+  char *copy = malloc((size_t)len + 1);
+  if (!copy) return -1;
+  memcpy(copy, block, (size_t)len);
+  copy[len] = 0;
+  int n = 0;
+  for (int i = 0; i < len; i += (int)strlen(copy + i) + 1) n++;
+  char **env = malloc(sizeof(char *) * ((size_t)n + 1));
+  if (!env) return -1;
+  n = 0;
+  for (int i = 0; i < len; i += (int)strlen(copy + i) + 1) env[n++] = copy + i;
+  env[n] = NULL;
+  environ = env;
+  return 0;
 }

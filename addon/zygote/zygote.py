@@ -9,7 +9,6 @@ Any other command is exec'd (no warm start, same isolation).
 import ctypes
 import json
 import os
-import signal
 import socket
 import sys
 
@@ -46,23 +45,56 @@ def _write_files(files, fd):
 PY_FLAGS = set('uBEsSIOqdv')
 
 
-def _run_task(req, files_fd):
+def _step(lib, step, f, *a):
+    """A step of the zygote's own before task code: its OSError is the host's setup failure."""
+    try:
+        return f(*a)
+    except OSError as e:
+        lib.hutch_zygote_fail(step, e.errno or 5)
+
+
+_kept = []
+
+
+def _set_env(lib, env):
+    """The task's environment, set at once: the C environ (what exec and subprocess pass on)
+    replaced by one pointer, os.environ's mapping by a new one. Emptying and filling them entry
+    by entry would write (so copy, in each fork) many pages of the zygote's own."""
+    env = {k: v for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
+    block = b''.join(os.fsencode(k) + b'=' + os.fsencode(v) + b'\0' for k, v in env.items())
+    if lib.hutch_zygote_environ(block, len(block)) != 0:
+        raise MemoryError('the task environment')
+    _kept.append(os.environ._data)  # never freed here: freeing would write its pages too
+    os.environ._data = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+
+
+def _run_task(lib, req, files_fd):
     """In the task process (PID 1 of its own sandbox). Never returns."""
     code = 0
     try:
-        os.environ.clear()
-        os.environ.update(req['env'])
-        _write_files(req['files'], files_fd)
-        os.chdir(req['cwd'])
+        _set_env(lib, req['env'])
+        _step(lib, b'files', _write_files, req['files'], files_fd)
+        _step(lib, b'cwd', os.chdir, req['cwd'])
         argv = req['argv']
         name = os.path.basename(argv[0])
         if not (name == 'python' or name.startswith('python3')):
-            os.execvpe(argv[0], argv, req['env'])
+            _step(lib, b'exec', os.execvpe, argv[0], argv, req['env'])
         args = argv[1:]
         while args and args[0].startswith('-') and len(args[0]) > 1 and set(args[0][1:]) <= PY_FLAGS:
             args = args[1:]
+        if args and args[0] not in ('-c', '-m', '-'):
+            try:
+                open(args[0], 'rb').close()
+            except OSError as e:
+                # As python3 itself says it, and its status.
+                lib.hutch_zygote_close()
+                sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n" % (argv[0], os.path.abspath(args[0]), e.errno, e.strerror))
+                sys.stderr.flush()
+                os._exit(2)
+        lib.hutch_zygote_close()  # task code from here on: the request socket is gone
         import runpy
-        sys.stdin = open(0, 'r', closefd=False)
+        # sys.stdin stays the zygote's object: fd 0, which is the task's stdin now, and which
+        # the zygote never read (a new one costs pages of its own in every fork).
         if args[:1] == ['-c']:
             sys.argv = ['-c'] + args[2:]
             sys.path[0:0] = ['']
@@ -104,18 +136,39 @@ def _run_task(req, files_fd):
     os._exit(code)
 
 
+def _warm(lib):
+    """In a fork prepared ahead, before its task's request: run the zygote's own code along the
+    path a task takes (parse a request, compile, exec), so the pages that path writes are
+    copied now, off the task's critical path. No task input is seen here."""
+    json.loads('{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
+    exec(compile('pass', '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+    os.environ.get('PATH')
+    os.fsencode('PATH')
+    os.getcwd()
+
+
 def main():
     lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
+    for name in ('hutch_zygote_task', 'hutch_zygote_fork_end', 'hutch_zygote_reap', 'hutch_zygote_request'):
+        getattr(lib, name).restype = ctypes.c_int
+    lib.hutch_zygote_task.argtypes = [ctypes.c_int] * 5
+    lib.hutch_zygote_fork_end.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.hutch_zygote_reap.argtypes = [ctypes.c_int]
+    lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_fail.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.hutch_zygote_environ.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.hutch_zygote_enter.argtypes = [ctypes.c_int] * 5
     lib.hutch_zygote_enter.restype = ctypes.c_int
-    lib.hutch_zygote_request.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    lib.hutch_zygote_request.restype = ctypes.c_int
-    import atexit, runpy, traceback  # what every task uses: imported once, here
+    # HUTCH_ZYGOTE_ENTER=1: serve with protocol 1's fork-then-enter (tests keep it working).
+    legacy = os.environ.pop('HUTCH_ZYGOTE_ENTER', '') == '1'
+    if legacy:
+        import signal
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
+    import atexit, runpy, traceback, select  # what every task uses: imported once, here
     _preload(sys.argv[1:])
     import gc
     gc.collect()
     gc.freeze()  # the preload's objects stay out of every later collection: no COW copies of them
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     os.set_inheritable(theirs.fileno(), True)
     sys.stdout.write('hutch-zygote 1 %d\n' % theirs.fileno())
@@ -125,38 +178,76 @@ def main():
         return
     theirs.close()  # the host holds its copy now: its end closing ends us
     fdsize = socket.CMSG_SPACE(5 * 4)
+    sock = ours.fileno()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while True:
         try:
-            msg, anc, _flags, _addr = ours.recvmsg(1 << 20, fdsize)
+            events = poller.poll()
         except InterruptedError:
             continue
-        if not msg:
-            return
-        fds = []
-        for level, typ, data in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds += list(memoryview(data).cast('i'))
-        req = json.loads(msg)
-        if req.get('prepared'):
-            fds += [-1, -1, -1, -1]  # the task's request comes later, to the prepared fork
-        if len(fds) != 5:
+        for fd, _ev in events:
+            if fd != sock:
+                if lib.hutch_zygote_reap(fd) != 1:
+                    poller.unregister(fd)  # reported (or not ours)
+                continue
+            try:
+                msg, anc, _flags, _addr = ours.recvmsg(1 << 20, fdsize)
+            except InterruptedError:
+                continue
+            if not msg:
+                return
+            fds = []
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    fds += list(memoryview(data).cast('i'))
+            req = json.loads(msg)
+            if req.get('prepared'):
+                fds += [-1, -1, -1, -1]  # the task's request comes later, to the prepared fork
+            if len(fds) != 5:
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+                continue
+            if legacy:
+                # Protocol 1 as first published: fork, then hutch_zygote_enter (which forks the
+                # task and an intermediate that reports it). Kept for zygotes written to it.
+                pid = os.fork()
+                if pid == 0:
+                    ours.close()
+                    if lib.hutch_zygote_enter(*fds) != 0:
+                        os._exit(125)
+                    if req.get('prepared'):
+                        buf = ctypes.create_string_buffer(1 << 16)
+                        k = lib.hutch_zygote_request(buf, 1 << 16)
+                        req = json.loads(buf.raw[:k])
+                    _run_task(lib, req, 3)
+                for fd in fds:
+                    if fd >= 0:
+                        os.close(fd)
+                continue
+            # One fork: the child is PID 1 of its own pid namespace from birth; this process
+            # reports how it ended (hutch_zygote_reap).
+            pid = os.fork() if lib.hutch_zygote_fork_begin() == 0 else -1
+            if pid == 0:
+                ours.close()
+                r = lib.hutch_zygote_task(*fds)
+                if r == 1:
+                    _warm(lib)
+                    r = lib.hutch_zygote_ready()
+                if r != 0:
+                    os._exit(125)
+                if req.get('prepared'):
+                    buf = ctypes.create_string_buffer(1 << 16)
+                    k = lib.hutch_zygote_request(buf, 1 << 16)
+                    req = json.loads(buf.raw[:k])
+                _run_task(lib, req, 3)  # the files pipe, on fd 3 now
+            pidfd = lib.hutch_zygote_fork_end(pid, fds[0])
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            if lib.hutch_zygote_enter(*fds) != 0:
-                os._exit(125)
-            if req.get('prepared'):
-                buf = ctypes.create_string_buffer(1 << 16)
-                k = lib.hutch_zygote_request(buf, 1 << 16)
-                req = json.loads(buf.raw[:k])
-            _run_task(req, 3)  # the files pipe, on fd 3 now
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
+            if pidfd >= 0:
+                poller.register(pidfd, select.POLLIN)
 
 
 main()

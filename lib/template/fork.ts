@@ -41,6 +41,10 @@ export interface Prepared {
   cgroup: SandboxCgroup;
   ctl: number;
   c1: number;
+  /** Its task process (host pid, pidfd): it becomes init when fork() takes it. */
+  task: { pid: number; pidfd: number };
+  /** The zygote that forked it: its parent, which reports how its task ends. */
+  zygote: Zygote;
 }
 
 /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
@@ -62,28 +66,28 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
     sendPlan(site, ctl, site.plan, []);
-    const c1 = await new Promise<number>((resolve, reject) => {
+    const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
       w = new n.Watch(ctl, () => {
         for (;;) {
           const m = t.recvFds(ctl);
           if (m === undefined) return;
           if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
-          if (kind === 'P' && m.fds.length === 2) {
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
             try {
-              placeFork(ctl, m.fds, cg, false);
+              return resolve({ c1, task: placeFork(ctl, m.fds, cg, true) });
             } catch (e) {
-              n.close(m.fds[0]!);
+              if (c1 >= 0) n.close(c1);
               return reject(e);
             }
-            return resolve(m.fds[0]!);
           }
           for (const fd of m.fds) n.close(fd);
           if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
         }
       });
     });
-    return { id, cgroup, ctl, c1 };
+    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z };
   } catch (e) {
     if (ctl >= 0) n.close(ctl);
     await cgroup?.destroy().catch(() => undefined);
@@ -98,7 +102,8 @@ export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
   const n = native();
   p.cgroup.kill();
   n.close(p.ctl);
-  n.close(p.c1);
+  if (p.c1 >= 0) n.close(p.c1);
+  n.close(p.task.pidfd);
   await p.cgroup.destroy().catch(() => undefined);
   await site.store.release(p.id).catch(() => undefined);
 }
@@ -124,15 +129,17 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
 }
 
 /**
- * The fork's 'P' message (its two processes' pidfds): both into the fork's cgroup, then a
- * proc of the task's pid namespace sent back (helper.c says why). Returns the task's host
- * pid and keeps its pidfd when `keepTask`; throws HutchError (the cgroup killed).
+ * The fork's 'P' message: the task's pidfd, after the intermediate process's when the zygote
+ * forked one (hutch_zygote_enter); each into the fork's cgroup, then a proc of the task's pid
+ * namespace sent back (helper.c says why). Returns the task's host pid and keeps its pidfd
+ * when `keepTask` (else closes it; an intermediate's pidfd is the caller's); throws
+ * HutchError (the cgroup killed).
  */
 export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
   const n = native();
-  const taskfd = fds[1]!;
+  const taskfd = fds[fds.length - 1]!;
   try {
-    const pids = [fdinfoPid(fds[0]!), fdinfoPid(taskfd)];
+    const pids = fds.map(fdinfoPid);
     try {
       for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
     } catch (e) {
@@ -143,7 +150,7 @@ export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTas
     const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
     n.close(proc);
     if (isFailure(s)) throw fail('proc', s.errno, 'send');
-    return { pid: pids[1]!, pidfd: keepTask ? taskfd : -1 };
+    return { pid: pids[pids.length - 1]!, pidfd: keepTask ? taskfd : -1 };
   } catch (e) {
     cg.kill();
     throw e;
@@ -169,11 +176,11 @@ export async function feedStdin(fd: number, stdin: ResolvedExecOptions['stdin'])
  *
  * @throws HutchError `ESETUP` (the fork's setup failed).
  */
-export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
+export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared): Promise<Sandbox> {
   const n = native();
   const t = tn();
-  const id = randomBytes(6).toString('hex');
-  await site.store.markInUse(site.imageId, id);
+  const id = prepared?.id ?? randomBytes(6).toString('hex');
+  if (!prepared) await site.store.markInUse(site.imageId, id);
   const fds: number[] = [];
   const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
     if (isFailure(r)) throw fail('fds', r.errno, what);
@@ -182,37 +189,49 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
   };
   let cgroup: SandboxCgroup | null = null;
   let spawned: { pid: number; pidfd: number; ctlFd: number; errFd: number } | null = null;
-  let c1 = -1;
+  let c1 = prepared?.c1 ?? -1;
+  let taskfd = prepared?.task.pidfd ?? -1;
   let w: Watch | undefined;
   try {
-    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
+    cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     const cg = cgroup;
-    const req = keep(t.socketPair(), 'socketpair');
+    const req: [number, number] = prepared ? [prepared.ctl, -1] : keep(t.socketPair(), 'socketpair');
+    if (prepared) fds.push(prepared.ctl);
     const ctl = keep(t.socketPair(), 'socketpair');
     const ready = keep(n.pipe(true), 'pipe');
-    const none = keep(n.pipe(false), 'pipe');
     const bin = openSync(join(dirname(site.helperLib), 'hutch-init'), fsc.O_RDONLY);
     fds.push(bin);
-    const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), [req[1], ctl[1], ready[1], none[1], none[0]]);
-    if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
-    sendPlan(site, req[0], site.initPlan, [bin]);
-    for (const fd of [req[1], ctl[1], ready[1], none[1], none[0], bin]) {
+    let handed: number[];
+    if (prepared) {
+      // A fork prepared ahead: 'I' makes it init (its namespaces, cgroup and mounts are done).
+      handed = [ctl[1], ready[1], bin];
+      const sent = t.sendFds(prepared.ctl, Buffer.from('I'), handed);
+      if (isFailure(sent)) throw new HutchError('ESETUP', `the prepared fork is gone: ${errnoName(sent.errno)}`, { step: 'request', errno: errnoName(sent.errno) });
+    } else {
+      const none = keep(n.pipe(false), 'pipe');
+      handed = [req[1], ctl[1], ready[1], none[1], none[0], bin];
+      const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), handed.slice(0, 5));
+      if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
+      sendPlan(site, req[0], site.initPlan, [bin]);
+    }
+    for (const fd of handed) {
       n.close(fd);
       fds.splice(fds.indexOf(fd), 1);
     }
     const sock = req[0];
     const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
-      let got: { pid: number; pidfd: number } | null = null;
+      let got: { pid: number; pidfd: number } | null = prepared ? { ...prepared.task } : null;
       w = new n.Watch(sock, () => {
         for (;;) {
           const m = t.recvFds(sock);
           if (m === undefined) return;
           if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
-          if (kind === 'P' && m.fds.length === 2) {
-            c1 = m.fds[0]!;
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            if (m.fds.length === 2) c1 = m.fds[0]!;
             try {
               got = placeFork(sock, m.fds, cg, true);
+              taskfd = got.pidfd;
             } catch (e) {
               return reject(e);
             }
@@ -225,6 +244,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
       });
     });
     spawned = { pid: placed.pid, pidfd: placed.pidfd, ctlFd: ctl[0], errFd: ready[0] };
+    taskfd = -1;
     fds.splice(fds.indexOf(ctl[0]), 1);
     fds.splice(fds.indexOf(ready[0]), 1);
     const setup = await waitSetup(spawned);
@@ -237,6 +257,10 @@ export async function forkSandbox(site: ForkSite, z: Zygote): Promise<Sandbox> {
       n.pidfdKill(spawned.pidfd, 9);
       n.close(spawned.pidfd);
       n.close(spawned.ctlFd);
+    }
+    if (taskfd >= 0) {
+      n.pidfdKill(taskfd, 9);
+      n.close(taskfd);
     }
     await cgroup?.destroy().catch(() => undefined);
     await site.store.release(id).catch(() => undefined);

@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
-import { HutchError, errnoName, invalid } from '../errors.js';
+import { HutchError, errnoName, invalid, type HutchErrorStep } from '../errors.js';
 import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
 import { CAPABILITIES, capabilityMask } from '../capabilities.js';
 import { compileSeccomp } from '../seccomp/index.js';
@@ -29,6 +29,7 @@ import { signalName, type ExecResult, type ResourceUsage, type SandboxProcess } 
 import { encodePlan } from './plan.js';
 import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
+import { inBackground } from '../teardowns.js';
 import { discardFork, feedStdin, forkSandbox, placeFork, prepareFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
 import { fail, helperFiles, tn } from './native.js';
 import { startZygote, type Zygote } from './zygote.js';
@@ -59,6 +60,8 @@ export class ZygoteTemplate implements SandboxTemplate {
   /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
   private filling = 0;
+  /** The refills in flight: a run with none ready waits for one (less than forking anew). */
+  private readonly fills = new Set<Promise<unknown>>();
   private site!: ForkSite;
   private baseEnv!: Record<string, string>;
   private defaultCwd = '/';
@@ -154,6 +157,15 @@ export class ZygoteTemplate implements SandboxTemplate {
     const env = { ...this.baseEnv, ...this.zygoteEnv };
     const onEnd = (z: Zygote): void => {
       if (this.zygote === z) this.zygote = null;
+      // Its prepared forks go with it (it was to report how their tasks end); new ones follow.
+      const orphans = this.ready.filter((p) => p.zygote === z);
+      if (orphans.length > 0) {
+        this.ready.splice(0, this.ready.length, ...this.ready.filter((p) => p.zygote !== z));
+        const gone = Promise.all(orphans.map((p) => discardFork(this.site, p)));
+        this.live.add(gone);
+        void gone.finally(() => this.live.delete(gone));
+        this.refill();
+      }
     };
     this.starting ??= startZygote(this.sandbox, this.zygoteArgv, env, this.timeoutMs, onEnd).then(
       (z) => {
@@ -216,8 +228,14 @@ export class ZygoteTemplate implements SandboxTemplate {
 
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
-    const ready = this.ready.shift();
-    if (ready) this.refill();
+    let ready = this.takeReady();
+    if (!ready && this.fills.size > 0) {
+      // One on the way is nearer than a new fork (as Sandbox.run waits for its blank).
+      await Promise.race(this.fills);
+      ready = this.takeReady();
+    }
+    // The next one is prepared while this task runs (as Sandbox.run's next blank is).
+    this.refill();
     const z = ready ? null : await this.ensureZygote();
     const n = native();
     const t = tn();
@@ -333,8 +351,8 @@ export class ZygoteTemplate implements SandboxTemplate {
             }
             const kind = String.fromCharCode(m.data[0] ?? 0);
             tr.mark(`got-${kind}`);
-            if (kind === 'P' && m.fds.length === 2) {
-              c1pidfd = m.fds[0]!;
+            if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+              if (m.fds.length === 2) c1pidfd = m.fds[0]!;
               try {
                 placeFork(ctl, m.fds, cg, false);
               } catch (e) {
@@ -342,8 +360,14 @@ export class ZygoteTemplate implements SandboxTemplate {
               }
             } else {
               for (const fd of m.fds) n.close(fd);
-              if (kind === 'E') setupErr = fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork');
-              else if (kind === 'X') status = m.data.readInt32LE(1);
+              if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
+              else if (kind === 'X') {
+                // The task has ended: its status is all that is left to hear.
+                status = m.data.readInt32LE(1);
+                w.close();
+                resolve();
+                return;
+              }
             }
           }
         });
@@ -359,7 +383,6 @@ export class ZygoteTemplate implements SandboxTemplate {
       cg.kill();
       await pipesClosed;
       tr.mark('pipes');
-      tr.end();
       if (timer) clearTimeout(timer);
       o.signal?.removeEventListener('abort', onAbort);
       // A fork this side killed (timeout, output cap, abort, close) ends with that reason,
@@ -397,8 +420,27 @@ export class ZygoteTemplate implements SandboxTemplate {
       for (const w of watches) w.close();
       for (const fd of fds) n.close(fd);
       if (c1pidfd >= 0) n.close(c1pidfd);
-      await cgroup?.destroy();
-      await this.site.store.release(id).catch(() => undefined);
+      if (ready) n.close(ready.task.pidfd);
+      tr.end();
+      // As Sandbox.run: the result is back once every process of the fork is killed; its
+      // cgroup and the store's record go just after (close() and Sandbox.settle() wait).
+      const cg = cgroup;
+      const teardown = (async () => {
+        await cg?.destroy();
+        await this.site.store.release(id).catch(() => undefined);
+      })();
+      inBackground(teardown);
+      this.live.add(teardown);
+      void teardown.then(() => this.live.delete(teardown), () => this.live.delete(teardown));
+    }
+  }
+
+  /** A prepared fork whose zygote lives (a dead one's forks have no one to report their end). */
+  private takeReady(): Prepared | undefined {
+    for (;;) {
+      const p = this.ready.shift();
+      if (!p || !p.zygote.dead) return p;
+      void discardFork(this.site, p);
     }
   }
 
@@ -418,7 +460,11 @@ export class ZygoteTemplate implements SandboxTemplate {
         },
       );
       this.live.add(fill);
-      void fill.finally(() => this.live.delete(fill));
+      this.fills.add(fill);
+      void fill.finally(() => {
+        this.live.delete(fill);
+        this.fills.delete(fill);
+      });
     }
   }
 
@@ -432,6 +478,10 @@ export class ZygoteTemplate implements SandboxTemplate {
    */
   async fork(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
+    // A prepared fork (`size`) becomes the Sandbox's init: its setup is done already.
+    const ready = this.takeReady();
+    this.refill();
+    if (ready) return forkSandbox(this.site, ready.zygote, ready);
     return forkSandbox(this.site, await this.ensureZygote());
   }
 
@@ -449,6 +499,18 @@ export class ZygoteTemplate implements SandboxTemplate {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** A fork's failed step: the task's own (its command, cwd, files) as Sandbox.exec says them. */
+function taskFailure(step: string, errno: number, argv: string[], cwd: string): HutchError {
+  const name = errnoName(errno) ?? String(errno);
+  if (step === 'exec') {
+    const why = name === 'ENOENT' ? ': not in the image or not on PATH' : name === 'EACCES' ? ': not executable' : name === 'ENOEXEC' ? ': not a program this kernel runs' : '';
+    return new HutchError('ESETUP', `cannot run ${JSON.stringify(argv[0])} (${name})${why}`, { step: 'exec', errno: name, path: argv[0] });
+  }
+  if (step === 'cwd') return new HutchError('ESETUP', `the working directory ${JSON.stringify(cwd)} cannot be entered (${name}); create it first or pick another`, { step: 'cwd', errno: name, path: cwd });
+  if (step === 'files') return new HutchError('ESETUP', `the files could not be written in the fork (${name}): a path under a read-only or missing place?`, { step: 'files' as HutchErrorStep, errno: name });
+  return fail(step, errno, 'in the fork');
 }
 
 templateHooks.create = (options) => ZygoteTemplate.create(options);

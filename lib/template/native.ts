@@ -3,11 +3,11 @@
  * pidfds), the zygote's helper files, and the pid lookups the host needs.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HutchError, errnoName, type HutchErrorStep } from '../errors.js';
 import type { NativeFailure } from '../native.js';
+import { findAddon, loadAddon } from '../native-load.js';
 
 export interface HostNative {
   socketPair(): [number, number] | NativeFailure;
@@ -27,22 +27,30 @@ function packageRoot(): string {
   throw new HutchError('EUNSUPPORTED', 'cannot find the hutch package root (binding.gyp) for the template helpers; reinstall hutch');
 }
 
+/**
+ * A template binary: beside the addon this process loads (build/Release in a checkout or a
+ * source build, else the package's prebuilds/<platform>-<arch>/, as node-gyp-build picks).
+ */
+function binary(name: string): string {
+  const root = packageRoot();
+  const p = join(dirname(findAddon(root)), name);
+  if (!existsSync(p)) {
+    throw new HutchError('EUNSUPPORTED', `templates need ${p}, which is missing: in a checkout run npx node-gyp rebuild; an installed package ships it in prebuilds/ (reinstall hutch, or npm rebuild hutch --build-from-source)`, { path: p });
+  }
+  return p;
+}
+
 let hostNative: HostNative | undefined;
-/** The template's part of the addon (build/Release/hutch_template.node), loaded on first use. */
+/** The template's part of the addon (hutch_template.node), loaded on first use. */
 export function tn(): HostNative {
   if (hostNative) return hostNative;
-  const p = join(packageRoot(), 'build', 'Release', 'hutch_template.node');
-  if (!existsSync(p)) throw new HutchError('EUNSUPPORTED', `templates need ${p}, which is not built; run npx node-gyp rebuild in the hutch package`);
-  hostNative = createRequire(import.meta.url)(p) as HostNative;
+  hostNative = loadAddon<HostNative>(binary('hutch_template.node'), packageRoot());
   return hostNative;
 }
 
 /** The zygote's files bound into the template: its helper library and the Python zygote. */
 export function helperFiles(): { lib: string; python: string } {
-  const root = packageRoot();
-  const lib = join(root, 'build', 'Release', 'libhutch-zygote.so');
-  if (!existsSync(lib)) throw new HutchError('EUNSUPPORTED', `templates need ${lib}, which is not built; run npx node-gyp rebuild in the hutch package`);
-  return { lib, python: join(root, 'addon', 'zygote', 'zygote.py') };
+  return { lib: binary('libhutch-zygote.so'), python: join(packageRoot(), 'addon', 'zygote', 'zygote.py') };
 }
 
 /** ESETUP for a fork's failed step. */

@@ -183,10 +183,43 @@ describe.skipIf(skip)('templates: isolation', () => {
     expect(t.zygoteProcess).not.toBe(z);
   });
 
+  it('gives the task exactly its env (os.environ and what it execs: none of the zygote\'s own) and its stdin', async () => {
+    const code = 'import os, subprocess, sys\nprint(os.environ["FOO"], "HUTCH_ZYGOTE_PRELOAD" in os.environ)\nsys.stdout.flush()\n'
+      + 'subprocess.run(["sh", "-c", "echo \\"$FOO\\" ${HUTCH_ZYGOTE_PRELOAD:-unset} ${HUTCH_ZYGOTE_LIB:-unset}"])\nprint(sys.stdin.read())';
+    for (let i = 0; i < 2; i++) {
+      // The first may take the prepared fork, the second forks on demand.
+      const r = await t.run(['python3', '-c', code], { env: { FOO: 'a b=c' }, stdin: `in-${i}`, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe(`a b=c False\na b=c unset unset\nin-${i}\n`);
+    }
+  });
+
+  it("reseeds Python's random in every fork (the zygote forks with os.fork, whose at-fork hooks run); the hash seed is the template's", async () => {
+    const outs = await Promise.all([0, 1, 2].map(() => t.run(['python3', '-c', 'import random; print(random.random(), hash("abc"))'], { encoding: 'utf8' })));
+    const rows = outs.map((r) => (r.stdout as string).trim().split(' '));
+    expect(new Set(rows.map((r) => r[0])).size).toBe(3);
+    expect(new Set(rows.map((r) => r[1])).size).toBe(1); // shared, as docs/security.md says
+  });
+
   it('reports a failed setup step as ESETUP, never a hang', async () => {
-    const r = await t.run(['/no/such/program'], { encoding: 'utf8' });
-    expect(r.exitCode).not.toBe(0);
     await expect(t.run(['python3', '-c', 'pass'], { timeoutMs: 100_000, cwd: 'relative' })).rejects.toBeInstanceOf(HutchError);
+  });
+
+  it('rejects a missing or non-executable program and a missing cwd as Sandbox.exec does (ESETUP exec / cwd), never exit 1 with a traceback', async () => {
+    await expect(t.run(['/no/such/program'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'ENOENT', path: '/no/such/program' });
+    await expect(t.run(['no-such-command', 'arg'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'ENOENT' });
+    // Not executable: a file without its x bits (written by hand, not through `files`, which makes #! files runnable).
+    await expect(t.run(['/etc/passwd'])).rejects.toMatchObject({ code: 'ESETUP', step: 'exec', errno: 'EACCES' });
+    await expect(t.run(['python3', '-c', 'print(1)'], { cwd: '/no/such/dir' })).rejects.toMatchObject({ code: 'ESETUP', step: 'cwd', errno: 'ENOENT' });
+    // A python script that is not there is python's own answer, as a cold run gives it.
+    const cold = await Sandbox.run({ command: ['python3', '/no/such.py'], encoding: 'utf8' });
+    await Sandbox.settle(); // its teardown and the blank sandbox it keeps ready: gone before later checks
+    const warm = await t.run(['python3', '/no/such.py'], { encoding: 'utf8' });
+    expect(warm.exitCode).toBe(2);
+    expect(warm.exitCode).toBe(cold.exitCode);
+    expect(warm.stderr).toBe(cold.stderr);
+    // And the template serves on.
+    expect((await t.run(['python3', '-c', 'print(5)'], { encoding: 'utf8' })).stdout).toBe('5\n');
   });
 });
 
@@ -199,6 +232,86 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     await expect(Sandbox.template({ zygote: 'python', preload: ['no_such_module_x'] })).rejects.toMatchObject({ code: 'ESETUP', message: /no_such_module_x/ });
     expect(Date.now() - t0).toBeLessThan(30_000);
     expect(cgroupIds()).toEqual([]);
+  });
+
+  it('serves a zygote written to protocol 1 (fork, then hutch_zygote_enter): isolated runs, exit codes, fork()', async () => {
+    const t = await Sandbox.template({ zygote: ['python3', '/.hutch-zygote/zygote.py'], env: { HUTCH_ZYGOTE_ENTER: '1' }, size: 1 });
+    try {
+      const [a, b] = await Promise.all([
+        t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+        t.run(['python3', '-c', nsScript], { encoding: 'utf8' }),
+      ]);
+      expect(a.stderr).toBe('');
+      expect((a.stdout as string).split('\n')[0]).toBe('1');
+      for (const n of NS) expect(nsOf(a.stdout as string)[n], n).not.toBe(nsOf(b.stdout as string)[n]);
+      expect((await t.run(['python3', '-c', 'import sys; sys.exit(3)'])).exitCode).toBe(3);
+      const sb = await t.fork();
+      try {
+        expect((await sb.exec(['cat', '/proc/1/comm'], { encoding: 'utf8' })).stdout).toBe('hutch-init\n');
+      } finally {
+        await sb.destroy();
+      }
+    } finally {
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+  });
+
+  it('a run in flight when its zygote dies rejects ESETUP (its reporter is gone) and its fork is killed, never a hang; the next run gets a new zygote', async () => {
+    const t = (await Sandbox.template({ zygote: 'python', size: 1 })) as ZygoteTemplate;
+    try {
+      const running = t.run(['python3', '-c', 'import time; print("up", flush=True); time.sleep(60)']);
+      await new Promise((r) => setTimeout(r, 1000));
+      const z = t.zygoteProcess!;
+      z.kill('SIGKILL');
+      const err = await running.then((r) => r, (e: unknown) => e);
+      expect(err, JSON.stringify(err instanceof Error ? { ...err, message: err.message } : err)).toMatchObject({ code: 'ESETUP', step: 'zygote' });
+      const r = await t.run(['python3', '-c', 'print("again")'], { encoding: 'utf8' });
+      expect(r.stdout).toBe('again\n');
+    } finally {
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+  });
+
+  it("locks a fork's /proc masks: a task given SYS_ADMIN cannot unmount them, as in a created sandbox", async () => {
+    const caps = ['SYS_ADMIN', 'CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'SETUID', 'SETGID', 'KILL'] as const;
+    // The attack: unmount each mask and the read-only /proc/sys, then write through it.
+    const attack = [
+      'import ctypes, os',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'for p in [b"/proc/sys", b"/proc/timer_list", b"/proc/acpi", b"/proc/scsi"]:',
+      '    if os.path.exists(p):',
+      '        r = libc.umount2(p, 2)',
+      '        print(p.decode(), "unmounted" if r == 0 else os.strerror(ctypes.get_errno()))',
+      'try:',
+      '    open("/proc/sys/kernel/hostname", "w").write("x")',
+      '    print("wrote /proc/sys")',
+      'except OSError as e:',
+      '    print("write", os.strerror(e.errno))',
+    ].join('\n');
+    const t = await Sandbox.template({ zygote: 'python', capabilities: [...caps], seccomp: 'unconfined', size: 1 });
+    const sb = await Sandbox.create({ capabilities: [...caps], seccomp: 'unconfined' });
+    try {
+      const fresh = await sb.exec(['python3', '-c', attack], { encoding: 'utf8' });
+      for (let i = 0; i < 2; i++) {
+        // A prepared fork, then one forked on demand.
+        const r = await t.run(['python3', '-c', attack], { encoding: 'utf8' });
+        expect(r.stderr).toBe('');
+        expect(r.stdout).toContain('/proc/sys Invalid argument');
+        expect(r.stdout).not.toContain('unmounted');
+        expect(r.stdout).not.toContain('wrote /proc/sys');
+        expect(r.stdout).toBe(fresh.stdout);
+      }
+      // And the task still has what SYS_ADMIN gives in its own namespaces (a mount of its own).
+      const own = await t.run(['sh', '-c', 'mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted'], { encoding: 'utf8' });
+      expect(own.stdout).toBe('mounted\n');
+    } finally {
+      await sb.destroy();
+      await t.close();
+    }
   });
 
   it('rejects bad options with EINVAL or EUNSUPPORTED', async () => {
