@@ -2,7 +2,10 @@
 # `npm run prebuild`: the binaries the npm package ships, in prebuilds/<platform>-<arch>/:
 #   hutch.glibc.node  the addon, one N-API build for every supported Node (prebuildify --napi)
 #   hutch-init        the static init (scripts/build-init.sh)
-#   hutch_template.node, libhutch-zygote.so   templates' host addon and zygote helper
+#   templates/hutch_template.node, templates/libhutch-zygote.so   templates' host addon and
+#                     zygote helper (in a folder of their own: node-gyp-build picks the
+#                     addon among the .node files of prebuilds/<platform>-<arch>/, and an
+#                     untagged one there would match any libc)
 # for linux-x64 and linux-arm64 (glibc). The architecture that is not this machine's is
 # cross-built with Debian's cross toolchain (apt-get install g++-aarch64-linux-gnu
 # gcc-aarch64-linux-gnu, or g++-x86-64-linux-gnu on an arm64 machine).
@@ -12,8 +15,8 @@ set -eu
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --check ]; then
   for arch in x64 arm64; do
-    for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init prebuilds/linux-$arch/hutch_template.node \
-      prebuilds/linux-$arch/libhutch-zygote.so; do
+    for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init prebuilds/linux-$arch/templates/hutch_template.node \
+      prebuilds/linux-$arch/templates/libhutch-zygote.so; do
       [ -f "$f" ] || { echo "prebuild: $f is missing: run npm run prebuild before npm pack" >&2; exit 1; }
       newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f ! -name "*.py" | head -1) # zygote.py ships as source
       [ -z "$newer" ] || { echo "prebuild: $f is older than $newer: run npm run prebuild before npm pack" >&2; exit 1; }
@@ -51,8 +54,10 @@ for arch in $archs; do
   cp build/Release/hutch-init "$out/hutch-init"
   # Templates (lib/template/native.ts finds them beside the addon): the host's part of the
   # addon, and the helper a zygote loads (scripts/build-zygote.sh, built with $CC).
-  cp build/Release/hutch_template.node build/Release/libhutch-zygote.so "$out/"
-  file "$out"/* 2>/dev/null || ls -l "$out"
+  rm -f "$out/hutch_template.node" "$out/libhutch-zygote.so"
+  mkdir -p "$out/templates"
+  cp build/Release/hutch_template.node build/Release/libhutch-zygote.so "$out/templates/"
+  file "$out"/* "$out"/templates/* 2>/dev/null || ls -lR "$out"
 done
 # prebuildify moves the addon out of build/ (and the last build may be another arch's): the
 # checkout's own build is remade for this machine, so `npm run demo` and the tests keep working.

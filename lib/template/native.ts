@@ -29,11 +29,14 @@ function packageRoot(): string {
 
 /**
  * A template binary: beside the addon this process loads (build/Release in a checkout or a
- * source build, else the package's prebuilds/<platform>-<arch>/, as node-gyp-build picks).
+ * source build), or in templates/ beside it (the package's prebuilds/<platform>-<arch>/, as
+ * node-gyp-build picks the addon).
  */
 function binary(name: string): string {
   const root = packageRoot();
-  const p = join(dirname(findAddon(root)), name);
+  const dir = dirname(findAddon(root));
+  // prebuilds/<platform>-<arch>/templates/ (out of node-gyp-build's sight), or beside a build's addon.
+  const p = [join(dir, 'templates', name), join(dir, name)].find((c) => existsSync(c)) ?? join(dir, name);
   if (!existsSync(p)) {
     throw new HutchError('EUNSUPPORTED', `templates need ${p}, which is missing: in a checkout run npx node-gyp rebuild; an installed package ships it in prebuilds/ (reinstall hutch, or npm rebuild hutch --build-from-source)`, { path: p });
   }
