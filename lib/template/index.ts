@@ -207,6 +207,11 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
     const { files, ...execOptions } = options ?? {};
     const o = resolveExecOptions(execOptions, 'exec');
+    // One plan for every fork: its credentials are the template's (TemplateOptions.user).
+    const own = this.opts.user ?? { uid: 0, gid: 0 };
+    if (o.user !== undefined && (o.user.uid !== own.uid || o.user.gid !== own.gid)) {
+      throw invalid('user', `the template's own user ${own.uid}:${own.gid} (a template's forks all run as the user it was made with: give user to Sandbox.template)`, execOptions.user);
+    }
     const argv = typeof command === 'string' && !/[^\w\s./=,:@%+-]/.test(command) && command.trim() !== '' ? command.trim().split(/\s+/) : resolveCommand('command', command);
     const fileMap: [string, Buffer][] = [];
     if (files !== undefined) {

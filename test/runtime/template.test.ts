@@ -320,6 +320,18 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     await expect(Sandbox.template({ zygote: 'python', network: { mode: 'bridge' } })).rejects.toMatchObject({ code: 'EUNSUPPORTED' });
   });
 
+  it("runs every fork as the template's user: a run asking for another is EINVAL, never run as someone else", async () => {
+    const u = await Sandbox.template({ zygote: 'python', user: '1000:1000' });
+    try {
+      const r = await u.run(['python3', '-c', 'import os; print(os.getuid(), os.getgid())'], { encoding: 'utf8' });
+      expect(r.stdout).toBe('1000 1000\n');
+      expect((await u.run(['true'], { user: '1000:1000' })).exitCode).toBe(0);
+      await expect(u.run(['true'], { user: 0 })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/user/) });
+    } finally {
+      await u.close();
+    }
+  });
+
   it('close() leaves nothing: no process, cgroup or fd; later calls reject EDESTROYED', async () => {
     // A first template opens what hutch keeps for the process's life (cgroup driver, /dev/null).
     await (await Sandbox.template({ zygote: 'python' })).close();
