@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { ImageStore, Sandbox } from '../lib/index.js';
 import { hostMode } from '../lib/host/mode.js';
 import { idSource } from '../lib/host/ids.js';
-import { bwrapPeer, execPeer, interleave, spawnPeer, type Peer } from './lib/peers.js';
+import { bwrapPeer, execPeer, hutchRunPeer, interleave, spawnPeer } from './lib/peers.js';
 import { ms, ratio, summarize } from './lib/stats.js';
 
 function arg(name: string, dflt: number): number {
@@ -29,18 +29,10 @@ async function asUser(): Promise<void> {
   const image = await store.resolve('busybox');
   const rootfs = image.layersDir ? join(image.layersDir, image.lowerdirs[0]!) : '';
   const live = await Sandbox.create({ image: 'busybox' });
-  const run: Peer = {
-    name: 'hutch-run',
-    what: "Sandbox.run({ image: 'busybox', command: ['/bin/true'] })",
-    async sample() {
-      const t0 = performance.now();
-      const r = await Sandbox.run({ image: 'busybox', command: ['/bin/true'] });
-      const t = performance.now() - t0;
-      if (r.exitCode !== 0) throw new Error(`hutch-run: ${r.reason} ${r.exitCode}`);
-      return t;
-    },
-    settle: () => Sandbox.settle(),
-  };
+  // The same peer as the root-mode benches: between samples it waits for the teardowns only
+  // (Sandbox.settle() would also drop the blank made ahead for the next run, as an idle
+  // process's does after 2 s, and every sample would pay a cold create).
+  const run = hutchRunPeer();
   const peers = [spawnPeer(), bwrapPeer(rootfs), run, execPeer(live)];
   const results = await interleave(peers, warmup, iterations, 'rootless');
   await live.destroy();
