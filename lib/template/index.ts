@@ -363,6 +363,9 @@ export class ZygoteTemplate implements SandboxTemplate {
               } catch (e) {
                 setupErr = e as HutchError;
               }
+              // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
+              // close()) reached nothing then; it does now, before the task can run on.
+              if (reason !== null) cg.kill();
             } else {
               for (const fd of m.fds) n.close(fd);
               if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);

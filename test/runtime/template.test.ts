@@ -320,6 +320,17 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     await expect(Sandbox.template({ zygote: 'python', network: { mode: 'bridge' } })).rejects.toMatchObject({ code: 'EUNSUPPORTED' });
   });
 
+  it('a timeout that fires before the fork is in its cgroup still ends the task', async () => {
+    const u = await Sandbox.template({ zygote: 'python' }); // size 0: every run forks on demand
+    try {
+      // 1 ms: the timer fires while the fork is being made, before the host has placed it.
+      const rs = await Promise.all([1, 1, 2, 5].map((ms) => u.run(['python3', '-c', 'import time; time.sleep(600)'], { timeoutMs: ms })));
+      for (const r of rs) expect(r.reason).toBe('timeout');
+    } finally {
+      await u.close();
+    }
+  });
+
   it("runs every fork as the template's user: a run asking for another is EINVAL, never run as someone else", async () => {
     const u = await Sandbox.template({ zygote: 'python', user: '1000:1000' });
     try {
