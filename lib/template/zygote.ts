@@ -62,7 +62,13 @@ export async function startZygote(sb: Sandbox, argv: string[], env: Record<strin
     throw new HutchError('ESETUP', `the zygote ${JSON.stringify(argv)} does not speak the zygote protocol: its first line was ${JSON.stringify(line.slice(0, 100))}, expected "hutch-zygote 1 <fd>" (docs/templates.md)`, { step: 'zygote' });
   }
   proc.stdout.resume();
-  const host = hostPidOf(sb.pid, proc.pid);
+  // /proc/<pid>/task/<tid>/children is read without a lock on the tree: a read that races a
+  // process starting or ending elsewhere in the sandbox can miss an entry, so look again.
+  let host = hostPidOf(sb.pid, proc.pid);
+  for (let i = 0; host === null && i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    host = hostPidOf(sb.pid, proc.pid);
+  }
   const pidfd = host === null ? { errno: 3 } : tn().pidfdOpen(host);
   if (isFailure(pidfd)) {
     proc.kill('SIGKILL');
