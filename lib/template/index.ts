@@ -11,6 +11,7 @@
  * sandboxes: fork.ts; the template addon and helper files: native.ts.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
 import { HutchError, errnoName, invalid, type HutchErrorStep } from '../errors.js';
 import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
@@ -31,7 +32,7 @@ import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
 import { discardFork, feedStdin, forkSandbox, placeFork, prepareFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
-import { fail, helperFiles, tn } from './native.js';
+import { fail, fdinfoPid, helperFiles, tn } from './native.js';
 import { startZygote, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
@@ -39,6 +40,26 @@ export type { TemplateOptions, TemplateRunOptions } from '../options.js';
 const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
 /** Where the zygote's own files are bound in the template (not carried into forks). */
 const ZDIR = '/.hutch-zygote';
+
+/**
+ * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
+ * run has already seen its socket close: the kernel is asked too (its pidfd no longer signals
+ * once it is reaped; a zombie's state is Z).
+ */
+function zygoteGone(z: Zygote): boolean {
+  if (z.dead) return true;
+  let gone = !native().pidfdKill(z.pidfd, 0);
+  if (!gone) {
+    const pid = fdinfoPid(z.pidfd);
+    try {
+      gone = pid < 0 || readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z';
+    } catch {
+      gone = true;
+    }
+  }
+  if (gone) z.dead = true;
+  return gone;
+}
 
 /**
  * A warm interpreter serving fresh sandboxes. Made by {@link Sandbox.template}.
@@ -152,7 +173,7 @@ export class ZygoteTemplate implements SandboxTemplate {
   }
 
   private ensureZygote(): Promise<Zygote> {
-    if (this.zygote && !this.zygote.dead) return Promise.resolve(this.zygote);
+    if (this.zygote && !zygoteGone(this.zygote)) return Promise.resolve(this.zygote);
     // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
     const env = { ...this.baseEnv, ...this.zygoteEnv };
     const onEnd = (z: Zygote): void => {
@@ -447,7 +468,8 @@ export class ZygoteTemplate implements SandboxTemplate {
   private takeReady(): Prepared | undefined {
     for (;;) {
       const p = this.ready.shift();
-      if (!p || !p.zygote.dead) return p;
+      if (!p) return p;
+      if (!zygoteGone(p.zygote)) return p;
       void discardFork(this.site, p);
     }
   }
