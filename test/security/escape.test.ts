@@ -96,7 +96,14 @@ const REFUSED_UNCONFINED: [string, string[], Expect][] = [
   ['open /proc/1/exe for writing', ['open_write', '/proc/1/exe'], 'refused EACCES'],
 ];
 
+// Under a pod's own seccomp filter, a call that filter refuses fails with its errno (ENOSYS in
+// deploy/seccomp/hutch.json) before hutch's filter is asked: among filters the kernel takes the
+// strictest action, and an errno is stricter than the user notification hutch's filter uses
+// to report a refusal. Still refused; the pod's errno instead of hutch's.
+const OUTER_REFUSAL = /^refused ENOSYS$/;
+
 function check(line: string, want: Expect): void {
+  if (outerSeccomp && want === 'refused EPERM' && OUTER_REFUSAL.test(line)) return;
   if (typeof want === 'string') expect(line).toBe(want);
   else expect(line).toMatch(want);
 }
