@@ -56,7 +56,7 @@
       "actions": [
         {
           "action_name": "build_init",
-          "inputs": ["addon/init/init.c", "addon/init/protocol.h", "addon/init/confine.h", "addon/init/listeners.h", "scripts/build-init.sh"],
+          "inputs": ["addon/init/init.c", "addon/init/protocol.h", "addon/init/confine.h", "addon/init/listeners.h", "addon/init/exec_child.h", "scripts/build-init.sh"],
           "outputs": ["<(PRODUCT_DIR)/hutch-init"],
           "action": ["sh", "scripts/build-init.sh", "addon/init/init.c", "<(PRODUCT_DIR)/hutch-init"]
         }
