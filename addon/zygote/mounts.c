@@ -1,7 +1,8 @@
 /*
  * A template fork's new root, piece by piece (addon/zygote/helper.c runs them in order): a
  * filesystem made and attached below the new root, paths resolved inside it, the template's
- * own mounts carried over, a new /dev, masked and read-only paths. Raw syscalls and
+ * own mounts carried over, a new /dev, masked and read-only paths, and last the lock that
+ * keeps the task from undoing them (a user namespace of its own). Raw syscalls and
  * async-signal-safe libc only, as in all of the helper. Each returns 0, or -1 with errno (and
  * `*where` naming the path it was at).
  */
@@ -10,10 +11,12 @@
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <linux/openat2.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mounts.h"
@@ -232,5 +235,100 @@ int mask_and_readonly(int root, const char *masked, const char *ro, const char *
     close(t);
     if (r < 0) return -1;
   }
+  return 0;
+}
+
+/*
+ * The task's mounts locked against it, as a created sandbox's are: a user namespace of its
+ * own below the template's, with a copy of its mount namespace. The kernel locks every mount
+ * of a copy made for a less privileged user namespace, so not even a task given SYS_ADMIN
+ * can unmount a mask or remount a read-only path. Its ids map 1:1 onto the template's: the
+ * maps are written by a child that stays in the template's user namespace (the writer must be
+ * in the parent namespace, with CAP_SETUID/CAP_SETGID there). 0, or -1 with errno.
+ */
+static char idmaps[2][512];
+static char mapper_stack[16384] __attribute__((aligned(16)));
+static int mapper_pipe[2];
+static int mapper_err;
+
+static int write_file(const char *path, const char *data) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, data, strlen(data));
+  int e = errno;
+  close(fd);
+  errno = e;
+  return n == (ssize_t)strlen(data) ? 0 : -1;
+}
+
+static int mapper(void *arg) {
+  (void)arg;
+  char c;
+  ssize_t k;
+  do k = read(mapper_pipe[0], &c, 1); while (k < 0 && errno == EINTR);
+  if (k != 1) _exit(1);
+  /* The task is PID 1 of this pid namespace, and /proc is its namespace's. */
+  if (write_file("/proc/1/uid_map", idmaps[0]) < 0 || write_file("/proc/1/gid_map", idmaps[1]) < 0) {
+    mapper_err = errno;
+    _exit(1);
+  }
+  _exit(0);
+}
+
+/* "inside outside count" lines of our own map as "inside inside count": the same ids. */
+static int identity_map(const char *path, char *out, size_t cap) {
+  static char buf[512];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return errno = EINVAL, -1;
+  buf[n] = 0;
+  size_t o = 0;
+  for (char *l = buf; *l;) {
+    while (*l == ' ') l++;
+    char *a = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t alen = (size_t)(l - a);
+    while (*l == ' ') l++;
+    while (*l >= '0' && *l <= '9') l++; /* outside: not ours to name */
+    while (*l == ' ') l++;
+    char *c = l;
+    while (*l >= '0' && *l <= '9') l++;
+    size_t clen = (size_t)(l - c);
+    while (*l && *l != '\n') l++;
+    if (*l) l++;
+    if (alen == 0 || clen == 0) continue;
+    if (o + 2 * alen + clen + 3 >= cap) return errno = E2BIG, -1;
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, a, alen), o += alen, out[o++] = ' ';
+    memcpy(out + o, c, clen), o += clen, out[o++] = '\n';
+  }
+  out[o] = 0;
+  return o > 0 ? 0 : (errno = EINVAL, -1);
+}
+
+int lock_mounts(void) {
+  if (identity_map("/proc/self/uid_map", idmaps[0], sizeof idmaps[0]) < 0 ||
+      identity_map("/proc/self/gid_map", idmaps[1], sizeof idmaps[1]) < 0)
+    return -1;
+  if (pipe2(mapper_pipe, O_CLOEXEC) < 0) return -1;
+  mapper_err = 0;
+  int pid = clone(mapper, mapper_stack + sizeof mapper_stack, CLONE_VM | SIGCHLD, NULL);
+  int e = errno;
+  if (pid < 0) {
+    close(mapper_pipe[0]), close(mapper_pipe[1]);
+    return errno = e, -1;
+  }
+  int r = unshare(CLONE_NEWUSER | CLONE_NEWNS);
+  e = errno;
+  if (r == 0) r = write(mapper_pipe[1], "g", 1) == 1 ? 0 : -1, e = errno;
+  close(mapper_pipe[1]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  close(mapper_pipe[0]);
+  if (r < 0) return errno = e, -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return errno = mapper_err ? mapper_err : EPERM, -1;
   return 0;
 }

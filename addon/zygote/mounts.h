@@ -19,6 +19,9 @@ int carry_mounts(int root, const char *skip, const char **where);
 int make_dev(int root, const char *shm_size, const char **where);
 /* Masked and read-only paths (lists ended by an empty string). */
 int mask_and_readonly(int root, const char *masked, const char *ro, const char **where);
+/* The task's mounts locked against it: a user namespace of its own (ids 1:1 onto the
+ * template's) with a copy of its mount namespace. 0, or -1 with errno. */
+int lock_mounts(void);
 
 #pragma GCC visibility pop
 
