@@ -63,7 +63,11 @@ for (const w of ${JSON.stringify(webs)}) {
 }
 `;
 
-/** Makes the namespace, its link and its servers; `n` picks the /24 (198.19.n.0/24). */
+/**
+ * Makes the namespace, its link and its servers; `n` picks the /24 (198.19.n.0/24). Files that
+ * may run at once must not share a /24 (two host links on one subnet): test/network/egress.test.ts
+ * takes 100-199, egress-ask.test.ts 200-239, test/cli/examples.test.ts 240-249, bench/egress.ts 250.
+ */
 export async function makeInet(n: number): Promise<Inet> {
   const ns = `hutch-egress-${process.pid}`;
   const link = `egr${process.pid % 100000}`; // never hx*: the table treats those as sandbox links

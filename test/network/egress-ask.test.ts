@@ -1,35 +1,20 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { Sandbox } from '../../lib/index.js';
 import type { EgressRequest } from '../../lib/network/policy.js';
-import { settleNetwork } from '../../lib/network/index.js';
 import { needsRootWith } from '../helpers/require.js';
-import { makeInet, type Inet } from '../../bench/inet.js';
+import { shIn, slotOf, useInet } from '../helpers/egress.js';
 
 // `ask` about bare addresses, and the refusals past the log's rate limit. Traffic only to the
 // namespace this file makes (198.19.x.0/24, bench/inet.ts) and to what hutch makes on the link.
 const skip = needsRootWith('egress ask tests', ['ip', 'nft', 'curl', 'python3']);
 const RANGE = '10.219.0.0/24';
 
-function slotOf(sb: Sandbox): string {
-  return sb.network!.address.split('.').map((o, i) => (Number(o) & (i === 3 ? 0xfc : 0xff)).toString(16).padStart(2, '0')).join('');
-}
 
 describe.skipIf(skip !== undefined)('egress: ask about bare addresses', () => {
-  let inet: Inet;
-  beforeAll(async () => {
-    inet = await makeInet(200 + (process.pid % 40));
-  });
-  afterAll(async () => {
-    inet?.close();
-    await settleNetwork().catch(() => undefined);
-  });
-
-  const net = (x: Record<string, unknown>) => ({ mode: 'bridge' as const, outbound: 'nat' as const, range: RANGE, dns: { servers: [inet.dns] }, ...x });
-  const sh = async (sb: Sandbox, cmd: string) => {
-    const r = await sb.exec(['sh', '-c', cmd], { encoding: 'utf8', timeoutMs: 30_000 });
-    return { ...r, stdout: r.stdout as string, stderr: r.stderr as string };
-  };
+  const world = useInet(() => 200 + (process.pid % 40), RANGE);
+  const net = world.net;
+  const sh = (sb: Sandbox, cmd: string) => shIn(sb, cmd, 30_000);
   // connect, send a request, read: what the sandbox's program sees.
   const probe = (address: string, port: number) => `python3 -c "
 import socket
@@ -58,12 +43,12 @@ print(n)"`;
     const sb = await Sandbox.create({
       network: net({
         domains: ['ok.example'],
-        deny: [`${inet.dns}/32`],
+        deny: [`${world.inet.dns}/32`],
         ask: async (req: EgressRequest) => {
           asked.push(req);
-          if (req.address === inet.b) return gate.then(() => true); // answered when the test says
+          if (req.address === world.inet.b) return gate.then(() => true); // answered when the test says
           await new Promise((res) => setTimeout(res, 300));
-          if (req.address === inet.a) throw new Error('no idea');
+          if (req.address === world.inet.a) throw new Error('no idea');
           if (req.port === 81) return new Promise<boolean>(() => undefined); // never answers
           return { allow: false as const, reason: 'not on the list' };
         },
@@ -71,45 +56,45 @@ print(n)"`;
     });
     try {
       // Allowed: the first connection waits for the answer and then works (no failure first).
-      const pending = sh(sb, `curl -sS --max-time 20 http://${inet.b}/`);
+      const pending = sh(sb, `curl -sS --max-time 20 http://${world.inet.b}/`);
       for (let i = 0; i < 200 && asked.length === 0; i++) await new Promise((res) => setTimeout(res, 50));
-      expect(asked).toEqual([{ host: null, address: inet.b, port: 80, protocol: 'tcp' }]);
+      expect(asked).toEqual([{ host: null, address: world.inet.b, port: 80, protocol: 'tcp' }]);
       // Asked and not answered yet: the request has not left, and curl still waits.
       await new Promise((res) => setTimeout(res, 300));
-      expect(inet.seen.some((l) => l.startsWith(`http ${inet.b}`))).toBe(false);
+      expect(world.inet.seen.some((l) => l.startsWith(`http ${world.inet.b}`))).toBe(false);
       release();
       const first = await pending;
       expect(first.stderr).toBe('');
-      expect(first.stdout).toBe(`hello from ${inet.b}\n`);
-      expect(inet.seen).toContain(`http ${inet.b} ${inet.b}`);
+      expect(first.stdout).toBe(`hello from ${world.inet.b}\n`);
+      expect(world.inet.seen).toContain(`http ${world.inet.b} ${world.inet.b}`);
       // Asked once: later connections (another port too) go straight, through the asked set.
-      const again = await sh(sb, `curl -sS --max-time 20 http://${inet.b}/; curl -sS --max-time 20 http://${inet.b}:8080/mb/1 | wc -c`);
-      expect(again.stdout).toBe(`hello from ${inet.b}\n1048576\n`);
+      const again = await sh(sb, `curl -sS --max-time 20 http://${world.inet.b}/; curl -sS --max-time 20 http://${world.inet.b}:8080/mb/1 | wc -c`);
+      expect(again.stdout).toBe(`hello from ${world.inet.b}\n1048576\n`);
       expect(asked).toHaveLength(1);
-      expect(execFileSync('nft', ['list', 'set', 'inet', 'hutch', `askok_${slotOf(sb)}`], { encoding: 'utf8' })).toContain(inet.b);
+      expect(execFileSync('nft', ['list', 'set', 'inet', 'hutch', `askok_${slotOf(sb)}`], { encoding: 'utf8' })).toContain(world.inet.b);
 
       // Refused with a reason: the program's connection is reset, never left hanging.
-      const refused = await sh(sb, probe(inet.rogue, 80));
+      const refused = await sh(sb, probe(world.inet.rogue, 80));
       expect(refused.stdout).toMatch(/^(ConnectionResetError|read eof)\n$/);
-      expect(refused.violations).toContainEqual(expect.objectContaining({ kind: 'network', host: null, address: inet.rogue, port: 80, protocol: 'tcp', reason: 'not on the list' }));
+      expect(refused.violations).toContainEqual(expect.objectContaining({ kind: 'network', host: null, address: world.inet.rogue, port: 80, protocol: 'tcp', reason: 'not on the list' }));
       // Once per address while the answer stands: from then on the kernel refuses it at once
       // (any port), with the answer's reason, without asking; a flood of them is counted to the last.
-      const twice = await sh(sb, `${probe(inet.rogue, 80)}; ${probe(inet.rogue, 22)}`);
+      const twice = await sh(sb, `${probe(world.inet.rogue, 80)}; ${probe(world.inet.rogue, 22)}`);
       expect(twice.stdout).toBe('ConnectionRefusedError\nConnectionRefusedError\n');
-      expect(twice.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 80, reason: 'not on the list' }));
-      expect(twice.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 22, reason: 'not on the list' }));
+      expect(twice.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 80, reason: 'not on the list' }));
+      expect(twice.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 22, reason: 'not on the list' }));
       const n = 2000;
-      const flood = await sh(sb, connectFlood(inet.rogue, n));
+      const flood = await sh(sb, connectFlood(world.inet.rogue, n));
       expect(flood.stdout).toBe(`${n}\n`);
       expect(flood.violations.length + flood.violationsDropped).toBe(n);
-      expect(flood.violations.every((v) => v.address === inet.rogue && v.reason === 'not on the list')).toBe(true);
-      expect(asked.filter((r) => r.address === inet.rogue)).toHaveLength(1);
+      expect(flood.violations.every((v) => v.address === world.inet.rogue && v.reason === 'not on the list')).toBe(true);
+      expect(asked.filter((r) => r.address === world.inet.rogue)).toHaveLength(1);
 
-      // A throw: refused. (inet.a is ok.example's address, not admitted until that name is resolved.)
-      const threw = await sh(sb, probe(inet.a, 8080));
+      // A throw: refused. (world.inet.a is ok.example's address, not admitted until that name is resolved.)
+      const threw = await sh(sb, probe(world.inet.a, 8080));
       expect(threw.stdout).toMatch(/^(ConnectionResetError|read eof)\n$/);
-      expect(threw.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 8080, reason: 'ask threw: no idea' }));
-      expect(inet.seen.some((l) => l.startsWith(`http ${inet.a}`))).toBe(false);
+      expect(threw.violations).toContainEqual(expect.objectContaining({ address: world.inet.a, port: 8080, reason: 'ask threw: no idea' }));
+      expect(world.inet.seen.some((l) => l.startsWith(`http ${world.inet.a}`))).toBe(false);
     } finally {
       await sb.destroy();
     }
@@ -120,7 +105,7 @@ print(n)"`;
     const sb = await Sandbox.create({
       network: net({
         domains: ['ok.example'],
-        deny: [`${inet.a}/32`],
+        deny: [`${world.inet.a}/32`],
         ask: (req: EgressRequest) => {
           asked.push(req);
           return new Promise<boolean>(() => undefined);
@@ -128,15 +113,15 @@ print(n)"`;
       }),
     });
     try {
-      const silent = await sh(sb, probe(inet.b, 8080));
+      const silent = await sh(sb, probe(world.inet.b, 8080));
       expect(silent.stdout).toMatch(/^(ConnectionResetError|read eof)\n$/);
-      expect(silent.violations).toContainEqual(expect.objectContaining({ address: inet.b, port: 8080, reason: 'ask: no answer within 5 s' }));
+      expect(silent.violations).toContainEqual(expect.objectContaining({ address: world.inet.b, port: 8080, reason: 'ask: no answer within 5 s' }));
       // Refused at once by the forward and input chains, as without ask: never asked.
-      const direct = await sh(sb, `${probe(inet.a, 8080)}; ${probe(inet.rogue, 53)}; ${probe(inet.gateway, 8080)}`);
+      const direct = await sh(sb, `${probe(world.inet.a, 8080)}; ${probe(world.inet.rogue, 53)}; ${probe(world.inet.gateway, 8080)}`);
       expect(direct.stdout).toBe('ConnectionRefusedError\nConnectionRefusedError\nConnectionRefusedError\n');
-      expect(direct.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 8080, reason: 'denied' }));
-      expect(direct.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 53, reason: 'other resolver' }));
-      expect(asked.map((r) => r.address)).toEqual([inet.b]);
+      expect(direct.violations).toContainEqual(expect.objectContaining({ address: world.inet.a, port: 8080, reason: 'denied' }));
+      expect(direct.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 53, reason: 'other resolver' }));
+      expect(asked.map((r) => r.address)).toEqual([world.inet.b]);
     } finally {
       await sb.destroy();
     }
@@ -146,7 +131,7 @@ print(n)"`;
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
     try {
       const n = 4000;
-      const r = await sh(sb, connectFlood(inet.b, n));
+      const r = await sh(sb, connectFlood(world.inet.b, n));
       expect(r.stdout).toBe(`${n}\n`); // each refused at once
       expect(r.violations.length).toBeLessThanOrEqual(100);
       // Every refused SYN is either reported or counted: none is lost past nftables' log limit.

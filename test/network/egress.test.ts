@@ -14,6 +14,7 @@ import { hostOf, sniOf } from '../../lib/network/sni-proxy.js';
 import { needsRootWith } from '../helpers/require.js';
 import { makeInet, type Inet } from '../../bench/inet.js';
 import { einval } from '../helpers/rejects.js';
+import { shIn, slotOf, useInet } from '../helpers/egress.js';
 
 // Traffic only to the namespace and addresses this file makes (198.19.x.0/24) and to the
 // resolver hutch makes on the sandbox's link; never the host's resolvers.
@@ -21,9 +22,6 @@ const skip = needsRootWith('egress tests', ['ip', 'nft', 'curl', 'python3']);
 const RANGE = '10.217.0.0/24';
 
 /** The sandbox's slot (its /30, 8 hex digits): names its nftables set and chains. */
-function slotOf(sb: Sandbox): string {
-  return sb.network!.address.split('.').map((o, i) => (Number(o) & (i === 3 ? 0xfc : 0xff)).toString(16).padStart(2, '0')).join('');
-}
 
 describe('egress options', () => {
   const o = (x: Record<string, unknown>) => resolveEgressPolicy('network', x, 'nat', null);
@@ -119,20 +117,9 @@ describe('egress parsers', () => {
 });
 
 describe.skipIf(skip !== undefined)('egress by name: real traffic', () => {
-  let inet: Inet;
-  beforeAll(async () => {
-    inet = await makeInet(100 + (process.pid % 100));
-  });
-  afterAll(async () => {
-    inet?.close();
-    await settleNetwork().catch(() => undefined);
-  });
-
-  const net = (x: Record<string, unknown>) => ({ mode: 'bridge' as const, outbound: 'nat' as const, range: RANGE, dns: { servers: [inet.dns] }, ...x });
-  const sh = async (sb: Sandbox, cmd: string) => {
-    const r = await sb.exec(['sh', '-c', cmd], { encoding: 'utf8', timeoutMs: 20_000 });
-    return { ...r, stdout: r.stdout as string, stderr: r.stderr as string };
-  };
+  const world = useInet(() => 100 + (process.pid % 100), RANGE);
+  const net = world.net;
+  const sh = (sb: Sandbox, cmd: string) => shIn(sb, cmd, 20_000);
 
   it('an allowed name works from curl and python; every other way out is refused fast, each a violation', async () => {
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example', '*.ok.example'] }) });
@@ -141,36 +128,36 @@ describe.skipIf(skip !== undefined)('egress by name: real traffic', () => {
     try {
       const curl = await sh(sb, 'curl -sS --max-time 10 http://ok.example/');
       expect(curl.stderr).toBe('');
-      expect(curl.stdout).toBe(`hello from ${inet.a}\n`);
-      expect(inet.seen).toContain(`http ${inet.a} ok.example`);
+      expect(curl.stdout).toBe(`hello from ${world.inet.a}\n`);
+      expect(world.inet.seen).toContain(`http ${world.inet.a} ok.example`);
       const py = await sh(sb, `python3 -c "import urllib.request; print(urllib.request.urlopen('http://sub.ok.example/', timeout=10).read().decode(), end='')"`);
-      expect(py.stdout).toBe(`hello from ${inet.a}\n`);
-      expect(inet.seen).toContain(`http ${inet.a} sub.ok.example`);
+      expect(py.stdout).toBe(`hello from ${world.inet.a}\n`);
+      expect(world.inet.seen).toContain(`http ${world.inet.a} sub.ok.example`);
 
       // A name not allowed: NXDOMAIN from hutch's resolver, never asked upstream.
       const name = await sh(sb, 'curl -sS --max-time 10 http://other.example/');
       expect(name.exitCode).toBe(6); // could not resolve host
-      expect(inet.seen.some((l) => l.startsWith('dns other.example'))).toBe(false);
+      expect(world.inet.seen.some((l) => l.startsWith('dns other.example'))).toBe(false);
       expect(name.violations).toContainEqual(expect.objectContaining({ kind: 'network', host: 'other.example', reason: 'not allowed', protocol: 'dns' }));
 
       // The address of a name not allowed, by IP: reset at once.
-      const direct = await sh(sb, `curl -sS --max-time 10 http://${inet.b}/`);
+      const direct = await sh(sb, `curl -sS --max-time 10 http://${world.inet.b}/`);
       expect(direct.exitCode).toBe(7); // could not connect (reset), not 28 (timeout)
-      expect(inet.seen.some((l) => l.startsWith(`http ${inet.b}`))).toBe(false);
-      expect(direct.violations).toContainEqual(expect.objectContaining({ kind: 'network', address: inet.b, port: 80, protocol: 'tcp', reason: 'not allowed' }));
+      expect(world.inet.seen.some((l) => l.startsWith(`http ${world.inet.b}`))).toBe(false);
+      expect(direct.violations).toContainEqual(expect.objectContaining({ kind: 'network', address: world.inet.b, port: 80, protocol: 'tcp', reason: 'not allowed' }));
 
       // Another resolver, UDP and TCP: refused at once.
       const rogue = await sh(sb, `python3 -c "
 import socket
 q = bytes.fromhex('1234010000010000000000000a6f746865722d6e616d65076578616d706c650000010001')
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5); u.connect(('${inet.rogue}', 53)); u.send(q)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5); u.connect(('${world.inet.rogue}', 53)); u.send(q)
 try: u.recv(512); print('udp answered')
 except OSError as e: print('udp', type(e).__name__)
 t = socket.socket(); t.settimeout(5)
-try: t.connect(('${inet.rogue}', 53)); print('tcp connected')
+try: t.connect(('${world.inet.rogue}', 53)); print('tcp connected')
 except OSError as e: print('tcp', type(e).__name__)
 t = socket.socket(); t.settimeout(5)
-try: t.connect(('${inet.a}', 853)); print('dot connected')
+try: t.connect(('${world.inet.a}', 853)); print('dot connected')
 except OSError as e: print('dot', type(e).__name__)
 "`);
       expect(rogue.stdout).not.toContain('answered');
@@ -178,11 +165,11 @@ except OSError as e: print('dot', type(e).__name__)
       expect(rogue.stdout).toMatch(/udp (ConnectionRefusedError|OSError)/);
       expect(rogue.stdout).toContain('tcp ConnectionRefusedError');
       expect(rogue.stdout).toContain('dot ConnectionRefusedError');
-      expect(inet.seen.some((l) => l.startsWith('rogue'))).toBe(false);
-      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 53, protocol: 'udp', reason: 'other resolver' }));
-      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: inet.rogue, port: 53, protocol: 'tcp', reason: 'other resolver' }));
+      expect(world.inet.seen.some((l) => l.startsWith('rogue'))).toBe(false);
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 53, protocol: 'udp', reason: 'other resolver' }));
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 53, protocol: 'tcp', reason: 'other resolver' }));
       // 853 to an allowed name's address: refused all the same, and named after it.
-      expect(rogue.violations).toContainEqual(expect.objectContaining({ host: expect.stringMatching(/ok\.example$/), address: inet.a, port: 853, reason: 'other resolver' }));
+      expect(rogue.violations).toContainEqual(expect.objectContaining({ host: expect.stringMatching(/ok\.example$/), address: world.inet.a, port: 853, reason: 'other resolver' }));
 
       // DNS over TCP to hutch's resolver works too (the name in the query, the address in the answer).
       const tcpDns = await sh(sb, `python3 -c "
@@ -192,7 +179,7 @@ t = socket.create_connection(('host.hutch.internal', 53), timeout=5); t.sendall(
 n = struct.unpack('>H', t.recv(2))[0]; a = b''
 while len(a) < n: a += t.recv(n - len(a))
 print(a[3] & 15, struct.unpack('>H', a[6:8])[0], '.'.join(map(str, a[-4:])))"`);
-      expect(tcpDns.stdout).toBe(`0 1 ${inet.a}\n`);
+      expect(tcpDns.stdout).toBe(`0 1 ${world.inet.a}\n`);
 
       // IPv6: the sandbox has no route for it.
       const v6 = await sh(sb, `python3 -c "
@@ -212,21 +199,21 @@ except OSError as e: print(type(e).__name__, e.errno)
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
     try {
       const ok = await sh(sb, 'curl -sSk --max-time 10 https://ok.example/; curl -sS --max-time 10 http://ok.example/');
-      expect(ok.stdout).toBe(`tls hello from ${inet.a}\nhello from ${inet.a}\n`);
-      expect(inet.seen).toContain(`tls ${inet.a} ok.example ok.example`);
+      expect(ok.stdout).toBe(`tls hello from ${world.inet.a}\nhello from ${world.inet.a}\n`);
+      expect(world.inet.seen).toContain(`tls ${world.inet.a} ok.example ok.example`);
       // shared.example is the same address as ok.example, but not allowed.
-      const sni = await sh(sb, `curl -sSk --max-time 10 --resolve shared.example:443:${inet.a} https://shared.example/; echo "exit $?"`);
+      const sni = await sh(sb, `curl -sSk --max-time 10 --resolve shared.example:443:${world.inet.a} https://shared.example/; echo "exit $?"`);
       expect(sni.stdout).toMatch(/exit (35|56)\n$/); // reset during the handshake, not 28 (timeout)
-      expect(sni.violations).toContainEqual(expect.objectContaining({ host: 'shared.example', address: inet.a, port: 443, protocol: 'tcp', reason: 'not allowed' }));
+      expect(sni.violations).toContainEqual(expect.objectContaining({ host: 'shared.example', address: world.inet.a, port: 443, protocol: 'tcp', reason: 'not allowed' }));
       const host = await sh(sb, `curl -sS --max-time 10 -H 'Host: shared.example' http://ok.example/; echo "exit $?"`);
       expect(host.stdout).toMatch(/exit (52|56)\n$/);
       expect(host.violations).toContainEqual(expect.objectContaining({ host: 'shared.example', port: 80, reason: 'not allowed' }));
-      expect(inet.seen.filter((l) => l.includes('shared.example'))).toEqual([]);
+      expect(world.inet.seen.filter((l) => l.includes('shared.example'))).toEqual([]);
       const py = await sh(sb, `python3 -c "
 import ssl, urllib.request
 c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
 print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read().decode(), end='')"`);
-      expect(py.stdout).toBe(`tls hello from ${inet.a}\n`);
+      expect(py.stdout).toBe(`tls hello from ${world.inet.a}\n`);
       // The body of an allowed connection goes through whole (spliced in the kernel).
       const big = await sh(sb, 'curl -sS --max-time 20 http://ok.example/mb/24 | md5sum; head -c 25165824 /dev/zero | tr "\\0" x | md5sum');
       const [got, want] = big.stdout.trim().split('\n');
@@ -242,13 +229,13 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       network: net({
         domains: ['*'],
         deny: ['*.bad.example'],
-        dns: { servers: [inet.dns], hosts: { 'fixed.example': inet.a, 'meta.example': '169.254.169.254' } },
+        dns: { servers: [world.inet.dns], hosts: { 'fixed.example': world.inet.a, 'meta.example': '169.254.169.254' } },
       }),
     });
     try {
       const r = await sh(sb, 'curl -sS --max-time 10 http://bad.example/ && curl -sS --max-time 10 http://fixed.example/; curl -sS --max-time 10 http://x.bad.example/; echo "exit $?"');
-      expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.a}\nexit 6\n`);
-      expect(inet.seen.some((l) => l.startsWith('dns fixed.example'))).toBe(false);
+      expect(r.stdout).toBe(`hello from ${world.inet.b}\nhello from ${world.inet.a}\nexit 6\n`);
+      expect(world.inet.seen.some((l) => l.startsWith('dns fixed.example'))).toBe(false);
       expect(r.violations).toContainEqual(expect.objectContaining({ host: 'x.bad.example', reason: 'denied' }));
       // An allowed name pointed at link-local (cloud metadata) does not admit that address.
       // (Checked in the set, without a packet to that address: it is not one this test made.)
@@ -256,14 +243,14 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
       expect(meta.stdout).toMatch(/^169\.254\.169\.254 /);
       const slot = slotOf(sb);
       const set = execFileSync('nft', ['list', 'set', 'inet', 'hutch', `ok_${slot}`], { encoding: 'utf8' });
-      expect(set).toContain(inet.a); // fixed.example, admitted above
+      expect(set).toContain(world.inet.a); // fixed.example, admitted above
       expect(set).not.toContain('169.254.169.254');
       // A deny CIDR wins over an allowed name's address, on the name-checked ports too.
-      await sb.setNetworkPolicy({ domains: ['*'], deny: [`${inet.a}/32`] });
+      await sb.setNetworkPolicy({ domains: ['*'], deny: [`${world.inet.a}/32`] });
       const cidr = await sh(sb, 'curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://ok.example:8080/mb/1 >/dev/null; echo "exit $?"');
       expect(cidr.stdout).toMatch(/^exit (52|56|7)\nexit 7\n$/);
-      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 80, reason: 'denied' }));
-      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: inet.a, port: 8080, reason: 'denied' }));
+      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: world.inet.a, port: 80, reason: 'denied' }));
+      expect(cidr.violations).toContainEqual(expect.objectContaining({ address: world.inet.a, port: 8080, reason: 'denied' }));
     } finally {
       await sb.destroy();
     }
@@ -281,7 +268,7 @@ print(urllib.request.urlopen('https://ok.example/', context=c, timeout=10).read(
     });
     try {
       const r = await sh(sb2, 'curl -sS --max-time 10 http://asked.example/; curl -sS --max-time 10 http://asked.example/; curl -sS --max-time 10 http://other.example/; echo "exit $?"');
-      expect(r.stdout).toBe(`hello from ${inet.b}\nhello from ${inet.b}\nexit 6\n`);
+      expect(r.stdout).toBe(`hello from ${world.inet.b}\nhello from ${world.inet.b}\nexit 6\n`);
       expect(asked.filter((h) => h === 'asked.example')).toHaveLength(1);
       expect(r.violations).toContainEqual(expect.objectContaining({ host: 'other.example', reason: 'not on the list' }));
       // No answer within 5 s, or a throw: refused, and said so.
@@ -304,7 +291,7 @@ import socket
 n = 0
 for i in range(3000):
     s = socket.socket()
-    try: s.connect(('${inet.b}', 80))
+    try: s.connect(('${world.inet.b}', 80))
     except ConnectionRefusedError: n += 1
     s.close()
 print(n)"`);
@@ -361,15 +348,15 @@ print(n)"`);
   it('setNetworkPolicy changes the lists live', async () => {
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example'] }) });
     try {
-      expect((await sh(sb, 'curl -sS --max-time 10 http://ok.example/')).stdout).toBe(`hello from ${inet.a}\n`);
+      expect((await sh(sb, 'curl -sS --max-time 10 http://ok.example/')).stdout).toBe(`hello from ${world.inet.a}\n`);
       expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/; echo "exit $?"')).stdout).toBe('exit 6\n');
       await sb.setNetworkPolicy({ domains: ['later.example'] });
-      expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/')).stdout).toBe(`hello from ${inet.b}\n`);
+      expect((await sh(sb, 'curl -sS --max-time 10 http://later.example/')).stdout).toBe(`hello from ${world.inet.b}\n`);
       // ok.example's address is out of the set now, by name and by address.
-      expect((await sh(sb, `curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://${inet.a}/; echo "exit $?"`)).stdout).toBe('exit 6\nexit 7\n');
+      expect((await sh(sb, `curl -sS --max-time 10 http://ok.example/; echo "exit $?"; curl -sS --max-time 10 http://${world.inet.a}/; echo "exit $?"`)).stdout).toBe('exit 6\nexit 7\n');
       // An allow CIDR reaches its address without a name.
-      await sb.setNetworkPolicy({ domains: ['later.example'], allow: [`${inet.a}/32`] });
-      expect((await sh(sb, `curl -sS --max-time 10 http://${inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
+      await sb.setNetworkPolicy({ domains: ['later.example'], allow: [`${world.inet.a}/32`] });
+      expect((await sh(sb, `curl -sS --max-time 10 http://${world.inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
       await expect(sb.setNetworkPolicy({ domains: ['bad name'] })).rejects.toMatchObject({ code: 'EINVAL' });
       await expect(sb.setNetworkPolicy({ allow: ['10.0.0.1/8'] })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringContaining('policy.allow[0]') });
     } finally {
@@ -387,18 +374,18 @@ print(n)"`);
     expect(listed).not.toContain(slot);
     const none = await Sandbox.create({ network: { mode: 'bridge', range: RANGE } });
     try {
-      await expect(none.setNetworkPolicy({ allow: [`${inet.a}/32`] })).rejects.toMatchObject({ code: 'EINVAL' });
+      await expect(none.setNetworkPolicy({ allow: [`${world.inet.a}/32`] })).rejects.toMatchObject({ code: 'EINVAL' });
     } finally {
       await none.destroy();
     }
     // Without names, `allow` still changes live; names need a sandbox made with them.
-    const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE, outbound: 'nat', allow: [`${inet.b}/32`] } });
+    const plain = await Sandbox.create({ network: { mode: 'bridge', range: RANGE, outbound: 'nat', allow: [`${world.inet.b}/32`] } });
     try {
       await expect(plain.setNetworkPolicy({ domains: ['ok.example'] })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringContaining('policy.domains') });
       // (A plain NAT sandbox's chain drops what `allow` does not hold: curl gives up, exit 28.)
-      expect((await sh(plain, `curl -sS --max-time 2 http://${inet.a}:8080/mb/1 >/dev/null; echo "exit $?"`)).stdout).toBe('exit 28\n');
-      await plain.setNetworkPolicy({ allow: [`${inet.a}/32`] });
-      expect((await sh(plain, `curl -sS --max-time 10 http://${inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
+      expect((await sh(plain, `curl -sS --max-time 2 http://${world.inet.a}:8080/mb/1 >/dev/null; echo "exit $?"`)).stdout).toBe('exit 28\n');
+      await plain.setNetworkPolicy({ allow: [`${world.inet.a}/32`] });
+      expect((await sh(plain, `curl -sS --max-time 10 http://${world.inet.a}:8080/mb/1 | wc -c`)).stdout.trim()).toBe('1048576');
     } finally {
       await plain.destroy();
     }
