@@ -105,7 +105,16 @@ describe("the setup child and the host's fd table", () => {
   it('starts sandboxes while the host holds many fds and other threads open and close files; no host fd reaches init', async () => {
     // Fd 5 is init's ready pipe (READY_FD), which init closes just after the host has read its
     // "ready": seen or not depending on the moment, so left out.
-    const initFds = (pid: number): string[] => readdirSync(`/proc/${pid}/fd`).sort().map((fd) => `${fd} ${readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/\d+/g, 'N')}`).filter((e) => e !== '5 pipe:[N]');
+    // (read between the listing and the readlink: listed, then gone).
+    const link = (pid: number, fd: string): string | null => {
+      try {
+        return `${fd} ${readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/\d+/g, 'N')}`;
+      } catch {
+        return null;
+      }
+    };
+    const initFds = (pid: number): string[] =>
+      readdirSync(`/proc/${pid}/fd`).sort().map((fd) => link(pid, fd)).filter((e): e is string => e !== null && e !== '5 pipe:[N]');
     const ref = await Sandbox.create({ image: 'busybox', network: 'none' });
     const expected = initFds(ref.pid);
     await ref.destroy();
