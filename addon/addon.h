@@ -14,7 +14,7 @@ ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, si
 #define HUTCH_JS_FUNCTIONS(X)                                                                     \
   /* clone.cc, blank.cc, initbin.cc, trees.cc */                                                  \
   X(SetInit, "setInit") X(CloneSandbox, "cloneSandbox") X(CloneBlank, "cloneBlank") X(StartBlank, "startBlank") \
-  X(OpenTree, "openTree") X(MakeUserns, "makeUserns")                                             \
+  X(OpenTree, "openTree") X(MakeUserns, "makeUserns") X(MakeLinkNamespaces, "makeLinkNamespaces")       \
   /* pidfd.cc */                                                                                  \
   X(Reap, "reap") X(PidfdKill, "pidfdKill") X(PidfdOpen, "pidfdOpen")                           \
   X(ReadSetupError, "readSetupError")                                                             \

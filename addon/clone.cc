@@ -161,6 +161,13 @@ bool prepare_clone(Napi::Env env, const Napi::Value &v, const char *fn, plan &p,
     req.userns_fd = un.As<Napi::Number>().Int32Value();
   }
   req.deny_setgroups = o.Get("denySetgroups").ToBoolean().Value();
+  Napi::Value lu = o.Get("linkUserns"), ln = o.Get("linkNetns");
+  if (!lu.IsUndefined() || !ln.IsUndefined()) {
+    if (!lu.IsNumber() || !ln.IsNumber() || lu.As<Napi::Number>().Int32Value() < 0 || ln.As<Napi::Number>().Int32Value() < 0)
+      return type_error(env, fn, "linkUserns and linkNetns must both be fds");
+    req.link_user_fd = lu.As<Napi::Number>().Int32Value();
+    req.link_net_fd = ln.As<Napi::Number>().Int32Value();
+  }
   Napi::Value jf = o.Get("joinFiles");
   if (!jf.IsArray()) return type_error(env, fn, "joinFiles must be an array of paths");
   Napi::Array ja = jf.As<Napi::Array>();
@@ -251,6 +258,24 @@ static int max_child_fd(const plan &p) {
   return m;
 }
 
+// The maps of the new user namespace of `pid` (j.req's); `fail` < 0: the tests' failure hook.
+// 0 or -errno, j.path naming the file.
+static int write_maps(clone_job &j, long pid, int fail) {
+  snprintf(j.path, sizeof j.path, "/proc/%ld/uid_map", pid);
+  int r = fail < 0 ? fail : write_map(j, j.req->uid_map.data(), j.req->uid_map.size());
+  if (r == 0 && j.req->deny_setgroups) {
+    // A one-id map written by an unprivileged parent: the kernel requires setgroups denied
+    // before the gid map (user_namespaces(7)).
+    snprintf(j.path, sizeof j.path, "/proc/%ld/setgroups", pid);
+    r = write_map(j, "deny", 4);
+  }
+  if (r == 0) {
+    snprintf(j.path, sizeof j.path, "/proc/%ld/gid_map", pid);
+    r = write_map(j, j.req->gid_map.data(), j.req->gid_map.size());
+  }
+  return r;
+}
+
 static void clone_and_map(clone_job &j) {
   plan *p = j.p;
   // Block every signal around clone3 so no handler of Node's runs in the child before
@@ -297,23 +322,26 @@ static void clone_and_map(clone_job &j) {
 #endif
   j.pid = pid;
   if (pid < 0) return;
-  snprintf(j.path, sizeof j.path, "/proc/%ld/uid_map", pid);
-  int r = p->fail_step == STEP_ID_MAP ? -p->fail_errno : write_map(j, j.req->uid_map.data(), j.req->uid_map.size());
-  if (r == 0 && j.req->deny_setgroups) {
-    // A one-id map written by an unprivileged parent: the kernel requires setgroups denied
-    // before the gid map (user_namespaces(7)).
-    snprintf(j.path, sizeof j.path, "/proc/%ld/setgroups", pid);
-    r = write_map(j, "deny", 4);
-  }
-  if (r == 0) {
-    snprintf(j.path, sizeof j.path, "/proc/%ld/gid_map", pid);
-    r = write_map(j, j.req->gid_map.data(), j.req->gid_map.size());
-  }
-  j.map_err = r;
+  // A prepared link's user namespace has its maps already (makeLinkNamespaces).
+  if (j.req->link_user_fd >= 0) return;
+  j.map_err = write_maps(j, pid, p->fail_step == STEP_ID_MAP ? -p->fail_errno : 0);
 }
 
 static int clone_job_entry(void *arg) {
   clone_and_map(*static_cast<clone_job *>(arg));
+  return 0;
+}
+
+// The trampoline of a clone into a prepared link, already in the link's user namespace
+// (run_in_userns: the caller owns it, or an ancestor of it, so it has CAP_SYS_ADMIN there):
+// joins the link's network namespace, which that user namespace owns, then clones without
+// CLONE_NEWUSER | CLONE_NEWNET. The sandbox's pid, ipc and uts namespaces are made by that
+// clone, owned by the link's user namespace, as a cold clone's are by the one it makes.
+static int link_clone_entry(void *arg) {
+  clone_job *j = static_cast<clone_job *>(arg);
+  long r = rsys2(SYS_setns, j->req->link_net_fd, CLONE_NEWNET);
+  if (r < 0) return (int)r;
+  clone_and_map(*j);
   return 0;
 }
 
@@ -333,18 +361,15 @@ static int userns_entry(void *v) {
 }
 #endif
 
-long vfork_task(uint64_t flags, int (*fn)(void *), void *arg, int *pidfd, size_t stack_size) {
 #if HUTCH_CLONE_VM
-  // CLONE_VM | CLONE_VFORK: a task of our memory that borrows this thread (which waits until it
-  // execs or exits) on a stack of its own, with every signal blocked in it. Unlike a thread it
-  // may join other namespaces (setns wants a task with its own fs_struct and thread group).
-  void *stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) return -errno;
+// clone3 with `flags` (CLONE_VM among them) running fn(arg) on `stack`, every signal blocked
+// around it; no exit signal (reaped with waitid(__WALL)). The child's pid or -errno.
+static long clone_vm_on(uint64_t flags, int *pidfd, void *stack, size_t stack_size, int (*fn)(void *), void *arg) {
   struct clone_args a;
   memset(&a, 0, sizeof a);
-  a.flags = flags | CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0);
+  a.flags = flags;
   a.pidfd = (uint64_t)(uintptr_t)pidfd;
-  a.exit_signal = 0;  // no SIGCHLD: libuv's handler never sees it; reaped with waitid(__WALL)
+  a.exit_signal = 0;  // no SIGCHLD: libuv's handler never sees it
   a.stack = (uint64_t)(uintptr_t)stack;
   a.stack_size = stack_size;
   sigset_t all, old;
@@ -352,6 +377,18 @@ long vfork_task(uint64_t flags, int (*fn)(void *), void *arg, int *pidfd, size_t
   pthread_sigmask(SIG_SETMASK, &all, &old);
   long pid = hutch_clone3_vm(&a, sizeof a, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return pid;
+}
+#endif
+
+long vfork_task(uint64_t flags, int (*fn)(void *), void *arg, int *pidfd, size_t stack_size) {
+#if HUTCH_CLONE_VM
+  // CLONE_VM | CLONE_VFORK: a task of our memory that borrows this thread (which waits until it
+  // execs or exits) on a stack of its own, with every signal blocked in it. Unlike a thread it
+  // may join other namespaces (setns wants a task with its own fs_struct and thread group).
+  void *stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -errno;
+  long pid = clone_vm_on(flags | CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0), pidfd, stack, stack_size, fn, arg);
   munmap(stack, stack_size);  // CLONE_VFORK: the task has exec'd or exited
   return pid;
 #else
@@ -373,6 +410,95 @@ long run_in_userns(int nsfd, int (*fn)(void *), void *arg) {
 #else
   (void)nsfd, (void)fn, (void)arg;
   return -ENOSYS;
+#endif
+}
+
+// A prepared network link's namespaces (makeLinkNamespaces): a short-lived task of our memory
+// and fd table made with CLONE_NEWUSER | CLONE_NEWNET waits while its maps are written from
+// the parent namespace (the holder's, outside root mode: the trampoline), then opens both
+// namespaces into our table and exits. The fds keep them.
+struct link_make {
+  clone_job j;
+  int word = 0;  // 0: wait, 1: maps written, open the namespaces, 2: give up
+  int user_fd = -1, net_fd = -1;
+  int child_err = 0;
+  int err = 0;
+  const char *what = "";
+};
+
+#if HUTCH_CLONE_VM
+static int link_ns_child(void *arg) {
+  link_make *m = static_cast<link_make *>(arg);
+  while (__atomic_load_n(&m->word, __ATOMIC_ACQUIRE) == 0) rsys6(SYS_futex, (long)&m->word, FUTEX_WAIT, 0, 0, 0, 0);
+  if (__atomic_load_n(&m->word, __ATOMIC_ACQUIRE) != 1) return 1;
+  long u = rsys4(SYS_openat, AT_FDCWD, "/proc/self/ns/user", O_RDONLY | O_CLOEXEC, 0);
+  long n = u < 0 ? u : rsys4(SYS_openat, AT_FDCWD, "/proc/self/ns/net", O_RDONLY | O_CLOEXEC, 0);
+  if (n < 0) {
+    if (u >= 0) rsys1(SYS_close, u);
+    m->child_err = (int)-n;
+    return 1;
+  }
+  m->user_fd = (int)u;
+  m->net_fd = (int)n;
+  return 0;
+}
+
+static int make_link_entry(void *arg) {
+  link_make *m = static_cast<link_make *>(arg);
+  static const size_t kStack = 64 * 1024;
+  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    m->err = -errno, m->what = "mmap";
+    return 0;
+  }
+  long pid = clone_vm_on(CLONE_VM | CLONE_FILES | CLONE_NEWUSER | CLONE_NEWNET | CLONE_CLEAR_SIGHAND, nullptr, stack, kStack, link_ns_child, m);
+  if (pid < 0) {
+    munmap(stack, kStack);
+    m->err = (int)pid, m->what = "clone3";
+    return 0;
+  }
+  clone_job &j = m->j;
+  int r = write_maps(j, pid, 0);
+  __atomic_store_n(&m->word, r == 0 ? 1 : 2, __ATOMIC_RELEASE);
+  rsys6(SYS_futex, (long)&m->word, FUTEX_WAKE, 1, 0, 0, 0);
+  siginfo_t si;
+  while (waitid(P_PID, (id_t)pid, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
+  }
+  munmap(stack, kStack);
+  if (r < 0) m->err = r, m->what = j.path;
+  else if (m->user_fd < 0) m->err = -(m->child_err ? m->child_err : EIO), m->what = "/proc/self/ns";
+  return 0;
+}
+#endif
+
+Napi::Value MakeLinkNamespaces(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    type_error(env, "makeLinkNamespaces", "the options must be an object");
+    return env.Undefined();
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  clone_req req;
+  if (!req_str(env, o, "uidMap", "makeLinkNamespaces", req.uid_map) || !req_str(env, o, "gidMap", "makeLinkNamespaces", req.gid_map)) return env.Undefined();
+  Napi::Value un = o.Get("userns");
+  req.userns_fd = un.IsNumber() ? un.As<Napi::Number>().Int32Value() : -1;
+  req.deny_setgroups = o.Get("denySetgroups").ToBoolean().Value();
+#if HUTCH_CLONE_VM
+  link_make m;
+  m.j.req = &req;
+  if (req.userns_fd >= 0) {
+    long r = run_in_userns(req.userns_fd, make_link_entry, &m);
+    if (r < 0) return sys_failure(env, "clone", (int)-r, "setns(holder user namespace)");
+  } else {
+    make_link_entry(&m);
+  }
+  if (m.err < 0) return sys_failure(env, "id_map", -m.err, m.what);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("userns", move_high(m.user_fd));
+  out.Set("netns", move_high(m.net_fd));
+  return out;
+#else
+  return sys_failure(env, "clone", ENOSYS, "makeLinkNamespaces");
 #endif
 }
 
@@ -428,15 +554,21 @@ void do_clone(plan *p, const clone_req &req, cloned &c) {
     j.a.flags |= CLONE_INTO_CGROUP;
     j.a.cgroup = (uint64_t)req.cgroup_fd;
   }
-  if (req.userns_fd >= 0) {
+  bool link = req.link_user_fd >= 0;
+  if (link) {
+    // A prepared link (lib/network/linkpool.ts): its user and network namespaces are joined
+    // in a trampoline, not made; its maps are written and pasta is attached already.
+    j.a.flags &= ~(uint64_t)(CLONE_NEWUSER | CLONE_NEWNET);
+  }
+  if (link || req.userns_fd >= 0) {
     // Outside root mode the maps name ids of the holder user namespace (lib/host/holder.ts):
     // they can only be written from inside it, so clone and maps run in a trampoline that
     // joined it. CLONE_PARENT makes the sandbox our child all the same (pidfd, waitid).
     j.a.flags |= CLONE_PARENT;
-    long r = run_in_userns(req.userns_fd, clone_job_entry, &j);
+    long r = link ? run_in_userns(req.link_user_fd, link_clone_entry, &j) : run_in_userns(req.userns_fd, clone_job_entry, &j);
     if (r < 0 && j.pid <= 0) {
       close(sync[0]), close(sync[1]), close(errp[0]), close(errp[1]), close(ctl[0]), close(ctl[1]);
-      c.fail_step = "clone", c.fail_err = (int)r, c.fail_path = "setns(holder user namespace)";
+      c.fail_step = "clone", c.fail_err = (int)r, c.fail_path = link ? "setns(prepared network link)" : "setns(holder user namespace)";
       return;
     }
   } else {

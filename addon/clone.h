@@ -17,6 +17,10 @@ struct clone_req {
   // ids), or -1; and whether to deny setgroups before the gid map (a one-id map).
   int userns_fd = -1;
   bool deny_setgroups = false;
+  // A prepared network link (lib/network/linkpool.ts): a user namespace with the sandbox's
+  // maps already written, and a network namespace it owns, both joined with setns instead of
+  // CLONE_NEWUSER | CLONE_NEWNET; -1: none.
+  int link_user_fd = -1, link_net_fd = -1;
 };
 
 // What a clone made: the parent's ends, and the CLONE_VM child's stack (to keep with its plan).
@@ -43,6 +47,9 @@ int move_high(int fd);
 // waits for it: fn's result, or -errno when the task could not start or join. fn may use raw
 // syscalls and our memory, no N-API and no JS (the calling thread is suspended meanwhile).
 long run_in_userns(int nsfd, int (*fn)(void *), void *arg);
+// makeLinkNamespaces({ uidMap, gidMap, userns, denySetgroups }): { userns, netns } fds of a new
+// user namespace (maps written as a sandbox's) and a network namespace it owns, or a failure.
+Napi::Value MakeLinkNamespaces(const Napi::CallbackInfo &info);
 // fn(arg) in a CLONE_VM | CLONE_VFORK task (plus `flags`, and CLONE_PIDFD into *pidfd when
 // given) on a stack of its own; this thread waits until it execs or exits. Its pid or -errno;
 // the caller reaps it (waitid with __WALL: no exit signal). -ENOSYS without the trampoline.

@@ -1,6 +1,9 @@
 // Reaching into a sandbox's user + network namespace without host root, for the userspace
 // network backend (lib/network/userspace.ts):
 //
+// The namespaces are a process's (`pid`: its pidfd), or a prepared link's before any process
+// is in them (`[usernsFd, netnsFd]`: lib/network/linkpool.ts).
+//
 // - nsNetlinkSocket(pid, protocol): a netlink socket that belongs to the netns of `pid`. A
 //   socket keeps the netns it was made in, so a short-lived child joins the sandbox's user
 //   namespace (setns needs CAP_SYS_ADMIN there: the caller has it as the owner of an ancestor
@@ -60,6 +63,7 @@ struct nsjoin_req {
   long parent = 0;
   // both
   int joinfd = -1;  // pidfd whose user + net namespaces to join, or -1
+  int join_user = -1, join_net = -1;  // or a prepared link's namespaces (lib/network/linkpool.ts)
   // socket
   int protocol = -1;
   int sock = -1;
@@ -82,9 +86,18 @@ int fail(nsjoin_req *q, int step, long r) {
   return 127;
 }
 
+// The namespaces to join: a pidfd's user + net, or a user namespace's fd then a netns's.
+long join(const nsjoin_req *q) {
+  if (q->joinfd >= 0) return rsys2(SYS_setns, q->joinfd, CLONE_NEWUSER | CLONE_NEWNET);
+  long r = rsys2(SYS_setns, q->join_user, CLONE_NEWUSER);
+  return r < 0 ? r : rsys2(SYS_setns, q->join_net, CLONE_NEWNET);
+}
+
+bool joining(const nsjoin_req *q) { return q->joinfd >= 0 || q->join_user >= 0; }
+
 int socket_child(void *arg) {
   nsjoin_req *q = static_cast<nsjoin_req *>(arg);
-  long r = rsys2(SYS_setns, q->joinfd, CLONE_NEWUSER | CLONE_NEWNET);
+  long r = join(q);
   if (r < 0) return fail(q, NS_SETNS, r);
   r = rsys3(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, q->protocol);
   if (r < 0) return fail(q, NS_SOCKET, r);
@@ -104,8 +117,8 @@ int spawn_child(void *arg) {
   // Its own session: a terminal's ^C to the caller's process group does not reach it.
   r = rsys0(SYS_setsid);
   if (r < 0) return fail(q, NS_SESSION, r);
-  if (q->joinfd >= 0) {
-    r = rsys2(SYS_setns, q->joinfd, CLONE_NEWUSER | CLONE_NEWNET);
+  if (joining(q)) {
+    r = join(q);
     if (r < 0) return fail(q, NS_SETNS, r);
     // setns gave us every capability in the sandbox's user namespace, but our uid is not its
     // root (often not mapped at all), so the exec would drop them: CAP_NET_ADMIN (all nft
@@ -170,16 +183,30 @@ void reap_pid(long pid) {
 
 int open_pidfd(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
+// The `join` argument: a pid (its pidfd is opened into q.joinfd; 0: none) or [usernsFd, netnsFd]
+// (borrowed). -errno when the pidfd cannot be opened.
+int read_join(const Napi::Value &v, nsjoin_req &q) {
+  if (v.IsArray()) {
+    Napi::Array a = v.As<Napi::Array>();
+    q.join_user = a.Get(0u).As<Napi::Number>().Int32Value();
+    q.join_net = a.Get(1u).As<Napi::Number>().Int32Value();
+    return 0;
+  }
+  int pid = v.As<Napi::Number>().Int32Value();
+  if (pid <= 0) return 0;
+  q.joinfd = open_pidfd(pid);
+  return q.joinfd < 0 ? -errno : 0;
+}
+
 // nsNetlinkSocket(pid, protocol): fd, or { step, errno, path }.
 Napi::Value NsNetlinkSocket(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  int pid = info[0].As<Napi::Number>().Int32Value();
   nsjoin_req q;
   q.protocol = info[1].As<Napi::Number>().Int32Value();
-  q.joinfd = open_pidfd(pid);
-  if (q.joinfd < 0) return sys_failure(env, "pidfd", errno, nullptr);
+  int e = read_join(info[0], q);
+  if (e < 0 || !joining(&q)) return sys_failure(env, "pidfd", e < 0 ? -e : EINVAL, nullptr);
   long child = vfork_child(q, CLONE_FILES, socket_child, nullptr);
-  close(q.joinfd);
+  if (q.joinfd >= 0) close(q.joinfd);
   if (child < 0) return sys_failure(env, "clone", (int)-child, nullptr);
   reap_pid(child);
   if (q.step != NS_OK) {
@@ -193,7 +220,7 @@ Napi::Value NsNetlinkSocket(const Napi::CallbackInfo &info) {
 }
 
 // nsSpawn(file, argv, env, fds, joinPid, pdeathsig): { pid, pidfd }, or { step, errno, path }.
-// fds[i] (-1: /dev/null) becomes the child's fd i. joinPid 0: stay in our namespaces.
+// fds[i] (-1: /dev/null) becomes the child's fd i. joinPid 0: stay in our namespaces; or [usernsFd, netnsFd].
 Napi::Value NsSpawn(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string file = info[0].As<Napi::String>().Utf8Value();
@@ -204,7 +231,6 @@ Napi::Value NsSpawn(const Napi::CallbackInfo &info) {
   };
   std::vector<std::string> argv_s = strings(info[1].As<Napi::Array>()), env_s = strings(info[2].As<Napi::Array>());
   Napi::Array fds = info[3].As<Napi::Array>();
-  int join_pid = info[4].As<Napi::Number>().Int32Value();
   bool pdeath = info[5].As<Napi::Boolean>().Value();
   if (fds.Length() > (uint32_t)kMaxFds) return sys_failure(env, "fds", EINVAL, nullptr);
   std::vector<char *> argv, envp;
@@ -223,13 +249,10 @@ Napi::Value NsSpawn(const Napi::CallbackInfo &info) {
   q.parent = getpid();
   q.devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (q.devnull < 0) return sys_failure(env, "fds", errno, "/dev/null");
-  if (join_pid > 0) {
-    q.joinfd = open_pidfd(join_pid);
-    if (q.joinfd < 0) {
-      int e = errno;
-      close(q.devnull);
-      return sys_failure(env, "pidfd", e, nullptr);
-    }
+  int e = read_join(info[4], q);
+  if (e < 0) {
+    close(q.devnull);
+    return sys_failure(env, "pidfd", -e, nullptr);
   }
   int pidfd = -1;
   long pid = vfork_child(q, CLONE_CLEAR_SIGHAND, spawn_child, &pidfd);

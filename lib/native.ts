@@ -27,6 +27,9 @@ export interface CloneOptions {
   userns?: number;
   /** A one-id map written by an unprivileged parent: deny setgroups before the gid map. */
   denySetgroups?: boolean;
+  /** A prepared network link (lib/network/linkpool.ts): its user and network namespaces, joined instead of made. */
+  linkUserns?: number;
+  linkNetns?: number;
 }
 
 /** addon/plan.h's numbers, for the layout test. */
@@ -124,8 +127,10 @@ export interface Native {
   netfilterSetExists(table: string, set: string): boolean | (NativeFailure & { detail?: string });
   netlinkDeleteLinksSync(names: string[]): (true | (NativeFailure & { detail?: string }))[];
   // addon/nsjoin.cc (lib/network/userspace.ts): a sandbox's user + net namespace without host root.
-  nsNetlinkSocket(pid: number, protocol: number): number | (NativeFailure & { step: string });
-  nsSpawn(file: string, argv: string[], env: string[], fds: number[], joinPid: number, pdeathsig: boolean): { pid: number; pidfd: number } | (NativeFailure & { step: string });
+  /** A prepared link's user + network namespaces (lib/network/linkpool.ts), maps written as a sandbox's. */
+  makeLinkNamespaces(opts: { uidMap: string; gidMap: string; userns: number; denySetgroups: boolean }): { userns: number; netns: number } | (NativeFailure & { step?: string; path?: string });
+  nsNetlinkSocket(pid: number | readonly [number, number], protocol: number): number | (NativeFailure & { step: string });
+  nsSpawn(file: string, argv: string[], env: string[], fds: number[], joinPid: number | readonly [number, number], pdeathsig: boolean): { pid: number; pidfd: number } | (NativeFailure & { step: string });
   // addon/nflog.cc (lib/network/nflog.ts): refused packets logged by nftables to an NFLOG group.
   nflogOpen(group: number): number | (NativeFailure & { step: string });
   nflogRead(fd: number): { prefix: string; src: string; dst: string; proto: number; dport: number | null }[];

@@ -24,6 +24,7 @@ import { setupError } from './setup-errors.js';
 import { isDirFd, killAndReap, waitSetup } from './child-setup.js';
 import type { Trace } from './trace.js';
 import { takeBlank } from './warm.js';
+import { linkAbandoned, linkCloned, takeLink } from './network/linkpool.js';
 
 export { DEFAULT_DISK_BYTES } from './plan/index.js';
 
@@ -63,6 +64,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
   let disk: PersistentDisk | null = null;
   let marked = false;
   let started: StartedSandbox | undefined;
+  let linked = false;
   try {
     // The owner record comes first: a prune in another process then never takes this
     // sandbox's cgroup or disk, made below, for a crashed one's.
@@ -118,12 +120,20 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
         await killAndReap(blank.spawned);
       }
     }
+    const maps = cloneMaps(ids, plan.idMap.size);
+    // A userspace link made ahead for this plan: the clone joins its namespaces (linkpool.ts).
+    const link = !s && opts.network.mode === 'bridge' && opts.network.backend === 'userspace' ? takeLink(opts.network, maps) : null;
     s ??= n.cloneSandbox(encoded.buf, encoded.fds, {
-      ...cloneMaps(ids, plan.idMap.size),
+      ...maps,
+      ...(link ? { linkUserns: link.userns, linkNetns: link.netns } : {}),
       cgroupFd: cgroup.cloneIntoFd ?? -1,
       // v1: the child joins these itself, first thing (SandboxCgroup.joinFiles).
       joinFiles: [...cgroup.joinFiles],
     });
+    if (link) {
+      linkCloned(link, isFailure(s) ? null : id);
+      linked = true;
+    }
     tr.mark('clone');
     cgroup.closeCloneFd(); // one fd fewer per live sandbox (10,000 live: bench/live.ts)
     for (const fd of fds.splice(0)) n.close(fd);
@@ -139,6 +149,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     for (const fd of fds) n.close(fd);
     if (started) hooks.failed?.();
     if (spawned) await killAndReap(spawned);
+    if (linked) await linkAbandoned(id);
     await cgroup?.destroy().catch(() => undefined);
     await disk?.release().catch(() => undefined);
     if (marked) await store.release(id).catch(() => undefined);

@@ -313,7 +313,7 @@ export function insideRuleset(r: InsideRules): string {
   return lines.join('\n') + '\n';
 }
 
-function closedRanges(range: Cidr): Cidr[] {
+export function closedRanges(range: Cidr): Cidr[] {
   // options.ts's DEFAULT_RANGE (root-mode sandboxes of this host live there) spelled out: options.ts imports this file.
   const fixed = ['127.0.0.0/8', '0.0.0.0/8', '10.200.0.0/16'].map((t) => (parseCidr(t) as { ok: true; cidr: Cidr }).cidr);
   return [...fixed, range, ...hostAddresses()];
@@ -359,7 +359,7 @@ function readable(fd: number, ms?: number): Promise<'readable' | 'timeout'> {
 }
 
 /** Waits for a child of nsSpawn to end, reaps it and closes its pidfd. */
-async function reaped(p: { pidfd: number }): Promise<{ code: number | null; signal: number | null }> {
+export async function reaped(p: { pidfd: number }): Promise<{ code: number | null; signal: number | null }> {
   const n = native();
   for (;;) {
     const r = n.reap(p.pidfd);
@@ -394,8 +394,18 @@ function pipe(nonblockingRead: boolean): [number, number] {
 
 const ENV = ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL=C'];
 
+/**
+ * Whose user + net namespace: a process's (its pid), or a prepared link's before any process
+ * is in it ([usernsFd, netnsFd], lib/network/linkpool.ts).
+ */
+export type NsTarget = number | readonly [number, number];
+
+function nsName(t: NsTarget): string {
+  return typeof t === 'number' ? `pid ${t}` : 'a prepared link';
+}
+
 /** Runs `nft -f -` with `script` inside the user + net namespace of `pid`. */
-async function nftInside(pid: number, script: string, what: string): Promise<void> {
+export async function nftInside(pid: NsTarget, script: string, what: string): Promise<void> {
   const n = native();
   const nft = findProgram('nft');
   if (nft === null) throw unsupported('nftables inside the sandbox', 'apt-get install nftables');
@@ -411,7 +421,7 @@ async function nftInside(pid: number, script: string, what: string): Promise<voi
   n.close(errW);
   if (isFailure(child)) {
     n.close(errR);
-    throw nativeFail(`${what}: running nft in the namespaces of pid ${pid}`, child);
+    throw nativeFail(`${what}: running nft in the namespaces of ${nsName(pid)}`, child);
   }
   const status = await reaped(child);
   const stderr = drain(errR);
@@ -422,8 +432,8 @@ async function nftInside(pid: number, script: string, what: string): Promise<voi
   }
 }
 
-/** Starts pasta for the sandbox `pid`; resolves once its link is configured. */
-async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: number; pidfd: number }> {
+/** Starts pasta for the sandbox `pid` (or a prepared link's namespaces); resolves once its link is configured. */
+export async function startPasta(plan: UserspacePlan, pid: NsTarget): Promise<{ pid: number; pidfd: number }> {
   const n = native();
   const pasta = findProgram('pasta');
   if (pasta === null) throw unsupported("network mode 'bridge' outside host root", 'apt-get install passt');
@@ -432,14 +442,14 @@ async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: numb
   const args = pastaArgs(plan, (process.geteuid?.() ?? 1) === 0);
   let nsFds: number[] = [];
   try {
-    nsFds = ['user', 'net'].map((ns) => openSync(`/proc/${pid}/ns/${ns}`, 'r'));
+    nsFds = typeof pid === 'number' ? ['user', 'net'].map((ns) => openSync(`/proc/${pid}/ns/${ns}`, 'r')) : [...pid];
   } catch (e) {
     for (const fd of nsFds) closeSync(fd);
     n.close(readyR), n.close(readyW), n.close(errR), n.close(errW);
     throw hostFailure('ESETUP', `network: opening the namespaces of pid ${pid}`, e);
   }
   const child = n.nsSpawn(pasta, args, ENV, [-1, -1, errW, readyW, ...nsFds], 0, true);
-  for (const fd of nsFds) closeSync(fd);
+  if (typeof pid === 'number') for (const fd of nsFds) closeSync(fd);
   n.close(readyW);
   n.close(errW);
   if (isFailure(child)) {
@@ -462,7 +472,7 @@ async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: numb
     n.close(errR);
     const why = outcome === 'timeout' ? `no link after ${READY_TIMEOUT_MS / 1000} s` : stderr || 'pasta ended before its link was ready';
     const portHint = /bind|in use/i.test(why) ? ' (a published host port is taken?)' : '';
-    throw new HutchError('ESETUP', `network: pasta for pid ${pid}: ${why}${portHint}`, { step: 'network' });
+    throw new HutchError('ESETUP', `network: pasta for ${nsName(pid)}: ${why}${portHint}`, { step: 'network' });
   }
   // pasta ignores SIGPIPE: what it logs later goes nowhere.
   n.close(errR);
@@ -470,11 +480,11 @@ async function startPasta(plan: UserspacePlan, pid: number): Promise<{ pid: numb
 }
 
 /** tc inside the sandbox's netns: egress as tbf on eth0's root, ingress through an ifb made there. */
-function shapeInside(plan: UserspacePlan, pid: number): void {
+export function shapeInside(plan: UserspacePlan, pid: NsTarget): void {
   if (plan.egressBps === null && plan.ingressBps === null) return;
   const n = native();
   const sock = n.nsNetlinkSocket(pid, NETLINK_ROUTE);
-  if (isFailure(sock)) throw nativeFail(`opening a netlink socket in the netns of pid ${pid}`, sock);
+  if (isFailure(sock)) throw nativeFail(`opening a netlink socket in the netns of ${nsName(pid)}`, sock);
   try {
     // tc.ts's steps name the host side of a veth: its root tbf is what goes *into* the
     // sandbox, its ingress what comes out. Inside, eth0 is the sandbox's own side: swapped.
@@ -491,10 +501,49 @@ function shapeInside(plan: UserspacePlan, pid: number): void {
   }
 }
 
+/** The rules a plan's filter is made from (the host's own addresses as they are now). */
+export function rulesOf(plan: UserspacePlan): InsideRules {
+  const { hostAddress } = userspaceAddresses(plan.range);
+  return { hostAddress, outbound: plan.outbound, allow: plan.allow, hostPorts: plan.hostPorts, closed: closedRanges(plan.range) };
+}
+
+/**
+ * A link made ahead (lib/network/linkpool.ts) that a sandbox's clone joined: pasta attached,
+ * filter and shaping in place. Handed over by sandbox id between the clone (lib/start.ts) and
+ * attachNetwork, which adopts it instead of building a link.
+ */
+export interface ClaimedLink {
+  pasta: { pid: number; pidfd: number };
+  rules: InsideRules;
+  /** Called once the link is the sandbox's (the pool prepares a replacement then). */
+  adopted(): void;
+}
+
+const claimed = new Map<string, ClaimedLink>();
+
+/** The link the sandbox `id` was cloned into; attachNetwork adopts it. */
+export function claimLink(id: string, link: ClaimedLink): void {
+  claimed.set(id, link);
+}
+
+/** The claim of a sandbox whose start failed before attachNetwork, taken back (its pasta is the caller's to end). */
+export function unclaimLink(id: string): ClaimedLink | null {
+  const l = claimed.get(id) ?? null;
+  claimed.delete(id);
+  return l;
+}
+
 /** attachNetwork for this backend: filter, pasta, shaping; any failure undoes what was made. */
 export async function attachUserspace(plan: UserspacePlan, id: string, pid: number) {
   const { address, hostAddress } = userspaceAddresses(plan.range);
-  const rules: InsideRules = { hostAddress, outbound: plan.outbound, allow: plan.allow, hostPorts: plan.hostPorts, closed: closedRanges(plan.range) };
+  const ready = unclaimLink(id);
+  if (ready) {
+    const att = attachment(plan, id, address, hostAddress);
+    links.set(att, { pid, pasta: ready.pasta, rules: ready.rules });
+    ready.adopted();
+    return att;
+  }
+  const rules = rulesOf(plan);
   // The filter may go in before the link exists (it names addresses, not the interface), and
   // nothing of the sandbox runs before create returns: both at once.
   const [filter, started] = await Promise.allSettled([nftInside(pid, insideRuleset(rules), `filtering the link of pid ${pid}`), startPasta(plan, pid)]);
@@ -510,7 +559,14 @@ export async function attachUserspace(plan: UserspacePlan, id: string, pid: numb
     }
     throw e;
   }
-  const att = {
+  const att = attachment(plan, id, address, hostAddress);
+  links.set(att, { pid, pasta: pasta!, rules });
+  coldLinkMade?.(plan);
+  return att;
+}
+
+function attachment(plan: UserspacePlan, id: string, address: string, hostAddress: string) {
+  return {
     address,
     hostAddress,
     interface: INTERFACE,
@@ -526,8 +582,13 @@ export async function attachUserspace(plan: UserspacePlan, id: string, pid: numb
     names: false,
     backend: 'userspace',
   } as const;
-  links.set(att, { pid, pasta: pasta!, rules });
-  return att;
+}
+
+let coldLinkMade: ((plan: UserspacePlan) => void) | undefined;
+
+/** lib/network/linkpool.ts: told of each link built on the cold path (the pool then prepares spares for its plan). */
+export function onColdLink(fn: (plan: UserspacePlan) => void): void {
+  coldLinkMade = fn;
 }
 
 /** releaseNetwork for this backend: pasta killed and reaped; the rest ends with the netns. Idempotent. */

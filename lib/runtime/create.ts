@@ -14,6 +14,7 @@ import type { ExecResult } from '../process.js';
 import { Trace } from '../trace.js';
 import { inBackground, takeFailures, teardownsDone } from '../teardowns.js';
 import { dropBlanks, makeBlank } from '../warm.js';
+import { dropLinks } from '../network/linkpool.js';
 import { prepareImageUser, resolveCached } from '../plan/index.js';
 import { startSandbox, type StartedSandbox } from '../start.js';
 import { SandboxCore } from './core.js';
@@ -127,6 +128,7 @@ export async function runOnce(opts: ResolvedSandboxOptions, command: unknown, ex
 /** Sandbox.settle. */
 export async function settleAll(): Promise<void> {
   await dropBlanks();
+  await dropLinks();
   await teardownsDone();
   // The id ranges kept for reuse go too, leases included: nothing of this process is left.
   dropIdleIds();
