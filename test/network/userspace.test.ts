@@ -11,6 +11,7 @@ import { cgroupDriver } from '../../lib/cgroup/driver.js';
 import { NoCgroupDriver } from '../../lib/cgroup/none.js';
 import { attachNetwork, networkStateDir, pastaPid, resolveNetwork, settleNetwork, type NetworkAttachment, type NetworkOptions } from '../../lib/network/index.js';
 import { findProgram, insideRuleset, pastaArgs } from '../../lib/network/userspace.js';
+import { alive, attachmentOf, inside } from '../helpers/userspace.js';
 import { isRoot, needs } from '../helpers/require.js';
 import { connectScript, freePort, sh } from '../helpers/netns.js';
 
@@ -30,27 +31,6 @@ const HOST_IP = Object.values(networkInterfaces())
   .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 
 const bridge = (o: Omit<NetworkOptions, 'mode'> = {}): NetworkOptions => ({ mode: 'bridge', ...o });
-
-/** The sandbox's link, for the pasta process this test checks. */
-function attachmentOf(sb: Sandbox): NetworkAttachment {
-  return (sb as unknown as { core: { attachment: NetworkAttachment } }).core.attachment;
-}
-
-function alive(pid: number): boolean {
-  if (!existsSync(`/proc/${pid}`)) return false;
-  try {
-    // A zombie is gone for this purpose only once reaped: look at its state.
-    return !/^State:\s+Z/m.test(sh(`cat /proc/${pid}/status`));
-  } catch {
-    return false;
-  }
-}
-
-async function inside(sb: Sandbox, script: string): Promise<string> {
-  const r = await sb.exec(['node', '-e', script], { encoding: 'utf8', timeoutMs: 30_000 });
-  if (r.exitCode !== 0) throw new Error(`node inside failed (${r.exitCode}): ${r.stderr}`);
-  return String(r.stdout).trim();
-}
 
 async function listen(host: string, handler: (s: net.Socket) => void): Promise<net.Server & { port: number }> {
   const srv = net.createServer(handler);
