@@ -1,14 +1,19 @@
 /**
  * `npm run bench:netuser` (`node dist/bench/network-userspace.js [iterations] [MiB]`): the
  * userspace link (pasta), in one run:
- *   - Sandbox.create p50/p90 with network 'none' and with a userspace bridge, interleaved with
- *     pasta alone (started with hutch's arguments against a namespace made once, until it
- *     writes its pid: the floor of a userspace bridge), and pasta's own CPU per start;
+ *   - Sandbox.create p50/p90 with network 'none', with a userspace bridge whose link was made
+ *     ahead (lib/network/linkpool.ts: a spare ready before each sample), and with the pool
+ *     empty (HUTCH_LINK_SPARES=0: pasta started per create), interleaved with pasta alone
+ *     (started with hutch's arguments against a namespace made once, until it writes its pid:
+ *     the floor of a cold userspace bridge), and pasta's own CPU per start;
  *   - the top TCP rate the link carries, both ways, between a Node process inside (the 'host'
  *     image) and a Node sink/source on the host's loopback, reached through `hostPorts`;
  *   - shaping accuracy at 1, 10 and 100 Mbit/s both ways (payload rate / asked rate).
- * As host root it sets HUTCH_NETWORK_BACKEND=userspace itself; as an ordinary user that is
- * the default. Talks only to servers it runs on the host's loopback.
+ * Outside host root, as an ordinary user would run it. As host root it makes a user with
+ * subordinate ids and a delegated cgroup (scripts/rootless-user.sh; HUTCH_BENCH_USER, default
+ * hutchbench), runs itself as that user with a 0666 /dev/net/tun of its own, and removes the
+ * user's cgroups and store afterwards (as bench/rootless.ts). Talks only to servers it runs on
+ * the host's loopback.
  */
 import net from 'node:net';
 import { Sandbox } from '../lib/index.js';
@@ -19,8 +24,16 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { pastaArgs } from '../lib/network/userspace.js';
+import { linksMade, linksNow } from '../lib/network/linkpool.js';
+import { hostMode } from '../lib/host/mode.js';
+import { asBenchUser } from './lib/as-user.js';
 
+if (hostMode() === 'root') {
+  asBenchUser('--tun');
+  process.exit(0);
+}
 process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
 const [N, MIB] = [Number(process.argv[2] ?? 30), Number(process.argv[3] ?? 256)];
 const image = 'host'; // node inside
@@ -114,17 +127,27 @@ async function pastaMs(): Promise<[number, number]> {
 }
 
 const none: number[] = [];
-const bridge: number[] = [];
+const ready: number[] = [];
+const cold: number[] = [];
 const alone: number[] = [];
 const aloneCpu: number[] = [];
+let misses = 0;
+const load = (): string => loadavg().map((l) => l.toFixed(2)).join(' ');
+const loadBefore = load();
 await createMs('none'); // warm: image, store, first clone
-await createMs({ mode: 'bridge' });
+await createMs({ mode: 'bridge' }); // the first of its plan: cold, and spares are made for it
 await new Promise((r) => setTimeout(r, 100)); // the target namespace exists
 try {
   await pastaMs();
   for (let i = 0; i < N; i++) {
     none.push(await createMs('none'));
-    bridge.push(await createMs({ mode: 'bridge' }));
+    // A spare ready (made after the previous create returned: untimed, as an idle service's).
+    await linksMade();
+    if (linksNow().length === 0) misses++;
+    ready.push(await createMs({ mode: 'bridge' }));
+    process.env.HUTCH_LINK_SPARES = '0';
+    cold.push(await createMs({ mode: 'bridge' }));
+    delete process.env.HUTCH_LINK_SPARES;
     const [w, c] = await pastaMs();
     alone.push(w);
     aloneCpu.push(c);
@@ -134,13 +157,17 @@ try {
   rmSync(tmp, { recursive: true, force: true });
 }
 const f = (x: number): string => x.toFixed(1);
-const [a, b, c] = [summarize(none), summarize(bridge), summarize(alone)];
-console.log(`Sandbox.create (${image}), ${N} interleaved each, ms`);
+const [a, b, k, c] = [summarize(none), summarize(ready), summarize(cold), summarize(alone)];
+console.log(`Sandbox.create (${image}) as uid ${process.getuid?.()} (mode ${hostMode()}), ${N} interleaved each, ms; load average before ${loadBefore}, after ${load()}`);
 console.log(`| network | p50 | p90 |`);
 console.log(`| 'none' | ${f(a.p50)} | ${f(a.p90)} |`);
-console.log(`| bridge (pasta) | ${f(b.p50)} | ${f(b.p90)} |`);
-console.log(`| pasta alone, start to ready (the floor) | ${f(c.p50)} | ${f(c.p90)} |`);
-console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x; (none + pasta alone) / none: ${((a.p50 + c.p50) / a.p50).toFixed(2)}x; pasta's own CPU per start p50 ${f(summarize(aloneCpu).p50)} ms`);
+console.log(`| bridge, a link made ahead | ${f(b.p50)} | ${f(b.p90)} |`);
+console.log(`| bridge, pool empty (pasta per create) | ${f(k.p50)} | ${f(k.p90)} |`);
+console.log(`| pasta alone, start to ready (the floor of a cold link) | ${f(c.p50)} | ${f(c.p90)} |`);
+console.log(`bridge / none at p50: ${(b.p50 / a.p50).toFixed(2)}x with a link made ahead (goal 2x; ${misses} of ${N} samples found no spare), ${(k.p50 / a.p50).toFixed(2)}x with the pool empty; (none + pasta alone) / none: ${((a.p50 + c.p50) / a.p50).toFixed(2)}x; pasta's own CPU per start p50 ${f(summarize(aloneCpu).p50)} ms`);
+await Sandbox.settle();
+// The rest measures the link itself: no spares made in the background meanwhile.
+process.env.HUTCH_LINK_SPARES = '0';
 
 const [up, down] = await both({}, MIB * 1024 * 1024, 300);
 console.log(`\ntop TCP rate, ${MIB} MiB one connection: sandbox -> host ${(up / 1e9).toFixed(2)} Gbit/s, host -> sandbox ${(down / 1e9).toFixed(2)} Gbit/s`);

@@ -8,14 +8,13 @@
  * Reported: p50/p90/p99 of each peer and the ratios the issue asks for: rootless Sandbox.run
  * against bubblewrap, rootless exec against spawn.
  */
-import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageStore, Sandbox } from '../lib/index.js';
 import { hostMode } from '../lib/host/mode.js';
 import { idSource } from '../lib/host/ids.js';
 import { bwrapPeer, execPeer, hutchRunPeer, interleave, spawnPeer } from './lib/peers.js';
 import { ms, ratio, summarize } from './lib/stats.js';
+import { asBenchUser } from './lib/as-user.js';
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -48,29 +47,6 @@ async function asUser(): Promise<void> {
   console.log(`  exec / spawn:                    ${ratio(p50('exec'), p50('spawn'))} (goal <= 1.5x)`);
 }
 
-function asRoot(): void {
-  const user = process.env.HUTCH_BENCH_USER ?? 'hutchbench';
-  const root = process.cwd();
-  const run = (argv: string[]) => {
-    const r = spawnSync(argv[0]!, argv.slice(1), { stdio: 'inherit', cwd: root });
-    if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
-  };
-  run(['sh', 'scripts/rootless-user.sh', 'setup', user]);
-  const dir = mkdtempSync('/tmp/hutch-bench-rootless-');
-  chmodSync(dir, 0o755);
-  const uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim());
-  chownSync(dir, uid, uid);
-  try {
-    run(['sh', 'scripts/rootless-user.sh', 'run', user, '--', 'env', `HUTCH_ROOT=${join(dir, 'store')}`, 'HUTCH_BACKGROUND_PRUNE=0', process.execPath, ...process.argv.slice(1)]);
-  } finally {
-    run(['sh', 'scripts/rootless-user.sh', 'teardown', user]);
-    // The store's layers belong to the user's subordinate ids: removed by the user, in its holder namespace.
-    spawnSync('sh', ['scripts/rootless-user.sh', 'run', user, '--no-cgroup', '--', process.execPath, '--input-type=module', '-e',
-      `const m = await import(${JSON.stringify(join(root, 'dist/lib/host/ids.js'))}); m.idSource(); m.removeStoreTree(${JSON.stringify(dir)}, 'store');`], { stdio: 'inherit', cwd: root });
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-if (hostMode() === 'root') asRoot();
+if (hostMode() === 'root') asBenchUser();
 else await asUser();
 
