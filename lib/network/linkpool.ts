@@ -223,7 +223,12 @@ function fillSoon(): void {
 /** One preparation at a time, for the plan that most lacks spares. */
 function fill(): void {
   if (preparing > 0) return;
-  const spares = linkSpares();
+  let spares: number;
+  try {
+    spares = linkSpares();
+  } catch {
+    return; // changed to a bad value since: the next create reports it
+  }
   const slot = [...slots.values()].find((s) => !s.failed && s.ready.length + s.making < spares);
   if (!slot) return;
   preparing++;
