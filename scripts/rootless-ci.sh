@@ -9,7 +9,7 @@ user=${HUTCH_ROOTLESS_USER:-hutchci}
 files="test/runtime/exec.test.ts test/kernel/limits.test.ts test/kernel/limits-defaults.test.ts test/kernel/mounts.test.ts
   test/kernel/rootfs.test.ts test/runtime/tty.test.ts test/runtime/pool.test.ts test/image/sandbox-commit.test.ts
   test/security/escape.test.ts test/security/files.test.ts test/security/policy.test.ts test/security/seccomp-kernel.test.ts
-  test/network/userspace.test.ts test/image/registry.test.ts test/image/build.test.ts"
+  test/network/userspace.test.ts test/network/userspace-links.test.ts test/image/registry.test.ts test/image/build.test.ts"
 sh scripts/rootless-user.sh setup "$user"
 # The user must read the built checkout; where it lies in a directory closed to others (under
 # /root, say), the tests run from a copy (without .git) in a temp dir it can read.

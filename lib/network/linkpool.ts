@@ -154,6 +154,11 @@ export function takeLink(plan: UserspacePlan, maps: Maps): PreparedLink | null {
   for (;;) {
     const link = slot.ready.shift();
     if (!link) return null;
+    // Made while the host had other addresses: its filter is not this plan's now.
+    if (link.key !== key) {
+      void releaseLink(link).catch(() => undefined);
+      continue;
+    }
     if (pastaAlive(link)) return link;
     // Its pasta died (killed, or out of memory; reaped just now): never used; the create goes cold.
     const n = native();
@@ -193,6 +198,8 @@ async function prepare(slot: Slot): Promise<PreparedLink> {
   const ns = n.makeLinkNamespaces(slot.maps);
   if (isFailure(ns)) throw new HutchError('ESETUP', `network: a link made ahead: ${ns.step ?? 'namespaces'} failed: ${errnoName(ns.errno)}${ns.path ? ` (${ns.path})` : ''}`, { step: 'network' });
   const target = [ns.userns, ns.netns] as const;
+  // Its own key: the host's addresses (in the ruleset) as they are now, not at the slot's first create.
+  const key = keyOf(slot.plan, slot.maps);
   const rules = rulesOf(slot.plan);
   let pasta: { pid: number; pidfd: number } | null = null;
   try {
@@ -207,7 +214,7 @@ async function prepare(slot: Slot): Promise<PreparedLink> {
     else n.close(ns.userns), n.close(ns.netns);
     throw e;
   }
-  return { key: slot.key, userns: ns.userns, netns: ns.netns, pasta: pasta!, rules };
+  return { key, userns: ns.userns, netns: ns.netns, pasta: pasta!, rules };
 }
 
 /** Starts the next preparation soon, off the path of the create that asked. */
