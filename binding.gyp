@@ -25,7 +25,8 @@
         "addon/nflog.cc",
         "addon/relay.cc",
         "addon/imageview.cc",
-        "addon/nsjoin.cc"
+        "addon/nsjoin.cc",
+        "addon/linkns.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -12,7 +12,7 @@ ssize_t send_with_fds(int sock, const void *data, size_t len, const int *fds, si
 // The addon's JS functions: X(C++ function, name in JS), by the unit that defines them.
 // Declared here; addon.cc exports each under its JS name.
 #define HUTCH_JS_FUNCTIONS(X)                                                                     \
-  /* clone.cc, blank.cc, initbin.cc, trees.cc */                                                  \
+  /* clone.cc, blank.cc, initbin.cc, trees.cc, linkns.cc */                                       \
   X(SetInit, "setInit") X(CloneSandbox, "cloneSandbox") X(CloneBlank, "cloneBlank") X(StartBlank, "startBlank") \
   X(OpenTree, "openTree") X(MakeUserns, "makeUserns") X(MakeLinkNamespaces, "makeLinkNamespaces")       \
   /* pidfd.cc */                                                                                  \

@@ -221,12 +221,12 @@ struct clone_job {
 // /proc/<pid> file of a task on it owned by host root: the next child's map could not be
 // opened. Our own process's dumpable state is ours to restore (as it was before any child); a
 // concurrent child may clear it again, so retry a few times.
-static int write_map(const clone_job &j, const char *data, size_t len) {
-  int r = write_file(j.path, data, len);
-  bool unprivileged = j.req->userns_fd >= 0 || j.req->deny_setgroups;
+static int write_map(const clone_req &req, const char *path, const char *data, size_t len) {
+  int r = write_file(path, data, len);
+  bool unprivileged = req.userns_fd >= 0 || req.deny_setgroups;
   for (int k = 0; r == -EACCES && unprivileged && k < 16; k++) {
     rsys2(SYS_prctl, PR_SET_DUMPABLE, 1);
-    r = write_file(j.path, data, len);
+    r = write_file(path, data, len);
   }
   return r;
 }
@@ -258,20 +258,18 @@ static int max_child_fd(const plan &p) {
   return m;
 }
 
-// The maps of the new user namespace of `pid` (j.req's); `fail` < 0: the tests' failure hook.
-// 0 or -errno, j.path naming the file.
-static int write_maps(clone_job &j, long pid, int fail) {
-  snprintf(j.path, sizeof j.path, "/proc/%ld/uid_map", pid);
-  int r = fail < 0 ? fail : write_map(j, j.req->uid_map.data(), j.req->uid_map.size());
-  if (r == 0 && j.req->deny_setgroups) {
+int write_id_maps(const clone_req &req, long pid, char *path, size_t path_len, int fail) {
+  snprintf(path, path_len, "/proc/%ld/uid_map", pid);
+  int r = fail < 0 ? fail : write_map(req, path, req.uid_map.data(), req.uid_map.size());
+  if (r == 0 && req.deny_setgroups) {
     // A one-id map written by an unprivileged parent: the kernel requires setgroups denied
     // before the gid map (user_namespaces(7)).
-    snprintf(j.path, sizeof j.path, "/proc/%ld/setgroups", pid);
-    r = write_map(j, "deny", 4);
+    snprintf(path, path_len, "/proc/%ld/setgroups", pid);
+    r = write_map(req, path, "deny", 4);
   }
   if (r == 0) {
-    snprintf(j.path, sizeof j.path, "/proc/%ld/gid_map", pid);
-    r = write_map(j, j.req->gid_map.data(), j.req->gid_map.size());
+    snprintf(path, path_len, "/proc/%ld/gid_map", pid);
+    r = write_map(req, path, req.gid_map.data(), req.gid_map.size());
   }
   return r;
 }
@@ -324,7 +322,7 @@ static void clone_and_map(clone_job &j) {
   if (pid < 0) return;
   // A prepared link's user namespace has its maps already (makeLinkNamespaces).
   if (j.req->link_user_fd >= 0) return;
-  j.map_err = write_maps(j, pid, p->fail_step == STEP_ID_MAP ? -p->fail_errno : 0);
+  j.map_err = write_id_maps(*j.req, pid, j.path, sizeof j.path, p->fail_step == STEP_ID_MAP ? -p->fail_errno : 0);
 }
 
 static int clone_job_entry(void *arg) {
@@ -362,9 +360,7 @@ static int userns_entry(void *v) {
 #endif
 
 #if HUTCH_CLONE_VM
-// clone3 with `flags` (CLONE_VM among them) running fn(arg) on `stack`, every signal blocked
-// around it; no exit signal (reaped with waitid(__WALL)). The child's pid or -errno.
-static long clone_vm_on(uint64_t flags, int *pidfd, void *stack, size_t stack_size, int (*fn)(void *), void *arg) {
+long clone_vm_on(uint64_t flags, int *pidfd, void *stack, size_t stack_size, int (*fn)(void *), void *arg) {
   struct clone_args a;
   memset(&a, 0, sizeof a);
   a.flags = flags;
@@ -410,95 +406,6 @@ long run_in_userns(int nsfd, int (*fn)(void *), void *arg) {
 #else
   (void)nsfd, (void)fn, (void)arg;
   return -ENOSYS;
-#endif
-}
-
-// A prepared network link's namespaces (makeLinkNamespaces): a short-lived task of our memory
-// and fd table made with CLONE_NEWUSER | CLONE_NEWNET waits while its maps are written from
-// the parent namespace (the holder's, outside root mode: the trampoline), then opens both
-// namespaces into our table and exits. The fds keep them.
-struct link_make {
-  clone_job j;
-  int word = 0;  // 0: wait, 1: maps written, open the namespaces, 2: give up
-  int user_fd = -1, net_fd = -1;
-  int child_err = 0;
-  int err = 0;
-  const char *what = "";
-};
-
-#if HUTCH_CLONE_VM
-static int link_ns_child(void *arg) {
-  link_make *m = static_cast<link_make *>(arg);
-  while (__atomic_load_n(&m->word, __ATOMIC_ACQUIRE) == 0) rsys6(SYS_futex, (long)&m->word, FUTEX_WAIT, 0, 0, 0, 0);
-  if (__atomic_load_n(&m->word, __ATOMIC_ACQUIRE) != 1) return 1;
-  long u = rsys4(SYS_openat, AT_FDCWD, "/proc/self/ns/user", O_RDONLY | O_CLOEXEC, 0);
-  long n = u < 0 ? u : rsys4(SYS_openat, AT_FDCWD, "/proc/self/ns/net", O_RDONLY | O_CLOEXEC, 0);
-  if (n < 0) {
-    if (u >= 0) rsys1(SYS_close, u);
-    m->child_err = (int)-n;
-    return 1;
-  }
-  m->user_fd = (int)u;
-  m->net_fd = (int)n;
-  return 0;
-}
-
-static int make_link_entry(void *arg) {
-  link_make *m = static_cast<link_make *>(arg);
-  static const size_t kStack = 64 * 1024;
-  void *stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
-    m->err = -errno, m->what = "mmap";
-    return 0;
-  }
-  long pid = clone_vm_on(CLONE_VM | CLONE_FILES | CLONE_NEWUSER | CLONE_NEWNET | CLONE_CLEAR_SIGHAND, nullptr, stack, kStack, link_ns_child, m);
-  if (pid < 0) {
-    munmap(stack, kStack);
-    m->err = (int)pid, m->what = "clone3";
-    return 0;
-  }
-  clone_job &j = m->j;
-  int r = write_maps(j, pid, 0);
-  __atomic_store_n(&m->word, r == 0 ? 1 : 2, __ATOMIC_RELEASE);
-  rsys6(SYS_futex, (long)&m->word, FUTEX_WAKE, 1, 0, 0, 0);
-  siginfo_t si;
-  while (waitid(P_PID, (id_t)pid, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
-  }
-  munmap(stack, kStack);
-  if (r < 0) m->err = r, m->what = j.path;
-  else if (m->user_fd < 0) m->err = -(m->child_err ? m->child_err : EIO), m->what = "/proc/self/ns";
-  return 0;
-}
-#endif
-
-Napi::Value MakeLinkNamespaces(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsObject()) {
-    type_error(env, "makeLinkNamespaces", "the options must be an object");
-    return env.Undefined();
-  }
-  Napi::Object o = info[0].As<Napi::Object>();
-  clone_req req;
-  if (!req_str(env, o, "uidMap", "makeLinkNamespaces", req.uid_map) || !req_str(env, o, "gidMap", "makeLinkNamespaces", req.gid_map)) return env.Undefined();
-  Napi::Value un = o.Get("userns");
-  req.userns_fd = un.IsNumber() ? un.As<Napi::Number>().Int32Value() : -1;
-  req.deny_setgroups = o.Get("denySetgroups").ToBoolean().Value();
-#if HUTCH_CLONE_VM
-  link_make m;
-  m.j.req = &req;
-  if (req.userns_fd >= 0) {
-    long r = run_in_userns(req.userns_fd, make_link_entry, &m);
-    if (r < 0) return sys_failure(env, "clone", (int)-r, "setns(holder user namespace)");
-  } else {
-    make_link_entry(&m);
-  }
-  if (m.err < 0) return sys_failure(env, "id_map", -m.err, m.what);
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("userns", move_high(m.user_fd));
-  out.Set("netns", move_high(m.net_fd));
-  return out;
-#else
-  return sys_failure(env, "clone", ENOSYS, "makeLinkNamespaces");
 #endif
 }
 

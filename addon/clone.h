@@ -47,9 +47,14 @@ int move_high(int fd);
 // waits for it: fn's result, or -errno when the task could not start or join. fn may use raw
 // syscalls and our memory, no N-API and no JS (the calling thread is suspended meanwhile).
 long run_in_userns(int nsfd, int (*fn)(void *), void *arg);
-// makeLinkNamespaces({ uidMap, gidMap, userns, denySetgroups }): { userns, netns } fds of a new
-// user namespace (maps written as a sandbox's) and a network namespace it owns, or a failure.
-Napi::Value MakeLinkNamespaces(const Napi::CallbackInfo &info);
+// Writes req's maps (setgroups denied first when asked) into the new user namespace of `pid`:
+// 0 or -errno, `path` naming the file. `fail` < 0: fail as the tests' hook asks. Raw syscalls
+// and our memory only: may run in a trampoline.
+int write_id_maps(const clone_req &req, long pid, char *path, size_t path_len, int fail);
+// clone3 with `flags` (CLONE_VM among them) running fn(arg) on `stack`, every signal blocked
+// around it; no exit signal (reaped with waitid(__WALL)). The child's pid or -errno. Only
+// where HUTCH_CLONE_VM.
+long clone_vm_on(uint64_t flags, int *pidfd, void *stack, size_t stack_size, int (*fn)(void *), void *arg);
 // fn(arg) in a CLONE_VM | CLONE_VFORK task (plus `flags`, and CLONE_PIDFD into *pidfd when
 // given) on a stack of its own; this thread waits until it execs or exits. Its pid or -errno;
 // the caller reaps it (waitid with __WALL: no exit signal). -ENOSYS without the trampoline.
