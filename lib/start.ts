@@ -24,7 +24,7 @@ import { setupError } from './setup-errors.js';
 import { isDirFd, killAndReap, waitSetup } from './child-setup.js';
 import type { Trace } from './trace.js';
 import { takeBlank } from './warm.js';
-import { linkAbandoned, linkCloned, takeLink } from './network/linkpool.js';
+import { linkAbandoned, linkCloned, linksAhead, takeLink } from './network/linkpool.js';
 
 export { DEFAULT_DISK_BYTES } from './plan/index.js';
 
@@ -53,7 +53,9 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
   const plan = planSandbox(opts, image, store);
   // Sandbox.run: a blank made ahead for this store and these limits saves the clone, the
   // cgroup and the id range (lib/warm.ts); an ephemeral tmpfs layer only (no disk to make).
-  const warmKey = hooks.warm && plan.warmable ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
+  // A userspace bridge takes a link made ahead instead (network/linkpool.ts): a blank has a netns of its own.
+  const ahead = opts.network.mode === 'bridge' && opts.network.backend === 'userspace' && linksAhead(opts.network);
+  const warmKey = hooks.warm && plan.warmable && !ahead ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
   const blank = warmKey !== null ? await takeBlank(warmKey) : undefined;
   const id = blank?.id ?? randomBytes(6).toString('hex');
   const ids = blank?.ids ?? acquireIds(image.layersDir);
@@ -122,7 +124,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     }
     const maps = cloneMaps(ids, plan.idMap.size);
     // A userspace link made ahead for this plan: the clone joins its namespaces (linkpool.ts).
-    const link = !s && opts.network.mode === 'bridge' && opts.network.backend === 'userspace' ? takeLink(opts.network, maps) : null;
+    const link = !s && opts.network.mode === 'bridge' && opts.network.backend === 'userspace' ? await takeLink(opts.network, maps) : null;
     s ??= n.cloneSandbox(encoded.buf, encoded.fds, {
       ...maps,
       ...(link ? { linkUserns: link.userns, linkNetns: link.netns } : {}),

@@ -12,8 +12,10 @@
  *   them until the sandbox's clone joins both (setns in addon/clone.cc's trampoline, in place
  *   of CLONE_NEWUSER | CLONE_NEWNET). The sandbox's root then owns its netns as with a cold
  *   link: same owner, same maps, same capabilities.
- * - **Keyed by plan**: pasta's arguments, the ruleset (with the host's own addresses as they are
- *   when the link is made and when it is taken), the shaping and the maps. The first create of
+ * - **Keyed by plan**: pasta's arguments, the ruleset without the host's own addresses, the
+ *   shaping and the maps. The host's addresses (which the filter closes) are checked when a
+ *   link is taken: changed since it was made, its filter is rewritten before the clone (one
+ *   nft run, ~20 ms), so a sandbox never starts able to reach a host address. The first create of
  *   a plan pays the cold path; after it returns, spares for that plan are made, one at a time
  *   across all plans. Published `ports` make pasta bind host ports per sandbox: a plan with
  *   ports always takes the cold path. A plan unused for `IDLE_MS` loses its spares.
@@ -60,7 +62,8 @@ export interface PreparedLink {
   readonly userns: number;
   readonly netns: number;
   readonly pasta: { pid: number; pidfd: number };
-  readonly rules: InsideRules;
+  /** What its filter was made from (the host's addresses as they were then). */
+  rules: InsideRules;
 }
 
 interface Slot {
@@ -91,8 +94,8 @@ export function linkSpares(env: NodeJS.ProcessEnv = process.env): number {
   return n;
 }
 
-/** Whether links of this plan may be made ahead in this process. */
-function eligible(plan: UserspacePlan): boolean {
+/** Whether links of this plan may be made ahead in this process (Sandbox.run then makes no blank for it: lib/start.ts). */
+export function linksAhead(plan: UserspacePlan): boolean {
   return hostMode() !== 'root' && plan.ports.length === 0 && plan.names === null && linkSpares() > 0;
 }
 
@@ -109,7 +112,8 @@ function keyOf(plan: UserspacePlan, maps: Maps): string {
     maps.gidMap,
     maps.denySetgroups,
     pastaArgs(plan, (process.geteuid?.() ?? 1) === 0),
-    insideRuleset(rulesOf(plan)),
+    // Without the host's own addresses: they change as other links come and go (takeLink).
+    insideRuleset({ ...rulesOf(plan), closed: [] }),
     plan.egressBps,
     plan.ingressBps,
     formatCidr(plan.range),
@@ -134,10 +138,12 @@ async function releaseLink(link: { userns?: number; netns?: number; pasta: { pid
 /**
  * The link for a sandbox about to be cloned with `maps`, or null (the cold path: the clone
  * makes the namespaces and attachNetwork builds the link). The caller passes its fds to the
- * clone and then calls `linkCloned` either way.
+ * clone and then calls `linkCloned` either way. When the host's own addresses changed since
+ * the link was made, its filter is rewritten first (one nft run), as a cold link's would be
+ * made now: the sandbox never starts with a filter that lets it reach a host address.
  */
-export function takeLink(plan: UserspacePlan, maps: Maps): PreparedLink | null {
-  if (!eligible(plan)) return null;
+export async function takeLink(plan: UserspacePlan, maps: Maps): Promise<PreparedLink | null> {
+  if (!linksAhead(plan)) return null;
   const want = modeMaps();
   if (want.uidMap !== maps.uidMap || want.gidMap !== maps.gidMap || want.denySetgroups !== maps.denySetgroups) return null;
   const key = keyOf(plan, maps);
@@ -154,15 +160,22 @@ export function takeLink(plan: UserspacePlan, maps: Maps): PreparedLink | null {
   for (;;) {
     const link = slot.ready.shift();
     if (!link) return null;
-    // Made while the host had other addresses: its filter is not this plan's now.
-    if (link.key !== key) {
-      void releaseLink(link).catch(() => undefined);
+    if (!pastaAlive(link)) {
+      // Its pasta died (killed, or out of memory; reaped just now): never used; the create goes cold.
+      const n = native();
+      n.close(link.userns), n.close(link.netns), n.close(link.pasta.pidfd);
       continue;
     }
-    if (pastaAlive(link)) return link;
-    // Its pasta died (killed, or out of memory; reaped just now): never used; the create goes cold.
-    const n = native();
-    n.close(link.userns), n.close(link.netns), n.close(link.pasta.pidfd);
+    const now = rulesOf(plan);
+    if (insideRuleset(now) === insideRuleset(link.rules)) return link;
+    try {
+      await nftInside([link.userns, link.netns], insideRuleset(now), 'refiltering a link made ahead');
+    } catch {
+      void releaseLink(link).catch(() => undefined);
+      return null;
+    }
+    link.rules = now;
+    return link;
   }
 }
 
@@ -198,8 +211,6 @@ async function prepare(slot: Slot): Promise<PreparedLink> {
   const ns = n.makeLinkNamespaces(slot.maps);
   if (isFailure(ns)) throw new HutchError('ESETUP', `network: a link made ahead: ${ns.step ?? 'namespaces'} failed: ${errnoName(ns.errno)}${ns.path ? ` (${ns.path})` : ''}`, { step: 'network' });
   const target = [ns.userns, ns.netns] as const;
-  // Its own key: the host's addresses (in the ruleset) as they are now, not at the slot's first create.
-  const key = keyOf(slot.plan, slot.maps);
   const rules = rulesOf(slot.plan);
   let pasta: { pid: number; pidfd: number } | null = null;
   try {
@@ -214,7 +225,7 @@ async function prepare(slot: Slot): Promise<PreparedLink> {
     else n.close(ns.userns), n.close(ns.netns);
     throw e;
   }
-  return { key, userns: ns.userns, netns: ns.netns, pasta: pasta!, rules };
+  return { key: slot.key, userns: ns.userns, netns: ns.netns, pasta: pasta!, rules };
 }
 
 /** Starts the next preparation soon, off the path of the create that asked. */
@@ -294,6 +305,11 @@ export async function dropLinks(): Promise<void> {
 /** @internal For tests and benches: the ready links now, per plan key. */
 export function linksNow(): { key: string; pasta: number; userns: number; netns: number }[] {
   return [...slots.values()].flatMap((s) => s.ready.map((l) => ({ key: s.key, pasta: l.pasta.pid, userns: l.userns, netns: l.netns })));
+}
+
+/** @internal For tests: the ready links themselves (a test makes one's filter stale, as a host address added since would). */
+export function readyLinks(): PreparedLink[] {
+  return [...slots.values()].flatMap((s) => s.ready);
 }
 
 /** @internal Waits until no link is being made (tests, benches). */

@@ -2,11 +2,13 @@ import { describe, it, expect, afterAll, beforeEach } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { Sandbox } from '../../lib/index.js';
 import { hostMode } from '../../lib/host/mode.js';
 import { pastaPid, type NetworkAttachment, type NetworkOptions } from '../../lib/network/index.js';
-import { linkSpares, linksMade, linksNow } from '../../lib/network/linkpool.js';
-import { findProgram } from '../../lib/network/userspace.js';
+import { linkSpares, linksMade, linksNow, readyLinks } from '../../lib/network/linkpool.js';
+import { findProgram, insideRuleset, nftInside } from '../../lib/network/userspace.js';
+import { formatCidr } from '../../lib/network/cidr.js';
 import { alive, attachmentOf, inside } from '../helpers/userspace.js';
 import { needs } from '../helpers/require.js';
 import { pruneAll } from '../../lib/prune.js';
@@ -24,6 +26,10 @@ process.env.HUTCH_NETWORK_BACKEND ??= 'userspace';
 
 const skip = needs(findProgram('pasta') !== null, 'the userspace network backend needs pasta: apt-get install passt');
 const outsideRoot = hostMode() !== 'root';
+/** A host address that is not loopback (pasta would carry a connection to it to the host). */
+const HOST_IP = Object.values(networkInterfaces())
+  .flat()
+  .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 
 /** What the sandbox's init sees of itself: its namespaces, maps, capabilities, mounts, eth0. */
 async function view(sb: Sandbox): Promise<{ net: string; user: string; uidMap: string; gidMap: string; caps: string; mounts: string; eth0: string }> {
@@ -41,9 +47,9 @@ eth0:(os.networkInterfaces().eth0||[]).filter(a=>a.family==='IPv4').map(a=>a.cid
 /** A namespace fd of this process as the kernel names it (`net:[inode]`). */
 const nsOf = (fd: number): string => readlinkSync(`/proc/self/fd/${fd}`);
 
-async function listen(handler: (s: net.Socket) => void): Promise<net.Server & { port: number }> {
+async function listen(handler: (s: net.Socket) => void, host = '127.0.0.1'): Promise<net.Server & { port: number }> {
   const srv = net.createServer(handler);
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => srv.listen(0, host, () => r()));
   return Object.assign(srv, { port: (srv.address() as net.AddressInfo).port });
 }
 
@@ -143,6 +149,45 @@ describe.skipIf(skip !== undefined || !outsideRoot)('network: userspace links ma
     } finally {
       srv.close();
       other.close();
+    }
+  });
+
+  it('Sandbox.run with a bridge takes a link made ahead (and no blank of its own)', async () => {
+    const network: NetworkOptions = { mode: 'bridge', outbound: 'nat', allow: ['192.0.2.0/24'] };
+    const run = async (): Promise<string> => {
+      const r = await Sandbox.run({ image: 'host', network, command: ['readlink', '/proc/self/ns/net'], encoding: 'utf8' });
+      expect(r.exitCode).toBe(0);
+      return String(r.stdout).trim();
+    };
+    const first = await run();
+    await linksMade();
+    const spare = linksNow();
+    expect(spare).toHaveLength(1);
+    const spareNet = nsOf(spare[0]!.netns);
+    const second = await run();
+    expect(second).toBe(spareNet);
+    expect(second).not.toBe(first);
+  });
+
+  it.skipIf(!HOST_IP)('a spare whose filter predates a host address is refiltered before use: the sandbox cannot reach that address', async () => {
+    const network: NetworkOptions = { mode: 'bridge', outbound: 'nat' };
+    const srv = await listen((s) => s.end('host'), '0.0.0.0');
+    try {
+      await create(network);
+      await linksMade();
+      const [link] = readyLinks();
+      // As if it had been made before the host had HOST_IP: its filter lets it through.
+      const stale = { ...link!.rules, closed: link!.rules.closed.filter((c) => formatCidr(c) !== `${HOST_IP}/32`) };
+      expect(stale.closed.length).toBe(link!.rules.closed.length - 1);
+      await nftInside([link!.userns, link!.netns], insideRuleset(stale), 'a stale filter (test)');
+      link!.rules = stale;
+      const netns = nsOf(link!.netns);
+      const sb = await create(network);
+      expect((await view(sb)).net).toBe(netns);
+      expect(await inside(sb, connectScript(HOST_IP!, srv.port))).toBe('ECONNREFUSED');
+      expect(await inside(sb, connectScript('10.200.0.1', srv.port))).toBe('ECONNREFUSED');
+    } finally {
+      srv.close();
     }
   });
 
