@@ -23,6 +23,10 @@
  * - **Published ports.** pasta binds each host port (all IPv4 addresses, loopback included)
  *   and forwards it into the sandbox.
  *
+ * - **Made ahead.** Outside host root a link can be built before its sandbox exists, in a user
+ *   + net namespace the sandbox's clone then joins (linkpool.ts): the same steps on the
+ *   namespaces' fds instead of a pid (`NsTarget`), handed over by sandbox id (`claimLink`).
+ *
  * Nothing is written to disk: no lease, no state file. The link's resources are pasta's
  * process and what lives in the sandbox's netns, which ends with the sandbox.
  */
