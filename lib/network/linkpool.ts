@@ -24,7 +24,8 @@
  *   releases every spare; a spare whose pasta died (checked on its pidfd before use) is
  *   dropped and the create takes the cold path, never an unfiltered link.
  *
- * `HUTCH_LINK_SPARES` (default 1, 0 turns this off, at most 8): spares kept per plan. Root
+ * `HUTCH_LINK_SPARES` (default 1, 0 turns this off, at most 8): spares kept per plan; at most
+ * 16 across all plans (the most recently asked-for plans first). Root
  * mode (the userspace backend by HUTCH_NETWORK_BACKEND) gives each sandbox its own id range:
  * no link can be made ahead for it there, and every link is cold.
  */
@@ -53,6 +54,8 @@ const IDLE_MS = 30_000;
 /** How long after a create returns its replacement starts (the caller's own setup first). */
 const REFILL_DELAY_MS = 20;
 const MAX_SPARES = 8;
+/** Across all plans: each spare is a pasta process; many one-off plans must not pile them up. */
+const MAX_TOTAL = 16;
 
 type Maps = { uidMap: string; gidMap: string; userns: number; denySetgroups: boolean };
 
@@ -238,7 +241,7 @@ function fillSoon(): void {
   refill.unref();
 }
 
-/** One preparation at a time, for the plan that most lacks spares. */
+/** One preparation at a time, for the most recently asked-for plan that lacks spares. */
 function fill(): void {
   if (preparing > 0) return;
   let spares: number;
@@ -247,7 +250,9 @@ function fill(): void {
   } catch {
     return; // changed to a bad value since: the next create reports it
   }
-  const slot = [...slots.values()].find((s) => !s.failed && s.ready.length + s.making < spares);
+  const all = [...slots.values()];
+  if (all.reduce((n, s) => n + s.ready.length + s.making, 0) >= MAX_TOTAL) return;
+  const slot = all.filter((s) => !s.failed && s.ready.length + s.making < spares).sort((a, b) => b.lastUsed - a.lastUsed)[0];
   if (!slot) return;
   preparing++;
   slot.making++;
