@@ -108,7 +108,7 @@ function modeMaps(): Maps {
   return cloneMaps({ uid: src.uid, gid: src.gid }, src.size);
 }
 
-/** What makes two links interchangeable (pure but for the host's addresses in the ruleset). */
+/** What makes two links interchangeable: the plan as pasta, the filter and tc see it, and the maps. */
 function keyOf(plan: UserspacePlan, maps: Maps): string {
   return JSON.stringify([
     maps.uidMap,
