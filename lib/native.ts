@@ -138,6 +138,12 @@ export interface Native {
   /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */
   spliceRelay(a: number, b: number, first: Buffer, id: number): Promise<number>;
   relayStop(id: number): void;
+  // addon/nfqueue.cc (lib/network/nfqueue.ts): the name check's netfilter queue and its own table.
+  nfqTable(queue: number, marks: { pending: number; checked: number; allow: number; refuse: number; pass: number }): true | (NativeFailure & { step: string; detail?: string });
+  nfqOpen(queue: number): number | (NativeFailure & { step: string });
+  nfqRead(fd: number): { id: number; proto: number; src?: string; dst?: string; sport?: number; dport?: number; seq?: number; flags?: number; data?: Buffer }[];
+  nfqVerdict(fd: number, queue: number, id: number, verdict: number, mark?: number): true | (NativeFailure & { step: string });
+  nfqClose(fd: number, queue: number): void;
   // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
   /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
   viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;
