@@ -211,6 +211,21 @@ export function acquireQueue(): number {
 /** Gives back a reference; the last one closes the queue (the kernel deletes its table). */
 export function releaseQueue(): void {
   if (!queue || --users > 0) return;
+  abandonQueue();
+}
+
+/** This process's queue number, null when it has none open. */
+export function queueNumber(): number | null {
+  return queue?.number ?? null;
+}
+
+/**
+ * Closes the queue and its table now, whatever sandboxes still use them: what the kernel does
+ * when this process dies (the tests prove the fail-closed path with it).
+ */
+export function abandonQueue(): void {
+  if (!queue) return;
+  users = 0;
   queue.watch.close();
   native().nfqClose(queue.fd, queue.number);
   queue = null;
