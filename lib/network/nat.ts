@@ -130,11 +130,12 @@ const NEVER_ASKED = '{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }';
  * `setNetworkPolicy`. With names: deny CIDRs, then DNS/DoT to anyone but hutch's resolver,
  * then `allow` CIDRs and the admitted set; what is refused is refused at once (TCP reset,
  * else ICMP admin-prohibited) and logged, at a bounded rate, to the NFLOG group with the
- * reason as prefix. A new TCP connection to an admitted address on 80/443 gets the conntrack
- * mark "pending for the name check's queue" (nfqueue.ts): its first data segments are held
- * there until the SNI/Host is decided. First of all, a packet of a pending connection that did
- * not come through the queue (whose table's chain runs just before this one) is reset: the
- * queue's process died, and nothing goes on unchecked.
+ * reason as prefix. A new TCP connection to an admitted address on 80/443 has the conntrack
+ * mark "pending for the name check's queue" by now (set by the sandbox's nat chain,
+ * `proxyScript`; nfqueue.ts): its packets go through the queue until the SNI/Host is decided.
+ * First of all, a packet of a pending connection that did not come through the queue (whose
+ * table's chain runs just before this one) is reset: the queue's process died, and nothing
+ * goes on unchecked.
  */
 export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly Cidr[] | null, names: SandboxRules['names']): string[] {
   const t = TABLE;
@@ -164,8 +165,9 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
   };
   if (l.denyCidrs.length > 0) refuse(`ip daddr ${cidrList(l.denyCidrs)}`, 'denied');
   refuse('meta l4proto { tcp, udp } th dport { 53, 853 }', 'other resolver');
-  if (names.queue !== undefined && names.queue !== null) lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct state new ct mark set ${hex(pendingMark(names.queue))} accept`);
-  else refuse(`ip daddr @${admittedSet(slot)} tcp dport { 80, 443 }`, 'not allowed');
+  // Never past the name check: a new connection to an admitted address on 80/443 that the
+  // sandbox's nat chain did not mark pending (its egress has not started) is refused.
+  refuse(`ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct mark and ${hex(PENDING_MASK)} != ${hex(PENDING_BASE)}`, 'not allowed');
   if (l.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
   else if (l.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(l.allow)} accept`);
   lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} accept`);
@@ -220,11 +222,13 @@ export function policyScript(slot: string, names: NonNullable<SandboxRules['name
 }
 
 /**
- * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports),
- * and with `ask`, new TCP connections to bare addresses to the ask listener (sni-proxy.ts);
- * the input rules admit only redirected connections to those ports. A nat chain of its own: it
- * sees only a connection's first packet. With `names`, the forward chain is rewritten in the
- * same transaction with the name check's queue (nfqueue.ts).
+ * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports);
+ * new TCP connections to admitted addresses on 80/443 marked pending for the name check's
+ * queue (nfqueue.ts: from their SYN on, their packets go through it until the name is
+ * decided); with `ask`, new TCP connections to bare addresses to the ask listener
+ * (sni-proxy.ts). The input rules admit only redirected connections to those ports. A nat
+ * chain of its own: it sees only a connection's first packet. With `names`, the forward chain
+ * is rewritten in the same transaction.
  */
 export function proxyScript(slot: string, host: string, hostAddress: string, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null, names: NonNullable<SandboxRules['names']> | null = null): string {
   const t = TABLE;
@@ -235,6 +239,7 @@ export function proxyScript(slot: string, host: string, hostAddress: string, dns
     `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
     `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
     `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
+    ...(names && names.queue !== undefined && names.queue !== null ? [`${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct mark set 0x${pendingMark(names.queue).toString(16)}`] : []),
     ...(ask ? [...askRules(slot, hostAddress, ask.port, ask.lists), `${pre} ct state new jump ask_${slot}`] : []),
     `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${ports.join(', ')} } ct status dnat fib daddr . iif type local accept`,
     // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.

@@ -49,8 +49,10 @@ const NF_REPEAT = 4;
 
 /** A connection whose name is still incomplete this long after its first data: no name. */
 const FIRST_BYTES_MS = 10_000;
-/** Connections being checked at once per process; past it, new ones are refused. */
+/** Connections being checked at once per sandbox; past it, new ones are refused. */
 const MAX_FLOWS = 4096;
+/** A connection that sends nothing this long after its SYN is forgotten (its data is then refused). */
+const IDLE_MS = 300_000;
 /** A decided connection is remembered this long (packets already queued get the same verdict). */
 const DECIDED_MS = 30_000;
 
@@ -73,8 +75,9 @@ interface Flow {
   src: string;
   dst: { address: string; port: number };
   held: Segment[];
-  base: number;
   verdict: 'allow' | 'refuse' | null;
+  /** Where the stream starts: the SYN's sequence number + 1. */
+  base: number;
   /** The first allowed segment was sent with the `allow` mark: the rest are plain accepts. */
   released: boolean;
   deciding: boolean;
@@ -85,6 +88,11 @@ let queue: { number: number; fd: number; watch: Watch } | null = null;
 let users = 0;
 const checks = new Map<string, NameCheck>();
 const flows = new Map<string, Flow>();
+const perSandbox = new Map<string, number>();
+
+const FIN = 0x01;
+const SYN = 0x02;
+const RST = 0x04;
 
 function verdict(id: number, v: number, mark?: number): void {
   if (!queue) return;
@@ -99,24 +107,49 @@ function readPending(): void {
 function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): void {
   if (p.proto !== 6 || p.src === undefined || p.data === undefined) return verdict(p.id, NF_DROP);
   const key = `${p.src}:${p.sport}>${p.dst}:${p.dport}`;
-  let flow = flows.get(key);
+  const flow = flows.get(key);
   if (flow?.verdict === 'refuse') return verdict(p.id, NF_REPEAT, REFUSE);
   if (flow?.verdict === 'allow') return flow.released ? verdict(p.id, NF_ACCEPT) : verdict(p.id, NF_REPEAT, ALLOW);
-  // No data (the handshake's ACK, a FIN or RST): nothing to read, let it through.
-  if (p.data.length === 0) return verdict(p.id, NF_REPEAT, PASS);
   const check = checks.get(p.src);
   if (!check) return verdict(p.id, NF_REPEAT, REFUSE);
-  if (!flow) {
-    if (flows.size >= MAX_FLOWS) {
-      check.refused({ host: null, address: p.dst!, port: p.dport!, reason: 'not allowed (too many connections being checked)' });
-      return verdict(p.id, NF_REPEAT, REFUSE);
+  const dst = { address: p.dst!, port: p.dport! };
+  if (p.flags! & SYN) {
+    // Data in a SYN (TCP Fast Open) would reach the server before any name is read: dropped;
+    // the client's kernel sends the SYN again without it (and stops trying Fast Open there).
+    if (p.data.length > 0) return verdict(p.id, NF_DROP);
+    if (!flow) {
+      if ((perSandbox.get(p.src) ?? 0) >= MAX_FLOWS) {
+        check.refused({ host: null, ...dst, reason: 'not allowed (too many connections being checked)' });
+        return verdict(p.id, NF_REPEAT, REFUSE);
+      }
+      // The stream starts right after the SYN's sequence number: the name is read from there.
+      const f: Flow = { src: p.src, dst, held: [], base: (p.seq! + 1) >>> 0, verdict: null, released: false, deciding: false, timer: null };
+      f.timer = setTimeout(() => forget(key, f), IDLE_MS).unref();
+      flows.set(key, f);
+      perSandbox.set(p.src, (perSandbox.get(p.src) ?? 0) + 1);
     }
-    flow = { src: p.src, dst: { address: p.dst!, port: p.dport! }, held: [], base: p.seq!, verdict: null, released: false, deciding: false, timer: null };
-    flows.set(key, flow);
+    return verdict(p.id, NF_REPEAT, PASS);
+  }
+  if (!flow) {
+    if (p.data.length === 0) return verdict(p.id, NF_REPEAT, PASS);
+    // Its SYN was not seen here, or too long ago: where its stream starts is not known.
+    check.refused({ host: null, ...dst, reason: 'not allowed (no name in time)' });
+    return verdict(p.id, NF_REPEAT, REFUSE);
   }
   const f = flow;
-  // Sequence numbers relative to the lowest seen (mod 2^32): a segment from before it moves it.
-  if (((p.seq! - f.base) | 0) < 0) f.base = p.seq!;
+  // No data (the handshake's ACK, a FIN or RST): nothing to read, let it through; a connection
+  // that closes before sending anything is forgotten.
+  if (p.data.length === 0) {
+    verdict(p.id, NF_REPEAT, PASS);
+    if (p.flags! & (FIN | RST) && f.held.length === 0 && !f.deciding) forget(key, f);
+    return;
+  }
+  // Before the stream's start: not a segment the sandbox's kernel sends; never forwarded.
+  if (((p.seq! - f.base) | 0) < 0) return verdict(p.id, NF_DROP);
+  if (f.held.length === 0 && f.timer) {
+    clearTimeout(f.timer); // the idle timer: from now on, FIRST_BYTES_MS for the name
+    f.timer = null;
+  }
   f.held.push({ id: p.id, seq: p.seq!, data: p.data });
   if (f.deciding) return;
   const limit = f.dst.port === 443 ? HELLO_MAX : HEAD_MAX;
@@ -129,6 +162,15 @@ function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): 
     return;
   }
   decideFlow(key, f, name);
+}
+
+function forget(key: string, f: Flow): void {
+  if (flows.get(key) !== f) return;
+  flows.delete(key);
+  if (f.timer) clearTimeout(f.timer);
+  const n = (perSandbox.get(f.src) ?? 1) - 1;
+  if (n > 0) perSandbox.set(f.src, n);
+  else perSandbox.delete(f.src);
 }
 
 /** The held bytes from the flow's first sequence number on, up to the first gap (at most `limit` + a segment). */
@@ -166,9 +208,7 @@ function decideFlow(key: string, f: Flow, name: string | null): void {
         f.released = true;
       }
     }
-    setTimeout(() => {
-      if (flows.get(key) === f) flows.delete(key);
-    }, DECIDED_MS).unref();
+    setTimeout(() => forget(key, f), DECIDED_MS).unref();
   });
 }
 
@@ -231,6 +271,7 @@ export function abandonQueue(): void {
   queue = null;
   for (const f of flows.values()) if (f.timer) clearTimeout(f.timer);
   flows.clear();
+  perSandbox.clear();
 }
 
 /** Sends the connections of the sandbox at `address` to `check` until the returned function is called. */
