@@ -67,6 +67,9 @@ describe.skipIf(skip !== undefined)('egress: the name check through the netfilte
   beforeAll(async () => {
     rawAddress = world.inet.a.replace(/\.11$/, '.13');
     execFileSync('ip', ['-n', world.inet.ns, 'addr', 'add', `${rawAddress}/24`, 'dev', 'eth0']);
+    // TCP Fast Open on the internet's side, for every listener made from now on (0x400) with
+    // cookies (0x2): a client that has a cookie sends its first bytes in the SYN.
+    execFileSync('ip', ['netns', 'exec', world.inet.ns, 'sysctl', '-qw', 'net.ipv4.tcp_fastopen=1027']);
     raw = spawn('ip', ['netns', 'exec', world.inet.ns, process.execPath, '-e', `
       require('net').createServer((s) => {
         let got = '';
@@ -109,6 +112,34 @@ describe.skipIf(skip !== undefined)('egress: the name check through the netfilte
       const head = await sh(sb, `${splitHost('nope.example', rawAddress)}; ${splitHost('raw.example', rawAddress)}`);
       expect(head.stdout).toBe('reset\nread HTTP/1.1 204 No Content\n');
       expect(rawSeen.slice(n0).join('')).toBe('GET / HTTP/1.1\r\nHost: raw.example\r\nConnection: close\r\n\r\n');
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it('data in a SYN (TCP Fast Open) never reaches the server before its name is decided', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['raw.example'], dns: { servers: [world.inet.dns], hosts: { 'raw.example': rawAddress, 'evil.example': rawAddress } } }) });
+    try {
+      expect((await sh(sb, 'getent hosts raw.example | cut -d" " -f1')).stdout.trim()).toBe(rawAddress);
+      const n0 = rawSeen.length;
+      // Each request sent with MSG_FASTOPEN: the first connection fetches the cookie (its data
+      // follows the handshake), later ones carry their request in the SYN.
+      const r = await sh(sb, `python3 -c "
+import socket
+def get(host):
+    s = socket.socket()
+    try:
+        s.sendto(('GET / HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' % host).encode(), socket.MSG_FASTOPEN, ('${rawAddress}', 80)); s.settimeout(10)
+        d = s.recv(100); print(host, d.split(b'\\r\\n')[0].decode() if d else 'eof')
+    except OSError as e: print(host, type(e).__name__)
+get('raw.example'); get('evil.example'); get('raw.example'); get('evil.example')
+"; awk '/^TcpExt:/ { if (!h) { split($0, n); h = 1 } else { for (i = 2; i <= NF; i++) if (n[i] == "TCPFastOpenActiveFail") print "fail", $i } }' /proc/net/netstat`);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines.slice(0, 4)).toEqual(['raw.example HTTP/1.1 204 No Content', 'evil.example ConnectionResetError', 'raw.example HTTP/1.1 204 No Content', 'evil.example ConnectionResetError']);
+      // The client did send data in a SYN (a cookie was cached), and that SYN was never answered.
+      expect(Number(lines[4]!.split(' ')[1])).toBeGreaterThan(0);
+      expect(rawSeen.slice(n0).join('')).not.toContain('evil');
+      expect(r.violations.filter((v) => v.host === 'evil.example')).toHaveLength(2);
     } finally {
       await sb.destroy();
     }
