@@ -2,7 +2,7 @@
 // nftables (`log group N prefix "<reason>"`, rate-limited in the rule) and read here, so the
 // host can report each refusal as a violation (lib/network/nflog.ts). One group per hutch
 // process (a group binds to one socket); only the first 64 bytes of each packet are copied.
-// Also originalDst, for the proxy that reads SNI/Host (lib/network/sni-proxy.ts).
+// Also originalDst, for the ask listener (lib/network/sni-proxy.ts).
 // Failures are data, { errno, step }.
 #include <arpa/inet.h>
 #include <errno.h>

@@ -133,10 +133,10 @@ export interface Native {
   nftCounter(table: string, name: string): number | (NativeFailure & { step: string });
   /** Adds IPv4 addresses to a set of an inet table (one nf_tables batch, NFT_MSG_NEWSETELEM). */
   nftAddElements(table: string, set: string, addresses: string[]): true | (NativeFailure & { step: string });
-  /** SO_ORIGINAL_DST of a redirected TCP connection (lib/network/sni-proxy.ts). */
+  /** SO_ORIGINAL_DST of a redirected TCP connection (the ask listener, lib/network/sni-proxy.ts). */
   originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
-  /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */
-  spliceRelay(a: number, b: number, first: Buffer, id: number): Promise<number>;
+  /** addon/relay.cc: both ways between two sockets with splice on a thread. Bytes moved, -1 after an error. */
+  spliceRelay(a: number, b: number, id: number): Promise<number>;
   relayStop(id: number): void;
   // addon/nfqueue.cc (lib/network/nfqueue.ts): the name check's netfilter queue and its own table.
   nfqTable(queue: number, marks: { pending: number; checked: number; allow: number; refuse: number; pass: number }): true | (NativeFailure & { step: string; detail?: string });

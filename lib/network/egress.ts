@@ -1,7 +1,9 @@
 /**
  * Egress by name for one sandbox: its resolver (dns-server.ts), its nftables set of admitted
- * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
- * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
+ * addresses and forward chain (nat.ts), the name check of its HTTP/TLS connections (the
+ * process's netfilter queue, nfqueue.ts), the ask listener for bare addresses (sni-proxy.ts),
+ * refusals seen by the kernel (NFLOG, nflog.ts), by the resolver and by the name check turned
+ * into violations (violations.ts), and `setNetworkPolicy`.
  */
 import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';

@@ -129,12 +129,12 @@ export class SniProxy {
           this.hooks.refused({ host: null, address: dst.address, port: dst.port, reason: verdict });
           return void client.resetAndDestroy();
         }
-        this.connectOn(client, Buffer.alloc(0), dst);
+        this.connectOn(client, dst);
       });
   }
 
-  /** Connects to `dst`, then hands both sockets to the kernel splice with `first` sent first. */
-  private connectOn(client: net.Socket, first: Buffer, dst: { address: string; port: number }): void {
+  /** Connects to `dst`, then hands both sockets to the kernel splice. */
+  private connectOn(client: net.Socket, dst: { address: string; port: number }): void {
     if (client.destroyed) return;
     const up = net.connect({ port: dst.port, host: dst.address });
     this.track(up);
@@ -146,7 +146,7 @@ export class SniProxy {
       if (a === null || b === null) return void (client.resetAndDestroy(), up.resetAndDestroy());
       const id = nextRelay++;
       this.relays.add(id);
-      void native().spliceRelay(a, b, first, id).finally(() => this.relays.delete(id));
+      void native().spliceRelay(a, b, id).finally(() => this.relays.delete(id));
       client.destroy();
       up.destroy();
     });
