@@ -51,6 +51,9 @@ const NF_REPEAT = 4;
 const FIRST_BYTES_MS = 10_000;
 /** Connections being checked at once per sandbox; past it, new ones are refused. */
 const MAX_FLOWS = 4096;
+/** Segments and bytes held for one connection before its name is read (retransmissions included); past them, refused. */
+const MAX_HELD = 256;
+const MAX_HELD_BYTES = 256 * 1024;
 /** A connection that sends nothing this long after its SYN is forgotten (its data is then refused). */
 const IDLE_MS = 300_000;
 /** A decided connection is remembered this long (packets already queued get the same verdict). */
@@ -75,6 +78,7 @@ interface Flow {
   src: string;
   dst: { address: string; port: number };
   held: Segment[];
+  heldBytes: number;
   verdict: 'allow' | 'refuse' | null;
   /** Where the stream starts: the SYN's sequence number + 1. */
   base: number;
@@ -123,7 +127,7 @@ function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): 
         return verdict(p.id, NF_REPEAT, REFUSE);
       }
       // The stream starts right after the SYN's sequence number: the name is read from there.
-      const f: Flow = { src: p.src, dst, held: [], base: (p.seq! + 1) >>> 0, verdict: null, released: false, deciding: false, timer: null };
+      const f: Flow = { src: p.src, dst, held: [], heldBytes: 0, base: (p.seq! + 1) >>> 0, verdict: null, released: false, deciding: false, timer: null };
       f.timer = setTimeout(() => forget(key, f), IDLE_MS).unref();
       flows.set(key, f);
       perSandbox.set(p.src, (perSandbox.get(p.src) ?? 0) + 1);
@@ -153,6 +157,9 @@ function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): 
   f.held.push({ id: p.id, seq: p.seq!, data: p.data });
   if (f.deciding) return;
   const limit = f.dst.port === 443 ? HELLO_MAX : HEAD_MAX;
+  // Segments past a gap that never fills (the sandbox's kernel does not send those): bounded.
+  f.heldBytes += p.data.length;
+  if (f.held.length > MAX_HELD || f.heldBytes > MAX_HELD_BYTES) return decideFlow(key, f, null, 'not allowed (no name in time)');
   const bytes = contiguous(f, limit);
   const parse = f.dst.port === 443 ? sniOf : hostOf;
   let name = parse(bytes);
@@ -187,13 +194,14 @@ function contiguous(f: Flow, limit: number): Buffer {
   return Buffer.concat(parts);
 }
 
-function decideFlow(key: string, f: Flow, name: string | null): void {
+/** Decides the connection by `name` (or refuses it for `refusal`), then releases or refuses every held segment. */
+function decideFlow(key: string, f: Flow, name: string | null, refusal: string | null = null): void {
   if (f.deciding) return;
   f.deciding = true;
   if (f.timer) clearTimeout(f.timer);
   f.timer = null;
   const check = checks.get(f.src);
-  const answer = check ? check.decide(name, f.dst).catch(() => 'not allowed') : Promise.resolve('not allowed');
+  const answer = refusal !== null || !check ? Promise.resolve(refusal ?? 'not allowed') : check.decide(name, f.dst).catch(() => 'not allowed');
   void answer.then((v) => {
     f.verdict = v === true ? 'allow' : 'refuse';
     if (v !== true) check?.refused({ host: name, address: f.dst.address, port: f.dst.port, reason: v });
