@@ -28,7 +28,7 @@ import { type Cidr, formatCidr } from './cidr.js';
 import type { ResolvedHostPort, ResolvedPort } from './options.js';
 import type { EgressLists } from './policy.js';
 import { run, stderrOf } from './run.js';
-import { PASS, PENDING_BASE, PENDING_MASK, pendingMark } from './nfqueue.js';
+import { MARK_BASE, PASS, PENDING_BASE, PENDING_MASK, pendingMark } from './nfqueue.js';
 
 export const TABLE = 'inet hutch';
 /**
@@ -153,7 +153,7 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
   const hex = (n: number) => `0x${n.toString(16)}`;
   lines.unshift(
     `add rule ${t} ${fwd} ct mark and ${hex(PENDING_MASK)} == ${hex(PENDING_BASE)} meta mark != ${hex(PASS)} meta l4proto tcp reject with tcp reset`,
-    `add rule ${t} ${fwd} meta mark ${hex(PASS)} meta mark set 0`,
+    `add rule ${t} ${fwd} meta mark and ${hex(PENDING_MASK)} == ${hex(MARK_BASE)} meta mark set 0`,
   );
   // Every refused packet is counted (one named counter per sandbox, read at exec end: what the
   // log's rate limit left out is counted as dropped, violations.ts), then refused at once.

@@ -34,7 +34,8 @@ import { HEAD_MAX, HELLO_MAX, hostOf, sniOf } from './sni-proxy.js';
 export const PENDING_BASE = 0x48510000;
 export const PENDING_MASK = 0xffff0000;
 export const CHECKED = 0x48520000;
-/** Packet marks (`meta mark`) a verdict sets; the sandbox's own packets arrive with mark 0. */
+/** Packet marks (`meta mark`) a verdict sets (cleared by `inet hutch`); the sandbox's own packets arrive with mark 0. */
+export const MARK_BASE = 0x48530000;
 export const ALLOW = 0x48530001;
 export const REFUSE = 0x48530002;
 export const PASS = 0x48530003;
@@ -44,7 +45,6 @@ export function pendingMark(queue: number): number {
 }
 
 const NF_DROP = 0;
-const NF_ACCEPT = 1;
 const NF_REPEAT = 4;
 
 /** A connection whose name is still incomplete this long after its first data: no name. */
@@ -82,8 +82,6 @@ interface Flow {
   verdict: 'allow' | 'refuse' | null;
   /** Where the stream starts: the SYN's sequence number + 1. */
   base: number;
-  /** The first allowed segment was sent with the `allow` mark: the rest are plain accepts. */
-  released: boolean;
   deciding: boolean;
   timer: NodeJS.Timeout | null;
 }
@@ -113,7 +111,7 @@ function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): 
   const key = `${p.src}:${p.sport}>${p.dst}:${p.dport}`;
   const flow = flows.get(key);
   if (flow?.verdict === 'refuse') return verdict(p.id, NF_REPEAT, REFUSE);
-  if (flow?.verdict === 'allow') return flow.released ? verdict(p.id, NF_ACCEPT) : verdict(p.id, NF_REPEAT, ALLOW);
+  if (flow?.verdict === 'allow') return verdict(p.id, NF_REPEAT, ALLOW);
   const check = checks.get(p.src);
   if (!check) return verdict(p.id, NF_REPEAT, REFUSE);
   const dst = { address: p.dst!, port: p.dport! };
@@ -127,7 +125,7 @@ function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): 
         return verdict(p.id, NF_REPEAT, REFUSE);
       }
       // The stream starts right after the SYN's sequence number: the name is read from there.
-      const f: Flow = { src: p.src, dst, held: [], heldBytes: 0, base: (p.seq! + 1) >>> 0, verdict: null, released: false, deciding: false, timer: null };
+      const f: Flow = { src: p.src, dst, held: [], heldBytes: 0, base: (p.seq! + 1) >>> 0, verdict: null, deciding: false, timer: null };
       f.timer = setTimeout(() => forget(key, f), IDLE_MS).unref();
       flows.set(key, f);
       perSandbox.set(p.src, (perSandbox.get(p.src) ?? 0) + 1);
@@ -208,14 +206,10 @@ function decideFlow(key: string, f: Flow, name: string | null, refusal: string |
     // Released in sequence order, so the server sees the stream as it was sent.
     const held = f.held.sort((a, b) => ((a.seq - f.base) >>> 0) - ((b.seq - f.base) >>> 0));
     f.held = [];
-    for (const s of held) {
-      if (f.verdict === 'refuse') verdict(s.id, NF_REPEAT, REFUSE);
-      else if (f.released) verdict(s.id, NF_ACCEPT);
-      else {
-        verdict(s.id, NF_REPEAT, ALLOW);
-        f.released = true;
-      }
-    }
+    // Each with the mark: any of them may be gone (the kernel drops every queued packet of
+    // the namespace when any netfilter hook is removed, e.g. another sandbox's nat chain), and
+    // whichever gets through first turns the connection checked.
+    for (const s of held) verdict(s.id, NF_REPEAT, f.verdict === 'refuse' ? REFUSE : ALLOW);
     setTimeout(() => forget(key, f), DECIDED_MS).unref();
   });
 }
