@@ -109,7 +109,13 @@ function readPending(): void {
 function onPacket(p: ReturnType<ReturnType<typeof native>['nfqRead']>[number]): void {
   if (p.proto !== 6 || p.src === undefined || p.data === undefined) return verdict(p.id, NF_DROP);
   const key = `${p.src}:${p.sport}>${p.dst}:${p.dport}`;
-  const flow = flows.get(key);
+  let flow = flows.get(key);
+  // A SYN that is not a retransmission of this flow's: a new connection on the same ports (a
+  // decided flow's verdict must never carry over to it).
+  if (flow && p.flags! & SYN && (flow.verdict !== null || flow.held.length > 0 || flow.base !== ((p.seq! + 1) >>> 0))) {
+    forget(key, flow);
+    flow = undefined;
+  }
   if (flow?.verdict === 'refuse') return verdict(p.id, NF_REPEAT, REFUSE);
   if (flow?.verdict === 'allow') return verdict(p.id, NF_REPEAT, ALLOW);
   const check = checks.get(p.src);

@@ -95,7 +95,7 @@ describe.skipIf(skip !== undefined)('egress: the name check through the netfilte
     raw?.kill('SIGKILL');
   });
 
-  it('a ClientHello or an HTTP head split over two segments is decided on the whole name', async () => {
+  it('a ClientHello or an HTTP head split over two segments is decided on the whole name; a new connection on the same ports is decided again', async () => {
     const sb = await Sandbox.create({ network: net({ domains: ['ok.example', 'raw.example'], dns: { servers: [world.inet.dns], hosts: { 'raw.example': rawAddress } } }) });
     try {
       const a = world.inet.a;
@@ -112,6 +112,22 @@ describe.skipIf(skip !== undefined)('egress: the name check through the netfilte
       const head = await sh(sb, `${splitHost('nope.example', rawAddress)}; ${splitHost('raw.example', rawAddress)}`);
       expect(head.stdout).toBe('reset\nread HTTP/1.1 204 No Content\n');
       expect(rawSeen.slice(n0).join('')).toBe('GET / HTTP/1.1\r\nHost: raw.example\r\nConnection: close\r\n\r\n');
+      // A new connection on the ports of one just allowed (reset, then the same source port at
+      // once) is checked again: the earlier answer does not carry over.
+      const n1 = rawSeen.length;
+      const reuse = await sh(sb, `python3 -c "
+import socket, struct
+def get(host):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.settimeout(10); s.bind(('', 40123))
+    try:
+        s.connect(('${rawAddress}', 80)); s.sendall(('GET / HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' % host).encode())
+        d = s.recv(100); print(host, d.split(b'\\r\\n')[0].decode() if d else 'eof')
+    except OSError as e: print(host, type(e).__name__)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); s.close()
+get('raw.example'); get('evil.example'); get('raw.example')
+"`);
+      expect(reuse.stdout).toBe('raw.example HTTP/1.1 204 No Content\nevil.example ConnectionResetError\nraw.example HTTP/1.1 204 No Content\n');
+      expect(rawSeen.slice(n1).join('')).not.toContain('evil');
     } finally {
       await sb.destroy();
     }
