@@ -23,6 +23,7 @@
         "addon/netlink_tc.cc",
         "addon/netfilter.cc",
         "addon/nflog.cc",
+        "addon/nfqueue.cc",
         "addon/relay.cc",
         "addon/imageview.cc",
         "addon/nsjoin.cc",

@@ -17,6 +17,7 @@ Napi::Object sys_failure(Napi::Env env, const char *step, int err, const char *p
 
 void InitPlanLayout(Napi::Env env, Napi::Object exports);  // clone.cc: addon/plan.h's numbers
 void InitNsJoin(Napi::Env env, Napi::Object exports);     // nsjoin.cc: the userspace network backend's namespace work
+void InitNfqueue(Napi::Env env, Napi::Object exports);    // nfqueue.cc: the name check's netfilter queue
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Array steps = Napi::Array::New(env);
@@ -34,6 +35,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitNetlink(env, exports);
   InitNflog(env, exports);
   InitRelay(env, exports);
+  InitNfqueue(env, exports);
   InitImageView(env, exports);
   InitNsJoin(env, exports);
   return exports;

@@ -78,6 +78,16 @@ void nest_end(nl_req &r, rtattr *a) {
   if (a) a->rta_len = (uint16_t)(r.buf + r.len - reinterpret_cast<char *>(a));
 }
 
+void nft_batch_marker(nl_req &r, uint16_t type) {
+  nfgenmsg *g = static_cast<nfgenmsg *>(msg_begin(r, type, 0, sizeof(nfgenmsg)));
+  if (!g) return;
+  r.cur->nlmsg_flags = NLM_F_REQUEST;
+  r.unacked++;
+  g->nfgen_family = AF_UNSPEC;
+  g->version = NFNETLINK_V0;
+  g->res_id = htons(NFNL_SUBSYS_NFTABLES);
+}
+
 // NETLINK_CAP_ACK: acks carry only the failing header, not the whole request echoed back.
 // NETLINK_EXT_ACK: failures carry the kernel's reason ("Exclusivity flag on, cannot modify").
 int nl_open(int protocol) {
@@ -137,7 +147,7 @@ nl_result nl_talk(int fd, nl_req &r, std::vector<char> *reply) {
     res.err = -errno;
     return res;
   }
-  int pending = r.count;
+  int pending = r.count - r.unacked;
   alignas(NLMSG_ALIGNTO) static thread_local char buf[32768];
   while (pending > 0) {
     do n = recv(fd, buf, sizeof buf, 0); while (n < 0 && errno == EINTR);

@@ -8,6 +8,7 @@
 #include <napi.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <string>
 #include <vector>
@@ -28,6 +29,8 @@ struct nl_req {
   size_t len = 0;
   nlmsghdr *cur = nullptr;
   int count = 0;
+  // Messages of the batch the kernel does not ack (nf_tables batch begin/end markers).
+  int unacked = 0;
   bool overflow = false;
 };
 
@@ -44,6 +47,9 @@ rtattr *attr_put(nl_req &r, uint16_t type, const void *data, size_t n);
 void attr_str(nl_req &r, uint16_t type, const char *s);
 void attr_u32(nl_req &r, uint16_t type, uint32_t v);
 rtattr *nest_begin(nl_req &r, uint16_t type);
+// An nf_tables batch's begin or end marker (NFNL_MSG_BATCH_BEGIN/END), not acked: nl_talk
+// then reads one ack per message between them, as the kernel runs them in one transaction.
+void nft_batch_marker(nl_req &r, uint16_t type);
 void nest_end(nl_req &r, rtattr *a);
 // A netlink socket with NETLINK_CAP_ACK and NETLINK_EXT_ACK, or -errno.
 int nl_open(int protocol = NETLINK_ROUTE);
@@ -60,6 +66,31 @@ Napi::Value result(Napi::Env env, const nl_result &r, const char *const *steps);
 int ifindex_of(int fd, const char *name, std::string *detail);
 std::string arg_string(const Napi::Value &v);
 bool name_ok(const std::string &s);
+
+// Calls fn(h) for each whole message of a datagram of `n` bytes, walked by offset: a message's
+// length need not be aligned and the last one's padding may be missing from the datagram
+// (NLMSG_NEXT would then take the remaining length below zero and walk past the end).
+template <typename F>
+void for_each_msg(char *buf, ssize_t n, F fn) {
+  for (size_t off = 0; n > 0 && off + NLMSG_HDRLEN <= static_cast<size_t>(n);) {
+    nlmsghdr *h = reinterpret_cast<nlmsghdr *>(buf + off);
+    if (h->nlmsg_len < NLMSG_HDRLEN || h->nlmsg_len > static_cast<size_t>(n) - off) break;
+    off += NLMSG_ALIGN(h->nlmsg_len);
+    fn(h);
+  }
+}
+
+// Calls fn(type, data, len) for each attribute of an nfnetlink message (after its nfgenmsg).
+template <typename F>
+void for_each_nfattr(const nlmsghdr *h, F fn) {
+  int alen = static_cast<int>(h->nlmsg_len) - static_cast<int>(NLMSG_SPACE(4));
+  const nlattr *a = reinterpret_cast<const nlattr *>(reinterpret_cast<const char *>(h) + NLMSG_SPACE(4));
+  while (alen >= static_cast<int>(NLA_HDRLEN) && a->nla_len >= NLA_HDRLEN && a->nla_len <= alen) {
+    fn(static_cast<uint16_t>(a->nla_type & NLA_TYPE_MASK), reinterpret_cast<const char *>(a) + NLA_HDRLEN, static_cast<size_t>(a->nla_len - NLA_HDRLEN));
+    alen -= NLA_ALIGN(a->nla_len);
+    a = reinterpret_cast<const nlattr *>(reinterpret_cast<const char *>(a) + NLA_ALIGN(a->nla_len));
+  }
+}
 
 // The JS-facing functions of netlink_tc.cc and netfilter.cc, registered by InitNetlink.
 Napi::Value NetlinkAddTbf(const Napi::CallbackInfo &info);

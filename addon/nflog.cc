@@ -2,7 +2,7 @@
 // nftables (`log group N prefix "<reason>"`, rate-limited in the rule) and read here, so the
 // host can report each refusal as a violation (lib/network/nflog.ts). One group per hutch
 // process (a group binds to one socket); only the first 64 bytes of each packet are copied.
-// Also originalDst, for the proxy that reads SNI/Host (lib/network/sni-proxy.ts).
+// Also originalDst, for the ask listener (lib/network/sni-proxy.ts).
 // Failures are data, { errno, step }.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -117,26 +117,19 @@ Napi::Value NflogRead(const Napi::CallbackInfo &info) {
   for (int rounds = 0; rounds < 64; rounds++) {
     ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n <= 0) break;
-    for (nlmsghdr *h = reinterpret_cast<nlmsghdr *>(buf); NLMSG_OK(h, static_cast<unsigned>(n)); h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type != ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) continue;
+    hutch_netlink::for_each_msg(buf, n, [&](nlmsghdr *h) {
+      if (h->nlmsg_type != ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) return;
       std::string prefix;
       const unsigned char *payload = nullptr;
       size_t plen = 0;
-      int alen = static_cast<int>(h->nlmsg_len) - static_cast<int>(NLMSG_SPACE(sizeof(nfgenmsg)));
-      nlattr *a = reinterpret_cast<nlattr *>(reinterpret_cast<char *>(h) + NLMSG_SPACE(sizeof(nfgenmsg)));
-      while (alen >= static_cast<int>(NLA_HDRLEN) && a->nla_len >= NLA_HDRLEN && a->nla_len <= alen) {
-        const char *d = reinterpret_cast<char *>(a) + NLA_HDRLEN;
-        size_t dl = a->nla_len - NLA_HDRLEN;
-        uint16_t t = a->nla_type & NLA_TYPE_MASK;
+      hutch_netlink::for_each_nfattr(h, [&](uint16_t t, const char *d, size_t dl) {
         if (t == NFULA_PREFIX) prefix.assign(d, strnlen(d, dl));
         if (t == NFULA_PAYLOAD) {
           payload = reinterpret_cast<const unsigned char *>(d);
           plen = dl;
         }
-        alen -= NLA_ALIGN(a->nla_len);
-        a = reinterpret_cast<nlattr *>(reinterpret_cast<char *>(a) + NLA_ALIGN(a->nla_len));
-      }
-      if (payload == nullptr || plen < 20 || (payload[0] >> 4) != 4) continue;
+      });
+      if (payload == nullptr || plen < 20 || (payload[0] >> 4) != 4) return;
       size_t ihl = (payload[0] & 0xf) * 4;
       char src[INET_ADDRSTRLEN], dst[INET_ADDRSTRLEN];
       inet_ntop(AF_INET, payload + 12, src, sizeof src);
@@ -152,7 +145,7 @@ Napi::Value NflogRead(const Napi::CallbackInfo &info) {
         o.Set("dport", env.Null());
       }
       out.Set(count++, o);
-    }
+    });
   }
   return out;
 }

@@ -1,7 +1,7 @@
-// spliceRelay(a, b, first, id): the body of a connection the name-checking proxy allowed
-// (lib/network/sni-proxy.ts), moved in the kernel with splice(2) through a pipe per direction,
-// one thread per direction: the bytes never enter JS. `first` (what the proxy read to find the
-// SNI/Host) is written to b first. a and b are dup'd here; the caller closes its own handles.
+// spliceRelay(a, b, id): a connection that `ask` allowed (the ask listener of
+// lib/network/sni-proxy.ts holds it, connected to its original destination), moved in the
+// kernel with splice(2) through a pipe per direction, one thread per direction: the bytes
+// never enter JS. a and b are dup'd here; the caller closes its own handles.
 // A FIN is passed on as shutdown(SHUT_WR); an error on either side closes both with a reset
 // (SO_LINGER 0). Resolves with the bytes moved (a->b + b->a) when both directions are done.
 #include <errno.h>
@@ -11,7 +11,6 @@
 
 #include <map>
 #include <mutex>
-#include <string>
 #include <thread>
 #include <utility>
 
@@ -25,17 +24,6 @@ constexpr size_t CHUNK = 1 << 20;
 // id -> the relay's two sockets, for relayStop (a sandbox destroyed with connections open).
 std::mutex active_mu;
 std::map<double, std::pair<int, int>> active;
-
-bool write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= w;
-  }
-  return true;
-}
 
 void reset(int fd) {
   linger l{1, 0};
@@ -84,13 +72,8 @@ double pump(int from, int to, bool *failed) {
 
 // Both directions, one thread each; an error on either side resets both (SO_LINGER 0) and
 // ends the other direction (shutdown). Returns bytes moved, or -1 after an error.
-double relay(int a, int b, const std::string &first) {
+double relay(int a, int b) {
   for (int fd : {a, b}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-  if (!first.empty() && !write_all(b, first.data(), first.size())) {
-    reset(a);
-    reset(b);
-    return -1;
-  }
   bool failed_up = false, failed_down = false;
   double up = 0;
   std::thread t([&]() {
@@ -112,12 +95,7 @@ Napi::Value SpliceRelay(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int a = fcntl(info[0].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
   int b = fcntl(info[1].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
-  double id = info[3].As<Napi::Number>().DoubleValue();
-  std::string first;
-  if (info[2].IsBuffer()) {
-    auto buf = info[2].As<Napi::Buffer<char>>();
-    first.assign(buf.Data(), buf.Length());
-  }
+  double id = info[2].As<Napi::Number>().DoubleValue();
   auto deferred = std::make_shared<Napi::Promise::Deferred>(env);
   if (a < 0 || b < 0) {
     if (a >= 0) close(a);
@@ -131,8 +109,8 @@ Napi::Value SpliceRelay(const Napi::CallbackInfo &info) {
     std::lock_guard<std::mutex> g(active_mu);
     active[id] = {a, b};
   }
-  std::thread([a, b, id, first = std::move(first), deferred, done]() mutable {
-    double moved = relay(a, b, first);
+  std::thread([a, b, id, deferred, done]() mutable {
+    double moved = relay(a, b);
     {
       std::lock_guard<std::mutex> g(active_mu);
       active.erase(id);

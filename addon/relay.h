@@ -1,4 +1,4 @@
-// spliceRelay (relay.cc): an allowed proxied connection moved in the kernel (splice), off the JS thread.
+// spliceRelay (relay.cc): a connection `ask` allowed, moved in the kernel (splice), off the JS thread.
 #pragma once
 #include <napi.h>
 

@@ -57,7 +57,7 @@ for (const w of ${JSON.stringify(webs)}) {
   const send = (q, s) => { const mb = +(q.url.slice(4)) || 1; s.writeHead(200, { 'content-length': mb * big.length }); let i = 0; const go = () => { while (i < mb) { i++; if (!s.write(big)) return s.once('drain', go); } s.end(); }; go(); };
   http.createServer((q, s) => { if (q.url.startsWith('/mb/')) return send(q, s); if (!q.headers.host.endsWith('.bench.example')) console.log('http ' + w + ' ' + q.headers.host); s.end('hello from ' + w + '\\n'); })
     .listen(80, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
-  https.createServer(cred, (q, s) => { console.log('tls ' + w + ' ' + q.socket.servername + ' ' + q.headers.host); s.end('tls hello from ' + w + '\\n'); })
+  https.createServer(cred, (q, s) => { if (q.url.startsWith('/mb/')) return send(q, s); console.log('tls ' + w + ' ' + q.socket.servername + ' ' + q.headers.host); s.end('tls hello from ' + w + '\\n'); })
     .listen(443, w, () => { if (++up === ${webs.length * 2}) console.log('ready'); });
   http.createServer(send).listen(8080, w);
 }
@@ -66,7 +66,8 @@ for (const w of ${JSON.stringify(webs)}) {
 /**
  * Makes the namespace, its link and its servers; `n` picks the /24 (198.19.n.0/24). Files that
  * may run at once must not share a /24 (two host links on one subnet): test/network/egress.test.ts
- * takes 100-199, egress-ask.test.ts 200-239, test/cli/examples.test.ts 240-249, bench/egress.ts 250.
+ * takes 100-199, egress-ask.test.ts 200-239, test/cli/examples.test.ts 240-249, bench/egress.ts 250,
+ * test/network/egress-queue.test.ts 251-254.
  */
 export async function makeInet(n: number): Promise<Inet> {
   const ns = `hutch-egress-${process.pid}`;

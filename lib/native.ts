@@ -138,11 +138,17 @@ export interface Native {
   nftCounter(table: string, name: string): number | (NativeFailure & { step: string });
   /** Adds IPv4 addresses to a set of an inet table (one nf_tables batch, NFT_MSG_NEWSETELEM). */
   nftAddElements(table: string, set: string, addresses: string[]): true | (NativeFailure & { step: string });
-  /** SO_ORIGINAL_DST of a redirected TCP connection (lib/network/sni-proxy.ts). */
+  /** SO_ORIGINAL_DST of a redirected TCP connection (the ask listener, lib/network/sni-proxy.ts). */
   originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
-  /** addon/relay.cc: both ways between two sockets with splice on a thread; `first` written to b first. Bytes moved, -1 after an error. */
-  spliceRelay(a: number, b: number, first: Buffer, id: number): Promise<number>;
+  /** addon/relay.cc: both ways between two sockets with splice on a thread. Bytes moved, -1 after an error. */
+  spliceRelay(a: number, b: number, id: number): Promise<number>;
   relayStop(id: number): void;
+  // addon/nfqueue.cc (lib/network/nfqueue.ts): the name check's netfilter queue and its own table.
+  nfqTable(queue: number, marks: { pending: number; checked: number; allow: number; refuse: number; pass: number }): true | (NativeFailure & { step: string; detail?: string });
+  nfqOpen(queue: number): number | (NativeFailure & { step: string });
+  nfqRead(fd: number): { id: number; proto: number; src?: string; dst?: string; sport?: number; dport?: number; seq?: number; flags?: number; data?: Buffer }[];
+  nfqVerdict(fd: number, queue: number, id: number, verdict: number, mark?: number): true | (NativeFailure & { step: string });
+  nfqClose(fd: number, queue: number): void;
   // addon/imageview.cc (lib/image/view.ts): opened beneath the layer dir, no symlinks, O_NONBLOCK, on the libuv pool.
   /** A file of a layer: its mode and size, and its bytes when it is a regular file of at most maxBytes. */
   viewRead(layerDir: string, rel: string, maxBytes: number): Promise<{ mode: number; size: number; data?: Buffer } | NativeFailure>;

@@ -1,7 +1,9 @@
 /**
  * Egress by name for one sandbox: its resolver (dns-server.ts), its nftables set of admitted
- * addresses and forward chain (nat.ts), refusals seen by the kernel (NFLOG, nflog.ts) and by
- * the resolver turned into violations (violations.ts), and `setNetworkPolicy`.
+ * addresses and forward chain (nat.ts), the name check of its HTTP/TLS connections (the
+ * process's netfilter queue, nfqueue.ts), the ask listener for bare addresses (sni-proxy.ts),
+ * refusals seen by the kernel (NFLOG, nflog.ts), by the resolver and by the name check turned
+ * into violations (violations.ts), and `setNetworkPolicy`.
  */
 import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js';
 import { HutchError } from '../errors.js';
@@ -11,6 +13,7 @@ import { TABLE, addProxyRules, addToSet, admitAddresses, applyPolicy, askRefused
 import { isFailure, native } from '../native.js';
 import { run } from './run.js';
 import { SniProxy } from './sni-proxy.js';
+import { acquireQueue, onNameCheck, releaseQueue } from './nfqueue.js';
 import { type Cidr, contains, parseCidr, parseIpv4 } from './cidr.js';
 
 /**
@@ -47,6 +50,9 @@ export class SandboxEgress {
   private askPort: number | null = null;
   private changing: Promise<void> = Promise.resolve();
   private unlisten: () => void = () => undefined;
+  private unlistenCheck: () => void = () => undefined;
+  /** The name check's netfilter queue (nfqueue.ts; null until taken). */
+  private queue: number | null = null;
   private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
 
   private constructor(
@@ -78,24 +84,32 @@ export class SandboxEgress {
       admit: (addrs) => self!.admit(addrs.map((a) => a.address)),
       refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: null, port: 53, protocol: 'dns' }),
     });
+    const denied = (address: string) => {
+      const a = parseIpv4(address);
+      return a !== undefined && self!.lists.denyCidrs.some((c) => contains(c, a));
+    };
+    const refused = (r: { host: string | null; address: string; port: number; reason: string }) =>
+      log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' });
     const proxy = new SniProxy(att.hostAddress, {
-      decide: (name, via) => resolver.decide(name, via),
-      denied: (address) => {
-        const a = parseIpv4(address);
-        return a !== undefined && self!.lists.denyCidrs.some((c) => contains(c, a));
-      },
-      refused: (r) => log.record({ kind: 'network', time: Date.now(), reason: r.reason, host: r.host, address: r.address, port: r.port, protocol: 'tcp' }),
+      refused,
       askAddress: (dst) => self!.askAddress(dst),
     });
     self = new SandboxEgress(att, plan.names, logGroup, log, resolver, proxy, plan.range);
     const me = self;
     me.unlisten = onRefusedPacket(att.address, (p) => me.refusedPacket(p));
+    // HTTP/TLS to admitted addresses: the name in the first data (SNI/Host), read from the
+    // queue; a connection that names none goes on (its address was admitted by an allowed name).
+    me.unlistenCheck = onNameCheck(att.address, {
+      decide: (name, dst) => (denied(dst.address) ? Promise.resolve('denied') : name === null ? Promise.resolve(true) : resolver.decide(name, dst)),
+      refused,
+    });
     log.settle = () => me.countUnlogged();
     try {
+      me.queue = acquireQueue();
       const dns = await resolver.start();
-      const sniPort = await proxy.start();
       if (plan.names.ask) me.askPort = await proxy.startAsk();
-      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, sniPort, dns, me.askPort === null ? null : { port: me.askPort, lists: plan.names });
+      const names = { lists: plan.names, logGroup, queue: me.queue };
+      await addProxyRules(att.slot, att.hostInterface, att.hostAddress, dns, me.askPort === null ? null : { port: me.askPort, lists: plan.names }, names);
       const conf = `# hutch: the sandbox's resolver (egress by name)\nnameserver ${att.hostAddress}\noptions timeout:6 attempts:2\n`;
       await writeFile('/etc/resolv.conf', conf).catch((e: unknown) => {
         throw new HutchError('ESETUP', `network: writing the sandbox's /etc/resolv.conf (to name hutch's resolver) failed: ${e instanceof Error ? e.message : String(e)}; an image whose /etc/resolv.conf is a symlink to a path it lacks (e.g. /run/systemd/resolve/stub-resolv.conf) needs a regular file there`, { step: 'network', cause: e });
@@ -180,7 +194,7 @@ export class SandboxEgress {
       this.lists = lists;
       this.resolver.setLists(lists);
       const admitted = this.resolver.admittedAddresses().map((a) => a.address);
-      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup }, admitted, { hostAddress: this.att.hostAddress, port: this.askPort });
+      await applyPolicy(this.att.slot, { lists, logGroup: this.logGroup, queue: this.queue }, admitted, { hostAddress: this.att.hostAddress, port: this.askPort });
       this.inSet.clear();
       for (const a of admitted) this.inSet.add(a);
     });
@@ -199,6 +213,9 @@ export class SandboxEgress {
     clearInterval(this.sweeper);
     this.log.settle = null;
     this.unlisten();
+    this.unlistenCheck();
+    if (this.queue !== null) releaseQueue();
+    this.queue = null;
     this.resolver.close();
     this.proxy.close();
   }

@@ -28,6 +28,7 @@ import { type Cidr, formatCidr } from './cidr.js';
 import type { ResolvedHostPort, ResolvedPort } from './options.js';
 import type { EgressLists } from './policy.js';
 import { run, stderrOf } from './run.js';
+import { MARK_BASE, PASS, PENDING_BASE, PENDING_MASK, pendingMark } from './nfqueue.js';
 
 export const TABLE = 'inet hutch';
 /**
@@ -93,8 +94,12 @@ export interface SandboxRules {
   hostPorts: readonly ResolvedHostPort[];
   /** Uplinks whose forwarding flag hutch turns on for this sandbox (forwarding.ts): guarded first. */
   guard: readonly string[];
-  /** Egress by name: the lists, and the NFLOG group refusals are logged to (null: not logged). */
-  names?: { lists: EgressLists; logGroup: number | null } | null;
+  /**
+   * Egress by name: the lists, the NFLOG group refusals are logged to (null: not logged), and
+   * the netfilter queue of the name check (nfqueue.ts; absent or null until the sandbox's
+   * egress starts: new connections to admitted addresses on 80/443 are refused meanwhile).
+   */
+  names?: { lists: EgressLists; logGroup: number | null; queue?: number | null } | null;
 }
 
 /** The set of addresses the sandbox's allowed names resolved to (dns-server.ts fills it). */
@@ -125,7 +130,12 @@ const NEVER_ASKED = '{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }';
  * `setNetworkPolicy`. With names: deny CIDRs, then DNS/DoT to anyone but hutch's resolver,
  * then `allow` CIDRs and the admitted set; what is refused is refused at once (TCP reset,
  * else ICMP admin-prohibited) and logged, at a bounded rate, to the NFLOG group with the
- * reason as prefix.
+ * reason as prefix. A new TCP connection to an admitted address on 80/443 has the conntrack
+ * mark "pending for the name check's queue" by now (set by the sandbox's nat chain,
+ * `proxyScript`; nfqueue.ts): its packets go through the queue until the SNI/Host is decided.
+ * First of all, a packet of a pending connection that did not come through the queue (whose
+ * table's chain runs just before this one) is reset: the queue's process died, and nothing
+ * goes on unchecked.
  */
 export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly Cidr[] | null, names: SandboxRules['names']): string[] {
   const t = TABLE;
@@ -140,6 +150,11 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
     return lines;
   }
   const l = names.lists;
+  const hex = (n: number) => `0x${n.toString(16)}`;
+  lines.unshift(
+    `add rule ${t} ${fwd} ct mark and ${hex(PENDING_MASK)} == ${hex(PENDING_BASE)} meta mark != ${hex(PASS)} meta l4proto tcp reject with tcp reset`,
+    `add rule ${t} ${fwd} meta mark and ${hex(PENDING_MASK)} == ${hex(MARK_BASE)} meta mark set 0`,
+  );
   // Every refused packet is counted (one named counter per sandbox, read at exec end: what the
   // log's rate limit left out is counted as dropped, violations.ts), then refused at once.
   const counted = `counter name "${refusedCounter(slot)}"`;
@@ -150,6 +165,9 @@ export function fwdRules(slot: string, outbound: 'none' | 'nat', allow: readonly
   };
   if (l.denyCidrs.length > 0) refuse(`ip daddr ${cidrList(l.denyCidrs)}`, 'denied');
   refuse('meta l4proto { tcp, udp } th dport { 53, 853 }', 'other resolver');
+  // Never past the name check: a new connection to an admitted address on 80/443 that the
+  // sandbox's nat chain did not mark pending (its egress has not started) is refused.
+  refuse(`ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct mark and ${hex(PENDING_MASK)} != ${hex(PENDING_BASE)}`, 'not allowed');
   if (l.allow === null) lines.push(`add rule ${t} ${fwd} meta nfproto ipv4 accept`);
   else if (l.allow.length > 0) lines.push(`add rule ${t} ${fwd} ip daddr ${cidrList(l.allow)} accept`);
   lines.push(`add rule ${t} ${fwd} ip daddr @${admittedSet(slot)} accept`);
@@ -204,19 +222,24 @@ export function policyScript(slot: string, names: NonNullable<SandboxRules['name
 }
 
 /**
- * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports),
- * and TCP on HTTP/TLS ports to admitted addresses, to its name-checking proxy (sni-proxy.ts);
- * the input rules admit only redirected connections to those ports. A nat chain of its own: it sees only a connection's first packet.
+ * The sandbox's DNS to its host address, to hutch's resolver (dns-server.ts, ephemeral ports);
+ * new TCP connections to admitted addresses on 80/443 marked pending for the name check's
+ * queue (nfqueue.ts: from their SYN on, their packets go through it until the name is
+ * decided); with `ask`, new TCP connections to bare addresses to the ask listener
+ * (sni-proxy.ts). The input rules admit only redirected connections to those ports. A nat
+ * chain of its own: it sees only a connection's first packet. With `names`, the forward chain
+ * is rewritten in the same transaction.
  */
-export function proxyScript(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null): string {
+export function proxyScript(slot: string, host: string, hostAddress: string, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null, names: NonNullable<SandboxRules['names']> | null = null): string {
   const t = TABLE;
   const pre = `add rule ${t} pre_${slot} iifname "${host}"`;
-  const ports = [port, dns.tcp, ...(ask ? [ask.port] : [])];
+  const ports = [dns.tcp, ...(ask ? [ask.port] : [])];
   return [
+    ...(names ? [`flush chain ${t} fwd_${slot}`, ...fwdRules(slot, 'nat', names.lists.allow, names)] : []),
     `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
     `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
     `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
-    `${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } dnat ip to ${hostAddress}:${port}`,
+    ...(names && names.queue !== undefined && names.queue !== null ? [`${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct mark set 0x${pendingMark(names.queue).toString(16)}`] : []),
     ...(ask ? [...askRules(slot, hostAddress, ask.port, ask.lists), `${pre} ct state new jump ask_${slot}`] : []),
     `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${ports.join(', ')} } ct status dnat fib daddr . iif type local accept`,
     // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.
@@ -224,8 +247,8 @@ export function proxyScript(slot: string, host: string, hostAddress: string, por
   ].join('\n') + '\n';
 }
 
-export async function addProxyRules(slot: string, host: string, hostAddress: string, port: number, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null): Promise<void> {
-  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, port, dns, ask), `redirecting DNS and HTTP/TLS of ${host} to hutch's resolver and name check`);
+export async function addProxyRules(slot: string, host: string, hostAddress: string, dns: { udp: number; tcp: number }, ask: { port: number; lists: EgressLists } | null = null, names: NonNullable<SandboxRules['names']> | null = null): Promise<void> {
+  await run('nft', ['-f', '-'], proxyScript(slot, host, hostAddress, dns, ask, names), `redirecting DNS of ${host} to hutch's resolver and its HTTP/TLS to the name check`);
 }
 
 /** Adds addresses to the sandbox's set (idempotent). */

@@ -1,31 +1,22 @@
 /**
- * The name check of TCP connections on HTTP and TLS ports (80, 443) to admitted addresses:
- * nftables redirects them (per-sandbox nat chain, nat.ts `proxyScript`) to this proxy on the
- * link's host address. It reads the first bytes — the TLS ClientHello's SNI, or the HTTP
- * request's Host — and decides that name by the policy, so a name that is not allowed is
- * refused (TCP reset, and a violation) even on an address an allowed name shares (CDNs,
- * virtual hosts). An allowed connection is forwarded to its original destination
- * (SO_ORIGINAL_DST) with the bytes read so far, then both ways in the kernel (splice on a
- * thread of the addon, relay.cc): the body never enters JS.
+ * The readers of a connection's first bytes, for the name check of HTTP and TLS connections
+ * (nfqueue.ts): the TLS ClientHello's SNI (`sniOf`) and the HTTP request's Host (`hostOf`).
  *
- * A connection that names no host (TLS without SNI, HTTP/1.0 without Host) is forwarded: its
- * address was admitted by an allowed name. What is inside the TLS stream (an HTTP Host that
- * differs from the SNI: domain fronting) is not seen; docs/network.md says so.
- *
- * With `ask`, a second listener takes new TCP connections to bare addresses that nothing
- * admits (nat.ts `askRules`): it asks about the address at once (before any byte: protocols
- * whose server speaks first work too) and holds the connection until the answer; `true`
- * forwards it like above (and the address joins the sandbox's asked set, so later connections
- * go straight), anything else resets it with a violation. The sandbox's connect() has
- * succeeded by then (the listener completed the handshake): a refusal shows as a reset on the
- * first read or write, never as a timeout.
+ * And the ask listener: with `ask`, new TCP connections to bare addresses that nothing admits
+ * (nat.ts `askRules`) are redirected here: it asks about the address at once (before any
+ * byte: protocols whose server speaks first work too) and holds the connection until the
+ * answer; `true` connects to the original destination (SO_ORIGINAL_DST) and hands both
+ * sockets to the kernel (splice on a thread of the addon, relay.cc; the address joins the
+ * sandbox's asked set, so later connections go straight), anything else resets it with a
+ * violation. The sandbox's connect() has succeeded by then (the listener completed the
+ * handshake): a refusal shows as a reset on the first read or write, never as a timeout.
  */
 import net from 'node:net';
 import { isFailure, native } from '../native.js';
 
-const HELLO_MAX = 16_384;
-const HEAD_MAX = 8_192;
-const FIRST_BYTES_MS = 10_000;
+/** The most a ClientHello / HTTP request head is read for its name: past it, none. */
+export const HELLO_MAX = 16_384;
+export const HEAD_MAX = 8_192;
 const MAX_CLIENTS = 1024;
 
 /** The server name of a TLS ClientHello; null: none in it; undefined: need more bytes. */
@@ -89,32 +80,20 @@ function fdOf(s: net.Socket): number | null {
 }
 
 export interface ProxyHooks {
-  /** true, or the reason the name is refused (may wait for `ask`). */
-  decide(name: string, via: { address: string; port: number }): Promise<true | string>;
   refused(v: { host: string | null; address: string; port: number; reason: string }): void;
-  /** A `deny` CIDR holds the address (the redirect happens before the forward chain's deny rule). */
-  denied(address: string): boolean;
   /** `ask` about a bare address (once per address): true, or the reason it is refused. */
-  askAddress?(dst: { address: string; port: number }): Promise<true | string>;
+  askAddress(dst: { address: string; port: number }): Promise<true | string>;
 }
 
 export class SniProxy {
-  private server: net.Server | null = null;
   private askServer: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
   private readonly relays = new Set<number>();
-  port = 0;
 
   constructor(
     private readonly bind: string,
     private readonly hooks: ProxyHooks,
   ) {}
-
-  async start(): Promise<number> {
-    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.handle(s));
-    this.port = await listen(this.server, this.bind);
-    return this.port;
-  }
 
   /** The listener for connections to bare addresses that `ask` decides; its port. */
   async startAsk(): Promise<number> {
@@ -123,8 +102,6 @@ export class SniProxy {
   }
 
   close(): void {
-    this.server?.close();
-    this.server = null;
     this.askServer?.close();
     this.askServer = null;
     for (const s of this.sockets) s.destroy();
@@ -138,30 +115,8 @@ export class SniProxy {
     s.on('error', () => undefined);
   }
 
-  private handle(client: net.Socket): void {
-    if (this.sockets.size >= MAX_CLIENTS * 2) return void client.resetAndDestroy();
-    this.track(client);
-    const fd = fdOf(client);
-    const dst = fd !== null ? native().originalDst(fd) : null;
-    if (dst === null || isFailure(dst) || dst.address === this.bind) return void client.resetAndDestroy();
-    const parse = dst.port === 443 ? sniOf : hostOf;
-    let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => client.resetAndDestroy(), FIRST_BYTES_MS);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      const name = parse(buf);
-      if (name === undefined) return;
-      client.off('data', onData);
-      client.pause();
-      clearTimeout(timer);
-      void this.forward(client, buf, name, dst);
-    };
-    client.on('data', onData);
-    client.on('close', () => clearTimeout(timer));
-  }
-
   private handleAsk(client: net.Socket): void {
-    if (this.sockets.size >= MAX_CLIENTS * 2 || !this.hooks.askAddress) return void client.resetAndDestroy();
+    if (this.sockets.size >= MAX_CLIENTS * 2) return void client.resetAndDestroy();
     this.track(client);
     const fd = fdOf(client);
     const dst = fd !== null ? native().originalDst(fd) : null;
@@ -174,27 +129,12 @@ export class SniProxy {
           this.hooks.refused({ host: null, address: dst.address, port: dst.port, reason: verdict });
           return void client.resetAndDestroy();
         }
-        this.connectOn(client, Buffer.alloc(0), dst);
+        this.connectOn(client, dst);
       });
   }
 
-  private async forward(client: net.Socket, first: Buffer, name: string | null, dst: { address: string; port: number }): Promise<void> {
-    if (this.hooks.denied(dst.address)) {
-      this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: 'denied' });
-      return void client.resetAndDestroy();
-    }
-    if (name !== null) {
-      const verdict = await this.hooks.decide(name, dst).catch(() => 'not allowed');
-      if (verdict !== true) {
-        this.hooks.refused({ host: name, address: dst.address, port: dst.port, reason: verdict });
-        return void client.resetAndDestroy();
-      }
-    }
-    this.connectOn(client, first, dst);
-  }
-
-  /** Connects to `dst`, then hands both sockets to the kernel splice with `first` sent first. */
-  private connectOn(client: net.Socket, first: Buffer, dst: { address: string; port: number }): void {
+  /** Connects to `dst`, then hands both sockets to the kernel splice. */
+  private connectOn(client: net.Socket, dst: { address: string; port: number }): void {
     if (client.destroyed) return;
     const up = net.connect({ port: dst.port, host: dst.address });
     this.track(up);
@@ -206,7 +146,7 @@ export class SniProxy {
       if (a === null || b === null) return void (client.resetAndDestroy(), up.resetAndDestroy());
       const id = nextRelay++;
       this.relays.add(id);
-      void native().spliceRelay(a, b, first, id).finally(() => this.relays.delete(id));
+      void native().spliceRelay(a, b, id).finally(() => this.relays.delete(id));
       client.destroy();
       up.destroy();
     });

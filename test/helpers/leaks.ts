@@ -31,7 +31,7 @@ function walk(out: string[]): void {
   }
 }
 
-/** Everything hutch may have left on the host: cgroups, mounts, links, processes. */
+/** Everything hutch may have left on the host: cgroups, mounts, links, queue tables, processes. */
 export async function leftovers(): Promise<string[]> {
   const out: string[] = [];
   walk(out);
@@ -41,6 +41,11 @@ export async function leftovers(): Promise<string[]> {
   try {
     const links = execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' });
     for (const l of links.split('\n')) if (/hutch|hx[0-9a-f]/.test(l)) out.push(`link ${l}`);
+  } catch {}
+  try {
+    // The name check's queue table (lib/network/nfqueue.ts), one per hutch process that has one open.
+    const tables = execFileSync('nft', ['list', 'tables'], { encoding: 'utf8' });
+    for (const l of tables.split('\n')) if (/ hutchq\d+$/.test(l)) out.push(`nft ${l.trim()}`);
   } catch {}
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
