@@ -15,6 +15,7 @@ import { parseByteSize, parseDurationMs, type ByteSize } from './units.js';
 import type { ImageStore } from './image/store.js';
 import type { Image } from './image/types.js';
 import { resolveNetwork, type NetworkOptions, type NetworkPlan } from './network/options.js';
+import { checkEgressCapabilities } from './network/policy.js';
 import { checkUserspaceCapabilities } from './network/userspace.js';
 
 /**
@@ -336,6 +337,7 @@ export function resolveSandboxOptions(options: unknown, known: readonly string[]
     capabilities: resolveCapabilities('capabilities', o.capabilities),
   };
   checkUserspaceCapabilities(r.network, r.capabilities);
+  checkEgressCapabilities(r.network, r.capabilities);
   if (o.store !== undefined) r.store = o.store as ImageStore;
   if (o.cwd !== undefined) r.cwd = checkInsidePath('cwd', o.cwd);
   if (o.user !== undefined) r.user = parseUser('user', o.user as number | string);

@@ -8,7 +8,7 @@
  * matches every name.
  */
 import { isIPv4 } from 'node:net';
-import { invalid } from '../errors.js';
+import { HutchError, invalid } from '../errors.js';
 import { type Cidr, formatCidr, parseCidr } from './cidr.js';
 
 /** What {@link NetworkOptions.ask} is asked about: a name (or bare address) no rule decides. */
@@ -192,4 +192,21 @@ export function resolveLists(field: string, value: unknown, current: EgressPolic
 
 export function describeCidrs(c: readonly Cidr[]): string[] {
   return c.map(formatCidr);
+}
+
+/**
+ * Egress by name reads a connection's first segments inline while the kernel forwards them
+ * (nfqueue.ts): a sandbox that may write raw packets could send a segment the check reads and
+ * the server drops (a bad checksum, a short TTL), then the real request past the check.
+ *
+ * @throws HutchError EINVAL when `capabilities` holds NET_RAW for a sandbox with egress by name.
+ */
+export function checkEgressCapabilities(network: { readonly mode: string; readonly names?: unknown }, capabilities: readonly string[]): void {
+  if (network.mode !== 'bridge' || network.names === null || network.names === undefined) return;
+  if (capabilities.includes('NET_RAW')) {
+    throw new HutchError(
+      'EINVAL',
+      'invalid option capabilities: NET_RAW with network domains/ask: raw packets could slip a request past the name check of HTTP and TLS connections; drop NET_RAW, or filter by address (allow) instead of by name',
+    );
+  }
 }

@@ -152,3 +152,14 @@ describe('network options', () => {
     expect(hostsFile('box', { address: '10.200.0.2', hostAddress: '10.200.0.1' })).toContain('10.200.0.1\thost.hutch.internal\n');
   });
 });
+
+describe('egress by name and raw packets', () => {
+  it('refuses NET_RAW beside domains or ask (raw segments could pass the inline name check), allows it without them', async () => {
+    const { resolveSandboxOptions } = await import('../../lib/options.js');
+    const base = { image: 'busybox', capabilities: ['NET_RAW'] };
+    einval(() => resolveSandboxOptions({ ...base, network: { mode: 'bridge', outbound: 'nat', domains: ['ok.example'] } }), 'capabilities');
+    einval(() => resolveSandboxOptions({ ...base, network: { mode: 'bridge', outbound: 'nat', ask: () => true } }), 'capabilities');
+    expect(resolveSandboxOptions({ ...base, network: { mode: 'bridge', outbound: 'nat' } }).capabilities).toContain('NET_RAW');
+    expect(resolveSandboxOptions({ image: 'busybox', network: { mode: 'bridge', outbound: 'nat', domains: ['ok.example'] } }).capabilities).not.toContain('NET_RAW');
+  });
+});
