@@ -187,7 +187,7 @@ export class SandboxResolver {
     }
   }
 
-  /** true, or the reason `name` is refused (asking `ask` once per name); the proxy uses it too. */
+  /** true, or the reason `name` is refused (asking `ask` once per name); the name check of HTTP and TLS connections (nfqueue.ts) uses it too. */
   async decide(name: string, via: { address: string; port: number } | null = null): Promise<true | string> {
     const d = decideName({ ...this.lists, ask: this.policy.ask }, name);
     if (d === 'allow') return true;
