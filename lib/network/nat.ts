@@ -35,12 +35,13 @@ export const TABLE = 'inet hutch';
  * An empty set naming the skeleton's version, added last in the table's transaction: its
  * presence (one netlink lookup, no nft process) says the table exists and filters plain links.
  */
-export const SKELETON_MARK = 'skeleton_v3';
+export const SKELETON_MARK = 'skeleton_v4';
 /**
- * The previous skeleton's mark, kept: v3's maps and sets are a superset of v2's, so a process
- * of an older hutch still running finds the table it expects and keeps working in it.
+ * The previous skeletons' marks, kept: each skeleton's maps and sets are a superset of the
+ * one before, so a process of an older hutch still running finds the table it expects and
+ * keeps working in it. (v4 added `links_pre` and the `names_pre` base chain.)
  */
-const OLD_MARKS = ['skeleton_v2'];
+const OLD_MARKS = ['skeleton_v2', 'skeleton_v3'];
 
 /**
  * The table with this skeleton, as one transaction that works on no table, an older skeleton
@@ -55,6 +56,7 @@ export function skeletonScript(): string {
     `add table ${t}`,
     `add map ${t} links_fwd { type ifname : verdict; }`,
     `add map ${t} links_in { type ifname : verdict; }`,
+    `add map ${t} links_pre { type ifname : verdict; }`,
     `add set ${t} nat_links { type ifname; }`,
     `add set ${t} localnet_links { type ifname; }`,
     `add set ${t} fwd_guard { type ifname; }`,
@@ -73,6 +75,12 @@ export function skeletonScript(): string {
     // After conntrack's un-NAT (priority dstnat): a reply's destination is the sandbox by now.
     ...chain('guard', 'type filter hook prerouting priority dstnat + 10; policy accept'),
     `add rule ${t} guard iifname @fwd_guard fib daddr type unicast fib daddr oifname != "hx*" drop`,
+    // Egress by name: each sandbox's pre_<slot> is a regular chain jumped from here. Removing a
+    // base chain (a hook) makes the kernel drop every packet queued in this netns, so
+    // per-sandbox base chains would stall every other sandbox's connections held by the name
+    // check's queue (nfqueue.ts) whenever one sandbox went.
+    ...chain('names_pre', 'type nat hook prerouting priority dstnat - 5; policy accept'),
+    `add rule ${t} names_pre iifname vmap @links_pre`,
     ...chain('prerouting', 'type nat hook prerouting priority dstnat; policy accept'),
     `add rule ${t} prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports`,
     ...chain('output', 'type nat hook output priority -100; policy accept'),
@@ -236,11 +244,12 @@ export function proxyScript(slot: string, host: string, hostAddress: string, dns
   const ports = [dns.tcp, ...(ask ? [ask.port] : [])];
   return [
     ...(names ? [`flush chain ${t} fwd_${slot}`, ...fwdRules(slot, 'nat', names.lists.allow, names)] : []),
-    `add chain ${t} pre_${slot} { type nat hook prerouting priority dstnat - 5; policy accept; }`,
+    `add chain ${t} pre_${slot}`,
     `${pre} ip daddr ${hostAddress} udp dport 53 dnat ip to ${hostAddress}:${dns.udp}`,
     `${pre} ip daddr ${hostAddress} tcp dport 53 dnat ip to ${hostAddress}:${dns.tcp}`,
     ...(names && names.queue !== undefined && names.queue !== null ? [`${pre} ip daddr @${admittedSet(slot)} tcp dport { 80, 443 } ct mark set 0x${pendingMark(names.queue).toString(16)}`] : []),
     ...(ask ? [...askRules(slot, hostAddress, ask.port, ask.lists), `${pre} ct state new jump ask_${slot}`] : []),
+    `add element ${t} links_pre { "${host}" : jump pre_${slot} }`,
     `add rule ${t} in_${slot} meta nfproto ipv4 tcp dport { ${ports.join(', ')} } ct status dnat fib daddr . iif type local accept`,
     // A query flood is refused past 1000/s (ICMP, at once): the resolver's cost stays bounded.
     `add rule ${t} in_${slot} meta nfproto ipv4 udp dport ${dns.udp} ct status dnat fib daddr . iif type local limit rate 1000/second burst 1000 packets accept`,
@@ -320,7 +329,7 @@ export function removeLines(slot: string, host: string, ports: readonly Resolved
     `delete chain ${t} fwd_${slot}`,
     `delete chain ${t} in_${slot}`,
     ...(names !== false && nat !== false
-      ? [`delete chain ${t} pre_${slot}`, `delete chain ${t} ask_${slot}`, `delete set ${t} ${admittedSet(slot)}`, `delete set ${t} ${askedSet(slot)}`, `delete set ${t} ${askRefusedSet(slot)}`, `delete counter ${t} ${refusedCounter(slot)}`]
+      ? [`delete element ${t} links_pre { "${host}" }`, `delete chain ${t} pre_${slot}`, `delete chain ${t} ask_${slot}`, `delete set ${t} ${admittedSet(slot)}`, `delete set ${t} ${askedSet(slot)}`, `delete set ${t} ${askRefusedSet(slot)}`, `delete counter ${t} ${refusedCounter(slot)}`]
       : []),
   ];
 }

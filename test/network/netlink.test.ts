@@ -61,7 +61,7 @@ describe.skipIf(skip !== undefined)('network: rtnetlink from the addon', () => {
     const pid = await fakeSandbox();
     const a = (await attachNetwork(plan(), 'nl-table', pid))!;
     made.push(a);
-    expect(sh(`nft list table ${TABLE}`)).toContain('skeleton_v3');
+    expect(sh(`nft list table ${TABLE}`)).toContain('skeleton_v4');
   });
 
   it('makes the pair, addresses, route and no IPv6 address, as ip sees them', async () => {
