@@ -207,14 +207,15 @@ export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: 
     }
     // A record is written in place (mkdir, then owner.json) after its sandbox lease: a dir
     // with no readable owner.json is one being written (its lease's owner is alive) or one
-    // whose writer was killed half-way (empty, or an owner.json cut short).
+    // whose writer was killed half-way (empty, or an owner.json cut short). With a lease that
+    // names a dead owner it goes at once; with none (dropped by an earlier prune), after the grace.
     for (const n of await fsp.readdir(store.path('sandboxes')).catch(() => [] as string[])) {
       if (records.get(n) !== undefined) continue;
       const lease = readSandboxLease(n);
       if (lease && isAlive(lease)) continue;
       try {
         const st = await fsp.stat(store.path('sandboxes', n));
-        if (Date.now() - st.mtimeMs < graceMs) continue;
+        if (!lease && Date.now() - st.mtimeMs < graceMs) continue;
         if (existsSync(store.path('sandboxes', n, 'owner.json'))) {
           const t = await toTrash(store, store.path('sandboxes', n));
           if (t) found.trash.push(t);

@@ -220,6 +220,18 @@ describe('lookup, tags, remove, prune', () => {
     expect(sandboxes).not.toContain('sbx-writing');
     await store.release('sbx-writing');
     expect(readdirSync(join(store.root, 'sandboxes'))).toEqual([]);
+
+    // A writer killed between its lease and its owner.json (the lease names it, dead): the next
+    // prune takes the dir at once, grace or not.
+    const child = spawn('sleep', ['30']);
+    await new Promise((r) => child.once('spawn', r));
+    await store.markInUse(img.id, 'sbx-killed', child.pid);
+    rmSync(join(dir('sbx-killed'), 'owner.json'));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    const later = await store.prune();
+    expect(later.sandboxes).toContain('sbx-killed');
+    expect(existsSync(dir('sbx-killed'))).toBe(false);
   });
 
   it('prune removes unreferenced layers and the work dirs of dead imports, keeps live ones', async () => {
