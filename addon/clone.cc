@@ -6,6 +6,7 @@
 #include <linux/futex.h>
 #include <sys/resource.h>
 #include <algorithm>
+#include <mutex>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -87,10 +88,44 @@ static std::unordered_map<long, pending_child> g_pending;
 static const size_t kChildStack = 256 * 1024;
 static const size_t kHolderStack = 16 * 1024;  // child_lock.cc's helper: a few raw syscalls
 
+// Child stacks kept for the next clone (at most kKeptStacks): a fresh one costs an mmap, the
+// child's page faults on it (each a trap into this VM's hypervisor) and, when the child is
+// released, a munmap. A stack is kept only once nothing runs on it: its child has exec'd (the
+// stack was in the old address space, which the exec dropped) or died. What a child left on it
+// is this process's own memory, seen next by the next child: our code, before its exec.
+static std::mutex g_stacks_mu;
+static std::vector<void *> g_stacks;
+static const size_t kKeptStacks = 8;
+
+#if HUTCH_CLONE_VM
+static void *take_stack() {
+  {
+    std::lock_guard<std::mutex> l(g_stacks_mu);
+    if (!g_stacks.empty()) {
+      void *s = g_stacks.back();
+      g_stacks.pop_back();
+      return s;
+    }
+  }
+  return mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+}
+#endif
+
+static void give_stack(void *s) {
+  {
+    std::lock_guard<std::mutex> l(g_stacks_mu);
+    if (g_stacks.size() < kKeptStacks) {
+      g_stacks.push_back(s);
+      return;
+    }
+  }
+  munmap(s, kChildStack);
+}
+
 void release_child(long pid) {
   auto it = g_pending.find(pid);
   if (it == g_pending.end()) return;
-  if (it->second.stack) munmap(it->second.stack, it->second.stack_size);
+  if (it->second.stack) give_stack(it->second.stack);
   if (it->second.go_fd >= 0) close(it->second.go_fd);
   g_pending.erase(it);
 }
@@ -283,7 +318,7 @@ static void clone_and_map(clone_job &j) {
 #if HUTCH_CLONE_VM
   // CLONE_VM: no copy of the Node process's page tables (and no copy-on-write faults in it
   // afterwards); the child runs child_entry on its own stack until it execs init.
-  void *stack = mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  void *stack = take_stack();
   if (stack == MAP_FAILED) {
     j.clone_err = errno;
     snprintf(j.path, sizeof j.path, "mmap");
@@ -310,7 +345,7 @@ static void clone_and_map(clone_job &j) {
   }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid > 0) j.stack = stack;
-  else munmap(stack, kChildStack);
+  else give_stack(stack);
 #else
   pthread_sigmask(SIG_SETMASK, &all, &old);
   long pid = sys_clone3(&j.a);
@@ -505,7 +540,7 @@ void do_clone(plan *p, const clone_req &req, cloned &c) {
     sys_pidfd_send_signal(c.pidfd, SIGKILL);
     siginfo_t si;
     waitid((idtype_t)P_PIDFD, c.pidfd, &si, WEXITED | __WALL);
-    if (c.stack) munmap(c.stack, kChildStack);
+    if (c.stack) give_stack(c.stack);  // the child was waited for: dead
     close(c.pidfd), close(c.go_fd), close(c.err_fd), close(c.ctl_fd);
     c = cloned();
     c.fail_step = "id_map", c.fail_err = r, c.fail_path = j.path;

@@ -61,6 +61,11 @@ export interface StartOptions {
   argv0: string;
   /** A pty of this size: init makes it and sends its master with MSG_STARTED. */
   tty?: { columns: number; rows: number };
+  /**
+   * The cgroup's OOM-kill count before this process, when the caller knows it without a read:
+   * 0 for the first exec of a new sandbox's cgroup (lib/runtime/create.ts).
+   */
+  oomBefore?: number;
 }
 
 /** A process in flight. Created by Sandbox.exec/spawn, settled by messages from init. */
@@ -128,7 +133,7 @@ export class ProcessState implements SandboxProcess {
     n.close(pout[1]);
     n.close(perr[1]);
     this.tr.mark('send');
-    this.oomBefore = this.host.cgroup?.oomKills() ?? 0;
+    this.oomBefore = this.opts.oomBefore ?? this.host.cgroup?.oomKills() ?? 0;
     // No input: nothing to write, so no stream at all (the process reads /dev/null).
     const stdin: Writable | null = noInput ? null : new Socket({ fd: pin[1], readable: false, writable: true });
     stdin?.on('error', () => undefined); // EPIPE when the process does not read its input

@@ -7,7 +7,7 @@
  * is undone, in reverse, before the error is thrown.
  */
 import { realpathSync, statSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { randomHex } from './random.js';
 import { join } from 'node:path';
 import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
 import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
@@ -57,7 +57,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
   const ahead = opts.network.mode === 'bridge' && opts.network.backend === 'userspace' && linksAhead(opts.network);
   const warmKey = hooks.warm && plan.warmable && !ahead ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
   const blank = warmKey !== null ? await takeBlank(warmKey) : undefined;
-  const id = blank?.id ?? randomBytes(6).toString('hex');
+  const id = blank?.id ?? randomHex(6);
   const ids = blank?.ids ?? acquireIds(image.layersDir);
   tr.mark('ids');
   const fds: number[] = [];

@@ -16,7 +16,7 @@
  * waiting in recvmsg, an empty cgroup, an id range and an owner record naming the image (so
  * the image is in use: `store.remove()` and `prune()` drop this process's blanks first).
  */
-import { randomBytes } from 'node:crypto';
+import { randomHex } from './random.js';
 import { rmdirSync } from 'node:fs';
 import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
 import { cloneMaps, idSource } from './host/ids.js';
@@ -78,7 +78,7 @@ export function makeBlank(key: string, store: ImageStore, imageId: string, layer
 
 async function make(key: string, store: ImageStore, imageId: string, layersDir: string, limits: CgroupLimits): Promise<void> {
   const n = native();
-  const id = randomBytes(6).toString('hex');
+  const id = randomHex(6);
   const ids = acquireIds(layersDir);
   let cgroup: SandboxCgroup | undefined;
   let marked = false;

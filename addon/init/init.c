@@ -42,8 +42,10 @@ struct exec_slot {
   pid_t pid;
 };
 
-static struct exec_slot *slots;
-static size_t nslots, capslots;
+/* The first 16 slots are static: most sandboxes never run more at once, and need no malloc. */
+static struct exec_slot slots_static[16];
+static struct exec_slot *slots = slots_static;
+static size_t nslots, capslots = 16;
 static uint8_t *msgbuf;
 
 static void send_msg(const void *m, size_t len) {
@@ -66,15 +68,35 @@ static void remove_slot(struct exec_slot *s) { *s = slots[--nslots]; }
 
 static int add_slot(uint32_t id, pid_t pid) {
   if (nslots == capslots) {
-    size_t n = capslots ? capslots * 2 : 16;
-    struct exec_slot *p = realloc(slots, n * sizeof *p);
+    size_t n = capslots * 2;
+    struct exec_slot *p = realloc(slots == slots_static ? NULL : slots, n * sizeof *p);
     if (!p) return -1;
+    if (slots == slots_static) memcpy(p, slots_static, sizeof slots_static);
     slots = p, capslots = n;
   }
   slots[nslots].id = id;
   slots[nslots].pid = pid;
   nslots++;
   return 0;
+}
+
+/*
+ * The argv/envp vector of the exec being started, kept from one exec to the next (grown when
+ * short, never freed): musl's malloc hands a freed group's page back at once, so a vector
+ * allocated and freed per exec cost an mmap and a munmap each time (each a trap in a VM). The
+ * next exec reuses it only after the last one's child has exec'd or died (CLONE_VFORK).
+ */
+static char **vecbuf;
+static size_t veccap;
+static char **exec_vec(size_t n) {
+  if (n > veccap) {
+    size_t cap = n < 64 ? 64 : n;
+    char **p = malloc(cap * sizeof *p);
+    if (!p) return NULL;
+    free(vecbuf);
+    vecbuf = p, veccap = cap;
+  }
+  return vecbuf;
 }
 
 #include "exec_child.h"
@@ -162,7 +184,7 @@ static void start_exec(size_t len, int *fds, int nfds) {
   size_t want = 1 + (size_t)r.argc + r.envc, got = 0;
   for (char *q = s; q < end; q++)
     if (*q == 0) got++;
-  char **vec = got == want ? calloc(r.argc + r.envc + 2, sizeof(char *)) : NULL;
+  char **vec = got == want ? exec_vec((size_t)r.argc + r.envc + 2) : NULL;
   if (!vec) {
     report_protocol_error(r.id, got == want ? ENOMEM : EPROTO);
     close_fds(fds, nfds);
@@ -185,7 +207,6 @@ static void start_exec(size_t len, int *fds, int nfds) {
     if (e) {
       struct failed_msg f = {MSG_FAILED, r.id, e, XSTEP_FDS};
       send_msg(&f, sizeof f);
-      free(vec);
       return;
     }
     ttyfds[1] = ttyfds[2] = ttyfds[0];
@@ -198,7 +219,6 @@ static void start_exec(size_t len, int *fds, int nfds) {
   if ((notify ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, st) : pipe2(st, O_CLOEXEC)) < 0) {
     struct failed_msg f = {MSG_FAILED, r.id, errno, XSTEP_FORK};
     send_msg(&f, sizeof f);
-    free(vec);
     close_fds(fds, nfds);
     if (master >= 0) close(master);
     return;
@@ -209,7 +229,6 @@ static void start_exec(size_t len, int *fds, int nfds) {
   int fork_err = errno;
   close(st[1]);
   close_fds(fds, nfds);
-  free(vec);
   if (pid < 0) {
     close(st[0]);
     if (master >= 0) close(master);

@@ -36,10 +36,15 @@ struct listener {
   uint32_t dropped; /* refusals not reported since the last message for it */
   uint32_t len;     /* instructions */
   struct sock_filter *prog;
+  uint32_t cap;     /* bytes at prog */
 };
 
 static struct listener *listeners;
 static size_t nlisteners, caplisteners;
+/* The last program copy a closed listener had, kept for the next one: musl's malloc hands a
+ * freed group's page back at once, an mmap and a munmap for every exec with a listener. */
+static struct sock_filter *spare_prog;
+static uint32_t spare_cap;
 static struct pollfd poll_two[2]; /* the poll set until a listener needs more */
 static struct pollfd *pollfds = poll_two;
 static size_t cappollfds = 2;
@@ -105,13 +110,20 @@ static int add_listener(int fd, uint32_t id, const struct sock_filter *prog, uin
     if (!p) return -1;
     pollfds = p, cappollfds = n;
   }
-  struct sock_filter *copy = malloc(bytes);
-  if (!copy) return -1;
+  struct sock_filter *copy;
+  uint32_t cap = bytes;
+  if (spare_prog && spare_cap >= bytes) {
+    copy = spare_prog, cap = spare_cap;
+    spare_prog = NULL;
+  } else {
+    copy = malloc(bytes);
+    if (!copy) return -1;
+  }
   memcpy(copy, prog, bytes);
   /* The answer wakes the caller on init's CPU, as a switch, not a cross-CPU wake-up (6.6+;
    * older kernels refuse the flag and wake it the usual way). */
   ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);
-  listeners[nlisteners++] = (struct listener){fd, id, 0, bytes / (uint32_t)sizeof *prog, copy};
+  listeners[nlisteners++] = (struct listener){fd, id, 0, bytes / (uint32_t)sizeof *prog, copy, cap};
   return 0;
 }
 
@@ -240,7 +252,12 @@ static void serve_listeners(const struct pollfd *p, size_t n) {
     if (p[i].revents & (POLLHUP | POLLERR | POLLNVAL)) {
       if (l->dropped) send_violation(l, 0, -1, 0, 0, VIOLATION_COUNT_ONLY);
       close(l->fd);
-      free(l->prog);
+      if (!spare_prog || spare_cap < l->cap) {
+        free(spare_prog);
+        spare_prog = l->prog, spare_cap = l->cap;
+      } else {
+        free(l->prog);
+      }
       l->fd = -1;
     }
   }

@@ -8,7 +8,7 @@
  * write) counts as stale once it is older than a grace period.
  */
 import { linkSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '../random.js';
 import { basename, dirname, join } from 'node:path';
 import { isAlive, ownerTag, type Owner } from './liveness.js';
 
@@ -21,7 +21,7 @@ import { isAlive, ownerTag, type Owner } from './liveness.js';
  * @returns false when the file exists (someone holds the lease); other errors are thrown as they are.
  */
 export function createLease(file: string, text: string): boolean {
-  const tmp = join(dirname(file), `.${basename(file)}.${ownerTag()}-${randomBytes(4).toString('hex')}`);
+  const tmp = join(dirname(file), `.${basename(file)}.${ownerTag()}-${randomHex(4)}`);
   writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 });
   try {
     linkSync(tmp, file);

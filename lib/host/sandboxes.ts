@@ -11,7 +11,7 @@ import { mkdirSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cgroupDriver } from '../cgroup/driver.js';
-import { createLease, jsonOwner, leaseAge, readLeaseText, releaseLease, removeLease } from './lease.js';
+import { createLease, jsonOwner, leaseAge, readLeaseText, removeLease } from './lease.js';
 import { isAlive, selfOwner, type Owner } from './liveness.js';
 
 export interface SandboxLease extends Owner {
@@ -78,12 +78,21 @@ export function leaseSandbox(id: string, store: string, owner: Owner = selfOwner
   held.set(id, text);
 }
 
-/** Ends this process's lease of sandbox `id` (never another process's). */
+/**
+ * Ends this process's lease of sandbox `id` (never another process's). Removed without reading
+ * it back first: only a taker that judged it stale may replace a held lease, and it is stale
+ * only when its owner is dead (this process is not) or it is torn (createLease never leaves
+ * one torn), so while `held` has it, the file is ours.
+ */
 export function unleaseSandbox(id: string): void {
   const text = held.get(id);
   if (text === undefined) return;
   held.delete(id);
-  releaseLease(join(sandboxLeaseDir(), id), text);
+  try {
+    removeLease(join(sandboxLeaseDir(), id));
+  } catch {
+    /* left to prune (it judges the lease by its owner: this process, once dead) */
+  }
 }
 
 /** The lease of sandbox `id`, or undefined when there is none (or it is torn). */

@@ -14,6 +14,7 @@ import { unmountUnder } from '../disk.js';
 import { isAlive, ownerFromName, parseOwner, type Owner } from '../host/liveness.js';
 import type { PruneStoreSide } from '../host/prune.js';
 import { pruneLeaseTemps } from '../host/lease.js';
+import { readSandboxLease } from '../host/sandboxes.js';
 import { HEX64 } from './blob.js';
 import type { StoreContext } from './context.js';
 import type { LayerInfo } from './types.js';
@@ -168,8 +169,9 @@ export async function emptyTrash(trash: (string | null)[]): Promise<void> {
 /**
  * The store's own leftovers, under the lock: operations under tmp/ of dead processes, the
  * trash, and the records (with their disks, unmounted first) of sandboxes whose owner is gone;
- * with `gc`, also every layer and blob no image needs. Then empty `sandboxes/<id>` dirs that a
- * process killed between mkdir and rename left (older than `graceMs`).
+ * with `gc`, also every layer and blob no image needs. Then the `sandboxes/<id>` dirs that a
+ * process killed while writing its record left (empty, or with an owner.json cut short; older
+ * than `graceMs`, and never one whose sandbox lease names a live owner).
  */
 export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: number): Promise<{ removedBytes: number; sandboxes: string[] }> {
   store.ensure();
@@ -192,7 +194,8 @@ export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: 
       found.bytes += await treeBytes(store.path('tmp', n));
       found.trash.push(await toTrash(store, store.path('tmp', n)));
     }
-    for (const [id, o] of ownerRecords(store.root)) {
+    const records = ownerRecords(store.root);
+    for (const [id, o] of records) {
       if (o === undefined || isAlive(o)) continue;
       const dir = store.path('sandboxes', id);
       // A dead persistent sandbox's disk is still loop-mounted at <dir>/disk: unmounted
@@ -202,14 +205,24 @@ export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: 
       found.trash.push(await toTrash(store, dir));
       sandboxes.push(id);
     }
+    // A record is written in place (mkdir, then owner.json) after its sandbox lease: a dir
+    // with no readable owner.json is one being written (its lease's owner is alive) or one
+    // whose writer was killed half-way (empty, or an owner.json cut short). With a lease that
+    // names a dead owner it goes at once; with none (dropped by an earlier prune), after the grace.
     for (const n of await fsp.readdir(store.path('sandboxes')).catch(() => [] as string[])) {
+      if (records.get(n) !== undefined) continue;
+      const lease = readSandboxLease(n);
+      if (lease && isAlive(lease)) continue;
       try {
         const st = await fsp.stat(store.path('sandboxes', n));
-        if (Date.now() - st.mtimeMs < graceMs) continue;
-        await fsp.rmdir(store.path('sandboxes', n));
+        if (!lease && Date.now() - st.mtimeMs < graceMs) continue;
+        if (existsSync(store.path('sandboxes', n, 'owner.json'))) {
+          const t = await toTrash(store, store.path('sandboxes', n));
+          if (t) found.trash.push(t);
+        } else await fsp.rmdir(store.path('sandboxes', n));
         sandboxes.push(n);
       } catch {
-        /* not empty (a record) or gone */
+        /* not empty (something else than a record) or gone */
       }
     }
     return found;

@@ -103,23 +103,27 @@ export async function markInUse(store: StoreContext, imageId: string, sandboxId:
   // image, or this check sees the record gone.
   const hex = imageId.replace(/^sha256:/, '');
   const dir = store.path('sandboxes', sandboxId);
-  // The record's dir appears whole (made in tmp/, renamed into place): sandboxes/ never holds
-  // an empty one that a prune could take for a crashed sandbox's while we fill it.
-  // Synchronous on purpose: four small metadata calls (~0.1 ms) on every create cost less
+  // Written in place (mkdir, then owner.json), after the host-wide lease: a prune that meets
+  // the dir before its owner.json is whole sees the lease's live owner and leaves it
+  // (lib/image/gc.ts pruneLeftovers); one whose writer was killed half-way goes with the dead
+  // lease. (A temp dir renamed into place cost a rename and a dir in tmp/ on every create.)
+  // Synchronous on purpose: three small metadata calls (~0.1 ms) on every create cost less
   // than the threadpool round trips of their async forms (~2 ms under load).
-  const tmp = store.path('tmp', `rec-${ownerTag()}-${randomBytes(6).toString('hex')}`);
   try {
     // The host-wide lease first: from here on any prune knows whose sandbox this is.
     leaseSandbox(sandboxId, store.root, owner);
   } catch (e) {
     throw hostFailure('ESETUP', `recording sandbox ${sandboxId} in the host state dir`, e);
   }
+  let made = false;
   try {
-    mkdirSync(tmp, { mode: 0o711 });
-    writeFileSync(join(tmp, 'owner.json'), JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n', { mode: 0o600 });
-    renameSync(tmp, dir);
+    // Not recursive: a dir left by a dead holder of this id (the lease was taken over) is an
+    // error, as it was for the rename, and is left to prune.
+    mkdirSync(dir, { mode: 0o711 });
+    made = true;
+    writeFileSync(join(dir, 'owner.json'), JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n', { mode: 0o600, flag: 'wx' });
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
+    if (made) rmSync(dir, { recursive: true, force: true });
     unleaseSandbox(sandboxId);
     throw hostFailure('ESTORE', `writing the owner record of sandbox ${sandboxId} in the store ${store.root}`, e);
   }

@@ -161,7 +161,7 @@ function processHost(core: SandboxCore): ProcessHost {
 }
 
 /** exec and spawn: sends the exec request to init and tracks the process. */
-export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExecOptions, capture: boolean): ProcessState {
+export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExecOptions, capture: boolean, oomBefore?: number): ProcessState {
   if (core.state === 'destroyed') throw core.gone();
   const argv = resolveCommand('command', command);
   const limits = mergeExecLimits(core.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
@@ -184,6 +184,7 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
     stdin: o.stdin,
     argv0: argv[0]!,
     tty: o.tty,
+    ...(oomBefore === undefined ? {} : { oomBefore }),
   });
   if (o.tty && !env.some((kv) => kv.startsWith('TERM='))) env = [...env, 'TERM=xterm-256color'];
   core.procs.set(id, p);
@@ -214,10 +215,15 @@ export function startProcess(core: SandboxCore, command: unknown, o: ResolvedExe
   return p;
 }
 
-/** Sandbox.exec after option resolution: the peak memory counts from this exec. */
-export async function execResolved(core: SandboxCore, command: unknown, o: ResolvedExecOptions): Promise<ExecResult> {
+/**
+ * Sandbox.exec after option resolution: the peak memory counts from this exec. `first`: the
+ * first exec of a sandbox whose cgroup was made for it, sent while it sets up (Sandbox.run):
+ * nothing but its setup child and init has run in the cgroup, and an OOM kill of either ends
+ * the setup and so the run, so the count before this process is 0 without reading it.
+ */
+export async function execResolved(core: SandboxCore, command: unknown, o: ResolvedExecOptions, first = false): Promise<ExecResult> {
   try {
     core.cgroup?.resetPeak();
   } catch {}
-  return startProcess(core, command, o, true).result;
+  return startProcess(core, command, o, true, first ? 0 : undefined).result;
 }

@@ -63,7 +63,7 @@ export async function createCore(opts: ResolvedSandboxOptions, how: { warm?: boo
             const c = new SandboxCore(st.id, opts, store, image, st.spawned, st.cgroup, seccomp);
             early = c;
             watchControl(c);
-            first.result = execResolved(c, first.command ?? c.defaultCommand(), first.exec);
+            first.result = execResolved(c, first.command ?? c.defaultCommand(), first.exec, true);
             first.result.catch(() => undefined); // a failed setup is what create reports
           },
           failed: () => {

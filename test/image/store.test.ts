@@ -201,6 +201,39 @@ describe('lookup, tags, remove, prune', () => {
     expect(await code(store.markInUse(img.id, 'sbx-late'))).toBe('ENOIMAGE');
   });
 
+  it('prune keeps a record being written (its lease is live), removes what a killed writer left', async () => {
+    const store = newStore();
+    const img = await store.import(writeTmp(store, 'a.tar', rootfsTar({ 'etc/a': 'a' })), { tag: 'rec' });
+    const dir = (id: string) => join(store.root, 'sandboxes', id);
+    // A record caught between its mkdir and its owner.json (written in place after the lease).
+    await store.markInUse(img.id, 'sbx-writing');
+    rmSync(join(dir('sbx-writing'), 'owner.json'));
+    // What writers killed half-way left, with no live lease: an empty dir, an owner.json cut short.
+    mkdirSync(dir('sbx-empty'));
+    mkdirSync(dir('sbx-torn'));
+    writeFileSync(join(dir('sbx-torn'), 'owner.json'), '{"image":"sha');
+    const { sandboxes } = await store.pruneHost({ graceMs: 0 }); // no grace: only the lease protects the first
+    expect(existsSync(dir('sbx-writing'))).toBe(true);
+    expect(existsSync(dir('sbx-empty'))).toBe(false);
+    expect(existsSync(dir('sbx-torn'))).toBe(false);
+    expect(sandboxes).toEqual(expect.arrayContaining(['sbx-empty', 'sbx-torn']));
+    expect(sandboxes).not.toContain('sbx-writing');
+    await store.release('sbx-writing');
+    expect(readdirSync(join(store.root, 'sandboxes'))).toEqual([]);
+
+    // A writer killed between its lease and its owner.json (the lease names it, dead): the next
+    // prune takes the dir at once, grace or not.
+    const child = spawn('sleep', ['30']);
+    await new Promise((r) => child.once('spawn', r));
+    await store.markInUse(img.id, 'sbx-killed', child.pid);
+    rmSync(join(dir('sbx-killed'), 'owner.json'));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    const later = await store.prune();
+    expect(later.sandboxes).toContain('sbx-killed');
+    expect(existsSync(dir('sbx-killed'))).toBe(false);
+  });
+
   it('prune removes unreferenced layers and the work dirs of dead imports, keeps live ones', async () => {
     const store = newStore();
     const img = await store.import(writeTmp(store, 'a.tar', rootfsTar({ 'etc/a': 'a' })), { tag: 'keep' });

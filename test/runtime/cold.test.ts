@@ -64,3 +64,19 @@ describe('init execs without copying itself', () => {
     expect(r.stdout).toBe('still here\n');
   });
 });
+
+describe('Sandbox.run counts OOM kills from its own command', () => {
+  // The first exec of a new sandbox takes 0 as the cgroup's count before it, unread
+  // (lib/runtime/control.ts execResolved): each run reports its own kill, once.
+  it('reports reason oom and exactly one kill, run after run (blanks included)', async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await Sandbox.run({ image: 'host', limits: { memory: '64MiB' }, command: ['python3', '-c', 'x = bytearray(256 << 20)'] });
+      expect(r.reason).toBe('oom');
+      expect(r.signal).toBe('SIGKILL');
+      expect(r.usage.oomKills).toBe(1);
+    }
+    const fine = await Sandbox.run({ image: 'host', limits: { memory: '64MiB' }, command: ['true'] });
+    expect(fine.reason).toBe('exit');
+    expect(fine.usage.oomKills).toBe(0);
+  });
+});
