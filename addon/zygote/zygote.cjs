@@ -204,10 +204,15 @@ function warm() {
   warmArgs(['node', 'main.js']);
   path.resolve('main.js');
   process.cwd();
+  vm.runInThisContext('0', { filename: '[warm]' });
+  Module.createRequire('/[warm]');
+  Buffer.from('warm');
 }
 
-// What every task uses, loaded once here; then a full collection, so that the forks start
-// with as little garbage as can be.
+// What every task uses, loaded once here (process.stdout and console load net, tty and
+// stream when first used; many programs use the rest); then a full collection, so that the
+// forks start with as little garbage as can be.
+for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', 'url', 'os', 'zlib', 'child_process', 'worker_threads', 'readline']) require(`node:${m}`);
 require('node:v8').setFlagsFromString('--expose-gc');
 vm.runInNewContext('gc')();
 if (!addon.listen()) addon.exit(0);
