@@ -259,7 +259,7 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     const worker = async (): Promise<void> => {
       while (next < jobs.length) {
         const { name, w, i } = jobs[next++]!;
-        const r = await t.run(['node', '/w/main.js'], { files: { '/w/main.js': w.code }, encoding: 'utf8', timeoutMs: 60_000 });
+        const r = await t.run(['node', '/w/main.js'], { files: { '/w/main.js': w.code }, encoding: 'utf8', timeoutMs: 20_000 });
         try {
           if (name !== 'exit3' && name !== 'throw') {
             expect(r.stderr, name).toBe('');
