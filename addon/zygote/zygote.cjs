@@ -17,6 +17,12 @@ const util = require('node:util');
 const crypto = require('node:crypto');
 const { errno: ERRNO } = require('node:os').constants;
 
+// Two background features --single-threaded leaves on in node 20's V8 (inert without
+// concurrent recompilation and streaming compiles, which it turns off; off here to be sure).
+// Set here, not on the command line: a V8 that lacks a flag ignores it here, where on the
+// command line node would refuse to start.
+for (const f of ['--no-concurrent-osr', '--no-concurrent-cache-deserialization']) require('node:v8').setFlagsFromString(f);
+
 const env = process.env;
 const addon = require(env.HUTCH_ZYGOTE_NODE_ADDON);
 addon.load(env.HUTCH_ZYGOTE_LIB);

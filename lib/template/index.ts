@@ -42,10 +42,10 @@ const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
 const ZDIR = '/.hutch-zygote';
 /**
  * The built-in Node zygote. `--single-threaded`: V8 posts no task to the platform's worker
- * threads (no concurrent marking, sweeping or compiling), which a fork does not have; the
- * two flags after it are among what it implies in newer V8s, given for those that do not.
+ * threads (no concurrent marking, sweeping or compiling), which a fork does not have (the
+ * zygote turns off two more background features at its start: zygote.cjs).
  */
-const NODE_ZYGOTE = ['node', '--single-threaded', '--no-concurrent-osr', '--no-concurrent-cache-deserialization', `${ZDIR}/zygote.cjs`];
+const NODE_ZYGOTE = ['node', '--single-threaded', `${ZDIR}/zygote.cjs`];
 
 /**
  * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
