@@ -107,6 +107,9 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (zygote !== 'python' && zygote !== 'node' && !(Array.isArray(zygote) && zygote.length > 0 && zygote.every((a) => typeof a === 'string' && a !== ''))) {
       throw invalid('zygote', "'python', 'node' or a command (array of strings) that serves the zygote protocol", zygote);
     }
+    if (zygote === 'node' && process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE !== '1') {
+      throw new HutchError('EUNSUPPORTED', "zygote 'node' is experimental and off: a fork of node has none of V8's platform threads, and a task that makes V8 use them (repeated full garbage collections, an async WebAssembly compile, a Worker that ends) hangs until its timeout (docs/templates.md, \"The Node zygote\"). Use zygote 'python', a cold Sandbox.run for node, or set HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1 to try it");
+    }
     if (!Array.isArray(preload) || !preload.every((p) => typeof p === 'string' && p !== '' && !p.includes('\0'))) throw invalid('preload', 'an array of module names or file paths', preload);
     if (!Number.isInteger(size) || size < 0 || size > 64) throw invalid('size', 'an integer from 0 to 64 (forks kept ready)', size);
     if (!Number.isInteger(zygoteTimeoutMs) || zygoteTimeoutMs <= 0) throw invalid('zygoteTimeoutMs', 'a positive number of milliseconds', zygoteTimeoutMs);

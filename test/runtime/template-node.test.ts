@@ -17,6 +17,8 @@ import { isRoot, needs } from '../helpers/require.js';
 import { installProbe, probe, probeBinary, PROBE } from '../security/probe.js';
 
 const skip = needs(isRoot, 'root is needed');
+// The node zygote is experimental and off by default (docs/templates.md, "The Node zygote").
+process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
 const parent = privateCgroupParent('tplnode');
 const STRESS = Number(process.env.HUTCH_NODE_STRESS ?? 8);
 const NS = ['pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup'];
@@ -275,6 +277,17 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     expect(failures).toEqual([]);
   }, 3_600_000);
 
+  it("ends a task after a full collection (the addon's end watch: node's own end would wait for V8's worker tasks)", async () => {
+    const gc = 'require("v8").setFlagsFromString("--expose-gc"); const gc = require("vm").runInNewContext("gc");';
+    const one = await t.run(['node', '-e', `${gc} gc(); process.on("beforeExit", () => console.log("beforeExit")); setTimeout(() => console.log("after"), 10);`], { encoding: 'utf8', timeoutMs: 20_000 });
+    expect(one).toMatchObject({ stdout: 'after\nbeforeExit\n', reason: 'exit', exitCode: 0 });
+    // The limitation that keeps the node zygote experimental (docs/templates.md, "Status"):
+    // repeated full collections hang in the fork (glibc's condition variable still counts the
+    // zygote's platform threads as waiters). When this starts passing, revisit the status.
+    const many = await t.run(['node', '-e', `${gc} for (let i = 0; i < 8; i++) gc(); console.log("done");`], { encoding: 'utf8', timeoutMs: 3000 });
+    expect(many.reason).toBe('timeout');
+  });
+
   it('fork() gives a Sandbox whose init is hutch-init', async () => {
     const sb = await t.fork();
     try {
@@ -290,6 +303,17 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     await z.result;
     expect((await t.run(['node', '-p', '"again"'], { encoding: 'utf8' })).stdout).toBe('again\n');
     expect(t.zygoteProcess).not.toBe(z);
+  });
+});
+
+describe('node templates: off by default', () => {
+  it("is EUNSUPPORTED, naming why and what to do, unless HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1", async () => {
+    delete process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE;
+    try {
+      await expect(Sandbox.template({ zygote: 'node' })).rejects.toMatchObject({ code: 'EUNSUPPORTED', message: expect.stringMatching(/HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1/) });
+    } finally {
+      process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
+    }
   });
 });
 
