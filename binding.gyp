@@ -41,6 +41,11 @@
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     },
     {
+      "target_name": "hutch_zygote_node",
+      "sources": ["addon/zygote/node.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+    },
+    {
       "target_name": "hutch-zygote-helper",
       "type": "none",
       "actions": [

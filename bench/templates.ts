@@ -1,7 +1,7 @@
 /**
  * `npm run bench:templates`: a template's run against a cold Sandbox.run of the same task,
  * side by side in one process (docs/templates.md, "Performance"):
- * - python hello world;
+ * - python hello world, and node's (the same rows for the built-in node zygote);
  * - a stand-in module that takes 200 ms (CPU) to import, preloaded;
  * - numpy preloaded, when the image's python3 has it (Debian's python3-numpy);
  * - throughput at concurrency 4;
@@ -42,13 +42,15 @@ async function sample(n: number, f: () => Promise<unknown>, gapMs = 0): Promise<
 interface Row { name: string; cold: number; template: number }
 const rows: Row[] = [];
 
-async function compare(name: string, base: SandboxOptions, preload: string[], command: string[], gapMs = 0): Promise<void> {
+type Zygote = 'python' | 'node';
+
+async function compare(name: string, base: SandboxOptions, preload: string[], command: string[], gapMs = 0, zygote: Zygote = 'python'): Promise<void> {
   const cold = await sample(N, async () => {
     const r = await Sandbox.run({ ...base, command });
     if (r.exitCode !== 0) throw new Error(`${name} cold: ${String(r.stderr)}`);
   }, gapMs);
   // One fork kept ready, as Sandbox.run keeps one blank sandbox ready (lib/warm.ts).
-  const t = await Sandbox.template({ ...base, zygote: 'python', preload, size: 1 });
+  const t = await Sandbox.template({ ...base, zygote, preload, size: 1 });
   try {
     const warm = await sample(N, async () => {
       const r = await t.run(command);
@@ -66,19 +68,19 @@ async function compare(name: string, base: SandboxOptions, preload: string[], co
  * each fork made on demand, as each create is; `size` 1 (runs 100 ms apart, creates too): a
  * fork prepared ahead becomes the Sandbox, which create has no counterpart of.
  */
-async function forkVsCreate(base: SandboxOptions, size = 0): Promise<void> {
+async function forkVsCreate(base: SandboxOptions, size = 0, zygote: Zygote = 'python'): Promise<void> {
   const gap = size > 0 ? 100 : 0;
   const cold = await sample(N, async () => {
     const sb = await Sandbox.create(base);
     void sb.destroy();
   }, gap);
-  const t = await Sandbox.template({ ...base, zygote: 'python', size });
+  const t = await Sandbox.template({ ...base, zygote, size });
   try {
     const warm = await sample(N, async () => {
       const sb = await t.fork();
       void sb.destroy();
     }, gap);
-    const name = size > 0 ? 'fork() (prepared fork) vs create(), 100 ms apart' : 'fork() vs create()';
+    const name = `${zygote === 'node' ? 'node ' : ''}${size > 0 ? 'fork() (prepared fork) vs create(), 100 ms apart' : 'fork() vs create()'}`;
     rows.push({ name, cold: p50(cold), template: p50(warm) });
     console.log(`${name}: create p50 ${p50(cold).toFixed(1)} ms, fork p50 ${p50(warm).toFixed(1)} ms, ratio ${(p50(warm) / p50(cold)).toFixed(3)}`);
   } finally {
@@ -87,8 +89,8 @@ async function forkVsCreate(base: SandboxOptions, size = 0): Promise<void> {
   }
 }
 
-async function throughput(base: SandboxOptions, seconds: number): Promise<void> {
-  const cmd = ['python3', '-c', 'print("hi")'];
+async function throughput(base: SandboxOptions, seconds: number, zygote: Zygote = 'python'): Promise<void> {
+  const cmd = zygote === 'node' ? ['node', '-e', 'console.log("hi")'] : ['python3', '-c', 'print("hi")'];
   const rate = async (run: () => Promise<unknown>): Promise<number> => {
     let done = 0;
     const end = Date.now() + seconds * 1000;
@@ -101,10 +103,10 @@ async function throughput(base: SandboxOptions, seconds: number): Promise<void> 
     return done / seconds;
   };
   const cold = await rate(() => Sandbox.run({ ...base, command: cmd }));
-  const t = await Sandbox.template({ ...base, zygote: 'python', size: 4 });
+  const t = await Sandbox.template({ ...base, zygote, size: 4 });
   try {
     const warm = await rate(() => t.run(cmd));
-    console.log(`throughput at concurrency 4 (python hello): cold ${cold.toFixed(1)}/s, template ${warm.toFixed(1)}/s, ratio ${(warm / cold).toFixed(2)}`);
+    console.log(`throughput at concurrency 4 (${zygote} hello): cold ${cold.toFixed(1)}/s, template ${warm.toFixed(1)}/s, ratio ${(warm / cold).toFixed(2)}`);
   } finally {
     await t.close();
   }
@@ -117,8 +119,9 @@ async function throughput(base: SandboxOptions, seconds: number): Promise<void> 
  * once, so this is what each fork adds to the machine (the per-process PSS of a fork alone
  * would also carry its share of the zygote's pages, which exist without any fork).
  */
-async function pssPerFork(base: SandboxOptions, count: number): Promise<void> {
-  const t = await Sandbox.template({ ...base, zygote: 'python', preload: ['json'] });
+async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 'python'): Promise<void> {
+  const node = zygote === 'node';
+  const t = await Sandbox.template({ ...base, zygote, preload: node ? [] : ['json'] });
   const runs: Promise<unknown>[] = [];
   try {
     const kids = (pid: number): number[] => {
@@ -130,15 +133,15 @@ async function pssPerFork(base: SandboxOptions, count: number): Promise<void> {
     };
     const pss = (pid: number): number => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
     const tree = (pid: number): number => pss(pid) + kids(pid).reduce((a, p) => a + tree(p), 0);
-    await t.run(['python3', '-c', 'pass']); // one task run, as every later fork's zygote has
+    await t.run(node ? ['node', '-e', '0'] : ['python3', '-c', 'pass']); // one task run, as every later fork's zygote has
     await new Promise((r) => setTimeout(r, 500));
-    const zygote = kids(t.pid).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('zygote.py'))!;
+    const zygote = kids(t.pid).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(node ? 'zygote.cjs' : 'zygote.py'))!;
     const alone = tree(zygote);
-    for (let i = 0; i < count; i++) runs.push(t.run(['python3', '-c', 'import time; time.sleep(4)']));
+    for (let i = 0; i < count; i++) runs.push(t.run(node ? ['node', '-e', 'setTimeout(() => {}, 4000)'] : ['python3', '-c', 'import time; time.sleep(4)']));
     await new Promise((r) => setTimeout(r, 2000));
     const forks = kids(zygote).length;
     const added = (tree(zygote) - alone) / forks;
-    console.log(`memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${(added / 1024).toFixed(2)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
+    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${(added / 1024).toFixed(2)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
   } finally {
     await t.close();
     await Promise.allSettled(runs);
@@ -150,24 +153,37 @@ async function main(): Promise<void> {
   chmodSync(dir, 0o755);
   // A deterministic stand-in for a heavy import: 200 ms of CPU at import time.
   writeFileSync(join(dir, 'slowmod.py'), 'import time\n_t = time.perf_counter()\nwhile time.perf_counter() - _t < 0.2:\n    pass\nVALUE = 1\n', { mode: 0o644 });
-  const base: SandboxOptions = { mounts: [{ source: dir, target: '/opt/benchmods' }], env: { PYTHONPATH: '/opt/benchmods' } };
+  // The same for node: 200 ms of CPU when it is first required.
+  writeFileSync(join(dir, 'slowmod.js'), 'const t = performance.now();\nwhile (performance.now() - t < 200);\nexports.VALUE = 1;\n', { mode: 0o644 });
+  const base: SandboxOptions = { mounts: [{ source: dir, target: '/opt/benchmods' }], env: { PYTHONPATH: '/opt/benchmods', NODE_PATH: '/opt/benchmods' } };
+  // HUTCH_BENCH_ZYGOTES=node (or python): one runtime's rows only.
+  const which = (process.env.HUTCH_BENCH_ZYGOTES ?? 'python,node').split(',');
   try {
-    await compare('python hello world', base, [], ['python3', '-c', 'print("hi")']);
-    // The same with 100 ms idle before each run, cold and template alike: the next blank
-    // sandbox (cold) and the next prepared fork (template) are then ready, not being made.
-    await compare('python hello world, runs 100 ms apart', base, [], ['python3', '-c', 'print("hi")'], 100);
-    await compare('200 ms import preloaded', base, ['slowmod'], ['python3', '-c', 'import slowmod; print(slowmod.VALUE)']);
-    const hasNumpy = (await Sandbox.run({ command: ['python3', '-c', 'import numpy'] })).exitCode === 0;
-    if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
-    else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
-    await forkVsCreate(base);
-    await forkVsCreate(base, 1);
-    await Sandbox.template({ ...base, zygote: 'node' }).then(
-      (t) => t.close(),
-      (e: unknown) => console.log(`node zygote: ${(e as { code?: string }).code ?? ''} ${(e as Error).message} (no node cases)`),
-    );
-    await throughput(base, 5);
-    await pssPerFork(base, 8);
+    if (which.includes('python')) {
+      await compare('python hello world', base, [], ['python3', '-c', 'print("hi")']);
+      // The same with 100 ms idle before each run, cold and template alike: the next blank
+      // sandbox (cold) and the next prepared fork (template) are then ready, not being made.
+      await compare('python hello world, runs 100 ms apart', base, [], ['python3', '-c', 'print("hi")'], 100);
+      await compare('200 ms import preloaded', base, ['slowmod'], ['python3', '-c', 'import slowmod; print(slowmod.VALUE)']);
+      const hasNumpy = (await Sandbox.run({ command: ['python3', '-c', 'import numpy'] })).exitCode === 0;
+      if (hasNumpy) await compare('numpy preloaded', base, ['numpy'], ['python3', '-c', 'import numpy; print(numpy.arange(3).sum())']);
+      else console.log('numpy: not installed in the host image (apt-get install python3-numpy), skipped');
+      await forkVsCreate(base);
+      await forkVsCreate(base, 1);
+      await throughput(base, 5);
+      await pssPerFork(base, 8);
+    }
+    if (which.includes('node')) {
+      process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1'; // experimental and off by default (docs/templates.md)
+      const hello = ['node', '-e', 'console.log("hi")'];
+      await compare('node hello world', base, [], hello, 0, 'node');
+      await compare('node hello world, runs 100 ms apart', base, [], hello, 100, 'node');
+      await compare('node: 200 ms import preloaded', base, ['slowmod'], ['node', '-e', 'console.log(require("slowmod").VALUE)'], 0, 'node');
+      await forkVsCreate(base, 0, 'node');
+      await forkVsCreate(base, 1, 'node');
+      await throughput(base, 5, 'node');
+      await pssPerFork(base, 8, 'node');
+    }
     console.log(`\nload average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n| case | cold p50 | template p50 | ratio |\n| --- | --- | --- | --- |`);
     for (const r of rows) console.log(`| ${r.name} | ${r.cold.toFixed(1)} ms | ${r.template.toFixed(1)} ms | ${(r.template / r.cold).toFixed(3)} |`);
   } finally {

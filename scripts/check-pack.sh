@@ -30,7 +30,8 @@ tarball=$tmp/$tarball
 tar -tzf "$tarball" | sort >"$tmp/contents"
 for f in prebuilds/linux-x64/hutch.glibc.node prebuilds/linux-x64/hutch-init prebuilds/linux-arm64/hutch.glibc.node \
   prebuilds/linux-arm64/hutch-init prebuilds/linux-x64/templates/hutch_template.node prebuilds/linux-x64/templates/libhutch-zygote.so \
-  prebuilds/linux-arm64/templates/hutch_template.node prebuilds/linux-arm64/templates/libhutch-zygote.so addon/zygote/zygote.py dist/lib/index.js dist/lib/index.d.ts dist/bin/hutch.js binding.gyp addon/addon.cc \
+  prebuilds/linux-arm64/templates/hutch_template.node prebuilds/linux-arm64/templates/libhutch-zygote.so prebuilds/linux-x64/templates/hutch_zygote_node.node \
+  prebuilds/linux-arm64/templates/hutch_zygote_node.node addon/zygote/zygote.py addon/zygote/zygote.cjs dist/lib/index.js dist/lib/index.d.ts dist/bin/hutch.js binding.gyp addon/addon.cc \
   addon/init/init.c scripts/install.mjs scripts/build-init.sh README.md docs/getting-started.md; do
   grep -qx "package/$f" "$tmp/contents" || fail "the tarball lacks $f"
 done

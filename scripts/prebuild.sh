@@ -3,7 +3,8 @@
 #   hutch.glibc.node  the addon, one N-API build for every supported Node (prebuildify --napi)
 #   hutch-init        the static init (scripts/build-init.sh)
 #   templates/hutch_template.node, templates/libhutch-zygote.so   templates' host addon and
-#                     zygote helper (in a folder of their own: node-gyp-build picks the
+#                     zygote helper; templates/hutch_zygote_node.node the node zygote's
+#                     addon (N-API: any node the image has) (in a folder of their own: node-gyp-build picks the
 #                     addon among the .node files of prebuilds/<platform>-<arch>/, and an
 #                     untagged one there would match any libc)
 # for linux-x64 and linux-arm64 (glibc). The architecture that is not this machine's is
@@ -16,9 +17,9 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = --check ]; then
   for arch in x64 arm64; do
     for f in prebuilds/linux-$arch/hutch.glibc.node prebuilds/linux-$arch/hutch-init prebuilds/linux-$arch/templates/hutch_template.node \
-      prebuilds/linux-$arch/templates/libhutch-zygote.so; do
+      prebuilds/linux-$arch/templates/libhutch-zygote.so prebuilds/linux-$arch/templates/hutch_zygote_node.node; do
       [ -f "$f" ] || { echo "prebuild: $f is missing: run npm run prebuild before npm pack" >&2; exit 1; }
-      newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f ! -name "*.py" | head -1) # zygote.py ships as source
+      newer=$(find addon binding.gyp scripts/build-init.sh scripts/build-zygote.sh -newer "$f" -type f ! -name "*.py" ! -name "*.cjs" | head -1) # zygote.py and zygote.cjs ship as source
       [ -z "$newer" ] || { echo "prebuild: $f is older than $newer: run npm run prebuild before npm pack" >&2; exit 1; }
     done
   done
@@ -56,7 +57,7 @@ for arch in $archs; do
   # addon, and the helper a zygote loads (scripts/build-zygote.sh, built with $CC).
   rm -f "$out/hutch_template.node" "$out/libhutch-zygote.so"
   mkdir -p "$out/templates"
-  cp build/Release/hutch_template.node build/Release/libhutch-zygote.so "$out/templates/"
+  cp build/Release/hutch_template.node build/Release/libhutch-zygote.so build/Release/hutch_zygote_node.node "$out/templates/"
   file "$out"/* "$out"/templates/* 2>/dev/null || ls -lR "$out"
 done
 # prebuildify moves the addon out of build/ (and the last build may be another arch's): the

@@ -32,7 +32,7 @@ import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
 import { discardFork, feedStdin, forkSandbox, placeFork, prepareFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
-import { fail, fdinfoPid, helperFiles, tn } from './native.js';
+import { fail, fdinfoPid, helperFiles, nodeZygoteFiles, tn } from './native.js';
 import { startZygote, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
@@ -40,6 +40,12 @@ export type { TemplateOptions, TemplateRunOptions } from '../options.js';
 const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
 /** Where the zygote's own files are bound in the template (not carried into forks). */
 const ZDIR = '/.hutch-zygote';
+/**
+ * The built-in Node zygote. `--single-threaded`: V8 posts no task to the platform's worker
+ * threads (no concurrent marking, sweeping or compiling), which a fork does not have (the
+ * zygote turns off two more background features at its start: zygote.cjs).
+ */
+const NODE_ZYGOTE = ['node', '--single-threaded', `${ZDIR}/zygote.cjs`];
 
 /**
  * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
@@ -101,7 +107,9 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (zygote !== 'python' && zygote !== 'node' && !(Array.isArray(zygote) && zygote.length > 0 && zygote.every((a) => typeof a === 'string' && a !== ''))) {
       throw invalid('zygote', "'python', 'node' or a command (array of strings) that serves the zygote protocol", zygote);
     }
-    if (zygote === 'node') throw new HutchError('EUNSUPPORTED', "zygote 'node' is not built yet; use 'python' or a command that serves the zygote protocol (docs/templates.md)");
+    if (zygote === 'node' && process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE !== '1') {
+      throw new HutchError('EUNSUPPORTED', "zygote 'node' is experimental and off: a fork of node has none of V8's platform threads, and a task that makes V8 use them (repeated full garbage collections, an async WebAssembly compile, a Worker that ends) hangs until its timeout (docs/templates.md, \"The Node zygote\"). Use zygote 'python', a cold Sandbox.run for node, or set HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1 to try it");
+    }
     if (!Array.isArray(preload) || !preload.every((p) => typeof p === 'string' && p !== '' && !p.includes('\0'))) throw invalid('preload', 'an array of module names or file paths', preload);
     if (!Number.isInteger(size) || size < 0 || size > 64) throw invalid('size', 'an integer from 0 to 64 (forks kept ready)', size);
     if (!Number.isInteger(zygoteTimeoutMs) || zygoteTimeoutMs <= 0) throw invalid('zygoteTimeoutMs', 'a positive number of milliseconds', zygoteTimeoutMs);
@@ -115,7 +123,16 @@ export class ZygoteTemplate implements SandboxTemplate {
     const store = opts.store ?? ImageStore.default();
     const image = await resolveCached(store, opts.image);
     t.zygoteEnv = { HUTCH_ZYGOTE_LIB: `${ZDIR}/libhutch-zygote.so`, HUTCH_ZYGOTE_PRELOAD: JSON.stringify(preload) };
-    t.zygoteArgv = zygote === 'python' ? ['python3', `${ZDIR}/zygote.py`, ...preload] : zygote;
+    t.zygoteArgv = zygote === 'python' ? ['python3', `${ZDIR}/zygote.py`, ...preload] : zygote === 'node' ? NODE_ZYGOTE : zygote;
+    // The Node zygote's script and addon (docs/templates.md, "The Node zygote").
+    const nodeFiles = zygote === 'node' ? nodeZygoteFiles() : null;
+    const nodeMounts = nodeFiles
+      ? [
+          { source: nodeFiles.script, target: `${ZDIR}/zygote.cjs`, readonly: true },
+          { source: nodeFiles.addon, target: `${ZDIR}/hutch_zygote_node.node`, readonly: true },
+        ]
+      : [];
+    if (nodeFiles) t.zygoteEnv.HUTCH_ZYGOTE_NODE_ADDON = `${ZDIR}/hutch_zygote_node.node`;
     // The template sandbox: the zygote needs the capabilities and syscalls of the fork-time
     // steps (unshare, mount, pivot_root); no task code ever runs in it. Each fork drops to
     // the template's own capabilities and seccomp before its task starts.
@@ -130,6 +147,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         ...(rest.mounts ?? []),
         { source: files.lib, target: `${ZDIR}/libhutch-zygote.so`, readonly: true },
         { source: files.python, target: `${ZDIR}/zygote.py`, readonly: true },
+        ...nodeMounts,
       ],
     });
     try {
@@ -149,7 +167,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         hostname: opts.hostname ?? `hutch-${t.sandbox.id}`,
         masked: MASKED,
         readonly: READONLY,
-        skip: [`${ZDIR}/libhutch-zygote.so`, `${ZDIR}/zygote.py`, ...(opts.mounts.length === 0 ? [] : [])],
+        skip: [`${ZDIR}/libhutch-zygote.so`, `${ZDIR}/zygote.py`, ...nodeMounts.map((m) => m.target)],
         readonlyRoot: opts.readonlyRootfs,
       };
       t.site = {

@@ -56,6 +56,11 @@ export function helperFiles(): { lib: string; python: string } {
   return { lib: binary('libhutch-zygote.so'), python: join(packageRoot(), 'addon', 'zygote', 'zygote.py') };
 }
 
+/** The Node zygote's own files: its script and its addon (which loads the helper library). */
+export function nodeZygoteFiles(): { script: string; addon: string } {
+  return { script: join(packageRoot(), 'addon', 'zygote', 'zygote.cjs'), addon: binary('hutch_zygote_node.node') };
+}
+
 /** ESETUP for a fork's failed step. */
 export function fail(step: string, errno: number, what: string): HutchError {
   return new HutchError('ESETUP', `template fork failed at ${step}: ${errnoName(errno) ?? errno} (${what})`, { step: step as HutchErrorStep, errno: errnoName(errno) ?? String(errno) });

@@ -1,0 +1,237 @@
+'use strict';
+/*
+ * hutch's built-in Node zygote (docs/templates.md, "The Node zygote"). Run as
+ * `node --single-threaded zygote.cjs`: V8 then posts no task to the platform's worker
+ * threads, which a forked child does not have. Requires the preload, then serves the zygote
+ * protocol through its addon (hutch_zygote_node.node, which loads libhutch-zygote.so): the
+ * addon's serve() returns only in a forked child that the helper has made a fresh sandbox,
+ * with its task's request. The task then runs in this warm interpreter: `node main.js args`,
+ * `node -e code`, `node -p code`, `node -` (stdin). Any other command, and node with options
+ * of its own, is exec'd (no warm start, same isolation).
+ */
+const fs = require('node:fs');
+const path = require('node:path');
+const Module = require('node:module');
+const vm = require('node:vm');
+const util = require('node:util');
+const crypto = require('node:crypto');
+const { errno: ERRNO } = require('node:os').constants;
+
+// Two background features --single-threaded leaves on in node 20's V8 (inert without
+// concurrent recompilation and streaming compiles, which it turns off; off here to be sure).
+// Set here, not on the command line: a V8 that lacks a flag ignores it here, where on the
+// command line node would refuse to start.
+for (const f of ['--no-concurrent-osr', '--no-concurrent-cache-deserialization']) require('node:v8').setFlagsFromString(f);
+
+const env = process.env;
+const addon = require(env.HUTCH_ZYGOTE_NODE_ADDON);
+addon.load(env.HUTCH_ZYGOTE_LIB);
+const preload = JSON.parse(env.HUTCH_ZYGOTE_PRELOAD || '[]');
+delete env.HUTCH_ZYGOTE_NODE_ADDON;
+delete env.HUTCH_ZYGOTE_LIB;
+delete env.HUTCH_ZYGOTE_PRELOAD;
+
+function say(s) {
+  fs.writeSync(2, `hutch node zygote: ${s}\n`);
+}
+
+// The preload, resolved as the task's own require would from the working directory.
+const preloadRequire = Module.createRequire(path.join(process.cwd(), '[preload]'));
+for (const name of preload) {
+  try {
+    preloadRequire(name.includes('/') && !name.startsWith('@') ? path.resolve(name) : name);
+  } catch (e) {
+    say(`cannot preload ${JSON.stringify(name)}: ${e && e.stack ? e.stack : e}`);
+    process.exitCode = 1;
+    addon.exit(1);
+  }
+}
+
+const errnoOf = (e) => (e && typeof e.code === 'string' && ERRNO[e.code]) || (e && typeof e.errno === 'number' && Math.abs(e.errno)) || 5;
+
+/** The task's files ([[path, size], ...] in order, their bytes one after another on `fd`). */
+function writeFiles(files, fd) {
+  for (const [p, size] of files) {
+    const data = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const n = fs.readSync(fd, data, got, size - got, null);
+      if (n === 0) throw Object.assign(new Error('the files of the request ended early'), { code: 'EPIPE' });
+      got += n;
+    }
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    fs.writeFileSync(p, data);
+    if ((data[0] === 0x23 && data[1] === 0x21) || (data[0] === 0x7f && data[1] === 0x45 && data[2] === 0x4c && data[3] === 0x46)) fs.chmodSync(p, 0o755);
+  }
+  fs.closeSync(fd);
+}
+
+function step(name, f) {
+  try {
+    return f();
+  } catch (e) {
+    addon.fail(name, errnoOf(e));
+  }
+}
+
+/**
+ * Math.random in this fork: V8's generator state (the isolate's, and this context's cache)
+ * is the zygote's, the same in every fork. It draws from the CSPRNG instead, which OpenSSL
+ * reseeded in this process (its pid differs from the zygote's).
+ */
+function reseedMathRandom() {
+  const pool = new Uint32Array(1024);
+  let at = pool.length;
+  const random = function random() {
+    if (at + 2 > pool.length) {
+      crypto.randomFillSync(pool);
+      at = 0;
+    }
+    const a = pool[at++] >>> 5;
+    const b = pool[at++] >>> 6;
+    return (a * 67108864 + b) / 9007199254740992;
+  };
+  Object.defineProperty(Math, 'random', { value: random, writable: true, configurable: true, enumerable: false });
+}
+
+/** How node prints an error that ends the process (source line when the stack names a file). */
+function printFatal(er) {
+  let out = '';
+  try {
+    const frame = er && typeof er.stack === 'string' ? /\(?((?:\/|file:\/\/)[^():]+):(\d+):(\d+)\)?/.exec(er.stack.split('\n').slice(1).join('\n')) : null;
+    if (frame) {
+      const file = frame[1].startsWith('file://') ? new URL(frame[1]).pathname : frame[1];
+      const line = fs.readFileSync(file, 'utf8').split('\n')[Number(frame[2]) - 1];
+      if (line !== undefined) out += `${file}:${frame[2]}\n${line}\n${' '.repeat(Math.max(0, Number(frame[3]) - 1))}^\n\n`;
+    }
+  } catch {}
+  try {
+    out += er instanceof Error ? util.inspect(er) : `Uncaught ${util.inspect(er)}`;
+  } catch {
+    out += String(er);
+  }
+  out += `\n\nNode.js ${process.version}\n`;
+  try {
+    fs.writeSync(2, out);
+  } catch {}
+}
+
+/**
+ * The task ends through _exit: node's own exit disposes the V8 platform and joins its worker
+ * threads, which do not exist in a fork. Every way a node program ends passes here: the
+ * natural end and process.exit() (the 'exit' event, after every listener), process.reallyExit,
+ * and an uncaught exception or unhandled rejection (printed as node prints it, status 1).
+ */
+function hookExit() {
+  let fatal = false;
+  const end = (code) => addon.exit(Number(code) & 0xff);
+  const emit = process.emit;
+  process.emit = function (ev, ...a) {
+    const r = emit.call(this, ev, ...a);
+    if (ev === 'exit' && !fatal) end(process.exitCode ?? a[0] ?? 0);
+    return r;
+  };
+  process.reallyExit = (code) => end(code ?? process.exitCode ?? 0);
+  // The natural end, as node's: 'beforeExit' (which may schedule more work), then 'exit'.
+  addon.watchEnd(() => {
+    process.emit('beforeExit', process.exitCode ?? 0);
+    if (addon.idle()) process.emit('exit', process.exitCode ?? 0);
+  });
+  const onFatal = process._fatalException;
+  process._fatalException = function (er, fromPromise) {
+    fatal = true;
+    let handled;
+    try {
+      handled = onFatal.call(this, er, fromPromise);
+    } finally {
+      fatal = false;
+    }
+    if (handled === false) {
+      printFatal(er);
+      end(process.exitCode || 1);
+    }
+    return handled;
+  };
+}
+
+/** Options of node's own that a warm interpreter cannot honour: such a command is exec'd. */
+function warmArgs(argv) {
+  const name = path.basename(argv[0]);
+  if (name !== 'node' && name !== 'nodejs') return null;
+  const a = argv.slice(1);
+  if (a[0] === '-e' || a[0] === '--eval' || a[0] === '-p' || a[0] === '--print') return a.length >= 2 ? { kind: a[0].startsWith('-p') || a[0] === '--print' ? 'print' : 'eval', code: a[1], rest: a.slice(2) } : null;
+  if (a[0] === '--') a.shift();
+  if (a.length === 0 || a[0] === '-') return { kind: 'stdin', rest: a.slice(1) };
+  if (a[0].startsWith('-')) return null;
+  return { kind: 'script', script: a[0], rest: a.slice(1) };
+}
+
+function evalCode(code, name, print) {
+  const filename = path.join(process.cwd(), name);
+  const m = new Module(filename);
+  m.filename = filename;
+  m.paths = Module._nodeModulePaths(process.cwd());
+  globalThis.module = m;
+  globalThis.exports = m.exports;
+  globalThis.require = Module.createRequire(filename);
+  globalThis.__filename = name;
+  globalThis.__dirname = '.';
+  const r = vm.runInThisContext(code, { filename: name, importModuleDynamically: vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER });
+  if (print) console.log(r);
+}
+
+/** In the task (PID 1 of its own sandbox). */
+function runTask(json, filesFd) {
+  const req = JSON.parse(json);
+  const e = Object.entries(req.env).filter(([k, v]) => k && !k.includes('=') && !(k + v).includes('\0'));
+  addon.environ(Buffer.from(e.map(([k, v]) => `${k}=${v}\0`).join('')));
+  step('files', () => writeFiles(req.files, filesFd));
+  step('cwd', () => process.chdir(req.cwd));
+  const argv = req.argv;
+  const w = warmArgs(argv);
+  if (!w) addon.fail('exec', addon.exec(argv[0], argv));
+  if (w.kind === 'script') {
+    const script = path.resolve(w.script);
+    process.argv = [process.execPath, script, ...w.rest];
+  } else {
+    process.argv = [process.execPath, ...w.rest];
+  }
+  process.execArgv = [];
+  // node read its pid at its start: the zygote's. This process is PID 1 of its own namespace.
+  const [pid, ppid] = addon.ids();
+  Object.defineProperty(process, 'pid', { value: pid, writable: false, enumerable: true, configurable: true });
+  Object.defineProperty(process, 'ppid', { value: ppid, writable: true, enumerable: true, configurable: true });
+  reseedMathRandom();
+  hookExit();
+  addon.close(); // task code from here on: the request socket is gone
+  if (w.kind === 'script') Module.runMain(process.argv[1]);
+  else if (w.kind === 'stdin') evalCode(fs.readFileSync(0, 'utf8'), '[stdin]', false);
+  else evalCode(w.code, '[eval]', w.kind === 'print');
+}
+
+/** A fork prepared ahead, before its request: the zygote's own path a task takes, once. */
+function warm() {
+  JSON.parse('{"argv": ["node", "-e", "0"], "env": {"A": "b"}, "cwd": "/", "files": []}');
+  warmArgs(['node', 'main.js']);
+  path.resolve('main.js');
+  process.cwd();
+  vm.runInThisContext('0', { filename: '[warm]' });
+  Module.createRequire('/[warm]');
+  Buffer.from('warm');
+}
+
+// What every task uses, loaded once here (process.stdout and console load net, tty and
+// stream when first used; many programs use the rest); then a full collection, so that the
+// forks start with as little garbage as can be.
+for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', 'url', 'os', 'zlib', 'child_process', 'worker_threads', 'readline']) require(`node:${m}`);
+require('node:v8').setFlagsFromString('--expose-gc');
+vm.runInNewContext('gc')();
+if (!addon.listen()) addon.exit(0);
+let r = addon.serve();
+if (r === null) addon.exit(0); // the host is gone
+if (r === 'prepared') {
+  warm();
+  r = addon.ready();
+}
+runTask(r[0], r[1]);
+// The event loop runs the task from here; it ends through hookExit's _exit.
