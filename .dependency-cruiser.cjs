@@ -1,7 +1,7 @@
 /**
  * The layers of lib/ and the direction of their imports (issue 14, docs/architecture.md):
  *
- *   base (errors, units, conventions, the Limits type) → native → concerns (cgroup | network |
+ *   base (errors, units, conventions, random names, the Limits type) → native → concerns (cgroup | network |
  *   seccomp | idmap | disk | image core: the ImageStore and its parts, commit) → options → plan →
  *   runtime (start, sandbox, process, warm, pool) → image build (which runs sandboxes; it
  *   registers itself on the store's hooks), index, CLI
@@ -11,7 +11,7 @@
  * `npm run check:deps` in CI (.ci/run).
  */
 const LAYERS = [
-  ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol|limit-types)\\.ts$']],
+  ['base', ['^lib/(errors|units|conventions|validators|trace|teardowns|protocol|limit-types|random)\\.ts$']],
   ['native', ['^lib/(native|native-load|setup-errors|child-setup)\\.ts$']],
   ['concerns', [
     '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
