@@ -183,6 +183,17 @@ export async function checkHost(): Promise<HostReport> {
   }
   const seccomp = /^Seccomp:/m.test(read('/proc/self/status'));
   add({ name: 'seccomp', ok: seccomp, detail: seccomp ? 'filter mode available' : 'not built in', neededFor: 'the default syscall filter', fix: 'a kernel with CONFIG_SECCOMP_FILTER' });
+  // Egress by name: the name check holds a connection's first packets in a netfilter queue
+  // (lib/network/nfqueue.ts) reached through the xtables NFQUEUE target (nft_compat).
+  const queue = existsSync('/proc/net/netfilter/nfnetlink_queue');
+  const nfqTarget = /^NFQUEUE$/m.test(read('/proc/net/ip_tables_targets'));
+  add({
+    name: 'egress by name',
+    ok: mode === 'root' && queue && nfqTarget,
+    detail: mode !== 'root' ? `not in mode ${mode}: the name check sits on the host side of a veth` : queue && nfqTarget ? 'netfilter queue and the NFQUEUE target loaded' : `${queue ? '' : 'nfnetlink_queue '}${nfqTarget ? '' : 'xt_NFQUEUE '}not loaded`,
+    neededFor: "network.domains, deny and ask (the DNS and SNI/Host check)",
+    fix: mode !== 'root' ? 'run hutch as host root' : 'modprobe nfnetlink_queue xt_NFQUEUE nft_compat (a kernel with CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT)',
+  });
   const bb = existsSync('/bin/busybox');
   add({ name: 'busybox-static', ok: bb, detail: bb ? '/bin/busybox' : 'missing', neededFor: "the builtin 'busybox' image", fix: 'apt-get install busybox-static' });
   const essential = ['kernel', 'mode', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];

@@ -9,9 +9,11 @@ describe('checkHost and the CLI', () => {
     expect(r.root).toBe(true);
     expect(['v2', 'v1', 'hybrid']).toContain(r.cgroups);
     const names = r.checks.map((c) => c.name);
-    for (const n of ['kernel', 'user namespaces', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API', 'idmapped mounts', 'cgroups', 'seccomp']) {
+    for (const n of ['kernel', 'user namespaces', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API', 'idmapped mounts', 'cgroups', 'seccomp', 'egress by name']) {
       expect(names).toContain(n);
     }
+    // As host root on a kernel with the netfilter queue (this machine: built in), egress by name is available.
+    expect(r.checks.find((c) => c.name === 'egress by name')?.ok).toBe(true);
     for (const c of r.checks) {
       expect(c.neededFor.length).toBeGreaterThan(0);
       if (!c.ok) expect(c.fix).toBeTruthy();
