@@ -185,12 +185,14 @@ export async function checkHost(): Promise<HostReport> {
   add({ name: 'seccomp', ok: seccomp, detail: seccomp ? 'filter mode available' : 'not built in', neededFor: 'the default syscall filter', fix: 'a kernel with CONFIG_SECCOMP_FILTER' });
   // Egress by name: the name check holds a connection's first packets in a netfilter queue
   // (lib/network/nfqueue.ts) reached through the xtables NFQUEUE target (nft_compat).
-  const queue = existsSync('/proc/net/netfilter/nfnetlink_queue');
-  const nfqTarget = /^NFQUEUE$/m.test(read('/proc/net/ip_tables_targets'));
+  // Built in, or a module the kernel loads at first use (nfnetlink and nft_compat request them).
+  const moduleFile = (name: string) => ['', '.xz', '.zst', '.gz'].some((z) => existsSync(`/lib/modules/${k}/kernel/net/netfilter/${name}.ko${z}`));
+  const queue = existsSync('/proc/net/netfilter/nfnetlink_queue') || moduleFile('nfnetlink_queue');
+  const nfqTarget = /^NFQUEUE$/m.test(read('/proc/net/ip_tables_targets')) || moduleFile('xt_NFQUEUE');
   add({
     name: 'egress by name',
     ok: mode === 'root' && queue && nfqTarget,
-    detail: mode !== 'root' ? `not in mode ${mode}: the name check sits on the host side of a veth` : queue && nfqTarget ? 'netfilter queue and the NFQUEUE target loaded' : `${queue ? '' : 'nfnetlink_queue '}${nfqTarget ? '' : 'xt_NFQUEUE '}not loaded`,
+    detail: mode !== 'root' ? `not in mode ${mode}: the name check sits on the host side of a veth` : queue && nfqTarget ? 'the netfilter queue and the NFQUEUE target (built in or as modules)' : `${queue ? '' : 'nfnetlink_queue '}${nfqTarget ? '' : 'xt_NFQUEUE '}missing`,
     neededFor: "network.domains, deny and ask (the DNS and SNI/Host check)",
     fix: mode !== 'root' ? 'run hutch as host root' : 'modprobe nfnetlink_queue xt_NFQUEUE nft_compat (a kernel with CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT)',
   });
