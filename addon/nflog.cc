@@ -10,6 +10,7 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netlink.h>
@@ -31,6 +32,8 @@
 #include "nflog.h"
 
 namespace {
+
+namespace nl = hutch_netlink;
 
 Napi::Object failure(Napi::Env env, const char *step, int err) {
   Napi::Object o = Napi::Object::New(env);
@@ -166,6 +169,43 @@ Napi::Value OriginalDst(const Napi::CallbackInfo &info) {
   return o;
 }
 
+// conntrackForget(src, sport, dst, dport): deletes the conntrack entry of the TCP connection
+// src:sport -> dst:dport (its original direction; IPCTNL_MSG_CT_DELETE), after the ask listener
+// has reset a connection it refused. Otherwise the entry lingers closed for ~10 s, still
+// carrying its redirect to the listener, and a new SYN from the same source port reopens it
+// (conntrack lets a closed connection be reopened) instead of being judged as new by the
+// kernel's rules. true (ENOENT included: already gone), or a failure.
+int ct_fd = -1;
+Napi::Value ConntrackForget(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  in_addr src{}, dst{};
+  if (inet_pton(AF_INET, nl::arg_string(info[0]).c_str(), &src) != 1 || inet_pton(AF_INET, nl::arg_string(info[2]).c_str(), &dst) != 1)
+    return failure(env, "address", EINVAL);
+  uint16_t sport = htons(static_cast<uint16_t>(info[1].As<Napi::Number>().Uint32Value()));
+  uint16_t dport = htons(static_cast<uint16_t>(info[3].As<Napi::Number>().Uint32Value()));
+  if (ct_fd < 0) ct_fd = nl::nl_open(NETLINK_NETFILTER);
+  if (ct_fd < 0) return failure(env, "socket", -ct_fd);
+  nl::nl_req r;
+  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, 0, sizeof(nfgenmsg)));
+  g->nfgen_family = AF_INET;
+  g->version = NFNETLINK_V0;
+  rtattr *tuple = nl::nest_begin(r, CTA_TUPLE_ORIG | NLA_F_NESTED);
+  rtattr *ip = nl::nest_begin(r, CTA_TUPLE_IP | NLA_F_NESTED);
+  nl::attr_put(r, CTA_IP_V4_SRC, &src, sizeof src);
+  nl::attr_put(r, CTA_IP_V4_DST, &dst, sizeof dst);
+  nl::nest_end(r, ip);
+  rtattr *proto = nl::nest_begin(r, CTA_TUPLE_PROTO | NLA_F_NESTED);
+  uint8_t tcp = IPPROTO_TCP;
+  nl::attr_put(r, CTA_PROTO_NUM, &tcp, sizeof tcp);
+  nl::attr_put(r, CTA_PROTO_SRC_PORT, &sport, sizeof sport);
+  nl::attr_put(r, CTA_PROTO_DST_PORT, &dport, sizeof dport);
+  nl::nest_end(r, proto);
+  nl::nest_end(r, tuple);
+  nl::nl_result res = nl::nl_talk(ct_fd, r);
+  if (res.err != 0 && res.err != -ENOENT) return failure(env, "ctdelete", -res.err);
+  return Napi::Boolean::New(env, true);
+}
+
 int counter_fd = -1;
 
 // Walks the attributes in [p, p + len) for `type`; its payload and length, or null.
@@ -186,7 +226,7 @@ const char *find_attr(const char *p, int len, uint16_t type, size_t *out_len) {
 // one netlink round trip on the JS thread, no nft process), or a failure. lib/network reads a
 // sandbox's refused-packet counter at each exec's end: what the log's rate limit left out.
 Napi::Value NftCounter(const Napi::CallbackInfo &info) {
-  namespace nl = hutch_netlink;
+
   Napi::Env env = info.Env();
   std::string table = nl::arg_string(info[0]), name = nl::arg_string(info[1]);
   if (counter_fd < 0) counter_fd = nl::nl_open(NETLINK_NETFILTER);
@@ -243,7 +283,7 @@ size_t put_batch_marker(char *buf, size_t off, uint16_t type, uint32_t seq) {
 // What `nft add element` does, without a process (~2 ms, more on a loaded host) on the path
 // of a sandbox's first connection to a freshly resolved name.
 Napi::Value NftAddElements(const Napi::CallbackInfo &info) {
-  namespace nl = hutch_netlink;
+
   Napi::Env env = info.Env();
   std::string table = nl::arg_string(info[0]), set = nl::arg_string(info[1]);
   Napi::Array list = info[2].As<Napi::Array>();
@@ -314,6 +354,7 @@ void InitNflog(Napi::Env env, Napi::Object exports) {
   exports.Set("nflogOpen", Napi::Function::New(env, NflogOpen));
   exports.Set("nflogRead", Napi::Function::New(env, NflogRead));
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst));
+  exports.Set("conntrackForget", Napi::Function::New(env, ConntrackForget));
   exports.Set("nftCounter", Napi::Function::New(env, NftCounter));
   exports.Set("nftAddElements", Napi::Function::New(env, NftAddElements));
 }

@@ -140,6 +140,8 @@ export interface Native {
   nftAddElements(table: string, set: string, addresses: string[]): true | (NativeFailure & { step: string });
   /** SO_ORIGINAL_DST of a redirected TCP connection (the ask listener, lib/network/sni-proxy.ts). */
   originalDst(fd: number): { address: string; port: number } | (NativeFailure & { step: string });
+  /** Deletes the conntrack entry of TCP src:sport -> dst:dport (the ask listener, after refusing); true when gone. */
+  conntrackForget(src: string, sport: number, dst: string, dport: number): true | (NativeFailure & { step: string });
   /** addon/relay.cc: both ways between two sockets with splice on a thread. Bytes moved, -1 after an error. */
   spliceRelay(a: number, b: number, id: number): Promise<number>;
   relayStop(id: number): void;

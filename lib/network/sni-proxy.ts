@@ -127,7 +127,14 @@ export class SniProxy {
       .then((verdict) => {
         if (verdict !== true) {
           this.hooks.refused({ host: null, address: dst.address, port: dst.port, reason: verdict });
-          return void client.resetAndDestroy();
+          // The reset goes out in resetAndDestroy's close(2); then the connection's conntrack
+          // entry goes too. Left to linger closed, a new connection from the same source port
+          // would reopen it with its redirect to this listener instead of meeting the kernel's
+          // refusal (should the delete fail, only that: the listener answers from the same refusal).
+          const { remoteAddress, remotePort } = client;
+          client.resetAndDestroy();
+          if (remoteAddress && remotePort) native().conntrackForget(remoteAddress, remotePort, dst.address, dst.port);
+          return;
         }
         this.connectOn(client, dst);
       });

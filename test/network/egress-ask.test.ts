@@ -26,23 +26,28 @@ except OSError as e: print(type(e).__name__)
 "`;
 
   // n connects to address:80, each expected to be refused at once; prints how many were.
-  // Refused at once is a refused connect, or (rarely) a connect the ask listener took that is
-  // reset at the first read: a source port the flood reuses from the first, asked connection,
-  // while that connection's conntrack entry lingers closed, reopens the entry with its redirect
-  // to the listener, which answers from the cached refusal (docs/security.md).
   const connectFlood = (address: string, n: number) => `python3 -c "
 import socket
 n = 0
 for i in range(${n}):
-    s = socket.socket(); s.settimeout(20)
-    try:
-        s.connect(('${address}', 80))
-        try:
-            if s.recv(1) == b'': n += 1
-        except ConnectionResetError: n += 1
+    s = socket.socket()
+    try: s.connect(('${address}', 80))
     except ConnectionRefusedError: n += 1
     s.close()
 print(n)"`;
+
+  // Two connections to address:80 from the same source port, 50 ms apart: what each met.
+  const samePortTwice = (address: string, port: number) => `python3 -c "
+import socket, time
+for i in range(2):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.settimeout(20); s.bind(('0.0.0.0', ${port}))
+    try:
+        s.connect(('${address}', 80))
+        try: print('read', s.recv(100) or 'eof')
+        except OSError as e: print('connected', type(e).__name__)
+    except OSError as e: print(type(e).__name__)
+    s.close(); time.sleep(0.05)
+"`;
 
   it('the connection waits for the answer; only true allows, once per address; a refusal, throw or silence resets it with a violation', async () => {
     const asked: EgressRequest[] = [];
@@ -130,6 +135,21 @@ print(n)"`;
       expect(direct.violations).toContainEqual(expect.objectContaining({ address: world.inet.a, port: 8080, reason: 'denied' }));
       expect(direct.violations).toContainEqual(expect.objectContaining({ address: world.inet.rogue, port: 53, reason: 'other resolver' }));
       expect(asked.map((r) => r.address)).toEqual([world.inet.b]);
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it('a refused address stays refused by the kernel for a new connection from the asked one\'s source port (its conntrack entry is gone)', async () => {
+    const sb = await Sandbox.create({ network: net({ domains: ['ok.example'], ask: () => ({ allow: false as const, reason: 'no' }) }) });
+    try {
+      // The first is asked and reset by the listener; the second, same 5-tuple 50 ms later, must
+      // meet the kernel's refusal, not reopen the first one's closed entry (and its redirect).
+      const r = await sh(sb, samePortTwice(world.inet.rogue, 40123));
+      const [first, second] = r.stdout.trim().split('\n');
+      expect(first).toMatch(/^(connected ConnectionResetError|read eof)$/);
+      expect(second).toBe('ConnectionRefusedError');
+      expect(r.violations.filter((v) => v.address === world.inet.rogue)).toHaveLength(2);
     } finally {
       await sb.destroy();
     }
