@@ -54,7 +54,8 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
   // Sandbox.run: a blank made ahead for this store and these limits saves the clone, the
   // cgroup and the id range (lib/warm.ts); an ephemeral tmpfs layer only (no disk to make).
   // A userspace bridge takes a link made ahead instead (network/linkpool.ts): a blank has a netns of its own.
-  const ahead = opts.network.mode === 'bridge' && opts.network.backend === 'userspace' && linksAhead(opts.network);
+  const userspaceNet = opts.network.mode === 'bridge' && opts.network.backend === 'userspace' ? opts.network : null;
+  const ahead = userspaceNet !== null && linksAhead(userspaceNet);
   const warmKey = hooks.warm && plan.warmable && !ahead ? `${image.layersDir}\0${image.image.id}\0${JSON.stringify(opts.limits.cgroup)}` : null;
   const blank = warmKey !== null ? await takeBlank(warmKey) : undefined;
   const id = blank?.id ?? randomHex(6);
@@ -124,7 +125,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     }
     const maps = cloneMaps(ids, plan.idMap.size);
     // A userspace link made ahead for this plan: the clone joins its namespaces (linkpool.ts).
-    const link = !s && opts.network.mode === 'bridge' && opts.network.backend === 'userspace' ? await takeLink(opts.network, maps) : null;
+    const link = !s && userspaceNet ? await takeLink(userspaceNet, maps) : null;
     s ??= n.cloneSandbox(encoded.buf, encoded.fds, {
       ...maps,
       ...(link ? { linkUserns: link.userns, linkNetns: link.netns } : {}),
