@@ -16,7 +16,7 @@ import type { ImageStore } from './image/store.js';
 import type { Image } from './image/types.js';
 import { resolveNetwork, type NetworkOptions, type NetworkPlan } from './network/options.js';
 import { checkEgressCapabilities } from './network/policy.js';
-import { checkUserspaceCapabilities } from './network/userspace.js';
+import { checkUserspaceCapabilities } from './network/userspace-options.js';
 
 /**
  * A host path bind-mounted into the sandbox ({@link SandboxOptions.mounts}).

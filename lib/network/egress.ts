@@ -5,7 +5,8 @@
  * refusals seen by the kernel (NFLOG, nflog.ts), by the resolver and by the name check turned
  * into violations (violations.ts), and `setNetworkPolicy`.
  */
-import { isUserspace, namesUnsupported, setUserspaceAllow } from './userspace.js';
+import { isUserspace, setUserspaceAllow } from './userspace.js';
+import { namesUnsupported } from './userspace-options.js';
 import { HutchError } from '../errors.js';
 import { SandboxResolver, askRequest } from './dns-server.js';
 import type { NetworkAttachment } from './index.js';

@@ -41,7 +41,8 @@ import { hostMode } from '../host/mode.js';
 
 
 export { resolveNetwork, networkStateDir, DEFAULT_RANGE, DEFAULT_STATE_DIR } from './options.js';
-export { networkBackend, pastaPid, type NetworkBackend } from './userspace.js';
+export { pastaPid } from './userspace.js';
+export { networkBackend, type NetworkBackend } from './userspace-options.js';
 export type { NetworkOptions, NetworkPlan, BridgePlan, PortMapping, HostPort, ResolvedPort, ResolvedHostPort, Rate } from './options.js';
 export type { Lease } from './lease.js';
 export type { EgressRequest, EgressRefusal, AskFunction } from './policy.js';

@@ -36,7 +36,6 @@ import { isFailure, native } from '../native.js';
 import { formatCidr } from './cidr.js';
 import {
   type InsideRules,
-  type UserspacePlan,
   claimLink,
   insideRuleset,
   nftInside,
@@ -48,6 +47,7 @@ import {
   startPasta,
   unclaimLink,
 } from './userspace.js';
+import type { UserspacePlan } from './userspace-options.js';
 
 /** A plan's spares go when no create has asked for it for this long. */
 const IDLE_MS = 30_000;

@@ -10,7 +10,7 @@ import { suggest } from '../validators.js';
 import { type Cidr, formatCidr, overlaps, parseCidr } from './cidr.js';
 import { readLease, leaseFiles, type ResolvedPort } from './lease.js';
 import { type AskFunction, type EgressPolicy, resolveEgressPolicy } from './policy.js';
-import { type NetworkBackend, checkUserspacePlan, networkBackend } from './userspace.js';
+import { type NetworkBackend, checkUserspacePlan, networkBackend } from './userspace-options.js';
 
 export type { Rate } from '../units.js';
 

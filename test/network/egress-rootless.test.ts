@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { Sandbox } from '../../lib/index.js';
-import { findProgram } from '../../lib/network/userspace.js';
+import { findProgram } from '../../lib/network/userspace-options.js';
 import { isRoot, needs } from '../helpers/require.js';
 
 // Egress by name outside host root: never a sandbox that runs unfiltered. The userspace link
