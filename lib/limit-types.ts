@@ -32,6 +32,17 @@ export interface Limits {
   /** Swap the sandbox may use on top of `memory`; default 0: no swap. */
   memorySwap?: ByteSize;
   /**
+   * Whether the sandbox gets a memory cgroup of its own. `'sandbox'`: yes, with or without a
+   * limit: `usage.memoryPeakBytes` is the cgroup's peak (everything charged: processes, page
+   * cache, tmpfs and /dev/shm, kernel memory) and `oomKills` counts. `'shared'`: no; its
+   * processes are charged to one memory cgroup hutch shares among all such sandboxes, and
+   * `memoryPeakBytes` is the largest resident set of a process of the sandbox (`ru_maxrss`),
+   * `oomKills` 0. A memory cgroup costs the kernel memory that grows with the number of live
+   * sandboxes (docs/limits.md), so the default is `'sandbox'` when `memory` or `memorySwap` is
+   * set (a limit needs it; `'shared'` with either is `EINVAL`) and `'shared'` otherwise.
+   */
+  memoryAccounting?: 'sandbox' | 'shared';
+  /**
    * 0.5 = half a core (cgroup CPU quota over a 100 ms period); from 0.01 up to the number
    * of online CPUs. Default: not limited.
    */

@@ -64,6 +64,7 @@ const MAX_PIDS = 4_194_304;
 const LIMIT_KEYS = [
   'memory',
   'memorySwap',
+  'memoryAccounting',
   'cpus',
   'cpuset',
   'pids',
@@ -171,10 +172,26 @@ function resolveRlimits(field: string, l: Limits): RlimitSetting[] {
   return out;
 }
 
+/** `limits.memoryAccounting`: 'sandbox' when a memory limit is set, else 'shared', unless given. */
+function resolveMemoryAccounting(field: string, value: unknown, limited: boolean): CgroupLimits['memoryAccounting'] {
+  const f = `${field}.memoryAccounting`;
+  if (value === undefined) return limited ? 'sandbox' : 'shared';
+  if (value !== 'sandbox' && value !== 'shared') throw invalid(f, "'sandbox' (a memory cgroup of the sandbox's own) or 'shared' (one hutch shares among sandboxes)", value);
+  if (value === 'shared' && limited) {
+    throw new HutchError(
+      'EINVAL',
+      `invalid option ${f}: 'shared' cannot go with ${field}.memory or ${field}.memorySwap: a memory limit needs a memory cgroup of the sandbox's own. ` +
+        `Leave ${f} unset (or 'sandbox') to keep the limit, or drop the limit to share`,
+    );
+  }
+  return value;
+}
+
 function resolveCgroup(field: string, l: Limits): CgroupLimits {
   const memoryBytes = l.memory === undefined ? null : parseByteSize(`${field}.memory`, l.memory, { min: MIN_MEMORY_BYTES });
   const swapExplicit = l.memorySwap !== undefined;
   const swapBytes = swapExplicit ? parseByteSize(`${field}.memorySwap`, l.memorySwap, { min: 0 }) : 0;
+  const memoryAccounting = resolveMemoryAccounting(field, l.memoryAccounting, memoryBytes !== null || swapExplicit);
 
   let cpuQuotaUs: number | null = null;
   let cpuPeriodUs: number | null = null;
@@ -214,7 +231,7 @@ function resolveCgroup(field: string, l: Limits): CgroupLimits {
     if (Object.values(io).every((v) => v === null)) io = null;
   }
 
-  return { memoryBytes, swapBytes, swapExplicit, cpuQuotaUs, cpuPeriodUs, cpuset, pids, pidsExplicit, io };
+  return { memoryBytes, swapBytes, swapExplicit, memoryAccounting, cpuQuotaUs, cpuPeriodUs, cpuset, pids, pidsExplicit, io };
 }
 
 /**

@@ -93,6 +93,21 @@ export function readPids(procsFile: string): number[] {
 }
 
 /**
+ * The largest VmHWM (a process's resident set high-water mark) of the tasks listed in
+ * `procsFile`, in bytes; 0 when none can be read (a task may end between the list and the read).
+ */
+export function maxVmHwm(procsFile: string): number {
+  let max = 0;
+  for (const pid of readPids(procsFile)) {
+    const t = native().readSmall(`/proc/${pid}/status`);
+    if (typeof t !== 'string') continue;
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(t);
+    if (m) max = Math.max(max, Number(m[1]) * 1024);
+  }
+  return max;
+}
+
+/**
  * SIGKILLs every process listed in `procsFile`. There is a window between reading a pid
  * and killing it; the pid cannot be reused by an unrelated process while it is still
  * listed (it is not reaped yet unless it has already left the cgroup), which is why the

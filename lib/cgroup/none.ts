@@ -18,6 +18,7 @@ export function cgroupOnlyLimits(l: CgroupLimits): string[] {
   const out: string[] = [];
   if (l.memoryBytes !== null) out.push('memory');
   if (l.swapExplicit) out.push('memorySwap');
+  if (l.memoryAccounting === 'sandbox' && l.memoryBytes === null && !l.swapExplicit) out.push('memoryAccounting');
   if (l.cpuQuotaUs !== null) out.push('cpus');
   if (l.cpuset !== null) out.push('cpuset');
   if (l.pidsExplicit) out.push('pids');
@@ -25,7 +26,7 @@ export function cgroupOnlyLimits(l: CgroupLimits): string[] {
   return out;
 }
 
-const EMPTY: CgroupUsage = { memoryPeakBytes: 0, pids: 0, oomKills: 0 };
+const EMPTY: CgroupUsage = { pids: 0, oomKills: 0 };
 
 class NoCgroup implements SandboxCgroup {
   readonly cloneIntoFd = null;
@@ -33,7 +34,12 @@ class NoCgroup implements SandboxCgroup {
   readonly procsFiles: readonly string[] = [];
   readonly joinFiles: readonly string[] = [];
   readonly dirs: readonly string[] = [];
+  readonly joinDirs: readonly string[] = [];
+  readonly ownMemory = false;
   constructor(readonly id: string) {}
+  liveRssPeak(): number {
+    return 0;
+  }
   usage(): CgroupUsage {
     return { ...EMPTY };
   }
@@ -55,6 +61,7 @@ class NoCgroup implements SandboxCgroup {
 export class NoCgroupDriver implements CgroupDriver {
   readonly kind = 'none' as const;
   readonly subtreeRoots: readonly string[] = [];
+  readonly leafParents: readonly string[] = [];
   constructor(readonly reason: string) {}
   create(id: string, limits: CgroupLimits): SandboxCgroup {
     const asked = cgroupOnlyLimits(limits);

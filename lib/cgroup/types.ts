@@ -1,5 +1,13 @@
 /** The cgroup layer's types, shared by the driver front door (driver.ts) and its backends (v1.ts, v2.ts). */
 
+/**
+ * The memory cgroup 'shared' sandboxes are charged to, made once below hutch's subtree root:
+ * v1 and hybrid, in the memory hierarchy (tasks join it); v2, the parent of those sandboxes'
+ * leaves (memory enabled above it, not in it). A name no sandbox id can take (ids do not start
+ * with "."), so prune and listings never take it for a sandbox.
+ */
+export const SHARED_MEMCG = '.shared';
+
 /** CFS period used for `cpus` (the kernel's and Docker's default). */
 export const CPU_PERIOD_US = 100_000;
 
@@ -11,6 +19,12 @@ export interface CgroupLimits {
   swapBytes: number;
   /** True when the caller asked for memorySwap, false when it is the default 0. */
   swapExplicit: boolean;
+  /**
+   * 'sandbox': a memory cgroup of the sandbox's own (always with memoryBytes or swapExplicit;
+   * exact peak and OOM counts). 'shared': none; the sandbox's tasks are charged to one memory
+   * cgroup hutch makes once in its subtree (SHARED_MEMCG), shared by every such sandbox.
+   */
+  memoryAccounting: 'sandbox' | 'shared';
   /** cpu.max "quota period" / cfs_quota_us, cfs_period_us. Both null or both set. */
   cpuQuotaUs: number | null;
   cpuPeriodUs: number | null;
@@ -30,12 +44,18 @@ export interface CgroupUsage {
    * Highest memory charge of the sandbox's cgroup (anon + page cache + kernel memory) since
    * creation or the last resetPeak(), in bytes. v2: memory.peak (5.19+; per-fd reset on
    * 6.12+), else the current charge (memory.current) when the kernel has no peak; v1:
-   * memory.max_usage_in_bytes. 0 when the memory controller is not available.
+   * memory.max_usage_in_bytes. Absent when the sandbox has no memory cgroup of its own
+   * (memoryAccounting 'shared', or no memory controller): the caller then reports the largest
+   * resident set of its processes instead (wait4's ru_maxrss, /proc/<pid>/status VmHWM).
    */
-  memoryPeakBytes: number;
+  memoryPeakBytes?: number;
   /** Tasks (processes and threads) in the sandbox now: pids.current. 0 when the pids controller is not available. */
   pids: number;
-  /** Processes of the sandbox killed by the OOM killer since creation: memory.events oom_kill / memory.oom_control oom_kill. */
+  /**
+   * Processes of the sandbox killed by the OOM killer since creation: memory.events oom_kill /
+   * memory.oom_control oom_kill. 0 without a memory cgroup of its own (no limit of its own to
+   * hit; the host's OOM killer shows as SIGKILL).
+   */
   oomKills: number;
   /** CPU time of every task that ran in the sandbox since creation: cpu.stat (v2 and hybrid) / cpuacct (v1). */
   cpuUserMs?: number;
@@ -81,6 +101,19 @@ export interface SandboxCgroup {
   readonly joinFiles: readonly string[];
   /** Every directory this sandbox's cgroup consists of (the leaf in each hierarchy used). */
   readonly dirs: readonly string[];
+  /**
+   * Where a task must be written (cgroup.procs) to be in the sandbox: `dirs`, plus on v1 and
+   * hybrid the shared memory cgroup when the sandbox has none of its own (it is not in
+   * `dirs`: kill and destroy never touch it).
+   */
+  readonly joinDirs: readonly string[];
+  /** Whether the sandbox has a memory cgroup of its own (usage().memoryPeakBytes is then set). */
+  readonly ownMemory: boolean;
+  /**
+   * The largest resident set high-water mark (VmHWM) of the tasks in the sandbox now, in
+   * bytes (0 when none can be read): what stands for a peak without a memory cgroup of its own.
+   */
+  liveRssPeak(): number;
   /** What the sandbox used so far; see CgroupUsage for each field. */
   usage(): CgroupUsage;
   /** Cheap: OOM kills so far (one small read). */
@@ -118,8 +151,13 @@ export interface SandboxCgroup {
 export interface CgroupDriver {
   /** 'none': no cgroup (outside root mode without a delegated cgroup: lib/cgroup/none.ts). */
   readonly kind: 'v2' | 'v1' | 'hybrid' | 'none';
-  /** The directories sandbox cgroups are created in (hutch's subtree root in each hierarchy used). */
+  /** hutch's subtree root in each hierarchy used. */
   readonly subtreeRoots: readonly string[];
+  /**
+   * Every directory sandbox cgroups are created in: the subtree roots, and on v2 the shared
+   * memory cgroup (SHARED_MEMCG) below the root, the parent of the 'shared' sandboxes' leaves.
+   */
+  readonly leafParents: readonly string[];
   /**
    * Creates the sandbox's cgroup(s) under hutch's subtree and writes its limits. Synchronous
    * (on the create hot path: a mkdir per hierarchy, a write per limit, one open on v2/hybrid).

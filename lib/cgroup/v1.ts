@@ -16,10 +16,10 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, constants } from 'node:fs';
 import { unsupported } from '../errors.js';
-import { CPU_PERIOD_US, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
+import { CPU_PERIOD_US, SHARED_MEMCG, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import { cgroupFailure, errnoOf, hintFor, killListed, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup, type Freezer } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
@@ -46,6 +46,8 @@ export class V1Driver implements CgroupDriver {
   private unifiedPrepared = false;
   private memsw = false;
   private killFile = false;
+  /** The shared memory cgroup ('shared' sandboxes' tasks join it), once made. */
+  private sharedMemDir: string | null = null;
 
   constructor(
     private readonly host: CgroupHost,
@@ -84,6 +86,22 @@ export class V1Driver implements CgroupDriver {
     return [...roots];
   }
 
+  /** The shared memory cgroup holds tasks, never sandbox directories: the roots are all. */
+  get leafParents(): readonly string[] {
+    return this.subtreeRoots;
+  }
+
+  /** Makes the shared memory cgroup below the memory hierarchy's subtree root, once. */
+  private prepareShared(): string {
+    if (this.sharedMemDir !== null) return this.sharedMemDir;
+    const t = this.trees.get('memory')!;
+    this.prepareTree(t);
+    const dir = `${t.root}/${SHARED_MEMCG}`;
+    mkdirSubtreeRoot(dir);
+    this.sharedMemDir = dir;
+    return dir;
+  }
+
   /** Creates hutch's subtree root in one hierarchy, once; cpuset needs cpus and mems before any child may join. */
   private prepareTree(t: Tree): void {
     if (t.prepared) return;
@@ -116,14 +134,19 @@ export class V1Driver implements CgroupDriver {
     );
   }
 
-  /** The controllers this sandbox gets a directory for, in join order. */
+  /**
+   * The controllers this sandbox gets a directory for, in join order. memory only for
+   * memoryAccounting 'sandbox', or where the sandbox would otherwise have no directory to be
+   * killed by (pure v1 with no other hierarchy) or the memory hierarchy is co-mounted with one
+   * it gets a directory in (that directory is a memory cgroup anyway).
+   */
   private plan(limits: CgroupLimits, options: CgroupCreateOptions): V1Controller[] {
     const want = new Set<V1Controller>();
     const require = (c: V1Controller) => {
       if (!this.trees.has(c)) throw this.missing(c);
       want.add(c);
     };
-    if (limits.memoryBytes !== null || limits.swapExplicit) require('memory');
+    if (limits.memoryAccounting === 'sandbox') require('memory');
     // The default pids limit only where the controller is mounted; an asked-for one is required.
     if (limits.pids !== null && limits.pidsExplicit) require('pids');
     if (limits.cpuQuotaUs !== null) require('cpu');
@@ -133,13 +156,14 @@ export class V1Driver implements CgroupDriver {
       if (options.ioDevice === undefined) throw ioNeedsDevice();
       if (!IO_DEVICE.test(options.ioDevice)) throw badIoDevice(options.ioDevice);
     }
-    // Accounting even without limits: peak memory and OOM kills, task count, and CPU time
-    // on pure v1 (hybrid reads it from the cgroup2 leaf's cpu.stat instead).
-    if (this.trees.has('memory')) want.add('memory');
+    // Accounting even without limits: task count, and CPU time on pure v1 (hybrid reads it
+    // from the cgroup2 leaf's cpu.stat instead).
     if (this.trees.has('pids')) want.add('pids');
     if (this.kind === 'v1' && this.trees.has('cpuacct')) want.add('cpuacct');
     // Without a cgroup2 leaf only the v1 freezer can stop the sandbox (commit, pause).
     if (this.trees.has('freezer')) want.add('freezer');
+    const mem = this.trees.get('memory');
+    if (mem && !want.has('memory') && ((want.size === 0 && this.unifiedRoot === null) || [...want].some((c) => this.trees.get(c) === mem))) want.add('memory');
     return V1_CONTROLLERS.filter((c) => want.has(c));
   }
 
@@ -148,6 +172,7 @@ export class V1Driver implements CgroupDriver {
     const ctrls = this.plan(limits, options);
     for (const c of ctrls) this.prepareTree(this.trees.get(c)!);
     this.prepareUnified();
+    const shared = !ctrls.includes('memory') && this.trees.has('memory') ? this.prepareShared() : null;
     if (ctrls.includes('memory')) {
       // memsw bounds memory + swap, so it can only bound swap together with a memory limit.
       if (limits.memoryBytes === null && limits.swapExplicit) {
@@ -212,7 +237,7 @@ export class V1Driver implements CgroupDriver {
       if (e instanceof Error && 'step' in e) throw e;
       throw cgroupFailure('open', unifiedDir ?? made[0] ?? '', e);
     }
-    return new V1Cgroup(id, dirs, unifiedDir, fd >= 0 ? fd : null, this.kind, this.killFile);
+    return new V1Cgroup(id, dirs, unifiedDir, fd >= 0 ? fd : null, this.kind, this.killFile, shared);
   }
 
   private mkdirLeaf(t: Tree | null, dir: string, id: string): void {
@@ -228,6 +253,7 @@ export class V1Driver implements CgroupDriver {
     if (t) {
       t.prepared = false;
       this.prepareTree(t);
+      if (t === this.trees.get('memory')) this.sharedMemDir = null;
     } else {
       this.unifiedPrepared = false;
       this.prepareUnified();
@@ -241,7 +267,7 @@ export class V1Driver implements CgroupDriver {
 
   async prune(isLive: (id: string) => boolean): Promise<string[]> {
     const ids = new Set<string>();
-    for (const r of this.subtreeRoots) for (const id of subdirs(r)) ids.add(id);
+    for (const r of this.subtreeRoots) for (const id of subdirs(r)) if (id !== SHARED_MEMCG) ids.add(id);
     const callerDirs = [...this.trees.values()].map((t) => t.h.callerDir).concat(this.host.unified?.callerDir ?? null);
     const removed: string[] = [];
     for (const id of [...ids].sort()) {
@@ -263,11 +289,14 @@ export class V1Cgroup implements SandboxCgroup {
   readonly procsFiles: readonly string[];
   readonly joinFiles: readonly string[];
   readonly dirs: readonly string[];
+  readonly joinDirs: readonly string[];
+  readonly ownMemory: boolean;
   private fd: number | null;
   /** Made with an fd (not prune's): cloneIntoFd may open it again until destroy. */
   private reopenable: boolean;
   private destroying: Promise<void> | undefined;
 
+  /** `sharedMem`: the shared memory cgroup the sandbox's tasks join instead of one of their own (joined, never killed or removed). */
   constructor(
     readonly id: string,
     private readonly byCtrl: Dirs,
@@ -275,13 +304,23 @@ export class V1Cgroup implements SandboxCgroup {
     fd: number | null,
     private readonly kind: 'v1' | 'hybrid',
     private readonly killFile: boolean,
+    sharedMem: string | null = null,
   ) {
     this.fd = fd;
     this.reopenable = fd !== null;
+    this.ownMemory = byCtrl.memory !== undefined;
     const v1Dirs = [...new Set(V1_CONTROLLERS.map((c) => byCtrl[c]).filter((d): d is string => d !== undefined))];
+    // In join order: the shared memory cgroup where the sandbox's own would be (after cpuset).
+    const joined = [...new Set(V1_CONTROLLERS.map((c) => (c === 'memory' && !this.ownMemory && sharedMem !== null ? sharedMem : byCtrl[c])).filter((d): d is string => d !== undefined))];
     this.procsFiles = v1Dirs.map((d) => `${d}/cgroup.procs`);
-    this.joinFiles = v1Dirs.map((d) => `${d}/tasks`);
+    this.joinFiles = joined.map((d) => `${d}/tasks`);
     this.dirs = unifiedDir ? [...v1Dirs, unifiedDir] : v1Dirs;
+    this.joinDirs = unifiedDir ? [...joined, unifiedDir] : joined;
+  }
+
+  liveRssPeak(): number {
+    const f = this.unifiedDir ? `${this.unifiedDir}/cgroup.procs` : this.procsFiles[0];
+    return f ? maxVmHwm(f) : 0;
   }
 
   get cloneIntoFd(): number | null {
@@ -298,7 +337,7 @@ export class V1Cgroup implements SandboxCgroup {
   usage(): CgroupUsage {
     const mem = this.byCtrl.memory;
     const u: CgroupUsage = {
-      memoryPeakBytes: mem ? readNumber(`${mem}/memory.max_usage_in_bytes`) : 0,
+      ...(mem ? { memoryPeakBytes: readNumber(`${mem}/memory.max_usage_in_bytes`) } : {}),
       pids: this.byCtrl.pids ? readNumber(`${this.byCtrl.pids}/pids.current`) : 0,
       oomKills: this.oomKills(),
     };

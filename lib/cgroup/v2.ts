@@ -10,13 +10,18 @@
  * controllers only in its own subtree root, which never holds a process: every task lives
  * in a sandbox leaf. The root's own parent (normally the caller's cgroup, which holds the
  * Node process) is never written; it must already pass the controllers down.
+ *
+ * A sandbox with memoryAccounting 'shared' gets no memory cgroup of its own: its leaf sits in
+ * `<subtree root>/.shared` (SHARED_MEMCG), a cgroup of hutch's own with no process, whose
+ * parent (the root) enables memory and which itself enables every controller its leaves need
+ * but memory. The leaves then have no memory controller and their tasks are charged to it.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readSync, writeSync, constants } from 'node:fs';
 import { unsupported } from '../errors.js';
-import type { CgroupDriver, CgroupCreateOptions, CgroupLimits, CgroupUsage, SandboxCgroup } from './types.js';
+import { SHARED_MEMCG, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import type { CgroupHost } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import { cgroupFailure, errnoOf, hintFor, killListed, mkdirSubtreeRoot, readControl, readKeyed, readNumber, subdirs, tryRmdir, writeControl } from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirSubtreeRoot, readControl, readKeyed, readNumber, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
@@ -48,6 +53,8 @@ export class V2Driver implements CgroupDriver {
   readonly root: string;
   private prepared: Prepared | undefined;
   private available = new Set<string>();
+  /** The shared memory cgroup's path and the controllers its cgroup.subtree_control enables, once made. */
+  private shared: { dir: string; enabled: Set<string> } | undefined;
 
   constructor(
     private readonly host: CgroupHost,
@@ -59,6 +66,37 @@ export class V2Driver implements CgroupDriver {
 
   get subtreeRoots(): readonly string[] {
     return [this.root];
+  }
+
+  get leafParents(): readonly string[] {
+    return [this.root, `${this.root}/${SHARED_MEMCG}`];
+  }
+
+  /**
+   * Makes the shared memory cgroup once: below the root (which enables memory), with no
+   * process of its own, and no memory in its own cgroup.subtree_control. Held off swap when
+   * the host has swap (memorySwap's default 0), as a sandbox's own cgroup would be.
+   */
+  private prepareShared(): { dir: string; enabled: Set<string> } {
+    if (this.shared) return this.shared;
+    const dir = `${this.root}/${SHARED_MEMCG}`;
+    mkdirSubtreeRoot(dir);
+    const enabled = new Set((readControl(`${dir}/cgroup.subtree_control`) ?? '').trim().split(/\s+/).filter(Boolean));
+    if (enabled.has('memory')) writeControl(dir, 'cgroup.subtree_control', '-memory');
+    enabled.delete('memory');
+    if (this.prepared!.swapFile && this.host.swapActive) writeControl(dir, 'memory.swap.max', '0');
+    this.shared = { dir, enabled };
+    return this.shared;
+  }
+
+  /** Enables `controller` for the shared memory cgroup's leaves (after the root); false when the root cannot. */
+  private enableShared(controller: string): boolean {
+    if (!this.enable(controller)) return false;
+    const s = this.prepareShared();
+    if (s.enabled.has(controller)) return true;
+    writeControl(s.dir, 'cgroup.subtree_control', `+${controller}`, (errno) => (errno === 'EBUSY' ? noInternalProcesses(s.dir) : undefined));
+    s.enabled.add(controller);
+    return true;
   }
 
   /**
@@ -108,15 +146,20 @@ export class V2Driver implements CgroupDriver {
     checkId(id);
     let p = this.prepare();
     const needed: string[] = [];
-    if (limits.memoryBytes !== null) needed.push('memory');
+    const own = limits.memoryAccounting === 'sandbox';
+    if (own) needed.push('memory');
+    // 'shared' needs the shared memory cgroup only where there is memory to account.
+    const shared = !own && p.enabled.has('memory');
+    if (shared) this.prepareShared();
+    const enable = (c: string) => (shared ? this.enableShared(c) : this.enable(c));
     // The default pids limit only where the controller can be had; an asked-for one is required.
-    const pids = limits.pids !== null && (limits.pidsExplicit || this.enable('pids')) ? limits.pids : null;
+    const pids = limits.pids !== null && (limits.pidsExplicit || enable('pids')) ? limits.pids : null;
     if (pids !== null) needed.push('pids');
     if (limits.cpuQuotaUs !== null) needed.push('cpu');
     if (limits.cpuset !== null) needed.push('cpuset');
     if (limits.io !== null) needed.push('io');
     const enableNeeded = () => {
-      for (const c of needed) if (!this.enable(c)) throw this.notDelegated(c);
+      for (const c of needed) if (!enable(c)) throw this.notDelegated(c);
     };
     enableNeeded();
     if (!p.swapFile && (limits.swapExplicit || (limits.memoryBytes !== null && this.host.swapActive))) {
@@ -133,14 +176,16 @@ export class V2Driver implements CgroupDriver {
       if (!IO_DEVICE.test(options.ioDevice)) throw badIoDevice(options.ioDevice);
     }
 
-    const dir = `${this.root}/${id}`;
+    const dir = shared ? `${this.root}/${SHARED_MEMCG}/${id}` : `${this.root}/${id}`;
     try {
       mkdirSync(dir);
     } catch (e) {
       if (errnoOf(e) !== 'ENOENT') throw cgroupFailure('mkdir', dir, e, errnoOf(e) === 'EEXIST' ? `a cgroup for sandbox id ${id} already exists` : hintFor(errnoOf(e), 'mkdir'));
       // The subtree root went away (removed by hand or by a test): make it again, once.
       this.prepared = undefined;
+      this.shared = undefined;
       p = this.prepare();
+      if (shared) this.prepareShared();
       enableNeeded();
       try {
         mkdirSync(dir);
@@ -154,7 +199,7 @@ export class V2Driver implements CgroupDriver {
       // memorySwap's default 0 means no swap at all, with or without a memory limit. On a
       // host with no active swap (read at detection) there is nothing to hold off, and the
       // write is skipped: it is a quarter of create()'s cost.
-      if (p.swapFile && (limits.swapExplicit || this.host.swapActive)) writeControl(dir, 'memory.swap.max', `${limits.swapBytes}`);
+      if (own && p.swapFile && (limits.swapExplicit || this.host.swapActive)) writeControl(dir, 'memory.swap.max', `${limits.swapBytes}`);
       if (pids !== null) writeControl(dir, 'pids.max', `${pids}`);
       if (limits.cpuQuotaUs !== null) writeControl(dir, 'cpu.max', `${limits.cpuQuotaUs} ${limits.cpuPeriodUs}`);
       if (limits.cpuset !== null) {
@@ -179,18 +224,18 @@ export class V2Driver implements CgroupDriver {
       if (e instanceof Error && 'step' in e) throw e;
       throw cgroupFailure('open', dir, e);
     }
-    return new V2Cgroup(id, dir, fd, p);
+    return new V2Cgroup(id, dir, fd, p, own && p.enabled.has('memory'));
   }
 
   async prune(isLive: (id: string) => boolean): Promise<string[]> {
     const removed: string[] = [];
     const caller = this.host.unified?.callerDir ?? null;
     const p = existsSync(this.root) ? this.prepare() : undefined;
-    for (const id of subdirs(this.root)) {
-      const dir = `${this.root}/${id}`;
+    const leaves = this.leafParents.flatMap((parent) => subdirs(parent).filter((id) => id !== SHARED_MEMCG).map((id) => ({ id, dir: `${parent}/${id}` })));
+    for (const { id, dir } of leaves) {
       if (isLive(id)) continue;
       if (caller !== null && (caller === dir || caller.startsWith(dir + '/'))) continue;
-      await new V2Cgroup(id, dir, null, p ?? { enabled: new Set(), swapFile: false, killFile: existsSync(`${dir}/cgroup.kill`) }).destroy();
+      await new V2Cgroup(id, dir, null, p ?? { enabled: new Set(), swapFile: false, killFile: existsSync(`${dir}/cgroup.kill`) }, false).destroy();
       removed.push(id);
     }
     return removed;
@@ -210,15 +255,24 @@ export class V2Cgroup implements SandboxCgroup {
   private peakResettable = true;
   private destroying: Promise<void> | undefined;
 
+  readonly joinDirs: readonly string[];
+
+  /** `ownMemory`: the leaf has the memory controller (memoryAccounting 'sandbox' where memory is enabled). */
   constructor(
     readonly id: string,
     readonly dir: string,
     fd: number | null,
     private readonly p: Prepared,
+    readonly ownMemory: boolean,
   ) {
     this.fd = fd;
     this.reopenable = fd !== null;
     this.dirs = [dir];
+    this.joinDirs = this.dirs;
+  }
+
+  liveRssPeak(): number {
+    return maxVmHwm(`${this.dir}/cgroup.procs`);
   }
 
   get cloneIntoFd(): number | null {
@@ -247,7 +301,7 @@ export class V2Cgroup implements SandboxCgroup {
   usage(): CgroupUsage {
     const cpu = readKeyed(`${this.dir}/cpu.stat`);
     const u: CgroupUsage = {
-      memoryPeakBytes: this.p.enabled.has('memory') ? this.peak() : 0,
+      ...(this.ownMemory ? { memoryPeakBytes: this.peak() } : {}),
       pids: readNumber(`${this.dir}/pids.current`),
       oomKills: this.oomKills(),
     };
@@ -270,11 +324,11 @@ export class V2Cgroup implements SandboxCgroup {
   }
 
   oomKills(): number {
-    return readKeyed(`${this.dir}/memory.events`).get('oom_kill') ?? 0;
+    return this.ownMemory ? (readKeyed(`${this.dir}/memory.events`).get('oom_kill') ?? 0) : 0;
   }
 
   resetPeak(): boolean {
-    if (!this.p.enabled.has('memory') || !this.peakResettable) return false;
+    if (!this.ownMemory || !this.peakResettable) return false;
     if (this.peakFd !== null) closeSync(this.peakFd);
     this.peakFd = null;
     let fd = -1;

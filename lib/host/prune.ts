@@ -130,7 +130,7 @@ export async function pruneHost(store: PruneStoreSide, options: HostPruneOptions
   }
   const cgroups: string[] = [];
   for (const d of drivers) {
-    cgroups.push(...(await d.prune(liveFor(d.subtreeRoots)).catch((e: unknown) => (errors.push(typed('cgroups', e)), [] as string[]))));
+    cgroups.push(...(await d.prune(liveFor(d.leafParents)).catch((e: unknown) => (errors.push(typed('cgroups', e)), [] as string[]))));
   }
 
   const network =

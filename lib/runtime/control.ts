@@ -98,7 +98,10 @@ function onControl(core: SandboxCore): void {
       if (!msg) continue;
     }
     p?.onMessage(msg);
-    if (msg.type === 'exited') checkOom(core);
+    if (msg.type === 'exited') {
+      core.rssPeak = Math.max(core.rssPeak, msg.maxrssKb * 1024);
+      checkOom(core);
+    }
   }
 }
 

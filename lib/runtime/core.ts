@@ -58,6 +58,8 @@ export class SandboxCore {
   readonly caps: bigint;
   readonly baseEnv: string[];
   oomSeen = 0;
+  /** The largest ru_maxrss of an exec that ended, bytes: stats()'s peak without a memory cgroup of the sandbox's own. */
+  rssPeak = 0;
   /** Opens init's pidfd again if it was parked (lib/runtime/control.ts sets it; destroy calls it). */
   unparkPidfd: () => void = () => undefined;
   /** Set by create when an AbortSignal is given; destroy removes it. */
@@ -101,6 +103,14 @@ export class SandboxCore {
     return cmd;
   }
 
+  private liveRssPeak(): number {
+    try {
+      return this.cgroup?.liveRssPeak() ?? 0;
+    } catch {
+      return 0;
+    }
+  }
+
   /** The whole sandbox's usage now (Sandbox.stats). */
   stats(): ResourceUsage {
     if (this.state === 'destroyed') throw this.gone();
@@ -109,7 +119,9 @@ export class SandboxCore {
       wallMs: 0,
       cpuUserMs: u?.cpuUserMs ?? 0,
       cpuSystemMs: u?.cpuSystemMs ?? 0,
-      memoryPeakBytes: u?.memoryPeakBytes ?? 0,
+      // Without a memory cgroup of its own: the largest resident set of any of its processes,
+      // ended (ru_maxrss as init reaped them) or alive (VmHWM, init's own included).
+      memoryPeakBytes: u?.memoryPeakBytes ?? Math.max(this.rssPeak, this.liveRssPeak()),
       pids: u?.pids ?? 0,
       oomKills: u?.oomKills ?? 0,
       ...(u?.ioReadBytes !== undefined ? { ioReadBytes: u.ioReadBytes } : {}),

@@ -141,7 +141,7 @@ export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTas
   try {
     const pids = fds.map(fdinfoPid);
     try {
-      for (const dir of cg.dirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+      for (const dir of cg.joinDirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
     } catch (e) {
       throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
     }

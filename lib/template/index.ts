@@ -445,7 +445,8 @@ export class ZygoteTemplate implements SandboxTemplate {
         wallMs: Date.now() - started,
         cpuUserMs: u.cpuUserMs ?? 0,
         cpuSystemMs: u.cpuSystemMs ?? 0,
-        memoryPeakBytes: u.memoryPeakBytes,
+        // memoryAccounting 'shared': no cgroup peak, and the task's rusage is not reported here.
+        memoryPeakBytes: u.memoryPeakBytes ?? 0,
         pids: u.pids,
         oomKills: u.oomKills,
       };

@@ -1,5 +1,4 @@
-import { rmdirSync } from 'node:fs';
-import { leftovers, subtreeRoots } from './leaks.js';
+import { leftovers, rmdirSubtreeRoot, subtreeRoots } from './leaks.js';
 
 export async function teardown(): Promise<void> {
   const left = await leftovers();
@@ -10,7 +9,7 @@ export async function teardown(): Promise<void> {
   for (const p of subtreeRoots()) {
     if (!p.endsWith('/hutch')) continue;
     try {
-      rmdirSync(p);
+      rmdirSubtreeRoot(p);
     } catch {}
   }
 }

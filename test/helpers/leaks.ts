@@ -1,4 +1,26 @@
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync, rmdirSync } from 'node:fs';
+import { SHARED_MEMCG } from '../../lib/cgroup/types.js';
+
+/**
+ * The sandbox cgroup directories in `dir` (a subtree root): its children, and on v2 the leaves
+ * below the shared memory cgroup (SHARED_MEMCG), which itself is hutch's like the root.
+ */
+export function sandboxCgroupsIn(dir: string): string[] {
+  const kids = (d: string) => {
+    try {
+      return readdirSync(d, { withFileTypes: true }).filter((k) => k.isDirectory()).map((k) => `${d}/${k.name}`);
+    } catch {
+      return [];
+    }
+  };
+  return kids(dir).flatMap((k) => (k.endsWith(`/${SHARED_MEMCG}`) ? kids(k) : [k]));
+}
+
+/** Removes an (empty) subtree root `dir` after its shared memory cgroup; throws what rmdir throws. */
+export function rmdirSubtreeRoot(dir: string): void {
+  if (existsSync(`${dir}/${SHARED_MEMCG}`)) rmdirSync(`${dir}/${SHARED_MEMCG}`);
+  rmdirSync(dir);
+}
 import { execFileSync } from 'node:child_process';
 
 /** hutch's cgroup subtree roots: directories under /sys/fs/cgroup whose name has "hutch". */
@@ -23,11 +45,7 @@ export function subtreeRoots(dir = '/sys/fs/cgroup', depth = 5, out: string[] = 
 function walk(out: string[]): void {
   // The subtree roots themselves may stay (empty); sandbox cgroups below them must not.
   for (const p of subtreeRoots()) {
-    let kids: string[] = [];
-    try {
-      kids = readdirSync(p, { withFileTypes: true }).filter((k) => k.isDirectory()).map((k) => k.name);
-    } catch {}
-    for (const k of kids) out.push(`cgroup ${p}/${k}`);
+    for (const k of sandboxCgroupsIn(p)) out.push(`cgroup ${k}`);
   }
 }
 

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { networkStateDir } from '../../lib/network/index.js';
+import { rmdirSubtreeRoot, sandboxCgroupsIn } from './leaks.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CRASH_CHILD = join(ROOT, 'test', 'helpers', 'crash-child.mjs');
@@ -40,7 +41,7 @@ export function cgroupsUnder(parent: string): string[] {
   for (const m of cgroupMounts()) {
     const d = m + parent;
     if (!existsSync(d)) continue;
-    for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) out.push(`${d}/${e.name}`);
+    out.push(...sandboxCgroupsIn(d));
   }
   return out;
 }
@@ -60,7 +61,7 @@ export function pidsUnder(parent: string): number[] {
 export function removeCgroupParent(parent: string): void {
   for (const m of cgroupMounts()) {
     try {
-      rmdirSync(m + parent);
+      rmdirSubtreeRoot(m + parent);
     } catch {}
   }
 }

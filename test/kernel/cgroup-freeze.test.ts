@@ -9,6 +9,7 @@ import { cgroupDriver, detectCgroups, type SandboxCgroup } from '../../lib/cgrou
 import { V1Cgroup } from '../../lib/cgroup/v1.js';
 import { resolveLimits } from '../../lib/limits.js';
 import { isRoot, needs } from '../helpers/require.js';
+import { rmdirSubtreeRoot } from '../helpers/leaks.js';
 
 const host = detectCgroups();
 const skipRoot = needs(isRoot, 'cgroup tests need root');
@@ -21,7 +22,7 @@ const newId = (tag: string) => `t${process.pid}-fz-${tag}-${seq++}`;
 afterAll(() => {
   const rm = (d: string) => {
     try {
-      if (existsSync(d)) rmdirSync(d);
+      if (existsSync(d)) rmdirSubtreeRoot(d);
     } catch {
       /* reported by the suite's leak check */
     }

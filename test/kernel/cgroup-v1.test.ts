@@ -11,6 +11,7 @@ import { cgroupDriver, detectCgroups, pruneCgroups, type SandboxCgroup } from '.
 import { V1Driver } from '../../lib/cgroup/v1.js';
 import { busyLoopHeld, clonedInto, expectError, forkBombHeld, hogOomKilled, killThenDestroy, newId, peakOf16MiB, read, spawnSleep, startPython, writesThrottled } from '../helpers/cgroup.js';
 import { isRoot, needs } from '../helpers/require.js';
+import { rmdirSubtreeRoot } from '../helpers/leaks.js';
 
 const host = detectCgroups();
 const hasV1 = host.kind !== 'v2';
@@ -39,7 +40,7 @@ afterAll(() => {
   // The private subtree roots: empty by now, or a test leaked.
   for (const d of usedDrivers) {
     for (const r of d.subtreeRoots) {
-      if (r.includes('hutch-test-v1-') && existsSync(r)) rmdirSync(r);
+      if (r.includes('hutch-test-v1-') && existsSync(r)) rmdirSubtreeRoot(r);
     }
   }
 });
@@ -163,7 +164,7 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
   it('makes its subtree roots again when they vanish between sandboxes', async () => {
     const d = driver(`${privateParent}-again`);
     await d.create(newId('a'), resolveLimits({}).cgroup).destroy();
-    for (const r of d.subtreeRoots) if (existsSync(r)) rmdirSync(r);
+    for (const r of d.subtreeRoots) if (existsSync(r)) rmdirSubtreeRoot(r);
     const cpu0 = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim().split(/[-,]/)[0]!;
     const cg = d.create(newId('b'), resolveLimits({ memory: '64MiB', pids: 8, cpus: 1, cpuset: cpu0 }).cgroup);
     try {

@@ -17,6 +17,7 @@ import { cgroupDriver, detectCgroups, type CgroupDriver, type SandboxCgroup } fr
 import { V2Cgroup } from '../../lib/cgroup/v2.js';
 import { busyLoopHeld, clonedInto, expectError, forkBombHeld, hogOomKilled, killThenDestroy, newId, peakOf16MiB, read, spawnSleep, writesThrottled } from '../helpers/cgroup.js';
 import { isRoot, needs } from '../helpers/require.js';
+import { rmdirSubtreeRoot } from '../helpers/leaks.js';
 
 const host = detectCgroups();
 const unified = host.unified;
@@ -38,7 +39,7 @@ function join(cg: SandboxCgroup, pid: number): void {
 }
 
 afterAll(() => {
-  for (const r of madeRoots) if (r.includes('hutch-test-v2-') && existsSync(r)) rmdirSync(r);
+  for (const r of madeRoots) if (r.includes('hutch-test-v2-') && existsSync(r)) rmdirSubtreeRoot(r);
 });
 
 describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy (${host.kind} host, ${mount})`, () => {
@@ -82,7 +83,7 @@ describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy 
   it('kills by pid where the kernel has no cgroup.kill (before 5.14)', async () => {
     const made = v2driver(parentDir).create(newId('nokill'), resolveLimits({}).cgroup);
     // The same leaf, seen by a handle that believes cgroup.kill is missing.
-    const cg = new V2Cgroup(made.id, made.dirs[0]!, null, { enabled: new Set(), swapFile: false, killFile: false });
+    const cg = new V2Cgroup(made.id, made.dirs[0]!, null, { enabled: new Set(), swapFile: false, killFile: false }, false);
     const sleeps = [spawnSleep(60), spawnSleep(60)];
     for (const s of sleeps) join(made, s.child.pid!);
     cg.kill();
@@ -187,7 +188,7 @@ describe.skipIf(host.kind !== 'v2' || skipUnified !== undefined)('cgroup v2 driv
     const root = `${mount}/hutch-test-v2-${process.pid}-again`;
     const d = v2driver(root);
     await d.create(newId('a'), resolveLimits({ cpus: 0.5 }).cgroup).destroy();
-    rmdirSync(root);
+    rmdirSubtreeRoot(root);
     const cg = d.create(newId('b'), resolveLimits({ memory: '64MiB', cpus: 0.5 }).cgroup);
     try {
       expect(read(cg.dirs[0]!, 'cpu.max')).toBe('50000 100000');

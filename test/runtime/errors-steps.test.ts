@@ -11,7 +11,7 @@ import { kernelFeatures } from '../../lib/host/features.js';
 import { ImageStore, Sandbox } from '../../lib/index.js';
 import { failSetupOnce } from '../../lib/plan/testing.js';
 import { SETUP_STEPS } from '../../lib/setup-errors.js';
-import { subtreeRoots } from '../helpers/leaks.js';
+import { rmdirSubtreeRoot, sandboxCgroupsIn, subtreeRoots } from '../helpers/leaks.js';
 
 const skip = process.getuid?.() !== 0;
 // Sandboxes of this file get a cgroup parent of their own, so that "no cgroup left" is about
@@ -61,8 +61,7 @@ function children(): string[] {
 }
 /** What a failed create must not leave: cgroups under this file's parent, children, records, mounts, fds. */
 function state(): Record<string, unknown> {
-  const cgroups = subtreeRoots().filter((p) => p.endsWith(`/${parentName}`)).flatMap((p) =>
-    readdirSync(p, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => `${p}/${e.name}`));
+  const cgroups = subtreeRoots().filter((p) => p.endsWith(`/${parentName}`)).flatMap((p) => sandboxCgroupsIn(p));
   let records: string[] = [];
   try {
     records = readdirSync(join(root, 'sandboxes'));
@@ -87,7 +86,7 @@ describe.skipIf(skip)('every setup step fails cleanly (the tests\' failure hook)
     delete process.env.HUTCH_CGROUP_PARENT;
     for (const p of subtreeRoots().filter((x) => x.endsWith(`/${parentName}`))) {
       try {
-        rmdirSync(p);
+        rmdirSubtreeRoot(p);
       } catch {}
     }
     rmSync(root, { recursive: true, force: true });

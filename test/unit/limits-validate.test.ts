@@ -26,7 +26,7 @@ describe('resolveLimits', () => {
   it('resolves nothing to the defaults: swap off, pids 1024, output 16 MiB', () => {
     const r = resolveLimits(undefined);
     expect(r).toEqual({
-      cgroup: { memoryBytes: null, swapBytes: 0, swapExplicit: false, cpuQuotaUs: null, cpuPeriodUs: null, cpuset: null, pids: 1024, pidsExplicit: false, io: null },
+      cgroup: { memoryBytes: null, swapBytes: 0, swapExplicit: false, memoryAccounting: 'shared', cpuQuotaUs: null, cpuPeriodUs: null, cpuset: null, pids: 1024, pidsExplicit: false, io: null },
       rlimits: [],
       timeoutMs: null,
       outputBytes: 16 * 2 ** 20,
@@ -59,6 +59,7 @@ describe('resolveLimits', () => {
       memoryBytes: 256 * 2 ** 20,
       swapBytes: 64 * 2 ** 20,
       swapExplicit: true,
+      memoryAccounting: 'sandbox',
       cpuQuotaUs: 50_000,
       cpuPeriodUs: CPU_PERIOD_US,
       cpuset: '0',
@@ -97,7 +98,7 @@ describe('resolveLimits', () => {
     const e = err(() => resolveLimits({ bandwidth: 1 } as never));
     expect(e.message).toContain("'bandwidth'");
     expect(e.message).not.toContain('did you mean');
-    expect(e.message).toContain('memory, memorySwap, cpus');
+    expect(e.message).toContain('memory, memorySwap, memoryAccounting, cpus');
   });
 
   it('rejects unknown io keys and non-objects', () => {
@@ -148,6 +149,24 @@ describe('resolveLimits', () => {
   it('accepts fileSize 0 and memorySwap 0 (both meaningful)', () => {
     expect(resolveLimits({ fileSize: 0 }).rlimits[0]).toMatchObject({ soft: 0, hard: 0 });
     expect(resolveLimits({ memory: '64M', memorySwap: 0 }).cgroup).toMatchObject({ swapBytes: 0, swapExplicit: true });
+  });
+
+  it("resolves memoryAccounting: 'sandbox' with a memory limit, 'shared' without, and refuses 'shared' with one", () => {
+    expect(resolveLimits({ memory: '64M' }).cgroup.memoryAccounting).toBe('sandbox');
+    expect(resolveLimits({ memorySwap: '64M' }).cgroup.memoryAccounting).toBe('sandbox');
+    expect(resolveLimits({}).cgroup.memoryAccounting).toBe('shared');
+    expect(resolveLimits({ memoryAccounting: 'sandbox' }).cgroup.memoryAccounting).toBe('sandbox');
+    expect(resolveLimits({ memoryAccounting: undefined, pids: 5 }).cgroup.memoryAccounting).toBe('shared');
+    for (const bad of [{ memory: '64M' }, { memorySwap: 0 }]) {
+      const e = err(() => resolveLimits({ ...bad, memoryAccounting: 'shared' }));
+      expect(e).toBeInstanceOf(HutchError);
+      expect(e.code).toBe('EINVAL');
+      expect(e.message).toContain('limits.memoryAccounting');
+      expect(e.message).toContain('a memory limit needs a memory cgroup');
+    }
+    for (const bad of ['own', '', 1, null, true]) {
+      expect(() => resolveLimits({ memoryAccounting: bad as never })).toThrow(/invalid option limits.memoryAccounting: expected 'sandbox'/);
+    }
   });
 
   it('turns cpus into a quota over a 100 ms period, up to the online CPU count', () => {
