@@ -5,7 +5,7 @@ import { defineConfig } from 'vitest/config';
 // this project's CI host kernel lacks.
 export default defineConfig({
   test: {
-    include: ['test/kernel/cgroup-v2.test.ts', 'test/vm/**/*.test.ts', 'test/image/layers.test.ts', 'test/kernel/namespaces.test.ts', 'test/kernel/limits.test.ts', 'test/runtime/errors-steps.test.ts', 'test/runtime/plan.test.ts', 'test/kernel/mounts.test.ts', 'test/runtime/rootless.test.ts'],
+    include: ['test/kernel/cgroup-v2.test.ts', 'test/vm/**/*.test.ts', 'test/image/layers.test.ts', 'test/kernel/namespaces.test.ts', 'test/kernel/limits.test.ts', 'test/runtime/errors-steps.test.ts', 'test/runtime/plan.test.ts', 'test/kernel/mounts.test.ts', 'test/runtime/rootless.test.ts', 'test/runtime/memory-accounting.test.ts'],
     globalSetup: ['test/helpers/global-setup.ts'],
     setupFiles: ['test/helpers/settle.ts'],
     env: { HUTCH_ROOT: process.env.HUTCH_ROOT ?? '/tmp/hutch-v2-store' },

@@ -22,7 +22,10 @@
  * N, and says why. Uses its own cgroup parent (removed at the end) and HUTCH_ROOT's store.
  *
  * Flags: --n N (1000), --bucket B (N/10, at most 1000), --concurrency C (1: creates one at a
- * time, so the time of one is not another's), --no-write.
+ * time, so the time of one is not another's), --memory-accounting sandbox|shared (the
+ * sandboxes' limits.memoryAccounting; default: hutch's default, 'shared' without a memory
+ * limit; 'sandbox' gives each a memory cgroup of its own, as every sandbox had before issue
+ * 18's change), --no-write.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -31,17 +34,22 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ImageStore, Sandbox } from '../lib/index.js';
 import { ms, summarize } from './lib/stats.js';
+import { SHARED_MEMCG } from '../lib/cgroup/types.js';
 
 const { values } = parseArgs({
   options: {
     n: { type: 'string', default: '1000' },
     bucket: { type: 'string' },
     concurrency: { type: 'string', default: '1' },
+    'memory-accounting': { type: 'string' },
     'no-write': { type: 'boolean', default: false },
   },
 });
 let N = Number(values.n);
 const C = Math.max(1, Number(values.concurrency));
+const ACCT = values['memory-accounting'];
+if (ACCT !== undefined && ACCT !== 'sandbox' && ACCT !== 'shared') throw new Error(`--memory-accounting: 'sandbox' or 'shared', not ${ACCT}`);
+const LIMITS = ACCT === undefined ? {} : { limits: { memoryAccounting: ACCT as 'sandbox' | 'shared' } };
 const parent = `/hutch-bench-live-${process.pid}`;
 process.env.HUTCH_CGROUP_PARENT = parent;
 
@@ -112,6 +120,19 @@ function cgroupDirs(): { memory: string | null; all: string[] } {
 }
 const chargedBytes = (dir: string | null): number => (dir === null ? NaN : existsSync(`${dir}/memory.usage_in_bytes`) ? readNum(`${dir}/memory.usage_in_bytes`) : readNum(`${dir}/memory.current`));
 
+/** Mean PSS of up to 100 of the sandboxes' inits, spread over the creation order, bytes. */
+function meanInitPss(sbs: readonly Sandbox[]): { mean: number; n: number } {
+  const step = Math.max(1, Math.floor(sbs.length / 100));
+  const got: number[] = [];
+  for (let i = 0; i < sbs.length; i += step) {
+    try {
+      const m = /^Pss:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${sbs[i]!.pid}/smaps_rollup`, 'utf8'));
+      if (m) got.push(Number(m[1]) * 1024);
+    } catch {}
+  }
+  return { mean: got.length ? got.reduce((a, b) => a + b, 0) / got.length : NaN, n: got.length };
+}
+
 const spawnTrue = (): Promise<void> =>
   new Promise((resolve, reject) => {
     const c = spawn('/bin/true', { stdio: 'ignore' });
@@ -180,7 +201,7 @@ async function main(): Promise<void> {
             const i = next++;
             const t = performance.now();
             try {
-              alive.push(await Sandbox.create({ image: 'busybox', network: 'none' }));
+              alive.push(await Sandbox.create({ image: 'busybox', network: 'none', ...LIMITS }));
             } catch (e) {
               stopped ??= `create ${i + 1} failed: ${(e as Error).message}`;
               return;
@@ -207,6 +228,7 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1000));
   const k = alive.length;
   const after = { slabs: slabs(), mem: meminfo(), charged: chargedBytes(cg.memory), fds: fdCount(), rss: process.memoryUsage().rss, pids: hostThreads(), mounts: mountCount() };
+  const initPss = meanInitPss(alive);
 
   // Destroy all, 16 at a time, and look for anything left.
   const tDestroy = performance.now();
@@ -218,14 +240,21 @@ async function main(): Promise<void> {
   const destroySeconds = (performance.now() - tDestroy) / 1000;
   await new Promise((r) => setTimeout(r, 2000));
   const end = { mem: meminfo(), fds: fdCount(), pids: hostThreads(), records: count(recordsDir), leases: count('/run/hutch/ids') };
-  const leftDirs = cg.all.map((d) => [d, count(d) === 0 ? 0 : readdirSync(d, { withFileTypes: true }).filter((e) => e.isDirectory()).length] as const).filter(([, n]) => n > 0);
+  // The shared memory cgroup (lib/cgroup/types.ts SHARED_MEMCG) is hutch's, like the parent;
+  // on v2 the 'shared' sandboxes' leaves are below it.
+  const sandboxDirs = (d: string): number =>
+    count(d) === 0 ? 0 : readdirSync(d, { withFileTypes: true }).filter((e) => e.isDirectory()).reduce((n, e) => n + (e.name === SHARED_MEMCG ? sandboxDirs(`${d}/${e.name}`) : 1), 0);
+  const leftDirs = cg.all.map((d) => [d, sandboxDirs(d)] as const).filter(([, n]) => n > 0);
   for (const d of cg.all) {
     try {
+      if (existsSync(`${d}/${SHARED_MEMCG}`)) rmdirSync(`${d}/${SHARED_MEMCG}`);
       rmdirSync(join(d));
     } catch {}
   }
 
   if (stopped !== null) say(`- stopped at ${k} live: ${stopped}`);
+  say(`limits.memoryAccounting: ${ACCT ?? "hutch's default ('shared': no memory limit)"}`);
+  say();
   say(`${k} sandboxes created in ${createSeconds.toFixed(1)} s (${(k / createSeconds).toFixed(0)}/s), destroyed in ${destroySeconds.toFixed(1)} s${destroyFailures ? `, ${destroyFailures} destroy failures` : ''}`);
   say();
   say('### Create time as the live count grows');
@@ -256,6 +285,9 @@ async function main(): Promise<void> {
   row('PageTables growth', d('PageTables'));
   row('KernelStack growth', d('KernelStack'));
   row(`charged to the bench's cgroup parent (${cg.memory ?? 'no memory controller'})`, after.charged);
+  row(`init's PSS (/proc/<pid>/smaps_rollup, mean of ${initPss.n})`, initPss.mean * k);
+  row('charged + init PSS', after.charged + initPss.mean * k);
+  row('kmalloc-1k growth (shrinker_info of memory cgroups, among others)', (after.slabs.get('kmalloc-1k') ?? NaN) - (before.slabs.get('kmalloc-1k') ?? NaN));
   row('Node process RSS growth (hutch\'s JS state)', after.rss - before.rss);
   say();
   const grown = [...after.slabs].map(([name, b]) => [name, b - (before.slabs.get(name) ?? 0)] as const).sort((a, b) => b[1] - a[1]).slice(0, 12);

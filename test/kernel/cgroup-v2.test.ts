@@ -58,7 +58,9 @@ describe.skipIf(skipUnified !== undefined)(`cgroup v2 driver: cgroup2 hierarchy 
     expect(d.subtreeRoots).toEqual([parentDir]);
     const cg = d.create(newId('leaf'), resolveLimits({}).cgroup);
     try {
-      expect(cg.dirs).toEqual([`${parentDir}/${cg.id}`]);
+      // No memory limit: below the shared memory cgroup (memoryAccounting 'shared'), where the root has memory to account.
+      const shared = read(parentDir, 'cgroup.subtree_control').split(' ').includes('memory');
+      expect(cg.dirs).toEqual([shared ? `${parentDir}/.shared/${cg.id}` : `${parentDir}/${cg.id}`]);
       expect(cg.procsFiles).toEqual([]);
       expect(readlinkSync(`/proc/self/fd/${cg.cloneIntoFd}`)).toBe(cg.dirs[0]);
       expect(read(cg.dirs[0]!, 'cgroup.events')).toContain('populated 0');

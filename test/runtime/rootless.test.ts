@@ -179,6 +179,26 @@ describe.skipIf(skip !== undefined)('rootless: an ordinary user with subordinate
     expect(r.max).toBe('77');
   });
 
+  it("a sandbox without a memory limit is charged to hutch's shared memory cgroup in the delegated cgroup", () => {
+    const r = runAs(USER, `
+      const { Sandbox } = hutch;
+      const fs = await import('node:fs');
+      const s = await Sandbox.create({ image: 'busybox' });
+      try {
+        const cg = fs.readFileSync('/proc/' + s.pid + '/cgroup', 'utf8');
+        const v1 = cg.match(/:memory:(.*)$/m);
+        const mem = v1 ? v1[1] : cg.match(/^0::(.*)$/m)[1];
+        const peak = (await s.exec(['sh', '-c', 'head -c 33554432 /dev/zero | tail >/dev/null'])).usage.memoryPeakBytes;
+        return { mem, v1: !!v1, own: fs.existsSync((v1 ? '/sys/fs/cgroup/memory' : '/sys/fs/cgroup') + mem + (v1 ? '/memory.usage_in_bytes' : '/memory.current')), peak };
+      } finally { await s.destroy(); }
+    `, { env: { HUTCH_ROOT: store } });
+    expect(r.error).toBeUndefined();
+    // v1: the task is in the shared memory cgroup itself; v2: its leaf, without a memory controller, is below it.
+    expect(r.mem).toMatch(new RegExp(`/hutch-delegate-${USER}/(hutch|sandboxes)/\\.shared${r.v1 ? '' : '/[0-9a-f]+'}$`));
+    expect(r.own).toBe(r.v1);
+    expect(r.peak).toBeGreaterThanOrEqual(32 * 1024 * 1024);
+  });
+
   it('without a delegated cgroup: cgroup limits are EUNSUPPORTED with the fix; the default pids becomes nproc 1024', () => {
     const r = runAs(USER, `
       const { Sandbox } = hutch;
