@@ -25,7 +25,14 @@ export interface ResourceUsage {
   cpuUserMs: number;
   /** System CPU time, likewise, ms. */
   cpuSystemMs: number;
-  /** Peak memory of the sandbox's cgroup while this exec ran (whole sandbox for stats()), bytes. */
+  /**
+   * Peak memory while this exec ran (whole sandbox for stats()), bytes. With a memory cgroup
+   * of the sandbox's own (`limits.memory`, or `memoryAccounting: 'sandbox'`): the cgroup's
+   * peak (everything charged: processes, page cache, tmpfs, kernel memory). Without
+   * (`'shared'`, the default with no memory limit): the largest resident set of one process
+   * of the exec (`ru_maxrss`); for stats(), the largest so far of its execs and live
+   * processes (init's included). docs/limits.md "Memory accounting".
+   */
   memoryPeakBytes: number;
   /** Tasks in the sandbox's cgroup when the exec ended (stats(): now). */
   pids: number;
@@ -41,7 +48,11 @@ export interface ResourceUsage {
   netRxBytes?: number;
   /** Bytes sent by the sandbox's network interface. Reserved: not reported yet (always absent). */
   netTxBytes?: number;
-  /** Processes of the sandbox killed by the OOM killer during this exec (stats(): since creation). */
+  /**
+   * Processes of the sandbox killed by the OOM killer during this exec (stats(): since
+   * creation). 0 without a memory cgroup of its own (`memoryAccounting: 'shared'`): a kill
+   * by the host's OOM killer then ends the exec with reason `'signal'` (SIGKILL).
+   */
   oomKills: number;
 }
 
