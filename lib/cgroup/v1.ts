@@ -93,7 +93,9 @@ export class V1Driver implements CgroupDriver {
 
   /** Makes the shared memory cgroup below the memory hierarchy's subtree root, once. */
   private prepareShared(): string {
-    if (this.sharedMemDir !== null) return this.sharedMemDir;
+    // One stat per create: it may have been removed while empty (a test, an older hutch's
+    // prune, another process's exit), and the setup child must find it to join it.
+    if (this.sharedMemDir !== null && existsSync(this.sharedMemDir)) return this.sharedMemDir;
     const t = this.trees.get('memory')!;
     this.prepareTree(t);
     const dir = `${t.root}/${SHARED_MEMCG}`;

@@ -3,7 +3,7 @@
 // (lib/cgroup/types.ts SHARED_MEMCG), and report the largest resident set of their processes.
 // Asserted from the host's view of the kernel (/proc/<pid>/cgroup, cgroupfs), on hybrid here
 // and on pure v2 under v2vm (vitest.vm.config.ts).
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../lib/index.js';
 import { cgroupDriver, detectCgroups } from '../../lib/cgroup/driver.js';
@@ -146,6 +146,15 @@ describe.skipIf(skip)('memoryAccounting', () => {
     }
     expect(await s.exited).toBe('SIGKILL');
     for (const x of live.dirs) expect(existsSync(x)).toBe(false);
+    // Removed while empty (by a test, another process's exit): made again by the next create.
+    for (const r of d.subtreeRoots) if (existsSync(`${r}/${SHARED_MEMCG}`)) rmdirSync(`${r}/${SHARED_MEMCG}`);
+    const again = d.create(newId('again'), resolveLimits({}).cgroup);
+    try {
+      expect(again.joinDirs.some((j) => j.includes(`/${SHARED_MEMCG}`))).toBe(true);
+      for (const j of again.joinDirs) expect(existsSync(j)).toBe(true);
+    } finally {
+      await again.destroy();
+    }
     for (const r of d.subtreeRoots) if (existsSync(r)) rmdirSubtreeRoot(r);
   });
 
