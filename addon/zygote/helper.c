@@ -385,6 +385,17 @@ int hutch_zygote_request(char *buf, int cap) {
 }
 
 /* A one-byte message with n fds. */
+/* The task's end to the host: 'X', its wait status (4 bytes), then its ru_maxrss in KiB
+ * (8 bytes; 0 when unknown): the largest resident set of the task and what it reaped, the
+ * run's memoryPeakBytes where the fork has no memory cgroup of its own. */
+static void send_exited(int ctl, int status, const struct rusage *ru) {
+  unsigned char m[13] = {'X'};
+  uint64_t maxrss = ru ? (uint64_t)ru->ru_maxrss : 0;
+  memcpy(m + 1, &status, 4);
+  memcpy(m + 5, &maxrss, 8);
+  send(ctl, m, sizeof m, MSG_NOSIGNAL);
+}
+
 static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
   struct iovec iov;
   struct msghdr msg;
@@ -437,11 +448,11 @@ int hutch_zygote_enter(int ctl, int in, int out, int err, int keep) {
   if (err >= 0) close(err);
   if (keep >= 0) close(keep);
   int status = 0;
+  struct rusage ru;
+  memset(&ru, 0, sizeof ru);
   pid_t w;
-  do w = waitpid(task, &status, 0); while (w < 0 && errno == EINTR);
-  unsigned char m[5] = {'X'};
-  memcpy(m + 1, &status, 4);
-  send(ctl, m, 5, MSG_NOSIGNAL);
+  do w = wait4(task, &status, 0, &ru); while (w < 0 && errno == EINTR);
+  send_exited(ctl, status, &ru);
   _exit(0);
 }
 
@@ -517,14 +528,15 @@ int hutch_zygote_reap(int pidfd) {
   if (i == nlive) return -1;
   siginfo_t si;
   memset(&si, 0, sizeof si);
+  struct rusage ru;
+  memset(&ru, 0, sizeof ru);
   int r;
-  do r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG); while (r < 0 && errno == EINTR);
+  /* The raw waitid: its fifth argument is the task's rusage (glibc's wrapper has none). */
+  do r = (int)syscall(SYS_waitid, P_PIDFD, pidfd, &si, WEXITED | WNOHANG, &ru); while (r < 0 && errno == EINTR);
   if (r == 0 && si.si_pid == 0) return 1;
   int status = 9; /* not ours to wait for after all: reported as killed */
   if (r == 0) status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
-  unsigned char m[5] = {'X'};
-  memcpy(m + 1, &status, 4);
-  send(live[i].ctl, m, 5, MSG_NOSIGNAL);
+  send_exited(live[i].ctl, status, r == 0 ? &ru : NULL);
   close(live[i].ctl);
   close(pidfd);
   live[i] = live[--nlive];

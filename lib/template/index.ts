@@ -381,6 +381,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       // The request socket: P (pidfd), E (a failed step), S (task started), X (wait status).
       const ctl = sp[0]!;
       let status: number | null = null;
+      let maxrssKb = 0;
       let setupErr: HutchError | null = null;
       const ended = new Promise<void>((resolve) => {
         const w = new n.Watch(ctl, () => {
@@ -409,8 +410,9 @@ export class ZygoteTemplate implements SandboxTemplate {
               for (const fd of m.fds) n.close(fd);
               if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
               else if (kind === 'X') {
-                // The task has ended: its status is all that is left to hear.
+                // The task has ended: its status (and its ru_maxrss, KiB) is all that is left to hear.
                 status = m.data.readInt32LE(1);
+                if (m.data.length >= 13) maxrssKb = Number(m.data.readBigUInt64LE(5));
                 w.close();
                 resolve();
                 return;
@@ -445,8 +447,8 @@ export class ZygoteTemplate implements SandboxTemplate {
         wallMs: Date.now() - started,
         cpuUserMs: u.cpuUserMs ?? 0,
         cpuSystemMs: u.cpuSystemMs ?? 0,
-        // memoryAccounting 'shared': no cgroup peak, and the task's rusage is not reported here.
-        memoryPeakBytes: u.memoryPeakBytes ?? 0,
+        // memoryAccounting 'shared': no cgroup peak; the task's largest resident set instead.
+        memoryPeakBytes: u.memoryPeakBytes ?? maxrssKb * 1024,
         pids: u.pids,
         oomKills: u.oomKills,
       };
