@@ -93,7 +93,8 @@ export interface SandboxCgroup {
   /**
    * v1 and hybrid: the `tasks` file of each v1 leaf, in join order: cpuset first (the
    * child's next allocations follow the sandbox's memory nodes), then memory (its charges go
-   * to the sandbox from then on), then pids, cpu, cpuacct, blkio. The parent opens them and
+   * to the sandbox's memory cgroup, or the shared one, from then on), then pids, cpu,
+   * cpuacct, blkio. The parent opens them and
    * the setup child writes "0" to each as its first step, before anything else it does
    * (addon/child.cc says why not the pid into cgroup.procs). Empty on v2 (CLONE_INTO_CGROUP
    * places the child).
