@@ -11,7 +11,7 @@
  * sandboxes: fork.ts; the template addon and helper files: native.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { close, readFileSync } from 'node:fs';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
 import { HutchError, errnoName, invalid, type HutchErrorStep } from '../errors.js';
 import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
@@ -273,13 +273,20 @@ export class ZygoteTemplate implements SandboxTemplate {
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
     let ready = this.takeReady();
-    if (!ready && this.fills.size > 0) {
-      // One on the way is nearer than a new fork (as Sandbox.run waits for its blank).
-      await Promise.race(this.fills);
-      ready = this.takeReady();
+    const waited = !ready;
+    if (!ready) {
+      // One due after the last run starts now; one on the way is nearer than a new fork (as
+      // Sandbox.run waits for its blank).
+      this.refill();
+      if (this.fills.size > 0) {
+        await Promise.race(this.fills);
+        ready = this.takeReady();
+      }
     }
-    // The next one is prepared while this task runs (as Sandbox.run's next blank is).
-    this.refill();
+    // The next fork is prepared after this task has ended (refillSoon below), so that making it
+    // does not take the CPU from this task; when runs come faster than that (none was ready),
+    // while this task runs.
+    if (waited) this.refill();
     const z = ready ? null : await this.ensureZygote();
     const n = native();
     const t = tn();
@@ -292,6 +299,8 @@ export class ZygoteTemplate implements SandboxTemplate {
     const fds: number[] = [];
     const watches: Watch[] = [];
     let c1pidfd = ready?.c1 ?? -1;
+    // The task's mount namespace, once it has started ('S').
+    let mntns = -1;
     let removeKiller = (): unknown => undefined;
     try {
       cgroup = ready?.cgroup ?? cgroupDriver().create(id, this.opts.limits.cgroup);
@@ -405,6 +414,11 @@ export class ZygoteTemplate implements SandboxTemplate {
               // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
               // close()) reached nothing then; it does now, before the task can run on.
               if (reason !== null) cg.kill();
+            } else if (kind === 'S' && m.fds.length === 1 && mntns < 0) {
+              // The task's mount namespace, sent by the fork before its task runs. Held until
+              // after the result, the task's exit does not wait for its mounts to be taken
+              // apart (umount_tree, an RCU grace period); closed off the event loop below.
+              mntns = m.fds[0]!;
             } else {
               for (const fd of m.fds) n.close(fd);
               if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
@@ -469,10 +483,14 @@ export class ZygoteTemplate implements SandboxTemplate {
       if (c1pidfd >= 0) n.close(c1pidfd);
       if (ready) n.close(ready.task.pidfd);
       tr.end();
+      this.refillSoon();
       // As Sandbox.run: the result is back once every process of the fork is killed; its
-      // cgroup and the store's record go just after (close() and Sandbox.settle() wait).
+      // cgroup and the store's record go just after (close() and Sandbox.settle() wait). Its
+      // mount namespace goes first, closed on a pool thread (the last reference unmounts).
       const cg = cgroup;
+      const ns = mntns;
       const teardown = (async () => {
+        if (ns >= 0) await new Promise((r) => close(ns, r));
         await cg?.destroy();
         await this.site.store.release(id).catch(() => undefined);
       })();
@@ -490,6 +508,14 @@ export class ZygoteTemplate implements SandboxTemplate {
       if (!zygoteGone(p.zygote)) return p;
       void discardFork(this.site, p);
     }
+  }
+
+  /**
+   * refill() once this turn's result is delivered: the caller's next step (often its next
+   * run) goes first, and the next fork's host-side setup does not hold up this result.
+   */
+  private refillSoon(): void {
+    setImmediate(() => this.refill());
   }
 
   /** Starts preparing forks until `size` are ready or on the way. */
@@ -528,9 +554,13 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
     // A prepared fork (`size`) becomes the Sandbox's init: its setup is done already.
     const ready = this.takeReady();
-    this.refill();
-    if (ready) return forkSandbox(this.site, ready.zygote, ready);
-    return forkSandbox(this.site, await this.ensureZygote());
+    try {
+      if (ready) return await forkSandbox(this.site, ready.zygote, ready);
+      return await forkSandbox(this.site, await this.ensureZygote());
+    } finally {
+      // The next one once this one is handed over (as run: it does not compete with it).
+      this.refillSoon();
+    }
   }
 
   /** Kills every running fork, the zygote and the template sandbox; frees everything. Idempotent. */
