@@ -398,6 +398,12 @@ int hutch_zygote_request(char *buf, int cap) {
   return reqlen;
 }
 
+/* The same request's JSON in place (hutch_zygote_request's length), or NULL: read without a
+ * copy into a buffer of the zygote's own (a ctypes buffer of a new size makes a new type). */
+const char *hutch_zygote_request_data(void) {
+  return reqlen < 0 ? NULL : (const char *)reqdata;
+}
+
 /* A one-byte message with n fds. */
 static int send_fds(int ctl, unsigned char kind, const int *fds, int n) {
   struct iovec iov;
