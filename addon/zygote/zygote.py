@@ -1,10 +1,10 @@
 """hutch's built-in Python zygote (docs/templates.md, "The zygote protocol").
 
-Imports the preload, says it is ready, then forks once per request. Each child calls
-libhutch-zygote's hutch_zygote_enter(), which makes it a fresh sandbox (its own namespaces,
-writable layer, cgroup, capabilities, seccomp) and returns in the task process; then the task
-runs in this already-initialised interpreter: `python3 main.py args`, `-m module`, `-c code`.
-Any other command is exec'd (no warm start, same isolation).
+Imports the preload, says it is ready, then serves in libhutch-zygote's C loop
+(hutch_zygote_serve), which forks once per request; in each child the helper makes it a fresh
+sandbox (its own namespaces, writable layer, cgroup, capabilities, seccomp) and returns in the
+task process; then the task runs in this already-initialised interpreter: `python3 main.py
+args`, `-m module`, `-c code`. Any other command is exec'd (no warm start, same isolation).
 """
 import ctypes
 import json

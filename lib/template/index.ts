@@ -87,6 +87,9 @@ export class ZygoteTemplate implements SandboxTemplate {
   /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
   private filling = 0;
+  /** How long preparing a fork takes (a moving average, ms), and when the last run's result was back. */
+  private prepareMs = 20;
+  private lastResult = -Infinity;
   /** The refills in flight: a run with none ready waits for one (less than forking anew). */
   private readonly fills = new Set<Promise<unknown>>();
   private site!: ForkSite;
@@ -273,7 +276,10 @@ export class ZygoteTemplate implements SandboxTemplate {
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
     let ready = this.takeReady();
-    const waited = !ready;
+    // Runs that come faster than a fork is prepared (none ready, or this one came sooner after
+    // the last result than preparing takes) have the next prepared while this task runs; others
+    // after the result (refillSoon below), so that making it does not take the CPU from the task.
+    const early = !ready || performance.now() - this.lastResult < this.prepareMs;
     if (!ready) {
       // One due after the last run starts now; one on the way is nearer than a new fork (as
       // Sandbox.run waits for its blank).
@@ -283,10 +289,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         ready = this.takeReady();
       }
     }
-    // The next fork is prepared after this task has ended (refillSoon below), so that making it
-    // does not take the CPU from this task; when runs come faster than that (none was ready),
-    // while this task runs.
-    if (waited) this.refill();
+    if (early) this.refill();
     const z = ready ? null : await this.ensureZygote();
     const n = native();
     const t = tn();
@@ -483,7 +486,8 @@ export class ZygoteTemplate implements SandboxTemplate {
       if (c1pidfd >= 0) n.close(c1pidfd);
       if (ready) n.close(ready.task.pidfd);
       tr.end();
-      this.refillSoon();
+      this.lastResult = performance.now();
+      if (!early) this.refillSoon();
       // As Sandbox.run: the result is back once every process of the fork is killed; its
       // cgroup and the store's record go just after (close() and Sandbox.settle() wait). Its
       // mount namespace goes first, closed on a pool thread (the last reference unmounts).
@@ -522,9 +526,11 @@ export class ZygoteTemplate implements SandboxTemplate {
   private refill(): void {
     while (!this.closed && this.ready.length + this.filling < this.size) {
       this.filling++;
+      const t0 = performance.now();
       const fill: Promise<unknown> = this.ensureZygote().then((z) => prepareFork(this.site, z)).then(
         (p) => {
           this.filling--;
+          this.prepareMs = 0.8 * this.prepareMs + 0.2 * (performance.now() - t0);
           if (this.closed) return discardFork(this.site, p);
           this.ready.push(p);
           return undefined;
