@@ -257,8 +257,6 @@ static int task_finish(void) {
      * 'R', its JSON (hutch_zygote_request gives it to the zygote) and its 4 fds; or 'I' and
      * 3 fds (control socket, setup pipe, init's binary): become a Sandbox's init (fork()). */
     nlayers = 0;
-    unsigned char w = 'W'; /* ready: set up and warm; the host counts a fork prepared from here */
-    send(ctl, &w, 1, MSG_NOSIGNAL);
     ssize_t k = recv_plan(ctl, reqbuf, sizeof reqbuf - 1);
     if (k >= 1 && reqbuf[0] == 'I' && nlayers == 3) {
       as_init = 1;

@@ -48,7 +48,7 @@ export interface Prepared {
   zygote: Zygote;
 }
 
-/** A fork set up ahead of its task: namespaces, cgroup, mounts, proc, warm; waiting for 'R' ('W' said so). */
+/** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
 export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> {
   const n = native();
   const t = tn();
@@ -67,43 +67,28 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
     sendPlan(site, ctl, site.plan, []);
-    // 'P': placed in its cgroup (its setup goes on); 'W': set up and warm, waiting for its task.
-    let placed: { c1: number; task: { pid: number; pidfd: number } } | null = null;
-    const closePlaced = (): void => {
-      if (placed?.c1 !== undefined && placed.c1 >= 0) n.close(placed.c1);
-      if (placed) n.close(placed.task.pidfd);
-      placed = null;
-    };
-    try {
-      await new Promise<void>((resolve, reject) => {
-        w = new n.Watch(ctl, () => {
-          for (;;) {
-            const m = t.recvFds(ctl);
-            if (m === undefined) return;
-            if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
-            const kind = String.fromCharCode(m.data[0] ?? 0);
-            if (kind === 'P' && !placed && (m.fds.length === 1 || m.fds.length === 2)) {
-              const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
-              try {
-                placed = { c1, task: placeFork(ctl, m.fds, cg, true) };
-                continue;
-              } catch (e) {
-                if (c1 >= 0) n.close(c1);
-                return reject(e);
-              }
+    const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
+      w = new n.Watch(ctl, () => {
+        for (;;) {
+          const m = t.recvFds(ctl);
+          if (m === undefined) return;
+          if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
+          const kind = String.fromCharCode(m.data[0] ?? 0);
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
+            try {
+              return resolve({ c1, task: placeFork(ctl, m.fds, cg, true) });
+            } catch (e) {
+              if (c1 >= 0) n.close(c1);
+              return reject(e);
             }
-            for (const fd of m.fds) n.close(fd);
-            if (kind === 'W' && placed) return resolve();
-            if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
           }
-        });
+          for (const fd of m.fds) n.close(fd);
+          if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+        }
       });
-    } catch (e) {
-      closePlaced();
-      throw e;
-    }
-    const got = placed!;
-    return { id, cgroup, ctl, c1: got.c1, task: got.task, zygote: z };
+    });
+    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z };
   } catch (e) {
     if (ctl >= 0) n.close(ctl);
     await cgroup?.destroy().catch(() => undefined);
