@@ -87,7 +87,7 @@ export class ZygoteTemplate implements SandboxTemplate {
   /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
   private filling = 0;
-  /** How long preparing a fork takes (a moving average, ms), and when the last run's result was back. */
+  /** How long preparing a fork takes until it is placed (a moving average, ms), and when the last run's result was back. */
   private prepareMs = 20;
   private lastResult = -Infinity;
   /** The refills in flight: a run with none ready waits for one (less than forking anew). */
