@@ -313,10 +313,17 @@ static int task_finish(void) {
   int first = keep >= 0 ? 4 : 3;
   if (ctl > first) syscall(SYS_close_range, first, ctl - 1, 0);
   syscall(SYS_close_range, ctl + 1, ~0U, 0);
-  /* Its mount namespace, for the host to hold while the task runs (sent with 'S', closed here
-   * before any task code): the task's exit then does not wait for its mounts to be taken
-   * apart; the host's close does that later. -1: the host does without. */
-  int mntns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+  /* Its mount namespace, for the host to hold while the task runs ('N', before the rlimits
+   * and seccomp; closed here, before any task code): the task's exit then does not wait for
+   * its mounts to be taken apart; the host's close does that later. If it cannot be sent,
+   * the host does without. */
+  {
+    int mntns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (mntns >= 0) {
+      send_fds(ctl, 'N', &mntns, 1);
+      close(mntns);
+    }
+  }
   for (uint32_t i = 0; i < pl->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
     CHECK("rlimit", setrlimit((int)rl[i].resource, &lim));
@@ -332,11 +339,8 @@ static int task_finish(void) {
     struct sock_fprog fp = {(unsigned short)(pl->seccomp_len / sizeof(struct sock_filter)), (struct sock_filter *)prog};
     CHECK("seccomp", syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp));
   }
-  if (mntns < 0 || send_fds(ctl, 'S', &mntns, 1) < 0) {
-    unsigned char ok = 'S';
-    send(ctl, &ok, 1, MSG_NOSIGNAL);
-  }
-  if (mntns >= 0) close(mntns);
+  unsigned char ok = 'S';
+  send(ctl, &ok, 1, MSG_NOSIGNAL);
   if (keep_ctl) task_ctl = ctl; /* close-on-exec; the zygote's code closes it before task code */
   else close(ctl);
   return 0;

@@ -302,7 +302,7 @@ export class ZygoteTemplate implements SandboxTemplate {
     const fds: number[] = [];
     const watches: Watch[] = [];
     let c1pidfd = ready?.c1 ?? -1;
-    // The task's mount namespace, once it has started ('S').
+    // The task's mount namespace ('N', just before 'S').
     let mntns = -1;
     let removeKiller = (): unknown => undefined;
     try {
@@ -417,10 +417,10 @@ export class ZygoteTemplate implements SandboxTemplate {
               // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
               // close()) reached nothing then; it does now, before the task can run on.
               if (reason !== null) cg.kill();
-            } else if (kind === 'S' && m.fds.length === 1 && mntns < 0) {
-              // The task's mount namespace, sent by the fork before its task runs. Held until
-              // after the result, the task's exit does not wait for its mounts to be taken
-              // apart (umount_tree, an RCU grace period); closed off the event loop below.
+            } else if (kind === 'N' && m.fds.length === 1 && mntns < 0) {
+              // The task's mount namespace, sent by the fork before its privilege drop ends.
+              // Held until after the result, the task's exit does not wait for its mounts to
+              // be taken apart (umount_tree, an RCU grace period); closed off the event loop below.
               mntns = m.fds[0]!;
             } else {
               for (const fd of m.fds) n.close(fd);

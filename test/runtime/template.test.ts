@@ -67,7 +67,7 @@ describe.skipIf(skip)('templates: isolation', () => {
   });
 
   it("hands each run's mount namespace to the host only until its result is back: none is left open after", async () => {
-    // The fork sends its mount namespace with 'S' (its exit then does not wait for its mounts
+    // The fork sends its mount namespace before its seccomp (its exit then does not wait for its mounts
     // to be taken apart); the host closes it after the result, before the fork's cgroup goes.
     const held = (): string[] => readdirSync('/proc/self/fd').flatMap((fd) => {
       try {
