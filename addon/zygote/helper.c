@@ -29,6 +29,7 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -71,6 +72,9 @@ struct hz_rlimit {
 static unsigned char planbuf[1 << 17];
 static unsigned char reqbuf[1 << 16];
 static int reqlen = -1;
+/* Where the request's JSON is: after the 'R' of a prepared fork's request, or the message
+ * hutch_zygote_serve received. */
+static const unsigned char *reqdata = reqbuf + 1;
 
 static void fail(int ctl, const char *step, int err) {
   unsigned char m[128];
@@ -123,6 +127,7 @@ static struct {
   const struct sock_filter *prog;
 } st;
 static int task_finish(void);
+static int send_fds(int ctl, unsigned char kind, const int *fds, int n);
 /* hutch_zygote_task's tasks keep the request socket until the zygote's code closes it. */
 static int keep_ctl, task_ctl = -1;
 
@@ -259,6 +264,7 @@ static int task_finish(void) {
     } else {
       if (k < 1 || reqbuf[0] != 'R' || nlayers != 4) fail(ctl, "request", k < 0 ? errno : EPROTO);
       reqlen = (int)k - 1;
+      reqdata = reqbuf + 1;
       in = layer_fds[0], out = layer_fds[1], err = layer_fds[2], keep = layer_fds[3];
     }
   }
@@ -307,6 +313,17 @@ static int task_finish(void) {
   int first = keep >= 0 ? 4 : 3;
   if (ctl > first) syscall(SYS_close_range, first, ctl - 1, 0);
   syscall(SYS_close_range, ctl + 1, ~0U, 0);
+  /* Its mount namespace, for the host to hold while the task runs ('N', before the rlimits
+   * and seccomp; closed here, before any task code): the task's exit then does not wait for
+   * its mounts to be taken apart; the host's close does that later. If it cannot be sent,
+   * the host does without. */
+  {
+    int mntns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (mntns >= 0) {
+      send_fds(ctl, 'N', &mntns, 1);
+      close(mntns);
+    }
+  }
   for (uint32_t i = 0; i < pl->nrlimits; i++) {
     struct rlimit lim = {(rlim_t)rl[i].soft, (rlim_t)rl[i].hard};
     CHECK("rlimit", setrlimit((int)rl[i].resource, &lim));
@@ -375,13 +392,20 @@ static void start_fork(int ctl, const struct hz_plan **pl, const struct hz_rlimi
   read_plan(ctl, pl, rl, prog, strings);
 }
 
-/* The request a prepared fork received (its JSON), for the zygote: its length, or -1 when
- * this fork was not prepared ahead (the zygote had the request already). */
+/* The request a prepared fork received (its JSON), or the one hutch_zygote_serve forked for,
+ * for the zygote: its length (cap 0: only that), or -1 when there is none here (the zygote
+ * had the request already). */
 int hutch_zygote_request(char *buf, int cap) {
   if (reqlen < 0) return -1;
   int n = reqlen < cap ? reqlen : cap;
-  memcpy(buf, reqbuf + 1, (size_t)n);
+  if (n > 0) memcpy(buf, reqdata, (size_t)n);
   return reqlen;
+}
+
+/* The same request's JSON in place (hutch_zygote_request's length), or NULL: read without a
+ * copy into a buffer of the zygote's own (a ctypes buffer of a new size makes a new type). */
+const char *hutch_zygote_request_data(void) {
+  return reqlen < 0 ? NULL : (const char *)reqdata;
 }
 
 /* A one-byte message with n fds. */
@@ -593,4 +617,68 @@ int hutch_zygote_environ(const char *block, int len) {
   env[n] = NULL;
   environ = env;
   return 0;
+}
+
+/*
+ * The whole serving loop of step 4-5 (docs/templates.md, "The zygote protocol") in C, for a
+ * zygote whose own code need not run between requests (the built-in Python zygote): it polls
+ * the zygote's socket `sock` and its tasks' pidfds, reaps and reports ended tasks, and forks
+ * one child per request (fork_begin, fork, fork_end), all without running the interpreter.
+ * So the zygote writes none of its heap while forks live: every page it wrote after a fork
+ * would stay in that fork as a private copy (copy-on-write keeps the old page for the fork).
+ *
+ * Returns in a forked child what hutch_zygote_task returns (0: a task, its JSON from
+ * hutch_zygote_request; 1: a prepared fork, hutch_zygote_ready next), or in the zygote -1
+ * when the host's end closed (or an error of its own: errno): exit then. `before`, `parent`
+ * and `child` (each may be NULL) run around each fork() as a runtime needs (Python:
+ * PyOS_BeforeFork, PyOS_AfterFork_Parent, PyOS_AfterFork_Child, as os.fork calls them).
+ */
+static unsigned char zreq[1 << 20];
+static struct pollfd zpoll[1 + HZ_MAX_LIVE];
+int hutch_zygote_serve(int sock, void (*before)(void), void (*parent)(void), void (*child)(void)) {
+  for (;;) {
+    int n = 0;
+    zpoll[n].fd = sock, zpoll[n].events = POLLIN, zpoll[n].revents = 0, n++;
+    for (int i = 0; i < nlive; i++) zpoll[n].fd = live[i].pidfd, zpoll[n].events = POLLIN, zpoll[n].revents = 0, n++;
+    int r = poll(zpoll, (nfds_t)n, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    /* Ended tasks first (reap changes live[]: by pidfd, not by index). */
+    for (int i = 1; i < n; i++)
+      if (zpoll[i].revents) hutch_zygote_reap(zpoll[i].fd);
+    if (!zpoll[0].revents) continue;
+    int fds[8];
+    struct iovec iov;
+    struct msghdr msg;
+    FDMSG_CBUF(c, 8);
+    fdmsg_init(&msg, &iov, zreq, sizeof zreq - 1, c.buf, sizeof c.buf);
+    ssize_t k;
+    do k = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (k < 0 && errno == EINTR);
+    if (k < 0 && errno == EAGAIN) continue;
+    if (k < 0) return -1;
+    int nfds = (int)fdmsg_take(&msg, fds, 8);
+    if (k == 0 && nfds == 0) return -1; /* the host is gone */
+    zreq[k] = 0;
+    int prepared = nfds == 1 && memmem(zreq, (size_t)k, "\"prepared\"", 10) != NULL;
+    if (!prepared && nfds != 5) {
+      for (int i = 0; i < nfds; i++) close(fds[i]);
+      continue; /* not a request (docs: ignored, its fds closed) */
+    }
+    if (prepared) fds[1] = fds[2] = fds[3] = fds[4] = -1;
+    pid_t pid = -1;
+    if (hutch_zygote_fork_begin() == 0) {
+      if (before) before();
+      pid = fork();
+      if (pid == 0) {
+        close(sock);
+        if (child) child();
+        if (!prepared) reqdata = zreq, reqlen = (int)k;
+        return hutch_zygote_task(fds[0], fds[1], fds[2], fds[3], fds[4]);
+      }
+      if (parent) parent();
+    }
+    hutch_zygote_fork_end(pid, fds[0]);
+    for (int i = 0; i < 5; i++)
+      if (fds[i] >= 0) close(fds[i]);
+  }
 }

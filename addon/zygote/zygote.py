@@ -1,10 +1,10 @@
 """hutch's built-in Python zygote (docs/templates.md, "The zygote protocol").
 
-Imports the preload, says it is ready, then forks once per request. Each child calls
-libhutch-zygote's hutch_zygote_enter(), which makes it a fresh sandbox (its own namespaces,
-writable layer, cgroup, capabilities, seccomp) and returns in the task process; then the task
-runs in this already-initialised interpreter: `python3 main.py args`, `-m module`, `-c code`.
-Any other command is exec'd (no warm start, same isolation).
+Imports the preload, says it is ready, then serves in libhutch-zygote's C loop
+(hutch_zygote_serve), which forks once per request; in each child the helper makes it a fresh
+sandbox (its own namespaces, writable layer, cgroup, capabilities, seccomp) and returns in the
+task process; then the task runs in this already-initialised interpreter: `python3 main.py
+args`, `-m module`, `-c code`. Any other command is exec'd (no warm start, same isolation).
 """
 import ctypes
 import json
@@ -136,21 +136,96 @@ def _run_task(lib, req, files_fd):
     os._exit(code)
 
 
+_filler = []
+_sample = ctypes.c_uint64(0)  # _warm reads it as a request is read
+
+
+def _fill_pools():
+    """Fills the free blocks of pymalloc's partly used pools with objects that are never
+    touched again. A fork's new objects then go to pools of their own (pages it writes anyway),
+    not into free blocks scattered over the zygote's pages, each of which would cost the fork a
+    copy of a whole page. Best effort: CPython's allocator statistics, as 3.8-3.12 print them."""
+    import re
+    try:
+        r, w = os.pipe()
+        saved = os.dup(2)
+        try:
+            os.dup2(w, 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(w)
+        out = b''
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            out += chunk
+        os.close(r)
+    except (AttributeError, OSError):
+        return
+    for line in out.decode('ascii', 'replace').split('\n'):
+        m = re.match(r'\s+\d+\s+(\d+)\s+\d+\s+\d+\s+(\d+)\s*$', line)
+        if not m:
+            continue
+        size, free = int(m.group(1)), int(m.group(2))
+        if size == 16:
+            _filler.extend(object() for _ in range(free))
+        elif size == 32:
+            _filler.extend((1 << 20) + i for i in range(free))  # a one-digit int: 28 bytes
+        elif size >= 48:
+            _filler.extend(bytes(size - 33) + b'' for _ in range(free))
+
+
 def _warm(lib):
     """In a fork prepared ahead, before its task's request: run the zygote's own code along the
     path a task takes (parse a request, compile, exec), so the pages that path writes are
     copied now, off the task's critical path. No task input is seen here."""
-    json.loads('{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
+    _parse(b'{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
+    ctypes.string_at(ctypes.addressof(_sample), 8)
     exec(compile('pass', '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
     os.environ.get('PATH')
     os.fsencode('PATH')
     os.getcwd()
 
 
+def _serve(lib, sock):
+    """Serves requests in libhutch-zygote's own loop (hutch_zygote_serve): this process runs
+    no Python between them, so it writes none of its heap while forks live (each page it wrote
+    would stay in every live fork as a private copy). Returns in the zygote when the host is
+    gone; in a forked child it runs the task and never returns."""
+    api = ctypes.pythonapi
+    hooks = [ctypes.cast(getattr(api, n), ctypes.c_void_p) for n in ('PyOS_BeforeFork', 'PyOS_AfterFork_Parent', 'PyOS_AfterFork_Child')]
+    r = lib.hutch_zygote_serve(sock, *hooks)
+    if r < 0:
+        return
+    if r == 1:
+        _warm(lib)
+        r = lib.hutch_zygote_ready()
+    if r != 0:
+        os._exit(125)
+    k = lib.hutch_zygote_request(None, 0)
+    _run_task(lib, _parse(ctypes.string_at(lib.hutch_zygote_request_data(), k)), 3)  # the files pipe, on fd 3 now
+
+
+def _parse(raw):
+    """The request's JSON (bytes, as it comes; _warm runs this on a sample first)."""
+    return json.loads(raw)
+
+
 def main():
     lib = ctypes.PyDLL(os.environ.pop('HUTCH_ZYGOTE_LIB'))
-    for name in ('hutch_zygote_task', 'hutch_zygote_fork_end', 'hutch_zygote_reap', 'hutch_zygote_request'):
+    # Every function a fork calls, looked up here once: a lookup in a fork writes (copies) pages.
+    for name in ('hutch_zygote_task', 'hutch_zygote_fork_end', 'hutch_zygote_reap', 'hutch_zygote_request',
+                 'hutch_zygote_serve', 'hutch_zygote_ready', 'hutch_zygote_close', 'hutch_zygote_fork_begin'):
         getattr(lib, name).restype = ctypes.c_int
+    lib.hutch_zygote_serve.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.hutch_zygote_request_data.restype = ctypes.c_void_p
+    lib.hutch_zygote_request_data.argtypes = []
+    lib.hutch_zygote_ready.argtypes = []
+    lib.hutch_zygote_close.argtypes = []
+    lib.hutch_zygote_close.restype = None
     lib.hutch_zygote_task.argtypes = [ctypes.c_int] * 5
     lib.hutch_zygote_fork_end.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.hutch_zygote_reap.argtypes = [ctypes.c_int]
@@ -168,6 +243,7 @@ def main():
     _preload(sys.argv[1:])
     import gc
     gc.collect()
+    _fill_pools()
     gc.freeze()  # the preload's objects stay out of every later collection: no COW copies of them
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     os.set_inheritable(theirs.fileno(), True)
@@ -177,6 +253,10 @@ def main():
     if not hello:
         return
     theirs.close()  # the host holds its copy now: its end closing ends us
+    if not legacy:
+        _serve(lib, ours.fileno())
+        return
+    # Protocol 1 as first published (HUTCH_ZYGOTE_ENTER=1), served in Python.
     fdsize = socket.CMSG_SPACE(5 * 4)
     sock = ours.fileno()
     poller = select.poll()
@@ -209,45 +289,21 @@ def main():
                     if fd >= 0:
                         os.close(fd)
                 continue
-            if legacy:
-                # Protocol 1 as first published: fork, then hutch_zygote_enter (which forks the
-                # task and an intermediate that reports it). Kept for zygotes written to it.
-                pid = os.fork()
-                if pid == 0:
-                    ours.close()
-                    if lib.hutch_zygote_enter(*fds) != 0:
-                        os._exit(125)
-                    if req.get('prepared'):
-                        buf = ctypes.create_string_buffer(1 << 16)
-                        k = lib.hutch_zygote_request(buf, 1 << 16)
-                        req = json.loads(buf.raw[:k])
-                    _run_task(lib, req, 3)
-                for fd in fds:
-                    if fd >= 0:
-                        os.close(fd)
-                continue
-            # One fork: the child is PID 1 of its own pid namespace from birth; this process
-            # reports how it ended (hutch_zygote_reap).
-            pid = os.fork() if lib.hutch_zygote_fork_begin() == 0 else -1
+            # Protocol 1 as first published: fork, then hutch_zygote_enter (which forks the
+            # task and an intermediate that reports it). Kept for zygotes written to it.
+            pid = os.fork()
             if pid == 0:
                 ours.close()
-                r = lib.hutch_zygote_task(*fds)
-                if r == 1:
-                    _warm(lib)
-                    r = lib.hutch_zygote_ready()
-                if r != 0:
+                if lib.hutch_zygote_enter(*fds) != 0:
                     os._exit(125)
                 if req.get('prepared'):
                     buf = ctypes.create_string_buffer(1 << 16)
                     k = lib.hutch_zygote_request(buf, 1 << 16)
                     req = json.loads(buf.raw[:k])
-                _run_task(lib, req, 3)  # the files pipe, on fd 3 now
-            pidfd = lib.hutch_zygote_fork_end(pid, fds[0])
+                _run_task(lib, req, 3)
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-            if pidfd >= 0:
-                poller.register(pidfd, select.POLLIN)
 
 
 main()

@@ -16,6 +16,7 @@ import type { SandboxIds } from '../idrange.js';
 import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
 import { waitSetup } from '../child-setup.js';
 import { fail, fdinfoPid, tn } from './native.js';
+import { Trace } from '../trace.js';
 import type { Zygote } from './zygote.js';
 
 /** What a template's forks share: set once when the template is made. */
@@ -192,6 +193,8 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   let c1 = prepared?.c1 ?? -1;
   let taskfd = prepared?.task.pidfd ?? -1;
   let w: Watch | undefined;
+  // HUTCH_TRACE=1: where a fork() went (request sent, the fork's 'S' = init exec'd next, init's setup, the Sandbox).
+  const tr = new Trace(prepared ? 'template-fork prepared' : 'template-fork');
   try {
     cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     const cg = cgroup;
@@ -218,6 +221,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
       n.close(fd);
       fds.splice(fds.indexOf(fd), 1);
     }
+    tr.mark('request');
     const sock = req[0];
     const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
       let got: { pid: number; pidfd: number } | null = prepared ? { ...prepared.task } : null;
@@ -247,10 +251,13 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     taskfd = -1;
     fds.splice(fds.indexOf(ctl[0]), 1);
     fds.splice(fds.indexOf(ready[0]), 1);
+    tr.mark('got-S');
     const setup = await waitSetup(spawned);
     n.close(spawned.errFd);
+    tr.mark('init');
     if (setup) throw fail('exec_init', setup.errno, 'init did not start');
     const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined });
+    tr.mark('adopt');
     return sb;
   } catch (e) {
     if (spawned) {
@@ -266,6 +273,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     await site.store.release(id).catch(() => undefined);
     throw e;
   } finally {
+    tr.end();
     w?.close();
     for (const fd of fds) n.close(fd);
     if (c1 >= 0) n.close(c1);

@@ -11,7 +11,7 @@
  * sandboxes: fork.ts; the template addon and helper files: native.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { close, readFileSync } from 'node:fs';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
 import { HutchError, errnoName, invalid, type HutchErrorStep } from '../errors.js';
 import { cgroupDriver, type SandboxCgroup } from '../cgroup/driver.js';
@@ -87,6 +87,9 @@ export class ZygoteTemplate implements SandboxTemplate {
   /** Forks prepared ahead (`size`): set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
   private filling = 0;
+  /** How long preparing a fork takes until it is placed (a moving average, ms), and when the last run's result was back. */
+  private prepareMs = 20;
+  private lastResult = -Infinity;
   /** The refills in flight: a run with none ready waits for one (less than forking anew). */
   private readonly fills = new Set<Promise<unknown>>();
   private site!: ForkSite;
@@ -273,13 +276,20 @@ export class ZygoteTemplate implements SandboxTemplate {
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
     const limits = mergeExecLimits(this.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
     let ready = this.takeReady();
-    if (!ready && this.fills.size > 0) {
-      // One on the way is nearer than a new fork (as Sandbox.run waits for its blank).
-      await Promise.race(this.fills);
-      ready = this.takeReady();
+    // Runs that come faster than a fork is prepared (none ready, or this one came sooner after
+    // the last result than preparing takes) have the next prepared while this task runs; others
+    // after the result (refillSoon below), so that making it does not take the CPU from the task.
+    const early = !ready || performance.now() - this.lastResult < this.prepareMs;
+    if (!ready) {
+      // One due after the last run starts now; one on the way is nearer than a new fork (as
+      // Sandbox.run waits for its blank).
+      this.refill();
+      if (this.fills.size > 0) {
+        await Promise.race(this.fills);
+        ready = this.takeReady();
+      }
     }
-    // The next one is prepared while this task runs (as Sandbox.run's next blank is).
-    this.refill();
+    if (early) this.refill();
     const z = ready ? null : await this.ensureZygote();
     const n = native();
     const t = tn();
@@ -292,6 +302,8 @@ export class ZygoteTemplate implements SandboxTemplate {
     const fds: number[] = [];
     const watches: Watch[] = [];
     let c1pidfd = ready?.c1 ?? -1;
+    // The task's mount namespace ('N', just before 'S').
+    let mntns = -1;
     let removeKiller = (): unknown => undefined;
     try {
       cgroup = ready?.cgroup ?? cgroupDriver().create(id, this.opts.limits.cgroup);
@@ -406,6 +418,11 @@ export class ZygoteTemplate implements SandboxTemplate {
               // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
               // close()) reached nothing then; it does now, before the task can run on.
               if (reason !== null) cg.kill();
+            } else if (kind === 'N' && m.fds.length === 1 && mntns < 0) {
+              // The task's mount namespace, sent by the fork before its privilege drop ends.
+              // Held until after the result, the task's exit does not wait for its mounts to
+              // be taken apart (umount_tree, an RCU grace period); closed off the event loop below.
+              mntns = m.fds[0]!;
             } else {
               for (const fd of m.fds) n.close(fd);
               if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
@@ -472,10 +489,15 @@ export class ZygoteTemplate implements SandboxTemplate {
       if (c1pidfd >= 0) n.close(c1pidfd);
       if (ready) n.close(ready.task.pidfd);
       tr.end();
+      this.lastResult = performance.now();
+      if (!early) this.refillSoon();
       // As Sandbox.run: the result is back once every process of the fork is killed; its
-      // cgroup and the store's record go just after (close() and Sandbox.settle() wait).
+      // cgroup and the store's record go just after (close() and Sandbox.settle() wait). Its
+      // mount namespace goes first, closed on a pool thread (the last reference unmounts).
       const cg = cgroup;
+      const ns = mntns;
       const teardown = (async () => {
+        if (ns >= 0) await new Promise((r) => close(ns, r));
         await cg?.destroy();
         await this.site.store.release(id).catch(() => undefined);
       })();
@@ -495,13 +517,23 @@ export class ZygoteTemplate implements SandboxTemplate {
     }
   }
 
+  /**
+   * refill() once this turn's result is delivered: the caller's next step (often its next
+   * run) goes first, and the next fork's host-side setup does not hold up this result.
+   */
+  private refillSoon(): void {
+    setImmediate(() => this.refill());
+  }
+
   /** Starts preparing forks until `size` are ready or on the way. */
   private refill(): void {
     while (!this.closed && this.ready.length + this.filling < this.size) {
       this.filling++;
+      const t0 = performance.now();
       const fill: Promise<unknown> = this.ensureZygote().then((z) => prepareFork(this.site, z)).then(
         (p) => {
           this.filling--;
+          this.prepareMs = 0.8 * this.prepareMs + 0.2 * (performance.now() - t0);
           if (this.closed) return discardFork(this.site, p);
           this.ready.push(p);
           return undefined;
@@ -531,9 +563,13 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
     // A prepared fork (`size`) becomes the Sandbox's init: its setup is done already.
     const ready = this.takeReady();
-    this.refill();
-    if (ready) return forkSandbox(this.site, ready.zygote, ready);
-    return forkSandbox(this.site, await this.ensureZygote());
+    try {
+      if (ready) return await forkSandbox(this.site, ready.zygote, ready);
+      return await forkSandbox(this.site, await this.ensureZygote());
+    } finally {
+      // The next one once this one is handed over (as run: it does not compete with it).
+      this.refillSoon();
+    }
   }
 
   /** Kills every running fork, the zygote and the template sandbox; frees everything. Idempotent. */

@@ -3,7 +3,7 @@
  * siblings and the template as two Sandbox.create sandboxes are. Every claim is checked by
  * doing the thing from inside a fork.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HutchError, Sandbox } from '../../lib/index.js';
 import type { ZygoteTemplate } from '../../lib/template/index.js';
@@ -64,6 +64,32 @@ describe.skipIf(skip)('templates: isolation', () => {
       expect(na[n], n).not.toBe(zn);
       expect(nb[n], n).not.toBe(zn);
     }
+  });
+
+  it("hands each run's mount namespace to the host only until its result is back: none is left open after", async () => {
+    // The fork sends its mount namespace before its seccomp (its exit then does not wait for its mounts
+    // to be taken apart); the host closes it after the result, before the fork's cgroup goes.
+    const held = (): string[] => readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        const l = readlinkSync(`/proc/self/fd/${fd}`);
+        return l.startsWith('mnt:[') ? [l] : [];
+      } catch {
+        return [];
+      }
+    });
+    await Sandbox.settle();
+    const before = held();
+    const rs = await Promise.all([
+      t.run(['python3', '-c', "import os; print(os.readlink('/proc/self/ns/mnt'))"], { encoding: 'utf8' }),
+      t.run(['python3', '-c', "import os; print(os.readlink('/proc/self/ns/mnt'))"], { encoding: 'utf8' }),
+      t.run(['python3', '-c', 'import time; time.sleep(30)'], { timeoutMs: 300 }),
+    ]);
+    expect(rs[0]!.stdout).toMatch(/^mnt:\[\d+\]\n$/);
+    expect(rs[2]!.reason).toBe('timeout');
+    await Sandbox.settle();
+    const after = held();
+    expect(after).toEqual(before);
+    for (const r of rs.slice(0, 2)) expect(after).not.toContain((r.stdout as string).trim());
   });
 
   it('keeps files apart: a fork sees neither a sibling\'s writes nor leaves any in the template', async () => {
