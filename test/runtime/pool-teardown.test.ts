@@ -1,8 +1,44 @@
-import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ImageStore } from '../../lib/index.js';
+import { ImageStore, Sandbox } from '../../lib/index.js';
 import { sandboxLeaseDir } from '../../lib/host/sandboxes.js';
+
+/** The pool's private counts (the API has no probe for them). */
+const counts = (pool: object) => pool as unknown as { ready: unknown[]; filling: number; lowWater: number };
+
+async function until(what: string, ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!ok()) throw new Error(`gave up waiting for ${what}`);
+}
+
+describe('pool refill while runs are in flight', () => {
+  it('serves a burst from what is ready, keeps the low water mark when drained back to back, refills once idle, never reuses', async () => {
+    await using pool = Sandbox.pool({ image: 'busybox', size: 4 });
+    const c = counts(pool);
+    expect(c.lowWater).toBe(1);
+    await until('the pool to fill', () => c.ready.length === 4 && c.filling === 0);
+    const hosts: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const r = await pool.run(['hostname'], { encoding: 'utf8' });
+      expect(r.exitCode).toBe(0);
+      hosts.push((r.stdout as string).trim());
+      // Checked as the caller gets its result, before its next run starts.
+      if (i < 3) expect(c.filling).toBe(0); // 3 ready left of 4, then 2, then 1: nothing made yet
+      expect(c.ready.length + c.filling).toBeGreaterThanOrEqual(c.lowWater); // never below the mark
+    }
+    // A fresh sandbox every time (its hostname names it): none handed out twice.
+    expect(hosts.every((h) => /^hutch-[0-9a-f]+$/.test(h))).toBe(true);
+    expect(new Set(hosts).size).toBe(12);
+    // No run in flight now: the pool fills to its size again.
+    await until('the pool to refill', () => c.ready.length === 4 && c.filling === 0);
+    const r = await pool.run(['hostname'], { encoding: 'utf8' });
+    expect(hosts).not.toContain((r.stdout as string).trim());
+  });
+});
 
 describe('pool teardown off the event loop', () => {
   it("removes a sandbox's owner record and lease in the threadpool, not inside the call", async () => {
@@ -14,12 +50,31 @@ describe('pool teardown off the event loop', () => {
     const lease = join(sandboxLeaseDir(), id);
     expect(existsSync(join(dir, 'owner.json'))).toBe(true);
     expect(existsSync(lease)).toBe(true);
-    const released = store.release(id);
-    // Nothing was removed synchronously: the unlinks (which wait for the device on a
-    // filesystem mounted `discard`) run after this code yields.
-    expect(existsSync(join(dir, 'owner.json'))).toBe(true);
-    expect(existsSync(lease)).toBe(true);
-    await released;
+    // Every libuv threadpool thread held in an open of a FIFO with no writer: work queued now
+    // waits for them, so what release() leaves to the threadpool cannot have happened yet.
+    const fifoDir = mkdtempSync(join(tmpdir(), 'hutch-pool-fifo-'));
+    const fifos = Array.from({ length: Number(process.env.UV_THREADPOOL_SIZE ?? 4) }, (_, i) => join(fifoDir, `f${i}`));
+    for (const f of fifos) execFileSync('mkfifo', [f]);
+    const held = fifos.map((f) => open(f, 'r'));
+    try {
+      const released = store.release(id);
+      await new Promise((r) => setTimeout(r, 20));
+      // The unlinks (which wait for the device on a filesystem mounted `discard`) are not
+      // done on the event loop: with the threadpool busy, nothing is removed yet.
+      expect(existsSync(join(dir, 'owner.json'))).toBe(true);
+      expect(existsSync(lease)).toBe(true);
+      for (const f of fifos) closeSync(openSync(f, 'w'));
+      for (const h of await Promise.all(held)) await h.close();
+      await released;
+    } finally {
+      for (const f of fifos) {
+        try {
+          closeSync(openSync(f, constants.O_WRONLY | constants.O_NONBLOCK));
+        } catch {}
+      }
+      await Promise.allSettled(held.map((h) => h.then((x) => x.close())));
+      rmSync(fifoDir, { recursive: true, force: true });
+    }
     expect(existsSync(dir)).toBe(false);
     expect(existsSync(lease)).toBe(false);
   });
