@@ -48,9 +48,9 @@ export class PoolOf<S extends PoolMember> {
   private readonly ready: S[] = [];
   private readonly make: (opts: ResolvedSandboxOptions) => Promise<S>;
   private filling = 0;
-  /** `run()` calls in flight: while there are any, the pool refills only up to `lowWater`. */
+  /** `run()` calls in flight: while there are any, the refill waits for the low water mark. */
   private running = 0;
-  /** Kept ready (or being made) while runs are in flight: a quarter of the size, at least 1. */
+  /** While runs are in flight the refill waits until fewer than this are ready or being made: half the size, at least 1. */
   private readonly lowWater: number;
   private idleFill = false;
   private closed = false;
@@ -70,7 +70,7 @@ export class PoolOf<S extends PoolMember> {
     if ('signal' in rest) throw invalid('signal', 'no signal: a pool lives until close()', rest.signal);
     this.opts = resolveSandboxOptions(rest, POOL_KEYS);
     this.size = size;
-    this.lowWater = Math.min(size, Math.max(1, Math.ceil(size / 4)));
+    this.lowWater = Math.min(size, Math.max(1, Math.ceil(size / 2)));
     this.idleMs = (idleMs as number | undefined) ?? null;
     this.fill();
   }
@@ -80,14 +80,17 @@ export class PoolOf<S extends PoolMember> {
   }
 
   /**
-   * Starts creates up to the size, or, while `run()` calls are in flight, only up to the low
-   * water mark: a create's clone, setup child and host-side steps share the event loop and the
-   * CPUs with the runs the caller is waiting for, so the rest waits for a moment with no run
-   * in flight (fillWhenIdle). A burst of runs is served from what is ready; one that outlasts
-   * it still finds `lowWater` ready or on the way, refilled one for one.
+   * Starts creates up to the size. While `run()` calls are in flight (`busy`), not until fewer
+   * than `lowWater` are ready or being made: a create's clone, setup child and host-side steps
+   * share the event loop and the CPUs with the runs the caller is waiting for, so a burst of
+   * runs is served from what is ready, and the refill waits for a moment with no run in flight
+   * (fillWhenIdle). A burst that outlasts half the pool gets the whole refill at once, in
+   * parallel, as before: one create at a time falls behind the runs of a loaded machine, and
+   * the pool would run dry (a run then waits for a whole create).
    */
-  private fill(target = this.running > 0 ? this.lowWater : this.size): void {
-    while (!this.closed && this.ready.length + this.filling < target) {
+  private fill(busy = this.running > 0): void {
+    if (busy && this.ready.length + this.filling >= this.lowWater) return;
+    while (!this.closed && this.ready.length + this.filling < this.size) {
       this.filling++;
       const p = this.create().then(
         (sb) => {
@@ -184,7 +187,7 @@ export class PoolOf<S extends PoolMember> {
     const o = resolveExecOptions(options, 'exec');
     // The refill starts once the command has ended: its clone and setup would otherwise share
     // the event loop (and, on 2 cores, the CPU) with the command the caller is waiting for.
-    // Beyond the low water mark it waits until no run is in flight (fill, fillWhenIdle).
+    // Above the low water mark it waits until no run is in flight (fill, fillWhenIdle).
     this.running++;
     let sb: S;
     try {
@@ -200,7 +203,7 @@ export class PoolOf<S extends PoolMember> {
       // Everything in the used sandbox is killed here (destroy's first, synchronous step).
       this.track(sb.destroy());
       // As if busy: a caller's next run usually starts right after this one returns.
-      this.fill(this.lowWater);
+      this.fill(true);
       this.fillWhenIdle();
     }
   }
