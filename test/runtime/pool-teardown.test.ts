@@ -41,6 +41,27 @@ describe('pool refill while runs are in flight', () => {
   });
 });
 
+describe('pool.run results read at the exit report', () => {
+  it('has all the output: what came before the exit, what a process left behind writes after, a large amount', async () => {
+    await using pool = Sandbox.pool({ image: 'busybox', size: 2 });
+    // The command exits at once; what it left behind holds stdout and writes later: the
+    // result waits for that output's EOF, not just the exit report.
+    const late = await pool.run('(sleep 0.3; echo late; echo err >&2) & echo early', { encoding: 'utf8' });
+    expect(late.exitCode).toBe(0);
+    expect(late.stdout).toBe('early\nlate\n');
+    expect(late.stderr).toBe('err\n');
+    // More than a pipe holds (64 KiB), on both pipes.
+    const big = await pool.run('head -c 300000 /dev/zero; head -c 70000 /dev/zero >&2');
+    expect(big.stdout.length).toBe(300000);
+    expect(big.stderr.length).toBe(70000);
+    // Output and exit at once, many times.
+    for (let i = 0; i < 10; i++) {
+      const r = await pool.run(['echo', String(i)], { encoding: 'utf8' });
+      expect(r.stdout).toBe(`${i}\n`);
+    }
+  });
+});
+
 describe('pool teardown off the event loop', () => {
   it("removes a sandbox's owner record and lease in the threadpool, not inside the call", async () => {
     const store = ImageStore.default();
