@@ -48,9 +48,9 @@ export class PoolOf<S extends PoolMember> {
   private readonly ready: S[] = [];
   private readonly make: (opts: ResolvedSandboxOptions) => Promise<S>;
   private filling = 0;
-  /** `run()` calls in flight: while there are any, the refill waits for the low water mark. */
+  /** `run()` calls in flight: while there are any, the refill keeps only `lowWater`. */
   private running = 0;
-  /** While runs are in flight the refill waits until fewer than this are ready or being made: half the size, at least 1. */
+  /** Kept ready or being made while runs are in flight: half the size, at least 1. */
   private readonly lowWater: number;
   private idleFill = false;
   private closed = false;
@@ -80,17 +80,17 @@ export class PoolOf<S extends PoolMember> {
   }
 
   /**
-   * Starts creates up to the size. While `run()` calls are in flight (`busy`), not until fewer
-   * than `lowWater` are ready or being made: a create's clone, setup child and host-side steps
-   * share the event loop and the CPUs with the runs the caller is waiting for, so a burst of
-   * runs is served from what is ready, and the refill waits for a moment with no run in flight
-   * (fillWhenIdle). A burst that outlasts half the pool gets the whole refill at once, in
-   * parallel, as before: one create at a time falls behind the runs of a loaded machine, and
-   * the pool would run dry (a run then waits for a whole create).
+   * Starts creates up to the size, or, while `run()` calls are in flight (`busy`), only up to
+   * `lowWater`: a create's clone, setup child and host-side steps share the event loop and the
+   * CPUs with the runs the caller is waiting for, so a burst of runs is served from what is
+   * ready, and the rest of the refill waits for a moment with no run in flight (fillWhenIdle).
+   * A burst that outlasts half the pool is refilled one for one, keeping half the pool ready
+   * or on its way: enough creates in parallel to keep up with a loaded machine's runs, never
+   * the whole refill at once (that burst of creates made the slowest runs slower).
    */
   private fill(busy = this.running > 0): void {
-    if (busy && this.ready.length + this.filling >= this.lowWater) return;
-    while (!this.closed && this.ready.length + this.filling < this.size) {
+    const target = busy ? this.lowWater : this.size;
+    while (!this.closed && this.ready.length + this.filling < target) {
       this.filling++;
       const p = this.create().then(
         (sb) => {
