@@ -48,6 +48,11 @@ export class PoolOf<S extends PoolMember> {
   private readonly ready: S[] = [];
   private readonly make: (opts: ResolvedSandboxOptions) => Promise<S>;
   private filling = 0;
+  /** `run()` calls in flight: while there are any, the refill keeps only `lowWater`. */
+  private running = 0;
+  /** Kept ready or being made while runs are in flight: half the size, at least 1. */
+  private readonly lowWater: number;
+  private idleFill = false;
   private closed = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private lastError: unknown = null;
@@ -65,6 +70,7 @@ export class PoolOf<S extends PoolMember> {
     if ('signal' in rest) throw invalid('signal', 'no signal: a pool lives until close()', rest.signal);
     this.opts = resolveSandboxOptions(rest, POOL_KEYS);
     this.size = size;
+    this.lowWater = Math.min(size, Math.max(1, Math.ceil(size / 2)));
     this.idleMs = (idleMs as number | undefined) ?? null;
     this.fill();
   }
@@ -73,8 +79,18 @@ export class PoolOf<S extends PoolMember> {
     return this.make(this.opts);
   }
 
-  private fill(): void {
-    while (!this.closed && this.ready.length + this.filling < this.size) {
+  /**
+   * Starts creates up to the size, or, while `run()` calls are in flight (`busy`), only up to
+   * `lowWater`: a create's clone, setup child and host-side steps share the event loop and the
+   * CPUs with the runs the caller is waiting for, so a burst of runs is served from what is
+   * ready, and the rest of the refill waits for a moment with no run in flight (fillWhenIdle).
+   * A burst that outlasts half the pool is refilled one for one, keeping half the pool ready
+   * or on its way: enough creates in parallel to keep up with a loaded machine's runs, never
+   * the whole refill at once (that burst of creates made the slowest runs slower).
+   */
+  private fill(busy = this.running > 0): void {
+    const target = busy ? this.lowWater : this.size;
+    while (!this.closed && this.ready.length + this.filling < target) {
       this.filling++;
       const p = this.create().then(
         (sb) => {
@@ -92,6 +108,20 @@ export class PoolOf<S extends PoolMember> {
       this.track(p);
       if (this.lastError) break;
     }
+  }
+
+  /**
+   * The refill to the full size, once no run is in flight: checked after the callbacks of this
+   * turn of the event loop, so that a caller that starts its next run as the last one returns
+   * (a loop of `await pool.run(...)`) counts as busy.
+   */
+  private fillWhenIdle(): void {
+    if (this.idleFill) return;
+    this.idleFill = true;
+    setImmediate(() => {
+      this.idleFill = false;
+      if (this.running === 0) this.fill();
+    });
   }
 
   private track(p: Promise<unknown>): void {
@@ -157,12 +187,24 @@ export class PoolOf<S extends PoolMember> {
     const o = resolveExecOptions(options, 'exec');
     // The refill starts once the command has ended: its clone and setup would otherwise share
     // the event loop (and, on 2 cores, the CPU) with the command the caller is waiting for.
-    const sb = await this.take(false);
+    // Above the low water mark it waits until no run is in flight (fill, fillWhenIdle).
+    this.running++;
+    let sb: S;
+    try {
+      sb = await this.take(false);
+    } catch (e) {
+      this.running--;
+      throw e;
+    }
     try {
       return await sb.execResolved(command, o);
     } finally {
+      this.running--;
+      // Everything in the used sandbox is killed here (destroy's first, synchronous step).
       this.track(sb.destroy());
-      this.fill();
+      // As if busy: a caller's next run usually starts right after this one returns.
+      this.fill(true);
+      this.fillWhenIdle();
     }
   }
 

@@ -93,6 +93,8 @@ export class ProcessState implements SandboxProcess {
   private readonly seen: ViolationCollector | undefined;
   /** Captured output pipes still open: watch → fd. */
   private readonly pipes = new Map<Watch, number>();
+  /** Captured output pipes still open: watch → one read of it (false: nothing more now). */
+  private readonly readers = new Map<Watch, () => boolean>();
 
   constructor(
     private readonly host: ProcessHost,
@@ -295,18 +297,35 @@ export class ProcessState implements SandboxProcess {
   /** Captures one output pipe (non-blocking read end) until EOF, one read per readiness. */
   private readPipe(fd: number, key: 'out' | 'err'): void {
     const n = native();
-    const w = new n.Watch(fd, () => {
+    const read = (): boolean => {
       const b = n.readSome(fd);
-      if (b === undefined) return;
-      if (b !== null && !isFailure(b)) return this.collect(key, b);
+      if (b === undefined) return false;
+      if (b !== null && !isFailure(b)) {
+        this.collect(key, b);
+        return true;
+      }
       this.closePipe(w, fd);
       this.openStreams--;
       this.maybeSettle();
-    });
+      return false;
+    };
+    const w = new n.Watch(fd, () => void read());
     this.pipes.set(w, fd);
+    this.readers.set(w, read);
+  }
+
+  /**
+   * At the exit report: what the pipes hold now, their EOF included (the command wrote its
+   * output before it exited), so that the result settles in this callback instead of a later
+   * turn of the event loop, which a busy loop (a pool's refill beside the run) can make long.
+   * A few reads per pipe: a process left behind that still writes is read by the watch.
+   */
+  private drainPipes(): void {
+    for (const read of [...this.readers.values()]) for (let i = 0; i < 4 && read(); i++);
   }
 
   private closePipe(w: Watch, fd: number): void {
+    this.readers.delete(w);
     if (!this.pipes.delete(w)) return;
     w.close();
     native().close(fd);
@@ -363,6 +382,7 @@ export class ProcessState implements SandboxProcess {
     } else if (m.type === 'exited') {
       this.tr.mark('exited');
       this.exited = m;
+      this.drainPipes();
       this.maybeSettle();
     } else if (m.type === 'violation') {
       recordSyscallViolation(this.host.violations, m, this.seen ?? null);

@@ -8,6 +8,7 @@
  */
 import { hostMode } from './mode.js';
 import { mkdirSync, readdirSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cgroupDriver } from '../cgroup/driver.js';
@@ -93,6 +94,21 @@ export function unleaseSandbox(id: string): void {
   } catch {
     /* left to prune (it judges the lease by its owner: this process, once dead) */
   }
+}
+
+/**
+ * unleaseSandbox with the unlink in libuv's threadpool: on a filesystem mounted `discard`
+ * (ext4 here), freeing the file's block waits for the device, which would stall the event loop
+ * of every other sandbox of this process (a destroy's background teardown).
+ */
+export async function unleaseSandboxAsync(id: string): Promise<void> {
+  if (!held.has(id)) return;
+  try {
+    await unlink(join(sandboxLeaseDir(), id));
+  } catch {
+    /* gone (ENOENT), or left to prune, as in unleaseSandbox */
+  }
+  held.delete(id);
 }
 
 /** The lease of sandbox `id`, or undefined when there is none (or it is torn). */

@@ -20,7 +20,7 @@ import { commitUpper, type CommitOptions } from './commit.js';
 import { pull, push } from './registry.js';
 import { collect, emptyTrash, imageUsers, storeSide } from './gc.js';
 import { beginOp, commitPending, storeFailure, type Op } from './operations.js';
-import { ID_PREFIX, idShaped, markInUse, readRecord, readTags, releaseSync, tagProblem, writeJson } from './records.js';
+import { ID_PREFIX, idShaped, markInUse, readRecord, readTags, releaseRecord, releaseSync, tagProblem, writeJson } from './records.js';
 
 export type { Image, ImageConfig, Progress, ResolvedImage } from './types.js';
 export type { BuildOptions } from './build-options.js';
@@ -547,7 +547,7 @@ export class ImageStore {
 
   /** Ends what markInUse recorded; removes sandboxes/<sandboxId>/ when nothing else is in it. @internal */
   async release(sandboxId: string): Promise<void> {
-    releaseSync(this, sandboxId);
+    return releaseRecord(this, sandboxId);
   }
 
   /** release(), synchronously (at process exit too). @internal */
