@@ -41,6 +41,11 @@ static void (*z_fail)(const char *, int);
 static void (*z_close)(void);
 static int (*z_environ)(const char *, int);
 
+/* node_platform.cc: worker threads for forks. */
+const char *hutch_np_prepare(int node_major);
+void hutch_np_quiesce(void);
+void hutch_np_child(void);
+
 static int sock = -1;      /* the zygote's end of its socket to the host */
 static char req[1 << 20];  /* the request being served */
 static int reqlen;
@@ -224,6 +229,16 @@ static napi_value load(napi_env env, napi_callback_info info) {
 
 /* listen(): the socket pair, the ready line on stdout, the host's hello. true when served. */
 static napi_value listen_(napi_env env, napi_callback_info info) {
+  const napi_node_version *nv = NULL;
+  if (napi_get_node_version(env, &nv) != napi_ok || !nv) return throw_err(env, "node's version", EINVAL);
+  const char *why = hutch_np_prepare((int)nv->major);
+  if (why) {
+    char m[640];
+    snprintf(m, sizeof m, "hutch node zygote: cannot give forks worker threads: %s", why);
+    napi_throw_error(env, "EUNSUPPORTED", m);
+    return NULL;
+  }
+  hutch_np_quiesce(); /* the preload's and the start's worker tasks done before the first fork */
   if (inherit_all() < 0) return throw_err(env, "/proc/self/maps", errno);
   int sp[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return throw_err(env, "socketpair", errno);
@@ -294,11 +309,13 @@ static napi_value serve(napi_env env, napi_callback_info info) {
       continue;
     }
     int pid = -1;
+    hutch_np_quiesce(); /* no worker task queued or running in the zygote at fork() */
     if (z_fork_begin() == 0) {
       record_fds(); /* after fork_begin, which may open an fd of its own */
       pid = fork();
     }
     if (pid == 0) {
+      hutch_np_child(); /* before anything here could post a worker task */
       if (find_lockpipe() < 0) {
         /* Not the libuv this addon was built for: nothing here may run a task. */
         char m[512];
