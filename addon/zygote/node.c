@@ -414,59 +414,6 @@ static napi_value exit_(napi_env env, napi_callback_info info) {
   _exit(argc > 0 ? arg_int(env, argv[0]) & 0xff : 0);
 }
 
-/* The task's natural end, without node's. When its event loop has nothing left to do, node
- * calls the platform's DrainTasks, which waits for every task posted to the platform's worker
- * threads. V8 posts such tasks even with --single-threaded (a full collection's clearing job:
- * MarkCompactCollector::ClearNonLiveReferences); in a fork no thread runs them, and the wait
- * never ends. So a prepare handle of the fork's own (ref'd: the loop never runs dry while it is
- * there) watches for the moment the loop would have nothing else to do, and then calls `fn`,
- * which ends the task as node would ('beforeExit', then 'exit', then _exit). */
-static uv_prepare_t end_watch;
-static napi_env end_env;
-static napi_ref end_fn;
-static napi_async_context end_ctx;
-
-static int loop_idle(uv_loop_t *loop) {
-  return loop->active_handles <= 1 && loop->active_reqs.count == 0 && loop->closing_handles == NULL;
-}
-
-static void on_prepare(uv_prepare_t *h) {
-  if (!loop_idle(h->loop)) return;
-  napi_handle_scope scope;
-  napi_open_handle_scope(end_env, &scope);
-  napi_value fn, global, res;
-  napi_get_reference_value(end_env, end_fn, &fn);
-  napi_get_global(end_env, &global);
-  napi_make_callback(end_env, end_ctx, global, fn, 0, NULL, &res);
-  napi_close_handle_scope(end_env, scope);
-}
-
-/* watchEnd(fn): calls fn when the task's loop would have nothing left to do. */
-static napi_value watch_end(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  end_env = env;
-  napi_create_reference(env, argv[0], 1, &end_fn);
-  napi_value name;
-  napi_create_string_utf8(env, "hutch-task-end", NAPI_AUTO_LENGTH, &name);
-  napi_async_init(env, NULL, name, &end_ctx);
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  uv_prepare_init(loop, &end_watch);
-  uv_prepare_start(&end_watch, on_prepare);
-  return NULL;
-}
-
-/* idle(): whether the loop has nothing left to do but the end watch. */
-static napi_value idle(napi_env env, napi_callback_info info) {
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  napi_value v;
-  napi_get_boolean(env, loop_idle(loop), &v);
-  return v;
-}
-
 /* ids(): [getpid(), getppid()] (node read its pid once, at its start: the zygote's). */
 static napi_value ids(napi_env env, napi_callback_info info) {
   napi_value arr;
@@ -488,8 +435,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"exec", NULL, exec_, NULL, NULL, NULL, napi_default, NULL},
     {"exit", NULL, exit_, NULL, NULL, NULL, napi_default, NULL},
     {"ids", NULL, ids, NULL, NULL, NULL, napi_default, NULL},
-    {"watchEnd", NULL, watch_end, NULL, NULL, NULL, napi_default, NULL},
-    {"idle", NULL, idle, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
   return exports;

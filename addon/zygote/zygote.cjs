@@ -132,11 +132,6 @@ function hookExit() {
     return r;
   };
   process.reallyExit = (code) => end(code ?? process.exitCode ?? 0);
-  // The natural end, as node's: 'beforeExit' (which may schedule more work), then 'exit'.
-  addon.watchEnd(() => {
-    process.emit('beforeExit', process.exitCode ?? 0);
-    if (addon.idle()) process.emit('exit', process.exitCode ?? 0);
-  });
   const onFatal = process._fatalException;
   process._fatalException = function (er, fromPromise) {
     fatal = true;
