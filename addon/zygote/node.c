@@ -45,6 +45,7 @@ static int (*z_environ)(const char *, int);
 const char *hutch_np_prepare(int node_major);
 void hutch_np_quiesce(void);
 void hutch_np_child(void);
+int hutch_np_built_major(void);
 
 static int sock = -1;      /* the zygote's end of its socket to the host */
 static char req[1 << 20];  /* the request being served */
@@ -437,6 +438,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"ids", NULL, ids, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
+  napi_set_named_property(env, exports, "nodeMajor", num(env, hutch_np_built_major()));
   return exports;
 }
 

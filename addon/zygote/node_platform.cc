@@ -234,6 +234,9 @@ const char *hutch_np_prepare(int node_major) {
   return nullptr;
 }
 
+/* The node major version this addon was built for. */
+int hutch_np_built_major(void) { return NODE_MAJOR_VERSION; }
+
 /* In the zygote, before each fork: node's worker tasks done (none queued, none running), so
  * nothing is lost across the fork. Node's own DrainTasks (the vtable is node's here). */
 void hutch_np_quiesce(void) {

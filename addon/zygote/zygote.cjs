@@ -1,13 +1,12 @@
 'use strict';
 /*
  * hutch's built-in Node zygote (docs/templates.md, "The Node zygote"). Run as
- * `node --single-threaded zygote.cjs`: V8 then posts no task to the platform's worker
- * threads, which a forked child does not have. Requires the preload, then serves the zygote
- * protocol through its addon (hutch_zygote_node.node, which loads libhutch-zygote.so): the
- * addon's serve() returns only in a forked child that the helper has made a fresh sandbox,
- * with its task's request. The task then runs in this warm interpreter: `node main.js args`,
- * `node -e code`, `node -p code`, `node -` (stdin). Any other command, and node with options
- * of its own, is exec'd (no warm start, same isolation).
+ * `node zygote.cjs`. Requires the preload, then serves the zygote protocol through its addon
+ * (hutch_zygote_node.node, which loads libhutch-zygote.so): the addon's serve() returns only in
+ * a forked child that the helper has made a fresh sandbox, with its task's request; the child
+ * has V8 platform worker threads of its own (node_platform.cc). The task then runs in this warm
+ * interpreter: `node main.js args`, `node -e code`, `node -p code`, `node -` (stdin). Any other
+ * command, and node with options of its own, is exec'd (no warm start, same isolation).
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -16,12 +15,6 @@ const vm = require('node:vm');
 const util = require('node:util');
 const crypto = require('node:crypto');
 const { errno: ERRNO } = require('node:os').constants;
-
-// Two background features --single-threaded leaves on in node 20's V8 (inert without
-// concurrent recompilation and streaming compiles, which it turns off; off here to be sure).
-// Set here, not on the command line: a V8 that lacks a flag ignores it here, where on the
-// command line node would refuse to start.
-for (const f of ['--no-concurrent-osr', '--no-concurrent-cache-deserialization']) require('node:v8').setFlagsFromString(f);
 
 const env = process.env;
 const addon = require(env.HUTCH_ZYGOTE_NODE_ADDON);
@@ -221,7 +214,14 @@ function warm() {
 for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', 'url', 'os', 'zlib', 'child_process', 'worker_threads', 'readline']) require(`node:${m}`);
 require('node:v8').setFlagsFromString('--expose-gc');
 vm.runInNewContext('gc')();
-if (!addon.listen()) addon.exit(0);
+let served;
+try {
+  served = addon.listen();
+} catch (e) {
+  say(e.message); // the layout check of node_platform.cc refused: no fork is made
+  addon.exit(1);
+}
+if (!served) addon.exit(0);
 let r = addon.serve();
 if (r === null) addon.exit(0); // the host is gone
 if (r === 'prepared') {

@@ -227,7 +227,7 @@ describe('code runner', () => {
 
 // Traffic only to the namespace and addresses makeInet makes (198.19.x.0/24) and to the
 // resolver hutch makes on each sandbox's link.
-describe('code runner with a domain list, and python from a template', () => {
+describe('code runner with a domain list, and python and node from templates', () => {
   const skip = needsRootWith('the code runner with --domain', ['ip', 'openssl']);
   let inet: Inet | undefined;
   let named: Awaited<ReturnType<typeof start>> | undefined;
@@ -237,7 +237,7 @@ describe('code runner with a domain list, and python from a template', () => {
     if (skip) return;
     inet = await makeInet(240 + (process.pid % 10)); // 240-249: the /24s of this file (bench/inet.ts)
     named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns], /listening on (http:\/\/\S+)/);
-    warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python'], /listening on (http:\/\/\S+)/);
+    warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python', '--template', 'node'], /listening on (http:\/\/\S+)/);
   }, 90_000);
 
   afterAll(async () => {
@@ -283,8 +283,21 @@ describe('code runner with a domain list, and python from a template', () => {
     expect(b.stdout).toBe('False\n');
     const slow = await post(warm, { language: 'python', source: 'while True: pass', limits: { timeoutMs: 300 } });
     expect(slow).toMatchObject({ reason: 'timeout', signal: 'SIGKILL' });
-    // node still comes from a pool.
-    expect((await post(warm, { language: 'node', source: 'console.log(1 + 1)' })).stdout).toBe('2\n');
+    // sh still comes from a pool.
+    expect((await post(warm, { language: 'sh', source: 'echo $((1 + 1))' })).stdout).toBe('2\n');
+  }, 60_000);
+
+  it('serves node from a warm template: same answers, a fresh sandbox each time', async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const a = await post(warm, { language: 'node', source: 'require("fs").writeFileSync("/tmp/mark", "x"); let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => console.log(process.getuid(), s));', stdin: 'hi' });
+    expect(a).toMatchObject({ stdout: '65534 hi\n', stderr: '', exitCode: 0, reason: 'exit', violations: [] });
+    const b = await post(warm, { language: 'node', source: 'console.log(require("fs").existsSync("/tmp/mark"))' });
+    expect(b.stdout).toBe('false\n');
+    // V8's worker threads in the fork: repeated full collections and an async WebAssembly compile end.
+    const gc = await post(warm, { language: 'node', source: 'require("v8").setFlagsFromString("--expose-gc"); const gc = require("vm").runInNewContext("gc"); for (let i = 0; i < 8; i++) gc(); WebAssembly.compile(Buffer.from("0061736d01000000", "hex")).then(() => console.log("ok"));' });
+    expect(gc).toMatchObject({ stdout: 'ok\n', stderr: '', exitCode: 0 });
+    const slow = await post(warm, { language: 'node', source: 'for (;;);', limits: { timeoutMs: 300 } });
+    expect(slow).toMatchObject({ reason: 'timeout', signal: 'SIGKILL' });
   }, 60_000);
 });
 

@@ -1,8 +1,9 @@
 /**
  * The built-in node zygote (docs/templates.md, "The Node zygote"): each run is a fresh sandbox
- * forked from a warm `node --single-threaded`, isolated as a python template's forks are, and
- * node works in it as in a cold `node`: the threadpool (fs, crypto, zlib), timers, child
- * processes and signals, many garbage collections, Worker threads, every way a program ends.
+ * forked from a warm `node`, isolated as a python template's forks are, and node works in it as
+ * in a cold `node`: the threadpool (fs, crypto, zlib), timers, child processes and signals, V8's
+ * platform worker threads (full garbage collections, async WebAssembly compiles, Workers that
+ * end after them, fetch), every way a program ends.
  * Each claim is checked by doing the thing inside a fork. HUTCH_NODE_STRESS sets how many times
  * each workload runs (default 8; the stability figures in docs/templates.md ran 300).
  */
@@ -17,8 +18,6 @@ import { isRoot, needs } from '../helpers/require.js';
 import { installProbe, probe, probeBinary, PROBE } from '../security/probe.js';
 
 const skip = needs(isRoot, 'root is needed');
-// The node zygote is experimental and off by default (docs/templates.md, "The Node zygote").
-process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
 const parent = privateCgroupParent('tplnode');
 const STRESS = Number(process.env.HUTCH_NODE_STRESS ?? 8);
 const NS = ['pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup'];
@@ -337,17 +336,6 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     await z.result;
     expect((await t.run(['node', '-p', '"again"'], { encoding: 'utf8' })).stdout).toBe('again\n');
     expect(t.zygoteProcess).not.toBe(z);
-  });
-});
-
-describe('node templates: off by default', () => {
-  it("is EUNSUPPORTED, naming why and what to do, unless HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1", async () => {
-    delete process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE;
-    try {
-      await expect(Sandbox.template({ zygote: 'node' })).rejects.toMatchObject({ code: 'EUNSUPPORTED', message: expect.stringMatching(/HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1/) });
-    } finally {
-      process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
-    }
   });
 });
 
