@@ -7,11 +7,12 @@
  *
  * Why the serving loop is C: node runs threads of its own (the V8 platform's workers, its
  * delayed-task scheduler, the inspector's SIGUSR1 thread) and fork() keeps only the calling
- * one. While serve() blocks, no JavaScript runs and, with `--single-threaded`, V8 has posted
- * no task to those threads: nothing the child could wait for is in flight. In the child,
- * libuv's event loop is then made the child's own (uv_loop_fork: a new epoll, eventfd and
- * signal pipe; the helper closed every fd the zygote had), and the task ends through _exit
- * (exit()): node's own exit joins the platform's threads, which the child does not have.
+ * one. While serve() blocks, no JavaScript runs; before each fork node's worker tasks are
+ * drained (none queued or running), and the child gets worker threads of its own at once
+ * (node_platform.cc). In the child, libuv's event loop is then made the child's own
+ * (uv_loop_fork: a new epoll, eventfd and signal pipe; the helper closed every fd the zygote
+ * had), and the task ends through _exit (exit()): node's own exit joins the zygote's platform
+ * threads, which the child does not have.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -176,8 +177,9 @@ static int find_lockpipe(void) {
 }
 
 /* V8 marks its heap pages MADV_DONTFORK: a fork would have none of them (and crash on the
- * first object it touches). Every mapping is made inherited again, once, before serving: no
- * JavaScript runs in the zygote after that, so V8 maps no new page before a fork. */
+ * first object it touches). Every mapping is made inherited again before serving, and again
+ * before each fork (the zygote's foreground tasks, run by node's DrainTasks then, may map new
+ * pages; about a hundred mappings: a fraction of a millisecond). */
 static int inherit_all(void) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
@@ -310,7 +312,15 @@ static napi_value serve(napi_env env, napi_callback_info info) {
       continue;
     }
     int pid = -1;
-    hutch_np_quiesce(); /* no worker task queued or running in the zygote at fork() */
+    /* No worker task queued or running in the zygote at fork(). Node's DrainTasks also runs
+     * the isolate's foreground tasks, which may allocate: pages V8 maps MADV_DONTFORK, made
+     * inherited again. */
+    hutch_np_quiesce();
+    if (inherit_all() < 0) { /* the host sees its request's socket close */
+      for (int i = 0; i < nf; i++)
+        if (fds[i] >= 0) close(fds[i]);
+      continue;
+    }
     if (z_fork_begin() == 0) {
       record_fds(); /* after fork_begin, which may open an fd of its own */
       pid = fork();
