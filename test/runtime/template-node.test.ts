@@ -321,6 +321,18 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     expect(one).toMatchObject({ stdout: 'after\nbeforeExit 0\nbeforeExit 1\nbeforeExit 2\nexit 0\n', stderr: '', reason: 'exit', exitCode: 0 });
   });
 
+  it("starts the fork's worker threads only when V8 posts work: none for a hello world, at most node's pool for a collection-heavy task", async () => {
+    const count = 'process.on("exit", () => console.log(require("fs").readdirSync("/proc/self/task").length));';
+    const hello = await t.run(['node', '-e', `${count} console.log("hi")`], { encoding: 'utf8' });
+    expect(hello.stdout).toBe('hi\n1\n');
+    // Concurrent marking and sweeping post to the pool, which grows up to the platform's
+    // NumberOfWorkerThreads (node 20: its 4 workers and its delayed-task scheduler's thread).
+    const heavy = await t.run(['node', '-e', `${count} let a = []; for (let i = 0; i < 3e6; i++) { a.push({ i }); if (a.length > 1e6) a = []; }`], { encoding: 'utf8', timeoutMs: 20_000 });
+    const n = Number(heavy.stdout);
+    expect(n).toBeGreaterThan(1);
+    expect(n).toBeLessThanOrEqual(1 + 5);
+  });
+
   it('fork() gives a Sandbox whose init is hutch-init', async () => {
     const sb = await t.fork();
     try {
