@@ -184,8 +184,10 @@ extern "C" {
 /* In the zygote, from a call out of JavaScript: finds node's platform, checks its layout and
  * makes the vtable copy for forks. NULL when ready, else why not. */
 const char *hutch_np_prepare(int node_major) {
-  if (node_major != NODE_MAJOR_VERSION)
-    return Fail("this addon was built for node %s%ld; run npm rebuild (in hutch's directory) with the node of the template's image", "", NODE_MAJOR_VERSION);
+  if (node_major != NODE_MAJOR_VERSION) {
+    snprintf(error, sizeof error, "this addon was built for node %d, this is node %d; run npm rebuild (in hutch's directory) with the node of the template's image", NODE_MAJOR_VERSION, node_major);
+    return error;
+  }
   v8::Isolate *isolate = v8::Isolate::GetCurrent();
   if (!isolate) return Fail("no current V8 isolate%s");
   v8::HandleScope scope(isolate);
