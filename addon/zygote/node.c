@@ -425,6 +425,17 @@ static napi_value exit_(napi_env env, napi_callback_info info) {
   _exit(argc > 0 ? arg_int(env, argv[0]) & 0xff : 0);
 }
 
+/* pipe(): [read fd, write fd] (close-on-exec): the zygote's stdio warm-up. */
+static napi_value pipe_(napi_env env, napi_callback_info info) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return throw_err(env, "pipe", errno);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, num(env, p[0]));
+  napi_set_element(env, arr, 1, num(env, p[1]));
+  return arr;
+}
+
 /* ids(): [getpid(), getppid()] (node read its pid once, at its start: the zygote's). */
 static napi_value ids(napi_env env, napi_callback_info info) {
   napi_value arr;
@@ -446,6 +457,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"exec", NULL, exec_, NULL, NULL, NULL, napi_default, NULL},
     {"exit", NULL, exit_, NULL, NULL, NULL, napi_default, NULL},
     {"ids", NULL, ids, NULL, NULL, NULL, napi_default, NULL},
+    {"pipe", NULL, pipe_, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
   napi_set_named_property(env, exports, "nodeMajor", num(env, hutch_np_built_major()));

@@ -13,7 +13,8 @@
  * pointed at a copy of node's vtable in which CallOnWorkerThread, CallDelayedOnWorkerThread and
  * DrainTasks are this file's, over a small pool made in the fork (threads started on the first
  * post: a task that posts nothing starts none). Node's own worker queue is never touched in a
- * fork. The layout is checked once, in the zygote, before any fork: the node major version the
+ * fork (the zygote drains it before each fork). The layout is checked once, in the zygote,
+ * before any fork: the node major version the
  * addon was built for, the vptr is the address point of node's exported vtable, the copied range
  * is that symbol's (mapped: it is the symbol), and each slot replaced holds node's exported
  * NodePlatform method of that name. Anything else: the zygote refuses to start.
@@ -239,8 +240,9 @@ const char *hutch_np_prepare(int node_major) {
 /* The node major version this addon was built for. */
 int hutch_np_built_major(void) { return NODE_MAJOR_VERSION; }
 
-/* In the zygote, before each fork: node's worker tasks done (none queued, none running), so
- * nothing is lost across the fork. Node's own DrainTasks (the vtable is node's here). */
+/* In the zygote, before serving and before each fork: node's worker tasks done (none queued,
+ * none running), so nothing is lost or half-done across a fork. Node's own DrainTasks (the
+ * vtable is node's here). */
 void hutch_np_quiesce(void) {
   if (platform) platform->DrainTasks(zygote_isolate);
 }

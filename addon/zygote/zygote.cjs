@@ -212,6 +212,21 @@ function warm() {
 // stream when first used; many programs use the rest); then a full collection, so that the
 // forks start with as little garbage as can be.
 for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', 'url', 'os', 'zlib', 'child_process', 'worker_threads', 'readline']) require(`node:${m}`);
+// A task's first console.log creates process.stdout (a net.Socket on a pipe) and formats with
+// util.inspect: that code compiled here once, on a pipe of the zygote's own, instead of in
+// every fork. The socket is destroyed (its fd closed, no watcher left); its close callback
+// runs in a fork's first loop turn.
+function warmStdio() {
+  const [r, w] = addon.pipe();
+  const s = new (require('node:net').Socket)({ fd: w, readable: false, writable: true });
+  const c = new console.Console(s, s);
+  c.log('%s %d', 'warm', 1, { a: [1, 'b'], c: new Map([[1, 2]]) });
+  c.error(new Error('warm'));
+  s.write(Buffer.from('warm\n'));
+  s.destroy();
+  fs.closeSync(r);
+}
+warmStdio();
 require('node:v8').setFlagsFromString('--expose-gc');
 vm.runInNewContext('gc')();
 let served;

@@ -43,9 +43,11 @@ const ZDIR = '/.hutch-zygote';
 /**
  * The built-in Node zygote. Each fork gets V8 platform worker threads of its own
  * (addon/zygote/node_platform.cc), so V8 runs as in a cold node: concurrent marking, sweeping
- * and compiling.
+ * and compiling. `--no-memory-reducer`: the memory reducer's timer, armed by the zygote's
+ * collections, would fire at once in every fork made after it was due (about 8 s into the
+ * zygote's life) and start a full marking there, for a heap that is not idle but just born.
  */
-const NODE_ZYGOTE = ['node', `${ZDIR}/zygote.cjs`];
+const NODE_ZYGOTE = ['node', '--no-memory-reducer', `${ZDIR}/zygote.cjs`];
 
 /**
  * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
