@@ -215,7 +215,7 @@ for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', '
 // A task's first console.log creates process.stdout (a net.Socket on a pipe) and formats with
 // util.inspect: that code compiled here once, on a pipe of the zygote's own, instead of in
 // every fork. The socket is destroyed (its fd closed, no watcher left); its close callback
-// runs in a fork's first loop turn.
+// runs in the zygote's one loop turn below.
 function warmStdio() {
   const [r, w] = addon.pipe();
   const s = new (require('node:net').Socket)({ fd: w, readable: false, writable: true });
@@ -227,21 +227,26 @@ function warmStdio() {
   fs.closeSync(r);
 }
 warmStdio();
-require('node:v8').setFlagsFromString('--expose-gc');
-vm.runInNewContext('gc')();
-let served;
-try {
-  served = addon.listen();
-} catch (e) {
-  say(e.message); // the layout check of node_platform.cc refused: no fork is made
-  addon.exit(1);
-}
-if (!served) addon.exit(0);
-let r = addon.serve();
-if (r === null) addon.exit(0); // the host is gone
-if (r === 'prepared') {
-  warm();
-  r = addon.ready();
-}
-runTask(r[0], r[1]);
-// The event loop runs the task from here; it ends through hookExit's _exit.
+// One turn of the event loop first (the warm-up socket's close callback and write callbacks
+// run here, once, not in every fork), then a full collection and serving, from inside that
+// turn's check phase: in a fork, serve() returns there and the task's loop goes on from it.
+setImmediate(() => {
+  require('node:v8').setFlagsFromString('--expose-gc');
+  vm.runInNewContext('gc')();
+  let served;
+  try {
+    served = addon.listen();
+  } catch (e) {
+    say(e.message); // the layout check of node_platform.cc refused: no fork is made
+    addon.exit(1);
+  }
+  if (!served) addon.exit(0);
+  let r = addon.serve();
+  if (r === null) addon.exit(0); // the host is gone
+  if (r === 'prepared') {
+    warm();
+    r = addon.ready();
+  }
+  runTask(r[0], r[1]);
+  // The event loop runs the task from here; it ends through hookExit's _exit.
+});
