@@ -42,8 +42,9 @@
     },
     {
       "target_name": "hutch_zygote_node",
-      "sources": ["addon/zygote/node.c"],
-      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+      "sources": ["addon/zygote/node.c", "addon/zygote/node_platform.cc"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "cflags_c": ["-std=gnu11"]
     },
     {
       "target_name": "hutch-zygote-helper",

@@ -174,7 +174,6 @@ async function main(): Promise<void> {
       await pssPerFork(base, 8);
     }
     if (which.includes('node')) {
-      process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1'; // experimental and off by default (docs/templates.md)
       const hello = ['node', '-e', 'console.log("hi")'];
       await compare('node hello world', base, [], hello, 0, 'node');
       await compare('node hello world, runs 100 ms apart', base, [], hello, 100, 'node');

@@ -25,6 +25,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <linux/filter.h>
 #include <linux/mount.h>
 #include <linux/openat2.h>
@@ -237,6 +239,16 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   /* Network, IPC and UTS namespaces of the task's own user namespace (as a fresh sandbox's
    * are its own): its capabilities reach them. */
   CHECK("unshare", unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS));
+  { /* a new network namespace has its loopback down: up, as a created sandbox's */
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK("loopback", s < 0 ? -1 : ioctl(s, SIOCGIFFLAGS, &ifr));
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    CHECK("loopback", ioctl(s, SIOCSIFFLAGS, &ifr));
+    close(s);
+  }
   CHECK("hostname", sethostname(hostname, strlen(hostname)));
   if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
   st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;

@@ -7,11 +7,12 @@
  *
  * Why the serving loop is C: node runs threads of its own (the V8 platform's workers, its
  * delayed-task scheduler, the inspector's SIGUSR1 thread) and fork() keeps only the calling
- * one. While serve() blocks, no JavaScript runs and, with `--single-threaded`, V8 has posted
- * no task to those threads: nothing the child could wait for is in flight. In the child,
- * libuv's event loop is then made the child's own (uv_loop_fork: a new epoll, eventfd and
- * signal pipe; the helper closed every fd the zygote had), and the task ends through _exit
- * (exit()): node's own exit joins the platform's threads, which the child does not have.
+ * one. While serve() blocks, no JavaScript runs; before each fork node's worker tasks are
+ * drained (none queued or running), and the child gets worker threads of its own at once
+ * (node_platform.cc). In the child, libuv's event loop is then made the child's own
+ * (uv_loop_fork: a new epoll, eventfd and signal pipe; the helper closed every fd the zygote
+ * had), and the task ends through _exit (exit()): node's own exit joins the zygote's platform
+ * threads, which the child does not have.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -40,6 +41,12 @@ static int (*z_request)(char *, int);
 static void (*z_fail)(const char *, int);
 static void (*z_close)(void);
 static int (*z_environ)(const char *, int);
+
+/* node_platform.cc: worker threads for forks. */
+const char *hutch_np_prepare(int node_major);
+void hutch_np_quiesce(void);
+void hutch_np_child(void);
+int hutch_np_built_major(void);
 
 static int sock = -1;      /* the zygote's end of its socket to the host */
 static char req[1 << 20];  /* the request being served */
@@ -170,8 +177,9 @@ static int find_lockpipe(void) {
 }
 
 /* V8 marks its heap pages MADV_DONTFORK: a fork would have none of them (and crash on the
- * first object it touches). Every mapping is made inherited again, once, before serving: no
- * JavaScript runs in the zygote after that, so V8 maps no new page before a fork. */
+ * first object it touches). Every mapping is made inherited again before serving, and again
+ * before each fork (the zygote's foreground tasks, run by node's DrainTasks then, may map new
+ * pages; about a hundred mappings: a fraction of a millisecond). */
 static int inherit_all(void) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
@@ -224,6 +232,16 @@ static napi_value load(napi_env env, napi_callback_info info) {
 
 /* listen(): the socket pair, the ready line on stdout, the host's hello. true when served. */
 static napi_value listen_(napi_env env, napi_callback_info info) {
+  const napi_node_version *nv = NULL;
+  if (napi_get_node_version(env, &nv) != napi_ok || !nv) return throw_err(env, "node's version", EINVAL);
+  const char *why = hutch_np_prepare((int)nv->major);
+  if (why) {
+    char m[640];
+    snprintf(m, sizeof m, "hutch node zygote: cannot give forks worker threads: %s", why);
+    napi_throw_error(env, "EUNSUPPORTED", m);
+    return NULL;
+  }
+  hutch_np_quiesce(); /* the preload's and the start's worker tasks done before the first fork */
   if (inherit_all() < 0) return throw_err(env, "/proc/self/maps", errno);
   int sp[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) return throw_err(env, "socketpair", errno);
@@ -294,11 +312,21 @@ static napi_value serve(napi_env env, napi_callback_info info) {
       continue;
     }
     int pid = -1;
+    /* No worker task queued or running in the zygote at fork(). Node's DrainTasks also runs
+     * the isolate's foreground tasks, which may allocate: pages V8 maps MADV_DONTFORK, made
+     * inherited again. */
+    hutch_np_quiesce();
+    if (inherit_all() < 0) { /* the host sees its request's socket close */
+      for (int i = 0; i < nf; i++)
+        if (fds[i] >= 0) close(fds[i]);
+      continue;
+    }
     if (z_fork_begin() == 0) {
       record_fds(); /* after fork_begin, which may open an fd of its own */
       pid = fork();
     }
     if (pid == 0) {
+      hutch_np_child(); /* before anything here could post a worker task */
       if (find_lockpipe() < 0) {
         /* Not the libuv this addon was built for: nothing here may run a task. */
         char m[512];
@@ -397,57 +425,15 @@ static napi_value exit_(napi_env env, napi_callback_info info) {
   _exit(argc > 0 ? arg_int(env, argv[0]) & 0xff : 0);
 }
 
-/* The task's natural end, without node's. When its event loop has nothing left to do, node
- * calls the platform's DrainTasks, which waits for every task posted to the platform's worker
- * threads. V8 posts such tasks even with --single-threaded (a full collection's clearing job:
- * MarkCompactCollector::ClearNonLiveReferences); in a fork no thread runs them, and the wait
- * never ends. So a prepare handle of the fork's own (ref'd: the loop never runs dry while it is
- * there) watches for the moment the loop would have nothing else to do, and then calls `fn`,
- * which ends the task as node would ('beforeExit', then 'exit', then _exit). */
-static uv_prepare_t end_watch;
-static napi_env end_env;
-static napi_ref end_fn;
-static napi_async_context end_ctx;
-
-static int loop_idle(uv_loop_t *loop) {
-  return loop->active_handles <= 1 && loop->active_reqs.count == 0 && loop->closing_handles == NULL;
-}
-
-static void on_prepare(uv_prepare_t *h) {
-  if (!loop_idle(h->loop)) return;
-  napi_handle_scope scope;
-  napi_open_handle_scope(end_env, &scope);
-  napi_value fn, global, res;
-  napi_get_reference_value(end_env, end_fn, &fn);
-  napi_get_global(end_env, &global);
-  napi_make_callback(end_env, end_ctx, global, fn, 0, NULL, &res);
-  napi_close_handle_scope(end_env, scope);
-}
-
-/* watchEnd(fn): calls fn when the task's loop would have nothing left to do. */
-static napi_value watch_end(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  end_env = env;
-  napi_create_reference(env, argv[0], 1, &end_fn);
-  napi_value name;
-  napi_create_string_utf8(env, "hutch-task-end", NAPI_AUTO_LENGTH, &name);
-  napi_async_init(env, NULL, name, &end_ctx);
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  uv_prepare_init(loop, &end_watch);
-  uv_prepare_start(&end_watch, on_prepare);
-  return NULL;
-}
-
-/* idle(): whether the loop has nothing left to do but the end watch. */
-static napi_value idle(napi_env env, napi_callback_info info) {
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  napi_value v;
-  napi_get_boolean(env, loop_idle(loop), &v);
-  return v;
+/* pipe(): [read fd, write fd] (close-on-exec): the zygote's stdio warm-up. */
+static napi_value pipe_(napi_env env, napi_callback_info info) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return throw_err(env, "pipe", errno);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, num(env, p[0]));
+  napi_set_element(env, arr, 1, num(env, p[1]));
+  return arr;
 }
 
 /* ids(): [getpid(), getppid()] (node read its pid once, at its start: the zygote's). */
@@ -471,10 +457,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"exec", NULL, exec_, NULL, NULL, NULL, napi_default, NULL},
     {"exit", NULL, exit_, NULL, NULL, NULL, napi_default, NULL},
     {"ids", NULL, ids, NULL, NULL, NULL, napi_default, NULL},
-    {"watchEnd", NULL, watch_end, NULL, NULL, NULL, napi_default, NULL},
-    {"idle", NULL, idle, NULL, NULL, NULL, napi_default, NULL},
+    {"pipe", NULL, pipe_, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
+  napi_set_named_property(env, exports, "nodeMajor", num(env, hutch_np_built_major()));
   return exports;
 }
 

@@ -1,13 +1,12 @@
 'use strict';
 /*
  * hutch's built-in Node zygote (docs/templates.md, "The Node zygote"). Run as
- * `node --single-threaded zygote.cjs`: V8 then posts no task to the platform's worker
- * threads, which a forked child does not have. Requires the preload, then serves the zygote
- * protocol through its addon (hutch_zygote_node.node, which loads libhutch-zygote.so): the
- * addon's serve() returns only in a forked child that the helper has made a fresh sandbox,
- * with its task's request. The task then runs in this warm interpreter: `node main.js args`,
- * `node -e code`, `node -p code`, `node -` (stdin). Any other command, and node with options
- * of its own, is exec'd (no warm start, same isolation).
+ * `node zygote.cjs`. Requires the preload, then serves the zygote protocol through its addon
+ * (hutch_zygote_node.node, which loads libhutch-zygote.so): the addon's serve() returns only in
+ * a forked child that the helper has made a fresh sandbox, with its task's request; the child
+ * has V8 platform worker threads of its own (node_platform.cc). The task then runs in this warm
+ * interpreter: `node main.js args`, `node -e code`, `node -p code`, `node -` (stdin). Any other
+ * command, and node with options of its own, is exec'd (no warm start, same isolation).
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -16,12 +15,6 @@ const vm = require('node:vm');
 const util = require('node:util');
 const crypto = require('node:crypto');
 const { errno: ERRNO } = require('node:os').constants;
-
-// Two background features --single-threaded leaves on in node 20's V8 (inert without
-// concurrent recompilation and streaming compiles, which it turns off; off here to be sure).
-// Set here, not on the command line: a V8 that lacks a flag ignores it here, where on the
-// command line node would refuse to start.
-for (const f of ['--no-concurrent-osr', '--no-concurrent-cache-deserialization']) require('node:v8').setFlagsFromString(f);
 
 const env = process.env;
 const addon = require(env.HUTCH_ZYGOTE_NODE_ADDON);
@@ -132,11 +125,6 @@ function hookExit() {
     return r;
   };
   process.reallyExit = (code) => end(code ?? process.exitCode ?? 0);
-  // The natural end, as node's: 'beforeExit' (which may schedule more work), then 'exit'.
-  addon.watchEnd(() => {
-    process.emit('beforeExit', process.exitCode ?? 0);
-    if (addon.idle()) process.emit('exit', process.exitCode ?? 0);
-  });
   const onFatal = process._fatalException;
   process._fatalException = function (er, fromPromise) {
     fatal = true;
@@ -224,14 +212,41 @@ function warm() {
 // stream when first used; many programs use the rest); then a full collection, so that the
 // forks start with as little garbage as can be.
 for (const m of ['net', 'tty', 'stream', 'string_decoder', 'events', 'timers', 'url', 'os', 'zlib', 'child_process', 'worker_threads', 'readline']) require(`node:${m}`);
-require('node:v8').setFlagsFromString('--expose-gc');
-vm.runInNewContext('gc')();
-if (!addon.listen()) addon.exit(0);
-let r = addon.serve();
-if (r === null) addon.exit(0); // the host is gone
-if (r === 'prepared') {
-  warm();
-  r = addon.ready();
+// A task's first console.log creates process.stdout (a net.Socket on a pipe) and formats with
+// util.inspect: that code compiled here once, on a pipe of the zygote's own, instead of in
+// every fork. The socket is destroyed (its fd closed, no watcher left); its close callback
+// runs in the zygote's one loop turn below.
+function warmStdio() {
+  const [r, w] = addon.pipe();
+  const s = new (require('node:net').Socket)({ fd: w, readable: false, writable: true });
+  const c = new console.Console(s, s);
+  c.log('%s %d', 'warm', 1, { a: [1, 'b'], c: new Map([[1, 2]]) });
+  c.error(new Error('warm'));
+  s.write(Buffer.from('warm\n'));
+  s.destroy();
+  fs.closeSync(r);
 }
-runTask(r[0], r[1]);
-// The event loop runs the task from here; it ends through hookExit's _exit.
+warmStdio();
+// One turn of the event loop first (the warm-up socket's close callback and write callbacks
+// run here, once, not in every fork), then a full collection and serving, from inside that
+// turn's check phase: in a fork, serve() returns there and the task's loop goes on from it.
+setImmediate(() => {
+  require('node:v8').setFlagsFromString('--expose-gc');
+  vm.runInNewContext('gc')();
+  let served;
+  try {
+    served = addon.listen();
+  } catch (e) {
+    say(e.message); // the layout check of node_platform.cc refused: no fork is made
+    addon.exit(1);
+  }
+  if (!served) addon.exit(0);
+  let r = addon.serve();
+  if (r === null) addon.exit(0); // the host is gone
+  if (r === 'prepared') {
+    warm();
+    r = addon.ready();
+  }
+  runTask(r[0], r[1]);
+  // The event loop runs the task from here; it ends through hookExit's _exit.
+});

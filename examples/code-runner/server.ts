@@ -14,7 +14,7 @@
  * --domain NAME (repeatable: programs may reach these names and nothing else, through NAT;
  * each refusal is in the answer's `violations`), --dns-server ADDR (repeatable: the resolvers
  * those names are looked up at; default the host's), --template LANG (repeatable: serve LANG
- * from a warm interpreter, `Sandbox.template`; python). Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
+ * from a warm interpreter, `Sandbox.template`; python, node). Prints "listening on URL" when ready; SIGINT/SIGTERM close it cleanly (running
  * requests get 5 s, then are aborted; every sandbox is destroyed); a second signal exits at once.
  */
 import { parseArgs } from 'node:util';
@@ -48,7 +48,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64] [--terminal-idle 600000] [--domain NAME]... [--dns-server ADDR]... [--template python]');
+  console.log('usage: node dist/examples/code-runner/server.js [--port 8080] [--host 127.0.0.1] [--pool-size 2] [--max-concurrent 4] [--max-queue 16] [--max-timeout 10000] [--max-memory 268435456] [--max-pids 64] [--terminal-idle 600000] [--domain NAME]... [--dns-server ADDR]... [--template python|node]...');
   process.exit(0);
 }
 

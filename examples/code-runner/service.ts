@@ -62,7 +62,7 @@ export interface CodeRunnerOptions {
   network?: { domains: string[]; dns?: NetworkOptions['dns'] };
   /**
    * Languages served from a template (a warm interpreter forked per request, `Sandbox.template`)
-   * instead of a pool of fresh sandboxes: today `python`. A request with tighter memory, pids or
+   * instead of a pool of fresh sandboxes: `python`, `node`. A request with tighter memory, pids or
    * cpus than the server's maxima still gets a sandbox of its own.
    */
   templates?: Language[];
@@ -218,8 +218,8 @@ export function createCodeRunner(options: CodeRunnerOptions = {}): CodeRunner {
   // `ImageStore.build`) and its own limits.
   const templates = new Map<Language, Promise<SandboxTemplate>>();
   for (const lang of options.templates ?? []) {
-    if (lang !== 'python') throw new HutchError('EINVAL', `invalid option templates: ${JSON.stringify(lang)} has no template here; templates: ['python']`);
-    const t = Sandbox.template({ ...base, zygote: 'python', limits: poolLimits, user, size: options.poolSize ?? 2 });
+    if (lang !== 'python' && lang !== 'node') throw new HutchError('EINVAL', `invalid option templates: ${JSON.stringify(lang)} has no template here; templates: ['python', 'node']`);
+    const t = Sandbox.template({ ...base, zygote: lang, limits: poolLimits, user, size: options.poolSize ?? 2 });
     t.catch(() => undefined); // reported by the first request that needs it
     templates.set(lang, t);
   }

@@ -32,7 +32,7 @@ import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
 import { discardFork, feedStdin, forkSandbox, placeFork, prepareFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
-import { fail, fdinfoPid, helperFiles, nodeZygoteFiles, tn } from './native.js';
+import { checkNodeZygoteBuild, fail, fdinfoPid, helperFiles, nodeZygoteFiles, tn } from './native.js';
 import { startZygote, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
@@ -41,11 +41,13 @@ const TEMPLATE_KEYS = ['zygote', 'preload', 'size', 'zygoteTimeoutMs'];
 /** Where the zygote's own files are bound in the template (not carried into forks). */
 const ZDIR = '/.hutch-zygote';
 /**
- * The built-in Node zygote. `--single-threaded`: V8 posts no task to the platform's worker
- * threads (no concurrent marking, sweeping or compiling), which a fork does not have (the
- * zygote turns off two more background features at its start: zygote.cjs).
+ * The built-in Node zygote. Each fork gets V8 platform worker threads of its own
+ * (addon/zygote/node_platform.cc), so V8 runs as in a cold node: concurrent marking, sweeping
+ * and compiling. `--no-memory-reducer`: the memory reducer's timer, armed by the zygote's
+ * collections, would fire at once in every fork made after it was due (about 8 s into the
+ * zygote's life) and start a full marking there, for a heap that is not idle but just born.
  */
-const NODE_ZYGOTE = ['node', '--single-threaded', `${ZDIR}/zygote.cjs`];
+const NODE_ZYGOTE = ['node', '--no-memory-reducer', `${ZDIR}/zygote.cjs`];
 
 /**
  * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
@@ -110,14 +112,12 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (zygote !== 'python' && zygote !== 'node' && !(Array.isArray(zygote) && zygote.length > 0 && zygote.every((a) => typeof a === 'string' && a !== ''))) {
       throw invalid('zygote', "'python', 'node' or a command (array of strings) that serves the zygote protocol", zygote);
     }
-    if (zygote === 'node' && process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE !== '1') {
-      throw new HutchError('EUNSUPPORTED', "zygote 'node' is experimental and off: a fork of node has none of V8's platform threads, and a task that makes V8 use them (repeated full garbage collections, an async WebAssembly compile, a Worker that ends) hangs until its timeout (docs/templates.md, \"The Node zygote\"). Use zygote 'python', a cold Sandbox.run for node, or set HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1 to try it");
-    }
     if (!Array.isArray(preload) || !preload.every((p) => typeof p === 'string' && p !== '' && !p.includes('\0'))) throw invalid('preload', 'an array of module names or file paths', preload);
     if (!Number.isInteger(size) || size < 0 || size > 64) throw invalid('size', 'an integer from 0 to 64 (forks kept ready)', size);
     if (!Number.isInteger(zygoteTimeoutMs) || zygoteTimeoutMs <= 0) throw invalid('zygoteTimeoutMs', 'a positive number of milliseconds', zygoteTimeoutMs);
     void TEMPLATE_KEYS;
     const opts = resolveSandboxOptions(rest);
+    if (zygote === 'node' && opts.image === 'host') checkNodeZygoteBuild();
     if (opts.network.mode !== 'none') throw new HutchError('EUNSUPPORTED', "templates support network 'none' only so far: each fork gets its own empty network namespace with loopback");
     if (opts.persistent) throw invalid('persistent', 'false for a template (each fork has its own ephemeral writable layer)', true);
     const t = new ZygoteTemplate(opts, zygoteTimeoutMs);

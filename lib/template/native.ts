@@ -3,6 +3,7 @@
  * pidfds), the zygote's helper files, and the pid lookups the host needs.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HutchError, errnoName, type HutchErrorStep } from '../errors.js';
@@ -59,6 +60,26 @@ export function helperFiles(): { lib: string; python: string } {
 /** The Node zygote's own files: its script and its addon (which loads the helper library). */
 export function nodeZygoteFiles(): { script: string; addon: string } {
   return { script: join(packageRoot(), 'addon', 'zygote', 'zygote.cjs'), addon: binary('hutch_zygote_node.node') };
+}
+
+/**
+ * The Node zygote's addon is built for one node major version (it gives forks worker threads
+ * through node's platform: docs/templates.md, "The Node zygote"). With image 'host' the zygote
+ * runs this node: another major is EUNSUPPORTED here, naming the fix. (In another image, the
+ * zygote checks its own node at its start.)
+ */
+export function checkNodeZygoteBuild(): void {
+  const { addon } = nodeZygoteFiles();
+  const have = Number(process.versions.node.split('.')[0]);
+  let built: unknown;
+  try {
+    built = (createRequire(import.meta.url)(addon) as { nodeMajor?: unknown }).nodeMajor;
+  } catch (e) {
+    throw new HutchError('EUNSUPPORTED', `zygote 'node': its addon ${addon} does not load in node ${process.version} (${(e as Error).message}); run npm rebuild in hutch's directory with this node`, { path: addon });
+  }
+  if (built !== have) {
+    throw new HutchError('EUNSUPPORTED', `zygote 'node': its addon ${addon} was built for node ${String(built)}, this is node ${process.version}; run npm rebuild in hutch's directory with this node`, { path: addon });
+  }
 }
 
 /** ESETUP for a fork's failed step. */

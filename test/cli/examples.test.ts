@@ -227,7 +227,7 @@ describe('code runner', () => {
 
 // Traffic only to the namespace and addresses makeInet makes (198.19.x.0/24) and to the
 // resolver hutch makes on each sandbox's link.
-describe('code runner with a domain list, and python from a template', () => {
+describe('code runner with a domain list, and python and node from templates', () => {
   const skip = needsRootWith('the code runner with --domain', ['ip', 'openssl']);
   let inet: Inet | undefined;
   let named: Awaited<ReturnType<typeof start>> | undefined;
@@ -237,7 +237,7 @@ describe('code runner with a domain list, and python from a template', () => {
     if (skip) return;
     inet = await makeInet(240 + (process.pid % 10)); // 240-249: the /24s of this file (bench/inet.ts)
     named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns], /listening on (http:\/\/\S+)/);
-    warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python'], /listening on (http:\/\/\S+)/);
+    warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python', '--template', 'node'], /listening on (http:\/\/\S+)/);
   }, 90_000);
 
   afterAll(async () => {
@@ -275,16 +275,27 @@ describe('code runner with a domain list, and python from a template', () => {
     expect(inet!.seen.filter((l) => l.startsWith('dns ')).every((l) => l.startsWith('dns ok.example '))).toBe(true);
   }, 60_000);
 
-  it('serves python from a warm template: same answers, a fresh sandbox each time', async (ctx) => {
+  // Per language: a write, stdin and the pid (1: a template's fork is PID 1 of its own pid
+  // namespace; a pooled sandbox's program is not), the write not seen by the next run, an
+  // endless loop.
+  const WARM = {
+    python: ['import os, sys\nopen("/tmp/mark", "w").write("x")\nprint(os.getuid(), sys.stdin.read(), os.getpid())', 'import os\nprint(os.path.exists("/tmp/mark"))', 'False\n', 'while True: pass'],
+    node: ['require("fs").writeFileSync("/tmp/mark", "x"); let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => console.log(process.getuid(), s, process.pid));', 'console.log(require("fs").existsSync("/tmp/mark"))', 'false\n', 'for (;;);'],
+  };
+  for (const [language, [write, check, fresh, loop]] of Object.entries(WARM)) it(`serves ${language} from a warm template: same answers, a fresh sandbox each time`, async (ctx) => {
     if (skip) return ctx.skip(skip);
-    const a = await post(warm, { language: 'python', source: 'import os, sys\nopen("/tmp/mark", "w").write("x")\nprint(os.getuid(), sys.stdin.read())', stdin: 'hi' });
-    expect(a).toMatchObject({ stdout: '65534 hi\n', stderr: '', exitCode: 0, reason: 'exit', violations: [] });
-    const b = await post(warm, { language: 'python', source: 'import os\nprint(os.path.exists("/tmp/mark"))' });
-    expect(b.stdout).toBe('False\n');
-    const slow = await post(warm, { language: 'python', source: 'while True: pass', limits: { timeoutMs: 300 } });
-    expect(slow).toMatchObject({ reason: 'timeout', signal: 'SIGKILL' });
-    // node still comes from a pool.
-    expect((await post(warm, { language: 'node', source: 'console.log(1 + 1)' })).stdout).toBe('2\n');
+    const a = await post(warm, { language, source: write, stdin: 'hi' });
+    expect(a).toMatchObject({ stdout: '65534 hi 1\n', stderr: '', exitCode: 0, reason: 'exit', violations: [] });
+    expect((await post(warm, { language, source: check })).stdout).toBe(fresh);
+    expect(await post(warm, { language, source: loop, limits: { timeoutMs: 300 } })).toMatchObject({ reason: 'timeout', signal: 'SIGKILL' });
+    // sh still comes from a pool.
+    expect((await post(warm, { language: 'sh', source: 'echo $((1 + 1))' })).stdout).toBe('2\n');
+  }, 60_000);
+
+  it("node's template fork has V8's worker threads: repeated full collections and an async WebAssembly compile end", async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const gc = await post(warm, { language: 'node', source: 'require("v8").setFlagsFromString("--expose-gc"); const gc = require("vm").runInNewContext("gc"); for (let i = 0; i < 8; i++) gc(); WebAssembly.compile(Buffer.from("0061736d01000000", "hex")).then(() => console.log("ok"));' });
+    expect(gc).toMatchObject({ stdout: 'ok\n', stderr: '', exitCode: 0 });
   }, 60_000);
 });
 

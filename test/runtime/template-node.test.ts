@@ -1,8 +1,9 @@
 /**
  * The built-in node zygote (docs/templates.md, "The Node zygote"): each run is a fresh sandbox
- * forked from a warm `node --single-threaded`, isolated as a python template's forks are, and
- * node works in it as in a cold `node`: the threadpool (fs, crypto, zlib), timers, child
- * processes and signals, many garbage collections, Worker threads, every way a program ends.
+ * forked from a warm `node`, isolated as a python template's forks are, and node works in it as
+ * in a cold `node`: the threadpool (fs, crypto, zlib), timers, child processes and signals, V8's
+ * platform worker threads (full garbage collections, async WebAssembly compiles, Workers that
+ * end after them, fetch), every way a program ends.
  * Each claim is checked by doing the thing inside a fork. HUTCH_NODE_STRESS sets how many times
  * each workload runs (default 8; the stability figures in docs/templates.md ran 300).
  */
@@ -17,8 +18,6 @@ import { isRoot, needs } from '../helpers/require.js';
 import { installProbe, probe, probeBinary, PROBE } from '../security/probe.js';
 
 const skip = needs(isRoot, 'root is needed');
-// The node zygote is experimental and off by default (docs/templates.md, "The Node zygote").
-process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
 const parent = privateCgroupParent('tplnode');
 const STRESS = Number(process.env.HUTCH_NODE_STRESS ?? 8);
 const NS = ['pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup'];
@@ -92,6 +91,43 @@ const w = new Worker('const { parentPort } = require("worker_threads"); parentPo
 w.on('message', (m) => { console.log('worker', m); w.terminate().then((c) => console.log('terminated', c)); });
 w.postMessage(21);`,
     check: (r) => expect(r.stdout).toBe('worker 42\nterminated 1\n'),
+  },
+  // V8's platform worker threads, which a fork gets of its own (docs/templates.md, "The Node
+  // zygote"): each of these hung in a fork before it had them.
+  gcmany: {
+    code: `require('v8').setFlagsFromString('--expose-gc'); const gc = require('vm').runInNewContext('gc');
+for (let i = 0; i < 10; i++) gc(); console.log('done');`,
+    check: (r) => expect(r.stdout).toBe('done\n'),
+  },
+  heap: {
+    // A few hundred MB that live long enough to be promoted, then die: full (mark-compact)
+    // collections without gc(), counted by V8's own GC profiler (synchronous).
+    code: `const { GCProfiler } = require('v8'); const p = new GCProfiler(); p.start();
+let total = 0; for (let r = 0; r < 8; r++) { let keep = []; for (let i = 0; i < 3e5; i++) keep.push({ i, s: 'x' + i, a: [i] }); total += keep.length; keep = null; }
+const major = p.stop().statistics.filter((s) => s.gcType === 'MarkSweepCompact').length;
+console.log(total, major >= 1 ? 'major' : 'no major: ' + major);`,
+    check: (r) => expect(r.stdout).toBe('2400000 major\n'),
+  },
+  workergc: {
+    code: `require('v8').setFlagsFromString('--expose-gc'); const gc = require('vm').runInNewContext('gc'); gc(); gc();
+const { Worker } = require('worker_threads');
+const w = new Worker('require("v8").setFlagsFromString("--expose-gc"); const g = require("vm").runInNewContext("gc"); const a = []; for (let i = 0; i < 1e5; i++) a.push({ i }); g(); g(); require("worker_threads").parentPort.postMessage(a.length);', { eval: true });
+w.on('message', (m) => console.log('worker', m)); w.on('exit', (c) => { gc(); console.log('exit', c); });`,
+    check: (r) => expect(r.stdout).toBe('worker 100000\nexit 0\n'),
+  },
+  wasm: {
+    // (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
+    code: `const bytes = Buffer.from('0061736d0100000001070160027f7f017f030201000707010361646400000a09010700200020016a0b', 'hex');
+WebAssembly.compile(bytes).then((m) => WebAssembly.instantiate(m)).then((i) => console.log('wasm', i.exports.add(40, 2)));`,
+    check: (r) => expect(r.stdout).toBe('wasm 42\n'),
+  },
+  fetch: {
+    // A server of the task's own on its loopback (a fork has its own network namespace).
+    code: `const http = require('http');
+const srv = http.createServer((req, res) => res.end('hello ' + req.url)).listen(0, '127.0.0.1', async () => {
+  const r = await fetch('http://127.0.0.1:' + srv.address().port + '/x'); console.log(r.status, await r.text()); srv.close();
+});`,
+    check: (r) => expect(r.stdout).toBe('200 hello /x\n'),
   },
   exit3: { code: 'setTimeout(() => process.exit(3), 5); process.on("exit", (c) => console.log("exit event", c));', check: (r) => { expect(r.exitCode).toBe(3); expect(r.stdout).toBe('exit event 3\n'); } },
   throw: {
@@ -277,15 +313,23 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     expect(failures).toEqual([]);
   }, 3_600_000);
 
-  it("ends a task after a full collection (the addon's end watch: node's own end would wait for V8's worker tasks)", async () => {
+  it("ends as node ends after V8 used its worker threads: 'beforeExit', then 'exit', after full collections", async () => {
     const gc = 'require("v8").setFlagsFromString("--expose-gc"); const gc = require("vm").runInNewContext("gc");';
-    const one = await t.run(['node', '-e', `${gc} gc(); process.on("beforeExit", () => console.log("beforeExit")); setTimeout(() => console.log("after"), 10);`], { encoding: 'utf8', timeoutMs: 20_000 });
-    expect(one).toMatchObject({ stdout: 'after\nbeforeExit\n', reason: 'exit', exitCode: 0 });
-    // The limitation that keeps the node zygote experimental (docs/templates.md, "Status"):
-    // repeated full collections hang in the fork (glibc's condition variable still counts the
-    // zygote's platform threads as waiters). When this starts passing, revisit the status.
-    const many = await t.run(['node', '-e', `${gc} for (let i = 0; i < 8; i++) gc(); console.log("done");`], { encoding: 'utf8', timeoutMs: 3000 });
-    expect(many.reason).toBe('timeout');
+    // node's own end of the loop (DrainTasks: the fork's pool, then the foreground tasks).
+    const one = await t.run(['node', '-e', `${gc} for (let i = 0; i < 8; i++) gc(); let n = 0; process.on("beforeExit", () => { console.log("beforeExit", n); if (n++ < 2) setTimeout(() => gc(), 5); }); process.on("exit", (c) => console.log("exit", c)); setTimeout(() => console.log("after"), 10);`], { encoding: 'utf8', timeoutMs: 20_000 });
+    expect(one).toMatchObject({ stdout: 'after\nbeforeExit 0\nbeforeExit 1\nbeforeExit 2\nexit 0\n', stderr: '', reason: 'exit', exitCode: 0 });
+  });
+
+  it("starts the fork's worker threads only when V8 posts work: none for a hello world, at most node's pool for a collection-heavy task", async () => {
+    const count = 'process.on("exit", () => console.log(require("fs").readdirSync("/proc/self/task").length));';
+    const hello = await t.run(['node', '-e', `${count} console.log("hi")`], { encoding: 'utf8' });
+    expect(hello.stdout).toBe('hi\n1\n');
+    // Concurrent marking and sweeping post to the pool, which grows up to the platform's
+    // NumberOfWorkerThreads (node 20: its 4 workers and its delayed-task scheduler's thread).
+    const heavy = await t.run(['node', '-e', `${count} let a = []; for (let i = 0; i < 3e6; i++) { a.push({ i }); if (a.length > 1e6) a = []; }`], { encoding: 'utf8', timeoutMs: 20_000 });
+    const n = Number(heavy.stdout);
+    expect(n).toBeGreaterThan(1);
+    expect(n).toBeLessThanOrEqual(1 + 5);
   });
 
   it('fork() gives a Sandbox whose init is hutch-init', async () => {
@@ -303,17 +347,6 @@ console.log('visible', seen.join(','), 'kills', res.length);`;
     await z.result;
     expect((await t.run(['node', '-p', '"again"'], { encoding: 'utf8' })).stdout).toBe('again\n');
     expect(t.zygoteProcess).not.toBe(z);
-  });
-});
-
-describe('node templates: off by default', () => {
-  it("is EUNSUPPORTED, naming why and what to do, unless HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1", async () => {
-    delete process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE;
-    try {
-      await expect(Sandbox.template({ zygote: 'node' })).rejects.toMatchObject({ code: 'EUNSUPPORTED', message: expect.stringMatching(/HUTCH_EXPERIMENTAL_NODE_ZYGOTE=1/) });
-    } finally {
-      process.env.HUTCH_EXPERIMENTAL_NODE_ZYGOTE = '1';
-    }
   });
 });
 
