@@ -78,6 +78,10 @@ def cgroups_of(p):
             _, ctl, path = line.rstrip('\n').split(':', 2)
             if 'hutch' not in path:
                 continue
+            # hutch's shared memory cgroup (a sandbox without a memory limit joins it) is not
+            # the sandbox's own: it outlives every sandbox, like hutch's subtree root.
+            if os.path.basename(path) == '.shared':
+                continue
             if ctl == '':
                 paths.append('/sys/fs/cgroup' + ('/unified' if os.path.isdir('/sys/fs/cgroup/unified') else '') + path)
             else:
