@@ -57,6 +57,8 @@ export class PoolOf<S extends PoolMember> {
   private idleTimer: NodeJS.Timeout | undefined;
   private lastError: unknown = null;
   private readonly inflight = new Set<Promise<unknown>>();
+  /** What a background create or destroy failed with after its work was the pool's alone: close() reports it. */
+  private readonly failed: unknown[] = [];
 
   /** Validates the options (`EINVAL`) and starts making `size` members with `make`. */
   constructor(options: PoolOptions, make: (opts: ResolvedSandboxOptions) => Promise<S>) {
@@ -124,9 +126,20 @@ export class PoolOf<S extends PoolMember> {
     });
   }
 
+  /**
+   * Keeps `p` (a create or destroy nobody awaits) until it settles. Its rejection is handled
+   * here and kept for close(): left unhandled it would end the Node process
+   * (`--unhandled-rejections=throw`, Node's default), and dropped it would be lost.
+   */
   private track(p: Promise<unknown>): void {
     this.inflight.add(p);
-    void p.finally(() => this.inflight.delete(p));
+    p.then(
+      () => this.inflight.delete(p),
+      (e: unknown) => {
+        this.inflight.delete(p);
+        this.failed.push(e);
+      },
+    );
   }
 
   private touch(): void {
@@ -213,6 +226,10 @@ export class PoolOf<S extends PoolMember> {
    * or destroyed by the pool. Sandboxes handed out by `acquire()` are the caller's and
    * stay. Later `acquire()` and `run()` reject with `EDESTROYED`.
    *
+   * @throws HutchError the first error a destroy the pool ran in the background (a used
+   * sandbox's, an idle one's) failed with, once every one has settled: such a failure is kept
+   * for close(), never dropped and never an unhandled rejection.
+   *
    * @example
    * ```ts
    * const pool = Sandbox.pool({ size: 2 });
@@ -223,7 +240,9 @@ export class PoolOf<S extends PoolMember> {
     this.closed = true;
     clearTimeout(this.idleTimer);
     const all = this.ready.splice(0).map((sb) => sb.destroy());
-    await Promise.all([...all, ...this.inflight]);
+    const settled = await Promise.allSettled([...all, ...this.inflight]);
+    const errors = [...this.failed.splice(0), ...settled.flatMap((s) => (s.status === 'rejected' ? [s.reason] : []))];
+    if (errors.length > 0) throw errors[0];
   }
 
   /**
