@@ -44,9 +44,7 @@ Napi::Value NetfilterSetExists(const Napi::CallbackInfo &info) {
   if (g_nft_fd < 0) g_nft_fd = nl_open(NETLINK_NETFILTER);
   if (g_nft_fd < 0) return failure(env, "nftables", -g_nft_fd, "");
   nl_req r;
-  nfgenmsg *g = static_cast<nfgenmsg *>(msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, 0, sizeof(nfgenmsg)));
-  g->nfgen_family = NFPROTO_INET;
-  g->version = NFNETLINK_V0;
+  nfgen_begin(r, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETSET, 0, NFPROTO_INET);
   attr_str(r, NFTA_SET_TABLE, table.c_str());
   attr_str(r, NFTA_SET_NAME, set.c_str());
   std::vector<char> reply;

@@ -78,14 +78,20 @@ void nest_end(nl_req &r, rtattr *a) {
   if (a) a->rta_len = (uint16_t)(r.buf + r.len - reinterpret_cast<char *>(a));
 }
 
+nfgenmsg *nfgen_begin(nl_req &r, uint16_t subsys, uint16_t msg, uint16_t flags, uint8_t family, uint16_t res_id) {
+  nfgenmsg *g = static_cast<nfgenmsg *>(msg_begin(r, (uint16_t)((subsys << 8) | msg), flags, sizeof(nfgenmsg)));
+  if (!g) return nullptr;
+  g->nfgen_family = family;
+  g->version = NFNETLINK_V0;
+  g->res_id = htons(res_id);
+  return g;
+}
+
 void nft_batch_marker(nl_req &r, uint16_t type) {
-  nfgenmsg *g = static_cast<nfgenmsg *>(msg_begin(r, type, 0, sizeof(nfgenmsg)));
-  if (!g) return;
+  // A marker's type is the whole message type (NFNL_MSG_BATCH_BEGIN/END: subsystem 0).
+  if (!nfgen_begin(r, 0, type, 0, AF_UNSPEC, NFNL_SUBSYS_NFTABLES)) return;
   r.cur->nlmsg_flags = NLM_F_REQUEST;
   r.unacked++;
-  g->nfgen_family = AF_UNSPEC;
-  g->version = NFNETLINK_V0;
-  g->res_id = htons(NFNL_SUBSYS_NFTABLES);
 }
 
 // NETLINK_CAP_ACK: acks carry only the failing header, not the whole request echoed back.

@@ -47,6 +47,10 @@ rtattr *attr_put(nl_req &r, uint16_t type, const void *data, size_t n);
 void attr_str(nl_req &r, uint16_t type, const char *s);
 void attr_u32(nl_req &r, uint16_t type, uint32_t v);
 rtattr *nest_begin(nl_req &r, uint16_t type);
+// Starts a netfilter message (nfnetlink: subsystem `subsys`, message `msg`) with its nfgenmsg
+// filled: `family`, version 0, `res_id` (host order; a queue number, a subsystem). Null when
+// the request is full.
+struct nfgenmsg *nfgen_begin(nl_req &r, uint16_t subsys, uint16_t msg, uint16_t flags, uint8_t family, uint16_t res_id = 0);
 // An nf_tables batch's begin or end marker (NFNL_MSG_BATCH_BEGIN/END), not acked: nl_talk
 // then reads one ack per message between them, as the kernel runs them in one transaction.
 void nft_batch_marker(nl_req &r, uint16_t type);

@@ -186,9 +186,7 @@ Napi::Value ConntrackForget(const Napi::CallbackInfo &info) {
   if (ct_fd < 0) ct_fd = nl::nl_open(NETLINK_NETFILTER);
   if (ct_fd < 0) return failure(env, "socket", -ct_fd);
   nl::nl_req r;
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, 0, sizeof(nfgenmsg)));
-  g->nfgen_family = AF_INET;
-  g->version = NFNETLINK_V0;
+  nl::nfgen_begin(r, NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, 0, AF_INET);
   rtattr *tuple = nl::nest_begin(r, CTA_TUPLE_ORIG | NLA_F_NESTED);
   rtattr *ip = nl::nest_begin(r, CTA_TUPLE_IP | NLA_F_NESTED);
   nl::attr_put(r, CTA_IP_V4_SRC, &src, sizeof src);
@@ -232,9 +230,7 @@ Napi::Value NftCounter(const Napi::CallbackInfo &info) {
   if (counter_fd < 0) counter_fd = nl::nl_open(NETLINK_NETFILTER);
   if (counter_fd < 0) return failure(env, "socket", -counter_fd);
   nl::nl_req r;
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ, 0, sizeof(nfgenmsg)));
-  g->nfgen_family = NFPROTO_INET;
-  g->version = NFNETLINK_V0;
+  nl::nfgen_begin(r, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETOBJ, 0, NFPROTO_INET);
   nl::attr_str(r, NFTA_OBJ_TABLE, table.c_str());
   nl::attr_str(r, NFTA_OBJ_NAME, name.c_str());
   nl::attr_u32(r, NFTA_OBJ_TYPE, htonl(NFT_OBJECT_COUNTER));

@@ -102,10 +102,7 @@ void accept(nl::nl_req &r) {
 
 template <typename F>
 void rule(nl::nl_req &r, const std::string &table, F body) {
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, sizeof(nfgenmsg)));
-  if (!g) return;
-  g->nfgen_family = NFPROTO_IPV4;
-  g->version = NFNETLINK_V0;
+  if (!nl::nfgen_begin(r, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, NFPROTO_IPV4)) return;
   nl::attr_str(r, NFTA_RULE_TABLE, table.c_str());
   nl::attr_str(r, NFTA_RULE_CHAIN, "fwd");
   rtattr *list = nl::nest_begin(r, NLA_F_NESTED | NFTA_RULE_EXPRESSIONS);
@@ -139,14 +136,10 @@ Napi::Value NfqTable(const Napi::CallbackInfo &info) {
   std::string table = name;
   nl::nl_req r;
   nl::nft_batch_marker(r, NFNL_MSG_BATCH_BEGIN);
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, sizeof(nfgenmsg)));
-  g->nfgen_family = NFPROTO_IPV4;
-  g->version = NFNETLINK_V0;
+  nl::nfgen_begin(r, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, NFPROTO_IPV4);
   nl::attr_str(r, NFTA_TABLE_NAME, name);
   nl::attr_u32(r, NFTA_TABLE_FLAGS, be(NFT_TABLE_F_OWNER));
-  g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN, NLM_F_CREATE, sizeof(nfgenmsg)));
-  g->nfgen_family = NFPROTO_IPV4;
-  g->version = NFNETLINK_V0;
+  nl::nfgen_begin(r, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NLM_F_CREATE, NFPROTO_IPV4);
   nl::attr_str(r, NFTA_CHAIN_TABLE, name);
   nl::attr_str(r, NFTA_CHAIN_NAME, "fwd");
   rtattr *hook = nl::nest_begin(r, NLA_F_NESTED | NFTA_CHAIN_HOOK);
@@ -209,10 +202,7 @@ Napi::Value NfqTable(const Napi::CallbackInfo &info) {
 template <typename F>
 int config(int fd, uint32_t queue, F fill) {
   nl::nl_req r;
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, 0, sizeof(nfgenmsg)));
-  g->nfgen_family = AF_UNSPEC;
-  g->version = NFNETLINK_V0;
-  g->res_id = htons(static_cast<uint16_t>(queue));
+  nl::nfgen_begin(r, NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, 0, AF_UNSPEC, static_cast<uint16_t>(queue));
   fill(r);
   return nl::nl_talk(fd, r).err;
 }
@@ -326,11 +316,8 @@ Napi::Value NfqVerdict(const Napi::CallbackInfo &info) {
   uint32_t id = info[2].As<Napi::Number>().Uint32Value();
   uint32_t verdict = info[3].As<Napi::Number>().Uint32Value();
   nl::nl_req r;
-  nfgenmsg *g = static_cast<nfgenmsg *>(nl::msg_begin(r, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT, 0, sizeof(nfgenmsg)));
+  nl::nfgen_begin(r, NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT, 0, AF_UNSPEC, static_cast<uint16_t>(queue));
   r.cur->nlmsg_flags = NLM_F_REQUEST;
-  g->nfgen_family = AF_UNSPEC;
-  g->version = NFNETLINK_V0;
-  g->res_id = htons(static_cast<uint16_t>(queue));
   nfqnl_msg_verdict_hdr v{};
   v.verdict = htonl(verdict);
   v.id = htonl(id);
