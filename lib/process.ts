@@ -219,10 +219,7 @@ export class ProcessState implements SandboxProcess {
       if (cap !== null && this.captured + b.length > cap) {
         chunk = b.subarray(0, Math.max(0, cap - this.captured));
         this.captured = cap;
-        if (!this.truncated) {
-          this.truncated = true;
-          this.forceKill('output-limit', 9);
-        }
+        this.outputCapped();
       } else this.captured += b.length;
       if (chunk.length > 0 && !this.stdout.push(chunk)) {
         this.ptyWatch?.close();
@@ -337,14 +334,24 @@ export class ProcessState implements SandboxProcess {
       const room = cap - this.captured;
       if (room > 0) this.chunks[key].push(b.subarray(0, room));
       this.captured = cap;
-      if (!this.truncated) {
-        this.truncated = true;
-        this.forceKill('output-limit', 9);
-      }
+      this.outputCapped();
       return;
     }
     this.captured += b.length;
     this.chunks[key].push(b);
+  }
+
+  /**
+   * The output cap is reached: the exec ends for it. Its reason is 'output-limit' also when
+   * the process had already exited and its last output is read after the exit report (what
+   * it wrote into the pipe's buffer before exiting): the cap was reached either way, and a
+   * caller (a build's RUN step) decides on the reason.
+   */
+  private outputCapped(): void {
+    if (this.truncated) return;
+    this.truncated = true;
+    if (this.forced === null && !this.settled) this.forced = 'output-limit';
+    this.forceKill('output-limit', 9);
   }
 
   /** Ends the whole process group of this exec, remembering why. */
