@@ -97,6 +97,9 @@ export class V1Driver implements CgroupDriver {
     // prune, another process's exit), and the setup child must find it to join it.
     if (this.sharedMemDir !== null && existsSync(this.sharedMemDir)) return this.sharedMemDir;
     const t = this.trees.get('memory')!;
+    // Gone, perhaps with the subtree root around it (another process's exit removes an empty
+    // root it made, and the shared cgroup in it): the root is made again too.
+    if (this.sharedMemDir !== null) t.prepared = false;
     this.prepareTree(t);
     const dir = `${t.root}/${SHARED_MEMCG}`;
     mkdirSubtreeRoot(dir);

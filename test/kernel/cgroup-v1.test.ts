@@ -174,6 +174,29 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     }
   });
 
+  it('makes the shared memory cgroup and its subtree root again when both vanish between sandboxes (another process\'s exit)', async () => {
+    const d = driver(`${privateParent}-again-shared`);
+    const first = d.create(newId('a'), resolveLimits({}).cgroup);
+    expect(first.dirs.some((dir) => dir.endsWith('/.shared'))).toBe(false);
+    await first.destroy();
+    for (const r of d.subtreeRoots) if (existsSync(r)) rmdirSubtreeRoot(r);
+    const cg = d.create(newId('b'), resolveLimits({}).cgroup);
+    try {
+      const s = spawnSleep(30);
+      try {
+        // The setup child's join: each of joinFiles, the shared memory cgroup's among them.
+        for (const f of cg.joinFiles) writeFileSync(f, `${s.child.pid}`);
+        const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
+        expect(read(`${memRoot}/.shared`, 'tasks').split('\n')).toContain(`${s.child.pid}`);
+      } finally {
+        s.child.kill('SIGKILL');
+        await s.exited;
+      }
+    } finally {
+      await cg.destroy();
+    }
+  });
+
   it('a sandbox\'s init is in its v1 cgroups when create() resolves, and what it starts follows', async () => {
     const { Sandbox } = await import('../../lib/index.js');
     const sb = await Sandbox.create({ image: 'busybox', limits: { memory: '64MiB', pids: 16 } });
