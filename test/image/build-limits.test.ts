@@ -40,14 +40,16 @@ describe.skipIf(skip)('build limits: RUN steps', () => {
   });
 
   it('a fork bomb in a RUN is held by limits.pids, and the step\'s processes die with it', { timeout: 120_000 }, async () => {
-    // Each round forks two more that fork on; the step stops itself once it sees 40 processes
+    // Each process forks two more that fork on, then sleeps (builtin): the bomb stays at the
+    // limit (a bomb whose processes end once their forks fail dies out within half a second on
+    // a fast machine, before the first count). The step stops itself once it sees 40 processes
     // (or after 15 s) and counts what it sees. Without a pids limit this takes the host's process table.
     const img = await store.build({
       dockerfile: [
         'FROM busybox',
         // Counted with shell builtins only (a glob and echo): no fork needed when none is left.
         // It looks every half second for up to 15 s (a loaded machine may run the bomb slowly).
-        `RUN b() { b & b & wait; }; (b) 2>/dev/null & i=0; while [ $i -lt 30 ]; do sleep 0.5; set -- /proc/[0-9]*; [ $# -ge 40 ] && break; i=$((i+1)); done; set -- /proc/[0-9]*; echo $# > /count; kill -9 -1 2>/dev/null; exit 0`,
+        `RUN b() { b & b & sleep 30; }; (b) 2>/dev/null & i=0; while [ $i -lt 30 ]; do sleep 0.5; set -- /proc/[0-9]*; [ $# -ge 40 ] && break; i=$((i+1)); done; set -- /proc/[0-9]*; echo $# > /count; kill -9 -1 2>/dev/null; exit 0`,
         '',
       ].join('\n'),
       limits: { pids: 64, timeoutMs: 60_000 },
