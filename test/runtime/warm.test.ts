@@ -1,7 +1,7 @@
 // Warm starts: Sandbox.run makes a blank (cloned, in its cgroup, id maps written, nothing
 // mounted or run) for the next run with the same image and limits (lib/warm.ts).
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -126,7 +126,16 @@ describe('warm starts of Sandbox.run', () => {
     const blank = (await blanksNow())[0]!;
     const fds = () => readdirSync(`/proc/${blank.pid}/fd`).length;
     for (let i = 0; i < 100 && fds() !== 4; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(fds()).toBe(4);
+    // What each fd is, when there are more (so a failure names the fd that leaked in).
+    const named = () =>
+      readdirSync(`/proc/${blank.pid}/fd`).map((fd) => {
+        try {
+          return `${fd} -> ${readlinkSync(`/proc/${blank.pid}/fd/${fd}`)}`;
+        } catch {
+          return `${fd} (gone)`;
+        }
+      });
+    expect(named()).toHaveLength(4);
   }, 30_000);
 
   it('a blank killed from outside is replaced: the run starts the ordinary way', async () => {
