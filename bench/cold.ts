@@ -20,6 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ImageStore, Sandbox, type SandboxPool } from '../lib/index.js';
@@ -270,7 +271,9 @@ async function pool(rootfs: string): Promise<void> {
   say(row(`pool-run, no create beside (pool of ${floorSize})`, fs, bs));
   say();
   const per = (ms: number, n: number) => (ms / n).toFixed(2);
-  say(`Runs of the pool of 8 that found no sandbox ready: ${empty} of ${pr.length}. CPU per call (this process's threads and the children it reaped, the pool's refill and teardown of the block included; kernel threads not): pool-run ${per(cpu.pool, pr.length)} ms, no create beside ${per(cpu.floor, fr.length)} ms, bwrap ${per(cpu.bwrap, bw.length)} ms. Two CPUs give a back-to-back caller at most 2 × its wall time of CPU per call.`);
+  const cpus = availableParallelism();
+  const sustained = cpu.pool / pr.length / cpus;
+  say(`Runs of the pool of 8 that found no sandbox ready: ${empty} of ${pr.length}. CPU per call (this process's threads and the children it reaped, the pool's refill and teardown of the block included; kernel threads not): pool-run ${per(cpu.pool, pr.length)} ms, no create beside ${per(cpu.floor, fr.length)} ms, bwrap ${per(cpu.bwrap, bw.length)} ms. On ${cpus} CPUs, calls back to back that each pay for a create and a teardown take at least ${sustained.toFixed(2)} ms each when sustained (${ratio(sustained, bs.p50)} bubblewrap's p50).`);
   say();
 }
 
