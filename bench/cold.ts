@@ -9,7 +9,9 @@
  *   (this process and everything it starts, sandboxes included: the figure other work on the
  *   machine does not move);
  * - starts per second at concurrency 4 and 8, spawn alongside;
- * - `pool.run` back to back against bubblewrap, in alternating blocks;
+ * - `pool.run` back to back against bubblewrap, in alternating blocks, beside the same runs on
+ *   a pool that makes nothing during them (what the refill costs the caller), with the runs
+ *   that found the pool empty and the CPU per call of each (what two CPUs can sustain);
  * - live idle sandboxes: create time and host memory per sandbox at 1..N live.
  *
  * Nothing is asserted: it prints a markdown report (and writes bench/results/cold-latest.md
@@ -18,6 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ImageStore, Sandbox, type SandboxPool } from '../lib/index.js';
@@ -185,6 +188,20 @@ async function refilled(p: SandboxPool, size = 8): Promise<void> {
   for (let i = 0; i < 1000 && (q.ready.length < size || q.filling > 0 || q.inflight.size > 0); i++) await new Promise((r) => setTimeout(r, 2));
 }
 
+/** Whether the pool has no sandbox ready (its next run creates one on the caller's path, or waits for one). */
+const poolEmpty = (p: SandboxPool): boolean => (p as unknown as { ready: unknown[] }).ready.length === 0;
+
+/**
+ * CPU ms used so far by this process (every thread) and by the children it has reaped (a
+ * sandbox's init and everything it reaped, bubblewrap); kernel threads' work (a namespace's
+ * cleanup, RCU) is not in it.
+ */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  const f = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  return (u.user + u.system) / 1000 + (Number(f[13]) + Number(f[14])) * JIFFY_MS; // cutime, cstime
+}
+
 async function pool(rootfs: string): Promise<void> {
   const bwrapArgv = ['--unshare-all', '--ro-bind', rootfs, '/', '--proc', '/proc', '--dev', '/dev', '/bin/true'];
   const bwrap = (): Promise<void> =>
@@ -193,38 +210,70 @@ async function pool(rootfs: string): Promise<void> {
       c.once('error', reject);
       c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`bwrap exited ${code}`))));
     });
+  const block = 25;
   const p: SandboxPool = Sandbox.pool({ image: 'busybox', size: 8 });
-  const run = async () => {
-    const r = await p.run(['/bin/true']);
+  // The same runs with no create beside them: a pool whose low water mark (half its size) is
+  // a whole block, so it refills only between blocks. What the refill costs the caller is the
+  // difference between the two rows.
+  const floorSize = 2 * block;
+  const floor: SandboxPool = Sandbox.pool({ image: 'busybox', size: floorSize });
+  const runOn = (q: SandboxPool) => async () => {
+    const r = await q.run(['/bin/true']);
     if (r.exitCode !== 0) throw new Error(`exit ${r.exitCode}`);
   };
+  const run = runOn(p);
+  const runFloor = runOn(floor);
   const pr: number[] = [];
+  const fr: number[] = [];
   const bw: number[] = [];
+  const cpu = { pool: 0, floor: 0, bwrap: 0 };
+  let empty = 0;
   try {
     for (let i = 0; i < 10; i++) await run();
+    for (let i = 0; i < 10; i++) await runFloor();
     for (let i = 0; i < 5; i++) await bwrap();
-    const block = 25;
+    await refilled(floor, floorSize);
     for (let done = 0; done < N; done += block) {
-      // Back to back: each call starts as the previous returns, the refill as it may.
-      for (let i = 0; i < block; i++) pr.push(await time(run));
-      // bubblewrap's block starts once the pool has refilled and the used sandboxes are gone
-      // (outside the timing), so that none of the pool's background work lands on it.
+      // Back to back: each call starts as the previous returns, the refill as it may. Its CPU
+      // is counted until the pool has refilled and the used sandboxes are gone.
       await refilled(p);
+      let c0 = cpuMs();
+      for (let i = 0; i < block; i++) {
+        if (poolEmpty(p)) empty++;
+        pr.push(await time(run));
+      }
+      await refilled(p);
+      cpu.pool += cpuMs() - c0;
+      c0 = cpuMs();
+      for (let i = 0; i < block; i++) fr.push(await time(runFloor));
+      await refilled(floor, floorSize);
+      cpu.floor += cpuMs() - c0;
+      // bubblewrap's block starts once both pools have refilled and the used sandboxes are
+      // gone (outside the timing), so that none of the pools' background work lands on it.
+      c0 = cpuMs();
       for (let i = 0; i < block; i++) bw.push(await time(bwrap));
+      cpu.bwrap += cpuMs() - c0;
     }
   } finally {
-    await p.close();
+    await Promise.all([p.close(), floor.close()]);
   }
   const ps = summarize(pr);
+  const fs = summarize(fr);
   const bs = summarize(bw);
   say('### pool.run back to back against bubblewrap');
   say();
-  say(`A pool of 8; blocks of 25 calls back to back (no wait for the refill), alternating with blocks of 25 (each started once the pool has refilled, outside the timing) \`bwrap --unshare-all --ro-bind <busybox layer> / --proc /proc --dev /dev /bin/true\`.`);
+  say(`A pool of 8; blocks of ${block} calls back to back (no wait for the refill), alternating with blocks of ${block} on a pool of ${floorSize} (its low water mark is a whole block: no create beside its runs) and blocks of ${block} (each started once the pools have refilled, outside the timing) \`bwrap --unshare-all --ro-bind <busybox layer> / --proc /proc --dev /dev /bin/true\`.`);
   say();
   say('| peer | n | p50 | p90 | p99 | mean | p50 ÷ bwrap | p99 ÷ bwrap |');
   say('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   say(row('bwrap', bs));
   say(row('pool-run', ps, bs));
+  say(row(`pool-run, no create beside (pool of ${floorSize})`, fs, bs));
+  say();
+  const per = (ms: number, n: number) => (ms / n).toFixed(2);
+  const cpus = availableParallelism();
+  const sustained = cpu.pool / pr.length / cpus;
+  say(`Runs of the pool of 8 that found no sandbox ready: ${empty} of ${pr.length}. CPU per call (this process's threads and the children it reaped, the pool's refill and teardown of the block included; kernel threads not): pool-run ${per(cpu.pool, pr.length)} ms, no create beside ${per(cpu.floor, fr.length)} ms, bwrap ${per(cpu.bwrap, bw.length)} ms. On ${cpus} CPUs, calls back to back that each pay for a create and a teardown take at least ${sustained.toFixed(2)} ms each when sustained (${ratio(sustained, bs.p50)} bubblewrap's p50).`);
   say();
 }
 
