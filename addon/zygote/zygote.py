@@ -179,9 +179,12 @@ def _fill_pools():
 
 
 def _warm(lib):
-    """In a fork prepared ahead, before its task's request: run the zygote's own code along the
-    path a task takes (parse a request, compile, exec), so the pages that path writes are
-    copied now, off the task's critical path. No task input is seen here."""
+    """The zygote's own code along the path a task takes (parse a request, compile, exec), on a
+    sample: no task input is seen here. Run once in the zygote before it serves, so what that
+    path makes on first use is made there, once, in pages every fork shares (the first
+    compile() of a process creates the ~120 classes of the `_ast` module: 0.5 MiB that each
+    fork would otherwise make for itself); and again in a fork prepared ahead, before its
+    task's request, so the pages that path writes are copied off the task's critical path."""
     _parse(b'{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
     ctypes.string_at(ctypes.addressof(_sample), 8)
     exec(compile('pass', '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
@@ -241,6 +244,7 @@ def main():
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
     import atexit, runpy, traceback, select  # what every task uses: imported once, here
     _preload(sys.argv[1:])
+    _warm(lib)  # first-use state made here, shared by every fork (see _warm)
     import gc
     gc.collect()
     _fill_pools()
