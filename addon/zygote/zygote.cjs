@@ -184,8 +184,12 @@ function envBlock(env) {
   return Buffer.from(e.map(([k, v]) => `${k}=${v}\0`).join(''));
 }
 
-/** In the task (PID 1 of its own sandbox). */
+/**
+ * In the task (PID 1 of its own sandbox). `json` null: nothing is done (the zygote's warm-up
+ * calls it so, to have it compiled before it serves, as warm() does for the rest of the path).
+ */
 function runTask(json, filesFd) {
+  if (json === null) return;
   const req = JSON.parse(json);
   addon.environ(envBlock(req.env));
   step('files', () => writeFiles(req.files, filesFd));
@@ -256,6 +260,7 @@ warmStdio();
 // turn's check phase: in a fork, serve() returns there and the task's loop goes on from it.
 setImmediate(() => {
   warm();
+  runTask(null);
   require('node:v8').setFlagsFromString('--expose-gc');
   vm.runInNewContext('gc')();
   let served;
