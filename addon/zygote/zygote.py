@@ -6,16 +6,21 @@ sandbox (its own namespaces, writable layer, cgroup, capabilities, seccomp) and 
 task process; then the task runs in this already-initialised interpreter: `python3 main.py
 args`, `-m module`, `-c code`. Any other command is exec'd (no warm start, same isolation).
 """
+import atexit
 import ctypes
 import json
 import os
+import runpy
 import socket
 import sys
+import traceback
+
+# What every task uses, imported once in the zygote and named globally: an `import` statement
+# in a fork would go through the import machinery (and write the pages of what it touches).
 
 
 def _preload(names):
     import importlib
-    import runpy
     for name in names:
         if name.endswith('.py') or '/' in name:
             runpy.run_path(name, run_name='__hutch_preload__')
@@ -54,18 +59,19 @@ def _step(lib, step, f, *a):
 
 
 _kept = []
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # what os.fsencode does
 
 
 def _set_env(lib, env):
     """The task's environment, set at once: the C environ (what exec and subprocess pass on)
     replaced by one pointer, os.environ's mapping by a new one. Emptying and filling them entry
     by entry would write (so copy, in each fork) many pages of the zygote's own."""
-    env = {k: v for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
-    block = b''.join(os.fsencode(k) + b'=' + os.fsencode(v) + b'\0' for k, v in env.items())
+    data = {k.encode(*_FS): v.encode(*_FS) for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
+    block = b''.join([k + b'=' + v + b'\0' for k, v in data.items()])
     if lib.hutch_zygote_environ(block, len(block)) != 0:
         raise MemoryError('the task environment')
     _kept.append(os.environ._data)  # never freed here: freeing would write its pages too
-    os.environ._data = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    os.environ._data = data
 
 
 def _run_task(lib, req, files_fd):
@@ -92,7 +98,6 @@ def _run_task(lib, req, files_fd):
                 sys.stderr.flush()
                 os._exit(2)
         lib.hutch_zygote_close()  # task code from here on: the request socket is gone
-        import runpy
         # sys.stdin stays the zygote's object: fd 0, which is the task's stdin now, and which
         # the zygote never read (a new one costs pages of its own in every fork).
         if args[:1] == ['-c']:
@@ -120,11 +125,9 @@ def _run_task(lib, req, files_fd):
             print(c, file=sys.stderr)
             code = 1
     except BaseException:
-        import traceback
         traceback.print_exc()
         code = 1
     try:
-        import atexit
         atexit._run_exitfuncs()
     except BaseException:
         pass
@@ -247,7 +250,7 @@ def main():
     if legacy:
         import signal
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
-    import atexit, runpy, traceback, select  # what every task uses: imported once, here
+    import select
     _preload(sys.argv[1:])
     _warm(lib)  # first-use state made here, shared by every fork (see _warm)
     import gc
