@@ -121,7 +121,7 @@ async function throughput(base: SandboxOptions, seconds: number, zygote: Zygote 
  * whole and its anonymous part (Pss_Anon): the file-backed rest is the forks' share of page
  * cache they map but add nothing to (the interpreter's binary and libraries, which other
  * processes map too: the bench's own node maps the same /usr/bin/node), so it moves with what
- * else runs on the machine (measured -0.4 to +0.7 MiB per node fork); the anonymous part is
+ * else runs on the machine (measured -0.4 to +1.0 MiB per node fork); the anonymous part is
  * the pages each fork made or copied for itself. Idle: each fork's task sleeps (python
  * `time.sleep`, node a pending `setTimeout`). Page tables (`VmPTE`) are kernel memory,
  * outside PSS: printed apart, per fork.
