@@ -205,17 +205,23 @@ def _warm_script():
     the zygote's, not each script fork's (0.08 MiB each)."""
     d = '/tmp/.hutch-zygote-warm'
     path = d + '/main.py'
+    r = w = -1
     try:
         r, w = os.pipe()
         os.write(w, b'pass\n')
         os.close(w)
-        _write_files([[path, 5]], r)
+        w = -1
+        _write_files([[path, 5]], r)  # closes r
+        r = -1
         open(path, 'rb').close()
         runpy.run_path(path, run_name='__hutch_warm__')
         os.unlink(path)
         os.rmdir(d)
     except OSError:
         pass
+    for fd in (r, w):
+        if fd >= 0:
+            os.close(fd)
 
 
 def _serve(lib, sock):
