@@ -117,7 +117,14 @@ async function throughput(base: SandboxOptions, seconds: number, zygote: Zygote 
  * process's own pages, and its share of the pages they still share) with `count` forks idle,
  * less the zygote's PSS alone before them, divided by `count`. Summed PSS counts every page
  * once, so this is what each fork adds to the machine (the per-process PSS of a fork alone
- * would also carry its share of the zygote's pages, which exist without any fork).
+ * would also carry its share of the zygote's pages, which exist without any fork). Printed
+ * whole and its anonymous part (Pss_Anon): the file-backed rest is the forks' share of page
+ * cache they map but add nothing to (the interpreter's binary and libraries, which other
+ * processes map too: the bench's own node maps the same /usr/bin/node), so it moves with what
+ * else runs on the machine (measured -0.4 to +1.0 MiB per node fork); the anonymous part is
+ * the pages each fork made or copied for itself. Idle: each fork's task sleeps (python
+ * `time.sleep`, node a pending `setTimeout`). Page tables (`VmPTE`) are kernel memory,
+ * outside PSS: printed apart, per fork.
  */
 async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 'python'): Promise<void> {
   const node = zygote === 'node';
@@ -131,17 +138,19 @@ async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 
         return [];
       }
     };
-    const pss = (pid: number): number => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
-    const tree = (pid: number): number => pss(pid) + kids(pid).reduce((a, p) => a + tree(p), 0);
+    const kb = (pid: number, field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(readFileSync(`/proc/${pid}/${field === 'VmPTE' ? 'status' : 'smaps_rollup'}`, 'utf8'))?.[1] ?? 0);
+    const tree = (pid: number, field: string): number => kb(pid, field) + kids(pid).reduce((a, p) => a + tree(p, field), 0);
     await t.run(node ? ['node', '-e', '0'] : ['python3', '-c', 'pass']); // one task run, as every later fork's zygote has
     await new Promise((r) => setTimeout(r, 500));
     const zygote = kids(t.pid).find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(node ? 'zygote.cjs' : 'zygote.py'))!;
-    const alone = tree(zygote);
+    const alone = tree(zygote, 'Pss');
+    const aloneAnon = tree(zygote, 'Pss_Anon');
+    const alonePte = tree(zygote, 'VmPTE');
     for (let i = 0; i < count; i++) runs.push(t.run(node ? ['node', '-e', 'setTimeout(() => {}, 4000)'] : ['python3', '-c', 'import time; time.sleep(4)']));
     await new Promise((r) => setTimeout(r, 2000));
     const forks = kids(zygote).length;
-    const added = (tree(zygote) - alone) / forks;
-    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${(added / 1024).toFixed(2)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
+    const mib = (k: number): string => (k / forks / 1024).toFixed(2);
+    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${mib(tree(zygote, 'Pss') - alone)} MiB, of which anonymous ${mib(tree(zygote, 'Pss_Anon') - aloneAnon)} MiB (the rest: shares of page cache other processes map too); page tables ${mib(tree(zygote, 'VmPTE') - alonePte)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
   } finally {
     await t.close();
     await Promise.allSettled(runs);

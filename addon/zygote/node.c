@@ -179,24 +179,44 @@ static int find_lockpipe(void) {
 /* V8 marks its heap pages MADV_DONTFORK: a fork would have none of them (and crash on the
  * first object it touches). Every mapping is made inherited again before serving, and again
  * before each fork (the zygote's foreground tasks, run by node's DrainTasks then, may map new
- * pages; about a hundred mappings: a fraction of a millisecond). */
+ * pages; about a hundred mappings: a fraction of a millisecond). /proc/self/maps is read a
+ * page at a time on the stack: a buffer of the zygote's own written before each fork would
+ * be pages every live fork keeps a copy of (copy-on-write). */
+static void inherit(const char *line) { /* "start-end perms ..." */
+  char *p;
+  unsigned long a = strtoul(line, &p, 16), b = 0;
+  if (*p == '-') b = strtoul(p + 1, NULL, 16);
+  if (b > a) madvise((void *)a, b - a, MADV_DOFORK); /* EINVAL for VM_IO (vvar...): nothing to do there */
+}
+
 static int inherit_all(void) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
-  static char buf[1 << 20];
+  char buf[4096];
   size_t len = 0;
-  ssize_t n;
-  while (len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)n;
-  close(fd);
-  buf[len] = 0;
-  for (char *p = buf; *p;) {
-    unsigned long a = strtoul(p, &p, 16), b = 0;
-    if (*p == '-') b = strtoul(p + 1, &p, 16);
-    if (b > a) madvise((void *)a, b - a, MADV_DOFORK); /* EINVAL for VM_IO (vvar...): nothing to do there */
-    char *nl = strchr(p, '\n');
-    if (!nl) break;
-    p = nl + 1;
+  int skip = 0; /* in the rest of a line longer than buf, whose range is done */
+  for (;;) {
+    ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += (size_t)n;
+    buf[len] = 0;
+    char *p = buf, *nl;
+    while ((nl = strchr(p, '\n')) != NULL) {
+      if (!skip) inherit(p);
+      skip = 0;
+      p = nl + 1;
+    }
+    len = (size_t)(buf + len - p); /* a line cut by the read: kept for the next */
+    if (len == sizeof buf - 1) { /* no end of line in a whole buffer (a long path) */
+      if (!skip) inherit(buf);
+      skip = 1;
+      len = 0;
+    } else {
+      memmove(buf, p, len);
+    }
   }
+  close(fd);
   return 0;
 }
 

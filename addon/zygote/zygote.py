@@ -11,11 +11,18 @@ import json
 import os
 import socket
 import sys
+# What every task uses, imported once in the zygote and named globally: an `import` statement
+# in a fork goes through the import machinery (and writes the pages of what it touches).
+# pkgutil: runpy imports it (with typing, re and enum: 2 MiB) on its first run_path or
+# run_module, which was in every fork of a script task.
+import atexit
+import pkgutil  # noqa: F401
+import runpy
+import traceback
 
 
 def _preload(names):
     import importlib
-    import runpy
     for name in names:
         if name.endswith('.py') or '/' in name:
             runpy.run_path(name, run_name='__hutch_preload__')
@@ -54,18 +61,19 @@ def _step(lib, step, f, *a):
 
 
 _kept = []
+_FS = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # what os.fsencode does
 
 
 def _set_env(lib, env):
     """The task's environment, set at once: the C environ (what exec and subprocess pass on)
     replaced by one pointer, os.environ's mapping by a new one. Emptying and filling them entry
     by entry would write (so copy, in each fork) many pages of the zygote's own."""
-    env = {k: v for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
-    block = b''.join(os.fsencode(k) + b'=' + os.fsencode(v) + b'\0' for k, v in env.items())
+    data = {k.encode(*_FS): v.encode(*_FS) for k, v in env.items() if k and '=' not in k and '\0' not in k + v}
+    block = b''.join([k + b'=' + v + b'\0' for k, v in data.items()])
     if lib.hutch_zygote_environ(block, len(block)) != 0:
         raise MemoryError('the task environment')
     _kept.append(os.environ._data)  # never freed here: freeing would write its pages too
-    os.environ._data = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    os.environ._data = data
 
 
 def _run_task(lib, req, files_fd):
@@ -92,7 +100,6 @@ def _run_task(lib, req, files_fd):
                 sys.stderr.flush()
                 os._exit(2)
         lib.hutch_zygote_close()  # task code from here on: the request socket is gone
-        import runpy
         # sys.stdin stays the zygote's object: fd 0, which is the task's stdin now, and which
         # the zygote never read (a new one costs pages of its own in every fork).
         if args[:1] == ['-c']:
@@ -120,11 +127,9 @@ def _run_task(lib, req, files_fd):
             print(c, file=sys.stderr)
             code = 1
     except BaseException:
-        import traceback
         traceback.print_exc()
         code = 1
     try:
-        import atexit
         atexit._run_exitfuncs()
     except BaseException:
         pass
@@ -179,15 +184,44 @@ def _fill_pools():
 
 
 def _warm(lib):
-    """In a fork prepared ahead, before its task's request: run the zygote's own code along the
-    path a task takes (parse a request, compile, exec), so the pages that path writes are
-    copied now, off the task's critical path. No task input is seen here."""
+    """The zygote's own code along the path a task takes (parse a request, compile, exec), on a
+    sample: no task input is seen here. Run once in the zygote before it serves, so what that
+    path makes on first use is made there, once, in pages every fork shares (the first
+    compile() of a process creates the ~120 classes of the `_ast` module: 0.5 MiB that each
+    fork would otherwise make for itself); and again in a fork prepared ahead, before its
+    task's request, so the pages that path writes are copied off the task's critical path."""
     _parse(b'{"argv": ["python3", "-c", "pass"], "env": {"A": "b"}, "cwd": "/", "files": []}')
     ctypes.string_at(ctypes.addressof(_sample), 8)
     exec(compile('pass', '<string>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
     os.environ.get('PATH')
     os.fsencode('PATH')
     os.getcwd()
+
+
+def _warm_script():
+    """In the zygote only (best effort): a task's path for `python3 main.py` with its file, on a
+    sample written to the zygote's own /tmp (forks never see the template's root) and removed:
+    writing the request's files, then runpy.run_path. What that path makes on first use is then
+    the zygote's, not each script fork's (0.08 MiB each)."""
+    d = '/tmp/.hutch-zygote-warm'
+    path = d + '/main.py'
+    r = w = -1
+    try:
+        r, w = os.pipe()
+        os.write(w, b'pass\n')
+        os.close(w)
+        w = -1
+        _write_files([[path, 5]], r)  # closes r
+        r = -1
+        open(path, 'rb').close()
+        runpy.run_path(path, run_name='__hutch_warm__')
+        os.unlink(path)
+        os.rmdir(d)
+    except OSError:
+        pass
+    for fd in (r, w):
+        if fd >= 0:
+            os.close(fd)
 
 
 def _serve(lib, sock):
@@ -209,9 +243,14 @@ def _serve(lib, sock):
     _run_task(lib, _parse(ctypes.string_at(lib.hutch_zygote_request_data(), k)), 3)  # the files pipe, on fd 3 now
 
 
+_decode = json.JSONDecoder().raw_decode
+
+
 def _parse(raw):
-    """The request's JSON (bytes, as it comes; _warm runs this on a sample first)."""
-    return json.loads(raw)
+    """The request's JSON (bytes, as it comes; _warm runs this on a sample first). The host
+    writes it (UTF-8, no surrounding space): decoded straight, not through json.loads, whose
+    encoding detection and whitespace matching touch more of the zygote's objects in a fork."""
+    return _decode(raw.decode())[0]
 
 
 def main():
@@ -239,8 +278,10 @@ def main():
     if legacy:
         import signal
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediate children reap themselves
-    import atexit, runpy, traceback, select  # what every task uses: imported once, here
+    import select
     _preload(sys.argv[1:])
+    _warm(lib)  # first-use state made here, shared by every fork (see _warm)
+    _warm_script()
     import gc
     gc.collect()
     _fill_pools()
