@@ -26,6 +26,7 @@ import {
 } from '../options.js';
 import type { ExecResult, SandboxProcess } from '../process.js';
 import { encodePlan } from './plan.js';
+import { Trace } from '../trace.js';
 import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { forkSandbox, type ForkSite } from './fork.js';
 import { ForkQueue } from './queue.js';
@@ -180,7 +181,7 @@ export class ZygoteTemplate implements SandboxTemplate {
       };
       const track = (p: Promise<unknown>): void => t.track(p);
       t.queue = new ForkQueue({ site: t.site, zygote: () => t.ensureZygote(), gone: zygoteGone, track }, size);
-      t.runHost = { site: t.site, baseEnv: t.baseEnv, defaultCwd: t.defaultCwd, kills: t.kills, track };
+      t.runHost = { site: t.site, baseEnv: t.baseEnv, defaultCwd: t.defaultCwd, kills: t.kills, track, quiet: () => t.queue.quiet() };
       await t.ensureZygote();
       t.queue.refill();
     } catch (e) {
@@ -263,12 +264,24 @@ export class ZygoteTemplate implements SandboxTemplate {
   }
 
   private async runFork(argv: string[], o: ReturnType<typeof resolveExecOptions>, files: [string, Buffer][]): Promise<ExecResult> {
-    const { ready, early } = await this.queue.forRun();
+    // HUTCH_TRACE=1: where the run went ('take' = waiting for a prepared fork, then run.ts's marks).
+    const tr = new Trace('template-run');
+    const { ready, early, waited } = await this.queue.forRun();
+    tr.mark(!ready ? 'take-none' : waited ? 'take-waited' : early ? 'take-early' : 'take');
     const z = ready ? null : await this.ensureZygote();
+    // Runs back to back: the next fork is prepared while this one's task runs, from just after
+    // its request (a prepared fork's wake-up is then not behind the refill's host-side steps).
+    let refilled = false;
+    const afterRequest = early
+      ? (): void => {
+          refilled = true;
+          this.queue.refill();
+        }
+      : undefined;
     try {
-      return await runTask(this.runHost, { argv, o, files, ready, z });
+      return await runTask(this.runHost, { argv, o, files, ready, z, afterRequest }, tr);
     } finally {
-      this.queue.ran(early);
+      this.queue.ran(refilled);
     }
   }
 

@@ -47,13 +47,15 @@ export class ForkQueue {
   /**
    * A prepared fork for a run, if one is ready or on the way (none: the run forks on demand).
    * `early`: runs that come faster than a fork is prepared (none ready, or this one came sooner
-   * after the last result than preparing takes) have the next prepared while this task runs;
-   * others after the result ({@link ForkQueue.ran}), so that making it does not take the CPU
-   * from the task.
+   * after the last result than preparing takes) have the next prepared while this task runs
+   * (the caller calls {@link ForkQueue.refill} once its request is sent: the refill's host-side
+   * steps do not delay it); others after the result ({@link ForkQueue.ran}), so that making it
+   * does not take the CPU from the task.
    */
-  async forRun(): Promise<{ ready: Prepared | undefined; early: boolean }> {
+  async forRun(): Promise<{ ready: Prepared | undefined; early: boolean; waited: boolean }> {
     let ready = this.take();
     const early = !ready || performance.now() - this.lastResult < this.prepareMs;
+    const waited = !ready;
     if (!ready) {
       // One due after the last run starts now; one on the way is nearer than a new fork (as
       // Sandbox.run waits for its blank).
@@ -63,11 +65,10 @@ export class ForkQueue {
         ready = this.take();
       }
     }
-    if (early) this.refill();
-    return { ready, early };
+    return { ready, early, waited };
   }
 
-  /** A run's result is back: the next fork is prepared now unless it was already (`early`). */
+  /** A run's result is back: the next fork is prepared now unless it was already (`early`: its refill started). */
   ran(early: boolean): void {
     this.lastResult = performance.now();
     if (!early) this.refillSoon();
@@ -102,6 +103,17 @@ export class ForkQueue {
       this.fills.add(fill);
       void fill.finally(() => this.fills.delete(fill));
     }
+  }
+
+  /**
+   * Resolves once the forks being prepared now are placed (at once when none is): a run's
+   * teardown waits for that, so that the unmount of its mount tree and its cgroup's and
+   * record's removal do not take the thread pool and the CPUs from the next fork's
+   * preparation (its cgroup placement, its mounts), which a run back to back waits for.
+   * Forks asked for later do not hold it up: teardowns never wait long.
+   */
+  quiet(): Promise<unknown> {
+    return this.fills.size === 0 ? Promise.resolve() : Promise.allSettled([...this.fills]);
   }
 
   /** The zygote `z` ended: its prepared forks go with it (it was to report how their tasks end); new ones follow. */

@@ -15,7 +15,7 @@ import { mergeExecLimits } from '../limits.js';
 import { isFailure, native, type Watch } from '../native.js';
 import type { ResolvedExecOptions } from '../options.js';
 import { signalName, type ExecResult, type ResourceUsage } from '../process.js';
-import { Trace } from '../trace.js';
+import type { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
 import { feedStdin, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
 import { fail, tn } from './native.js';
@@ -31,6 +31,8 @@ export interface RunHost {
   readonly kills: Set<() => void>;
   /** Background work the template's close() waits for (each run's teardown). */
   track(p: Promise<unknown>): void;
+  /** Resolves when a teardown may start (ForkQueue.quiet: no fork being prepared). */
+  quiet(): Promise<unknown>;
 }
 
 /** One task, with its prepared fork (`ready`) or, without one, in a fork `z` makes on demand. */
@@ -40,6 +42,8 @@ export interface RunTask {
   files: [string, Buffer][];
   ready: Prepared | undefined;
   z: Zygote | null;
+  /** Called once the task's request is sent (what may wait until then: the queue's refill). */
+  afterRequest?: () => void;
 }
 
 /** stdout and stderr, read as they come up to the output cap; `closed` once both reached EOF. */
@@ -91,7 +95,7 @@ function captureOutput(outFd: number, errFd: number, cap: number | null, fds: nu
 }
 
 /** Runs one task in a fork and resolves with its result; the fork's teardown goes on after it, tracked. */
-export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult> {
+export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<ExecResult> {
   const { site } = host;
   const { argv, o, files, ready, z } = task;
   const limits = mergeExecLimits(site.opts.limits, { timeoutMs: o.timeoutMs, output: o.output });
@@ -99,7 +103,6 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
   const t = tn();
   const id = ready?.id ?? randomBytes(6).toString('hex');
   const started = Date.now();
-  const tr = new Trace('template-run');
   if (!ready) await site.store.markInUse(site.imageId, id);
   tr.mark('record');
   let cgroup: SandboxCgroup | null = null;
@@ -109,6 +112,8 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
   // The task's mount namespace ('N', just before 'S').
   let mntns = -1;
   let removeKiller = (): unknown => undefined;
+  // The fork's placement (placeFork: its cgroup, its proc), which sends on its socket: settled before that closes.
+  let placing: Promise<void> | null = null;
   try {
     cgroup = ready?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
@@ -139,6 +144,7 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
       sendPlan(site, sp[0]!, site.plan, []);
     }
     tr.mark('request');
+    task.afterRequest?.();
     for (const fd of [...(ready ? [] : [sp[1]!]), pin[0], pout[1], perr[1], pfiles[0]]) {
       n.close(fd);
       fds.splice(fds.indexOf(fd), 1);
@@ -180,14 +186,16 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
           tr.mark(`got-${kind}`);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             if (m.fds.length === 2) c1pidfd = m.fds[0]!;
-            try {
-              placeFork(ctl, m.fds, cg, false);
-            } catch (e) {
-              setupErr = e as HutchError;
-            }
-            // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
-            // close()) reached nothing then; it does now, before the task can run on.
-            if (reason !== null) cg.kill();
+            placing = placeFork(ctl, m.fds, cg, false).then(
+              () => {
+                // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
+                // close()) reached nothing then; it does now, before the task can run on.
+                if (reason !== null) cg.kill();
+              },
+              (e: unknown) => {
+                setupErr = e as HutchError;
+              },
+            );
           } else if (kind === 'N' && m.fds.length === 1 && mntns < 0) {
             // The task's mount namespace, sent by the fork before its privilege drop ends.
             // Held until after the result, the task's exit does not wait for its mounts to
@@ -253,6 +261,7 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
       violationsDropped: 0,
     };
   } finally {
+    await placing;
     removeKiller();
     for (const w of watches) w.close();
     for (const fd of fds) n.close(fd);
@@ -265,6 +274,7 @@ export async function runTask(host: RunHost, task: RunTask): Promise<ExecResult>
     const cg = cgroup;
     const ns = mntns;
     const teardown = (async () => {
+      await host.quiet();
       if (ns >= 0) await new Promise((r) => close(ns, r));
       await cg?.destroy();
       await site.store.release(id).catch(() => undefined);
