@@ -16,7 +16,7 @@ import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from
 import { HutchError, invalid } from '../errors.js';
 import { CAPABILITIES, capabilityMask } from '../capabilities.js';
 import { compileSeccomp } from '../seccomp/index.js';
-import { native } from '../native.js';
+import { isFailure, native } from '../native.js';
 import { ImageStore } from '../image/store.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
 import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
@@ -31,7 +31,7 @@ import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { forkSandbox, type ForkSite } from './fork.js';
 import { ForkQueue } from './queue.js';
 import { runTask, type RunHost } from './run.js';
-import { checkNodeZygoteBuild, fdinfoPid, helperFiles, nodeZygoteFiles } from './native.js';
+import { checkNodeZygoteBuild, fdinfoPid, helperFiles, nodeZygoteFiles, tn } from './native.js';
 import { startZygote, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
@@ -50,12 +50,18 @@ const NODE_ZYGOTE = ['node', '--no-memory-reducer', `${ZDIR}/zygote.cjs`];
 
 /**
  * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
- * run has already seen its socket close: the kernel is asked too (its pidfd no longer signals
- * once it is reaped; a zombie's state is Z).
+ * run has already seen its socket close: the kernel is asked too. First its socket: the zygote
+ * never writes to it, so a read finds nothing while it lives and EOF from the moment its
+ * process closed its files: before it is a zombie, and (the built-in zygotes make it first, so
+ * it has the lowest fd number of their sockets) before a run's request socket reaches EOF. A
+ * run that saw the zygote die then never takes a fork it left. Then its pidfd (no longer
+ * signals once it is reaped) and its state (a zombie's is Z).
  */
 function zygoteGone(z: Zygote): boolean {
   if (z.dead) return true;
-  let gone = !native().pidfdKill(z.pidfd, 0);
+  const m = tn().recvFds(z.sock);
+  if (m !== undefined && m !== null && !isFailure(m)) for (const fd of m.fds) native().close(fd);
+  let gone = m === null || isFailure(m) || !native().pidfdKill(z.pidfd, 0);
   if (!gone) {
     const pid = fdinfoPid(z.pidfd);
     try {
