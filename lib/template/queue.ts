@@ -18,6 +18,9 @@ export interface QueueHost {
   track(p: Promise<unknown>): void;
 }
 
+/** The longest a run's teardown waits for the forks being prepared (ForkQueue.quiet). */
+const QUIET_MAX_MS = 1000;
+
 export class ForkQueue {
   /** Forks prepared ahead: set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
@@ -110,10 +113,14 @@ export class ForkQueue {
    * teardown waits for that, so that the unmount of its mount tree and its cgroup's and
    * record's removal do not take the thread pool and the CPUs from the next fork's
    * preparation (its cgroup placement, its mounts), which a run back to back waits for.
-   * Forks asked for later do not hold it up: teardowns never wait long.
+   * Forks asked for later do not hold it up, and a preparation that hangs (a zygote stopped)
+   * holds it up for QUIET_MAX_MS at most.
    */
   quiet(): Promise<unknown> {
-    return this.fills.size === 0 ? Promise.resolve() : Promise.allSettled([...this.fills]);
+    if (this.fills.size === 0) return Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const most = new Promise((r) => (timer = setTimeout(r, QUIET_MAX_MS)));
+    return Promise.race([Promise.allSettled([...this.fills]), most]).finally(() => clearTimeout(timer));
   }
 
   /** The zygote `z` ended: its prepared forks go with it (it was to report how their tasks end); new ones follow. */
