@@ -54,22 +54,25 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
   const n = native();
   const t = tn();
   const id = randomBytes(6).toString('hex');
-  // HUTCH_TRACE=1: where preparing a fork went (the store's record, its cgroup, the request, 'P' = placed).
+  // HUTCH_TRACE=1: where preparing a fork went (request and plan sent, the store's record, its cgroup, placed).
   const tr = new Trace('template-prepare');
   let cgroup: SandboxCgroup | null = null;
   let marked = false;
   let ctl = -1;
   let w: Watch | undefined;
   try {
-    // The zygote forks first: the store's record and the cgroup are made while it does (the
-    // fork reads its plan, sent after them, before anything else). A failure below closes
-    // the socket: the fork then ends without a plan.
+    // The zygote forks, and the fork reads its plan and makes its mounts, while this side
+    // writes the store's record and makes the cgroup (the record first: from then on a prune
+    // knows whose cgroup it is). The fork needs its cgroup only at 'P' (placed before its proc
+    // comes). The image's layers need no record of the fork's own: the template's sandbox
+    // holds the image. A failure below closes the socket: the fork then ends.
     const sp = t.socketPair();
     if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
     ctl = sp[0];
     const sent = n.send(z.sock, Buffer.from('{"prepared":true}'), [sp[1]]);
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
+    sendPlan(site, ctl, site.plan, []);
     tr.mark('request');
     await site.store.markInUse(site.imageId, id);
     marked = true;
@@ -77,8 +80,6 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
     const cg = cgroup;
-    sendPlan(site, ctl, site.plan, []);
-    tr.mark('plan');
     const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
       w = new n.Watch(ctl, () => {
         for (;;) {
