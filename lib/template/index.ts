@@ -11,12 +11,10 @@
  * prepared ahead and their refill: queue.ts; a fork's host-side steps and forks that become
  * sandboxes: fork.ts; the template addon and helper files: native.ts.
  */
-import { readFileSync } from 'node:fs';
 import { Sandbox, DEFAULT_DISK_BYTES, templateHooks, type SandboxTemplate } from '../sandbox.js';
 import { HutchError, invalid } from '../errors.js';
 import { CAPABILITIES, capabilityMask } from '../capabilities.js';
 import { compileSeccomp } from '../seccomp/index.js';
-import { isFailure, native } from '../native.js';
 import { ImageStore } from '../image/store.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
 import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
@@ -31,8 +29,8 @@ import type { TemplateOptions, TemplateRunOptions } from '../options.js';
 import { forkSandbox, type ForkSite } from './fork.js';
 import { ForkQueue } from './queue.js';
 import { runTask, type RunHost } from './run.js';
-import { checkNodeZygoteBuild, fdinfoPid, helperFiles, nodeZygoteFiles, tn } from './native.js';
-import { startZygote, type Zygote } from './zygote.js';
+import { checkNodeZygoteBuild, helperFiles, nodeZygoteFiles } from './native.js';
+import { startZygote, zygoteGone, type Zygote } from './zygote.js';
 
 export type { TemplateOptions, TemplateRunOptions } from '../options.js';
 
@@ -47,32 +45,6 @@ const ZDIR = '/.hutch-zygote';
  * zygote's life) and start a full marking there, for a heap that is not idle but just born.
  */
 const NODE_ZYGOTE = ['node', '--no-memory-reducer', `${ZDIR}/zygote.cjs`];
-
-/**
- * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
- * run has already seen its socket close: the kernel is asked too. First its socket: the zygote
- * never writes to it, so a read finds nothing while it lives and EOF from the moment its
- * process closed its files: before it is a zombie, and (the built-in zygotes make it first, so
- * it has the lowest fd number of their sockets) before a run's request socket reaches EOF. A
- * run that saw the zygote die then never takes a fork it left. Then its pidfd (no longer
- * signals once it is reaped) and its state (a zombie's is Z).
- */
-function zygoteGone(z: Zygote): boolean {
-  if (z.dead) return true;
-  const m = tn().recvFds(z.sock);
-  if (m !== undefined && m !== null && !isFailure(m)) for (const fd of m.fds) native().close(fd);
-  let gone = m === null || isFailure(m) || !native().pidfdKill(z.pidfd, 0);
-  if (!gone) {
-    const pid = fdinfoPid(z.pidfd);
-    try {
-      gone = pid < 0 || readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z';
-    } catch {
-      gone = true;
-    }
-  }
-  if (gone) z.dead = true;
-  return gone;
-}
 
 /**
  * A warm interpreter serving fresh sandboxes. Made by {@link Sandbox.template}.

@@ -50,3 +50,30 @@ describe('template fork queue', () => {
     await q.close();
   }, 5000);
 });
+
+describe('a zygote gone', () => {
+  // A live process (a child of this test, standing in for the zygote) whose socket's other end
+  // is closed: a zygote that has closed its files on its way out, not yet a zombie.
+  it('is seen as gone once its end of the socket is closed, while its process still runs', async () => {
+    const { spawn } = await import('node:child_process');
+    const { tn } = await import('../../lib/template/native.js');
+    const { native, isFailure } = await import('../../lib/native.js');
+    const { zygoteGone } = await import('../../lib/template/zygote.js');
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const pidfd = tn().pidfdOpen(child.pid!);
+      const sp = tn().socketPair();
+      if (isFailure(pidfd) || isFailure(sp)) throw new Error('pidfd or socketpair');
+      const z = { proc: null as never, sock: sp[0], pidfd, dead: false, why: '' };
+      expect(zygoteGone(z)).toBe(false); // alive, its end open
+      native().close(sp[1]);
+      expect(zygoteGone(z)).toBe(true);
+      expect(z.dead).toBe(true);
+      native().close(sp[0]);
+      native().close(pidfd);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
