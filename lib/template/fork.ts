@@ -151,8 +151,8 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
  * forked one (hutch_zygote_enter); each into the fork's cgroup, then a proc of the task's pid
  * namespace sent back (helper.c says why). Resolves with the task's host pid and keeps its
  * pidfd when `keepTask` (else closes it; an intermediate's pidfd is the caller's); rejects
- * with a HutchError (the cgroup killed). The fork waits for that proc ('M') before it goes on,
- * so the caller keeps `ctl` open until this settles.
+ * with a HutchError (the cgroup killed, the task's pidfd closed). The fork waits for that
+ * proc ('M') before it goes on, so the caller keeps `ctl` open until this settles.
  *
  * The cgroup.procs writes go to the thread pool, all at once, while this thread makes the
  * proc: a migration takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for
@@ -164,27 +164,30 @@ export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, k
   const n = native();
   const taskfd = fds[fds.length - 1]!;
   let proc = -1;
+  let placed = false;
   try {
     const pids = fds.map(fdinfoPid);
     const moved = Promise.all(cg.joinDirs.flatMap((dir) => pids.map((pid) => writeFile(join(dir, 'cgroup.procs'), String(pid)))));
     moved.catch(() => undefined);
     const made = tn().procFor(taskfd);
+    if (!isFailure(made)) proc = made;
     try {
       await moved;
     } catch (e) {
       throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
     }
     if (isFailure(made)) throw fail('proc', made.errno, 'host');
-    proc = made;
     const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
     if (isFailure(s)) throw fail('proc', s.errno, 'send');
+    placed = true;
     return { pid: pids[pids.length - 1]!, pidfd: keepTask ? taskfd : -1 };
   } catch (e) {
     cg.kill();
     throw e;
   } finally {
     if (proc >= 0) n.close(proc);
-    if (!keepTask) n.close(taskfd);
+    // The task's pidfd is the caller's only when placed and asked for.
+    if (!keepTask || !placed) n.close(taskfd);
   }
 }
 
