@@ -43,7 +43,7 @@ export class ForkQueue {
       const p = this.ready.shift();
       if (!p) return p;
       if (!this.host.gone(p.zygote)) return p;
-      void discardFork(this.host.site, p);
+      this.host.track(discardFork(this.host.site, p)); // close() waits for it, as for every other discard
     }
   }
 
