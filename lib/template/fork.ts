@@ -4,7 +4,8 @@
  * image's layers on its socket, its two processes moved into its cgroup, its stdin fed.
  */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, constants as fsc, openSync, writeFileSync } from 'node:fs';
+import { createWriteStream, constants as fsc, openSync, writeSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Sandbox } from '../sandbox.js';
 import { HutchError, errnoName } from '../errors.js';
@@ -53,13 +54,18 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
   const n = native();
   const t = tn();
   const id = randomBytes(6).toString('hex');
-  await site.store.markInUse(site.imageId, id);
+  // HUTCH_TRACE=1: where preparing a fork went (request and plan sent, the store's record, its cgroup, placed).
+  const tr = new Trace('template-prepare');
   let cgroup: SandboxCgroup | null = null;
+  let marked = false;
   let ctl = -1;
   let w: Watch | undefined;
   try {
-    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
-    const cg = cgroup;
+    // The zygote forks, and the fork reads its plan and makes its mounts, while this side
+    // writes the store's record and makes the cgroup (the record first: from then on a prune
+    // knows whose cgroup it is). The fork needs its cgroup only at 'P' (placed before its proc
+    // comes). The image's layers need no record of the fork's own: the template's sandbox
+    // holds the image. A failure below closes the socket: the fork then ends.
     const sp = t.socketPair();
     if (isFailure(sp)) throw fail('request', sp.errno, 'socketpair');
     ctl = sp[0];
@@ -67,6 +73,13 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
     sendPlan(site, ctl, site.plan, []);
+    tr.mark('request');
+    await site.store.markInUse(site.imageId, id);
+    marked = true;
+    tr.mark('record');
+    cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
+    tr.mark('cgroup');
+    const cg = cgroup;
     const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
       w = new n.Watch(ctl, () => {
         for (;;) {
@@ -76,25 +89,29 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
           const kind = String.fromCharCode(m.data[0] ?? 0);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
-            try {
-              return resolve({ c1, task: placeFork(ctl, m.fds, cg, true) });
-            } catch (e) {
-              if (c1 >= 0) n.close(c1);
-              return reject(e);
-            }
+            w?.close();
+            return void placeFork(ctl, m.fds, cg, true).then(
+              (task) => resolve({ c1, task }),
+              (e: unknown) => {
+                if (c1 >= 0) n.close(c1);
+                reject(e);
+              },
+            );
           }
           for (const fd of m.fds) n.close(fd);
           if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
         }
       });
     });
+    tr.mark('placed');
     return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z };
   } catch (e) {
     if (ctl >= 0) n.close(ctl);
     await cgroup?.destroy().catch(() => undefined);
-    await site.store.release(id).catch(() => undefined);
+    if (marked) await site.store.release(id).catch(() => undefined);
     throw e;
   } finally {
+    tr.end();
     w?.close();
   }
 }
@@ -132,42 +149,73 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
 /**
  * The fork's 'P' message: the task's pidfd, after the intermediate process's when the zygote
  * forked one (hutch_zygote_enter); each into the fork's cgroup, then a proc of the task's pid
- * namespace sent back (helper.c says why). Returns the task's host pid and keeps its pidfd
- * when `keepTask` (else closes it; an intermediate's pidfd is the caller's); throws
- * HutchError (the cgroup killed).
+ * namespace sent back (helper.c says why). Resolves with the task's host pid and keeps its
+ * pidfd when `keepTask` (else closes it; an intermediate's pidfd is the caller's); rejects
+ * with a HutchError (the cgroup killed, the task's pidfd closed). The fork waits for that
+ * proc ('M') before it goes on, so the caller keeps `ctl` open until this settles.
+ *
+ * The cgroup.procs writes go to the thread pool, all at once, while this thread makes the
+ * proc: a migration takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for
+ * an RCU grace period (about 1.5 ms each here, measured), and the event loop is not held up
+ * by it: on a template running tasks back to back, the next fork's placement comes while the
+ * current task's messages are due.
  */
-export function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): { pid: number; pidfd: number } {
+export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): Promise<{ pid: number; pidfd: number }> {
   const n = native();
   const taskfd = fds[fds.length - 1]!;
+  let proc = -1;
+  let placed = false;
   try {
     const pids = fds.map(fdinfoPid);
+    const moved = Promise.all(cg.joinDirs.flatMap((dir) => pids.map((pid) => writeFile(join(dir, 'cgroup.procs'), String(pid)))));
+    moved.catch(() => undefined);
+    const made = tn().procFor(taskfd);
+    if (!isFailure(made)) proc = made;
     try {
-      for (const dir of cg.joinDirs) for (const pid of pids) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+      await moved;
     } catch (e) {
       throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
     }
-    const proc = tn().procFor(taskfd);
-    if (isFailure(proc)) throw fail('proc', proc.errno, 'host');
+    if (isFailure(made)) throw fail('proc', made.errno, 'host');
     const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
-    n.close(proc);
     if (isFailure(s)) throw fail('proc', s.errno, 'send');
+    placed = true;
     return { pid: pids[pids.length - 1]!, pidfd: keepTask ? taskfd : -1 };
   } catch (e) {
     cg.kill();
     throw e;
   } finally {
-    if (!keepTask) n.close(taskfd);
+    if (proc >= 0) n.close(proc);
+    // The task's pidfd is the caller's only when placed and asked for.
+    if (!keepTask || !placed) n.close(taskfd);
   }
 }
 
-/** Writes `stdin` (or nothing) to `fd`, then closes it. */
+/**
+ * Writes `stdin` (or nothing) to `fd`, a fresh pipe's write end, then closes it. Nothing, or
+ * bytes that fit in any pipe's buffer (one page: the least a pipe gets, under
+ * pipe-user-pages-soft), are written at once and the fd closed here: no stream, no thread pool
+ * round trip for its close (a run back to back has two such fds, its stdin and its files).
+ */
 export async function feedStdin(fd: number, stdin: ResolvedExecOptions['stdin']): Promise<void> {
+  const now = stdin === undefined ? Buffer.alloc(0) : typeof stdin === 'string' ? Buffer.from(stdin) : stdin instanceof Uint8Array ? stdin : null;
+  if (now !== null && now.length <= PIPE_MIN_BYTES) {
+    try {
+      if (now.length > 0) writeSync(fd, now);
+    } catch {
+      // the reader is gone (EPIPE): the task ended or never started; its result says why
+    }
+    native().close(fd);
+    return;
+  }
   const w = createWriteStream('', { fd, autoClose: true });
   w.on('error', () => undefined);
-  if (stdin === undefined) return void w.end();
-  if (typeof stdin === 'string' || stdin instanceof Uint8Array) return void w.end(stdin);
+  if (now !== null) return void w.end(now);
   (stdin as NodeJS.ReadableStream).pipe(w);
 }
+
+/** The least a pipe's buffer holds (one page): a write of this much to an empty pipe never blocks. */
+const PIPE_MIN_BYTES = 4096;
 
 /**
  * A fresh sandbox forked from the template, whose PID 1 is hutch's init: a Sandbox like any
@@ -193,6 +241,8 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   let c1 = prepared?.c1 ?? -1;
   let taskfd = prepared?.task.pidfd ?? -1;
   let w: Watch | undefined;
+  // The fork's placement (placeFork), which sends on its socket: settled before that closes.
+  let placing: Promise<void> | null = null;
   // HUTCH_TRACE=1: where a fork() went (request sent, the fork's 'S' = init exec'd next, init's setup, the Sandbox).
   const tr = new Trace(prepared ? 'template-fork prepared' : 'template-fork');
   try {
@@ -233,12 +283,14 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
           const kind = String.fromCharCode(m.data[0] ?? 0);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             if (m.fds.length === 2) c1 = m.fds[0]!;
-            try {
-              got = placeFork(sock, m.fds, cg, true);
-              taskfd = got.pidfd;
-            } catch (e) {
-              return reject(e);
-            }
+            // The fork goes on (to 'S') only once placed and sent its proc.
+            placing = placeFork(sock, m.fds, cg, true).then(
+              (p) => {
+                got = p;
+                taskfd = p.pidfd;
+              },
+              (e: unknown) => reject(e),
+            );
           } else {
             for (const fd of m.fds) n.close(fd);
             if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
@@ -260,6 +312,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     tr.mark('adopt');
     return sb;
   } catch (e) {
+    await placing;
     if (spawned) {
       n.pidfdKill(spawned.pidfd, 9);
       n.close(spawned.pidfd);

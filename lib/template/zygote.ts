@@ -2,12 +2,12 @@
  * A template's zygote: started in the template sandbox, checked (its ready line, its socket
  * taken from the host through a pidfd), and watched until it ends.
  */
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import type { Sandbox } from '../sandbox.js';
 import { HutchError, errnoName } from '../errors.js';
 import { isFailure, native } from '../native.js';
 import type { SandboxProcess } from '../process.js';
-import { hostPidOf, tn } from './native.js';
+import { fdinfoPid, hostPidOf, tn } from './native.js';
 
 /** A running zygote: its process in the template, and the host's end of its socket. */
 export interface Zygote {
@@ -94,4 +94,30 @@ export async function startZygote(sb: Sandbox, argv: string[], env: Record<strin
     () => undefined,
   );
   return z;
+}
+
+/**
+ * Whether a zygote has ended. `dead` is set when init reports its end, which can come after a
+ * run has already seen its socket close: the kernel is asked too. First its socket: the zygote
+ * never writes to it, so a read finds nothing while it lives and EOF from the moment its
+ * process closed its files: before it is a zombie, and (the built-in zygotes make it first, so
+ * it has the lowest fd number of their sockets) before a run's request socket reaches EOF. A
+ * run that saw the zygote die then never takes a fork it left. Then its pidfd (no longer
+ * signals once it is reaped) and its state (a zombie's is Z).
+ */
+export function zygoteGone(z: Zygote): boolean {
+  if (z.dead) return true;
+  const m = tn().recvFds(z.sock);
+  if (m !== undefined && m !== null && !isFailure(m)) for (const fd of m.fds) native().close(fd);
+  let gone = m === null || isFailure(m) || !native().pidfdKill(z.pidfd, 0);
+  if (!gone) {
+    const pid = fdinfoPid(z.pidfd);
+    try {
+      gone = pid < 0 || readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z';
+    } catch {
+      gone = true;
+    }
+  }
+  if (gone) z.dead = true;
+  return gone;
 }

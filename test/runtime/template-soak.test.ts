@@ -2,6 +2,7 @@
  * Template soak: many runs through one template keep this process's fds, the cgroups under
  * this file's parent and the host's mounts flat (host-wide: in SERIAL_FILES).
  */
+import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../lib/index.js';
 import { cgroupsUnder, fdCount, mountCount, privateCgroupParent, removeCgroupParent } from '../helpers/reliability.js';
@@ -10,6 +11,14 @@ import { isRoot, needs } from '../helpers/require.js';
 const skip = needs(isRoot, 'root is needed');
 const RUNS = Number(process.env.HUTCH_TEMPLATE_SOAK ?? 300);
 const parent = privateCgroupParent('tplsoak');
+/** This process's fds and what each points to. */
+const fdTargets = (): Record<string, string> => Object.fromEntries(readdirSync('/proc/self/fd').map((fd) => {
+  try {
+    return [fd, readlinkSync(`/proc/self/fd/${fd}`)];
+  } catch {
+    return [fd, '?'];
+  }
+}));
 afterAll(() => removeCgroupParent(parent));
 
 describe.skipIf(skip)('template soak', () => {
@@ -18,6 +27,7 @@ describe.skipIf(skip)('template soak', () => {
     await (await Sandbox.template({ zygote: 'python' })).close();
     await Sandbox.settle();
     const fds = fdCount();
+    const fdsBefore = fdTargets();
     const mounts = mountCount();
     const cgroups = cgroupsUnder(parent).length;
     const t = await Sandbox.template({ zygote: 'python', preload: ['json'], limits: { memory: '128MiB', pids: 32 }, size: 2 });
@@ -42,7 +52,9 @@ describe.skipIf(skip)('template soak', () => {
     await Promise.all([worker(), worker(), worker(), worker()]);
     await t.close();
     await Sandbox.settle();
-    expect(fdCount()).toBe(fds);
+    // What is left, if anything: the fds' targets (a socket, a pidfd, a mount...) say whose.
+    const left = Object.entries(fdTargets()).filter(([fd, to]) => fdsBefore[fd] !== to).map(([fd, to]) => `${fd} -> ${to}`);
+    expect(fdCount(), `fds left: ${left.join(', ')}`).toBe(fds);
     expect(mountCount()).toBe(mounts);
     expect(cgroupsUnder(parent).length).toBe(cgroups);
   }, 600_000);

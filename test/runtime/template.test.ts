@@ -220,6 +220,22 @@ describe.skipIf(skip)('templates: isolation', () => {
     }
   });
 
+  it('hands the task its stdin and files whole, small or large, given as bytes or as a stream, and EOF without stdin', async () => {
+    // A page or less is written at once (lib/template/fork.ts feedStdin), more goes through a stream.
+    const code = 'import sys, hashlib\nd = sys.stdin.buffer.read()\nf = open("/tmp/in.bin", "rb").read()\nprint(len(d), hashlib.sha256(d).hexdigest(), len(f), hashlib.sha256(f).hexdigest())';
+    const sha = async (b: Buffer): Promise<string> => (await import('node:crypto')).createHash('sha256').update(b).digest('hex');
+    for (const size of [0, 4096, 4097, 1 << 20]) {
+      const body = Buffer.alloc(size, 'x');
+      const file = Buffer.alloc(size, 'y');
+      const r = await t.run(['python3', '-c', code], { stdin: size === 0 ? undefined : body, files: { '/tmp/in.bin': file }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe(`${size} ${await sha(body)} ${size} ${await sha(file)}\n`);
+    }
+    const { Readable } = await import('node:stream');
+    const streamed = await t.run(['python3', '-c', 'import sys; print(sys.stdin.read())'], { stdin: Readable.from(['a', 'b', 'c']), encoding: 'utf8' });
+    expect(streamed.stdout).toBe('abc\n');
+  });
+
   it("reseeds Python's random in every fork (the zygote forks with os.fork, whose at-fork hooks run); the hash seed is the template's", async () => {
     const outs = await Promise.all([0, 1, 2].map(() => t.run(['python3', '-c', 'import random; print(random.random(), hash("abc"))'], { encoding: 'utf8' })));
     const rows = outs.map((r) => (r.stdout as string).trim().split(' '));
