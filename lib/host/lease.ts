@@ -58,19 +58,26 @@ function tempName(dir: string, name: string): string {
  * lease (leases are listed without dot names). Cleared in a forked child, which must not
  * write the parent's files.
  */
-const spares = new Map<string, string[]>();
-let sparesPid = process.pid;
+const spareList = perProcessLists();
 /** Spares kept per directory: about as many as sandboxes end between two starts. */
 export const MAX_SPARE_LEASES = 8;
 
-function spareList(dir: string): string[] {
-  if (sparesPid !== process.pid) {
-    spares.clear();
-    sparesPid = process.pid;
-  }
-  let l = spares.get(dir);
-  if (!l) spares.set(dir, (l = []));
-  return l;
+/**
+ * Lists of paths by key that belong to this process: a forked child starts with none (the
+ * parent's spare files are the parent's). @returns the list for a key, made empty on first use.
+ */
+export function perProcessLists(): (key: string) => string[] {
+  const lists = new Map<string, string[]>();
+  let pid = process.pid;
+  return (key) => {
+    if (pid !== process.pid) {
+      lists.clear();
+      pid = process.pid;
+    }
+    let l = lists.get(key);
+    if (!l) lists.set(key, (l = []));
+    return l;
+  };
 }
 
 /** A spare of `dir` holding exactly `text` now, or undefined when there is none (or it went). */
