@@ -17,7 +17,7 @@ const LAYERS = [
     '^lib/cgroup/', '^lib/network/', '^lib/seccomp/', '^lib/host/', '^lib/(idrange|identity|disk|capabilities|host)\\.ts$',
     // image core: the ImageStore (store.ts) and the parts it passes a StoreContext (context.ts);
     // commit needs nothing above; build (top) reaches the store only through hooks.ts
-    '^lib/image/(layout|blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store|context|records|gc|operations|background|commit|build-options)\\.ts$',
+    '^lib/image/(layout|blob|builtin|import|lock|oci|owner|registry|sparse|tar|tarwriter|types|view|hooks|dockerfile|store|context|records|spares|gc|operations|background|commit|build-options)\\.ts$',
   ]],
   ['options', ['^lib/(options|limits)\\.ts$']],
   ['plan', ['^lib/plan\\.ts$', '^lib/plan/']],

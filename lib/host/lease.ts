@@ -7,7 +7,7 @@
  * unreadable (written by an older hutch, whose writer was killed between the create and the
  * write) counts as stale once it is older than a grace period.
  */
-import { linkSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, linkSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { randomHex } from '../random.js';
 import { basename, dirname, join } from 'node:path';
 import { isAlive, ownerTag, type Owner } from './liveness.js';
@@ -17,12 +17,18 @@ import { isAlive, ownerTag, type Owner } from './liveness.js';
  * temp file beside it (`.<name>.<pid>-<start>-<random>`), which is then hard-linked to `file`
  * (link(2) fails with EEXIST when the lease is held) and removed. So a lease is never seen
  * empty or torn, even when its taker is killed half-way; a temp file a killed taker left
- * names its owner and goes with `pruneLeaseTemps`.
+ * names its owner and goes with `pruneLeaseTemps`. The temp file is a spare that an earlier
+ * `retireLease` in the same directory kept, when there is one (its text overwritten in place):
+ * no inode is allocated.
  * @returns false when the file exists (someone holds the lease); other errors are thrown as they are.
  */
 export function createLease(file: string, text: string): boolean {
-  const tmp = join(dirname(file), `.${basename(file)}.${ownerTag()}-${randomHex(4)}`);
-  writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 });
+  const dir = dirname(file);
+  let tmp = takeSpare(dir, text);
+  if (tmp === undefined) {
+    tmp = tempName(dir, basename(file));
+    writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 });
+  }
   try {
     linkSync(tmp, file);
     return true;
@@ -34,6 +40,92 @@ export function createLease(file: string, text: string): boolean {
       unlinkSync(tmp);
     } catch {}
   }
+}
+
+/** A temp file's name in `dir` for lease `name` (the pattern pruneLeaseTemps knows). */
+function tempName(dir: string, name: string): string {
+  return join(dir, `.${name}.${ownerTag()}-${randomHex(4)}`);
+}
+
+/**
+ * Spare lease files of this process, by directory: the inodes of retired leases, renamed to
+ * temp names, for the next createLease there. On ext4 (the host state dir is on disk where /run
+ * is not a tmpfs) an inode freed and another allocated on every sandbox start cost a scan past
+ * every recently freed inode of the group (find_inode_bit), the freed block's discard and the
+ * inode's eviction; a rename and an overwrite cost none of it. A spare is this process's own
+ * (its name carries the owner, so a prune removes it once the process is dead, as it does a
+ * killed taker's temp file), holds the text of a lease that has ended, and is never read as a
+ * lease (leases are listed without dot names). Cleared in a forked child, which must not
+ * write the parent's files.
+ */
+const spareList = perProcessLists();
+/** Spares kept per directory: about as many as sandboxes end between two starts. */
+export const MAX_SPARE_LEASES = 8;
+
+/**
+ * Lists of paths by key that belong to this process: a forked child starts with none (the
+ * parent's spare files are the parent's). @returns the list for a key, made empty on first use.
+ */
+export function perProcessLists(): (key: string) => string[] {
+  const lists = new Map<string, string[]>();
+  let pid = process.pid;
+  return (key) => {
+    if (pid !== process.pid) {
+      lists.clear();
+      pid = process.pid;
+    }
+    let l = lists.get(key);
+    if (!l) lists.set(key, (l = []));
+    return l;
+  };
+}
+
+/** A spare of `dir` holding exactly `text` now, or undefined when there is none (or it went). */
+function takeSpare(dir: string, text: string): string | undefined {
+  const list = spareList(dir);
+  for (let tmp = list.pop(); tmp !== undefined; tmp = list.pop()) {
+    let fd = -1;
+    try {
+      fd = openSync(tmp, 'r+');
+      const n = writeSync(fd, text, 0);
+      if (n === Buffer.byteLength(text)) {
+        ftruncateSync(fd, n);
+        return tmp;
+      }
+    } catch {
+      /* gone (a prune that judged this process dead cannot have: it is alive), or unwritable */
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+    try {
+      unlinkSync(tmp);
+    } catch {}
+  }
+  return undefined;
+}
+
+/**
+ * Ends a lease this process holds (never another holder's: the caller knows it is its own) by
+ * renaming it to a spare for the next createLease in its directory, or removes it when enough
+ * spares are kept. One already gone is fine; other errors are thrown.
+ */
+export function retireLease(file: string): void {
+  const dir = dirname(file);
+  const list = spareList(dir);
+  if (list.length >= MAX_SPARE_LEASES) return removeLease(file);
+  const tmp = tempName(dir, basename(file));
+  try {
+    renameSync(file, tmp);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    return;
+  }
+  list.push(tmp);
+}
+
+/** How many spares this process keeps in `dir` (tests). @internal */
+export function spareLeaseCount(dir: string): number {
+  return spareList(dir).length;
 }
 
 /** Removes the temp files (`.<name>.<pid>-<start>-<random>`) that takers killed inside createLease left in `dir`. */

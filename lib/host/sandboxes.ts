@@ -12,7 +12,7 @@ import { unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cgroupDriver } from '../cgroup/driver.js';
-import { createLease, jsonOwner, leaseAge, readLeaseText, removeLease } from './lease.js';
+import { createLease, jsonOwner, leaseAge, MAX_SPARE_LEASES, readLeaseText, removeLease, retireLease, spareLeaseCount } from './lease.js';
 import { isAlive, selfOwner, type Owner } from './liveness.js';
 
 export interface SandboxLease extends Owner {
@@ -90,21 +90,25 @@ export function unleaseSandbox(id: string): void {
   if (text === undefined) return;
   held.delete(id);
   try {
-    removeLease(join(sandboxLeaseDir(), id));
+    // Kept as a spare for the next lease (lease.ts retireLease): no inode freed and allocated anew.
+    retireLease(join(sandboxLeaseDir(), id));
   } catch {
     /* left to prune (it judges the lease by its owner: this process, once dead) */
   }
 }
 
 /**
- * unleaseSandbox with the unlink in libuv's threadpool: on a filesystem mounted `discard`
- * (ext4 here), freeing the file's block waits for the device, which would stall the event loop
- * of every other sandbox of this process (a destroy's background teardown).
+ * unleaseSandbox for a background teardown: the lease becomes a spare (a rename, which frees
+ * no block), and only when enough spares are kept is it unlinked, in libuv's threadpool: on a
+ * filesystem mounted `discard` (ext4 here) freeing the file's block waits for the device, which
+ * would stall the event loop of every other sandbox of this process.
  */
 export async function unleaseSandboxAsync(id: string): Promise<void> {
   if (!held.has(id)) return;
+  const file = join(sandboxLeaseDir(), id);
   try {
-    await unlink(join(sandboxLeaseDir(), id));
+    if (spareLeaseCount(sandboxLeaseDir()) < MAX_SPARE_LEASES) retireLease(file);
+    else await unlink(file);
   } catch {
     /* gone (ENOENT), or left to prune, as in unleaseSandbox */
   }

@@ -14,6 +14,7 @@ import { unmountUnder } from '../disk.js';
 import { isAlive, ownerFromName, parseOwner, type Owner } from '../host/liveness.js';
 import type { PruneStoreSide } from '../host/prune.js';
 import { pruneLeaseTemps } from '../host/lease.js';
+import { takeSpareRecords } from './spares.js';
 import { readSandboxLease } from '../host/sandboxes.js';
 import { HEX64 } from './blob.js';
 import type { StoreContext } from './context.js';
@@ -193,6 +194,16 @@ export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: 
       }
       found.bytes += await treeBytes(store.path('tmp', n));
       found.trash.push(await toTrash(store, store.path('tmp', n)));
+    }
+    // Spare owner records (records.ts retireRecord) of processes that are gone, and this
+    // process's own (a prune asks for the store as small as it can be; the next sandbox makes
+    // its record anew). Another live process's stay.
+    const ours = new Set(takeSpareRecords(store.root).map((p) => basename(p)));
+    for (const n of await fsp.readdir(store.path('spare')).catch(() => [] as string[])) {
+      const owner = ownerFromName(n);
+      if (owner && isAlive(owner) && !ours.has(n)) continue;
+      const t = await toTrash(store, store.path('spare', n));
+      if (t) found.trash.push(t);
     }
     const records = ownerRecords(store.root);
     for (const [id, o] of records) {

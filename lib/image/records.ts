@@ -5,10 +5,12 @@
  * depend on the store.
  */
 import { idSource, removeStoreTree } from '../host/ids.js';
-import { existsSync, mkdirSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { randomHex } from '../random.js';
+import { MAX_SPARE_RECORDS, spareRecordList } from './spares.js';
 import { HutchError, hostFailure, invalid } from '../errors.js';
 import { ownerTag, processStart, selfOwner } from '../host/liveness.js';
 import { leaseSandbox, unleaseSandbox, unleaseSandboxAsync } from '../host/sandboxes.js';
@@ -115,13 +117,19 @@ export async function markInUse(store: StoreContext, imageId: string, sandboxId:
   } catch (e) {
     throw hostFailure('ESETUP', `recording sandbox ${sandboxId} in the host state dir`, e);
   }
+  const text = JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n';
   let made = false;
   try {
-    // Not recursive: a dir left by a dead holder of this id (the lease was taken over) is an
-    // error, as it was for the rename, and is left to prune.
-    mkdirSync(dir, { mode: 0o711 });
-    made = true;
-    writeFileSync(join(dir, 'owner.json'), JSON.stringify({ image: `sha256:${hex}`, ...owner }) + '\n', { mode: 0o600, flag: 'wx' });
+    // A spare record of this process (an ended sandbox's), its owner.json rewritten, renamed
+    // into place whole: no inode allocated (see retireRecord).
+    made = placeSpareRecord(store, dir, text);
+    if (!made) {
+      // Not recursive: a dir left by a dead holder of this id (the lease was taken over) is an
+      // error, as it was for the rename, and is left to prune.
+      mkdirSync(dir, { mode: 0o711 });
+      made = true;
+      writeFileSync(join(dir, 'owner.json'), text, { mode: 0o600, flag: 'wx' });
+    }
   } catch (e) {
     if (made) rmSync(dir, { recursive: true, force: true });
     unleaseSandbox(sandboxId);
@@ -142,13 +150,67 @@ export async function markInUse(store: StoreContext, imageId: string, sandboxId:
 export async function releaseRecord(store: StoreContext, sandboxId: string): Promise<void> {
   if (!/^[A-Za-z0-9_.-]{1,128}$/.test(sandboxId) || sandboxId.startsWith('.')) return;
   const dir = store.path('sandboxes', sandboxId);
-  try {
-    await fsp.unlink(join(dir, 'owner.json'));
-    await fsp.rmdir(dir);
-  } catch {
-    return releaseSync(store, sandboxId);
+  if (!retireRecord(store, dir)) {
+    try {
+      await fsp.unlink(join(dir, 'owner.json'));
+      await fsp.rmdir(dir);
+    } catch {
+      return releaseSync(store, sandboxId);
+    }
   }
   await unleaseSandboxAsync(sandboxId);
+}
+
+/** Moves the record at `dir` (owner.json alone) out to a spare; false when it is anything else, or enough spares are kept. */
+function retireRecord(store: StoreContext, dir: string): boolean {
+  const list = spareRecordList(store.root);
+  if (list.length >= MAX_SPARE_RECORDS) return false;
+  try {
+    // Never a persistent sandbox's dir (its disk, its upper dir): the plain record only.
+    const names = readdirSync(dir);
+    if (names.length !== 1 || names[0] !== 'owner.json') return false;
+    if (list.length === 0) mkdirSync(store.path('spare'), { recursive: true, mode: 0o700 });
+    const spare = store.path('spare', `rec-${ownerTag()}-${randomHex(4)}`);
+    renameSync(dir, spare);
+    list.push(spare);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Puts a spare record of this process at `dir` holding `text`: true when done, false when
+ * there is none (or it went), and the record is to be made anew. The target must not exist:
+ * rename(2) would replace an empty dir, which a dead holder of the same id may have left (an
+ * error for mkdir, left to prune).
+ */
+function placeSpareRecord(store: StoreContext, dir: string, text: string): boolean {
+  const list = spareRecordList(store.root);
+  for (let spare = list.pop(); spare !== undefined; spare = list.pop()) {
+    let fd = -1;
+    try {
+      fd = openSync(join(spare, 'owner.json'), 'r+');
+      const n = writeSync(fd, text, 0);
+      if (n === Buffer.byteLength(text)) {
+        ftruncateSync(fd, n);
+        closeSync(fd);
+        fd = -1;
+        if (existsSync(dir)) {
+          list.push(spare);
+          return false;
+        }
+        renameSync(spare, dir);
+        return true;
+      }
+    } catch {
+      /* gone, or unwritable: made anew */
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+    rmSync(spare, { recursive: true, force: true });
+  }
+  return false;
 }
 
 /** Ends what markInUse recorded (synchronously: at process exit too); removes sandboxes/<sandboxId>/ and the sandbox lease. @internal (at process exit too). @internal */

@@ -36,6 +36,14 @@ const ATTR: Record<MountAttr, number> = {
   rdonly: FLAGS.MOUNT_ATTR_RDONLY, nosuid: FLAGS.MOUNT_ATTR_NOSUID, nodev: FLAGS.MOUNT_ATTR_NODEV, noexec: FLAGS.MOUNT_ATTR_NOEXEC,
 };
 const attrs = (a: MountAttr[]): number => a.reduce((m, x) => m | ATTR[x], 0);
+/** Each setup step's number (its index in SETUP_STEPS, as addon/steps.h numbers them). */
+const STEP_NUMBER = new Map<string, number>(SETUP_STEPS.map((s, i) => [s, i]));
+
+/** Key/value pairs as one list (Array.prototype.flat goes through V8's runtime: slow on this path). */
+function pairs(kv: readonly (readonly [string, string])[], into: string[]): string[] {
+  for (const [k, v] of kv) into.push(k, v);
+  return into;
+}
 
 /** What start made for the plan: the names and fds only known then. */
 export interface PlanResources {
@@ -101,7 +109,7 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
         break;
       }
       case 'fs':
-        ops.push({ type: OPS.MOUNT, step: m.step, strs: [m.target, m.fstype, ...m.options.flat()], attrs: attrs(m.attrs) });
+        ops.push({ type: OPS.MOUNT, step: m.step, strs: pairs(m.options, [m.target, m.fstype]), attrs: attrs(m.attrs) });
         break;
       case 'devNode':
         ops.push({ type: OPS.DEV_NODE, step: 'dev', strs: [m.host, m.target] });
@@ -112,7 +120,8 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
     }
   }
   if (b !== res.binds.length) throw new HutchError('EINVAL', 'plan: more bind trees than bind mounts');
-  for (const p of plan.masked) ops.push({ type: OPS.MASK, step: 'mask', strs: [p, ...plan.maskDir.options.flat()], attrs: attrs(plan.maskDir.attrs) });
+  const maskAttrs = attrs(plan.maskDir.attrs);
+  for (const p of plan.masked) ops.push({ type: OPS.MASK, step: 'mask', strs: pairs(plan.maskDir.options, [p]), attrs: maskAttrs });
   for (const p of plan.readonly) ops.push({ type: OPS.READONLY, step: 'readonly', strs: [p], attrs: attrs(plan.readonlyAttrs) });
   if (plan.readonlyRoot) ops.push({ type: OPS.READONLY_ROOT, step: 'readonly', strs: ['/'], attrs: FLAGS.MOUNT_ATTR_RDONLY });
   ops.push({ type: OPS.PIVOT_ROOT, step: 'pivot_root', strs: ['/'] });
@@ -121,15 +130,20 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
     throw new HutchError('EINVAL', `invalid option mounts: ${fds.length} mount trees (layers and mounts) in one sandbox, the most is ${PLAN_MAX_FDS}; use fewer mounts or flatten the image`);
   }
 
-  const bodies = ops.map((op) => {
-    const strs = op.strs.map((s) => {
+  // Each string's UTF-8 length, measured once; the strings are written straight into the
+  // buffer below (no Buffer per string: about 70 of them per sandbox).
+  const sizes: number[] = [];
+  let length = HEADER_SIZE;
+  for (const op of ops) {
+    let len = OP_SIZE;
+    for (const s of op.strs) {
       if (s.includes('\0')) throw new HutchError('EINVAL', `plan: a NUL byte in ${JSON.stringify(s.slice(0, 64))}`);
-      return Buffer.from(`${s}\0`, 'utf8');
-    });
-    const len = OP_SIZE + strs.reduce((n, s) => n + s.length, 0);
-    return { op, strs, size: (len + 7) & ~7 };
-  });
-  const length = HEADER_SIZE + bodies.reduce((n, x) => n + x.size, 0);
+      len += Buffer.byteLength(s, 'utf8') + 1;
+    }
+    const size = (len + 7) & ~7;
+    sizes.push(size);
+    length += size;
+  }
   if (length > PLAN_MAX) {
     throw new HutchError('EINVAL', `the sandbox's plan is ${length} bytes, more than ${PLAN_MAX}: too many layers or mounts (or too long paths); flatten the image or use fewer mounts`);
   }
@@ -144,18 +158,21 @@ export function encodePlan(plan: SandboxPlan, res: PlanResources): { buf: Buffer
   buf.writeInt32LE(fail ? SETUP_STEPS.indexOf(fail.step as (typeof SETUP_STEPS)[number]) : -1, 20);
   buf.writeInt32LE(fail ? (constants.errno as Record<string, number>)[fail.errno]! : 0, 24);
   let at = HEADER_SIZE;
-  for (const { op, strs, size } of bodies) {
-    const step = SETUP_STEPS.indexOf(op.step as (typeof SETUP_STEPS)[number]);
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i]!;
+    const size = sizes[i]!;
+    const step = STEP_NUMBER.get(op.step) ?? -1;
     if (step < 0) throw new HutchError('EINVAL', `plan: ${op.step} is not a setup step`);
     buf.writeUInt16LE(op.type, at);
     buf.writeUInt16LE(step, at + 2);
     buf.writeUInt32LE(size, at + 4);
     buf.writeInt32LE(op.fd ?? -1, at + 8);
     buf.writeUInt16LE(op.flags ?? 0, at + 12);
-    buf.writeUInt16LE(strs.length, at + 14);
+    buf.writeUInt16LE(op.strs.length, at + 14);
     buf.writeUInt32LE(op.attrs ?? 0, at + 16);
+    // Each string and its NUL (the buffer is zero-filled: the NUL is there already).
     let s = at + OP_SIZE;
-    for (const x of strs) s += x.copy(buf, s);
+    for (const x of op.strs) s += buf.write(x, s, 'utf8') + 1;
     at += size;
   }
   return { buf, fds };

@@ -9,6 +9,7 @@ import { HutchError } from '../../lib/errors.js';
 import { hostRange } from '../../lib/identity.js';
 import { ImageStore } from '../../lib/image/store.js';
 import { tarBuffer } from '../../lib/image/tarwriter.js';
+import { processStart } from '../../lib/host/liveness.js';
 import { isRoot, needs } from '../helpers/require.js';
 
 const roots: string[] = [];
@@ -199,6 +200,49 @@ describe('lookup, tags, remove, prune', () => {
     expect(existsSync(join(store.root, 'sandboxes', 'sbx-dead'))).toBe(false);
     await store.remove('used');
     expect(await code(store.markInUse(img.id, 'sbx-late'))).toBe('ENOIMAGE');
+  });
+
+  it('an ended record is kept as a spare out of sandboxes/ and reused whole by the next; it holds no image, and a prune takes only a dead owner\'s', async () => {
+    const store = newStore();
+    const a = await store.import(writeTmp(store, 'a.tar', rootfsTar({ 'etc/a': 'a' })), { tag: 'a' });
+    const b = await store.import(writeTmp(store, 'b.tar', rootfsTar({ 'etc/b': 'b' })), { tag: 'b' });
+    const dir = (id: string) => join(store.root, 'sandboxes', id);
+    await store.markInUse(a.id, 'sbx-first');
+    const ino = statSync(join(dir('sbx-first'), 'owner.json')).ino;
+    await store.release('sbx-first');
+    // Out of sandboxes/ whole, into spare/ under a name that carries its owner.
+    expect(readdirSync(join(store.root, 'sandboxes'))).toEqual([]);
+    const spares = readdirSync(join(store.root, 'spare'));
+    expect(spares).toHaveLength(1);
+    expect(spares[0]).toMatch(new RegExp(`^rec-${process.pid}-\\d+-[0-9a-f]{8}$`));
+    // A spare holds nothing: the image its owner.json still names can go.
+    await store.remove('a');
+    // The next record is the spare: the same owner.json, its text replaced whole.
+    await store.markInUse(b.id, 'sbx-second');
+    expect(statSync(join(dir('sbx-second'), 'owner.json')).ino).toBe(ino);
+    expect(JSON.parse(readFileSync(join(dir('sbx-second'), 'owner.json'), 'utf8'))).toEqual({ image: b.id, pid: process.pid, start: expect.any(String) });
+    expect(readdirSync(join(store.root, 'spare'))).toEqual([]);
+    expect(await code(store.remove('b'))).toBe('EINVAL');
+    // A record with more in it than owner.json (a persistent sandbox's) is never a spare.
+    writeFileSync(join(dir('sbx-second'), 'upper-marker'), 'x');
+    await store.release('sbx-second');
+    expect(readdirSync(join(store.root, 'sandboxes'))).toEqual([]);
+    expect(readdirSync(join(store.root, 'spare'))).toEqual([]);
+    // A prune keeps another live process's spare (pid 1's here), and takes a dead one's and
+    // this process's own (the store as small as it can be; the next record is made anew).
+    await store.markInUse(b.id, 'sbx-third');
+    await store.release('sbx-third');
+    const other = `rec-1-${processStart(1)}-0badf00d`;
+    for (const n of [other, `rec-${process.pid}-1-0badf00d`]) {
+      mkdirSync(join(store.root, 'spare', n));
+      writeFileSync(join(store.root, 'spare', n, 'owner.json'), '{}');
+    }
+    expect(readdirSync(join(store.root, 'spare'))).toHaveLength(3);
+    await store.prune();
+    expect(readdirSync(join(store.root, 'spare'))).toEqual([other]);
+    await store.markInUse(b.id, 'sbx-fourth');
+    expect(existsSync(join(dir('sbx-fourth'), 'owner.json'))).toBe(true);
+    await store.release('sbx-fourth');
   });
 
   it('prune keeps a record being written (its lease is live), removes what a killed writer left', async () => {

@@ -6,12 +6,12 @@
 // the same in the background, within seconds, without any prune call.
 // Needs the compiled library (npx tsc -p tsconfig.json).
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { processStart, isAlive } from '../../lib/host/liveness.js';
 import { breakIfStale, createLease, jsonOwner, pruneLeaseTemps } from '../../lib/host/lease.js';
-import { sandboxLeaseDir } from '../../lib/host/sandboxes.js';
+import { leaseSandbox, readSandboxLease, sandboxLeaseDir, unleaseSandbox, unleaseSandboxAsync } from '../../lib/host/sandboxes.js';
 import { HutchError, ImageStore } from '../../lib/index.js';
 import { isRoot, needs } from '../helpers/require.js';
 import {
@@ -115,6 +115,41 @@ describe('liveness and lease files', () => {
     expect(pruneLeaseTemps(dir)).toBe(1);
     expect([existsSync(deadTemp), existsSync(liveTemp)]).toEqual([false, true]);
     expect(entries(dir).sort()).toEqual([`.y.${process.pid}-${processStart(process.pid)}-0badf00d`, 'x']);
+  });
+
+  it('an ended sandbox lease is kept as a spare: the next lease reuses its inode, whole, and a prune takes spares only of dead owners', async () => {
+    const state = mkdtempSync('/tmp/hutch-test-spare-');
+    roots.push(state);
+    const saved = process.env.HUTCH_STATE_DIR;
+    process.env.HUTCH_STATE_DIR = state;
+    try {
+      const dir = sandboxLeaseDir();
+      const tag = `${process.pid}-${processStart(process.pid)}`;
+      leaseSandbox('spare0000001', '/var/tmp/a-store-with-a-rather-long-name');
+      const ino = statSync(join(dir, 'spare0000001')).ino;
+      unleaseSandbox('spare0000001');
+      // Gone as a lease; kept under a temp name that names its owner (pruneLeaseTemps' pattern).
+      const names = entries(dir);
+      expect(names).toHaveLength(1);
+      expect(names[0]).toMatch(new RegExp(`^\\.spare0000001\\.${tag}-[0-9a-f]{8}$`));
+      expect(readSandboxLease('spare0000001')).toBeUndefined();
+      // The next lease is the same inode, its text replaced whole (a shorter one: no tail left).
+      leaseSandbox('spare0000002', '/s');
+      expect(statSync(join(dir, 'spare0000002')).ino).toBe(ino);
+      expect(entries(dir)).toEqual(['spare0000002']);
+      expect(readSandboxLease('spare0000002')).toEqual({ id: 'spare0000002', store: '/s', pid: process.pid, start: processStart(process.pid), cgroupParent: expect.anything() });
+      expect(JSON.parse(readFileSync(join(dir, 'spare0000002'), 'utf8')).store).toBe('/s');
+      await unleaseSandboxAsync('spare0000002');
+      expect(entries(dir).filter((n) => !n.startsWith('.'))).toEqual([]);
+      // This process is alive: its spare stays; a dead owner's goes.
+      expect(pruneLeaseTemps(dir)).toBe(0);
+      writeFileSync(join(dir, `.spare0000003.${process.pid}-1-0badf00d`), '{}');
+      expect(pruneLeaseTemps(dir)).toBe(1);
+      expect(entries(dir)).toHaveLength(1);
+    } finally {
+      if (saved === undefined) delete process.env.HUTCH_STATE_DIR;
+      else process.env.HUTCH_STATE_DIR = saved;
+    }
   });
 });
 

@@ -76,6 +76,30 @@ describe('plan layout (addon/plan.h and lib/plan/encode.ts agree)', () => {
   });
 });
 
+describe('plan encoding', () => {
+  it('writes each string whole with its NUL, multi-byte UTF-8 included, every op 8-byte aligned', () => {
+    const opts = resolveSandboxOptions({ image: 'busybox' });
+    const hostname = 'h\u00e9-\u7bb1-\u{1f4e6}';
+    const { buf } = encodePlan(planSandbox(opts, image, store, NEW), { ...res, hostname });
+    const decoded = ops(buf);
+    expect(decoded[0]).toEqual(['HOSTNAME', 'hostname', [hostname]]);
+    expect(decoded[1]![2]).toEqual(['/store/layers']);
+    expect(decoded.at(-1)![0]).toBe('LOCK_MOUNTS');
+    for (let at = HEADER_SIZE, i = 0; at < buf.length; i++) {
+      const size = buf.readUInt32LE(at + 4);
+      expect(size % 8).toBe(0);
+      // The op's strings and their NULs fit in it, the rest of it is padding (zeros).
+      const nstr = buf.readUInt16LE(at + 14);
+      const body = buf.subarray(at + OP_SIZE, at + size);
+      const used = decoded[i]![2].reduce((n, x) => n + Buffer.byteLength(x) + 1, 0);
+      expect(body.subarray(0, used).toString('utf8').split('\0').slice(0, nstr)).toEqual(decoded[i]![2]);
+      expect(body.subarray(used).every((b) => b === 0)).toBe(true);
+      at += size;
+    }
+    expect(buf.readUInt32LE(8)).toBe(buf.length);
+  });
+});
+
 describe('planSandbox decides', () => {
   it('every mount in order, /dev and its shm size included, and the ops the child walks', () => {
     const opts = resolveSandboxOptions({ image: 'busybox', hostname: 'box', mounts: [{ source: '/tmp', target: '/data' }] });
