@@ -58,22 +58,43 @@ function tempName(dir: string, name: string): string {
  * lease (leases are listed without dot names). Cleared in a forked child, which must not
  * write the parent's files.
  */
-const spareList = perProcessLists();
+const spareList = perProcessLists((tmp) => unlinkSync(tmp));
 /** Spares kept per directory: about as many as sandboxes end between two starts. */
 export const MAX_SPARE_LEASES = 8;
 
 /**
  * Lists of paths by key that belong to this process: a forked child starts with none (the
- * parent's spare files are the parent's). @returns the list for a key, made empty on first use.
+ * parent's spare files are the parent's). What is in them when the process exits is removed
+ * with `remove` (a process that made one sandbox, as the CLI does, would otherwise leave one
+ * spare of each kind behind for every run, until a prune); a killed process's are a prune's.
+ * @returns the list for a key, made empty on first use; null once the process is exiting (what
+ * ends after that, in a later exit handler, is removed, not kept).
  */
-export function perProcessLists(): (key: string) => string[] {
+export function perProcessLists(remove: (path: string) => void): (key: string) => string[] | null {
   const lists = new Map<string, string[]>();
-  let pid = process.pid;
+  let pid = -1;
+  let exited = false;
   return (key) => {
     if (pid !== process.pid) {
       lists.clear();
       pid = process.pid;
+      exited = false;
+      const owner = pid;
+      process.on('exit', () => {
+        if (process.pid !== owner) return;
+        exited = true;
+        for (const l of lists.values()) {
+          for (const path of l.splice(0)) {
+            try {
+              remove(path);
+            } catch {
+              /* gone already, or a prune's to find */
+            }
+          }
+        }
+      });
     }
+    if (exited) return null;
     let l = lists.get(key);
     if (!l) lists.set(key, (l = []));
     return l;
@@ -82,7 +103,7 @@ export function perProcessLists(): (key: string) => string[] {
 
 /** A spare of `dir` holding exactly `text` now, or undefined when there is none (or it went). */
 function takeSpare(dir: string, text: string): string | undefined {
-  const list = spareList(dir);
+  const list = spareList(dir) ?? [];
   for (let tmp = list.pop(); tmp !== undefined; tmp = list.pop()) {
     let fd = -1;
     try {
@@ -112,7 +133,7 @@ function takeSpare(dir: string, text: string): string | undefined {
 export function retireLease(file: string): void {
   const dir = dirname(file);
   const list = spareList(dir);
-  if (list.length >= MAX_SPARE_LEASES) return removeLease(file);
+  if (list === null || list.length >= MAX_SPARE_LEASES) return removeLease(file);
   const tmp = tempName(dir, basename(file));
   try {
     renameSync(file, tmp);
@@ -125,7 +146,7 @@ export function retireLease(file: string): void {
 
 /** How many spares this process keeps in `dir` (tests). @internal */
 export function spareLeaseCount(dir: string): number {
-  return spareList(dir).length;
+  return spareList(dir)?.length ?? MAX_SPARE_LEASES;
 }
 
 /** Removes the temp files (`.<name>.<pid>-<start>-<random>`) that takers killed inside createLease left in `dir`. */

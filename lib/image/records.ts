@@ -164,7 +164,7 @@ export async function releaseRecord(store: StoreContext, sandboxId: string): Pro
 /** Moves the record at `dir` (owner.json alone) out to a spare; false when it is anything else, or enough spares are kept. */
 function retireRecord(store: StoreContext, dir: string): boolean {
   const list = spareRecordList(store.root);
-  if (list.length >= MAX_SPARE_RECORDS) return false;
+  if (list === null || list.length >= MAX_SPARE_RECORDS) return false;
   try {
     // Never a persistent sandbox's dir (its disk, its upper dir): the plain record only.
     const names = readdirSync(dir);
@@ -186,7 +186,7 @@ function retireRecord(store: StoreContext, dir: string): boolean {
  * error for mkdir, left to prune).
  */
 function placeSpareRecord(store: StoreContext, dir: string, text: string): boolean {
-  const list = spareRecordList(store.root);
+  const list = spareRecordList(store.root) ?? [];
   for (let spare = list.pop(); spare !== undefined; spare = list.pop()) {
     let fd = -1;
     try {

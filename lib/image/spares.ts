@@ -2,6 +2,7 @@
  * Spare owner records: this process's list of them per store (records.ts makes and reuses
  * them, gc.ts removes them). Apart from records.ts so that gc.ts needs nothing of it.
  */
+import { rmSync } from 'node:fs';
 import { perProcessLists } from '../host/lease.js';
 
 /**
@@ -15,7 +16,7 @@ import { perProcessLists } from '../host/lease.js';
  * owner.json still names is not held by it; a prune removes the spares of a dead owner (their
  * names carry it) and this process's own. Cleared in a forked child, which must not move the parent's files.
  */
-export const spareRecordList = perProcessLists();
+export const spareRecordList = perProcessLists((dir) => rmSync(dir, { recursive: true, force: true }));
 /** Spares kept per store. */
 export const MAX_SPARE_RECORDS = 8;
 
@@ -24,5 +25,5 @@ export const MAX_SPARE_RECORDS = 8;
  * prune to remove (it asks for the store as small as it can be). @internal
  */
 export function takeSpareRecords(root: string): string[] {
-  return spareRecordList(root).splice(0);
+  return spareRecordList(root)?.splice(0) ?? [];
 }

@@ -167,31 +167,43 @@ describe('warm starts of Sandbox.run', () => {
     expect(existsSync(`/proc/${blank.pid}`)).toBe(false);
   }, 10_000);
 
-  it('a process that exits with a blank leaves nothing: no cgroup (not even the subtree root it made), record, lease or process', () => {
+  it('a process that exits with a blank leaves nothing: no cgroup (not even the subtree root it made), record, lease, spare or process', () => {
     const store = mkdtempSync(join(tmpdir(), 'hutch-warm-store-'));
     const ids = mkdtempSync(join(tmpdir(), 'hutch-warm-ids-'));
+    const state = mkdtempSync(join(tmpdir(), 'hutch-warm-state-'));
     const parent = `/hutch-warm-exit-${process.pid}-${Date.now()}`;
     try {
       const script = `
         import { Sandbox } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'index.js'))};
         import { blanksMade, blanksNow } from ${JSON.stringify(join(ROOT, 'dist', 'lib', 'warm.js'))};
+        // Three sandboxes at once, ended: their owner records and lease files become spares
+        // for the next ones (more than the run and its blank take again).
+        const three = await Promise.all([0, 1, 2].map(() => Sandbox.create({ image: 'busybox' })));
+        await Promise.all(three.map((s) => s.destroy()));
+        const { readdirSync } = await import('node:fs');
+        const spares = [readdirSync(${JSON.stringify(join(store, 'spare'))}).length, readdirSync(${JSON.stringify(join(state, 'sandboxes'))}).filter((n) => n.startsWith('.')).length];
         await Sandbox.run({ image: 'busybox', command: ['true'] });
         await blanksMade();
-        console.log(JSON.stringify(blanksNow()));
+        console.log(JSON.stringify([blanksNow(), spares]));
       `;
-      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids, HUTCH_CGROUP_PARENT: parent }, encoding: 'utf8' });
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, HUTCH_ROOT: store, HUTCH_IDS_DIR: ids, HUTCH_STATE_DIR: state, HUTCH_CGROUP_PARENT: parent }, encoding: 'utf8' });
       expect(r.stderr).toBe('');
-      const [blank] = JSON.parse(r.stdout) as { id: string; pid: number }[];
+      const [[blank], spares] = JSON.parse(r.stdout) as [{ id: string; pid: number }[], number[]];
+      expect(spares).toEqual([3, 3]); // spare records and spare leases, while it ran
       expect(blank).toBeDefined();
       expect(existsSync(`/proc/${blank!.pid}`)).toBe(false);
       expect(readdirSync(join(store, 'sandboxes'))).toEqual([]);
       expect(readdirSync(ids)).toEqual([]);
+      // The spares went with the process (a CLI run would otherwise leave one of each per run).
+      expect(readdirSync(join(store, 'spare'))).toEqual([]);
+      expect(readdirSync(join(state, 'sandboxes'))).toEqual([]);
       expect(readFileCgroups(blank!.id)).toEqual([]);
       // The subtree root it made (under HUTCH_CGROUP_PARENT) went at exit, in every hierarchy.
       expect(readdirSync('/sys/fs/cgroup').filter((c) => existsSync(`/sys/fs/cgroup/${c}${parent}`))).toEqual([]);
     } finally {
       rmSync(store, { recursive: true, force: true });
       rmSync(ids, { recursive: true, force: true });
+      rmSync(state, { recursive: true, force: true });
     }
   });
 });
