@@ -1,5 +1,16 @@
 import { readFileSync, readdirSync, existsSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { SHARED_MEMCG } from '../../lib/cgroup/types.js';
+import { isAlive, ownerFromName } from '../../lib/host/liveness.js';
+import { sandboxLeaseDir } from '../../lib/host/sandboxes.js';
+
+function readdirOr(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
 
 /**
  * The sandbox cgroup directories in `dir` (a subtree root): its children, and on v2 the leaves
@@ -70,6 +81,15 @@ export async function leftovers(): Promise<string[]> {
       const exe = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       if (exe.startsWith('hutch-init') || exe.includes('memfd:hutch-init')) out.push(`process ${pid} ${exe}`);
     } catch {}
+  }
+  // Spare leases and records of processes that are gone (a prune's, or their exit's, to remove).
+  for (const n of readdirOr(sandboxLeaseDir())) {
+    const m = /^\.[^.]+\.(\d+)-(\d+)-/.exec(n);
+    if (m && !isAlive({ pid: Number(m[1]), start: m[2]! })) out.push(`spare lease ${n}`);
+  }
+  for (const n of readdirOr(join(process.env.HUTCH_ROOT ?? '/var/tmp/hutch-test-store', 'spare'))) {
+    const owner = ownerFromName(n);
+    if (owner && !isAlive(owner)) out.push(`spare record ${n}`);
   }
   if (existsSync('/run/netns')) {
     for (const n of readdirSync('/run/netns')) if (/hutch/.test(n)) out.push(`netns ${n}`);
