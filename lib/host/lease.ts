@@ -58,9 +58,20 @@ function tempName(dir: string, name: string): string {
  * lease (leases are listed without dot names). Cleared in a forked child, which must not
  * write the parent's files.
  */
+/** What removes each kind of this process's spares (perProcessLists): dropSpares and the exit run them. */
+const spareDroppers: (() => void)[] = [];
 const spareList = perProcessLists((tmp) => unlinkSync(tmp));
 /** Spares kept per directory: about as many as sandboxes end between two starts. */
 export const MAX_SPARE_LEASES = 8;
+
+/**
+ * Removes this process's spare files of every kind now (what its exit does); the next sandboxes
+ * make theirs anew. For a process that is about to be killed rather than exit (a test runner's
+ * worker). @internal
+ */
+export function dropSpares(): void {
+  for (const d of spareDroppers) d();
+}
 
 /**
  * Lists of paths by key that belong to this process: a forked child starts with none (the
@@ -74,24 +85,27 @@ export function perProcessLists(remove: (path: string) => void): (key: string) =
   const lists = new Map<string, string[]>();
   let pid = -1;
   let exited = false;
+  const removeAll = (): void => {
+    if (process.pid !== pid) return; // a forked child's copy: the parent's files
+    for (const l of lists.values()) {
+      for (const path of l.splice(0)) {
+        try {
+          remove(path);
+        } catch {
+          /* gone already, or a prune's to find */
+        }
+      }
+    }
+  };
+  spareDroppers.push(removeAll);
   return (key) => {
     if (pid !== process.pid) {
       lists.clear();
       pid = process.pid;
       exited = false;
-      const owner = pid;
       process.on('exit', () => {
-        if (process.pid !== owner) return;
         exited = true;
-        for (const l of lists.values()) {
-          for (const path of l.splice(0)) {
-            try {
-              remove(path);
-            } catch {
-              /* gone already, or a prune's to find */
-            }
-          }
-        }
+        removeAll();
       });
     }
     if (exited) return null;
