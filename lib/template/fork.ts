@@ -174,7 +174,7 @@ export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, k
     try {
       await moved;
     } catch (e) {
-      throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', cause: e });
+      throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', errno: (e as NodeJS.ErrnoException).code, cause: e });
     }
     if (isFailure(made)) throw fail('proc', made.errno, 'host');
     const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
