@@ -178,7 +178,19 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
           if (m === undefined) return;
           if (m === null || isFailure(m)) {
             w.close();
-            if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${z?.dead ? ` ${z.why}` : ''})`, { step: 'zygote' });
+            // The zygote's copy of this socket closes only after it sent X, or when it dies;
+            // after P (its fork made) no X means it died. Marked dead here, at once: its exit
+            // closes its fds in fd order, so its own socket (what zygoteGone reads) may close
+            // a moment after this one, and a run that follows this result must not take a
+            // fork it left (that fork's end would go unreported). Killed too, in case a
+            // custom zygote dropped the report while alive.
+            const from = ready?.zygote ?? z;
+            if (from && status === null && (ready || placing)) {
+              from.dead = true;
+              from.why ||= 'the zygote ended: a fork of its own lost its reporter';
+              from.proc.kill('SIGKILL');
+            }
+            if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${from?.dead ? ` ${from.why}` : ''})`, { step: 'zygote' });
             resolve();
             return;
           }

@@ -307,8 +307,20 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
       await new Promise((r) => setTimeout(r, 1000));
       const z = t.zygoteProcess!;
       z.kill('SIGKILL');
-      const err = await running.then((r) => r, (e: unknown) => e);
+      // As the rejection is delivered, the template already counts the zygote as gone: its
+      // exit closes its fds in fd order, so its own socket can still be open at that moment,
+      // and a run made right then must not take the fork it prepared (CI saw that run fail).
+      const internals = t as unknown as { zygote: { dead: boolean } | null };
+      let goneAtRejection: boolean | null = null;
+      const err = await running.then(
+        (r) => r,
+        (e: unknown) => {
+          goneAtRejection = internals.zygote === null || internals.zygote.dead;
+          return e;
+        },
+      );
       expect(err, JSON.stringify(err instanceof Error ? { ...err, message: err.message } : err)).toMatchObject({ code: 'ESETUP', step: 'zygote' });
+      expect(goneAtRejection).toBe(true);
       const r = await t.run(['python3', '-c', 'print("again")'], { encoding: 'utf8' });
       expect(r.stdout).toBe('again\n');
     } finally {
