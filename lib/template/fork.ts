@@ -282,10 +282,12 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
           if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+            tr.mark('got-P');
             if (m.fds.length === 2) c1 = m.fds[0]!;
             // The fork goes on (to 'S') only once placed and sent its proc.
             placing = placeFork(sock, m.fds, cg, true).then(
               (p) => {
+                tr.mark('placed');
                 got = p;
                 taskfd = p.pidfd;
               },

@@ -279,9 +279,12 @@ export class ZygoteTemplate implements SandboxTemplate {
    */
   async fork(): Promise<Sandbox> {
     if (this.closed) throw new HutchError('EDESTROYED', 'the template is closed; create a new one');
-    // A prepared fork (`size`) becomes the Sandbox's init: its setup is done already.
-    const ready = this.queue.take();
+    // One prepared for fork() (`size`): init runs in it already. Else a prepared fork becomes
+    // the Sandbox's init (its setup is done already); the refill makes forks for fork() now.
+    const sb = this.queue.takeSandbox();
+    const ready = sb ? undefined : this.queue.take('init');
     try {
+      if (sb) return sb;
       if (ready) return await forkSandbox(this.site, ready.zygote, ready);
       return await forkSandbox(this.site, await this.ensureZygote());
     } finally {

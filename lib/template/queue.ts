@@ -3,8 +3,15 @@
  * queue of ready forks, their refill, and when a refill starts. A run or fork() takes one;
  * the next is prepared after the result (refillSoon) when runs come slowly, or while the task
  * runs when they come faster than a fork is prepared (a moving average, `prepareMs`).
+ *
+ * Two kinds, by what was last asked for: a fork waiting for a task's request (run(), and
+ * fork() when nothing else is ready), or, once fork() has been called, a fork that has gone on
+ * to exec hutch's init and is a Sandbox already (fork() hands it over as it is). A take of
+ * one kind that finds only the other kind's forks discards one, so that the refill makes the
+ * kind asked for: the queue follows what its template is used for.
  */
-import { discardFork, prepareFork, type ForkSite, type Prepared } from './fork.js';
+import type { Sandbox } from '../sandbox.js';
+import { discardFork, forkSandbox, prepareFork, type ForkSite, type Prepared } from './fork.js';
 import type { Zygote } from './zygote.js';
 
 /** What a prepared fork's queue needs from its template. */
@@ -24,6 +31,10 @@ const QUIET_MAX_MS = 1000;
 export class ForkQueue {
   /** Forks prepared ahead: set up, waiting for their task's request. */
   private readonly ready: Prepared[] = [];
+  /** Forks prepared for fork(): init runs in each, a Sandbox already. */
+  private readonly sandboxes: Sandbox[] = [];
+  /** What the refill makes: what was asked for last. */
+  private kind: 'task' | 'init' = 'task';
   private filling = 0;
   /** How long preparing a fork takes until it is placed (a moving average, ms), and when the last run's result was back. */
   private prepareMs = 20;
@@ -37,13 +48,34 @@ export class ForkQueue {
     private readonly size: number,
   ) {}
 
-  /** A prepared fork whose zygote lives (a dead one's forks have no one to report their end). */
-  take(): Prepared | undefined {
+  /**
+   * A prepared fork whose zygote lives (a dead one's forks have no one to report their end),
+   * for a run (`for` 'task': a fork() prepared ahead is discarded when no other is ready, so
+   * that the refill makes one for runs) or for fork() (`for` 'init': the refill makes forks
+   * that exec init ahead from now on).
+   */
+  take(want: 'task' | 'init' = 'task'): Prepared | undefined {
+    this.kind = want;
     for (;;) {
       const p = this.ready.shift();
-      if (!p) return p;
+      if (!p) break;
       if (!this.host.gone(p.zygote)) return p;
       this.host.track(discardFork(this.host.site, p)); // close() waits for it, as for every other discard
+    }
+    if (want === 'task') {
+      const sb = this.sandboxes.shift();
+      if (sb) this.host.track(sb.destroy());
+    }
+    return undefined;
+  }
+
+  /** A Sandbox prepared for fork() whose init still runs (it is handed over as it is), or undefined. */
+  takeSandbox(): Sandbox | undefined {
+    this.kind = 'init';
+    for (;;) {
+      const sb = this.sandboxes.shift();
+      if (!sb || sb.state === 'running') return sb;
+      this.host.track(sb.destroy());
     }
   }
 
@@ -85,16 +117,24 @@ export class ForkQueue {
     setImmediate(() => this.refill());
   }
 
-  /** Starts preparing forks until `size` are ready or on the way. */
+  /** Starts preparing forks (of the kind last asked for) until `size` are ready or on the way. */
   refill(): void {
-    while (!this.closed && this.ready.length + this.filling < this.size) {
+    while (!this.closed && this.ready.length + this.sandboxes.length + this.filling < this.size) {
       this.filling++;
       const t0 = performance.now();
-      const fill: Promise<unknown> = this.host.zygote().then((z) => prepareFork(this.host.site, z)).then(
+      const site = this.host.site;
+      const prepared = this.host.zygote().then((z) => prepareFork(site, z));
+      const fill: Promise<unknown> = (this.kind === 'init' ? prepared.then((p) => forkSandbox(site, p.zygote, p)) : prepared).then(
         (p) => {
           this.filling--;
+          if (!('ctl' in p)) {
+            // init ahead: its Sandbox is all fork() needs.
+            if (this.closed) return p.destroy();
+            this.sandboxes.push(p);
+            return undefined;
+          }
           this.prepareMs = 0.8 * this.prepareMs + 0.2 * (performance.now() - t0);
-          if (this.closed) return discardFork(this.host.site, p);
+          if (this.closed) return discardFork(site, p);
           this.ready.push(p);
           return undefined;
         },
@@ -135,6 +175,6 @@ export class ForkQueue {
   /** No more refills; the prepared forks are killed and freed. */
   close(): Promise<unknown> {
     this.closed = true;
-    return Promise.all(this.ready.splice(0).map((p) => discardFork(this.host.site, p)));
+    return Promise.all([...this.ready.splice(0).map((p) => discardFork(this.host.site, p)), ...this.sandboxes.splice(0).map((sb) => sb.destroy())]);
   }
 }

@@ -397,6 +397,84 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     }
   });
 
+  it('with size, fork() makes the next forks exec init ahead and hands one over as it is; a run turns the queue back to task forks; close() leaves nothing', async () => {
+    const t = (await Sandbox.template({ zygote: 'python', size: 1, limits: { pids: 64 } })) as ZygoteTemplate;
+    const kids = (pid: number): number[] => {
+      try {
+        return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number);
+      } catch {
+        return [];
+      }
+    };
+    const comm = (pid: number): string => {
+      try {
+        return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    };
+    const zygoteHost = (): number => kids(t.pid).find((p) => comm(p) === 'python3')!;
+    const cgroupOf = (pid: number): string => {
+      try {
+        return readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+      } catch {
+        return '';
+      }
+    };
+    // The zygote's forks other than `not` (placed: in a cgroup of their own, not the zygote's),
+    // once `ok` holds for them (5 s at most).
+    const waitKids = async (ok: (pids: number[]) => boolean, not: number[]): Promise<number[]> => {
+      for (let i = 0; i < 100; i++) {
+        const z = zygoteHost();
+        const k = kids(z).filter((p) => !not.includes(p) && !gone(p) && cgroupOf(p) !== cgroupOf(z));
+        if (ok(k)) return k;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`the zygote's children never settled: ${kids(zygoteHost()).map((p) => `${p} ${comm(p)}`).join(', ')}`);
+    };
+    const opened: Sandbox[] = [];
+    try {
+      // Made with the template: one fork waiting for a task (the interpreter, not init).
+      const [task] = await waitKids((k) => k.length === 1, []);
+      expect(comm(task!)).toBe('python3');
+      const a = await t.fork();
+      opened.push(a);
+      expect(a.pid).toBe(task); // that fork became a's init
+      // Its replacement goes on to exec init ahead, before any fork() asks for it.
+      const [ahead] = await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid]);
+      const b = await t.fork();
+      opened.push(b);
+      expect(b.pid).toBe(ahead); // handed over as it was
+      // A Sandbox like any other: its own namespaces and cgroup (the template's pids limit), exec.
+      const ns = async (sb: Sandbox): Promise<string> => String((await sb.exec('readlink /proc/self/ns/net /proc/self/ns/pid', { encoding: 'utf8' })).stdout);
+      const [na, nb] = [await ns(a), await ns(b)];
+      expect(nb.split('\n')[0]).not.toBe(na.split('\n')[0]);
+      expect(nb.split('\n')[1]).not.toBe(na.split('\n')[1]);
+      // Its pids limit, read from the host where the kernel keeps it (v1 pids hierarchy or v2).
+      const line = cgroupOf(b.pid).split('\n').find((l) => /^\d+:pids:/.test(l)) ?? cgroupOf(b.pid).split('\n').find((l) => l.startsWith('0::'))!;
+      const dir = line.includes(':pids:') ? `/sys/fs/cgroup/pids${line.split(':')[2]}` : `/sys/fs/cgroup${line.slice(3)}`;
+      expect(dir).toMatch(/\/hutch/);
+      expect(readFileSync(`${dir}/pids.max`, 'utf8').trim()).toBe('64');
+      // The next one is made ahead too; a run then discards it and the queue makes a task fork.
+      const [next] = await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid, b.pid]);
+      const r = await t.run(['python3', '-c', 'print("ran")'], { encoding: 'utf8' });
+      expect(r.stdout).toBe('ran\n');
+      await waitKids((k) => k.length === 1 && comm(k[0]!) === 'python3', [a.pid, b.pid]);
+      for (let i = 0; i < 100 && !gone(next!); i++) await new Promise((res) => setTimeout(res, 50));
+      expect(gone(next!)).toBe(true);
+      // Another fork() with only a task fork ready: that one becomes init, and init is made ahead again.
+      const c = await t.fork();
+      opened.push(c);
+      expect((await c.exec('echo ok', { encoding: 'utf8' })).stdout).toBe('ok\n');
+      await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid, b.pid, c.pid]);
+    } finally {
+      for (const sb of opened) await sb.destroy();
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(cgroupIds()).toEqual([]);
+  });
+
   it('close() leaves nothing: no process, cgroup or fd; later calls reject EDESTROYED', async () => {
     // A first template opens what hutch keeps for the process's life (cgroup driver, /dev/null).
     await (await Sandbox.template({ zygote: 'python' })).close();
