@@ -229,7 +229,10 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   const n = native();
   const t = tn();
   const id = prepared?.id ?? randomBytes(6).toString('hex');
+  // HUTCH_TRACE=1: where a fork() went (its record, request sent, the fork's 'P' and placement, its 'S' = init exec'd next, init's setup, the Sandbox).
+  const tr = new Trace(prepared ? 'template-fork prepared' : 'template-fork');
   if (!prepared) await site.store.markInUse(site.imageId, id);
+  tr.mark('record');
   const fds: number[] = [];
   const keep = (r: [number, number] | NativeFailure, what: string): [number, number] => {
     if (isFailure(r)) throw fail('fds', r.errno, what);
@@ -243,10 +246,9 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   let w: Watch | undefined;
   // The fork's placement (placeFork), which sends on its socket: settled before that closes.
   let placing: Promise<void> | null = null;
-  // HUTCH_TRACE=1: where a fork() went (request sent, the fork's 'S' = init exec'd next, init's setup, the Sandbox).
-  const tr = new Trace(prepared ? 'template-fork prepared' : 'template-fork');
   try {
     cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
+    tr.mark('cgroup');
     const cg = cgroup;
     const req: [number, number] = prepared ? [prepared.ctl, -1] : keep(t.socketPair(), 'socketpair');
     if (prepared) fds.push(prepared.ctl);
