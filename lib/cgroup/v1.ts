@@ -19,7 +19,7 @@ import { unsupported } from '../errors.js';
 import { CPU_PERIOD_US, SHARED_MEMCG, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirOwn, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup, type Freezer } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
@@ -102,7 +102,12 @@ export class V1Driver implements CgroupDriver {
     if (this.sharedMemDir !== null) t.prepared = false;
     this.prepareTree(t);
     const dir = `${t.root}/${SHARED_MEMCG}`;
-    mkdirSubtreeRoot(dir);
+    // Made, never removed at exit (unlike the roots): sandbox tasks join it directly, with no
+    // directory of their own in it to hold it, so it is empty between two sandboxes, and a
+    // removal at one process's exit could come between another process's check above and its
+    // setup child's join (that start would fail at its cgroup step). It stays, empty, as a
+    // subtree root that was there already does; its subtree root stays with it (rmdir: EBUSY).
+    mkdirOwn(dir);
     this.sharedMemDir = dir;
     return dir;
   }

@@ -4,6 +4,7 @@
 //
 // Only processes this file starts are put in sandbox cgroups (their pids written into
 // procsFiles); the test process itself is never moved, and every cgroup made is removed.
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveLimits, type Limits } from '../../lib/limits.js';
@@ -195,6 +196,29 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     } finally {
       await cg.destroy();
     }
+  });
+
+  it("keeps the shared memory cgroup at a process's exit (tasks join it directly: a removal could race another process's join); the roots it emptied go", () => {
+    const parent = `${privateParent}-exit`;
+    const d = driver(parent);
+    const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
+    const pidsRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('pids')!.mount))!;
+    expect(existsSync(memRoot)).toBe(false); // the child makes them all
+    // A process that makes the roots and the shared memory cgroup, runs a sandbox-less
+    // cgroup through them, and exits normally (its exit hook runs).
+    const script = `
+      const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
+      const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
+      const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('exit' + process.pid, resolveLimits({}).cgroup);
+      console.log(cg.joinFiles.join(' '));
+      await cg.destroy();
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`${memRoot}/.shared/tasks`);
+    // Its exit removed the pids root it made (empty), and kept the shared memory cgroup.
+    expect(existsSync(pidsRoot)).toBe(false);
+    expect(existsSync(`${memRoot}/.shared`)).toBe(true);
   });
 
   it('a sandbox\'s init is in its v1 cgroups when create() resolves, and what it starts follows', async () => {
