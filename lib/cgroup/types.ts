@@ -7,6 +7,12 @@
  * with "."), so prune and listings never take it for a sandbox.
  */
 export const SHARED_MEMCG = '.shared';
+/**
+ * v1/hybrid: the name prefix of a process's pin in the shared memory cgroup
+ * (`.pin-<pid>-<start>`, lib/cgroup/v1.ts prepareShared): a child cgroup with no task that
+ * keeps another process's exit from removing the shared cgroup while this process may join it.
+ */
+export const SHARED_PIN = '.pin-';
 
 /** CFS period used for `cpus` (the kernel's and Docker's default). */
 export const CPU_PERIOD_US = 100_000;

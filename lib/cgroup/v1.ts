@@ -15,11 +15,12 @@
  * child may join) and the sandbox leaves.
  */
 import { closeSync, existsSync, mkdirSync, openSync, constants } from 'node:fs';
-import { unsupported } from '../errors.js';
-import { CPU_PERIOD_US, SHARED_MEMCG, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
+import { HutchError, unsupported } from '../errors.js';
+import { isAlive, ownerTag } from '../host/liveness.js';
+import { CPU_PERIOD_US, SHARED_MEMCG, SHARED_PIN, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
-import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirOwn, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
+import { cgroupFailure, errnoOf, hintFor, killListed, maxVmHwm, mkdirSubtreeRoot, readControl, readKeyed, readNumber, readPids, subdirs, tryRmdir, writeControl } from './files.js';
 import { freezeCgroup, thawCgroup, type Freezer } from './freezer.js';
 import { checkId, subtreeRootFor } from './parent.js';
 
@@ -38,6 +39,18 @@ interface Tree {
 /** A sandbox's directories by controller (co-mounted controllers point at the same directory). */
 type Dirs = Partial<Record<V1Controller, string>>;
 
+/** The pins this process made (prepareShared), every driver's. */
+const sharedPins = new Set<string>();
+
+/**
+ * Removes this process's pins now (tests: vitest ends its workers with a signal, so the exit
+ * handler that removes them would not run). A later 'shared' sandbox pins again. @internal
+ */
+export function dropSharedPins(): void {
+  for (const p of sharedPins) tryRmdir(p);
+  sharedPins.clear();
+}
+
 export class V1Driver implements CgroupDriver {
   readonly kind: 'v1' | 'hybrid';
   private readonly trees = new Map<V1Controller, Tree>();
@@ -48,6 +61,8 @@ export class V1Driver implements CgroupDriver {
   private killFile = false;
   /** The shared memory cgroup ('shared' sandboxes' tasks join it), once made. */
   private sharedMemDir: string | null = null;
+  /** This process's pin in it (prepareShared). */
+  private sharedPin: string | null = null;
 
   constructor(
     private readonly host: CgroupHost,
@@ -91,25 +106,41 @@ export class V1Driver implements CgroupDriver {
     return this.subtreeRoots;
   }
 
-  /** Makes the shared memory cgroup below the memory hierarchy's subtree root, once. */
+  /**
+   * Makes the shared memory cgroup below the memory hierarchy's subtree root, and this
+   * process's pin in it, once. Sandbox tasks join the shared cgroup directly, with no directory
+   * of their own in it, so it is empty between two sandboxes; the process that made it removes
+   * it at exit when it is empty. The pin (`.pin-<pid>-<start>`, a child cgroup with no task,
+   * removed at this process's exit) makes that removal fail (EBUSY) while any other process
+   * that may join it lives: without it, one process's exit could remove the shared cgroup
+   * between another's check below and its setup child's join, and that start would fail.
+   */
   private prepareShared(): string {
-    // One stat per create: it may have been removed while empty (a test, an older hutch's
-    // prune, another process's exit), and the setup child must find it to join it.
-    if (this.sharedMemDir !== null && existsSync(this.sharedMemDir)) return this.sharedMemDir;
+    // One stat per create: our pin holds the shared cgroup, unless it was removed by hand (a
+    // test) or by dropSharedPins: then both are made again.
+    if (this.sharedMemDir !== null && this.sharedPin !== null && existsSync(this.sharedPin)) return this.sharedMemDir;
     const t = this.trees.get('memory')!;
-    // Gone, perhaps with the subtree root around it (another process's exit removes an empty
-    // root it made, and the shared cgroup in it): the root is made again too.
-    if (this.sharedMemDir !== null) t.prepared = false;
-    this.prepareTree(t);
-    const dir = `${t.root}/${SHARED_MEMCG}`;
-    // Made, never removed at exit (unlike the roots): sandbox tasks join it directly, with no
-    // directory of their own in it to hold it, so it is empty between two sandboxes, and a
-    // removal at one process's exit could come between another process's check above and its
-    // setup child's join (that start would fail at its cgroup step). It stays, empty, as a
-    // subtree root that was there already does; its subtree root stays with it (rmdir: EBUSY).
-    mkdirOwn(dir);
-    this.sharedMemDir = dir;
-    return dir;
+    for (let attempt = 0; ; attempt++) {
+      // Gone, perhaps with the subtree root around it (another process's exit removes an
+      // empty root it made, and the shared cgroup in it): the root is made again too.
+      if (this.sharedMemDir !== null || attempt > 0) t.prepared = false;
+      this.prepareTree(t);
+      const dir = `${t.root}/${SHARED_MEMCG}`;
+      mkdirSubtreeRoot(dir);
+      const pin = `${dir}/${SHARED_PIN}${ownerTag()}`;
+      try {
+        // Registered after the shared cgroup: removed before it at exit.
+        mkdirSubtreeRoot(pin);
+      } catch (e) {
+        // Removed by another process's exit between our mkdir and this one: again.
+        if (attempt < 3 && e instanceof HutchError && e.errno === 'ENOENT') continue;
+        throw e;
+      }
+      sharedPins.add(pin);
+      this.sharedPin = pin;
+      this.sharedMemDir = dir;
+      return dir;
+    }
   }
 
   /** Creates hutch's subtree root in one hierarchy, once; cpuset needs cpus and mems before any child may join. */
@@ -276,6 +307,14 @@ export class V1Driver implements CgroupDriver {
   }
 
   async prune(isLive: (id: string) => boolean): Promise<string[]> {
+    // The pins of processes that are gone (killed: their exit never removed them).
+    const mem = this.trees.get('memory');
+    if (mem) {
+      for (const name of subdirs(`${mem.root}/${SHARED_MEMCG}`)) {
+        const m = name.startsWith(SHARED_PIN) ? /^(\d+)-(\d+)$/.exec(name.slice(SHARED_PIN.length)) : null;
+        if (m && !isAlive({ pid: Number(m[1]), start: m[2]! })) tryRmdir(`${mem.root}/${SHARED_MEMCG}/${name}`);
+      }
+    }
     const ids = new Set<string>();
     for (const r of this.subtreeRoots) for (const id of subdirs(r)) if (id !== SHARED_MEMCG) ids.add(id);
     const callerDirs = [...this.trees.values()].map((t) => t.h.callerDir).concat(this.host.unified?.callerDir ?? null);

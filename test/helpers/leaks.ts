@@ -1,6 +1,6 @@
 import { readFileSync, readdirSync, existsSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { SHARED_MEMCG } from '../../lib/cgroup/types.js';
+import { SHARED_MEMCG, SHARED_PIN } from '../../lib/cgroup/types.js';
 import { isAlive, ownerFromName } from '../../lib/host/liveness.js';
 import { sandboxLeaseDir } from '../../lib/host/sandboxes.js';
 
@@ -24,12 +24,33 @@ export function sandboxCgroupsIn(dir: string): string[] {
       return [];
     }
   };
-  return kids(dir).flatMap((k) => (k.endsWith(`/${SHARED_MEMCG}`) ? kids(k) : [k]));
+  // v1/hybrid: the processes' pins in the shared memory cgroup are no sandbox's (deadPins).
+  return kids(dir).flatMap((k) => (k.endsWith(`/${SHARED_MEMCG}`) ? kids(k).filter((p) => !p.slice(p.lastIndexOf('/') + 1).startsWith(SHARED_PIN)) : [k]));
+}
+
+/** v1/hybrid: pins in the shared memory cgroup of processes that are gone (their exit removes them; a prune, those of killed ones). */
+export function deadPins(dir: string): string[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(`${dir}/${SHARED_MEMCG}`);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => {
+      const m = n.startsWith(SHARED_PIN) ? /^(\d+)-(\d+)$/.exec(n.slice(SHARED_PIN.length)) : null;
+      return m !== null && !isAlive({ pid: Number(m[1]), start: m[2]! });
+    })
+    .map((n) => `${dir}/${SHARED_MEMCG}/${n}`);
 }
 
 /** Removes an (empty) subtree root `dir` after its shared memory cgroup; throws what rmdir throws. */
 export function rmdirSubtreeRoot(dir: string): void {
-  if (existsSync(`${dir}/${SHARED_MEMCG}`)) rmdirSync(`${dir}/${SHARED_MEMCG}`);
+  if (existsSync(`${dir}/${SHARED_MEMCG}`)) {
+    // v1/hybrid: the processes' pins first (the caller's own among them: its next 'shared' sandbox pins again).
+    for (const n of readdirSync(`${dir}/${SHARED_MEMCG}`)) if (n.startsWith(SHARED_PIN)) rmdirSync(`${dir}/${SHARED_MEMCG}/${n}`);
+    rmdirSync(`${dir}/${SHARED_MEMCG}`);
+  }
   rmdirSync(dir);
 }
 import { execFileSync } from 'node:child_process';
@@ -57,6 +78,7 @@ function walk(out: string[]): void {
   // The subtree roots themselves may stay (empty); sandbox cgroups below them must not.
   for (const p of subtreeRoots()) {
     for (const k of sandboxCgroupsIn(p)) out.push(`cgroup ${k}`);
+    for (const k of deadPins(p)) out.push(`pin of a process that is gone ${k}`);
   }
 }
 

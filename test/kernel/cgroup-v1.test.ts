@@ -4,8 +4,8 @@
 //
 // Only processes this file starts are put in sandbox cgroups (their pids written into
 // procsFiles); the test process itself is never moved, and every cgroup made is removed.
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveLimits, type Limits } from '../../lib/limits.js';
 import { cgroupDriver, detectCgroups, pruneCgroups, type SandboxCgroup } from '../../lib/cgroup/driver.js';
@@ -198,27 +198,76 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     }
   });
 
-  it("keeps the shared memory cgroup at a process's exit (tasks join it directly: a removal could race another process's join); the roots it emptied go", () => {
+  it("a process's exit leaves the shared memory cgroup it made while another process has pinned it, and its join works on", async () => {
     const parent = `${privateParent}-exit`;
     const d = driver(parent);
     const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
-    const pidsRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('pids')!.mount))!;
-    expect(existsSync(memRoot)).toBe(false); // the child makes them all
-    // A process that makes the roots and the shared memory cgroup, runs a sandbox-less
-    // cgroup through them, and exits normally (its exit hook runs).
+    expect(existsSync(memRoot)).toBe(false); // the child makes it
+    // Another process makes the roots and the shared memory cgroup (and its pin), then waits;
+    // when told, it exits normally (its exit hook removes what it made, if it can).
     const script = `
       const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
       const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
       const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('exit' + process.pid, resolveLimits({}).cgroup);
-      console.log(cg.joinFiles.join(' '));
       await cg.destroy();
+      console.log(cg.joinFiles.join(' '));
+      process.stdin.once('data', () => process.exit(0));
     `;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toContain(`${memRoot}/.shared/tasks`);
-    // Its exit removed the pids root it made (empty), and kept the shared memory cgroup.
-    expect(existsSync(pidsRoot)).toBe(false);
-    expect(existsSync(`${memRoot}/.shared`)).toBe(true);
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const exited = new Promise((r) => child.on('exit', r));
+    const line = await new Promise<string>((r) => child.stdout.once('data', (b: Buffer) => r(b.toString())));
+    expect(line).toContain(`${memRoot}/.shared/tasks`);
+    // This process joins the same shared cgroup: its first 'shared' sandbox pins it.
+    const cg = d.create(newId('p'), resolveLimits({}).cgroup);
+    try {
+      const pins = (): string[] => readdirSync(`${memRoot}/.shared`).filter((n) => n.startsWith('.pin-')).map((n) => n.split('-')[1]!).sort();
+      const before = pins();
+      child.stdin.write('go');
+      expect(await exited).toBe(0);
+      // The shared cgroup it made stayed (our pin holds it), so our join works; its pin went.
+      expect(existsSync(`${memRoot}/.shared`)).toBe(true);
+      const s = spawnSleep(30);
+      try {
+        for (const f of cg.joinFiles) writeFileSync(f, `${s.child.pid}`);
+        expect(read(`${memRoot}/.shared`, 'tasks').split('\n')).toContain(`${s.child.pid}`);
+      } finally {
+        s.child.kill('SIGKILL');
+        await s.exited;
+      }
+      expect(before).toEqual([`${child.pid}`, `${process.pid}`].sort());
+      expect(pins()).toEqual([`${process.pid}`]);
+    } finally {
+      await cg.destroy();
+    }
+  });
+
+  it("a killed process's pin stays until a prune removes it (a live one's never)", async () => {
+    const parent = `${privateParent}-killed`;
+    const d = driver(parent);
+    const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
+    const script = `
+      const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
+      const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
+      const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('kill' + process.pid, resolveLimits({}).cgroup);
+      await cg.destroy();
+      console.log('pinned');
+      setInterval(() => {}, 1000);
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise((r) => child.on('exit', r));
+    await new Promise((r) => child.stdout.once('data', r));
+    const cg = d.create(newId('k'), resolveLimits({}).cgroup); // ours, live
+    try {
+      const pins = (): string[] => readdirSync(`${memRoot}/.shared`).filter((n) => n.startsWith('.pin-')).map((n) => n.split('-')[1]!).sort();
+      expect(pins()).toEqual([`${child.pid}`, `${process.pid}`].sort());
+      child.kill('SIGKILL');
+      await exited;
+      expect(pins()).toEqual([`${child.pid}`, `${process.pid}`].sort()); // no exit hook ran
+      await d.prune(() => true);
+      expect(pins()).toEqual([`${process.pid}`]);
+    } finally {
+      await cg.destroy();
+    }
   });
 
   it('a sandbox\'s init is in its v1 cgroups when create() resolves, and what it starts follows', async () => {
