@@ -133,7 +133,8 @@ describe.skipIf(skip)('commitUpper', () => {
         const d = entries.get('d');
         if (d?.type === 'SymbolicLink') expect(d.linkpath).toBe('/etc');
         const f = entries.get('d/shadow');
-        if (f) expect(f.size).toBe(5);
+        // The sandbox's own file: "mine\n", or empty when caught between its creation and its write.
+        if (f) expect([0, 5]).toContain(f.size);
         const L = store.path('layers', img.layers.at(-1)!.slice(7));
         if (existsSync(join(L, 'd/shadow')) && !lstatSync(join(L, 'd')).isSymbolicLink()) {
           expect(readFileSync(join(L, 'd/shadow'), 'utf8')).not.toBe(hostShadow);
