@@ -196,9 +196,11 @@ export async function pruneLeftovers(store: StoreContext, gc: boolean, graceMs: 
       found.trash.push(await toTrash(store, store.path('tmp', n)));
     }
     // Spare owner records (records.ts retireRecord) of processes that are gone, and this
-    // process's own (a prune asks for the store as small as it can be; the next sandbox makes
-    // its record anew). Another live process's stay.
-    const ours = new Set(takeSpareRecords(store.root).map((p) => basename(p)));
+    // process's own when asked to collect (ImageStore.prune wants the store as small as it can
+    // be; the next sandbox makes its record anew): not the background cleanup's (`gc` false),
+    // which the first sandbox of a process starts and which would otherwise take the spares
+    // that process's first sandboxes just left. Another live process's stay.
+    const ours = new Set(gc ? takeSpareRecords(store.root).map((p) => basename(p)) : []);
     for (const n of await fsp.readdir(store.path('spare')).catch(() => [] as string[])) {
       const owner = ownerFromName(n);
       if (owner && isAlive(owner) && !ours.has(n)) continue;

@@ -10,6 +10,7 @@ import { hostRange } from '../../lib/identity.js';
 import { ImageStore } from '../../lib/image/store.js';
 import { tarBuffer } from '../../lib/image/tarwriter.js';
 import { processStart } from '../../lib/host/liveness.js';
+import { pruneLeftovers } from '../../lib/image/gc.js';
 import { isRoot, needs } from '../helpers/require.js';
 
 const roots: string[] = [];
@@ -243,6 +244,28 @@ describe('lookup, tags, remove, prune', () => {
     await store.markInUse(b.id, 'sbx-fourth');
     expect(existsSync(join(dir('sbx-fourth'), 'owner.json'))).toBe(true);
     await store.release('sbx-fourth');
+  });
+
+  it("the background cleanup a process's first sandbox starts leaves that process's spare records (only a prune asked for takes them)", async () => {
+    const store = newStore();
+    const img = await store.import(writeTmp(store, 'a.tar', rootfsTar({ 'etc/a': 'a' })), { tag: 'bg' });
+    for (const id of ['sbx-bg1', 'sbx-bg2']) await store.markInUse(img.id, id);
+    for (const id of ['sbx-bg1', 'sbx-bg2']) await store.release(id);
+    const dead = `rec-${process.pid}-1-0badf00d`; // a dead process's (another start time)
+    mkdirSync(join(store.root, 'spare', dead));
+    writeFileSync(join(store.root, 'spare', dead, 'owner.json'), '{}');
+    expect(readdirSync(join(store.root, 'spare'))).toHaveLength(3);
+    // What the background cleanup runs on the store (lib/image/background.ts: gc false).
+    await pruneLeftovers(store as unknown as Parameters<typeof pruneLeftovers>[0], false, 0);
+    const left = readdirSync(join(store.root, 'spare'));
+    expect(left).toHaveLength(2);
+    expect(left).not.toContain(dead);
+    // The next two records are those spares, whole.
+    for (const id of ['sbx-bg3', 'sbx-bg4']) await store.markInUse(img.id, id);
+    expect(readdirSync(join(store.root, 'spare'))).toEqual([]);
+    for (const id of ['sbx-bg3', 'sbx-bg4']) await store.release(id);
+    await store.prune();
+    expect(readdirSync(join(store.root, 'spare'))).toEqual([]);
   });
 
   it('prune keeps a record being written (its lease is live), removes what a killed writer left', async () => {
