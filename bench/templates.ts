@@ -150,7 +150,9 @@ async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 
     await new Promise((r) => setTimeout(r, 2000));
     const forks = kids(zygote).length;
     const mib = (k: number): string => (k / forks / 1024).toFixed(2);
-    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${mib(tree(zygote, 'Pss') - alone)} MiB, of which anonymous ${mib(tree(zygote, 'Pss_Anon') - aloneAnon)} MiB (the rest: shares of page cache other processes map too); page tables ${mib(tree(zygote, 'VmPTE') - alonePte)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
+    // Pages that only the fork maps (its own and copied ones: Private_Clean + Private_Dirty, USS).
+    const uss = kids(zygote).reduce((a, p) => a + tree(p, 'Private_Clean') + tree(p, 'Private_Dirty'), 0);
+    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${mib(tree(zygote, 'Pss') - alone)} MiB, of which anonymous ${mib(tree(zygote, 'Pss_Anon') - aloneAnon)} MiB (the rest: shares of page cache other processes map too); pages the fork alone maps (USS) ${mib(uss)} MiB; page tables ${mib(tree(zygote, 'VmPTE') - alonePte)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
   } finally {
     await t.close();
     await Promise.allSettled(runs);
