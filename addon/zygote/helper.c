@@ -219,8 +219,9 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     close(t);
     close(layer_fds[0]);
   }
-  /* The host moved us into our cgroup before it sent proc: our cgroup namespace starts there. */
-  CHECK("unshare", unshare(CLONE_NEWCGROUP));
+  /* The host sends proc at once and moves us into our cgroup meanwhile (the move waits for an
+   * RCU grace period): the steps below need no cgroup, so they overlap it; 'C' says we are in
+   * it, before our cgroup namespace is made and long before any task code. */
   if (mask_and_readonly(root, masked, ro, &where) < 0) fail(ctl, where, errno);
   CHECK("pivot", fchdir(root));
   CHECK("pivot", syscall(SYS_pivot_root, ".", "."));
@@ -251,6 +252,15 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   }
   CHECK("hostname", sethostname(hostname, strlen(hostname)));
   if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
+  {
+    /* In our cgroup now (the host's 'C'): our cgroup namespace starts there, owned by our own
+     * user namespace as the network, IPC and UTS ones are. */
+    unsigned char m = 0;
+    ssize_t k;
+    do k = recv(ctl, &m, 1, 0); while (k < 0 && errno == EINTR);
+    if (k != 1 || m != 'C') fail(ctl, "cgroup", k < 0 ? errno : EPROTO);
+  }
+  CHECK("unshare", unshare(CLONE_NEWCGROUP));
   st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;
   st.pl = pl, st.rl = rl, st.prog = prog;
 }

@@ -151,8 +151,10 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
  * forked one (hutch_zygote_enter); each into the fork's cgroup, then a proc of the task's pid
  * namespace sent back (helper.c says why). Resolves with the task's host pid and keeps its
  * pidfd when `keepTask` (else closes it; an intermediate's pidfd is the caller's); rejects
- * with a HutchError (the cgroup killed, the task's pidfd closed). The fork waits for that
- * proc ('M') before it goes on, so the caller keeps `ctl` open until this settles.
+ * with a HutchError (the cgroup killed, the task's pidfd closed). The proc ('M') goes first,
+ * then 'C' once the fork is in its cgroup: the fork makes its mounts and namespaces in
+ * between and waits for 'C' before its cgroup namespace and any task code, so the caller
+ * keeps `ctl` open until this settles.
  *
  * The cgroup.procs writes go to the thread pool, all at once, while this thread makes the
  * proc: a migration takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for
@@ -170,15 +172,20 @@ export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, k
     const moved = Promise.all(cg.joinDirs.flatMap((dir) => pids.map((pid) => writeFile(join(dir, 'cgroup.procs'), String(pid)))));
     moved.catch(() => undefined);
     const made = tn().procFor(taskfd);
-    if (!isFailure(made)) proc = made;
+    if (isFailure(made)) throw fail('proc', made.errno, 'host');
+    proc = made;
+    // Its proc at once: the fork's mounts, pivot_root and namespaces go on while it is moved
+    // (the migration waits for an RCU grace period); it waits for 'C' before its cgroup
+    // namespace, and any task code, comes.
+    const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
+    if (isFailure(s)) throw fail('proc', s.errno, 'send');
     try {
       await moved;
     } catch (e) {
       throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', errno: (e as NodeJS.ErrnoException).code, cause: e });
     }
-    if (isFailure(made)) throw fail('proc', made.errno, 'host');
-    const s = tn().sendFds(ctl, Buffer.from('M'), [proc]);
-    if (isFailure(s)) throw fail('proc', s.errno, 'send');
+    const c = tn().sendFds(ctl, Buffer.from('C'), []);
+    if (isFailure(c)) throw fail('cgroup', c.errno, 'send');
     placed = true;
     return { pid: pids[pids.length - 1]!, pidfd: keepTask ? taskfd : -1 };
   } catch (e) {

@@ -66,6 +66,33 @@ describe.skipIf(skip)('templates: isolation', () => {
     }
   });
 
+  it("makes a run's cgroup namespace in its own cgroup, after the host moved it there, and owned by its own user namespace as its net, ipc and uts ones are", async () => {
+    // NS_GET_USERNS (_IO(0xb7, 0x1)): the user namespace that owns a namespace.
+    const script = [
+      'import ctypes, fcntl, os',
+      'def owner(n):',
+      '    fd = os.open("/proc/self/ns/" + n, os.O_RDONLY)',
+      '    u = fcntl.ioctl(fd, 0xb701)',
+      '    os.close(fd)',
+      '    r = os.readlink("/proc/self/fd/%d" % u)',
+      '    os.close(u)',
+      '    return r',
+      'me = os.readlink("/proc/self/ns/user")',
+      'print(" ".join(n + ("=own" if owner(n) == me else "=other") for n in ["cgroup", "net", "ipc", "uts"]))',
+      'print(open("/proc/self/cgroup").read().strip())',
+    ].join('\n');
+    for (let i = 0; i < 2; i++) {
+      // A prepared fork, then one forked on demand.
+      const r = await t.run(['python3', '-c', script], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      const [owners, ...cgroups] = (r.stdout as string).trim().split('\n');
+      expect(owners).toBe('cgroup=own net=own ipc=own uts=own');
+      // Its cgroup namespace's root is its own cgroup in every hierarchy: it was there when the namespace was made.
+      expect(cgroups.length).toBeGreaterThan(0);
+      for (const l of cgroups) expect(l.split(':')[2]).toBe('/');
+    }
+  });
+
   it("hands each run's mount namespace to the host only until its result is back: none is left open after", async () => {
     // The fork sends its mount namespace before its seccomp (its exit then does not wait for its mounts
     // to be taken apart); the host closes it after the result, before the fork's cgroup goes.
