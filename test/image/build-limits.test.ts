@@ -37,6 +37,11 @@ describe.skipIf(skip)('build limits: RUN steps', () => {
     const df = 'FROM busybox\nRUN head -c 2097152 /dev/zero | tr "\\0" x\n';
     await expect(store.build({ dockerfile: df, noCache: true, limits: { output: '1MiB' } })).rejects.toMatchObject({ code: 'EBUILD', message: expect.stringContaining('output limit') });
     await expect(store.build({ dockerfile: df, noCache: true })).resolves.toMatchObject({ id: expect.stringMatching(/^sha256:/) });
+    // A step that writes past the cap into the pipe's buffer and exits 0 before any of it is
+    // read: the cap is reached as it is read, after the exit. Still a failed step (CI saw the
+    // 2 MiB case above pass under load: its command had exited 0 before the kill came).
+    const quick = 'FROM busybox\nRUN dd if=/dev/zero bs=16384 count=1 2>/dev/null\n'; // one write, then exit 0
+    await expect(store.build({ dockerfile: quick, noCache: true, limits: { output: '4KiB' } })).rejects.toMatchObject({ code: 'EBUILD', message: expect.stringContaining('output limit') });
   });
 
   it('a fork bomb in a RUN is held by limits.pids, and the step\'s processes die with it', { timeout: 120_000 }, async () => {

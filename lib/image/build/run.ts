@@ -40,7 +40,9 @@ export async function runLayer(ctx: Ctx, ins: Instruction, state: State, argv: s
     } catch (e) {
       throw buildError(ins, `could not run ${JSON.stringify(argv)}: ${(e as Error).message}`, e);
     }
-    if (r.exitCode !== 0) {
+    // Stopped for a limit fails the step also when the command exited 0 first (its output
+    // past the cap was still in the pipe: the cap is reached as it is read).
+    if (r.exitCode !== 0 || r.reason === 'output-limit' || r.reason === 'timeout') {
       const how =
         r.reason === 'output-limit'
           ? `was stopped: it printed more than the output limit (limits.output of the build, default 16MiB)`
