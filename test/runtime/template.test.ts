@@ -459,15 +459,24 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
       }
       throw new Error(`the zygote's children never settled: ${kids(zygoteHost()).map((p) => `${p} ${comm(p)}`).join(', ')}`);
     };
+    // What the template's queue holds (the host's view): a fork is in it only once the host
+    // placed it, a moment after the kernel shows it in its cgroup. Each take waits for it.
+    const queue = (t as unknown as { queue: { ready: unknown[]; sandboxes: unknown[] } }).queue;
+    const queued = async (): Promise<void> => {
+      for (let i = 0; i < 100 && queue.ready.length + queue.sandboxes.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(queue.ready.length + queue.sandboxes.length).toBe(1);
+    };
     const opened: Sandbox[] = [];
     try {
       // Made with the template: one fork waiting for a task (the interpreter, not init).
+      await queued();
       const [task] = await waitKids((k) => k.length === 1, []);
       expect(comm(task!)).toBe('python3');
       const a = await t.fork();
       opened.push(a);
       expect(a.pid).toBe(task); // that fork became a's init
       // Its replacement goes on to exec init ahead, before any fork() asks for it.
+      await queued();
       const [ahead] = await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid]);
       const b = await t.fork();
       opened.push(b);
@@ -483,16 +492,22 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
       expect(dir).toMatch(/\/hutch/);
       expect(readFileSync(`${dir}/pids.max`, 'utf8').trim()).toBe('64');
       // The next one is made ahead too; a run then discards it and the queue makes a task fork.
+      await queued();
       const [next] = await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid, b.pid]);
       const r = await t.run(['python3', '-c', 'print("ran")'], { encoding: 'utf8' });
       expect(r.stdout).toBe('ran\n');
-      await waitKids((k) => k.length === 1 && comm(k[0]!) === 'python3', [a.pid, b.pid]);
+      await queued();
+      expect(queue.ready.length).toBe(1); // a task fork again
+      const [again] = await waitKids((k) => k.length === 1 && comm(k[0]!) === 'python3', [a.pid, b.pid]);
       for (let i = 0; i < 100 && !gone(next!); i++) await new Promise((res) => setTimeout(res, 50));
       expect(gone(next!)).toBe(true);
       // Another fork() with only a task fork ready: that one becomes init, and init is made ahead again.
       const c = await t.fork();
       opened.push(c);
+      expect(c.pid).toBe(again);
       expect((await c.exec('echo ok', { encoding: 'utf8' })).stdout).toBe('ok\n');
+      await queued();
+      expect(queue.sandboxes.length).toBe(1);
       await waitKids((k) => k.length === 1 && comm(k[0]!) === 'hutch-init', [a.pid, b.pid, c.pid]);
     } finally {
       for (const sb of opened) await sb.destroy();
