@@ -19,7 +19,7 @@ import type { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
 import { feedStdin, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
 import { fail, tn } from './native.js';
-import type { Zygote } from './zygote.js';
+import { zygoteGone, type Zygote } from './zygote.js';
 
 /** What a run needs from its template. */
 export interface RunHost {
@@ -178,20 +178,19 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
           if (m === undefined) return;
           if (m === null || isFailure(m)) {
             w.close();
-            // The zygote's copy of this socket closes only after it sent X, or when it dies;
-            // after P (its fork made) no X means it died. Marked dead here, at once: its exit
-            // closes its fds in fd order, so its own socket (what zygoteGone reads) may close
-            // a moment after this one, and a run that follows this result must not take a
-            // fork it left (that fork's end would go unreported). Killed too, in case a
-            // custom zygote dropped the report while alive.
+            const end = (): void => {
+              if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${from?.dead ? ` ${from.why}` : ''})`, { step: 'zygote' });
+              resolve();
+            };
+            // The zygote's copy of this socket closes only after it sent X, or when it dies:
+            // after P (its fork made), no X means it is dying, most likely. Its exit closes its
+            // fds one by one, so its own socket (what zygoteGone reads) may close a moment
+            // after this one: the result waits until the kernel says it is gone (200 ms at
+            // most), so that a run that follows never takes a fork it left, whose end nobody
+            // would report. One that is not gone by then is left alone.
             const from = ready?.zygote ?? z;
-            if (from && status === null && (ready || placing)) {
-              from.dead = true;
-              from.why ||= 'the zygote ended: a fork of its own lost its reporter';
-              from.proc.kill('SIGKILL');
-            }
-            if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${from?.dead ? ` ${from.why}` : ''})`, { step: 'zygote' });
-            resolve();
+            if (from && !from.dead && status === null && (ready || placing)) void zygoteGoneWithin(from, 200).then(end);
+            else end();
             return;
           }
           const kind = String.fromCharCode(m.data[0] ?? 0);
@@ -306,4 +305,14 @@ function taskFailure(step: string, errno: number, argv: string[], cwd: string): 
   if (step === 'cwd') return new HutchError('ESETUP', `the working directory ${JSON.stringify(cwd)} cannot be entered (${name}); create it first or pick another`, { step: 'cwd', errno: name, path: cwd });
   if (step === 'files') return new HutchError('ESETUP', `the files could not be written in the fork (${name}): a path under a read-only or missing place?`, { step: 'files' as HutchErrorStep, errno: name });
   return fail(step, errno, 'in the fork');
+}
+
+/** Whether the zygote is gone within `ms` (zygoteGone polled every 2 ms; it marks it dead). */
+async function zygoteGoneWithin(z: Zygote, ms: number): Promise<boolean> {
+  const until = performance.now() + ms;
+  while (!zygoteGone(z)) {
+    if (performance.now() > until) return false;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return true;
 }
