@@ -16,7 +16,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, constants } from 'node:fs';
 import { HutchError, unsupported } from '../errors.js';
-import { isAlive, ownerTag } from '../host/liveness.js';
+import { isAlive, ownerTag, type Owner } from '../host/liveness.js';
 import { CPU_PERIOD_US, SHARED_MEMCG, SHARED_PIN, type CgroupDriver, type CgroupCreateOptions, type CgroupLimits, type CgroupUsage, type SandboxCgroup } from './types.js';
 import { type CgroupHierarchy, type CgroupHost, V1_CONTROLLERS, type V1Controller } from './detect.js';
 import { IO_DEVICE, LIMIT_OF, badIoDevice, ioNeedsDevice, swapUnsupported, teardown } from './common.js';
@@ -38,6 +38,12 @@ interface Tree {
 
 /** A sandbox's directories by controller (co-mounted controllers point at the same directory). */
 type Dirs = Partial<Record<V1Controller, string>>;
+
+/** The process a pin's name (`.pin-<pid>-<start>`) names, or undefined for any other name. */
+export function pinOwner(name: string): Owner | undefined {
+  const m = name.startsWith(SHARED_PIN) ? /^(\d+)-(\d+)$/.exec(name.slice(SHARED_PIN.length)) : null;
+  return m ? { pid: Number(m[1]), start: m[2]! } : undefined;
+}
 
 /** The pins this process made (prepareShared), every driver's. */
 const sharedPins = new Set<string>();
@@ -311,8 +317,8 @@ export class V1Driver implements CgroupDriver {
     const mem = this.trees.get('memory');
     if (mem) {
       for (const name of subdirs(`${mem.root}/${SHARED_MEMCG}`)) {
-        const m = name.startsWith(SHARED_PIN) ? /^(\d+)-(\d+)$/.exec(name.slice(SHARED_PIN.length)) : null;
-        if (m && !isAlive({ pid: Number(m[1]), start: m[2]! })) tryRmdir(`${mem.root}/${SHARED_MEMCG}/${name}`);
+        const owner = pinOwner(name);
+        if (owner && !isAlive(owner)) tryRmdir(`${mem.root}/${SHARED_MEMCG}/${name}`);
       }
     }
     const ids = new Set<string>();

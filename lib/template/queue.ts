@@ -50,8 +50,8 @@ export class ForkQueue {
 
   /**
    * A prepared fork whose zygote lives (a dead one's forks have no one to report their end),
-   * for a run (`for` 'task': a fork() prepared ahead is discarded when no other is ready, so
-   * that the refill makes one for runs) or for fork() (`for` 'init': the refill makes forks
+   * for a run (`want` 'task': a fork() prepared ahead is discarded when no other is ready, so
+   * that the refill makes one for runs) or for fork() (`want` 'init': the refill makes forks
    * that exec init ahead from now on).
    */
   take(want: 'task' | 'init' = 'task'): Prepared | undefined {

@@ -189,7 +189,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
             // most), so that a run that follows never takes a fork it left, whose end nobody
             // would report. One that is not gone by then is left alone.
             const from = ready?.zygote ?? z;
-            if (from && !from.dead && status === null && (ready || placing)) void zygoteGoneWithin(from, 200).then(end);
+            if (from && !from.dead && status === null && (ready || placing)) void zygoteGoneWithin(from, 200).then(end, end);
             else end();
             return;
           }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { SHARED_MEMCG, SHARED_PIN } from '../../lib/cgroup/types.js';
 import { isAlive, ownerFromName } from '../../lib/host/liveness.js';
 import { sandboxLeaseDir } from '../../lib/host/sandboxes.js';
+import { pinOwner } from '../../lib/cgroup/v1.js';
 
 function readdirOr(dir: string): string[] {
   try {
@@ -38,8 +39,8 @@ export function deadPins(dir: string): string[] {
   }
   return names
     .filter((n) => {
-      const m = n.startsWith(SHARED_PIN) ? /^(\d+)-(\d+)$/.exec(n.slice(SHARED_PIN.length)) : null;
-      return m !== null && !isAlive({ pid: Number(m[1]), start: m[2]! });
+      const owner = pinOwner(n);
+      return owner !== undefined && !isAlive(owner);
     })
     .map((n) => `${dir}/${SHARED_MEMCG}/${n}`);
 }

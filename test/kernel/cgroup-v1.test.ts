@@ -4,7 +4,7 @@
 //
 // Only processes this file starts are put in sandbox cgroups (their pids written into
 // procsFiles); the test process itself is never moved, and every cgroup made is removed.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, readlinkSync, rmdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveLimits, type Limits } from '../../lib/limits.js';
@@ -36,6 +36,43 @@ function make(limits: Limits, d = driver()): SandboxCgroup {
   return d.create(newId('s'), resolveLimits(limits).cgroup);
 }
 const subject = { make: (limits: Limits) => make(limits), join };
+
+/** The driver's subtree root in the memory hierarchy. */
+const memRootOf = (d: { subtreeRoots: readonly string[] }): string => d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
+/** The pids whose pins are in the shared memory cgroup below `memRoot`, sorted. */
+const pinsIn = (memRoot: string): string[] => readdirSync(`${memRoot}/.shared`).filter((n) => n.startsWith('.pin-')).map((n) => n.split('-')[1]!).sort();
+
+/** What the setup child does for `cg` (each of joinFiles, the shared memory cgroup's among them), done for a sleep: it is then in `.shared`. */
+async function expectSharedJoin(cg: SandboxCgroup, memRoot: string): Promise<void> {
+  const s = spawnSleep(30);
+  try {
+    for (const f of cg.joinFiles) writeFileSync(f, `${s.child.pid}`);
+    expect(read(`${memRoot}/.shared`, 'tasks').split('\n')).toContain(`${s.child.pid}`);
+  } finally {
+    s.child.kill('SIGKILL');
+    await s.exited;
+  }
+}
+
+/**
+ * Another process that makes (or joins) the subtree roots and the shared memory cgroup below
+ * `parent`, and its pin there, through a 'shared' cgroup it makes and destroys; it prints that
+ * cgroup's joinFiles and exits normally once it reads from its stdin.
+ */
+async function pinningProcess(parent: string): Promise<{ child: ChildProcess; exited: Promise<unknown>; joinFiles: string }> {
+  const script = `
+    const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
+    const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
+    const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('pin' + process.pid, resolveLimits({}).cgroup);
+    await cg.destroy();
+    console.log(cg.joinFiles.join(' '));
+    process.stdin.once('data', () => process.exit(0));
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise((r) => child.on('exit', r));
+  const joinFiles = await new Promise<string>((r) => child.stdout!.once('data', (b: Buffer) => r(b.toString())));
+  return { child, exited, joinFiles };
+}
 
 afterAll(() => {
   // The private subtree roots: empty by now, or a test leaked.
@@ -183,16 +220,7 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
     for (const r of d.subtreeRoots) if (existsSync(r)) rmdirSubtreeRoot(r);
     const cg = d.create(newId('b'), resolveLimits({}).cgroup);
     try {
-      const s = spawnSleep(30);
-      try {
-        // The setup child's join: each of joinFiles, the shared memory cgroup's among them.
-        for (const f of cg.joinFiles) writeFileSync(f, `${s.child.pid}`);
-        const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
-        expect(read(`${memRoot}/.shared`, 'tasks').split('\n')).toContain(`${s.child.pid}`);
-      } finally {
-        s.child.kill('SIGKILL');
-        await s.exited;
-      }
+      await expectSharedJoin(cg, memRootOf(d));
     } finally {
       await cg.destroy();
     }
@@ -201,41 +229,21 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
   it("a process's exit leaves the shared memory cgroup it made while another process has pinned it, and its join works on", async () => {
     const parent = `${privateParent}-exit`;
     const d = driver(parent);
-    const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
-    expect(existsSync(memRoot)).toBe(false); // the child makes it
-    // Another process makes the roots and the shared memory cgroup (and its pin), then waits;
-    // when told, it exits normally (its exit hook removes what it made, if it can).
-    const script = `
-      const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
-      const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
-      const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('exit' + process.pid, resolveLimits({}).cgroup);
-      await cg.destroy();
-      console.log(cg.joinFiles.join(' '));
-      process.stdin.once('data', () => process.exit(0));
-    `;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const exited = new Promise((r) => child.on('exit', r));
-    const line = await new Promise<string>((r) => child.stdout.once('data', (b: Buffer) => r(b.toString())));
-    expect(line).toContain(`${memRoot}/.shared/tasks`);
+    const memRoot = memRootOf(d);
+    expect(existsSync(memRoot)).toBe(false); // the other process makes it
+    const { child, exited, joinFiles } = await pinningProcess(parent);
+    expect(joinFiles).toContain(`${memRoot}/.shared/tasks`);
     // This process joins the same shared cgroup: its first 'shared' sandbox pins it.
     const cg = d.create(newId('p'), resolveLimits({}).cgroup);
     try {
-      const pins = (): string[] => readdirSync(`${memRoot}/.shared`).filter((n) => n.startsWith('.pin-')).map((n) => n.split('-')[1]!).sort();
-      const before = pins();
-      child.stdin.write('go');
+      const before = pinsIn(memRoot);
+      child.stdin!.write('go');
       expect(await exited).toBe(0);
       // The shared cgroup it made stayed (our pin holds it), so our join works; its pin went.
       expect(existsSync(`${memRoot}/.shared`)).toBe(true);
-      const s = spawnSleep(30);
-      try {
-        for (const f of cg.joinFiles) writeFileSync(f, `${s.child.pid}`);
-        expect(read(`${memRoot}/.shared`, 'tasks').split('\n')).toContain(`${s.child.pid}`);
-      } finally {
-        s.child.kill('SIGKILL');
-        await s.exited;
-      }
+      await expectSharedJoin(cg, memRoot);
       expect(before).toEqual([`${child.pid}`, `${process.pid}`].sort());
-      expect(pins()).toEqual([`${process.pid}`]);
+      expect(pinsIn(memRoot)).toEqual([`${process.pid}`]);
     } finally {
       await cg.destroy();
     }
@@ -244,27 +252,16 @@ describe.skipIf(!hasV1 || skipRoot !== undefined)(`cgroup v1/hybrid driver (${ho
   it("a killed process's pin stays until a prune removes it (a live one's never)", async () => {
     const parent = `${privateParent}-killed`;
     const d = driver(parent);
-    const memRoot = d.subtreeRoots.find((r) => r.startsWith(host.v1.get('memory')!.mount))!;
-    const script = `
-      const { cgroupDriver } = await import(${JSON.stringify(new URL('../../dist/lib/cgroup/driver.js', import.meta.url).pathname)});
-      const { resolveLimits } = await import(${JSON.stringify(new URL('../../dist/lib/limits.js', import.meta.url).pathname)});
-      const cg = cgroupDriver({ parent: ${JSON.stringify(parent)} }).create('kill' + process.pid, resolveLimits({}).cgroup);
-      await cg.destroy();
-      console.log('pinned');
-      setInterval(() => {}, 1000);
-    `;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const exited = new Promise((r) => child.on('exit', r));
-    await new Promise((r) => child.stdout.once('data', r));
+    const memRoot = memRootOf(d);
+    const { child, exited } = await pinningProcess(parent);
     const cg = d.create(newId('k'), resolveLimits({}).cgroup); // ours, live
     try {
-      const pins = (): string[] => readdirSync(`${memRoot}/.shared`).filter((n) => n.startsWith('.pin-')).map((n) => n.split('-')[1]!).sort();
-      expect(pins()).toEqual([`${child.pid}`, `${process.pid}`].sort());
+      expect(pinsIn(memRoot)).toEqual([`${child.pid}`, `${process.pid}`].sort());
       child.kill('SIGKILL');
       await exited;
-      expect(pins()).toEqual([`${child.pid}`, `${process.pid}`].sort()); // no exit hook ran
+      expect(pinsIn(memRoot)).toEqual([`${child.pid}`, `${process.pid}`].sort()); // no exit hook ran
       await d.prune(() => true);
-      expect(pins()).toEqual([`${process.pid}`]);
+      expect(pinsIn(memRoot)).toEqual([`${process.pid}`]);
     } finally {
       await cg.destroy();
     }
