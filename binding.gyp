@@ -52,9 +52,9 @@
       "actions": [
         {
           "action_name": "build_zygote_helper",
-          "inputs": ["addon/zygote/helper.c", "addon/zygote/serve.c", "addon/zygote/zygote_internal.h", "addon/zygote/mounts.c", "addon/zygote/mounts.h", "addon/fdmsg.h", "addon/init/confine.h", "scripts/build-zygote.sh"],
+          "inputs": ["addon/zygote/helper.c", "addon/zygote/serve.c", "addon/zygote/zygote_internal.h", "addon/zygote/mounts.c", "addon/zygote/mounts.h", "addon/zygote/mmap_hint.c", "addon/fdmsg.h", "addon/init/confine.h", "scripts/build-zygote.sh"],
           "outputs": ["<(PRODUCT_DIR)/libhutch-zygote.so"],
-          "action": ["sh", "scripts/build-zygote.sh", "<(PRODUCT_DIR)/libhutch-zygote.so", "addon/zygote/helper.c", "addon/zygote/serve.c", "addon/zygote/mounts.c"]
+          "action": ["sh", "scripts/build-zygote.sh", "<(PRODUCT_DIR)/libhutch-zygote.so", "addon/zygote/helper.c", "addon/zygote/serve.c", "addon/zygote/mounts.c", "addon/zygote/mmap_hint.c"]
         }
       ]
     },

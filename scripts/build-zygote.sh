@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds libhutch-zygote.so (addon/zygote/helper.c, serve.c and mounts.c): the C helper a template's
+# Builds libhutch-zygote.so (addon/zygote/helper.c, serve.c, mounts.c and
+# mmap_hint.c): the C helper a template's
 # zygote loads (Python through ctypes) to make each forked child a fresh sandbox.
 # docs/templates.md. Usage: build-zygote.sh OUTPUT SOURCE...
 set -eu

@@ -23,6 +23,11 @@ const preload = JSON.parse(env.HUTCH_ZYGOTE_PRELOAD || '[]');
 delete env.HUTCH_ZYGOTE_NODE_ADDON;
 delete env.HUTCH_ZYGOTE_LIB;
 delete env.HUTCH_ZYGOTE_PRELOAD;
+// libhutch-zygote.so was preloaded for its mmap (addon/zygote/mmap_hint.c): nothing this
+// process starts gets it; the environment's own LD_PRELOAD, if it had one, is put back.
+if (env.HUTCH_ZYGOTE_LD_PRELOAD) env.LD_PRELOAD = env.HUTCH_ZYGOTE_LD_PRELOAD;
+else delete env.LD_PRELOAD;
+delete env.HUTCH_ZYGOTE_LD_PRELOAD;
 
 function say(s) {
   fs.writeSync(2, `hutch node zygote: ${s}\n`);

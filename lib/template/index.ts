@@ -173,6 +173,12 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.zygote && !zygoteGone(this.zygote)) return Promise.resolve(this.zygote);
     // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
     const env = { ...this.baseEnv, ...this.zygoteEnv };
+    if (env.HUTCH_ZYGOTE_NODE_ADDON) {
+      // V8's heap pages packed, not scattered: each fork copies far fewer page tables
+      // (addon/zygote/mmap_hint.c). zygote.cjs puts the environment's own LD_PRELOAD back.
+      env.HUTCH_ZYGOTE_LD_PRELOAD = this.baseEnv.LD_PRELOAD ?? '';
+      env.LD_PRELOAD = [env.HUTCH_ZYGOTE_LIB, this.baseEnv.LD_PRELOAD].filter(Boolean).join(' ');
+    }
     const onEnd = (z: Zygote): void => {
       if (this.zygote === z) this.zygote = null;
       this.queue.dropZygote(z);
