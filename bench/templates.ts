@@ -10,7 +10,7 @@
  * HUTCH_TRACE=1 adds a line per template.run: where its time went (lib/template/index.ts:
  * request sent, 'S' = the fork's privilege drop done, 'X' = its wait status, pipes drained).
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, type SandboxOptions } from '../lib/index.js';
@@ -113,6 +113,26 @@ async function throughput(base: SandboxOptions, seconds: number, zygote: Zygote 
 }
 
 /**
+ * File-backed and shmem PSS summed over every process of the machine (KiB). PSS divides each
+ * page among the processes that map it, so this sum moves only when pages are mapped that no
+ * process mapped before (or are unmapped by all), not when one more process maps a page
+ * others map: what forks add to it is what they add to the machine's mapped page cache.
+ */
+function machineShared(): number {
+  let sum = 0;
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const t = readFileSync(`/proc/${p}/smaps_rollup`, 'utf8');
+      for (const f of ['Pss_File', 'Pss_Shmem']) sum += Number(new RegExp(`^${f}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
+    } catch {
+      // gone meanwhile, or a kernel thread
+    }
+  }
+  return sum;
+}
+
+/**
  * Memory per idle fork beyond the template: the PSS of the zygote and all its forks (each
  * process's own pages, and its share of the pages they still share) with `count` forks idle,
  * less the zygote's PSS alone before them, divided by `count`. Summed PSS counts every page
@@ -125,6 +145,10 @@ async function throughput(base: SandboxOptions, seconds: number, zygote: Zygote 
  * the pages each fork made or copied for itself. Idle: each fork's task sleeps (python
  * `time.sleep`, node a pending `setTimeout`). Page tables (`VmPTE`) are kernel memory,
  * outside PSS: printed apart, per fork.
+ * First printed, "added to the machine": the forks' anonymous PSS, plus the change of the
+ * file-backed and shmem PSS summed over every process ({@link machineShared}), which
+ * redistributing shares of a page among its mappers does not move; so it does not depend on
+ * what else maps the interpreter's files.
  */
 async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 'python'): Promise<void> {
   const node = zygote === 'node';
@@ -146,13 +170,16 @@ async function pssPerFork(base: SandboxOptions, count: number, zygote: Zygote = 
     const alone = tree(zygote, 'Pss');
     const aloneAnon = tree(zygote, 'Pss_Anon');
     const alonePte = tree(zygote, 'VmPTE');
+    const aloneShared = machineShared();
     for (let i = 0; i < count; i++) runs.push(t.run(node ? ['node', '-e', 'setTimeout(() => {}, 4000)'] : ['python3', '-c', 'import time; time.sleep(4)']));
     await new Promise((r) => setTimeout(r, 2000));
     const forks = kids(zygote).length;
     const mib = (k: number): string => (k / forks / 1024).toFixed(2);
     // Pages that only the fork maps (its own and copied ones: Private_Clean + Private_Dirty, USS).
     const uss = kids(zygote).reduce((a, p) => a + tree(p, 'Private_Clean') + tree(p, 'Private_Dirty'), 0);
-    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template (summed PSS of the zygote and its forks, less the zygote's alone, / forks), ${forks} forks: ${mib(tree(zygote, 'Pss') - alone)} MiB, of which anonymous ${mib(tree(zygote, 'Pss_Anon') - aloneAnon)} MiB (the rest: shares of page cache other processes map too); pages the fork alone maps (USS) ${mib(uss)} MiB; page tables ${mib(tree(zygote, 'VmPTE') - alonePte)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
+    const anon = tree(zygote, 'Pss_Anon') - aloneAnon;
+    const added = anon + machineShared() - aloneShared;
+    console.log(`${node ? 'node: ' : ''}memory per idle fork beyond the template, ${forks} forks: added to the machine ${mib(added)} MiB (the forks' anonymous PSS, plus file-backed and shmem PSS summed over every process); summed PSS of the zygote and its forks, less the zygote's alone, ${mib(tree(zygote, 'Pss') - alone)} MiB, of which anonymous ${mib(anon)} MiB (the rest: shares of page cache other processes map too); pages the fork alone maps (USS) ${mib(uss)} MiB; page tables ${mib(tree(zygote, 'VmPTE') - alonePte)} MiB; the zygote alone: ${(alone / 1024).toFixed(2)} MiB`);
   } finally {
     await t.close();
     await Promise.allSettled(runs);
