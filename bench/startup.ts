@@ -20,6 +20,7 @@ import { phases } from './lib/phases.js';
 import { renderMarkdown } from './lib/report.js';
 import type { RunResults, Section } from './lib/results.js';
 import { renderSvg } from './lib/svg.js';
+import { templatesBench } from './lib/templates.js';
 import { throughput } from './lib/throughput.js';
 
 /** The checkout (the directory above this file that has binding.gyp). */
@@ -90,6 +91,10 @@ async function main(args: BenchArgs): Promise<void> {
   if (args.only.has('layers')) await step('layers', () => layersCurve(ctx));
   if (args.only.has('size')) await step('size', () => sizeCurve(ctx));
   if (args.only.has('density')) await step('density', () => densityCurve(ctx));
+  if (args.only.has('templates')) {
+    const log = (line: string): void => void process.stderr.write(`  templates: ${line}\n`);
+    await step('templates', () => templatesBench({ n: args.templateSamples, zygotes: args.zygotes, seconds: args.durationS, log }));
+  }
 
   const results: RunResults = {
     startedAt,

@@ -3,7 +3,7 @@
  * cores shared with other work); raise them with flags for publishable figures.
  */
 
-export const SCENARIOS = ['startup', 'pool', 'exec', 'phases', 'throughput', 'memory', 'layers', 'size', 'density'] as const;
+export const SCENARIOS = ['startup', 'pool', 'exec', 'phases', 'throughput', 'memory', 'layers', 'size', 'density', 'templates'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 export interface BenchArgs {
@@ -26,6 +26,10 @@ export interface BenchArgs {
   /** Image sizes of the size scenario, MiB. */
   sizesMiB: number[];
   poolSize: number;
+  /** Samples per case of the templates scenario. */
+  templateSamples: number;
+  /** The templates scenario's built-in zygotes. */
+  zygotes: ('python' | 'node')[];
   /** Peers of the latency scenarios to keep (all when empty). */
   peers: Set<string>;
   outDir: string | null;
@@ -47,6 +51,8 @@ export const USAGE = `usage: npm run bench -- [flags]
   --layers LIST          image layer counts (default 1,3,10,50)
   --sizes LIST           image sizes in MiB (default 1,64,256, quick 1,64)
   --pool-size N          SandboxPool size (default 8)
+  --template-samples N   samples per case of templates (default 30, quick 10)
+  --zygotes LIST         templates' zygotes (default python,node)
   --peers LIST           keep only these peers in startup/pool/exec
                          (spawn, unshare, bwrap, crun, runc, hutch-run, hutch-limits, pool-run, exec)
   --out DIR              results directory (default bench/results of the checkout)
@@ -81,6 +87,8 @@ export function parseArgs(argv: readonly string[]): BenchArgs | 'help' {
     layers: [1, 3, 10, 50],
     sizesMiB: quick ? [1, 64] : [1, 64, 256],
     poolSize: 8,
+    templateSamples: quick ? 10 : 30,
+    zygotes: ['python', 'node'],
     peers: new Set(),
     outDir: null,
     write: true,
@@ -136,6 +144,16 @@ export function parseArgs(argv: readonly string[]): BenchArgs | 'help' {
       case '--pool-size':
         a.poolSize = int(name, value());
         break;
+      case '--template-samples':
+        a.templateSamples = int(name, value());
+        break;
+      case '--zygotes': {
+        const z = value().split(',').map((x) => x.trim()).filter(Boolean);
+        const bad = z.find((x) => x !== 'python' && x !== 'node');
+        if (bad !== undefined || z.length === 0) throw new Error(`--zygotes: expected python and/or node, comma-separated, got ${z.join(',') || 'nothing'}`);
+        a.zygotes = z as ('python' | 'node')[];
+        break;
+      }
       case '--peers':
         a.peers = new Set(value().split(',').map((s) => s.trim()).filter(Boolean));
         break;

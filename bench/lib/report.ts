@@ -1,6 +1,6 @@
 /** Markdown of a run: the machine, one table per scenario, the issue-7 targets side by side. */
 import { machineLines } from './machine.js';
-import type { CurveSection, LatencyRow, LatencySection, MemorySection, RunResults, ThroughputSection } from './results.js';
+import type { CurveSection, LatencyRow, LatencySection, MemorySection, RunResults, TemplatesSection, ThroughputSection } from './results.js';
 import { mib, ms, ratio } from './stats.js';
 
 function find(rows: LatencyRow[], name: string): LatencyRow | undefined {
@@ -46,6 +46,30 @@ function memoryTable(s: MemorySection): string[] {
     '| --- | ---: | --- |',
   ];
   for (const p of s.perSandbox) out.push(`| ${p.label} | ${mib(p.bytes)} | ${p.how} |`);
+  return out;
+}
+
+/** Issue 16's cases, each beside its cold peer and its goal; then memory per idle fork. */
+export function templatesTable(s: TemplatesSection): string[] {
+  const out = ['| case | cold | template | template ÷ cold | goal |', '| --- | ---: | ---: | ---: | --- |'];
+  for (const r of s.rows) {
+    const v = r.template / r.cold;
+    const shown = (x: number): string => (r.unit === 'ms' ? `${x.toFixed(1)} ms` : `${x.toFixed(1)}/s`);
+    const goal = r.goal === null ? 'reported' : `≤ ${r.goal}: ${verdict(v, r.goal)}`;
+    out.push(`| ${r.name} | ${shown(r.cold)} (${r.peer}) | ${shown(r.template)} | ${v.toFixed(3)} | ${goal} |`);
+  }
+  if (s.memory.length > 0) {
+    out.push(
+      '',
+      'Memory per idle fork beyond the template, MiB per fork (8 forks whose tasks sleep). *Added to the machine*: the forks\' anonymous PSS plus the change of file-backed and shmem PSS summed over every process. *Summed PSS*: the zygote and its forks, less the zygote alone (its file-backed part moves with what else maps the interpreter\'s files). Page tables are kernel memory, outside PSS.',
+      '',
+      '| zygote | added to the machine | summed PSS | of it anonymous | USS | page tables | the zygote alone | goal |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
+    );
+    for (const m of s.memory) {
+      out.push(`| ${m.zygote} | ${m.addedMiB.toFixed(2)} | ${m.summedPssMiB.toFixed(2)} | ${m.anonMiB.toFixed(2)} | ${m.ussMiB.toFixed(2)} | ${m.pageTablesMiB.toFixed(2)} | ${m.zygoteMiB.toFixed(2)} | ≤ 1 MiB: ${verdict(m.addedMiB, 1)} |`);
+    }
+  }
   return out;
 }
 
@@ -137,6 +161,7 @@ export function renderMarkdown(r: RunResults): string {
     if (s.kind === 'latency') out.push(`Warm-up: ${s.warmup} rounds discarded.`, '', ...latencyTable(s));
     else if (s.kind === 'throughput') out.push(...throughputTable(s));
     else if (s.kind === 'memory') out.push(...memoryTable(s));
+    else if (s.kind === 'templates') out.push(...templatesTable(s));
     else out.push(...curveTable(s));
     const errors = s.kind === 'latency' ? s.rows.filter((x) => x.errors.length > 0) : s.kind === 'curve' ? s.points.flatMap((p) => p.rows).filter((x) => x.errors.length > 0) : [];
     const notes = [...s.notes, ...errors.map((x) => `${x.name} failed ${x.summary.failures}×: ${clip(x.errors[0] ?? '')}`)];

@@ -63,7 +63,41 @@ export interface CurveSection {
   notes: string[];
 }
 
-export type Section = LatencySection | ThroughputSection | MemorySection | CurveSection;
+/** A template's case against its cold peer (bench/lib/templates.ts). */
+export interface TemplateRow {
+  name: string;
+  /** The cold peer: Sandbox.run or Sandbox.create. */
+  peer: string;
+  /** 'ms': p50 latencies (lower is better); '/s': runs per second (higher is better). */
+  unit: 'ms' | '/s';
+  cold: number;
+  template: number;
+  /** Issue 16's goal for template ÷ cold (at most), or null: reported only. */
+  goal: number | null;
+}
+
+/** Memory per idle fork beyond the template, MiB per fork (bench/lib/templates.ts). */
+export interface ForkMemory {
+  zygote: string;
+  forks: number;
+  addedMiB: number;
+  summedPssMiB: number;
+  anonMiB: number;
+  ussMiB: number;
+  pageTablesMiB: number;
+  zygoteMiB: number;
+}
+
+export interface TemplatesSection {
+  kind: 'templates';
+  title: string;
+  description: string;
+  rows: TemplateRow[];
+  memory: ForkMemory[];
+  notes: string[];
+}
+
+export type Section = LatencySection | ThroughputSection | MemorySection | CurveSection | TemplatesSection;
 
 export interface RunResults {
   startedAt: Date;
