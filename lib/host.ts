@@ -196,6 +196,13 @@ export async function checkHost(): Promise<HostReport> {
     neededFor: "network.domains, deny and ask (the DNS and SNI/Host check)",
     fix: mode !== 'root' ? 'run hutch as host root' : 'modprobe nfnetlink_queue xt_NFQUEUE nft_compat (a kernel with CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT)',
   });
+  add({
+    name: 'templates',
+    ok: mode === 'root',
+    detail: mode === 'root' ? 'available (host root)' : `not in mode ${mode}: each fork's layers and /proc are mounted by the host, and on cgroup v1 it moves the fork (another uid) into its cgroup`,
+    neededFor: 'Sandbox.template (warm interpreters, docs/templates.md)',
+    fix: 'run hutch as host root (Sandbox.create, Sandbox.run and pools work in every mode)',
+  });
   const bb = existsSync('/bin/busybox');
   add({ name: 'busybox-static', ok: bb, detail: bb ? '/bin/busybox' : 'missing', neededFor: "the builtin 'busybox' image", fix: 'apt-get install busybox-static' });
   const essential = ['kernel', 'mode', 'user namespaces', 'overlayfs', 'overlayfs in a user namespace', 'clone3 + pidfd', 'new mount API'];

@@ -14,6 +14,7 @@ describe('checkHost and the CLI', () => {
     }
     // As host root on a kernel with the netfilter queue (this machine: built in), egress by name is available.
     expect(r.checks.find((c) => c.name === 'egress by name')?.ok).toBe(true);
+    expect(r.checks.find((c) => c.name === 'templates')?.ok).toBe(true);
     for (const c of r.checks) {
       expect(c.neededFor.length).toBeGreaterThan(0);
       if (!c.ok) expect(c.fix).toBeTruthy();

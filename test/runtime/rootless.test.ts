@@ -100,11 +100,16 @@ describe.skipIf(skip !== undefined)('rootless: an ordinary user with subordinate
       try {
         const x = await s.exec(['sh', '-c', 'id -u; cat /proc/self/uid_map; stat -c %u:%g /bin/busybox; touch /etc/made && stat -c %u /etc/made']);
         const host = (await import('node:fs')).readFileSync('/proc/' + s.pid + '/status', 'utf8').match(/^Uid:\\s+(\\d+)/m)[1];
-        return { mode: (await Sandbox.checkHost()).mode, out: x.stdout.toString(), code: x.exitCode, hostUid: Number(host) };
+        const report = await Sandbox.checkHost();
+        const template = await Sandbox.template({ zygote: 'python' }).then(async (t) => { await t.close(); return null; }, (e) => ({ code: e.code, message: e.message }));
+        return { mode: report.mode, out: x.stdout.toString(), code: x.exitCode, hostUid: Number(host), templates: report.checks.find((c) => c.name === 'templates'), template };
       } finally { await s.destroy(); }
     `, { env: { HUTCH_ROOT: store } });
     expect(r.error).toBeUndefined();
     expect(r.mode).toBe('user');
+    // Templates need host root: checkHost says so, and Sandbox.template refuses with the reason.
+    expect(r.templates).toMatchObject({ ok: false, fix: expect.stringMatching(/host root/) });
+    expect(r.template).toMatchObject({ code: 'EUNSUPPORTED', message: expect.stringMatching(/user mode.*Sandbox\.create/) });
     const [uid, map, owner, made] = r.out.trim().split('\n');
     expect(uid).toBe('0');
     // Inside: sandbox 0.. -> holder ids 1.. (holder 0 is the caller, never mapped into a sandbox).
