@@ -23,7 +23,8 @@ import { SandboxCore as SandboxCoreClass, type SandboxCore, type SandboxEvents }
 import type { ClonedInit } from './native.js';
 import type { SandboxCgroup } from './cgroup/driver.js';
 import { compileSeccomp } from './seccomp/index.js';
-import { setPlainPolicy } from './network/egress.js';
+import { setPlainPolicy, type SandboxEgress, type Violation, type ViolationLog } from './network/egress.js';
+import type { NetworkAttachment } from './network/index.js';
 import { createCore, runOnce, settleAll, type FirstExec } from './runtime/create.js';
 import { execResolved, startProcess, watch } from './runtime/control.js';
 import { readInside, writeInside } from './runtime/files.js';
@@ -51,6 +52,15 @@ export interface SandboxTemplate {
   close(): Promise<void>;
   /** `await using` support: {@link SandboxTemplate.close}. */
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** @internal A template fork's network link, made before its init ran (lib/template/net.ts), handed to the Sandbox it becomes. */
+export interface AdoptedLink {
+  attachment: NetworkAttachment | null;
+  egress: SandboxEgress | null;
+  /** The log its egress reports to; `route` sends what it records to the Sandbox's 'violation' listeners. */
+  log: ViolationLog;
+  route(emit: (v: Violation) => void): void;
 }
 
 /** @internal lib/template registers its factory here (it sits above the runtime: no import cycle). */
@@ -204,9 +214,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** @internal A sandbox whose init a template's fork started (lib/template): watched and used like any other. */
-  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: ClonedInit, cgroup: SandboxCgroup, ids: SandboxIds): Sandbox {
+  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: ClonedInit, cgroup: SandboxCgroup, ids: SandboxIds, link?: AdoptedLink): Sandbox {
     const core = new SandboxCoreClass(id, opts, store, image, spawned, cgroup, compileSeccomp(opts.seccomp, { capabilities: opts.capabilities }));
     core.ids = ids;
+    if (link) {
+      // Its link, made before its init ran (lib/template/net.ts): released by its destroy.
+      core.attachment = link.attachment;
+      core.egress = link.egress;
+      core.violationLog = link.log;
+      link.route((v) => core.emit('violation', v));
+    }
     watch(core);
     return new Sandbox(core);
   }

@@ -63,10 +63,14 @@ struct hz_plan {
   uint32_t strings_len;
   uint32_t readonly_root;
   uint32_t as_init; /* fork(): the task is hutch's init (the last fd is its binary) */
+  uint32_t net_wait; /* the host gives the network namespace a link: say 'L' once it exists */
+  uint32_t pad;
   /* then nrlimits x {u32 resource, u32 pad, u64 soft, u64 hard}, the seccomp program, and
    * strings: scratch size, shm size, hostname, then masked, read-only and skipped mount
    * paths, each list ended by an empty string. */
 };
+/* lib/template/plan.ts writes this header: HEADER there is its size. */
+_Static_assert(sizeof(struct hz_plan) == 48, "struct hz_plan: update HEADER in lib/template/plan.ts");
 struct hz_rlimit {
   uint32_t resource, pad;
   uint64_t soft, hard;
@@ -251,9 +255,15 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     close(s);
   }
   CHECK("hostname", sethostname(hostname, strlen(hostname)));
+  if (pl->net_wait) {
+    /* The network namespace exists: the host gives it its link (as a created sandbox's,
+     * lib/network) and writes /etc/hosts, then says 'C' (below) once that is done too. */
+    unsigned char l = 'L';
+    CHECK("network", send(ctl, &l, 1, MSG_NOSIGNAL) == 1 ? 0 : -1);
+  }
   if (session) CHECK("session", setsid()); /* no controlling terminal: TIOCSTI reaches nothing outside */
   {
-    /* In our cgroup now (the host's 'C'): our cgroup namespace starts there, owned by our own
+    /* In our cgroup now, and our link made if we have one (the host's 'C'): our cgroup namespace starts there, owned by our own
      * user namespace as the network, IPC and UTS ones are. */
     unsigned char m = 0;
     ssize_t k;

@@ -38,7 +38,8 @@ export class SandboxCore {
   attachment: NetworkAttachment | null = null;
   /** Egress by name (lib/network/egress.ts): the resolver, nft set and proxy of this sandbox. */
   egress: SandboxEgress | null = null;
-  readonly violationLog = new ViolationLog((v) => this.emit('violation', v));
+  /** Where refusals go (seccomp, egress); a template's fork() brings the one its link's egress already reports to. */
+  violationLog = new ViolationLog((v) => this.emit('violation', v));
   disk: PersistentDisk | null = null;
   /** Sandbox.run: makes the blank for the next run like this one (lib/warm.ts). */
   warmNext: (() => void) | undefined;

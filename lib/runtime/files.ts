@@ -7,31 +7,45 @@ import { setupError } from '../setup-errors.js';
 import { checkInsidePath } from '../options.js';
 import type { SandboxCore } from './core.js';
 
-function openInside(core: SandboxCore, p: string, flags: number, mode: number): number {
-  if (core.state === 'destroyed') throw core.gone();
-  const fd = native().openInRoot(core.pid, p, flags, mode, core.ids.uid, core.ids.gid, idSource().userns ?? -1);
+/**
+ * Opens `p` beneath the root of host process `pid` (a sandbox's init, or a template fork's
+ * task before its code runs) with the sandbox root's ids `ids` (addon/rootio.cc).
+ * `sandbox` names it in errors.
+ */
+function openInRootOf(pid: number, ids: { uid: number; gid: number }, sandbox: string, p: string, flags: number, mode: number): number {
+  const fd = native().openInRoot(pid, p, flags, mode, ids.uid, ids.gid, idSource().userns ?? -1);
   if (isFailure(fd)) {
     // A missing file is what fs users expect as ENOENT, not a setup failure (issue 14).
     if (errnoName(fd.errno) === 'ENOENT') {
-      throw new HutchError('ENOENT', `no such file or directory in sandbox ${core.id}: ${p}`, { step: 'open', errno: 'ENOENT', path: p, hint: 'create it first (writeFile, exec), or check the path' });
+      throw new HutchError('ENOENT', `no such file or directory in sandbox ${sandbox}: ${p}`, { step: 'open', errno: 'ENOENT', path: p, hint: 'create it first (writeFile, exec), or check the path' });
     }
     throw setupError({ step: 'open', errno: fd.errno, path: p });
   }
   return fd;
 }
 
+function openInside(core: SandboxCore, p: string, flags: number, mode: number): number {
+  if (core.state === 'destroyed') throw core.gone();
+  return openInRootOf(core.pid, core.ids, core.id, p, flags, mode);
+}
+
+/** Writes `data` to `p` (created or truncated, `mode`) beneath the root of host process `pid`, as {@link openInRootOf}. */
+export function writeInRootOf(pid: number, ids: { uid: number; gid: number }, sandbox: string, p: string, data: Uint8Array, mode = 0o644): void {
+  const fd = openInRootOf(pid, ids, sandbox, p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, mode);
+  try {
+    let off = 0;
+    while (off < data.length) off += writeSync(fd, data, off);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function writeInside(core: SandboxCore, path: string, data: string | Uint8Array, options?: { mode?: number }): void {
   const p = checkInsidePath('path', path);
   const mode = options?.mode ?? 0o644;
   if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw invalid('mode', 'a file mode such as 0o644', mode);
-  const buf = typeof data === 'string' ? Buffer.from(data) : data;
-  const fd = openInside(core, p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC, mode);
-  try {
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off);
-  } finally {
-    closeSync(fd);
-  }
+  if (core.state === 'destroyed') throw core.gone();
+  writeInRootOf(core.pid, core.ids, core.id, p, typeof data === 'string' ? Buffer.from(data) : data, mode);
 }
 
 export function readInside(core: SandboxCore, path: string): Buffer {

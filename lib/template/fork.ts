@@ -19,6 +19,7 @@ import { waitSetup } from '../child-setup.js';
 import { fail, fdinfoPid, tn } from './native.js';
 import { Trace } from '../trace.js';
 import type { Zygote } from './zygote.js';
+import { ForkNet } from './net.js';
 
 /** What a template's forks share: set once when the template is made. */
 export interface ForkSite {
@@ -35,6 +36,13 @@ export interface ForkSite {
   readonly initPlan: Buffer;
   /** libhutch-zygote.so; hutch-init sits beside it. */
   readonly helperLib: string;
+  /** Every fork's hostname (the template's). */
+  readonly hostname: string;
+}
+
+/** A fork's link (network 'bridge'), or null. */
+export function forkNet(site: ForkSite, id: string): ForkNet | null {
+  return ForkNet.of(site.opts.network, id, site.hostname, site.ids);
 }
 
 /** A fork prepared ahead: namespaces, cgroup, mounts done; waits for its task's request. */
@@ -47,6 +55,8 @@ export interface Prepared {
   task: { pid: number; pidfd: number };
   /** The zygote that forked it: its parent, which reports how its task ends. */
   zygote: Zygote;
+  /** Its link (network 'bridge'), made before it was ready. */
+  net: ForkNet | null;
 }
 
 /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
@@ -60,6 +70,9 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
   let marked = false;
   let ctl = -1;
   let w: Watch | undefined;
+  const net = forkNet(site, id);
+  // The fork's placement (placeFork), which sends on its socket: settled before that closes.
+  let placing: Promise<unknown> | null = null;
   try {
     // The zygote forks, and the fork reads its plan and makes its mounts, while this side
     // writes the store's record and makes the cgroup (the record first: from then on a prune
@@ -81,32 +94,44 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     tr.mark('cgroup');
     const cg = cgroup;
     const placed = await new Promise<{ c1: number; task: { pid: number; pidfd: number } }>((resolve, reject) => {
+      let pid = 0;
+      const end = (e: unknown): void => {
+        net?.abandon(e);
+        reject(e);
+      };
       w = new n.Watch(ctl, () => {
         for (;;) {
           const m = t.recvFds(ctl);
           if (m === undefined) return;
-          if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
+          if (m === null || isFailure(m)) return end(new HutchError('ESETUP', 'the prepared fork ended before it was ready', { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
-          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
+          if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2) && placing === null) {
             const c1 = m.fds.length === 2 ? m.fds[0]! : -1;
-            w?.close();
-            return void placeFork(ctl, m.fds, cg, true).then(
+            pid = fdinfoPid(m.fds[m.fds.length - 1]!);
+            // Read on after 'P' only for the fork's 'L' (its link, before placeFork's 'C').
+            if (!net) w?.close();
+            placing = placeFork(ctl, m.fds, cg, true, net).then(
               (task) => resolve({ c1, task }),
               (e: unknown) => {
                 if (c1 >= 0) n.close(c1);
-                reject(e);
+                end(e);
               },
             );
+            if (!net) return;
+            continue;
           }
           for (const fd of m.fds) n.close(fd);
-          if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+          if (kind === 'L' && net && pid > 0) net.link(pid);
+          else if (kind === 'E') return end(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
         }
       });
     });
     tr.mark('placed');
-    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z };
+    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z, net };
   } catch (e) {
+    await (placing as Promise<unknown> | null)?.catch(() => undefined);
     if (ctl >= 0) n.close(ctl);
+    await net?.release().catch(() => undefined);
     await cgroup?.destroy().catch(() => undefined);
     if (marked) await site.store.release(id).catch(() => undefined);
     throw e;
@@ -122,6 +147,7 @@ export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
   n.close(p.ctl);
   if (p.c1 >= 0) n.close(p.c1);
   n.close(p.task.pidfd);
+  await p.net?.release().catch(() => undefined);
   await p.cgroup.destroy().catch(() => undefined);
   await site.store.release(p.id).catch(() => undefined);
 }
@@ -152,9 +178,10 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
  * namespace sent back (helper.c says why). Resolves with the task's host pid and keeps its
  * pidfd when `keepTask` (else closes it; an intermediate's pidfd is the caller's); rejects
  * with a HutchError (the cgroup killed, the task's pidfd closed). The proc ('M') goes first,
- * then 'C' once the fork is in its cgroup: the fork makes its mounts and namespaces in
- * between and waits for 'C' before its cgroup namespace and any task code, so the caller
- * keeps `ctl` open until this settles.
+ * then 'C' once the fork is in its cgroup (and, with `net`, has its link: the caller passes
+ * the fork's 'L' to `net.link`): the fork makes its mounts and namespaces in between and
+ * waits for 'C' before its cgroup namespace and any task code, so the caller keeps `ctl` open
+ * until this settles.
  *
  * The cgroup.procs writes go to the thread pool, all at once, while this thread makes the
  * proc: a migration takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for
@@ -162,7 +189,7 @@ export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: numb
  * by it: on a template running tasks back to back, the next fork's placement comes while the
  * current task's messages are due.
  */
-export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean): Promise<{ pid: number; pidfd: number }> {
+export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, keepTask: boolean, net: ForkNet | null): Promise<{ pid: number; pidfd: number }> {
   const n = native();
   const taskfd = fds[fds.length - 1]!;
   let proc = -1;
@@ -184,6 +211,8 @@ export async function placeFork(ctl: number, fds: number[], cg: SandboxCgroup, k
     } catch (e) {
       throw new HutchError('ESETUP', `cannot move the fork into its cgroup: ${(e as Error).message}`, { step: 'cgroup', errno: (e as NodeJS.ErrnoException).code, cause: e });
     }
+    // Its link, made when it said 'L' (lib/template/net.ts): 'C' lets its task run.
+    if (net) await net.linked;
     const c = tn().sendFds(ctl, Buffer.from('C'), []);
     if (isFailure(c)) throw fail('cgroup', c.errno, 'send');
     placed = true;
@@ -253,6 +282,8 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   let w: Watch | undefined;
   // The fork's placement (placeFork), which sends on its socket: settled before that closes.
   let placing: Promise<void> | null = null;
+  // Its link (network 'bridge'): a prepared fork's is made already; the Sandbox takes it over.
+  const net = prepared ? prepared.net : forkNet(site, id);
   try {
     cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
@@ -284,28 +315,35 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     const sock = req[0];
     const placed = await new Promise<{ pid: number; pidfd: number }>((resolve, reject) => {
       let got: { pid: number; pidfd: number } | null = prepared ? { ...prepared.task } : null;
+      let pid = 0;
+      const end = (e: unknown): void => {
+        net?.abandon(e);
+        reject(e);
+      };
       w = new n.Watch(sock, () => {
         for (;;) {
           const m = t.recvFds(sock);
           if (m === undefined) return;
-          if (m === null || isFailure(m)) return reject(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
+          if (m === null || isFailure(m)) return end(new HutchError('ESETUP', `the fork ended before it was ready${z.dead ? ` (${z.why})` : ''}`, { step: 'zygote' }));
           const kind = String.fromCharCode(m.data[0] ?? 0);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             tr.mark('got-P');
             if (m.fds.length === 2) c1 = m.fds[0]!;
-            // The fork goes on (to 'S') only once placed and sent its proc.
-            placing = placeFork(sock, m.fds, cg, true).then(
+            pid = fdinfoPid(m.fds[m.fds.length - 1]!);
+            // The fork goes on (to 'S') only once placed, sent its proc and (with a network) linked.
+            placing = placeFork(sock, m.fds, cg, true, net).then(
               (p) => {
                 tr.mark('placed');
                 got = p;
                 taskfd = p.pidfd;
               },
-              (e: unknown) => reject(e),
+              (e: unknown) => end(e),
             );
           } else {
             for (const fd of m.fds) n.close(fd);
-            if (kind === 'E') return reject(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
-            if (kind === 'S' && got) return resolve(got);
+            if (kind === 'L' && net && pid > 0) net.link(pid);
+            else if (kind === 'E') return end(fail(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), 'in the fork'));
+            else if (kind === 'S' && got) return resolve(got);
           }
         }
       });
@@ -319,7 +357,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     n.close(spawned.errFd);
     tr.mark('init');
     if (setup) throw fail('exec_init', setup.errno, 'init did not start');
-    const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined });
+    const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined }, net ?? undefined);
     tr.mark('adopt');
     return sb;
   } catch (e) {
@@ -333,6 +371,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
       n.pidfdKill(taskfd, 9);
       n.close(taskfd);
     }
+    await net?.release().catch(() => undefined);
     await cgroup?.destroy().catch(() => undefined);
     await site.store.release(id).catch(() => undefined);
     throw e;

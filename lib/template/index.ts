@@ -91,7 +91,12 @@ export class ZygoteTemplate implements SandboxTemplate {
     void TEMPLATE_KEYS;
     const opts = resolveSandboxOptions(rest);
     if (zygote === 'node' && opts.image === 'host') checkNodeZygoteBuild();
-    if (opts.network.mode !== 'none') throw new HutchError('EUNSUPPORTED', "templates support network 'none' only so far: each fork gets its own empty network namespace with loopback");
+    if (opts.network.mode === 'bridge' && opts.network.ports.length > 0) {
+      throw invalid('network.ports', "none for a template: every fork would publish the same host port (publish from a Sandbox.create, or give forks hostPorts to reach the host)", options.network && (options.network as { ports?: unknown }).ports);
+    }
+    if (opts.network.mode === 'bridge' && opts.network.backend === 'userspace') {
+      throw new HutchError('EUNSUPPORTED', "a template's network needs the kernel backend (a veth per fork, as host root); backend 'userspace' (pasta) is for sandboxes made outside host root");
+    }
     if (opts.persistent) throw invalid('persistent', 'false for a template (each fork has its own ephemeral writable layer)', true);
     const t = new ZygoteTemplate(opts, zygoteTimeoutMs);
     t.size = size;
@@ -119,6 +124,8 @@ export class ZygoteTemplate implements SandboxTemplate {
       user: 0,
       capabilities: [...CAPABILITIES],
       seccomp: 'unconfined',
+      // The template's own namespace keeps only lo: each fork gets the link (lib/template/net.ts).
+      network: 'none',
       mounts: [
         ...(rest.mounts ?? []),
         { source: files.lib, target: `${ZDIR}/libhutch-zygote.so`, readonly: true },
@@ -145,6 +152,8 @@ export class ZygoteTemplate implements SandboxTemplate {
         readonly: READONLY,
         skip: [`${ZDIR}/libhutch-zygote.so`, `${ZDIR}/zygote.py`, ...nodeMounts.map((m) => m.target)],
         readonlyRoot: opts.readonlyRootfs,
+        // Each fork's link is the host's to make (lib/template/net.ts): the fork waits for it.
+        network: opts.network.mode !== 'none',
       };
       t.site = {
         opts,
@@ -156,6 +165,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         plan: encodePlan(planOpts),
         initPlan: encodePlan({ ...planOpts, asInit: true }),
         helperLib: files.lib,
+        hostname: planOpts.hostname,
       };
       const track = (p: Promise<unknown>): void => t.track(p);
       t.queue = new ForkQueue({ site: t.site, zygote: () => t.ensureZygote(), gone: zygoteGone, track }, size);

@@ -21,10 +21,12 @@ export interface ForkPlan {
   readonlyRoot: boolean;
   /** fork(): the task is hutch's init (its binary is the last fd sent with the plan). */
   asInit?: boolean;
+  /** The host gives the fork's network namespace a link: the fork says 'L' once it exists and waits for 'C'. */
+  network?: boolean;
 }
 
 const MAGIC = 0x315a5048; // "HPZ1"
-const HEADER = 40;
+const HEADER = 48;
 
 export function encodePlan(p: ForkPlan): Buffer {
   const list = (xs: readonly string[]): string => xs.map((x) => `${x}\0`).join('') + '\0';
@@ -40,6 +42,7 @@ export function encodePlan(p: ForkPlan): Buffer {
   buf.writeUInt32LE(strings.length, 28);
   buf.writeUInt32LE(p.readonlyRoot ? 1 : 0, 32);
   buf.writeUInt32LE(p.asInit ? 1 : 0, 36);
+  buf.writeUInt32LE(p.network ? 1 : 0, 40);
   const off = writeRlimits(buf, HEADER, p.rlimits);
   prog.copy(buf, off);
   strings.copy(buf, off + prog.length);

@@ -4,8 +4,9 @@
  * request socket, the result and its usage, and the fork's teardown after the result.
  *
  * The request socket carries, from the fork: P (its pidfd: placed into its cgroup, then sent a
- * proc), N (the task's mount namespace, held by the host until after the result), E (a failed
- * step), S (its privilege drop done) and X (the task's wait status and ru_maxrss).
+ * proc), L (its network namespace made: the host gives it its link, network 'bridge'), N (the
+ * task's mount namespace, held by the host until after the result), E (a failed step), S (its
+ * privilege drop done) and X (the task's wait status and ru_maxrss).
  */
 import { randomBytes } from 'node:crypto';
 import { close } from 'node:fs';
@@ -17,8 +18,8 @@ import type { ResolvedExecOptions } from '../options.js';
 import { signalName, type ExecResult, type ResourceUsage } from '../process.js';
 import type { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
-import { feedStdin, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
-import { fail, tn } from './native.js';
+import { feedStdin, forkNet, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
+import { fail, fdinfoPid, tn } from './native.js';
 import { zygoteGone, type Zygote } from './zygote.js';
 
 /** What a run needs from its template. */
@@ -114,6 +115,9 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
   let removeKiller = (): unknown => undefined;
   // The fork's placement (placeFork: its cgroup, its proc), which sends on its socket: settled before that closes.
   let placing: Promise<void> | null = null;
+  // Its link (network 'bridge'): a prepared fork's is made already; released with the fork.
+  const net = ready ? ready.net : forkNet(site, id);
+  const refusals = net?.log.begin();
   try {
     cgroup = ready?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
@@ -170,6 +174,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
     const ctl = sp[0]!;
     let status: number | null = null;
     let maxrssKb = 0;
+    let taskPid = 0;
     let setupErr: HutchError | null = null;
     const ended = new Promise<void>((resolve) => {
       const w = new n.Watch(ctl, () => {
@@ -178,6 +183,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
           if (m === undefined) return;
           if (m === null || isFailure(m)) {
             w.close();
+            net?.abandon(new HutchError('ESETUP', 'the fork ended before its network', { step: 'network' }));
             const end = (): void => {
               if (status === null && !setupErr && reason === null) setupErr = new HutchError('ESETUP', `the fork ended before it reported (the zygote died?${from?.dead ? ` ${from.why}` : ''})`, { step: 'zygote' });
               resolve();
@@ -197,7 +203,8 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
           tr.mark(`got-${kind}`);
           if (kind === 'P' && (m.fds.length === 1 || m.fds.length === 2)) {
             if (m.fds.length === 2) c1pidfd = m.fds[0]!;
-            placing = placeFork(ctl, m.fds, cg, false).then(
+            taskPid = fdinfoPid(m.fds[m.fds.length - 1]!);
+            placing = placeFork(ctl, m.fds, cg, false, net).then(
               () => {
                 // A kill asked before the fork was in its cgroup (a timeout of a few ms, an abort,
                 // close()) reached nothing then; it does now, before the task can run on.
@@ -214,9 +221,11 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
             mntns = m.fds[0]!;
           } else {
             for (const fd of m.fds) n.close(fd);
-            if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
+            if (kind === 'L' && net && taskPid > 0) net.link(taskPid);
+            else if (kind === 'E') setupErr = taskFailure(m.data.subarray(5).toString('utf8'), m.data.readInt32LE(1), argv, cwd);
             else if (kind === 'X') {
               // The task has ended: its status (and its ru_maxrss, KiB) is all that is left to hear.
+              net?.abandon(new HutchError('ESETUP', 'the fork ended before its network', { step: 'network' }));
               status = m.data.readInt32LE(1);
               if (m.data.length >= 13) maxrssKb = Number(m.data.readBigUInt64LE(5));
               w.close();
@@ -268,8 +277,8 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
       stderr: o.encoding ? se.toString(o.encoding) : se,
       truncated: output.truncated,
       usage,
-      violations: [],
-      violationsDropped: 0,
+      // Its egress check's refusals (network with domains/deny/ask); seccomp's are not reported for runs.
+      ...(net ? net.log.end(refusals) : { violations: [], violationsDropped: 0 }),
     };
   } finally {
     await placing;
@@ -287,6 +296,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
     const teardown = (async () => {
       await host.quiet();
       if (ns >= 0) await new Promise((r) => close(ns, r));
+      await net?.release();
       await cg?.destroy();
       await site.store.release(id).catch(() => undefined);
     })();

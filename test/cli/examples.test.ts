@@ -236,7 +236,8 @@ describe('code runner with a domain list, and python and node from templates', (
   beforeAll(async () => {
     if (skip) return;
     inet = await makeInet(240 + (process.pid % 10)); // 240-249: the /24s of this file (bench/inet.ts)
-    named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns], /listening on (http:\/\/\S+)/);
+    // python from a template here: each fork gets its own link and name check (docs/templates.md, "Network").
+    named = await start([SERVER, '--port', '0', '--pool-size', '1', '--domain', 'ok.example', '--dns-server', inet.dns, '--template', 'python'], /listening on (http:\/\/\S+)/);
     warm = await start([SERVER, '--port', '0', '--pool-size', '1', '--template', 'python', '--template', 'node'], /listening on (http:\/\/\S+)/);
   }, 90_000);
 
