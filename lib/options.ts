@@ -413,7 +413,13 @@ export function resolveCommand(field: string, v: unknown): string[] {
   throw invalid(field, 'a string (run by /bin/sh -c) or a non-empty array of strings', v);
 }
 
-/** Options of {@link Sandbox.template}: a sandbox's options plus the zygote's. */
+/**
+ * Options of {@link Sandbox.template}: a sandbox's options plus the zygote's. Each fork gets
+ * the sandbox options as a created sandbox would (limits, seccomp, capabilities, user,
+ * mounts); with `network: { mode: 'bridge' }` a link of its own, made before its task runs
+ * (`ports` is refused: every fork would publish the same host port). `persistent` is refused.
+ * Host root only (docs/templates.md).
+ */
 export interface TemplateOptions extends SandboxOptions {
   /** `'python'`, `'node'`, or a command that serves the zygote protocol (docs/templates.md). */
   zygote: 'python' | 'node' | string[];
