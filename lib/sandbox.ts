@@ -31,6 +31,7 @@ import { readInside, writeInside } from './runtime/files.js';
 import { destroySandbox, stopKeepingUpper } from './runtime/destroy.js';
 import { storeHooks } from './image/hooks.js';
 import type { ImageStore } from './image/store.js';
+import type { PersistentDisk } from './disk.js';
 import type { Limits } from './limits.js';
 import { dropBlanks } from './warm.js';
 
@@ -214,9 +215,12 @@ export class Sandbox extends EventEmitter<SandboxEvents> {
   }
 
   /** @internal A sandbox whose init a template's fork started (lib/template): watched and used like any other. */
-  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: ClonedInit, cgroup: SandboxCgroup, ids: SandboxIds, link?: AdoptedLink): Sandbox {
+  static adopt(id: string, opts: ResolvedSandboxOptions, store: ImageStore, image: ResolvedImage, spawned: ClonedInit, cgroup: SandboxCgroup, ids: SandboxIds, made: { link?: AdoptedLink; disk?: PersistentDisk | null } = {}): Sandbox {
     const core = new SandboxCoreClass(id, opts, store, image, spawned, cgroup, compileSeccomp(opts.seccomp, { capabilities: opts.capabilities }));
     core.ids = ids;
+    // Its writable layer on disk (before Linux 6.6), made for the fork: freed by its destroy.
+    core.disk = made.disk ?? null;
+    const link = made.link;
     if (link) {
       // Its link, made before its init ran (lib/template/net.ts): released by its destroy.
       core.attachment = link.attachment;

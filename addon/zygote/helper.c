@@ -64,13 +64,16 @@ struct hz_plan {
   uint32_t readonly_root;
   uint32_t as_init; /* fork(): the task is hutch's init (the last fd is its binary) */
   uint32_t net_wait; /* the host gives the network namespace a link: say 'L' once it exists */
+  uint32_t lower_list; /* before Linux 6.8 (no "lowerdir+"): overlay's layers as one "lowerdir" list */
+  uint32_t disk_upper; /* before 6.6 (tmpfs has no user xattrs): upper/ and work/ are in a
+                        * directory on the store's disk, sent after the layers */
   uint32_t pad;
   /* then nrlimits x {u32 resource, u32 pad, u64 soft, u64 hard}, the seccomp program, and
    * strings: scratch size, shm size, hostname, then masked, read-only and skipped mount
    * paths, each list ended by an empty string. */
 };
 /* lib/template/plan.ts writes this header: HEADER there is its size. */
-_Static_assert(sizeof(struct hz_plan) == 48, "struct hz_plan: update HEADER in lib/template/plan.ts");
+_Static_assert(sizeof(struct hz_plan) == 56, "struct hz_plan: update HEADER in lib/template/plan.ts");
 struct hz_rlimit {
   uint32_t resource, pad;
   uint64_t soft, hard;
@@ -101,6 +104,8 @@ static void fail(int ctl, const char *step, int err) {
 #define HZ_MAX_LAYERS 128
 static int layer_fds[HZ_MAX_LAYERS];
 static int nlayers, nlayers_total;
+/* The writable layer's directory on disk (disk_upper), attached in the scratch as "disk". */
+static int disk_fd = -1;
 
 /* One message and the fds that came with it (the image's layers, as detached trees). */
 /* "l<i>": where layer i is attached in the scratch fs. */
@@ -173,8 +178,26 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   CHECK("scratch", oldproc);
   CHECK("scratch", move_onto(sfd, oldproc));
   close(oldproc);
-  CHECK("scratch", mkdirat(sfd, "upper", 0755));
-  CHECK("scratch", mkdirat(sfd, "work", 0755));
+  /* upper/ and work/ in the scratch tmpfs, or (before 6.6, whose tmpfs keeps no user.*
+   * xattrs) in the host's directory on the store's disk, attached here as "disk": init then
+   * holds that as fd 4 instead, where commit reads upper/. */
+  const char *upper = "upper", *work = "work";
+  int holder = sfd;
+  if (disk_fd >= 0) {
+    CHECK("scratch", mkdirat(sfd, "disk", 0755));
+    int d = openat(sfd, "disk", O_PATH | O_CLOEXEC | O_NOFOLLOW);
+    CHECK("scratch", d);
+    CHECK("scratch", move_onto(disk_fd, d));
+    close(d);
+    close(disk_fd);
+    disk_fd = -1;
+    holder = openat(sfd, "disk", O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW);
+    CHECK("scratch", holder);
+    upper = "disk/upper", work = "disk/work";
+  } else {
+    CHECK("scratch", mkdirat(sfd, "upper", 0755));
+    CHECK("scratch", mkdirat(sfd, "work", 0755));
+  }
   CHECK("scratch", mkdirat(sfd, "root", 0755));
   static char name[16];
   for (int i = 0; i < nlayers; i++) {
@@ -191,12 +214,29 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   CHECK("overlay", fs);
   CHECK("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", NULL, 0));
   CHECK("overlay", chdir("/proc"));
-  for (int i = 0; i < nlayers; i++) {
-    layer_name(name, i);
-    CHECK("overlay", fsconfig_str(fs, "lowerdir+", name));
+  if (pl->lower_list) {
+    /* Before 6.8: the layers' names in one "lowerdir" value, top first, ':' between (the host
+     * refuses an image whose list would not fit a page, lib/plan/plan.ts). */
+    static char list[4096];
+    size_t at = 0;
+    for (int i = 0; i < nlayers; i++) {
+      layer_name(name, i);
+      size_t k = strlen(name);
+      if (at + k + 2 > sizeof list) fail(ctl, "overlay", E2BIG);
+      if (i) list[at++] = ':';
+      memcpy(list + at, name, k);
+      at += k;
+    }
+    list[at] = 0;
+    CHECK("overlay", fsconfig_str(fs, "lowerdir", list));
+  } else {
+    for (int i = 0; i < nlayers; i++) {
+      layer_name(name, i);
+      CHECK("overlay", fsconfig_str(fs, "lowerdir+", name));
+    }
   }
-  CHECK("overlay", fsconfig_str(fs, "upperdir", "upper"));
-  CHECK("overlay", fsconfig_str(fs, "workdir", "work"));
+  CHECK("overlay", fsconfig_str(fs, "upperdir", upper));
+  CHECK("overlay", fsconfig_str(fs, "workdir", work));
   CHECK("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0));
   int root = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
   CHECK("overlay", root);
@@ -271,7 +311,8 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
     if (k != 1 || m != 'C') fail(ctl, "cgroup", k < 0 ? errno : EPROTO);
   }
   CHECK("unshare", unshare(CLONE_NEWCGROUP));
-  st.ctl = ctl, st.sfd = sfd, st.in = in, st.out = out, st.err = err, st.keep = keep;
+  if (holder != sfd) close(sfd); /* the disk's directory is what init holds */
+  st.ctl = ctl, st.sfd = holder, st.in = in, st.out = out, st.err = err, st.keep = keep;
   st.pl = pl, st.rl = rl, st.prog = prog;
 }
 
@@ -400,10 +441,11 @@ static void read_plan(int ctl, const struct hz_plan **plp, const struct hz_rlimi
   const struct hz_plan *pl = (const struct hz_plan *)planbuf;
   if ((size_t)n < sizeof *pl || pl->magic != HZ_MAGIC ||
       (size_t)n != sizeof *pl + pl->nrlimits * sizeof(struct hz_rlimit) + pl->seccomp_len + pl->strings_len ||
-      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < (pl->as_init ? 2 : 1))
+      pl->strings_len == 0 || planbuf[n - 1] != 0 || nlayers < 1 + (pl->as_init ? 1 : 0) + (pl->disk_upper ? 1 : 0))
     fail(ctl, "plan", EINVAL);
   nlayers_total = nlayers;
   if (pl->as_init) nlayers--; /* the last fd is init's binary, not a layer */
+  if (pl->disk_upper) disk_fd = layer_fds[--nlayers]; /* the writable layer's directory, after the layers */
   *plp = pl;
   *rlp = (const struct hz_rlimit *)(planbuf + sizeof *pl);
   *progp = (const struct sock_filter *)((const unsigned char *)*rlp + pl->nrlimits * sizeof **rlp);

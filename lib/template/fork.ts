@@ -16,6 +16,7 @@ import type { ResolvedImage } from '../image/types.js';
 import type { SandboxIds } from '../idrange.js';
 import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
 import { waitSetup } from '../child-setup.js';
+import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from '../disk.js';
 import { fail, fdinfoPid, tn } from './native.js';
 import { Trace } from '../trace.js';
 import type { Zygote } from './zygote.js';
@@ -38,6 +39,19 @@ export interface ForkSite {
   readonly helperLib: string;
   /** Every fork's hostname (the template's). */
   readonly hostname: string;
+  /** Before Linux 6.6 (tmpfs keeps no user.* xattrs): each fork's writable layer is a directory on the store's disk. */
+  readonly diskUpper: boolean;
+}
+
+/**
+ * A fork's writable layer on the store's disk, where its plan says so (`diskUpper`: before
+ * 6.6, as a created sandbox's, lib/plan/plan.ts): a plain directory, or a size-limited one
+ * when `limits.disk` was given. Null elsewhere (the fork makes a tmpfs of its own).
+ */
+export async function forkDisk(site: ForkSite, id: string): Promise<PersistentDisk | null> {
+  if (!site.diskUpper) return null;
+  const bytes = site.opts.limits.diskBytes;
+  return bytes !== null ? preparePersistentDisk(site.store.root, id, bytes, site.ids) : preparePlainUpper(site.store.root, id, site.ids);
 }
 
 /** A fork's link (network 'bridge'), or null. */
@@ -57,6 +71,8 @@ export interface Prepared {
   zygote: Zygote;
   /** Its link (network 'bridge'), made before it was ready. */
   net: ForkNet | null;
+  /** Its writable layer on disk (before 6.6), or null (a tmpfs of its own). */
+  disk: PersistentDisk | null;
 }
 
 /** A fork set up ahead of its task: namespaces, cgroup, mounts, proc; waiting for 'R'. */
@@ -71,6 +87,7 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
   let ctl = -1;
   let w: Watch | undefined;
   const net = forkNet(site, id);
+  let disk: PersistentDisk | null = null;
   // The fork's placement (placeFork), which sends on its socket: settled before that closes.
   let placing: Promise<unknown> | null = null;
   try {
@@ -85,11 +102,20 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
     const sent = n.send(z.sock, Buffer.from('{"prepared":true}'), [sp[1]]);
     n.close(sp[1]);
     if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}`, { step: 'zygote' });
-    sendPlan(site, ctl, site.plan, []);
+    const mark = async (): Promise<void> => {
+      await site.store.markInUse(site.imageId, id);
+      marked = true;
+      tr.mark('record');
+    };
+    if (site.diskUpper) {
+      // Before 6.6 the plan carries the writable layer's directory, which is made under the
+      // fork's record (a prune knows whose it is): the record, then the layer, then the plan.
+      await mark();
+      disk = await forkDisk(site, id);
+    }
+    sendPlan(site, ctl, site.plan, disk, []);
     tr.mark('request');
-    await site.store.markInUse(site.imageId, id);
-    marked = true;
-    tr.mark('record');
+    if (!marked) await mark();
     cgroup = cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
     const cg = cgroup;
@@ -127,12 +153,13 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
       });
     });
     tr.mark('placed');
-    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z, net };
+    return { id, cgroup, ctl, c1: placed.c1, task: placed.task, zygote: z, net, disk };
   } catch (e) {
     await (placing as Promise<unknown> | null)?.catch(() => undefined);
     if (ctl >= 0) n.close(ctl);
     await net?.release().catch(() => undefined);
     await cgroup?.destroy().catch(() => undefined);
+    await disk?.release().catch(() => undefined);
     if (marked) await site.store.release(id).catch(() => undefined);
     throw e;
   } finally {
@@ -149,20 +176,28 @@ export async function discardFork(site: ForkSite, p: Prepared): Promise<void> {
   n.close(p.task.pidfd);
   await p.net?.release().catch(() => undefined);
   await p.cgroup.destroy().catch(() => undefined);
+  await p.disk?.release().catch(() => undefined);
   await site.store.release(p.id).catch(() => undefined);
 }
 
 /**
  * The plan and the image's layers (trees cloned for this fork alone, idmapped like the
- * template's), and `extra` fds after them, on the fork's own socket: the fork reads them first.
+ * template's), its writable layer's directory when on disk, and `extra` fds after them, on
+ * the fork's own socket: the fork reads them first.
  */
-export function sendPlan(site: ForkSite, sock: number, plan: Buffer, extra: number[]): void {
+export function sendPlan(site: ForkSite, sock: number, plan: Buffer, disk: PersistentDisk | null, extra: number[]): void {
   const n = native();
   const trees: number[] = [];
   try {
     for (const hex of site.layers.lowerdirs) {
       const tree = n.openTree(join(site.layers.dir, hex), true, site.layers.userns ?? undefined);
       if (isFailure(tree)) throw fail('layers', tree.errno, hex);
+      trees.push(tree.fd);
+    }
+    if (disk) {
+      // Its writable layer's directory (upper/, work/), after the layers; owned by the fork's root ids already.
+      const tree = n.openTree(disk.upperDir, false, undefined);
+      if (isFailure(tree)) throw fail('scratch', tree.errno, disk.upperDir);
       trees.push(tree.fd);
     }
     const s = tn().sendFds(sock, plan, [...trees, ...extra]);
@@ -284,7 +319,9 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
   let placing: Promise<void> | null = null;
   // Its link (network 'bridge'): a prepared fork's is made already; the Sandbox takes it over.
   const net = prepared ? prepared.net : forkNet(site, id);
+  let disk = prepared ? prepared.disk : null;
   try {
+    if (!prepared) disk = await forkDisk(site, id);
     cgroup = prepared?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
     const cg = cgroup;
@@ -305,7 +342,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
       handed = [req[1], ctl[1], ready[1], none[1], none[0], bin];
       const sent = n.send(z.sock, Buffer.from(JSON.stringify({ argv: ['hutch-init'], env: {}, cwd: '/', files: [] })), handed.slice(0, 5));
       if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z.dead ? `; ${z.why}` : ''}`, { step: 'zygote' });
-      sendPlan(site, req[0], site.initPlan, [bin]);
+      sendPlan(site, req[0], site.initPlan, disk, [bin]);
     }
     for (const fd of handed) {
       n.close(fd);
@@ -357,7 +394,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     n.close(spawned.errFd);
     tr.mark('init');
     if (setup) throw fail('exec_init', setup.errno, 'init did not start');
-    const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined }, net ?? undefined);
+    const sb = Sandbox.adopt(id, site.opts, site.store, site.resolved, spawned, cg, { ...site.ids, release: () => undefined }, { link: net ?? undefined, disk });
     tr.mark('adopt');
     return sb;
   } catch (e) {
@@ -373,6 +410,7 @@ export async function forkSandbox(site: ForkSite, z: Zygote, prepared?: Prepared
     }
     await net?.release().catch(() => undefined);
     await cgroup?.destroy().catch(() => undefined);
+    await disk?.release().catch(() => undefined);
     await site.store.release(id).catch(() => undefined);
     throw e;
   } finally {

@@ -16,6 +16,7 @@ import { HutchError, invalid } from '../errors.js';
 import { CAPABILITIES, capabilityMask } from '../capabilities.js';
 import { compileSeccomp } from '../seccomp/index.js';
 import { ImageStore } from '../image/store.js';
+import { kernelFeatures } from '../host/features.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
 import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
 import {
@@ -154,6 +155,8 @@ export class ZygoteTemplate implements SandboxTemplate {
         readonlyRoot: opts.readonlyRootfs,
         // Each fork's link is the host's to make (lib/template/net.ts): the fork waits for it.
         network: opts.network.mode !== 'none',
+        lowerList: !kernelFeatures().overlayLowerdirPlus,
+        diskUpper: !kernelFeatures().tmpfsUserXattr,
       };
       t.site = {
         opts,
@@ -166,6 +169,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         initPlan: encodePlan({ ...planOpts, asInit: true }),
         helperLib: files.lib,
         hostname: planOpts.hostname,
+        diskUpper: planOpts.diskUpper,
       };
       const track = (p: Promise<unknown>): void => t.track(p);
       t.queue = new ForkQueue({ site: t.site, zygote: () => t.ensureZygote(), gone: zygoteGone, track }, size);

@@ -23,10 +23,14 @@ export interface ForkPlan {
   asInit?: boolean;
   /** The host gives the fork's network namespace a link: the fork says 'L' once it exists and waits for 'C'. */
   network?: boolean;
+  /** Before Linux 6.8 (no overlay "lowerdir+"): the layers go to overlay as one "lowerdir" list. */
+  lowerList?: boolean;
+  /** Before 6.6 (tmpfs keeps no user.* xattrs): upper/ and work/ are in a directory on the store's disk, sent after the layers. */
+  diskUpper?: boolean;
 }
 
 const MAGIC = 0x315a5048; // "HPZ1"
-const HEADER = 48;
+const HEADER = 56;
 
 export function encodePlan(p: ForkPlan): Buffer {
   const list = (xs: readonly string[]): string => xs.map((x) => `${x}\0`).join('') + '\0';
@@ -43,6 +47,8 @@ export function encodePlan(p: ForkPlan): Buffer {
   buf.writeUInt32LE(p.readonlyRoot ? 1 : 0, 32);
   buf.writeUInt32LE(p.asInit ? 1 : 0, 36);
   buf.writeUInt32LE(p.network ? 1 : 0, 40);
+  buf.writeUInt32LE(p.lowerList ? 1 : 0, 44);
+  buf.writeUInt32LE(p.diskUpper ? 1 : 0, 48);
   const off = writeRlimits(buf, HEADER, p.rlimits);
   prog.copy(buf, off);
   strings.copy(buf, off + prog.length);

@@ -18,7 +18,7 @@ import type { ResolvedExecOptions } from '../options.js';
 import { signalName, type ExecResult, type ResourceUsage } from '../process.js';
 import type { Trace } from '../trace.js';
 import { inBackground } from '../teardowns.js';
-import { feedStdin, forkNet, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
+import { feedStdin, forkDisk, forkNet, placeFork, sendPlan, type ForkSite, type Prepared } from './fork.js';
 import { fail, fdinfoPid, tn } from './native.js';
 import { zygoteGone, type Zygote } from './zygote.js';
 
@@ -118,7 +118,10 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
   // Its link (network 'bridge'): a prepared fork's is made already; released with the fork.
   const net = ready ? ready.net : forkNet(site, id);
   const refusals = net?.log.begin();
+  // Its writable layer on disk (before 6.6): a prepared fork's is made already.
+  let disk = ready ? ready.disk : null;
   try {
+    if (!ready) disk = await forkDisk(site, id);
     cgroup = ready?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
     const sp = ready ? [ready.ctl, -1] : t.socketPair();
@@ -145,7 +148,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
     } else {
       const sent = n.send(z!.sock, req, [sp[1]!, pin[0], pout[1], perr[1], pfiles[0]]);
       if (isFailure(sent)) throw new HutchError('ESETUP', `cannot reach the zygote: ${errnoName(sent.errno)}${z!.dead ? `; ${z!.why}` : ''}`, { step: 'zygote', errno: errnoName(sent.errno) });
-      sendPlan(site, sp[0]!, site.plan, []);
+      sendPlan(site, sp[0]!, site.plan, disk, []);
     }
     tr.mark('request');
     task.afterRequest?.();
@@ -298,6 +301,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
       if (ns >= 0) await new Promise((r) => close(ns, r));
       await net?.release();
       await cg?.destroy();
+      await disk?.release();
       await site.store.release(id).catch(() => undefined);
     })();
     inBackground(teardown);

@@ -132,6 +132,26 @@ describe.skipIf(skip)('templates: isolation', () => {
     await expect(t.templateSandbox.readFile('/work/main.py')).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it("gives a fork a writable layer overlay fully works on: an image directory removed and made again is empty, one renamed keeps its files", async () => {
+    // On kernels before 6.6 the layer is a directory on the store's disk (tmpfs kept no user.*
+    // xattrs, and overlay then failed these with EIO); a tmpfs of the fork's own after.
+    const script = `set -e
+set -- $(for d in /etc/*/; do [ -n "$(ls -A "$d")" ] && echo "\${d%/}"; done)
+n=$(ls -A "$1" | wc -l); rm -rf "$1"; mkdir "$1"; echo "$n" "$(ls -A "$1" | wc -l)"
+k=$(ls -A "$2" | wc -l); mv "$2" /etc/renamed; echo "$k" "$(ls -A /etc/renamed | wc -l)" "$(test -e "$2" && echo still || echo gone)"`;
+    for (const r of await Promise.all([0, 1].map(() => t.run(['sh', '-c', script], { encoding: 'utf8' })))) {
+      expect(r.stderr).toBe('');
+      const [removed, renamed] = (r.stdout as string).trim().split('\n');
+      const [n, after] = removed!.split(' ').map(Number);
+      expect(n).toBeGreaterThan(0);
+      expect(after).toBe(0);
+      const [k, moved, old] = renamed!.split(' ');
+      expect(Number(k)).toBeGreaterThan(0);
+      expect(moved).toBe(k);
+      expect(old).toBe('gone');
+    }
+  });
+
   it('OOM-kills a fork alone: a sibling running at the same time and the zygote live on', async () => {
     const sibling = t.run(['python3', '-c', 'import time; time.sleep(1.5); print("alive")'], { encoding: 'utf8' });
     const hog = await t.run(['python3', '-c', 'b = []\nwhile True: b.append(bytearray(8 << 20))'], { encoding: 'utf8' });
@@ -471,7 +491,8 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     // placed it, a moment after the kernel shows it in its cgroup. Each take waits for it.
     const queue = (t as unknown as { queue: { ready: unknown[]; sandboxes: unknown[] } }).queue;
     const queued = async (): Promise<void> => {
-      for (let i = 0; i < 100 && queue.ready.length + queue.sandboxes.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      // Up to 20 s: under an emulated kernel (.ci/run's v2vm) a prepared fork takes seconds.
+      for (let i = 0; i < 400 && queue.ready.length + queue.sandboxes.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
       expect(queue.ready.length + queue.sandboxes.length).toBe(1);
     };
     const opened: Sandbox[] = [];
@@ -533,7 +554,8 @@ describe.skipIf(skip)('templates: zygotes and lifetime', () => {
     const t = await Sandbox.template({ zygote: 'python', size: 2 });
     const init = t.pid;
     const running = t.run(['python3', '-c', 'import time; time.sleep(30)']);
-    await new Promise((r) => setTimeout(r, 500));
+    // Up to 20 s for the two prepared forks (seconds under an emulated kernel, .ci/run's v2vm).
+    for (let i = 0; i < 400 && cgroupIds().length < 4; i++) await new Promise((r) => setTimeout(r, 50));
     expect(cgroupIds().length).toBe(4); // the template, the running fork, two prepared
     await t.close();
     const r = await running;

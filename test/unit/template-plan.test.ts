@@ -15,7 +15,7 @@ describe('template fork plan', () => {
       masked: [], readonly: [], skip: [], readonlyRoot: false,
       rlimits: [{ resource: 7, soft: 64, hard: Infinity }, { resource: 3, soft: -1, hard: 8 * 1024 * 1024 }],
     });
-    const at = 48; // after the fixed header (struct hz_plan)
+    const at = 56; // after the fixed header (struct hz_plan)
     expect(buf.readUInt32LE(12)).toBe(2);
     expect(buf.readUInt32LE(at)).toBe(7);
     expect(buf.readBigUInt64LE(at + 8)).toBe(64n);
