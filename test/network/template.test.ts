@@ -83,6 +83,32 @@ print(me, s.recv(100).decode(), open('/etc/hosts').read().count(me + '\\t'))`;
     for (const a of seen) expect(linkExists(linkOf(a)), a).toBe(false);
   });
 
+  it('a fork whose link cannot be made rejects ESETUP network, a run and a fork() alike, and leaves nothing', async () => {
+    // One /30 in the range: the second fork finds none free (the first holds it for 5 s).
+    const t = await Sandbox.template({ zygote: 'python', network: { mode: 'bridge', range: '10.218.2.0/30' } });
+    try {
+      const rs = await Promise.allSettled([0, 1].map(() => t.run(['python3', '-c', 'import time; time.sleep(5); print(1)'], { encoding: 'utf8' })));
+      expect(rs.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<{ stdout: unknown }>).value.stdout)).toEqual(['1\n']);
+      expect(rs.find((r) => r.status === 'rejected')).toMatchObject({ reason: { code: 'ESETUP', step: 'network', message: expect.stringMatching(/no free \/30/) } });
+      await Sandbox.settle(); // the run's link is released off its path
+      const sb = await t.fork();
+      try {
+        expect(sb.network?.address).toBe('10.218.2.2');
+        await expect(t.fork()).rejects.toMatchObject({ code: 'ESETUP', step: 'network' });
+        expect((await sb.exec(['true'])).exitCode).toBe(0);
+      } finally {
+        await sb.destroy();
+      }
+      // The template goes on once the link is free again.
+      await Sandbox.settle();
+      expect((await t.run(['python3', '-c', 'print(2)'], { encoding: 'utf8' })).stdout).toBe('2\n');
+    } finally {
+      await t.close();
+    }
+    await Sandbox.settle();
+    expect(linkExists(linkOf('10.218.2.2'))).toBe(false);
+  });
+
   it('refuses published ports (every fork would want the same host port)', async () => {
     const e = await hutchFailure(Sandbox.template({ zygote: 'python', network: { mode: 'bridge', range: RANGE, ports: [{ host: 18080, sandbox: 80 }] } }));
     expect(e.code).toBe('EINVAL');
