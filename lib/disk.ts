@@ -134,6 +134,17 @@ export async function preparePlainUpper(storeRoot: string, id: string, r: { uid:
   };
 }
 
+/**
+ * The writable layer a plan puts on the store's disk (lib/plan writableLayer: 'disk', a size
+ * limited one; 'dir', a plain directory), for sandbox `id` with root ids `r`; null for a tmpfs,
+ * which the sandbox (or template fork) makes itself.
+ */
+export function prepareUpper(upper: { kind: 'tmpfs' | 'disk' | 'dir'; sizeBytes?: number }, storeRoot: string, id: string, r: { uid: number; gid: number }): Promise<PersistentDisk | null> {
+  if (upper.kind === 'disk') return preparePersistentDisk(storeRoot, id, upper.sizeBytes!, r);
+  if (upper.kind === 'dir') return preparePlainUpper(storeRoot, id, r);
+  return Promise.resolve(null);
+}
+
 /** Makes the layer of sandbox `id` under `<store>/sandboxes/<id>/disk`, `bytes` big. */
 export async function preparePersistentDisk(
   storeRoot: string,

@@ -10,7 +10,7 @@ import { realpathSync, statSync } from 'node:fs';
 import { randomHex } from './random.js';
 import { join } from 'node:path';
 import { cgroupDriver, type SandboxCgroup } from './cgroup/driver.js';
-import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from './disk.js';
+import { prepareUpper, type PersistentDisk } from './disk.js';
 import { HutchError } from './errors.js';
 import { acquireIds, type SandboxIds } from './idrange.js';
 import { cloneMaps } from './host/ids.js';
@@ -74,8 +74,7 @@ export async function startSandbox(opts: ResolvedSandboxOptions, store: ImageSto
     if (!blank) await store.markInUse(image.image.id, id); // a blank's was written with it
     marked = true;
     tr.mark('record');
-    if (plan.upper.kind === 'disk') disk = await preparePersistentDisk(store.root, id, plan.upper.sizeBytes, ids);
-    else if (plan.upper.kind === 'dir') disk = await preparePlainUpper(store.root, id, ids);
+    if (plan.upper.kind !== 'tmpfs') disk = await prepareUpper(plan.upper, store.root, id, ids);
     cgroup = blank?.cgroup ?? cgroupDriver().create(id, plan.cgroup.limits, disk && plan.cgroup.ioOnDisk ? { ioDevice: disk.device } : undefined);
     if (blank) spawned = blank.spawned; // from here on, a failure kills it like any child
     tr.mark('cgroup');

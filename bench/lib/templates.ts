@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, type SandboxOptions } from '../../lib/index.js';
 import type { ForkMemory, TemplateRow, TemplatesSection } from './results.js';
+import { summarize } from './stats.js';
 
 export type Zygote = 'python' | 'node';
 
@@ -28,10 +29,8 @@ export interface TemplatesOptions {
   log: (line: string) => void;
 }
 
-function p50(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
+/** The median, as every bench table takes it (nearest rank, bench/lib/stats.ts). */
+const p50 = (xs: number[]): number => summarize(xs).p50;
 
 async function time(f: () => Promise<unknown>): Promise<number> {
   const t0 = process.hrtime.bigint();

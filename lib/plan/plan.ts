@@ -97,6 +97,21 @@ export interface SandboxPlan {
 }
 
 /**
+ * Where a sandbox's writable layer goes (also each template fork's, lib/template/fork.ts):
+ * persistent, on the store's disk; else a tmpfs of `limits.disk` (default 1 GiB), except
+ * before 6.6, whose tmpfs keeps no user.* xattrs (overlay's upper dir needs them inside a user
+ * namespace): then on the store's disk too, a loop image (or XFS project) when a disk limit
+ * was asked for (enforced), else a plain directory. Outside root mode a persistent layer is a
+ * plain directory (planSandbox refuses a size limit for it).
+ */
+export function writableLayer(opts: ResolvedSandboxOptions, features: KernelFeatures = kernelFeatures()): PlanUpper {
+  const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
+  if (opts.persistent) return hostMode() === 'root' ? { kind: 'disk', sizeBytes: diskBytes } : { kind: 'dir' };
+  if (features.tmpfsUserXattr) return { kind: 'tmpfs', sizeBytes: diskBytes };
+  return opts.limits.diskBytes !== null ? { kind: 'disk', sizeBytes: opts.limits.diskBytes } : { kind: 'dir' };
+}
+
+/**
  * Plans a sandbox. Throws EUNSUPPORTED for what this host cannot do with these options,
  * before anything is made.
  */
@@ -109,18 +124,12 @@ export function planSandbox(opts: ResolvedSandboxOptions, image: ResolvedImage, 
   if (legacy && lowerdirs.length > LEGACY_LOWERDIRS_MAX) {
     throw new HutchError('EUNSUPPORTED', `image ${image.image.id} has ${image.lowerdirs.length} layers: before Linux 6.8 overlay takes its layer list in one page (about 60 layers); flatten the image (commit it, or build it with fewer steps) or upgrade the kernel`);
   }
-  const diskBytes = opts.limits.diskBytes ?? DEFAULT_DISK_BYTES;
-  // Before 6.6 tmpfs drops user.* xattrs, which overlay's upper dir in a user namespace needs:
-  // the writable layer goes to the store's disk, a loop image when a disk limit was asked for
-  // (enforced), else a plain directory.
-  // Outside root mode a persistent layer is a plain directory: its size limit (a loop mount or
-  // XFS project quotas) is host root's to set up (docs/rootless.md).
+  // Outside root mode a persistent layer is a plain directory (writableLayer): its size limit
+  // (a loop mount or XFS project quotas) is host root's to set up (docs/rootless.md).
   if (opts.persistent && hostMode() !== 'root' && opts.limits.diskBytes !== null) {
     throw new HutchError('EUNSUPPORTED', `limits.disk of a persistent sandbox is not supported outside host root (this is ${hostMode()} mode): its size limit needs a loop mount or XFS project quotas, which only host root may set up; drop limits.disk (the layer then has no size limit), use an ephemeral sandbox (its limits.disk is a tmpfs size), or run as root`);
   }
-  const upper: PlanUpper = opts.persistent ? (hostMode() === 'root' ? { kind: 'disk', sizeBytes: diskBytes } : { kind: 'dir' })
-    : features.tmpfsUserXattr ? { kind: 'tmpfs', sizeBytes: diskBytes }
-      : opts.limits.diskBytes !== null ? { kind: 'disk', sizeBytes: opts.limits.diskBytes } : { kind: 'dir' };
+  const upper = writableLayer(opts, features);
   const mounts: PlanMount[] = [];
   // The host image's system dirs are read-only and never idmapped: inside, host files show as
   // an unprivileged host user sees them. Volumes are not idmapped either: what the sandbox

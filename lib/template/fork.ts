@@ -16,7 +16,8 @@ import type { ResolvedImage } from '../image/types.js';
 import type { SandboxIds } from '../idrange.js';
 import type { ResolvedExecOptions, ResolvedSandboxOptions } from '../options.js';
 import { waitSetup } from '../child-setup.js';
-import { preparePersistentDisk, preparePlainUpper, type PersistentDisk } from '../disk.js';
+import { prepareUpper, type PersistentDisk } from '../disk.js';
+import type { PlanUpper } from '../plan/index.js';
 import { fail, fdinfoPid, tn } from './native.js';
 import { Trace } from '../trace.js';
 import type { Zygote } from './zygote.js';
@@ -39,19 +40,13 @@ export interface ForkSite {
   readonly helperLib: string;
   /** Every fork's hostname (the template's). */
   readonly hostname: string;
-  /** Before Linux 6.6 (tmpfs keeps no user.* xattrs): each fork's writable layer is a directory on the store's disk. */
-  readonly diskUpper: boolean;
+  /** Where each fork's writable layer goes, as a created sandbox's (lib/plan writableLayer): a tmpfs the fork makes, or before 6.6 the store's disk. */
+  readonly upper: PlanUpper;
 }
 
-/**
- * A fork's writable layer on the store's disk, where its plan says so (`diskUpper`: before
- * 6.6, as a created sandbox's, lib/plan/plan.ts): a plain directory, or a size-limited one
- * when `limits.disk` was given. Null elsewhere (the fork makes a tmpfs of its own).
- */
+/** A fork's writable layer on the store's disk (`site.upper`, before 6.6), or null: the fork makes a tmpfs. */
 export async function forkDisk(site: ForkSite, id: string): Promise<PersistentDisk | null> {
-  if (!site.diskUpper) return null;
-  const bytes = site.opts.limits.diskBytes;
-  return bytes !== null ? preparePersistentDisk(site.store.root, id, bytes, site.ids) : preparePlainUpper(site.store.root, id, site.ids);
+  return site.upper.kind === 'tmpfs' ? null : prepareUpper(site.upper, site.store.root, id, site.ids);
 }
 
 /** A fork's link (network 'bridge'), or null. */
@@ -107,7 +102,7 @@ export async function prepareFork(site: ForkSite, z: Zygote): Promise<Prepared> 
       marked = true;
       tr.mark('record');
     };
-    if (site.diskUpper) {
+    if (site.upper.kind !== 'tmpfs') {
       // Before 6.6 the plan carries the writable layer's directory, which is made under the
       // fork's record (a prune knows whose it is): the record, then the layer, then the plan.
       await mark();

@@ -18,7 +18,7 @@ import { compileSeccomp } from '../seccomp/index.js';
 import { ImageStore } from '../image/store.js';
 import { kernelFeatures } from '../host/features.js';
 // The same /dev/shm size and /proc masks as a fresh sandbox's (lib/plan), applied again in each fork's new /proc.
-import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv } from '../plan/index.js';
+import { DEFAULT_SHM_BYTES, MASKED, READONLY, resolveCached, sandboxEnv, writableLayer } from '../plan/index.js';
 import {
   checkInsidePath, resolveCommand, resolveExecOptions, resolveSandboxOptions,
   type ResolvedSandboxOptions,
@@ -140,6 +140,14 @@ export class ZygoteTemplate implements SandboxTemplate {
       const cfg = t.sandbox.image.image.config;
       t.defaultCwd = opts.cwd ?? (cfg.workingDir ? checkInsidePath('cwd', cfg.workingDir) : '/');
       t.baseEnv = sandboxEnv(t.sandbox.image, opts.env);
+      if (nodeFiles) {
+        // V8's heap pages packed, not scattered: each fork copies far fewer page tables
+        // (addon/zygote/mmap_hint.c). zygote.cjs puts the environment's own LD_PRELOAD back.
+        t.zygoteEnv.HUTCH_ZYGOTE_LD_PRELOAD = t.baseEnv.LD_PRELOAD ?? '';
+        t.zygoteEnv.LD_PRELOAD = [t.zygoteEnv.HUTCH_ZYGOTE_LIB, t.baseEnv.LD_PRELOAD].filter(Boolean).join(' ');
+      }
+      // Each fork's writable layer goes where a created sandbox's would (before 6.6: the store's disk).
+      const upper = writableLayer(opts);
       const planOpts = {
         uid: user.uid,
         gid: user.gid,
@@ -156,7 +164,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         // Each fork's link is the host's to make (lib/template/net.ts): the fork waits for it.
         network: opts.network.mode !== 'none',
         lowerList: !kernelFeatures().overlayLowerdirPlus,
-        diskUpper: !kernelFeatures().tmpfsUserXattr,
+        diskUpper: upper.kind !== 'tmpfs',
       };
       t.site = {
         opts,
@@ -169,7 +177,7 @@ export class ZygoteTemplate implements SandboxTemplate {
         initPlan: encodePlan({ ...planOpts, asInit: true }),
         helperLib: files.lib,
         hostname: planOpts.hostname,
-        diskUpper: planOpts.diskUpper,
+        upper,
       };
       const track = (p: Promise<unknown>): void => t.track(p);
       t.queue = new ForkQueue({ site: t.site, zygote: () => t.ensureZygote(), gone: zygoteGone, track }, size);
@@ -187,12 +195,6 @@ export class ZygoteTemplate implements SandboxTemplate {
     if (this.zygote && !zygoteGone(this.zygote)) return Promise.resolve(this.zygote);
     // The zygote sees the environment its tasks will (PYTHONPATH for the preload...), plus its own.
     const env = { ...this.baseEnv, ...this.zygoteEnv };
-    if (env.HUTCH_ZYGOTE_NODE_ADDON) {
-      // V8's heap pages packed, not scattered: each fork copies far fewer page tables
-      // (addon/zygote/mmap_hint.c). zygote.cjs puts the environment's own LD_PRELOAD back.
-      env.HUTCH_ZYGOTE_LD_PRELOAD = this.baseEnv.LD_PRELOAD ?? '';
-      env.LD_PRELOAD = [env.HUTCH_ZYGOTE_LIB, this.baseEnv.LD_PRELOAD].filter(Boolean).join(' ');
-    }
     const onEnd = (z: Zygote): void => {
       if (this.zygote === z) this.zygote = null;
       this.queue.dropZygote(z);

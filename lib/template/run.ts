@@ -121,7 +121,7 @@ export async function runTask(host: RunHost, task: RunTask, tr: Trace): Promise<
   // Its writable layer on disk (before 6.6): a prepared fork's is made already.
   let disk = ready ? ready.disk : null;
   try {
-    if (!ready) disk = await forkDisk(site, id);
+    if (!ready && site.upper.kind !== 'tmpfs') disk = await forkDisk(site, id);
     cgroup = ready?.cgroup ?? cgroupDriver().create(id, site.opts.limits.cgroup);
     tr.mark('cgroup');
     const sp = ready ? [ready.ctl, -1] : t.socketPair();
