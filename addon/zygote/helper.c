@@ -108,15 +108,6 @@ static int nlayers, nlayers_total;
 static int disk_fd = -1;
 
 /* One message and the fds that came with it (the image's layers, as detached trees). */
-/* "l<i>": where layer i is attached in the scratch fs. */
-static void layer_name(char *name, int i) {
-  char tmp[8];
-  int t = 0, k = 1;
-  name[0] = 'l';
-  do tmp[t++] = (char)('0' + i % 10), i /= 10; while (i);
-  while (t) name[k++] = tmp[--t];
-  name[k] = 0;
-}
 
 static ssize_t recv_plan(int fd, void *buf, size_t len) {
   struct iovec iov;
@@ -163,93 +154,14 @@ static void become_task(int ctl, const struct hz_plan *pl, const struct hz_rlimi
   sigaction(SIGCHLD, &dfl, NULL);
   CHECK("mount-private", mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
   CHECK("mountinfo", read_mountinfo());
-  /* The writable layer: a tmpfs of the disk limit's size with overlay's upper and work, and
-   * the image's layers (trees the host opened for this fork) attached inside it. It goes over
-   * the template's /proc for now, which leaves with the old root. */
-  int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
-  CHECK("scratch", fs);
-  CHECK("scratch", fsconfig_str(fs, "size", scratch));
-  CHECK("scratch", fsconfig_str(fs, "mode", "0755"));
-  CHECK("scratch", syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0));
-  int sfd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
-  CHECK("scratch", sfd);
-  close(fs);
-  int oldproc = open("/proc", O_PATH | O_CLOEXEC | O_DIRECTORY);
-  CHECK("scratch", oldproc);
-  CHECK("scratch", move_onto(sfd, oldproc));
-  close(oldproc);
-  /* upper/ and work/ in the scratch tmpfs, or (before 6.6, whose tmpfs keeps no user.*
-   * xattrs) in the host's directory on the store's disk, attached here as "disk": init then
-   * holds that as fd 4 instead, where commit reads upper/. */
-  const char *upper = "upper", *work = "work";
-  int holder = sfd;
-  if (disk_fd >= 0) {
-    CHECK("scratch", mkdirat(sfd, "disk", 0755));
-    int d = openat(sfd, "disk", O_PATH | O_CLOEXEC | O_NOFOLLOW);
-    CHECK("scratch", d);
-    CHECK("scratch", move_onto(disk_fd, d));
-    close(d);
-    close(disk_fd);
-    disk_fd = -1;
-    holder = openat(sfd, "disk", O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW);
-    CHECK("scratch", holder);
-    upper = "disk/upper", work = "disk/work";
-  } else {
-    CHECK("scratch", mkdirat(sfd, "upper", 0755));
-    CHECK("scratch", mkdirat(sfd, "work", 0755));
-  }
-  CHECK("scratch", mkdirat(sfd, "root", 0755));
-  static char name[16];
-  for (int i = 0; i < nlayers; i++) {
-    layer_name(name, i);
-    CHECK("layers", mkdirat(sfd, name, 0755));
-    int d = openat(sfd, name, O_PATH | O_CLOEXEC | O_NOFOLLOW);
-    CHECK("layers", d);
-    CHECK("layers", move_onto(layer_fds[i], d));
-    close(d);
-    close(layer_fds[i]);
-  }
-  /* Overlay over the image's layers, top first (the host's order), as a fresh sandbox's. */
-  fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
-  CHECK("overlay", fs);
-  CHECK("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", NULL, 0));
-  CHECK("overlay", chdir("/proc"));
-  if (pl->lower_list) {
-    /* Before 6.8: the layers' names in one "lowerdir" value, top first, ':' between (the host
-     * refuses an image whose list would not fit a page, lib/plan/plan.ts). */
-    static char list[4096];
-    size_t at = 0;
-    for (int i = 0; i < nlayers; i++) {
-      layer_name(name, i);
-      size_t k = strlen(name);
-      if (at + k + 2 > sizeof list) fail(ctl, "overlay", E2BIG);
-      if (i) list[at++] = ':';
-      memcpy(list + at, name, k);
-      at += k;
-    }
-    list[at] = 0;
-    CHECK("overlay", fsconfig_str(fs, "lowerdir", list));
-  } else {
-    for (int i = 0; i < nlayers; i++) {
-      layer_name(name, i);
-      CHECK("overlay", fsconfig_str(fs, "lowerdir+", name));
-    }
-  }
-  CHECK("overlay", fsconfig_str(fs, "upperdir", upper));
-  CHECK("overlay", fsconfig_str(fs, "workdir", work));
-  CHECK("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0));
-  int root = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
-  CHECK("overlay", root);
-  close(fs);
-  int rootdir = openat(sfd, "root", O_PATH | O_CLOEXEC | O_NOFOLLOW);
-  CHECK("overlay", rootdir);
-  CHECK("overlay", move_onto(root, rootdir));
-  close(rootdir);
-  CHECK("overlay", chdir("/"));
+  /* The writable layer and the image's layers (trees the host opened for this fork), overlay
+   * over them, as a fresh sandbox's (mounts.c make_root). */
+  int sfd, holder;
+  int root = make_root(scratch, disk_fd, layer_fds, nlayers, (int)pl->lower_list, &sfd, &holder, &where);
+  if (root < 0) fail(ctl, where, errno);
+  disk_fd = -1; /* attached (make_root closes the layers' and the disk's fds) */
   if (carry_mounts(root, skip, &where) < 0) fail(ctl, where, errno);
   if (make_dev(root, shm, &where) < 0) fail(ctl, where, errno);
-  /* proc of this pid namespace, mounted while the template's proc is still in this mount
-   * namespace (a user namespace may mount proc only where one is already fully visible). */
   /* proc of this pid namespace, from the host (lib/template: procFor): ours cannot make a
    * full one, the template's proc being masked by locked mounts (mount_too_revealing). */
   {

@@ -1,6 +1,7 @@
 /*
- * A template fork's new root, piece by piece (addon/zygote/helper.c runs them in order): a
- * filesystem made and attached below the new root, paths resolved inside it, the template's
+ * A template fork's new root, piece by piece (addon/zygote/helper.c runs them in order): its
+ * writable layer with the image's layers and overlay over them (make_root), a filesystem made
+ * and attached below the new root, paths resolved inside it, the template's
  * own mounts carried over, a new /dev, masked and read-only paths, and last the lock that
  * keeps the task from undoing them (a user namespace of its own). Raw syscalls and
  * async-signal-safe libc only, as in all of the helper. Each returns 0, or -1 with errno (and
@@ -40,6 +41,118 @@ int open_in(int root, const char *rel, int flags) {
 
 int move_onto(int tree, int target) {
   return (int)syscall(SYS_move_mount, tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+}
+
+/* "l<i>": where layer i is attached in the scratch fs. */
+static void layer_name(char *name, int i) {
+  char tmp[8];
+  int t = 0, k = 1;
+  name[0] = 'l';
+  do tmp[t++] = (char)('0' + i % 10), i /= 10; while (i);
+  while (t) name[k++] = tmp[--t];
+  name[k] = 0;
+}
+
+#define STEP(step, expr)   \
+  do {                     \
+    if ((expr) < 0) {      \
+      *where = step;       \
+      return -1;           \
+    }                      \
+  } while (0)
+
+/* A directory `name` made in `dir` and the detached tree `tree` attached on it (tree closed). */
+static int attach_at(int dir, const char *name, int tree) {
+  if (mkdirat(dir, name, 0755) < 0) return -1;
+  int d = openat(dir, name, O_PATH | O_CLOEXEC | O_NOFOLLOW);
+  if (d < 0) return -1;
+  int r = move_onto(tree, d);
+  int e = errno;
+  close(d);
+  close(tree);
+  errno = e;
+  return r;
+}
+
+int make_root(const char *scratch_size, int disk, const int *layers, int n, int lower_list, int *sfdp, int *holderp,
+              const char **where) {
+  /* The scratch: a tmpfs of the disk limit's size over the template's /proc for now (it
+   * leaves with the old root), holding the layers' mount points and overlay's "root". */
+  int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
+  STEP("scratch", fs);
+  STEP("scratch", fsconfig_str(fs, "size", scratch_size));
+  STEP("scratch", fsconfig_str(fs, "mode", "0755"));
+  STEP("scratch", syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+  int sfd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+  STEP("scratch", sfd);
+  close(fs);
+  int oldproc = open("/proc", O_PATH | O_CLOEXEC | O_DIRECTORY);
+  STEP("scratch", oldproc);
+  STEP("scratch", move_onto(sfd, oldproc));
+  close(oldproc);
+  /* upper/ and work/ in the scratch, or (before 6.6, whose tmpfs keeps no user.* xattrs) in
+   * the host's directory on the store's disk, attached as "disk": init then holds that as fd
+   * 4 instead of the scratch, where commit reads upper/. */
+  const char *upper = "upper", *work = "work";
+  int holder = sfd;
+  if (disk >= 0) {
+    STEP("scratch", attach_at(sfd, "disk", disk));
+    holder = openat(sfd, "disk", O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW);
+    STEP("scratch", holder);
+    upper = "disk/upper", work = "disk/work";
+  } else {
+    STEP("scratch", mkdirat(sfd, "upper", 0755));
+    STEP("scratch", mkdirat(sfd, "work", 0755));
+  }
+  STEP("scratch", mkdirat(sfd, "root", 0755));
+  static char name[16];
+  for (int i = 0; i < n; i++) {
+    layer_name(name, i);
+    STEP("layers", attach_at(sfd, name, layers[i]));
+  }
+  /* Overlay over the image's layers, top first (the host's order), as a fresh sandbox's. */
+  fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+  STEP("overlay", fs);
+  STEP("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "userxattr", NULL, 0));
+  STEP("overlay", chdir("/proc"));
+  if (lower_list) {
+    /* Before 6.8: the layers' names in one "lowerdir" value, top first, ':' between (the host
+     * refuses an image whose list would not fit a page, lib/plan/plan.ts). */
+    static char list[4096];
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+      layer_name(name, i);
+      size_t k = strlen(name);
+      if (at + k + 2 > sizeof list) {
+        errno = E2BIG;
+        STEP("overlay", -1);
+      }
+      if (i) list[at++] = ':';
+      memcpy(list + at, name, k);
+      at += k;
+    }
+    list[at] = 0;
+    STEP("overlay", fsconfig_str(fs, "lowerdir", list));
+  } else {
+    for (int i = 0; i < n; i++) {
+      layer_name(name, i);
+      STEP("overlay", fsconfig_str(fs, "lowerdir+", name));
+    }
+  }
+  STEP("overlay", fsconfig_str(fs, "upperdir", upper));
+  STEP("overlay", fsconfig_str(fs, "workdir", work));
+  STEP("overlay", syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+  int root = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+  STEP("overlay", root);
+  close(fs);
+  int rootdir = openat(sfd, "root", O_PATH | O_CLOEXEC | O_NOFOLLOW);
+  STEP("overlay", rootdir);
+  STEP("overlay", move_onto(root, rootdir));
+  close(rootdir);
+  STEP("overlay", chdir("/"));
+  *sfdp = sfd;
+  *holderp = holder;
+  return root;
 }
 
 /* A new filesystem at `target` (below `at`, which is a new-root fd or a directory fd). */

@@ -8,6 +8,14 @@ int fsconfig_str(int fs, const char *k, const char *v);
 /* A path inside the new root, as if root were "/" (no escape through symlinks or ".."). */
 int open_in(int root, const char *rel, int flags);
 int move_onto(int tree, int target);
+/* The fork's root: a scratch tmpfs of `scratch_size` over the template's /proc with upper/
+ * and work/ (or in `disk`, the host's directory on the store's disk, when >= 0), the `n`
+ * layer trees attached in it, overlay over them (one "lowerdir" list when `lower_list`:
+ * before 6.8) attached at its "root"; every fd given is consumed. Returns the overlay's mount
+ * with *sfd (the scratch) and *holder (where upper/ is: the scratch or the disk's directory),
+ * or -1 with errno and *where naming the step. */
+int make_root(const char *scratch_size, int disk, const int *layers, int n, int lower_list, int *sfd, int *holder,
+              const char **where);
 /* A new filesystem at `target` (below `at`, which is a new-root fd or a directory fd). */
 int fs_at(int at, const char *type, const char *target, unsigned attrs, const char *k1, const char *v1, const char *k2,
           const char *v2, int *out);
