@@ -9,7 +9,17 @@ import { readFileSync } from 'node:fs';
 import { templatesTable } from './lib/report.js';
 import { templatesBench, type Zygote } from './lib/templates.js';
 
-const zygotes = (process.env.HUTCH_BENCH_ZYGOTES ?? 'python,node').split(',').filter((z): z is Zygote => z === 'python' || z === 'node');
-const s = await templatesBench({ n: Number(process.env.HUTCH_BENCH_N ?? 30), zygotes, seconds: 5, log: (line) => console.log(line) });
+const zygotes = (process.env.HUTCH_BENCH_ZYGOTES ?? 'python,node').split(',').map((z) => z.trim()).filter(Boolean);
+const bad = zygotes.find((z) => z !== 'python' && z !== 'node');
+if (bad !== undefined || zygotes.length === 0) {
+  process.stderr.write(`bench:templates: HUTCH_BENCH_ZYGOTES: expected python and/or node, comma-separated, got ${JSON.stringify(process.env.HUTCH_BENCH_ZYGOTES)}\n`);
+  process.exit(2);
+}
+const n = Number(process.env.HUTCH_BENCH_N ?? 30);
+if (!Number.isInteger(n) || n < 1) {
+  process.stderr.write(`bench:templates: HUTCH_BENCH_N: expected a whole number of samples >= 1, got ${JSON.stringify(process.env.HUTCH_BENCH_N)}\n`);
+  process.exit(2);
+}
+const s = await templatesBench({ n, zygotes: zygotes as Zygote[], seconds: 5, log: (line) => console.log(line) });
 console.log(`\nload average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
 console.log([...templatesTable(s), ...s.notes.map((n) => `\n> ${n}`)].join('\n'));
